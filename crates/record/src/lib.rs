@@ -1,0 +1,1 @@
+//! streambus-record
