@@ -3,6 +3,7 @@
 //! service and client ([`error`]).
 
 pub mod error;
+pub mod partitioner;
 
 pub use error::{Error, Reason};
 
