@@ -1,0 +1,10 @@
+//! What every StreamBus service shares: the HTTP endpoint (`/healthz`,
+//! `/readyz`, `/metrics`), gRPC health and reflection, logging setup and
+//! shutdown signals.
+
+pub mod grpc;
+pub mod http;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use http::{HttpState, Readiness};
