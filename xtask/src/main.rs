@@ -1,49 +1,64 @@
 //! Developer workflows, run as `cargo xtask <command>`.
 
+mod python;
+
 use std::process::{Command, ExitCode};
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  ci             everything CI checks: fmt, clippy -D warnings, all Rust tests,
+                 and the Python gRPC test against a real `streambus dev`
+  python-test    only the Python gRPC test (sets up its venv first)
+";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
+    let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
+        Some("python-test") => python::run(),
         _ => {
-            eprintln!(
-                "usage: cargo xtask <command>\n\ncommands:\n  ci    fmt check, clippy -D warnings, all tests (what .ci/run runs)"
-            );
-            ExitCode::from(2)
+            eprint!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
         }
     }
 }
 
-fn run(program: &str, args: &[&str]) -> bool {
+/// Runs a command, echoing it; an error names the failed step.
+pub fn run(program: &str, args: &[&str]) -> Result<(), String> {
     eprintln!("$ {program} {}", args.join(" "));
-    Command::new(program)
+    let status = Command::new(program)
         .args(args)
         .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{program} {}` failed: {status}", args.join(" ")))
+    }
 }
 
-fn ci() -> ExitCode {
-    let steps: &[(&str, &[&str])] = &[
-        ("cargo", &["fmt", "--all", "--check"]),
-        (
-            "cargo",
-            &[
-                "clippy",
-                "--workspace",
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ],
-        ),
-        ("cargo", &["test", "--workspace"]),
-    ];
-    for (program, args) in steps {
-        if !run(program, args) {
-            return ExitCode::FAILURE;
-        }
-    }
-    ExitCode::SUCCESS
+fn ci() -> Result<(), String> {
+    run("cargo", &["fmt", "--all", "--check"])?;
+    run(
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    run("cargo", &["test", "--workspace", "--locked"])?;
+    python::run()
 }

@@ -7,9 +7,9 @@ use tonic_health::server::HealthReporter;
 ///
 /// # Panics
 /// Never in practice: the descriptor set is produced by the build script.
-pub fn reflection_service()
--> tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>
-{
+pub fn reflection_service() -> tonic_reflection::server::v1::ServerReflectionServer<
+    impl tonic_reflection::server::v1::ServerReflection,
+> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(streambus_proto::FILE_DESCRIPTOR_SET)
         .build_v1()

@@ -1,0 +1,172 @@
+//! The connection to a gateway and the admin calls.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use streambus_proto::v1;
+use streambus_proto::v1::admin_service_client::AdminServiceClient;
+use streambus_proto::v1::consume_service_client::ConsumeServiceClient;
+use streambus_proto::v1::produce_service_client::ProduceServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::ClientError;
+
+/// Largest message the SDK accepts from or sends to the gateway. Responses
+/// hold at least one whole batch, whatever `max_bytes` asks for.
+pub(crate) const MAX_MESSAGE_SIZE: usize = 256 * 1024 * 1024;
+
+/// A connection to a StreamBus gateway.
+///
+/// Cheap to clone: clones share one HTTP/2 connection, which reconnects by
+/// itself after failures.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub(crate) admin: AdminServiceClient<Channel>,
+    pub(crate) produce: ProduceServiceClient<Channel>,
+    pub(crate) consume: ConsumeServiceClient<Channel>,
+}
+
+impl Client {
+    /// Connects to a gateway at `addr`: `host:port` or an `http://` URI.
+    ///
+    /// Fails if the gateway cannot be reached within 5 seconds.
+    pub async fn connect(addr: impl Into<String>) -> Result<Client, ClientError> {
+        let (uri, endpoint) = endpoint(addr.into())?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|cause| ClientError::Connect { addr: uri, cause })?;
+        Ok(Client::from_channel(channel))
+    }
+
+    /// Like [`Client::connect`], but connects on first use.
+    pub fn connect_lazy(addr: impl Into<String>) -> Result<Client, ClientError> {
+        let (_, endpoint) = endpoint(addr.into())?;
+        Ok(Client::from_channel(endpoint.connect_lazy()))
+    }
+
+    /// Wraps an existing tonic channel.
+    pub fn from_channel(channel: Channel) -> Client {
+        Client {
+            admin: AdminServiceClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_SIZE),
+            produce: ProduceServiceClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+            consume: ConsumeServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_SIZE),
+        }
+    }
+
+    /// Creates a topic. `replication_factor` 0 means the cluster default.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+        configs: HashMap<String, String>,
+    ) -> Result<v1::TopicDescription, ClientError> {
+        let response = self
+            .admin
+            .clone()
+            .create_topic(v1::CreateTopicRequest {
+                name: name.to_string(),
+                partitions,
+                replication_factor,
+                configs,
+            })
+            .await?
+            .into_inner();
+        Ok(response.topic.unwrap_or_default())
+    }
+
+    /// Deletes a topic and its data.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
+        self.admin
+            .clone()
+            .delete_topic(v1::DeleteTopicRequest {
+                name: name.to_string(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Every topic, as the gateway lists them.
+    pub async fn list_topics(&self) -> Result<Vec<v1::TopicDescription>, ClientError> {
+        Ok(self
+            .admin
+            .clone()
+            .list_topics(v1::ListTopicsRequest {})
+            .await?
+            .into_inner()
+            .topics)
+    }
+
+    /// One topic: configuration, partitions, leaders and replicas.
+    pub async fn describe_topic(&self, name: &str) -> Result<v1::TopicDescription, ClientError> {
+        let response = self
+            .admin
+            .clone()
+            .describe_topic(v1::DescribeTopicRequest {
+                name: name.to_string(),
+            })
+            .await?
+            .into_inner();
+        Ok(response.topic.unwrap_or_default())
+    }
+
+    /// Log start offset, high watermark and log end offset of every
+    /// partition of `topic`.
+    pub async fn partition_offsets(
+        &self,
+        topic: &str,
+    ) -> Result<Vec<v1::PartitionOffsets>, ClientError> {
+        Ok(self
+            .admin
+            .clone()
+            .describe_partition_offsets(v1::DescribePartitionOffsetsRequest {
+                topic: topic.to_string(),
+                partitions: Vec::new(),
+            })
+            .await?
+            .into_inner()
+            .partitions)
+    }
+}
+
+/// Normalises `addr` to a URI and builds the endpoint.
+fn endpoint(addr: String) -> Result<(String, Endpoint), ClientError> {
+    let uri = if addr.contains("://") {
+        addr.clone()
+    } else {
+        format!("http://{addr}")
+    };
+    let endpoint = Endpoint::from_shared(uri.clone()).map_err(|e| ClientError::InvalidAddress {
+        addr,
+        message: e.to_string(),
+    })?;
+    let endpoint = endpoint
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true);
+    Ok((uri, endpoint))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_host_port_gets_an_http_scheme() {
+        let (uri, _) = endpoint("127.0.0.1:7400".to_string()).unwrap();
+        assert_eq!(uri, "http://127.0.0.1:7400");
+        let (uri, _) = endpoint("http://gw:7400".to_string()).unwrap();
+        assert_eq!(uri, "http://gw:7400");
+    }
+
+    #[test]
+    fn garbage_address_is_rejected() {
+        let err = endpoint("not a uri".to_string()).unwrap_err();
+        assert!(matches!(err, ClientError::InvalidAddress { .. }), "{err}");
+    }
+}

@@ -1,0 +1,314 @@
+//! The batching producer.
+//!
+//! [`Producer::send`] partitions a record on the client (Kafka's murmur2 for
+//! keyed records, a sticky partition per batch for keyless ones) and appends
+//! it to that partition's open batch, a pre-encoded RecordBatch v2. A
+//! background task sends batches over one long-lived `ProduceStream` with at
+//! most `max_in_flight` unacknowledged batches, and **at most one per
+//! partition**: records of one partition are written in `send` order, even
+//! across retries, while many partitions are in flight at once. A partition
+//! whose batch is in flight keeps filling its next batch, so batches grow
+//! with load.
+
+mod accumulator;
+mod sender;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use streambus_proto::{Error, Reason, v1};
+use streambus_record::{Compression, Record};
+use tokio::sync::{Notify, Semaphore, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use self::accumulator::{Accumulator, Limits, record_size};
+use crate::{Client, ClientError};
+
+/// Producer settings. Start from [`ProducerConfig::default`].
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// How long a batch waits for more records before it is sent. Default 5 ms.
+    pub linger: Duration,
+    /// A batch is sent once it reaches this many bytes (a single larger
+    /// record is sent alone). Default 256 KiB.
+    pub max_batch_bytes: usize,
+    /// Unacknowledged batches per producer, across partitions (one per
+    /// partition at most). Default 16.
+    pub max_in_flight: usize,
+    /// What the gateway waits for before acknowledging. Default
+    /// [`v1::Acks::All`].
+    pub acks: v1::Acks,
+    /// Compression of the records in each batch. Default none.
+    pub compression: Compression,
+    /// Retries of a batch after retriable errors, within
+    /// `delivery_timeout`. Default unlimited.
+    pub retries: u32,
+    /// Pause before a retry. Default 100 ms.
+    pub retry_backoff: Duration,
+    /// A record fails if it is not acknowledged this long after it was
+    /// sent. Default 30 s.
+    pub delivery_timeout: Duration,
+    /// Bytes of records buffered and in flight; [`Producer::send`] waits
+    /// while it is reached. Default 32 MiB.
+    pub max_buffered_bytes: usize,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> ProducerConfig {
+        ProducerConfig {
+            linger: Duration::from_millis(5),
+            max_batch_bytes: 256 * 1024,
+            max_in_flight: 16,
+            acks: v1::Acks::All,
+            compression: Compression::None,
+            retries: u32::MAX,
+            retry_backoff: Duration::from_millis(100),
+            delivery_timeout: Duration::from_secs(30),
+            max_buffered_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// Where an acknowledged record was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordMetadata {
+    /// The partition.
+    pub partition: u32,
+    /// The record's offset; `-1` with [`v1::Acks::None`].
+    pub offset: i64,
+}
+
+/// Resolves when the record is acknowledged or has failed.
+///
+/// Dropping it does not cancel the record.
+#[derive(Debug)]
+#[must_use = "a delivery future tells whether the record was written"]
+pub struct DeliveryFuture {
+    rx: oneshot::Receiver<Result<RecordMetadata, ClientError>>,
+}
+
+impl Future for DeliveryFuture {
+    type Output = Result<RecordMetadata, ClientError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(ClientError::Closed)))
+    }
+}
+
+/// A batching producer; see the module docs. Cheap to clone (clones share
+/// the buffer and the stream).
+///
+/// Dropping the last clone without [`Producer::close`] still delivers what
+/// was sent, in the background, as long as the runtime runs.
+#[derive(Debug, Clone)]
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    shared: Arc<Shared>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
+}
+
+/// State shared by the producer handles and the sender task.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    config: ProducerConfig,
+    acc: Mutex<Accumulator>,
+    /// Wakes the sender: a batch was opened or sealed, or the producer closed.
+    wake: Notify,
+    /// Bumped whenever batches complete, for `flush`.
+    progress: watch::Sender<()>,
+    buffer: Arc<Semaphore>,
+    partition_counts: Mutex<HashMap<String, u32>>,
+    client: Client,
+}
+
+impl Shared {
+    fn close(&self) {
+        lock(&self.acc).close();
+        self.buffer.close();
+        self.wake.notify_one();
+    }
+
+    /// Forgets a topic's partition count so the next record refreshes it.
+    fn forget_topic(&self, topic: &str) {
+        lock(&self.partition_counts).remove(topic);
+    }
+}
+
+/// Locks a mutex; a panic while holding one of the producer's locks leaves
+/// consistent state (every update is a single step), so poisoning is ignored.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Client {
+    /// Starts a producer. Must be called within a tokio runtime (it spawns
+    /// the sender task).
+    pub fn producer(&self, config: ProducerConfig) -> Producer {
+        let limits = Limits {
+            linger: config.linger,
+            max_batch_bytes: config.max_batch_bytes.max(1),
+            compression: config.compression,
+            delivery_timeout: config.delivery_timeout,
+            retries: config.retries,
+            retry_backoff: config.retry_backoff,
+        };
+        let buffer = config
+            .max_buffered_bytes
+            .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+        let shared = Arc::new(Shared {
+            acc: Mutex::new(Accumulator::new(limits)),
+            wake: Notify::new(),
+            progress: watch::Sender::new(()),
+            buffer: Arc::new(Semaphore::new(buffer)),
+            partition_counts: Mutex::new(HashMap::new()),
+            client: self.clone(),
+            config: ProducerConfig {
+                max_in_flight: config.max_in_flight.max(1),
+                max_buffered_bytes: buffer,
+                ..config
+            },
+        });
+        let task = tokio::spawn(sender::run(shared.clone(), self.produce.clone()));
+        Producer {
+            inner: Arc::new(Inner {
+                shared,
+                task: Mutex::new(Some(task)),
+            }),
+        }
+    }
+}
+
+impl Producer {
+    /// Queues `record` for `topic` and returns its delivery future.
+    ///
+    /// Waits while the producer's buffer is full (backpressure). The
+    /// partition is `partition` if given, else chosen from the key (or
+    /// sticky per batch for keyless records) among the topic's partitions,
+    /// which are looked up once and cached. A `timestamp_ms` of 0 is
+    /// replaced by the current time.
+    ///
+    /// Fails at once if the producer is closed or the topic cannot be
+    /// described (e.g. `UNKNOWN_TOPIC`); write errors arrive through the
+    /// delivery future.
+    pub async fn send(
+        &self,
+        topic: &str,
+        mut record: Record,
+        partition: Option<u32>,
+    ) -> Result<DeliveryFuture, ClientError> {
+        let shared = &self.inner.shared;
+        if record.timestamp_ms == 0 {
+            record.timestamp_ms = now_ms();
+        }
+        let partitions = match partition {
+            Some(_) => 0,
+            None => self.partition_count(topic).await?,
+        };
+        let size = record_size(&record).min(shared.config.max_buffered_bytes) as u32;
+        let permit = shared
+            .buffer
+            .clone()
+            .acquire_many_owned(size)
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        let (rx, wake) = lock(&shared.acc).append(
+            topic,
+            partition,
+            partitions,
+            &record,
+            Some(permit),
+            Instant::now(),
+        )?;
+        if wake {
+            shared.wake.notify_one();
+        }
+        Ok(DeliveryFuture { rx })
+    }
+
+    /// Sends and waits for the acknowledgement.
+    pub async fn send_and_wait(
+        &self,
+        topic: &str,
+        record: Record,
+        partition: Option<u32>,
+    ) -> Result<RecordMetadata, ClientError> {
+        self.send(topic, record, partition).await?.await
+    }
+
+    /// Sends what is buffered without waiting for `linger`, and waits until
+    /// every record sent before this call is acknowledged or failed.
+    pub async fn flush(&self) {
+        let shared = &self.inner.shared;
+        let mut progress = shared.progress.subscribe();
+        let target = lock(&shared.acc).seal_all();
+        shared.wake.notify_one();
+        while !lock(&shared.acc).completed_below(target) {
+            if progress.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Flushes, then stops the producer: later `send`s fail with
+    /// [`ClientError::Closed`].
+    pub async fn close(&self) {
+        let shared = &self.inner.shared;
+        shared.close();
+        self.flush().await;
+        let task = lock(&self.inner.task).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    /// The topic's partition count, described once and cached.
+    async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
+        let shared = &self.inner.shared;
+        if let Some(n) = lock(&shared.partition_counts).get(topic) {
+            return Ok(*n);
+        }
+        let deadline = Instant::now() + shared.config.delivery_timeout;
+        loop {
+            let error = match shared.client.describe_topic(topic).await {
+                Ok(desc) if !desc.partitions.is_empty() => {
+                    let n = desc.partitions.len() as u32;
+                    lock(&shared.partition_counts).insert(topic.to_string(), n);
+                    return Ok(n);
+                }
+                Ok(_) => ClientError::Server(Error::new(
+                    Reason::Unavailable,
+                    format!("topic {topic:?} has no partitions yet"),
+                )),
+                Err(e) => e,
+            };
+            let retry_at = Instant::now() + shared.config.retry_backoff;
+            if !error.retriable() || retry_at >= deadline {
+                return Err(error);
+            }
+            tokio::time::sleep_until(retry_at).await;
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,277 @@
+//! The producer's sender task: takes ready batches from the accumulator,
+//! writes them to one `ProduceStream`, matches acknowledgements by
+//! `sequence`, and re-opens the stream when it breaks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use streambus_proto::v1::produce_service_client::ProduceServiceClient;
+use streambus_proto::v1::{self, ProduceStreamRequest, ProduceStreamResponse};
+use streambus_proto::{Error, Reason};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use tonic::transport::Channel;
+
+use super::accumulator::Batch;
+use super::{Shared, lock};
+
+/// How long opening the stream may take before it counts as broken.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Stream {
+    requests: mpsc::Sender<ProduceStreamRequest>,
+    responses: Streaming<ProduceStreamResponse>,
+}
+
+enum Event {
+    Response(Option<Result<ProduceStreamResponse, tonic::Status>>),
+    Wake,
+}
+
+struct Sender {
+    shared: Arc<Shared>,
+    client: ProduceServiceClient<Channel>,
+    stream: Option<Stream>,
+    in_flight: HashMap<u64, Batch>,
+    next_sequence: u64,
+    /// After a broken stream: not re-opened before this.
+    reopen_at: Option<Instant>,
+}
+
+pub(crate) async fn run(shared: Arc<Shared>, client: ProduceServiceClient<Channel>) {
+    let mut sender = Sender {
+        shared,
+        client,
+        stream: None,
+        in_flight: HashMap::new(),
+        next_sequence: 0,
+        reopen_at: None,
+    };
+    sender.run().await;
+    tracing::debug!("producer stopped");
+}
+
+impl Sender {
+    async fn run(&mut self) {
+        let max_in_flight = self.shared.config.max_in_flight;
+        let mut batches = Vec::new();
+        loop {
+            let now = Instant::now();
+            self.expire_in_flight(now);
+            let may_send = self.stream.is_some() || self.reopen_at.is_none_or(|t| t <= now);
+            let (ready, done) = {
+                let mut acc = lock(&self.shared.acc);
+                let ready = if may_send {
+                    let room = max_in_flight.saturating_sub(self.in_flight.len());
+                    acc.ready(now, room, &mut batches)
+                } else {
+                    Default::default()
+                };
+                (ready, acc.is_closed() && acc.is_idle())
+            };
+            if ready.expired > 0 {
+                self.shared.progress.send_replace(());
+            }
+            if done {
+                return;
+            }
+            if !batches.is_empty() {
+                self.write(&mut batches).await;
+            }
+            let mut wake_at = ready.next_wake;
+            if self.stream.is_none() {
+                wake_at = min_instant(wake_at, self.reopen_at);
+            }
+            let deadline = self.in_flight.values().map(|b| b.deadline).min();
+            wake_at = min_instant(wake_at, deadline);
+            let event = {
+                let stream = &mut self.stream;
+                let wake = &self.shared.wake;
+                let response = async {
+                    match stream.as_mut() {
+                        Some(s) => s.responses.next().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let timer = async {
+                    match wake_at {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    r = response => Event::Response(r),
+                    () = wake.notified() => Event::Wake,
+                    () = timer => Event::Wake,
+                }
+            };
+            if let Event::Response(response) = event {
+                self.on_response(response);
+            }
+        }
+    }
+
+    /// Writes `batches` to the stream, opening it first if needed.
+    async fn write(&mut self, batches: &mut Vec<Batch>) {
+        let acks = self.shared.config.acks as i32;
+        let mut requests = Vec::with_capacity(batches.len());
+        for mut batch in batches.drain(..) {
+            let sequence = self.next_sequence;
+            self.next_sequence += 1;
+            requests.push(ProduceStreamRequest {
+                sequence,
+                batch: Some(v1::ProduceBatch {
+                    topic: batch.topic.to_string(),
+                    partition: Some(batch.partition),
+                    records: Vec::new(),
+                    encoded_batch: batch.encoded(),
+                }),
+                acks,
+            });
+            self.in_flight.insert(sequence, batch);
+        }
+        if let Some(stream) = &self.stream {
+            for request in requests {
+                // The channel holds max_in_flight requests and no more are in
+                // flight, so it is never full; an error means the stream is gone.
+                if stream.requests.try_send(request).is_err() {
+                    let error = Error::new(Reason::Unavailable, "produce stream closed");
+                    self.broken(error, true);
+                    return;
+                }
+            }
+            return;
+        }
+        // Queue the first requests before opening: a server may hold the
+        // response headers until it has read a message.
+        let (tx, rx) = mpsc::channel(self.shared.config.max_in_flight);
+        for request in requests {
+            tx.try_send(request)
+                .expect("the channel has room for max_in_flight requests");
+        }
+        let open = self.client.produce_stream(ReceiverStream::new(rx));
+        match tokio::time::timeout(OPEN_TIMEOUT, open).await {
+            Ok(Ok(response)) => {
+                self.reopen_at = None;
+                self.stream = Some(Stream {
+                    requests: tx,
+                    responses: response.into_inner(),
+                });
+            }
+            Ok(Err(status)) => {
+                let error = Error::from_status(&status);
+                let retriable = error.retriable();
+                self.broken(error, retriable);
+            }
+            Err(_) => {
+                let error = Error::new(Reason::Unavailable, "opening the produce stream timed out");
+                self.broken(error, true);
+            }
+        }
+    }
+
+    fn on_response(&mut self, response: Option<Result<ProduceStreamResponse, tonic::Status>>) {
+        let response = match response {
+            Some(Ok(response)) => response,
+            Some(Err(status)) => {
+                let error = Error::from_status(&status);
+                let retriable = error.retriable();
+                return self.broken(error, retriable);
+            }
+            None => {
+                let error = Error::new(Reason::Unavailable, "the gateway ended the produce stream");
+                return self.broken(error, true);
+            }
+        };
+        let Some(batch) = self.in_flight.remove(&response.sequence) else {
+            // A batch already failed by its delivery timeout.
+            tracing::debug!(
+                sequence = response.sequence,
+                "late produce response ignored"
+            );
+            return;
+        };
+        let result = response.result.unwrap_or_default();
+        let now = Instant::now();
+        let mut acc = lock(&self.shared.acc);
+        match result.error {
+            Some(detail) => {
+                let error = Error::from_detail(&detail);
+                if matches!(
+                    error.reason,
+                    Reason::UnknownPartition | Reason::UnknownTopic
+                ) {
+                    self.shared.forget_topic(&batch.topic);
+                }
+                acc.fail_or_retry(batch, error, detail.retriable, now);
+            }
+            None => {
+                let ack = result
+                    .acks
+                    .iter()
+                    .find(|a| a.partition == batch.partition)
+                    .or(result.acks.first());
+                let base_offset = ack.map_or(-1, |a| a.base_offset);
+                acc.complete(batch, Ok(base_offset));
+            }
+        }
+        drop(acc);
+        self.shared.progress.send_replace(());
+    }
+
+    /// The stream failed: every batch in flight is retried or failed, and
+    /// the stream is re-opened after the backoff.
+    fn broken(&mut self, error: Error, retriable: bool) {
+        if !self.in_flight.is_empty() {
+            tracing::warn!(error = %error, in_flight = self.in_flight.len(), "produce stream broke");
+        }
+        self.stream = None;
+        self.reopen_at = Some(Instant::now() + self.shared.config.retry_backoff);
+        let now = Instant::now();
+        let mut acc = lock(&self.shared.acc);
+        let mut batches: Vec<Batch> = self.in_flight.drain().map(|(_, b)| b).collect();
+        batches.sort_by_key(|b| b.id);
+        for batch in batches {
+            acc.fail_or_retry(batch, error.clone(), retriable, now);
+        }
+        drop(acc);
+        self.shared.progress.send_replace(());
+    }
+
+    /// Fails batches whose delivery timeout passed while in flight (the
+    /// server never answered); a late answer for them is ignored.
+    fn expire_in_flight(&mut self, now: Instant) {
+        let expired: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, b)| b.deadline <= now)
+            .map(|(seq, _)| *seq)
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        let timeout = self.shared.config.delivery_timeout;
+        let mut acc = lock(&self.shared.acc);
+        for sequence in expired {
+            let batch = self.in_flight.remove(&sequence).expect("listed above");
+            let error = Error::new(
+                Reason::Timeout,
+                format!("no acknowledgement within the delivery timeout of {timeout:?}"),
+            );
+            acc.complete(batch, Err(error));
+        }
+        drop(acc);
+        self.shared.progress.send_replace(());
+    }
+}
+
+fn min_instant(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}

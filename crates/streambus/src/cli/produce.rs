@@ -1,0 +1,292 @@
+//! `streambus produce TOPIC`: one record per line of stdin.
+
+use std::io::{self, BufRead, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use bytes::Bytes;
+use streambus_client::{
+    ClientError, Compression, DeliveryFuture, Header, ProducerConfig, Record, v1,
+};
+use tokio::sync::mpsc;
+
+use super::{GatewayArgs, parse_key_value};
+
+/// Lines per message from the stdin reader thread.
+const CHUNK_LINES: usize = 1024;
+/// Failed records reported one by one before the summary.
+const MAX_REPORTED_FAILURES: u64 = 10;
+
+/// Arguments of `streambus produce`.
+#[derive(Debug, clap::Args)]
+pub struct ProduceArgs {
+    /// Topic to write to
+    topic: String,
+    /// Key of every record (default: none; records spread over partitions)
+    #[arg(short, long, conflicts_with = "key_separator")]
+    key: Option<String>,
+    /// Split each line at the first SEP into key and value (a line without
+    /// SEP gets no key)
+    #[arg(long, value_name = "SEP")]
+    key_separator: Option<String>,
+    /// A header on every record (repeatable)
+    #[arg(short = 'H', long = "header", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    headers: Vec<(String, String)>,
+    /// Write every record to this partition
+    #[arg(short, long)]
+    partition: Option<u32>,
+    /// What the gateway waits for before a record counts as written
+    #[arg(long, value_enum, default_value_t = AcksArg::All)]
+    acks: AcksArg,
+    /// Compression of record batches
+    #[arg(long, value_enum, default_value_t = CompressionArg::None)]
+    compression: CompressionArg,
+    /// Print "partition P offset O" for each record, and a summary on stderr
+    #[arg(short, long)]
+    verbose: bool,
+    #[command(flatten)]
+    gateway: GatewayArgs,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum AcksArg {
+    /// Every in-sync replica has the record
+    All,
+    /// The partition leader has the record
+    Leader,
+    /// Do not wait (offsets are printed as -1)
+    None,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum CompressionArg {
+    None,
+    Lz4,
+}
+
+pub(super) async fn run(args: ProduceArgs) -> anyhow::Result<ExitCode> {
+    let client = args.gateway.connect().await?;
+    let producer = client.producer(ProducerConfig {
+        acks: match args.acks {
+            AcksArg::All => v1::Acks::All,
+            AcksArg::Leader => v1::Acks::Leader,
+            AcksArg::None => v1::Acks::None,
+        },
+        compression: match args.compression {
+            CompressionArg::None => Compression::None,
+            CompressionArg::Lz4 => Compression::Lz4,
+        },
+        ..ProducerConfig::default()
+    });
+    let headers: Vec<Header> = args
+        .headers
+        .iter()
+        .map(|(k, v)| Header {
+            key: k.clone(),
+            value: Some(Bytes::copy_from_slice(v.as_bytes())),
+        })
+        .collect();
+    let key = args
+        .key
+        .as_ref()
+        .map(|k| Bytes::copy_from_slice(k.as_bytes()));
+
+    let (lines_tx, mut lines) = mpsc::channel(8);
+    std::thread::spawn(move || read_lines(io::stdin().lock(), lines_tx));
+    let (deliveries_tx, deliveries) = mpsc::channel(64 * 1024);
+    let failed = Arc::new(AtomicBool::new(false));
+    let reporter = tokio::spawn(report(deliveries, args.verbose, failed.clone()));
+
+    let mut line_no = 0u64;
+    let mut error: Option<anyhow::Error> = None;
+    'read: while let Some(chunk) = lines.recv().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                error = Some(anyhow::Error::new(e).context("cannot read stdin"));
+                break;
+            }
+        };
+        for line in chunk {
+            // Stop at the first failed record rather than sending the rest.
+            if failed.load(Ordering::Relaxed) {
+                break 'read;
+            }
+            line_no += 1;
+            let (key, value) = split_line(line, key.as_ref(), args.key_separator.as_deref());
+            let record = Record {
+                key,
+                value: Some(value),
+                headers: headers.clone(),
+                timestamp_ms: 0,
+            };
+            match producer.send(&args.topic, record, args.partition).await {
+                Ok(delivery) => {
+                    if deliveries_tx.send((line_no, delivery)).await.is_err() {
+                        break 'read;
+                    }
+                }
+                Err(e) => {
+                    error = Some(e.into());
+                    break 'read;
+                }
+            }
+        }
+    }
+    drop(lines);
+    drop(deliveries_tx);
+    producer.close().await;
+    let stats = reporter.await.context("the delivery reporter failed")??;
+    if let Some(e) = error {
+        return Err(e);
+    }
+    if stats.failed > 0 {
+        eprintln!(
+            "error: {} of {} records failed",
+            stats.failed,
+            stats.failed + stats.written
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    if args.verbose {
+        eprintln!("produced {} records to {}", stats.written, args.topic);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads lines (without `\n` or `\r\n`) in chunks until EOF or until the
+/// receiver is gone.
+fn read_lines(mut input: impl BufRead, tx: mpsc::Sender<io::Result<Vec<Bytes>>>) {
+    let mut chunk = Vec::with_capacity(CHUNK_LINES);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match input.read_until(b'\n', &mut buf) {
+            Ok(0) => break,
+            Ok(_) => {
+                if buf.last() == Some(&b'\n') {
+                    buf.pop();
+                    if buf.last() == Some(&b'\r') {
+                        buf.pop();
+                    }
+                }
+                chunk.push(Bytes::copy_from_slice(&buf));
+                if chunk.len() == CHUNK_LINES
+                    && tx
+                        .blocking_send(Ok(std::mem::replace(
+                            &mut chunk,
+                            Vec::with_capacity(CHUNK_LINES),
+                        )))
+                        .is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        let _ = tx.blocking_send(Ok(chunk));
+    }
+}
+
+/// The record key and value of one line.
+fn split_line(line: Bytes, key: Option<&Bytes>, separator: Option<&str>) -> (Option<Bytes>, Bytes) {
+    if let Some(sep) = separator.filter(|s| !s.is_empty()) {
+        let sep = sep.as_bytes();
+        if let Some(at) = line.windows(sep.len()).position(|w| w == sep) {
+            return (Some(line.slice(..at)), line.slice(at + sep.len()..));
+        }
+        return (None, line);
+    }
+    (key.cloned(), line)
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    written: u64,
+    failed: u64,
+}
+
+/// Awaits deliveries in input order, printing offsets (with `-v`) and
+/// failures.
+async fn report(
+    mut deliveries: mpsc::Receiver<(u64, DeliveryFuture)>,
+    verbose: bool,
+    failed: Arc<AtomicBool>,
+) -> io::Result<Stats> {
+    let mut stats = Stats::default();
+    let mut out = io::BufWriter::new(io::stdout());
+    while let Some((line, delivery)) = deliveries.recv().await {
+        match delivery.await {
+            Ok(written) => {
+                stats.written += 1;
+                if verbose {
+                    writeln!(
+                        out,
+                        "partition {} offset {}",
+                        written.partition, written.offset
+                    )?;
+                }
+            }
+            Err(e) => {
+                stats.failed += 1;
+                failed.store(true, Ordering::Relaxed);
+                if stats.failed <= MAX_REPORTED_FAILURES {
+                    report_failure(line, &e);
+                }
+            }
+        }
+        if deliveries.is_empty() {
+            out.flush()?;
+        }
+    }
+    out.flush()?;
+    Ok(stats)
+}
+
+fn report_failure(line: u64, e: &ClientError) {
+    eprintln!("error: record on line {line}: {e}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_lose_their_line_endings() {
+        let (tx, mut rx) = mpsc::channel(8);
+        read_lines(&b"a\nb\r\n\nlast"[..], tx);
+        let chunk = rx.try_recv().unwrap().unwrap();
+        assert_eq!(chunk, vec!["a", "b", "", "last"]);
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn many_lines_come_in_chunks() {
+        let input = "x\n".repeat(CHUNK_LINES + 5);
+        let (tx, mut rx) = mpsc::channel(8);
+        read_lines(input.as_bytes(), tx);
+        assert_eq!(rx.try_recv().unwrap().unwrap().len(), CHUNK_LINES);
+        assert_eq!(rx.try_recv().unwrap().unwrap().len(), 5);
+    }
+
+    #[test]
+    fn key_separator_splits_at_the_first_occurrence() {
+        let (k, v) = split_line(Bytes::from("user-1::a::b"), None, Some("::"));
+        assert_eq!(k.as_deref(), Some(&b"user-1"[..]));
+        assert_eq!(v, "a::b");
+        let (k, v) = split_line(Bytes::from("no key"), None, Some("::"));
+        assert_eq!(k, None);
+        assert_eq!(v, "no key");
+        let fixed = Bytes::from("k");
+        let (k, _) = split_line(Bytes::from("v"), Some(&fixed), None);
+        assert_eq!(k, Some(fixed));
+    }
+}

@@ -1,0 +1,138 @@
+//! `streambus`: every server role, the single-process dev mode, and the
+//! command-line client.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use streambus::cli;
+use streambus::dev::{self, DevListeners};
+use streambus::roles::{self, Role};
+use streambus::settings::{self, Settings};
+
+/// StreamBus: a gRPC-native streaming platform.
+#[derive(Parser)]
+#[command(name = "streambus", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a controller, a storage node and a gateway in one process.
+    Dev {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Data directory (controller and storage under it).
+        #[arg(long, default_value = "data", env = "STREAMBUS_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Run a controller (the Raft metadata authority).
+    Controller(ServerArgs),
+    /// Run a storage node (partition replicas on local disk).
+    StorageNode(ServerArgs),
+    /// Run a gateway (the public gRPC API).
+    Gateway(ServerArgs),
+    #[command(flatten)]
+    Client(cli::ClientCommand),
+}
+
+/// Options of every server role.
+#[derive(Args)]
+struct ServerArgs {
+    /// A TOML config file (see deploy/streambus.example.toml).
+    #[arg(short, long, env = "STREAMBUS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Override one setting, e.g. --set gateway.listen_addr=127.0.0.1:0
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+impl ServerArgs {
+    fn load(&self) -> Result<Settings, String> {
+        settings::load(self.config.as_deref(), std::env::vars(), &self.set)
+    }
+}
+
+fn init_logging(settings: &Settings) -> Result<(), String> {
+    let format = settings.log.format.parse()?;
+    streambus_service::telemetry::init(format, &settings.log.level);
+    Ok(())
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Client(cmd) => match rt.block_on(cli::run(cmd)) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Dev { server, data_dir } => serve(
+            &server,
+            |settings| async move {
+                let listeners = DevListeners::bind(&settings).await?;
+                dev::run(
+                    settings,
+                    listeners,
+                    Some(&data_dir),
+                    streambus_service::shutdown::signal(),
+                    |e| {
+                        println!("streambus dev is ready");
+                        println!("  gateway (public gRPC)  {}", e.gateway);
+                        println!("  controller (gRPC)      {}", e.controller);
+                        println!("  storage node (gRPC)    {}", e.storage);
+                        println!("  http (health/metrics)  http://{}", e.http);
+                    },
+                )
+                .await
+            },
+            &rt,
+        ),
+        Command::Controller(server) => serve(&server, |s| roles::run(Role::Controller, s), &rt),
+        Command::StorageNode(server) => serve(&server, |s| roles::run(Role::StorageNode, s), &rt),
+        Command::Gateway(server) => serve(&server, |s| roles::run(Role::Gateway, s), &rt),
+    }
+}
+
+fn serve<F, Fut>(args: &ServerArgs, f: F, rt: &tokio::runtime::Runtime) -> ExitCode
+where
+    F: FnOnce(Settings) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let settings = match args.load() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = init_logging(&settings) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    match rt.block_on(f(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "exiting");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

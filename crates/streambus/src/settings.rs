@@ -1,0 +1,203 @@
+//! Layered configuration: built-in defaults, then a TOML file, then
+//! `STREAMBUS_`-prefixed environment variables, then `--set` flags.
+//! Unknown keys are rejected everywhere.
+//!
+//! Environment variables name nested keys with `__`:
+//! `STREAMBUS_GATEWAY__LISTEN_ADDR=0.0.0.0:7400` sets `gateway.listen_addr`.
+//! Variables without `__` (such as `STREAMBUS_GATEWAY`, the CLI's gateway
+//! address) are not configuration keys and are ignored here.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+use streambus_controller::ControllerConfig;
+use streambus_gateway::GatewayConfig;
+use streambus_storage_node::StorageNodeConfig;
+
+/// Keys that hold comma-separated lists when set from the environment.
+const LIST_KEYS: &[&str] = &["storage_node.controllers", "gateway.controllers"];
+
+/// Everything one `streambus` process can be configured with.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// The controller role.
+    pub controller: ControllerConfig,
+    /// The storage node role.
+    pub storage_node: StorageNodeConfig,
+    /// The gateway role.
+    pub gateway: GatewayConfig,
+    /// The process's HTTP endpoint (`/healthz`, `/readyz`, `/metrics`).
+    pub http: HttpSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// The HTTP endpoint.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub listen_addr: SocketAddr,
+}
+
+impl Default for HttpSettings {
+    fn default() -> HttpSettings {
+        HttpSettings {
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 7480)),
+        }
+    }
+}
+
+/// Logging to stdout.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter directive, e.g. `info` or `streambus_gateway=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> LogSettings {
+        LogSettings {
+            format: "text".to_string(),
+            level: "info,openraft=warn".to_string(),
+        }
+    }
+}
+
+/// Loads settings from the optional file, the given environment and the
+/// `key=value` overrides, in that order of precedence (last wins).
+pub fn load(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: &[String],
+) -> Result<Settings, String> {
+    let mut builder = config::Config::builder();
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(format!("config file {} does not exist", path.display()));
+        }
+        builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+    }
+    let vars: HashMap<String, String> = env
+        .into_iter()
+        .filter(|(k, _)| {
+            k.strip_prefix("STREAMBUS_")
+                .is_some_and(|rest| rest.contains("__"))
+        })
+        .collect();
+    let mut environment = config::Environment::with_prefix("STREAMBUS")
+        .prefix_separator("_")
+        .separator("__")
+        .try_parsing(true)
+        .list_separator(",")
+        .source(Some(vars));
+    for key in LIST_KEYS {
+        environment = environment.with_list_parse_key(key);
+    }
+    builder = builder.add_source(environment);
+    for o in overrides {
+        let (k, v) = o
+            .split_once('=')
+            .ok_or_else(|| format!("--set {o:?}: expected KEY=VALUE"))?;
+        let k = k.trim();
+        if LIST_KEYS.contains(&k) {
+            let items: Vec<String> = v.split(',').map(|s| s.trim().to_string()).collect();
+            builder = builder
+                .set_override(k, items)
+                .map_err(|e| format!("--set {o:?}: {e}"))?;
+        } else {
+            builder = builder
+                .set_override(k, parse_scalar(v))
+                .map_err(|e| format!("--set {o:?}: {e}"))?;
+        }
+    }
+    let cfg = builder.build().map_err(|e| format!("configuration: {e}"))?;
+    cfg.try_deserialize::<Settings>()
+        .map_err(|e| format!("configuration: {e}"))
+}
+
+fn parse_scalar(v: &str) -> config::Value {
+    if let Ok(i) = v.parse::<i64>() {
+        return i.into();
+    }
+    if let Ok(b) = v.parse::<bool>() {
+        return b.into();
+    }
+    v.to_string().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_with_nothing_set() {
+        let s = load(None, env(&[]), &[]).unwrap();
+        assert_eq!(s, Settings::default());
+        assert_eq!(s.gateway.listen_addr.port(), 7400);
+    }
+
+    #[test]
+    fn example_config_file_loads_and_matches_the_docs() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/streambus.example.toml");
+        let s = load(Some(&path), env(&[]), &[]).unwrap();
+        assert_eq!(s.gateway.listen_addr.port(), 7400);
+        assert_eq!(s.storage_node.node_id, 1);
+    }
+
+    #[test]
+    fn env_overrides_file_and_flags_override_env() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/streambus.example.toml");
+        let s = load(
+            Some(&path),
+            env(&[
+                ("STREAMBUS_STORAGE_NODE__NODE_ID", "7"),
+                ("STREAMBUS_GATEWAY__CONTROLLERS", "a:1,b:2"),
+                ("STREAMBUS_GATEWAY", "127.0.0.1:9"),
+                ("STREAMBUS_LOG__FORMAT", "json"),
+            ]),
+            &["storage_node.node_id=9".to_string()],
+        )
+        .unwrap();
+        assert_eq!(s.storage_node.node_id, 9);
+        assert_eq!(
+            s.gateway.controllers,
+            vec!["a:1".to_string(), "b:2".to_string()]
+        );
+        assert_eq!(s.log.format, "json");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = load(None, env(&[("STREAMBUS_GATEWAY__LISTEN_ADRESS", "x")]), &[]).unwrap_err();
+        assert!(err.contains("listen_adress"), "{err}");
+        let err = load(None, env(&[]), &["bogus.key=1".to_string()]).unwrap_err();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        let err = load(
+            None,
+            env(&[]),
+            &["gateway.listen_addr=not-an-address".to_string()],
+        )
+        .unwrap_err();
+        assert!(err.contains("configuration"), "{err}");
+    }
+}

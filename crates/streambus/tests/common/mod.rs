@@ -1,0 +1,72 @@
+//! Shared test helpers: a dev instance in this process on ephemeral ports.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use streambus::dev::{self, DevEndpoints, DevListeners};
+use streambus::settings::Settings;
+use tokio::sync::oneshot;
+
+/// A running in-process dev instance.
+pub struct Dev {
+    pub endpoints: DevEndpoints,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Dev {
+    /// Starts a dev instance storing under `dir` and waits until ready.
+    pub async fn start(dir: &Path) -> Dev {
+        let listeners = DevListeners::ephemeral().await.unwrap();
+        let endpoints = listeners.endpoints().unwrap();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let dir = dir.to_path_buf();
+        let mut settings = Settings::default();
+        settings.controller.node_lease_ms = 3_000;
+        let task = tokio::spawn(async move {
+            dev::run(
+                settings,
+                listeners,
+                Some(&dir),
+                async {
+                    let _ = stop_rx.await;
+                },
+                move |_| {
+                    let _ = ready_tx.send(());
+                },
+            )
+            .await
+        });
+        tokio::time::timeout(Duration::from_secs(30), ready_rx)
+            .await
+            .expect("dev instance ready within 30 s")
+            .expect("dev instance stopped before it was ready");
+        Dev {
+            endpoints,
+            stop: Some(stop_tx),
+            task: Some(task),
+        }
+    }
+
+    /// The public gateway address.
+    pub fn gateway(&self) -> String {
+        self.endpoints.gateway.to_string()
+    }
+
+    /// Drains and stops the instance; panics if any role failed.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .expect("dev instance stops within 30 s")
+                .expect("dev task")
+                .expect("dev instance shut down cleanly");
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The StreamBus gateway: stateless, client-facing gRPC (admin, produce,
+//! consume). It keeps a metadata cache fed by the controller's watch stream
+//! and routes every partition request to the partition's leader, retrying
+//! through leader moves. Run as many as you like.
+
+pub mod admin;
+pub mod config;
+pub mod consume;
+pub mod metadata;
+pub mod metrics;
+pub mod produce;
+pub mod router;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use streambus_controller::client::ControllerClient;
+use streambus_proto::v1::admin_service_server::AdminServiceServer;
+use streambus_proto::v1::consume_service_server::ConsumeServiceServer;
+use streambus_proto::v1::produce_service_server::ProduceServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::GatewayConfig;
+pub use metrics::Metrics;
+
+/// Largest gRPC message a client may send or receive.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+const SERVICES: &[&str] = &[
+    "streambus.v1.AdminService",
+    "streambus.v1.ProduceService",
+    "streambus.v1.ConsumeService",
+];
+
+/// Errors that stop a gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The listener could not be bound.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A setting is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The gRPC server failed.
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Binds `config.listen_addr` and serves until `shutdown` completes.
+pub async fn serve(
+    config: GatewayConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    let listener = TcpListener::bind(config.listen_addr)
+        .await
+        .map_err(|source| GatewayError::Bind {
+            addr: config.listen_addr,
+            source,
+        })?;
+    let metrics = Metrics::new(&mut Registry::default());
+    serve_with_listener(config, listener, metrics, None, shutdown).await
+}
+
+/// Serves on an already bound listener until `shutdown` completes, then
+/// stops accepting and finishes in-flight requests. `ready` turns true once
+/// the first metadata snapshot has arrived.
+pub async fn serve_with_listener(
+    config: GatewayConfig,
+    listener: TcpListener,
+    metrics: Metrics,
+    ready: Option<watch::Sender<bool>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    let addr = listener.local_addr().map_err(|source| GatewayError::Bind {
+        addr: config.listen_addr,
+        source,
+    })?;
+    let controller = ControllerClient::new(config.controllers.clone())
+        .map_err(|e| GatewayError::Config(format!("gateway.controllers: {e}")))?;
+    let cache = metadata::MetadataCache::new(controller);
+    let ready = ready.unwrap_or_else(|| watch::channel(false).0);
+    let metadata_task = tokio::spawn(cache.clone().run(ready));
+    let router = router::Router::new(cache);
+    let (drain_tx, drain_rx) = watch::channel(false);
+
+    let admin = admin::AdminApi {
+        router: router.clone(),
+        metrics: metrics.clone(),
+    };
+    let produce = produce::ProduceApi {
+        router: router.clone(),
+        metrics: metrics.clone(),
+        default_timeout: Duration::from_millis(config.request_timeout_ms),
+        max_in_flight: config.max_in_flight_per_stream,
+        keyless: Arc::new(AtomicU32::new(0)),
+        draining: drain_rx.clone(),
+    };
+    let consume = consume::ConsumeApi {
+        router,
+        metrics,
+        max_wait: Duration::from_millis(config.max_fetch_wait_ms),
+        buffer: config.subscribe_buffer,
+        draining: drain_rx,
+    };
+    let (health, health_service) = streambus_service::grpc::health_service();
+    streambus_service::grpc::set_serving(&health, SERVICES).await;
+    tracing::info!(%addr, "gateway serving");
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("gateway draining");
+        streambus_service::grpc::set_not_serving(&health, SERVICES).await;
+        let _ = drain_tx.send(true);
+    };
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(streambus_service::grpc::reflection_service())
+        .add_service(
+            AdminServiceServer::new(admin)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            ProduceServiceServer::new(produce)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            ConsumeServiceServer::new(consume)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await;
+    metadata_task.abort();
+    tracing::info!("gateway stopped");
+    result.map_err(GatewayError::from)
+}

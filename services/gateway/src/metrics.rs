@@ -1,0 +1,91 @@
+//! Gateway metrics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// The labels of per-method metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    /// gRPC method name.
+    pub method: &'static str,
+}
+
+/// Gateway metrics, registered under the `streambus_gateway` prefix.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Records acknowledged to producers.
+    pub produced_records: Counter,
+    /// Batch bytes acknowledged to producers.
+    pub produced_bytes: Counter,
+    /// Records sent to consumers.
+    pub consumed_records: Counter,
+    /// Batch bytes sent to consumers.
+    pub consumed_bytes: Counter,
+    /// Request latency by method (produce batches count one each on
+    /// streams).
+    pub request_seconds: Family<MethodLabels, Histogram>,
+    /// Failed requests by method.
+    pub request_errors: Family<MethodLabels, Counter>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them.
+    pub fn new(registry: &mut Registry) -> Metrics {
+        let m = Metrics {
+            produced_records: Counter::default(),
+            produced_bytes: Counter::default(),
+            consumed_records: Counter::default(),
+            consumed_bytes: Counter::default(),
+            request_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+            }),
+            request_errors: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("streambus_gateway");
+        r.register(
+            "produced_records",
+            "Records acknowledged to producers",
+            m.produced_records.clone(),
+        );
+        r.register(
+            "produced_bytes",
+            "Batch bytes acknowledged to producers",
+            m.produced_bytes.clone(),
+        );
+        r.register(
+            "consumed_records",
+            "Records sent to consumers",
+            m.consumed_records.clone(),
+        );
+        r.register(
+            "consumed_bytes",
+            "Batch bytes sent to consumers",
+            m.consumed_bytes.clone(),
+        );
+        r.register(
+            "request_seconds",
+            "Request latency by method",
+            m.request_seconds.clone(),
+        );
+        r.register(
+            "request_errors",
+            "Failed requests by method",
+            m.request_errors.clone(),
+        );
+        m
+    }
+
+    /// Records one request's outcome.
+    pub fn observe(&self, method: &'static str, started: std::time::Instant, ok: bool) {
+        let labels = MethodLabels { method };
+        self.request_seconds
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        if !ok {
+            self.request_errors.get_or_create(&labels).inc();
+        }
+    }
+}

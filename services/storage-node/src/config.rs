@@ -1,0 +1,58 @@
+//! Storage node settings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Settings of one storage node. Every field has a dev-friendly default.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageNodeConfig {
+    /// This node's id: explicit, stable across restarts, unique in the
+    /// cluster. Never derived from a hostname.
+    pub node_id: u64,
+    /// Where the StorageService listens.
+    pub listen_addr: SocketAddr,
+    /// The address other services use to reach this node; empty = listen_addr.
+    pub advertised_addr: String,
+    /// Partition directories live here.
+    pub data_dir: PathBuf,
+    /// Controller addresses (host:port); any of them, the leader is found.
+    pub controllers: Vec<String>,
+    /// How often the node renews its lease with the controller.
+    pub heartbeat_interval_ms: u64,
+    /// How often retention, compaction and age-based segment rolls run.
+    pub maintenance_interval_ms: u64,
+    /// Upper bound for a fetch's long-poll wait.
+    pub max_fetch_wait_ms: u64,
+    /// Upper bound for one fetch response.
+    pub max_fetch_bytes: u32,
+}
+
+impl Default for StorageNodeConfig {
+    fn default() -> StorageNodeConfig {
+        StorageNodeConfig {
+            node_id: 1,
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 7402)),
+            advertised_addr: String::new(),
+            data_dir: PathBuf::from("data/storage"),
+            controllers: vec!["127.0.0.1:7401".to_string()],
+            heartbeat_interval_ms: 1000,
+            maintenance_interval_ms: 60_000,
+            max_fetch_wait_ms: 30_000,
+            max_fetch_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl StorageNodeConfig {
+    /// The address advertised to the controller.
+    pub fn advertised(&self, bound: SocketAddr) -> String {
+        if self.advertised_addr.is_empty() {
+            bound.to_string()
+        } else {
+            self.advertised_addr.clone()
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Storage node metrics.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Storage node metrics, registered under the `streambus_storage` prefix.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Records appended.
+    pub appended_records: Counter,
+    /// Bytes appended (batch bytes as stored).
+    pub appended_bytes: Counter,
+    /// Bytes returned by fetches.
+    pub fetched_bytes: Counter,
+    /// Append latency, including fsync under the `always` policy.
+    pub append_seconds: Histogram,
+    /// Failed appends.
+    pub append_errors: Counter,
+    /// Partition replicas hosted.
+    pub replicas: Gauge,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them.
+    pub fn new(registry: &mut Registry) -> Metrics {
+        let m = Metrics {
+            appended_records: Counter::default(),
+            appended_bytes: Counter::default(),
+            fetched_bytes: Counter::default(),
+            append_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            append_errors: Counter::default(),
+            replicas: Gauge::default(),
+        };
+        let r = registry.sub_registry_with_prefix("streambus_storage");
+        r.register(
+            "appended_records",
+            "Records appended",
+            m.appended_records.clone(),
+        );
+        r.register("appended_bytes", "Bytes appended", m.appended_bytes.clone());
+        r.register(
+            "fetched_bytes",
+            "Bytes returned by fetches",
+            m.fetched_bytes.clone(),
+        );
+        r.register(
+            "append_seconds",
+            "Append latency including fsync",
+            m.append_seconds.clone(),
+        );
+        r.register("append_errors", "Failed appends", m.append_errors.clone());
+        r.register("replicas", "Partition replicas hosted", m.replicas.clone());
+        m
+    }
+}

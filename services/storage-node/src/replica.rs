@@ -1,0 +1,168 @@
+//! One partition replica hosted on this node: its log and its leadership.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use streambus_controller::topic_config::{FsyncSetting, TopicConfig};
+use streambus_log::{FsyncPolicy, Log, LogConfig};
+use tokio::sync::watch;
+
+/// Identifies a partition: topic name and partition number.
+pub type PartitionKey = (String, u32);
+
+/// Leadership of a replica as the metadata says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leadership {
+    /// Leader node id (0 = none).
+    pub leader: u64,
+    /// Leader epoch, stamped into every batch this node appends as leader.
+    pub leader_epoch: u64,
+}
+
+/// A partition replica.
+pub struct Replica {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: u32,
+    /// The topic incarnation this replica belongs to.
+    pub topic_id: String,
+    /// The partition's directory.
+    pub dir: PathBuf,
+    /// The log.
+    pub log: Arc<Log>,
+    /// Topic settings at open time.
+    pub config: TopicConfig,
+    leadership: std::sync::Mutex<Leadership>,
+    /// High watermark: records below it are visible to consumers.
+    hw: watch::Sender<i64>,
+    last_flush: std::sync::Mutex<Instant>,
+    flushed_end: AtomicI64,
+}
+
+/// Translates a topic's settings into the log's.
+pub fn log_config(config: &TopicConfig) -> LogConfig {
+    LogConfig {
+        segment_bytes: config.segment_bytes,
+        segment_ms: config.segment_ms,
+        max_batch_bytes: config.max_message_bytes,
+        fsync: match config.fsync_policy {
+            FsyncSetting::Always => FsyncPolicy::Always,
+            FsyncSetting::Interval => {
+                FsyncPolicy::Interval(Duration::from_millis(config.fsync_interval_ms))
+            }
+            FsyncSetting::Never => FsyncPolicy::Never,
+        },
+        retention_ms: config.retention_ms,
+        retention_bytes: config.retention_bytes,
+        cleanup_policy: match config.cleanup_policy {
+            streambus_controller::topic_config::CleanupPolicy::Delete => {
+                streambus_log::CleanupPolicy::Delete
+            }
+            streambus_controller::topic_config::CleanupPolicy::Compact => {
+                streambus_log::CleanupPolicy::Compact
+            }
+        },
+        tombstone_retention_ms: config.delete_retention_ms,
+        ..LogConfig::default()
+    }
+}
+
+impl Replica {
+    /// Wraps an opened log.
+    pub fn new(
+        key: PartitionKey,
+        topic_id: String,
+        dir: PathBuf,
+        log: Log,
+        config: TopicConfig,
+        leadership: Leadership,
+    ) -> Replica {
+        let log = Arc::new(log);
+        let r = Replica {
+            topic: key.0,
+            partition: key.1,
+            topic_id,
+            dir,
+            log,
+            config,
+            leadership: std::sync::Mutex::new(leadership),
+            hw: watch::channel(0).0,
+            last_flush: std::sync::Mutex::new(Instant::now()),
+            flushed_end: AtomicI64::new(0),
+        };
+        r.advance_high_watermark();
+        r
+    }
+
+    /// Whether acknowledged appends are fsynced before the ack.
+    pub fn fsync_always(&self) -> bool {
+        self.config.fsync_policy == FsyncSetting::Always
+    }
+
+    /// Current leadership.
+    pub fn leadership(&self) -> Leadership {
+        self.leadership
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Updates leadership from metadata.
+    pub fn set_leadership(&self, l: Leadership) {
+        *self.leadership.lock().unwrap_or_else(|p| p.into_inner()) = l;
+    }
+
+    /// The high watermark.
+    ///
+    /// With one replica it is the log end offset, except under fsync
+    /// `always`, where it is the durable offset: consumers never see a
+    /// record that a crash could still take away.
+    pub fn high_watermark(&self) -> i64 {
+        *self.hw.borrow()
+    }
+
+    /// Recomputes the high watermark from the log and wakes waiting fetches.
+    pub fn advance_high_watermark(&self) {
+        let hw = if self.fsync_always() {
+            self.log.durable_offset()
+        } else {
+            self.log.end_offset()
+        };
+        self.hw.send_if_modified(|cur| {
+            if *cur != hw {
+                *cur = hw;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Subscribes to high watermark changes.
+    pub fn watch_high_watermark(&self) -> watch::Receiver<i64> {
+        self.hw.subscribe()
+    }
+
+    /// For the `interval` fsync policy: flushes when the interval has
+    /// passed and there is unflushed data. Blocking.
+    pub fn flush_if_due(&self, now: Instant) -> Result<bool, streambus_log::LogError> {
+        if self.config.fsync_policy != FsyncSetting::Interval {
+            return Ok(false);
+        }
+        let end = self.log.end_offset();
+        if self.flushed_end.load(Ordering::Relaxed) == end && self.log.durable_offset() == end {
+            return Ok(false);
+        }
+        let mut last = self.last_flush.lock().unwrap_or_else(|p| p.into_inner());
+        if now.duration_since(*last) < Duration::from_millis(self.config.fsync_interval_ms) {
+            return Ok(false);
+        }
+        self.log.flush()?;
+        *last = now;
+        self.flushed_end.store(end, Ordering::Relaxed);
+        Ok(true)
+    }
+}

@@ -1,0 +1,195 @@
+//! The internal StorageService: append, fetch (long poll), list offsets.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use streambus_proto::internal::storage_service_server::StorageService;
+use streambus_proto::internal::{
+    AppendRequest, AppendResponse, ListOffsetsRequest, ListOffsetsResponse, PartitionRef,
+    StorageFetchRequest, StorageFetchResponse, list_offsets_request,
+};
+use streambus_proto::{Error, Reason};
+use tonic::{Request, Response, Status};
+
+use crate::error::log_error;
+use crate::metrics::Metrics;
+use crate::partitions::Partitions;
+
+/// Implements `streambus.internal.v1.StorageService`.
+pub struct StorageApi {
+    pub(crate) partitions: Arc<Partitions>,
+    pub(crate) metrics: Metrics,
+    pub(crate) max_fetch_wait: Duration,
+    pub(crate) max_fetch_bytes: u32,
+    /// Flips to true when the node starts draining: long polls end early.
+    pub(crate) draining: tokio::sync::watch::Receiver<bool>,
+}
+
+fn partition_ref(p: Option<PartitionRef>) -> Result<PartitionRef, Error> {
+    let p = p.ok_or_else(|| Error::new(Reason::InvalidArgument, "partition is required"))?;
+    if p.topic.is_empty() {
+        return Err(Error::new(Reason::InvalidArgument, "topic is required"));
+    }
+    Ok(p)
+}
+
+fn join_error(e: tokio::task::JoinError) -> Error {
+    Error::new(Reason::Internal, format!("storage task failed: {e}"))
+}
+
+impl StorageApi {
+    async fn append(&self, req: AppendRequest) -> Result<AppendResponse, Error> {
+        let p = partition_ref(req.partition)?;
+        let replica = self.partitions.leader_replica(&p.topic, p.partition)?;
+        let epoch = i32::try_from(replica.leadership().leader_epoch).unwrap_or(i32::MAX);
+        let mut batch = req.batch.to_vec();
+        let started = Instant::now();
+        let log_replica = replica.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            log_replica.log.append_with_epoch(&mut batch, epoch)
+        })
+        .await
+        .map_err(join_error)?;
+        let info = match result {
+            Ok(info) => info,
+            Err(e) => {
+                self.metrics.append_errors.inc();
+                return Err(log_error(&p.topic, p.partition, e));
+            }
+        };
+        replica.advance_high_watermark();
+        self.metrics
+            .append_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .appended_records
+            .inc_by(info.record_count as u64);
+        self.metrics.appended_bytes.inc_by(info.size as u64);
+        Ok(AppendResponse {
+            base_offset: info.base_offset,
+            last_offset: info.last_offset,
+            record_count: info.record_count as u32,
+            high_watermark: replica.high_watermark(),
+        })
+    }
+
+    async fn fetch(&self, req: StorageFetchRequest) -> Result<StorageFetchResponse, Error> {
+        let p = partition_ref(req.partition)?;
+        let replica = self.partitions.leader_replica(&p.topic, p.partition)?;
+        let wait = Duration::from_millis(u64::from(req.max_wait_ms)).min(self.max_fetch_wait);
+        let max_bytes = if req.max_bytes == 0 {
+            1024 * 1024
+        } else {
+            req.max_bytes.min(self.max_fetch_bytes)
+        } as usize;
+        let offset = req.offset;
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut hw_rx = replica.watch_high_watermark();
+        loop {
+            let hw = *hw_rx.borrow_and_update();
+            let log_start = replica.log.log_start_offset();
+            let end = replica.log.end_offset();
+            if offset < log_start {
+                return Err(log_error(
+                    &p.topic,
+                    p.partition,
+                    streambus_log::LogError::OffsetBelowStart { offset, log_start },
+                ));
+            }
+            if offset > end {
+                return Err(log_error(
+                    &p.topic,
+                    p.partition,
+                    streambus_log::LogError::OffsetAboveEnd { offset, end },
+                ));
+            }
+            if offset < hw {
+                let r = replica.clone();
+                let read =
+                    tokio::task::spawn_blocking(move || r.log.read(offset, max_bytes, Some(hw)))
+                        .await
+                        .map_err(join_error)?
+                        .map_err(|e| log_error(&p.topic, p.partition, e))?;
+                if !read.data.is_empty() {
+                    self.metrics.fetched_bytes.inc_by(read.data.len() as u64);
+                    return Ok(StorageFetchResponse {
+                        batches: read.data,
+                        high_watermark: hw,
+                        log_start_offset: read.log_start_offset,
+                        next_offset: read.next_offset,
+                        log_end_offset: read.end_offset,
+                    });
+                }
+            }
+            // Nothing visible yet: wait for the high watermark to move.
+            let mut draining = self.draining.clone();
+            let changed = tokio::select! {
+                c = tokio::time::timeout_at(deadline, hw_rx.changed()) => matches!(c, Ok(Ok(()))),
+                _ = draining.wait_for(|d| *d) => false,
+            };
+            if !changed {
+                return Ok(StorageFetchResponse {
+                    batches: Default::default(),
+                    high_watermark: replica.high_watermark(),
+                    log_start_offset: replica.log.log_start_offset(),
+                    next_offset: offset,
+                    log_end_offset: replica.log.end_offset(),
+                });
+            }
+        }
+    }
+
+    async fn list_offsets(&self, req: ListOffsetsRequest) -> Result<ListOffsetsResponse, Error> {
+        let p = partition_ref(req.partition)?;
+        let replica = self.partitions.leader_replica(&p.topic, p.partition)?;
+        let hw = replica.high_watermark();
+        let log_start = replica.log.log_start_offset();
+        let offset = match req.query {
+            None | Some(list_offsets_request::Query::Latest(_)) => hw,
+            Some(list_offsets_request::Query::Earliest(_)) => log_start,
+            Some(list_offsets_request::Query::TimestampMs(ts)) => {
+                let r = replica.clone();
+                let found = tokio::task::spawn_blocking(move || r.log.offset_for_timestamp(ts))
+                    .await
+                    .map_err(join_error)?
+                    .map_err(|e| log_error(&p.topic, p.partition, e))?;
+                match found {
+                    Some(o) if o < hw => o,
+                    _ => -1,
+                }
+            }
+        };
+        Ok(ListOffsetsResponse {
+            offset,
+            log_start_offset: log_start,
+            high_watermark: hw,
+            log_end_offset: replica.log.end_offset(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl StorageService for StorageApi {
+    async fn append(
+        &self,
+        request: Request<AppendRequest>,
+    ) -> Result<Response<AppendResponse>, Status> {
+        Ok(Response::new(self.append(request.into_inner()).await?))
+    }
+
+    async fn fetch(
+        &self,
+        request: Request<StorageFetchRequest>,
+    ) -> Result<Response<StorageFetchResponse>, Status> {
+        Ok(Response::new(self.fetch(request.into_inner()).await?))
+    }
+
+    async fn list_offsets(
+        &self,
+        request: Request<ListOffsetsRequest>,
+    ) -> Result<Response<ListOffsetsResponse>, Status> {
+        Ok(Response::new(
+            self.list_offsets(request.into_inner()).await?,
+        ))
+    }
+}

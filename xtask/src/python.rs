@@ -1,0 +1,114 @@
+//! The cross-language proof: a Python grpcio test that generates its stubs
+//! from `proto/` and runs against a real `streambus dev` process.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::run;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Creates (once) a virtualenv with the test's pinned requirements.
+fn venv() -> Result<PathBuf, String> {
+    let root = root();
+    let venv = root.join("target/python-venv");
+    let requirements = root.join("tests/python/requirements.txt");
+    let stamp = venv.join(".requirements");
+    let wanted = std::fs::read_to_string(&requirements)
+        .map_err(|e| format!("{}: {e}", requirements.display()))?;
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        return Ok(venv);
+    }
+    let venv_str = venv.to_string_lossy().to_string();
+    run("python3", &["-m", "venv", &venv_str])?;
+    let pip = venv.join("bin/pip").to_string_lossy().to_string();
+    run(
+        &pip,
+        &[
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+            &requirements.to_string_lossy(),
+        ],
+    )?;
+    std::fs::write(&stamp, wanted).map_err(|e| format!("{}: {e}", stamp.display()))?;
+    Ok(venv)
+}
+
+/// Builds the binary, starts `streambus dev` on ephemeral ports, runs
+/// pytest against it, and stops it.
+pub fn run() -> Result<(), String> {
+    let venv = venv()?;
+    run("cargo", &["build", "--locked", "--bin", "streambus"])?;
+    let root = root();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let data = tempdir(&target)?;
+    let mut child = Command::new(target.join("debug/streambus"))
+        .arg("dev")
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--set", "gateway.listen_addr=127.0.0.1:0"])
+        .args(["--set", "controller.listen_addr=127.0.0.1:0"])
+        .args(["--set", "storage_node.listen_addr=127.0.0.1:0"])
+        .args(["--set", "http.listen_addr=127.0.0.1:0"])
+        .args(["--set", "log.level=warn"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start streambus dev: {e}"))?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = line.trim().strip_prefix("gateway (public gRPC)")
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(addr.trim().to_string());
+            }
+        }
+    });
+    let result = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(gateway) => {
+            let python = venv.join("bin/python").to_string_lossy().to_string();
+            eprintln!("$ STREAMBUS_GATEWAY={gateway} {python} -m pytest tests/python");
+            Command::new(&python)
+                .args(["-m", "pytest", "-q", "tests/python"])
+                .current_dir(&root)
+                .env("STREAMBUS_GATEWAY", &gateway)
+                .status()
+                .map_err(|e| format!("cannot run pytest: {e}"))
+                .and_then(|s| {
+                    if s.success() {
+                        Ok(())
+                    } else {
+                        Err(format!("python tests failed: {s}"))
+                    }
+                })
+        }
+        Err(_) => Err("streambus dev did not become ready within 60 s".to_string()),
+    };
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&data);
+    result
+}
+
+fn tempdir(target: &Path) -> Result<PathBuf, String> {
+    let dir = target.join(format!("python-test-data-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(dir)
+}
