@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::run;
+use crate::run as sh;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -27,9 +27,9 @@ fn venv() -> Result<PathBuf, String> {
         return Ok(venv);
     }
     let venv_str = venv.to_string_lossy().to_string();
-    run("python3", &["-m", "venv", &venv_str])?;
+    sh("python3", &["-m", "venv", &venv_str])?;
     let pip = venv.join("bin/pip").to_string_lossy().to_string();
-    run(
+    sh(
         &pip,
         &[
             "install",
@@ -47,7 +47,7 @@ fn venv() -> Result<PathBuf, String> {
 /// pytest against it, and stops it.
 pub fn run() -> Result<(), String> {
     let venv = venv()?;
-    run("cargo", &["build", "--locked", "--bin", "streambus"])?;
+    sh("cargo", &["build", "--locked", "--bin", "streambus"])?;
     let root = root();
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
