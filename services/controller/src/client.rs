@@ -1,0 +1,324 @@
+//! The client other services (storage nodes, gateways, the operator, the
+//! CLI) use to talk to the controllers.
+//!
+//! Writes go to the Raft leader: the client remembers the last leader,
+//! follows `NOT_CONTROLLER_LEADER` hints and retries retriable errors with
+//! backoff across every configured address for a bounded time (10 s by
+//! default) before returning the last error. Reads go to any controller.
+//! [`ControllerClient::watch_metadata`] never ends: it reconnects forever
+//! and never yields a version older than one it already yielded.
+//!
+//! A retried `CreateTopic` whose first attempt was applied but not answered
+//! (leader crash, timeout) returns `TOPIC_ALREADY_EXISTS`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::Stream;
+use streambus_proto::internal::controller_service_client::ControllerServiceClient;
+use streambus_proto::internal::{
+    ClusterMetadata, GetMetadataRequest, HeartbeatRequest, RegisterNodeRequest,
+    WatchMetadataRequest,
+};
+use streambus_proto::v1::{CreateTopicRequest, DeleteTopicRequest, TopicDescription};
+use streambus_proto::{Error, Reason};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::network::lazy_channel;
+use crate::server::MAX_METADATA_MESSAGE_BYTES;
+
+/// How long one request attempt may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+const MIN_BACKOFF: Duration = Duration::from_millis(25);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_WATCH_BACKOFF: Duration = Duration::from_secs(2);
+
+type Client = ControllerServiceClient<Channel>;
+
+/// A handle on the controller group. Cheap to clone; clones share
+/// connections and the known leader.
+#[derive(Clone)]
+pub struct ControllerClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    addresses: Vec<String>,
+    retry_for: Duration,
+    channels: Mutex<HashMap<String, Channel>>,
+    leader: Mutex<Option<String>>,
+}
+
+fn request<T>(message: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.set_timeout(ATTEMPT_TIMEOUT);
+    req
+}
+
+impl ControllerClient {
+    /// A client for the controllers at `addresses` (`host:port`, or
+    /// `http://host:port`). Connections are made lazily.
+    pub fn new(addresses: Vec<String>) -> Result<ControllerClient, Error> {
+        let addresses: Vec<String> = addresses.into_iter().filter(|a| !a.is_empty()).collect();
+        if addresses.is_empty() {
+            return Err(Error::new(
+                Reason::InvalidArgument,
+                "no controller address given",
+            ));
+        }
+        let client = ControllerClient {
+            inner: Arc::new(Inner {
+                addresses,
+                retry_for: Duration::from_secs(10),
+                channels: Mutex::new(HashMap::new()),
+                leader: Mutex::new(None),
+            }),
+        };
+        for address in &client.inner.addresses {
+            client.channel(address)?;
+        }
+        Ok(client)
+    }
+
+    /// Changes how long writes and reads keep retrying (default 10 s).
+    pub fn with_retry_for(self, retry_for: Duration) -> ControllerClient {
+        ControllerClient {
+            inner: Arc::new(Inner {
+                addresses: self.inner.addresses.clone(),
+                retry_for,
+                channels: Mutex::new(
+                    self.inner
+                        .channels
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone(),
+                ),
+                leader: Mutex::new(self.known_leader()),
+            }),
+        }
+    }
+
+    /// The configured controller addresses.
+    pub fn addresses(&self) -> &[String] {
+        &self.inner.addresses
+    }
+
+    fn channel(&self, address: &str) -> Result<Channel, Error> {
+        let mut channels = self
+            .inner
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let channel = lazy_channel(address).map_err(|e| {
+            Error::new(
+                Reason::InvalidArgument,
+                format!("bad controller address {address:?}: {e}"),
+            )
+        })?;
+        channels.insert(address.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    fn client(&self, address: &str) -> Result<Client, Error> {
+        Ok(ControllerServiceClient::new(self.channel(address)?)
+            .max_decoding_message_size(MAX_METADATA_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_METADATA_MESSAGE_BYTES))
+    }
+
+    fn known_leader(&self) -> Option<String> {
+        self.inner
+            .leader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_leader(&self, address: Option<String>) {
+        *self.inner.leader.lock().unwrap_or_else(|p| p.into_inner()) = address;
+    }
+
+    /// Runs `call` against the leader (or, for reads, any controller),
+    /// following leader hints and retrying retriable errors until
+    /// `retry_for` has passed.
+    async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, Error>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let deadline = Instant::now() + self.inner.retry_for;
+        let addresses = &self.inner.addresses;
+        let mut next = 0usize;
+        let mut target = self.known_leader().unwrap_or_else(|| addresses[0].clone());
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let err = match call(self.client(&target)?).await {
+                Ok(response) => {
+                    self.set_leader(Some(target));
+                    return Ok(response.into_inner());
+                }
+                Err(status) => Error::from_status(&status),
+            };
+            if !err.retriable() || Instant::now() >= deadline {
+                return Err(err);
+            }
+            let pause = match &err.leader_hint {
+                Some(hint) if err.reason == Reason::NotControllerLeader && *hint != target => {
+                    tracing::debug!(from = %target, to = %hint, "following controller leader hint");
+                    target = hint.clone();
+                    MIN_BACKOFF
+                }
+                _ => {
+                    tracing::debug!(controller = %target, error = %err, "controller request failed; trying another");
+                    self.set_leader(None);
+                    // Rotate through the configured addresses.
+                    if addresses[next % addresses.len()] == target {
+                        next += 1;
+                    }
+                    target = addresses[next % addresses.len()].clone();
+                    next += 1;
+                    let pause = backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    pause
+                }
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(pause.min(left)).await;
+        }
+    }
+
+    /// Creates a topic; returns it as created (effective configs, placement).
+    pub async fn create_topic(&self, req: CreateTopicRequest) -> Result<TopicDescription, Error> {
+        let response = self
+            .call(|mut c| {
+                let req = request(req.clone());
+                async move { c.create_topic(req).await }
+            })
+            .await?;
+        response
+            .topic
+            .ok_or_else(|| Error::new(Reason::Internal, "controller returned no topic"))
+    }
+
+    /// Deletes a topic.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), Error> {
+        self.call(|mut c| {
+            let req = request(DeleteTopicRequest {
+                name: name.to_string(),
+            });
+            async move { c.delete_topic(req).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The current metadata of some controller (possibly a lagging follower;
+    /// compare `version`s).
+    pub async fn get_metadata(&self) -> Result<ClusterMetadata, Error> {
+        self.call(|mut c| async move { c.get_metadata(request(GetMetadataRequest {})).await })
+            .await
+    }
+
+    /// Registers (or re-registers) a storage node; returns the lease in ms.
+    pub async fn register_node(&self, node_id: u64, address: &str) -> Result<u64, Error> {
+        let response = self
+            .call(|mut c| {
+                let req = request(RegisterNodeRequest {
+                    node_id,
+                    address: address.to_string(),
+                });
+                async move { c.register_node(req).await }
+            })
+            .await?;
+        Ok(response.lease_ms)
+    }
+
+    /// Renews a storage node's lease; returns the lease in ms.
+    pub async fn heartbeat(&self, node_id: u64) -> Result<u64, Error> {
+        let response = self
+            .call(|mut c| async move { c.heartbeat(request(HeartbeatRequest { node_id })).await })
+            .await?;
+        Ok(response.lease_ms)
+    }
+
+    /// Every new metadata snapshot, forever: the current one first, then one
+    /// per change. Reconnects (with backoff, trying each controller in turn)
+    /// whenever a stream fails, and skips snapshots not newer than the last
+    /// one yielded.
+    pub fn watch_metadata(&self) -> impl Stream<Item = ClusterMetadata> + Send + 'static {
+        let state = WatchState {
+            client: self.clone(),
+            next: 0,
+            last_version: None,
+            stream: None,
+            backoff: MIN_BACKOFF,
+        };
+        futures::stream::unfold(state, |mut st| async move {
+            let md = st.next_metadata().await;
+            Some((md, st))
+        })
+    }
+}
+
+struct WatchState {
+    client: ControllerClient,
+    next: usize,
+    last_version: Option<u64>,
+    stream: Option<tonic::Streaming<ClusterMetadata>>,
+    backoff: Duration,
+}
+
+impl WatchState {
+    async fn pause(&mut self) {
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(MAX_WATCH_BACKOFF);
+    }
+
+    async fn next_metadata(&mut self) -> ClusterMetadata {
+        loop {
+            let Some(stream) = &mut self.stream else {
+                let addresses = &self.client.inner.addresses;
+                let address = match (self.next, self.client.known_leader()) {
+                    (0, Some(leader)) => leader,
+                    (n, _) => addresses[n % addresses.len()].clone(),
+                };
+                self.next += 1;
+                let opened = match self.client.client(&address) {
+                    Ok(mut c) => c
+                        .watch_metadata(WatchMetadataRequest {
+                            min_version: self.last_version.unwrap_or(0),
+                        })
+                        .await
+                        .map(tonic::Response::into_inner),
+                    Err(e) => Err(e.to_status()),
+                };
+                match opened {
+                    Ok(stream) => self.stream = Some(stream),
+                    Err(status) => {
+                        tracing::debug!(controller = %address, error = %status, "cannot watch metadata; retrying");
+                        self.pause().await;
+                    }
+                }
+                continue;
+            };
+            match stream.message().await {
+                Ok(Some(md)) => {
+                    self.backoff = MIN_BACKOFF;
+                    if self.last_version.is_none_or(|v| md.version > v) {
+                        self.last_version = Some(md.version);
+                        return md;
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    self.stream = None;
+                    self.pause().await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! The client-facing `ControllerService` and the [`Proposer`] that turns
+//! validated requests into Raft proposals.
+//!
+//! Writes (`CreateTopic`, `DeleteTopic`, `RegisterNode`, `Heartbeat`) are
+//! served by the Raft leader only; other controllers answer
+//! `NOT_CONTROLLER_LEADER` with the leader's address as hint. Reads
+//! (`GetMetadata`, `WatchMetadata`) are served by any controller from its
+//! applied state, which on a follower may lag the leader by a few
+//! heartbeats; the `version` field tells how fresh a snapshot is.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use openraft::error::{ClientWriteError, Fatal, RaftError};
+use openraft::{BasicNode, RaftMetrics, ServerState};
+use streambus_proto::internal::controller_service_server::ControllerService;
+use streambus_proto::internal::{
+    ClusterMetadata, GetMetadataRequest, HeartbeatRequest, HeartbeatResponse, RegisterNodeRequest,
+    RegisterNodeResponse, WatchMetadataRequest,
+};
+use streambus_proto::v1::{
+    CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse,
+};
+use streambus_proto::{Error, Reason};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::leases::Leases;
+use crate::metadata::{Command, CommandResponse, Metadata};
+use crate::metrics::Metrics;
+use crate::store::{Raft, StateMachineStore};
+
+/// How long a proposal may take before the caller gets `TIMEOUT`.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Proposes commands to Raft and answers leadership questions.
+#[derive(Clone)]
+pub(crate) struct Proposer {
+    node_id: u64,
+    raft: Raft,
+    raft_metrics: watch::Receiver<RaftMetrics<u64, BasicNode>>,
+    sm: StateMachineStore,
+    metrics: Arc<Metrics>,
+}
+
+impl Proposer {
+    pub(crate) fn new(
+        node_id: u64,
+        raft: Raft,
+        sm: StateMachineStore,
+        metrics: Arc<Metrics>,
+    ) -> Proposer {
+        Proposer {
+            node_id,
+            raft_metrics: raft.metrics(),
+            raft,
+            sm,
+            metrics,
+        }
+    }
+
+    pub(crate) fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The latest applied metadata.
+    pub(crate) fn metadata(&self) -> Arc<Metadata> {
+        self.sm.current()
+    }
+
+    /// The Raft leader's id and advertised address, when known.
+    pub(crate) fn leader(&self) -> Option<(u64, String)> {
+        let m = self.raft_metrics.borrow();
+        let id = m.current_leader?;
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+            .unwrap_or_default();
+        Some((id, addr))
+    }
+
+    fn not_leader(&self) -> Error {
+        match self.leader() {
+            Some((id, addr)) => Error::new(
+                Reason::NotControllerLeader,
+                format!(
+                    "controller {} is not the leader; controller {id} at {addr} is",
+                    self.node_id
+                ),
+            )
+            .with_leader_hint(addr),
+            None => Error::new(
+                Reason::NotControllerLeader,
+                format!(
+                    "controller {} is not the leader and no leader is known",
+                    self.node_id
+                ),
+            ),
+        }
+    }
+
+    /// Fails with `NOT_CONTROLLER_LEADER` (and a hint) unless this
+    /// controller currently leads.
+    pub(crate) fn ensure_leader(&self) -> Result<(), Error> {
+        let m = self.raft_metrics.borrow();
+        let leads = m.state == ServerState::Leader && m.current_leader == Some(self.node_id);
+        drop(m);
+        if leads {
+            Ok(())
+        } else {
+            Err(self.not_leader())
+        }
+    }
+
+    /// Proposes `command` and waits until it is applied here.
+    pub(crate) async fn propose(&self, command: Command) -> Result<CommandResponse, Error> {
+        self.metrics.raft_proposals.inc();
+        let outcome = tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.client_write(command)).await;
+        let raft_error = match outcome {
+            // Committed and applied; the state machine may still have rejected it.
+            Ok(Ok(response)) => return response.data.into_result(),
+            Err(_) => Error::new(
+                Reason::Timeout,
+                "the metadata change was not committed in time; it may still be applied",
+            ),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                let hint = f.leader_node.map(|n| n.addr).unwrap_or_default();
+                Error::new(
+                    Reason::NotControllerLeader,
+                    format!("controller {} lost the leadership", self.node_id),
+                )
+                .with_leader_hint(hint)
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => Error::new(
+                Reason::Internal,
+                format!("unexpected membership error: {e}"),
+            ),
+            Ok(Err(RaftError::Fatal(Fatal::Stopped))) => {
+                Error::new(Reason::ShuttingDown, "the controller is shutting down")
+            }
+            Ok(Err(RaftError::Fatal(e))) => {
+                Error::new(Reason::Internal, format!("controller raft failed: {e}"))
+            }
+        };
+        self.metrics.raft_proposal_failures.inc();
+        Err(raft_error)
+    }
+
+    fn cluster_metadata(&self, metadata: &Metadata) -> ClusterMetadata {
+        let (id, addr) = self.leader().unwrap_or_default();
+        metadata.to_cluster_metadata(id, &addr)
+    }
+}
+
+/// The `ControllerService` implementation.
+pub(crate) struct ControllerGrpc {
+    proposer: Proposer,
+    leases: Arc<Leases>,
+    cancel: CancellationToken,
+}
+
+impl ControllerGrpc {
+    pub(crate) fn new(
+        proposer: Proposer,
+        leases: Arc<Leases>,
+        cancel: CancellationToken,
+    ) -> ControllerGrpc {
+        ControllerGrpc {
+            proposer,
+            leases,
+            cancel,
+        }
+    }
+
+    fn lease_ms(&self) -> u64 {
+        self.leases.lease().as_millis() as u64
+    }
+}
+
+type MetadataStream = Pin<Box<dyn Stream<Item = Result<ClusterMetadata, Status>> + Send>>;
+
+struct WatchState {
+    rx: watch::Receiver<Arc<Metadata>>,
+    last_sent: u64,
+    first: bool,
+    done: bool,
+    cancel: CancellationToken,
+    proposer: Proposer,
+}
+
+fn watch_stream(state: WatchState) -> MetadataStream {
+    Box::pin(futures::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        loop {
+            let metadata = st.rx.borrow_and_update().clone();
+            // The first snapshot goes out at once unless the caller already
+            // has this version or a newer one.
+            if metadata.version > st.last_sent || (st.first && st.last_sent == 0) {
+                st.first = false;
+                st.last_sent = metadata.version;
+                let message = st.proposer.cluster_metadata(&metadata);
+                return Some((Ok(message), st));
+            }
+            st.first = false;
+            tokio::select! {
+                () = st.cancel.cancelled() => {
+                    st.done = true;
+                    let err = Error::new(Reason::ShuttingDown, "the controller is shutting down");
+                    return Some((Err(err.to_status()), st));
+                }
+                changed = st.rx.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }))
+}
+
+fn status(e: Error) -> Status {
+    e.to_status()
+}
+
+#[tonic::async_trait]
+impl ControllerService for ControllerGrpc {
+    async fn create_topic(
+        &self,
+        req: Request<CreateTopicRequest>,
+    ) -> Result<Response<CreateTopicResponse>, Status> {
+        let req = req.into_inner();
+        self.proposer.ensure_leader().map_err(status)?;
+        let command = self
+            .proposer
+            .metadata()
+            .validate_create_topic(&req)
+            .map_err(status)?;
+        match self.proposer.propose(command).await.map_err(status)? {
+            CommandResponse::Topic(topic) => {
+                tracing::info!(topic = %topic.name, partitions = topic.partitions.len(), "topic created");
+                Ok(Response::new(CreateTopicResponse {
+                    topic: Some(Metadata::describe(&topic)),
+                }))
+            }
+            other => Err(status(Error::new(
+                Reason::Internal,
+                format!("unexpected create response {other:?}"),
+            ))),
+        }
+    }
+
+    async fn delete_topic(
+        &self,
+        req: Request<DeleteTopicRequest>,
+    ) -> Result<Response<DeleteTopicResponse>, Status> {
+        let name = req.into_inner().name;
+        self.proposer.ensure_leader().map_err(status)?;
+        let command = self
+            .proposer
+            .metadata()
+            .validate_delete_topic(&name)
+            .map_err(status)?;
+        self.proposer.propose(command).await.map_err(status)?;
+        tracing::info!(topic = %name, "topic deleted");
+        Ok(Response::new(DeleteTopicResponse {}))
+    }
+
+    async fn get_metadata(
+        &self,
+        _req: Request<GetMetadataRequest>,
+    ) -> Result<Response<ClusterMetadata>, Status> {
+        let metadata = self.proposer.metadata();
+        Ok(Response::new(self.proposer.cluster_metadata(&metadata)))
+    }
+
+    type WatchMetadataStream = MetadataStream;
+
+    async fn watch_metadata(
+        &self,
+        req: Request<WatchMetadataRequest>,
+    ) -> Result<Response<Self::WatchMetadataStream>, Status> {
+        let state = WatchState {
+            rx: self.proposer.sm.subscribe(),
+            last_sent: req.into_inner().min_version,
+            first: true,
+            done: false,
+            cancel: self.cancel.clone(),
+            proposer: self.proposer.clone(),
+        };
+        Ok(Response::new(watch_stream(state)))
+    }
+
+    async fn register_node(
+        &self,
+        req: Request<RegisterNodeRequest>,
+    ) -> Result<Response<RegisterNodeResponse>, Status> {
+        let RegisterNodeRequest { node_id, address } = req.into_inner();
+        if node_id == 0 {
+            return Err(status(Error::new(
+                Reason::InvalidArgument,
+                "node_id must not be 0",
+            )));
+        }
+        if address.is_empty() {
+            return Err(status(Error::new(
+                Reason::InvalidArgument,
+                "address must not be empty",
+            )));
+        }
+        self.proposer.ensure_leader().map_err(status)?;
+        self.leases.heartbeat(node_id);
+        self.proposer
+            .propose(Command::RegisterNode {
+                node_id,
+                address: address.clone(),
+            })
+            .await
+            .map_err(status)?;
+        tracing::info!(node_id, %address, "storage node registered");
+        Ok(Response::new(RegisterNodeResponse {
+            lease_ms: self.lease_ms(),
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let node_id = req.into_inner().node_id;
+        self.proposer.ensure_leader().map_err(status)?;
+        if !self.proposer.metadata().nodes.contains_key(&node_id) {
+            return Err(status(Error::new(
+                Reason::InvalidArgument,
+                format!("storage node {node_id} is not registered; call RegisterNode first"),
+            )));
+        }
+        self.leases.heartbeat(node_id);
+        Ok(Response::new(HeartbeatResponse {
+            lease_ms: self.lease_ms(),
+        }))
+    }
+}

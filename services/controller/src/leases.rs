@@ -1,0 +1,167 @@
+//! Storage-node leases, tracked by the controller leader in memory (not in
+//! the Raft log). A background task on the leader proposes
+//! `SetNodeAlive { alive: false }` when a lease lapses and
+//! `SetNodeAlive { alive: true }` when heartbeats resume.
+//!
+//! A newly elected leader grants every node that is alive in the metadata a
+//! fresh lease, so a leader change never expires healthy nodes; a node that
+//! is dead comes back only after heartbeating to the current leader.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::ServerState;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::grpc::Proposer;
+use crate::metadata::Command;
+
+/// Last heartbeat per storage node, as seen by this controller.
+#[derive(Debug)]
+pub struct Leases {
+    lease: Duration,
+    last_seen: Mutex<HashMap<u64, Instant>>,
+    wake: Notify,
+}
+
+impl Leases {
+    /// Leases of length `lease`.
+    pub fn new(lease: Duration) -> Leases {
+        Leases {
+            lease,
+            last_seen: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+        }
+    }
+
+    /// The lease length.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Instant>> {
+        self.last_seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a heartbeat (or registration) from `node_id`.
+    pub fn heartbeat(&self, node_id: u64) {
+        self.heartbeat_at(node_id, Instant::now());
+    }
+
+    fn heartbeat_at(&self, node_id: u64, at: Instant) {
+        self.seen().insert(node_id, at);
+        self.wake.notify_one();
+    }
+
+    /// What to propose now, given which nodes the metadata says are alive.
+    /// Returns `(node_id, alive)` pairs.
+    fn decide(&self, nodes: &[(u64, bool)], now: Instant) -> Vec<(u64, bool)> {
+        let seen = self.seen();
+        nodes
+            .iter()
+            .filter_map(|&(id, alive)| {
+                let fresh = seen
+                    .get(&id)
+                    .is_some_and(|t| now.saturating_duration_since(*t) <= self.lease);
+                (fresh != alive).then_some((id, fresh))
+            })
+            .collect()
+    }
+
+    /// Grants a fresh lease to every node alive in the metadata; forgets the rest.
+    fn reset(&self, nodes: &[(u64, bool)], now: Instant) {
+        let mut seen = self.seen();
+        seen.clear();
+        for &(id, alive) in nodes {
+            if alive {
+                seen.insert(id, now);
+            }
+        }
+    }
+
+    /// Runs until `cancel`: on the leader, expires and revives nodes.
+    pub async fn run(self: Arc<Self>, proposer: Proposer, cancel: CancellationToken) {
+        let tick = (self.lease / 4).clamp(Duration::from_millis(20), Duration::from_millis(500));
+        let mut was_leader = false;
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(tick) => {}
+                () = self.wake.notified() => {}
+            }
+            let is_leader = proposer.raft().metrics().borrow().state == ServerState::Leader;
+            if !is_leader {
+                was_leader = false;
+                continue;
+            }
+            let metadata = proposer.metadata();
+            let nodes: Vec<(u64, bool)> = metadata
+                .nodes
+                .values()
+                .map(|n| (n.node_id, n.alive))
+                .collect();
+            let now = Instant::now();
+            if !was_leader {
+                self.reset(&nodes, now);
+                was_leader = true;
+            }
+            for (node_id, alive) in self.decide(&nodes, now) {
+                if cancel.is_cancelled() {
+                    return;
+                }
+                match proposer
+                    .propose(Command::SetNodeAlive { node_id, alive })
+                    .await
+                {
+                    Ok(_) => tracing::info!(node_id, alive, "storage node liveness changed"),
+                    Err(e) => {
+                        tracing::warn!(node_id, alive, error = %e, "cannot record storage node liveness")
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lapsed_lease_expires_and_fresh_heartbeat_revives() {
+        let leases = Leases::new(Duration::from_millis(100));
+        let t0 = Instant::now();
+        leases.reset(&[(1, true), (2, false)], t0);
+        // Within the lease: nothing to do; a dead node without heartbeat stays dead.
+        assert!(
+            leases
+                .decide(&[(1, true), (2, false)], t0 + Duration::from_millis(50))
+                .is_empty()
+        );
+        // Lapsed.
+        assert_eq!(
+            leases.decide(&[(1, true), (2, false)], t0 + Duration::from_millis(150)),
+            vec![(1, false)]
+        );
+        // Node 2 heartbeats: revive it.
+        leases.heartbeat_at(2, t0 + Duration::from_millis(140));
+        assert_eq!(
+            leases.decide(&[(1, false), (2, false)], t0 + Duration::from_millis(150)),
+            vec![(2, true)]
+        );
+    }
+
+    #[test]
+    fn new_leader_grants_alive_nodes_a_fresh_lease() {
+        let leases = Leases::new(Duration::from_millis(100));
+        let t0 = Instant::now();
+        leases.reset(&[(1, true)], t0);
+        assert!(
+            leases
+                .decide(&[(1, true)], t0 + Duration::from_millis(99))
+                .is_empty()
+        );
+    }
+}

@@ -1,0 +1,29 @@
+//! The StreamBus controller: the Raft-replicated metadata authority.
+//!
+//! It holds topics, partition assignment and leadership, and storage-node
+//! membership in an openraft group whose log and state machine live in sled
+//! under `data_dir`. See `docs/controller.md`.
+//!
+//! - [`serve`] / [`serve_with_listener`] / [`serve_with_options`] run one
+//!   controller until a shutdown future completes.
+//! - [`client::ControllerClient`] is how other services talk to it.
+//! - [`topic_config`] parses per-topic configuration (cheap to depend on).
+
+pub mod client;
+pub mod config;
+pub mod error;
+mod grpc;
+mod leases;
+pub mod metadata;
+pub mod metrics;
+mod network;
+mod raft_service;
+mod server;
+mod store;
+pub mod topic_config;
+
+pub use config::{ControllerConfig, Peer};
+pub use error::ControllerError;
+pub use metrics::Metrics;
+pub use server::{ServeOptions, serve, serve_with_listener, serve_with_options};
+pub use topic_config::TopicConfig;

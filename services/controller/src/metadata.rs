@@ -1,0 +1,839 @@
+//! The replicated metadata as a plain state machine: [`Metadata`] is fed
+//! [`Command`]s in log order and answers with a [`CommandResponse`]. No I/O
+//! here; `store::state_machine` persists it and openraft drives it.
+//!
+//! Applying is deterministic: every controller applies the same commands in
+//! the same order and reaches the same state. Requests are validated against
+//! the leader's applied state before they are proposed ([`Metadata::validate_create_topic`]);
+//! the checks that depend on the state are repeated at apply time because
+//! the state may change between validation and commit.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use streambus_proto::internal::{ClusterMetadata, StorageNodeInfo, TopicMetadata};
+use streambus_proto::v1::{CreateTopicRequest, PartitionDescription, TopicDescription};
+use streambus_proto::{Error, Reason};
+
+use crate::topic_config::TopicConfig;
+
+/// Most partitions one topic may have.
+pub const MAX_PARTITIONS: u32 = 10_000;
+/// Longest topic name.
+pub const MAX_TOPIC_NAME_LEN: usize = 249;
+/// The message of the replication-factor gate.
+pub const REPLICATION_UNSUPPORTED: &str = "replication factor above 1 is not supported yet: leader-to-follower replication is not implemented";
+
+/// A change to the metadata, proposed through Raft (serialized as JSON in
+/// the log, so field names are part of the on-disk format).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    /// Create a topic. `configs` is the effective map (defaults filled in)
+    /// and `replication_factor` is at least 1: both are normalized before
+    /// proposing so applying never depends on the software's defaults.
+    CreateTopic {
+        /// Topic name.
+        name: String,
+        /// Number of partitions.
+        partitions: u32,
+        /// Replicas per partition.
+        replication_factor: u32,
+        /// Effective configuration.
+        configs: BTreeMap<String, String>,
+    },
+    /// Delete a topic.
+    DeleteTopic {
+        /// Topic name.
+        name: String,
+    },
+    /// Add a storage node or update its address; marks it alive.
+    RegisterNode {
+        /// Storage node id.
+        node_id: u64,
+        /// host:port of its StorageService.
+        address: String,
+    },
+    /// The leader saw a node's lease lapse (`alive = false`) or its
+    /// heartbeats resume (`alive = true`).
+    SetNodeAlive {
+        /// Storage node id.
+        node_id: u64,
+        /// New liveness.
+        alive: bool,
+    },
+}
+
+/// What applying a [`Command`] produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CommandResponse {
+    /// Applied; nothing to return (also the response to blank and
+    /// membership entries).
+    Ok,
+    /// The topic as created.
+    Topic(Topic),
+    /// Not applied: the state did not allow it.
+    Rejected {
+        /// A [`Reason`] string.
+        reason: String,
+        /// Human readable.
+        message: String,
+    },
+}
+
+impl CommandResponse {
+    fn rejected(reason: Reason, message: impl Into<String>) -> CommandResponse {
+        CommandResponse::Rejected {
+            reason: reason.as_str().to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// The rejection as an error, if this is one.
+    pub fn into_result(self) -> Result<CommandResponse, Error> {
+        match self {
+            CommandResponse::Rejected { reason, message } => Err(Error::new(
+                Reason::parse(&reason).unwrap_or(Reason::Internal),
+                message,
+            )),
+            other => Ok(other),
+        }
+    }
+}
+
+/// A topic and its partitions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Topic {
+    /// Name.
+    pub name: String,
+    /// Unique id; a re-created topic gets a new one.
+    pub topic_id: String,
+    /// Replicas per partition.
+    pub replication_factor: u32,
+    /// Effective configuration.
+    pub configs: BTreeMap<String, String>,
+    /// Partitions, indexed by partition number.
+    pub partitions: Vec<Partition>,
+}
+
+/// One partition's replica assignment and leadership.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partition {
+    /// Partition number.
+    pub partition: u32,
+    /// Storage node id of the leader.
+    pub leader: u64,
+    /// Bumped on every leader change.
+    pub leader_epoch: u64,
+    /// Assigned storage nodes; the first is the preferred leader.
+    pub replicas: Vec<u64>,
+    /// In-sync replicas.
+    pub isr: Vec<u64>,
+}
+
+/// A registered storage node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageNode {
+    /// Node id.
+    pub node_id: u64,
+    /// host:port of its StorageService.
+    pub address: String,
+    /// Lease not expired (as last decided by the controller leader).
+    pub alive: bool,
+}
+
+/// What one apply touched, so the persistence layer rewrites only that.
+#[derive(Debug, Default)]
+pub struct Dirty {
+    /// Topic names created, changed or deleted.
+    pub topics: BTreeSet<String>,
+    /// Storage nodes added or changed.
+    pub nodes: BTreeSet<u64>,
+}
+
+/// The replicated metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// The last applied log index.
+    pub version: u64,
+    /// Topics by name.
+    pub topics: BTreeMap<String, Topic>,
+    /// Storage nodes by id.
+    pub nodes: BTreeMap<u64, StorageNode>,
+    /// Where the next partition's round-robin placement starts.
+    pub placement_cursor: u64,
+}
+
+/// Checks the topic naming rules.
+pub fn validate_topic_name(name: &str) -> Result<(), Error> {
+    let bad = |why: &str| {
+        Error::new(
+            Reason::InvalidTopicName,
+            format!("invalid topic name {name:?}: {why}"),
+        )
+    };
+    if name.is_empty() {
+        return Err(bad("must not be empty"));
+    }
+    if name.len() > MAX_TOPIC_NAME_LEN {
+        return Err(bad("longer than 249 characters"));
+    }
+    if name == "." || name == ".." {
+        return Err(bad("\".\" and \"..\" are reserved"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return Err(bad(
+            "only ASCII letters, digits, '.', '_' and '-' are allowed",
+        ));
+    }
+    Ok(())
+}
+
+/// A 128-bit hex topic id, unique because the log index is.
+fn topic_id(index: u64, name: &str) -> String {
+    // splitmix64's finalizer is a bijection, so distinct indexes stay distinct.
+    let mut z = index.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    // FNV-1a of the name.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{z:016x}{h:016x}")
+}
+
+impl Metadata {
+    /// Storage nodes currently alive, by id.
+    pub fn alive_nodes(&self) -> Vec<u64> {
+        self.nodes
+            .values()
+            .filter(|n| n.alive)
+            .map(|n| n.node_id)
+            .collect()
+    }
+
+    /// Whether a registered node is alive.
+    pub fn is_alive(&self, node_id: u64) -> bool {
+        self.nodes.get(&node_id).is_some_and(|n| n.alive)
+    }
+
+    /// Validates a `CreateTopic` request against this state and turns it
+    /// into the command to propose.
+    pub fn validate_create_topic(&self, req: &CreateTopicRequest) -> Result<Command, Error> {
+        validate_topic_name(&req.name)?;
+        if req.partitions < 1 || req.partitions > MAX_PARTITIONS {
+            return Err(Error::new(
+                Reason::InvalidArgument,
+                format!(
+                    "partitions must be between 1 and {MAX_PARTITIONS}, got {}",
+                    req.partitions
+                ),
+            ));
+        }
+        let config = TopicConfig::from_map(&req.configs)?;
+        if self.topics.contains_key(&req.name) {
+            return Err(Error::new(
+                Reason::TopicAlreadyExists,
+                format!("topic {:?} already exists", req.name),
+            ));
+        }
+        let replication_factor = req.replication_factor.max(1);
+        if replication_factor > 1 {
+            return Err(Error::new(Reason::Unsupported, REPLICATION_UNSUPPORTED));
+        }
+        self.check_enough_nodes(replication_factor)?;
+        Ok(Command::CreateTopic {
+            name: req.name.clone(),
+            partitions: req.partitions,
+            replication_factor,
+            configs: config.to_btree_map(),
+        })
+    }
+
+    /// Validates a `DeleteTopic` request.
+    pub fn validate_delete_topic(&self, name: &str) -> Result<Command, Error> {
+        if !self.topics.contains_key(name) {
+            return Err(Error::new(
+                Reason::UnknownTopic,
+                format!("topic {name:?} does not exist"),
+            ));
+        }
+        Ok(Command::DeleteTopic {
+            name: name.to_string(),
+        })
+    }
+
+    fn check_enough_nodes(&self, replication_factor: u32) -> Result<(), Error> {
+        if self.nodes.is_empty() {
+            return Err(Error::new(
+                Reason::InsufficientNodes,
+                "no storage node is registered",
+            ));
+        }
+        let alive = self.alive_nodes().len();
+        if replication_factor as usize > alive {
+            return Err(Error::new(
+                Reason::InsufficientNodes,
+                format!(
+                    "replication factor {replication_factor} needs {replication_factor} live storage nodes, {alive} alive"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Applies one command at log `index`, recording what changed in `dirty`.
+    pub fn apply(&mut self, index: u64, command: &Command, dirty: &mut Dirty) -> CommandResponse {
+        self.version = index;
+        match command {
+            Command::CreateTopic {
+                name,
+                partitions,
+                replication_factor,
+                configs,
+            } => self.create_topic(
+                index,
+                name,
+                *partitions,
+                *replication_factor,
+                configs,
+                dirty,
+            ),
+            Command::DeleteTopic { name } => {
+                if self.topics.remove(name).is_none() {
+                    return CommandResponse::rejected(
+                        Reason::UnknownTopic,
+                        format!("topic {name:?} does not exist"),
+                    );
+                }
+                dirty.topics.insert(name.clone());
+                CommandResponse::Ok
+            }
+            Command::RegisterNode { node_id, address } => {
+                let node = self.nodes.entry(*node_id).or_insert_with(|| StorageNode {
+                    node_id: *node_id,
+                    address: address.clone(),
+                    alive: false,
+                });
+                node.address.clone_from(address);
+                dirty.nodes.insert(*node_id);
+                self.set_alive(*node_id, true, dirty);
+                CommandResponse::Ok
+            }
+            Command::SetNodeAlive { node_id, alive } => {
+                if !self.nodes.contains_key(node_id) {
+                    return CommandResponse::rejected(
+                        Reason::InvalidArgument,
+                        format!("storage node {node_id} is not registered"),
+                    );
+                }
+                self.set_alive(*node_id, *alive, dirty);
+                CommandResponse::Ok
+            }
+        }
+    }
+
+    /// Records a log entry that carries no command (blank or membership).
+    pub fn apply_noop(&mut self, index: u64) {
+        self.version = index;
+    }
+
+    fn create_topic(
+        &mut self,
+        index: u64,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+        configs: &BTreeMap<String, String>,
+        dirty: &mut Dirty,
+    ) -> CommandResponse {
+        if self.topics.contains_key(name) {
+            return CommandResponse::rejected(
+                Reason::TopicAlreadyExists,
+                format!("topic {name:?} already exists"),
+            );
+        }
+        if let Err(e) = self.check_enough_nodes(replication_factor) {
+            return CommandResponse::rejected(e.reason, e.message);
+        }
+        let nodes = self.alive_nodes();
+        let n = nodes.len() as u64;
+        let partitions = (0..partitions)
+            .map(|p| {
+                let start = self.placement_cursor.wrapping_add(u64::from(p));
+                let replicas: Vec<u64> = (0..u64::from(replication_factor))
+                    .map(|i| nodes[(start.wrapping_add(i) % n) as usize])
+                    .collect();
+                Partition {
+                    partition: p,
+                    leader: replicas[0],
+                    leader_epoch: 0,
+                    isr: replicas.clone(),
+                    replicas,
+                }
+            })
+            .collect::<Vec<_>>();
+        self.placement_cursor = self.placement_cursor.wrapping_add(partitions.len() as u64);
+        let topic = Topic {
+            name: name.to_string(),
+            topic_id: topic_id(index, name),
+            replication_factor,
+            configs: configs.clone(),
+            partitions,
+        };
+        self.topics.insert(name.to_string(), topic.clone());
+        dirty.topics.insert(name.to_string());
+        CommandResponse::Topic(topic)
+    }
+
+    /// Marks a node dead or alive and moves partition leadership:
+    /// - dead: it leaves every ISR it is not the last member of; partitions
+    ///   it leads move to another live ISR member (epoch bumped) or, with
+    ///   none, keep it as their (not alive) leader;
+    /// - alive: partitions whose leader is dead and whose ISR holds this node
+    ///   move to it (epoch bumped).
+    fn set_alive(&mut self, node_id: u64, alive: bool, dirty: &mut Dirty) {
+        let Some(node) = self.nodes.get_mut(&node_id) else {
+            return;
+        };
+        if node.alive != alive {
+            node.alive = alive;
+            dirty.nodes.insert(node_id);
+        }
+        let live: BTreeSet<u64> = self.alive_nodes().into_iter().collect();
+        for topic in self.topics.values_mut() {
+            let mut changed = false;
+            for p in &mut topic.partitions {
+                if alive {
+                    if p.leader != node_id && !live.contains(&p.leader) && p.isr.contains(&node_id)
+                    {
+                        p.leader = node_id;
+                        p.leader_epoch += 1;
+                        changed = true;
+                    }
+                    continue;
+                }
+                if p.leader == node_id
+                    && let Some(&next) = p.isr.iter().find(|&&r| r != node_id && live.contains(&r))
+                {
+                    p.leader = next;
+                    p.leader_epoch += 1;
+                    changed = true;
+                }
+                if p.isr.len() > 1 && p.isr.contains(&node_id) && p.leader != node_id {
+                    p.isr.retain(|&r| r != node_id);
+                    changed = true;
+                }
+            }
+            if changed {
+                dirty.topics.insert(topic.name.clone());
+            }
+        }
+    }
+
+    /// The public description of a topic.
+    pub fn describe(topic: &Topic) -> TopicDescription {
+        TopicDescription {
+            name: topic.name.clone(),
+            topic_id: topic.topic_id.clone(),
+            replication_factor: topic.replication_factor,
+            configs: topic.configs.clone().into_iter().collect(),
+            partitions: topic.partitions.iter().map(describe_partition).collect(),
+        }
+    }
+
+    /// The wire form, with the controller leader filled in by the caller.
+    pub fn to_cluster_metadata(&self, leader_id: u64, leader_address: &str) -> ClusterMetadata {
+        ClusterMetadata {
+            version: self.version,
+            nodes: self
+                .nodes
+                .values()
+                .map(|n| StorageNodeInfo {
+                    node_id: n.node_id,
+                    address: n.address.clone(),
+                    alive: n.alive,
+                })
+                .collect(),
+            topics: self
+                .topics
+                .values()
+                .map(|t| TopicMetadata {
+                    name: t.name.clone(),
+                    topic_id: t.topic_id.clone(),
+                    replication_factor: t.replication_factor,
+                    configs: t.configs.clone().into_iter().collect(),
+                    partitions: t.partitions.iter().map(describe_partition).collect(),
+                })
+                .collect(),
+            controller_leader_id: leader_id,
+            controller_leader_address: leader_address.to_string(),
+        }
+    }
+}
+
+fn describe_partition(p: &Partition) -> PartitionDescription {
+    PartitionDescription {
+        partition: p.partition,
+        leader: p.leader,
+        leader_epoch: p.leader_epoch,
+        replicas: p.replicas.clone(),
+        isr: p.isr.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn create_req(name: &str, partitions: u32, rf: u32) -> CreateTopicRequest {
+        CreateTopicRequest {
+            name: name.to_string(),
+            partitions,
+            replication_factor: rf,
+            configs: HashMap::new(),
+        }
+    }
+
+    fn register(m: &mut Metadata, index: u64, node_id: u64) {
+        let r = m.apply(
+            index,
+            &Command::RegisterNode {
+                node_id,
+                address: format!("10.0.0.{node_id}:7500"),
+            },
+            &mut Dirty::default(),
+        );
+        assert_eq!(r, CommandResponse::Ok);
+    }
+
+    fn set_alive(m: &mut Metadata, index: u64, node_id: u64, alive: bool) -> Dirty {
+        let mut dirty = Dirty::default();
+        let r = m.apply(index, &Command::SetNodeAlive { node_id, alive }, &mut dirty);
+        assert_eq!(r, CommandResponse::Ok);
+        dirty
+    }
+
+    /// Applies a create without the proposal-time replication gate, as a
+    /// future leader with replication would.
+    fn create_raw(m: &mut Metadata, index: u64, name: &str, partitions: u32, rf: u32) -> Topic {
+        let cmd = Command::CreateTopic {
+            name: name.to_string(),
+            partitions,
+            replication_factor: rf,
+            configs: TopicConfig::default().to_btree_map(),
+        };
+        match m.apply(index, &cmd, &mut Dirty::default()) {
+            CommandResponse::Topic(t) => t,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn create_topic_places_partitions_round_robin_with_defaults_filled_in() {
+        let mut m = Metadata::default();
+        register(&mut m, 1, 1);
+        register(&mut m, 2, 2);
+        register(&mut m, 3, 3);
+        let cmd = m
+            .validate_create_topic(&create_req("orders", 4, 0))
+            .unwrap();
+        let mut dirty = Dirty::default();
+        let CommandResponse::Topic(topic) = m.apply(4, &cmd, &mut dirty) else {
+            panic!("not created");
+        };
+        assert_eq!(m.version, 4);
+        assert_eq!(topic.replication_factor, 1);
+        assert_eq!(topic.configs, TopicConfig::default().to_btree_map());
+        let leaders: Vec<u64> = topic.partitions.iter().map(|p| p.leader).collect();
+        assert_eq!(leaders, vec![1, 2, 3, 1]);
+        for p in &topic.partitions {
+            assert_eq!(p.leader_epoch, 0);
+            assert_eq!(p.replicas, vec![p.leader]);
+            assert_eq!(p.isr, p.replicas);
+        }
+        assert_eq!(topic.topic_id.len(), 32);
+        assert_eq!(m.topics["orders"], topic);
+        assert!(dirty.topics.contains("orders"));
+
+        // The cursor continues, so the next topic starts on node 2.
+        let t2 = create_raw(&mut m, 5, "payments", 2, 1);
+        assert_eq!(
+            t2.partitions.iter().map(|p| p.leader).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        assert_ne!(t2.topic_id, topic.topic_id);
+    }
+
+    #[test]
+    fn replicas_are_distinct_nodes_round_robin() {
+        let mut m = Metadata::default();
+        for id in 1..=3 {
+            register(&mut m, id, id);
+        }
+        let t = create_raw(&mut m, 4, "r3", 3, 3);
+        assert_eq!(t.partitions[0].replicas, vec![1, 2, 3]);
+        assert_eq!(t.partitions[1].replicas, vec![2, 3, 1]);
+        assert_eq!(t.partitions[2].replicas, vec![3, 1, 2]);
+    }
+
+    #[test]
+    fn topic_names_are_validated() {
+        let mut m = Metadata::default();
+        register(&mut m, 1, 1);
+        let long = "a".repeat(250);
+        for name in ["", ".", "..", "a b", "ü", "a/b", long.as_str()] {
+            let err = m
+                .validate_create_topic(&create_req(name, 1, 1))
+                .unwrap_err();
+            assert_eq!(err.reason, Reason::InvalidTopicName, "{name:?}");
+        }
+        for name in ["a", "a.b-c_D9", "...", &"a".repeat(249)] {
+            m.validate_create_topic(&create_req(name, 1, 1)).unwrap();
+        }
+    }
+
+    #[test]
+    fn partition_count_must_be_between_1_and_10000() {
+        let mut m = Metadata::default();
+        register(&mut m, 1, 1);
+        for n in [0, 10_001] {
+            let err = m.validate_create_topic(&create_req("t", n, 1)).unwrap_err();
+            assert_eq!(err.reason, Reason::InvalidArgument);
+        }
+        m.validate_create_topic(&create_req("t", 10_000, 1))
+            .unwrap();
+    }
+
+    #[test]
+    fn bad_topic_config_is_rejected_before_proposing() {
+        let mut m = Metadata::default();
+        register(&mut m, 1, 1);
+        let mut req = create_req("t", 1, 1);
+        req.configs.insert("nope".into(), "1".into());
+        let err = m.validate_create_topic(&req).unwrap_err();
+        assert_eq!(err.reason, Reason::InvalidConfig);
+    }
+
+    #[test]
+    fn create_without_registered_nodes_is_insufficient_nodes() {
+        let m = Metadata::default();
+        let err = m.validate_create_topic(&create_req("t", 1, 1)).unwrap_err();
+        assert_eq!(err.reason, Reason::InsufficientNodes);
+    }
+
+    #[test]
+    fn create_with_all_nodes_dead_is_insufficient_nodes() {
+        let mut m = Metadata::default();
+        register(&mut m, 1, 1);
+        set_alive(&mut m, 2, 1, false);
+        let err = m.validate_create_topic(&create_req("t", 1, 1)).unwrap_err();
+        assert_eq!(err.reason, Reason::InsufficientNodes);
+        // Also at apply time, in case the node died after validation.
+        let r = m.apply(
+            3,
+            &Command::CreateTopic {
+                name: "t".into(),
+                partitions: 1,
+                replication_factor: 1,
+                configs: BTreeMap::new(),
+            },
+            &mut Dirty::default(),
+        );
+        assert!(
+            matches!(r, CommandResponse::Rejected { ref reason, .. } if reason == "INSUFFICIENT_NODES")
+        );
+    }
+
+    #[test]
+    fn replication_factor_above_one_is_unsupported() {
+        let mut m = Metadata::default();
+        for id in 1..=3 {
+            register(&mut m, id, id);
+        }
+        let err = m.validate_create_topic(&create_req("t", 1, 3)).unwrap_err();
+        assert_eq!(err.reason, Reason::Unsupported);
+        assert_eq!(err.message, REPLICATION_UNSUPPORTED);
+    }
+
+    #[test]
+    fn duplicate_topic_is_rejected_at_validation_and_at_apply() {
+        let mut m = Metadata::default();
+        register(&mut m, 1, 1);
+        let cmd = m.validate_create_topic(&create_req("t", 1, 1)).unwrap();
+        // Two proposals of the same create race: the second one loses.
+        assert!(matches!(
+            m.apply(2, &cmd, &mut Dirty::default()),
+            CommandResponse::Topic(_)
+        ));
+        let err = m
+            .apply(3, &cmd, &mut Dirty::default())
+            .into_result()
+            .unwrap_err();
+        assert_eq!(err.reason, Reason::TopicAlreadyExists);
+        let err = m.validate_create_topic(&create_req("t", 1, 1)).unwrap_err();
+        assert_eq!(err.reason, Reason::TopicAlreadyExists);
+    }
+
+    #[test]
+    fn delete_removes_topic_and_unknown_topic_is_rejected() {
+        let mut m = Metadata::default();
+        register(&mut m, 1, 1);
+        let first = create_raw(&mut m, 2, "t", 1, 1);
+        let cmd = m.validate_delete_topic("t").unwrap();
+        let mut dirty = Dirty::default();
+        assert_eq!(m.apply(3, &cmd, &mut dirty), CommandResponse::Ok);
+        assert!(m.topics.is_empty());
+        assert!(dirty.topics.contains("t"));
+        assert_eq!(
+            m.validate_delete_topic("t").unwrap_err().reason,
+            Reason::UnknownTopic
+        );
+        let err = m
+            .apply(4, &cmd, &mut Dirty::default())
+            .into_result()
+            .unwrap_err();
+        assert_eq!(err.reason, Reason::UnknownTopic);
+        // Re-created: a new id.
+        let second = create_raw(&mut m, 5, "t", 1, 1);
+        assert_ne!(first.topic_id, second.topic_id);
+    }
+
+    #[test]
+    fn register_is_idempotent_and_updates_the_address() {
+        let mut m = Metadata::default();
+        register(&mut m, 1, 7);
+        register(&mut m, 2, 7);
+        assert_eq!(m.nodes.len(), 1);
+        m.apply(
+            3,
+            &Command::RegisterNode {
+                node_id: 7,
+                address: "moved:1".into(),
+            },
+            &mut Dirty::default(),
+        );
+        assert_eq!(m.nodes[&7].address, "moved:1");
+        assert!(m.nodes[&7].alive);
+        assert_eq!(m.version, 3);
+    }
+
+    #[test]
+    fn expired_leader_hands_partitions_to_another_isr_member() {
+        let mut m = Metadata::default();
+        for id in 1..=3 {
+            register(&mut m, id, id);
+        }
+        let t = create_raw(&mut m, 4, "t", 3, 2);
+        assert_eq!(t.partitions[0].replicas, vec![1, 2]);
+        assert_eq!(t.partitions[2].replicas, vec![3, 1]);
+
+        let dirty = set_alive(&mut m, 5, 1, false);
+        assert!(dirty.nodes.contains(&1));
+        assert!(dirty.topics.contains("t"));
+        let ps = &m.topics["t"].partitions;
+        // Partition 0 was led by 1: node 2 takes over, epoch bumped, 1 leaves the ISR.
+        assert_eq!((ps[0].leader, ps[0].leader_epoch), (2, 1));
+        assert_eq!(ps[0].isr, vec![2]);
+        assert_eq!(ps[0].replicas, vec![1, 2]);
+        // Partition 1 (2, 3) is untouched.
+        assert_eq!((ps[1].leader, ps[1].leader_epoch), (2, 0));
+        assert_eq!(ps[1].isr, vec![2, 3]);
+        // Partition 2 is led by 3; 1 leaves its ISR.
+        assert_eq!((ps[2].leader, ps[2].leader_epoch), (3, 0));
+        assert_eq!(ps[2].isr, vec![3]);
+        assert!(!m.nodes[&1].alive);
+    }
+
+    #[test]
+    fn sole_replica_keeps_leadership_when_it_expires_and_is_reported_dead() {
+        let mut m = Metadata::default();
+        register(&mut m, 1, 1);
+        create_raw(&mut m, 2, "t", 1, 1);
+        set_alive(&mut m, 3, 1, false);
+        let p = &m.topics["t"].partitions[0];
+        assert_eq!((p.leader, p.leader_epoch), (1, 0));
+        assert_eq!(p.isr, vec![1]);
+        let md = m.to_cluster_metadata(1, "c1:7401");
+        assert!(!md.nodes[0].alive);
+        assert_eq!(md.version, 3);
+
+        // Heartbeats resume: alive again, same leader and epoch.
+        set_alive(&mut m, 4, 1, true);
+        let p = &m.topics["t"].partitions[0];
+        assert_eq!((p.leader, p.leader_epoch), (1, 0));
+        assert!(m.nodes[&1].alive);
+    }
+
+    #[test]
+    fn last_isr_member_dying_keeps_leader_until_isr_member_returns() {
+        let mut m = Metadata::default();
+        register(&mut m, 1, 1);
+        register(&mut m, 2, 2);
+        create_raw(&mut m, 3, "t", 1, 2); // replicas [1, 2]
+        set_alive(&mut m, 4, 2, false); // ISR -> [1]
+        set_alive(&mut m, 5, 1, false); // no other ISR member: stays
+        let p = &m.topics["t"].partitions[0];
+        assert_eq!((p.leader, p.leader_epoch), (1, 0));
+        assert_eq!(p.isr, vec![1]);
+        // Node 2 is back but not in sync: no unclean election.
+        set_alive(&mut m, 6, 2, true);
+        assert_eq!(m.topics["t"].partitions[0].leader, 1);
+        set_alive(&mut m, 7, 1, true);
+        let p = &m.topics["t"].partitions[0];
+        assert_eq!((p.leader, p.leader_epoch), (1, 0));
+    }
+
+    #[test]
+    fn returning_isr_member_takes_over_a_dead_leaderless_partition() {
+        let mut m = Metadata::default();
+        register(&mut m, 1, 1);
+        register(&mut m, 2, 2);
+        create_raw(&mut m, 3, "t", 1, 2); // leader 1, ISR [1, 2]
+        // Both die in one step from the leader's point of view: 2 first while
+        // 1 leads, then 1 with 2 already dead.
+        m.nodes.get_mut(&2).unwrap().alive = false; // 2 dead without ISR shrink
+        set_alive(&mut m, 4, 1, false);
+        assert_eq!(m.topics["t"].partitions[0].leader, 1);
+        set_alive(&mut m, 5, 2, true);
+        let p = &m.topics["t"].partitions[0];
+        assert_eq!((p.leader, p.leader_epoch), (2, 1));
+    }
+
+    #[test]
+    fn set_alive_for_unknown_node_is_rejected() {
+        let mut m = Metadata::default();
+        let r = m.apply(
+            1,
+            &Command::SetNodeAlive {
+                node_id: 9,
+                alive: false,
+            },
+            &mut Dirty::default(),
+        );
+        assert!(matches!(r, CommandResponse::Rejected { .. }));
+    }
+
+    #[test]
+    fn commands_have_a_stable_json_form() {
+        let cmd = Command::SetNodeAlive {
+            node_id: 3,
+            alive: false,
+        };
+        let json = serde_json::to_string(&cmd).unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"set_node_alive","node_id":3,"alive":false}"#
+        );
+        assert_eq!(serde_json::from_str::<Command>(&json).unwrap(), cmd);
+    }
+}

@@ -1,0 +1,354 @@
+//! Starting, bootstrapping, serving and draining one controller.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{InitializeError, RaftError};
+use openraft::{BasicNode, ServerState};
+use streambus_proto::internal::GetMetadataRequest;
+use streambus_proto::internal::controller_service_client::ControllerServiceClient;
+use streambus_proto::internal::controller_service_server::ControllerServiceServer;
+use streambus_proto::internal::raft_service_server::RaftServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+
+use crate::config::{ControllerConfig, Peer};
+use crate::error::ControllerError;
+use crate::grpc::{ControllerGrpc, Proposer};
+use crate::leases::Leases;
+use crate::metrics::Metrics;
+use crate::network::{MAX_RAFT_MESSAGE_BYTES, Network, lazy_channel};
+use crate::raft_service::RaftServiceImpl;
+use crate::store::{self, Raft, StateMachineStore};
+
+/// Largest controller message (a full metadata snapshot of a big cluster).
+pub(crate) const MAX_METADATA_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Optional extras for [`serve_with_options`].
+#[derive(Debug, Default)]
+pub struct ServeOptions {
+    /// Set to `true` once this controller is serving and caught up (a Raft
+    /// leader is known and this node has applied up to the leader's
+    /// applied index), back to `false` while no leader is known.
+    pub ready: Option<watch::Sender<bool>>,
+    /// Metrics registered by the caller ([`Metrics::new`]).
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+/// Binds `config.listen_addr` and serves until `shutdown` completes.
+pub async fn serve(
+    config: ControllerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ControllerError> {
+    let listener = TcpListener::bind(config.listen_addr).await?;
+    serve_with_listener(config, listener, shutdown, None).await
+}
+
+/// Serves on a pre-bound listener (tests, `dev`) until `shutdown` completes.
+/// `ready` becomes `true` once serving and caught up.
+pub async fn serve_with_listener(
+    config: ControllerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: Option<watch::Sender<bool>>,
+) -> Result<(), ControllerError> {
+    serve_with_options(
+        config,
+        listener,
+        shutdown,
+        ServeOptions {
+            ready,
+            metrics: None,
+        },
+    )
+    .await
+}
+
+/// [`serve_with_listener`] with metrics.
+///
+/// Shutdown drains in order: stop accepting and end metadata watches, finish
+/// in-flight requests, stop Raft, flush the store.
+pub async fn serve_with_options(
+    config: ControllerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    options: ServeOptions,
+) -> Result<(), ControllerError> {
+    config.validate()?;
+    let local = listener.local_addr()?;
+    let advertised = if config.advertised_addr.is_empty() {
+        local.to_string()
+    } else {
+        config.advertised_addr.clone()
+    };
+    let peers = config.effective_peers(&advertised)?;
+    if let Some(me) = peers.iter().find(|p| p.id == config.node_id)
+        && !config.advertised_addr.is_empty()
+        && me.address != config.advertised_addr
+    {
+        tracing::warn!(
+            peer_address = %me.address,
+            advertised = %config.advertised_addr,
+            "advertised_addr differs from this node's peers entry; peers and clients use the peers entry"
+        );
+    }
+    let metrics = options.metrics.unwrap_or_default();
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(streambus_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ControllerError::Config(format!("reflection: {e}")))?;
+
+    let (db, log_store, sm) = store::open(&config.data_dir)?;
+    let raft_config = openraft::Config {
+        cluster_name: "streambus-controller".to_string(),
+        heartbeat_interval: config.heartbeat_interval_ms,
+        election_timeout_min: config.election_timeout_min_ms,
+        election_timeout_max: config.election_timeout_max_ms,
+        install_snapshot_timeout: 2000,
+        ..openraft::Config::default()
+    }
+    .validate()
+    .map_err(|e| ControllerError::Config(e.to_string()))?;
+    let network = Network::new(Duration::from_millis(config.heartbeat_interval_ms.max(50)));
+    let raft = Raft::new(
+        config.node_id,
+        Arc::new(raft_config),
+        network,
+        log_store,
+        sm.clone(),
+    )
+    .await
+    .map_err(|e| ControllerError::Raft(e.to_string()))?;
+    tracing::info!(node_id = config.node_id, %local, %advertised, peers = peers.len(), "controller starting");
+    if let Err(e) = bootstrap(&raft, config.node_id, &peers).await {
+        let _ = raft.shutdown().await;
+        return Err(e);
+    }
+
+    let cancel = CancellationToken::new();
+    let proposer = Proposer::new(config.node_id, raft.clone(), sm.clone(), metrics.clone());
+    let leases = Arc::new(Leases::new(Duration::from_millis(config.node_lease_ms)));
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_not_serving::<ControllerServiceServer<ControllerGrpc>>()
+        .await;
+
+    let tasks: Vec<JoinHandle<()>> = vec![
+        tokio::spawn(leases.clone().run(proposer.clone(), cancel.clone())),
+        tokio::spawn(update_metrics(
+            raft.clone(),
+            sm.clone(),
+            metrics.clone(),
+            cancel.clone(),
+        )),
+        tokio::spawn(track_readiness(
+            proposer.clone(),
+            config.node_id,
+            sm.clone(),
+            options.ready,
+            health_reporter,
+            cancel.clone(),
+        )),
+    ];
+
+    let controller =
+        ControllerServiceServer::new(ControllerGrpc::new(proposer, leases, cancel.clone()))
+            .max_decoding_message_size(MAX_METADATA_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_METADATA_MESSAGE_BYTES);
+    let raft_service = RaftServiceServer::new(RaftServiceImpl::new(raft.clone()))
+        .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
+    let stop = cancel.clone();
+    let served = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(controller)
+        .add_service(raft_service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            tracing::info!("controller shutting down");
+            // Ends metadata watches so the graceful shutdown can finish.
+            stop.cancel();
+        })
+        .await;
+
+    cancel.cancel();
+    for task in tasks {
+        let _ = task.await;
+    }
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft did not shut down cleanly");
+    }
+    drop(raft);
+    drop(sm);
+    db.flush_async().await?;
+    drop(db);
+    tracing::info!(node_id = config.node_id, "controller stopped");
+    served?;
+    Ok(())
+}
+
+/// On an empty store, the lowest-id peer initializes the group with every
+/// peer as a voter; the others wait to be contacted. An initialized store
+/// just starts.
+async fn bootstrap(raft: &Raft, node_id: u64, peers: &[Peer]) -> Result<(), ControllerError> {
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| ControllerError::Raft(e.to_string()))?;
+    if initialized {
+        tracing::info!("raft store already initialized");
+        return Ok(());
+    }
+    let lowest = peers.iter().map(|p| p.id).min();
+    if lowest != Some(node_id) {
+        tracing::info!(
+            ?lowest,
+            "empty raft store; waiting for the lowest-id controller to initialize the group"
+        );
+        return Ok(());
+    }
+    let members: BTreeMap<u64, BasicNode> = peers
+        .iter()
+        .map(|p| (p.id, BasicNode::new(&p.address)))
+        .collect();
+    match raft.initialize(members).await {
+        Ok(()) => {
+            tracing::info!(voters = peers.len(), "raft group initialized");
+            Ok(())
+        }
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(ControllerError::Raft(format!("initialize: {e}"))),
+    }
+}
+
+/// Mirrors Raft and metadata state into the metrics.
+async fn update_metrics(
+    raft: Raft,
+    sm: StateMachineStore,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    let mut raft_rx = raft.metrics();
+    let mut sm_rx = sm.subscribe();
+    loop {
+        {
+            let m = raft_rx.borrow_and_update();
+            metrics.raft_term.set(m.current_term as i64);
+            metrics
+                .is_leader
+                .set(i64::from(m.state == ServerState::Leader));
+        }
+        {
+            let md = sm_rx.borrow_and_update();
+            metrics.metadata_version.set(md.version as i64);
+            metrics.topics.set(md.topics.len() as i64);
+            metrics
+                .storage_nodes_alive
+                .set(md.alive_nodes().len() as i64);
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            r = raft_rx.changed() => if r.is_err() { return },
+            r = sm_rx.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// Whether this controller has applied everything the current leader had
+/// applied when asked. `None` when there is no leader or it cannot tell yet.
+async fn caught_up(proposer: &Proposer, node_id: u64, sm: &StateMachineStore) -> bool {
+    let Some((leader, address)) = proposer.leader() else {
+        return false;
+    };
+    if leader == node_id {
+        // Waits until everything committed before now is applied here.
+        let check = tokio::time::timeout(
+            Duration::from_secs(5),
+            proposer.raft().ensure_linearizable(),
+        );
+        return matches!(check.await, Ok(Ok(_)));
+    }
+    let Ok(channel) = lazy_channel(&address) else {
+        return false;
+    };
+    let mut client =
+        ControllerServiceClient::new(channel).max_decoding_message_size(MAX_METADATA_MESSAGE_BYTES);
+    let mut request = tonic::Request::new(GetMetadataRequest {});
+    request.set_timeout(Duration::from_secs(2));
+    let Ok(reply) = client.get_metadata(request).await else {
+        return false;
+    };
+    let target = reply.into_inner().version;
+    let mut rx = sm.subscribe();
+    let wait = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|m| m.version >= target));
+    matches!(wait.await, Ok(Ok(_)))
+}
+
+/// Publishes readiness ("serving and caught up") on `ready` and gRPC health;
+/// both turn false when shutdown starts.
+async fn track_readiness(
+    proposer: Proposer,
+    node_id: u64,
+    sm: StateMachineStore,
+    ready: Option<watch::Sender<bool>>,
+    health: HealthReporter,
+    cancel: CancellationToken,
+) {
+    let mut raft_rx = proposer.raft().metrics();
+    let mut is_ready = false;
+    loop {
+        let has_leader = raft_rx.borrow_and_update().current_leader.is_some();
+        let now_ready = if !has_leader {
+            false
+        } else if is_ready {
+            true
+        } else {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                ok = caught_up(&proposer, node_id, &sm) => ok,
+            }
+        };
+        if now_ready != is_ready {
+            is_ready = now_ready;
+            tracing::info!(ready = is_ready, "controller readiness changed");
+            if let Some(tx) = &ready {
+                tx.send_replace(is_ready);
+            }
+            if is_ready {
+                health
+                    .set_serving::<ControllerServiceServer<ControllerGrpc>>()
+                    .await;
+            } else {
+                health
+                    .set_not_serving::<ControllerServiceServer<ControllerGrpc>>()
+                    .await;
+            }
+        }
+        let retry = if has_leader && !is_ready {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(3600)
+        };
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            r = raft_rx.changed() => if r.is_err() { break },
+            () = tokio::time::sleep(retry) => {}
+        }
+    }
+    // Draining: no longer ready.
+    if let Some(tx) = &ready {
+        tx.send_replace(false);
+    }
+    health
+        .set_not_serving::<ControllerServiceServer<ControllerGrpc>>()
+        .await;
+}

@@ -1,0 +1,370 @@
+//! The metadata state machine persisted in sled, with snapshots.
+//!
+//! Tree `sm`: `meta` (last applied log id, last membership, version,
+//! placement cursor), `t/<topic name>` (one JSON topic each) and
+//! `n/<node id, big endian>` (one JSON storage node each). Each apply call
+//! writes what it touched in one atomic batch. Tree `sm_snapshot` holds the
+//! latest snapshot (`meta` and `data`), flushed before openraft may purge
+//! the log it covers.
+//!
+//! After every apply the new [`Metadata`] is published on a
+//! `tokio::sync::watch` channel; readers (`GetMetadata`, `WatchMetadata`,
+//! the lease task) never take the state machine's lock.
+
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::TypeConfig;
+use crate::error::ControllerError;
+use crate::metadata::{CommandResponse, Dirty, Metadata, StorageNode, Topic};
+
+type StorageResult<T> = Result<T, StorageError<u64>>;
+type Membership = StoredMembership<u64, BasicNode>;
+
+const META: &[u8] = b"meta";
+const TOPIC_PREFIX: &[u8] = b"t/";
+const NODE_PREFIX: &[u8] = b"n/";
+const SNAPSHOT_META: &[u8] = b"meta";
+const SNAPSHOT_DATA: &[u8] = b"data";
+
+/// Everything the state machine holds; also the snapshot format.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct SmState {
+    last_applied: Option<LogId<u64>>,
+    last_membership: Membership,
+    metadata: Metadata,
+}
+
+/// The `meta` record of tree `sm`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SmMeta {
+    last_applied: Option<LogId<u64>>,
+    last_membership: Membership,
+    version: u64,
+    placement_cursor: u64,
+}
+
+struct Inner {
+    db: sled::Db,
+    tree: sled::Tree,
+    snapshots: sled::Tree,
+    state: Mutex<SmState>,
+    published: watch::Sender<Arc<Metadata>>,
+    snapshot_seq: AtomicU64,
+}
+
+/// The state machine. Cheap to clone; clones share state, so the server
+/// keeps one to read the published metadata while openraft owns another.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    inner: Arc<Inner>,
+}
+
+fn topic_key(name: &str) -> Vec<u8> {
+    [TOPIC_PREFIX, name.as_bytes()].concat()
+}
+
+fn node_key(id: u64) -> Vec<u8> {
+    [NODE_PREFIX, &id.to_be_bytes()[..]].concat()
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> ControllerError {
+    ControllerError::Corrupt(format!("{what}: {e}"))
+}
+
+impl StateMachineStore {
+    pub(crate) fn open(db: &sled::Db) -> Result<StateMachineStore, ControllerError> {
+        let tree = db.open_tree("sm")?;
+        let snapshots = db.open_tree("sm_snapshot")?;
+        let mut state = load_state(&tree)?;
+        // A crash while installing a snapshot can leave `sm` behind the
+        // snapshot that was saved first: the snapshot wins then.
+        if let (Some(meta), Some(data)) =
+            (snapshots.get(SNAPSHOT_META)?, snapshots.get(SNAPSHOT_DATA)?)
+        {
+            let meta: SnapshotMeta<u64, BasicNode> =
+                serde_json::from_slice(&meta).map_err(|e| corrupt("snapshot meta", e))?;
+            if meta.last_log_id > state.last_applied {
+                state = serde_json::from_slice(&data).map_err(|e| corrupt("snapshot data", e))?;
+            }
+        }
+        let (published, _) = watch::channel(Arc::new(state.metadata.clone()));
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Ok(StateMachineStore {
+            inner: Arc::new(Inner {
+                db: db.clone(),
+                tree,
+                snapshots,
+                state: Mutex::new(state),
+                published,
+                snapshot_seq: AtomicU64::new(seed),
+            }),
+        })
+    }
+
+    /// The latest applied metadata.
+    pub fn current(&self) -> Arc<Metadata> {
+        self.inner.published.borrow().clone()
+    }
+
+    /// A receiver that sees every newly applied metadata.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Metadata>> {
+        self.inner.published.subscribe()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SmState> {
+        // A panic while holding the lock cannot leave a half-applied entry
+        // visible to Raft (it would have failed the apply), so keep going.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn persist(&self, state: &SmState, dirty: &Dirty) -> Result<(), std::io::Error> {
+        let mut batch = sled::Batch::default();
+        for name in &dirty.topics {
+            match state.metadata.topics.get(name) {
+                Some(topic) => batch.insert(topic_key(name), serde_json::to_vec(topic)?),
+                None => batch.remove(topic_key(name)),
+            }
+        }
+        for id in &dirty.nodes {
+            if let Some(node) = state.metadata.nodes.get(id) {
+                batch.insert(node_key(*id), serde_json::to_vec(node)?);
+            }
+        }
+        batch.insert(META, serde_json::to_vec(&meta_of(state))?);
+        self.inner.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn rewrite_all(&self, state: &SmState) -> Result<(), std::io::Error> {
+        let mut batch = sled::Batch::default();
+        for item in self.inner.tree.iter() {
+            let (k, _) = item?;
+            batch.remove(k);
+        }
+        for (name, topic) in &state.metadata.topics {
+            batch.insert(topic_key(name), serde_json::to_vec(topic)?);
+        }
+        for (id, node) in &state.metadata.nodes {
+            batch.insert(node_key(*id), serde_json::to_vec(node)?);
+        }
+        batch.insert(META, serde_json::to_vec(&meta_of(state))?);
+        self.inner.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    async fn save_snapshot(
+        &self,
+        meta: &SnapshotMeta<u64, BasicNode>,
+        data: &[u8],
+    ) -> Result<(), std::io::Error> {
+        let mut batch = sled::Batch::default();
+        batch.insert(SNAPSHOT_META, serde_json::to_vec(meta)?);
+        batch.insert(SNAPSHOT_DATA, data);
+        self.inner.snapshots.apply_batch(batch)?;
+        self.inner.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+fn meta_of(state: &SmState) -> SmMeta {
+    SmMeta {
+        last_applied: state.last_applied,
+        last_membership: state.last_membership.clone(),
+        version: state.metadata.version,
+        placement_cursor: state.metadata.placement_cursor,
+    }
+}
+
+fn load_state(tree: &sled::Tree) -> Result<SmState, ControllerError> {
+    let meta: SmMeta = match tree.get(META)? {
+        Some(bytes) => {
+            serde_json::from_slice(&bytes).map_err(|e| corrupt("state machine meta", e))?
+        }
+        None => SmMeta::default(),
+    };
+    let mut metadata = Metadata {
+        version: meta.version,
+        placement_cursor: meta.placement_cursor,
+        ..Metadata::default()
+    };
+    for item in tree.scan_prefix(TOPIC_PREFIX) {
+        let (_, v) = item?;
+        let topic: Topic = serde_json::from_slice(&v).map_err(|e| corrupt("topic", e))?;
+        metadata.topics.insert(topic.name.clone(), topic);
+    }
+    for item in tree.scan_prefix(NODE_PREFIX) {
+        let (_, v) = item?;
+        let node: StorageNode =
+            serde_json::from_slice(&v).map_err(|e| corrupt("storage node", e))?;
+        metadata.nodes.insert(node.node_id, node);
+    }
+    Ok(SmState {
+        last_applied: meta.last_applied,
+        last_membership: meta.last_membership,
+        metadata,
+    })
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let (data, last_log_id, last_membership) = {
+            let state = self.lock();
+            let data = serde_json::to_vec(&*state)
+                .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+            (data, state.last_applied, state.last_membership.clone())
+        };
+        let seq = self.inner.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        let snapshot_id = match last_log_id {
+            Some(id) => format!("{}-{}-{seq}", id.leader_id.term, id.index),
+            None => format!("none-{seq}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+            snapshot_id,
+        };
+        self.save_snapshot(&meta, &data)
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = StateMachineStore;
+
+    async fn applied_state(&mut self) -> StorageResult<(Option<LogId<u64>>, Membership)> {
+        let state = self.lock();
+        Ok((state.last_applied, state.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<CommandResponse>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut responses = Vec::new();
+        let published = {
+            let mut state = self.lock();
+            let mut dirty = Dirty::default();
+            for entry in entries {
+                let index = entry.log_id.index;
+                state.last_applied = Some(entry.log_id);
+                let response = match entry.payload {
+                    EntryPayload::Blank => {
+                        state.metadata.apply_noop(index);
+                        CommandResponse::Ok
+                    }
+                    EntryPayload::Normal(command) => {
+                        state.metadata.apply(index, &command, &mut dirty)
+                    }
+                    EntryPayload::Membership(membership) => {
+                        state.last_membership =
+                            StoredMembership::new(Some(entry.log_id), membership);
+                        state.metadata.apply_noop(index);
+                        CommandResponse::Ok
+                    }
+                };
+                responses.push(response);
+            }
+            if responses.is_empty() {
+                return Ok(responses);
+            }
+            self.persist(&state, &dirty)
+                .map_err(|e| StorageIOError::write_state_machine(&e))?;
+            Arc::new(state.metadata.clone())
+        };
+        self.inner.published.send_replace(published);
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let data = snapshot.into_inner();
+        let read_err = |e: &dyn std::error::Error| {
+            StorageIOError::read_snapshot(
+                Some(meta.signature()),
+                &std::io::Error::other(e.to_string()),
+            )
+        };
+        let mut new_state: SmState = serde_json::from_slice(&data).map_err(|e| read_err(&e))?;
+        // The meta is authoritative for what the snapshot covers.
+        new_state.last_applied = meta.last_log_id;
+        new_state.last_membership = meta.last_membership.clone();
+        // Save the snapshot first: if we crash while rewriting `sm`, opening
+        // the store loads the snapshot instead.
+        self.save_snapshot(meta, &data)
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let published = {
+            let mut state = self.lock();
+            self.rewrite_all(&new_state)
+                .map_err(|e| StorageIOError::write_state_machine(&e))?;
+            *state = new_state;
+            Arc::new(state.metadata.clone())
+        };
+        self.inner
+            .db
+            .flush_async()
+            .await
+            .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        self.inner.published.send_replace(published);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let read = |e: &dyn std::fmt::Display| {
+            StorageIOError::read_snapshot(None, &std::io::Error::other(e.to_string()))
+        };
+        let meta = self
+            .inner
+            .snapshots
+            .get(SNAPSHOT_META)
+            .map_err(|e| read(&e))?;
+        let data = self
+            .inner
+            .snapshots
+            .get(SNAPSHOT_DATA)
+            .map_err(|e| read(&e))?;
+        match (meta, data) {
+            (Some(meta), Some(data)) => {
+                let meta: SnapshotMeta<u64, BasicNode> =
+                    serde_json::from_slice(&meta).map_err(|e| read(&e))?;
+                Ok(Some(Snapshot {
+                    meta,
+                    snapshot: Box::new(Cursor::new(data.to_vec())),
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,482 @@
+//! Per-topic configuration: parsing and validating the Kafka-style
+//! `key = value` map a client sends with `CreateTopic`, defaults, and the
+//! effective map stored in the metadata.
+//!
+//! This module depends on nothing but `std` and `streambus-proto`, so the
+//! storage node can turn a topic's config map into its log settings cheaply.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use streambus_proto::{Error, Reason};
+
+/// `retention.ms`.
+pub const RETENTION_MS: &str = "retention.ms";
+/// `retention.bytes`.
+pub const RETENTION_BYTES: &str = "retention.bytes";
+/// `segment.bytes`.
+pub const SEGMENT_BYTES: &str = "segment.bytes";
+/// `segment.ms`.
+pub const SEGMENT_MS: &str = "segment.ms";
+/// `cleanup.policy`.
+pub const CLEANUP_POLICY: &str = "cleanup.policy";
+/// `max.message.bytes`.
+pub const MAX_MESSAGE_BYTES: &str = "max.message.bytes";
+/// `delete.retention.ms`.
+pub const DELETE_RETENTION_MS: &str = "delete.retention.ms";
+/// `fsync.policy`.
+pub const FSYNC_POLICY: &str = "fsync.policy";
+/// `fsync.interval.ms`.
+pub const FSYNC_INTERVAL_MS: &str = "fsync.interval.ms";
+
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+/// Default `retention.ms`: 7 days (Kafka's default).
+pub const DEFAULT_RETENTION_MS: i64 = 7 * DAY_MS as i64;
+/// Default `segment.bytes`: 1 GiB.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 1 << 30;
+/// Default `segment.ms`: 7 days.
+pub const DEFAULT_SEGMENT_MS: u64 = 7 * DAY_MS;
+/// Default `max.message.bytes`: 1 MiB plus the 12-byte batch log overhead
+/// (Kafka's default). It bounds a whole RecordBatch.
+pub const DEFAULT_MAX_MESSAGE_BYTES: u32 = (1 << 20) + 12;
+/// Default `delete.retention.ms`: 1 day.
+pub const DEFAULT_DELETE_RETENTION_MS: i64 = DAY_MS as i64;
+/// Default `fsync.interval.ms`.
+pub const DEFAULT_FSYNC_INTERVAL_MS: u64 = 1000;
+/// Smallest accepted `segment.bytes` (Kafka's minimum).
+pub const MIN_SEGMENT_BYTES: u64 = 14;
+/// Largest accepted `segment.bytes`: segment positions fit in 31 bits.
+pub const MAX_SEGMENT_BYTES: u64 = i32::MAX as u64;
+
+/// One documented configuration key.
+#[derive(Debug, Clone, Copy)]
+pub struct ConfigKey {
+    /// The Kafka-style key.
+    pub name: &'static str,
+    /// The default, as it appears in the effective map.
+    pub default: &'static str,
+    /// Accepted values and meaning.
+    pub description: &'static str,
+}
+
+/// Every accepted key, alphabetically.
+pub const KEYS: &[ConfigKey] = &[
+    ConfigKey {
+        name: CLEANUP_POLICY,
+        default: "delete",
+        description: "`delete` (drop whole segments past retention) or `compact` (keep the latest record per key)",
+    },
+    ConfigKey {
+        name: DELETE_RETENTION_MS,
+        default: "86400000",
+        description: "How long tombstones stay readable on compacted topics, in ms (>= 0)",
+    },
+    ConfigKey {
+        name: FSYNC_INTERVAL_MS,
+        default: "1000",
+        description: "With `fsync.policy=interval`: the longest time between fsyncs, in ms (>= 1)",
+    },
+    ConfigKey {
+        name: FSYNC_POLICY,
+        default: "always",
+        description: "`always` (fsync before acknowledging), `interval` (every `fsync.interval.ms`) or `never` (leave it to the OS)",
+    },
+    ConfigKey {
+        name: MAX_MESSAGE_BYTES,
+        default: "1048588",
+        description: "Largest record batch accepted, in bytes (1 to 2147483647)",
+    },
+    ConfigKey {
+        name: RETENTION_BYTES,
+        default: "-1",
+        description: "Size limit per partition before old segments are deleted, in bytes; -1 = no limit",
+    },
+    ConfigKey {
+        name: RETENTION_MS,
+        default: "604800000",
+        description: "How long records are kept, in ms; -1 = forever",
+    },
+    ConfigKey {
+        name: SEGMENT_BYTES,
+        default: "1073741824",
+        description: "Segment file size that triggers a roll, in bytes (14 to 2147483647)",
+    },
+    ConfigKey {
+        name: SEGMENT_MS,
+        default: "604800000",
+        description: "Segment age that triggers a roll, in ms (>= 1); -1 = never roll by age",
+    },
+];
+
+/// What happens to old records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CleanupPolicy {
+    /// Delete whole segments past retention.
+    #[default]
+    Delete,
+    /// Keep the latest record per key.
+    Compact,
+}
+
+impl CleanupPolicy {
+    /// The config string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CleanupPolicy::Delete => "delete",
+            CleanupPolicy::Compact => "compact",
+        }
+    }
+}
+
+impl fmt::Display for CleanupPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// When the partition log is fsynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FsyncSetting {
+    /// Before every acknowledgement.
+    #[default]
+    Always,
+    /// At most `fsync.interval.ms` apart.
+    Interval,
+    /// Never explicitly; the OS decides.
+    Never,
+}
+
+impl FsyncSetting {
+    /// The config string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsyncSetting::Always => "always",
+            FsyncSetting::Interval => "interval",
+            FsyncSetting::Never => "never",
+        }
+    }
+}
+
+impl fmt::Display for FsyncSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A topic's effective configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicConfig {
+    /// How long records are kept, in ms. `None` = forever (`-1`).
+    pub retention_ms: Option<i64>,
+    /// Size limit per partition, in bytes. `None` = no limit (`-1`).
+    pub retention_bytes: Option<u64>,
+    /// Segment size that triggers a roll.
+    pub segment_bytes: u64,
+    /// Segment age that triggers a roll, in ms. `None` = never by age.
+    pub segment_ms: Option<u64>,
+    /// Delete or compact.
+    pub cleanup_policy: CleanupPolicy,
+    /// Largest whole record batch accepted, in bytes.
+    pub max_message_bytes: u32,
+    /// Tombstone grace period on compacted topics, in ms.
+    pub delete_retention_ms: i64,
+    /// When the log is fsynced.
+    pub fsync_policy: FsyncSetting,
+    /// With [`FsyncSetting::Interval`]: the longest time between fsyncs.
+    pub fsync_interval_ms: u64,
+}
+
+impl Default for TopicConfig {
+    fn default() -> TopicConfig {
+        TopicConfig {
+            retention_ms: Some(DEFAULT_RETENTION_MS),
+            retention_bytes: None,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            segment_ms: Some(DEFAULT_SEGMENT_MS),
+            cleanup_policy: CleanupPolicy::Delete,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            delete_retention_ms: DEFAULT_DELETE_RETENTION_MS,
+            fsync_policy: FsyncSetting::Always,
+            fsync_interval_ms: DEFAULT_FSYNC_INTERVAL_MS,
+        }
+    }
+}
+
+fn allowed_keys() -> String {
+    KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+}
+
+fn invalid(key: &str, value: &str, expected: &str) -> Error {
+    Error::new(
+        Reason::InvalidConfig,
+        format!("invalid value {value:?} for topic config {key:?}: expected {expected}"),
+    )
+}
+
+fn parse_i64(key: &str, value: &str, expected: &str) -> Result<i64, Error> {
+    value
+        .trim()
+        .parse::<i64>()
+        .map_err(|_| invalid(key, value, expected))
+}
+
+/// `-1` = `None`; otherwise an integer within `min..=max`.
+fn parse_optional(
+    key: &str,
+    value: &str,
+    min: i64,
+    max: i64,
+    expected: &str,
+) -> Result<Option<i64>, Error> {
+    match parse_i64(key, value, expected)? {
+        -1 => Ok(None),
+        v if (min..=max).contains(&v) => Ok(Some(v)),
+        _ => Err(invalid(key, value, expected)),
+    }
+}
+
+fn parse_range(key: &str, value: &str, min: i64, max: i64, expected: &str) -> Result<i64, Error> {
+    let v = parse_i64(key, value, expected)?;
+    if (min..=max).contains(&v) {
+        Ok(v)
+    } else {
+        Err(invalid(key, value, expected))
+    }
+}
+
+impl TopicConfig {
+    /// Parses a client's config map: absent keys take their defaults; an
+    /// unknown key or a bad value is [`Reason::InvalidConfig`].
+    pub fn from_map(map: &HashMap<String, String>) -> Result<TopicConfig, Error> {
+        let mut config = TopicConfig::default();
+        // Sorted, so the error for several bad keys is deterministic.
+        let sorted: BTreeMap<&String, &String> = map.iter().collect();
+        for (key, value) in sorted {
+            config.set(key, value)?;
+        }
+        Ok(config)
+    }
+
+    /// Sets one key from its string form.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), Error> {
+        match key {
+            RETENTION_MS => {
+                self.retention_ms = parse_optional(
+                    key,
+                    value,
+                    0,
+                    i64::MAX,
+                    "-1 (forever) or a non-negative number of milliseconds",
+                )?;
+            }
+            RETENTION_BYTES => {
+                self.retention_bytes = parse_optional(
+                    key,
+                    value,
+                    0,
+                    i64::MAX,
+                    "-1 (no limit) or a non-negative number of bytes",
+                )?
+                .map(|v| v as u64);
+            }
+            SEGMENT_BYTES => {
+                self.segment_bytes = parse_range(
+                    key,
+                    value,
+                    MIN_SEGMENT_BYTES as i64,
+                    MAX_SEGMENT_BYTES as i64,
+                    "a number of bytes from 14 to 2147483647",
+                )? as u64;
+            }
+            SEGMENT_MS => {
+                self.segment_ms = parse_optional(
+                    key,
+                    value,
+                    1,
+                    i64::MAX,
+                    "-1 (never) or a positive number of milliseconds",
+                )?
+                .map(|v| v as u64);
+            }
+            CLEANUP_POLICY => {
+                self.cleanup_policy = match value.trim() {
+                    "delete" => CleanupPolicy::Delete,
+                    "compact" => CleanupPolicy::Compact,
+                    _ => return Err(invalid(key, value, "\"delete\" or \"compact\"")),
+                };
+            }
+            MAX_MESSAGE_BYTES => {
+                self.max_message_bytes = parse_range(
+                    key,
+                    value,
+                    1,
+                    i32::MAX as i64,
+                    "a number of bytes from 1 to 2147483647",
+                )? as u32;
+            }
+            DELETE_RETENTION_MS => {
+                self.delete_retention_ms = parse_range(
+                    key,
+                    value,
+                    0,
+                    i64::MAX,
+                    "a non-negative number of milliseconds",
+                )?;
+            }
+            FSYNC_POLICY => {
+                self.fsync_policy = match value.trim() {
+                    "always" => FsyncSetting::Always,
+                    "interval" => FsyncSetting::Interval,
+                    "never" => FsyncSetting::Never,
+                    _ => {
+                        return Err(invalid(key, value, "\"always\", \"interval\" or \"never\""));
+                    }
+                };
+            }
+            FSYNC_INTERVAL_MS => {
+                self.fsync_interval_ms =
+                    parse_range(key, value, 1, i64::MAX, "a positive number of milliseconds")?
+                        as u64;
+            }
+            _ => {
+                return Err(Error::new(
+                    Reason::InvalidConfig,
+                    format!(
+                        "unknown topic config key {key:?}; allowed keys: {}",
+                        allowed_keys()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every effective key as a string, defaults included.
+    pub fn to_map(&self) -> HashMap<String, String> {
+        self.to_btree_map().into_iter().collect()
+    }
+
+    /// [`TopicConfig::to_map`], ordered by key.
+    pub fn to_btree_map(&self) -> BTreeMap<String, String> {
+        let opt_i64 = |v: Option<i64>| v.map_or_else(|| "-1".to_string(), |v| v.to_string());
+        let opt_u64 = |v: Option<u64>| v.map_or_else(|| "-1".to_string(), |v| v.to_string());
+        [
+            (RETENTION_MS, opt_i64(self.retention_ms)),
+            (RETENTION_BYTES, opt_u64(self.retention_bytes)),
+            (SEGMENT_BYTES, self.segment_bytes.to_string()),
+            (SEGMENT_MS, opt_u64(self.segment_ms)),
+            (CLEANUP_POLICY, self.cleanup_policy.to_string()),
+            (MAX_MESSAGE_BYTES, self.max_message_bytes.to_string()),
+            (DELETE_RETENTION_MS, self.delete_retention_ms.to_string()),
+            (FSYNC_POLICY, self.fsync_policy.to_string()),
+            (FSYNC_INTERVAL_MS, self.fsync_interval_ms.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// The Markdown table of [`KEYS`] that `docs/controller.md` embeds.
+    pub fn markdown_table() -> String {
+        let mut out = String::from("| Key | Default | Meaning |\n|---|---|---|\n");
+        for k in KEYS {
+            out.push_str(&format!(
+                "| `{}` | `{}` | {} |\n",
+                k.name, k.default, k.description
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn empty_map_gives_documented_defaults() {
+        let config = TopicConfig::from_map(&HashMap::new()).unwrap();
+        assert_eq!(config, TopicConfig::default());
+        let effective = config.to_map();
+        assert_eq!(effective.len(), KEYS.len());
+        for key in KEYS {
+            assert_eq!(effective[key.name], key.default, "{}", key.name);
+        }
+    }
+
+    #[test]
+    fn every_key_parses_and_round_trips() {
+        let input = map(&[
+            ("retention.ms", "-1"),
+            ("retention.bytes", "1000000"),
+            ("segment.bytes", "1048576"),
+            ("segment.ms", "-1"),
+            ("cleanup.policy", "compact"),
+            ("max.message.bytes", "2000000"),
+            ("delete.retention.ms", "0"),
+            ("fsync.policy", "interval"),
+            ("fsync.interval.ms", "250"),
+        ]);
+        let config = TopicConfig::from_map(&input).unwrap();
+        assert_eq!(config.retention_ms, None);
+        assert_eq!(config.retention_bytes, Some(1_000_000));
+        assert_eq!(config.segment_bytes, 1 << 20);
+        assert_eq!(config.segment_ms, None);
+        assert_eq!(config.cleanup_policy, CleanupPolicy::Compact);
+        assert_eq!(config.max_message_bytes, 2_000_000);
+        assert_eq!(config.delete_retention_ms, 0);
+        assert_eq!(config.fsync_policy, FsyncSetting::Interval);
+        assert_eq!(config.fsync_interval_ms, 250);
+        assert_eq!(config.to_map(), input);
+        assert_eq!(TopicConfig::from_map(&config.to_map()).unwrap(), config);
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_naming_key_and_allowed_keys() {
+        let err = TopicConfig::from_map(&map(&[("retention.hours", "1")])).unwrap_err();
+        assert_eq!(err.reason, Reason::InvalidConfig);
+        assert!(err.message.contains("retention.hours"), "{}", err.message);
+        for key in KEYS {
+            assert!(err.message.contains(key.name), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn bad_values_are_rejected_naming_the_key() {
+        for (key, value) in [
+            ("retention.ms", "-2"),
+            ("retention.ms", "soon"),
+            ("retention.bytes", "-5"),
+            ("segment.bytes", "10"),
+            ("segment.bytes", "4294967296"),
+            ("segment.ms", "0"),
+            ("cleanup.policy", "compact,delete"),
+            ("max.message.bytes", "0"),
+            ("delete.retention.ms", "-1"),
+            ("fsync.policy", "sometimes"),
+            ("fsync.interval.ms", "0"),
+        ] {
+            let err = TopicConfig::from_map(&map(&[(key, value)])).unwrap_err();
+            assert_eq!(err.reason, Reason::InvalidConfig, "{key}={value}");
+            assert!(err.message.contains(key), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn docs_topic_config_table_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/controller.md");
+        let doc = std::fs::read_to_string(path).expect("docs/controller.md");
+        assert!(
+            doc.contains(&TopicConfig::markdown_table()),
+            "the topic config table in docs/controller.md is stale; replace it with:\n{}",
+            TopicConfig::markdown_table()
+        );
+    }
+}

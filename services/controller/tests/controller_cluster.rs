@@ -1,0 +1,458 @@
+//! Controllers started in-process on pre-bound `127.0.0.1:0` listeners.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use streambus_controller::client::ControllerClient;
+use streambus_controller::{ControllerConfig, ControllerError, Peer, serve_with_listener};
+use streambus_proto::internal::ClusterMetadata;
+use streambus_proto::internal::controller_service_client::ControllerServiceClient;
+use streambus_proto::v1::CreateTopicRequest;
+use streambus_proto::{Error, Reason};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+struct Controller {
+    id: u64,
+    address: String,
+    ready: watch::Receiver<bool>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ControllerError>>,
+}
+
+impl Controller {
+    async fn wait_ready(&mut self) {
+        tokio::time::timeout(WAIT, self.ready.wait_for(|r| *r))
+            .await
+            .expect("controller ready in time")
+            .expect("ready channel open");
+    }
+
+    async fn shutdown(mut self) {
+        let _ = self.stop.take().expect("running").send(());
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("controller stops in time")
+            .expect("controller task")
+            .expect("controller stops cleanly");
+    }
+}
+
+fn config(node_id: u64, data_dir: &std::path::Path, peers: Vec<Peer>) -> ControllerConfig {
+    ControllerConfig {
+        node_id,
+        data_dir: data_dir.to_path_buf(),
+        advertised_addr: peers
+            .iter()
+            .find(|p| p.id == node_id)
+            .map(|p| p.address.clone())
+            .unwrap_or_default(),
+        peers,
+        heartbeat_interval_ms: 50,
+        election_timeout_min_ms: 300,
+        election_timeout_max_ms: 600,
+        ..ControllerConfig::default()
+    }
+}
+
+fn start(config: ControllerConfig, listener: TcpListener) -> Controller {
+    let address = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (ready_tx, ready) = watch::channel(false);
+    let id = config.node_id;
+    let task = tokio::spawn(serve_with_listener(
+        config,
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+        Some(ready_tx),
+    ));
+    Controller {
+        id,
+        address,
+        ready,
+        stop: Some(stop),
+        task,
+    }
+}
+
+async fn listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.unwrap()
+}
+
+async fn single(dir: &std::path::Path, lease_ms: u64) -> Controller {
+    let l = listener().await;
+    let mut c = start(
+        ControllerConfig {
+            node_lease_ms: lease_ms,
+            ..config(1, dir, Vec::new())
+        },
+        l,
+    );
+    c.wait_ready().await;
+    c
+}
+
+async fn cluster(dirs: &[tempfile::TempDir]) -> Vec<Controller> {
+    let mut listeners = Vec::new();
+    for _ in dirs {
+        listeners.push(listener().await);
+    }
+    let peers: Vec<Peer> = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| Peer {
+            id: i as u64 + 1,
+            address: l.local_addr().unwrap().to_string(),
+        })
+        .collect();
+    let mut controllers: Vec<Controller> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| start(config(i as u64 + 1, dirs[i].path(), peers.clone()), l))
+        .collect();
+    for c in &mut controllers {
+        c.wait_ready().await;
+    }
+    controllers
+}
+
+fn topic(name: &str, partitions: u32) -> CreateTopicRequest {
+    CreateTopicRequest {
+        name: name.to_string(),
+        partitions,
+        replication_factor: 1,
+        configs: HashMap::new(),
+    }
+}
+
+fn client(controllers: &[&Controller]) -> ControllerClient {
+    ControllerClient::new(controllers.iter().map(|c| c.address.clone()).collect()).unwrap()
+}
+
+async fn leader_of(client: &ControllerClient) -> u64 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(md) = client.get_metadata().await
+            && md.controller_leader_id != 0
+        {
+            return md.controller_leader_id;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn topics_survive_controller_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = single(dir.path(), 60_000).await;
+    let client = client(&[&c]);
+    client.register_node(7, "127.0.0.1:9001").await.unwrap();
+    let mut req = topic("orders", 3);
+    req.configs.insert("retention.ms".into(), "-1".into());
+    let created = client.create_topic(req).await.unwrap();
+    assert_eq!(created.configs["retention.ms"], "-1");
+    assert_eq!(created.configs["segment.bytes"], "1073741824");
+    client.create_topic(topic("payments", 1)).await.unwrap();
+    client.delete_topic("payments").await.unwrap();
+    client.create_topic(topic("audit", 2)).await.unwrap();
+    let before = client.get_metadata().await.unwrap();
+    assert_eq!(before.topics.len(), 2);
+    c.shutdown().await;
+
+    let c = single(dir.path(), 60_000).await;
+    let client = self::client(&[&c]);
+    let after = client.get_metadata().await.unwrap();
+    // Identical; the version never goes back.
+    assert_eq!(after.topics, before.topics);
+    assert_eq!(after.nodes, before.nodes);
+    assert!(
+        after.version >= before.version,
+        "{} < {}",
+        after.version,
+        before.version
+    );
+    // Still writable, and names stay unique.
+    let err = client.create_topic(topic("orders", 1)).await.unwrap_err();
+    assert_eq!(err.reason, Reason::TopicAlreadyExists);
+    client.create_topic(topic("payments", 1)).await.unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_stable_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = single(dir.path(), 60_000).await;
+    let client = client(&[&c]);
+
+    // Retriable: the client retries it (a storage node may be starting),
+    // then gives up with the reason.
+    let impatient = client.clone().with_retry_for(Duration::from_millis(200));
+    let err = impatient.create_topic(topic("t", 1)).await.unwrap_err();
+    assert_eq!(err.reason, Reason::InsufficientNodes, "{err}");
+    client.register_node(1, "127.0.0.1:9001").await.unwrap();
+
+    let err = client.create_topic(topic("bad name", 1)).await.unwrap_err();
+    assert_eq!(err.reason, Reason::InvalidTopicName);
+    let err = client.create_topic(topic("t", 0)).await.unwrap_err();
+    assert_eq!(err.reason, Reason::InvalidArgument);
+    let mut req = topic("t", 1);
+    req.replication_factor = 3;
+    let err = client.create_topic(req).await.unwrap_err();
+    assert_eq!(err.reason, Reason::Unsupported);
+    let mut req = topic("t", 1);
+    req.configs.insert("cleanup.policy".into(), "shred".into());
+    let err = client.create_topic(req).await.unwrap_err();
+    assert_eq!(err.reason, Reason::InvalidConfig);
+    assert!(err.message.contains("cleanup.policy"));
+    let err = client.delete_topic("missing").await.unwrap_err();
+    assert_eq!(err.reason, Reason::UnknownTopic);
+    let err = client.heartbeat(99).await.unwrap_err();
+    assert_eq!(err.reason, Reason::InvalidArgument);
+
+    // The server keeps serving.
+    client.create_topic(topic("t", 1)).await.unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn writes_through_a_follower_get_leader_hint_and_client_follows_it() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let controllers = cluster(&dirs).await;
+    let all: Vec<&Controller> = controllers.iter().collect();
+    let leader_id = leader_of(&client(&all)).await;
+    let leader = controllers.iter().find(|c| c.id == leader_id).unwrap();
+    let follower = controllers.iter().find(|c| c.id != leader_id).unwrap();
+
+    // Raw gRPC to the follower: UNAVAILABLE / NOT_CONTROLLER_LEADER + hint.
+    let mut raw = ControllerServiceClient::connect(format!("http://{}", follower.address))
+        .await
+        .unwrap();
+    let status = raw.create_topic(topic("t", 1)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    let err = Error::from_status(&status);
+    assert_eq!(err.reason, Reason::NotControllerLeader);
+    assert_eq!(err.leader_hint.as_deref(), Some(leader.address.as_str()));
+
+    // A client that only knows the follower follows the hint.
+    let via_follower = client(&[follower]);
+    via_follower
+        .register_node(1, "127.0.0.1:9001")
+        .await
+        .unwrap();
+    let created = via_follower.create_topic(topic("t", 2)).await.unwrap();
+    assert_eq!(created.partitions.len(), 2);
+
+    // Every controller serves reads from its applied state.
+    for c in &controllers {
+        let c_client = client(&[c]);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let md = c_client.get_metadata().await.unwrap();
+            if md.topics.iter().any(|t| t.name == "t") {
+                assert_eq!(md.controller_leader_id, leader_id);
+                assert_eq!(md.controller_leader_address, leader.address);
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "controller {} lags",
+                c.id
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for c in controllers {
+        c.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn new_leader_is_elected_after_leader_shutdown_and_accepts_writes() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let controllers = cluster(&dirs).await;
+    let all: Vec<&Controller> = controllers.iter().collect();
+    let client = client(&all);
+    client.register_node(1, "127.0.0.1:9001").await.unwrap();
+    client.create_topic(topic("before", 1)).await.unwrap();
+    let old_leader = leader_of(&client).await;
+    let mut watch = Box::pin(client.watch_metadata());
+    let first = tokio::time::timeout(WAIT, watch.next())
+        .await
+        .unwrap()
+        .unwrap();
+
+    let (gone, rest): (Vec<Controller>, Vec<Controller>) =
+        controllers.into_iter().partition(|c| c.id == old_leader);
+    for c in gone {
+        c.shutdown().await;
+    }
+
+    // The client still lists the dead leader; it retries on the others.
+    client.create_topic(topic("after", 1)).await.unwrap();
+    let md = client.get_metadata().await.unwrap();
+    assert_ne!(md.controller_leader_id, old_leader);
+    assert_ne!(md.controller_leader_id, 0);
+    for c in &rest {
+        let md = self::client(&[c]).get_metadata().await.unwrap();
+        let mut names: Vec<_> = md.topics.iter().map(|t| t.name.as_str()).collect();
+        names.sort_unstable();
+        if names != ["after", "before"] {
+            // A follower may lag by a heartbeat.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let md = self::client(&[c]).get_metadata().await.unwrap();
+            assert_eq!(md.topics.len(), 2, "controller {}", c.id);
+        }
+    }
+    client.delete_topic("before").await.unwrap();
+
+    // The watch survives the failover (it may have been on the old leader)
+    // and its versions only grow.
+    let mut last = first.version;
+    loop {
+        let md = tokio::time::timeout(WAIT, watch.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(md.version > last);
+        last = md.version;
+        let names: Vec<_> = md.topics.iter().map(|t| t.name.as_str()).collect();
+        if names == ["after"] {
+            assert_ne!(md.controller_leader_id, old_leader);
+            break;
+        }
+    }
+    for c in rest {
+        c.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn watch_metadata_delivers_updates_in_version_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = single(dir.path(), 60_000).await;
+    let client = client(&[&c]);
+    let mut watch = Box::pin(client.watch_metadata());
+    let first = tokio::time::timeout(WAIT, watch.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.topics.is_empty());
+    assert_eq!(first.controller_leader_id, 1);
+
+    client.register_node(1, "127.0.0.1:9001").await.unwrap();
+    client.create_topic(topic("watched", 4)).await.unwrap();
+    let mut last = first.version;
+    loop {
+        let md = tokio::time::timeout(WAIT, watch.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(md.version > last, "versions only increase");
+        last = md.version;
+        if let Some(t) = md.topics.iter().find(|t| t.name == "watched") {
+            assert_eq!(t.partitions.len(), 4);
+            assert!(md.nodes.iter().all(|n| n.alive));
+            break;
+        }
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn lapsed_storage_node_lease_is_reported_dead_until_heartbeats_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = single(dir.path(), 300).await;
+    let client = client(&[&c]);
+    assert_eq!(
+        client.register_node(5, "127.0.0.1:9005").await.unwrap(),
+        300
+    );
+    client.create_topic(topic("t", 1)).await.unwrap();
+    let mut watch = Box::pin(client.watch_metadata());
+    let alive_of = |md: &ClusterMetadata| md.nodes.iter().find(|n| n.node_id == 5).map(|n| n.alive);
+
+    // No heartbeats: the lease lapses and the node is reported dead, still
+    // leading its partition (it has no other replica).
+    loop {
+        let md = tokio::time::timeout(WAIT, watch.next())
+            .await
+            .unwrap()
+            .unwrap();
+        if alive_of(&md) == Some(false) {
+            let p = &md.topics[0].partitions[0];
+            assert_eq!((p.leader, p.leader_epoch), (5, 0));
+            break;
+        }
+    }
+    // Heartbeats resume: alive again.
+    client.heartbeat(5).await.unwrap();
+    loop {
+        let md = tokio::time::timeout(WAIT, watch.next())
+            .await
+            .unwrap()
+            .unwrap();
+        if alive_of(&md) == Some(true) {
+            break;
+        }
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn grpc_health_and_reflection_are_served() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let dir = tempfile::tempdir().unwrap();
+    let c = single(dir.path(), 60_000).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.address))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+
+    let reply = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: "streambus.internal.v1.ControllerService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        reply.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = ServerReflectionClient::new(channel)
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        replies.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("not a service list");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(
+        names.contains(&"streambus.internal.v1.ControllerService"),
+        "{names:?}"
+    );
+    assert!(names.contains(&"streambus.v1.AdminService"), "{names:?}");
+    c.shutdown().await;
+}
