@@ -1,1 +1,28 @@
-//! streambus-log
+//! The partition log: a segmented, append-only log of Kafka RecordBatch v2
+//! batches on local disk, with sparse offset and time indexes, group-commit
+//! fsync, crash recovery, retention, truncation and key compaction.
+//!
+//! The crate knows nothing about gRPC or the cluster. Its API is synchronous
+//! (`std::fs`); async callers use `spawn_blocking`. A [`Log`] is `Send +
+//! Sync` and serves concurrent appenders and readers through an `Arc<Log>`.
+//! See `docs/storage.md` for the on-disk layout and guarantees.
+
+mod checkpoint;
+mod compaction;
+mod config;
+mod error;
+mod index;
+mod log;
+mod read;
+mod recovery;
+mod retention;
+mod segment;
+mod sync;
+mod truncate;
+
+pub use compaction::CompactionOutcome;
+pub use config::{CleanupPolicy, FsyncPolicy, LogConfig};
+pub use error::LogError;
+pub use log::{AppendInfo, Log};
+pub use read::ReadResult;
+pub use retention::RetentionOutcome;

@@ -1,0 +1,125 @@
+//! Per-log configuration.
+
+use std::time::Duration;
+
+use crate::LogError;
+
+/// When appended data is forced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// `append` returns only after an `fdatasync` covering the batch.
+    /// Concurrent appenders share one `fdatasync` (group commit).
+    Always,
+    /// A background thread calls `fdatasync` at this interval when there is
+    /// unsynced data; a crash may lose up to one interval of appends.
+    Interval(Duration),
+    /// Data is synced only when a segment rolls, on `flush`, and on `close`;
+    /// durability comes from replication.
+    Never,
+}
+
+/// What background cleanup does with old data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CleanupPolicy {
+    /// `apply_retention` deletes whole old segments; `compact` does nothing.
+    #[default]
+    Delete,
+    /// `compact` keeps the latest record per key; `apply_retention` does nothing.
+    Compact,
+    /// Both compaction and retention apply.
+    CompactAndDelete,
+}
+
+impl CleanupPolicy {
+    /// Whether retention deletes segments under this policy.
+    pub fn deletes(self) -> bool {
+        matches!(
+            self,
+            CleanupPolicy::Delete | CleanupPolicy::CompactAndDelete
+        )
+    }
+
+    /// Whether compaction runs under this policy.
+    pub fn compacts(self) -> bool {
+        matches!(
+            self,
+            CleanupPolicy::Compact | CleanupPolicy::CompactAndDelete
+        )
+    }
+}
+
+/// Configuration of one partition log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Roll the active segment when an append would make it larger than this
+    /// (default 1 GiB, at most 2 GiB - 1). A single batch larger than this
+    /// still gets a segment of its own.
+    pub segment_bytes: u64,
+    /// Roll the active segment when its first append is this old (checked on
+    /// append and by [`crate::Log::roll_if_due`]); `None` disables.
+    pub segment_ms: Option<u64>,
+    /// Add a sparse index entry every this many bytes of log (default 4096).
+    pub index_interval_bytes: u32,
+    /// Largest batch `append` accepts, in bytes (default 1 MiB + 64 KiB).
+    pub max_batch_bytes: u32,
+    /// When data is fsynced.
+    pub fsync: FsyncPolicy,
+    /// Delete sealed segments whose newest timestamp is older than this.
+    pub retention_ms: Option<i64>,
+    /// Delete the oldest sealed segments while the log is larger than this.
+    pub retention_bytes: Option<u64>,
+    /// Delete and/or compact.
+    pub cleanup_policy: CleanupPolicy,
+    /// How long compaction keeps tombstones (records with a null value),
+    /// measured from the tombstone's timestamp (default 1 day).
+    pub tombstone_retention_ms: i64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            segment_ms: None,
+            index_interval_bytes: 4096,
+            max_batch_bytes: (1 << 20) + (64 << 10),
+            fsync: FsyncPolicy::Always,
+            retention_ms: None,
+            retention_bytes: None,
+            cleanup_policy: CleanupPolicy::Delete,
+            tombstone_retention_ms: 24 * 60 * 60 * 1000,
+        }
+    }
+}
+
+impl LogConfig {
+    pub(crate) fn validate(&self) -> Result<(), LogError> {
+        let bad = |m: String| Err(LogError::InvalidConfig(m));
+        if self.segment_bytes < streambus_record::HEADER_SIZE as u64
+            || self.segment_bytes > i32::MAX as u64
+        {
+            return bad(format!(
+                "segment_bytes {} must be between {} and {}",
+                self.segment_bytes,
+                streambus_record::HEADER_SIZE,
+                i32::MAX
+            ));
+        }
+        if (self.max_batch_bytes as usize) < streambus_record::HEADER_SIZE
+            || self.max_batch_bytes > (1 << 30)
+        {
+            return bad(format!(
+                "max_batch_bytes {} must be between 61 and 1 GiB",
+                self.max_batch_bytes
+            ));
+        }
+        if let FsyncPolicy::Interval(d) = self.fsync
+            && d.is_zero()
+        {
+            return bad("fsync interval must be positive".into());
+        }
+        if self.tombstone_retention_ms < 0 {
+            return bad("tombstone_retention_ms must not be negative".into());
+        }
+        Ok(())
+    }
+}

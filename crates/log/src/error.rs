@@ -1,0 +1,87 @@
+//! Errors returned by the log.
+
+use std::path::PathBuf;
+
+use streambus_record::RecordError;
+use thiserror::Error;
+
+/// Why a log operation failed.
+#[derive(Debug, Error)]
+pub enum LogError {
+    /// The offset is below the log start offset (deleted by retention).
+    #[error("offset {offset} is below the log start offset {log_start}")]
+    OffsetBelowStart {
+        /// Requested offset.
+        offset: i64,
+        /// First offset still in the log.
+        log_start: i64,
+    },
+    /// The offset is beyond the end of the log (reading at exactly the end
+    /// offset is not an error).
+    #[error("offset {offset} is above the log end offset {end}")]
+    OffsetAboveEnd {
+        /// Requested offset.
+        offset: i64,
+        /// Next offset the log will assign.
+        end: i64,
+    },
+    /// The batch exceeds `max_batch_bytes`.
+    #[error("record batch of {size} bytes exceeds the maximum of {max} bytes")]
+    BatchTooLarge {
+        /// Size of the batch.
+        size: usize,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// The batch given to `append` is not a valid RecordBatch v2.
+    #[error("invalid record batch: {0}")]
+    InvalidBatch(#[from] RecordError),
+    /// Data on disk is damaged where it must not be (inside a sealed segment,
+    /// or an unreadable header).
+    #[error("corrupt log file {}: at byte {position}: {reason}", file.display())]
+    Corrupt {
+        /// The damaged file.
+        file: PathBuf,
+        /// Byte position of the damage in the file.
+        position: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An I/O operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the log was doing.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration is invalid.
+    #[error("invalid log configuration: {0}")]
+    InvalidConfig(String),
+    /// A previous write or fsync failed; the log refuses further writes
+    /// until it is reopened (which recovers from disk).
+    #[error("log is failed after an earlier I/O error and must be reopened: {0}")]
+    Failed(String),
+    /// The appended batch was removed by a concurrent `truncate_to` before it
+    /// became durable.
+    #[error("appended batch at offset {offset} was truncated before it was synced")]
+    TruncatedDuringAppend {
+        /// Base offset the batch had been given.
+        offset: i64,
+    },
+}
+
+/// Shorthand for building [`LogError::Io`] from an `io::Result`.
+pub(crate) trait IoContext<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T, LogError>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T, LogError> {
+        self.map_err(|source| LogError::Io {
+            context: context(),
+            source,
+        })
+    }
+}

@@ -1,0 +1,175 @@
+//! Every kind of bad batch is rejected with a specific error and leaves the
+//! log unchanged.
+
+mod common;
+
+use common::*;
+use streambus_log::{Log, LogConfig, LogError};
+use streambus_record::{RecordError, compute_crc};
+
+fn recrc(b: &mut [u8]) {
+    let crc = compute_crc(b);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
+fn open() -> (tempfile::TempDir, Log) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    log.append(&mut batch("ok", 1, 1)).unwrap();
+    (dir, log)
+}
+
+fn assert_unchanged(log: &Log) {
+    assert_eq!(log.end_offset(), 1);
+    assert_eq!(read_all(log).len(), 1);
+}
+
+#[test]
+fn oversized_batch_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(
+        dir.path(),
+        LogConfig {
+            max_batch_bytes: 200,
+            ..small_config()
+        },
+    )
+    .unwrap();
+    let mut b = batch(&"x".repeat(300), 1, 1);
+    let size = b.len();
+    assert!(
+        matches!(log.append(&mut b), Err(LogError::BatchTooLarge { size: s, max: 200 }) if s == size)
+    );
+    assert_eq!(log.end_offset(), 0);
+}
+
+#[test]
+fn batch_with_bad_crc_is_rejected() {
+    let (_d, log) = open();
+    let mut b = batch("payload", 2, 1);
+    let n = b.len();
+    b[n - 3] ^= 1;
+    assert!(matches!(
+        log.append(&mut b),
+        Err(LogError::InvalidBatch(RecordError::BadCrc { .. }))
+    ));
+    assert_unchanged(&log);
+}
+
+#[test]
+fn truncated_batch_is_rejected() {
+    let (_d, log) = open();
+    let b = batch("payload", 2, 1);
+    for cut in [0, 30, 61, b.len() - 1] {
+        let mut t = b[..cut].to_vec();
+        assert!(
+            matches!(
+                log.append(&mut t),
+                Err(LogError::InvalidBatch(RecordError::Truncated { .. }))
+            ),
+            "cut {cut}"
+        );
+    }
+    assert_unchanged(&log);
+}
+
+#[test]
+fn wrong_magic_is_rejected() {
+    let (_d, log) = open();
+    let mut b = batch("payload", 2, 1);
+    b[16] = 1;
+    assert!(matches!(
+        log.append(&mut b),
+        Err(LogError::InvalidBatch(RecordError::BadMagic(1)))
+    ));
+    assert_unchanged(&log);
+}
+
+#[test]
+fn length_mismatch_is_rejected() {
+    let (_d, log) = open();
+    let mut b = batch("payload", 2, 1);
+    b.extend_from_slice(&[0, 0, 0]);
+    assert!(matches!(
+        log.append(&mut b),
+        Err(LogError::InvalidBatch(RecordError::LengthMismatch { .. }))
+    ));
+    // Two batches in one append are also a length mismatch.
+    let mut two = batch("a", 1, 1);
+    two.extend_from_slice(&batch("b", 1, 1));
+    assert!(matches!(
+        log.append(&mut two),
+        Err(LogError::InvalidBatch(RecordError::LengthMismatch { .. }))
+    ));
+    assert_unchanged(&log);
+}
+
+#[test]
+fn record_count_mismatch_is_rejected() {
+    let (_d, log) = open();
+    let mut b = batch("payload", 2, 1);
+    b[57..61].copy_from_slice(&5i32.to_be_bytes());
+    recrc(&mut b);
+    assert!(matches!(
+        log.append(&mut b),
+        Err(LogError::InvalidBatch(RecordError::RecordCountMismatch {
+            declared: 5,
+            actual: 2
+        }))
+    ));
+    assert_unchanged(&log);
+}
+
+#[test]
+fn last_offset_delta_not_matching_the_records_is_rejected() {
+    let (_d, log) = open();
+    let mut b = batch("payload", 2, 1);
+    b[23..27].copy_from_slice(&10i32.to_be_bytes());
+    recrc(&mut b);
+    assert!(matches!(
+        log.append(&mut b),
+        Err(LogError::InvalidBatch(RecordError::Malformed(_)))
+    ));
+    assert_unchanged(&log);
+}
+
+#[test]
+fn max_timestamp_before_first_timestamp_is_rejected() {
+    let (_d, log) = open();
+    let mut b = batch("payload", 2, 1000);
+    b[35..43].copy_from_slice(&999i64.to_be_bytes());
+    recrc(&mut b);
+    assert!(matches!(
+        log.append(&mut b),
+        Err(LogError::InvalidBatch(RecordError::InvalidTimestamps(_)))
+    ));
+    assert_unchanged(&log);
+}
+
+#[test]
+fn unsupported_compression_is_rejected() {
+    let (_d, log) = open();
+    let mut b = batch("payload", 2, 1);
+    b[22] = 4; // zstd
+    recrc(&mut b);
+    assert!(matches!(
+        log.append(&mut b),
+        Err(LogError::InvalidBatch(RecordError::UnsupportedCompression(
+            4
+        )))
+    ));
+    assert_unchanged(&log);
+}
+
+#[test]
+fn invalid_config_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 10,
+        ..LogConfig::default()
+    };
+    assert!(matches!(
+        Log::open(dir.path(), config),
+        Err(LogError::InvalidConfig(_))
+    ));
+}

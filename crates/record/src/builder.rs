@@ -1,0 +1,288 @@
+//! Building batches from records, and rebuilding them with fewer records.
+
+use bytes::Bytes;
+
+use crate::RecordError;
+use crate::codec::compress;
+use crate::header::{
+    CRC, Compression, HEADER_SIZE, LOG_OVERHEAD, MAGIC, NO_PRODUCER_ID, NO_TIMESTAMP, compute_crc,
+};
+use crate::records::{DecodedRecord, Header, decoded, open_batch, walk_records};
+use crate::varint::{put_varint, put_varlong};
+
+/// A record to be appended: key, value, headers and a CreateTime timestamp.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Record {
+    /// Record key (`None` = null).
+    pub key: Option<Bytes>,
+    /// Record value (`None` = null, a tombstone in compacted logs).
+    pub value: Option<Bytes>,
+    /// Record headers.
+    pub headers: Vec<Header>,
+    /// Creation time in milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+}
+
+/// Builds one RecordBatch v2 from records.
+///
+/// The batch is built with `baseOffset` 0 and `partitionLeaderEpoch` -1;
+/// the log assigns both on append. Offset deltas are 0..n-1 and the base
+/// timestamp is the first record's timestamp.
+#[derive(Debug, Clone)]
+pub struct BatchBuilder {
+    compression: Compression,
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+    records: Vec<u8>,
+    scratch: Vec<u8>,
+    count: i32,
+    base_timestamp: i64,
+    max_timestamp: i64,
+}
+
+impl BatchBuilder {
+    /// Starts an empty batch using `compression` for the records section.
+    pub fn new(compression: Compression) -> BatchBuilder {
+        BatchBuilder {
+            compression,
+            producer_id: NO_PRODUCER_ID,
+            producer_epoch: -1,
+            base_sequence: -1,
+            records: Vec::new(),
+            scratch: Vec::new(),
+            count: 0,
+            base_timestamp: NO_TIMESTAMP,
+            max_timestamp: NO_TIMESTAMP,
+        }
+    }
+
+    /// Sets the idempotent producer id, epoch and first sequence number.
+    pub fn with_producer(
+        mut self,
+        producer_id: i64,
+        epoch: i16,
+        base_sequence: i32,
+    ) -> BatchBuilder {
+        self.producer_id = producer_id;
+        self.producer_epoch = epoch;
+        self.base_sequence = base_sequence;
+        self
+    }
+
+    /// Appends a record; its offset delta is the number of records pushed before it.
+    pub fn push(&mut self, record: &Record) {
+        if self.count == 0 {
+            self.base_timestamp = record.timestamp_ms;
+            self.max_timestamp = record.timestamp_ms;
+        }
+        self.max_timestamp = self.max_timestamp.max(record.timestamp_ms);
+        let mut headers = Vec::new();
+        put_varint(&mut headers, record.headers.len() as i32);
+        for h in &record.headers {
+            put_bytes(&mut headers, Some(h.key.as_bytes()));
+            put_bytes(&mut headers, h.value.as_deref());
+        }
+        encode_record(
+            &mut self.records,
+            &mut self.scratch,
+            record.timestamp_ms.wrapping_sub(self.base_timestamp),
+            self.count,
+            record.key.as_deref(),
+            record.value.as_deref(),
+            &headers,
+        );
+        self.count += 1;
+    }
+
+    /// Number of records pushed.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Whether no record was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Size of the batch if built without compression (an upper bound for
+    /// compressible data), in bytes.
+    pub fn estimated_size(&self) -> usize {
+        HEADER_SIZE + self.records.len()
+    }
+
+    /// Encodes the batch: header with CRC filled, then the (possibly
+    /// compressed) records. An empty builder gives a batch that
+    /// [`crate::validate_batch`] rejects.
+    pub fn build(&self) -> Bytes {
+        let header = Frame {
+            attributes: i16::from(self.compression.codec_id()),
+            last_offset_delta: (self.count - 1).max(0),
+            first_timestamp: self.base_timestamp,
+            max_timestamp: self.max_timestamp,
+            producer_id: self.producer_id,
+            producer_epoch: self.producer_epoch,
+            base_sequence: self.base_sequence,
+            record_count: self.count,
+        };
+        Bytes::from(header.encode(0, -1, self.compression, &self.records))
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
+    match b {
+        None => put_varint(out, -1),
+        Some(b) => {
+            put_varint(out, b.len() as i32);
+            out.extend_from_slice(b);
+        }
+    }
+}
+
+/// Appends one record (length prefix, then body) to `out`. `headers` is the
+/// already encoded `headersCount` + headers.
+fn encode_record(
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+    timestamp_delta: i64,
+    offset_delta: i32,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers: &[u8],
+) {
+    scratch.clear();
+    scratch.push(0); // record attributes: unused
+    put_varlong(scratch, timestamp_delta);
+    put_varint(scratch, offset_delta);
+    put_bytes(scratch, key);
+    put_bytes(scratch, value);
+    scratch.extend_from_slice(headers);
+    put_varint(out, scratch.len() as i32);
+    out.extend_from_slice(scratch);
+}
+
+/// Header fields a builder chooses (the rest are fixed or assigned later).
+struct Frame {
+    attributes: i16,
+    last_offset_delta: i32,
+    first_timestamp: i64,
+    max_timestamp: i64,
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+    record_count: i32,
+}
+
+impl Frame {
+    fn encode(
+        &self,
+        base_offset: i64,
+        leader_epoch: i32,
+        compression: Compression,
+        records: &[u8],
+    ) -> Vec<u8> {
+        let body = match compression {
+            Compression::None => None,
+            c => Some(compress(c, records)),
+        };
+        let body: &[u8] = body.as_deref().unwrap_or(records);
+        let mut out = Vec::with_capacity(HEADER_SIZE + body.len());
+        out.extend_from_slice(&base_offset.to_be_bytes());
+        out.extend_from_slice(&((HEADER_SIZE - LOG_OVERHEAD + body.len()) as i32).to_be_bytes());
+        out.extend_from_slice(&leader_epoch.to_be_bytes());
+        out.push(MAGIC as u8);
+        out.extend_from_slice(&0u32.to_be_bytes());
+        out.extend_from_slice(&self.attributes.to_be_bytes());
+        out.extend_from_slice(&self.last_offset_delta.to_be_bytes());
+        out.extend_from_slice(&self.first_timestamp.to_be_bytes());
+        out.extend_from_slice(&self.max_timestamp.to_be_bytes());
+        out.extend_from_slice(&self.producer_id.to_be_bytes());
+        out.extend_from_slice(&self.producer_epoch.to_be_bytes());
+        out.extend_from_slice(&self.base_sequence.to_be_bytes());
+        out.extend_from_slice(&self.record_count.to_be_bytes());
+        debug_assert_eq!(out.len(), HEADER_SIZE);
+        out.extend_from_slice(body);
+        let crc = compute_crc(&out);
+        out[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        out
+    }
+}
+
+/// Rebuilds `batch` keeping only the records for which `keep` returns true
+/// (used by log compaction).
+///
+/// The result keeps the original `baseOffset`, `lastOffsetDelta` (so the
+/// offset after the batch is unchanged), `partitionLeaderEpoch`, attributes,
+/// codec and producer fields; kept records keep their offset deltas, so
+/// their offsets are preserved. For CreateTime batches the base timestamp
+/// becomes the first kept record's timestamp and `maxTimestamp` the largest
+/// kept one. Returns `Ok(None)` if no record is kept, and a copy of the
+/// original bytes if every record is kept.
+pub fn retain_records(
+    batch: &[u8],
+    mut keep: impl FnMut(&DecodedRecord) -> bool,
+) -> Result<Option<Bytes>, RecordError> {
+    let checked = open_batch(batch)?;
+    let header = checked.header;
+    let section = &checked.section;
+    let mut kept = Vec::new();
+    let mut total = 0usize;
+    walk_records(&header, section, |rec| {
+        total += 1;
+        let d = decoded(&header, section, rec);
+        if keep(&d) {
+            kept.push((rec.clone(), d.timestamp_ms));
+        }
+    })?;
+    if kept.is_empty() {
+        return Ok(None);
+    }
+    if kept.len() == total {
+        return Ok(Some(Bytes::copy_from_slice(batch)));
+    }
+    let log_append_time = header.is_log_append_time();
+    let (first_ts, max_ts) = if log_append_time {
+        (header.first_timestamp, header.max_timestamp)
+    } else {
+        (
+            kept[0].1,
+            kept.iter().map(|k| k.1).max().expect("non-empty"),
+        )
+    };
+    let mut records = Vec::with_capacity(section.len());
+    let mut scratch = Vec::new();
+    for (rec, ts) in &kept {
+        let delta = if log_append_time {
+            rec.timestamp_delta
+        } else {
+            ts - first_ts
+        };
+        encode_record(
+            &mut records,
+            &mut scratch,
+            delta,
+            rec.offset_delta,
+            rec.key.clone().map(|r| &section[r]),
+            rec.value.clone().map(|r| &section[r]),
+            &section[rec.headers_at..rec.raw.end],
+        );
+    }
+    let frame = Frame {
+        attributes: header.attributes,
+        last_offset_delta: header.last_offset_delta,
+        first_timestamp: first_ts,
+        max_timestamp: max_ts,
+        producer_id: header.producer_id,
+        producer_epoch: header.producer_epoch,
+        base_sequence: header.base_sequence,
+        record_count: kept.len() as i32,
+    };
+    let out = frame.encode(
+        header.base_offset,
+        header.partition_leader_epoch,
+        checked.compression,
+        &records,
+    );
+    debug_assert!(out.len() >= HEADER_SIZE);
+    Ok(Some(Bytes::from(out)))
+}
