@@ -147,6 +147,10 @@ fn endpoint(addr: String) -> Result<(String, Endpoint), ClientError> {
     let endpoint = endpoint
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
+        // Larger than h2's 64 KiB default so a 256 KiB batch does not wait
+        // for window updates; still a hard bound.
+        .initial_stream_window_size(2 * 1024 * 1024)
+        .initial_connection_window_size(8 * 1024 * 1024)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true);
     Ok((uri, endpoint))

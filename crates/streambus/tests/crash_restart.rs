@@ -35,10 +35,10 @@ fn start(data_dir: &Path) -> Process {
         let mut tx = Some(tx);
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if let Some(addr) = line.trim().strip_prefix("gateway (public gRPC)") {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(addr.trim().to_string());
-                }
+            if let Some(addr) = line.trim().strip_prefix("gateway (public gRPC)")
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(addr.trim().to_string());
             }
         }
     });

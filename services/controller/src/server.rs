@@ -14,9 +14,7 @@ use streambus_proto::internal::raft_service_server::RaftServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 
 use crate::config::{ControllerConfig, Peer};
@@ -167,12 +165,12 @@ pub async fn serve_with_options(
         .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
     let stop = cancel.clone();
-    let served = Server::builder()
+    let served = streambus_service::grpc::server()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(controller)
         .add_service(raft_service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(streambus_service::grpc::incoming(listener), async move {
             shutdown.await;
             tracing::info!("controller shutting down");
             // Ends metadata watches so the graceful shutdown can finish.

@@ -116,7 +116,7 @@ impl ConsumeApi {
         partition: u32,
         start: &Option<StartPosition>,
     ) -> Result<i64, Error> {
-        let query = match start.as_ref().and_then(|s| s.position.clone()) {
+        let query = match start.as_ref().and_then(|s| s.position) {
             Some(start_position::Position::Offset(o)) => {
                 if o < 0 {
                     return Err(Error::new(

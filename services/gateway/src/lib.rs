@@ -120,7 +120,7 @@ pub async fn serve_with_listener(
         streambus_service::grpc::set_not_serving(&health, SERVICES).await;
         let _ = drain_tx.send(true);
     };
-    let result = tonic::transport::Server::builder()
+    let result = streambus_service::grpc::server()
         .add_service(health_service)
         .add_service(streambus_service::grpc::reflection_service())
         .add_service(
@@ -138,10 +138,7 @@ pub async fn serve_with_listener(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(streambus_service::grpc::incoming(listener), shutdown)
         .await;
     metadata_task.abort();
     tracing::info!("gateway stopped");

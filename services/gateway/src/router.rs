@@ -58,6 +58,10 @@ impl Router {
                 let c = endpoint
                     .connect_timeout(Duration::from_secs(5))
                     .tcp_nodelay(true)
+                    .initial_stream_window_size(streambus_service::grpc::STREAM_WINDOW_BYTES)
+                    .initial_connection_window_size(
+                        streambus_service::grpc::CONNECTION_WINDOW_BYTES,
+                    )
                     .connect_lazy();
                 channels.insert(addr.to_string(), c.clone());
                 c

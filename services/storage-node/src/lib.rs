@@ -136,7 +136,7 @@ pub async fn serve_with_listener(
         .await;
         let _ = drain_tx.send(true);
     };
-    let result = tonic::transport::Server::builder()
+    let result = streambus_service::grpc::server()
         .add_service(health_service)
         .add_service(streambus_service::grpc::reflection_service())
         .add_service(
@@ -144,10 +144,7 @@ pub async fn serve_with_listener(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(streambus_service::grpc::incoming(listener), shutdown)
         .await;
     tasks.shutdown().await;
     partitions.close_all().await;

@@ -1,0 +1,125 @@
+//! The CLI against a dev instance, as a user runs it.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn streambus(gateway: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_streambus"))
+        .args(args)
+        .env("STREAMBUS_GATEWAY", gateway)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_creates_produces_consumes_and_reports_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = common::Dev::start(dir.path()).await;
+    let gw = dev.gateway();
+    let gw = gw.as_str();
+    tokio::task::spawn_blocking({
+        let gw = gw.to_string();
+        move || {
+            let gw = gw.as_str();
+            let out = streambus(
+                gw,
+                &[
+                    "topic",
+                    "create",
+                    "cli",
+                    "--partitions",
+                    "2",
+                    "--config",
+                    "retention.ms=3600000",
+                ],
+                None,
+            );
+            assert!(out.status.success(), "{}", text(&out.stderr));
+
+            let out = streambus(gw, &["topic", "list"], None);
+            assert!(text(&out.stdout).contains("cli"), "{}", text(&out.stdout));
+
+            let lines: String = (0..50).map(|i| format!("line-{i}\n")).collect();
+            let out = streambus(
+                gw,
+                &["produce", "cli", "--key", "k", "--header", "src=test"],
+                Some(&lines),
+            );
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            assert!(out.stdout.is_empty(), "produce is silent without -v");
+
+            let out = streambus(
+                gw,
+                &["consume", "cli", "--from-beginning", "--max-messages", "50"],
+                None,
+            );
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            let got: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
+            let want: Vec<String> = (0..50).map(|i| format!("line-{i}")).collect();
+            assert_eq!(got, want, "one key: one partition, in order");
+
+            let out = streambus(
+                gw,
+                &[
+                    "consume",
+                    "cli",
+                    "--from-beginning",
+                    "--max-messages",
+                    "1",
+                    "--format",
+                    "json",
+                ],
+                None,
+            );
+            let json = text(&out.stdout);
+            assert!(
+                json.contains("\"value\":\"line-0\"") && json.contains("\"src\""),
+                "{json}"
+            );
+
+            let out = streambus(gw, &["topic", "describe", "cli"], None);
+            let d = text(&out.stdout);
+            assert!(d.contains("retention.ms") && d.contains("3600000"), "{d}");
+
+            let out = streambus(gw, &["topic", "describe", "missing"], None);
+            assert!(!out.status.success());
+            assert!(
+                text(&out.stderr).contains("UNKNOWN_TOPIC"),
+                "{}",
+                text(&out.stderr)
+            );
+
+            let out = streambus(
+                gw,
+                &["topic", "create", "bad name", "--partitions", "1"],
+                None,
+            );
+            assert!(!out.status.success());
+            assert!(text(&out.stderr).contains("INVALID_TOPIC_NAME"));
+
+            let out = streambus(gw, &["produce", "missing"], Some("x\n"));
+            assert!(!out.status.success());
+
+            let out = streambus(gw, &["topic", "delete", "cli"], None);
+            assert!(out.status.success(), "{}", text(&out.stderr));
+        }
+    })
+    .await
+    .unwrap();
+    dev.stop().await;
+}
