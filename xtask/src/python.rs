@@ -47,7 +47,10 @@ fn venv() -> Result<PathBuf, String> {
 /// pytest against it, and stops it.
 pub fn run() -> Result<(), String> {
     let venv = venv()?;
-    sh("cargo", &["build", "--locked", "--bin", "streambus"])?;
+    // The same build as `cargo test --workspace` (same feature unification),
+    // which also puts the binary at target/debug/streambus: after the Rust
+    // tests this is a no-op instead of a second build.
+    sh("cargo", &["test", "--workspace", "--locked", "--no-run"])?;
     let root = root();
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
