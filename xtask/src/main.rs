@@ -1,5 +1,7 @@
 //! Developer workflows, run as `cargo xtask <command>`.
 
+mod bench;
+mod peer;
 mod python;
 
 use std::process::{Command, ExitCode};
@@ -10,6 +12,10 @@ commands:
   ci             everything CI checks: fmt, clippy -D warnings, all Rust tests,
                  and the Python gRPC test against a real `streambus dev`
   python-test    only the Python gRPC test (sets up its venv first)
+  peer           install and run a local Kafka or NATS JetStream to compare with:
+                 peer <kafka|nats> [install|start|stop|status] [--durability fsync|page-cache]
+  bench          bench compare [options]: one workload against StreamBus, Kafka and
+                 NATS JetStream back to back, a side-by-side table (docs/bench-tool.md)
 ";
 
 fn main() -> ExitCode {
@@ -17,6 +23,8 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("python-test") => python::run(),
+        Some("peer") => peer::main(&args[1..]),
+        Some("bench") => bench::main(&args[1..]),
         _ => {
             eprint!("{USAGE}");
             return ExitCode::from(2);

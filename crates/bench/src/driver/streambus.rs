@@ -1,0 +1,212 @@
+//! StreamBus through the Rust SDK (`streambus-client`): the batching
+//! producer over one `ProduceStream` per producer, and `Subscribe`
+//! streams for consumers.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use bytes::Bytes;
+use futures::stream::{self, BoxStream};
+use futures::{FutureExt, StreamExt};
+use serde_json::json;
+use streambus_client::{Client, Header, ProducerConfig, Record, StartFrom, SubscribeOptions, v1};
+
+use super::{AckFuture, BoxFuture, Driver, Producer, Received, TIMESTAMP_HEADER, parse_timestamp};
+use crate::workload::{Acks, Durability, Workload};
+
+/// The StreamBus driver.
+#[derive(Debug, Clone)]
+pub struct StreamBusDriver {
+    gateway: String,
+}
+
+impl StreamBusDriver {
+    /// Talks to the gateway at `gateway` (`host:port`).
+    pub fn new(gateway: &str) -> StreamBusDriver {
+        StreamBusDriver {
+            gateway: gateway.to_string(),
+        }
+    }
+
+    async fn connect(&self) -> anyhow::Result<Client> {
+        Client::connect(self.gateway.clone())
+            .await
+            .with_context(|| format!("no StreamBus gateway at {}", self.gateway))
+    }
+
+    fn producer_config(workload: &Workload) -> ProducerConfig {
+        ProducerConfig {
+            linger: workload.linger,
+            max_batch_bytes: workload.batch_max_bytes,
+            acks: match workload.acks {
+                Acks::All => v1::Acks::All,
+                Acks::Leader => v1::Acks::Leader,
+                Acks::None => v1::Acks::None,
+            },
+            // The runner bounds outstanding messages; the SDK's buffer also
+            // counts record overhead, so give it room above that bound.
+            max_buffered_bytes: workload.max_outstanding_bytes * 2,
+            delivery_timeout: workload.delivery_timeout,
+            ..ProducerConfig::default()
+        }
+    }
+
+    fn topic_configs(workload: &Workload) -> HashMap<String, String> {
+        let policy = match workload.durability {
+            Durability::Fsync => "always",
+            Durability::PageCache => "never",
+        };
+        HashMap::from([("fsync.policy".to_string(), policy.to_string())])
+    }
+}
+
+impl Driver for StreamBusDriver {
+    fn name(&self) -> &'static str {
+        "streambus"
+    }
+
+    fn settings(&self, workload: &Workload) -> serde_json::Value {
+        let c = StreamBusDriver::producer_config(workload);
+        json!({
+            "client": "streambus-client (Rust SDK), one connection per producer and consumer",
+            "gateway": self.gateway,
+            "topic_configs": StreamBusDriver::topic_configs(workload),
+            "producer": {
+                "linger_ms": c.linger.as_secs_f64() * 1000.0,
+                "max_batch_bytes": c.max_batch_bytes,
+                "max_in_flight": c.max_in_flight,
+                "acks": format!("{:?}", c.acks),
+                "compression": "none",
+                "max_buffered_bytes": c.max_buffered_bytes,
+                "delivery_timeout_ms": c.delivery_timeout.as_millis() as u64,
+            },
+            "consumer": "Subscribe with encoded batches, from the earliest offset",
+        })
+    }
+
+    fn create_topic<'a>(
+        &'a self,
+        topic: &'a str,
+        workload: &'a Workload,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            self.connect()
+                .await?
+                .create_topic(
+                    topic,
+                    workload.partitions_per_topic,
+                    workload.replication_factor,
+                    StreamBusDriver::topic_configs(workload),
+                )
+                .await
+                .with_context(|| format!("creating StreamBus topic {topic}"))?;
+            Ok(())
+        })
+    }
+
+    fn delete_topic<'a>(
+        &'a self,
+        topic: &'a str,
+        _workload: &'a Workload,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            self.connect().await?.delete_topic(topic).await?;
+            Ok(())
+        })
+    }
+
+    fn producer<'a>(
+        &'a self,
+        topic: &'a str,
+        workload: &'a Workload,
+    ) -> BoxFuture<'a, anyhow::Result<Box<dyn Producer>>> {
+        Box::pin(async move {
+            let client = self.connect().await?;
+            let producer = client.producer(StreamBusDriver::producer_config(workload));
+            Ok(Box::new(SbProducer {
+                producer,
+                topic: topic.to_string(),
+            }) as Box<dyn Producer>)
+        })
+    }
+
+    fn consumer<'a>(
+        &'a self,
+        topic: &'a str,
+        partitions: Vec<u32>,
+        workload: &'a Workload,
+    ) -> BoxFuture<'a, anyhow::Result<BoxStream<'static, anyhow::Result<Received>>>> {
+        Box::pin(async move {
+            let client = self.connect().await?;
+            let every = partitions.len() as u32 == workload.partitions_per_topic;
+            // One subscription for the whole topic, or one per partition.
+            let wanted: Vec<Option<u32>> = if every {
+                vec![None]
+            } else {
+                partitions.into_iter().map(Some).collect()
+            };
+            let mut streams = Vec::new();
+            for partition in wanted {
+                let sub = client
+                    .subscribe(SubscribeOptions {
+                        partition,
+                        start: StartFrom::Earliest,
+                        ..SubscribeOptions::new(topic)
+                    })
+                    .await
+                    .with_context(|| format!("subscribing to {topic}"))?;
+                streams.push(sub.map(|r| {
+                    let r = r?;
+                    let sent_us = r
+                        .headers
+                        .iter()
+                        .find(|h| h.key == TIMESTAMP_HEADER)
+                        .and_then(|h| h.value.as_deref())
+                        .and_then(parse_timestamp);
+                    Ok(Received {
+                        sent_us,
+                        bytes: r.value.as_ref().map_or(0, Bytes::len),
+                    })
+                }));
+            }
+            Ok(stream::select_all(streams).boxed())
+        })
+    }
+}
+
+struct SbProducer {
+    producer: streambus_client::Producer,
+    topic: String,
+}
+
+impl Producer for SbProducer {
+    fn send<'a>(
+        &'a mut self,
+        key: Option<Bytes>,
+        payload: Bytes,
+        sent_us: u64,
+    ) -> BoxFuture<'a, anyhow::Result<AckFuture>> {
+        Box::pin(async move {
+            let record = Record {
+                key,
+                value: Some(payload),
+                headers: vec![Header {
+                    key: TIMESTAMP_HEADER.to_string(),
+                    value: Some(Bytes::from(sent_us.to_string())),
+                }],
+                timestamp_ms: 0,
+            };
+            let delivery = self.producer.send(&self.topic, record, None).await?;
+            Ok(delivery
+                .map(|r| r.map(|_| ()).map_err(anyhow::Error::from))
+                .boxed())
+        })
+    }
+
+    fn close(self: Box<Self>) -> BoxFuture<'static, anyhow::Result<()>> {
+        Box::pin(async move {
+            self.producer.close().await;
+            Ok(())
+        })
+    }
+}

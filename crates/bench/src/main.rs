@@ -1,0 +1,297 @@
+//! The `streambus-bench` binary: `run`, `table` and `workload`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use streambus_bench::driver::{self, Endpoints};
+use streambus_bench::report::StoredReport;
+use streambus_bench::runner::{self, RunOptions};
+use streambus_bench::table;
+use streambus_bench::workload::{Acks, Durability, KeyDistribution, Workload};
+
+/// Benchmarks StreamBus, Apache Kafka and NATS JetStream with the same
+/// workload and the same measurement code.
+#[derive(Debug, Parser)]
+#[command(name = "streambus-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs a workload against one system and prints (and optionally
+    /// writes) the results.
+    Run {
+        /// The system: streambus, kafka or nats.
+        #[arg(long, short)]
+        driver: String,
+        #[command(flatten)]
+        workload: WorkloadArgs,
+        /// Writes the JSON report here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[command(flatten)]
+        endpoints: EndpointArgs,
+    },
+    /// Prints the side-by-side table of reports of one workload, with
+    /// ratios against Kafka.
+    Table {
+        /// The heading of the table.
+        #[arg(long, default_value = "results")]
+        title: String,
+        /// Writes the Markdown table here (else prints it).
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+        /// Writes the figures and ratios as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// JSON reports written by `run --json`.
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+    },
+    /// Prints the effective workload (file plus flags) as TOML.
+    Workload {
+        #[command(flatten)]
+        workload: WorkloadArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct WorkloadArgs {
+    /// A workload file (see bench/workloads/); flags override its fields.
+    #[arg(long, short)]
+    workload: Option<PathBuf>,
+    /// Name in reports.
+    #[arg(long)]
+    name: Option<String>,
+    /// Topics.
+    #[arg(long)]
+    topics: Option<u32>,
+    /// Partitions per topic.
+    #[arg(long)]
+    partitions: Option<u32>,
+    /// Payload bytes per message.
+    #[arg(long)]
+    message_size: Option<usize>,
+    /// Producers per topic.
+    #[arg(long)]
+    producers: Option<u32>,
+    /// Consumers per topic.
+    #[arg(long)]
+    consumers: Option<u32>,
+    /// Messages per second across producers; 0 = maximum.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Measured phase, e.g. 30s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Warm-up, e.g. 10s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    warmup: Option<Duration>,
+    /// all, leader or none.
+    #[arg(long, value_parser = parse_acks)]
+    acks: Option<Acks>,
+    /// Replication factor.
+    #[arg(long)]
+    replication_factor: Option<u32>,
+    /// fsync or page-cache.
+    #[arg(long, value_parser = parse_durability)]
+    durability: Option<Durability>,
+    /// Producer batch size in bytes.
+    #[arg(long)]
+    batch_bytes: Option<usize>,
+    /// Producer linger, e.g. 1ms.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    linger: Option<Duration>,
+    /// Unacknowledged bytes per producer.
+    #[arg(long)]
+    max_outstanding_bytes: Option<usize>,
+    /// none or random.
+    #[arg(long, value_parser = parse_keys)]
+    keys: Option<KeyDistribution>,
+    /// Interval between printed lines, e.g. 5s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    report_interval: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+struct EndpointArgs {
+    /// StreamBus gateway.
+    #[arg(
+        long,
+        env = "STREAMBUS_BENCH_STREAMBUS",
+        default_value = "127.0.0.1:7400"
+    )]
+    streambus: String,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "STREAMBUS_BENCH_KAFKA", default_value = "127.0.0.1:9092")]
+    kafka: String,
+    /// NATS server.
+    #[arg(long, env = "STREAMBUS_BENCH_NATS", default_value = "127.0.0.1:4222")]
+    nats: String,
+    /// NATS HTTP monitoring (to read its fsync setting).
+    #[arg(
+        long,
+        env = "STREAMBUS_BENCH_NATS_MONITOR",
+        default_value = "127.0.0.1:8222"
+    )]
+    nats_monitor: String,
+}
+
+fn parse_acks(s: &str) -> Result<Acks, String> {
+    match s {
+        "all" | "-1" => Ok(Acks::All),
+        "leader" | "1" => Ok(Acks::Leader),
+        "none" | "0" => Ok(Acks::None),
+        _ => Err(format!("{s:?}: use all, leader or none")),
+    }
+}
+
+fn parse_durability(s: &str) -> Result<Durability, String> {
+    match s {
+        "fsync" => Ok(Durability::Fsync),
+        "page-cache" => Ok(Durability::PageCache),
+        _ => Err(format!("{s:?}: use fsync or page-cache")),
+    }
+}
+
+fn parse_keys(s: &str) -> Result<KeyDistribution, String> {
+    match s {
+        "none" => Ok(KeyDistribution::None),
+        "random" => Ok(KeyDistribution::Random),
+        _ => Err(format!("{s:?}: use none or random")),
+    }
+}
+
+impl WorkloadArgs {
+    fn resolve(&self) -> anyhow::Result<Workload> {
+        let mut w = match &self.workload {
+            Some(path) => Workload::load(path)?,
+            None => Workload::default(),
+        };
+        macro_rules! set {
+            ($($flag:ident => $field:ident),* $(,)?) => {
+                $(if let Some(v) = &self.$flag { w.$field = v.clone(); })*
+            };
+        }
+        set!(
+            name => name,
+            topics => topics,
+            partitions => partitions_per_topic,
+            message_size => message_size,
+            producers => producers_per_topic,
+            consumers => consumers_per_topic,
+            rate => producer_rate,
+            duration => duration,
+            warmup => warmup,
+            acks => acks,
+            replication_factor => replication_factor,
+            durability => durability,
+            batch_bytes => batch_max_bytes,
+            linger => linger,
+            max_outstanding_bytes => max_outstanding_bytes,
+            keys => key_distribution,
+            report_interval => report_interval,
+        );
+        w.validate()?;
+        Ok(w)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run {
+            driver,
+            workload,
+            json,
+            endpoints,
+        } => run(&driver, &workload, json, endpoints),
+        Command::Table {
+            title,
+            markdown,
+            json,
+            reports,
+        } => table_command(&title, markdown, json, &reports),
+        Command::Workload { workload } => workload.resolve().map(|w| print!("{}", w.to_toml())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("streambus-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(
+    driver: &str,
+    workload: &WorkloadArgs,
+    json: Option<PathBuf>,
+    e: EndpointArgs,
+) -> anyhow::Result<()> {
+    let workload = workload.resolve()?;
+    let endpoints = Endpoints {
+        streambus: e.streambus,
+        kafka: e.kafka,
+        nats: e.nats,
+        nats_monitor: e.nats_monitor,
+    };
+    let driver: Arc<dyn driver::Driver> = Arc::from(driver::build(driver, &endpoints)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(runner::run(driver, &workload, RunOptions::default()))?;
+    println!();
+    for line in report.results.summary_lines() {
+        println!("{line}");
+    }
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        println!("report: {}", path.display());
+    }
+    if report.results.measured.acked == 0 {
+        anyhow::bail!(
+            "no message was acknowledged: {}",
+            report
+                .errors
+                .first()
+                .map_or("no error reported", String::as_str)
+        );
+    }
+    Ok(())
+}
+
+fn table_command(
+    title: &str,
+    markdown: Option<PathBuf>,
+    json: Option<PathBuf>,
+    paths: &[PathBuf],
+) -> anyhow::Result<()> {
+    let mut reports = Vec::new();
+    for path in paths {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let report: StoredReport = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a streambus-bench report", path.display()))?;
+        reports.push(report);
+    }
+    let (md, value) = table::compare(title, &reports);
+    match markdown {
+        Some(path) => {
+            std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => print!("{md}"),
+    }
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_string_pretty(&value)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
