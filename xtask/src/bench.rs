@@ -5,10 +5,8 @@
 //! With no `--workload`, runs the two OMB-style presets: the max-rate run,
 //! then the fixed-rate latency run at half of StreamBus's measured peak.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Child;
 
 use crate::peer::{self, Durability, root};
 use crate::run as sh;
@@ -272,10 +270,7 @@ fn run_system(
             let (mut child, gateway) = start_streambus(&data)?;
             args.extend(["--streambus".into(), gateway]);
             let result = run_bench(bench_bin, &args);
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
+            crate::devproc::stop(&mut child);
             let _ = std::fs::remove_dir_all(&data);
             result
         }
@@ -310,41 +305,7 @@ fn run_bench(bin: &Path, args: &[String]) -> Result<(), String> {
 /// Starts the release `streambus dev` on ephemeral loopback ports with
 /// data under `data`; returns it and its gateway address.
 fn start_streambus(data: &Path) -> Result<(Child, String), String> {
-    std::fs::create_dir_all(data).map_err(|e| e.to_string())?;
-    let mut child = Command::new(target_dir().join("release/streambus"))
-        .arg("dev")
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--set", "gateway.listen_addr=127.0.0.1:0"])
-        .args(["--set", "controller.listen_addr=127.0.0.1:0"])
-        .args(["--set", "storage_node.listen_addr=127.0.0.1:0"])
-        .args(["--set", "http.listen_addr=127.0.0.1:0"])
-        .args(["--set", "log.level=warn"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start streambus dev: {e}"))?;
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(addr) = line.trim().strip_prefix("gateway (public gRPC)")
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(addr.trim().to_string());
-            }
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(gateway) => {
-            eprintln!("streambus: dev running, gateway {gateway}");
-            Ok((child, gateway))
-        }
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            Err("streambus dev did not become ready within 60 s".into())
-        }
-    }
+    let (child, gateway) = crate::devproc::start(&target_dir().join("release/streambus"), data)?;
+    eprintln!("streambus: dev running, gateway {gateway}");
+    Ok((child, gateway))
 }

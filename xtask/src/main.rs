@@ -1,16 +1,20 @@
 //! Developer workflows, run as `cargo xtask <command>`.
 
 mod bench;
+mod devproc;
 mod peer;
 mod python;
+mod setup;
 
 use std::process::{Command, ExitCode};
 
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  ci             everything CI checks: fmt, clippy -D warnings, all Rust tests,
-                 and the Python gRPC test against a real `streambus dev`
+  ci             everything CI checks: installs missing tools (setup), fmt,
+                 clippy -D warnings, all Rust tests, and the Python gRPC test
+                 against a real `streambus dev`
+  setup          install what the tests need, only what is missing
   python-test    only the Python gRPC test (sets up its venv first)
   peer           install and run a local Kafka or NATS JetStream to compare with:
                  peer <kafka|nats> [install|start|stop|status] [--durability fsync|page-cache]
@@ -22,7 +26,8 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
-        Some("python-test") => python::run(),
+        Some("python-test") => setup::run_setup().and_then(|()| python::run()),
+        Some("setup") => setup::run_setup(),
         Some("peer") => peer::main(&args[1..]),
         Some("bench") => bench::main(&args[1..]),
         _ => {
@@ -54,6 +59,7 @@ pub fn run(program: &str, args: &[&str]) -> Result<(), String> {
 }
 
 fn ci() -> Result<(), String> {
+    setup::run_setup()?;
     run("cargo", &["fmt", "--all", "--check"])?;
     run(
         "cargo",

@@ -1,10 +1,8 @@
 //! The cross-language proof: a Python grpcio test that generates its stubs
 //! from `proto/` and runs against a real `streambus dev` process.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use crate::run as sh;
 
@@ -56,55 +54,25 @@ pub fn run() -> Result<(), String> {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
     let data = tempdir(&target)?;
-    let mut child = Command::new(target.join("debug/streambus"))
-        .arg("dev")
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--set", "gateway.listen_addr=127.0.0.1:0"])
-        .args(["--set", "controller.listen_addr=127.0.0.1:0"])
-        .args(["--set", "storage_node.listen_addr=127.0.0.1:0"])
-        .args(["--set", "http.listen_addr=127.0.0.1:0"])
-        .args(["--set", "log.level=warn"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start streambus dev: {e}"))?;
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(addr) = line.trim().strip_prefix("gateway (public gRPC)")
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(addr.trim().to_string());
-            }
-        }
-    });
-    let result = match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(gateway) => {
+    let started = crate::devproc::start(&target.join("debug/streambus"), &data);
+    let result = match started {
+        Ok((mut child, gateway)) => {
             let python = venv.join("bin/python").to_string_lossy().to_string();
             eprintln!("$ STREAMBUS_GATEWAY={gateway} {python} -m pytest tests/python");
-            Command::new(&python)
+            let status = Command::new(&python)
                 .args(["-m", "pytest", "-q", "tests/python"])
                 .current_dir(&root)
                 .env("STREAMBUS_GATEWAY", &gateway)
-                .status()
-                .map_err(|e| format!("cannot run pytest: {e}"))
-                .and_then(|s| {
-                    if s.success() {
-                        Ok(())
-                    } else {
-                        Err(format!("python tests failed: {s}"))
-                    }
-                })
+                .status();
+            crate::devproc::stop(&mut child);
+            match status {
+                Ok(s) if s.success() => Ok(()),
+                Ok(s) => Err(format!("python tests failed: {s}")),
+                Err(e) => Err(format!("cannot run pytest: {e}")),
+            }
         }
-        Err(_) => Err("streambus dev did not become ready within 60 s".to_string()),
+        Err(e) => Err(e),
     };
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
     let _ = std::fs::remove_dir_all(&data);
     result
 }
