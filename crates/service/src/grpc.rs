@@ -56,6 +56,10 @@ pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
+/// Largest gRPC message StreamBus services send or accept (a fetch
+/// response at most), on both the public and the internal APIs.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
 /// HTTP/2 stream flow-control window for StreamBus connections. The h2
 /// default (64 KiB) makes a 256 KiB batch wait for several window updates
 /// per hop; a larger window is still a hard bound per stream.

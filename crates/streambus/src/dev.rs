@@ -163,21 +163,31 @@ pub async fn run(
         });
     }
 
-    // Stop on the signal, or as soon as any role fails.
-    let mut gateway = gateway;
-    let early = tokio::select! {
-        () = shutdown => None,
-        r = &mut gateway => Some(r),
-    };
+    // Stop on the signal, or as soon as any role stops on its own (a
+    // failure: bind, data directory, ...), then drain in order.
+    let (mut gateway, mut storage, mut controller) = (gateway, storage, controller);
+    let (mut gateway_result, mut storage_result, mut controller_result) = (None, None, None);
+    tokio::select! {
+        () = shutdown => {}
+        r = &mut gateway => gateway_result = Some(r),
+        r = &mut storage => storage_result = Some(r),
+        r = &mut controller => controller_result = Some(r),
+    }
     let _ = stop_gateway.send(true);
-    let gateway_result = match early {
+    let gateway_result = match gateway_result {
         Some(r) => r,
         None => gateway.await,
     };
     let _ = stop_storage.send(true);
-    let storage_result = storage.await;
+    let storage_result = match storage_result {
+        Some(r) => r,
+        None => storage.await,
+    };
     let _ = stop_controller.send(true);
-    let controller_result = controller.await;
+    let controller_result = match controller_result {
+        Some(r) => r,
+        None => controller.await,
+    };
     let _ = stop_http.send(true);
     let _ = http.await;
 

@@ -27,8 +27,8 @@ use tokio::sync::watch;
 pub use config::GatewayConfig;
 pub use metrics::Metrics;
 
-/// Largest gRPC message a client may send or receive.
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest gRPC message accepted or sent.
+pub use streambus_service::grpc::MAX_MESSAGE_BYTES;
 
 const SERVICES: &[&str] = &[
     "streambus.v1.AdminService",

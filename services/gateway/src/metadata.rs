@@ -3,7 +3,6 @@
 //! it stale.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use streambus_controller::client::ControllerClient;
@@ -107,13 +106,6 @@ impl MetadataCache {
                 ),
             )),
         }
-    }
-
-    /// Waits until the metadata version changes or `timeout` passes.
-    pub async fn changed(&self, timeout: Duration) {
-        let mut rx = self.tx.subscribe();
-        rx.borrow_and_update();
-        let _ = tokio::time::timeout(timeout, rx.changed()).await;
     }
 }
 

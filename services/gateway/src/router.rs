@@ -68,8 +68,8 @@ impl Router {
             }
         };
         Ok(StorageServiceClient::new(channel)
-            .max_decoding_message_size(streambus_storage_limits::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(streambus_storage_limits::MAX_MESSAGE_BYTES))
+            .max_decoding_message_size(streambus_service::grpc::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(streambus_service::grpc::MAX_MESSAGE_BYTES))
     }
 
     /// Runs `call` against the leader of `topic`/`partition`, retrying
@@ -115,10 +115,4 @@ impl Router {
             }
         }
     }
-}
-
-/// Message size limits shared with the storage node.
-mod streambus_storage_limits {
-    /// Largest gRPC message between gateway and storage node.
-    pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 }

@@ -30,8 +30,8 @@ pub use metrics::Metrics;
 
 use partitions::Partitions;
 
-/// Largest gRPC message accepted or sent (a fetch response at most).
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest gRPC message accepted or sent.
+pub use streambus_service::grpc::MAX_MESSAGE_BYTES;
 
 /// Binds `config.listen_addr` and serves until `shutdown` completes.
 pub async fn serve(

@@ -126,7 +126,7 @@ impl Partitions {
         let mut wanted: HashMap<PartitionKey, (String, TopicConfig, Leadership)> = HashMap::new();
         let mut topics = HashMap::new();
         for t in &md.topics {
-            let config = TopicConfig::from_map(&t.configs.clone().into_iter().collect())?;
+            let config = TopicConfig::from_map(&t.configs)?;
             topics.insert(
                 t.name.clone(),
                 TopicInfo {

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use streambus_controller::topic_config::{FsyncSetting, TopicConfig};
@@ -39,7 +38,6 @@ pub struct Replica {
     /// High watermark: records below it are visible to consumers.
     hw: watch::Sender<i64>,
     last_flush: std::sync::Mutex<Instant>,
-    flushed_end: AtomicI64,
 }
 
 /// Translates a topic's settings into the log's.
@@ -91,7 +89,6 @@ impl Replica {
             leadership: std::sync::Mutex::new(leadership),
             hw: watch::channel(0).0,
             last_flush: std::sync::Mutex::new(Instant::now()),
-            flushed_end: AtomicI64::new(0),
         };
         r.advance_high_watermark();
         r
@@ -152,8 +149,7 @@ impl Replica {
         if self.config.fsync_policy != FsyncSetting::Interval {
             return Ok(false);
         }
-        let end = self.log.end_offset();
-        if self.flushed_end.load(Ordering::Relaxed) == end && self.log.durable_offset() == end {
+        if self.log.durable_offset() == self.log.end_offset() {
             return Ok(false);
         }
         let mut last = self.last_flush.lock().unwrap_or_else(|p| p.into_inner());
@@ -162,7 +158,6 @@ impl Replica {
         }
         self.log.flush()?;
         *last = now;
-        self.flushed_end.store(end, Ordering::Relaxed);
         Ok(true)
     }
 }
