@@ -4,6 +4,16 @@ use std::time::Duration;
 
 use crate::LogError;
 
+/// Smallest accepted `segment_bytes`: one RecordBatch v2 header.
+pub const MIN_SEGMENT_BYTES: u64 = streambus_record::HEADER_SIZE as u64;
+/// Largest accepted `segment_bytes` (2 GiB - 1): index positions are `u32`
+/// and file positions must fit an `i32` like Kafka's.
+pub const MAX_SEGMENT_BYTES: u64 = i32::MAX as u64;
+/// Smallest accepted `max_batch_bytes`: one RecordBatch v2 header.
+pub const MIN_BATCH_BYTES: u32 = streambus_record::HEADER_SIZE as u32;
+/// Largest accepted `max_batch_bytes` (1 GiB).
+pub const MAX_BATCH_BYTES: u32 = 1 << 30;
+
 /// When appended data is forced to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsyncPolicy {
@@ -92,23 +102,23 @@ impl Default for LogConfig {
 }
 
 impl LogConfig {
-    pub(crate) fn validate(&self) -> Result<(), LogError> {
+    /// Checks the configuration: `segment_bytes` within
+    /// [`MIN_SEGMENT_BYTES`]..=[`MAX_SEGMENT_BYTES`], `max_batch_bytes`
+    /// within [`MIN_BATCH_BYTES`]..=[`MAX_BATCH_BYTES`], a positive fsync
+    /// interval and a non-negative `tombstone_retention_ms`.
+    /// [`crate::Log::open`] calls it; callers can use it to reject a
+    /// configuration before creating anything.
+    pub fn validate(&self) -> Result<(), LogError> {
         let bad = |m: String| Err(LogError::InvalidConfig(m));
-        if self.segment_bytes < streambus_record::HEADER_SIZE as u64
-            || self.segment_bytes > i32::MAX as u64
-        {
+        if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
             return bad(format!(
-                "segment_bytes {} must be between {} and {}",
-                self.segment_bytes,
-                streambus_record::HEADER_SIZE,
-                i32::MAX
+                "segment_bytes {} must be between {MIN_SEGMENT_BYTES} and {MAX_SEGMENT_BYTES}",
+                self.segment_bytes
             ));
         }
-        if (self.max_batch_bytes as usize) < streambus_record::HEADER_SIZE
-            || self.max_batch_bytes > (1 << 30)
-        {
+        if !(MIN_BATCH_BYTES..=MAX_BATCH_BYTES).contains(&self.max_batch_bytes) {
             return bad(format!(
-                "max_batch_bytes {} must be between 61 and 1 GiB",
+                "max_batch_bytes {} must be between {MIN_BATCH_BYTES} and {MAX_BATCH_BYTES}",
                 self.max_batch_bytes
             ));
         }

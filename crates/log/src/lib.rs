@@ -21,7 +21,10 @@ mod sync;
 mod truncate;
 
 pub use compaction::CompactionOutcome;
-pub use config::{CleanupPolicy, FsyncPolicy, LogConfig};
+pub use config::{
+    CleanupPolicy, FsyncPolicy, LogConfig, MAX_BATCH_BYTES, MAX_SEGMENT_BYTES, MIN_BATCH_BYTES,
+    MIN_SEGMENT_BYTES,
+};
 pub use error::LogError;
 pub use log::{AppendInfo, Log};
 pub use read::ReadResult;

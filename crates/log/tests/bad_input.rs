@@ -173,3 +173,30 @@ fn invalid_config_is_rejected() {
         Err(LogError::InvalidConfig(_))
     ));
 }
+
+#[test]
+fn validate_accepts_exactly_the_published_ranges() {
+    use streambus_log::{MAX_BATCH_BYTES, MAX_SEGMENT_BYTES, MIN_BATCH_BYTES, MIN_SEGMENT_BYTES};
+    let with = |segment_bytes, max_batch_bytes| LogConfig {
+        segment_bytes,
+        max_batch_bytes,
+        ..LogConfig::default()
+    };
+    assert!(LogConfig::default().validate().is_ok());
+    for seg in [MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES] {
+        for b in [MIN_BATCH_BYTES, MAX_BATCH_BYTES] {
+            assert!(with(seg, b).validate().is_ok(), "{seg} {b}");
+        }
+    }
+    for (seg, b) in [
+        (MIN_SEGMENT_BYTES - 1, MIN_BATCH_BYTES),
+        (MAX_SEGMENT_BYTES + 1, MIN_BATCH_BYTES),
+        (MIN_SEGMENT_BYTES, MIN_BATCH_BYTES - 1),
+        (MIN_SEGMENT_BYTES, MAX_BATCH_BYTES + 1),
+    ] {
+        assert!(
+            matches!(with(seg, b).validate(), Err(LogError::InvalidConfig(_))),
+            "{seg} {b}"
+        );
+    }
+}
