@@ -2,6 +2,7 @@
 //! `/readyz`, `/metrics`), gRPC health and reflection, logging setup and
 //! shutdown signals.
 
+pub mod budget;
 pub mod grpc;
 pub mod http;
 pub mod shutdown;
