@@ -9,9 +9,7 @@
 //! written to `*.cleaned` files and swapped in by rename.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,8 +17,9 @@ use streambus_record::{BatchHeader, HEADER_SIZE, decode_records, retain_records}
 
 use crate::error::IoContext;
 use crate::index::IndexWriter;
+use crate::io::{IoFile, OpenMode};
 use crate::log::lock;
-use crate::segment::{ScanReader, open_rw, remove_if_exists, segment_file, sync_dir, write_synced};
+use crate::segment::{ScanReader, segment_file};
 use crate::{Log, LogError};
 
 /// What [`Log::compact`] did.
@@ -39,9 +38,34 @@ pub struct CompactionOutcome {
 /// A sealed segment as seen when compaction started.
 struct Snapshot {
     base: i64,
-    file: Arc<File>,
+    file: Arc<dyn IoFile>,
     path: PathBuf,
     size: u64,
+}
+
+/// Buffered sequential writer over an [`IoFile`].
+struct BufferedOut<'a> {
+    file: &'a dyn IoFile,
+    buf: Vec<u8>,
+    written: u64,
+}
+
+impl BufferedOut<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= 1 << 20 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            self.file.write_all_at(&self.buf, self.written)?;
+            self.written += self.buf.len() as u64;
+            self.buf.clear();
+        }
+        Ok(())
+    }
 }
 
 /// 128-bit fingerprint of a key (two SipHash-1-3 with different seeds):
@@ -60,7 +84,7 @@ fn for_each_batch(
     seg: &Snapshot,
     mut f: impl FnMut(u64, &BatchHeader, &[u8]) -> Result<(), LogError>,
 ) -> Result<(), LogError> {
-    let mut reader = ScanReader::new(&seg.file, seg.size);
+    let mut reader = ScanReader::new(&*seg.file, seg.size);
     let mut pos = 0;
     while pos < seg.size {
         let corrupt = |reason: String| LogError::Corrupt {
@@ -112,7 +136,8 @@ impl Log {
         let _maintenance = lock(&shared.maintenance);
         let sealed: Vec<Snapshot> = {
             let st = shared.read_state();
-            st.segments[..st.segments.len() - 1]
+            // Not the active segment, nor one a roll is still syncing.
+            st.segments[..st.sealed_count(shared.is_rolling())]
                 .iter()
                 .map(|s| Snapshot {
                     base: s.base,
@@ -162,12 +187,17 @@ impl Log {
         keep: &impl Fn(&streambus_record::DecodedRecord) -> bool,
     ) -> Result<Option<(u64, u64)>, LogError> {
         let shared = &*self.shared;
+        let disk = &shared.disk;
         let dir = &shared.dir;
         let interval = shared.config.index_interval_bytes;
         let cleaned = |ext: &str| dir.join(format!("{:020}.{ext}.cleaned", seg.base));
         let log_tmp = cleaned("log");
-        let out = File::create(&log_tmp).ctx(|| format!("create {}", log_tmp.display()))?;
-        let mut writer = BufWriter::with_capacity(1 << 20, out);
+        let out = disk.open(&log_tmp, OpenMode::CreateTruncate)?;
+        let mut writer = BufferedOut {
+            file: &*out,
+            buf: Vec::with_capacity(1 << 20),
+            written: 0,
+        };
         let mut idx = IndexWriter::new();
         let mut size = 0u64;
         let mut removed = 0u64;
@@ -192,7 +222,7 @@ impl Log {
             })?;
             removed += (h.record_count - kh.record_count) as u64;
             writer
-                .write_all(&kept)
+                .write(&kept)
                 .ctx(|| format!("write {}", log_tmp.display()))?;
             idx.on_batch(
                 interval,
@@ -204,60 +234,69 @@ impl Log {
             size += kept.len() as u64;
             Ok(())
         })?;
-        let out = writer
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .ctx(|| format!("write {}", log_tmp.display()))?;
         if removed == 0 {
             drop(out);
-            remove_if_exists(&log_tmp)?;
+            disk.remove_if_exists(&log_tmp)?;
             return Ok(None);
         }
-        out.sync_all()
-            .ctx(|| format!("fsync {}", log_tmp.display()))?;
-        drop(out);
+        writer
+            .flush()
+            .ctx(|| format!("write {}", log_tmp.display()))?;
+        disk.sync_file(&*out, &log_tmp)?;
         idx.finish_time_index();
-        write_synced(&cleaned("index"), &idx.index.to_bytes())?;
-        write_synced(&cleaned("timeindex"), &idx.time_index.to_bytes())?;
-        self.swap_in(seg, &cleaned, size, idx)?;
+        disk.write_synced(&cleaned("index"), &idx.index.to_bytes())?;
+        disk.write_synced(&cleaned("timeindex"), &idx.time_index.to_bytes())?;
+        self.swap_in(seg, &cleaned, out, size, idx)?;
         tracing::debug!(segment = %seg.path.display(), removed, size, "compacted segment");
         Ok(Some((removed, size)))
     }
 
-    /// Replaces a segment's files with the cleaned ones, crash-safely: the
-    /// old index files are removed first (a crash then leaves either log
-    /// with missing indexes, which recovery rebuilds), then the log and the
-    /// indexes are renamed into place.
+    /// Replaces a segment's files with the cleaned ones, crash-safely and
+    /// without holding the state lock across an fsync: the old index files
+    /// are removed and the directory fsynced first (a crash then leaves the
+    /// old log with missing indexes, which recovery rebuilds); then, under
+    /// the lock, the log and the indexes are renamed into place and the
+    /// segment switched to the new file; the directory is fsynced after the
+    /// lock is released. A crash between the renames leaves the new or the
+    /// old log, with leftover `*.cleaned` files recovery deletes.
     fn swap_in(
         &self,
         seg: &Snapshot,
         cleaned: &impl Fn(&str) -> PathBuf,
+        file: Arc<dyn IoFile>,
         size: u64,
         idx: IndexWriter,
     ) -> Result<(), LogError> {
         let shared = &*self.shared;
+        let disk = &shared.disk;
         let dir: &Path = &shared.dir;
-        let rename = |from: PathBuf, to: PathBuf| {
-            std::fs::rename(&from, &to)
-                .ctx(|| format!("rename {} to {}", from.display(), to.display()))
-        };
-        let mut st = shared.write_state();
-        remove_if_exists(&segment_file(dir, seg.base, "index"))?;
-        remove_if_exists(&segment_file(dir, seg.base, "timeindex"))?;
-        sync_dir(dir)?;
-        rename(cleaned("log"), seg.path.clone())?;
-        rename(cleaned("index"), segment_file(dir, seg.base, "index"))?;
-        rename(
-            cleaned("timeindex"),
-            segment_file(dir, seg.base, "timeindex"),
-        )?;
-        sync_dir(dir)?;
-        let file = open_rw(&seg.path, false)?;
-        if let Some(s) = st.segments.iter_mut().find(|s| s.base == seg.base) {
-            s.file = Arc::new(file);
-            s.size = size;
-            s.idx = idx;
+        disk.remove_if_exists(&segment_file(dir, seg.base, "index"))?;
+        disk.remove_if_exists(&segment_file(dir, seg.base, "timeindex"))?;
+        disk.sync_dir(dir)?;
+        {
+            let mut st = shared.write_state();
+            let renamed = disk
+                .rename(&cleaned("log"), &seg.path)
+                .and_then(|()| {
+                    disk.rename(&cleaned("index"), &segment_file(dir, seg.base, "index"))
+                })
+                .and_then(|()| {
+                    disk.rename(
+                        &cleaned("timeindex"),
+                        &segment_file(dir, seg.base, "timeindex"),
+                    )
+                });
+            if let Err(e) = renamed {
+                // The files may now disagree with the in-memory segment.
+                shared.fail(format!("compaction swap failed: {e}"));
+                return Err(e);
+            }
+            if let Some(s) = st.segments.iter_mut().find(|s| s.base == seg.base) {
+                s.file = file;
+                s.size = size;
+                s.idx = idx;
+            }
         }
-        Ok(())
+        disk.sync_dir(dir)
     }
 }

@@ -3,7 +3,8 @@
 //! fsync, crash recovery, retention, truncation and key compaction.
 //!
 //! The crate knows nothing about gRPC or the cluster. Its API is synchronous
-//! (`std::fs`); async callers use `spawn_blocking`. A [`Log`] is `Send +
+//! (file I/O through [`io::Io`], `std::fs` by default); async callers use
+//! `spawn_blocking`. A [`Log`] is `Send +
 //! Sync` and serves concurrent appenders and readers through an `Arc<Log>`.
 //! See `docs/storage.md` for the on-disk layout and guarantees.
 
@@ -12,11 +13,14 @@ mod compaction;
 mod config;
 mod error;
 mod index;
+pub mod io;
 mod log;
 mod read;
 mod recovery;
 mod retention;
 mod segment;
+#[cfg(feature = "sim")]
+pub mod sim;
 mod sync;
 mod truncate;
 
@@ -26,6 +30,7 @@ pub use config::{
     MIN_SEGMENT_BYTES,
 };
 pub use error::LogError;
-pub use log::{AppendInfo, Log};
+pub use log::{AppendInfo, Log, OpenOptions};
 pub use read::ReadResult;
 pub use retention::RetentionOutcome;
+pub use sync::Flusher;

@@ -1,17 +1,55 @@
 //! The [`Log`] type: open, append, roll, flush, close.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use streambus_record::{RecordError, set_base_offset, set_partition_leader_epoch, validate_batch};
 
+use crate::io::{Disk, Io, IoFile, OpenMode, StdIo};
 use crate::recovery::{CLEAN_SHUTDOWN_FILE, recover};
-use crate::segment::{Segment, sync_dir};
-use crate::sync::SyncState;
+use crate::segment::{ROLLING_EXT, Segment, segment_file, write_index_files};
+use crate::sync::{Flusher, SyncState};
 use crate::{FsyncPolicy, LogConfig, LogError};
+
+/// How [`Log::open_with`] opens a log: which file system, which fsync
+/// counter, which interval flusher. `OpenOptions::default()` is what
+/// [`Log::open`] uses: the real file system, a counter of its own and the
+/// process-wide flusher.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    io: Option<Arc<dyn Io>>,
+    fsync_counter: Option<Arc<AtomicU64>>,
+    flusher: Option<Flusher>,
+}
+
+impl OpenOptions {
+    /// The defaults (see the type docs).
+    pub fn new() -> OpenOptions {
+        OpenOptions::default()
+    }
+
+    /// Uses `io` for every file operation instead of [`StdIo`].
+    pub fn io(mut self, io: Arc<dyn Io>) -> OpenOptions {
+        self.io = Some(io);
+        self
+    }
+
+    /// Counts every data and directory fsync of the log into `counter`
+    /// (share one counter between many logs for a per-node metric).
+    pub fn fsync_counter(mut self, counter: Arc<AtomicU64>) -> OpenOptions {
+        self.fsync_counter = Some(counter);
+        self
+    }
+
+    /// Registers the log with `flusher` under [`FsyncPolicy::Interval`]
+    /// instead of the process-wide default one.
+    pub fn flusher(mut self, flusher: Flusher) -> OpenOptions {
+        self.flusher = Some(flusher);
+        self
+    }
+}
 
 /// What `append` did with a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,13 +70,15 @@ pub struct AppendInfo {
 #[derive(Debug)]
 pub struct Log {
     pub(crate) shared: Arc<Shared>,
-    flusher: Option<JoinHandle<()>>,
+    /// The interval flusher this log is registered with.
+    flusher: Option<Flusher>,
 }
 
 /// State shared with the background flusher.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub dir: PathBuf,
+    pub disk: Disk,
     pub config: LogConfig,
     pub state: RwLock<State>,
     /// Serialises retention, compaction and truncation.
@@ -50,8 +90,24 @@ pub(crate) struct Shared {
     pub start: AtomicI64,
     /// Set after a failed fsync or unrecoverable write.
     pub failed: Mutex<Option<String>>,
-    pub stop: Mutex<bool>,
-    pub stop_signal: Condvar,
+    /// A roll is between [`Shared::start_roll`] and [`Shared::finish_roll`]:
+    /// the segment before the active one is not yet known to be durable.
+    /// Changed only while holding the `state` write lock (so holding the
+    /// state lock gives a stable view); waited on with `roll_done`.
+    pub rolling: Mutex<bool>,
+    pub roll_done: Condvar,
+}
+
+/// A roll whose sealed segment still has to be made durable (outside the
+/// state lock).
+#[derive(Debug)]
+pub(crate) struct RollJob {
+    sealed_base: i64,
+    sealed_file: Arc<dyn IoFile>,
+    sealed_path: PathBuf,
+    sealed_idx: crate::index::IndexWriter,
+    /// Base of the new active segment (= end of the sealed one).
+    new_base: i64,
 }
 
 /// Segments and offsets, guarded by `Shared::state`.
@@ -75,6 +131,11 @@ impl State {
     }
     pub fn end(&self) -> i64 {
         self.active().next_offset
+    }
+    /// Number of leading segments that are sealed and durable: all but the
+    /// active one, and but the one being sealed while a roll is in progress.
+    pub fn sealed_count(&self, rolling: bool) -> usize {
+        self.segments.len() - 1 - usize::from(rolling && self.segments.len() > 1)
     }
     /// Index of the last segment whose base is `<= offset` (0 if none).
     pub fn segment_for(&self, offset: i64) -> usize {
@@ -114,20 +175,77 @@ impl Shared {
         lock(&self.failed).get_or_insert(reason);
     }
 
-    /// Seals the active segment and starts a new one at the end offset.
-    /// Everything below the new segment's base is durable afterwards.
-    pub fn roll(&self, st: &mut State) -> Result<(), LogError> {
+    /// Whether a roll is in progress (stable while the state lock is held).
+    pub fn is_rolling(&self) -> bool {
+        *lock(&self.rolling)
+    }
+
+    /// Waits until no roll is in progress.
+    pub fn wait_for_roll(&self) {
+        let mut r = lock(&self.rolling);
+        while *r {
+            r = self.roll_done.wait(r).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// First half of a roll, under the state write lock: creates the next
+    /// segment (as `{base}.log.rolling`) at the end offset and switches
+    /// appends to it. No fsync happens here; [`Shared::finish_roll`] must
+    /// follow, without the lock. The caller makes sure no roll is in
+    /// progress.
+    pub fn start_roll(&self, st: &mut State) -> Result<RollJob, LogError> {
+        debug_assert!(!self.is_rolling());
+        let base = st.end();
+        let path = segment_file(&self.dir, base, ROLLING_EXT);
+        let file = match self.disk.open(&path, OpenMode::CreateNew) {
+            Ok(f) => f,
+            Err(e) => {
+                self.fail(format!("segment roll failed: {e}"));
+                return Err(e);
+            }
+        };
+        let sealed = st.active_mut();
+        sealed.idx.finish_time_index();
+        let job = RollJob {
+            sealed_base: sealed.base,
+            sealed_file: sealed.file.clone(),
+            sealed_path: sealed.path.clone(),
+            sealed_idx: sealed.idx.clone(),
+            new_base: base,
+        };
+        st.segments.push(Segment::empty(base, file, path));
+        *lock(&self.rolling) = true;
+        Ok(job)
+    }
+
+    /// Second half of a roll, without the state lock: fsyncs the sealed
+    /// segment, writes its index files, renames the new segment to its
+    /// final `.log` name and fsyncs the directory; only then is the durable
+    /// offset advanced past the sealed segment. Reads and appends (to the
+    /// new segment) go on meanwhile. On failure the log is failed.
+    pub fn finish_roll(&self, job: RollJob) -> Result<(), LogError> {
+        let final_path = segment_file(&self.dir, job.new_base, "log");
+        let rolling_path = segment_file(&self.dir, job.new_base, ROLLING_EXT);
         let result = (|| {
-            st.active_mut().seal(&self.dir)?;
-            let base = st.end();
-            let segment = Segment::create(&self.dir, base)?;
-            st.segments.push(segment);
-            Ok(base)
+            self.disk.sync_file(&*job.sealed_file, &job.sealed_path)?;
+            write_index_files(&self.disk, &self.dir, job.sealed_base, &job.sealed_idx)?;
+            self.disk.rename(&rolling_path, &final_path)?;
+            self.disk.sync_dir(&self.dir)
         })();
+        {
+            let mut st = self.write_state();
+            if result.is_ok()
+                && let Some(s) = st.segments.iter_mut().find(|s| s.base == job.new_base)
+            {
+                s.path = final_path;
+            }
+            *lock(&self.rolling) = false;
+        }
+        self.roll_done.notify_all();
         match result {
-            Ok(base) => {
-                self.advance_durable(base);
-                tracing::debug!(dir = %self.dir.display(), base, "rolled segment");
+            Ok(()) => {
+                self.advance_durable(job.new_base);
+                tracing::debug!(dir = %self.dir.display(), base = job.new_base, "rolled segment");
                 Ok(())
             }
             Err(e) => {
@@ -139,15 +257,30 @@ impl Shared {
 }
 
 impl Log {
-    /// Opens the log in `dir`, creating the directory if missing, and
-    /// recovers it (see `docs/storage.md`): a torn or corrupt tail of the
-    /// active segment is truncated, missing or damaged index files are
-    /// rebuilt, and damage inside a sealed segment is a
+    /// Opens the log in `dir` on the real file system, creating the
+    /// directory if missing, and recovers it (see `docs/storage.md`): a torn
+    /// or corrupt tail of the active segment is truncated, missing or
+    /// damaged index files are rebuilt, an interrupted truncation or roll is
+    /// finished, and damage inside a sealed segment is a
     /// [`LogError::Corrupt`] error.
     pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log, LogError> {
+        Log::open_with(dir, config, OpenOptions::default())
+    }
+
+    /// Like [`Log::open`], with the file system, fsync counter and flusher
+    /// given in `options`.
+    pub fn open_with(
+        dir: impl AsRef<Path>,
+        config: LogConfig,
+        options: OpenOptions,
+    ) -> Result<Log, LogError> {
         config.validate()?;
+        let disk = Disk {
+            io: options.io.unwrap_or_else(|| Arc::new(StdIo)),
+            fsyncs: options.fsync_counter.unwrap_or_default(),
+        };
         let dir = dir.as_ref().to_path_buf();
-        let recovered = recover(&dir, &config, now_ms())?;
+        let recovered = recover(&disk, &dir, &config, now_ms())?;
         let end = recovered
             .segments
             .last()
@@ -155,6 +288,7 @@ impl Log {
             .next_offset;
         let shared = Arc::new(Shared {
             dir,
+            disk,
             config,
             state: RwLock::new(State {
                 segments: recovered.segments,
@@ -167,12 +301,17 @@ impl Log {
             end: AtomicI64::new(end),
             start: AtomicI64::new(recovered.log_start),
             failed: Mutex::new(None),
-            stop: Mutex::new(false),
-            stop_signal: Condvar::new(),
+            rolling: Mutex::new(false),
+            roll_done: Condvar::new(),
         });
         let flusher = match shared.config.fsync {
             FsyncPolicy::Interval(every) => {
-                Some(crate::sync::spawn_flusher(shared.clone(), every)?)
+                let flusher = match options.flusher {
+                    Some(f) => f,
+                    None => Flusher::global()?,
+                };
+                flusher.register(&shared, every);
+                Some(flusher)
             }
             _ => None,
         };
@@ -217,16 +356,11 @@ impl Log {
                 header.last_offset_delta, header.record_count
             ))));
         }
-        shared.check_failed()?;
         let now = now_ms();
-        let (info, generation) = {
+        let (info, generation, roll) = loop {
+            shared.check_failed()?;
             let mut st = shared.write_state();
             let base = st.end();
-            set_base_offset(batch, base);
-            header.base_offset = base;
-            if let Some(epoch) = epoch {
-                set_partition_leader_epoch(batch, epoch);
-            }
             let active = st.active();
             let too_big = active.size + batch.len() as u64 > shared.config.segment_bytes;
             let too_old = shared
@@ -234,12 +368,36 @@ impl Log {
                 .segment_ms
                 .zip(active.first_append_ms)
                 .is_some_and(|(ms, first)| now - first >= ms as i64);
-            let too_many = header.last_offset() - active.base > i64::from(i32::MAX);
+            let too_many =
+                base + i64::from(header.last_offset_delta) - active.base > i64::from(i32::MAX);
+            let mut roll = None;
             if active.size > 0 && (too_big || too_old || too_many) {
-                shared.roll(&mut st)?;
+                if shared.is_rolling() {
+                    // The segment filled up while the previous roll is still
+                    // syncing; rolls are one at a time.
+                    drop(st);
+                    shared.wait_for_roll();
+                    continue;
+                }
+                roll = Some(shared.start_roll(&mut st)?);
+            }
+            set_base_offset(batch, base);
+            header.base_offset = base;
+            if let Some(epoch) = epoch {
+                set_partition_leader_epoch(batch, epoch);
             }
             let interval = shared.config.index_interval_bytes;
-            st.active_mut().append(batch, &header, interval, now)?;
+            let written = st.active_mut().append(batch, &header, interval, now);
+            if let Err(e) = written {
+                drop(st);
+                if let LogError::Failed(reason) = &e {
+                    shared.fail(reason.clone());
+                }
+                if let Some(job) = roll {
+                    shared.finish_roll(job)?;
+                }
+                return Err(e);
+            }
             shared.end.store(header.next_offset(), Ordering::Release);
             let generation = crate::sync::generation(shared);
             let info = AppendInfo {
@@ -249,8 +407,11 @@ impl Log {
                 record_count: header.record_count,
                 size: batch.len(),
             };
-            (info, generation)
+            break (info, generation, roll);
         };
+        if let Some(job) = roll {
+            shared.finish_roll(job)?;
+        }
         if shared.config.fsync == FsyncPolicy::Always {
             crate::sync::sync_until(shared, info.last_offset + 1, generation)?;
         }
@@ -279,23 +440,48 @@ impl Log {
         crate::sync::sync_until(&self.shared, target, generation)
     }
 
+    /// Why the log is failed, if it is: after a failed fsync (or a write
+    /// that could not be undone) every write is refused with
+    /// [`LogError::Failed`] until the log is dropped and opened again, which
+    /// recovers from what is on disk. A storage node reports such a
+    /// partition offline.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.shared.failed).clone()
+    }
+
+    /// Fsyncs (data and directory) counted so far by this log's counter
+    /// (shared with other logs if one was given in [`OpenOptions`]).
+    pub fn fsyncs(&self) -> u64 {
+        self.shared.disk.fsyncs.load(Ordering::Relaxed)
+    }
+
     /// Rolls the active segment if it is older than `segment_ms` (measured
     /// from its first append) at `now_ms`. Returns whether it rolled.
     pub fn roll_if_due(&self, now_ms: i64) -> Result<bool, LogError> {
         let Some(ms) = self.shared.config.segment_ms else {
             return Ok(false);
         };
-        self.shared.check_failed()?;
-        let mut st = self.shared.write_state();
-        let active = st.active();
-        let due = active.size > 0
-            && active
-                .first_append_ms
-                .is_some_and(|first| now_ms - first >= ms as i64);
-        if due {
-            self.shared.roll(&mut st)?;
-        }
-        Ok(due)
+        let shared = &*self.shared;
+        let job = loop {
+            shared.check_failed()?;
+            let mut st = shared.write_state();
+            let active = st.active();
+            let due = active.size > 0
+                && active
+                    .first_append_ms
+                    .is_some_and(|first| now_ms - first >= ms as i64);
+            if !due {
+                return Ok(false);
+            }
+            if shared.is_rolling() {
+                drop(st);
+                shared.wait_for_roll();
+                continue;
+            }
+            break shared.start_roll(&mut st)?;
+        };
+        shared.finish_roll(job)?;
+        Ok(true)
     }
 
     /// Total bytes of all segment files.
@@ -319,28 +505,30 @@ impl Log {
     }
 
     /// Flushes, writes the active segment's index files and a clean-shutdown
-    /// marker (so the next open skips the full tail scan), and stops the
-    /// background flusher.
+    /// marker (so the next open skips the full tail scan), and unregisters
+    /// from the interval flusher.
     pub fn close(self) -> Result<(), LogError> {
+        self.shared.check_failed()?;
         self.flush()?;
         let shared = &self.shared;
+        shared.wait_for_roll();
         let st = shared.read_state();
-        st.active().write_indexes(&shared.dir)?;
-        crate::segment::write_synced(&shared.dir.join(CLEAN_SHUTDOWN_FILE), b"")?;
-        sync_dir(&shared.dir)?;
+        st.active().write_indexes(&shared.disk, &shared.dir)?;
+        shared
+            .disk
+            .write_synced(&shared.dir.join(CLEAN_SHUTDOWN_FILE), b"")?;
+        shared.disk.sync_dir(&shared.dir)?;
         Ok(())
     }
 }
 
 impl Drop for Log {
-    /// Stops the background flusher. Does not flush: dropping a log without
-    /// `close` behaves like a crash of the process (the page cache keeps
-    /// what was written).
+    /// Unregisters from the interval flusher. Does not flush: dropping a log
+    /// without `close` behaves like a crash of the process (the page cache
+    /// keeps what was written).
     fn drop(&mut self) {
-        *lock(&self.shared.stop) = true;
-        self.shared.stop_signal.notify_all();
-        if let Some(handle) = self.flusher.take() {
-            let _ = handle.join();
+        if let Some(flusher) = self.flusher.take() {
+            flusher.unregister(&self.shared);
         }
     }
 }

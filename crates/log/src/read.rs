@@ -1,7 +1,5 @@
 //! Reads by offset and lookups by timestamp.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -9,6 +7,7 @@ use bytes::Bytes;
 use streambus_record::{BatchHeader, BatchIter, decode_records};
 
 use crate::error::IoContext;
+use crate::io::IoFile;
 use crate::log::State;
 use crate::segment::Segment;
 use crate::{Log, LogError};
@@ -31,7 +30,7 @@ pub struct ReadResult {
 /// What a read needs from one segment, copied out of the lock.
 struct SegmentView {
     base: i64,
-    file: Arc<File>,
+    file: Arc<dyn IoFile>,
     path: PathBuf,
     size: u64,
     start_pos: u64,
@@ -50,7 +49,7 @@ impl SegmentView {
     }
 
     fn header(&self, pos: u64) -> Result<Option<BatchHeader>, LogError> {
-        Segment::header_at(&self.file, &self.path, pos, self.size)
+        Segment::header_at(&*self.file, &self.path, pos, self.size)
     }
 
     /// Position and header of the first batch whose last offset is `>= offset`.

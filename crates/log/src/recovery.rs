@@ -1,14 +1,16 @@
-//! Opening a log directory: finding segments, checking or rebuilding their
-//! indexes, and cutting a torn or corrupt tail off the active segment.
+//! Opening a log directory: finding segments, finishing an interrupted
+//! truncation or roll, checking or rebuilding indexes, and cutting a torn or
+//! corrupt tail off the active segment.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::checkpoint;
+use crate::checkpoint::{self, TRUNCATION_FILE};
 use crate::error::IoContext;
 use crate::index::IndexWriter;
+use crate::io::{Disk, IoFile, OpenMode};
 use crate::segment::{
-    ScanRules, Segment, load_indexes, open_rw, parse_segment_name, remove_if_exists, scan,
-    segment_file, sync_dir,
+    ROLLING_EXT, ScanRules, Segment, load_indexes, parse_segment_name, scan, segment_file,
 };
 use crate::{LogConfig, LogError};
 
@@ -23,27 +25,39 @@ pub(crate) struct Recovered {
 }
 
 /// Opens (creating if needed) a log directory and recovers it.
-pub(crate) fn recover(dir: &Path, config: &LogConfig, now_ms: i64) -> Result<Recovered, LogError> {
-    std::fs::create_dir_all(dir).ctx(|| format!("create log directory {}", dir.display()))?;
+pub(crate) fn recover(
+    disk: &Disk,
+    dir: &Path,
+    config: &LogConfig,
+    now_ms: i64,
+) -> Result<Recovered, LogError> {
+    disk.create_dir_all(dir)?;
     let marker = dir.join(CLEAN_SHUTDOWN_FILE);
-    let clean = marker.exists();
-    remove_if_exists(&marker)?;
+    let clean = disk.exists(&marker)?;
+    disk.remove_if_exists(&marker)?;
 
     let mut bases = Vec::new();
+    let mut rolling = Vec::new();
     let mut others = Vec::new();
-    for entry in std::fs::read_dir(dir).ctx(|| format!("list {}", dir.display()))? {
-        let entry = entry.ctx(|| format!("list {}", dir.display()))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
+    for name in disk.read_dir(dir)? {
         if let Some(base) = parse_segment_name(&name, "log") {
             bases.push(base);
+        } else if let Some(base) = parse_segment_name(&name, ROLLING_EXT) {
+            rolling.push(base);
         } else if name.ends_with(".cleaned") || name.ends_with(".tmp") {
             // Leftovers of an interrupted compaction or checkpoint write.
-            remove_if_exists(&entry.path())?;
+            disk.remove_if_exists(&dir.join(&name))?;
         } else {
             others.push(name);
         }
     }
     bases.sort_unstable();
+    rolling.sort_unstable();
+
+    if let Some(t) = checkpoint::read_truncation(disk, dir)? {
+        finish_truncation(disk, dir, &mut bases, &rolling, t)?;
+        rolling.clear();
+    }
     // Index files whose segment is gone (deleted by retention or truncation).
     for name in others {
         let base =
@@ -51,53 +65,80 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig, now_ms: i64) -> Result<Rec
         if let Some(base) = base
             && bases.binary_search(&base).is_err()
         {
-            remove_if_exists(&dir.join(&name))?;
+            disk.remove_if_exists(&dir.join(&name))?;
         }
     }
 
-    let checkpoint = checkpoint::read(dir);
+    let checkpoint = checkpoint::read(disk, dir)?;
     // Segments wholly below the checkpointed start: retention was
     // interrupted after writing the checkpoint.
     if let Some(start) = checkpoint {
         while bases.len() > 1 && bases[1] <= start {
-            delete_segment_files(dir, bases.remove(0))?;
+            delete_segment_files(disk, dir, bases.remove(0))?;
+        }
+    }
+    // A roll in progress: `{base}.log.rolling` is the new active segment,
+    // renamed to `.log` only once the segment before it was fsynced. It is
+    // kept if that segment is intact and ends exactly at its base (then the
+    // roll's fsync happened, or nothing was lost); otherwise nothing in it
+    // was ever acknowledged as durable and it is deleted.
+    let last_base = bases.last().copied();
+    let mut candidate = None;
+    for r in rolling {
+        if candidate.is_none() && last_base.is_some_and(|b| r > b) {
+            candidate = Some(r);
+        } else {
+            disk.remove_if_exists(&segment_file(dir, r, ROLLING_EXT))?;
         }
     }
     if bases.is_empty() {
         let base = checkpoint.unwrap_or(0).max(0);
-        let segment = Segment::create(dir, base)?;
+        let segment = Segment::create(disk, dir, base)?;
         return Ok(Recovered {
             segments: vec![segment],
             log_start: base,
         });
     }
 
-    let mut segments = Vec::with_capacity(bases.len());
+    let mut segments: Vec<Segment> = Vec::with_capacity(bases.len() + 1);
     let last = bases.len() - 1;
     for (i, &base) in bases.iter().enumerate() {
         let segment = if i == last {
-            load_active(dir, base, config, clean, now_ms)?
-        } else {
-            load_sealed(dir, base, config)?
-        };
-        if let Some(prev) = segments.last() {
-            let prev: &Segment = prev;
-            if prev.next_offset > base {
-                return Err(LogError::Corrupt {
-                    file: prev.path.clone(),
-                    position: prev.size,
-                    reason: format!(
-                        "segment ends at offset {} but the next segment starts at {base}",
-                        prev.next_offset
-                    ),
-                });
+            let (segment, cut) =
+                load_active(disk, dir, base, config, clean && candidate.is_none())?;
+            match candidate {
+                Some(r) if !cut && segment.next_offset == r => {
+                    let mut segment = segment;
+                    segment.idx.finish_time_index();
+                    segment.write_indexes(disk, dir)?;
+                    let to = segment_file(dir, r, "log");
+                    disk.rename(&segment_file(dir, r, ROLLING_EXT), &to)?;
+                    disk.sync_dir(dir)?;
+                    tracing::info!(segment = %to.display(), "finished an interrupted segment roll");
+                    check_order(&segments, &segment)?;
+                    segments.push(segment);
+                    load_active(disk, dir, r, config, false)?.0
+                }
+                Some(r) => {
+                    tracing::info!(base = r, "deleting the segment of an unfinished roll");
+                    disk.remove_if_exists(&segment_file(dir, r, ROLLING_EXT))?;
+                    segment
+                }
+                None => segment,
             }
-        }
+        } else {
+            load_sealed(disk, dir, base, config)?
+        };
+        check_order(&segments, &segment)?;
         segments.push(segment);
     }
-    sync_dir(dir)?;
+    disk.sync_dir(dir)?;
+    let active = segments.last_mut().expect("non-empty");
+    if active.size > 0 {
+        active.first_append_ms = Some(now_ms);
+    }
     let first = segments[0].base;
-    let end = segments[last].next_offset;
+    let end = segments.last().expect("non-empty").next_offset;
     let log_start = checkpoint.unwrap_or(first).clamp(first, end);
     Ok(Recovered {
         segments,
@@ -105,38 +146,110 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig, now_ms: i64) -> Result<Rec
     })
 }
 
-pub(crate) fn delete_segment_files(dir: &Path, base: i64) -> Result<(), LogError> {
-    for ext in ["log", "index", "timeindex"] {
-        remove_if_exists(&segment_file(dir, base, ext))?;
+fn check_order(segments: &[Segment], next: &Segment) -> Result<(), LogError> {
+    if let Some(prev) = segments.last()
+        && prev.next_offset > next.base
+    {
+        return Err(LogError::Corrupt {
+            file: prev.path.clone(),
+            position: prev.size,
+            reason: format!(
+                "segment ends at offset {} but the next segment starts at {}",
+                prev.next_offset, next.base
+            ),
+        });
     }
     Ok(())
 }
 
+pub(crate) fn delete_segment_files(disk: &Disk, dir: &Path, base: i64) -> Result<(), LogError> {
+    for ext in ["log", "index", "timeindex"] {
+        disk.remove_if_exists(&segment_file(dir, base, ext))?;
+    }
+    Ok(())
+}
+
+/// Redoes an interrupted `truncate_to` whose intent was found: deletes
+/// every segment above the new end, cuts the segment holding it at the
+/// recorded position (everything before that position was fsynced before
+/// the intent was written), drops that segment's now stale index files (they
+/// are rebuilt and checked when it is loaded), starts an empty active
+/// segment at the new end if needed, then removes the intent.
+fn finish_truncation(
+    disk: &Disk,
+    dir: &Path,
+    bases: &mut Vec<i64>,
+    rolling: &[i64],
+    t: checkpoint::TruncationIntent,
+) -> Result<(), LogError> {
+    tracing::info!(dir = %dir.display(), end = t.end, "finishing an interrupted truncation");
+    for &r in rolling {
+        disk.remove_if_exists(&segment_file(dir, r, ROLLING_EXT))?;
+    }
+    while bases.last().is_some_and(|&b| b > t.end) {
+        let b = bases.pop().expect("non-empty");
+        delete_segment_files(disk, dir, b)?;
+    }
+    disk.sync_dir(dir)?;
+    if bases.binary_search(&t.segment_base).is_err() {
+        return Err(LogError::Corrupt {
+            file: dir.join(TRUNCATION_FILE),
+            position: 0,
+            reason: format!("the segment {} being truncated is missing", t.segment_base),
+        });
+    }
+    let (file, path, size) = open_segment_file(disk, dir, t.segment_base)?;
+    if size < t.position {
+        return Err(LogError::Corrupt {
+            file: path,
+            position: size,
+            reason: format!(
+                "segment is shorter than the truncation point {} (fsynced data lost)",
+                t.position
+            ),
+        });
+    }
+    if size > t.position {
+        file.set_len(t.position)
+            .ctx(|| format!("truncate {}", path.display()))?;
+    }
+    disk.sync_file(&*file, &path)?;
+    disk.remove_if_exists(&segment_file(dir, t.segment_base, "index"))?;
+    disk.remove_if_exists(&segment_file(dir, t.segment_base, "timeindex"))?;
+    let empty_at_end = t.segment_base == t.end && t.position == 0;
+    if !empty_at_end && bases.last() != Some(&t.end) {
+        Segment::create(disk, dir, t.end)?;
+        bases.push(t.end);
+    }
+    disk.remove_if_exists(&dir.join(TRUNCATION_FILE))?;
+    disk.sync_dir(dir)
+}
+
 fn open_segment_file(
+    disk: &Disk,
     dir: &Path,
     base: i64,
-) -> Result<(std::fs::File, std::path::PathBuf, u64), LogError> {
+) -> Result<(Arc<dyn IoFile>, PathBuf, u64), LogError> {
     let path = segment_file(dir, base, "log");
-    let file = open_rw(&path, false)?;
-    let size = file
-        .metadata()
-        .ctx(|| format!("stat {}", path.display()))?
-        .len();
+    let file = disk.open(&path, OpenMode::ReadWrite)?;
+    let size = file.len().ctx(|| format!("stat {}", path.display()))?;
     Ok((file, path, size))
 }
 
 /// Trusts index files only if they match the log and the tail after the
 /// last entry scans cleanly to the end of the file.
+#[allow(clippy::too_many_arguments)]
 fn try_indexes(
+    disk: &Disk,
     dir: &Path,
     base: i64,
-    file: &std::fs::File,
+    file: &dyn IoFile,
     path: &Path,
     size: u64,
     config: &LogConfig,
     contiguous: bool,
 ) -> Option<(IndexWriter, i64)> {
-    let (mut idx, resume) = match load_indexes(dir, base, file, path, size) {
+    let (mut idx, resume) = match load_indexes(disk, dir, base, file, path, size) {
         Ok(v) => v,
         Err(reason) => {
             tracing::debug!(segment = %path.display(), %reason, "rebuilding segment index");
@@ -163,10 +276,15 @@ fn try_indexes(
 }
 
 /// Loads a sealed segment. Sealed segments were fsynced before the next
-/// segment was created, so any damage is corruption and an error.
-fn load_sealed(dir: &Path, base: i64, config: &LogConfig) -> Result<Segment, LogError> {
-    let (file, path, size) = open_segment_file(dir, base)?;
-    if let Some((idx, next)) = try_indexes(dir, base, &file, &path, size, config, false) {
+/// segment got its final name, so any damage is corruption and an error.
+fn load_sealed(
+    disk: &Disk,
+    dir: &Path,
+    base: i64,
+    config: &LogConfig,
+) -> Result<Segment, LogError> {
+    let (file, path, size) = open_segment_file(disk, dir, base)?;
+    if let Some((idx, next)) = try_indexes(disk, dir, base, &*file, &path, size, config, false) {
         return Ok(Segment::from_parts(base, file, path, size, next, idx));
     }
     let mut idx = IndexWriter::new();
@@ -175,7 +293,7 @@ fn load_sealed(dir: &Path, base: i64, config: &LogConfig) -> Result<Segment, Log
         contiguous: false,
         interval: config.index_interval_bytes,
     };
-    let scan = scan(&file, base, 0, base, size, rules, &mut idx)
+    let scan = scan(&*file, base, 0, base, size, rules, &mut idx)
         .ctx(|| format!("read {}", path.display()))?;
     if let Some((position, reason)) = scan.error {
         return Err(LogError::Corrupt {
@@ -184,24 +302,26 @@ fn load_sealed(dir: &Path, base: i64, config: &LogConfig) -> Result<Segment, Log
             reason,
         });
     }
+    idx.finish_time_index();
     let segment = Segment::from_parts(base, file, path, size, scan.next_offset, idx);
-    segment.write_indexes(dir)?;
+    segment.write_indexes(disk, dir)?;
     Ok(segment)
 }
 
 /// Loads the active (newest) segment, truncating a torn or corrupt tail:
 /// anything after the last batch that is whole, has a valid CRC and the
-/// expected offset. Fsynced data is never cut, since fsynced batches are whole.
+/// expected offset. Fsynced data is never cut, since fsynced batches are
+/// whole. Returns the segment and whether a tail was cut.
 fn load_active(
+    disk: &Disk,
     dir: &Path,
     base: i64,
     config: &LogConfig,
     clean: bool,
-    now_ms: i64,
-) -> Result<Segment, LogError> {
-    let (file, path, size) = open_segment_file(dir, base)?;
+) -> Result<(Segment, bool), LogError> {
+    let (file, path, size) = open_segment_file(disk, dir, base)?;
     let trusted = if clean {
-        try_indexes(dir, base, &file, &path, size, config, true)
+        try_indexes(disk, dir, base, &*file, &path, size, config, true)
     } else {
         None
     };
@@ -214,7 +334,7 @@ fn load_active(
                 contiguous: true,
                 interval: config.index_interval_bytes,
             };
-            let scan = scan(&file, base, 0, base, size, rules, &mut idx)
+            let scan = scan(&*file, base, 0, base, size, rules, &mut idx)
                 .ctx(|| format!("read {}", path.display()))?;
             if let Some((position, reason)) = &scan.error {
                 tracing::warn!(
@@ -230,11 +350,7 @@ fn load_active(
             (idx, scan.next_offset, scan.valid_size)
         }
     };
-    file.sync_data()
-        .ctx(|| format!("fsync {}", path.display()))?;
-    let mut segment = Segment::from_parts(base, file, path, valid, next, idx);
-    if valid > 0 {
-        segment.first_append_ms = Some(now_ms);
-    }
-    Ok(segment)
+    disk.sync_file(&*file, &path)?;
+    let segment = Segment::from_parts(base, file, path, valid, next, idx);
+    Ok((segment, valid != size))
 }

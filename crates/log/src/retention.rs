@@ -5,7 +5,6 @@ use std::sync::atomic::Ordering;
 use crate::checkpoint;
 use crate::log::lock;
 use crate::recovery::delete_segment_files;
-use crate::segment::sync_dir;
 use crate::{Log, LogError};
 
 /// What [`Log::apply_retention`] deleted.
@@ -43,7 +42,8 @@ impl Log {
         let _maintenance = lock(&shared.maintenance);
         let (count, new_start) = {
             let st = shared.read_state();
-            let sealed = &st.segments[..st.segments.len() - 1];
+            // Only sealed and durable segments (not one a roll is syncing).
+            let sealed = &st.segments[..st.sealed_count(shared.is_rolling())];
             let mut by_time = 0;
             if let Some(ms) = config.retention_ms {
                 let cutoff = now_ms.saturating_sub(ms);
@@ -70,7 +70,7 @@ impl Log {
         if count == 0 {
             return Ok(unchanged);
         }
-        checkpoint::write(&shared.dir, new_start)?;
+        checkpoint::write(&shared.disk, &shared.dir, new_start)?;
         let removed: Vec<_> = {
             let mut st = shared.write_state();
             st.log_start = new_start;
@@ -79,9 +79,9 @@ impl Log {
         };
         let bytes_deleted = removed.iter().map(|s| s.size).sum();
         for s in &removed {
-            delete_segment_files(&shared.dir, s.base)?;
+            delete_segment_files(&shared.disk, &shared.dir, s.base)?;
         }
-        sync_dir(&shared.dir)?;
+        shared.disk.sync_dir(&shared.dir)?;
         tracing::debug!(dir = %shared.dir.display(), segments = count, new_start, "retention deleted segments");
         Ok(RetentionOutcome {
             segments_deleted: count,

@@ -1,7 +1,5 @@
 //! One segment: a `.log` file of concatenated batches plus its indexes.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -10,11 +8,17 @@ use streambus_record::{BatchHeader, HEADER_SIZE};
 use crate::LogError;
 use crate::error::IoContext;
 use crate::index::{IndexWriter, OffsetIndex, TimeIndex};
+use crate::io::{Disk, IoFile, OpenMode};
 
 /// `{base:020}.{ext}` in `dir`.
 pub(crate) fn segment_file(dir: &Path, base: i64, ext: &str) -> PathBuf {
     dir.join(format!("{base:020}.{ext}"))
 }
+
+/// Suffix of a segment being rolled to: the new active segment's log file
+/// is named `{base:020}.log.rolling` until the segment before it is
+/// fsynced, then renamed to `{base:020}.log`.
+pub(crate) const ROLLING_EXT: &str = "log.rolling";
 
 /// Base offset of a `NNNNNNNNNNNNNNNNNNNN.log` file name.
 pub(crate) fn parse_segment_name(name: &str, ext: &str) -> Option<i64> {
@@ -25,48 +29,13 @@ pub(crate) fn parse_segment_name(name: &str, ext: &str) -> Option<i64> {
     stem.parse().ok()
 }
 
-/// Opens a segment's log file for reading and writing.
-pub(crate) fn open_rw(path: &Path, create_new: bool) -> Result<File, LogError> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(create_new)
-        .open(path)
-        .ctx(|| format!("open {}", path.display()))
-}
-
-/// Fsyncs a directory so created, renamed and deleted entries are durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .ctx(|| format!("fsync directory {}", dir.display()))
-}
-
-/// Removes a file; a missing file is fine.
-pub(crate) fn remove_if_exists(path: &Path) -> Result<(), LogError> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).ctx(|| format!("remove {}", path.display()))
-        }
-        _ => Ok(()),
-    }
-}
-
-/// Writes `bytes` to `path` (replacing it) and fsyncs it.
-pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), LogError> {
-    let f = File::create(path).ctx(|| format!("create {}", path.display()))?;
-    f.write_all_at(bytes, 0)
-        .and_then(|_| f.sync_all())
-        .ctx(|| format!("write {}", path.display()))
-}
-
 /// A segment: log file handle, committed size and in-memory sparse indexes.
 #[derive(Debug)]
 pub(crate) struct Segment {
     /// Base offset (also the file name).
     pub base: i64,
     /// The `.log` file, shared with in-flight reads.
-    pub file: Arc<File>,
+    pub file: Arc<dyn IoFile>,
     /// Path of the `.log` file.
     pub path: PathBuf,
     /// Bytes of complete batches in the file.
@@ -82,19 +51,24 @@ pub(crate) struct Segment {
 
 impl Segment {
     /// Creates a new empty segment file (and fsyncs the directory).
-    pub fn create(dir: &Path, base: i64) -> Result<Segment, LogError> {
+    pub fn create(disk: &Disk, dir: &Path, base: i64) -> Result<Segment, LogError> {
         let path = segment_file(dir, base, "log");
-        let file = open_rw(&path, true)?;
-        sync_dir(dir)?;
-        Ok(Segment {
+        let file = disk.open(&path, OpenMode::CreateNew)?;
+        disk.sync_dir(dir)?;
+        Ok(Segment::empty(base, file, path))
+    }
+
+    /// An empty segment in an already created file.
+    pub fn empty(base: i64, file: Arc<dyn IoFile>, path: PathBuf) -> Segment {
+        Segment {
             base,
-            file: Arc::new(file),
+            file,
             path,
             size: 0,
             next_offset: base,
             idx: IndexWriter::new(),
             first_append_ms: None,
-        })
+        }
     }
 
     /// Relative offset of `offset` in this segment (caller guarantees range).
@@ -104,7 +78,10 @@ impl Segment {
     }
 
     /// Writes one batch (already given its offsets) at the end with a single
-    /// positional write, and indexes it.
+    /// positional write, and indexes it. If the write fails, whatever part
+    /// of the batch reached the file is cut off again; if even that fails
+    /// the error is [`LogError::Failed`] (the file may now hold a partial
+    /// batch, so the caller must fail the log).
     pub fn append(
         &mut self,
         batch: &[u8],
@@ -114,7 +91,13 @@ impl Segment {
     ) -> Result<(), LogError> {
         if let Err(e) = self.file.write_all_at(batch, self.size) {
             // Drop whatever part of the batch reached the file.
-            let _ = self.file.set_len(self.size);
+            if let Err(cut) = self.file.set_len(self.size) {
+                return Err(LogError::Failed(format!(
+                    "write to {} failed ({e}) and cutting the partial batch at {} failed ({cut})",
+                    self.path.display(),
+                    self.size
+                )));
+            }
             return Err(e).ctx(|| format!("write to {}", self.path.display()));
         }
         let rel = self.rel(header.base_offset);
@@ -133,7 +116,7 @@ impl Segment {
 
     /// Reads and parses the batch header at `pos`; `None` at the end.
     pub fn header_at(
-        file: &File,
+        file: &dyn IoFile,
         path: &Path,
         pos: u64,
         size: u64,
@@ -167,33 +150,14 @@ impl Segment {
 
     /// Writes `.index` and `.timeindex` for the current in-memory indexes
     /// (including the final max timestamp) and fsyncs them.
-    pub fn write_indexes(&self, dir: &Path) -> Result<(), LogError> {
-        let mut idx = self.idx.clone();
-        idx.finish_time_index();
-        write_synced(
-            &segment_file(dir, self.base, "index"),
-            &idx.index.to_bytes(),
-        )?;
-        write_synced(
-            &segment_file(dir, self.base, "timeindex"),
-            &idx.time_index.to_bytes(),
-        )
-    }
-
-    /// Makes the segment read-only for good: fsyncs the log, finishes the
-    /// time index and writes both index files.
-    pub fn seal(&mut self, dir: &Path) -> Result<(), LogError> {
-        self.file
-            .sync_data()
-            .ctx(|| format!("fsync {}", self.path.display()))?;
-        self.idx.finish_time_index();
-        self.write_indexes(dir)
+    pub fn write_indexes(&self, disk: &Disk, dir: &Path) -> Result<(), LogError> {
+        write_index_files(disk, dir, self.base, &self.idx)
     }
 
     /// Builds a segment from a file whose index files were loaded.
     pub fn from_parts(
         base: i64,
-        file: File,
+        file: Arc<dyn IoFile>,
         path: PathBuf,
         size: u64,
         next_offset: i64,
@@ -201,7 +165,7 @@ impl Segment {
     ) -> Segment {
         Segment {
             base,
-            file: Arc::new(file),
+            file,
             path,
             size,
             next_offset,
@@ -211,16 +175,33 @@ impl Segment {
     }
 }
 
+/// Writes `.index` and `.timeindex` for `idx` (with its final max timestamp)
+/// and fsyncs them; the caller syncs the directory.
+pub(crate) fn write_index_files(
+    disk: &Disk,
+    dir: &Path,
+    base: i64,
+    idx: &IndexWriter,
+) -> Result<(), LogError> {
+    let mut idx = idx.clone();
+    idx.finish_time_index();
+    disk.write_synced(&segment_file(dir, base, "index"), &idx.index.to_bytes())?;
+    disk.write_synced(
+        &segment_file(dir, base, "timeindex"),
+        &idx.time_index.to_bytes(),
+    )
+}
+
 /// Reads a log file through a large buffer, batch by batch.
 pub(crate) struct ScanReader<'a> {
-    file: &'a File,
+    file: &'a dyn IoFile,
     file_len: u64,
     buf: Vec<u8>,
     buf_pos: u64,
 }
 
 impl<'a> ScanReader<'a> {
-    pub fn new(file: &'a File, file_len: u64) -> ScanReader<'a> {
+    pub fn new(file: &'a dyn IoFile, file_len: u64) -> ScanReader<'a> {
         ScanReader {
             file,
             file_len,
@@ -274,7 +255,7 @@ pub(crate) struct ScanRules {
 /// `>= next`, or `== next` when contiguous) to the end of the file, feeding
 /// valid batches to `idx`, stopping at the first invalid one.
 pub(crate) fn scan(
-    file: &File,
+    file: &dyn IoFile,
     base: i64,
     mut pos: u64,
     mut next: i64,
@@ -352,14 +333,18 @@ pub(crate) fn scan(
 /// matching base offset. Returns the index and the position to resume a
 /// tail scan from (the last entry's position).
 pub(crate) fn load_indexes(
+    disk: &Disk,
     dir: &Path,
     base: i64,
-    file: &File,
+    file: &dyn IoFile,
     log_path: &Path,
     size: u64,
 ) -> Result<(IndexWriter, u64), String> {
-    let read =
-        |ext: &str| std::fs::read(segment_file(dir, base, ext)).map_err(|e| format!("{ext}: {e}"));
+    let read = |ext: &str| match disk.read_file(&segment_file(dir, base, ext)) {
+        Ok(Some(bytes)) => Ok(bytes),
+        Ok(None) => Err(format!("{ext}: missing")),
+        Err(e) => Err(format!("{ext}: {e}")),
+    };
     let index = OffsetIndex::from_bytes(&read("index")?, size)?;
     let time_raw = read("timeindex")?;
     let mut idx = IndexWriter::new();

@@ -2,11 +2,12 @@
 
 use std::sync::atomic::Ordering;
 
+use crate::checkpoint::{self, TRUNCATION_FILE, TruncationIntent};
 use crate::error::IoContext;
 use crate::index::IndexWriter;
-use crate::log::{Shared, lock};
+use crate::log::{Shared, State, lock};
 use crate::recovery::delete_segment_files;
-use crate::segment::{ScanRules, Segment, scan, sync_dir};
+use crate::segment::{ScanRules, Segment, scan, segment_file};
 use crate::{Log, LogError};
 
 impl Log {
@@ -16,14 +17,25 @@ impl Log {
     /// `offset == end_offset()` is a no-op; below the log start or above
     /// the end is an error.
     ///
-    /// Segments above the cut are deleted newest first, then the segment
-    /// holding the cut is shortened and fsynced, so a crash midway leaves a
-    /// prefix of the old log that a repeated `truncate_to` finishes.
+    /// Crash-safe at every step: the log is first fsynced, then the cut (new
+    /// end, segment, byte position) is written durably to
+    /// `truncation.checkpoint`, then segments above the cut are deleted and
+    /// the segment holding it is shortened and fsynced; a formerly sealed
+    /// segment is resealed and a fresh active segment started at the new
+    /// end. The intent is removed last. A crash before the intent is durable
+    /// leaves the old log; after, recovery finishes the truncation. A
+    /// failure midway fails the log; reopening finishes it.
     pub fn truncate_to(&self, offset: i64) -> Result<(), LogError> {
         let shared = &*self.shared;
-        shared.check_failed()?;
         let _maintenance = lock(&shared.maintenance);
-        let mut st = shared.write_state();
+        let mut st = loop {
+            shared.check_failed()?;
+            shared.wait_for_roll();
+            let st = shared.write_state();
+            if !shared.is_rolling() {
+                break st;
+            }
+        };
         let end = st.end();
         if offset > end {
             return Err(LogError::OffsetAboveEnd { offset, end });
@@ -38,31 +50,18 @@ impl Log {
             return Ok(());
         }
         let i = st.segment_for(offset);
-        let was_active = i + 1 == st.segments.len();
-        // Delete whole segments above the cut, newest first.
-        while st.segments.len() > i + 1 {
-            let s = st.segments.pop().expect("non-empty");
-            delete_segment_files(&shared.dir, s.base)?;
-        }
-        sync_dir(&shared.dir)?;
-        let seg = st.segments.last_mut().expect("segment i");
-        let new_end = match truncate_segment(shared, seg, offset) {
-            Ok(new_end) => new_end,
+        let (position, new_end) = find_cut(&st.segments[i], offset)?;
+        let intent = TruncationIntent {
+            end: new_end,
+            segment_base: st.segments[i].base,
+            position,
+        };
+        match truncate_files(shared, &mut st, i, intent) {
+            Ok(()) => {}
             Err(e) => {
                 shared.fail(format!("truncation failed: {e}"));
                 return Err(e);
             }
-        };
-        // The active segment must be gap-free for recovery. A formerly
-        // sealed segment may have gaps left by compaction (inside it, or
-        // between its last batch and `new_end`), so unless it is now empty
-        // at `new_end`, seal it again and start a fresh active segment.
-        let empty_at_end = seg.size == 0 && seg.base == new_end;
-        if !was_active && !empty_at_end {
-            seg.seal(&shared.dir)?;
-            st.segments.push(Segment::create(&shared.dir, new_end)?);
-        } else {
-            seg.next_offset = new_end;
         }
         shared.end.store(new_end, Ordering::Release);
         shared.reset_durable(new_end);
@@ -71,30 +70,63 @@ impl Log {
     }
 }
 
-/// Shortens `seg` to drop batches with offsets `>= offset`; returns the new
-/// end offset. Rebuilds its in-memory index and fsyncs it.
-fn truncate_segment(shared: &Shared, seg: &mut Segment, offset: i64) -> Result<i64, LogError> {
+/// Position in `seg` of the first batch containing an offset `>= offset`
+/// (or the segment size), and the new end offset: that batch's base if
+/// `offset` falls inside it, else `offset`.
+fn find_cut(seg: &Segment, offset: i64) -> Result<(u64, i64), LogError> {
     let mut pos = seg.idx.index.lookup((offset - seg.base).max(0) as u64);
-    let mut new_end = offset;
-    while let Some(h) = Segment::header_at(&seg.file, &seg.path, pos, seg.size)? {
+    while let Some(h) = Segment::header_at(&*seg.file, &seg.path, pos, seg.size)? {
         if h.last_offset() >= offset {
-            new_end = h.base_offset.min(offset);
-            break;
+            return Ok((pos, h.base_offset.min(offset)));
         }
         pos += h.total_size() as u64;
     }
+    Ok((pos, offset))
+}
+
+fn truncate_files(
+    shared: &Shared,
+    st: &mut State,
+    i: usize,
+    intent: TruncationIntent,
+) -> Result<(), LogError> {
+    let disk = &shared.disk;
+    let dir = &shared.dir;
+    let was_active = i + 1 == st.segments.len();
+    // Everything below the cut must be durable before the intent is: then
+    // recovery can cut at the recorded position without checking it.
+    if shared.durable.load(Ordering::Acquire) < st.end() {
+        let active = st.active();
+        disk.sync_file(&*active.file, &active.path)?;
+    }
+    checkpoint::write_truncation(disk, dir, intent)?;
+    // Delete whole segments above the cut, newest first.
+    while st.segments.len() > i + 1 {
+        let s = st.segments.pop().expect("non-empty");
+        delete_segment_files(disk, dir, s.base)?;
+    }
+    disk.sync_dir(dir)?;
+    let seg = st.segments.last_mut().expect("segment i");
     seg.file
-        .set_len(pos)
-        .and_then(|_| seg.file.sync_data())
+        .set_len(intent.position)
         .ctx(|| format!("truncate {}", seg.path.display()))?;
+    disk.sync_file(&*seg.file, &seg.path)?;
     let mut idx = IndexWriter::new();
     let rules = ScanRules {
         verify_crc: false,
         contiguous: false,
         interval: shared.config.index_interval_bytes,
     };
-    let scan = scan(&seg.file, seg.base, 0, seg.base, pos, rules, &mut idx)
-        .ctx(|| format!("read {}", seg.path.display()))?;
+    let scan = scan(
+        &*seg.file,
+        seg.base,
+        0,
+        seg.base,
+        intent.position,
+        rules,
+        &mut idx,
+    )
+    .ctx(|| format!("read {}", seg.path.display()))?;
     if let Some((position, reason)) = scan.error {
         return Err(LogError::Corrupt {
             file: seg.path.clone(),
@@ -102,8 +134,26 @@ fn truncate_segment(shared: &Shared, seg: &mut Segment, offset: i64) -> Result<i
             reason,
         });
     }
-    seg.size = pos;
+    seg.size = intent.position;
     seg.idx = idx;
-    seg.next_offset = scan.next_offset;
-    Ok(new_end.max(scan.next_offset))
+    seg.next_offset = intent.end;
+    // The active segment must be gap-free for recovery. A formerly sealed
+    // segment may have gaps left by compaction (inside it, or between its
+    // last batch and the new end), so unless it is now empty at the new end,
+    // seal it again and start a fresh active segment.
+    let empty_at_end = seg.size == 0 && seg.base == intent.end;
+    if was_active || empty_at_end {
+        // Index files written by a clean close or a seal describe the old
+        // contents.
+        disk.remove_if_exists(&segment_file(dir, seg.base, "index"))?;
+        disk.remove_if_exists(&segment_file(dir, seg.base, "timeindex"))?;
+        seg.first_append_ms = None;
+    } else {
+        seg.next_offset = scan.next_offset;
+        seg.idx.finish_time_index();
+        seg.write_indexes(disk, dir)?;
+        st.segments.push(Segment::create(disk, dir, intent.end)?);
+    }
+    disk.remove_if_exists(&dir.join(TRUNCATION_FILE))?;
+    disk.sync_dir(dir)
 }

@@ -1,0 +1,243 @@
+//! The file-system interface the log uses, and its `std::fs` implementation.
+//!
+//! Every byte the log reads or writes and every directory change goes
+//! through [`Io`] and [`IoFile`]; nothing else in the crate touches the file
+//! system. The default is [`StdIo`]. Tests use a simulated disk (the `sim`
+//! feature) that forgets unsynced data on a simulated power loss.
+//!
+//! Durability contract the log relies on (what a POSIX file system gives):
+//! data written to a file is durable only after [`IoFile::sync_data`] on
+//! it; creating, renaming or removing a directory entry is durable only
+//! after [`Io::sync_dir`] on the directory holding the entry.
+
+use std::fmt;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::LogError;
+use crate::error::IoContext;
+
+/// How [`Io::open`] opens a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// An existing file, read-only.
+    Read,
+    /// An existing file, for reading and writing.
+    ReadWrite,
+    /// A new file for reading and writing; fails if it exists.
+    CreateNew,
+    /// Creates the file or empties an existing one, for reading and writing.
+    CreateTruncate,
+}
+
+/// An open file: positional reads and writes, length, fsync.
+pub trait IoFile: Send + Sync + fmt::Debug {
+    /// Reads exactly `buf.len()` bytes at `pos` (`UnexpectedEof` if the file
+    /// is shorter).
+    fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `pos`, extending the file if needed.
+    fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()>;
+    /// Current length of the file.
+    fn len(&self) -> io::Result<u64>;
+    /// Whether the file is empty.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+    /// Truncates or extends the file to `len` bytes.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Makes the file's data (and the metadata needed to read it, such as
+    /// its length) durable: `fdatasync`.
+    fn sync_data(&self) -> io::Result<()>;
+}
+
+/// A file system: opening files and changing directories.
+pub trait Io: Send + Sync + fmt::Debug {
+    /// Opens `path` as `mode` says.
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn IoFile>>;
+    /// Creates one directory; its parent must exist. `AlreadyExists` if it does.
+    fn create_dir(&self, path: &Path) -> io::Result<()>;
+    /// Whether `path` exists (file or directory).
+    fn exists(&self, path: &Path) -> io::Result<bool>;
+    /// Names of the entries of directory `dir`.
+    fn read_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Atomically renames `from` to `to` (replacing `to`), within one directory.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file (`NotFound` if missing). Open handles stay usable.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Makes the creations, renames and removals of entries in `dir` durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// The real file system (`std::fs`, `pread`/`pwrite`, `fdatasync`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StdIo;
+
+impl IoFile for std::fs::File {
+    fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(self, buf, pos)
+    }
+    fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(self, buf, pos)
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        std::fs::File::set_len(self, len)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        std::fs::File::sync_data(self)
+    }
+}
+
+impl Io for StdIo {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn IoFile>> {
+        let mut o = std::fs::OpenOptions::new();
+        o.read(true);
+        match mode {
+            OpenMode::Read => {}
+            OpenMode::ReadWrite => {
+                o.write(true);
+            }
+            OpenMode::CreateNew => {
+                o.write(true).create_new(true);
+            }
+            OpenMode::CreateTruncate => {
+                o.write(true).create(true).truncate(true);
+            }
+        }
+        Ok(Arc::new(o.open(path)?))
+    }
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir(path)
+    }
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        path.try_exists()
+    }
+    fn read_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        std::fs::read_dir(dir)?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect()
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        std::fs::File::open(dir)?.sync_all()
+    }
+}
+
+/// The log's handle on its file system: the [`Io`] plus the fsync counter.
+/// All helpers attach the path to errors.
+#[derive(Debug, Clone)]
+pub(crate) struct Disk {
+    pub io: Arc<dyn Io>,
+    /// Incremented before every data or directory fsync.
+    pub fsyncs: Arc<AtomicU64>,
+}
+
+impl Disk {
+    pub fn open(&self, path: &Path, mode: OpenMode) -> Result<Arc<dyn IoFile>, LogError> {
+        self.io
+            .open(path, mode)
+            .ctx(|| format!("open {}", path.display()))
+    }
+
+    /// `fdatasync` of `file` (named `path` in errors), counted.
+    pub fn sync_file(&self, file: &dyn IoFile, path: &Path) -> Result<(), LogError> {
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        file.sync_data().ctx(|| format!("fsync {}", path.display()))
+    }
+
+    /// Fsyncs a directory so created, renamed and deleted entries are
+    /// durable, counted.
+    pub fn sync_dir(&self, dir: &Path) -> Result<(), LogError> {
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.io
+            .sync_dir(dir)
+            .ctx(|| format!("fsync directory {}", dir.display()))
+    }
+
+    /// Creates `dir` and any missing parents, fsyncing the parent of every
+    /// directory created so the new entries survive a crash.
+    pub fn create_dir_all(&self, dir: &Path) -> Result<(), LogError> {
+        let mut missing = Vec::new();
+        let mut at = Some(dir);
+        while let Some(p) = at {
+            if p.as_os_str().is_empty()
+                || self.io.exists(p).ctx(|| format!("stat {}", p.display()))?
+            {
+                break;
+            }
+            missing.push(p);
+            at = p.parent();
+        }
+        for p in missing.iter().rev() {
+            match self.io.create_dir(p) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                r => r.ctx(|| format!("create directory {}", p.display()))?,
+            }
+        }
+        for p in &missing {
+            if let Some(parent) = p.parent().filter(|p| !p.as_os_str().is_empty()) {
+                self.sync_dir(parent)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn exists(&self, path: &Path) -> Result<bool, LogError> {
+        self.io
+            .exists(path)
+            .ctx(|| format!("stat {}", path.display()))
+    }
+
+    pub fn read_dir(&self, dir: &Path) -> Result<Vec<String>, LogError> {
+        self.io
+            .read_dir(dir)
+            .ctx(|| format!("list {}", dir.display()))
+    }
+
+    pub fn rename(&self, from: &Path, to: &Path) -> Result<(), LogError> {
+        self.io
+            .rename(from, to)
+            .ctx(|| format!("rename {} to {}", from.display(), to.display()))
+    }
+
+    /// Removes a file; a missing file is fine. Returns whether it existed.
+    pub fn remove_if_exists(&self, path: &Path) -> Result<bool, LogError> {
+        match self.io.remove_file(path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).ctx(|| format!("remove {}", path.display())),
+        }
+    }
+
+    /// Reads a whole file; `None` if it does not exist.
+    pub fn read_file(&self, path: &Path) -> Result<Option<Vec<u8>>, LogError> {
+        let file = match self.io.open(path, OpenMode::Read) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).ctx(|| format!("open {}", path.display())),
+        };
+        let len = file.len().ctx(|| format!("stat {}", path.display()))?;
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, 0)
+            .ctx(|| format!("read {}", path.display()))?;
+        Ok(Some(buf))
+    }
+
+    /// Writes `bytes` to `path` (replacing it) and fsyncs it. The directory
+    /// entry is durable only after the caller syncs the directory.
+    pub fn write_synced(&self, path: &Path, bytes: &[u8]) -> Result<(), LogError> {
+        let f = self.open(path, OpenMode::CreateTruncate)?;
+        f.write_all_at(bytes, 0)
+            .ctx(|| format!("write {}", path.display()))?;
+        self.sync_file(&*f, path)
+    }
+}
