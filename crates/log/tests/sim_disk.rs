@@ -1,0 +1,459 @@
+//! Durability and failure handling on the simulated disk: fsync counting
+//! and sharing, rolls that do not block appends, crash-safe truncation at
+//! every I/O step, directory fsyncs, injected I/O errors and recovery from
+//! a failed fsync.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use streambus_log::sim::{SimIo, SimOp};
+use streambus_log::{CleanupPolicy, FsyncPolicy, Log, LogConfig, LogError, OpenOptions};
+use streambus_record::{BatchIter, Compression};
+
+const DIR: &str = "/data/topic-0";
+
+fn dir() -> PathBuf {
+    PathBuf::from(DIR)
+}
+
+fn open(sim: &SimIo, config: LogConfig) -> Result<Log, LogError> {
+    Log::open_with(dir(), config, OpenOptions::new().io(Arc::new(sim.clone())))
+}
+
+fn config(fsync: FsyncPolicy) -> LogConfig {
+    LogConfig {
+        segment_bytes: 400,
+        index_interval_bytes: 64,
+        fsync,
+        ..LogConfig::default()
+    }
+}
+
+#[test]
+fn concurrent_appenders_under_always_share_fsyncs() {
+    const THREADS: usize = 8;
+    const APPENDS: usize = 25;
+    let sim = SimIo::new(1);
+    // Each data fsync takes a while, as on a real disk: appenders arriving
+    // meanwhile are covered by the next one.
+    sim.set_sync_hook(Some(Arc::new(|p: &Path| {
+        if p.extension().is_some_and(|e| e == "log") {
+            std::thread::sleep(Duration::from_millis(3));
+        }
+    })));
+    let counter = Arc::new(AtomicU64::new(0));
+    let log = Arc::new(
+        Log::open_with(
+            dir(),
+            LogConfig {
+                fsync: FsyncPolicy::Always,
+                ..LogConfig::default()
+            },
+            OpenOptions::new()
+                .io(Arc::new(sim.clone()))
+                .fsync_counter(counter.clone()),
+        )
+        .unwrap(),
+    );
+    let before = counter.load(Ordering::Relaxed);
+    assert!(before > 0, "opening fsyncs the new segment's directory");
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for i in 0..APPENDS {
+                    let info = log.append(&mut batch(&format!("t{t}-{i}"), 1, 1)).unwrap();
+                    assert!(log.durable_offset() > info.last_offset);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let fsyncs = counter.load(Ordering::Relaxed) - before;
+    let total = (THREADS * APPENDS) as u64;
+    assert_eq!(log.end_offset(), total as i64);
+    assert_eq!(log.durable_offset(), total as i64);
+    assert_eq!(log.fsyncs(), counter.load(Ordering::Relaxed));
+    // Without sharing there would be one fsync per append.
+    assert!(
+        fsyncs <= total / 2,
+        "{fsyncs} fsyncs for {total} appends: group commit does not share"
+    );
+    // Everything acknowledged is on the simulated disk.
+    drop(log);
+    sim.crash();
+    let log = open(&sim, LogConfig::default()).unwrap();
+    assert_eq!(log.end_offset(), total as i64);
+}
+
+#[test]
+fn one_fsync_counter_serves_many_logs() {
+    let sim = SimIo::new(2);
+    let counter = Arc::new(AtomicU64::new(0));
+    let opts = || {
+        OpenOptions::new()
+            .io(Arc::new(sim.clone()))
+            .fsync_counter(counter.clone())
+    };
+    let a = Log::open_with("/data/a", config(FsyncPolicy::Never), opts()).unwrap();
+    let b = Log::open_with("/data/b", config(FsyncPolicy::Never), opts()).unwrap();
+    let start = counter.load(Ordering::Relaxed);
+    a.append(&mut batch("a", 1, 1)).unwrap();
+    b.append(&mut batch("b", 1, 1)).unwrap();
+    assert_eq!(
+        counter.load(Ordering::Relaxed),
+        start,
+        "Never does not sync"
+    );
+    a.flush().unwrap();
+    b.flush().unwrap();
+    assert_eq!(counter.load(Ordering::Relaxed), start + 2);
+    assert_eq!(a.fsyncs(), b.fsyncs());
+}
+
+/// A sync hook that blocks the first sync of `target` until released.
+struct Gate {
+    armed: Arc<AtomicBool>,
+    entered: mpsc::Receiver<()>,
+    release: mpsc::Sender<()>,
+}
+
+fn gate(sim: &SimIo, target: &'static str) -> Gate {
+    let armed = Arc::new(AtomicBool::new(false));
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel::<()>();
+    let entered_tx = Mutex::new(entered_tx);
+    let release_rx = Mutex::new(release_rx);
+    let a = armed.clone();
+    sim.set_sync_hook(Some(Arc::new(move |p: &Path| {
+        if p.ends_with(target) && a.swap(false, Ordering::SeqCst) {
+            entered_tx.lock().unwrap().send(()).unwrap();
+            release_rx.lock().unwrap().recv().unwrap();
+        }
+    })));
+    Gate {
+        armed,
+        entered,
+        release,
+    }
+}
+
+#[test]
+fn appends_and_reads_proceed_while_a_roll_fsyncs_the_sealed_segment() {
+    let sim = SimIo::new(3);
+    let gate = gate(&sim, "00000000000000000000.log");
+    let log = Arc::new(open(&sim, config(FsyncPolicy::Never)).unwrap());
+    log.append(&mut batch("first", 3, 1)).unwrap();
+    gate.armed.store(true, Ordering::SeqCst);
+    // Fill the first segment until an append rolls; that append blocks in
+    // the fsync of the sealed segment.
+    let roller = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            while log.segment_count() < 2 {
+                log.append(&mut batch("fill", 3, 1)).unwrap();
+            }
+        })
+    };
+    gate.entered
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the roll fsyncs the sealed segment");
+    let sealed_end = log.end_offset();
+    assert_eq!(log.segment_count(), 2);
+    assert!(
+        log.durable_offset() < sealed_end,
+        "nothing is durable while the sealed segment's fsync is in progress"
+    );
+    // Appends and reads are not blocked by that fsync.
+    let (done_tx, done) = mpsc::channel();
+    {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let r = log.read(0, 1 << 20, None).unwrap();
+            assert!(!r.data.is_empty());
+            let info = log.append(&mut batch("during-roll", 2, 1)).unwrap();
+            let r = log.read(info.base_offset, 1 << 20, None).unwrap();
+            let (h, _) = BatchIter::new(&r.data).next().unwrap().unwrap();
+            assert_eq!(h.base_offset, info.base_offset);
+            done_tx.send(info).unwrap();
+        });
+    }
+    let info = done
+        .recv_timeout(Duration::from_secs(20))
+        .expect("append and read finish while the roll's fsync is blocked");
+    // A flush cannot claim durability before the roll's fsync finished.
+    let (flushed_tx, flushed) = mpsc::channel();
+    {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            log.flush().unwrap();
+            flushed_tx.send(log.durable_offset()).unwrap();
+        });
+    }
+    assert!(flushed.recv_timeout(Duration::from_millis(200)).is_err());
+    assert!(log.durable_offset() < sealed_end);
+    gate.release.send(()).unwrap();
+    roller.join().unwrap();
+    let durable = flushed.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert!(durable > info.last_offset);
+    let names = sim.list(&dir());
+    assert!(
+        !names.iter().any(|n| n.ends_with(".rolling")),
+        "the roll finished: {names:?}"
+    );
+    // Everything survives a power loss now.
+    let end = log.end_offset();
+    drop(log);
+    sim.crash();
+    let log = open(&sim, config(FsyncPolicy::Never)).unwrap();
+    assert_eq!(log.end_offset(), end);
+}
+
+/// A log with several sealed segments, one of them compacted (gaps in its
+/// offsets), and an active segment; everything durable.
+fn build_compacted_log(sim: &SimIo) -> Log {
+    let config = LogConfig {
+        cleanup_policy: CleanupPolicy::Compact,
+        ..config(FsyncPolicy::Never)
+    };
+    let log = open(sim, config).unwrap();
+    for i in 0..14 {
+        let key = if i % 2 == 0 { "same" } else { "other" };
+        let b = batch_of(
+            Compression::None,
+            &[
+                record(Some(key), Some(&format!("v{i}a")), 1),
+                record(Some(&format!("u{i}")), Some("x"), 1),
+                record(Some(key), Some(&format!("v{i}b")), 1),
+            ],
+        );
+        log.append(&mut b.clone()).unwrap();
+    }
+    let outcome = log.compact(10).unwrap();
+    assert!(outcome.records_removed > 0);
+    log.flush().unwrap();
+    assert!(log.segment_count() >= 3);
+    log
+}
+
+fn snapshot(log: &Log) -> (Vec<(i64, String)>, i64) {
+    (values(&read_all(log)), log.end_offset())
+}
+
+#[test]
+fn truncation_is_crash_safe_at_every_io_step() {
+    let probe = SimIo::new(0);
+    let log = build_compacted_log(&probe);
+    let all = read_all(&log);
+    let (old, old_end) = snapshot(&log);
+    // Cuts: inside a batch of a compacted sealed segment, at a gap left by
+    // compaction, at a segment boundary, inside the active segment.
+    let offsets: Vec<i64> = all.iter().map(|r| r.offset).collect();
+    let gap = (1..old_end)
+        .find(|o| !offsets.contains(o))
+        .expect("compaction left a gap");
+    let cuts = [4, gap, 9, old_end - 2, 0];
+    drop(log);
+    for cut in cuts {
+        // The expected outcome and the number of I/O steps, without a crash.
+        let sim = SimIo::new(0);
+        let log = build_compacted_log(&sim);
+        let before = sim.mutations();
+        log.truncate_to(cut).unwrap();
+        let steps = sim.mutations() - before;
+        let truncated = snapshot(&log);
+        assert!(truncated.1 <= cut && truncated.1 < old_end);
+        drop(log);
+        let log = open(&sim, config(FsyncPolicy::Never)).unwrap();
+        assert_eq!(snapshot(&log), truncated, "truncation survives a reopen");
+        drop(log);
+        for k in 0..=steps {
+            let sim = SimIo::new(k * 31 + cut as u64).with_sector_size(64);
+            let log = build_compacted_log(&sim);
+            sim.crash_after(k);
+            let result = log.truncate_to(cut);
+            assert_eq!(result.is_err(), k < steps, "cut {cut} crash after {k}");
+            sim.cancel_crash();
+            drop(log);
+            sim.power_loss();
+            sim.restart();
+            let log = open(&sim, config(FsyncPolicy::Never))
+                .unwrap_or_else(|e| panic!("cut {cut}, crash after {k}: {e}"));
+            let got = snapshot(&log);
+            assert!(
+                got == (old.clone(), old_end) || got == truncated,
+                "cut {cut}, crash after step {k} of {steps}: got {got:?}"
+            );
+            // The log works afterwards, and a repeated truncation gives the
+            // truncated log.
+            log.truncate_to(cut.min(log.end_offset())).unwrap();
+            assert_eq!(snapshot(&log), truncated);
+            let info = log.append(&mut batch("after", 1, 1)).unwrap();
+            assert_eq!(info.base_offset, truncated.1);
+            drop(log);
+            sim.crash();
+            let log = open(&sim, config(FsyncPolicy::Never)).unwrap();
+            assert!(log.end_offset() >= truncated.1);
+        }
+    }
+}
+
+#[test]
+fn creating_the_log_directory_syncs_its_parents() {
+    for seed in 0..20 {
+        let sim = SimIo::new(seed);
+        let log = Log::open_with(
+            "/srv/streambus/topic-3",
+            config(FsyncPolicy::Always),
+            OpenOptions::new().io(Arc::new(sim.clone())),
+        )
+        .unwrap();
+        log.append(&mut batch("x", 1, 1)).unwrap();
+        drop(log);
+        sim.crash();
+        let names = sim.list(Path::new("/srv/streambus/topic-3"));
+        assert!(
+            names.contains(&"00000000000000000000.log".to_string()),
+            "seed {seed}: {names:?}"
+        );
+        let log = Log::open_with(
+            "/srv/streambus/topic-3",
+            config(FsyncPolicy::Always),
+            OpenOptions::new().io(Arc::new(sim.clone())),
+        )
+        .unwrap();
+        assert_eq!(log.end_offset(), 1, "seed {seed}");
+    }
+    // A failed directory fsync fails the open.
+    let sim = SimIo::new(1);
+    sim.fail_next(SimOp::SyncDir, "/srv");
+    let err = Log::open_with(
+        "/srv/p",
+        config(FsyncPolicy::Always),
+        OpenOptions::new().io(Arc::new(sim.clone())),
+    )
+    .unwrap_err();
+    assert!(matches!(err, LogError::Io { .. }), "{err}");
+}
+
+#[test]
+fn unreadable_or_corrupt_checkpoint_is_an_error_not_absent() {
+    let sim = SimIo::new(4);
+    let log = open(
+        &sim,
+        LogConfig {
+            retention_bytes: Some(1),
+            ..config(FsyncPolicy::Never)
+        },
+    )
+    .unwrap();
+    for i in 0..10 {
+        log.append(&mut batch(&format!("b{i}"), 3, 1)).unwrap();
+    }
+    assert!(log.apply_retention(0).unwrap().segments_deleted > 0);
+    let start = log.log_start_offset();
+    drop(log);
+    let checkpoint = dir().join("log-start-offset.checkpoint");
+    let good = sim.contents(&checkpoint).unwrap();
+
+    sim.fail_next(SimOp::Open, "log-start-offset.checkpoint");
+    let err = open(&sim, config(FsyncPolicy::Never)).unwrap_err();
+    assert!(
+        matches!(&err, LogError::Io { context, .. } if context.contains("checkpoint")),
+        "{err}"
+    );
+
+    sim.set_contents(&checkpoint, b"0\nnot a number\n").unwrap();
+    let err = open(&sim, config(FsyncPolicy::Never)).unwrap_err();
+    assert!(
+        matches!(&err, LogError::Corrupt { file, .. } if file == &checkpoint),
+        "{err}"
+    );
+
+    sim.set_contents(&checkpoint, &good).unwrap();
+    let log = open(&sim, config(FsyncPolicy::Never)).unwrap();
+    assert_eq!(log.log_start_offset(), start);
+}
+
+#[test]
+fn a_failed_write_is_undone_and_a_failed_undo_fails_the_log() {
+    let sim = SimIo::new(5);
+    let log = open(&sim, config(FsyncPolicy::Never)).unwrap();
+    log.append(&mut batch("a", 1, 1)).unwrap();
+    let size = log.size_bytes();
+    // The write fails, the partial batch is cut off, the log goes on.
+    sim.fail_next(SimOp::Write, ".log");
+    assert!(matches!(
+        log.append(&mut batch("b", 1, 1)),
+        Err(LogError::Io { .. })
+    ));
+    assert_eq!(log.failure(), None);
+    assert_eq!(log.size_bytes(), size);
+    let seg = dir().join("00000000000000000000.log");
+    assert_eq!(sim.contents(&seg).unwrap().len() as u64, size);
+    assert_eq!(log.append(&mut batch("c", 1, 1)).unwrap().base_offset, 1);
+    // The write fails and cutting it off fails too: the file may hold a
+    // partial batch, so the log is failed.
+    sim.fail_next(SimOp::Write, ".log");
+    sim.fail_next(SimOp::SetLen, ".log");
+    assert!(log.append(&mut batch("d", 1, 1)).is_err());
+    assert!(log.failure().is_some());
+    assert!(matches!(
+        log.append(&mut batch("e", 1, 1)),
+        Err(LogError::Failed(_))
+    ));
+    drop(log);
+    let log = open(&sim, config(FsyncPolicy::Never)).unwrap();
+    assert_eq!(
+        values(&read_all(&log)),
+        vec![(0, "a-0".into()), (1, "c-0".into())]
+    );
+}
+
+#[test]
+fn a_failed_fsync_fails_the_log_until_it_is_reopened() {
+    for power_loss in [false, true] {
+        let sim = SimIo::new(6).with_sector_size(16);
+        let log = open(&sim, config(FsyncPolicy::Always)).unwrap();
+        for i in 0..5 {
+            log.append(&mut batch(&format!("acked{i}"), 2, 1)).unwrap();
+        }
+        let acked = values(&read_all(&log));
+        sim.fail_next(SimOp::SyncData, ".log");
+        let err = log.append(&mut batch("unacked", 2, 1)).unwrap_err();
+        assert!(matches!(err, LogError::Io { .. }), "{err}");
+        let reason = log.failure().expect("the log is failed");
+        assert!(reason.contains("fsync"), "{reason}");
+        assert!(matches!(
+            log.append(&mut batch("refused", 1, 1)),
+            Err(LogError::Failed(_))
+        ));
+        assert!(matches!(log.flush(), Err(LogError::Failed(_))));
+        // Reopen without restarting the process (optionally after the
+        // machine lost power too).
+        drop(log);
+        if power_loss {
+            sim.crash();
+        }
+        let log = open(&sim, config(FsyncPolicy::Always)).unwrap();
+        assert_eq!(log.failure(), None);
+        let got = values(&read_all(&log));
+        assert_eq!(&got[..acked.len()], &acked[..], "acknowledged data kept");
+        let rest = &got[acked.len()..];
+        assert!(
+            rest.is_empty() || rest == [(10, "unacked-0".into()), (11, "unacked-1".into())],
+            "the unacknowledged batch is there whole or not at all: {rest:?}"
+        );
+        let info = log.append(&mut batch("again", 1, 1)).unwrap();
+        assert_eq!(info.base_offset, got.len() as i64);
+        assert_eq!(log.durable_offset(), info.last_offset + 1);
+    }
+}
