@@ -7,7 +7,7 @@ use crate::codec::compress;
 use crate::header::{
     CRC, Compression, HEADER_SIZE, LOG_OVERHEAD, MAGIC, NO_PRODUCER_ID, NO_TIMESTAMP, compute_crc,
 };
-use crate::records::{DecodedRecord, Header, decoded, open_batch, walk_records};
+use crate::records::{DecodedRecord, Header, check_timestamp, decoded, open_batch, walk_records};
 use crate::varint::{put_varint, put_varlong};
 
 /// A record to be appended: key, value, headers and a CreateTime timestamp.
@@ -28,6 +28,13 @@ pub struct Record {
 /// The batch is built with `baseOffset` 0 and `partitionLeaderEpoch` -1;
 /// the log assigns both on append. Offset deltas are 0..n-1 and the base
 /// timestamp is the first record's timestamp.
+///
+/// Timestamps must be -1 (none) or non-negative
+/// ([`crate::timestamp_in_range`]), and each record's distance from the
+/// first record's timestamp must fit an `i64`. [`BatchBuilder::try_push`]
+/// refuses other records; [`BatchBuilder::push`] accepts them but marks the
+/// builder invalid: [`BatchBuilder::try_build`] then returns the error and
+/// [`BatchBuilder::build`] a batch that [`crate::validate_batch`] rejects.
 #[derive(Debug, Clone)]
 pub struct BatchBuilder {
     compression: Compression,
@@ -39,6 +46,8 @@ pub struct BatchBuilder {
     count: i32,
     base_timestamp: i64,
     max_timestamp: i64,
+    /// The first record refused by `push`.
+    error: Option<RecordError>,
 }
 
 impl BatchBuilder {
@@ -54,6 +63,7 @@ impl BatchBuilder {
             count: 0,
             base_timestamp: NO_TIMESTAMP,
             max_timestamp: NO_TIMESTAMP,
+            error: None,
         }
     }
 
@@ -70,13 +80,43 @@ impl BatchBuilder {
         self
     }
 
-    /// Appends a record; its offset delta is the number of records pushed before it.
+    /// Appends a record; its offset delta is the number of records pushed
+    /// before it. A record with an out-of-range timestamp is still counted,
+    /// but makes the batch invalid (see the type docs); use
+    /// [`BatchBuilder::try_push`] to refuse it instead.
     pub fn push(&mut self, record: &Record) {
-        if self.count == 0 {
-            self.base_timestamp = record.timestamp_ms;
-            self.max_timestamp = record.timestamp_ms;
+        if let Err(e) = self.try_push(record) {
+            self.error.get_or_insert(e);
+            // Keep the record count right; the batch is invalid anyway.
+            self.encode(record, 0);
         }
-        self.max_timestamp = self.max_timestamp.max(record.timestamp_ms);
+    }
+
+    /// Appends a record, or refuses it (leaving the builder unchanged) if
+    /// its timestamp is out of range or too far from the first record's.
+    pub fn try_push(&mut self, record: &Record) -> Result<(), RecordError> {
+        let ts = record.timestamp_ms;
+        check_timestamp(ts, "record timestamp")?;
+        let base = if self.count == 0 {
+            ts
+        } else {
+            self.base_timestamp
+        };
+        let delta = ts.checked_sub(base).ok_or_else(|| {
+            RecordError::InvalidTimestamps(format!(
+                "record timestamp {ts} is too far from the batch's first timestamp {base}"
+            ))
+        })?;
+        if self.count == 0 {
+            self.base_timestamp = ts;
+            self.max_timestamp = ts;
+        }
+        self.max_timestamp = self.max_timestamp.max(ts);
+        self.encode(record, delta);
+        Ok(())
+    }
+
+    fn encode(&mut self, record: &Record, timestamp_delta: i64) {
         let mut headers = Vec::new();
         put_varint(&mut headers, record.headers.len() as i32);
         for h in &record.headers {
@@ -86,7 +126,7 @@ impl BatchBuilder {
         encode_record(
             &mut self.records,
             &mut self.scratch,
-            record.timestamp_ms.wrapping_sub(self.base_timestamp),
+            timestamp_delta,
             self.count,
             record.key.as_deref(),
             record.value.as_deref(),
@@ -111,14 +151,31 @@ impl BatchBuilder {
         HEADER_SIZE + self.records.len()
     }
 
-    /// Encodes the batch: header with CRC filled, then the (possibly
-    /// compressed) records. An empty builder gives a batch that
+    /// Encodes the batch, or returns why a pushed record was refused (see
+    /// [`BatchBuilder::push`]). An empty builder gives a batch that
     /// [`crate::validate_batch`] rejects.
+    pub fn try_build(&self) -> Result<Bytes, RecordError> {
+        match &self.error {
+            Some(e) => Err(e.clone()),
+            None => Ok(self.build()),
+        }
+    }
+
+    /// Encodes the batch: header with CRC filled, then the (possibly
+    /// compressed) records. An empty builder, or one that was pushed a
+    /// record with an out-of-range timestamp, gives a batch that
+    /// [`crate::validate_batch`] rejects (the latter with
+    /// [`RecordError::InvalidTimestamps`], as the first timestamp is then
+    /// written as `i64::MIN`).
     pub fn build(&self) -> Bytes {
         let header = Frame {
             attributes: i16::from(self.compression.codec_id()),
             last_offset_delta: (self.count - 1).max(0),
-            first_timestamp: self.base_timestamp,
+            first_timestamp: if self.error.is_some() {
+                i64::MIN
+            } else {
+                self.base_timestamp
+            },
             max_timestamp: self.max_timestamp,
             producer_id: self.producer_id,
             producer_epoch: self.producer_epoch,
@@ -255,7 +312,11 @@ pub fn retain_records(
         let delta = if log_append_time {
             rec.timestamp_delta
         } else {
-            ts - first_ts
+            ts.checked_sub(first_ts).ok_or_else(|| {
+                RecordError::InvalidTimestamps(format!(
+                    "kept record timestamp {ts} is too far from the first kept one {first_ts}"
+                ))
+            })?
         };
         encode_record(
             &mut records,

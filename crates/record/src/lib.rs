@@ -33,7 +33,7 @@ pub use header::{
     set_base_offset, set_partition_leader_epoch,
 };
 pub use iter::BatchIter;
-pub use records::{DecodedRecord, Header, decode_records, validate_batch};
+pub use records::{DecodedRecord, Header, decode_records, timestamp_in_range, validate_batch};
 pub use varint::{get_varint, get_varlong, put_varint, put_varlong};
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use crate::RecordError;
 use crate::codec::decompress;
-use crate::header::{BatchHeader, Compression, HEADER_SIZE, compute_crc};
+use crate::header::{BatchHeader, Compression, HEADER_SIZE, NO_TIMESTAMP, compute_crc};
 use crate::varint::{get_varint, get_varlong};
 
 /// One header of a record: a UTF-8 key and an optional value.
@@ -34,12 +34,45 @@ pub struct DecodedRecord {
     pub headers: Vec<Header>,
 }
 
+/// Whether `ts` is an acceptable timestamp: [`NO_TIMESTAMP`] (-1) or a
+/// non-negative number of milliseconds since the Unix epoch. Kafka's
+/// producer refuses negative timestamps ("Timestamp should always be
+/// non-negative or null"), and -1 is the wire's "no timestamp".
+pub fn timestamp_in_range(ts: i64) -> bool {
+    ts == NO_TIMESTAMP || ts >= 0
+}
+
+pub(crate) fn check_timestamp(ts: i64, what: &str) -> Result<(), RecordError> {
+    if timestamp_in_range(ts) {
+        Ok(())
+    } else {
+        Err(RecordError::InvalidTimestamps(format!(
+            "{what} {ts} is out of range (must be -1 for none, or at least 0)"
+        )))
+    }
+}
+
+/// `first + delta` for a record timestamp, refusing overflow and values out
+/// of range.
+pub(crate) fn record_timestamp(first: i64, delta: i64) -> Result<i64, RecordError> {
+    let ts = first.checked_add(delta).ok_or_else(|| {
+        RecordError::InvalidTimestamps(format!(
+            "record timestamp overflows: firstTimestamp {first} + timestampDelta {delta}"
+        ))
+    })?;
+    check_timestamp(ts, "record timestamp")?;
+    Ok(ts)
+}
+
 /// Byte ranges of one record within a records section.
 #[derive(Debug, Clone)]
 pub(crate) struct RawRecord {
     /// The whole record including its length prefix.
     pub raw: Range<usize>,
     pub timestamp_delta: i64,
+    /// `firstTimestamp + timestampDelta`, range-checked by [`walk_records`]
+    /// (0 until then and for LogAppendTime batches).
+    pub timestamp_ms: i64,
     pub offset_delta: i32,
     pub key: Option<Range<usize>>,
     pub value: Option<Range<usize>>,
@@ -128,6 +161,7 @@ pub(crate) fn next_record(buf: &[u8], pos: &mut usize) -> Result<RawRecord, Reco
     Ok(RawRecord {
         raw: start..end,
         timestamp_delta,
+        timestamp_ms: 0,
         offset_delta,
         key,
         value,
@@ -219,6 +253,11 @@ pub(crate) fn walk_records(
     let mut count: i32 = 0;
     let mut prev_delta: i64 = -1;
     let mut max_ts = i64::MIN;
+    let create_time = !header.is_log_append_time();
+    if create_time {
+        check_timestamp(header.first_timestamp, "firstTimestamp")?;
+    }
+    check_timestamp(header.max_timestamp, "maxTimestamp")?;
     while pos < section.len() {
         if count == header.record_count {
             return Err(RecordError::RecordCountMismatch {
@@ -226,7 +265,7 @@ pub(crate) fn walk_records(
                 actual: count.saturating_add(1),
             });
         }
-        let rec = next_record(section, &mut pos)?;
+        let mut rec = next_record(section, &mut pos)?;
         let delta = i64::from(rec.offset_delta);
         if delta <= prev_delta {
             return Err(RecordError::Malformed(format!(
@@ -240,7 +279,10 @@ pub(crate) fn walk_records(
             )));
         }
         prev_delta = delta;
-        max_ts = max_ts.max(header.first_timestamp.wrapping_add(rec.timestamp_delta));
+        if create_time {
+            rec.timestamp_ms = record_timestamp(header.first_timestamp, rec.timestamp_delta)?;
+            max_ts = max_ts.max(rec.timestamp_ms);
+        }
         count += 1;
         f(&rec);
     }
@@ -253,7 +295,7 @@ pub(crate) fn walk_records(
     if count == 0 {
         return Err(RecordError::Malformed("record batch has no records".into()));
     }
-    if !header.is_log_append_time() {
+    if create_time {
         if header.max_timestamp < header.first_timestamp {
             return Err(RecordError::InvalidTimestamps(format!(
                 "maxTimestamp {} is before firstTimestamp {}",
@@ -275,7 +317,11 @@ pub(crate) fn walk_records(
 /// records that decode (after decompression) to exactly `recordCount`
 /// records with strictly increasing offset deltas no larger than
 /// `lastOffsetDelta`. For CreateTime batches `maxTimestamp` must equal the
-/// largest record timestamp and must not be before `firstTimestamp`.
+/// largest record timestamp and must not be before `firstTimestamp`, and
+/// every timestamp (`firstTimestamp`, `maxTimestamp`, each
+/// `firstTimestamp + timestampDelta`, computed without overflow) must be -1
+/// or non-negative ([`timestamp_in_range`]); for LogAppendTime batches
+/// `maxTimestamp` must be.
 /// Batches with no records are rejected.
 pub fn validate_batch(buf: &[u8]) -> Result<BatchHeader, RecordError> {
     let header = check_frame(buf)?;
@@ -307,7 +353,7 @@ pub(crate) fn decoded(header: &BatchHeader, section: &Bytes, rec: &RawRecord) ->
         timestamp_ms: if header.is_log_append_time() {
             header.max_timestamp
         } else {
-            header.first_timestamp.wrapping_add(rec.timestamp_delta)
+            rec.timestamp_ms
         },
         key: rec.key.clone().map(|r| section.slice(r)),
         value: rec.value.clone().map(|r| section.slice(r)),

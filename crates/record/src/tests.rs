@@ -293,3 +293,111 @@ fn batch_iter_reports_a_bad_header() {
     assert_eq!(it.next().unwrap().unwrap_err(), RecordError::BadMagic(9));
     assert!(it.next().is_none());
 }
+
+fn invalid_ts<T: std::fmt::Debug>(r: Result<T, RecordError>) -> String {
+    match r {
+        Err(RecordError::InvalidTimestamps(m)) => m,
+        other => panic!("expected InvalidTimestamps, got {other:?}"),
+    }
+}
+
+#[test]
+fn builder_refuses_out_of_range_timestamps_without_overflow() {
+    let mut b = BatchBuilder::new(Compression::None);
+    for ts in [i64::MIN, -2, i64::MIN + 1] {
+        let m = invalid_ts(b.try_push(&rec(None, Some("x"), ts)));
+        assert!(m.contains("out of range"), "{m}");
+    }
+    assert!(b.is_empty(), "refused records leave the builder unchanged");
+    // Extremes that are in range, mixed in one batch: deltas i64::MIN..=MAX.
+    for ts in [i64::MAX, 0, -1, i64::MAX, 1] {
+        b.try_push(&rec(None, Some("x"), ts)).unwrap();
+    }
+    let batch = b.try_build().unwrap();
+    let h = validate_batch(&batch).unwrap();
+    assert_eq!((h.first_timestamp, h.max_timestamp), (i64::MAX, i64::MAX));
+    let got: Vec<i64> = decode_records(&batch)
+        .unwrap()
+        .iter()
+        .map(|r| r.timestamp_ms)
+        .collect();
+    assert_eq!(got, [i64::MAX, 0, -1, i64::MAX, 1]);
+    // -1 first, then i64::MAX: the delta does not fit an i64.
+    let mut b = BatchBuilder::new(Compression::None);
+    b.try_push(&rec(None, Some("x"), -1)).unwrap();
+    let m = invalid_ts(b.try_push(&rec(None, Some("y"), i64::MAX)));
+    assert!(m.contains("too far"), "{m}");
+    assert_eq!(b.len(), 1);
+    assert!(validate_batch(&b.build()).is_ok());
+}
+
+#[test]
+fn push_of_an_out_of_range_timestamp_gives_a_batch_that_is_rejected() {
+    for bad in [
+        vec![i64::MIN],
+        vec![5, -7],
+        vec![-1, i64::MAX],
+        vec![i64::MAX, i64::MIN],
+    ] {
+        let mut b = BatchBuilder::new(Compression::Lz4);
+        for &ts in &bad {
+            b.push(&rec(Some("k"), Some("v"), ts));
+        }
+        assert_eq!(b.len(), bad.len());
+        invalid_ts(b.try_build());
+        let batch = b.build();
+        let m = invalid_ts(validate_batch(&batch));
+        assert!(m.contains("out of range"), "{bad:?}: {m}");
+        invalid_ts(decode_records(&batch));
+    }
+}
+
+#[test]
+fn wire_timestamps_that_overflow_or_are_negative_are_rejected() {
+    let base = batch(
+        Compression::None,
+        &[rec(None, Some("a"), 0), rec(None, Some("b"), 5)],
+    );
+    let patch = |first: i64, max: i64| {
+        let mut b = base.clone();
+        b[27..35].copy_from_slice(&first.to_be_bytes());
+        b[35..43].copy_from_slice(&max.to_be_bytes());
+        recrc(&mut b);
+        b
+    };
+    // firstTimestamp + timestampDelta (5) overflows.
+    let m = invalid_ts(validate_batch(&patch(i64::MAX, i64::MAX)));
+    assert!(m.contains("overflows"), "{m}");
+    invalid_ts(decode_records(&patch(i64::MAX - 4, i64::MAX)));
+    // Negative timestamps other than -1.
+    invalid_ts(validate_batch(&patch(-3, 2)));
+    invalid_ts(validate_batch(&patch(i64::MIN, i64::MIN + 5)));
+    invalid_ts(validate_batch(&patch(0, -2)));
+    // The largest valid values are fine.
+    assert!(validate_batch(&patch(i64::MAX - 5, i64::MAX)).is_ok());
+    assert!(validate_batch(&patch(-1, 4)).is_ok());
+}
+
+#[test]
+fn retain_records_refuses_a_timestamp_delta_that_does_not_fit() {
+    let b = batch(
+        Compression::None,
+        &[
+            rec(Some("a"), Some("1"), 0),
+            rec(Some("b"), Some("2"), -1),
+            rec(Some("c"), Some("3"), i64::MAX),
+        ],
+    );
+    validate_batch(&b).unwrap();
+    // Without the first record the base would be -1 and the next delta
+    // i64::MAX + 1.
+    invalid_ts(retain_records(&b, |r| r.offset != 0));
+    // Dropping another record is fine.
+    let kept = retain_records(&b, |r| r.offset != 1).unwrap().unwrap();
+    let got: Vec<i64> = decode_records(&kept)
+        .unwrap()
+        .iter()
+        .map(|r| r.timestamp_ms)
+        .collect();
+    assert_eq!(got, [0, i64::MAX]);
+}
