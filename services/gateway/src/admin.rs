@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 
 use crate::metadata::unknown_partition;
 use crate::metrics::Metrics;
-use crate::router::Router;
+use crate::router::{self, CallPolicy, Router};
 
 /// How long offset lookups may retry through leader moves.
 const OFFSETS_TIMEOUT: Duration = Duration::from_secs(10);
@@ -69,9 +69,9 @@ impl AdminApi {
                 };
                 let deadline = tokio::time::Instant::now() + OFFSETS_TIMEOUT;
                 let r = router
-                    .call(&topic, partition, deadline, |mut c| {
+                    .call(&topic, partition, CallPolicy::read(deadline), |mut c, t| {
                         let request = request.clone();
-                        async move { c.list_offsets(request).await }
+                        async move { c.list_offsets(router::request(request, t)).await }
                     })
                     .await?;
                 Ok::<_, Error>(PartitionOffsets {

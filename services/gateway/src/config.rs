@@ -22,6 +22,32 @@ pub struct GatewayConfig {
     /// Responses a subscription may have queued per partition before the
     /// gateway stops fetching for it.
     pub subscribe_buffer: usize,
+    /// Appends to storage nodes the whole gateway may have in flight, over
+    /// every request and stream and every acks mode (an `ACKS_NONE` write
+    /// counts until the storage node answers). At the limit, produce
+    /// streams stop reading and unary produce waits (until its timeout,
+    /// then `OVERLOADED`).
+    pub max_in_flight_writes: usize,
+    /// Batch bytes the whole gateway may have in flight to storage nodes;
+    /// the same rules as `max_in_flight_writes`.
+    pub max_in_flight_bytes: usize,
+    /// Batches one unary `Produce` request may carry.
+    pub max_batches_per_request: usize,
+    /// Records one unary `Produce` request (all its batches together) or
+    /// one `ProduceStream` message may carry.
+    pub max_records_per_request: usize,
+    /// Bytes the whole gateway may hold decompressing stored batches to
+    /// decode them for consumers (`encoded = false`). Past it a fetch waits
+    /// briefly, then fails with `OVERLOADED`; a subscription waits and
+    /// retries.
+    pub decompression_budget_bytes: usize,
+    /// How long one call to a storage node may take (on top of a
+    /// long-poll's own wait) before it is abandoned with `TIMEOUT`, so a
+    /// stuck storage node cannot hold producers or in-flight capacity.
+    pub storage_call_timeout_ms: u64,
+    /// How long the gateway may go without hearing from a controller
+    /// before it reports itself not ready (`/readyz`, gRPC health).
+    pub metadata_staleness_ms: u64,
 }
 
 impl Default for GatewayConfig {
@@ -33,6 +59,91 @@ impl Default for GatewayConfig {
             max_in_flight_per_stream: 64,
             max_fetch_wait_ms: 30_000,
             subscribe_buffer: 4,
+            max_in_flight_writes: 4096,
+            max_in_flight_bytes: 256 * 1024 * 1024,
+            max_batches_per_request: 1000,
+            max_records_per_request: 100_000,
+            decompression_budget_bytes: 256 * 1024 * 1024,
+            storage_call_timeout_ms: 10_000,
+            metadata_staleness_ms: 10_000,
         }
+    }
+}
+
+impl GatewayConfig {
+    /// Checks the settings that have no usable zero or minimum.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("max_in_flight_writes", self.max_in_flight_writes as u64),
+            ("max_in_flight_bytes", self.max_in_flight_bytes as u64),
+            (
+                "max_batches_per_request",
+                self.max_batches_per_request as u64,
+            ),
+            (
+                "max_records_per_request",
+                self.max_records_per_request as u64,
+            ),
+            (
+                "decompression_budget_bytes",
+                self.decompression_budget_bytes as u64,
+            ),
+            ("storage_call_timeout_ms", self.storage_call_timeout_ms),
+            ("metadata_staleness_ms", self.metadata_staleness_ms),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(format!("gateway.{name} must be positive"));
+            }
+        }
+        // One largest message must fit, or such a batch could never be sent.
+        if self.max_in_flight_bytes < crate::MAX_MESSAGE_BYTES {
+            return Err(format!(
+                "gateway.max_in_flight_bytes ({}) must be at least the largest message ({} bytes)",
+                self.max_in_flight_bytes,
+                crate::MAX_MESSAGE_BYTES
+            ));
+        }
+        if self.decompression_budget_bytes < streambus_record::MAX_DECOMPRESSED_SIZE {
+            return Err(format!(
+                "gateway.decompression_budget_bytes ({}) must be at least the largest decompressed batch ({} bytes)",
+                self.decompression_budget_bytes,
+                streambus_record::MAX_DECOMPRESSED_SIZE
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_zero_limits_are_not() {
+        GatewayConfig::default().validate().unwrap();
+        let c = GatewayConfig {
+            max_batches_per_request: 0,
+            ..GatewayConfig::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .contains("max_batches_per_request")
+        );
+        let c = GatewayConfig {
+            max_in_flight_bytes: 1024,
+            ..GatewayConfig::default()
+        };
+        assert!(c.validate().unwrap_err().contains("max_in_flight_bytes"));
+        let c = GatewayConfig {
+            decompression_budget_bytes: 1024,
+            ..GatewayConfig::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .contains("decompression_budget_bytes")
+        );
     }
 }

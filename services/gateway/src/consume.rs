@@ -11,22 +11,28 @@ use streambus_proto::internal::{
 };
 use streambus_proto::v1::consume_service_server::ConsumeService;
 use streambus_proto::v1::{
-    ConsumedRecord, FetchRequest, FetchResponse, Header, StartPosition, SubscribeRequest,
-    SubscribeResponse, start_position,
+    FetchRequest, FetchResponse, StartPosition, SubscribeRequest, SubscribeResponse, start_position,
 };
 use streambus_proto::{Error, Reason};
+use streambus_service::budget::MemoryBudget;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::decode::decode_within;
 use crate::metadata::unknown_partition;
 use crate::metrics::Metrics;
-use crate::router::Router;
+use crate::router::{self, CallPolicy, Router};
 
 const DEFAULT_MAX_BYTES: u32 = 1024 * 1024;
 const DEFAULT_SUBSCRIBE_WAIT_MS: u32 = 500;
 /// How long partition lookups may retry through leader moves.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a decode may wait for room in the decompression budget.
+const BUDGET_WAIT: Duration = Duration::from_millis(500);
+/// How long a subscription pauses before fetching again after the
+/// decompression budget was spent.
+const BUDGET_RETRY: Duration = Duration::from_millis(100);
 
 /// Implements `streambus.v1.ConsumeService`.
 #[derive(Clone)]
@@ -35,45 +41,13 @@ pub struct ConsumeApi {
     pub(crate) metrics: Metrics,
     pub(crate) max_wait: Duration,
     pub(crate) buffer: usize,
+    /// Shared by every decode of the gateway.
+    pub(crate) budget: MemoryBudget,
     /// Turns true when the gateway drains: subscriptions end.
     pub(crate) draining: tokio::sync::watch::Receiver<bool>,
 }
 
-/// Decodes the records at or after `from` in concatenated batches.
-pub fn decode(batches: &[u8], from: i64) -> Result<Vec<ConsumedRecord>, Error> {
-    let mut out = Vec::new();
-    for item in streambus_record::BatchIter::new(batches) {
-        let (_, batch) = item.map_err(|e| {
-            Error::new(
-                Reason::CorruptLog,
-                format!("stored batch does not decode: {e}"),
-            )
-        })?;
-        let records = streambus_record::decode_records(batch).map_err(|e| {
-            Error::new(
-                Reason::CorruptLog,
-                format!("stored batch does not decode: {e}"),
-            )
-        })?;
-        out.extend(records.into_iter().filter(|r| r.offset >= from).map(|r| {
-            ConsumedRecord {
-                offset: r.offset,
-                timestamp_ms: r.timestamp_ms,
-                key: r.key,
-                value: r.value,
-                headers: r
-                    .headers
-                    .into_iter()
-                    .map(|h| Header {
-                        key: h.key,
-                        value: h.value,
-                    })
-                    .collect(),
-            }
-        }));
-    }
-    Ok(out)
-}
+pub use crate::decode::decode;
 
 fn pref(topic: &str, partition: u32) -> Option<PartitionRef> {
     Some(PartitionRef {
@@ -101,11 +75,13 @@ impl ConsumeApi {
             },
             max_wait_ms: max_wait.min(self.max_wait).as_millis() as u32,
         };
-        let deadline = tokio::time::Instant::now() + max_wait + LOOKUP_TIMEOUT;
+        let wait = Duration::from_millis(u64::from(request.max_wait_ms));
+        let deadline = tokio::time::Instant::now() + wait + LOOKUP_TIMEOUT;
+        let policy = CallPolicy::read(deadline).with_server_wait(wait);
         self.router
-            .call(topic, partition, deadline, |mut c| {
+            .call(topic, partition, policy, |mut c, t| {
                 let request = request.clone();
-                async move { c.fetch(request).await }
+                async move { c.fetch(router::request(request, t)).await }
             })
             .await
     }
@@ -143,9 +119,9 @@ impl ConsumeApi {
         let deadline = tokio::time::Instant::now() + LOOKUP_TIMEOUT;
         let resp = self
             .router
-            .call(topic, partition, deadline, |mut c| {
+            .call(topic, partition, CallPolicy::read(deadline), |mut c, t| {
                 let request = request.clone();
-                async move { c.list_offsets(request).await }
+                async move { c.list_offsets(router::request(request, t)).await }
             })
             .await?;
         // No record at or after the timestamp: start at the end.
@@ -200,21 +176,30 @@ impl ConsumeApi {
             if resp.batches.is_empty() {
                 continue;
             }
-            let message = match self.to_subscribe_response(&req, partition, offset, &resp) {
+            let message = match self
+                .to_subscribe_response(&req, partition, offset, &resp)
+                .await
+            {
                 Ok(m) => m,
+                Err(e) if e.reason == Reason::Overloaded => {
+                    // The decompression budget is spent: fetch again later.
+                    tracing::debug!(topic = %req.topic, partition, error = %e, "subscribe decode deferred");
+                    tokio::time::sleep(BUDGET_RETRY).await;
+                    continue;
+                }
                 Err(e) => {
                     let _ = tx.send(Err(e.to_status())).await;
                     return;
                 }
             };
-            offset = resp.next_offset.max(offset);
+            offset = message.next_offset.max(offset);
             if tx.send(Ok(message)).await.is_err() {
                 return;
             }
         }
     }
 
-    fn to_subscribe_response(
+    async fn to_subscribe_response(
         &self,
         req: &SubscribeRequest,
         partition: u32,
@@ -224,24 +209,28 @@ impl ConsumeApi {
         self.metrics
             .consumed_bytes
             .inc_by(resp.batches.len() as u64);
-        let (records, encoded) = if req.encoded {
+        let (records, encoded, next_offset) = if req.encoded {
             let count: i64 = streambus_record::BatchIter::new(&resp.batches)
                 .filter_map(Result::ok)
                 .map(|(h, _)| i64::from(h.record_count))
                 .sum();
             self.metrics.consumed_records.inc_by(count.max(0) as u64);
-            (Vec::new(), resp.batches.clone())
+            (Vec::new(), resp.batches.clone(), resp.next_offset)
         } else {
-            let records = decode(&resp.batches, offset)?;
-            self.metrics.consumed_records.inc_by(records.len() as u64);
-            (records, Bytes::new())
+            let d = decode_within(&self.budget, resp.batches.clone(), offset, BUDGET_WAIT).await?;
+            self.metrics.consumed_records.inc_by(d.records.len() as u64);
+            (
+                d.records,
+                Bytes::new(),
+                d.truncated_at.unwrap_or(resp.next_offset),
+            )
         };
         Ok(SubscribeResponse {
             partition,
             records,
             encoded_batches: encoded,
             high_watermark: resp.high_watermark,
-            next_offset: resp.next_offset,
+            next_offset,
         })
     }
 }
@@ -313,10 +302,16 @@ impl ConsumeService for ConsumeApi {
             let resp = self
                 .fetch_once(&req.topic, req.partition, req.offset, req.max_bytes, wait)
                 .await?;
-            let (records, encoded) = if req.encoded {
-                (Vec::new(), resp.batches.clone())
+            let (records, encoded, next_offset) = if req.encoded {
+                (Vec::new(), resp.batches.clone(), resp.next_offset)
             } else {
-                (decode(&resp.batches, req.offset)?, Bytes::new())
+                let d = decode_within(&self.budget, resp.batches.clone(), req.offset, BUDGET_WAIT)
+                    .await?;
+                (
+                    d.records,
+                    Bytes::new(),
+                    d.truncated_at.unwrap_or(resp.next_offset),
+                )
             };
             self.metrics
                 .consumed_bytes
@@ -330,7 +325,7 @@ impl ConsumeService for ConsumeApi {
                 encoded_batches: encoded,
                 high_watermark: resp.high_watermark,
                 log_start_offset: resp.log_start_offset,
-                next_offset: resp.next_offset,
+                next_offset,
             })
         }
         .await;

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod config;
 pub mod consume;
+pub mod decode;
 pub mod metadata;
 pub mod metrics;
 pub mod produce;
@@ -71,8 +72,12 @@ pub async fn serve(
 }
 
 /// Serves on an already bound listener until `shutdown` completes, then
-/// stops accepting and finishes in-flight requests. `ready` turns true once
-/// the first metadata snapshot has arrived.
+/// stops accepting and finishes in-flight requests.
+///
+/// `ready` (and the gRPC health status, SERVING or NOT_SERVING) follow the
+/// metadata: true once the first snapshot is installed, false while no
+/// controller has answered for `gateway.metadata_staleness_ms`, true again
+/// when one does; NOT_SERVING for good once draining.
 pub async fn serve_with_listener(
     config: GatewayConfig,
     listener: TcpListener,
@@ -84,12 +89,18 @@ pub async fn serve_with_listener(
         addr: config.listen_addr,
         source,
     })?;
+    config.validate().map_err(GatewayError::Config)?;
     let controller = ControllerClient::new(config.controllers.clone())
         .map_err(|e| GatewayError::Config(format!("gateway.controllers: {e}")))?;
     let cache = metadata::MetadataCache::new(controller);
     let ready = ready.unwrap_or_else(|| watch::channel(false).0);
-    let metadata_task = tokio::spawn(cache.clone().run(ready));
-    let router = router::Router::new(cache);
+    let ready_rx = ready.subscribe();
+    let metadata_task = tokio::spawn(
+        cache
+            .clone()
+            .run(ready, Duration::from_millis(config.metadata_staleness_ms)),
+    );
+    let router = router::Router::new(cache, Duration::from_millis(config.storage_call_timeout_ms));
     let (drain_tx, drain_rx) = watch::channel(false);
 
     let admin = admin::AdminApi {
@@ -101,6 +112,13 @@ pub async fn serve_with_listener(
         metrics: metrics.clone(),
         default_timeout: Duration::from_millis(config.request_timeout_ms),
         max_in_flight: config.max_in_flight_per_stream,
+        in_flight: produce::InFlight::new(
+            config.max_in_flight_writes,
+            config.max_in_flight_bytes,
+            metrics.clone(),
+        ),
+        max_batches_per_request: config.max_batches_per_request,
+        max_records_per_request: config.max_records_per_request,
         keyless: Arc::new(AtomicU32::new(0)),
         draining: drain_rx.clone(),
     };
@@ -109,16 +127,21 @@ pub async fn serve_with_listener(
         metrics,
         max_wait: Duration::from_millis(config.max_fetch_wait_ms),
         buffer: config.subscribe_buffer,
-        draining: drain_rx,
+        budget: streambus_service::budget::MemoryBudget::new(
+            "gateway.decompression_budget_bytes",
+            config.decompression_budget_bytes,
+        ),
+        draining: drain_rx.clone(),
     };
     let (health, health_service) = streambus_service::grpc::health_service();
-    streambus_service::grpc::set_serving(&health, SERVICES).await;
-    tracing::info!(%addr, "gateway serving");
+    let health_task = tokio::spawn(follow_readiness(health, ready_rx, drain_rx));
+    tracing::info!(%addr, "gateway listening");
     let shutdown = async move {
         shutdown.await;
         tracing::info!("gateway draining");
-        streambus_service::grpc::set_not_serving(&health, SERVICES).await;
         let _ = drain_tx.send(true);
+        // It marks everything NOT_SERVING before it ends.
+        let _ = health_task.await;
     };
     let result = streambus_service::grpc::server()
         .add_service(health_service)
@@ -143,4 +166,31 @@ pub async fn serve_with_listener(
     metadata_task.abort();
     tracing::info!("gateway stopped");
     result.map_err(GatewayError::from)
+}
+
+/// Keeps the gRPC health status equal to the gateway's readiness until
+/// draining starts, then reports NOT_SERVING for good.
+async fn follow_readiness(
+    health: streambus_service::grpc::HealthReporter,
+    mut ready: watch::Receiver<bool>,
+    mut draining: watch::Receiver<bool>,
+) {
+    loop {
+        let serving = *ready.borrow_and_update();
+        if serving {
+            streambus_service::grpc::set_serving(&health, SERVICES).await;
+        } else {
+            streambus_service::grpc::set_not_serving(&health, SERVICES).await;
+        }
+        tokio::select! {
+            changed = ready.changed() => {
+                if changed.is_err() {
+                    // The metadata task is gone: nothing keeps us live.
+                    break;
+                }
+            }
+            _ = draining.wait_for(|d| *d) => break,
+        }
+    }
+    streambus_service::grpc::set_not_serving(&health, SERVICES).await;
 }

@@ -1,20 +1,30 @@
 //! The gateway's view of the cluster: the controller's metadata, kept
 //! current by a watch stream and refreshed on demand when a request finds
 //! it stale.
+//!
+//! The cache also knows when it last heard from a controller, so that the
+//! gateway is ready only while its metadata is live: not before the first
+//! snapshot, and not after losing the controllers for longer than the
+//! staleness bound (`gateway.metadata_staleness_ms`).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::StreamExt;
 use streambus_controller::client::ControllerClient;
 use streambus_proto::internal::{ClusterMetadata, TopicMetadata};
 use streambus_proto::{Error, Reason};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// A cheap-to-clone handle on the latest metadata.
 #[derive(Clone)]
 pub struct MetadataCache {
     controller: ControllerClient,
     tx: Arc<watch::Sender<Arc<ClusterMetadata>>>,
+    /// When a controller last answered (a watch update or a snapshot);
+    /// `None` until the first snapshot was installed.
+    contact: Arc<Mutex<Option<Instant>>>,
 }
 
 impl MetadataCache {
@@ -23,7 +33,17 @@ impl MetadataCache {
         MetadataCache {
             controller,
             tx: Arc::new(watch::channel(Arc::new(ClusterMetadata::default())).0),
+            contact: Arc::default(),
         }
+    }
+
+    /// Whether a snapshot has been installed and a controller answered
+    /// within `staleness`.
+    pub fn is_fresh(&self, staleness: Duration) -> bool {
+        self.contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|at| at.elapsed() <= staleness)
     }
 
     /// The controller client.
@@ -31,19 +51,74 @@ impl MetadataCache {
         &self.controller
     }
 
-    /// Follows the controller's metadata stream forever; `ready` turns true
-    /// with the first snapshot.
-    pub async fn run(self, ready: watch::Sender<bool>) {
-        let mut stream = std::pin::pin!(self.controller.watch_metadata());
-        while let Some(md) = stream.next().await {
-            self.install(md);
-            if !*ready.borrow() {
-                let _ = ready.send(true);
+    /// Follows the controller's metadata stream forever and keeps `ready`
+    /// equal to [`MetadataCache::is_fresh`]`(staleness)`: true once the
+    /// first snapshot is installed, false after `staleness` without hearing
+    /// from a controller, true again when one answers.
+    ///
+    /// The watch stream only speaks when metadata changes, so the cache
+    /// also asks for a snapshot every `staleness / 4`; that proves contact
+    /// and repairs a watch stream that silently stalled.
+    pub async fn run(self, ready: watch::Sender<bool>, staleness: Duration) {
+        let ready = &ready;
+        let probe_every = (staleness / 4).max(Duration::from_millis(10));
+        let judge_every = (staleness / 10).clamp(Duration::from_millis(5), Duration::from_secs(1));
+        let watch = async {
+            let mut stream = std::pin::pin!(self.controller.watch_metadata());
+            while let Some(md) = stream.next().await {
+                self.received(md);
+                self.judge(ready, staleness);
             }
-        }
+        };
+        let probe = async {
+            loop {
+                tokio::time::sleep(probe_every).await;
+                // Bounded: a hung controller must not stall the probe.
+                match tokio::time::timeout(probe_every * 2, self.controller.get_metadata()).await {
+                    Ok(Ok(md)) => {
+                        self.received(md);
+                        self.judge(ready, staleness);
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "controller metadata probe failed"),
+                    Err(_) => tracing::debug!("controller metadata probe timed out"),
+                }
+            }
+        };
+        let judge = async {
+            loop {
+                self.judge(ready, staleness);
+                tokio::time::sleep(judge_every).await;
+            }
+        };
+        tokio::join!(watch, probe, judge);
     }
 
-    fn install(&self, md: ClusterMetadata) {
+    fn judge(&self, ready: &watch::Sender<bool>, staleness: Duration) {
+        let fresh = self.is_fresh(staleness);
+        ready.send_if_modified(|r| {
+            if *r == fresh {
+                return false;
+            }
+            if fresh {
+                tracing::info!("gateway metadata is live: ready");
+            } else {
+                tracing::warn!(
+                    staleness_ms = staleness.as_millis() as u64,
+                    "no answer from any controller within the staleness bound: not ready"
+                );
+            }
+            *r = fresh;
+            true
+        });
+    }
+
+    /// Installs a snapshot a controller just sent and records the contact.
+    fn received(&self, md: ClusterMetadata) {
+        self.install(md);
+        *self.contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    pub(crate) fn install(&self, md: ClusterMetadata) {
         self.tx.send_if_modified(|cur| {
             if md.version > cur.version || cur.version == 0 {
                 *cur = Arc::new(md);
@@ -62,7 +137,7 @@ impl MetadataCache {
     /// Asks the controller for a fresh snapshot and installs it.
     pub async fn refresh(&self) -> Result<Arc<ClusterMetadata>, Error> {
         let md = self.controller.get_metadata().await?;
-        self.install(md);
+        self.received(md);
         Ok(self.current())
     }
 

@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -29,6 +30,10 @@ pub struct Metrics {
     pub request_seconds: Family<MethodLabels, Histogram>,
     /// Failed requests by method.
     pub request_errors: Family<MethodLabels, Counter>,
+    /// Appends to storage nodes in flight now (every acks mode).
+    pub in_flight_writes: Gauge,
+    /// Batch bytes of the appends in flight now.
+    pub in_flight_bytes: Gauge,
 }
 
 impl Metrics {
@@ -43,6 +48,8 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
             }),
             request_errors: Family::default(),
+            in_flight_writes: Gauge::default(),
+            in_flight_bytes: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("streambus_gateway");
         r.register(
@@ -74,6 +81,16 @@ impl Metrics {
             "request_errors",
             "Failed requests by method",
             m.request_errors.clone(),
+        );
+        r.register(
+            "in_flight_writes",
+            "Appends to storage nodes in flight (every acks mode)",
+            m.in_flight_writes.clone(),
+        );
+        r.register(
+            "in_flight_bytes",
+            "Batch bytes of the appends to storage nodes in flight",
+            m.in_flight_bytes.clone(),
         );
         m
     }

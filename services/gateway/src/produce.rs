@@ -23,13 +23,14 @@ use streambus_proto::v1::{
 };
 use streambus_proto::{Error, Reason};
 use streambus_record::{BatchBuilder, BatchHeader, Compression, HEADER_SIZE};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use streambus_service::budget::{MemoryBudget, Permit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::metadata::unknown_partition;
 use crate::metrics::Metrics;
-use crate::router::Router;
+use crate::router::{self, CallPolicy, Router};
 
 /// Default `max.message.bytes` when a topic does not say.
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024 + 12;
@@ -43,6 +44,10 @@ pub struct ProduceApi {
     pub(crate) metrics: Metrics,
     pub(crate) default_timeout: Duration,
     pub(crate) max_in_flight: usize,
+    /// Gateway-wide bound on appends in flight to storage nodes.
+    pub(crate) in_flight: InFlight,
+    pub(crate) max_batches_per_request: usize,
+    pub(crate) max_records_per_request: usize,
     pub(crate) keyless: Arc<AtomicU32>,
     /// Turns true when the gateway drains: streams stop reading.
     pub(crate) draining: tokio::sync::watch::Receiver<bool>,
@@ -52,6 +57,126 @@ pub struct ProduceApi {
 struct PartitionWrite {
     partition: u32,
     batch: Bytes,
+}
+
+/// The gateway-wide limit on appends in flight to storage nodes: a count
+/// (`gateway.max_in_flight_writes`) and batch bytes
+/// (`gateway.max_in_flight_bytes`). Every append holds a [`WritePermit`]
+/// until its storage node answers or the attempt times out, whatever the
+/// acks mode, so neither `ACKS_NONE` nor a stalled storage node can pile
+/// up work without bound.
+#[derive(Clone)]
+pub(crate) struct InFlight {
+    writes: Arc<Semaphore>,
+    max_writes: usize,
+    bytes: MemoryBudget,
+    metrics: Metrics,
+}
+
+/// One append's share of [`InFlight`]; returned on drop.
+pub(crate) struct WritePermit {
+    _write: OwnedSemaphorePermit,
+    _bytes: Permit,
+    bytes: i64,
+    metrics: Metrics,
+}
+
+impl Drop for WritePermit {
+    fn drop(&mut self) {
+        self.metrics.in_flight_writes.dec();
+        self.metrics.in_flight_bytes.dec_by(self.bytes);
+    }
+}
+
+impl InFlight {
+    pub(crate) fn new(max_writes: usize, max_bytes: usize, metrics: Metrics) -> InFlight {
+        InFlight {
+            writes: Arc::new(Semaphore::new(max_writes.clamp(1, Semaphore::MAX_PERMITS))),
+            max_writes,
+            bytes: MemoryBudget::new("gateway.max_in_flight_bytes", max_bytes),
+            metrics,
+        }
+    }
+
+    /// Waits (until `deadline`) for room for one write of `bytes`.
+    async fn acquire(
+        &self,
+        bytes: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<WritePermit, Error> {
+        let write = tokio::time::timeout_at(deadline, self.writes.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                Error::new(
+                    Reason::Overloaded,
+                    format!(
+                        "the gateway has {} writes in flight (gateway.max_in_flight_writes) and none finished before the request's deadline; retry later",
+                        self.max_writes
+                    ),
+                )
+            })?;
+        let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let permit = self.bytes.acquire(bytes, wait).await?;
+        self.metrics.in_flight_writes.inc();
+        self.metrics.in_flight_bytes.inc_by(bytes as i64);
+        Ok(WritePermit {
+            _write: write,
+            _bytes: permit,
+            bytes: bytes as i64,
+            metrics: self.metrics.clone(),
+        })
+    }
+}
+
+/// The writes of one batch, started in partition order.
+struct Started {
+    /// Why the batch (or its remaining writes) was not started.
+    failure: Option<Error>,
+    handles: Vec<tokio::task::JoinHandle<(u32, Result<PartitionAck, Error>)>>,
+}
+
+impl Started {
+    fn failed(e: Error) -> Started {
+        Started {
+            failure: Some(e),
+            handles: Vec::new(),
+        }
+    }
+
+    /// Waits for every write and folds them into the batch's result.
+    async fn finish(self) -> BatchResult {
+        let mut result = BatchResult::default();
+        let mut error = self.failure;
+        for h in self.handles {
+            match h.await {
+                Ok((_, Ok(ack))) => result.acks.push(ack),
+                Ok((partition, Err(e))) => {
+                    tracing::debug!(partition, error = %e, "produce to partition failed");
+                    error.get_or_insert(e);
+                }
+                Err(e) => {
+                    error.get_or_insert(Error::new(
+                        Reason::Internal,
+                        format!("produce task failed: {e}"),
+                    ));
+                }
+            }
+        }
+        result.error = error.map(|e| e.to_detail());
+        result
+    }
+
+    /// The answer for `ACKS_NONE`: the batch was routed, offsets unknown.
+    /// Only a failure before routing (invalid batch, overload) is
+    /// reported; the writes go on, holding their in-flight permits.
+    fn routed(&self) -> BatchResult {
+        BatchResult {
+            acks: Vec::new(),
+            error: self.failure.as_ref().map(Error::to_detail),
+        }
+    }
 }
 
 /// Keeps appends to the same partition in arrival order: each write waits
@@ -256,10 +381,15 @@ impl ProduceApi {
         };
         let resp = self
             .router
-            .call(topic, write.partition, deadline, |mut client| {
-                let request = request.clone();
-                async move { client.append(request).await }
-            })
+            .call(
+                topic,
+                write.partition,
+                CallPolicy::write(deadline),
+                |mut client, t| {
+                    let request = request.clone();
+                    async move { client.append(router::request(request, t)).await }
+                },
+            )
             .await?;
         self.metrics
             .produced_records
@@ -273,64 +403,63 @@ impl ProduceApi {
         })
     }
 
-    /// Plans a batch and starts its writes in partition order; the returned
-    /// future resolves to the batch's result.
+    /// Plans a batch and starts its writes in partition order, each once
+    /// it has its in-flight permit (waiting until `deadline`).
     async fn start_batch(
         &self,
         batch: ProduceBatch,
         acks: Acks,
         deadline: tokio::time::Instant,
         sequencer: &mut Sequencer,
-    ) -> impl Future<Output = BatchResult> + Send + 'static {
-        let planned = self.plan(batch).await;
-        let mut handles = Vec::new();
-        let mut failure = None;
-        match planned {
-            Ok((topic, writes)) => {
-                for w in writes {
-                    let (prev, done) = sequencer.enqueue(&topic, w.partition);
-                    let api = self.clone();
-                    let topic = topic.clone();
-                    handles.push(tokio::spawn(async move {
-                        if let Some(prev) = prev {
-                            let _ = prev.await;
-                        }
-                        let partition = w.partition;
-                        let r = api.write(&topic, w, acks, deadline).await;
-                        drop(done);
-                        (partition, r)
-                    }));
+    ) -> Started {
+        let (topic, writes) = match self.plan(batch).await {
+            Ok(planned) => planned,
+            Err(e) => return Started::failed(e),
+        };
+        let mut started = Started {
+            failure: None,
+            handles: Vec::with_capacity(writes.len()),
+        };
+        for w in writes {
+            let permit = match self.in_flight.acquire(w.batch.len(), deadline).await {
+                Ok(p) => p,
+                Err(e) => {
+                    // Later writes of the batch are not started: a partial
+                    // batch is reported as failed.
+                    started.failure = Some(e);
+                    break;
                 }
-            }
-            Err(e) => failure = Some(e),
+            };
+            let (prev, done) = sequencer.enqueue(&topic, w.partition);
+            let api = self.clone();
+            let topic = topic.clone();
+            started.handles.push(tokio::spawn(async move {
+                if let Some(prev) = prev {
+                    let _ = prev.await;
+                }
+                let partition = w.partition;
+                let r = api.write(&topic, w, acks, deadline).await;
+                drop(done);
+                drop(permit);
+                (partition, r)
+            }));
         }
-        async move {
-            let mut result = BatchResult::default();
-            let mut error = failure;
-            for h in handles {
-                match h.await {
-                    Ok((_, Ok(ack))) => result.acks.push(ack),
-                    Ok((partition, Err(e))) => {
-                        tracing::debug!(partition, error = %e, "produce to partition failed");
-                        error.get_or_insert(e);
-                    }
-                    Err(e) => {
-                        error.get_or_insert(Error::new(
-                            Reason::Internal,
-                            format!("produce task failed: {e}"),
-                        ));
-                    }
-                }
-            }
-            if acks == Acks::None {
-                for a in &mut result.acks {
-                    a.base_offset = -1;
-                    a.last_offset = -1;
-                }
-            }
-            result.error = error.map(|e| e.to_detail());
-            result
+        started
+    }
+
+    /// Refuses a request or stream message with more records than
+    /// `gateway.max_records_per_request`.
+    fn check_records(&self, records: usize) -> Result<(), Error> {
+        if records > self.max_records_per_request {
+            return Err(Error::new(
+                Reason::InvalidArgument,
+                format!(
+                    "request carries {records} records; the limit is {} (gateway.max_records_per_request)",
+                    self.max_records_per_request
+                ),
+            ));
         }
+        Ok(())
     }
 }
 
@@ -353,9 +482,27 @@ impl ProduceService for ProduceApi {
     ) -> Result<Response<ProduceResponse>, Status> {
         let started = Instant::now();
         let req = request.into_inner();
-        if req.batches.is_empty() {
+        let records: usize = req.batches.iter().map(|b| b.records.len()).sum();
+        let checked = if req.batches.is_empty() {
+            Err(Error::new(
+                Reason::InvalidArgument,
+                "request has no batches",
+            ))
+        } else if req.batches.len() > self.max_batches_per_request {
+            Err(Error::new(
+                Reason::InvalidArgument,
+                format!(
+                    "request carries {} batches; the limit is {} (gateway.max_batches_per_request)",
+                    req.batches.len(),
+                    self.max_batches_per_request
+                ),
+            ))
+        } else {
+            self.check_records(records)
+        };
+        if let Err(e) = checked {
             self.metrics.observe("Produce", started, false);
-            return Err(Error::new(Reason::InvalidArgument, "request has no batches").into());
+            return Err(e.into());
         }
         let acks = acks_of(req.acks);
         let deadline = self.deadline(req.timeout_ms);
@@ -368,15 +515,13 @@ impl ProduceService for ProduceApi {
             );
         }
         let mut results = Vec::with_capacity(pending.len());
-        if acks == Acks::None {
-            for p in pending {
-                tokio::spawn(p);
-                results.push(BatchResult::default());
-            }
-        } else {
-            for p in pending {
-                results.push(p.await);
-            }
+        for p in pending {
+            results.push(if acks == Acks::None {
+                // The writes run on, each holding its in-flight permit.
+                p.routed()
+            } else {
+                p.finish().await
+            });
         }
         let ok = results.iter().all(|r| r.error.is_none());
         self.metrics.observe("Produce", started, ok);
@@ -418,30 +563,52 @@ impl ProduceService for ProduceApi {
                 let sequence = msg.sequence;
                 let acks = acks_of(msg.acks);
                 let result = match msg.batch {
-                    Some(batch) => {
-                        let deadline = api.deadline(0);
-                        let fut = api.start_batch(batch, acks, deadline, &mut sequencer).await;
-                        let tx = tx.clone();
-                        let metrics = api.metrics.clone();
-                        tokio::spawn(async move {
-                            let result = if acks == Acks::None {
-                                // Answer once routed; the write goes on.
-                                tokio::spawn(fut);
-                                BatchResult::default()
-                            } else {
-                                fut.await
-                            };
-                            metrics.observe("ProduceStream", started, result.error.is_none());
-                            let _ = tx
-                                .send(Ok(ProduceStreamResponse {
-                                    sequence,
-                                    result: Some(result),
-                                }))
-                                .await;
-                            drop(permit);
-                        });
-                        continue;
-                    }
+                    Some(batch) => match api.check_records(batch.records.len()) {
+                        Ok(()) => {
+                            let deadline = api.deadline(0);
+                            // Waits for gateway-wide in-flight room: the
+                            // stream is not read meanwhile.
+                            let writes =
+                                api.start_batch(batch, acks, deadline, &mut sequencer).await;
+                            let tx = tx.clone();
+                            let metrics = api.metrics.clone();
+                            tokio::spawn(async move {
+                                if acks == Acks::None {
+                                    // Answer once routed; the stream's
+                                    // permit is kept until the writes end.
+                                    let routed = writes.routed();
+                                    metrics.observe(
+                                        "ProduceStream",
+                                        started,
+                                        routed.error.is_none(),
+                                    );
+                                    let _ = tx
+                                        .send(Ok(ProduceStreamResponse {
+                                            sequence,
+                                            result: Some(routed),
+                                        }))
+                                        .await;
+                                    let _ = writes.finish().await;
+                                    drop(permit);
+                                    return;
+                                }
+                                let result = writes.finish().await;
+                                metrics.observe("ProduceStream", started, result.error.is_none());
+                                let _ = tx
+                                    .send(Ok(ProduceStreamResponse {
+                                        sequence,
+                                        result: Some(result),
+                                    }))
+                                    .await;
+                                drop(permit);
+                            });
+                            continue;
+                        }
+                        Err(e) => BatchResult {
+                            acks: vec![],
+                            error: Some(e.to_detail()),
+                        },
+                    },
                     None => BatchResult {
                         acks: vec![],
                         error: Some(
@@ -463,5 +630,320 @@ impl ProduceService for ProduceApi {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use prometheus_client::registry::Registry;
+    use streambus_controller::client::ControllerClient;
+    use streambus_proto::internal::{ClusterMetadata, StorageNodeInfo, TopicMetadata};
+    use streambus_proto::v1::{PartitionDescription, Record};
+    use streambus_record::{BatchIter, decode_records};
+
+    use super::*;
+    use crate::metadata::MetadataCache;
+
+    fn api(partitions: u32, configs: &[(&str, &str)]) -> ProduceApi {
+        // Nothing listens there; these tests never reach a controller.
+        let controller = ControllerClient::new(vec!["127.0.0.1:9".to_string()]).unwrap();
+        let cache = MetadataCache::new(controller);
+        cache.install(ClusterMetadata {
+            version: 1,
+            nodes: vec![StorageNodeInfo {
+                node_id: 1,
+                address: "127.0.0.1:9".to_string(),
+                alive: true,
+            }],
+            topics: vec![TopicMetadata {
+                name: "t".to_string(),
+                topic_id: "id".to_string(),
+                replication_factor: 1,
+                configs: configs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<HashMap<_, _>>(),
+                partitions: (0..partitions)
+                    .map(|p| PartitionDescription {
+                        partition: p,
+                        leader: 1,
+                        ..Default::default()
+                    })
+                    .collect(),
+            }],
+            ..Default::default()
+        });
+        let metrics = Metrics::new(&mut Registry::default());
+        ProduceApi {
+            router: Router::new(cache, Duration::from_secs(1)),
+            metrics: metrics.clone(),
+            default_timeout: Duration::from_secs(1),
+            max_in_flight: 4,
+            in_flight: InFlight::new(4, 1 << 20, metrics),
+            max_batches_per_request: 3,
+            max_records_per_request: 10,
+            keyless: Arc::new(AtomicU32::new(0)),
+            draining: tokio::sync::watch::channel(false).1,
+        }
+    }
+
+    fn record(key: Option<&'static str>, value: &'static str) -> Record {
+        Record {
+            key: key.map(|k| Bytes::from_static(k.as_bytes())),
+            value: Some(Bytes::from_static(value.as_bytes())),
+            headers: vec![],
+            timestamp_ms: 0,
+        }
+    }
+
+    fn batch(records: Vec<Record>) -> ProduceBatch {
+        ProduceBatch {
+            topic: "t".to_string(),
+            partition: None,
+            records,
+            encoded_batch: Bytes::new(),
+        }
+    }
+
+    async fn plan_err(api: &ProduceApi, b: ProduceBatch) -> Error {
+        match api.plan(b).await {
+            Ok(_) => panic!("plan accepted a bad batch"),
+            Err(e) => e,
+        }
+    }
+
+    #[tokio::test]
+    async fn keyed_records_go_to_the_kafka_partition_in_order() {
+        let api = api(8, &[]);
+        let keys = ["a", "b", "c", "a", "b", "c"];
+        let records: Vec<Record> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| record(Some(k), ["0", "1", "2", "3", "4", "5"][i]))
+            .collect();
+        let (topic, writes) = api.plan(batch(records)).await.unwrap();
+        assert_eq!(topic, "t");
+        let mut seen = 0;
+        for w in &writes {
+            let decoded = decode_records(&w.batch).unwrap();
+            for r in &decoded {
+                let key = r.key.as_ref().unwrap();
+                assert_eq!(w.partition, partition_for_key(key, 8));
+                seen += 1;
+            }
+            // Within a partition, arrival order.
+            let values: Vec<u8> = decoded
+                .iter()
+                .map(|r| r.value.as_ref().unwrap()[0])
+                .collect();
+            let mut sorted = values.clone();
+            sorted.sort();
+            assert_eq!(values, sorted);
+        }
+        assert_eq!(seen, 6);
+    }
+
+    #[tokio::test]
+    async fn keyless_records_of_one_batch_share_a_partition_that_rotates() {
+        let api = api(4, &[]);
+        let mut partitions = Vec::new();
+        for _ in 0..4 {
+            let (_, writes) = api
+                .plan(batch(vec![record(None, "x"), record(None, "y")]))
+                .await
+                .unwrap();
+            assert_eq!(writes.len(), 1);
+            partitions.push(writes[0].partition);
+        }
+        partitions.sort();
+        assert_eq!(partitions, vec![0, 1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn zero_timestamps_become_the_gateway_clock() {
+        let api = api(1, &[]);
+        let before = now_ms();
+        let (_, writes) = api.plan(batch(vec![record(None, "v")])).await.unwrap();
+        let r = &decode_records(&writes[0].batch).unwrap()[0];
+        assert!(r.timestamp_ms >= before && r.timestamp_ms <= now_ms());
+    }
+
+    #[tokio::test]
+    async fn records_are_split_into_batches_under_max_message_bytes() {
+        let api = api(1, &[("max.message.bytes", "1000")]);
+        let value: &'static str = Box::leak("v".repeat(300).into_boxed_str());
+        let records = (0..10).map(|_| record(None, value)).collect();
+        let (_, writes) = api.plan(batch(records)).await.unwrap();
+        assert!(writes.len() > 1, "{} batches", writes.len());
+        let mut total = 0;
+        for w in &writes {
+            assert!(w.batch.len() <= 1000, "batch of {} bytes", w.batch.len());
+            total += decode_records(&w.batch).unwrap().len();
+        }
+        assert_eq!(total, 10);
+    }
+
+    #[tokio::test]
+    async fn invalid_batches_get_stable_reasons() {
+        let api = api(2, &[("max.message.bytes", "200")]);
+        let mut b = batch(vec![record(None, "v")]);
+        b.topic.clear();
+        assert_eq!(plan_err(&api, b).await.reason, Reason::InvalidArgument);
+
+        assert_eq!(
+            plan_err(&api, batch(vec![])).await.reason,
+            Reason::InvalidArgument
+        );
+
+        let mut b = batch(vec![record(None, "v")]);
+        b.partition = Some(2);
+        assert_eq!(plan_err(&api, b).await.reason, Reason::UnknownPartition);
+
+        let big: &'static str = Box::leak("v".repeat(500).into_boxed_str());
+        let e = plan_err(&api, batch(vec![record(None, big)])).await;
+        assert_eq!(e.reason, Reason::RecordTooLarge);
+        assert!(e.message.contains("max.message.bytes 200"), "{}", e.message);
+    }
+
+    fn encoded(n: usize) -> Bytes {
+        let mut b = BatchBuilder::new(Compression::Lz4);
+        for _ in 0..n {
+            b.push(&streambus_record::Record {
+                key: None,
+                value: Some(Bytes::from_static(b"value")),
+                headers: vec![],
+                timestamp_ms: 1,
+            });
+        }
+        b.build()
+    }
+
+    #[tokio::test]
+    async fn encoded_batches_are_forwarded_untouched() {
+        let api = api(2, &[]);
+        let bytes = encoded(3);
+        let mut b = batch(vec![]);
+        b.partition = Some(1);
+        b.encoded_batch = bytes.clone();
+        let (_, writes) = api.plan(b).await.unwrap();
+        assert_eq!(writes.len(), 1);
+        assert_eq!(writes[0].partition, 1);
+        assert_eq!(writes[0].batch, bytes);
+    }
+
+    #[tokio::test]
+    async fn bad_encoded_batches_are_refused_before_routing() {
+        let api = api(2, &[("max.message.bytes", "4096")]);
+        let with = |partition: Option<u32>, bytes: Bytes, records: Vec<Record>| ProduceBatch {
+            topic: "t".to_string(),
+            partition,
+            records,
+            encoded_batch: bytes,
+        };
+        // No partition.
+        let e = plan_err(&api, with(None, encoded(1), vec![])).await;
+        assert_eq!(e.reason, Reason::InvalidArgument);
+        // Both records and an encoded batch.
+        let e = plan_err(&api, with(Some(0), encoded(1), vec![record(None, "v")])).await;
+        assert_eq!(e.reason, Reason::InvalidArgument);
+        // Not a batch.
+        let e = plan_err(&api, with(Some(0), Bytes::from_static(&[7; 80]), vec![])).await;
+        assert_eq!(e.reason, Reason::CorruptBatch);
+        // Declares more bytes than it carries.
+        let full = encoded(3);
+        let cut = full.slice(..full.len() - 1);
+        let e = plan_err(&api, with(Some(0), cut, vec![])).await;
+        assert_eq!(e.reason, Reason::CorruptBatch);
+        assert!(e.message.contains("declares"), "{}", e.message);
+        // Over max.message.bytes.
+        let big = {
+            let mut b = BatchBuilder::new(Compression::None);
+            for _ in 0..100 {
+                b.push(&streambus_record::Record {
+                    key: None,
+                    value: Some(Bytes::from(vec![1u8; 100])),
+                    headers: vec![],
+                    timestamp_ms: 1,
+                });
+            }
+            b.build()
+        };
+        let e = plan_err(&api, with(Some(0), big, vec![])).await;
+        assert_eq!(e.reason, Reason::RecordTooLarge);
+        assert_eq!(BatchIter::new(&encoded(2)).count(), 1);
+    }
+
+    #[tokio::test]
+    async fn unary_produce_refuses_more_batches_than_the_limit() {
+        let api = api(1, &[]);
+        let req = ProduceRequest {
+            batches: (0..4).map(|_| batch(vec![record(None, "v")])).collect(),
+            acks: Acks::All as i32,
+            timeout_ms: 100,
+        };
+        let status = api.produce(Request::new(req)).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().contains("4 batches")
+                && status.message().contains("gateway.max_batches_per_request"),
+            "{}",
+            status.message()
+        );
+        assert_eq!(Error::from_status(&status).reason, Reason::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn unary_produce_refuses_more_records_than_the_limit() {
+        let api = api(1, &[]);
+        // 3 batches (within the batch limit) of 4 records: 12 > 10.
+        let req = ProduceRequest {
+            batches: (0..3)
+                .map(|_| batch((0..4).map(|_| record(None, "v")).collect()))
+                .collect(),
+            acks: Acks::All as i32,
+            timeout_ms: 100,
+        };
+        let status = api.produce(Request::new(req)).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().contains("12 records")
+                && status.message().contains("gateway.max_records_per_request"),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[tokio::test]
+    async fn in_flight_permits_bound_writes_and_bytes() {
+        let metrics = Metrics::new(&mut Registry::default());
+        let in_flight = InFlight::new(2, 1000, metrics.clone());
+        let soon = || tokio::time::Instant::now() + Duration::from_millis(30);
+        let a = in_flight.acquire(600, soon()).await.unwrap();
+        assert_eq!(metrics.in_flight_writes.get(), 1);
+        assert_eq!(metrics.in_flight_bytes.get(), 600);
+        // Bytes: 600 + 500 > 1000.
+        let e = in_flight.acquire(500, soon()).await.err().unwrap();
+        assert_eq!(e.reason, Reason::Overloaded);
+        assert!(
+            e.message.contains("gateway.max_in_flight_bytes"),
+            "{}",
+            e.message
+        );
+        let b = in_flight.acquire(400, soon()).await.unwrap();
+        // Count: two in flight.
+        let e = in_flight.acquire(1, soon()).await.err().unwrap();
+        assert_eq!(e.reason, Reason::Overloaded);
+        assert!(
+            e.message.contains("gateway.max_in_flight_writes"),
+            "{}",
+            e.message
+        );
+        drop(a);
+        drop(b);
+        assert_eq!(metrics.in_flight_writes.get(), 0);
+        assert_eq!(metrics.in_flight_bytes.get(), 0);
+        let _c = in_flight.acquire(1000, soon()).await.unwrap();
     }
 }

@@ -1,6 +1,12 @@
 //! Sends partition requests to the storage node that leads the partition,
 //! and hides leader moves: a request that finds no leader or a stale one is
 //! retried against fresh metadata until its deadline.
+//!
+//! Every attempt has its own deadline as well (`gateway.storage_call_timeout_ms`
+//! plus the call's own long-poll wait, never past the request's deadline),
+//! so a storage node stuck in fsync or behind a half-open connection fails
+//! the attempt with `TIMEOUT` instead of hanging the request and whatever
+//! it holds.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,6 +25,58 @@ use crate::metadata::MetadataCache;
 pub struct Router {
     metadata: MetadataCache,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    attempt_timeout: Duration,
+}
+
+/// How one routed request may be attempted.
+#[derive(Debug, Clone, Copy)]
+pub struct CallPolicy {
+    /// When the whole request (every attempt and pause) must be done.
+    pub deadline: Instant,
+    /// How long the storage node may legitimately hold one attempt on
+    /// purpose (a long-poll fetch's wait); added to the attempt timeout.
+    pub server_wait: Duration,
+    /// Whether an attempt that timed out may be tried again. False for
+    /// appends: the stuck node may still write the batch, and a retry
+    /// would then write it twice.
+    pub retry_timeouts: bool,
+}
+
+impl CallPolicy {
+    /// A read (safe to repeat) that must finish by `deadline`.
+    pub fn read(deadline: Instant) -> CallPolicy {
+        CallPolicy {
+            deadline,
+            server_wait: Duration::ZERO,
+            retry_timeouts: true,
+        }
+    }
+
+    /// A write that must finish by `deadline`; a timed-out attempt ends it.
+    pub fn write(deadline: Instant) -> CallPolicy {
+        CallPolicy {
+            deadline,
+            server_wait: Duration::ZERO,
+            retry_timeouts: false,
+        }
+    }
+
+    /// The same policy, allowing the storage node to hold each attempt for
+    /// `wait` on purpose.
+    pub fn with_server_wait(self, wait: Duration) -> CallPolicy {
+        CallPolicy {
+            server_wait: wait,
+            ..self
+        }
+    }
+}
+
+/// A request carrying its per-attempt deadline (`grpc-timeout`), so the
+/// storage node also gives up on it.
+pub fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.set_timeout(timeout);
+    r
 }
 
 /// Whether an error from a storage node means "ask again, elsewhere or
@@ -31,11 +89,13 @@ fn should_retry(e: &Error) -> bool {
 }
 
 impl Router {
-    /// A router over `metadata`.
-    pub fn new(metadata: MetadataCache) -> Router {
+    /// A router over `metadata`; one attempt on a storage node may take
+    /// `attempt_timeout` (plus the call's own server wait).
+    pub fn new(metadata: MetadataCache, attempt_timeout: Duration) -> Router {
         Router {
             metadata,
             channels: Arc::default(),
+            attempt_timeout,
         }
     }
 
@@ -73,28 +133,69 @@ impl Router {
     }
 
     /// Runs `call` against the leader of `topic`/`partition`, retrying
-    /// retriable failures with fresh metadata until `deadline`.
+    /// retriable failures with fresh metadata until `policy.deadline`.
+    /// `call` gets the client and the attempt's timeout (pass it on with
+    /// [`request`]); the attempt is abandoned with `TIMEOUT` when it runs
+    /// out.
     pub async fn call<T, F, Fut>(
         &self,
         topic: &str,
         partition: u32,
-        deadline: Instant,
+        policy: CallPolicy,
         call: F,
     ) -> Result<T, Error>
     where
-        F: Fn(StorageServiceClient<Channel>) -> Fut,
+        F: Fn(StorageServiceClient<Channel>, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        let deadline = policy.deadline;
         let mut backoff = Duration::from_millis(5);
         loop {
             let attempt = match self.metadata.leader_address(topic, partition) {
-                Ok(addr) => match self.client(&addr) {
-                    Ok(client) => call(client)
-                        .await
-                        .map(tonic::Response::into_inner)
-                        .map_err(|s| Error::from_status(&s)),
-                    Err(e) => return Err(e),
-                },
+                Ok(addr) => {
+                    let client = self.client(&addr)?;
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let own = self.attempt_timeout + policy.server_wait;
+                    let timeout = own.min(left);
+                    let sent = Instant::now();
+                    match tokio::time::timeout(timeout, call(client, timeout)).await {
+                        Ok(Ok(r)) => Ok(r.into_inner()),
+                        // The storage node gave up on the attempt's
+                        // `grpc-timeout` (tonic reports that as CANCELLED)
+                        // a moment before the gateway's own timer.
+                        Ok(Err(s))
+                            if sent.elapsed() >= timeout
+                                && matches!(
+                                    s.code(),
+                                    tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+                                ) =>
+                        {
+                            Err(Error::new(
+                                Reason::Timeout,
+                                format!(
+                                    "{topic}/{partition}: storage node {addr} did not answer within {} ms (gateway.storage_call_timeout_ms, or the request's deadline)",
+                                    timeout.as_millis()
+                                ),
+                            ))
+                        }
+                        Ok(Err(s)) => Err(Error::from_status(&s)),
+                        Err(_) if timeout < own => {
+                            return Err(Error::new(
+                                Reason::Timeout,
+                                format!(
+                                    "{topic}/{partition}: the request's deadline passed while storage node {addr} was working on it"
+                                ),
+                            ));
+                        }
+                        Err(_) => Err(Error::new(
+                            Reason::Timeout,
+                            format!(
+                                "{topic}/{partition}: storage node {addr} did not answer within {} ms (gateway.storage_call_timeout_ms)",
+                                own.as_millis()
+                            ),
+                        )),
+                    }
+                }
                 // The gateway's own view says the topic or partition does
                 // not exist: that is final.
                 Err(e) if !e.retriable() => return Err(e),
@@ -102,11 +203,18 @@ impl Router {
             };
             match attempt {
                 Ok(v) => return Ok(v),
+                // A write that timed out may still happen: do not repeat it.
+                Err(e) if e.reason == Reason::Timeout && !policy.retry_timeouts => return Err(e),
                 Err(e) if should_retry(&e) && Instant::now() + backoff < deadline => {
                     tracing::debug!(%topic, partition, error = %e, "retrying partition request");
                     // The metadata may be stale: refresh, then back off.
-                    if let Err(refresh) = self.metadata.refresh().await {
-                        tracing::debug!(error = %refresh, "metadata refresh failed");
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(left, self.metadata.refresh()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(refresh)) => {
+                            tracing::debug!(error = %refresh, "metadata refresh failed");
+                        }
+                        Err(_) => return Err(e),
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(500));

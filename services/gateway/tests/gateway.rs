@@ -1,0 +1,343 @@
+//! The gateway against fake controllers and storage nodes over loopback
+//! gRPC: leader moves, stuck storage nodes, acks=NONE floods, readiness.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Behaviour, FakeController, FakeStorage, Gateway, metadata};
+use prost::Message;
+use streambus_gateway::GatewayConfig;
+use streambus_proto::v1::{Acks, ProduceBatch, ProduceRequest, ProduceStreamRequest, Record};
+use streambus_proto::{Error, Reason};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+fn records(n: usize, size: usize) -> Vec<Record> {
+    (0..n)
+        .map(|_| Record {
+            key: None,
+            value: Some(Bytes::from(vec![7u8; size])),
+            headers: vec![],
+            timestamp_ms: 0,
+        })
+        .collect()
+}
+
+fn batch(partition: u32, n: usize) -> ProduceBatch {
+    ProduceBatch {
+        topic: "t".to_string(),
+        partition: Some(partition),
+        records: records(n, 100),
+        encoded_batch: Bytes::new(),
+    }
+}
+
+fn request(batches: Vec<ProduceBatch>, acks: Acks, timeout_ms: u32) -> ProduceRequest {
+    ProduceRequest {
+        batches,
+        acks: acks as i32,
+        timeout_ms,
+    }
+}
+
+#[tokio::test]
+async fn not_leader_retry_follows_the_leader_move() {
+    let second = FakeStorage::start(Behaviour::Accept).await;
+    let first = FakeStorage::start(Behaviour::NotLeader(second.address())).await;
+    let nodes = vec![(1, first.address()), (2, second.address())];
+    let controller = FakeController::start(metadata(1, &nodes, &[1])).await;
+    {
+        // The leader moves while the first node refuses.
+        let controller = controller.clone();
+        let nodes = nodes.clone();
+        first.on_not_leader(move || controller.set(metadata(2, &nodes, &[2])));
+    }
+    let mut gw = Gateway::start(&controller, GatewayConfig::default()).await;
+    gw.wait_ready().await;
+    let mut client = gw.produce_client().await;
+    let resp = client
+        .produce(request(vec![batch(0, 3)], Acks::All, 5_000))
+        .await
+        .unwrap()
+        .into_inner();
+    let result = &resp.results[0];
+    assert!(result.error.is_none(), "{:?}", result.error);
+    assert_eq!(result.acks.len(), 1);
+    assert_eq!(result.acks[0].base_offset, 0);
+    assert_eq!(result.acks[0].last_offset, 2);
+    assert_eq!(first.appends.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        second.appends.load(Ordering::SeqCst),
+        1,
+        "written exactly once"
+    );
+}
+
+#[tokio::test]
+async fn stuck_storage_node_times_out_produce() {
+    let stuck = FakeStorage::start(Behaviour::Stall).await;
+    let healthy = FakeStorage::start(Behaviour::Accept).await;
+    let nodes = vec![(1, stuck.address()), (2, healthy.address())];
+    // Partition 0 on the stuck node, partition 1 on the healthy one.
+    let controller = FakeController::start(metadata(1, &nodes, &[1, 2])).await;
+    let config = GatewayConfig {
+        storage_call_timeout_ms: 300,
+        request_timeout_ms: 60_000,
+        // One write at a time: the second request needs the first's permit.
+        max_in_flight_writes: 1,
+        ..GatewayConfig::default()
+    };
+    let mut gw = Gateway::start(&controller, config).await;
+    gw.wait_ready().await;
+    let mut client = gw.produce_client().await;
+
+    let started = Instant::now();
+    let resp = client
+        .produce(request(vec![batch(0, 1)], Acks::All, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    let waited = started.elapsed();
+    let error = resp.results[0]
+        .error
+        .as_ref()
+        .expect("the stuck write fails");
+    let error = Error::from_detail(error);
+    assert_eq!(error.reason, Reason::Timeout, "{error}");
+    assert_eq!(error.reason.code(), tonic::Code::DeadlineExceeded);
+    assert!(
+        error.message.contains("gateway.storage_call_timeout_ms"),
+        "{error}"
+    );
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+        "answered after {waited:?}"
+    );
+    // Not retried: the stuck node may still write it.
+    assert_eq!(stuck.appends.load(Ordering::SeqCst), 1);
+    assert!(stuck.saw_timeout_header.load(Ordering::SeqCst));
+    assert_eq!(gw.metrics.in_flight_writes.get(), 0, "permit released");
+
+    // The permit is free: the next write is not blocked by the first.
+    let started = Instant::now();
+    let resp = client
+        .produce(request(vec![batch(1, 1)], Acks::All, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        resp.results[0].error.is_none(),
+        "{:?}",
+        resp.results[0].error
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(healthy.appends.load(Ordering::SeqCst), 1);
+
+    // The stuck node's handler was abandoned, not left running.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(stuck.outstanding.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn acks_none_flood_keeps_memory_bounded() {
+    const MAX_WRITES: usize = 8;
+    let stalled = FakeStorage::start(Behaviour::Stall).await;
+    let nodes = vec![(1, stalled.address())];
+    let controller = FakeController::start(metadata(1, &nodes, &[1, 1, 1, 1])).await;
+    let config = GatewayConfig {
+        max_in_flight_writes: MAX_WRITES,
+        // Long enough that nothing times out during the flood.
+        storage_call_timeout_ms: 60_000,
+        request_timeout_ms: 60_000,
+        max_in_flight_per_stream: 4,
+        ..GatewayConfig::default()
+    };
+    let mut gw = Gateway::start(&controller, config).await;
+    gw.wait_ready().await;
+
+    // A streaming flood first: its writes stall at the node for good.
+    let mut stream_client = gw.produce_client().await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<ProduceStreamRequest>(1);
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let feeder = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            for seq in 0..10_000u64 {
+                let msg = ProduceStreamRequest {
+                    sequence: seq,
+                    acks: Acks::None as i32,
+                    batch: Some(batch((seq % 4) as u32, 10)),
+                };
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+                sent.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let _responses = stream_client
+        .produce_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap();
+
+    wait_until(|| stalled.outstanding.load(Ordering::SeqCst) == 4).await;
+
+    // Then unary floods alongside: many callers, acks=NONE, short timeouts.
+    let mut clients = Vec::new();
+    for _ in 0..64 {
+        clients.push(gw.produce_client().await);
+    }
+    let mut callers = Vec::new();
+    for (i, mut client) in clients.into_iter().enumerate() {
+        let i = i as u32;
+        callers.push(tokio::spawn(async move {
+            let mut overloaded = 0;
+            for _ in 0..4 {
+                let resp = client
+                    .produce(request(vec![batch(i % 4, 10)], Acks::None, 300))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                if let Some(e) = &resp.results[0].error {
+                    assert_eq!(e.reason, "OVERLOADED", "{e:?}");
+                    overloaded += 1;
+                }
+            }
+            overloaded
+        }));
+    }
+    let mut overloaded = 0;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        assert!(gw.metrics.in_flight_writes.get() <= MAX_WRITES as i64);
+        assert!(gw.metrics.in_flight_bytes.get() > 0);
+        assert!(stalled.outstanding.load(Ordering::SeqCst) <= MAX_WRITES);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for c in callers {
+        overloaded += c.await.unwrap();
+    }
+    // The limit was reached and never passed, at the gateway and at the
+    // storage node.
+    assert_eq!(stalled.peak.load(Ordering::SeqCst), MAX_WRITES);
+    // Unary writes end at their request's 300 ms deadline even though the
+    // node never answers; the stream's writes (default deadline) are still
+    // stuck, holding the stream's permits: exactly those are in flight.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stuck = stalled.outstanding.load(Ordering::SeqCst);
+    assert_eq!(stuck, 4, "max_in_flight_per_stream writes of the stream");
+    assert_eq!(gw.metrics.in_flight_writes.get(), stuck as i64);
+    let one_batch = 10 * (100 + 32) + 61;
+    assert!(gw.metrics.in_flight_bytes.get() <= (stuck * one_batch) as i64);
+    // 64 callers, 4 free slots, each held up to 300 ms: most were refused.
+    assert!(
+        overloaded >= 128,
+        "only {overloaded} of 256 unary batches refused"
+    );
+    // The stream stopped being read: what the client could push is what
+    // HTTP/2 flow control lets it buffer (the stream window), not the
+    // 10 000 messages it wanted to send, and it stays there.
+    let pushed = sent.load(Ordering::SeqCst);
+    let message = ProduceStreamRequest {
+        sequence: 1,
+        acks: Acks::None as i32,
+        batch: Some(batch(0, 10)),
+    }
+    .encoded_len();
+    let window = streambus_service::grpc::STREAM_WINDOW_BYTES as usize / message;
+    assert!(
+        pushed <= window + 16,
+        "{pushed} stream messages taken (window {window})"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        sent.load(Ordering::SeqCst),
+        pushed,
+        "the stream kept being read"
+    );
+    feeder.abort();
+}
+
+async fn wait_until(f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !f() {
+        assert!(Instant::now() < deadline, "condition not reached in time");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn health(gw: &Gateway) -> ServingStatus {
+    let mut client = HealthClient::new(gw.channel().await);
+    let status = client
+        .check(HealthCheckRequest {
+            service: "streambus.v1.ProduceService".to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    ServingStatus::try_from(status).unwrap()
+}
+
+async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn readiness_and_health_follow_controller_contact() {
+    let storage = FakeStorage::start(Behaviour::Accept).await;
+    let controller = FakeController::start(metadata(1, &[(1, storage.address())], &[1])).await;
+    controller.set_up(false);
+    let config = GatewayConfig {
+        metadata_staleness_ms: 400,
+        ..GatewayConfig::default()
+    };
+    let gw = Gateway::start(&controller, config).await;
+
+    // No metadata yet: not ready, not serving.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!*gw.ready.borrow());
+    assert_eq!(health(&gw).await, ServingStatus::NotServing);
+
+    // Metadata arrives: ready and serving.
+    controller.set_up(true);
+    wait_for("ready", async || *gw.ready.borrow()).await;
+    wait_for("SERVING", async || {
+        health(&gw).await == ServingStatus::Serving
+    })
+    .await;
+
+    // Still ready while the controller answers, even with no changes.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(*gw.ready.borrow(), "went unready with a live controller");
+
+    // Controller lost: not ready within the staleness bound (plus slack).
+    let lost = Instant::now();
+    controller.set_up(false);
+    wait_for("not ready", async || !*gw.ready.borrow()).await;
+    let took = lost.elapsed();
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_millis(1_500),
+        "not ready after {took:?}"
+    );
+    wait_for("NOT_SERVING", async || {
+        health(&gw).await == ServingStatus::NotServing
+    })
+    .await;
+
+    // Back: ready again.
+    controller.set_up(true);
+    wait_for("ready again", async || *gw.ready.borrow()).await;
+    wait_for("SERVING again", async || {
+        health(&gw).await == ServingStatus::Serving
+    })
+    .await;
+}
