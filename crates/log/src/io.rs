@@ -184,8 +184,10 @@ impl Disk {
             }
         }
         for p in &missing {
-            if let Some(parent) = p.parent().filter(|p| !p.as_os_str().is_empty()) {
-                self.sync_dir(parent)?;
+            match p.parent() {
+                Some(parent) if parent.as_os_str().is_empty() => self.sync_dir(Path::new("."))?,
+                Some(parent) => self.sync_dir(parent)?,
+                None => {}
             }
         }
         Ok(())
