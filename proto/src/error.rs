@@ -98,6 +98,14 @@ reasons! {
     StorageError => ("STORAGE_ERROR", Internal, false),
     /// A bug or unexpected state.
     Internal => ("INTERNAL", Internal, false),
+    /// The partition's replica on its leader cannot be served right now (its
+    /// log failed to open or failed an fsync); the node retries opening it.
+    PartitionOffline => ("PARTITION_OFFLINE", Unavailable, true),
+    /// Another live storage node is registered with this node id, or this
+    /// process was superseded by a newer registration of its id.
+    NodeIdConflict => ("NODE_ID_CONFLICT", FailedPrecondition, false),
+    /// A storage node's data directory belongs to another cluster.
+    ClusterIdMismatch => ("CLUSTER_ID_MISMATCH", FailedPrecondition, false),
 }
 
 impl fmt::Display for Reason {

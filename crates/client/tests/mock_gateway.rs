@@ -175,6 +175,7 @@ fn describe(name: &str, partitions: u32) -> v1::TopicDescription {
                 leader_epoch: 1,
                 replicas: vec![1],
                 isr: vec![1],
+                offline_replicas: vec![],
             })
             .collect(),
     }

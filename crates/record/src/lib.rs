@@ -25,7 +25,7 @@ mod records;
 mod varint;
 
 pub use builder::{BatchBuilder, Record, retain_records};
-pub use codec::MAX_DECOMPRESSED_SIZE;
+pub use codec::{MAX_DECOMPRESSED_SIZE, decompressed_bound, lz4_decompressed_bound};
 pub use error::RecordError;
 pub use header::{
     ATTR_COMPRESSION_MASK, ATTR_CONTROL, ATTR_LOG_APPEND_TIME, ATTR_TRANSACTIONAL, BatchHeader,

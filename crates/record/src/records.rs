@@ -340,7 +340,11 @@ pub fn decode_records(batch: &[u8]) -> Result<Vec<DecodedRecord>, RecordError> {
     let checked = open_batch(batch)?;
     let header = checked.header;
     let section = &checked.section;
-    let mut out = Vec::with_capacity(header.record_count.max(0) as usize);
+    // `recordCount` is the sender's claim: reserve no more than the section
+    // can hold (a record takes at least 7 bytes: length, attributes,
+    // timestamp delta, offset delta, key and value lengths, header count).
+    let claimed = header.record_count.max(0) as usize;
+    let mut out = Vec::with_capacity(claimed.min(section.len() / 7 + 1));
     walk_records(&header, section, |rec| {
         out.push(decoded(&header, section, rec))
     })?;

@@ -1,7 +1,7 @@
 //! Standard gRPC health checking and server reflection, mounted on every
 //! service.
 
-use tonic_health::server::HealthReporter;
+pub use tonic_health::server::HealthReporter;
 
 /// Reflection over every StreamBus `.proto` (public and internal).
 ///
@@ -67,10 +67,45 @@ pub const STREAM_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
 /// HTTP/2 connection flow-control window (shared by a connection's streams).
 pub const CONNECTION_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 
-/// A tonic server builder with StreamBus's transport settings.
+/// How often an idle HTTP/2 connection is pinged, by clients and servers.
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a keepalive ping may go unanswered before the connection is
+/// closed (a half-open connection is noticed within interval + timeout).
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long dialling a StreamBus peer may take.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A tonic server builder with StreamBus's transport settings: large
+/// windows, `TCP_NODELAY`, and HTTP/2 keepalive so a vanished client's
+/// connection (and whatever its streams hold) is released.
 pub fn server() -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+}
+
+/// A lazily connecting channel to a StreamBus service at `address`
+/// (`host:port` or `http://host:port`), with the transport settings every
+/// internal connection uses: connect timeout, `TCP_NODELAY`, large windows,
+/// and HTTP/2 keepalive (also while idle), so a half-open connection fails
+/// its calls within [`KEEPALIVE_INTERVAL`] + [`KEEPALIVE_TIMEOUT`] instead of
+/// hanging them. Nothing is dialled until the first call.
+pub fn channel(address: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let uri = if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    };
+    Ok(tonic::transport::Endpoint::from_shared(uri)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .connect_lazy())
 }

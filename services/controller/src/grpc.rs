@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::leases::Leases;
-use crate::metadata::{Command, CommandResponse, Metadata};
+use crate::metadata::{Command, CommandResponse, Metadata, ReplicaRefs};
 use crate::metrics::Metrics;
 use crate::store::{Raft, StateMachineStore};
 
@@ -301,7 +301,13 @@ impl ControllerService for ControllerGrpc {
         &self,
         req: Request<RegisterNodeRequest>,
     ) -> Result<Response<RegisterNodeResponse>, Status> {
-        let RegisterNodeRequest { node_id, address } = req.into_inner();
+        let RegisterNodeRequest {
+            node_id,
+            address,
+            incarnation,
+            directory_id,
+            cluster_id,
+        } = req.into_inner();
         if node_id == 0 {
             return Err(status(Error::new(
                 Reason::InvalidArgument,
@@ -315,17 +321,30 @@ impl ControllerService for ControllerGrpc {
             )));
         }
         self.proposer.ensure_leader().map_err(status)?;
+        let metadata = self.proposer.metadata();
+        check_registration(
+            &metadata,
+            node_id,
+            incarnation,
+            &directory_id,
+            &cluster_id,
+            self.leases.is_fresh(node_id),
+        )
+        .map_err(status)?;
         self.leases.heartbeat(node_id);
         self.proposer
             .propose(Command::RegisterNode {
                 node_id,
                 address: address.clone(),
+                incarnation,
+                directory_id,
             })
             .await
             .map_err(status)?;
-        tracing::info!(node_id, %address, "storage node registered");
+        tracing::info!(node_id, %address, incarnation, "storage node registered");
         Ok(Response::new(RegisterNodeResponse {
             lease_ms: self.lease_ms(),
+            cluster_id: metadata.cluster_id.clone(),
         }))
     }
 
@@ -333,17 +352,170 @@ impl ControllerService for ControllerGrpc {
         &self,
         req: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        let node_id = req.into_inner().node_id;
+        let HeartbeatRequest {
+            node_id,
+            incarnation,
+            offline_replicas,
+        } = req.into_inner();
         self.proposer.ensure_leader().map_err(status)?;
-        if !self.proposer.metadata().nodes.contains_key(&node_id) {
+        let metadata = self.proposer.metadata();
+        let Some(node) = metadata.nodes.get(&node_id) else {
             return Err(status(Error::new(
                 Reason::InvalidArgument,
                 format!("storage node {node_id} is not registered; call RegisterNode first"),
             )));
+        };
+        if node.incarnation != 0 && incarnation != node.incarnation {
+            return Err(status(Error::new(
+                Reason::NodeIdConflict,
+                format!(
+                    "storage node {node_id} was registered again by another process (incarnation {:x}); this process (incarnation {incarnation:x}) is superseded",
+                    node.incarnation
+                ),
+            )));
         }
         self.leases.heartbeat(node_id);
+        let reported: ReplicaRefs = offline_replicas
+            .iter()
+            .map(|r| (r.topic.clone(), r.partition))
+            .collect();
+        let recorded: ReplicaRefs = metadata
+            .topics
+            .values()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .filter(|p| p.offline_replicas.contains(&node_id))
+                    .map(|p| (t.name.clone(), p.partition))
+            })
+            .collect();
+        if reported != recorded {
+            for r in &offline_replicas {
+                tracing::warn!(node_id, topic = %r.topic, partition = r.partition, reason = %r.reason, "replica reported offline");
+            }
+            self.proposer
+                .propose(Command::SetOfflineReplicas {
+                    node_id,
+                    replicas: reported.into_iter().collect(),
+                })
+                .await
+                .map_err(status)?;
+        }
         Ok(Response::new(HeartbeatResponse {
             lease_ms: self.lease_ms(),
         }))
+    }
+}
+
+/// Decides whether a storage node may register:
+/// - not before the cluster has an id (retriable);
+/// - a data directory stamped by another cluster is refused;
+/// - the same node id from a different data directory while the current
+///   registration's lease is still valid is a second node configured with
+///   the same id, and is refused. The same directory with a new
+///   incarnation is a restart (the directory lock rules out two processes
+///   on one directory); a different directory after the lease lapsed is a
+///   replaced node.
+fn check_registration(
+    metadata: &Metadata,
+    node_id: u64,
+    incarnation: u64,
+    directory_id: &str,
+    cluster_id: &str,
+    lease_fresh: bool,
+) -> Result<(), Error> {
+    if metadata.cluster_id.is_empty() {
+        return Err(Error::new(
+            Reason::Unavailable,
+            "the cluster id is not initialized yet",
+        ));
+    }
+    if !cluster_id.is_empty() && cluster_id != metadata.cluster_id {
+        return Err(Error::new(
+            Reason::ClusterIdMismatch,
+            format!(
+                "storage node {node_id}'s data directory belongs to cluster {cluster_id}, not to this cluster ({})",
+                metadata.cluster_id
+            ),
+        ));
+    }
+    if let Some(node) = metadata.nodes.get(&node_id)
+        && node.alive
+        && lease_fresh
+        && node.incarnation != incarnation
+        && !node.directory_id.is_empty()
+        && node.directory_id != directory_id
+    {
+        return Err(Error::new(
+            Reason::NodeIdConflict,
+            format!(
+                "storage node id {node_id} is already registered by a live node at {} with another data directory; give each storage node its own node_id",
+                node.address
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::{Dirty, StorageNode};
+
+    fn cluster() -> Metadata {
+        let mut m = Metadata {
+            cluster_id: "c1".into(),
+            ..Metadata::default()
+        };
+        m.nodes.insert(
+            7,
+            StorageNode {
+                node_id: 7,
+                address: "127.0.0.1:1".into(),
+                alive: true,
+                incarnation: 11,
+                directory_id: "dir-a".into(),
+            },
+        );
+        m
+    }
+
+    #[test]
+    fn registration_waits_for_the_cluster_id() {
+        let err = check_registration(&Metadata::default(), 1, 1, "d", "", false).unwrap_err();
+        assert_eq!(err.reason, Reason::Unavailable);
+        assert!(err.retriable());
+    }
+
+    #[test]
+    fn a_directory_from_another_cluster_is_refused() {
+        let err = check_registration(&cluster(), 8, 1, "d", "other", false).unwrap_err();
+        assert_eq!(err.reason, Reason::ClusterIdMismatch);
+        assert!(err.message.contains("other") && err.message.contains("c1"));
+        check_registration(&cluster(), 8, 1, "d", "c1", false).unwrap();
+        check_registration(&cluster(), 8, 1, "d", "", false).unwrap();
+    }
+
+    #[test]
+    fn two_live_nodes_with_one_id_are_refused() {
+        let m = cluster();
+        let err = check_registration(&m, 7, 12, "dir-b", "c1", true).unwrap_err();
+        assert_eq!(err.reason, Reason::NodeIdConflict);
+        // The same directory again: a restart.
+        check_registration(&m, 7, 12, "dir-a", "c1", true).unwrap();
+        // The same process re-registering.
+        check_registration(&m, 7, 11, "dir-b", "c1", true).unwrap();
+        // The old registration's lease lapsed: a replaced node.
+        check_registration(&m, 7, 12, "dir-b", "c1", false).unwrap();
+        let mut dead = m.clone();
+        dead.apply(
+            1,
+            &Command::SetNodeAlive {
+                node_id: 7,
+                alive: false,
+            },
+            &mut Dirty::default(),
+        );
+        check_registration(&dead, 7, 12, "dir-b", "c1", true).unwrap();
     }
 }

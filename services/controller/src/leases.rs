@@ -3,6 +3,9 @@
 //! `SetNodeAlive { alive: false }` when a lease lapses and
 //! `SetNodeAlive { alive: true }` when heartbeats resume.
 //!
+//! The same task has the first leader of a new cluster propose its random
+//! cluster id (`InitCluster`).
+//!
 //! A newly elected leader grants every node that is alive in the metadata a
 //! fresh lease, so a leader change never expires healthy nodes; a node that
 //! is dead comes back only after heartbeating to the current leader.
@@ -45,6 +48,13 @@ impl Leases {
         self.last_seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether `node_id` heartbeated within the lease, as seen here.
+    pub fn is_fresh(&self, node_id: u64) -> bool {
+        self.seen()
+            .get(&node_id)
+            .is_some_and(|t| t.elapsed() <= self.lease)
+    }
+
     /// Records a heartbeat (or registration) from `node_id`.
     pub fn heartbeat(&self, node_id: u64) {
         self.heartbeat_at(node_id, Instant::now());
@@ -70,10 +80,12 @@ impl Leases {
             .collect()
     }
 
-    /// Grants a fresh lease to every node alive in the metadata; forgets the rest.
+    /// Grants a fresh lease to every node alive in the metadata. Heartbeats
+    /// already recorded are kept: one that arrived while `nodes` was being
+    /// read (a node registering as this controller takes over) must not be
+    /// forgotten, or the node would be expired and revived for nothing.
     fn reset(&self, nodes: &[(u64, bool)], now: Instant) {
         let mut seen = self.seen();
-        seen.clear();
         for &(id, alive) in nodes {
             if alive {
                 seen.insert(id, now);
@@ -97,6 +109,18 @@ impl Leases {
                 continue;
             }
             let metadata = proposer.metadata();
+            if metadata.cluster_id.is_empty() {
+                // The first leader of a new cluster names it, once: applying
+                // keeps the first id that commits.
+                let cluster_id = crate::metadata::random_id();
+                match proposer.propose(Command::InitCluster { cluster_id }).await {
+                    Ok(_) => {
+                        tracing::info!(cluster_id = %proposer.metadata().cluster_id, "cluster id initialized")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot initialize the cluster id"),
+                }
+                continue;
+            }
             let nodes: Vec<(u64, bool)> = metadata
                 .nodes
                 .values()
@@ -150,6 +174,21 @@ mod tests {
         assert_eq!(
             leases.decide(&[(1, false), (2, false)], t0 + Duration::from_millis(150)),
             vec![(2, true)]
+        );
+    }
+
+    #[test]
+    fn a_heartbeat_recorded_before_taking_over_is_kept() {
+        let leases = Leases::new(Duration::from_millis(100));
+        let t0 = Instant::now();
+        // Node 3 registered while the new leader read a snapshot without it.
+        leases.heartbeat_at(3, t0);
+        leases.reset(&[(1, true)], t0);
+        assert!(leases.is_fresh(3));
+        assert!(
+            leases
+                .decide(&[(1, true), (3, true)], t0 + Duration::from_millis(50))
+                .is_empty()
         );
     }
 

@@ -6,10 +6,10 @@
 //!
 //! - [`serve`] / [`serve_with_listener`] / [`serve_with_options`] run one
 //!   controller until a shutdown future completes.
-//! - [`client::ControllerClient`] is how other services talk to it.
-//! - [`topic_config`] parses per-topic configuration (cheap to depend on).
+//! - `streambus_cluster::ControllerClient` is how other services talk to
+//!   it, and `streambus_cluster::topic_config` holds the topic
+//!   configuration rules it enforces.
 
-pub mod client;
 pub mod config;
 pub mod error;
 mod grpc;
@@ -20,10 +20,8 @@ mod network;
 mod raft_service;
 mod server;
 mod store;
-pub mod topic_config;
 
 pub use config::{ControllerConfig, Peer};
 pub use error::ControllerError;
 pub use metrics::Metrics;
 pub use server::{ServeOptions, serve, serve_with_listener, serve_with_options};
-pub use topic_config::TopicConfig;

@@ -15,12 +15,15 @@ use streambus_proto::internal::{ClusterMetadata, StorageNodeInfo, TopicMetadata}
 use streambus_proto::v1::{CreateTopicRequest, PartitionDescription, TopicDescription};
 use streambus_proto::{Error, Reason};
 
-use crate::topic_config::TopicConfig;
+use streambus_cluster::topic_config::TopicConfig;
 
 /// Most partitions one topic may have.
 pub const MAX_PARTITIONS: u32 = 10_000;
 /// Longest topic name.
 pub const MAX_TOPIC_NAME_LEN: usize = 249;
+/// Offline replicas a storage node reports: `(topic, partition)` pairs.
+pub type ReplicaRefs = BTreeSet<(String, u32)>;
+
 /// The message of the replication-factor gate.
 pub const REPLICATION_UNSUPPORTED: &str = "replication factor above 1 is not supported yet: leader-to-follower replication is not implemented";
 
@@ -41,6 +44,12 @@ pub enum Command {
         replication_factor: u32,
         /// Effective configuration.
         configs: BTreeMap<String, String>,
+        /// Random id chosen before proposing, so every controller applies
+        /// the same one and a rebuilt controller never reuses an old id.
+        /// Absent in entries written by older versions (then derived from
+        /// the log index).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        topic_id: Option<String>,
     },
     /// Delete a topic.
     DeleteTopic {
@@ -53,6 +62,25 @@ pub enum Command {
         node_id: u64,
         /// host:port of its StorageService.
         address: String,
+        /// The registering process's incarnation (0 in older entries).
+        #[serde(default)]
+        incarnation: u64,
+        /// The node's data directory id (empty in older entries).
+        #[serde(default)]
+        directory_id: String,
+    },
+    /// The cluster's id, proposed once by the first leader.
+    InitCluster {
+        /// Random hex id.
+        cluster_id: String,
+    },
+    /// The full set of replicas a storage node reports it cannot serve;
+    /// replaces the node's previous report.
+    SetOfflineReplicas {
+        /// Reporting storage node.
+        node_id: u64,
+        /// `(topic, partition)` pairs.
+        replicas: Vec<(String, u32)>,
     },
     /// The leader saw a node's lease lapse (`alive = false`) or its
     /// heartbeats resume (`alive = true`).
@@ -130,6 +158,9 @@ pub struct Partition {
     pub replicas: Vec<u64>,
     /// In-sync replicas.
     pub isr: Vec<u64>,
+    /// Replicas whose node reports it cannot serve them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offline_replicas: Vec<u64>,
 }
 
 /// A registered storage node.
@@ -141,6 +172,12 @@ pub struct StorageNode {
     pub address: String,
     /// Lease not expired (as last decided by the controller leader).
     pub alive: bool,
+    /// Incarnation of the process that registered last.
+    #[serde(default)]
+    pub incarnation: u64,
+    /// Data directory id of the registration.
+    #[serde(default)]
+    pub directory_id: String,
 }
 
 /// What one apply touched, so the persistence layer rewrites only that.
@@ -163,6 +200,14 @@ pub struct Metadata {
     pub nodes: BTreeMap<u64, StorageNode>,
     /// Where the next partition's round-robin placement starts.
     pub placement_cursor: u64,
+    /// Set once, by the first leader (empty before).
+    #[serde(default)]
+    pub cluster_id: String,
+}
+
+/// A random 128-bit id in hex (topic ids, cluster ids, directory ids).
+pub fn random_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 /// Checks the topic naming rules.
@@ -193,8 +238,9 @@ pub fn validate_topic_name(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// A 128-bit hex topic id, unique because the log index is.
-fn topic_id(index: u64, name: &str) -> String {
+/// The topic id of a `CreateTopic` entry written by a version that did not
+/// choose ids before proposing: derived from the log index and the name.
+fn legacy_topic_id(index: u64, name: &str) -> String {
     // splitmix64's finalizer is a bijection, so distinct indexes stay distinct.
     let mut z = index.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -254,6 +300,7 @@ impl Metadata {
             partitions: req.partitions,
             replication_factor,
             configs: config.to_btree_map(),
+            topic_id: Some(random_id()),
         })
     }
 
@@ -298,14 +345,20 @@ impl Metadata {
                 partitions,
                 replication_factor,
                 configs,
-            } => self.create_topic(
-                index,
-                name,
-                *partitions,
-                *replication_factor,
-                configs,
-                dirty,
-            ),
+                topic_id,
+            } => {
+                let topic_id = topic_id
+                    .clone()
+                    .unwrap_or_else(|| legacy_topic_id(index, name));
+                self.create_topic(
+                    topic_id,
+                    name,
+                    *partitions,
+                    *replication_factor,
+                    configs,
+                    dirty,
+                )
+            }
             Command::DeleteTopic { name } => {
                 if self.topics.remove(name).is_none() {
                     return CommandResponse::rejected(
@@ -316,15 +369,41 @@ impl Metadata {
                 dirty.topics.insert(name.clone());
                 CommandResponse::Ok
             }
-            Command::RegisterNode { node_id, address } => {
+            Command::RegisterNode {
+                node_id,
+                address,
+                incarnation,
+                directory_id,
+            } => {
                 let node = self.nodes.entry(*node_id).or_insert_with(|| StorageNode {
                     node_id: *node_id,
                     address: address.clone(),
                     alive: false,
+                    incarnation: 0,
+                    directory_id: String::new(),
                 });
                 node.address.clone_from(address);
+                node.incarnation = *incarnation;
+                node.directory_id.clone_from(directory_id);
                 dirty.nodes.insert(*node_id);
                 self.set_alive(*node_id, true, dirty);
+                CommandResponse::Ok
+            }
+            Command::InitCluster { cluster_id } => {
+                if self.cluster_id.is_empty() {
+                    self.cluster_id.clone_from(cluster_id);
+                }
+                CommandResponse::Ok
+            }
+            Command::SetOfflineReplicas { node_id, replicas } => {
+                if !self.nodes.contains_key(node_id) {
+                    return CommandResponse::rejected(
+                        Reason::InvalidArgument,
+                        format!("storage node {node_id} is not registered"),
+                    );
+                }
+                let offline: ReplicaRefs = replicas.iter().cloned().collect();
+                self.set_offline_replicas(*node_id, &offline, dirty);
                 CommandResponse::Ok
             }
             Command::SetNodeAlive { node_id, alive } => {
@@ -347,7 +426,7 @@ impl Metadata {
 
     fn create_topic(
         &mut self,
-        index: u64,
+        topic_id: String,
         name: &str,
         partitions: u32,
         replication_factor: u32,
@@ -377,13 +456,14 @@ impl Metadata {
                     leader_epoch: 0,
                     isr: replicas.clone(),
                     replicas,
+                    offline_replicas: Vec::new(),
                 }
             })
             .collect::<Vec<_>>();
         self.placement_cursor = self.placement_cursor.wrapping_add(partitions.len() as u64);
         let topic = Topic {
             name: name.to_string(),
-            topic_id: topic_id(index, name),
+            topic_id,
             replication_factor,
             configs: configs.clone(),
             partitions,
@@ -438,6 +518,45 @@ impl Metadata {
         }
     }
 
+    /// Records the replicas `node_id` cannot serve (replacing its previous
+    /// report). A partition whose leader went offline moves to another
+    /// live, online ISR member with a new epoch, when there is one.
+    fn set_offline_replicas(&mut self, node_id: u64, offline: &ReplicaRefs, dirty: &mut Dirty) {
+        let live: BTreeSet<u64> = self.alive_nodes().into_iter().collect();
+        for topic in self.topics.values_mut() {
+            let mut changed = false;
+            for p in &mut topic.partitions {
+                if !p.replicas.contains(&node_id) {
+                    continue;
+                }
+                let is_offline = offline.contains(&(topic.name.clone(), p.partition));
+                let was_offline = p.offline_replicas.contains(&node_id);
+                if is_offline == was_offline {
+                    continue;
+                }
+                changed = true;
+                if is_offline {
+                    p.offline_replicas.push(node_id);
+                    p.offline_replicas.sort_unstable();
+                } else {
+                    p.offline_replicas.retain(|&r| r != node_id);
+                }
+                if is_offline
+                    && p.leader == node_id
+                    && let Some(&next) = p.isr.iter().find(|&&r| {
+                        r != node_id && live.contains(&r) && !p.offline_replicas.contains(&r)
+                    })
+                {
+                    p.leader = next;
+                    p.leader_epoch += 1;
+                }
+            }
+            if changed {
+                dirty.topics.insert(topic.name.clone());
+            }
+        }
+    }
+
     /// The public description of a topic.
     pub fn describe(topic: &Topic) -> TopicDescription {
         TopicDescription {
@@ -475,6 +594,7 @@ impl Metadata {
                 .collect(),
             controller_leader_id: leader_id,
             controller_leader_address: leader_address.to_string(),
+            cluster_id: self.cluster_id.clone(),
         }
     }
 }
@@ -486,6 +606,7 @@ fn describe_partition(p: &Partition) -> PartitionDescription {
         leader_epoch: p.leader_epoch,
         replicas: p.replicas.clone(),
         isr: p.isr.clone(),
+        offline_replicas: p.offline_replicas.clone(),
     }
 }
 
@@ -510,6 +631,8 @@ mod tests {
             &Command::RegisterNode {
                 node_id,
                 address: format!("10.0.0.{node_id}:7500"),
+                incarnation: node_id,
+                directory_id: format!("dir-{node_id}"),
             },
             &mut Dirty::default(),
         );
@@ -531,6 +654,7 @@ mod tests {
             partitions,
             replication_factor: rf,
             configs: TopicConfig::default().to_btree_map(),
+            topic_id: Some(random_id()),
         };
         match m.apply(index, &cmd, &mut Dirty::default()) {
             CommandResponse::Topic(t) => t,
@@ -646,6 +770,7 @@ mod tests {
                 partitions: 1,
                 replication_factor: 1,
                 configs: BTreeMap::new(),
+                topic_id: Some(random_id()),
             },
             &mut Dirty::default(),
         );
@@ -719,6 +844,8 @@ mod tests {
             &Command::RegisterNode {
                 node_id: 7,
                 address: "moved:1".into(),
+                incarnation: 2,
+                directory_id: "dir-7".into(),
             },
             &mut Dirty::default(),
         );
@@ -835,5 +962,121 @@ mod tests {
             r#"{"type":"set_node_alive","node_id":3,"alive":false}"#
         );
         assert_eq!(serde_json::from_str::<Command>(&json).unwrap(), cmd);
+    }
+
+    /// Topic ids are chosen randomly before proposing, so a controller
+    /// rebuilt from scratch that recreates topics in the same order never
+    /// reuses an old id (and with it an old data directory).
+    #[test]
+    fn topic_ids_are_random_and_survive_a_controller_rebuild() {
+        let build = || {
+            let mut m = Metadata::default();
+            register(&mut m, 1, 1);
+            let cmd = m.validate_create_topic(&create_req("t", 1, 1)).unwrap();
+            match m.apply(2, &cmd, &mut Dirty::default()) {
+                CommandResponse::Topic(t) => (cmd, t.topic_id),
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        let (cmd, first) = build();
+        let (_, rebuilt) = build();
+        assert_ne!(first, rebuilt);
+        assert_eq!(first.len(), 32);
+        // Every replica of the state machine applies the proposed id.
+        let mut other = Metadata::default();
+        register(&mut other, 1, 1);
+        match other.apply(2, &cmd, &mut Dirty::default()) {
+            CommandResponse::Topic(t) => assert_eq!(t.topic_id, first),
+            r => panic!("unexpected {r:?}"),
+        }
+    }
+
+    /// A `CreateTopic` entry written before ids were chosen at proposal
+    /// time still applies, with the id derived as it was then.
+    #[test]
+    fn create_topic_entries_without_an_id_still_apply() {
+        let json = r#"{"type":"create_topic","name":"old","partitions":1,"replication_factor":1,"configs":{}}"#;
+        let cmd: Command = serde_json::from_str(json).unwrap();
+        let mut m = Metadata::default();
+        register(&mut m, 1, 1);
+        let CommandResponse::Topic(t) = m.apply(5, &cmd, &mut Dirty::default()) else {
+            panic!("not created");
+        };
+        assert_eq!(t.topic_id, legacy_topic_id(5, "old"));
+        let json = r#"{"type":"register_node","node_id":4,"address":"a:1"}"#;
+        let cmd: Command = serde_json::from_str(json).unwrap();
+        assert_eq!(m.apply(6, &cmd, &mut Dirty::default()), CommandResponse::Ok);
+        assert_eq!(m.nodes[&4].incarnation, 0);
+    }
+
+    #[test]
+    fn the_first_cluster_id_wins() {
+        let mut m = Metadata::default();
+        for (i, id) in ["aa", "bb"].into_iter().enumerate() {
+            let cmd = Command::InitCluster {
+                cluster_id: id.into(),
+            };
+            assert_eq!(
+                m.apply(i as u64 + 1, &cmd, &mut Dirty::default()),
+                CommandResponse::Ok
+            );
+        }
+        assert_eq!(m.cluster_id, "aa");
+        assert_eq!(m.to_cluster_metadata(1, "x").cluster_id, "aa");
+    }
+
+    #[test]
+    fn offline_replicas_are_recorded_replaced_and_cleared() {
+        let mut m = Metadata::default();
+        register(&mut m, 1, 1);
+        create_raw(&mut m, 2, "a", 2, 1);
+        create_raw(&mut m, 3, "b", 1, 1);
+        let report = |m: &mut Metadata, index, replicas: &[(&str, u32)]| {
+            let mut dirty = Dirty::default();
+            let cmd = Command::SetOfflineReplicas {
+                node_id: 1,
+                replicas: replicas.iter().map(|(t, p)| (t.to_string(), *p)).collect(),
+            };
+            assert_eq!(m.apply(index, &cmd, &mut dirty), CommandResponse::Ok);
+            dirty
+        };
+        let dirty = report(&mut m, 4, &[("a", 1)]);
+        assert_eq!(dirty.topics, BTreeSet::from(["a".to_string()]));
+        assert_eq!(m.topics["a"].partitions[1].offline_replicas, vec![1]);
+        assert!(m.topics["a"].partitions[0].offline_replicas.is_empty());
+        let d = Metadata::describe(&m.topics["a"]);
+        assert_eq!(d.partitions[1].offline_replicas, vec![1]);
+        // The next report replaces the previous one.
+        report(&mut m, 5, &[("b", 0)]);
+        assert!(m.topics["a"].partitions[1].offline_replicas.is_empty());
+        assert_eq!(m.topics["b"].partitions[0].offline_replicas, vec![1]);
+        report(&mut m, 6, &[]);
+        assert!(m.topics["b"].partitions[0].offline_replicas.is_empty());
+        // An unregistered node's report is refused.
+        let r = m.apply(
+            7,
+            &Command::SetOfflineReplicas {
+                node_id: 9,
+                replicas: vec![],
+            },
+            &mut Dirty::default(),
+        );
+        assert!(matches!(r, CommandResponse::Rejected { .. }));
+    }
+
+    #[test]
+    fn an_offline_leader_hands_over_to_an_online_isr_member() {
+        let mut m = Metadata::default();
+        register(&mut m, 1, 1);
+        register(&mut m, 2, 2);
+        create_raw(&mut m, 3, "t", 1, 2); // leader 1, ISR [1, 2]
+        let cmd = Command::SetOfflineReplicas {
+            node_id: 1,
+            replicas: vec![("t".into(), 0)],
+        };
+        m.apply(4, &cmd, &mut Dirty::default());
+        let p = &m.topics["t"].partitions[0];
+        assert_eq!((p.leader, p.leader_epoch), (2, 1));
+        assert_eq!(p.offline_replicas, vec![1]);
     }
 }

@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use streambus_proto::internal::RaftPayload;
 use streambus_proto::internal::raft_service_client::RaftServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::store::TypeConfig;
 
@@ -39,17 +39,7 @@ impl Network {
 
 /// Connects a tonic channel lazily (nothing is dialled until the first RPC).
 pub(crate) fn lazy_channel(address: &str) -> Result<Channel, tonic::transport::Error> {
-    let uri = if address.contains("://") {
-        address.to_string()
-    } else {
-        format!("http://{address}")
-    };
-    Ok(Endpoint::from_shared(uri)?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy())
+    streambus_service::grpc::channel(address)
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {

@@ -27,7 +27,7 @@ use crate::raft_service::RaftServiceImpl;
 use crate::store::{self, Raft, StateMachineStore};
 
 /// Largest controller message (a full metadata snapshot of a big cluster).
-pub(crate) const MAX_METADATA_MESSAGE_BYTES: usize = 64 << 20;
+pub(crate) use streambus_cluster::MAX_METADATA_MESSAGE_BYTES;
 
 /// Optional extras for [`serve_with_options`].
 #[derive(Debug, Default)]

@@ -4,10 +4,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
-use streambus_controller::client::ControllerClient;
+use streambus_cluster::ControllerClient;
 use streambus_controller::{ControllerConfig, ControllerError, Peer, serve_with_listener};
-use streambus_proto::internal::ClusterMetadata;
 use streambus_proto::internal::controller_service_client::ControllerServiceClient;
+use streambus_proto::internal::{
+    ClusterMetadata, HeartbeatRequest, OfflineReplica, RegisterNodeRequest,
+};
 use streambus_proto::v1::CreateTopicRequest;
 use streambus_proto::{Error, Reason};
 use tokio::net::TcpListener;
@@ -15,6 +17,26 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 const WAIT: Duration = Duration::from_secs(15);
+
+/// A registration of node `id` from data directory `dir-<id>`, incarnation 1.
+fn reg(id: u64, address: &str) -> RegisterNodeRequest {
+    RegisterNodeRequest {
+        node_id: id,
+        address: address.to_string(),
+        incarnation: 1,
+        directory_id: format!("dir-{id}"),
+        cluster_id: String::new(),
+    }
+}
+
+/// A heartbeat of incarnation 1 with nothing offline.
+fn hb(id: u64) -> HeartbeatRequest {
+    HeartbeatRequest {
+        node_id: id,
+        incarnation: 1,
+        offline_replicas: vec![],
+    }
+}
 
 struct Controller {
     id: u64,
@@ -153,7 +175,10 @@ async fn topics_survive_controller_restart() {
     let dir = tempfile::tempdir().unwrap();
     let c = single(dir.path(), 60_000).await;
     let client = client(&[&c]);
-    client.register_node(7, "127.0.0.1:9001").await.unwrap();
+    client
+        .register_node(reg(7, "127.0.0.1:9001"))
+        .await
+        .unwrap();
     let mut req = topic("orders", 3);
     req.configs.insert("retention.ms".into(), "-1".into());
     let created = client.create_topic(req).await.unwrap();
@@ -196,7 +221,10 @@ async fn bad_requests_get_stable_reasons() {
     let impatient = client.clone().with_retry_for(Duration::from_millis(200));
     let err = impatient.create_topic(topic("t", 1)).await.unwrap_err();
     assert_eq!(err.reason, Reason::InsufficientNodes, "{err}");
-    client.register_node(1, "127.0.0.1:9001").await.unwrap();
+    client
+        .register_node(reg(1, "127.0.0.1:9001"))
+        .await
+        .unwrap();
 
     let err = client.create_topic(topic("bad name", 1)).await.unwrap_err();
     assert_eq!(err.reason, Reason::InvalidTopicName);
@@ -213,7 +241,7 @@ async fn bad_requests_get_stable_reasons() {
     assert!(err.message.contains("cleanup.policy"));
     let err = client.delete_topic("missing").await.unwrap_err();
     assert_eq!(err.reason, Reason::UnknownTopic);
-    let err = client.heartbeat(99).await.unwrap_err();
+    let err = client.heartbeat(hb(99)).await.unwrap_err();
     assert_eq!(err.reason, Reason::InvalidArgument);
 
     // The server keeps serving.
@@ -243,7 +271,7 @@ async fn writes_through_a_follower_get_leader_hint_and_client_follows_it() {
     // A client that only knows the follower follows the hint.
     let via_follower = client(&[follower]);
     via_follower
-        .register_node(1, "127.0.0.1:9001")
+        .register_node(reg(1, "127.0.0.1:9001"))
         .await
         .unwrap();
     let created = via_follower.create_topic(topic("t", 2)).await.unwrap();
@@ -279,7 +307,10 @@ async fn new_leader_is_elected_after_leader_shutdown_and_accepts_writes() {
     let controllers = cluster(&dirs).await;
     let all: Vec<&Controller> = controllers.iter().collect();
     let client = client(&all);
-    client.register_node(1, "127.0.0.1:9001").await.unwrap();
+    client
+        .register_node(reg(1, "127.0.0.1:9001"))
+        .await
+        .unwrap();
     client.create_topic(topic("before", 1)).await.unwrap();
     let old_leader = leader_of(&client).await;
     let mut watch = Box::pin(client.watch_metadata());
@@ -346,7 +377,10 @@ async fn watch_metadata_delivers_updates_in_version_order() {
     assert!(first.topics.is_empty());
     assert_eq!(first.controller_leader_id, 1);
 
-    client.register_node(1, "127.0.0.1:9001").await.unwrap();
+    client
+        .register_node(reg(1, "127.0.0.1:9001"))
+        .await
+        .unwrap();
     client.create_topic(topic("watched", 4)).await.unwrap();
     let mut last = first.version;
     loop {
@@ -371,7 +405,11 @@ async fn lapsed_storage_node_lease_is_reported_dead_until_heartbeats_resume() {
     let c = single(dir.path(), 300).await;
     let client = client(&[&c]);
     assert_eq!(
-        client.register_node(5, "127.0.0.1:9005").await.unwrap(),
+        client
+            .register_node(reg(5, "127.0.0.1:9005"))
+            .await
+            .unwrap()
+            .lease_ms,
         300
     );
     client.create_topic(topic("t", 1)).await.unwrap();
@@ -392,7 +430,7 @@ async fn lapsed_storage_node_lease_is_reported_dead_until_heartbeats_resume() {
         }
     }
     // Heartbeats resume: alive again.
-    client.heartbeat(5).await.unwrap();
+    client.heartbeat(hb(5)).await.unwrap();
     loop {
         let md = tokio::time::timeout(WAIT, watch.next())
             .await
@@ -454,5 +492,99 @@ async fn grpc_health_and_reflection_are_served() {
         "{names:?}"
     );
     assert!(names.contains(&"streambus.v1.AdminService"), "{names:?}");
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_segment_bytes_is_refused_at_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = single(dir.path(), 60_000).await;
+    let client = client(&[&c]);
+    client
+        .register_node(reg(1, "127.0.0.1:9001"))
+        .await
+        .unwrap();
+    let mut req = topic("bad", 1);
+    req.configs.insert("segment.bytes".into(), "20".into());
+    let err = client.create_topic(req).await.unwrap_err();
+    assert_eq!(err.reason, Reason::InvalidConfig, "{err}");
+    assert!(err.message.contains("segment.bytes"), "{}", err.message);
+    assert!(err.message.contains("61 to 2147483647"), "{}", err.message);
+    // Nothing was created, and the next create works.
+    assert!(client.get_metadata().await.unwrap().topics.is_empty());
+    client.create_topic(topic("good", 1)).await.unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_second_live_node_with_the_same_id_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = single(dir.path(), 60_000).await;
+    let client = client(&[&c]);
+    let first = client
+        .register_node(reg(4, "127.0.0.1:9004"))
+        .await
+        .unwrap();
+    assert_eq!(first.cluster_id.len(), 32);
+
+    // Same id, another data directory, while the first is alive.
+    let mut twin = reg(4, "127.0.0.1:9104");
+    twin.incarnation = 2;
+    twin.directory_id = "another-dir".into();
+    let err = client.register_node(twin).await.unwrap_err();
+    assert_eq!(err.reason, Reason::NodeIdConflict, "{err}");
+    assert!(err.message.contains("127.0.0.1:9004"), "{}", err.message);
+    // The original keeps its address.
+    let md = client.get_metadata().await.unwrap();
+    assert_eq!(md.nodes[0].address, "127.0.0.1:9004");
+
+    // A restart of the original (same directory, new incarnation) is fine,
+    // and supersedes the old incarnation's heartbeats.
+    let mut restart = reg(4, "127.0.0.1:9004");
+    restart.incarnation = 3;
+    client.register_node(restart).await.unwrap();
+    let err = client.heartbeat(hb(4)).await.unwrap_err();
+    assert_eq!(err.reason, Reason::NodeIdConflict, "{err}");
+    let mut beat = hb(4);
+    beat.incarnation = 3;
+    client.heartbeat(beat).await.unwrap();
+
+    // A data directory stamped by another cluster is refused.
+    let mut foreign = reg(5, "127.0.0.1:9005");
+    foreign.cluster_id = "0123456789abcdef0123456789abcdef".into();
+    let err = client.register_node(foreign).await.unwrap_err();
+    assert_eq!(err.reason, Reason::ClusterIdMismatch, "{err}");
+    let mut own = reg(5, "127.0.0.1:9005");
+    own.cluster_id = first.cluster_id.clone();
+    client.register_node(own).await.unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn offline_replicas_reported_by_heartbeat_appear_in_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = single(dir.path(), 60_000).await;
+    let client = client(&[&c]);
+    client
+        .register_node(reg(1, "127.0.0.1:9001"))
+        .await
+        .unwrap();
+    let t = client.create_topic(topic("t", 2)).await.unwrap();
+    let mut beat = hb(1);
+    beat.offline_replicas = vec![OfflineReplica {
+        topic: "t".into(),
+        topic_id: t.topic_id.clone(),
+        partition: 1,
+        reason: "cannot open log".into(),
+    }];
+    client.heartbeat(beat).await.unwrap();
+    let md = client.get_metadata().await.unwrap();
+    let ps = &md.topics[0].partitions;
+    assert!(ps[0].offline_replicas.is_empty());
+    assert_eq!(ps[1].offline_replicas, vec![1]);
+    // Back online: the next heartbeat without it clears it.
+    client.heartbeat(hb(1)).await.unwrap();
+    let md = client.get_metadata().await.unwrap();
+    assert!(md.topics[0].partitions[1].offline_replicas.is_empty());
     c.shutdown().await;
 }

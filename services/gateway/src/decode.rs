@@ -14,79 +14,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use streambus_proto::v1::{ConsumedRecord, Header};
 use streambus_proto::{Error, Reason};
-use streambus_record::{BatchHeader, BatchIter, Compression, HEADER_SIZE, MAX_DECOMPRESSED_SIZE};
+use streambus_record::{BatchHeader, BatchIter, HEADER_SIZE, decompressed_bound};
 use streambus_service::budget::MemoryBudget;
 
 /// What one decoded record costs besides its bytes.
 const RECORD_STRUCT_BYTES: usize = std::mem::size_of::<ConsumedRecord>();
-
-/// LZ4 frame magic number.
-const LZ4_MAGIC: u32 = 0x184D_2204;
-
-/// An upper bound of the decompressed size of an LZ4 frame sequence, read
-/// from the frame and block headers (each compressed block expands to at
-/// most the frame's declared block size; an uncompressed block is its own
-/// size). `None` when the data is not a well-formed LZ4 frame sequence.
-pub fn lz4_decompressed_bound(data: &[u8]) -> Option<usize> {
-    let u32_at = |pos: usize| -> Option<u32> {
-        let b = data.get(pos..pos.checked_add(4)?)?;
-        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    let mut pos = 0usize;
-    let mut total = 0usize;
-    while pos < data.len() {
-        let magic = u32_at(pos)?;
-        if magic & 0xFFFF_FFF0 == 0x184D_2A50 {
-            // A skippable frame: no output.
-            let size = u32_at(pos + 4)? as usize;
-            pos = pos.checked_add(8)?.checked_add(size)?;
-            continue;
-        }
-        if magic != LZ4_MAGIC {
-            return None;
-        }
-        let flags = *data.get(pos + 4)?;
-        let bd = *data.get(pos + 5)?;
-        if flags >> 6 != 0b01 {
-            return None;
-        }
-        let block_checksums = flags & 0x10 != 0;
-        let content_size = flags & 0x08 != 0;
-        let content_checksum = flags & 0x04 != 0;
-        let dict_id = flags & 0x01 != 0;
-        let block_max: usize = match (bd >> 4) & 0x07 {
-            4 => 64 << 10,
-            5 => 256 << 10,
-            6 => 1 << 20,
-            7 => 4 << 20,
-            _ => return None,
-        };
-        pos += 6 + if content_size { 8 } else { 0 } + if dict_id { 4 } else { 0 } + 1;
-        loop {
-            let word = u32_at(pos)?;
-            pos += 4;
-            if word == 0 {
-                break;
-            }
-            let stored = (word & 0x7FFF_FFFF) as usize;
-            let uncompressed = word & 0x8000_0000 != 0;
-            total = total.saturating_add(if uncompressed { stored } else { block_max });
-            pos = pos
-                .checked_add(stored)?
-                .checked_add(if block_checksums { 4 } else { 0 })?;
-            if pos > data.len() {
-                return None;
-            }
-        }
-        if content_checksum {
-            pos += 4;
-        }
-        if pos > data.len() {
-            return None;
-        }
-    }
-    Some(total)
-}
 
 /// An upper bound of the memory decoding one batch holds: the records
 /// section (a copy when uncompressed, the expansion when compressed) plus
@@ -94,10 +26,7 @@ pub fn lz4_decompressed_bound(data: &[u8]) -> Option<usize> {
 pub fn decode_cost(header: &BatchHeader, batch: &[u8]) -> usize {
     let body = batch.get(HEADER_SIZE..).unwrap_or_default();
     let section = match header.compression() {
-        Ok(Compression::None) => body.len(),
-        Ok(Compression::Lz4) => lz4_decompressed_bound(body)
-            .unwrap_or(MAX_DECOMPRESSED_SIZE)
-            .min(MAX_DECOMPRESSED_SIZE),
+        Ok(codec) => decompressed_bound(codec, body),
         // Unknown codec: decoding fails before allocating.
         Err(_) => 0,
     };
@@ -202,7 +131,7 @@ pub async fn decode_within(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use streambus_record::{BatchBuilder, Record};
+    use streambus_record::{BatchBuilder, Compression, Record};
 
     fn batch(compression: Compression, base: i64, n: usize, value_len: usize) -> Bytes {
         let mut b = BatchBuilder::new(compression);
@@ -224,7 +153,7 @@ mod tests {
         // Highly compressible: 300 KiB of repeated bytes.
         let b = batch(Compression::Lz4, 0, 300, 1024);
         let (header, _) = BatchIter::new(&b).next().unwrap().unwrap();
-        let bound = lz4_decompressed_bound(&b[HEADER_SIZE..]).unwrap();
+        let bound = streambus_record::lz4_decompressed_bound(&b[HEADER_SIZE..]).unwrap();
         let actual: usize = streambus_record::decode_records(&b)
             .unwrap()
             .iter()
@@ -239,12 +168,18 @@ mod tests {
 
     #[test]
     fn lz4_bound_refuses_what_is_not_a_frame() {
-        assert_eq!(lz4_decompressed_bound(b"not lz4 at all"), None);
+        assert_eq!(
+            streambus_record::lz4_decompressed_bound(b"not lz4 at all"),
+            None
+        );
         let b = batch(Compression::Lz4, 0, 10, 100);
         let body = &b[HEADER_SIZE..];
         // Truncated inside a block.
-        assert_eq!(lz4_decompressed_bound(&body[..body.len() - 8]), None);
-        assert_eq!(lz4_decompressed_bound(&[]), Some(0));
+        assert_eq!(
+            streambus_record::lz4_decompressed_bound(&body[..body.len() - 8]),
+            None
+        );
+        assert_eq!(streambus_record::lz4_decompressed_bound(&[]), Some(0));
     }
 
     #[test]

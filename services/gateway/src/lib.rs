@@ -18,7 +18,7 @@ use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
-use streambus_controller::client::ControllerClient;
+use streambus_cluster::ControllerClient;
 use streambus_proto::v1::admin_service_server::AdminServiceServer;
 use streambus_proto::v1::consume_service_server::ConsumeServiceServer;
 use streambus_proto::v1::produce_service_server::ProduceServiceServer;

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use streambus_controller::client::ControllerClient;
+use streambus_cluster::ControllerClient;
 use streambus_proto::internal::{ClusterMetadata, TopicMetadata};
 use streambus_proto::{Error, Reason};
 use tokio::sync::watch;

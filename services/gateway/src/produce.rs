@@ -638,7 +638,7 @@ mod tests {
     use std::collections::HashMap;
 
     use prometheus_client::registry::Registry;
-    use streambus_controller::client::ControllerClient;
+    use streambus_cluster::ControllerClient;
     use streambus_proto::internal::{ClusterMetadata, StorageNodeInfo, TopicMetadata};
     use streambus_proto::v1::{PartitionDescription, Record};
     use streambus_record::{BatchIter, decode_records};

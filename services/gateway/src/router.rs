@@ -16,7 +16,7 @@ use std::time::Duration;
 use streambus_proto::internal::storage_service_client::StorageServiceClient;
 use streambus_proto::{Error, Reason};
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::metadata::MetadataCache;
 
@@ -109,20 +109,12 @@ impl Router {
         let channel = match channels.get(addr) {
             Some(c) => c.clone(),
             None => {
-                let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| {
+                let c = streambus_service::grpc::channel(addr).map_err(|e| {
                     Error::new(
                         Reason::Internal,
                         format!("bad storage node address {addr:?}: {e}"),
                     )
                 })?;
-                let c = endpoint
-                    .connect_timeout(Duration::from_secs(5))
-                    .tcp_nodelay(true)
-                    .initial_stream_window_size(streambus_service::grpc::STREAM_WINDOW_BYTES)
-                    .initial_connection_window_size(
-                        streambus_service::grpc::CONNECTION_WINDOW_BYTES,
-                    )
-                    .connect_lazy();
                 channels.insert(addr.to_string(), c.clone());
                 c
             }

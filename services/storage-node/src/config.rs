@@ -24,6 +24,8 @@ pub struct StorageNodeConfig {
     pub heartbeat_interval_ms: u64,
     /// How often retention, compaction and age-based segment rolls run.
     pub maintenance_interval_ms: u64,
+    /// How often offline partition replicas are opened again.
+    pub reopen_interval_ms: u64,
     /// Upper bound for a fetch's long-poll wait.
     pub max_fetch_wait_ms: u64,
     /// Upper bound for one fetch response.
@@ -40,6 +42,7 @@ impl Default for StorageNodeConfig {
             controllers: vec!["127.0.0.1:7401".to_string()],
             heartbeat_interval_ms: 1000,
             maintenance_interval_ms: 60_000,
+            reopen_interval_ms: 5_000,
             max_fetch_wait_ms: 30_000,
             max_fetch_bytes: 16 * 1024 * 1024,
         }

@@ -49,6 +49,11 @@ pub enum StorageNodeError {
     /// A setting is unusable.
     #[error("configuration: {0}")]
     Config(String),
+    /// The controller refused this node (another live node has its id,
+    /// its data directory belongs to another cluster, or a newer process
+    /// registered its id).
+    #[error("refused by the controller: {0}")]
+    Refused(streambus_proto::Error),
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),

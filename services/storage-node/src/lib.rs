@@ -7,6 +7,7 @@
 //! replicas it hosts and leads. See `ARCHITECTURE.md`.
 
 pub mod config;
+pub mod data_dir;
 pub mod error;
 pub mod metrics;
 pub mod partitions;
@@ -19,8 +20,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use prometheus_client::registry::Registry;
-use streambus_controller::client::ControllerClient;
+use streambus_cluster::ControllerClient;
 use streambus_proto::internal::storage_service_server::StorageServiceServer;
+use streambus_proto::internal::{HeartbeatRequest, RegisterNodeRequest};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -28,6 +30,7 @@ pub use config::StorageNodeConfig;
 pub use error::StorageNodeError;
 pub use metrics::Metrics;
 
+use data_dir::DataDir;
 use partitions::Partitions;
 
 /// Largest gRPC message accepted or sent.
@@ -65,39 +68,73 @@ pub async fn serve_with_listener(
             addr: config.listen_addr,
             source,
         })?;
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| StorageNodeError::DataDir {
-        path: config.data_dir.clone(),
-        source,
-    })?;
+    let data_dir = DataDir::open(&config.data_dir, config.node_id)?;
     let advertised = config.advertised(bound);
     let partitions = Arc::new(Partitions::new(config.node_id, config.data_dir.clone()));
     let controller = ControllerClient::new(config.controllers.clone())
         .map_err(|e| StorageNodeError::Config(format!("storage_node.controllers: {e}")))?;
     let (drain_tx, drain_rx) = watch::channel(false);
     let ready = ready.unwrap_or_else(|| watch::channel(false).0);
+    let (health, health_service) = streambus_service::grpc::health_service();
+    let status = Arc::new(NodeStatus::default());
+    let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<StorageNodeError>();
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(membership_loop(
-        controller.clone(),
-        config.node_id,
-        advertised.clone(),
-        Duration::from_millis(config.heartbeat_interval_ms.max(10)),
+        Membership {
+            controller: controller.clone(),
+            node_id: config.node_id,
+            incarnation: rand::random::<u64>() | 1,
+            advertised: advertised.clone(),
+            interval: Duration::from_millis(config.heartbeat_interval_ms.max(10)),
+            data_dir,
+            partitions: partitions.clone(),
+            status: status.clone(),
+        },
+        fatal_tx,
     ));
     tasks.spawn(metadata_loop(
         controller,
         partitions.clone(),
         config.node_id,
         metrics.clone(),
+        status.clone(),
+    ));
+    tasks.spawn(readiness_loop(
+        status,
         ready,
+        health.clone(),
+        drain_rx.clone(),
     ));
     {
         let partitions = partitions.clone();
+        let metrics = metrics.clone();
+        let every = Duration::from_millis(config.reopen_interval_ms.max(10));
         tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                partitions.flush_due().await;
+                partitions.reopen_offline().await;
+                metrics.replicas.set(partitions.all().len() as i64);
+                metrics
+                    .offline_replicas
+                    .set(partitions.offline_replicas().len() as i64);
+            }
+        });
+    }
+    {
+        // The logs count fsyncs into one node-wide counter; export it.
+        let partitions = partitions.clone();
+        let metrics = metrics.clone();
+        tasks.spawn(async move {
+            let mut exported = 0;
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                let now = partitions.fsyncs();
+                metrics.fsyncs.inc_by(now.saturating_sub(exported));
+                exported = now;
             }
         });
     }
@@ -122,13 +159,18 @@ pub async fn serve_with_listener(
         max_fetch_bytes: config.max_fetch_bytes,
         draining: drain_rx,
     };
-    let (health, health_service) = streambus_service::grpc::health_service();
-    streambus_service::grpc::set_serving(&health, &["streambus.internal.v1.StorageService"]).await;
-    tracing::info!(node_id = config.node_id, addr = %bound, %advertised, "storage node serving");
+    tracing::info!(node_id = config.node_id, addr = %bound, %advertised, "storage node listening");
 
+    let fatal = Arc::new(std::sync::Mutex::new(None));
+    let fatal_slot = fatal.clone();
     let shutdown = async move {
-        shutdown.await;
-        tracing::info!("storage node draining");
+        tokio::select! {
+            () = shutdown => tracing::info!("storage node draining"),
+            Ok(e) = fatal_rx => {
+                tracing::error!(error = %e, "storage node stopping");
+                *fatal_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            }
+        }
         streambus_service::grpc::set_not_serving(
             &health,
             &["streambus.internal.v1.StorageService"],
@@ -149,32 +191,156 @@ pub async fn serve_with_listener(
     tasks.shutdown().await;
     partitions.close_all().await;
     tracing::info!(node_id = config.node_id, "storage node stopped");
+    if let Some(e) = fatal.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(e);
+    }
     result.map_err(StorageNodeError::from)
 }
 
-/// Registers with the controller, then heartbeats; registers again when a
-/// heartbeat is refused (for example after the controller lost the lease).
-async fn membership_loop(
+/// What readiness is computed from.
+#[derive(Default)]
+struct NodeStatus {
+    /// When the controller last accepted a registration or heartbeat.
+    last_contact: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The lease the controller granted, in ms.
+    lease_ms: std::sync::atomic::AtomicU64,
+    /// Metadata that lists this node as alive has been applied.
+    metadata_applied: std::sync::atomic::AtomicBool,
+}
+
+impl NodeStatus {
+    fn contact(&self, lease_ms: u64) {
+        *self.last_contact.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::time::Instant::now());
+        self.lease_ms
+            .store(lease_ms, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Ready: metadata applied, and the controller heard from this node
+    /// within the lease (beyond it the controller may already consider the
+    /// node dead and have moved its partitions).
+    fn ready(&self) -> bool {
+        let lease = Duration::from_millis(self.lease_ms.load(std::sync::atomic::Ordering::Acquire));
+        let fresh = self
+            .last_contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| t.elapsed() <= lease);
+        fresh
+            && self
+                .metadata_applied
+                .load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Keeps `/readyz` and gRPC health in line with [`NodeStatus::ready`], both
+/// ways.
+async fn readiness_loop(
+    status: Arc<NodeStatus>,
+    ready: watch::Sender<bool>,
+    health: streambus_service::grpc::HealthReporter,
+    draining: watch::Receiver<bool>,
+) {
+    const SERVICE: &[&str] = &["streambus.internal.v1.StorageService"];
+    let mut was = None;
+    loop {
+        if *draining.borrow() {
+            // Draining owns the health status from here on.
+            let _ = ready.send(false);
+            return;
+        }
+        let now = status.ready();
+        if was != Some(now) {
+            if now {
+                tracing::info!("storage node ready");
+                streambus_service::grpc::set_serving(&health, SERVICE).await;
+            } else if was.is_some() {
+                tracing::warn!(
+                    "storage node not ready: no metadata or lost contact with the controller beyond the lease"
+                );
+                streambus_service::grpc::set_not_serving(&health, SERVICE).await;
+            } else {
+                streambus_service::grpc::set_not_serving(&health, SERVICE).await;
+            }
+            let _ = ready.send(now);
+            was = Some(now);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct Membership {
     controller: ControllerClient,
     node_id: u64,
+    incarnation: u64,
     advertised: String,
     interval: Duration,
-) {
+    data_dir: DataDir,
+    partitions: Arc<Partitions>,
+    status: Arc<NodeStatus>,
+}
+
+/// Whether a refusal from the controller means this process must not serve.
+fn is_fatal(e: &streambus_proto::Error) -> bool {
+    matches!(
+        e.reason,
+        streambus_proto::Reason::NodeIdConflict | streambus_proto::Reason::ClusterIdMismatch
+    )
+}
+
+/// Registers with the controller, then heartbeats (reporting offline
+/// replicas); registers again when a heartbeat is refused (for example
+/// after the controller lost the lease). A refusal that means this process
+/// must not serve (another live node has its id, its data directory
+/// belongs to another cluster, or it was superseded) stops the node.
+async fn membership_loop(mut m: Membership, fatal: tokio::sync::oneshot::Sender<StorageNodeError>) {
     let mut registered = false;
     loop {
-        if !registered {
-            match controller.register_node(node_id, &advertised).await {
-                Ok(_) => {
-                    tracing::info!(node_id, %advertised, "registered with the controller");
-                    registered = true;
-                }
-                Err(e) => tracing::warn!(error = %e, "registration failed; retrying"),
+        let result = if registered {
+            m.controller
+                .heartbeat(HeartbeatRequest {
+                    node_id: m.node_id,
+                    incarnation: m.incarnation,
+                    offline_replicas: m.partitions.offline_replicas(),
+                })
+                .await
+        } else {
+            let req = RegisterNodeRequest {
+                node_id: m.node_id,
+                address: m.advertised.clone(),
+                incarnation: m.incarnation,
+                directory_id: m.data_dir.directory_id().to_string(),
+                cluster_id: m.data_dir.cluster_id().to_string(),
+            };
+            match m.controller.register_node(req).await {
+                Ok(resp) => match m.data_dir.stamp_cluster(&resp.cluster_id) {
+                    Ok(()) => {
+                        tracing::info!(node_id = m.node_id, advertised = %m.advertised,
+                            cluster_id = %resp.cluster_id, "registered with the controller");
+                        registered = true;
+                        Ok(resp.lease_ms)
+                    }
+                    Err(e) => {
+                        let _ = fatal.send(e);
+                        return;
+                    }
+                },
+                Err(e) => Err(e),
             }
-        } else if let Err(e) = controller.heartbeat(node_id).await {
-            tracing::warn!(error = %e, "heartbeat failed");
-            registered = false;
+        };
+        match result {
+            Ok(lease_ms) => m.status.contact(lease_ms),
+            Err(e) if is_fatal(&e) => {
+                let _ = fatal.send(StorageNodeError::Refused(e));
+                return;
+            }
+            Err(e) if registered => {
+                tracing::warn!(error = %e, "heartbeat failed");
+                registered = false;
+            }
+            Err(e) => tracing::warn!(error = %e, "registration failed; retrying"),
         }
-        tokio::time::sleep(interval).await;
+        tokio::time::sleep(m.interval).await;
     }
 }
 
@@ -184,19 +350,18 @@ async fn metadata_loop(
     partitions: Arc<Partitions>,
     node_id: u64,
     metrics: Metrics,
-    ready: watch::Sender<bool>,
+    status: Arc<NodeStatus>,
 ) {
     let mut stream = std::pin::pin!(controller.watch_metadata());
     while let Some(md) = stream.next().await {
-        if let Err(e) = partitions.apply(&md).await {
-            tracing::error!(error = %e, version = md.version, "applying metadata failed");
-            continue;
-        }
+        partitions.apply(&md).await;
         metrics.replicas.set(partitions.all().len() as i64);
+        metrics
+            .offline_replicas
+            .set(partitions.offline_replicas().len() as i64);
         let known = md.nodes.iter().any(|n| n.node_id == node_id && n.alive);
-        if known && !*ready.borrow() {
-            tracing::info!(node_id, version = md.version, "storage node ready");
-            let _ = ready.send(true);
-        }
+        status
+            .metadata_applied
+            .store(known, std::sync::atomic::Ordering::Release);
     }
 }

@@ -20,6 +20,12 @@ pub struct Metrics {
     pub append_errors: Counter,
     /// Partition replicas hosted.
     pub replicas: Gauge,
+    /// fsync and fdatasync calls by every log (data and directories);
+    /// exported every 500 ms.
+    pub fsyncs: Counter,
+    /// Assigned partition replicas that cannot be served (failed to open,
+    /// failed fsync); retried every `reopen_interval_ms`.
+    pub offline_replicas: Gauge,
 }
 
 impl Metrics {
@@ -32,6 +38,8 @@ impl Metrics {
             append_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             append_errors: Counter::default(),
             replicas: Gauge::default(),
+            fsyncs: Counter::default(),
+            offline_replicas: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("streambus_storage");
         r.register(
@@ -52,6 +60,16 @@ impl Metrics {
         );
         r.register("append_errors", "Failed appends", m.append_errors.clone());
         r.register("replicas", "Partition replicas hosted", m.replicas.clone());
+        r.register(
+            "fsyncs",
+            "fsync calls by the partition logs (data and directories)",
+            m.fsyncs.clone(),
+        );
+        r.register(
+            "offline_replicas",
+            "Assigned partition replicas that cannot be served",
+            m.offline_replicas.clone(),
+        );
         m
     }
 }

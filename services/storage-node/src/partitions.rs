@@ -3,15 +3,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::sync::{Arc, RwLock, Weak};
 
-use streambus_controller::topic_config::TopicConfig;
-use streambus_log::Log;
-use streambus_proto::internal::ClusterMetadata;
+use streambus_cluster::topic_config::TopicConfig;
+use streambus_log::{Flusher, Log, OpenOptions};
+use streambus_proto::internal::{ClusterMetadata, OfflineReplica};
 use streambus_proto::{Error, Reason};
 
-use crate::replica::{Leadership, PartitionKey, Replica, log_config};
+use crate::replica::{Leadership, PartitionKey, Replica};
 
 /// What the node knows of a topic from the last metadata it applied.
 #[derive(Debug, Clone)]
@@ -20,14 +19,38 @@ struct TopicInfo {
     leaders: Vec<u64>,
 }
 
+/// An assigned replica this node cannot serve right now.
+struct Offline {
+    topic_id: String,
+    /// `None` when the topic's configuration itself could not be parsed
+    /// (then reopening waits for new metadata).
+    config: Option<TopicConfig>,
+    leadership: Leadership,
+    reason: String,
+    /// The replica that failed, while requests still hold it: its log must
+    /// be gone before the directory is opened again.
+    previous: Option<Weak<Replica>>,
+}
+
 /// The replicas hosted on this node.
+///
+/// One partition never stalls the others: a replica whose log cannot be
+/// opened, or whose log failed (a failed fsync poisons it), is kept aside
+/// as *offline* with its reason, requests for it get `PARTITION_OFFLINE`,
+/// the node reports it to the controller with every heartbeat, and
+/// [`Partitions::reopen_offline`] keeps trying to open it again.
 pub struct Partitions {
     node_id: u64,
     data_dir: PathBuf,
     replicas: RwLock<HashMap<PartitionKey, Arc<Replica>>>,
+    offline: RwLock<HashMap<PartitionKey, Offline>>,
     topics: RwLock<HashMap<String, TopicInfo>>,
     nodes: RwLock<HashMap<u64, String>>,
     version: std::sync::atomic::AtomicU64,
+    /// Every log of this node counts its fsyncs here and shares one
+    /// interval flusher thread.
+    open_options: OpenOptions,
+    fsyncs: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The directory of a partition replica. The topic id keeps a topic that
@@ -39,14 +62,29 @@ pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32, topic_id: &st
 impl Partitions {
     /// An empty set for node `node_id` storing under `data_dir`.
     pub fn new(node_id: u64, data_dir: PathBuf) -> Partitions {
+        let fsyncs = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut open_options = OpenOptions::new().fsync_counter(fsyncs.clone());
+        match Flusher::new() {
+            Ok(flusher) => open_options = open_options.flusher(flusher),
+            // Logs fall back to the process-wide flusher.
+            Err(e) => tracing::warn!(error = %e, "cannot start this node's log flusher"),
+        }
         Partitions {
+            open_options,
+            fsyncs,
             node_id,
             data_dir,
             replicas: RwLock::default(),
+            offline: RwLock::default(),
             topics: RwLock::default(),
             nodes: RwLock::default(),
             version: Default::default(),
         }
+    }
+
+    /// Fsyncs (data and directory) by every log of this node so far.
+    pub fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The metadata version last applied.
@@ -66,8 +104,18 @@ impl Partitions {
 
     /// The replica for a partition hosted here.
     pub fn replica(&self, topic: &str, partition: u32) -> Result<Arc<Replica>, Error> {
-        if let Some(r) = read(&self.replicas).get(&(topic.to_string(), partition)) {
+        let key = (topic.to_string(), partition);
+        if let Some(r) = read(&self.replicas).get(&key) {
             return Ok(r.clone());
+        }
+        if let Some(o) = read(&self.offline).get(&key) {
+            return Err(Error::new(
+                Reason::PartitionOffline,
+                format!(
+                    "{topic}/{partition} is offline on node {}: {}",
+                    self.node_id, o.reason
+                ),
+            ));
         }
         let topics = read(&self.topics);
         let Some(info) = topics.get(topic) else {
@@ -109,13 +157,15 @@ impl Partitions {
 
     /// Brings the hosted replicas in line with `md`: opens logs for new
     /// assignments, updates leadership, and closes and deletes the replicas
-    /// of topics that were deleted.
+    /// of topics that were deleted. A replica that cannot be opened (or a
+    /// topic whose configuration cannot be parsed) goes offline; everything
+    /// else is still applied.
     ///
     /// Directories of topics this process never saw are left alone (and
     /// logged), so a lagging or empty metadata view can never delete data.
-    pub async fn apply(&self, md: &ClusterMetadata) -> Result<(), Error> {
+    pub async fn apply(&self, md: &ClusterMetadata) {
         if md.version < self.version() {
-            return Ok(());
+            return;
         }
         *write(&self.nodes) = md
             .nodes
@@ -123,10 +173,11 @@ impl Partitions {
             .map(|n| (n.node_id, n.address.clone()))
             .collect();
 
-        let mut wanted: HashMap<PartitionKey, (String, TopicConfig, Leadership)> = HashMap::new();
+        let mut wanted: HashMap<PartitionKey, (String, Result<TopicConfig, String>, Leadership)> =
+            HashMap::new();
         let mut topics = HashMap::new();
         for t in &md.topics {
-            let config = TopicConfig::from_map(&t.configs)?;
+            let config = TopicConfig::from_map(&t.configs).map_err(|e| e.message);
             topics.insert(
                 t.name.clone(),
                 TopicInfo {
@@ -150,6 +201,11 @@ impl Partitions {
                 }
             }
         }
+        let topic_gone = |key: &PartitionKey, topic_id: &str| {
+            !md.topics
+                .iter()
+                .any(|t| t.name == key.0 && t.topic_id == topic_id)
+        };
 
         // Replicas to drop: topic gone or recreated, or no longer assigned.
         let current: Vec<(PartitionKey, Arc<Replica>)> = read(&self.replicas)
@@ -162,11 +218,20 @@ impl Partitions {
                 continue;
             }
             write(&self.replicas).remove(&key);
-            let topic_gone = !md
-                .topics
-                .iter()
-                .any(|t| t.name == key.0 && t.topic_id == replica.topic_id);
-            close_replica(replica, topic_gone).await;
+            let gone = topic_gone(&key, &replica.topic_id);
+            close_replica(replica, gone).await;
+        }
+        let stale: Vec<(PartitionKey, String)> = read(&self.offline)
+            .iter()
+            .filter(|(k, o)| !matches!(wanted.get(*k), Some((id, _, _)) if *id == o.topic_id))
+            .map(|(k, o)| (k.clone(), o.topic_id.clone()))
+            .collect();
+        for (key, topic_id) in stale {
+            write(&self.offline).remove(&key);
+            if topic_gone(&key, &topic_id) {
+                let dir = partition_dir(&self.data_dir, &key.0, key.1, &topic_id);
+                delete_dir(dir).await;
+            }
         }
 
         // Replicas to open or update.
@@ -176,22 +241,143 @@ impl Partitions {
                 r.set_leadership(leadership);
                 continue;
             }
-            let dir = partition_dir(&self.data_dir, &key.0, key.1, &topic_id);
-            let lc = log_config(&config);
-            let open_dir = dir.clone();
-            let log = tokio::task::spawn_blocking(move || Log::open(&open_dir, lc))
-                .await
-                .map_err(|e| Error::new(Reason::Internal, format!("open task failed: {e}")))?
-                .map_err(|e| crate::error::log_error(&key.0, key.1, e))?;
-            tracing::info!(topic = %key.0, partition = key.1, dir = %dir.display(),
-                end_offset = log.end_offset(), "opened partition replica");
-            let replica = Replica::new(key.clone(), topic_id, dir, log, config, leadership);
-            write(&self.replicas).insert(key, Arc::new(replica));
+            let config = match config {
+                Ok(c) => c,
+                Err(reason) => {
+                    self.set_offline(
+                        key,
+                        topic_id,
+                        None,
+                        leadership,
+                        format!("invalid topic config: {reason}"),
+                        None,
+                    );
+                    continue;
+                }
+            };
+            if let Some(o) = write(&self.offline).get_mut(&key) {
+                // Already offline: keep it there (the reopen loop retries),
+                // with the newest leadership and config.
+                o.leadership = leadership;
+                o.config = Some(config);
+                continue;
+            }
+            self.open(key, topic_id, config, leadership).await;
         }
         *write(&self.topics) = topics;
         self.version
             .store(md.version, std::sync::atomic::Ordering::Release);
-        Ok(())
+    }
+
+    /// Opens a replica's log; on failure the replica goes offline.
+    async fn open(
+        &self,
+        key: PartitionKey,
+        topic_id: String,
+        config: TopicConfig,
+        leadership: Leadership,
+    ) -> bool {
+        let dir = partition_dir(&self.data_dir, &key.0, key.1, &topic_id);
+        let lc = config.log_config();
+        let open_dir = dir.clone();
+        let options = self.open_options.clone();
+        let opened = tokio::task::spawn_blocking(move || Log::open_with(&open_dir, lc, options))
+            .await
+            .map_err(|e| format!("open task failed: {e}"))
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match opened {
+            Ok(log) => {
+                tracing::info!(topic = %key.0, partition = key.1, dir = %dir.display(),
+                    end_offset = log.end_offset(), "opened partition replica");
+                let replica = Replica::new(key.clone(), topic_id, dir, log, config, leadership);
+                write(&self.offline).remove(&key);
+                write(&self.replicas).insert(key, Arc::new(replica));
+                true
+            }
+            Err(reason) => {
+                self.set_offline(key, topic_id, Some(config), leadership, reason, None);
+                false
+            }
+        }
+    }
+
+    fn set_offline(
+        &self,
+        key: PartitionKey,
+        topic_id: String,
+        config: Option<TopicConfig>,
+        leadership: Leadership,
+        reason: String,
+        previous: Option<Weak<Replica>>,
+    ) {
+        let mut offline = write(&self.offline);
+        if offline.get(&key).is_none_or(|o| o.reason != reason) {
+            tracing::error!(topic = %key.0, partition = key.1, %reason, "partition replica offline");
+        }
+        offline.insert(
+            key,
+            Offline {
+                topic_id,
+                config,
+                leadership,
+                reason,
+                previous,
+            },
+        );
+    }
+
+    /// Takes replicas whose log failed (a failed fsync poisons a log)
+    /// offline, then tries to open every offline replica again. Returns how
+    /// many came back.
+    pub async fn reopen_offline(&self) -> usize {
+        let failed: Vec<(PartitionKey, Arc<Replica>, String)> = read(&self.replicas)
+            .iter()
+            .filter_map(|(k, r)| r.log.failure().map(|f| (k.clone(), r.clone(), f)))
+            .collect();
+        for (key, replica, failure) in failed {
+            write(&self.replicas).remove(&key);
+            self.set_offline(
+                key,
+                replica.topic_id.clone(),
+                Some(replica.config.clone()),
+                replica.leadership(),
+                format!("log failed: {failure}"),
+                Some(Arc::downgrade(&replica)),
+            );
+        }
+        let candidates: Vec<(PartitionKey, String, TopicConfig, Leadership)> = read(&self.offline)
+            .iter()
+            .filter(|(_, o)| o.previous.as_ref().is_none_or(|w| w.strong_count() == 0))
+            .filter_map(|(k, o)| {
+                o.config
+                    .clone()
+                    .map(|c| (k.clone(), o.topic_id.clone(), c, o.leadership.clone()))
+            })
+            .collect();
+        let mut reopened = 0;
+        for (key, topic_id, config, leadership) in candidates {
+            if self.open(key.clone(), topic_id, config, leadership).await {
+                tracing::info!(topic = %key.0, partition = key.1, "offline partition replica is back");
+                reopened += 1;
+            }
+        }
+        reopened
+    }
+
+    /// The replicas this node is assigned but cannot serve, for the
+    /// heartbeat.
+    pub fn offline_replicas(&self) -> Vec<OfflineReplica> {
+        let mut out: Vec<OfflineReplica> = read(&self.offline)
+            .iter()
+            .map(|(k, o)| OfflineReplica {
+                topic: k.0.clone(),
+                topic_id: o.topic_id.clone(),
+                partition: k.1,
+                reason: o.reason.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        out
     }
 
     /// Runs retention, compaction and age-based rolls on every replica.
@@ -202,7 +388,7 @@ impl Partitions {
                 r.log.roll_if_due(now)?;
                 let retention = r.log.apply_retention(now)?;
                 if r.config.cleanup_policy
-                    == streambus_controller::topic_config::CleanupPolicy::Compact
+                    == streambus_cluster::topic_config::CleanupPolicy::Compact
                 {
                     r.log.compact(now)?;
                 }
@@ -219,33 +405,24 @@ impl Partitions {
         }
     }
 
-    /// Flushes replicas under the `interval` fsync policy whose interval
-    /// has passed.
-    pub async fn flush_due(&self) {
-        let replicas = self.all();
-        let res = tokio::task::spawn_blocking(move || {
-            let now = Instant::now();
-            for r in replicas {
-                match r.flush_if_due(now) {
-                    Ok(true) => r.advance_high_watermark(),
-                    Ok(false) => {}
-                    Err(e) => tracing::error!(topic = %r.topic, partition = r.partition,
-                        error = %e, "interval fsync failed"),
-                }
-            }
-        })
-        .await;
-        if let Err(e) = res {
-            tracing::error!(error = %e, "flush task failed");
-        }
-    }
-
     /// Flushes and closes every replica (shutdown).
     pub async fn close_all(&self) {
         let all: Vec<_> = write(&self.replicas).drain().map(|(_, r)| r).collect();
         for r in all {
             close_replica(r, false).await;
         }
+    }
+}
+
+async fn delete_dir(dir: PathBuf) {
+    let shown = dir.display().to_string();
+    match tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await {
+        Ok(Ok(())) => tracing::info!(dir = %shown, "deleted offline partition replica"),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Ok(Err(e)) => {
+            tracing::error!(dir = %shown, error = %e, "deleting partition replica failed")
+        }
+        Err(e) => tracing::error!(dir = %shown, error = %e, "delete task failed"),
     }
 }
 
@@ -295,4 +472,165 @@ fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 
 fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use streambus_proto::internal::{StorageNodeInfo, TopicMetadata};
+    use streambus_proto::v1::PartitionDescription;
+    use streambus_record::{BatchBuilder, Record};
+
+    use super::*;
+
+    fn topic(name: &str, id: &str, configs: &[(&str, &str)]) -> TopicMetadata {
+        TopicMetadata {
+            name: name.into(),
+            topic_id: id.into(),
+            replication_factor: 1,
+            configs: configs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<_, _>>(),
+            partitions: vec![PartitionDescription {
+                partition: 0,
+                leader: 1,
+                leader_epoch: 0,
+                replicas: vec![1],
+                isr: vec![1],
+                offline_replicas: vec![],
+            }],
+        }
+    }
+
+    fn metadata(version: u64, topics: Vec<TopicMetadata>) -> ClusterMetadata {
+        ClusterMetadata {
+            version,
+            nodes: vec![StorageNodeInfo {
+                node_id: 1,
+                address: "127.0.0.1:1".into(),
+                alive: true,
+            }],
+            topics,
+            ..ClusterMetadata::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn one_unopenable_partition_does_not_stall_the_node() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = Partitions::new(1, tmp.path().to_path_buf());
+        // A file where b's partition directory belongs: its log cannot open.
+        let blocked = partition_dir(tmp.path(), "b", 0, "idb");
+        std::fs::write(&blocked, b"in the way").unwrap();
+
+        p.apply(&metadata(
+            5,
+            vec![topic("a", "ida", &[]), topic("b", "idb", &[])],
+        ))
+        .await;
+        assert_eq!(p.version(), 5);
+        p.leader_replica("a", 0).unwrap();
+        let err = p.leader_replica("b", 0).err().unwrap();
+        assert_eq!(err.reason, Reason::PartitionOffline, "{err}");
+        let offline = p.offline_replicas();
+        assert_eq!(offline.len(), 1);
+        assert_eq!((offline[0].topic.as_str(), offline[0].partition), ("b", 0));
+        assert!(!offline[0].reason.is_empty());
+
+        // Later metadata still applies.
+        p.apply(&metadata(
+            6,
+            vec![
+                topic("a", "ida", &[]),
+                topic("b", "idb", &[]),
+                topic("c", "idc", &[]),
+            ],
+        ))
+        .await;
+        assert_eq!(p.version(), 6);
+        p.leader_replica("c", 0).unwrap();
+        assert_eq!(p.reopen_offline().await, 0);
+
+        // The obstacle goes away: the replica comes back without a restart.
+        std::fs::remove_file(&blocked).unwrap();
+        assert_eq!(p.reopen_offline().await, 1);
+        p.leader_replica("b", 0).unwrap();
+        assert!(p.offline_replicas().is_empty());
+    }
+
+    /// Metadata from a controller that accepted a config the log refuses
+    /// (older versions did) takes only that topic offline.
+    #[tokio::test]
+    async fn a_topic_config_the_log_refuses_takes_only_that_topic_offline() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = Partitions::new(1, tmp.path().to_path_buf());
+        p.apply(&metadata(
+            3,
+            vec![
+                topic("bad", "id1", &[("segment.bytes", "20")]),
+                topic("good", "id2", &[]),
+            ],
+        ))
+        .await;
+        assert_eq!(p.version(), 3);
+        p.leader_replica("good", 0).unwrap();
+        let err = p.leader_replica("bad", 0).err().unwrap();
+        assert_eq!(err.reason, Reason::PartitionOffline);
+        assert!(err.message.contains("segment.bytes"), "{}", err.message);
+        // Deleting the bad topic clears it.
+        p.apply(&metadata(4, vec![topic("good", "id2", &[])])).await;
+        assert!(p.offline_replicas().is_empty());
+        assert_eq!(
+            p.leader_replica("bad", 0).err().unwrap().reason,
+            Reason::UnknownTopic
+        );
+    }
+
+    #[tokio::test]
+    async fn deleting_a_topic_removes_its_data_on_disk() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = Partitions::new(1, tmp.path().to_path_buf());
+        p.apply(&metadata(
+            2,
+            vec![topic("t", "id1", &[]), topic("keep", "id2", &[])],
+        ))
+        .await;
+        let replica = p.leader_replica("t", 0).unwrap();
+        let mut b = BatchBuilder::new(streambus_record::Compression::None);
+        b.push(&Record {
+            value: Some(bytes::Bytes::from_static(b"v")),
+            timestamp_ms: 1,
+            ..Record::default()
+        });
+        let mut batch = b.build().to_vec();
+        replica.log.append(&mut batch).unwrap();
+        let dir = replica.dir.clone();
+        drop(replica);
+        assert!(dir.exists());
+
+        p.apply(&metadata(3, vec![topic("keep", "id2", &[])])).await;
+        assert!(!dir.exists(), "{} still exists", dir.display());
+        assert!(partition_dir(tmp.path(), "keep", 0, "id2").exists());
+        // A metadata view that lacks a topic this process never saw deletes
+        // nothing.
+        let stray = partition_dir(tmp.path(), "other", 0, "id9");
+        std::fs::create_dir_all(&stray).unwrap();
+        p.apply(&metadata(4, vec![])).await;
+        assert!(stray.exists());
+    }
+
+    #[tokio::test]
+    async fn a_recreated_topic_gets_a_fresh_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = Partitions::new(1, tmp.path().to_path_buf());
+        p.apply(&metadata(2, vec![topic("t", "old", &[])])).await;
+        let old = p.leader_replica("t", 0).unwrap().dir.clone();
+        p.apply(&metadata(3, vec![topic("t", "new", &[])])).await;
+        let new = p.leader_replica("t", 0).unwrap().dir.clone();
+        assert_ne!(old, new);
+        assert!(!old.exists());
+        assert_eq!(p.leader_replica("t", 0).unwrap().log.end_offset(), 0);
+    }
 }

@@ -2,10 +2,9 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use streambus_controller::topic_config::{FsyncSetting, TopicConfig};
-use streambus_log::{FsyncPolicy, Log, LogConfig};
+use streambus_cluster::topic_config::{FsyncSetting, TopicConfig};
+use streambus_log::Log;
 use tokio::sync::watch;
 
 /// Identifies a partition: topic name and partition number.
@@ -37,35 +36,6 @@ pub struct Replica {
     leadership: std::sync::Mutex<Leadership>,
     /// High watermark: records below it are visible to consumers.
     hw: watch::Sender<i64>,
-    last_flush: std::sync::Mutex<Instant>,
-}
-
-/// Translates a topic's settings into the log's.
-pub fn log_config(config: &TopicConfig) -> LogConfig {
-    LogConfig {
-        segment_bytes: config.segment_bytes,
-        segment_ms: config.segment_ms,
-        max_batch_bytes: config.max_message_bytes,
-        fsync: match config.fsync_policy {
-            FsyncSetting::Always => FsyncPolicy::Always,
-            FsyncSetting::Interval => {
-                FsyncPolicy::Interval(Duration::from_millis(config.fsync_interval_ms))
-            }
-            FsyncSetting::Never => FsyncPolicy::Never,
-        },
-        retention_ms: config.retention_ms,
-        retention_bytes: config.retention_bytes,
-        cleanup_policy: match config.cleanup_policy {
-            streambus_controller::topic_config::CleanupPolicy::Delete => {
-                streambus_log::CleanupPolicy::Delete
-            }
-            streambus_controller::topic_config::CleanupPolicy::Compact => {
-                streambus_log::CleanupPolicy::Compact
-            }
-        },
-        tombstone_retention_ms: config.delete_retention_ms,
-        ..LogConfig::default()
-    }
 }
 
 impl Replica {
@@ -88,7 +58,6 @@ impl Replica {
             config,
             leadership: std::sync::Mutex::new(leadership),
             hw: watch::channel(0).0,
-            last_flush: std::sync::Mutex::new(Instant::now()),
         };
         r.advance_high_watermark();
         r
@@ -141,23 +110,5 @@ impl Replica {
     /// Subscribes to high watermark changes.
     pub fn watch_high_watermark(&self) -> watch::Receiver<i64> {
         self.hw.subscribe()
-    }
-
-    /// For the `interval` fsync policy: flushes when the interval has
-    /// passed and there is unflushed data. Blocking.
-    pub fn flush_if_due(&self, now: Instant) -> Result<bool, streambus_log::LogError> {
-        if self.config.fsync_policy != FsyncSetting::Interval {
-            return Ok(false);
-        }
-        if self.log.durable_offset() == self.log.end_offset() {
-            return Ok(false);
-        }
-        let mut last = self.last_flush.lock().unwrap_or_else(|p| p.into_inner());
-        if now.duration_since(*last) < Duration::from_millis(self.config.fsync_interval_ms) {
-            return Ok(false);
-        }
-        self.log.flush()?;
-        *last = now;
-        Ok(true)
     }
 }

@@ -157,6 +157,7 @@ fn describe(
                 p.leader_epoch.to_string(),
                 join(&p.replicas),
                 join(&p.isr),
+                join(&p.offline_replicas),
                 offset(|o| o.log_start_offset),
                 offset(|o| o.high_watermark),
                 offset(|o| o.log_end_offset),
@@ -171,6 +172,7 @@ fn describe(
             "EPOCH",
             "REPLICAS",
             "ISR",
+            "OFFLINE",
             "LOG-START",
             "HIGH-WATERMARK",
             "LOG-END",
@@ -206,6 +208,7 @@ mod tests {
                     leader_epoch: 2,
                     replicas: vec![1, 2, 3],
                     isr: vec![],
+                    offline_replicas: vec![1],
                 },
                 v1::PartitionDescription {
                     partition: 0,
@@ -213,6 +216,7 @@ mod tests {
                     leader_epoch: 5,
                     replicas: vec![2, 3, 1],
                     isr: vec![2, 3],
+                    offline_replicas: vec![],
                 },
             ],
         };
@@ -234,9 +238,9 @@ REPLICATION-FACTOR  3
 CONFIG        VALUE
 retention.ms  1000
 
-PARTITION  LEADER  EPOCH  REPLICAS  ISR  LOG-START  HIGH-WATERMARK  LOG-END
-0          2       5      2,3,1     2,3  0          10              12
-1          -       2      1,2,3     -    -          -               -
+PARTITION  LEADER  EPOCH  REPLICAS  ISR  OFFLINE  LOG-START  HIGH-WATERMARK  LOG-END
+0          2       5      2,3,1     2,3  -        0          10              12
+1          -       2      1,2,3     -    1        -          -               -
 ";
         assert_eq!(text, expected);
     }

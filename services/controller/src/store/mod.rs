@@ -73,6 +73,8 @@ mod tests {
         Command::RegisterNode {
             node_id,
             address: format!("n{node_id}:7402"),
+            incarnation: 1,
+            directory_id: format!("dir-{node_id}"),
         }
     }
 
@@ -82,6 +84,7 @@ mod tests {
             partitions: 2,
             replication_factor: 1,
             configs: Default::default(),
+            topic_id: Some(format!("id-{name}")),
         }
     }
 

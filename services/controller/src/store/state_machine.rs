@@ -51,6 +51,8 @@ struct SmMeta {
     last_membership: Membership,
     version: u64,
     placement_cursor: u64,
+    #[serde(default)]
+    cluster_id: String,
 }
 
 struct Inner {
@@ -187,6 +189,7 @@ fn meta_of(state: &SmState) -> SmMeta {
         last_membership: state.last_membership.clone(),
         version: state.metadata.version,
         placement_cursor: state.metadata.placement_cursor,
+        cluster_id: state.metadata.cluster_id.clone(),
     }
 }
 
@@ -200,6 +203,7 @@ fn load_state(tree: &sled::Tree) -> Result<SmState, ControllerError> {
     let mut metadata = Metadata {
         version: meta.version,
         placement_cursor: meta.placement_cursor,
+        cluster_id: meta.cluster_id,
         ..Metadata::default()
     };
     for item in tree.scan_prefix(TOPIC_PREFIX) {

@@ -2,12 +2,18 @@
 //! `key = value` map a client sends with `CreateTopic`, defaults, and the
 //! effective map stored in the metadata.
 //!
-//! This module depends on nothing but `std` and `streambus-proto`, so the
-//! storage node can turn a topic's config map into its log settings cheaply.
+//! The partition log is the single source of truth for what a log can be
+//! opened with: the ranges here are the log's own constants, and
+//! [`TopicConfig::from_map`] finishes by running the log's own validation
+//! on [`TopicConfig::log_config`], so the controller refuses at
+//! `CreateTopic` time exactly what a storage node could not open.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
+use std::time::Duration;
+
+use streambus_log::{FsyncPolicy, LogConfig};
 use streambus_proto::{Error, Reason};
 
 /// `retention.ms`.
@@ -43,10 +49,18 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: u32 = (1 << 20) + 12;
 pub const DEFAULT_DELETE_RETENTION_MS: i64 = DAY_MS as i64;
 /// Default `fsync.interval.ms`.
 pub const DEFAULT_FSYNC_INTERVAL_MS: u64 = 1000;
-/// Smallest accepted `segment.bytes` (Kafka's minimum).
-pub const MIN_SEGMENT_BYTES: u64 = 14;
+/// Smallest accepted `segment.bytes`: the log's own minimum (one batch header).
+pub const MIN_SEGMENT_BYTES: u64 = streambus_log::MIN_SEGMENT_BYTES;
 /// Largest accepted `segment.bytes`: segment positions fit in 31 bits.
-pub const MAX_SEGMENT_BYTES: u64 = i32::MAX as u64;
+pub const MAX_SEGMENT_BYTES: u64 = streambus_log::MAX_SEGMENT_BYTES;
+/// Smallest accepted `max.message.bytes`: one batch header.
+pub const MIN_MESSAGE_BYTES: u32 = streambus_log::MIN_BATCH_BYTES;
+/// Largest accepted `max.message.bytes`: the log's limit on one batch.
+pub const MAX_MESSAGE_BYTES_LIMIT: u32 = streambus_log::MAX_BATCH_BYTES;
+
+/// Largest accepted `fsync.interval.ms`: one hour (a longer interval is
+/// `fsync.policy=never` in all but name).
+pub const MAX_FSYNC_INTERVAL_MS: u64 = 60 * 60 * 1000;
 
 /// One documented configuration key.
 #[derive(Debug, Clone, Copy)]
@@ -74,7 +88,7 @@ pub const KEYS: &[ConfigKey] = &[
     ConfigKey {
         name: FSYNC_INTERVAL_MS,
         default: "1000",
-        description: "With `fsync.policy=interval`: the longest time between fsyncs, in ms (>= 1)",
+        description: "With `fsync.policy=interval`: the longest time between fsyncs, in ms (1 to 3600000)",
     },
     ConfigKey {
         name: FSYNC_POLICY,
@@ -84,7 +98,7 @@ pub const KEYS: &[ConfigKey] = &[
     ConfigKey {
         name: MAX_MESSAGE_BYTES,
         default: "1048588",
-        description: "Largest record batch accepted, in bytes (1 to 2147483647)",
+        description: "Largest record batch accepted, in bytes (61 to 1073741824)",
     },
     ConfigKey {
         name: RETENTION_BYTES,
@@ -99,7 +113,7 @@ pub const KEYS: &[ConfigKey] = &[
     ConfigKey {
         name: SEGMENT_BYTES,
         default: "1073741824",
-        description: "Segment file size that triggers a roll, in bytes (14 to 2147483647)",
+        description: "Segment file size that triggers a roll, in bytes (61 to 2147483647)",
     },
     ConfigKey {
         name: SEGMENT_MS,
@@ -254,7 +268,42 @@ impl TopicConfig {
         for (key, value) in sorted {
             config.set(key, value)?;
         }
+        config.validate()?;
         Ok(config)
+    }
+
+    /// Checks the whole configuration against the partition log's own
+    /// validation, so nothing the controller accepts can fail to open on a
+    /// storage node. [`TopicConfig::from_map`] calls it.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.log_config()
+            .validate()
+            .map_err(|e| Error::new(Reason::InvalidConfig, format!("invalid topic config: {e}")))
+    }
+
+    /// The partition log settings for a replica of a topic with this
+    /// configuration.
+    pub fn log_config(&self) -> LogConfig {
+        LogConfig {
+            segment_bytes: self.segment_bytes,
+            segment_ms: self.segment_ms,
+            max_batch_bytes: self.max_message_bytes,
+            fsync: match self.fsync_policy {
+                FsyncSetting::Always => FsyncPolicy::Always,
+                FsyncSetting::Interval => {
+                    FsyncPolicy::Interval(Duration::from_millis(self.fsync_interval_ms))
+                }
+                FsyncSetting::Never => FsyncPolicy::Never,
+            },
+            retention_ms: self.retention_ms,
+            retention_bytes: self.retention_bytes,
+            cleanup_policy: match self.cleanup_policy {
+                CleanupPolicy::Delete => streambus_log::CleanupPolicy::Delete,
+                CleanupPolicy::Compact => streambus_log::CleanupPolicy::Compact,
+            },
+            tombstone_retention_ms: self.delete_retention_ms,
+            ..LogConfig::default()
+        }
     }
 
     /// Sets one key from its string form.
@@ -285,7 +334,7 @@ impl TopicConfig {
                     value,
                     MIN_SEGMENT_BYTES as i64,
                     MAX_SEGMENT_BYTES as i64,
-                    "a number of bytes from 14 to 2147483647",
+                    &format!("a number of bytes from {MIN_SEGMENT_BYTES} to {MAX_SEGMENT_BYTES}"),
                 )? as u64;
             }
             SEGMENT_MS => {
@@ -309,9 +358,11 @@ impl TopicConfig {
                 self.max_message_bytes = parse_range(
                     key,
                     value,
-                    1,
-                    i32::MAX as i64,
-                    "a number of bytes from 1 to 2147483647",
+                    i64::from(MIN_MESSAGE_BYTES),
+                    i64::from(MAX_MESSAGE_BYTES_LIMIT),
+                    &format!(
+                        "a number of bytes from {MIN_MESSAGE_BYTES} to {MAX_MESSAGE_BYTES_LIMIT}"
+                    ),
                 )? as u32;
             }
             DELETE_RETENTION_MS => {
@@ -334,9 +385,13 @@ impl TopicConfig {
                 };
             }
             FSYNC_INTERVAL_MS => {
-                self.fsync_interval_ms =
-                    parse_range(key, value, 1, i64::MAX, "a positive number of milliseconds")?
-                        as u64;
+                self.fsync_interval_ms = parse_range(
+                    key,
+                    value,
+                    1,
+                    MAX_FSYNC_INTERVAL_MS as i64,
+                    &format!("a number of milliseconds from 1 to {MAX_FSYNC_INTERVAL_MS}"),
+                )? as u64;
             }
             _ => {
                 return Err(Error::new(
@@ -455,10 +510,15 @@ mod tests {
             ("retention.ms", "soon"),
             ("retention.bytes", "-5"),
             ("segment.bytes", "10"),
+            ("segment.bytes", "20"),
+            ("segment.bytes", "60"),
             ("segment.bytes", "4294967296"),
             ("segment.ms", "0"),
             ("cleanup.policy", "compact,delete"),
             ("max.message.bytes", "0"),
+            ("max.message.bytes", "60"),
+            ("max.message.bytes", "2147483647"),
+            ("fsync.interval.ms", "3600001"),
             ("delete.retention.ms", "-1"),
             ("fsync.policy", "sometimes"),
             ("fsync.interval.ms", "0"),
@@ -466,6 +526,74 @@ mod tests {
             let err = TopicConfig::from_map(&map(&[(key, value)])).unwrap_err();
             assert_eq!(err.reason, Reason::InvalidConfig, "{key}={value}");
             assert!(err.message.contains(key), "{}", err.message);
+        }
+    }
+
+    /// The bug this guards against: `segment.bytes=20` was accepted here and
+    /// then refused by every storage node's log, stalling metadata.
+    #[test]
+    fn invalid_segment_bytes_is_refused_at_create() {
+        let err = TopicConfig::from_map(&map(&[("segment.bytes", "20")])).unwrap_err();
+        assert_eq!(err.reason, Reason::InvalidConfig);
+        assert!(err.message.contains("segment.bytes"), "{}", err.message);
+        assert!(
+            err.message
+                .contains(&format!("{MIN_SEGMENT_BYTES} to {MAX_SEGMENT_BYTES}")),
+            "{}",
+            err.message
+        );
+    }
+
+    /// Every boundary value the parser accepts opens as a log, and one past
+    /// each boundary is refused: the two validations agree.
+    #[test]
+    fn accepted_boundaries_are_valid_log_configs() {
+        for (key, lo, hi) in [
+            (
+                SEGMENT_BYTES,
+                MIN_SEGMENT_BYTES as i64,
+                MAX_SEGMENT_BYTES as i64,
+            ),
+            (
+                MAX_MESSAGE_BYTES,
+                i64::from(MIN_MESSAGE_BYTES),
+                i64::from(MAX_MESSAGE_BYTES_LIMIT),
+            ),
+            (FSYNC_INTERVAL_MS, 1, MAX_FSYNC_INTERVAL_MS as i64),
+        ] {
+            for v in [lo, hi] {
+                let mut m = map(&[(key, &v.to_string())]);
+                if key == FSYNC_INTERVAL_MS {
+                    m.insert(FSYNC_POLICY.into(), "interval".into());
+                }
+                let config = TopicConfig::from_map(&m).unwrap_or_else(|e| panic!("{key}={v}: {e}"));
+                config.log_config().validate().unwrap();
+            }
+            for v in [lo - 1, hi + 1] {
+                let err = TopicConfig::from_map(&map(&[(key, &v.to_string())])).unwrap_err();
+                assert_eq!(err.reason, Reason::InvalidConfig, "{key}={v}");
+                assert!(err.message.contains(key), "{}", err.message);
+            }
+        }
+        // The documented ranges are the enforced ones.
+        for k in KEYS {
+            match k.name {
+                SEGMENT_BYTES => assert!(
+                    k.description
+                        .contains(&format!("{MIN_SEGMENT_BYTES} to {MAX_SEGMENT_BYTES}"))
+                ),
+                MAX_MESSAGE_BYTES => assert!(
+                    k.description
+                        .contains(&format!("{MIN_MESSAGE_BYTES} to {MAX_MESSAGE_BYTES_LIMIT}"))
+                ),
+                FSYNC_INTERVAL_MS => {
+                    assert!(
+                        k.description
+                            .contains(&format!("1 to {MAX_FSYNC_INTERVAL_MS}"))
+                    )
+                }
+                _ => {}
+            }
         }
     }
 

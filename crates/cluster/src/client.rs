@@ -20,15 +20,14 @@ use futures::Stream;
 use streambus_proto::internal::controller_service_client::ControllerServiceClient;
 use streambus_proto::internal::{
     ClusterMetadata, GetMetadataRequest, HeartbeatRequest, RegisterNodeRequest,
-    WatchMetadataRequest,
+    RegisterNodeResponse, WatchMetadataRequest,
 };
 use streambus_proto::v1::{CreateTopicRequest, DeleteTopicRequest, TopicDescription};
 use streambus_proto::{Error, Reason};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use crate::network::lazy_channel;
-use crate::server::MAX_METADATA_MESSAGE_BYTES;
+use crate::MAX_METADATA_MESSAGE_BYTES;
 
 /// How long one request attempt may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -115,7 +114,7 @@ impl ControllerClient {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let channel = lazy_channel(address).map_err(|e| {
+        let channel = streambus_service::grpc::channel(address).map_err(|e| {
             Error::new(
                 Reason::InvalidArgument,
                 format!("bad controller address {address:?}: {e}"),
@@ -224,24 +223,27 @@ impl ControllerClient {
             .await
     }
 
-    /// Registers (or re-registers) a storage node; returns the lease in ms.
-    pub async fn register_node(&self, node_id: u64, address: &str) -> Result<u64, Error> {
-        let response = self
-            .call(|mut c| {
-                let req = request(RegisterNodeRequest {
-                    node_id,
-                    address: address.to_string(),
-                });
-                async move { c.register_node(req).await }
-            })
-            .await?;
-        Ok(response.lease_ms)
+    /// Registers (or re-registers) a storage node; returns the lease and
+    /// the cluster id.
+    pub async fn register_node(
+        &self,
+        req: RegisterNodeRequest,
+    ) -> Result<RegisterNodeResponse, Error> {
+        self.call(|mut c| {
+            let req = request(req.clone());
+            async move { c.register_node(req).await }
+        })
+        .await
     }
 
-    /// Renews a storage node's lease; returns the lease in ms.
-    pub async fn heartbeat(&self, node_id: u64) -> Result<u64, Error> {
+    /// Renews a storage node's lease and reports its offline replicas;
+    /// returns the lease in ms.
+    pub async fn heartbeat(&self, req: HeartbeatRequest) -> Result<u64, Error> {
         let response = self
-            .call(|mut c| async move { c.heartbeat(request(HeartbeatRequest { node_id })).await })
+            .call(|mut c| {
+                let req = request(req.clone());
+                async move { c.heartbeat(req).await }
+            })
             .await?;
         Ok(response.lease_ms)
     }

@@ -1,0 +1,19 @@
+//! What the StreamBus services share about the cluster, so that no service
+//! links another service's internals:
+//!
+//! - [`client::ControllerClient`]: how storage nodes, gateways and tools
+//!   talk to the controllers.
+//! - [`topic_config`]: the per-topic configuration rules (parsing,
+//!   defaults, validation against the partition log's own limits, and the
+//!   translation into [`streambus_log::LogConfig`]). The controller refuses
+//!   exactly what a storage node could not open.
+
+pub mod client;
+pub mod topic_config;
+
+pub use client::ControllerClient;
+pub use topic_config::TopicConfig;
+
+/// Largest metadata message (a full cluster snapshot) sent or accepted
+/// between controllers and their clients.
+pub const MAX_METADATA_MESSAGE_BYTES: usize = 64 << 20;
