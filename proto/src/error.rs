@@ -98,9 +98,10 @@ reasons! {
     StorageError => ("STORAGE_ERROR", Internal, false),
     /// A bug or unexpected state.
     Internal => ("INTERNAL", Internal, false),
-    /// The partition's replica on its leader cannot be served right now (its
-    /// log failed to open or failed an fsync); the node retries opening it.
-    PartitionOffline => ("PARTITION_OFFLINE", Unavailable, true),
+    /// The partition's replica on its leader cannot be served (its log
+    /// failed to open or failed an fsync); the node keeps trying to open it.
+    /// Not retried automatically: it needs an operator or a leader change.
+    PartitionOffline => ("PARTITION_OFFLINE", Unavailable, false),
     /// Another live storage node is registered with this node id, or this
     /// process was superseded by a newer registration of its id.
     NodeIdConflict => ("NODE_ID_CONFLICT", FailedPrecondition, false),

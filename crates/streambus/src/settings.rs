@@ -157,6 +157,10 @@ mod tests {
         let s = load(Some(&path), env(&[]), &[]).unwrap();
         assert_eq!(s.gateway.listen_addr.port(), 7400);
         assert_eq!(s.storage_node.node_id, 1);
+        // The example lists the defaults.
+        let defaults = Settings::default();
+        assert_eq!(s.gateway, defaults.gateway);
+        assert_eq!(s.storage_node, defaults.storage_node);
     }
 
     #[test]

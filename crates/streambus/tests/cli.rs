@@ -123,3 +123,83 @@ async fn cli_creates_produces_consumes_and_reports_errors() {
     .unwrap();
     dev.stop().await;
 }
+
+/// The outage this guards against: `segment.bytes=20` used to be accepted,
+/// then refused by the storage node's log, which stopped applying metadata
+/// and never became ready again after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_topic_config_is_refused_and_the_node_stays_up_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = common::Dev::start(dir.path()).await;
+    let gw = dev.gateway();
+    let gw2 = gw.clone();
+    tokio::task::spawn_blocking(move || {
+        let gw = gw2.as_str();
+        let out = streambus(
+            gw,
+            &["topic", "create", "bad", "--config", "segment.bytes=20"],
+            None,
+        );
+        assert!(!out.status.success());
+        let err = text(&out.stderr);
+        assert!(err.contains("INVALID_CONFIG"), "{err}");
+        assert!(
+            err.contains("segment.bytes") && err.contains("61 to 2147483647"),
+            "{err}"
+        );
+        let out = streambus(gw, &["topic", "create", "good", "--partitions", "2"], None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    })
+    .await
+    .unwrap();
+    dev.stop().await;
+
+    // A restart is ready again, and the partition whose log can no longer
+    // be opened is offline while the other one serves.
+    let storage = dir.path().join("storage");
+    let p1 = std::fs::read_dir(&storage)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("good-1-"))
+        })
+        .expect("partition 1 directory");
+    std::fs::remove_dir_all(&p1).unwrap();
+    std::fs::write(&p1, b"not a directory").unwrap();
+    let dev = common::Dev::start(dir.path()).await;
+    let gw = dev.gateway();
+    tokio::task::spawn_blocking(move || {
+        let gw = gw.as_str();
+        let out = streambus(gw, &["produce", "good", "--partition", "0"], Some("a\n"));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let out = streambus(gw, &["produce", "good", "--partition", "1"], Some("b\n"));
+        assert!(!out.status.success());
+        let err = text(&out.stderr);
+        assert!(err.contains("PARTITION_OFFLINE"), "{err}");
+        // The heartbeat reports it; describe shows it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let out = streambus(gw, &["topic", "describe", "good"], None);
+            let d = text(&out.stdout);
+            let row = d
+                .lines()
+                .find(|l| l.starts_with("1 "))
+                .unwrap_or_default()
+                .to_string();
+            let cols: Vec<&str> = row.split_whitespace().collect();
+            if cols.get(5) == Some(&"1") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not reported offline:\n{d}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    })
+    .await
+    .unwrap();
+    dev.stop().await;
+}

@@ -30,6 +30,9 @@ pub struct StorageNodeConfig {
     pub max_fetch_wait_ms: u64,
     /// Upper bound for one fetch response.
     pub max_fetch_bytes: u32,
+    /// Bytes all appends together may hold decompressing batches to
+    /// validate them (at least one largest batch, 128 MiB).
+    pub decompression_budget_bytes: u64,
 }
 
 impl Default for StorageNodeConfig {
@@ -45,11 +48,31 @@ impl Default for StorageNodeConfig {
             reopen_interval_ms: 5_000,
             max_fetch_wait_ms: 30_000,
             max_fetch_bytes: 16 * 1024 * 1024,
+            decompression_budget_bytes: 256 * 1024 * 1024,
         }
     }
 }
 
 impl StorageNodeConfig {
+    /// Checks the settings that have a lower bound.
+    pub fn validate(&self) -> Result<(), String> {
+        let min = streambus_record::MAX_DECOMPRESSED_SIZE as u64;
+        if self.decompression_budget_bytes < min {
+            return Err(format!(
+                "storage_node.decompression_budget_bytes must be at least {min} (one largest batch), got {}",
+                self.decompression_budget_bytes
+            ));
+        }
+        if self.decompression_budget_bytes > 1 << 32 {
+            return Err(format!(
+                "storage_node.decompression_budget_bytes must be at most {}, got {}",
+                1u64 << 32,
+                self.decompression_budget_bytes
+            ));
+        }
+        Ok(())
+    }
+
     /// The address advertised to the controller.
     pub fn advertised(&self, bound: SocketAddr) -> String {
         if self.advertised_addr.is_empty() {

@@ -68,6 +68,7 @@ pub async fn serve_with_listener(
             addr: config.listen_addr,
             source,
         })?;
+    config.validate().map_err(StorageNodeError::Config)?;
     let data_dir = DataDir::open(&config.data_dir, config.node_id)?;
     let advertised = config.advertised(bound);
     let partitions = Arc::new(Partitions::new(config.node_id, config.data_dir.clone()));
@@ -157,6 +158,10 @@ pub async fn serve_with_listener(
         metrics,
         max_fetch_wait: Duration::from_millis(config.max_fetch_wait_ms),
         max_fetch_bytes: config.max_fetch_bytes,
+        decompression: streambus_service::budget::MemoryBudget::new(
+            "storage_node.decompression_budget_bytes",
+            config.decompression_budget_bytes as usize,
+        ),
         draining: drain_rx,
     };
     tracing::info!(node_id = config.node_id, addr = %bound, %advertised, "storage node listening");

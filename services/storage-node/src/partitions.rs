@@ -62,8 +62,15 @@ pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32, topic_id: &st
 impl Partitions {
     /// An empty set for node `node_id` storing under `data_dir`.
     pub fn new(node_id: u64, data_dir: PathBuf) -> Partitions {
+        Partitions::with_open_options(node_id, data_dir, OpenOptions::new())
+    }
+
+    /// Like [`Partitions::new`], opening every log with `options` (for
+    /// example another file system); the node's fsync counter and flusher
+    /// are added to them.
+    pub fn with_open_options(node_id: u64, data_dir: PathBuf, options: OpenOptions) -> Partitions {
         let fsyncs = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let mut open_options = OpenOptions::new().fsync_counter(fsyncs.clone());
+        let mut open_options = options.fsync_counter(fsyncs.clone());
         match Flusher::new() {
             Ok(flusher) => open_options = open_options.flusher(flusher),
             // Logs fall back to the process-wide flusher.
@@ -619,6 +626,62 @@ mod tests {
         std::fs::create_dir_all(&stray).unwrap();
         p.apply(&metadata(4, vec![])).await;
         assert!(stray.exists());
+    }
+
+    /// A failed fsync poisons the log; the node takes the replica offline
+    /// (reported, refused with PARTITION_OFFLINE), reopens it once no
+    /// request holds it, and nothing acknowledged is lost.
+    #[tokio::test]
+    async fn a_failed_fsync_takes_the_replica_offline_until_it_is_reopened() {
+        use streambus_log::sim::{SimIo, SimOp};
+
+        let sim = SimIo::new(7);
+        let p = Partitions::with_open_options(
+            1,
+            PathBuf::from("/sim/data"),
+            OpenOptions::new().io(Arc::new(sim.clone())),
+        );
+        p.apply(&metadata(2, vec![topic("t", "id1", &[])])).await;
+        let batch = || {
+            let mut b = BatchBuilder::new(streambus_record::Compression::None);
+            b.push(&Record {
+                value: Some(bytes::Bytes::from_static(b"v")),
+                timestamp_ms: 1,
+                ..Record::default()
+            });
+            b.build().to_vec()
+        };
+        let replica = p.leader_replica("t", 0).unwrap();
+        replica.log.append(&mut batch()).unwrap();
+        assert!(p.fsyncs() > 0);
+        sim.fail_next(SimOp::SyncData, "t-0-id1");
+        replica.log.append(&mut batch()).unwrap_err();
+
+        // A request still holds the failed log: offline, not yet reopened.
+        assert_eq!(p.reopen_offline().await, 0);
+        assert_eq!(
+            p.leader_replica("t", 0).err().unwrap().reason,
+            Reason::PartitionOffline
+        );
+        let offline = p.offline_replicas();
+        assert_eq!(offline.len(), 1);
+        assert!(
+            offline[0].reason.contains("log failed"),
+            "{}",
+            offline[0].reason
+        );
+
+        // Once released, it is reopened (recovered) without a restart.
+        drop(replica);
+        assert_eq!(p.reopen_offline().await, 1);
+        let replica = p.leader_replica("t", 0).unwrap();
+        assert!(p.offline_replicas().is_empty());
+        let end = replica.log.end_offset();
+        assert!(
+            end == 1 || end == 2,
+            "acknowledged offset 0 kept, end {end}"
+        );
+        assert!(replica.log.append(&mut batch()).unwrap().base_offset == end);
     }
 
     #[tokio::test]

@@ -11,6 +11,9 @@ use streambus_proto::internal::{
 use streambus_proto::{Error, Reason};
 use tonic::{Request, Response, Status};
 
+use streambus_record::decompressed_bound;
+use streambus_service::budget::MemoryBudget;
+
 use crate::error::log_error;
 use crate::metrics::Metrics;
 use crate::partitions::Partitions;
@@ -21,6 +24,9 @@ pub struct StorageApi {
     pub(crate) metrics: Metrics,
     pub(crate) max_fetch_wait: Duration,
     pub(crate) max_fetch_bytes: u32,
+    /// Shared by every append: what validating compressed batches may
+    /// decompress at once.
+    pub(crate) decompression: MemoryBudget,
     /// Flips to true when the node starts draining: long polls end early.
     pub(crate) draining: tokio::sync::watch::Receiver<bool>,
 }
@@ -33,6 +39,9 @@ fn partition_ref(p: Option<PartitionRef>) -> Result<PartitionRef, Error> {
     Ok(p)
 }
 
+/// How long an append waits for decompression budget before `OVERLOADED`.
+const DECOMPRESSION_WAIT: Duration = Duration::from_millis(200);
+
 fn join_error(e: tokio::task::JoinError) -> Error {
     Error::new(Reason::Internal, format!("storage task failed: {e}"))
 }
@@ -42,6 +51,27 @@ impl StorageApi {
         let p = partition_ref(req.partition)?;
         let replica = self.partitions.leader_replica(&p.topic, p.partition)?;
         let epoch = i32::try_from(replica.leadership().leader_epoch).unwrap_or(i32::MAX);
+        // Validation decompresses a compressed batch: reserve its bound
+        // first, so concurrent appends cannot expand without limit.
+        let _expansion =
+            match streambus_record::BatchHeader::parse(&req.batch).and_then(|h| h.compression()) {
+                Ok(codec) if codec != streambus_record::Compression::None => Some(
+                    self.decompression
+                        .acquire(
+                            decompressed_bound(
+                                codec,
+                                req.batch
+                                    .get(streambus_record::HEADER_SIZE..)
+                                    .unwrap_or_default(),
+                            ),
+                            DECOMPRESSION_WAIT,
+                        )
+                        .await?,
+                ),
+                // Uncompressed, or malformed: the log's validation refuses it
+                // without expanding anything.
+                _ => None,
+            };
         let mut batch = req.batch.to_vec();
         let started = Instant::now();
         let log_replica = replica.clone();
@@ -191,5 +221,100 @@ impl StorageService for StorageApi {
         Ok(Response::new(
             self.list_offsets(request.into_inner()).await?,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use streambus_proto::internal::{ClusterMetadata, StorageNodeInfo, TopicMetadata};
+    use streambus_proto::v1::PartitionDescription;
+    use streambus_record::{BatchBuilder, Compression, Record};
+
+    use super::*;
+
+    async fn api(dir: &std::path::Path, budget: usize) -> StorageApi {
+        let partitions = Arc::new(Partitions::new(1, dir.to_path_buf()));
+        partitions
+            .apply(&ClusterMetadata {
+                version: 1,
+                nodes: vec![StorageNodeInfo {
+                    node_id: 1,
+                    address: "127.0.0.1:1".into(),
+                    alive: true,
+                }],
+                topics: vec![TopicMetadata {
+                    name: "t".into(),
+                    topic_id: "id".into(),
+                    replication_factor: 1,
+                    configs: HashMap::new(),
+                    partitions: vec![PartitionDescription {
+                        partition: 0,
+                        leader: 1,
+                        replicas: vec![1],
+                        isr: vec![1],
+                        ..PartitionDescription::default()
+                    }],
+                }],
+                ..ClusterMetadata::default()
+            })
+            .await;
+        let mut registry = prometheus_client::registry::Registry::default();
+        StorageApi {
+            partitions,
+            metrics: Metrics::new(&mut registry),
+            max_fetch_wait: Duration::from_millis(10),
+            max_fetch_bytes: 1 << 20,
+            decompression: MemoryBudget::new("storage_node.decompression_budget_bytes", budget),
+            draining: tokio::sync::watch::channel(false).1,
+        }
+    }
+
+    fn append(compression: Compression) -> AppendRequest {
+        let mut b = BatchBuilder::new(compression);
+        for i in 0..100 {
+            b.push(&Record {
+                value: Some(vec![b'x'; 1000].into()),
+                timestamp_ms: i,
+                ..Record::default()
+            });
+        }
+        AppendRequest {
+            partition: Some(PartitionRef {
+                topic: "t".into(),
+                partition: 0,
+            }),
+            batch: b.build(),
+            acks: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn compressed_appends_wait_for_decompression_budget() {
+        let tmp = tempfile::tempdir().unwrap();
+        let api = api(tmp.path(), 1 << 20).await;
+        // Everything spent by other requests: a compressed batch is
+        // refused, retriably, and nothing is appended.
+        let held = api.decompression.try_acquire(1 << 20).unwrap();
+        let err = api.append(append(Compression::Lz4)).await.unwrap_err();
+        assert_eq!(err.reason, Reason::Overloaded, "{err}");
+        assert!(
+            err.message
+                .contains("storage_node.decompression_budget_bytes")
+        );
+        // An uncompressed batch needs no expansion.
+        assert_eq!(
+            api.append(append(Compression::None))
+                .await
+                .unwrap()
+                .base_offset,
+            0
+        );
+        drop(held);
+        let ok = api.append(append(Compression::Lz4)).await.unwrap();
+        assert_eq!(ok.base_offset, 100);
+        // The reservation was returned after the append.
+        assert_eq!(api.decompression.in_use(), 0);
     }
 }
