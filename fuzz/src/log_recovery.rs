@@ -312,12 +312,8 @@ fn check_dir(input: &Input, dir: &Path) {
     // after a clean shutdown, open trusts the active segment's index and
     // checks only the batches after its last entry; a later full scan
     // truncates at the unchecked damage, dropping what followed it.
-    // Known crash `known-crash-stale-checkpoint-hides-appended-records`:
-    // open clamps a checkpoint above the end offset in memory only, so the
-    // next open moves the log start past records appended in between.
     let trusted_indexes = input.flags & CLEAN != 0 && !input.fully_scanned();
-    let checkpoint = input.files.iter().any(|f| f.kind == 3);
-    if !(skip_known() && (trusted_indexes || checkpoint)) {
+    if !(skip_known() && trusted_indexes) {
         assert_eq!(
             (log.log_start_offset(), log.end_offset()),
             (start, end + 1),

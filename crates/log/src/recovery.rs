@@ -140,6 +140,21 @@ pub(crate) fn recover(
     let first = segments[0].base;
     let end = segments.last().expect("non-empty").next_offset;
     let log_start = checkpoint.unwrap_or(first).clamp(first, end);
+    if let Some(c) = checkpoint
+        && c > end
+    {
+        // The checkpoint is above everything on disk (the tail it pointed
+        // into was cut, or the file was damaged). Clamping only in memory
+        // would let the next open apply the stale value again, past records
+        // appended in between, so the clamped start is made durable now.
+        tracing::warn!(
+            dir = %dir.display(),
+            checkpoint = c,
+            end,
+            "log start checkpoint is above the end offset; lowering it to the end"
+        );
+        checkpoint::write(disk, dir, log_start)?;
+    }
     Ok(Recovered {
         segments,
         log_start,

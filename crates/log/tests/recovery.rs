@@ -228,3 +228,33 @@ fn time_index_pointing_past_the_segment_is_rebuilt() {
     assert_eq!(values(&read_all(&log)), before);
     assert_eq!(log.offset_for_timestamp(5).unwrap(), Some(10));
 }
+
+#[test]
+fn checkpoint_above_the_end_is_lowered_durably_and_keeps_later_appends_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = fill(dir.path(), 5);
+    let end = before.len() as i64;
+    let checkpoint = dir.path().join("log-start-offset.checkpoint");
+    // A log start beyond everything on disk (e.g. the tail it pointed into
+    // was cut on open).
+    std::fs::write(&checkpoint, format!("0\n{}\n", end + 10)).unwrap();
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    assert_eq!((log.log_start_offset(), log.end_offset()), (end, end));
+    assert_eq!(
+        std::fs::read_to_string(&checkpoint).unwrap(),
+        format!("0\n{end}\n"),
+        "the lowered log start is on disk"
+    );
+    log.append(&mut batch("acked", 1, 1)).unwrap();
+    log.close().unwrap();
+    for _ in 0..2 {
+        let log = Log::open(dir.path(), small_config()).unwrap();
+        assert_eq!((log.log_start_offset(), log.end_offset()), (end, end + 1));
+        assert_eq!(
+            values(&read_all(&log)),
+            vec![(end, "acked-0".to_string())],
+            "the record appended after the first open stays visible"
+        );
+        log.close().unwrap();
+    }
+}
