@@ -504,16 +504,14 @@ impl Log {
         &self.shared.dir
     }
 
-    /// Flushes, writes the active segment's index files and a clean-shutdown
-    /// marker (so the next open skips the full tail scan), and unregisters
-    /// from the interval flusher.
+    /// Flushes, writes a clean-shutdown marker (so the next open treats any
+    /// damage in the active segment as corruption rather than a torn tail)
+    /// and unregisters from the interval flusher.
     pub fn close(self) -> Result<(), LogError> {
         self.shared.check_failed()?;
         self.flush()?;
         let shared = &self.shared;
         shared.wait_for_roll();
-        let st = shared.read_state();
-        st.active().write_indexes(&shared.disk, &shared.dir)?;
         shared
             .disk
             .write_synced(&shared.dir.join(CLEAN_SHUTDOWN_FILE), b"")?;

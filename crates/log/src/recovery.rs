@@ -14,8 +14,9 @@ use crate::segment::{
 };
 use crate::{LogConfig, LogError};
 
-/// Marker written by a clean `close`: the active segment's index files are
-/// complete, so opening needs only a short tail scan.
+/// Marker written by a clean `close` after everything was fsynced: damage
+/// found in the active segment on the next open is then corruption (an
+/// error), not a torn tail to truncate.
 pub(crate) const CLEAN_SHUTDOWN_FILE: &str = ".clean-shutdown";
 
 /// Segments and log start offset found on disk.
@@ -33,8 +34,11 @@ pub(crate) fn recover(
 ) -> Result<Recovered, LogError> {
     disk.create_dir_all(dir)?;
     let marker = dir.join(CLEAN_SHUTDOWN_FILE);
+    // The marker is removed only once the segments are loaded (and the
+    // removal made durable before anything can be appended), so an open that
+    // fails on corruption fails the same way next time instead of treating
+    // the damage as a torn tail.
     let clean = disk.exists(&marker)?;
-    disk.remove_if_exists(&marker)?;
 
     let mut bases = Vec::new();
     let mut rolling = Vec::new();
@@ -93,6 +97,7 @@ pub(crate) fn recover(
     }
     if bases.is_empty() {
         let base = checkpoint.unwrap_or(0).max(0);
+        disk.remove_if_exists(&marker)?;
         let segment = Segment::create(disk, dir, base)?;
         return Ok(Recovered {
             segments: vec![segment],
@@ -132,6 +137,7 @@ pub(crate) fn recover(
         check_order(&segments, &segment)?;
         segments.push(segment);
     }
+    disk.remove_if_exists(&marker)?;
     disk.sync_dir(dir)?;
     let active = segments.last_mut().expect("non-empty");
     if active.size > 0 {
@@ -251,9 +257,8 @@ fn open_segment_file(
     Ok((file, path, size))
 }
 
-/// Trusts index files only if they match the log and the tail after the
-/// last entry scans cleanly to the end of the file.
-#[allow(clippy::too_many_arguments)]
+/// Trusts a sealed segment's index files only if they match the log and the
+/// tail after the last entry scans cleanly to the end of the file.
 fn try_indexes(
     disk: &Disk,
     dir: &Path,
@@ -262,7 +267,6 @@ fn try_indexes(
     path: &Path,
     size: u64,
     config: &LogConfig,
-    contiguous: bool,
 ) -> Option<(IndexWriter, i64)> {
     let (mut idx, resume) = match load_indexes(disk, dir, base, file, path, size) {
         Ok(v) => v,
@@ -275,7 +279,7 @@ fn try_indexes(
     idx.bytes_since_entry = 0;
     let rules = ScanRules {
         verify_crc: true,
-        contiguous,
+        contiguous: false,
         interval: config.index_interval_bytes,
     };
     let scan = scan(file, base, resume, resume_offset, size, rules, &mut idx).ok()?;
@@ -299,7 +303,7 @@ fn load_sealed(
     config: &LogConfig,
 ) -> Result<Segment, LogError> {
     let (file, path, size) = open_segment_file(disk, dir, base)?;
-    if let Some((idx, next)) = try_indexes(disk, dir, base, &*file, &path, size, config, false) {
+    if let Some((idx, next)) = try_indexes(disk, dir, base, &*file, &path, size, config) {
         return Ok(Segment::from_parts(base, file, path, size, next, idx));
     }
     let mut idx = IndexWriter::new();
@@ -323,10 +327,19 @@ fn load_sealed(
     Ok(segment)
 }
 
-/// Loads the active (newest) segment, truncating a torn or corrupt tail:
-/// anything after the last batch that is whole, has a valid CRC and the
-/// expected offset. Fsynced data is never cut, since fsynced batches are
-/// whole. Returns the segment and whether a tail was cut.
+/// Loads the active (newest) segment, scanning it from the start: each batch
+/// must be whole, have a valid CRC and the expected offset.
+///
+/// After a crash (`clean == false`) whatever follows the last such batch is
+/// a torn or corrupt tail and is truncated; fsynced data is never cut, since
+/// fsynced batches are whole. After a clean shutdown (`clean == true`) the
+/// whole segment was fsynced by `close`, so a bad batch anywhere is
+/// corruption of durable data: a [`LogError::Corrupt`] error naming file and
+/// position, never a truncation. (Index files are not trusted here: damage
+/// before their last entry would go unnoticed until a later open, which
+/// would then cut the segment there and drop what followed.)
+///
+/// Returns the segment and whether a tail was cut.
 fn load_active(
     disk: &Disk,
     dir: &Path,
@@ -335,37 +348,36 @@ fn load_active(
     clean: bool,
 ) -> Result<(Segment, bool), LogError> {
     let (file, path, size) = open_segment_file(disk, dir, base)?;
-    let trusted = if clean {
-        try_indexes(disk, dir, base, &*file, &path, size, config, true)
-    } else {
-        None
+    let mut idx = IndexWriter::new();
+    let rules = ScanRules {
+        verify_crc: true,
+        contiguous: true,
+        interval: config.index_interval_bytes,
     };
-    let (idx, next, valid) = match trusted {
-        Some((idx, next)) => (idx, next, size),
-        None => {
-            let mut idx = IndexWriter::new();
-            let rules = ScanRules {
-                verify_crc: true,
-                contiguous: true,
-                interval: config.index_interval_bytes,
-            };
-            let scan = scan(&*file, base, 0, base, size, rules, &mut idx)
-                .ctx(|| format!("read {}", path.display()))?;
-            if let Some((position, reason)) = &scan.error {
-                tracing::warn!(
-                    segment = %path.display(),
-                    position,
-                    dropped_bytes = size - position,
-                    %reason,
-                    "truncating torn or corrupt tail of the active segment"
-                );
-                file.set_len(scan.valid_size)
-                    .ctx(|| format!("truncate {}", path.display()))?;
-            }
-            (idx, scan.next_offset, scan.valid_size)
+    let scan = scan(&*file, base, 0, base, size, rules, &mut idx)
+        .ctx(|| format!("read {}", path.display()))?;
+    if let Some((position, reason)) = scan.error {
+        if clean {
+            return Err(LogError::Corrupt {
+                file: path,
+                position,
+                reason: format!(
+                    "{reason} (in the active segment after a clean shutdown, which fsynced it)"
+                ),
+            });
         }
-    };
+        tracing::warn!(
+            segment = %path.display(),
+            position,
+            dropped_bytes = size - position,
+            %reason,
+            "truncating torn or corrupt tail of the active segment"
+        );
+        file.set_len(scan.valid_size)
+            .ctx(|| format!("truncate {}", path.display()))?;
+    }
     disk.sync_file(&*file, &path)?;
-    let segment = Segment::from_parts(base, file, path, valid, next, idx);
+    let valid = scan.valid_size;
+    let segment = Segment::from_parts(base, file, path, valid, scan.next_offset, idx);
     Ok((segment, valid != size))
 }

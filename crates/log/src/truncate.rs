@@ -143,8 +143,8 @@ fn truncate_files(
     // seal it again and start a fresh active segment.
     let empty_at_end = seg.size == 0 && seg.base == intent.end;
     if was_active || empty_at_end {
-        // Index files written by a clean close or a seal describe the old
-        // contents.
+        // Index files left by a seal (or an earlier clean close) describe
+        // the old contents.
         disk.remove_if_exists(&segment_file(dir, seg.base, "index"))?;
         disk.remove_if_exists(&segment_file(dir, seg.base, "timeindex"))?;
         seg.first_append_ms = None;

@@ -258,3 +258,53 @@ fn checkpoint_above_the_end_is_lowered_durably_and_keeps_later_appends_visible()
         log.close().unwrap();
     }
 }
+
+#[test]
+fn damage_in_the_active_segment_after_a_clean_shutdown_is_an_error_on_every_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    for i in 0..6 {
+        log.append(&mut batch(&format!("v{i}"), 2, i)).unwrap();
+    }
+    assert_eq!(log.segment_count(), 1);
+    log.close().unwrap();
+    let path = active(dir.path());
+    let len = std::fs::metadata(&path).unwrap().len();
+    // A payload byte of the first batch: before the last index entry, where
+    // a trusted index would never look.
+    flip(&path, 70);
+    // The close fsynced the whole segment, so this is corruption, not a torn
+    // tail: an error naming the file and position, and the same error again
+    // on the next open (never a silent truncation then).
+    for attempt in 0..2 {
+        match Log::open(dir.path(), small_config()) {
+            Err(LogError::Corrupt {
+                file,
+                position,
+                reason,
+            }) => {
+                assert_eq!(file, path, "attempt {attempt}");
+                assert_eq!(position, 0, "attempt {attempt}");
+                assert!(reason.contains("CRC"), "attempt {attempt}: {reason}");
+            }
+            other => panic!("attempt {attempt}: expected Corrupt, got {other:?}"),
+        }
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len, "nothing cut");
+    }
+}
+
+#[test]
+fn clean_shutdown_reopens_agree_on_offsets_and_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = fill(dir.path(), 12);
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    log.close().unwrap();
+    for i in 0..3 {
+        let log = Log::open(dir.path(), small_config()).unwrap();
+        let end = before.len() as i64 + i;
+        assert_eq!((log.log_start_offset(), log.end_offset()), (0, end));
+        assert_eq!(values(&read_all(&log))[..before.len()], before[..]);
+        log.append(&mut batch("more", 1, 1)).unwrap();
+        log.close().unwrap();
+    }
+}
