@@ -266,17 +266,7 @@ fn check_dir(input: &Input, dir: &Path) {
     let strict = input.fully_scanned();
     let max_bytes = input.read_size();
     let first = read_all(&log, max_bytes, strict);
-    // Known crash (`record_batch/known-crash-decode-records-capacity`): the
-    // lookup decodes batches that recovery only CRC-checked, and
-    // `decode_records` reserves `recordCount` records before checking them.
-    let lookup = !skip_known()
-        || first.as_ref().is_ok_and(|b| {
-            b.iter()
-                .all(|b| BatchHeader::parse(b).is_ok_and(|h| h.record_count <= 1 << 16))
-        });
-    if lookup {
-        lookups(&log);
-    }
+    lookups(&log);
 
     let log = if input.flags & CRASH_REOPEN != 0 {
         let (start, end) = (log.log_start_offset(), log.end_offset());
@@ -331,9 +321,7 @@ fn check_dir(input: &Input, dir: &Path) {
         batches(&before),
         "data changed on reopen after close"
     );
-    if lookup {
-        lookups(&log);
-    }
+    lookups(&log);
 }
 
 /// A one-record batch whose value names its expected offset.

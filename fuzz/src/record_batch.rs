@@ -20,7 +20,6 @@
 
 use bytes::Bytes;
 
-use crate::corpus::skip_known;
 use streambus_record::{
     BatchBuilder, BatchHeader, BatchIter, DecodedRecord, HEADER_SIZE, LOG_OVERHEAD, MAGIC, Record,
     RecordError, compute_crc, decode_records, retain_records, validate_batch,
@@ -84,13 +83,6 @@ fn check_one(control: u8, batch: &[u8]) {
         check_header(h);
     }
     let validated = validate_batch(batch);
-    if validated.is_err() && skip_known() && parsed.as_ref().is_ok_and(|h| h.record_count > 1 << 16)
-    {
-        // Known crash `known-crash-decode-records-capacity`:
-        // `decode_records` reserves `recordCount` records before checking
-        // them.
-        return;
-    }
     let decoded = decode_records(batch);
     let mut kept_flags = Vec::new();
     let retained = retain_records(batch, |_| {
