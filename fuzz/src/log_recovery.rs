@@ -36,8 +36,6 @@ use streambus_record::{
     BatchBuilder, BatchHeader, BatchIter, Compression, HEADER_SIZE, Record, compute_crc,
 };
 
-use crate::corpus::skip_known;
-
 /// Most file entries taken from one input.
 pub const MAX_FILES: usize = 8;
 /// `index_interval_bytes` choices (flags bits 2-3).
@@ -390,25 +388,22 @@ fn read_all(log: &Log, max_bytes: usize, strict: bool) -> ReadAll {
         let mut first = true;
         for item in iter.by_ref() {
             let (h, bytes) = item.expect("a read returns whole batches");
-            // Known crashes `known-crash-sealed-segment-*`: open trusts a
-            // sealed segment's index and never checks the batches before its
-            // last entry, so their offsets are served unchecked.
-            let checked = checked_all(strict);
+            // Open does not scan the batches of a sealed segment whose index
+            // files check out; reads check the offsets of every batch they
+            // return (a damaged one is a `Corrupt` error, above), so these
+            // hold for every log (`regression-sealed-segment-*`).
             if first {
                 assert!(
-                    h.last_offset() >= offset || !checked,
+                    h.last_offset() >= offset,
                     "first batch ends before {offset}"
                 );
                 first = false;
             }
             assert!(
-                h.base_offset >= prev_next || !checked,
+                h.base_offset >= prev_next,
                 "batches overlap or go backwards"
             );
-            assert!(
-                h.last_offset() < end || !checked,
-                "batch beyond the end offset"
-            );
+            assert!(h.last_offset() < end, "batch beyond the end offset");
             if strict {
                 assert_eq!(compute_crc(bytes), h.crc, "read a batch with a bad CRC");
             }
@@ -421,34 +416,22 @@ fn read_all(log: &Log, max_bytes: usize, strict: bool) -> ReadAll {
             "a read returned a partial batch"
         );
         assert_eq!(r.next_offset, prev_next);
-        if r.next_offset <= offset {
-            assert!(!checked_all(strict), "read at {offset} did not advance");
-            break;
-        }
+        assert!(r.next_offset > offset, "read at {offset} did not advance");
         offset = r.next_offset;
     }
     Ok(out)
 }
 
-/// Whether the offset checks of [`read_all`] apply: always, except for
-/// logs whose index files open trusted while known crashes are skipped.
-fn checked_all(strict: bool) -> bool {
-    strict || !skip_known()
-}
-
-/// Timestamp lookups: `Ok` or an error, never a panic.
+/// Timestamp lookups: `Ok` or an error (a lookup that meets a damaged batch
+/// of a sealed segment is `Corrupt`), never a panic nor an offset past the
+/// end.
 fn lookups(log: &Log) {
     let end = log.end_offset();
     for ts in [i64::MIN, -1, 0, 1_700_000_000_000, i64::MAX] {
-        if let Ok(Some(o)) = log.offset_for_timestamp(ts) {
-            // Known crash `known-crash-sealed-segment-unchecked-base-offset`:
-            // open trusts a sealed segment's index and never checks the
-            // batches before its last entry, so a bad base offset there
-            // is served as is.
-            assert!(
-                o < end || skip_known(),
-                "timestamp {ts} found at {o}, past the end {end}"
-            );
+        match log.offset_for_timestamp(ts) {
+            Ok(Some(o)) => assert!(o < end, "timestamp {ts} found at {o}, past the end {end}"),
+            Ok(None) | Err(LogError::Corrupt { .. } | LogError::Io { .. }) => {}
+            Err(e) => panic!("timestamp {ts} lookup failed unexpectedly: {e}"),
         }
     }
 }

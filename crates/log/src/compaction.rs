@@ -19,7 +19,7 @@ use crate::error::IoContext;
 use crate::index::IndexWriter;
 use crate::io::{IoFile, OpenMode};
 use crate::log::lock;
-use crate::segment::{ScanReader, segment_file};
+use crate::segment::{OffsetCheck, ScanReader, segment_file};
 use crate::{Log, LogError};
 
 /// What [`Log::compact`] did.
@@ -41,6 +41,8 @@ struct Snapshot {
     file: Arc<dyn IoFile>,
     path: PathBuf,
     size: u64,
+    /// Offset after the segment's last batch.
+    end: i64,
 }
 
 /// Buffered sequential writer over an [`IoFile`].
@@ -85,6 +87,7 @@ fn for_each_batch(
     mut f: impl FnMut(u64, &BatchHeader, &[u8]) -> Result<(), LogError>,
 ) -> Result<(), LogError> {
     let mut reader = ScanReader::new(&*seg.file, seg.size);
+    let mut check = OffsetCheck::new(seg.base, seg.end, None);
     let mut pos = 0;
     while pos < seg.size {
         let corrupt = |reason: String| LogError::Corrupt {
@@ -98,6 +101,7 @@ fn for_each_batch(
         };
         let head = reader.bytes_at(pos, HEADER_SIZE).map_err(io)?;
         let h = BatchHeader::parse(head).map_err(|e| corrupt(e.to_string()))?;
+        check.check(&seg.path, pos, &h)?;
         let batch = reader.bytes_at(pos, h.total_size()).map_err(io)?;
         if batch.len() < h.total_size() {
             return Err(corrupt("batch runs past the end of the segment".into()));
@@ -144,6 +148,7 @@ impl Log {
                     file: s.file.clone(),
                     path: s.path.clone(),
                     size: s.size,
+                    end: s.next_offset,
                 })
                 .collect()
         };

@@ -29,15 +29,12 @@ impl OffsetIndex {
         self.entries.last().copied()
     }
 
-    /// Position of the last indexed batch whose relative base offset is
-    /// `<= rel`, or 0.
-    pub fn lookup(&self, rel: u64) -> u64 {
+    /// The entry `(relative offset, position)` of the last indexed batch
+    /// whose relative base offset is `<= rel`, if any (else a walk starts
+    /// at position 0).
+    pub fn lookup_entry(&self, rel: u64) -> Option<(u32, u32)> {
         let i = self.entries.partition_point(|&(r, _)| u64::from(r) <= rel);
-        if i == 0 {
-            0
-        } else {
-            u64::from(self.entries[i - 1].1)
-        }
+        i.checked_sub(1).map(|i| self.entries[i])
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -204,10 +201,10 @@ mod tests {
         let mut i = OffsetIndex::default();
         i.push(10, 100);
         i.push(20, 200);
-        assert_eq!(i.lookup(5), 0);
-        assert_eq!(i.lookup(10), 100);
-        assert_eq!(i.lookup(19), 100);
-        assert_eq!(i.lookup(25), 200);
+        assert_eq!(i.lookup_entry(5), None);
+        assert_eq!(i.lookup_entry(10), Some((10, 100)));
+        assert_eq!(i.lookup_entry(19), Some((10, 100)));
+        assert_eq!(i.lookup_entry(25), Some((20, 200)));
         let back = OffsetIndex::from_bytes(&i.to_bytes(), 300).unwrap();
         assert_eq!(back.last(), Some((20, 200)));
         assert!(OffsetIndex::from_bytes(&i.to_bytes(), 150).is_err());

@@ -9,7 +9,7 @@ use streambus_record::{BatchHeader, BatchIter, decode_records};
 use crate::error::IoContext;
 use crate::io::IoFile;
 use crate::log::State;
-use crate::segment::Segment;
+use crate::segment::{OffsetCheck, Segment};
 use crate::{Log, LogError};
 
 /// Batches returned by [`Log::read`].
@@ -33,7 +33,10 @@ struct SegmentView {
     file: Arc<dyn IoFile>,
     path: PathBuf,
     size: u64,
-    start_pos: u64,
+    /// Offset after the segment's last batch (its offsets are below it).
+    end: i64,
+    /// Index entry the walk starts at (`None`: position 0).
+    start: Option<(u32, u32)>,
 }
 
 impl SegmentView {
@@ -44,20 +47,41 @@ impl SegmentView {
             file: seg.file.clone(),
             path: seg.path.clone(),
             size: seg.size,
-            start_pos: seg.idx.index.lookup(rel),
+            end: seg.next_offset,
+            start: seg.idx.index.lookup_entry(rel),
         }
+    }
+
+    /// Start position of the walk and the check of the batches it reads.
+    fn walk(&self) -> (u64, OffsetCheck) {
+        let pos = self.start.map_or(0, |(_, p)| u64::from(p));
+        (pos, OffsetCheck::new(self.base, self.end, self.start))
+    }
+
+    /// The checked header of the next batch of a walk at `pos`.
+    fn next_header(
+        &self,
+        pos: u64,
+        check: &mut OffsetCheck,
+    ) -> Result<Option<BatchHeader>, LogError> {
+        let Some(h) = self.header(pos)? else {
+            return Ok(None);
+        };
+        check.check(&self.path, pos, &h)?;
+        Ok(Some(h))
     }
 
     fn header(&self, pos: u64) -> Result<Option<BatchHeader>, LogError> {
         Segment::header_at(&*self.file, &self.path, pos, self.size)
     }
 
-    /// Position and header of the first batch whose last offset is `>= offset`.
-    fn find(&self, offset: i64) -> Result<Option<(u64, BatchHeader)>, LogError> {
-        let mut pos = self.start_pos;
-        while let Some(h) = self.header(pos)? {
+    /// Position and header of the first batch whose last offset is `>=
+    /// offset`, with the check to continue the walk after it.
+    fn find(&self, offset: i64) -> Result<Option<(u64, BatchHeader, OffsetCheck)>, LogError> {
+        let (mut pos, mut check) = self.walk();
+        while let Some(h) = self.next_header(pos, &mut check)? {
             if h.last_offset() >= offset {
-                return Ok(Some((pos, h)));
+                return Ok(Some((pos, h, check)));
             }
             pos += h.total_size() as u64;
         }
@@ -119,7 +143,7 @@ impl Log {
         }
         // Find the first batch at or after `offset`; it may be in a later
         // segment when compaction removed the tail of this one.
-        let (pos, first) = loop {
+        let (pos, first, mut check) = loop {
             if let Some(found) = view.find(offset)? {
                 break found;
             }
@@ -147,6 +171,10 @@ impl Log {
                 position: pos + keep as u64,
                 reason: e.to_string(),
             })?;
+            if keep > 0 {
+                // The first batch was checked by `find`.
+                check.check(&view.path, pos + keep as u64, &h)?;
+            }
             if h.last_offset() >= bound {
                 break;
             }
@@ -177,13 +205,13 @@ impl Log {
             };
             let mut view = SegmentView::new(seg, seg.base);
             if let Some(rel) = seg.idx.time_index.lookup_before(timestamp_ms) {
-                view.start_pos = seg.idx.index.lookup(u64::from(rel));
+                view.start = seg.idx.index.lookup_entry(u64::from(rel));
             }
             view
         };
         loop {
-            let mut pos = view.start_pos;
-            while let Some(h) = view.header(pos)? {
+            let (mut pos, mut check) = view.walk();
+            while let Some(h) = view.next_header(pos, &mut check)? {
                 if h.max_timestamp >= timestamp_ms {
                     let mut batch = vec![0u8; h.total_size()];
                     view.read_exact(&mut batch, pos)?;

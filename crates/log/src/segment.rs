@@ -175,6 +175,77 @@ impl Segment {
     }
 }
 
+/// Checks the headers of the batches a walk over one segment touches
+/// (reads, timestamp lookups, compaction, truncation), so that a damaged
+/// `baseOffset` (which the CRC does not cover) in a sealed segment, whose
+/// batches open does not scan when its index files check out, is a
+/// [`LogError::Corrupt`] error naming file and position instead of wrong
+/// offsets or data. Header fields only: cheap enough for every read.
+///
+/// Each batch must lie in the segment's offset range `[base, end)` (`end`
+/// is the segment's next offset, which open checked against the next
+/// segment's base), must not start below the previous batch's next offset,
+/// and the first batch of a walk that starts at an index entry must have
+/// the base offset that entry promised.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OffsetCheck {
+    base: i64,
+    end: i64,
+    /// Lowest base offset allowed for the next batch.
+    next: i64,
+    /// Base offset the index promised for the first batch of the walk.
+    promised: Option<i64>,
+}
+
+impl OffsetCheck {
+    /// A walk over the segment `[base, end)` starting at index entry
+    /// `entry` (`None`: at position 0).
+    pub fn new(base: i64, end: i64, entry: Option<(u32, u32)>) -> OffsetCheck {
+        OffsetCheck {
+            base,
+            end,
+            next: base,
+            promised: entry.map(|(rel, _)| base + i64::from(rel)),
+        }
+    }
+
+    /// Checks the next batch of the walk, `h` at `pos` in `path`.
+    pub fn check(&mut self, path: &Path, pos: u64, h: &BatchHeader) -> Result<(), LogError> {
+        let corrupt = |reason: String| {
+            Err(LogError::Corrupt {
+                file: path.to_path_buf(),
+                position: pos,
+                reason,
+            })
+        };
+        if let Some(promised) = self.promised.take()
+            && h.base_offset != promised
+        {
+            return corrupt(format!(
+                "the offset index says offset {promised} starts here, the batch has base offset {}",
+                h.base_offset
+            ));
+        }
+        if h.base_offset < self.next {
+            return corrupt(format!(
+                "batch base offset {} goes backwards (expected >= {})",
+                h.base_offset, self.next
+            ));
+        }
+        if h.last_offset() >= self.end {
+            return corrupt(format!(
+                "batch offsets {}..={} are outside the segment's offsets {}..{}",
+                h.base_offset,
+                h.last_offset(),
+                self.base,
+                self.end
+            ));
+        }
+        self.next = h.next_offset();
+        Ok(())
+    }
+}
+
 /// Writes `.index` and `.timeindex` for `idx` (with its final max timestamp)
 /// and fsyncs them; the caller syncs the directory.
 pub(crate) fn write_index_files(

@@ -7,7 +7,7 @@ use crate::error::IoContext;
 use crate::index::IndexWriter;
 use crate::log::{Shared, State, lock};
 use crate::recovery::delete_segment_files;
-use crate::segment::{ScanRules, Segment, scan, segment_file};
+use crate::segment::{OffsetCheck, ScanRules, Segment, scan, segment_file};
 use crate::{Log, LogError};
 
 impl Log {
@@ -74,8 +74,14 @@ impl Log {
 /// (or the segment size), and the new end offset: that batch's base if
 /// `offset` falls inside it, else `offset`.
 fn find_cut(seg: &Segment, offset: i64) -> Result<(u64, i64), LogError> {
-    let mut pos = seg.idx.index.lookup((offset - seg.base).max(0) as u64);
+    let entry = seg
+        .idx
+        .index
+        .lookup_entry((offset - seg.base).max(0) as u64);
+    let mut check = OffsetCheck::new(seg.base, seg.next_offset, entry);
+    let mut pos = entry.map_or(0, |(_, p)| u64::from(p));
     while let Some(h) = Segment::header_at(&*seg.file, &seg.path, pos, seg.size)? {
+        check.check(&seg.path, pos, &h)?;
         if h.last_offset() >= offset {
             return Ok((pos, h.base_offset.min(offset)));
         }
