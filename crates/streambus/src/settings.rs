@@ -159,8 +159,7 @@ mod tests {
         assert_eq!(s.storage_node.node_id, 1);
         // The example lists the defaults.
         let defaults = Settings::default();
-        assert_eq!(s.gateway, defaults.gateway);
-        assert_eq!(s.storage_node, defaults.storage_node);
+        assert_eq!(s, defaults);
     }
 
     #[test]
