@@ -51,6 +51,9 @@ pub struct Partitions {
     /// interval flusher thread.
     open_options: OpenOptions,
     fsyncs: Arc<std::sync::atomic::AtomicU64>,
+    /// Serialises `apply` and `reopen_offline`, so a directory is never
+    /// opened twice or opened while it is being deleted.
+    changes: tokio::sync::Mutex<()>,
 }
 
 /// The directory of a partition replica. The topic id keeps a topic that
@@ -79,6 +82,7 @@ impl Partitions {
         Partitions {
             open_options,
             fsyncs,
+            changes: tokio::sync::Mutex::new(()),
             node_id,
             data_dir,
             replicas: RwLock::default(),
@@ -171,6 +175,7 @@ impl Partitions {
     /// Directories of topics this process never saw are left alone (and
     /// logged), so a lagging or empty metadata view can never delete data.
     pub async fn apply(&self, md: &ClusterMetadata) {
+        let _changes = self.changes.lock().await;
         if md.version < self.version() {
             return;
         }
@@ -337,6 +342,7 @@ impl Partitions {
     /// offline, then tries to open every offline replica again. Returns how
     /// many came back.
     pub async fn reopen_offline(&self) -> usize {
+        let _changes = self.changes.lock().await;
         let failed: Vec<(PartitionKey, Arc<Replica>, String)> = read(&self.replicas)
             .iter()
             .filter_map(|(k, r)| r.log.failure().map(|f| (k.clone(), r.clone(), f)))
