@@ -366,17 +366,32 @@ impl ControllerService for ControllerGrpc {
             )));
         };
         if node.incarnation != 0 && incarnation != node.incarnation {
+            // Not fatal here: this leader's view may lag a registration
+            // made through its predecessor. The node registers again, and
+            // `check_registration` (which knows the data directory)
+            // decides whether it is a conflict.
             return Err(status(Error::new(
-                Reason::NodeIdConflict,
+                Reason::InvalidArgument,
                 format!(
-                    "storage node {node_id} was registered again by another process (incarnation {:x}); this process (incarnation {incarnation:x}) is superseded",
+                    "storage node {node_id} is registered with incarnation {:x}, not {incarnation:x}; register again",
                     node.incarnation
                 ),
             )));
         }
         self.leases.heartbeat(node_id);
+        // Only replicas of the current incarnation of a topic that are
+        // assigned to this node count: a report built from older metadata
+        // must not flip state on every beat.
         let reported: ReplicaRefs = offline_replicas
             .iter()
+            .filter(|r| {
+                metadata.topics.get(&r.topic).is_some_and(|t| {
+                    t.topic_id == r.topic_id
+                        && t.partitions
+                            .get(r.partition as usize)
+                            .is_some_and(|p| p.replicas.contains(&node_id))
+                })
+            })
             .map(|r| (r.topic.clone(), r.partition))
             .collect();
         let recorded: ReplicaRefs = metadata
@@ -393,13 +408,18 @@ impl ControllerService for ControllerGrpc {
             for r in &offline_replicas {
                 tracing::warn!(node_id, topic = %r.topic, partition = r.partition, reason = %r.reason, "replica reported offline");
             }
-            self.proposer
+            // The lease is renewed either way; a failed proposal is retried
+            // by the next heartbeat's report.
+            if let Err(e) = self
+                .proposer
                 .propose(Command::SetOfflineReplicas {
                     node_id,
                     replicas: reported.into_iter().collect(),
                 })
                 .await
-                .map_err(status)?;
+            {
+                tracing::warn!(node_id, error = %e, "cannot record offline replicas");
+            }
         }
         Ok(Response::new(HeartbeatResponse {
             lease_ms: self.lease_ms(),

@@ -119,7 +119,7 @@ impl Leases {
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot initialize the cluster id"),
                 }
-                continue;
+                // Lease decisions go on either way (on the metadata read above).
             }
             let nodes: Vec<(u64, bool)> = metadata
                 .nodes

@@ -69,7 +69,11 @@ pub async fn serve_with_listener(
             source,
         })?;
     config.validate().map_err(StorageNodeError::Config)?;
-    let data_dir = DataDir::open(&config.data_dir, config.node_id)?;
+    // Held (locked) until every log is closed, including on a fatal stop.
+    let data_dir = Arc::new(std::sync::Mutex::new(DataDir::open(
+        &config.data_dir,
+        config.node_id,
+    )?));
     let advertised = config.advertised(bound);
     let partitions = Arc::new(Partitions::new(config.node_id, config.data_dir.clone()));
     let controller = ControllerClient::new(config.controllers.clone())
@@ -88,7 +92,7 @@ pub async fn serve_with_listener(
             incarnation: rand::random::<u64>() | 1,
             advertised: advertised.clone(),
             interval: Duration::from_millis(config.heartbeat_interval_ms.max(10)),
-            data_dir,
+            data_dir: data_dir.clone(),
             partitions: partitions.clone(),
             status: status.clone(),
         },
@@ -195,6 +199,7 @@ pub async fn serve_with_listener(
         .await;
     tasks.shutdown().await;
     partitions.close_all().await;
+    drop(data_dir);
     tracing::info!(node_id = config.node_id, "storage node stopped");
     if let Some(e) = fatal.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(e);
@@ -259,6 +264,12 @@ async fn readiness_loop(
             if now {
                 tracing::info!("storage node ready");
                 streambus_service::grpc::set_serving(&health, SERVICE).await;
+                if *draining.borrow() {
+                    // Draining began meanwhile: it wins.
+                    streambus_service::grpc::set_not_serving(&health, SERVICE).await;
+                    let _ = ready.send(false);
+                    return;
+                }
             } else if was.is_some() {
                 tracing::warn!(
                     "storage node not ready: no metadata or lost contact with the controller beyond the lease"
@@ -280,7 +291,7 @@ struct Membership {
     incarnation: u64,
     advertised: String,
     interval: Duration,
-    data_dir: DataDir,
+    data_dir: Arc<std::sync::Mutex<DataDir>>,
     partitions: Arc<Partitions>,
     status: Arc<NodeStatus>,
 }
@@ -298,7 +309,7 @@ fn is_fatal(e: &streambus_proto::Error) -> bool {
 /// after the controller lost the lease). A refusal that means this process
 /// must not serve (another live node has its id, its data directory
 /// belongs to another cluster, or it was superseded) stops the node.
-async fn membership_loop(mut m: Membership, fatal: tokio::sync::oneshot::Sender<StorageNodeError>) {
+async fn membership_loop(m: Membership, fatal: tokio::sync::oneshot::Sender<StorageNodeError>) {
     let mut registered = false;
     loop {
         let result = if registered {
@@ -310,15 +321,24 @@ async fn membership_loop(mut m: Membership, fatal: tokio::sync::oneshot::Sender<
                 })
                 .await
         } else {
+            let (directory_id, cluster_id) = {
+                let d = m.data_dir.lock().unwrap_or_else(|p| p.into_inner());
+                (d.directory_id().to_string(), d.cluster_id().to_string())
+            };
             let req = RegisterNodeRequest {
                 node_id: m.node_id,
                 address: m.advertised.clone(),
                 incarnation: m.incarnation,
-                directory_id: m.data_dir.directory_id().to_string(),
-                cluster_id: m.data_dir.cluster_id().to_string(),
+                directory_id,
+                cluster_id,
             };
             match m.controller.register_node(req).await {
-                Ok(resp) => match m.data_dir.stamp_cluster(&resp.cluster_id) {
+                Ok(resp) => match m
+                    .data_dir
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .stamp_cluster(&resp.cluster_id)
+                {
                     Ok(()) => {
                         tracing::info!(node_id = m.node_id, advertised = %m.advertised,
                             cluster_id = %resp.cluster_id, "registered with the controller");

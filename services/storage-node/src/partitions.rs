@@ -30,6 +30,10 @@ struct Offline {
     /// The replica that failed, while requests still hold it: its log must
     /// be gone before the directory is opened again.
     previous: Option<Weak<Replica>>,
+    /// For a log that failed: its durable offset then. After a failed
+    /// fsync the page cache cannot be trusted (the kernel may have dropped
+    /// the dirty pages), so a reopened log is cut back to it.
+    durable_at_failure: Option<i64>,
 }
 
 /// The replicas hosted on this node.
@@ -176,7 +180,9 @@ impl Partitions {
     /// logged), so a lagging or empty metadata view can never delete data.
     pub async fn apply(&self, md: &ClusterMetadata) {
         let _changes = self.changes.lock().await;
-        if md.version < self.version() {
+        // The watch never goes back in version; an equal version from
+        // another controller is the same state and is not re-applied.
+        if md.version <= self.version() && self.version() != 0 {
             return;
         }
         *write(&self.nodes) = md
@@ -274,7 +280,7 @@ impl Partitions {
                 o.config = Some(config);
                 continue;
             }
-            self.open(key, topic_id, config, leadership).await;
+            self.open(key, topic_id, config, leadership, None).await;
         }
         *write(&self.topics) = topics;
         self.version
@@ -288,15 +294,26 @@ impl Partitions {
         topic_id: String,
         config: TopicConfig,
         leadership: Leadership,
+        truncate_to: Option<i64>,
     ) -> bool {
         let dir = partition_dir(&self.data_dir, &key.0, key.1, &topic_id);
         let lc = config.log_config();
         let open_dir = dir.clone();
         let options = self.open_options.clone();
-        let opened = tokio::task::spawn_blocking(move || Log::open_with(&open_dir, lc, options))
-            .await
-            .map_err(|e| format!("open task failed: {e}"))
-            .and_then(|r| r.map_err(|e| e.to_string()));
+        let opened = tokio::task::spawn_blocking(move || {
+            let log = Log::open_with(&open_dir, lc, options)?;
+            if let Some(durable) = truncate_to
+                && log.end_offset() > durable
+            {
+                tracing::warn!(dir = %open_dir.display(), from = log.end_offset(), to = durable,
+                    "cutting a reopened log back to what was durable when it failed");
+                log.truncate_to(durable)?;
+            }
+            Ok::<_, streambus_log::LogError>(log)
+        })
+        .await
+        .map_err(|e| format!("open task failed: {e}"))
+        .and_then(|r| r.map_err(|e| e.to_string()));
         match opened {
             Ok(log) => {
                 tracing::info!(topic = %key.0, partition = key.1, dir = %dir.display(),
@@ -333,6 +350,10 @@ impl Partitions {
                 config,
                 leadership,
                 reason,
+                durable_at_failure: previous
+                    .as_ref()
+                    .and_then(Weak::upgrade)
+                    .map(|r| r.log.durable_offset()),
                 previous,
             },
         );
@@ -358,18 +379,28 @@ impl Partitions {
                 Some(Arc::downgrade(&replica)),
             );
         }
-        let candidates: Vec<(PartitionKey, String, TopicConfig, Leadership)> = read(&self.offline)
+        type Candidate = (PartitionKey, String, TopicConfig, Leadership, Option<i64>);
+        let candidates: Vec<Candidate> = read(&self.offline)
             .iter()
             .filter(|(_, o)| o.previous.as_ref().is_none_or(|w| w.strong_count() == 0))
             .filter_map(|(k, o)| {
-                o.config
-                    .clone()
-                    .map(|c| (k.clone(), o.topic_id.clone(), c, o.leadership.clone()))
+                o.config.clone().map(|c| {
+                    (
+                        k.clone(),
+                        o.topic_id.clone(),
+                        c,
+                        o.leadership.clone(),
+                        o.durable_at_failure,
+                    )
+                })
             })
             .collect();
         let mut reopened = 0;
-        for (key, topic_id, config, leadership) in candidates {
-            if self.open(key.clone(), topic_id, config, leadership).await {
+        for (key, topic_id, config, leadership, durable) in candidates {
+            if self
+                .open(key.clone(), topic_id, config, leadership, durable)
+                .await
+            {
                 tracing::info!(topic = %key.0, partition = key.1, "offline partition replica is back");
                 reopened += 1;
             }
@@ -446,10 +477,17 @@ async fn close_replica(replica: Arc<Replica>, delete: bool) {
     let res = tokio::task::spawn_blocking(move || {
         // Close cleanly (indexes synced, fast reopen) when nothing else
         // holds the log; otherwise at least make its data durable.
-        match Arc::try_unwrap(replica).map(|r| Arc::try_unwrap(r.log)) {
-            Ok(Ok(log)) => log.close()?,
-            Ok(Err(log)) => log.flush()?,
-            Err(replica) => replica.log.flush()?,
+        let closed = match Arc::try_unwrap(replica).map(|r| Arc::try_unwrap(r.log)) {
+            Ok(Ok(log)) => log.close(),
+            Ok(Err(log)) => log.flush(),
+            Err(replica) => replica.log.flush(),
+        };
+        if !delete {
+            closed?;
+        } else if let Err(e) = closed {
+            // The topic is gone: its data goes too, flushed or not (a full
+            // disk must not keep a deleted topic's space forever).
+            tracing::warn!(dir = %dir.display(), error = %e, "closing a deleted topic's replica failed; deleting it anyway");
         }
         if delete {
             std::fs::remove_dir_all(&dir).map_err(|e| streambus_log::LogError::Io {
