@@ -102,8 +102,8 @@ reasons! {
     /// failed to open or failed an fsync); the node keeps trying to open it.
     /// Not retried automatically: it needs an operator or a leader change.
     PartitionOffline => ("PARTITION_OFFLINE", Unavailable, false),
-    /// Another live storage node is registered with this node id, or this
-    /// process was superseded by a newer registration of its id.
+    /// Another live storage node, with another data directory, is
+    /// registered with this node id.
     NodeIdConflict => ("NODE_ID_CONFLICT", FailedPrecondition, false),
     /// A storage node's data directory belongs to another cluster.
     ClusterIdMismatch => ("CLUSTER_ID_MISMATCH", FailedPrecondition, false),

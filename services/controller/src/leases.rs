@@ -26,6 +26,9 @@ use crate::metadata::Command;
 pub struct Leases {
     lease: Duration,
     last_seen: Mutex<HashMap<u64, Instant>>,
+    /// When this controller, as leader, granted every live node a fresh
+    /// lease; `None` while not leading (or not yet).
+    took_over: Mutex<Option<Instant>>,
     wake: Notify,
 }
 
@@ -35,6 +38,7 @@ impl Leases {
         Leases {
             lease,
             last_seen: Mutex::new(HashMap::new()),
+            took_over: Mutex::new(None),
             wake: Notify::new(),
         }
     }
@@ -48,11 +52,21 @@ impl Leases {
         self.last_seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether `node_id` heartbeated within the lease, as seen here.
+    /// Whether `node_id` may hold a valid lease: it heartbeated here within
+    /// the lease, or this controller took over leadership less than a lease
+    /// ago (or not yet), when the heartbeats a node sent to the previous
+    /// leader are unknown here and its lease may still run.
     pub fn is_fresh(&self, node_id: u64) -> bool {
-        self.seen()
-            .get(&node_id)
-            .is_some_and(|t| t.elapsed() <= self.lease)
+        let taking_over = self
+            .took_over
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|t| t.elapsed() <= self.lease);
+        taking_over
+            || self
+                .seen()
+                .get(&node_id)
+                .is_some_and(|t| t.elapsed() <= self.lease)
     }
 
     /// Records a heartbeat (or registration) from `node_id`.
@@ -85,6 +99,7 @@ impl Leases {
     /// read (a node registering as this controller takes over) must not be
     /// forgotten, or the node would be expired and revived for nothing.
     fn reset(&self, nodes: &[(u64, bool)], now: Instant) {
+        *self.took_over.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
         let mut seen = self.seen();
         for &(id, alive) in nodes {
             if alive {
@@ -106,6 +121,7 @@ impl Leases {
             let is_leader = proposer.raft().metrics().borrow().state == ServerState::Leader;
             if !is_leader {
                 was_leader = false;
+                *self.took_over.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 continue;
             }
             let metadata = proposer.metadata();
@@ -190,6 +206,19 @@ mod tests {
                 .decide(&[(1, true), (3, true)], t0 + Duration::from_millis(50))
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn every_lease_may_still_run_until_one_lease_after_taking_over() {
+        let leases = Leases::new(Duration::from_millis(50));
+        // Not yet taken over: a node unseen here may hold a lease.
+        assert!(leases.is_fresh(9));
+        leases.reset(&[], Instant::now());
+        assert!(leases.is_fresh(9));
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(!leases.is_fresh(9));
+        leases.heartbeat(9);
+        assert!(leases.is_fresh(9));
     }
 
     #[test]

@@ -296,12 +296,26 @@ struct Membership {
     status: Arc<NodeStatus>,
 }
 
-/// Whether a refusal from the controller means this process must not serve.
-fn is_fatal(e: &streambus_proto::Error) -> bool {
-    matches!(
-        e.reason,
-        streambus_proto::Reason::NodeIdConflict | streambus_proto::Reason::ClusterIdMismatch
-    )
+/// How long `NODE_ID_CONFLICT` must persist before the node gives up: a
+/// conflict can be the lease of this node's own previous registration
+/// (from a replaced data directory) still running, which lapses within
+/// the lease (6 s by default).
+const CONFLICT_GRACE: Duration = Duration::from_secs(10);
+
+/// Whether a refusal from the controller means this process must not
+/// serve: another cluster's directory at once, an id conflict once it
+/// outlasted [`CONFLICT_GRACE`].
+fn is_fatal(e: &streambus_proto::Error, conflict_since: &mut Option<std::time::Instant>) -> bool {
+    match e.reason {
+        streambus_proto::Reason::ClusterIdMismatch => true,
+        streambus_proto::Reason::NodeIdConflict => {
+            conflict_since
+                .get_or_insert_with(std::time::Instant::now)
+                .elapsed()
+                >= CONFLICT_GRACE
+        }
+        _ => false,
+    }
 }
 
 /// Registers with the controller, then heartbeats (reporting offline
@@ -311,6 +325,7 @@ fn is_fatal(e: &streambus_proto::Error) -> bool {
 /// belongs to another cluster, or it was superseded) stops the node.
 async fn membership_loop(m: Membership, fatal: tokio::sync::oneshot::Sender<StorageNodeError>) {
     let mut registered = false;
+    let mut conflict_since = None;
     loop {
         let result = if registered {
             m.controller
@@ -354,8 +369,11 @@ async fn membership_loop(m: Membership, fatal: tokio::sync::oneshot::Sender<Stor
             }
         };
         match result {
-            Ok(lease_ms) => m.status.contact(lease_ms),
-            Err(e) if is_fatal(&e) => {
+            Ok(lease_ms) => {
+                conflict_since = None;
+                m.status.contact(lease_ms)
+            }
+            Err(e) if is_fatal(&e, &mut conflict_since) => {
                 let _ = fatal.send(StorageNodeError::Refused(e));
                 return;
             }
@@ -377,6 +395,17 @@ async fn metadata_loop(
     metrics: Metrics,
     status: Arc<NodeStatus>,
 ) {
+    // Nothing is opened before the controller accepted this node: a node
+    // pointed at another cluster's controllers must not touch its
+    // directory.
+    while status
+        .last_contact
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .is_none()
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut stream = std::pin::pin!(controller.watch_metadata());
     while let Some(md) = stream.next().await {
         partitions.apply(&md).await;
