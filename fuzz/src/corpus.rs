@@ -76,3 +76,14 @@ pub fn replay_known(target: &str, check: fn(&[u8])) -> usize {
     }
     n
 }
+
+/// Where scratch log directories go: tmpfs if there is one (fsync there is
+/// free), else the system temporary directory.
+pub fn scratch_root() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}

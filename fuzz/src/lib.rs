@@ -1,9 +1,9 @@
 //! Shared check logic for the StreamBus fuzz targets.
 //!
 //! Each module holds the checks of one target (`fuzz_targets/*.rs` call its
-//! `check`). The record and log modules are also compiled into the stable
-//! replay tests `crates/record/tests/fuzz_corpus.rs` and
-//! `crates/log/tests/fuzz_corpus.rs` (through `#[path]`), which run every
+//! `check`). The modules are also compiled into the stable replay tests
+//! `crates/record/tests/fuzz_corpus.rs`, `crates/log/tests/fuzz_corpus.rs`
+//! and `crates/cluster/tests/fuzz_corpus.rs` (through `#[path]`), which run every
 //! file of `fuzz/corpus/` through the same checks without cargo-fuzz. See
 //! `docs/fuzzing.md`.
 

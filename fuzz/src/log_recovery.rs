@@ -28,13 +28,15 @@
 //! `streambus-log`, `streambus-record`, `bytes`, `tempfile` and the sibling
 //! module `corpus`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bytes::Bytes;
 use streambus_log::{FsyncPolicy, Log, LogConfig, LogError};
 use streambus_record::{
     BatchBuilder, BatchHeader, BatchIter, Compression, HEADER_SIZE, Record, compute_crc,
 };
+
+use crate::corpus::scratch_root;
 
 /// Most file entries taken from one input.
 pub const MAX_FILES: usize = 8;
@@ -216,17 +218,6 @@ pub fn fix_crcs(buf: &mut [u8]) {
         let crc = compute_crc(&buf[pos..pos + size]);
         buf[pos + 17..pos + 21].copy_from_slice(&crc.to_be_bytes());
         pos += size;
-    }
-}
-
-/// Where scratch log directories go: tmpfs if there is one (fsync there is
-/// free), else the system temporary directory.
-fn scratch_root() -> PathBuf {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        shm.to_path_buf()
-    } else {
-        std::env::temp_dir()
     }
 }
 

@@ -13,12 +13,13 @@
 //! never accept what a storage node's log refuses).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use streambus_cluster::topic_config::{KEYS, TopicConfig};
 use streambus_log::Log;
 use streambus_record::{BatchBuilder, Compression, Record};
+
+use crate::corpus::scratch_root;
 
 /// Builds the config map from fuzzer text.
 pub fn parse_map(text: &str) -> HashMap<String, String> {
@@ -68,15 +69,6 @@ pub fn check(data: &[u8]) {
     }
 }
 
-fn scratch_root() -> PathBuf {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        shm.to_path_buf()
-    } else {
-        std::env::temp_dir()
-    }
-}
-
 /// Opens a log with the configuration, appends, and runs retention,
 /// age-based rolling and compaction at a few clock values.
 fn exercise_log(config: &TopicConfig) {
@@ -99,10 +91,15 @@ fn exercise_log(config: &TopicConfig) {
         log.append(&mut batch.clone()).expect("append");
         log.append(&mut batch.clone()).expect("append");
     }
+    // Any clock value, however far off, is handled without an error or a
+    // panic, and never moves the log end or puts the start past it.
+    let end = log.end_offset();
     for now in [0, 1_700_000_000_000, i64::MAX] {
-        let _ = log.roll_if_due(now);
-        let _ = log.apply_retention(now);
-        let _ = log.compact(now);
+        log.roll_if_due(now).expect("roll_if_due on a valid log");
+        log.apply_retention(now).expect("retention on a valid log");
+        log.compact(now).expect("compaction on a valid log");
+        assert_eq!(log.end_offset(), end, "maintenance moved the log end");
+        assert!(log.log_start_offset() <= end, "log start past the end");
     }
     log.close().expect("close");
 }

@@ -17,3 +17,8 @@ pub use topic_config::TopicConfig;
 /// Largest metadata message (a full cluster snapshot) sent or accepted
 /// between controllers and their clients.
 pub const MAX_METADATA_MESSAGE_BYTES: usize = 64 << 20;
+
+/// A random 128-bit id in hex: topic ids, the cluster id, data directory ids.
+pub fn random_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}

@@ -205,10 +205,7 @@ pub struct Metadata {
     pub cluster_id: String,
 }
 
-/// A random 128-bit id in hex (topic ids, cluster ids, directory ids).
-pub fn random_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
-}
+pub use streambus_cluster::random_id;
 
 /// Checks the topic naming rules.
 pub fn validate_topic_name(name: &str) -> Result<(), Error> {

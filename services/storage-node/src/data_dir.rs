@@ -95,7 +95,7 @@ impl DataDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let stamp = Stamp {
                     node_id,
-                    directory_id: format!("{:032x}", rand::random::<u128>()),
+                    directory_id: streambus_cluster::random_id(),
                     cluster_id: String::new(),
                 };
                 let bytes = serde_json::to_vec_pretty(&stamp).expect("a stamp serializes");
