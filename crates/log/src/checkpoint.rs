@@ -1,6 +1,7 @@
 //! Small offset files: the log start offset checkpoint
 //! (`log-start-offset.checkpoint`) and the truncation intent
-//! (`truncation.checkpoint`).
+//! (`truncation.checkpoint`); the leader-epoch checkpoint (`epoch.rs`) is
+//! written the same way ([`write_atomic`]) and read by the same rules.
 //!
 //! Text, Kafka style: a version line (`0`) then the offset. Written to a
 //! temporary file, fsynced, renamed over the old one and the directory
@@ -67,12 +68,24 @@ pub(crate) fn write_values(
     name: &str,
     values: &[i64],
 ) -> Result<(), LogError> {
-    let tmp = dir.join(format!("{name}.tmp"));
     let mut text = String::from("0\n");
     for v in values {
         text.push_str(&format!("{v}\n"));
     }
-    disk.write_synced(&tmp, text.as_bytes())?;
+    write_atomic(disk, dir, name, text.as_bytes())
+}
+
+/// Durably replaces the small file `name` in `dir`: written to
+/// `{name}.tmp`, fsynced, renamed over the old one, directory fsynced.
+/// Recovery deletes leftover `*.tmp` files.
+pub(crate) fn write_atomic(
+    disk: &Disk,
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> Result<(), LogError> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    disk.write_synced(&tmp, bytes)?;
     disk.rename(&tmp, &dir.join(name))?;
     disk.sync_dir(dir)
 }

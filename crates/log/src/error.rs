@@ -63,6 +63,27 @@ pub enum LogError {
     /// until it is reopened (which recovers from disk).
     #[error("log is failed after an earlier I/O error and must be reopened: {0}")]
     Failed(String),
+    /// A replicated batch does not start where it must: the first batch of
+    /// [`Log::append_replicated`](crate::Log::append_replicated) at the log
+    /// end offset, each next one right after the previous batch's last
+    /// offset.
+    #[error("replicated batch has base offset {got} where {expected} was expected")]
+    NonContiguous {
+        /// The offset the batch had to start at.
+        expected: i64,
+        /// The batch's base offset.
+        got: i64,
+    },
+    /// A batch carries a leader epoch older than the latest epoch in the
+    /// log's leader-epoch cache (a leader never appends with an older epoch,
+    /// and a leader's log never has epochs going backwards).
+    #[error("leader epoch {epoch} is older than the log's latest leader epoch {latest}")]
+    StaleLeaderEpoch {
+        /// The batch's (or the append's) leader epoch.
+        epoch: i32,
+        /// The latest epoch in the leader-epoch cache.
+        latest: i32,
+    },
     /// The appended batch was removed by a concurrent `truncate_to` before it
     /// became durable.
     #[error("appended batch at offset {offset} was truncated before it was synced")]

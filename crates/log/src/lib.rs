@@ -2,6 +2,15 @@
 //! batches on local disk, with sparse offset and time indexes, group-commit
 //! fsync, crash recovery, retention, truncation and key compaction.
 //!
+//! For replication a leader appends producer batches with
+//! [`Log::append_with_epoch`] (offsets assigned, leader epoch stamped) and a
+//! follower copies them with [`Log::append_replicated`] (offsets and epochs
+//! kept). Both maintain the leader-epoch cache (Kafka's
+//! `leader-epoch-checkpoint`): the start offset of every leader epoch,
+//! queried with [`Log::latest_epoch`], [`Log::epoch_entries`] and
+//! [`Log::end_offset_for_epoch`] (OffsetsForLeaderEpoch), trimmed by
+//! truncation and retention.
+//!
 //! The crate knows nothing about gRPC or the cluster. Its API is synchronous
 //! (file I/O through [`io::Io`], `std::fs` by default); async callers use
 //! `spawn_blocking`. A [`Log`] is `Send +
@@ -11,6 +20,7 @@
 mod checkpoint;
 mod compaction;
 mod config;
+mod epoch;
 mod error;
 mod index;
 pub mod io;
@@ -30,7 +40,7 @@ pub use config::{
     MIN_SEGMENT_BYTES,
 };
 pub use error::LogError;
-pub use log::{AppendInfo, Log, OpenOptions};
+pub use log::{AppendInfo, Log, OpenOptions, ReplicatedAppendInfo};
 pub use read::ReadResult;
 pub use retention::RetentionOutcome;
 pub use sync::Flusher;

@@ -5,8 +5,12 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use streambus_record::{RecordError, set_base_offset, set_partition_leader_epoch, validate_batch};
+use streambus_record::{
+    BatchHeader, BatchIter, RecordError, set_base_offset, set_partition_leader_epoch,
+    validate_batch,
+};
 
+use crate::epoch::{self, EpochCache};
 use crate::io::{Disk, Io, IoFile, OpenMode, StdIo};
 use crate::recovery::{CLEAN_SHUTDOWN_FILE, recover};
 use crate::segment::{ROLLING_EXT, Segment, segment_file, write_index_files};
@@ -66,6 +70,20 @@ pub struct AppendInfo {
     pub size: usize,
 }
 
+/// What [`Log::append_replicated`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicatedAppendInfo {
+    /// Base offset of the first batch (the end offset before the append).
+    pub base_offset: i64,
+    /// Last offset of the last batch (`base_offset - 1` when no batch was
+    /// given).
+    pub last_offset: i64,
+    /// Bytes written.
+    pub size: usize,
+    /// Batches written.
+    pub batch_count: usize,
+}
+
 /// A partition log stored in one directory. See the crate docs.
 #[derive(Debug)]
 pub struct Log {
@@ -96,6 +114,23 @@ pub(crate) struct Shared {
     /// state lock gives a stable view); waited on with `roll_done`.
     pub rolling: Mutex<bool>,
     pub roll_done: Condvar,
+    /// An append holds on to the end offset while it released the state
+    /// lock midway (to persist a leader-epoch entry before its batch, or to
+    /// finish its own roll between two of its batches): other appends and
+    /// truncations wait until it is done, so nothing else is written at or
+    /// cut below the offsets it is about to write. Set only while holding
+    /// the `state` write lock (see [`Shared::reserve`]); waited on with
+    /// `reserve_done`.
+    pub reserved: Mutex<bool>,
+    pub reserve_done: Condvar,
+    /// Serialises writes of the leader-epoch checkpoint (and the matching
+    /// update of `State::epochs`) by appends and retention. Taken before
+    /// the state lock, never while holding it. Truncation writes the
+    /// checkpoint without it: it holds `maintenance` (so retention is not
+    /// running) and the state lock while no reservation is held (so no
+    /// append is writing the checkpoint: appends do so only while holding
+    /// one).
+    pub epoch_file: Mutex<()>,
 }
 
 /// A roll whose sealed segment still has to be made durable (outside the
@@ -116,6 +151,8 @@ pub(crate) struct State {
     /// Segments by increasing base offset; the last one is active.
     pub segments: Vec<Segment>,
     pub log_start: i64,
+    /// The leader-epoch cache, as in `leader-epoch-checkpoint`.
+    pub epochs: EpochCache,
 }
 
 impl State {
@@ -143,6 +180,118 @@ impl State {
             .partition_point(|s| s.base <= offset)
             .saturating_sub(1)
     }
+}
+
+/// A reservation of the end offset by an append; released on drop.
+struct Reservation<'a>(&'a Shared);
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.reserved) = false;
+        self.0.reserve_done.notify_all();
+    }
+}
+
+/// The batches of one append and how they get their offsets.
+enum Batches<'a> {
+    /// One producer batch: offsets assigned from the end offset, the leader
+    /// epoch stamped if given.
+    Assign {
+        batch: &'a mut [u8],
+        header: BatchHeader,
+        epoch: Option<i32>,
+    },
+    /// Whole, validated, contiguous batches that keep their offsets and
+    /// leader epochs: `(position in data, header)`.
+    Keep {
+        data: &'a [u8],
+        batches: Vec<(usize, BatchHeader)>,
+    },
+}
+
+impl Batches<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Batches::Assign { .. } => 1,
+            Batches::Keep { batches, .. } => batches.len(),
+        }
+    }
+
+    /// Header of batch `i` (before it is given its offsets).
+    fn header(&self, i: usize) -> &BatchHeader {
+        match self {
+            Batches::Assign { header, .. } => header,
+            Batches::Keep { batches, .. } => &batches[i].1,
+        }
+    }
+
+    /// Whether the batches can go at the end offset `end`.
+    fn check_start(&self, end: i64) -> Result<(), LogError> {
+        match self {
+            Batches::Assign { .. } => Ok(()),
+            Batches::Keep { batches, .. } => match batches.first() {
+                Some((_, h)) if h.base_offset != end => Err(LogError::NonContiguous {
+                    expected: end,
+                    got: h.base_offset,
+                }),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// `(leader epoch, base offset)` of the batches that concern the
+    /// leader-epoch cache, when appended at `end`.
+    fn epochs(&self, end: i64) -> impl Iterator<Item = (i32, i64)> + '_ {
+        let (single, many) = match self {
+            Batches::Assign { epoch, .. } => (epoch.map(|e| (e, end)), &[][..]),
+            Batches::Keep { batches, .. } => (None, batches.as_slice()),
+        };
+        single.into_iter().chain(
+            many.iter()
+                .map(|(_, h)| (h.partition_leader_epoch, h.base_offset)),
+        )
+    }
+
+    /// Gives batch `i` its offsets for the end offset `end` (stamping a
+    /// producer batch; checking a kept one starts there) and returns its
+    /// bytes and final header.
+    fn place(&mut self, i: usize, end: i64) -> Result<(&[u8], BatchHeader), LogError> {
+        match self {
+            Batches::Assign {
+                batch,
+                header,
+                epoch,
+            } => {
+                set_base_offset(batch, end);
+                header.base_offset = end;
+                if let Some(epoch) = *epoch {
+                    set_partition_leader_epoch(batch, epoch);
+                    header.partition_leader_epoch = epoch;
+                }
+                Ok((&**batch, *header))
+            }
+            Batches::Keep { data, batches } => {
+                let (pos, h) = batches[i];
+                if h.base_offset != end {
+                    return Err(LogError::NonContiguous {
+                        expected: end,
+                        got: h.base_offset,
+                    });
+                }
+                Ok((&data[pos..pos + h.total_size()], h))
+            }
+        }
+    }
+}
+
+/// What [`Log::append_batches`] wrote.
+#[derive(Debug, Default)]
+struct Appended {
+    base_offset: i64,
+    last_offset: i64,
+    max_timestamp: i64,
+    size: usize,
+    batches: usize,
 }
 
 /// Wall-clock time in milliseconds since the Unix epoch.
@@ -186,6 +335,50 @@ impl Shared {
         while *r {
             r = self.roll_done.wait(r).unwrap_or_else(|e| e.into_inner());
         }
+    }
+
+    /// Whether an append holds a reservation of the end offset (stable
+    /// while the state lock is held).
+    pub fn is_reserved(&self) -> bool {
+        *lock(&self.reserved)
+    }
+
+    /// Waits until no append holds a reservation.
+    pub fn wait_for_reservation(&self) {
+        let mut r = lock(&self.reserved);
+        while *r {
+            r = self.reserve_done.wait(r).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Reserves the end offset for the calling append (see
+    /// `Shared::reserved`); the caller holds the state write lock (`_st`)
+    /// and made sure no other append holds a reservation. Released when the
+    /// returned guard is dropped.
+    fn reserve(&self, _st: &mut State) -> Reservation<'_> {
+        let mut r = lock(&self.reserved);
+        debug_assert!(!*r);
+        *r = true;
+        Reservation(self)
+    }
+
+    /// Makes the leader-epoch entries that appending `batches` (`(epoch,
+    /// base offset)`) at `end` adds durable, then installs them in memory.
+    /// Called by an append that holds a reservation (so `end` stays the end
+    /// offset) and not the state lock.
+    fn persist_epochs(
+        &self,
+        end: i64,
+        batches: impl IntoIterator<Item = (i32, i64)>,
+    ) -> Result<(), LogError> {
+        let _file = lock(&self.epoch_file);
+        let current = self.read_state().epochs.clone();
+        if let Some(next) = current.plan(end, batches)? {
+            epoch::write(&self.disk, &self.dir, &next)?;
+            tracing::debug!(dir = %self.dir.display(), entries = ?next, "leader-epoch cache updated");
+            self.write_state().epochs = next;
+        }
+        Ok(())
     }
 
     /// First half of a roll, under the state write lock: creates the next
@@ -262,7 +455,9 @@ impl Log {
     /// or corrupt tail of the active segment is truncated, missing or
     /// damaged index files are rebuilt, an interrupted truncation or roll is
     /// finished, and damage inside a sealed segment is a
-    /// [`LogError::Corrupt`] error.
+    /// [`LogError::Corrupt`] error. The leader-epoch cache is loaded (or
+    /// rebuilt from the batch headers if its file is missing) and trimmed to
+    /// the recovered offsets; a damaged cache file is an error.
     pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log, LogError> {
         Log::open_with(dir, config, OpenOptions::default())
     }
@@ -293,6 +488,7 @@ impl Log {
             state: RwLock::new(State {
                 segments: recovered.segments,
                 log_start: recovered.log_start,
+                epochs: recovered.epochs,
             }),
             maintenance: Mutex::new(()),
             sync: Mutex::new(SyncState::new(end)),
@@ -303,6 +499,9 @@ impl Log {
             failed: Mutex::new(None),
             rolling: Mutex::new(false),
             roll_done: Condvar::new(),
+            reserved: Mutex::new(false),
+            reserve_done: Condvar::new(),
+            epoch_file: Mutex::new(()),
         });
         let flusher = match shared.config.fsync {
             FsyncPolicy::Interval(every) => {
@@ -326,12 +525,19 @@ impl Log {
     ///
     /// The batch must be a producer batch: `lastOffsetDelta == recordCount - 1`.
     /// Timestamps may go backwards between batches (CreateTime is the
-    /// producer's clock); the time index stays monotonic.
+    /// producer's clock); the time index stays monotonic. The leader-epoch
+    /// cache gets no entry for the batch (only entries a failed write left
+    /// at the end offset are dropped, since they would claim it).
     pub fn append(&self, batch: &mut [u8]) -> Result<AppendInfo, LogError> {
         self.append_inner(batch, None)
     }
 
-    /// Like [`Log::append`], also stamping `partitionLeaderEpoch`.
+    /// Like [`Log::append`], also stamping `partitionLeaderEpoch` with
+    /// `leader_epoch`. If `leader_epoch` is newer than the latest epoch of
+    /// the leader-epoch cache, the entry `(leader_epoch, base offset)` is
+    /// made durable before the batch is written; an epoch older than the
+    /// latest is refused with [`LogError::StaleLeaderEpoch`] (a leader
+    /// never appends with an older epoch).
     pub fn append_with_epoch(
         &self,
         batch: &mut [u8],
@@ -341,81 +547,238 @@ impl Log {
     }
 
     fn append_inner(&self, batch: &mut [u8], epoch: Option<i32>) -> Result<AppendInfo, LogError> {
-        let shared = &*self.shared;
-        let max = shared.config.max_batch_bytes as usize;
+        let max = self.shared.config.max_batch_bytes as usize;
         if batch.len() > max {
             return Err(LogError::BatchTooLarge {
                 size: batch.len(),
                 max,
             });
         }
-        let mut header = validate_batch(batch)?;
+        let header = validate_batch(batch)?;
         if header.last_offset_delta != header.record_count - 1 {
             return Err(LogError::InvalidBatch(RecordError::Malformed(format!(
                 "producer batch has lastOffsetDelta {} for {} records (offset deltas must be 0..n-1)",
                 header.last_offset_delta, header.record_count
             ))));
         }
+        let done = self.append_batches(Batches::Assign {
+            batch,
+            header,
+            epoch,
+        })?;
+        Ok(AppendInfo {
+            base_offset: done.base_offset,
+            last_offset: done.last_offset,
+            max_timestamp: done.max_timestamp,
+            record_count: header.record_count,
+            size: done.size,
+        })
+    }
+
+    /// Appends batches copied from the partition leader's log, as a
+    /// follower: `batches` is one or more whole RecordBatch v2 batches,
+    /// concatenated exactly as the leader stored them (as [`Log::read`]
+    /// returns them). Nothing is rewritten: base offsets and
+    /// `partitionLeaderEpoch` are kept.
+    ///
+    /// Every batch is validated as [`Log::append`] validates one (size up to
+    /// `max_batch_bytes`, CRC, records), except that its offsets may have
+    /// gaps left by compaction (`lastOffsetDelta` may exceed `recordCount -
+    /// 1`; the batch covers `base..=base + lastOffsetDelta`). The first batch
+    /// must start at the log end offset and each next one right after the
+    /// previous batch's last offset, or the append is refused with
+    /// [`LogError::NonContiguous`]. Leader epochs must not decrease, from
+    /// the latest epoch of the leader-epoch cache through the batches
+    /// ([`LogError::StaleLeaderEpoch`]); every epoch increase makes a cache
+    /// entry at that batch's base offset, made durable before the batches
+    /// are written. All of this is checked before anything is written.
+    ///
+    /// Segments roll, indexes are built and the fsync policy applies as for
+    /// [`Log::append`] (under [`FsyncPolicy::Always`] it returns once all
+    /// the batches are durable, sharing fsyncs with concurrent appends).
+    /// Other appends wait while it is in progress, so its batches end up
+    /// contiguous. If a write fails midway the batches before the failing
+    /// one stay appended ([`Log::end_offset`] says how far it got).
+    ///
+    /// Empty input is a no-op returning `batch_count: 0` at the end offset.
+    pub fn append_replicated(&self, batches: &[u8]) -> Result<ReplicatedAppendInfo, LogError> {
+        if batches.is_empty() {
+            let end = self.end_offset();
+            return Ok(ReplicatedAppendInfo {
+                base_offset: end,
+                last_offset: end - 1,
+                size: 0,
+                batch_count: 0,
+            });
+        }
+        let max = self.shared.config.max_batch_bytes as usize;
+        let mut parsed: Vec<(usize, BatchHeader)> = Vec::new();
+        let mut iter = BatchIter::new(batches);
+        let mut pos = 0;
+        for item in iter.by_ref() {
+            let (_, bytes) = item?;
+            if bytes.len() > max {
+                return Err(LogError::BatchTooLarge {
+                    size: bytes.len(),
+                    max,
+                });
+            }
+            let h = validate_batch(bytes)?;
+            if let Some((_, prev)) = parsed.last()
+                && h.base_offset != prev.next_offset()
+            {
+                return Err(LogError::NonContiguous {
+                    expected: prev.next_offset(),
+                    got: h.base_offset,
+                });
+            }
+            parsed.push((pos, h));
+            pos += bytes.len();
+        }
+        if iter.position() != batches.len() {
+            return Err(LogError::InvalidBatch(RecordError::Malformed(format!(
+                "{} trailing bytes after {} whole batches (a partial batch)",
+                batches.len() - iter.position(),
+                parsed.len()
+            ))));
+        }
+        let done = self.append_batches(Batches::Keep {
+            data: batches,
+            batches: parsed,
+        })?;
+        Ok(ReplicatedAppendInfo {
+            base_offset: done.base_offset,
+            last_offset: done.last_offset,
+            size: done.size,
+            batch_count: done.batches,
+        })
+    }
+
+    /// Writes validated batches at the end of the log: what `append`,
+    /// `append_with_epoch` and `append_replicated` share. Under the state
+    /// write lock, per batch: roll first if the active segment is full (too
+    /// big, too old, or relative offsets would overflow), give the batch
+    /// its offsets, write it with one positional write and index it. A new
+    /// leader-epoch entry is made durable first, outside the lock, holding
+    /// a reservation of the end offset; a roll of our own that must finish
+    /// before the next batch can roll is finished the same way. Afterwards
+    /// the roll is finished and, under [`FsyncPolicy::Always`], the batches
+    /// are synced (group commit).
+    fn append_batches(&self, mut batches: Batches<'_>) -> Result<Appended, LogError> {
+        let shared = &*self.shared;
+        let n = batches.len();
         let now = now_ms();
-        let (info, generation, roll) = loop {
-            shared.check_failed()?;
+        let interval = shared.config.index_interval_bytes;
+        let mut done = Appended::default();
+        let mut roll: Option<RollJob> = None;
+        let mut reservation: Option<Reservation<'_>> = None;
+        let mut generation = None;
+        let result = 'outer: loop {
+            if let Err(e) = shared.check_failed() {
+                break Err(e);
+            }
             let mut st = shared.write_state();
-            let base = st.end();
-            let active = st.active();
-            let too_big = active.size + batch.len() as u64 > shared.config.segment_bytes;
-            let too_old = shared
-                .config
-                .segment_ms
-                .zip(active.first_append_ms)
-                .is_some_and(|(ms, first)| now - first >= ms as i64);
-            let too_many =
-                base + i64::from(header.last_offset_delta) - active.base > i64::from(i32::MAX);
-            let mut roll = None;
-            if active.size > 0 && (too_big || too_old || too_many) {
-                if shared.is_rolling() {
-                    // The segment filled up while the previous roll is still
-                    // syncing; rolls are one at a time.
-                    drop(st);
-                    shared.wait_for_roll();
-                    continue;
-                }
-                roll = Some(shared.start_roll(&mut st)?);
-            }
-            set_base_offset(batch, base);
-            header.base_offset = base;
-            if let Some(epoch) = epoch {
-                set_partition_leader_epoch(batch, epoch);
-            }
-            let interval = shared.config.index_interval_bytes;
-            let written = st.active_mut().append(batch, &header, interval, now);
-            if let Err(e) = written {
+            if reservation.is_none() && shared.is_reserved() {
                 drop(st);
-                if let LogError::Failed(reason) = &e {
-                    shared.fail(reason.clone());
-                }
-                if let Some(job) = roll {
-                    shared.finish_roll(job)?;
-                }
-                return Err(e);
+                shared.wait_for_reservation();
+                continue;
             }
-            shared.end.store(header.next_offset(), Ordering::Release);
-            let generation = crate::sync::generation(shared);
-            let info = AppendInfo {
-                base_offset: base,
-                last_offset: header.last_offset(),
-                max_timestamp: header.max_timestamp,
-                record_count: header.record_count,
-                size: batch.len(),
-            };
-            break (info, generation, roll);
+            if done.batches == 0 {
+                let end = st.end();
+                if let Err(e) = batches.check_start(end) {
+                    break Err(e);
+                }
+                match st.epochs.plan(end, batches.epochs(end)) {
+                    Err(e) => break Err(e),
+                    Ok(None) => {}
+                    Ok(Some(_)) => {
+                        // The entry must be durable before its batch is
+                        // written; the reservation keeps the end offset
+                        // while the lock is released for the file write.
+                        if reservation.is_none() {
+                            reservation = Some(shared.reserve(&mut st));
+                        }
+                        drop(st);
+                        if let Err(e) = shared.persist_epochs(end, batches.epochs(end)) {
+                            break Err(e);
+                        }
+                        continue;
+                    }
+                }
+            }
+            while done.batches < n {
+                let base = st.end();
+                let header = *batches.header(done.batches);
+                let active = st.active();
+                let too_big =
+                    active.size + header.total_size() as u64 > shared.config.segment_bytes;
+                let too_old = shared
+                    .config
+                    .segment_ms
+                    .zip(active.first_append_ms)
+                    .is_some_and(|(ms, first)| now - first >= ms as i64);
+                let too_many =
+                    base + i64::from(header.last_offset_delta) - active.base > i64::from(i32::MAX);
+                if active.size > 0 && (too_big || too_old || too_many) {
+                    if shared.is_rolling() {
+                        // Rolls are one at a time: finish ours (from an
+                        // earlier batch of this append) or wait for the one
+                        // in progress, keeping the end offset if batches of
+                        // this append are already written.
+                        if done.batches > 0 && reservation.is_none() {
+                            reservation = Some(shared.reserve(&mut st));
+                        }
+                        drop(st);
+                        match roll.take() {
+                            Some(job) => {
+                                if let Err(e) = shared.finish_roll(job) {
+                                    break 'outer Err(e);
+                                }
+                            }
+                            None => shared.wait_for_roll(),
+                        }
+                        continue 'outer;
+                    }
+                    match shared.start_roll(&mut st) {
+                        Ok(job) => roll = Some(job),
+                        Err(e) => break 'outer Err(e),
+                    }
+                }
+                let (bytes, header) = match batches.place(done.batches, base) {
+                    Ok(placed) => placed,
+                    Err(e) => break 'outer Err(e),
+                };
+                if let Err(e) = st.active_mut().append(bytes, &header, interval, now) {
+                    drop(st);
+                    if let LogError::Failed(reason) = &e {
+                        shared.fail(reason.clone());
+                    }
+                    break 'outer Err(e);
+                }
+                shared.end.store(header.next_offset(), Ordering::Release);
+                generation.get_or_insert_with(|| crate::sync::generation(shared));
+                if done.batches == 0 {
+                    done.base_offset = header.base_offset;
+                    done.max_timestamp = header.max_timestamp;
+                }
+                done.last_offset = header.last_offset();
+                done.max_timestamp = done.max_timestamp.max(header.max_timestamp);
+                done.size += bytes.len();
+                done.batches += 1;
+            }
+            break Ok(());
         };
+        drop(reservation);
         if let Some(job) = roll {
             shared.finish_roll(job)?;
         }
-        if shared.config.fsync == FsyncPolicy::Always {
-            crate::sync::sync_until(shared, info.last_offset + 1, generation)?;
+        result?;
+        if shared.config.fsync == FsyncPolicy::Always
+            && let Some(generation) = generation
+        {
+            crate::sync::sync_until(shared, done.last_offset + 1, generation)?;
         }
-        Ok(info)
+        Ok(done)
     }
 
     /// First offset still in the log.

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::checkpoint::{self, TRUNCATION_FILE};
+use crate::epoch::{self, EpochCache};
 use crate::error::IoContext;
 use crate::index::IndexWriter;
 use crate::io::{Disk, IoFile, OpenMode};
@@ -19,10 +20,11 @@ use crate::{LogConfig, LogError};
 /// error), not a torn tail to truncate.
 pub(crate) const CLEAN_SHUTDOWN_FILE: &str = ".clean-shutdown";
 
-/// Segments and log start offset found on disk.
+/// Segments, log start offset and leader-epoch cache found on disk.
 pub(crate) struct Recovered {
     pub segments: Vec<Segment>,
     pub log_start: i64,
+    pub epochs: EpochCache,
 }
 
 /// Opens (creating if needed) a log directory and recovers it.
@@ -99,9 +101,12 @@ pub(crate) fn recover(
         let base = checkpoint.unwrap_or(0).max(0);
         disk.remove_if_exists(&marker)?;
         let segment = Segment::create(disk, dir, base)?;
+        let segments = vec![segment];
+        let epochs = epoch::load(disk, dir, &segments, base, base)?;
         return Ok(Recovered {
-            segments: vec![segment],
+            segments,
             log_start: base,
+            epochs,
         });
     }
 
@@ -161,9 +166,12 @@ pub(crate) fn recover(
         );
         checkpoint::write(disk, dir, log_start)?;
     }
+    // Last, once the end offset is final (after any torn tail was cut).
+    let epochs = epoch::load(disk, dir, &segments, log_start, end)?;
     Ok(Recovered {
         segments,
         log_start,
+        epochs,
     })
 }
 

@@ -3,7 +3,8 @@
 use std::sync::atomic::Ordering;
 
 use crate::checkpoint;
-use crate::log::lock;
+use crate::epoch;
+use crate::log::{Shared, lock};
 use crate::recovery::delete_segment_files;
 use crate::{Log, LogError};
 
@@ -25,6 +26,9 @@ impl Log {
     /// without going under it. The active segment is never deleted. Only
     /// a prefix of segments is deleted, so the log stays contiguous. The new
     /// log start offset is checkpointed before any file is deleted.
+    /// Afterwards the leader-epoch cache drops the entries wholly below the
+    /// new log start (the latest entry starting at or below it is kept, with
+    /// its start raised to the log start) and is checkpointed.
     ///
     /// Does nothing unless the cleanup policy deletes.
     pub fn apply_retention(&self, now_ms: i64) -> Result<RetentionOutcome, LogError> {
@@ -82,6 +86,7 @@ impl Log {
             delete_segment_files(&shared.disk, &shared.dir, s.base)?;
         }
         shared.disk.sync_dir(&shared.dir)?;
+        trim_epochs_to_start(shared, new_start)?;
         tracing::debug!(dir = %shared.dir.display(), segments = count, new_start, "retention deleted segments");
         Ok(RetentionOutcome {
             segments_deleted: count,
@@ -89,4 +94,17 @@ impl Log {
             log_start_offset: new_start,
         })
     }
+}
+
+/// Drops the leader-epoch entries wholly below the log start `start` and
+/// checkpoints the cache (a crash before that leaves entries below the
+/// start, which open trims). The caller holds `maintenance`.
+fn trim_epochs_to_start(shared: &Shared, start: i64) -> Result<(), LogError> {
+    let _file = lock(&shared.epoch_file);
+    let mut epochs = shared.read_state().epochs.clone();
+    if epochs.truncate_from_start(start) {
+        epoch::write(&shared.disk, &shared.dir, &epochs)?;
+        shared.write_state().epochs = epochs;
+    }
+    Ok(())
 }

@@ -3,6 +3,7 @@
 use std::sync::atomic::Ordering;
 
 use crate::checkpoint::{self, TRUNCATION_FILE, TruncationIntent};
+use crate::epoch;
 use crate::error::IoContext;
 use crate::index::IndexWriter;
 use crate::log::{Shared, State, lock};
@@ -25,14 +26,18 @@ impl Log {
     /// end. The intent is removed last. A crash before the intent is durable
     /// leaves the old log; after, recovery finishes the truncation. A
     /// failure midway fails the log; reopening finishes it.
+    ///
+    /// Leader-epoch cache entries starting at or after the new end offset
+    /// are dropped, and the checkpoint rewritten, before it returns.
     pub fn truncate_to(&self, offset: i64) -> Result<(), LogError> {
         let shared = &*self.shared;
         let _maintenance = lock(&shared.maintenance);
         let mut st = loop {
             shared.check_failed()?;
             shared.wait_for_roll();
+            shared.wait_for_reservation();
             let st = shared.write_state();
-            if !shared.is_rolling() {
+            if !shared.is_rolling() && !shared.is_reserved() {
                 break st;
             }
         };
@@ -56,12 +61,22 @@ impl Log {
             segment_base: st.segments[i].base,
             position,
         };
-        match truncate_files(shared, &mut st, i, intent) {
-            Ok(()) => {}
-            Err(e) => {
-                shared.fail(format!("truncation failed: {e}"));
-                return Err(e);
+        // The leader-epoch entries of the removed batches go too; in memory
+        // at once (or a later batch at their offsets would seem to be of
+        // their epoch), on disk after the segments (a crash in between
+        // leaves entries beyond the end, which open drops).
+        let mut epochs = st.epochs.clone();
+        let trimmed = epochs.truncate_from_end(new_end);
+        let result = truncate_files(shared, &mut st, i, intent).and_then(|()| {
+            if trimmed {
+                st.epochs = epochs;
+                epoch::write(&shared.disk, &shared.dir, &st.epochs)?;
             }
+            Ok(())
+        });
+        if let Err(e) = result {
+            shared.fail(format!("truncation failed: {e}"));
+            return Err(e);
         }
         shared.end.store(new_end, Ordering::Release);
         shared.reset_durable(new_end);

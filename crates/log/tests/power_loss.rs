@@ -4,7 +4,9 @@
 //! during recovery). Every offset acknowledged as durable (by `append` under
 //! `Always`, by `flush`, or below `durable_offset()`) must survive, byte for
 //! byte, and the recovered log must be prefix-consistent: no hole, no
-//! garbage, nothing that was not written.
+//! garbage, nothing that was not written. Appends carry leader epochs that
+//! rise now and then; the recovered leader-epoch cache must describe the
+//! recovered batches exactly.
 //!
 //! Case count: `PROPTEST_CASES` (default 64).
 
@@ -20,7 +22,8 @@ use streambus_record::{BatchBuilder, BatchIter, Compression, Record, decode_reco
 
 #[derive(Debug, Clone)]
 enum Op {
-    Append(Vec<(Option<u8>, Option<u16>)>),
+    /// Records, and whether the leader epoch rises first.
+    Append(Vec<(Option<u8>, Option<u16>)>, bool),
     Flush,
     Truncate(f64),
     Compact,
@@ -35,7 +38,8 @@ fn op() -> impl Strategy<Value = Op> {
         prop::option::weighted(0.9, any::<u16>()),
     );
     prop_oneof![
-        12 => prop::collection::vec(record, 1..5).prop_map(Op::Append),
+        12 => (prop::collection::vec(record, 1..5), prop::bool::weighted(0.15))
+            .prop_map(|(records, bump)| Op::Append(records, bump)),
         2 => Just(Op::Flush),
         2 => (0.0..=1.0f64).prop_map(Op::Truncate),
         1 => Just(Op::Compact),
@@ -107,6 +111,49 @@ struct Model {
     acked_bytes: BTreeMap<i64, Vec<u8>>,
     /// Records a compaction in flight may or may not have removed.
     maybe_removed: BTreeSet<i64>,
+    /// Leader epoch of the next append (never goes down, so no append is
+    /// refused as stale).
+    epoch: i32,
+}
+
+/// The leader-epoch cache describes the batches: every batch lies in the
+/// entry of its epoch (the last entry starting at or before it), entries
+/// increase in both epoch and start, and all lie within the log.
+/// (Compaction may remove the first batches of an epoch, so an entry may
+/// start before its first remaining batch.)
+fn check_epochs(log: &Log) {
+    let entries = log.epoch_entries();
+    assert!(
+        entries
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1),
+        "{entries:?}"
+    );
+    if let Some(&(_, first)) = entries.first() {
+        assert!(first >= log.log_start_offset(), "{entries:?}");
+    }
+    if let Some(&(e, last)) = entries.last() {
+        assert!(last < log.end_offset(), "{entries:?}");
+        assert_eq!(log.latest_epoch(), Some(e));
+    }
+    let mut offset = log.log_start_offset();
+    loop {
+        let r = log.read(offset, 1 << 20, None).expect("read");
+        if r.data.is_empty() {
+            break;
+        }
+        for item in BatchIter::new(&r.data) {
+            let (h, _) = item.expect("whole batches");
+            let i = entries.partition_point(|&(_, s)| s <= h.base_offset);
+            assert!(
+                i > 0 && entries[i - 1].0 == h.partition_leader_epoch,
+                "batch {} of epoch {} is not in its epoch's entry: {entries:?}",
+                h.base_offset,
+                h.partition_leader_epoch
+            );
+        }
+        offset = r.next_offset;
+    }
 }
 
 fn open(sim: &SimIo, dir: &Path, always: bool) -> Log {
@@ -170,6 +217,7 @@ fn recover_and_check(sim: &SimIo, dir: &Path, always: bool, m: &mut Model) -> Lo
     m.durable = log.durable_offset();
     assert_eq!(m.durable, end, "everything recovered is durable");
     m.maybe_removed.clear();
+    check_epochs(&log);
     log
 }
 
@@ -183,6 +231,7 @@ fn run(seed: u64, ops: Vec<Op>, always: bool) {
         durable: 0,
         acked_bytes: BTreeMap::new(),
         maybe_removed: BTreeSet::new(),
+        epoch: 0,
     };
     let mut unacked: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
     for op in ops {
@@ -190,7 +239,8 @@ fn run(seed: u64, ops: Vec<Op>, always: bool) {
         let mut power_loss = false;
         let op_text = format!("{op:?}");
         let result: Result<(), streambus_log::LogError> = match op {
-            Op::Append(records) => {
+            Op::Append(records, bump) => {
+                m.epoch += i32::from(bump);
                 let mut b = BatchBuilder::new(Compression::None);
                 let recs: Vec<Rec> = records
                     .iter()
@@ -210,7 +260,7 @@ fn run(seed: u64, ops: Vec<Op>, always: bool) {
                     });
                 }
                 let mut bytes = b.build().to_vec();
-                let res = l.append(&mut bytes);
+                let res = l.append_with_epoch(&mut bytes, m.epoch);
                 // Written (maybe) even if the call failed afterwards, e.g.
                 // the fsync under `Always`: it may survive or not.
                 if res.is_ok() || l.end_offset() > m.end {
@@ -258,6 +308,7 @@ fn run(seed: u64, ops: Vec<Op>, always: bool) {
                         m.durable = new_end;
                         unacked.retain(|&b, _| b < new_end);
                         m.acked_bytes.retain(|&b, _| b < new_end);
+                        check_epochs(l);
                     }
                     res
                 }
