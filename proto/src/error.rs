@@ -107,6 +107,10 @@ reasons! {
     NodeIdConflict => ("NODE_ID_CONFLICT", FailedPrecondition, false),
     /// A storage node's data directory belongs to another cluster.
     ClusterIdMismatch => ("CLUSTER_ID_MISMATCH", FailedPrecondition, false),
+    /// `acks=all` with fewer in-sync replicas than the topic's
+    /// `min.insync.replicas` (before the append, or while waiting for the
+    /// replicas after it).
+    NotEnoughReplicas => ("NOT_ENOUGH_REPLICAS", Unavailable, true),
 }
 
 impl fmt::Display for Reason {

@@ -176,6 +176,7 @@ fn describe(name: &str, partitions: u32) -> v1::TopicDescription {
                 replicas: vec![1],
                 isr: vec![1],
                 offline_replicas: vec![],
+                partition_epoch: 0,
             })
             .collect(),
     }

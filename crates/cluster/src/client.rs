@@ -19,10 +19,12 @@ use std::time::Duration;
 use futures::Stream;
 use streambus_proto::internal::controller_service_client::ControllerServiceClient;
 use streambus_proto::internal::{
-    ClusterMetadata, GetMetadataRequest, HeartbeatRequest, RegisterNodeRequest,
-    RegisterNodeResponse, WatchMetadataRequest,
+    AlterPartitionRequest, ClusterMetadata, GetMetadataRequest, HeartbeatRequest,
+    RegisterNodeRequest, RegisterNodeResponse, WatchMetadataRequest,
 };
-use streambus_proto::v1::{CreateTopicRequest, DeleteTopicRequest, TopicDescription};
+use streambus_proto::v1::{
+    CreateTopicRequest, DeleteTopicRequest, PartitionDescription, TopicDescription,
+};
 use streambus_proto::{Error, Reason};
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -163,7 +165,9 @@ impl ControllerClient {
                 }
                 Err(status) => Error::from_status(&status),
             };
-            if !err.retriable() || Instant::now() >= deadline {
+            // NOT_LEADER from a controller means the caller's view of a
+            // partition is stale: the same request cannot succeed.
+            if !err.retriable() || err.reason == Reason::NotLeader || Instant::now() >= deadline {
                 return Err(err);
             }
             let pause = match &err.leader_hint {
@@ -234,6 +238,27 @@ impl ControllerClient {
             async move { c.register_node(req).await }
         })
         .await
+    }
+
+    /// Asks for an ISR change of a partition this node leads; returns the
+    /// partition as changed. A stale view gets `NOT_LEADER`, which is not
+    /// retried here (the caller must refresh first).
+    pub async fn alter_partition(
+        &self,
+        req: AlterPartitionRequest,
+    ) -> Result<PartitionDescription, Error> {
+        let response = self
+            .call(|mut c| {
+                let req = request(req.clone());
+                async move { c.alter_partition(req).await }
+            })
+            .await?;
+        response.partition.ok_or_else(|| {
+            Error::new(
+                Reason::Internal,
+                "the controller answered without the partition",
+            )
+        })
     }
 
     /// Renews a storage node's lease and reports its offline replicas;

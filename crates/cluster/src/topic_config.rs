@@ -34,6 +34,13 @@ pub const DELETE_RETENTION_MS: &str = "delete.retention.ms";
 pub const FSYNC_POLICY: &str = "fsync.policy";
 /// `fsync.interval.ms`.
 pub const FSYNC_INTERVAL_MS: &str = "fsync.interval.ms";
+/// `min.insync.replicas`.
+pub const MIN_INSYNC_REPLICAS: &str = "min.insync.replicas";
+/// `unclean.leader.election.enable`.
+pub const UNCLEAN_LEADER_ELECTION: &str = "unclean.leader.election.enable";
+/// Largest accepted `min.insync.replicas` (a replication factor is never
+/// larger than the number of storage nodes; this bounds the parse).
+pub const MAX_MIN_INSYNC_REPLICAS: u32 = 1_000;
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 /// Default `retention.ms`: 7 days (Kafka's default).
@@ -101,6 +108,11 @@ pub const KEYS: &[ConfigKey] = &[
         description: "Largest record batch accepted, in bytes (61 to 1073741824)",
     },
     ConfigKey {
+        name: MIN_INSYNC_REPLICAS,
+        default: "1",
+        description: "With `acks=all`: the fewest in-sync replicas (leader included) that must have a batch before it is acknowledged; fewer gives `NOT_ENOUGH_REPLICAS` (1 to the replication factor)",
+    },
+    ConfigKey {
         name: RETENTION_BYTES,
         default: "-1",
         description: "Size limit per partition before old segments are deleted, in bytes; -1 = no limit",
@@ -119,6 +131,11 @@ pub const KEYS: &[ConfigKey] = &[
         name: SEGMENT_MS,
         default: "604800000",
         description: "Segment age that triggers a roll, in ms (>= 1); -1 = never roll by age",
+    },
+    ConfigKey {
+        name: UNCLEAN_LEADER_ELECTION,
+        default: "false",
+        description: "`true` lets a replica outside the in-sync set become leader when no in-sync replica is alive: the partition comes back sooner, but records acknowledged since that replica fell behind are lost",
     },
 ];
 
@@ -198,6 +215,10 @@ pub struct TopicConfig {
     pub fsync_policy: FsyncSetting,
     /// With [`FsyncSetting::Interval`]: the longest time between fsyncs.
     pub fsync_interval_ms: u64,
+    /// Fewest in-sync replicas for an `acks=all` append.
+    pub min_insync_replicas: u32,
+    /// Whether an out-of-sync replica may be elected leader.
+    pub unclean_leader_election: bool,
 }
 
 impl Default for TopicConfig {
@@ -212,6 +233,8 @@ impl Default for TopicConfig {
             delete_retention_ms: DEFAULT_DELETE_RETENTION_MS,
             fsync_policy: FsyncSetting::Always,
             fsync_interval_ms: DEFAULT_FSYNC_INTERVAL_MS,
+            min_insync_replicas: 1,
+            unclean_leader_election: false,
         }
     }
 }
@@ -393,6 +416,22 @@ impl TopicConfig {
                     &format!("a number of milliseconds from 1 to {MAX_FSYNC_INTERVAL_MS}"),
                 )? as u64;
             }
+            MIN_INSYNC_REPLICAS => {
+                self.min_insync_replicas = parse_range(
+                    key,
+                    value,
+                    1,
+                    i64::from(MAX_MIN_INSYNC_REPLICAS),
+                    "a number of replicas of at least 1, at most the replication factor",
+                )? as u32;
+            }
+            UNCLEAN_LEADER_ELECTION => {
+                self.unclean_leader_election = match value.trim() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(invalid(key, value, "\"true\" or \"false\"")),
+                };
+            }
             _ => {
                 return Err(Error::new(
                     Reason::InvalidConfig,
@@ -425,6 +464,11 @@ impl TopicConfig {
             (DELETE_RETENTION_MS, self.delete_retention_ms.to_string()),
             (FSYNC_POLICY, self.fsync_policy.to_string()),
             (FSYNC_INTERVAL_MS, self.fsync_interval_ms.to_string()),
+            (MIN_INSYNC_REPLICAS, self.min_insync_replicas.to_string()),
+            (
+                UNCLEAN_LEADER_ELECTION,
+                self.unclean_leader_election.to_string(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -478,8 +522,12 @@ mod tests {
             ("delete.retention.ms", "0"),
             ("fsync.policy", "interval"),
             ("fsync.interval.ms", "250"),
+            ("min.insync.replicas", "2"),
+            ("unclean.leader.election.enable", "true"),
         ]);
         let config = TopicConfig::from_map(&input).unwrap();
+        assert_eq!(config.min_insync_replicas, 2);
+        assert!(config.unclean_leader_election);
         assert_eq!(config.retention_ms, None);
         assert_eq!(config.retention_bytes, Some(1_000_000));
         assert_eq!(config.segment_bytes, 1 << 20);
@@ -506,6 +554,8 @@ mod tests {
     #[test]
     fn bad_values_are_rejected_naming_the_key() {
         for (key, value) in [
+            ("min.insync.replicas", "0"),
+            ("unclean.leader.election.enable", "yes"),
             ("retention.ms", "-2"),
             ("retention.ms", "soon"),
             ("retention.bytes", "-5"),

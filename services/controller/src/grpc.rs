@@ -17,8 +17,9 @@ use openraft::error::{ClientWriteError, Fatal, RaftError};
 use openraft::{BasicNode, RaftMetrics, ServerState};
 use streambus_proto::internal::controller_service_server::ControllerService;
 use streambus_proto::internal::{
-    ClusterMetadata, GetMetadataRequest, HeartbeatRequest, HeartbeatResponse, RegisterNodeRequest,
-    RegisterNodeResponse, WatchMetadataRequest,
+    AlterPartitionRequest, AlterPartitionResponse, ClusterMetadata, GetMetadataRequest,
+    HeartbeatRequest, HeartbeatResponse, RegisterNodeRequest, RegisterNodeResponse,
+    WatchMetadataRequest,
 };
 use streambus_proto::v1::{
     CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse,
@@ -307,6 +308,7 @@ impl ControllerService for ControllerGrpc {
             incarnation,
             directory_id,
             cluster_id,
+            rack,
         } = req.into_inner();
         if node_id == 0 {
             return Err(status(Error::new(
@@ -338,6 +340,7 @@ impl ControllerService for ControllerGrpc {
                 address: address.clone(),
                 incarnation,
                 directory_id,
+                rack,
             })
             .await
             .map_err(status)?;
@@ -425,6 +428,67 @@ impl ControllerService for ControllerGrpc {
             lease_ms: self.lease_ms(),
         }))
     }
+
+    async fn alter_partition(
+        &self,
+        req: Request<AlterPartitionRequest>,
+    ) -> Result<Response<AlterPartitionResponse>, Status> {
+        let AlterPartitionRequest {
+            node_id,
+            incarnation,
+            topic,
+            topic_id,
+            partition,
+            leader_epoch,
+            partition_epoch,
+            isr,
+        } = req.into_inner();
+        self.proposer.ensure_leader().map_err(status)?;
+        let metadata = self.proposer.metadata();
+        match metadata.nodes.get(&node_id) {
+            Some(n) if n.incarnation == incarnation || n.incarnation == 0 => {}
+            _ => {
+                return Err(status(Error::new(
+                    Reason::NotLeader,
+                    format!(
+                        "storage node {node_id} incarnation {incarnation:x} is not the registered one"
+                    ),
+                )));
+            }
+        }
+        metadata
+            .check_alter_isr(
+                &topic,
+                &topic_id,
+                partition,
+                node_id,
+                leader_epoch,
+                partition_epoch,
+                &isr,
+            )
+            .map_err(status)?;
+        let command = Command::AlterIsr {
+            topic: topic.clone(),
+            topic_id,
+            partition,
+            leader: node_id,
+            leader_epoch,
+            partition_epoch,
+            isr: isr.clone(),
+        };
+        match self.proposer.propose(command).await.map_err(status)? {
+            CommandResponse::Partition(p) => {
+                tracing::info!(%topic, partition, isr = ?p.isr, partition_epoch = p.partition_epoch, "in-sync replicas changed");
+                Ok(Response::new(AlterPartitionResponse {
+                    partition: Some(Metadata::describe_partition(&p)),
+                }))
+            }
+            other => Err(status(Error::new(
+                Reason::Internal,
+                format!("unexpected alter partition response {other:?}"),
+            ))),
+        }
+    }
 }
 
 /// Decides whether a storage node may register:
@@ -495,6 +559,7 @@ mod tests {
                 alive: true,
                 incarnation: 11,
                 directory_id: "dir-a".into(),
+                rack: String::new(),
             },
         );
         m

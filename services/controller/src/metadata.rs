@@ -68,6 +68,9 @@ pub enum Command {
         /// The node's data directory id (empty in older entries).
         #[serde(default)]
         directory_id: String,
+        /// The rack (failure domain) the node declares; empty = none.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        rack: String,
     },
     /// The cluster's id, proposed once by the first leader.
     InitCluster {
@@ -81,6 +84,24 @@ pub enum Command {
         node_id: u64,
         /// `(topic, partition)` pairs.
         replicas: Vec<(String, u32)>,
+    },
+    /// A partition leader changes the in-sync replica set. Applied only
+    /// if the leadership it was based on is still current.
+    AlterIsr {
+        /// Topic name.
+        topic: String,
+        /// Topic incarnation.
+        topic_id: String,
+        /// Partition number.
+        partition: u32,
+        /// The leader asking.
+        leader: u64,
+        /// Its leader epoch.
+        leader_epoch: u64,
+        /// The partition epoch the change is based on.
+        partition_epoch: u64,
+        /// The new in-sync replicas.
+        isr: Vec<u64>,
     },
     /// The leader saw a node's lease lapse (`alive = false`) or its
     /// heartbeats resume (`alive = true`).
@@ -101,6 +122,8 @@ pub enum CommandResponse {
     Ok,
     /// The topic as created.
     Topic(Topic),
+    /// A partition as changed.
+    Partition(Partition),
     /// Not applied: the state did not allow it.
     Rejected {
         /// A [`Reason`] string.
@@ -161,6 +184,10 @@ pub struct Partition {
     /// Replicas whose node reports it cannot serve them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub offline_replicas: Vec<u64>,
+    /// Bumped on every change of leader or ISR, so an ISR change based on
+    /// an older view is refused.
+    #[serde(default)]
+    pub partition_epoch: u64,
 }
 
 /// A registered storage node.
@@ -178,6 +205,9 @@ pub struct StorageNode {
     /// Data directory id of the registration.
     #[serde(default)]
     pub directory_id: String,
+    /// Declared rack; empty = none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rack: String,
 }
 
 /// What one apply touched, so the persistence layer rewrites only that.
@@ -262,6 +292,28 @@ impl Metadata {
             .collect()
     }
 
+    /// Live nodes in the order placement walks them: racks interleaved
+    /// (the first node of each rack, then the second of each, ...), so
+    /// consecutive nodes, and with them the replicas of one partition, sit
+    /// in different racks whenever there are enough racks. Without racks
+    /// it is the id order.
+    pub fn placement_order(&self) -> Vec<u64> {
+        let mut racks: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        for n in self.nodes.values().filter(|n| n.alive) {
+            racks.entry(n.rack.as_str()).or_default().push(n.node_id);
+        }
+        let mut out = Vec::new();
+        let deepest = racks.values().map(Vec::len).max().unwrap_or(0);
+        for i in 0..deepest {
+            for ids in racks.values() {
+                if let Some(&id) = ids.get(i) {
+                    out.push(id);
+                }
+            }
+        }
+        out
+    }
+
     /// Whether a registered node is alive.
     pub fn is_alive(&self, node_id: u64) -> bool {
         self.nodes.get(&node_id).is_some_and(|n| n.alive)
@@ -290,6 +342,15 @@ impl Metadata {
         let replication_factor = req.replication_factor.max(1);
         if replication_factor > 1 {
             return Err(Error::new(Reason::Unsupported, REPLICATION_UNSUPPORTED));
+        }
+        if config.min_insync_replicas > replication_factor {
+            return Err(Error::new(
+                Reason::InvalidConfig,
+                format!(
+                    "min.insync.replicas {} is larger than the replication factor {replication_factor}: acks=all could never succeed",
+                    config.min_insync_replicas
+                ),
+            ));
         }
         self.check_enough_nodes(replication_factor)?;
         Ok(Command::CreateTopic {
@@ -371,6 +432,7 @@ impl Metadata {
                 address,
                 incarnation,
                 directory_id,
+                rack,
             } => {
                 let node = self.nodes.entry(*node_id).or_insert_with(|| StorageNode {
                     node_id: *node_id,
@@ -378,14 +440,54 @@ impl Metadata {
                     alive: false,
                     incarnation: 0,
                     directory_id: String::new(),
+                    rack: String::new(),
                 });
+                // A new process on a known node: whatever it leads or
+                // replicates must be re-established from the others first.
+                let restarted = node.incarnation != 0 && node.incarnation != *incarnation;
                 node.address.clone_from(address);
                 node.incarnation = *incarnation;
                 node.directory_id.clone_from(directory_id);
+                node.rack.clone_from(rack);
                 dirty.nodes.insert(*node_id);
+                if restarted {
+                    self.node_restarted(*node_id, dirty);
+                }
                 self.set_alive(*node_id, true, dirty);
                 CommandResponse::Ok
             }
+            Command::AlterIsr {
+                topic,
+                topic_id,
+                partition,
+                leader,
+                leader_epoch,
+                partition_epoch,
+                isr,
+            } => match self.check_alter_isr(
+                topic,
+                topic_id,
+                *partition,
+                *leader,
+                *leader_epoch,
+                *partition_epoch,
+                isr,
+            ) {
+                Err(e) => CommandResponse::rejected(e.reason, e.message),
+                Ok(()) => {
+                    let t = self.topics.get_mut(topic).expect("checked");
+                    let p = &mut t.partitions[*partition as usize];
+                    p.isr = p
+                        .replicas
+                        .iter()
+                        .copied()
+                        .filter(|r| isr.contains(r))
+                        .collect();
+                    p.partition_epoch += 1;
+                    dirty.topics.insert(topic.clone());
+                    CommandResponse::Partition(p.clone())
+                }
+            },
             Command::InitCluster { cluster_id } => {
                 if self.cluster_id.is_empty() {
                     self.cluster_id.clone_from(cluster_id);
@@ -416,6 +518,109 @@ impl Metadata {
         }
     }
 
+    /// Checks an ISR change against the current state: the caller still
+    /// leads at the epochs it names, and the new set holds the leader,
+    /// only assigned replicas, and only replicas that are alive and
+    /// online among those it adds.
+    #[allow(clippy::too_many_arguments)]
+    pub fn check_alter_isr(
+        &self,
+        topic: &str,
+        topic_id: &str,
+        partition: u32,
+        leader: u64,
+        leader_epoch: u64,
+        partition_epoch: u64,
+        isr: &[u64],
+    ) -> Result<(), Error> {
+        let t = self
+            .topics
+            .get(topic)
+            .filter(|t| t.topic_id == topic_id)
+            .ok_or_else(|| {
+                Error::new(
+                    Reason::UnknownTopic,
+                    format!("topic {topic:?} ({topic_id}) does not exist"),
+                )
+            })?;
+        let p = t.partitions.get(partition as usize).ok_or_else(|| {
+            Error::new(
+                Reason::UnknownPartition,
+                format!("topic {topic:?} has no partition {partition}"),
+            )
+        })?;
+        if p.leader != leader
+            || p.leader_epoch != leader_epoch
+            || p.partition_epoch != partition_epoch
+        {
+            return Err(Error::new(
+                Reason::NotLeader,
+                format!(
+                    "{topic}/{partition} changed: leader {} epoch {} partition epoch {}, not leader {leader} epoch {leader_epoch} partition epoch {partition_epoch}",
+                    p.leader, p.leader_epoch, p.partition_epoch
+                ),
+            ));
+        }
+        let invalid = |why: String| {
+            Error::new(
+                Reason::InvalidArgument,
+                format!("invalid ISR {isr:?} for {topic}/{partition}: {why}"),
+            )
+        };
+        if !isr.contains(&leader) {
+            return Err(invalid("it must contain the leader".into()));
+        }
+        let unique: BTreeSet<u64> = isr.iter().copied().collect();
+        if unique.len() != isr.len() {
+            return Err(invalid("a replica is listed twice".into()));
+        }
+        for r in isr {
+            if !p.replicas.contains(r) {
+                return Err(invalid(format!("node {r} is not a replica")));
+            }
+            if !p.isr.contains(r) && (!self.is_alive(*r) || p.offline_replicas.contains(r)) {
+                return Err(invalid(format!("node {r} is not alive and online")));
+            }
+        }
+        Ok(())
+    }
+
+    /// A node came back as a new process: partitions it led move to
+    /// another live, online ISR member (a new epoch), and it leaves every
+    /// ISR it is not the last member of, so it rejoins as a follower that
+    /// truncates and catches up. Where it is the only in-sync replica it
+    /// keeps the leadership, with a new epoch.
+    fn node_restarted(&mut self, node_id: u64, dirty: &mut Dirty) {
+        let live: BTreeSet<u64> = self.alive_nodes().into_iter().collect();
+        for topic in self.topics.values_mut() {
+            let mut changed = false;
+            for p in &mut topic.partitions {
+                if !p.replicas.contains(&node_id) {
+                    continue;
+                }
+                let before = (p.leader, p.leader_epoch, p.isr.clone());
+                if p.leader == node_id {
+                    if let Some(&next) = p.isr.iter().find(|&&r| {
+                        r != node_id && live.contains(&r) && !p.offline_replicas.contains(&r)
+                    }) {
+                        p.leader = next;
+                    }
+                    p.leader_epoch += 1;
+                }
+                if p.leader != node_id && p.isr.len() > 1 {
+                    p.isr.retain(|&r| r != node_id);
+                }
+                if before != (p.leader, p.leader_epoch, p.isr.clone()) {
+                    p.partition_epoch += 1;
+                    changed = true;
+                }
+            }
+            if changed {
+                dirty.topics.insert(topic.name.clone());
+            }
+        }
+    }
+
     /// Records a log entry that carries no command (blank or membership).
     pub fn apply_noop(&mut self, index: u64) {
         self.version = index;
@@ -439,7 +644,7 @@ impl Metadata {
         if let Err(e) = self.check_enough_nodes(replication_factor) {
             return CommandResponse::rejected(e.reason, e.message);
         }
-        let nodes = self.alive_nodes();
+        let nodes = self.placement_order();
         let n = nodes.len() as u64;
         let partitions = (0..partitions)
             .map(|p| {
@@ -454,6 +659,7 @@ impl Metadata {
                     isr: replicas.clone(),
                     replicas,
                     offline_replicas: Vec::new(),
+                    partition_epoch: 0,
                 }
             })
             .collect::<Vec<_>>();
@@ -472,10 +678,14 @@ impl Metadata {
 
     /// Marks a node dead or alive and moves partition leadership:
     /// - dead: it leaves every ISR it is not the last member of; partitions
-    ///   it leads move to another live ISR member (epoch bumped) or, with
-    ///   none, keep it as their (not alive) leader;
+    ///   it leads move to another live, online ISR member (epoch bumped);
+    ///   with none, the topic's `unclean.leader.election.enable` decides:
+    ///   off (the default) keeps it as the (not alive) leader until an ISR
+    ///   member returns, on elects any live, online replica (its ISR is then
+    ///   that replica alone);
     /// - alive: partitions whose leader is dead and whose ISR holds this node
-    ///   move to it (epoch bumped).
+    ///   move to it (epoch bumped); with unclean election on, so do those
+    ///   where it is any replica and no ISR member is alive.
     fn set_alive(&mut self, node_id: u64, alive: bool, dirty: &mut Dirty) {
         let Some(node) = self.nodes.get_mut(&node_id) else {
             return;
@@ -486,26 +696,56 @@ impl Metadata {
         }
         let live: BTreeSet<u64> = self.alive_nodes().into_iter().collect();
         for topic in self.topics.values_mut() {
+            let unclean = topic
+                .configs
+                .get(streambus_cluster::topic_config::UNCLEAN_LEADER_ELECTION)
+                .is_some_and(|v| v == "true");
             let mut changed = false;
             for p in &mut topic.partitions {
-                if alive {
-                    if p.leader != node_id && !live.contains(&p.leader) && p.isr.contains(&node_id)
-                    {
-                        p.leader = node_id;
-                        p.leader_epoch += 1;
-                        changed = true;
-                    }
+                if !p.replicas.contains(&node_id) {
                     continue;
                 }
-                if p.leader == node_id
-                    && let Some(&next) = p.isr.iter().find(|&&r| r != node_id && live.contains(&r))
-                {
-                    p.leader = next;
-                    p.leader_epoch += 1;
-                    changed = true;
+                let before = (p.leader, p.isr.clone());
+                let usable =
+                    |r: u64, p: &Partition| live.contains(&r) && !p.offline_replicas.contains(&r);
+                if alive {
+                    let leader_down = p.leader != node_id && !live.contains(&p.leader);
+                    if leader_down && p.isr.contains(&node_id) {
+                        p.leader = node_id;
+                        p.leader_epoch += 1;
+                    } else if leader_down
+                        && unclean
+                        && !p.isr.iter().any(|&r| usable(r, p))
+                        && usable(node_id, p)
+                    {
+                        tracing::warn!(topic = %topic.name, partition = p.partition, node_id,
+                            "unclean leader election: records acknowledged since this replica fell behind are lost");
+                        p.leader = node_id;
+                        p.leader_epoch += 1;
+                        p.isr = vec![node_id];
+                    }
+                } else {
+                    if p.leader == node_id {
+                        if let Some(&next) = p.isr.iter().find(|&&r| r != node_id && usable(r, p)) {
+                            p.leader = next;
+                            p.leader_epoch += 1;
+                        } else if unclean
+                            && let Some(&next) =
+                                p.replicas.iter().find(|&&r| r != node_id && usable(r, p))
+                        {
+                            tracing::warn!(topic = %topic.name, partition = p.partition, node_id = next,
+                                "unclean leader election: records acknowledged since this replica fell behind are lost");
+                            p.leader = next;
+                            p.leader_epoch += 1;
+                            p.isr = vec![next];
+                        }
+                    }
+                    if p.isr.len() > 1 && p.isr.contains(&node_id) && p.leader != node_id {
+                        p.isr.retain(|&r| r != node_id);
+                    }
                 }
-                if p.isr.len() > 1 && p.isr.contains(&node_id) && p.leader != node_id {
-                    p.isr.retain(|&r| r != node_id);
+                if before != (p.leader, p.isr.clone()) {
+                    p.partition_epoch += 1;
                     changed = true;
                 }
             }
@@ -547,6 +787,13 @@ impl Metadata {
                     p.leader = next;
                     p.leader_epoch += 1;
                 }
+                // An offline replica cannot be in sync (its log is not
+                // served); the leader adds it back once it caught up.
+                if is_offline && p.leader != node_id && p.isr.contains(&node_id) && p.isr.len() > 1
+                {
+                    p.isr.retain(|&r| r != node_id);
+                }
+                p.partition_epoch += 1;
             }
             if changed {
                 dirty.topics.insert(topic.name.clone());
@@ -576,6 +823,7 @@ impl Metadata {
                     node_id: n.node_id,
                     address: n.address.clone(),
                     alive: n.alive,
+                    rack: n.rack.clone(),
                 })
                 .collect(),
             topics: self
@@ -596,6 +844,13 @@ impl Metadata {
     }
 }
 
+impl Metadata {
+    /// The public description of a partition.
+    pub fn describe_partition(p: &Partition) -> PartitionDescription {
+        describe_partition(p)
+    }
+}
+
 fn describe_partition(p: &Partition) -> PartitionDescription {
     PartitionDescription {
         partition: p.partition,
@@ -604,6 +859,7 @@ fn describe_partition(p: &Partition) -> PartitionDescription {
         replicas: p.replicas.clone(),
         isr: p.isr.clone(),
         offline_replicas: p.offline_replicas.clone(),
+        partition_epoch: p.partition_epoch,
     }
 }
 
@@ -630,6 +886,7 @@ mod tests {
                 address: format!("10.0.0.{node_id}:7500"),
                 incarnation: node_id,
                 directory_id: format!("dir-{node_id}"),
+                rack: String::new(),
             },
             &mut Dirty::default(),
         );
@@ -841,8 +1098,9 @@ mod tests {
             &Command::RegisterNode {
                 node_id: 7,
                 address: "moved:1".into(),
-                incarnation: 2,
+                incarnation: 7,
                 directory_id: "dir-7".into(),
+                rack: String::new(),
             },
             &mut Dirty::default(),
         );
@@ -1075,5 +1333,179 @@ mod tests {
         let p = &m.topics["t"].partitions[0];
         assert_eq!((p.leader, p.leader_epoch), (2, 1));
         assert_eq!(p.offline_replicas, vec![1]);
+    }
+
+    fn alter(m: &mut Metadata, index: u64, leader: u64, isr: &[u64]) -> CommandResponse {
+        let p = &m.topics["t"].partitions[0];
+        let cmd = Command::AlterIsr {
+            topic: "t".into(),
+            topic_id: m.topics["t"].topic_id.clone(),
+            partition: 0,
+            leader,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            isr: isr.to_vec(),
+        };
+        m.apply(index, &cmd, &mut Dirty::default())
+    }
+
+    #[test]
+    fn isr_changes_apply_only_at_the_epochs_they_were_based_on() {
+        let mut m = Metadata::default();
+        for id in 1..=3 {
+            register(&mut m, id, id);
+        }
+        create_raw(&mut m, 4, "t", 1, 3); // leader 1, ISR [1, 2, 3]
+        let CommandResponse::Partition(p) = alter(&mut m, 5, 1, &[1, 3]) else {
+            panic!("not applied");
+        };
+        assert_eq!((p.isr.clone(), p.partition_epoch), (vec![1, 3], 1));
+        assert_eq!(m.topics["t"].partitions[0], p);
+        // A change based on the old partition epoch is refused.
+        let stale = Command::AlterIsr {
+            topic: "t".into(),
+            topic_id: m.topics["t"].topic_id.clone(),
+            partition: 0,
+            leader: 1,
+            leader_epoch: 0,
+            partition_epoch: 0,
+            isr: vec![1, 2, 3],
+        };
+        let err = m
+            .apply(6, &stale, &mut Dirty::default())
+            .into_result()
+            .unwrap_err();
+        assert_eq!(err.reason, Reason::NotLeader, "{err}");
+        // Only the leader may change it, and the leader must stay in it.
+        let err = alter(&mut m, 7, 2, &[2, 3]).into_result().unwrap_err();
+        assert_eq!(err.reason, Reason::NotLeader);
+        let err = alter(&mut m, 8, 1, &[3]).into_result().unwrap_err();
+        assert_eq!(err.reason, Reason::InvalidArgument);
+        let err = alter(&mut m, 9, 1, &[1, 4]).into_result().unwrap_err();
+        assert_eq!(err.reason, Reason::InvalidArgument, "not a replica");
+        // A dead node cannot be added back.
+        set_alive(&mut m, 10, 2, false);
+        let err = alter(&mut m, 11, 1, &[1, 2, 3]).into_result().unwrap_err();
+        assert_eq!(err.reason, Reason::InvalidArgument, "{err}");
+        set_alive(&mut m, 12, 2, true);
+        assert!(matches!(
+            alter(&mut m, 13, 1, &[1, 2, 3]),
+            CommandResponse::Partition(_)
+        ));
+        assert_eq!(m.topics["t"].partitions[0].isr, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn min_insync_above_the_replication_factor_is_refused() {
+        let mut m = Metadata::default();
+        register(&mut m, 1, 1);
+        let mut req = create_req("t", 1, 1);
+        req.configs.insert("min.insync.replicas".into(), "2".into());
+        let err = m.validate_create_topic(&req).unwrap_err();
+        assert_eq!(err.reason, Reason::InvalidConfig);
+        assert!(
+            err.message.contains("min.insync.replicas"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn a_restarted_node_hands_its_leaderships_to_in_sync_peers() {
+        let mut m = Metadata::default();
+        for id in 1..=3 {
+            register(&mut m, id, id);
+        }
+        create_raw(&mut m, 4, "t", 3, 3);
+        create_raw(&mut m, 5, "solo", 1, 1);
+        let solo_leader = m.topics["solo"].partitions[0].leader;
+        // The same incarnation registering again is not a restart.
+        register(&mut m, 6, 1);
+        assert_eq!(m.topics["t"].partitions[0].leader, 1);
+        assert_eq!(m.topics["t"].partitions[0].leader_epoch, 0);
+        // A new process on node 1 and on the solo leader.
+        for (i, node) in [1, solo_leader].into_iter().enumerate() {
+            m.apply(
+                7 + i as u64,
+                &Command::RegisterNode {
+                    node_id: node,
+                    address: format!("10.0.0.{node}:7500"),
+                    incarnation: 100 + node,
+                    directory_id: format!("dir-{node}"),
+                    rack: String::new(),
+                },
+                &mut Dirty::default(),
+            );
+        }
+        let ps = &m.topics["t"].partitions;
+        assert_eq!((ps[0].leader, ps[0].leader_epoch), (2, 1));
+        for p in ps {
+            assert!(!p.isr.contains(&1), "{p:?}");
+            assert_ne!(p.leader, 1);
+            assert!(p.partition_epoch >= 1);
+        }
+        // Where it was the only replica it keeps leading, in a new epoch.
+        let solo = &m.topics["solo"].partitions[0];
+        assert_eq!((solo.leader, solo.leader_epoch), (solo_leader, 1));
+        assert_eq!(solo.isr, vec![solo_leader]);
+    }
+
+    #[test]
+    fn unclean_election_happens_only_when_the_topic_opts_in() {
+        let build = |unclean: bool| {
+            let mut m = Metadata::default();
+            register(&mut m, 1, 1);
+            register(&mut m, 2, 2);
+            let mut configs = TopicConfig::default().to_btree_map();
+            configs.insert("unclean.leader.election.enable".into(), unclean.to_string());
+            m.apply(
+                3,
+                &Command::CreateTopic {
+                    name: "t".into(),
+                    partitions: 1,
+                    replication_factor: 2,
+                    configs,
+                    topic_id: Some(random_id()),
+                },
+                &mut Dirty::default(),
+            );
+            set_alive(&mut m, 4, 2, false); // ISR -> [1]
+            set_alive(&mut m, 5, 1, false); // leader dead, no ISR peer
+            set_alive(&mut m, 6, 2, true); // the out-of-sync replica returns
+            m.topics["t"].partitions[0].clone()
+        };
+        let clean = build(false);
+        assert_eq!((clean.leader, clean.isr), (1, vec![1]));
+        let unclean = build(true);
+        assert_eq!((unclean.leader, unclean.leader_epoch), (2, 1));
+        assert_eq!(unclean.isr, vec![2]);
+    }
+
+    #[test]
+    fn replicas_of_a_partition_are_spread_over_racks() {
+        let mut m = Metadata::default();
+        for (id, rack) in [(1, "a"), (2, "a"), (3, "b"), (4, "b"), (5, "c"), (6, "c")] {
+            m.apply(
+                id,
+                &Command::RegisterNode {
+                    node_id: id,
+                    address: format!("n{id}:1"),
+                    incarnation: id,
+                    directory_id: format!("dir-{id}"),
+                    rack: rack.into(),
+                },
+                &mut Dirty::default(),
+            );
+        }
+        assert_eq!(m.placement_order(), vec![1, 3, 5, 2, 4, 6]);
+        let t = create_raw(&mut m, 7, "t", 6, 3);
+        let rack = |id: u64| m.nodes[&id].rack.clone();
+        for p in &t.partitions {
+            let racks: BTreeSet<String> = p.replicas.iter().map(|&r| rack(r)).collect();
+            assert_eq!(racks.len(), 3, "{:?}", p.replicas);
+        }
+        // Leaders are spread evenly: each node leads one partition.
+        let leaders: BTreeSet<u64> = t.partitions.iter().map(|p| p.leader).collect();
+        assert_eq!(leaders.len(), 6);
     }
 }

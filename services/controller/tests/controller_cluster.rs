@@ -26,6 +26,7 @@ fn reg(id: u64, address: &str) -> RegisterNodeRequest {
         incarnation: 1,
         directory_id: format!("dir-{id}"),
         cluster_id: String::new(),
+        rack: String::new(),
     }
 }
 

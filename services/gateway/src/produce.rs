@@ -378,6 +378,9 @@ impl ProduceApi {
             }),
             batch: write.batch,
             acks: acks as i32,
+            // Not checked: the router resolves the leader per attempt and
+            // the storage node refuses appends it does not lead.
+            leader_epoch: 0,
         };
         let resp = self
             .router
@@ -656,6 +659,7 @@ mod tests {
                 node_id: 1,
                 address: "127.0.0.1:9".to_string(),
                 alive: true,
+                rack: String::new(),
             }],
             topics: vec![TopicMetadata {
                 name: "t".to_string(),

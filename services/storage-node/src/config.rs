@@ -33,6 +33,17 @@ pub struct StorageNodeConfig {
     /// Bytes all appends together may hold decompressing batches to
     /// validate them (at least one largest batch, 128 MiB).
     pub decompression_budget_bytes: u64,
+    /// The rack (failure domain) this node is in; replicas of a partition
+    /// are placed in different racks when there are enough. Empty = none.
+    pub rack: String,
+    /// How long an in-sync follower may go without catching up to the
+    /// leader's log end before the leader removes it from the ISR.
+    pub replica_lag_time_max_ms: u64,
+    /// How long an `acks=all` append waits for the in-sync replicas before
+    /// it fails with `TIMEOUT` (the batch may still be committed later).
+    pub ack_timeout_ms: u64,
+    /// How long a follower's fetch waits at the leader for new data.
+    pub replica_fetch_wait_ms: u64,
 }
 
 impl Default for StorageNodeConfig {
@@ -49,6 +60,10 @@ impl Default for StorageNodeConfig {
             max_fetch_wait_ms: 30_000,
             max_fetch_bytes: 16 * 1024 * 1024,
             decompression_budget_bytes: 256 * 1024 * 1024,
+            rack: String::new(),
+            replica_lag_time_max_ms: 10_000,
+            ack_timeout_ms: 8_000,
+            replica_fetch_wait_ms: 500,
         }
     }
 }
@@ -69,6 +84,17 @@ impl StorageNodeConfig {
                 1u64 << 32,
                 self.decompression_budget_bytes
             ));
+        }
+        for (name, v) in [
+            ("replica_lag_time_max_ms", self.replica_lag_time_max_ms),
+            ("ack_timeout_ms", self.ack_timeout_ms),
+            ("replica_fetch_wait_ms", self.replica_fetch_wait_ms),
+        ] {
+            if !(10..=3_600_000).contains(&v) {
+                return Err(format!(
+                    "storage_node.{name} must be between 10 and 3600000 ms, got {v}"
+                ));
+            }
         }
         Ok(())
     }

@@ -23,6 +23,12 @@ pub fn log_error(topic: &str, partition: u32, e: LogError) -> Error {
             Error::new(Reason::CorruptBatch, format!("invalid batch for {tp}: {e}"))
         }
         e @ LogError::Corrupt { .. } => Error::new(Reason::CorruptLog, format!("{tp}: {e}")),
+        e @ LogError::StaleLeaderEpoch { .. } => {
+            Error::new(Reason::NotLeader, format!("{tp}: {e}"))
+        }
+        e @ LogError::NonContiguous { .. } => {
+            Error::new(Reason::OffsetOutOfRange, format!("{tp}: {e}"))
+        }
         other => Error::new(Reason::StorageError, format!("{tp}: {other}")),
     }
 }

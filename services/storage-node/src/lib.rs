@@ -9,9 +9,11 @@
 pub mod config;
 pub mod data_dir;
 pub mod error;
+pub mod isr;
 pub mod metrics;
 pub mod partitions;
 pub mod replica;
+pub mod replication;
 mod service;
 
 use std::future::Future;
@@ -75,7 +77,10 @@ pub async fn serve_with_listener(
         config.node_id,
     )?));
     let advertised = config.advertised(bound);
-    let partitions = Arc::new(Partitions::new(config.node_id, config.data_dir.clone()));
+    let partitions = Arc::new(
+        Partitions::new(config.node_id, config.data_dir.clone())
+            .with_replica_lag(config.replica_lag_time_max_ms),
+    );
     let controller = ControllerClient::new(config.controllers.clone())
         .map_err(|e| StorageNodeError::Config(format!("storage_node.controllers: {e}")))?;
     let (drain_tx, drain_rx) = watch::channel(false);
@@ -83,13 +88,24 @@ pub async fn serve_with_listener(
     let (health, health_service) = streambus_service::grpc::health_service();
     let status = Arc::new(NodeStatus::default());
     let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<StorageNodeError>();
+    let incarnation = rand::random::<u64>() | 1;
+    let lease = Arc::new(LeaseClock::default());
+    let replication = replication::Replication::new(
+        partitions.clone(),
+        controller.clone(),
+        incarnation,
+        config.replica_fetch_wait_ms.min(u64::from(u32::MAX)) as u32,
+        metrics.clone(),
+    );
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(membership_loop(
         Membership {
             controller: controller.clone(),
             node_id: config.node_id,
-            incarnation: rand::random::<u64>() | 1,
+            incarnation,
+            rack: config.rack.clone(),
+            lease: lease.clone(),
             advertised: advertised.clone(),
             interval: Duration::from_millis(config.heartbeat_interval_ms.max(10)),
             data_dir: data_dir.clone(),
@@ -98,8 +114,10 @@ pub async fn serve_with_listener(
         },
         fatal_tx,
     ));
+    tasks.spawn(replication.clone().run());
     tasks.spawn(metadata_loop(
         controller,
+        replication.clone(),
         partitions.clone(),
         config.node_id,
         metrics.clone(),
@@ -167,6 +185,8 @@ pub async fn serve_with_listener(
             config.decompression_budget_bytes as usize,
         ),
         draining: drain_rx,
+        lease,
+        ack_timeout: Duration::from_millis(config.ack_timeout_ms),
     };
     tracing::info!(node_id = config.node_id, addr = %bound, %advertised, "storage node listening");
 
@@ -198,6 +218,7 @@ pub async fn serve_with_listener(
         .serve_with_incoming_shutdown(streambus_service::grpc::incoming(listener), shutdown)
         .await;
     tasks.shutdown().await;
+    replication.stop();
     partitions.close_all().await;
     drop(data_dir);
     tracing::info!(node_id = config.node_id, "storage node stopped");
@@ -205,6 +226,37 @@ pub async fn serve_with_listener(
         return Err(e);
     }
     result.map_err(StorageNodeError::from)
+}
+
+/// Until when this node's lease with the controller is certainly still
+/// valid: the send time of the last heartbeat the controller accepted plus
+/// the lease, less a tenth for clock-rate drift. The controller measures
+/// the lease from when it received that heartbeat, so this node always
+/// stops trusting its lease first: a leader cut off from the controller
+/// stops acknowledging `acks=all` writes before the controller may elect
+/// another leader.
+#[derive(Debug, Default)]
+pub struct LeaseClock {
+    until: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl LeaseClock {
+    /// A heartbeat sent at `sent` was accepted with a lease of `lease`.
+    pub fn renewed(&self, sent: std::time::Instant, lease: Duration) {
+        let until = sent + lease - lease / 10;
+        let mut cur = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        if cur.is_none_or(|c| c < until) {
+            *cur = Some(until);
+        }
+    }
+
+    /// Whether the lease is certainly valid now.
+    pub fn valid(&self) -> bool {
+        self.until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|u| std::time::Instant::now() < u)
+    }
 }
 
 /// What readiness is computed from.
@@ -289,6 +341,8 @@ struct Membership {
     controller: ControllerClient,
     node_id: u64,
     incarnation: u64,
+    rack: String,
+    lease: Arc<LeaseClock>,
     advertised: String,
     interval: Duration,
     data_dir: Arc<std::sync::Mutex<DataDir>>,
@@ -327,6 +381,7 @@ async fn membership_loop(m: Membership, fatal: tokio::sync::oneshot::Sender<Stor
     let mut registered = false;
     let mut conflict_since = None;
     loop {
+        let sent = std::time::Instant::now();
         let result = if registered {
             m.controller
                 .heartbeat(HeartbeatRequest {
@@ -346,6 +401,7 @@ async fn membership_loop(m: Membership, fatal: tokio::sync::oneshot::Sender<Stor
                 incarnation: m.incarnation,
                 directory_id,
                 cluster_id,
+                rack: m.rack.clone(),
             };
             match m.controller.register_node(req).await {
                 Ok(resp) => match m
@@ -371,6 +427,7 @@ async fn membership_loop(m: Membership, fatal: tokio::sync::oneshot::Sender<Stor
         match result {
             Ok(lease_ms) => {
                 conflict_since = None;
+                m.lease.renewed(sent, Duration::from_millis(lease_ms));
                 m.status.contact(lease_ms)
             }
             Err(e) if is_fatal(&e, &mut conflict_since) => {
@@ -390,6 +447,7 @@ async fn membership_loop(m: Membership, fatal: tokio::sync::oneshot::Sender<Stor
 /// Applies every metadata snapshot the controller sends.
 async fn metadata_loop(
     controller: ControllerClient,
+    replication: Arc<replication::Replication>,
     partitions: Arc<Partitions>,
     node_id: u64,
     metrics: Metrics,
@@ -409,6 +467,7 @@ async fn metadata_loop(
     let mut stream = std::pin::pin!(controller.watch_metadata());
     while let Some(md) = stream.next().await {
         partitions.apply(&md).await;
+        replication.reconcile();
         metrics.replicas.set(partitions.all().len() as i64);
         metrics
             .offline_replicas

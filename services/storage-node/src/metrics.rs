@@ -26,6 +26,15 @@ pub struct Metrics {
     /// Assigned partition replicas that cannot be served (failed to open,
     /// failed fsync); retried every `reopen_interval_ms`.
     pub offline_replicas: Gauge,
+    /// Bytes sent to followers by replica fetches.
+    pub replicated_bytes: Counter,
+    /// Partitions this node leads.
+    pub leader_replicas: Gauge,
+    /// Partitions this node leads whose ISR is smaller than their replica set.
+    pub under_replicated: Gauge,
+    /// Partitions this node leads whose ISR is below `min.insync.replicas`
+    /// (`acks=all` appends fail).
+    pub below_min_isr: Gauge,
 }
 
 impl Metrics {
@@ -40,6 +49,10 @@ impl Metrics {
             replicas: Gauge::default(),
             fsyncs: Counter::default(),
             offline_replicas: Gauge::default(),
+            replicated_bytes: Counter::default(),
+            leader_replicas: Gauge::default(),
+            under_replicated: Gauge::default(),
+            below_min_isr: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("streambus_storage");
         r.register(
@@ -69,6 +82,26 @@ impl Metrics {
             "offline_replicas",
             "Assigned partition replicas that cannot be served",
             m.offline_replicas.clone(),
+        );
+        r.register(
+            "replicated_bytes",
+            "Bytes sent to followers by replica fetches",
+            m.replicated_bytes.clone(),
+        );
+        r.register(
+            "leader_replicas",
+            "Partitions this node leads",
+            m.leader_replicas.clone(),
+        );
+        r.register(
+            "under_replicated_partitions",
+            "Led partitions whose in-sync replica set is smaller than their replica set",
+            m.under_replicated.clone(),
+        );
+        r.register(
+            "below_min_isr_partitions",
+            "Led partitions with fewer in-sync replicas than min.insync.replicas",
+            m.below_min_isr.clone(),
         );
         m
     }

@@ -10,7 +10,7 @@ use streambus_log::{Flusher, Log, OpenOptions};
 use streambus_proto::internal::{ClusterMetadata, OfflineReplica};
 use streambus_proto::{Error, Reason};
 
-use crate::replica::{Leadership, PartitionKey, Replica};
+use crate::replica::{PartitionKey, PartitionView, Replica};
 
 /// What the node knows of a topic from the last metadata it applied.
 #[derive(Debug, Clone)]
@@ -25,7 +25,7 @@ struct Offline {
     /// `None` when the topic's configuration itself could not be parsed
     /// (then reopening waits for new metadata).
     config: Option<TopicConfig>,
-    leadership: Leadership,
+    view: PartitionView,
     reason: String,
     /// The replica that failed, while requests still hold it: its log must
     /// be gone before the directory is opened again.
@@ -58,7 +58,12 @@ pub struct Partitions {
     /// Serialises `apply` and `reopen_offline`, so a directory is never
     /// opened twice or opened while it is being deleted.
     changes: tokio::sync::Mutex<()>,
+    /// How long an in-sync follower may lag before it leaves the ISR.
+    lag_max_ms: u64,
 }
+
+/// Default for how long an in-sync follower may lag (ms).
+pub const DEFAULT_REPLICA_LAG_MS: u64 = 10_000;
 
 /// The directory of a partition replica. The topic id keeps a topic that
 /// was deleted and created again apart from its predecessor.
@@ -84,6 +89,7 @@ impl Partitions {
             Err(e) => tracing::warn!(error = %e, "cannot start this node's log flusher"),
         }
         Partitions {
+            lag_max_ms: DEFAULT_REPLICA_LAG_MS,
             open_options,
             fsyncs,
             changes: tokio::sync::Mutex::new(()),
@@ -95,6 +101,23 @@ impl Partitions {
             nodes: RwLock::default(),
             version: Default::default(),
         }
+    }
+
+    /// Sets how long an in-sync follower may lag before it leaves the ISR
+    /// (for replicas opened from now on).
+    pub fn with_replica_lag(mut self, lag_max_ms: u64) -> Partitions {
+        self.lag_max_ms = lag_max_ms;
+        self
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// The advertised address of a storage node, from the last metadata.
+    pub fn node_address(&self, node_id: u64) -> Option<String> {
+        read(&self.nodes).get(&node_id).cloned()
     }
 
     /// Fsyncs (data and directory) by every log of this node so far.
@@ -110,9 +133,8 @@ impl Partitions {
     /// The replica for a partition this node leads.
     pub fn leader_replica(&self, topic: &str, partition: u32) -> Result<Arc<Replica>, Error> {
         let replica = self.replica(topic, partition)?;
-        let l = replica.leadership();
-        if l.leader != self.node_id {
-            return Err(self.not_leader(topic, partition, l.leader));
+        if !replica.is_leader() {
+            return Err(self.not_leader(topic, partition, replica.view().leader));
         }
         Ok(replica)
     }
@@ -165,6 +187,27 @@ impl Partitions {
         .with_leader_hint(hint)
     }
 
+    /// `NOT_LEADER` with a reason why this node will not act as leader.
+    pub fn not_leader_because(&self, topic: &str, partition: u32, leader: u64, why: &str) -> Error {
+        let hint = if leader == self.node_id {
+            String::new()
+        } else {
+            read(&self.nodes).get(&leader).cloned().unwrap_or_default()
+        };
+        let e = Error::new(
+            Reason::NotLeader,
+            format!(
+                "node {} will not lead {topic}/{partition}: {why}",
+                self.node_id
+            ),
+        );
+        if hint.is_empty() {
+            e
+        } else {
+            e.with_leader_hint(hint)
+        }
+    }
+
     /// Every hosted replica.
     pub fn all(&self) -> Vec<Arc<Replica>> {
         read(&self.replicas).values().cloned().collect()
@@ -191,8 +234,10 @@ impl Partitions {
             .map(|n| (n.node_id, n.address.clone()))
             .collect();
 
-        let mut wanted: HashMap<PartitionKey, (String, Result<TopicConfig, String>, Leadership)> =
-            HashMap::new();
+        let mut wanted: HashMap<
+            PartitionKey,
+            (String, Result<TopicConfig, String>, PartitionView),
+        > = HashMap::new();
         let mut topics = HashMap::new();
         for t in &md.topics {
             let config = TopicConfig::from_map(&t.configs).map_err(|e| e.message);
@@ -210,9 +255,12 @@ impl Partitions {
                         (
                             t.topic_id.clone(),
                             config.clone(),
-                            Leadership {
+                            PartitionView {
                                 leader: p.leader,
                                 leader_epoch: p.leader_epoch,
+                                partition_epoch: p.partition_epoch,
+                                replicas: p.replicas.clone(),
+                                isr: p.isr.clone(),
                             },
                         ),
                     );
@@ -253,10 +301,10 @@ impl Partitions {
         }
 
         // Replicas to open or update.
-        for (key, (topic_id, config, leadership)) in wanted {
+        for (key, (topic_id, config, view)) in wanted {
             let existing = read(&self.replicas).get(&key).cloned();
             if let Some(r) = existing {
-                r.set_leadership(leadership);
+                r.set_view(view, now_ms() as u64);
                 continue;
             }
             let config = match config {
@@ -266,7 +314,7 @@ impl Partitions {
                         key,
                         topic_id,
                         None,
-                        leadership,
+                        view,
                         format!("invalid topic config: {reason}"),
                         None,
                     );
@@ -276,11 +324,11 @@ impl Partitions {
             if let Some(o) = write(&self.offline).get_mut(&key) {
                 // Already offline: keep it there (the reopen loop retries),
                 // with the newest leadership and config.
-                o.leadership = leadership;
+                o.view = view;
                 o.config = Some(config);
                 continue;
             }
-            self.open(key, topic_id, config, leadership, None).await;
+            self.open(key, topic_id, config, view, None).await;
         }
         *write(&self.topics) = topics;
         self.version
@@ -293,7 +341,7 @@ impl Partitions {
         key: PartitionKey,
         topic_id: String,
         config: TopicConfig,
-        leadership: Leadership,
+        view: PartitionView,
         truncate_to: Option<i64>,
     ) -> bool {
         let dir = partition_dir(&self.data_dir, &key.0, key.1, &topic_id);
@@ -318,13 +366,22 @@ impl Partitions {
             Ok(log) => {
                 tracing::info!(topic = %key.0, partition = key.1, dir = %dir.display(),
                     end_offset = log.end_offset(), "opened partition replica");
-                let replica = Replica::new(key.clone(), topic_id, dir, log, config, leadership);
+                let replica = Replica::new(
+                    self.node_id,
+                    key.clone(),
+                    topic_id,
+                    dir,
+                    log,
+                    config,
+                    view,
+                    self.lag_max_ms,
+                );
                 write(&self.offline).remove(&key);
                 write(&self.replicas).insert(key, Arc::new(replica));
                 true
             }
             Err(reason) => {
-                self.set_offline(key, topic_id, Some(config), leadership, reason, None);
+                self.set_offline(key, topic_id, Some(config), view, reason, None);
                 false
             }
         }
@@ -335,7 +392,7 @@ impl Partitions {
         key: PartitionKey,
         topic_id: String,
         config: Option<TopicConfig>,
-        leadership: Leadership,
+        view: PartitionView,
         reason: String,
         previous: Option<Weak<Replica>>,
     ) {
@@ -348,7 +405,7 @@ impl Partitions {
             Offline {
                 topic_id,
                 config,
-                leadership,
+                view,
                 reason,
                 durable_at_failure: previous
                     .as_ref()
@@ -374,12 +431,18 @@ impl Partitions {
                 key,
                 replica.topic_id.clone(),
                 Some(replica.config.clone()),
-                replica.leadership(),
+                replica.view(),
                 format!("log failed: {failure}"),
                 Some(Arc::downgrade(&replica)),
             );
         }
-        type Candidate = (PartitionKey, String, TopicConfig, Leadership, Option<i64>);
+        type Candidate = (
+            PartitionKey,
+            String,
+            TopicConfig,
+            PartitionView,
+            Option<i64>,
+        );
         let candidates: Vec<Candidate> = read(&self.offline)
             .iter()
             .filter(|(_, o)| o.previous.as_ref().is_none_or(|w| w.strong_count() == 0))
@@ -389,16 +452,16 @@ impl Partitions {
                         k.clone(),
                         o.topic_id.clone(),
                         c,
-                        o.leadership.clone(),
+                        o.view.clone(),
                         o.durable_at_failure,
                     )
                 })
             })
             .collect();
         let mut reopened = 0;
-        for (key, topic_id, config, leadership, durable) in candidates {
+        for (key, topic_id, config, view, durable) in candidates {
             if self
-                .open(key.clone(), topic_id, config, leadership, durable)
+                .open(key.clone(), topic_id, config, view, durable)
                 .await
             {
                 tracing::info!(topic = %key.0, partition = key.1, "offline partition replica is back");
@@ -551,6 +614,7 @@ mod tests {
                 replicas: vec![1],
                 isr: vec![1],
                 offline_replicas: vec![],
+                partition_epoch: 0,
             }],
         }
     }
@@ -562,6 +626,7 @@ mod tests {
                 node_id: 1,
                 address: "127.0.0.1:1".into(),
                 alive: true,
+                rack: String::new(),
             }],
             topics,
             ..ClusterMetadata::default()

@@ -1,26 +1,32 @@
-//! One partition replica hosted on this node: its log and its leadership.
+//! One partition replica hosted on this node: its log, its role (leader or
+//! follower) and its high watermark.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use streambus_cluster::topic_config::{FsyncSetting, TopicConfig};
 use streambus_log::Log;
 use tokio::sync::watch;
 
+pub use crate::isr::PartitionView;
+use crate::isr::{LeaderState, ProposeIsr};
+
 /// Identifies a partition: topic name and partition number.
 pub type PartitionKey = (String, u32);
 
-/// Leadership of a replica as the metadata says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Leadership {
-    /// Leader node id (0 = none).
-    pub leader: u64,
-    /// Leader epoch, stamped into every batch this node appends as leader.
-    pub leader_epoch: u64,
+/// What this node does for a partition.
+#[derive(Debug)]
+enum Role {
+    /// It leads: appends, tracks its followers, decides the high watermark.
+    Leader(LeaderState),
+    /// It follows (or no leader is known).
+    Follower,
 }
 
 /// A partition replica.
 pub struct Replica {
+    /// This node.
+    pub node_id: u64,
     /// Topic name.
     pub topic: String,
     /// Partition number.
@@ -33,34 +39,51 @@ pub struct Replica {
     pub log: Arc<Log>,
     /// Topic settings at open time.
     pub config: TopicConfig,
-    leadership: std::sync::Mutex<Leadership>,
+    /// How long an in-sync follower may stay behind before the leader
+    /// removes it from the ISR.
+    lag_max_ms: u64,
+    state: Mutex<(PartitionView, Role)>,
     /// High watermark: records below it are visible to consumers.
     hw: watch::Sender<i64>,
+    /// The log end offset, for replica fetches waiting for new data.
+    end: watch::Sender<i64>,
 }
 
 impl Replica {
     /// Wraps an opened log.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
+        node_id: u64,
         key: PartitionKey,
         topic_id: String,
         dir: PathBuf,
         log: Log,
         config: TopicConfig,
-        leadership: Leadership,
+        view: PartitionView,
+        lag_max_ms: u64,
     ) -> Replica {
         let log = Arc::new(log);
+        let start = log.log_start_offset();
+        let end = log.end_offset();
         let r = Replica {
+            node_id,
             topic: key.0,
             partition: key.1,
             topic_id,
             dir,
             log,
             config,
-            leadership: std::sync::Mutex::new(leadership),
-            hw: watch::channel(0).0,
+            lag_max_ms,
+            state: Mutex::new((PartitionView::default(), Role::Follower)),
+            hw: watch::channel(start).0,
+            end: watch::channel(end).0,
         };
-        r.advance_high_watermark();
+        r.set_view(view, crate::partitions::now_ms() as u64);
         r
+    }
+
+    fn lock(&self) -> MutexGuard<'_, (PartitionView, Role)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether acknowledged appends are fsynced before the ack.
@@ -68,35 +91,97 @@ impl Replica {
         self.config.fsync_policy == FsyncSetting::Always
     }
 
-    /// Current leadership.
-    pub fn leadership(&self) -> Leadership {
-        self.leadership
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// What this replica holds for the purpose of acknowledgments: under
+    /// fsync `always` the durable offset (nothing a crash could take away
+    /// counts), otherwise the log end.
+    pub fn replicated_end(&self) -> i64 {
+        if self.fsync_always() {
+            self.log.durable_offset()
+        } else {
+            self.log.end_offset()
+        }
     }
 
-    /// Updates leadership from metadata.
-    pub fn set_leadership(&self, l: Leadership) {
-        *self.leadership.lock().unwrap_or_else(|p| p.into_inner()) = l;
+    /// The partition as the metadata last said.
+    pub fn view(&self) -> PartitionView {
+        self.lock().0.clone()
+    }
+
+    /// The leader epoch and replica count as the metadata last said,
+    /// without copying the view (the append path asks on every batch).
+    pub fn epoch_and_replicas(&self) -> (u64, usize) {
+        let st = self.lock();
+        (st.0.leader_epoch, st.0.replicas.len())
+    }
+
+    /// Whether this node leads the partition.
+    pub fn is_leader(&self) -> bool {
+        matches!(self.lock().1, Role::Leader(_))
+    }
+
+    /// The committed ISR size as the leader sees it (0 when not leading).
+    pub fn isr_len(&self) -> usize {
+        match &self.lock().1 {
+            Role::Leader(s) => s.isr().len(),
+            Role::Follower => 0,
+        }
+    }
+
+    /// Applies the partition's metadata: becomes leader (a new
+    /// [`LeaderState`] for a new epoch), stays leader with a new ISR, or
+    /// becomes a follower.
+    pub fn set_view(&self, view: PartitionView, now_ms: u64) {
+        let mut st = self.lock();
+        if view.leader_epoch == st.0.leader_epoch && view.partition_epoch < st.0.partition_epoch {
+            // An answer that crossed newer metadata.
+            return;
+        }
+        let moved = if view.leader == self.node_id {
+            match &mut st.1 {
+                Role::Leader(s) if s.view().leader_epoch == view.leader_epoch => {
+                    s.metadata(view.clone(), now_ms)
+                }
+                _ => {
+                    let hw = (*self.hw.borrow()).max(self.log.log_start_offset());
+                    let s = LeaderState::new(
+                        self.node_id,
+                        view.clone(),
+                        self.replicated_end(),
+                        hw,
+                        self.lag_max_ms,
+                        now_ms,
+                    );
+                    tracing::info!(topic = %self.topic, partition = self.partition,
+                        epoch = view.leader_epoch, end = self.log.end_offset(), "leading partition");
+                    st.1 = Role::Leader(s);
+                    true
+                }
+            }
+        } else {
+            if matches!(st.1, Role::Leader(_)) {
+                tracing::info!(topic = %self.topic, partition = self.partition,
+                    epoch = view.leader_epoch, leader = view.leader, "following partition");
+            }
+            st.1 = Role::Follower;
+            false
+        };
+        st.0 = view;
+        let hw = match &st.1 {
+            Role::Leader(s) => Some(s.high_watermark()),
+            Role::Follower => None,
+        };
+        drop(st);
+        if moved && let Some(hw) = hw {
+            self.publish_hw(hw);
+        }
     }
 
     /// The high watermark.
-    ///
-    /// With one replica it is the log end offset, except under fsync
-    /// `always`, where it is the durable offset: consumers never see a
-    /// record that a crash could still take away.
     pub fn high_watermark(&self) -> i64 {
         *self.hw.borrow()
     }
 
-    /// Recomputes the high watermark from the log and wakes waiting fetches.
-    pub fn advance_high_watermark(&self) {
-        let hw = if self.fsync_always() {
-            self.log.durable_offset()
-        } else {
-            self.log.end_offset()
-        };
+    fn publish_hw(&self, hw: i64) {
         self.hw.send_if_modified(|cur| {
             if *cur != hw {
                 *cur = hw;
@@ -107,8 +192,113 @@ impl Replica {
         });
     }
 
+    /// The local log advanced (an append, a replicated append, a truncation
+    /// or a sync): tells waiting replica fetches and, as leader,
+    /// recomputes the high watermark.
+    pub fn advance_high_watermark(&self) {
+        let end = self.log.end_offset();
+        self.end.send_if_modified(|cur| {
+            if *cur != end {
+                *cur = end;
+                true
+            } else {
+                false
+            }
+        });
+        let replicated = self.replicated_end();
+        let hw = match &mut self.lock().1 {
+            Role::Leader(s) => {
+                s.local_end(replicated);
+                Some(s.high_watermark())
+            }
+            Role::Follower => None,
+        };
+        if let Some(hw) = hw {
+            self.publish_hw(hw);
+        }
+    }
+
+    /// As leader: follower `node` fetched from `offset`. Returns false when
+    /// this node does not lead or `node` is not a replica.
+    pub fn follower_fetched(&self, node: u64, offset: i64, now_ms: u64) -> bool {
+        let hw = match &mut self.lock().1 {
+            Role::Leader(s) => match s.fetched(node, offset, now_ms) {
+                Some(_) => s.high_watermark(),
+                None => return false,
+            },
+            Role::Follower => return false,
+        };
+        self.publish_hw(hw);
+        true
+    }
+
+    /// As follower: the leader's high watermark, bounded by what this
+    /// replica holds.
+    pub fn follow_high_watermark(&self, leader_hw: i64) {
+        if self.is_leader() {
+            return;
+        }
+        self.publish_hw(leader_hw.min(self.replicated_end()));
+    }
+
+    /// As leader: an ISR change to propose now, if any.
+    pub fn tick(&self, now_ms: u64) -> Option<ProposeIsr> {
+        match &mut self.lock().1 {
+            Role::Leader(s) => s.tick(now_ms),
+            Role::Follower => None,
+        }
+    }
+
+    /// As leader: the proposal in flight was refused or lost.
+    pub fn proposal_failed(&self) {
+        if let Role::Leader(s) = &mut self.lock().1 {
+            s.proposal_failed();
+        }
+    }
+
+    /// As follower of `leader_epoch`: appends whole batches replicated
+    /// from the leader. Returns `Ok(false)` without touching the log once
+    /// this node's role or the epoch changed (a fetch answered by a former
+    /// leader must not land in a new leader's log).
+    pub fn append_as_follower(
+        &self,
+        leader_epoch: u64,
+        batches: &[u8],
+    ) -> Result<bool, streambus_log::LogError> {
+        let st = self.lock();
+        if matches!(st.1, Role::Leader(_)) || st.0.leader_epoch != leader_epoch {
+            return Ok(false);
+        }
+        self.log.append_replicated(batches)?;
+        Ok(true)
+    }
+
+    /// As follower of `leader_epoch`: cuts a divergent tail off. Same
+    /// guard as [`Replica::append_as_follower`].
+    pub fn truncate_as_follower(
+        &self,
+        leader_epoch: u64,
+        offset: i64,
+    ) -> Result<bool, streambus_log::LogError> {
+        let st = self.lock();
+        if matches!(st.1, Role::Leader(_)) || st.0.leader_epoch != leader_epoch {
+            return Ok(false);
+        }
+        if offset < self.log.end_offset() {
+            tracing::info!(topic = %self.topic, partition = self.partition,
+                from = self.log.end_offset(), to = offset, "truncating a divergent tail");
+            self.log.truncate_to(offset)?;
+        }
+        Ok(true)
+    }
+
     /// Subscribes to high watermark changes.
     pub fn watch_high_watermark(&self) -> watch::Receiver<i64> {
         self.hw.subscribe()
+    }
+
+    /// Subscribes to log end offset changes.
+    pub fn watch_end(&self) -> watch::Receiver<i64> {
+        self.end.subscribe()
     }
 }

@@ -5,9 +5,11 @@ use std::time::{Duration, Instant};
 
 use streambus_proto::internal::storage_service_server::StorageService;
 use streambus_proto::internal::{
-    AppendRequest, AppendResponse, ListOffsetsRequest, ListOffsetsResponse, PartitionRef,
-    StorageFetchRequest, StorageFetchResponse, list_offsets_request,
+    AppendRequest, AppendResponse, DivergingEpoch, ListOffsetsRequest, ListOffsetsResponse,
+    PartitionRef, ReplicaFetchRequest, ReplicaFetchResponse, StorageFetchRequest,
+    StorageFetchResponse, list_offsets_request,
 };
+use streambus_proto::v1::Acks;
 use streambus_proto::{Error, Reason};
 use tonic::{Request, Response, Status};
 
@@ -29,6 +31,11 @@ pub struct StorageApi {
     pub(crate) decompression: MemoryBudget,
     /// Flips to true when the node starts draining: long polls end early.
     pub(crate) draining: tokio::sync::watch::Receiver<bool>,
+    /// Until when this node's lease with the controller is certainly
+    /// valid; `acks=all` appends are refused past it.
+    pub(crate) lease: Arc<crate::LeaseClock>,
+    /// How long an `acks=all` append waits for the in-sync replicas.
+    pub(crate) ack_timeout: Duration,
 }
 
 fn partition_ref(p: Option<PartitionRef>) -> Result<PartitionRef, Error> {
@@ -50,7 +57,26 @@ impl StorageApi {
     async fn append(&self, req: AppendRequest) -> Result<AppendResponse, Error> {
         let p = partition_ref(req.partition)?;
         let replica = self.partitions.leader_replica(&p.topic, p.partition)?;
-        let epoch = i32::try_from(replica.leadership().leader_epoch).unwrap_or(i32::MAX);
+        let (leader_epoch, _) = replica.epoch_and_replicas();
+        if req.leader_epoch != 0 && req.leader_epoch != leader_epoch {
+            return Err(self.partitions.not_leader_because(
+                &p.topic,
+                p.partition,
+                replica.view().leader,
+                &format!(
+                    "leader epoch {} asked, {} current",
+                    req.leader_epoch, leader_epoch
+                ),
+            ));
+        }
+        let epoch = i32::try_from(leader_epoch).unwrap_or(i32::MAX);
+        let acks_all = matches!(
+            Acks::try_from(req.acks).unwrap_or(Acks::All),
+            Acks::All | Acks::Unspecified
+        );
+        if acks_all {
+            self.check_replicas(&replica, &p, false)?;
+        }
         // Validation decompresses a compressed batch: reserve its bound
         // first, so concurrent appends cannot expand without limit.
         let _expansion =
@@ -88,6 +114,10 @@ impl StorageApi {
             }
         };
         replica.advance_high_watermark();
+        if acks_all {
+            self.wait_replicated(&replica, &p, leader_epoch, info.last_offset + 1)
+                .await?;
+        }
         self.metrics
             .append_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -101,6 +131,196 @@ impl StorageApi {
             record_count: info.record_count as u32,
             high_watermark: replica.high_watermark(),
         })
+    }
+
+    /// For `acks=all`: this node's lease is valid when another replica
+    /// could have been elected (a leader cut off from the controller may
+    /// already have been replaced; a sole replica cannot be), and the
+    /// committed ISR has at least `min.insync.replicas` members.
+    fn check_replicas(
+        &self,
+        replica: &crate::replica::Replica,
+        p: &PartitionRef,
+        after_append: bool,
+    ) -> Result<(), Error> {
+        let when = if after_append {
+            "after the append (the batch may still be committed)"
+        } else {
+            "nothing was appended"
+        };
+        let (_, replicas) = replica.epoch_and_replicas();
+        if replicas > 1 && !self.lease.valid() {
+            return Err(self.partitions.not_leader_because(
+                &p.topic,
+                p.partition,
+                0,
+                &format!("this node's controller lease may have lapsed; {when}"),
+            ));
+        }
+        let isr = replica.isr_len();
+        let min = replica.config.min_insync_replicas as usize;
+        if isr < min {
+            return Err(Error::new(
+                Reason::NotEnoughReplicas,
+                format!(
+                    "{}/{} has {isr} in-sync replicas, min.insync.replicas is {min}; {when}",
+                    p.topic, p.partition
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits until the high watermark covers `target` (every in-sync
+    /// replica has the batch), failing when the leadership moves, the ISR
+    /// falls below `min.insync.replicas`, or the ack timeout passes.
+    async fn wait_replicated(
+        &self,
+        replica: &crate::replica::Replica,
+        p: &PartitionRef,
+        leader_epoch: u64,
+        target: i64,
+    ) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + self.ack_timeout;
+        let mut hw = replica.watch_high_watermark();
+        loop {
+            if *hw.borrow_and_update() >= target {
+                return Ok(());
+            }
+            if !replica.is_leader() || replica.epoch_and_replicas().0 != leader_epoch {
+                return Err(self.partitions.not_leader_because(
+                    &p.topic,
+                    p.partition,
+                    replica.view().leader,
+                    "the leadership moved before the batch was replicated; it may or may not be committed",
+                ));
+            }
+            self.check_replicas(replica, p, true)?;
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::new(
+                    Reason::Timeout,
+                    format!(
+                        "{}/{}: the in-sync replicas did not confirm the batch within {} ms; it may still be committed",
+                        p.topic,
+                        p.partition,
+                        self.ack_timeout.as_millis()
+                    ),
+                ));
+            }
+            // Also wake now and then: ISR and leadership changes do not
+            // move the high watermark.
+            let _ = tokio::time::timeout(Duration::from_millis(50), hw.changed()).await;
+        }
+    }
+
+    /// Serves a follower: divergence check, then whole batches from its
+    /// fetch offset up to the log end (long poll).
+    async fn replica_fetch(&self, req: ReplicaFetchRequest) -> Result<ReplicaFetchResponse, Error> {
+        let p = partition_ref(req.partition)?;
+        let replica = self.partitions.leader_replica(&p.topic, p.partition)?;
+        let view = replica.view();
+        if req.topic_id != replica.topic_id {
+            return Err(self.partitions.not_leader_because(
+                &p.topic,
+                p.partition,
+                view.leader,
+                &format!(
+                    "topic id {} asked, {} hosted",
+                    req.topic_id, replica.topic_id
+                ),
+            ));
+        }
+        if req.leader_epoch != view.leader_epoch {
+            return Err(self.partitions.not_leader_because(
+                &p.topic,
+                p.partition,
+                view.leader,
+                &format!(
+                    "leader epoch {} asked, {} current",
+                    req.leader_epoch, view.leader_epoch
+                ),
+            ));
+        }
+        if !view.replicas.contains(&req.replica_id) || req.replica_id == view.leader {
+            return Err(Error::new(
+                Reason::InvalidArgument,
+                format!(
+                    "node {} is not a follower of {}/{}",
+                    req.replica_id, p.topic, p.partition
+                ),
+            ));
+        }
+        let log = &replica.log;
+        let response =
+            |batches: bytes::Bytes, diverging: Option<DivergingEpoch>| ReplicaFetchResponse {
+                batches,
+                high_watermark: replica.high_watermark(),
+                log_start_offset: log.log_start_offset(),
+                log_end_offset: log.end_offset(),
+                diverging,
+            };
+        let offset = req.fetch_offset;
+        if req.last_fetched_epoch >= 0 {
+            let diverging = match log.end_offset_for_epoch(req.last_fetched_epoch) {
+                Some((e, end)) if e == req.last_fetched_epoch && end >= offset => None,
+                Some((e, end)) => Some(DivergingEpoch {
+                    epoch: e,
+                    end_offset: end,
+                }),
+                None => Some(DivergingEpoch {
+                    epoch: -1,
+                    end_offset: log.log_start_offset(),
+                }),
+            };
+            if diverging.is_some() {
+                return Ok(response(Default::default(), diverging));
+            }
+        }
+        if offset > log.end_offset() {
+            // Only an empty-epoch follower can get here: cut it back.
+            return Ok(response(
+                Default::default(),
+                Some(DivergingEpoch {
+                    epoch: log.latest_epoch().unwrap_or(-1),
+                    end_offset: log.end_offset(),
+                }),
+            ));
+        }
+        if offset < log.log_start_offset() {
+            return Err(log_error(
+                &p.topic,
+                p.partition,
+                streambus_log::LogError::OffsetBelowStart {
+                    offset,
+                    log_start: log.log_start_offset(),
+                },
+            ));
+        }
+        replica.follower_fetched(req.replica_id, offset, crate::partitions::now_ms() as u64);
+        let wait = Duration::from_millis(u64::from(req.max_wait_ms)).min(self.max_fetch_wait);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut end_rx = replica.watch_end();
+        loop {
+            let end = *end_rx.borrow_and_update();
+            if offset < end {
+                let max_bytes = req.max_bytes.clamp(1, self.max_fetch_bytes) as usize;
+                let r = replica.clone();
+                let read = tokio::task::spawn_blocking(move || r.log.read(offset, max_bytes, None))
+                    .await
+                    .map_err(join_error)?
+                    .map_err(|e| log_error(&p.topic, p.partition, e))?;
+                self.metrics.replicated_bytes.inc_by(read.data.len() as u64);
+                return Ok(response(read.data, None));
+            }
+            let mut draining = self.draining.clone();
+            let changed = tokio::select! {
+                c = tokio::time::timeout_at(deadline, end_rx.changed()) => matches!(c, Ok(Ok(()))),
+                _ = draining.wait_for(|d| *d) => false,
+            };
+            if !changed || !replica.is_leader() {
+                return Ok(response(Default::default(), None));
+            }
+        }
     }
 
     async fn fetch(&self, req: StorageFetchRequest) -> Result<StorageFetchResponse, Error> {
@@ -214,6 +434,15 @@ impl StorageService for StorageApi {
         Ok(Response::new(self.fetch(request.into_inner()).await?))
     }
 
+    async fn replica_fetch(
+        &self,
+        request: Request<ReplicaFetchRequest>,
+    ) -> Result<Response<ReplicaFetchResponse>, Status> {
+        Ok(Response::new(
+            self.replica_fetch(request.into_inner()).await?,
+        ))
+    }
+
     async fn list_offsets(
         &self,
         request: Request<ListOffsetsRequest>,
@@ -243,6 +472,7 @@ mod tests {
                     node_id: 1,
                     address: "127.0.0.1:1".into(),
                     alive: true,
+                    rack: String::new(),
                 }],
                 topics: vec![TopicMetadata {
                     name: "t".into(),
@@ -268,6 +498,12 @@ mod tests {
             max_fetch_bytes: 1 << 20,
             decompression: MemoryBudget::new("storage_node.decompression_budget_bytes", budget),
             draining: tokio::sync::watch::channel(false).1,
+            lease: {
+                let lease = Arc::new(crate::LeaseClock::default());
+                lease.renewed(std::time::Instant::now(), Duration::from_secs(3600));
+                lease
+            },
+            ack_timeout: Duration::from_secs(1),
         }
     }
 
@@ -287,6 +523,7 @@ mod tests {
             }),
             batch: b.build(),
             acks: 0,
+            leader_epoch: 0,
         }
     }
 

@@ -209,6 +209,7 @@ mod tests {
                     replicas: vec![1, 2, 3],
                     isr: vec![],
                     offline_replicas: vec![1],
+                    ..Default::default()
                 },
                 v1::PartitionDescription {
                     partition: 0,
@@ -217,6 +218,7 @@ mod tests {
                     replicas: vec![2, 3, 1],
                     isr: vec![2, 3],
                     offline_replicas: vec![],
+                    ..Default::default()
                 },
             ],
         };

@@ -75,6 +75,7 @@ mod tests {
             address: format!("n{node_id}:7402"),
             incarnation: 1,
             directory_id: format!("dir-{node_id}"),
+            rack: String::new(),
         }
     }
 

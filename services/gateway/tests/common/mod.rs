@@ -19,9 +19,10 @@ use streambus_proto::internal::controller_service_server::{
 };
 use streambus_proto::internal::storage_service_server::{StorageService, StorageServiceServer};
 use streambus_proto::internal::{
-    AppendRequest, AppendResponse, ClusterMetadata, GetMetadataRequest, HeartbeatRequest,
-    HeartbeatResponse, ListOffsetsRequest, ListOffsetsResponse, RegisterNodeRequest,
-    RegisterNodeResponse, StorageFetchRequest, StorageFetchResponse, StorageNodeInfo,
+    AlterPartitionRequest, AlterPartitionResponse, AppendRequest, AppendResponse, ClusterMetadata,
+    GetMetadataRequest, HeartbeatRequest, HeartbeatResponse, ListOffsetsRequest,
+    ListOffsetsResponse, RegisterNodeRequest, RegisterNodeResponse, ReplicaFetchRequest,
+    ReplicaFetchResponse, StorageFetchRequest, StorageFetchResponse, StorageNodeInfo,
     TopicMetadata, WatchMetadataRequest,
 };
 use streambus_proto::v1::produce_service_client::ProduceServiceClient;
@@ -47,6 +48,7 @@ pub fn metadata(version: u64, nodes: &[(u64, String)], leaders: &[u64]) -> Clust
                 node_id: *id,
                 address: addr.clone(),
                 alive: true,
+                rack: String::new(),
             })
             .collect(),
         topics: vec![TopicMetadata {
@@ -64,6 +66,7 @@ pub fn metadata(version: u64, nodes: &[(u64, String)], leaders: &[u64]) -> Clust
                     replicas: vec![*leader],
                     isr: vec![*leader],
                     offline_replicas: vec![],
+                    partition_epoch: 0,
                 })
                 .collect(),
         }],
@@ -122,6 +125,13 @@ type MdStream = Pin<Box<dyn Stream<Item = Result<ClusterMetadata, Status>> + Sen
 
 #[tonic::async_trait]
 impl ControllerService for FakeController {
+    async fn alter_partition(
+        &self,
+        _: Request<AlterPartitionRequest>,
+    ) -> Result<Response<AlterPartitionResponse>, Status> {
+        Err(Status::unimplemented("fake controller"))
+    }
+
     async fn create_topic(
         &self,
         _: Request<CreateTopicRequest>,
@@ -272,6 +282,13 @@ impl FakeStorage {
 
 #[tonic::async_trait]
 impl StorageService for FakeStorage {
+    async fn replica_fetch(
+        &self,
+        _: Request<ReplicaFetchRequest>,
+    ) -> Result<Response<ReplicaFetchResponse>, Status> {
+        Err(Status::unimplemented("fake storage"))
+    }
+
     async fn append(
         &self,
         request: Request<AppendRequest>,

@@ -1,0 +1,289 @@
+//! The I/O shell around replication: one fetch loop per partition this
+//! node follows (long-polling `ReplicaFetch` on the leader, truncating a
+//! divergent tail, appending whole batches as the leader stored them), and
+//! the loop that carries the leaders' ISR decisions ([`crate::isr`]) to the
+//! controller.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use streambus_cluster::ControllerClient;
+use streambus_proto::internal::storage_service_client::StorageServiceClient;
+use streambus_proto::internal::{
+    AlterPartitionRequest, PartitionRef, ReplicaFetchRequest, ReplicaFetchResponse,
+};
+use streambus_proto::{Error, Reason};
+use tokio::task::AbortHandle;
+use tonic::transport::Channel;
+
+use crate::partitions::{Partitions, now_ms};
+use crate::replica::{PartitionKey, PartitionView, Replica};
+
+/// Largest replica fetch response asked for.
+const FETCH_MAX_BYTES: u32 = 4 * 1024 * 1024;
+/// How often leaders decide about their ISR and fetchers are reconciled.
+const TICK: Duration = Duration::from_millis(100);
+
+/// A running fetch loop.
+struct Fetcher {
+    replica: Weak<Replica>,
+    leader: u64,
+    leader_epoch: u64,
+    task: AbortHandle,
+}
+
+/// Replication on this node: followers' fetch loops and leaders' ISR
+/// proposals.
+pub struct Replication {
+    partitions: Arc<Partitions>,
+    controller: ControllerClient,
+    incarnation: u64,
+    fetch_wait_ms: u32,
+    fetchers: Mutex<HashMap<PartitionKey, Fetcher>>,
+    clients: Mutex<HashMap<String, StorageServiceClient<Channel>>>,
+    metrics: crate::Metrics,
+}
+
+impl Replication {
+    /// Replication for the replicas in `partitions`.
+    pub fn new(
+        partitions: Arc<Partitions>,
+        controller: ControllerClient,
+        incarnation: u64,
+        fetch_wait_ms: u32,
+        metrics: crate::Metrics,
+    ) -> Arc<Replication> {
+        Arc::new(Replication {
+            partitions,
+            controller,
+            incarnation,
+            fetch_wait_ms,
+            fetchers: Mutex::new(HashMap::new()),
+            clients: Mutex::new(HashMap::new()),
+            metrics,
+        })
+    }
+
+    fn client(&self, addr: &str) -> Result<StorageServiceClient<Channel>, Error> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = streambus_service::grpc::channel(addr).map_err(|e| {
+            Error::new(
+                Reason::Unavailable,
+                format!("bad leader address {addr:?}: {e}"),
+            )
+        })?;
+        let c = StorageServiceClient::new(channel)
+            .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(crate::MAX_MESSAGE_BYTES);
+        clients.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Starts a fetch loop for every replica this node follows and stops
+    /// the loops of replicas it no longer follows (or that were replaced,
+    /// or whose leader or epoch changed).
+    pub fn reconcile(self: &Arc<Self>) {
+        let node = self.partitions.node_id();
+        let mut want: HashMap<PartitionKey, (Arc<Replica>, PartitionView)> = HashMap::new();
+        for r in self.partitions.all() {
+            let view = r.view();
+            if view.leader != node && view.leader != 0 && !r.is_leader() {
+                want.insert((r.topic.clone(), r.partition), (r, view));
+            }
+        }
+        let mut fetchers = self.fetchers.lock().unwrap_or_else(|p| p.into_inner());
+        fetchers.retain(|key, f| {
+            let keep = want.get(key).is_some_and(|(r, v)| {
+                f.leader == v.leader
+                    && f.leader_epoch == v.leader_epoch
+                    && f.replica.upgrade().is_some_and(|cur| Arc::ptr_eq(&cur, r))
+                    && !f.task.is_finished()
+            });
+            if !keep {
+                f.task.abort();
+            }
+            keep
+        });
+        for (key, (replica, view)) in want {
+            if fetchers.contains_key(&key) {
+                continue;
+            }
+            let task = tokio::spawn(self.clone().fetch_loop(replica.clone(), view.clone()));
+            fetchers.insert(
+                key,
+                Fetcher {
+                    replica: Arc::downgrade(&replica),
+                    leader: view.leader,
+                    leader_epoch: view.leader_epoch,
+                    task: task.abort_handle(),
+                },
+            );
+        }
+    }
+
+    /// Stops every fetch loop (shutdown).
+    pub fn stop(&self) {
+        for (_, f) in self
+            .fetchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+        {
+            f.task.abort();
+        }
+    }
+
+    /// Follows one partition's leader at one epoch until aborted.
+    async fn fetch_loop(self: Arc<Self>, replica: Arc<Replica>, view: PartitionView) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.fetch_once(&replica, &view).await {
+                Ok(()) => backoff = Duration::from_millis(50),
+                Err(e) => {
+                    // The leader moved or is not there yet: metadata will
+                    // bring the new one (and replace this loop).
+                    if e.reason == Reason::NotLeader {
+                        tracing::debug!(topic = %replica.topic, partition = replica.partition, error = %e, "replica fetch refused");
+                    } else {
+                        tracing::warn!(topic = %replica.topic, partition = replica.partition,
+                            leader = view.leader, error = %e, "replica fetch failed");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    async fn fetch_once(&self, replica: &Arc<Replica>, view: &PartitionView) -> Result<(), Error> {
+        let addr = self.partitions.node_address(view.leader).ok_or_else(|| {
+            Error::new(
+                Reason::NotLeader,
+                format!("leader {} has no known address", view.leader),
+            )
+        })?;
+        let mut client = self.client(&addr)?;
+        let request = ReplicaFetchRequest {
+            partition: Some(PartitionRef {
+                topic: replica.topic.clone(),
+                partition: replica.partition,
+            }),
+            topic_id: replica.topic_id.clone(),
+            replica_id: self.partitions.node_id(),
+            leader_epoch: view.leader_epoch,
+            fetch_offset: replica.log.end_offset(),
+            last_fetched_epoch: replica.log.latest_epoch().unwrap_or(-1),
+            max_bytes: FETCH_MAX_BYTES,
+            max_wait_ms: self.fetch_wait_ms,
+        };
+        let deadline =
+            Duration::from_millis(u64::from(self.fetch_wait_ms)) + Duration::from_secs(5);
+        let response: ReplicaFetchResponse =
+            match tokio::time::timeout(deadline, client.replica_fetch(request)).await {
+                Ok(Ok(r)) => r.into_inner(),
+                Ok(Err(status)) => return Err(Error::from_status(&status)),
+                Err(_) => {
+                    return Err(Error::new(
+                        Reason::Timeout,
+                        format!("replica fetch from {addr} timed out"),
+                    ));
+                }
+            };
+        let epoch = view.leader_epoch;
+        if let Some(d) = response.diverging {
+            let r = replica.clone();
+            let own_end = r.log.end_offset_for_epoch(d.epoch).map(|(_, end)| end);
+            let to = own_end.map_or(d.end_offset, |own| own.min(d.end_offset));
+            let to = to.min(r.log.end_offset()).max(0);
+            tokio::task::spawn_blocking(move || r.truncate_as_follower(epoch, to))
+                .await
+                .map_err(|e| Error::new(Reason::Internal, format!("truncate task: {e}")))?
+                .map_err(|e| crate::error::log_error(&replica.topic, replica.partition, e))?;
+            replica.advance_high_watermark();
+            return Ok(());
+        }
+        if !response.batches.is_empty() {
+            let r = replica.clone();
+            let batches = response.batches;
+            tokio::task::spawn_blocking(move || r.append_as_follower(epoch, &batches))
+                .await
+                .map_err(|e| Error::new(Reason::Internal, format!("append task: {e}")))?
+                .map_err(|e| crate::error::log_error(&replica.topic, replica.partition, e))?;
+            replica.advance_high_watermark();
+        }
+        replica.follow_high_watermark(response.high_watermark);
+        Ok(())
+    }
+
+    /// Every tick: leaders decide about their ISR (proposals go to the
+    /// controller, one per partition at a time), and fetch loops are
+    /// reconciled with the replicas (which a reopen may have replaced).
+    pub async fn run(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.reconcile();
+            let now = now_ms() as u64;
+            let (mut led, mut under, mut below) = (0, 0, 0);
+            for r in self.partitions.all() {
+                if let Some(p) = r.tick(now) {
+                    let this = self.clone();
+                    let r = r.clone();
+                    tokio::spawn(async move { this.propose(r, p).await });
+                }
+                if r.is_leader() {
+                    led += 1;
+                    let isr = r.isr_len();
+                    under += i64::from(isr < r.view().replicas.len());
+                    below += i64::from(isr < r.config.min_insync_replicas as usize);
+                }
+            }
+            self.metrics.leader_replicas.set(led);
+            self.metrics.under_replicated.set(under);
+            self.metrics.below_min_isr.set(below);
+        }
+    }
+
+    async fn propose(&self, replica: Arc<Replica>, p: crate::isr::ProposeIsr) {
+        let view = replica.view();
+        tracing::info!(topic = %replica.topic, partition = replica.partition,
+            from = ?view.isr, to = ?p.isr, "proposing an ISR change");
+        let request = AlterPartitionRequest {
+            node_id: self.partitions.node_id(),
+            incarnation: self.incarnation,
+            topic: replica.topic.clone(),
+            topic_id: replica.topic_id.clone(),
+            partition: replica.partition,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            isr: p.isr.clone(),
+        };
+        match self.controller.alter_partition(request).await {
+            Ok(d) => {
+                // Apply at once rather than waiting for the watch: the
+                // high watermark may move on without a removed member.
+                if d.leader == view.leader && d.leader_epoch == view.leader_epoch {
+                    replica.set_view(
+                        PartitionView {
+                            leader: d.leader,
+                            leader_epoch: d.leader_epoch,
+                            partition_epoch: d.partition_epoch,
+                            replicas: d.replicas,
+                            isr: d.isr,
+                        },
+                        now_ms() as u64,
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(topic = %replica.topic, partition = replica.partition, error = %e, "ISR change refused");
+                replica.proposal_failed();
+            }
+        }
+    }
+}
