@@ -24,9 +24,6 @@ pub const MAX_TOPIC_NAME_LEN: usize = 249;
 /// Offline replicas a storage node reports: `(topic, partition)` pairs.
 pub type ReplicaRefs = BTreeSet<(String, u32)>;
 
-/// The message of the replication-factor gate.
-pub const REPLICATION_UNSUPPORTED: &str = "replication factor above 1 is not supported yet: leader-to-follower replication is not implemented";
-
 /// A change to the metadata, proposed through Raft (serialized as JSON in
 /// the log, so field names are part of the on-disk format).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -340,9 +337,6 @@ impl Metadata {
             ));
         }
         let replication_factor = req.replication_factor.max(1);
-        if replication_factor > 1 {
-            return Err(Error::new(Reason::Unsupported, REPLICATION_UNSUPPORTED));
-        }
         if config.min_insync_replicas > replication_factor {
             return Err(Error::new(
                 Reason::InvalidConfig,
@@ -1034,14 +1028,14 @@ mod tests {
     }
 
     #[test]
-    fn replication_factor_above_one_is_unsupported() {
+    fn replication_factor_three_places_three_distinct_replicas() {
         let mut m = Metadata::default();
         for id in 1..=3 {
             register(&mut m, id, id);
         }
-        let err = m.validate_create_topic(&create_req("t", 1, 3)).unwrap_err();
-        assert_eq!(err.reason, Reason::Unsupported);
-        assert_eq!(err.message, REPLICATION_UNSUPPORTED);
+        assert!(m.validate_create_topic(&create_req("t", 1, 3)).is_ok());
+        let err = m.validate_create_topic(&create_req("t", 1, 4)).unwrap_err();
+        assert_eq!(err.reason, Reason::InsufficientNodes, "{err}");
     }
 
     #[test]

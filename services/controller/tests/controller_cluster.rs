@@ -233,8 +233,8 @@ async fn bad_requests_get_stable_reasons() {
     assert_eq!(err.reason, Reason::InvalidArgument);
     let mut req = topic("t", 1);
     req.replication_factor = 3;
-    let err = client.create_topic(req).await.unwrap_err();
-    assert_eq!(err.reason, Reason::Unsupported);
+    let err = impatient.create_topic(req).await.unwrap_err();
+    assert_eq!(err.reason, Reason::InsufficientNodes, "{err}");
     let mut req = topic("t", 1);
     req.configs.insert("cleanup.policy".into(), "shred".into());
     let err = client.create_topic(req).await.unwrap_err();
