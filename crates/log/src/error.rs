@@ -84,6 +84,15 @@ pub enum LogError {
         /// The latest epoch in the leader-epoch cache.
         latest: i32,
     },
+    /// [`Log::reset_to`](crate::Log::reset_to) was asked for an offset not
+    /// above the log end (truncate instead).
+    #[error("cannot reset the log to offset {offset}: it is not above the end offset {end}")]
+    ResetNotAboveEnd {
+        /// The offset asked for.
+        offset: i64,
+        /// The log end offset.
+        end: i64,
+    },
     /// The appended batch was removed by a concurrent `truncate_to` before it
     /// became durable.
     #[error("appended batch at offset {offset} was truncated before it was synced")]

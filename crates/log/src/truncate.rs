@@ -1,9 +1,10 @@
 //! Dropping a divergent tail (`truncate_to`).
 
+use std::sync::RwLockWriteGuard;
 use std::sync::atomic::Ordering;
 
 use crate::checkpoint::{self, TRUNCATION_FILE, TruncationIntent};
-use crate::epoch;
+use crate::epoch::{self, EpochCache};
 use crate::error::IoContext;
 use crate::index::IndexWriter;
 use crate::log::{Shared, State, lock};
@@ -32,15 +33,7 @@ impl Log {
     pub fn truncate_to(&self, offset: i64) -> Result<(), LogError> {
         let shared = &*self.shared;
         let _maintenance = lock(&shared.maintenance);
-        let mut st = loop {
-            shared.check_failed()?;
-            shared.wait_for_roll();
-            shared.wait_for_reservation();
-            let st = shared.write_state();
-            if !shared.is_rolling() && !shared.is_reserved() {
-                break st;
-            }
-        };
+        let mut st = exclusive_state(shared)?;
         let end = st.end();
         if offset > end {
             return Err(LogError::OffsetAboveEnd { offset, end });
@@ -82,6 +75,66 @@ impl Log {
         shared.reset_durable(new_end);
         tracing::info!(dir = %shared.dir.display(), offset, new_end, "truncated log");
         Ok(())
+    }
+}
+
+impl Log {
+    /// Empties the log and starts it again at `offset`, which must be above
+    /// the end offset: every segment is deleted, the log start and end
+    /// become `offset`, and the leader-epoch cache is emptied (Kafka's
+    /// `truncateFullyAndStartAt`). A follower does this when its leader no
+    /// longer has the offsets between this log's end and the leader's log
+    /// start.
+    ///
+    /// Crash-safe: the new log start is checkpointed first, then the new
+    /// empty segment at `offset` is created, then the old segments are
+    /// deleted. A crash before the segment exists leaves the old segments
+    /// with the start lowered back to their end (nothing readable; the
+    /// reset is simply done again); after, recovery deletes the segments
+    /// below the checkpointed start, as for interrupted retention.
+    pub fn reset_to(&self, offset: i64) -> Result<(), LogError> {
+        let shared = &*self.shared;
+        let _maintenance = lock(&shared.maintenance);
+        let mut st = exclusive_state(shared)?;
+        let end = st.end();
+        if offset <= end {
+            return Err(LogError::ResetNotAboveEnd { offset, end });
+        }
+        let result = (|| {
+            checkpoint::write(&shared.disk, &shared.dir, offset)?;
+            let fresh = Segment::create(&shared.disk, &shared.dir, offset)?;
+            let old = std::mem::replace(&mut st.segments, vec![fresh]);
+            st.log_start = offset;
+            for s in &old {
+                delete_segment_files(&shared.disk, &shared.dir, s.base)?;
+            }
+            shared.disk.sync_dir(&shared.dir)?;
+            st.epochs = EpochCache::default();
+            epoch::write(&shared.disk, &shared.dir, &st.epochs)
+        })();
+        if let Err(e) = result {
+            shared.fail(format!("reset failed: {e}"));
+            return Err(e);
+        }
+        shared.start.store(offset, Ordering::Release);
+        shared.end.store(offset, Ordering::Release);
+        shared.reset_durable(offset);
+        tracing::info!(dir = %shared.dir.display(), old_end = end, offset, "reset log to a new start offset");
+        Ok(())
+    }
+}
+
+/// The state write lock once no roll and no append reservation is in
+/// progress (the caller holds `maintenance`).
+fn exclusive_state(shared: &Shared) -> Result<RwLockWriteGuard<'_, State>, LogError> {
+    loop {
+        shared.check_failed()?;
+        shared.wait_for_roll();
+        shared.wait_for_reservation();
+        let st = shared.write_state();
+        if !shared.is_rolling() && !shared.is_reserved() {
+            return Ok(st);
+        }
     }
 }
 

@@ -787,3 +787,110 @@ fn reads_go_on_and_appends_wait_while_an_epoch_entry_is_made_durable() {
     );
     assert_eq!(log.epoch_entries(), vec![(1, 0), (2, 6), (3, 9)]);
 }
+
+/// Two replicated batches of epoch 7 starting at `base`.
+fn batches_at(base: i64) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, n) in [3, 2].into_iter().enumerate() {
+        let mut b = batch(&format!("at{base}-{i}"), n, 3);
+        set_base_offset(&mut b, base + if i == 0 { 0 } else { 3 });
+        streambus_record::set_partition_leader_epoch(&mut b, 7);
+        out.extend_from_slice(&b);
+    }
+    out
+}
+
+#[test]
+fn reset_to_empties_the_log_and_starts_it_at_the_offset() {
+    let sim = SimIo::new(21);
+    let log = crash_setup(&sim, FsyncPolicy::Always);
+    for _ in 0..5 {
+        log.append_with_epoch(&mut batch("more", 3, 1), 2).unwrap();
+    }
+    assert_eq!(log.end_offset(), 24);
+    assert!(log.segment_count() > 1);
+    // Not above the end: refused, nothing changes.
+    for offset in [0, 5, 24] {
+        match log.reset_to(offset) {
+            Err(LogError::ResetNotAboveEnd { offset: o, end: 24 }) => assert_eq!(o, offset),
+            other => panic!("expected ResetNotAboveEnd, got {other:?}"),
+        }
+    }
+    assert_eq!(log.end_offset(), 24);
+
+    log.reset_to(40).unwrap();
+    assert_eq!(
+        (
+            log.log_start_offset(),
+            log.end_offset(),
+            log.durable_offset()
+        ),
+        (40, 40, 40)
+    );
+    assert_eq!(log.segment_count(), 1);
+    assert!(log.epoch_entries().is_empty());
+    assert!(raw(&log).is_empty());
+    assert!(matches!(
+        log.read(10, 1 << 20, None),
+        Err(LogError::OffsetBelowStart { .. })
+    ));
+    // A follower goes on from there.
+    let info = log.append_replicated(&batches_at(40)).unwrap();
+    assert_eq!((info.base_offset, info.last_offset), (40, 44));
+    assert_eq!(log.epoch_entries(), vec![(7, 40)]);
+    log.close().unwrap();
+    let log = sim_open(&sim, FsyncPolicy::Always).unwrap();
+    assert_eq!((log.log_start_offset(), log.end_offset()), (40, 45));
+    assert_eq!(log.epoch_entries(), vec![(7, 40)]);
+    assert_eq!(batch_epochs(&raw(&log)), vec![(7, 40), (7, 43)]);
+}
+
+#[test]
+fn a_crash_during_reset_to_leaves_the_old_log_or_the_new_one() {
+    let probe = SimIo::new(0);
+    let log = crash_setup(&probe, FsyncPolicy::Always);
+    let before = probe.mutations();
+    log.reset_to(40).unwrap();
+    let steps = probe.mutations() - before;
+    drop(log);
+    let (mut old, mut new) = (0, 0);
+    for k in 0..=steps {
+        let sim = SimIo::new(k * 13 + 5).with_sector_size(64);
+        let log = crash_setup(&sim, FsyncPolicy::Always);
+        sim.crash_after(k);
+        let result = log.reset_to(40);
+        assert_eq!(result.is_err(), k < steps, "crash after {k} of {steps}");
+        sim.cancel_crash();
+        drop(log);
+        sim.power_loss();
+        sim.restart();
+        let log = sim_open(&sim, FsyncPolicy::Always)
+            .unwrap_or_else(|e| panic!("crash after {k} of {steps}: {e}"));
+        assert_eq!(
+            log.epoch_entries(),
+            expected_epochs(&log),
+            "crash after {k}"
+        );
+        if log.end_offset() == 40 {
+            // The new log: empty at 40, nothing of the old one left.
+            new += 1;
+            assert_eq!(log.log_start_offset(), 40, "crash after {k}");
+            assert!(raw(&log).is_empty());
+            assert!(log.epoch_entries().is_empty());
+        } else {
+            // The old log, or what is left of it (its start may have been
+            // raised to its end): the reset can be done again.
+            old += 1;
+            assert_eq!(log.end_offset(), 9, "crash after {k}");
+            let kept = raw(&log);
+            if log.log_start_offset() == 0 {
+                assert_eq!(batch_epochs(&kept).len(), 3, "crash after {k}");
+            }
+            log.reset_to(40).unwrap();
+        }
+        // Either way the follower can go on at 40.
+        log.append_replicated(&batches_at(40)).unwrap();
+        assert_eq!(log.epoch_entries(), vec![(7, 40)]);
+    }
+    assert!(old > 0 && new > 0, "old {old}, new {new}");
+}

@@ -256,6 +256,13 @@ impl Replica {
         }
     }
 
+    /// The state lock, if this node still follows at `leader_epoch`: held
+    /// across a follower's log change, so a role or epoch change waits.
+    fn following(&self, leader_epoch: u64) -> Option<MutexGuard<'_, (PartitionView, Role)>> {
+        let st = self.lock();
+        (!matches!(st.1, Role::Leader(_)) && st.0.leader_epoch == leader_epoch).then_some(st)
+    }
+
     /// As follower of `leader_epoch`: appends whole batches replicated
     /// from the leader. Returns `Ok(false)` without touching the log once
     /// this node's role or the epoch changed (a fetch answered by a former
@@ -265,10 +272,9 @@ impl Replica {
         leader_epoch: u64,
         batches: &[u8],
     ) -> Result<bool, streambus_log::LogError> {
-        let st = self.lock();
-        if matches!(st.1, Role::Leader(_)) || st.0.leader_epoch != leader_epoch {
+        let Some(_st) = self.following(leader_epoch) else {
             return Ok(false);
-        }
+        };
         self.log.append_replicated(batches)?;
         Ok(true)
     }
@@ -280,14 +286,34 @@ impl Replica {
         leader_epoch: u64,
         offset: i64,
     ) -> Result<bool, streambus_log::LogError> {
-        let st = self.lock();
-        if matches!(st.1, Role::Leader(_)) || st.0.leader_epoch != leader_epoch {
+        let Some(_st) = self.following(leader_epoch) else {
             return Ok(false);
-        }
+        };
         if offset < self.log.end_offset() {
             tracing::info!(topic = %self.topic, partition = self.partition,
                 from = self.log.end_offset(), to = offset, "truncating a divergent tail");
             self.log.truncate_to(offset)?;
+        }
+        Ok(true)
+    }
+
+    /// As follower of `leader_epoch`: empties the log and starts it at the
+    /// leader's log start `offset` (this log ends below it: the leader no
+    /// longer has the records in between). Same guard as
+    /// [`Replica::append_as_follower`].
+    pub fn reset_as_follower(
+        &self,
+        leader_epoch: u64,
+        offset: i64,
+    ) -> Result<bool, streambus_log::LogError> {
+        let Some(_st) = self.following(leader_epoch) else {
+            return Ok(false);
+        };
+        if offset > self.log.end_offset() {
+            tracing::info!(topic = %self.topic, partition = self.partition,
+                end = self.log.end_offset(), leader_log_start = offset,
+                "the leader's log starts past this replica's end; starting over there");
+            self.log.reset_to(offset)?;
         }
         Ok(true)
     }

@@ -194,6 +194,18 @@ impl Replication {
                 }
             };
         let epoch = view.leader_epoch;
+        if response.batches.is_empty() && response.log_start_offset > replica.log.end_offset() {
+            // Everything this replica has is below the leader's log start
+            // (retention ran there while this node was away).
+            let r = replica.clone();
+            let start = response.log_start_offset;
+            tokio::task::spawn_blocking(move || r.reset_as_follower(epoch, start))
+                .await
+                .map_err(|e| Error::new(Reason::Internal, format!("reset task: {e}")))?
+                .map_err(|e| crate::error::log_error(&replica.topic, replica.partition, e))?;
+            replica.advance_high_watermark();
+            return Ok(());
+        }
         if let Some(d) = response.diverging {
             let r = replica.clone();
             let own_end = r.log.end_offset_for_epoch(d.epoch).map(|(_, end)| end);

@@ -287,14 +287,8 @@ impl StorageApi {
             ));
         }
         if offset < log.log_start_offset() {
-            return Err(log_error(
-                &p.topic,
-                p.partition,
-                streambus_log::LogError::OffsetBelowStart {
-                    offset,
-                    log_start: log.log_start_offset(),
-                },
-            ));
+            // The follower starts over at the log start it is told.
+            return Ok(response(Default::default(), None));
         }
         replica.follower_fetched(req.replica_id, offset, crate::partitions::now_ms() as u64);
         let wait = Duration::from_millis(u64::from(req.max_wait_ms)).min(self.max_fetch_wait);

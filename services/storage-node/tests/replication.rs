@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 use streambus_cluster::ControllerClient;
 use streambus_controller::{ControllerConfig, serve_with_listener};
 use streambus_proto::internal::storage_service_client::StorageServiceClient;
-use streambus_proto::internal::{AppendRequest, ClusterMetadata, PartitionRef};
+use streambus_proto::internal::{AppendRequest, ClusterMetadata, ListOffsetsRequest, PartitionRef};
 use streambus_proto::v1::{Acks, CreateTopicRequest, PartitionDescription};
 use streambus_proto::{Error, Reason};
 use streambus_record::{BatchBuilder, BatchIter, Compression, Record, decode_records};
@@ -21,6 +21,7 @@ use streambus_storage_node::{Metrics, StorageNodeConfig};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+use tonic::transport::Channel;
 
 const WAIT: Duration = Duration::from_secs(30);
 const TOPIC: &str = "r";
@@ -124,6 +125,7 @@ impl Cluster {
             ack_timeout_ms: 4_000,
             replica_fetch_wait_ms: 200,
             reopen_interval_ms: 200,
+            maintenance_interval_ms: 100,
             ..StorageNodeConfig::default()
         };
         let (ready_tx, mut ready) = watch::channel(false);
@@ -215,22 +217,7 @@ impl Cluster {
 
     /// One append of one record to whichever node metadata names leader.
     async fn append(&self, value: &str, acks: Acks) -> Result<i64, Error> {
-        let md = self.metadata().await;
-        let p = &md
-            .topics
-            .iter()
-            .find(|t| t.name == TOPIC)
-            .unwrap()
-            .partitions[0];
-        let addr = md
-            .nodes
-            .iter()
-            .find(|n| n.node_id == p.leader)
-            .map(|n| n.address.clone())
-            .ok_or_else(|| Error::new(Reason::NotLeader, format!("no leader: {p:?}")))?;
-        let mut client = StorageServiceClient::connect(format!("http://{addr}"))
-            .await
-            .map_err(|e| Error::new(Reason::Unavailable, e.to_string()))?;
+        let (mut client, leader_epoch) = self.leader().await?;
         let mut b = BatchBuilder::new(Compression::None);
         b.push(&Record {
             value: Some(value.as_bytes().to_vec().into()),
@@ -245,7 +232,7 @@ impl Cluster {
                 }),
                 batch: b.build(),
                 acks: acks as i32,
-                leader_epoch: p.leader_epoch,
+                leader_epoch,
             })
             .await
             .map_err(|s| Error::from_status(&s))?;
@@ -267,6 +254,44 @@ impl Cluster {
                 Err(e) => panic!("append {value} failed: {e}"),
             }
         }
+    }
+
+    /// A client of the node metadata names leader, and its leader epoch.
+    async fn leader(&self) -> Result<(StorageServiceClient<Channel>, u64), Error> {
+        let md = self.metadata().await;
+        let p = &md
+            .topics
+            .iter()
+            .find(|t| t.name == TOPIC)
+            .unwrap()
+            .partitions[0];
+        let addr = md
+            .nodes
+            .iter()
+            .find(|n| n.node_id == p.leader)
+            .map(|n| n.address.clone())
+            .ok_or_else(|| Error::new(Reason::NotLeader, format!("no leader: {p:?}")))?;
+        let client = StorageServiceClient::connect(format!("http://{addr}"))
+            .await
+            .map_err(|e| Error::new(Reason::Unavailable, e.to_string()))?;
+        Ok((client, p.leader_epoch))
+    }
+
+    /// The leader's log start offset.
+    async fn log_start(&self) -> i64 {
+        let (mut client, _) = self.leader().await.unwrap();
+        client
+            .list_offsets(ListOffsetsRequest {
+                partition: Some(PartitionRef {
+                    topic: TOPIC.into(),
+                    partition: 0,
+                }),
+                query: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .log_start_offset
     }
 
     fn node_dir(&self, id: u64) -> PathBuf {
@@ -542,4 +567,69 @@ async fn a_leader_cut_off_from_the_controller_stops_acknowledging() {
     // The controller returns: the lease renews and writes go on.
     cluster.restart_controller().await;
     cluster.append_acked("after").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_behind_the_leaders_log_start_starts_over_there() {
+    let mut cluster = Cluster::start(3).await;
+    cluster
+        .create_topic(&[
+            ("segment.bytes", "600"),
+            ("retention.bytes", "1200"),
+            ("min.insync.replicas", "2"),
+        ])
+        .await;
+    let mut acked = HashMap::new();
+    for i in 0..5 {
+        let v = format!("early{i:03}-{}", "x".repeat(80));
+        acked.insert(v.clone(), cluster.append_acked(&v).await);
+    }
+    let first = cluster.partition().await;
+    let follower = *first.replicas.iter().find(|&&r| r != first.leader).unwrap();
+    cluster.kill_node(follower).await;
+    // Enough records that retention deletes everything the dead follower
+    // has on the leader.
+    let mut i = 0;
+    loop {
+        let v = format!("late{i:03}-{}", "x".repeat(80));
+        acked.insert(v.clone(), cluster.append_acked(&v).await);
+        i += 1;
+        let start = cluster.log_start().await;
+        if i >= 40 && start > 5 {
+            break;
+        }
+        assert!(i < 500, "retention never moved the log start");
+    }
+    cluster.start_node(follower).await;
+    cluster
+        .wait_partition("with the follower back", |p| p.isr.contains(&follower))
+        .await;
+    let last = cluster.append_acked("last").await;
+    acked.insert("last".into(), last);
+
+    let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+    for &id in &ids {
+        cluster.kill_node(id).await;
+    }
+    let leader_log = read_replica(&cluster.node_dir(first.leader));
+    let follower_log = read_replica(&cluster.node_dir(follower));
+    assert_eq!(follower_log.last().unwrap(), &(last, "last".to_string()));
+    assert!(
+        follower_log[0].0 > 5,
+        "the follower kept its old records: {:?}",
+        follower_log[0]
+    );
+    // Where both have an offset, they hold the same record.
+    let leader: HashMap<i64, &String> = leader_log.iter().map(|(o, v)| (*o, v)).collect();
+    for (o, v) in &follower_log {
+        if let Some(lv) = leader.get(o) {
+            assert_eq!(lv, &v, "offset {o}");
+        }
+    }
+    let follower: HashMap<i64, &String> = follower_log.iter().map(|(o, v)| (*o, v)).collect();
+    for (v, o) in &acked {
+        if *o >= follower_log[0].0 {
+            assert_eq!(follower.get(o), Some(&v), "acknowledged {v} at {o}");
+        }
+    }
 }
