@@ -131,6 +131,17 @@ impl Client {
             .into_inner()
             .partitions)
     }
+
+    /// Controllers, storage nodes, and the partitions that are
+    /// under-replicated, offline or below `min.insync.replicas`.
+    pub async fn describe_cluster(&self) -> Result<v1::DescribeClusterResponse, ClientError> {
+        Ok(self
+            .admin
+            .clone()
+            .describe_cluster(v1::DescribeClusterRequest {})
+            .await?
+            .into_inner())
+    }
 }
 
 /// Normalises `addr` to a URI and builds the endpoint.

@@ -160,6 +160,13 @@ impl AdminService for Mock {
     ) -> Result<Response<v1::DescribePartitionOffsetsResponse>, Status> {
         Err(Status::unimplemented("mock"))
     }
+
+    async fn describe_cluster(
+        &self,
+        _: Request<v1::DescribeClusterRequest>,
+    ) -> Result<Response<v1::DescribeClusterResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
 }
 
 fn describe(name: &str, partitions: u32) -> v1::TopicDescription {

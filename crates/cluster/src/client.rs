@@ -19,11 +19,12 @@ use std::time::Duration;
 use futures::Stream;
 use streambus_proto::internal::controller_service_client::ControllerServiceClient;
 use streambus_proto::internal::{
-    AlterPartitionRequest, ClusterMetadata, GetMetadataRequest, HeartbeatRequest,
-    RegisterNodeRequest, RegisterNodeResponse, WatchMetadataRequest,
+    AlterPartitionRequest, ClusterMetadata, DescribeControllerRequest, GetMetadataRequest,
+    HeartbeatRequest, RegisterNodeRequest, RegisterNodeResponse, WatchMetadataRequest,
 };
 use streambus_proto::v1::{
-    CreateTopicRequest, DeleteTopicRequest, PartitionDescription, TopicDescription,
+    ControllerStatus, CreateTopicRequest, DeleteTopicRequest, PartitionDescription,
+    TopicDescription,
 };
 use streambus_proto::{Error, Reason};
 use tokio::time::Instant;
@@ -225,6 +226,16 @@ impl ControllerClient {
     pub async fn get_metadata(&self) -> Result<ClusterMetadata, Error> {
         self.call(|mut c| async move { c.get_metadata(request(GetMetadataRequest {})).await })
             .await
+    }
+
+    /// The Raft view of whichever controller answers (the known leader
+    /// first). To ask one controller, make a client of its address alone.
+    pub async fn describe_controller(&self) -> Result<ControllerStatus, Error> {
+        self.call(|mut c| async move {
+            c.describe_controller(request(DescribeControllerRequest {}))
+                .await
+        })
+        .await
     }
 
     /// Registers (or re-registers) a storage node; returns the lease and

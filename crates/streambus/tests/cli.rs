@@ -115,6 +115,28 @@ async fn cli_creates_produces_consumes_and_reports_errors() {
             let out = streambus(gw, &["produce", "missing"], Some("x\n"));
             assert!(!out.status.success());
 
+            let out = streambus(gw, &["cluster", "status"], None);
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            let status = text(&out.stdout);
+            assert!(status.contains("leader"), "{status}");
+            assert!(
+                status.contains("UNDER-REPLICATED PARTITIONS: none"),
+                "{status}"
+            );
+            assert!(status.contains("OFFLINE PARTITIONS: none"), "{status}");
+            let out = streambus(gw, &["cluster", "status", "--format", "json"], None);
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(status["controllers"][0]["state"], "leader", "{status}");
+            assert_eq!(status["controllers"][0]["reachable"], true, "{status}");
+            assert_eq!(status["storage_nodes"][0]["alive"], true, "{status}");
+            // Two partitions of "cli", both led by the one storage node.
+            assert_eq!(
+                status["storage_nodes"][0]["leader_partitions"], 2,
+                "{status}"
+            );
+            assert_eq!(status["offline"], serde_json::json!([]), "{status}");
+
             let out = streambus(gw, &["topic", "delete", "cli"], None);
             assert!(out.status.success(), "{}", text(&out.stderr));
         }

@@ -17,12 +17,13 @@ use openraft::error::{ClientWriteError, Fatal, RaftError};
 use openraft::{BasicNode, RaftMetrics, ServerState};
 use streambus_proto::internal::controller_service_server::ControllerService;
 use streambus_proto::internal::{
-    AlterPartitionRequest, AlterPartitionResponse, ClusterMetadata, GetMetadataRequest,
-    HeartbeatRequest, HeartbeatResponse, RegisterNodeRequest, RegisterNodeResponse,
-    WatchMetadataRequest,
+    AlterPartitionRequest, AlterPartitionResponse, ClusterMetadata, DescribeControllerRequest,
+    GetMetadataRequest, HeartbeatRequest, HeartbeatResponse, RegisterNodeRequest,
+    RegisterNodeResponse, WatchMetadataRequest,
 };
 use streambus_proto::v1::{
-    CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse,
+    ControllerMember, ControllerStatus, CreateTopicRequest, CreateTopicResponse,
+    DeleteTopicRequest, DeleteTopicResponse,
 };
 use streambus_proto::{Error, Reason};
 use tokio::sync::watch;
@@ -83,6 +84,45 @@ impl Proposer {
             .map(|n| n.addr.clone())
             .unwrap_or_default();
         Some((id, addr))
+    }
+
+    /// This controller's own Raft view.
+    pub(crate) fn status(&self) -> ControllerStatus {
+        let m = self.raft_metrics.borrow();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| ControllerMember {
+                node_id: *id,
+                address: node.addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect::<Vec<_>>();
+        let state = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        ControllerStatus {
+            node_id: self.node_id,
+            address: members
+                .iter()
+                .find(|n| n.node_id == self.node_id)
+                .map(|n| n.address.clone())
+                .unwrap_or_default(),
+            reachable: true,
+            state: state.to_string(),
+            term: m.current_term,
+            leader_id: m.current_leader.unwrap_or(0),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            last_applied: m.last_applied.map_or(0, |l| l.index),
+            voter: voters.contains(&self.node_id),
+            error: String::new(),
+            members,
+        }
     }
 
     fn not_leader(&self) -> Error {
@@ -488,6 +528,13 @@ impl ControllerService for ControllerGrpc {
                 format!("unexpected alter partition response {other:?}"),
             ))),
         }
+    }
+
+    async fn describe_controller(
+        &self,
+        _: Request<DescribeControllerRequest>,
+    ) -> Result<Response<ControllerStatus>, Status> {
+        Ok(Response::new(self.proposer.status()))
     }
 }
 

@@ -1,17 +1,20 @@
 //! The public AdminService: topics are created and deleted through the
 //! controller; reads come from a fresh metadata snapshot.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use streambus_cluster::ControllerClient;
 use streambus_proto::internal::{
-    ListOffsetsRequest, PartitionRef, TopicMetadata, list_offsets_request,
+    ClusterMetadata, ListOffsetsRequest, PartitionRef, TopicMetadata, list_offsets_request,
 };
 use streambus_proto::v1::admin_service_server::AdminService;
 use streambus_proto::v1::{
-    CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse,
+    ControllerStatus, CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest,
+    DeleteTopicResponse, DescribeClusterRequest, DescribeClusterResponse,
     DescribePartitionOffsetsRequest, DescribePartitionOffsetsResponse, DescribeTopicRequest,
     DescribeTopicResponse, ListTopicsRequest, ListTopicsResponse, PartitionOffsets,
-    TopicDescription,
+    PartitionStatus, StorageNodeStatus, TopicDescription,
 };
 use streambus_proto::{Error, Reason};
 use tonic::{Request, Response, Status};
@@ -85,6 +88,123 @@ impl AdminApi {
         let partitions = futures::future::try_join_all(lookups).await?;
         Ok(DescribePartitionOffsetsResponse { partitions })
     }
+}
+
+/// How long one controller may take to describe itself.
+const CONTROLLER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl AdminApi {
+    /// Every Raft member's own view: the members come from whichever
+    /// controller answers first, then each member is asked directly.
+    async fn controllers(&self) -> Result<Vec<ControllerStatus>, Error> {
+        let first = self
+            .router
+            .metadata()
+            .controller()
+            .describe_controller()
+            .await?;
+        let asks = first.members.iter().map(|m| {
+            let m = m.clone();
+            let first = first.clone();
+            async move {
+                if m.node_id == first.node_id {
+                    return first;
+                }
+                let asked = async {
+                    let one = ControllerClient::new(vec![m.address.clone()])?
+                        .with_retry_for(Duration::ZERO);
+                    tokio::time::timeout(CONTROLLER_STATUS_TIMEOUT, one.describe_controller())
+                        .await
+                        .map_err(|_| {
+                            Error::new(
+                                Reason::Timeout,
+                                format!(
+                                    "no answer within {} ms",
+                                    CONTROLLER_STATUS_TIMEOUT.as_millis()
+                                ),
+                            )
+                        })?
+                };
+                asked.await.unwrap_or_else(|e| ControllerStatus {
+                    node_id: m.node_id,
+                    address: m.address.clone(),
+                    reachable: false,
+                    voter: m.voter,
+                    error: e.to_string(),
+                    ..ControllerStatus::default()
+                })
+            }
+        });
+        Ok(futures::future::join_all(asks).await)
+    }
+
+    async fn describe_cluster(&self) -> Result<DescribeClusterResponse, Error> {
+        let (controllers, md) = tokio::join!(self.controllers(), self.router.metadata().refresh());
+        let md = md?;
+        let mut status = cluster_status(&md);
+        status.controllers = controllers?;
+        Ok(status)
+    }
+}
+
+/// Storage nodes and the partitions that need attention, from metadata.
+pub fn cluster_status(md: &ClusterMetadata) -> DescribeClusterResponse {
+    let alive: HashMap<u64, bool> = md.nodes.iter().map(|n| (n.node_id, n.alive)).collect();
+    let mut led: HashMap<u64, u32> = HashMap::new();
+    let mut hosted: HashMap<u64, u32> = HashMap::new();
+    let mut out = DescribeClusterResponse {
+        cluster_id: md.cluster_id.clone(),
+        metadata_version: md.version,
+        ..DescribeClusterResponse::default()
+    };
+    let mut topics: Vec<&TopicMetadata> = md.topics.iter().collect();
+    topics.sort_by(|a, b| a.name.cmp(&b.name));
+    for t in topics {
+        let min_insync = t
+            .configs
+            .get("min.insync.replicas")
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(1);
+        for p in &t.partitions {
+            for r in &p.replicas {
+                *hosted.entry(*r).or_default() += 1;
+            }
+            let leader_ok = p.leader != 0
+                && alive.get(&p.leader).copied().unwrap_or(false)
+                && !p.offline_replicas.contains(&p.leader);
+            if leader_ok {
+                *led.entry(p.leader).or_default() += 1;
+            }
+            let status = || PartitionStatus {
+                topic: t.name.clone(),
+                partition: Some(p.clone()),
+                min_insync_replicas: min_insync,
+            };
+            if !leader_ok {
+                out.offline.push(status());
+            }
+            if p.isr.len() < p.replicas.len() {
+                out.under_replicated.push(status());
+            }
+            if (p.isr.len() as u32) < min_insync {
+                out.below_min_isr.push(status());
+            }
+        }
+    }
+    let mut nodes: Vec<_> = md.nodes.iter().collect();
+    nodes.sort_by_key(|n| n.node_id);
+    out.storage_nodes = nodes
+        .into_iter()
+        .map(|n| StorageNodeStatus {
+            node_id: n.node_id,
+            address: n.address.clone(),
+            alive: n.alive,
+            rack: n.rack.clone(),
+            leader_partitions: led.get(&n.node_id).copied().unwrap_or(0),
+            replicas: hosted.get(&n.node_id).copied().unwrap_or(0),
+        })
+        .collect();
+    out
 }
 
 fn observe<T>(
@@ -181,5 +301,86 @@ impl AdminService for AdminApi {
         let started = Instant::now();
         let r = self.offsets(request.into_inner()).await;
         observe(&self.metrics, "DescribePartitionOffsets", started, r)
+    }
+
+    async fn describe_cluster(
+        &self,
+        _request: Request<DescribeClusterRequest>,
+    ) -> Result<Response<DescribeClusterResponse>, Status> {
+        let started = Instant::now();
+        let r = self.describe_cluster().await;
+        observe(&self.metrics, "DescribeCluster", started, r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use streambus_proto::internal::StorageNodeInfo;
+    use streambus_proto::v1::PartitionDescription;
+
+    use super::*;
+
+    fn partition(partition: u32, leader: u64, isr: &[u64]) -> PartitionDescription {
+        PartitionDescription {
+            partition,
+            leader,
+            leader_epoch: 1,
+            replicas: vec![1, 2, 3],
+            isr: isr.to_vec(),
+            ..PartitionDescription::default()
+        }
+    }
+
+    #[test]
+    fn cluster_status_finds_under_replicated_offline_and_below_min_isr_partitions() {
+        let node = |id, alive| StorageNodeInfo {
+            node_id: id,
+            address: format!("127.0.0.1:{id}"),
+            alive,
+            rack: String::new(),
+        };
+        let mut offline_leader = partition(3, 1, &[1, 2, 3]);
+        offline_leader.offline_replicas = vec![1];
+        let md = ClusterMetadata {
+            version: 9,
+            cluster_id: "c".into(),
+            nodes: vec![node(3, false), node(1, true), node(2, true)],
+            topics: vec![TopicMetadata {
+                name: "t".into(),
+                topic_id: "id".into(),
+                replication_factor: 3,
+                configs: HashMap::from([("min.insync.replicas".to_string(), "2".to_string())]),
+                partitions: vec![
+                    partition(0, 1, &[1, 2, 3]),
+                    partition(1, 2, &[2, 1]),
+                    // Its only in-sync replica is on the dead node.
+                    partition(2, 3, &[3]),
+                    offline_leader,
+                ],
+            }],
+            ..ClusterMetadata::default()
+        };
+        let s = cluster_status(&md);
+        let ids = |l: &[PartitionStatus]| -> Vec<u32> {
+            l.iter()
+                .map(|p| p.partition.as_ref().unwrap().partition)
+                .collect()
+        };
+        assert_eq!(ids(&s.under_replicated), vec![1, 2]);
+        assert_eq!(ids(&s.offline), vec![2, 3]);
+        assert_eq!(ids(&s.below_min_isr), vec![2]);
+        assert_eq!(s.below_min_isr[0].min_insync_replicas, 2);
+        let nodes: Vec<(u64, bool, u32, u32)> = s
+            .storage_nodes
+            .iter()
+            .map(|n| (n.node_id, n.alive, n.leader_partitions, n.replicas))
+            .collect();
+        assert_eq!(
+            nodes,
+            vec![(1, true, 1, 4), (2, true, 1, 4), (3, false, 0, 4)]
+        );
+        assert_eq!((s.cluster_id.as_str(), s.metadata_version), ("c", 9));
     }
 }

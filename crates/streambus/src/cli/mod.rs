@@ -1,6 +1,7 @@
-//! The client commands of the `streambus` binary: `topic`, `produce` and
-//! `consume`, built on the SDK (`streambus-client`). See `docs/cli.md`.
+//! The client commands of the `streambus` binary: `topic`, `produce`,
+//! `consume` and `cluster`, built on the SDK (`streambus-client`). See `docs/cli.md`.
 
+mod cluster;
 mod consume;
 mod output;
 mod produce;
@@ -10,6 +11,7 @@ use std::process::ExitCode;
 
 use streambus_client::{Client, ClientError};
 
+pub use cluster::ClusterArgs;
 pub use consume::ConsumeArgs;
 pub use produce::ProduceArgs;
 pub use topic::TopicArgs;
@@ -23,6 +25,8 @@ pub enum ClientCommand {
     Produce(ProduceArgs),
     /// Print records of a topic, one per line
     Consume(ConsumeArgs),
+    /// Show the cluster's controllers, storage nodes and partition health
+    Cluster(ClusterArgs),
 }
 
 /// Where the gateway is; shared by every client command.
@@ -53,6 +57,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
         ClientCommand::Topic(args) => topic::run(args).await,
         ClientCommand::Produce(args) => produce::run(args).await,
         ClientCommand::Consume(args) => consume::run(args).await,
+        ClientCommand::Cluster(args) => cluster::run(args).await,
     };
     match result {
         Ok(code) => Ok(code),

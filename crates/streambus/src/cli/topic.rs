@@ -181,7 +181,7 @@ fn describe(
     )
 }
 
-fn join(ids: &[u64]) -> String {
+pub(super) fn join(ids: &[u64]) -> String {
     let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
     if ids.is_empty() {
         "-".to_string()

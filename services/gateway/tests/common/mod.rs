@@ -20,10 +20,10 @@ use streambus_proto::internal::controller_service_server::{
 use streambus_proto::internal::storage_service_server::{StorageService, StorageServiceServer};
 use streambus_proto::internal::{
     AlterPartitionRequest, AlterPartitionResponse, AppendRequest, AppendResponse, ClusterMetadata,
-    GetMetadataRequest, HeartbeatRequest, HeartbeatResponse, ListOffsetsRequest,
-    ListOffsetsResponse, RegisterNodeRequest, RegisterNodeResponse, ReplicaFetchRequest,
-    ReplicaFetchResponse, StorageFetchRequest, StorageFetchResponse, StorageNodeInfo,
-    TopicMetadata, WatchMetadataRequest,
+    DescribeControllerRequest, GetMetadataRequest, HeartbeatRequest, HeartbeatResponse,
+    ListOffsetsRequest, ListOffsetsResponse, RegisterNodeRequest, RegisterNodeResponse,
+    ReplicaFetchRequest, ReplicaFetchResponse, StorageFetchRequest, StorageFetchResponse,
+    StorageNodeInfo, TopicMetadata, WatchMetadataRequest,
 };
 use streambus_proto::v1::produce_service_client::ProduceServiceClient;
 use streambus_proto::v1::{
@@ -129,6 +129,13 @@ impl ControllerService for FakeController {
         &self,
         _: Request<AlterPartitionRequest>,
     ) -> Result<Response<AlterPartitionResponse>, Status> {
+        Err(Status::unimplemented("fake controller"))
+    }
+
+    async fn describe_controller(
+        &self,
+        _: Request<DescribeControllerRequest>,
+    ) -> Result<Response<streambus_proto::v1::ControllerStatus>, Status> {
         Err(Status::unimplemented("fake controller"))
     }
 

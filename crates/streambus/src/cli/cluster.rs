@@ -1,0 +1,305 @@
+//! `streambus cluster status`.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use serde_json::{Value, json};
+use streambus_client::v1;
+
+use super::GatewayArgs;
+use super::output::table;
+
+/// Arguments of `streambus cluster`.
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    command: ClusterCommand,
+    #[command(flatten)]
+    gateway: GatewayArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ClusterCommand {
+    /// Controllers, storage nodes, and partitions that are under-replicated,
+    /// offline or below min.insync.replicas
+    Status {
+        /// Output format
+        #[arg(short, long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+pub(super) async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
+    let client = args.gateway.connect().await?;
+    let mut out = std::io::stdout();
+    match args.command {
+        ClusterCommand::Status { format } => {
+            let status = client.describe_cluster().await?;
+            match format {
+                Format::Text => text(&mut out, &status)?,
+                Format::Json => {
+                    serde_json::to_writer_pretty(&mut out, &to_json(&status))?;
+                    writeln!(out)?;
+                }
+            }
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn text(out: &mut impl Write, s: &v1::DescribeClusterResponse) -> std::io::Result<()> {
+    writeln!(out, "{:<20}{}", "CLUSTER-ID", s.cluster_id)?;
+    writeln!(out, "{:<20}{}", "METADATA-VERSION", s.metadata_version)?;
+    writeln!(out)?;
+    let rows: Vec<Vec<String>> = s
+        .controllers
+        .iter()
+        .map(|c| {
+            if c.reachable {
+                vec![
+                    c.node_id.to_string(),
+                    c.address.clone(),
+                    c.state.clone(),
+                    c.term.to_string(),
+                    id_or_dash(c.leader_id),
+                    c.last_log_index.to_string(),
+                    c.last_applied.to_string(),
+                ]
+            } else {
+                let mut row = vec![
+                    c.node_id.to_string(),
+                    c.address.clone(),
+                    format!("unreachable ({})", c.error),
+                ];
+                row.extend(std::iter::repeat_n("-".to_string(), 4));
+                row
+            }
+        })
+        .collect();
+    table(
+        out,
+        &[
+            "CONTROLLER",
+            "ADDRESS",
+            "STATE",
+            "TERM",
+            "LEADER",
+            "LAST-LOG",
+            "LAST-APPLIED",
+        ],
+        &rows,
+    )?;
+    writeln!(out)?;
+    let rows: Vec<Vec<String>> = s
+        .storage_nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.node_id.to_string(),
+                n.address.clone(),
+                if n.alive { "yes" } else { "no" }.to_string(),
+                if n.rack.is_empty() {
+                    "-".to_string()
+                } else {
+                    n.rack.clone()
+                },
+                n.leader_partitions.to_string(),
+                n.replicas.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &[
+            "STORAGE-NODE",
+            "ADDRESS",
+            "ALIVE",
+            "RACK",
+            "LEADS",
+            "REPLICAS",
+        ],
+        &rows,
+    )?;
+    for (title, list) in [
+        ("UNDER-REPLICATED PARTITIONS", &s.under_replicated),
+        ("OFFLINE PARTITIONS", &s.offline),
+        ("BELOW-MIN-ISR PARTITIONS", &s.below_min_isr),
+    ] {
+        writeln!(out)?;
+        if list.is_empty() {
+            writeln!(out, "{title}: none")?;
+            continue;
+        }
+        writeln!(out, "{title}: {}", list.len())?;
+        let rows: Vec<Vec<String>> = list
+            .iter()
+            .map(|p| {
+                let d = p.partition.clone().unwrap_or_default();
+                vec![
+                    p.topic.clone(),
+                    d.partition.to_string(),
+                    id_or_dash(d.leader),
+                    join(&d.replicas),
+                    join(&d.isr),
+                    p.min_insync_replicas.to_string(),
+                ]
+            })
+            .collect();
+        table(
+            out,
+            &["TOPIC", "PARTITION", "LEADER", "REPLICAS", "ISR", "MIN-ISR"],
+            &rows,
+        )?;
+    }
+    Ok(())
+}
+
+fn to_json(s: &v1::DescribeClusterResponse) -> Value {
+    let partitions = |list: &[v1::PartitionStatus]| -> Vec<Value> {
+        list.iter()
+            .map(|p| {
+                let d = p.partition.clone().unwrap_or_default();
+                json!({
+                    "topic": p.topic,
+                    "partition": d.partition,
+                    "leader": d.leader,
+                    "leader_epoch": d.leader_epoch,
+                    "replicas": d.replicas,
+                    "isr": d.isr,
+                    "offline_replicas": d.offline_replicas,
+                    "min_insync_replicas": p.min_insync_replicas,
+                })
+            })
+            .collect()
+    };
+    json!({
+        "cluster_id": s.cluster_id,
+        "metadata_version": s.metadata_version,
+        "controllers": s.controllers.iter().map(|c| json!({
+            "node_id": c.node_id,
+            "address": c.address,
+            "reachable": c.reachable,
+            "state": c.state,
+            "term": c.term,
+            "leader_id": c.leader_id,
+            "last_log_index": c.last_log_index,
+            "last_applied": c.last_applied,
+            "voter": c.voter,
+            "error": c.error,
+        })).collect::<Vec<_>>(),
+        "storage_nodes": s.storage_nodes.iter().map(|n| json!({
+            "node_id": n.node_id,
+            "address": n.address,
+            "alive": n.alive,
+            "rack": n.rack,
+            "leader_partitions": n.leader_partitions,
+            "replicas": n.replicas,
+        })).collect::<Vec<_>>(),
+        "under_replicated": partitions(&s.under_replicated),
+        "offline": partitions(&s.offline),
+        "below_min_isr": partitions(&s.below_min_isr),
+    })
+}
+
+fn id_or_dash(id: u64) -> String {
+    if id == 0 {
+        "-".to_string()
+    } else {
+        id.to_string()
+    }
+}
+
+fn join(ids: &[u64]) -> String {
+    super::topic::join(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status() -> v1::DescribeClusterResponse {
+        let p = v1::PartitionDescription {
+            partition: 2,
+            leader: 1,
+            leader_epoch: 4,
+            replicas: vec![1, 2, 3],
+            isr: vec![1],
+            ..Default::default()
+        };
+        let ps = v1::PartitionStatus {
+            topic: "orders".into(),
+            partition: Some(p),
+            min_insync_replicas: 2,
+        };
+        v1::DescribeClusterResponse {
+            cluster_id: "c-1".into(),
+            metadata_version: 42,
+            controllers: vec![
+                v1::ControllerStatus {
+                    node_id: 1,
+                    address: "127.0.0.1:7401".into(),
+                    reachable: true,
+                    state: "leader".into(),
+                    term: 3,
+                    leader_id: 1,
+                    last_log_index: 40,
+                    last_applied: 40,
+                    voter: true,
+                    ..Default::default()
+                },
+                v1::ControllerStatus {
+                    node_id: 2,
+                    address: "127.0.0.1:7411".into(),
+                    reachable: false,
+                    voter: true,
+                    error: "TIMEOUT: no answer".into(),
+                    ..Default::default()
+                },
+            ],
+            storage_nodes: vec![v1::StorageNodeStatus {
+                node_id: 1,
+                address: "127.0.0.1:7402".into(),
+                alive: true,
+                rack: String::new(),
+                leader_partitions: 1,
+                replicas: 1,
+            }],
+            under_replicated: vec![ps.clone()],
+            offline: vec![],
+            below_min_isr: vec![ps],
+        }
+    }
+
+    #[test]
+    fn text_lists_controllers_nodes_and_partitions_needing_attention() {
+        let mut out = Vec::new();
+        text(&mut out, &status()).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.contains("CLUSTER-ID          c-1"), "{out}");
+        assert!(out.contains("1           127.0.0.1:7401  leader"), "{out}");
+        assert!(out.contains("unreachable (TIMEOUT: no answer)"), "{out}");
+        assert!(out.contains("UNDER-REPLICATED PARTITIONS: 1"), "{out}");
+        assert!(out.contains("OFFLINE PARTITIONS: none"), "{out}");
+        assert!(
+            out.contains("orders  2          1       1,2,3     1    2"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn json_has_every_section() {
+        let v = to_json(&status());
+        assert_eq!(v["controllers"][0]["state"], "leader");
+        assert_eq!(v["controllers"][1]["reachable"], false);
+        assert_eq!(v["storage_nodes"][0]["leader_partitions"], 1);
+        assert_eq!(v["below_min_isr"][0]["isr"], json!([1]));
+        assert_eq!(v["offline"], json!([]));
+    }
+}
