@@ -1,6 +1,7 @@
 //! Developer workflows, run as `cargo xtask <command>`.
 
 mod bench;
+mod cluster;
 mod devproc;
 mod peer;
 mod python;
@@ -20,6 +21,8 @@ commands:
                  peer <kafka|nats> [install|start|stop|status] [--durability fsync|page-cache]
   bench          bench compare [options]: one workload against StreamBus, Kafka and
                  NATS JetStream back to back, a side-by-side table (docs/bench-tool.md)
+  cluster        a multi-process cluster on 127.0.0.1 for fault drills:
+                 cluster <up|ps|kill|restart|down> [options] (README.md)
 ";
 
 fn main() -> ExitCode {
@@ -30,6 +33,7 @@ fn main() -> ExitCode {
         Some("setup") => setup::run_setup(),
         Some("peer") => peer::main(&args[1..]),
         Some("bench") => bench::main(&args[1..]),
+        Some("cluster") => cluster::main(&args[1..]),
         _ => {
             eprint!("{USAGE}");
             return ExitCode::from(2);
