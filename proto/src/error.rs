@@ -111,6 +111,13 @@ reasons! {
     /// `min.insync.replicas` (before the append, or while waiting for the
     /// replicas after it).
     NotEnoughReplicas => ("NOT_ENOUGH_REPLICAS", Unavailable, true),
+    /// An idempotent producer's batch does not continue its sequence for
+    /// the partition: an earlier batch is missing. The producer must not
+    /// retry it as is.
+    OutOfOrderSequence => ("OUT_OF_ORDER_SEQUENCE", FailedPrecondition, false),
+    /// An idempotent producer's epoch is older than the partition has seen:
+    /// another instance took its producer id over.
+    ProducerFenced => ("PRODUCER_FENCED", FailedPrecondition, false),
 }
 
 impl fmt::Display for Reason {

@@ -198,6 +198,16 @@ impl ProduceService for Mock {
         Err(Status::unimplemented("mock"))
     }
 
+    async fn init_producer(
+        &self,
+        _: Request<v1::InitProducerRequest>,
+    ) -> Result<Response<v1::InitProducerResponse>, Status> {
+        Ok(Response::new(v1::InitProducerResponse {
+            producer_id: 1,
+            producer_epoch: 0,
+        }))
+    }
+
     type ProduceStreamStream = BoxStream<v1::ProduceStreamResponse>;
 
     async fn produce_stream(

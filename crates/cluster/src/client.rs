@@ -19,8 +19,9 @@ use std::time::Duration;
 use futures::Stream;
 use streambus_proto::internal::controller_service_client::ControllerServiceClient;
 use streambus_proto::internal::{
-    AlterPartitionRequest, ClusterMetadata, DescribeControllerRequest, GetMetadataRequest,
-    HeartbeatRequest, RegisterNodeRequest, RegisterNodeResponse, WatchMetadataRequest,
+    AllocateProducerIdsRequest, AlterPartitionRequest, ClusterMetadata, DescribeControllerRequest,
+    GetMetadataRequest, HeartbeatRequest, RegisterNodeRequest, RegisterNodeResponse,
+    WatchMetadataRequest,
 };
 use streambus_proto::v1::{
     ControllerStatus, CreateTopicRequest, DeleteTopicRequest, PartitionDescription,
@@ -236,6 +237,17 @@ impl ControllerClient {
                 .await
         })
         .await
+    }
+
+    /// A block of `count` idempotent producer ids: `(first, count)`.
+    pub async fn allocate_producer_ids(&self, count: u32) -> Result<(i64, u32), Error> {
+        let r = self
+            .call(|mut c| async move {
+                c.allocate_producer_ids(request(AllocateProducerIdsRequest { count }))
+                    .await
+            })
+            .await?;
+        Ok((r.first_id, r.count))
     }
 
     /// Registers (or re-registers) a storage node; returns the lease and

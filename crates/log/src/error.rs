@@ -84,6 +84,28 @@ pub enum LogError {
         /// The latest epoch in the leader-epoch cache.
         latest: i32,
     },
+    /// An idempotent producer's batch does not continue its sequence (a
+    /// batch before it is missing, or it overlaps one differently).
+    #[error("producer {producer_id}: sequence {got} where {expected} was expected")]
+    OutOfOrderSequence {
+        /// The producer id.
+        producer_id: i64,
+        /// The sequence that would continue the producer's last batch.
+        expected: i32,
+        /// The batch's first sequence.
+        got: i32,
+    },
+    /// An idempotent producer's batch carries an epoch older than the
+    /// producer's latest: a newer instance of the producer took over.
+    #[error("producer {producer_id}: epoch {epoch} is fenced by epoch {current}")]
+    ProducerFenced {
+        /// The producer id.
+        producer_id: i64,
+        /// The batch's producer epoch.
+        epoch: i16,
+        /// The latest epoch in the log.
+        current: i16,
+    },
     /// [`Log::reset_to`](crate::Log::reset_to) was asked for an offset not
     /// above the log end (truncate instead).
     #[error("cannot reset the log to offset {offset}: it is not above the end offset {end}")]

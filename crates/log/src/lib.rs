@@ -11,6 +11,11 @@
 //! [`Log::end_offset_for_epoch`] (OffsetsForLeaderEpoch), trimmed by
 //! truncation and retention.
 //!
+//! Both also keep the idempotent producers' recent sequence numbers: a
+//! leader append of a batch already in the log returns the original
+//! offsets ([`AppendInfo::duplicate`]) instead of writing it twice, and one
+//! that skips a sequence is refused ([`LogError::OutOfOrderSequence`]).
+//!
 //! The crate knows nothing about gRPC or the cluster. Its API is synchronous
 //! (file I/O through [`io::Io`], `std::fs` by default); async callers use
 //! `spawn_blocking`. A [`Log`] is `Send +
@@ -25,6 +30,7 @@ mod error;
 mod index;
 pub mod io;
 mod log;
+mod producer;
 mod read;
 mod recovery;
 mod retention;
@@ -41,6 +47,7 @@ pub use config::{
 };
 pub use error::LogError;
 pub use log::{AppendInfo, Log, OpenOptions, ReplicatedAppendInfo};
+pub use producer::{PRODUCER_EXPIRY_MS, PRODUCER_WINDOW};
 pub use read::ReadResult;
 pub use retention::RetentionOutcome;
 pub use sync::Flusher;

@@ -12,6 +12,7 @@ use streambus_record::{
 
 use crate::epoch::{self, EpochCache};
 use crate::io::{Disk, Io, IoFile, OpenMode, StdIo};
+use crate::producer::{ProducerState, SequenceCheck};
 use crate::recovery::{CLEAN_SHUTDOWN_FILE, recover};
 use crate::segment::{ROLLING_EXT, Segment, segment_file, write_index_files};
 use crate::sync::{Flusher, SyncState};
@@ -68,6 +69,9 @@ pub struct AppendInfo {
     pub record_count: i32,
     /// Bytes written.
     pub size: usize,
+    /// The batch was already in the log (an idempotent producer's retry):
+    /// nothing was written, the offsets are the original ones.
+    pub duplicate: bool,
 }
 
 /// What [`Log::append_replicated`] did.
@@ -153,6 +157,8 @@ pub(crate) struct State {
     pub log_start: i64,
     /// The leader-epoch cache, as in `leader-epoch-checkpoint`.
     pub epochs: EpochCache,
+    /// Idempotent producers' recent batches.
+    pub producers: ProducerState,
 }
 
 impl State {
@@ -292,6 +298,8 @@ struct Appended {
     max_timestamp: i64,
     size: usize,
     batches: usize,
+    /// An idempotent producer batch already in the log: nothing written.
+    duplicate: bool,
 }
 
 /// Wall-clock time in milliseconds since the Unix epoch.
@@ -481,6 +489,7 @@ impl Log {
             .last()
             .expect("recover returns a segment")
             .next_offset;
+        let producers = ProducerState::rebuild(&recovered.segments)?;
         let shared = Arc::new(Shared {
             dir,
             disk,
@@ -489,6 +498,7 @@ impl Log {
                 segments: recovered.segments,
                 log_start: recovered.log_start,
                 epochs: recovered.epochs,
+                producers,
             }),
             maintenance: Mutex::new(()),
             sync: Mutex::new(SyncState::new(end)),
@@ -566,12 +576,20 @@ impl Log {
             header,
             epoch,
         })?;
+        if done.duplicate && self.durable_offset() <= done.last_offset {
+            // The original may still be waiting for its fsync: the retry
+            // is acknowledged no earlier than the original would be.
+            if self.shared.config.fsync == FsyncPolicy::Always {
+                self.flush()?;
+            }
+        }
         Ok(AppendInfo {
             base_offset: done.base_offset,
             last_offset: done.last_offset,
             max_timestamp: done.max_timestamp,
             record_count: header.record_count,
             size: done.size,
+            duplicate: done.duplicate,
         })
     }
 
@@ -688,6 +706,22 @@ impl Log {
                 if let Err(e) = batches.check_start(end) {
                     break Err(e);
                 }
+                if let Batches::Assign { header, .. } = &batches {
+                    match st.producers.check(header) {
+                        Err(e) => break Err(e),
+                        Ok(SequenceCheck::Append) => {}
+                        Ok(SequenceCheck::Duplicate {
+                            base_offset,
+                            last_offset,
+                        }) => {
+                            done.base_offset = base_offset;
+                            done.last_offset = last_offset;
+                            done.max_timestamp = header.max_timestamp;
+                            done.duplicate = true;
+                            break Ok(());
+                        }
+                    }
+                }
                 match st.epochs.plan(end, batches.epochs(end)) {
                     Err(e) => break Err(e),
                     Ok(None) => {}
@@ -755,6 +789,7 @@ impl Log {
                     }
                     break 'outer Err(e);
                 }
+                st.producers.record(&header, now);
                 shared.end.store(header.next_offset(), Ordering::Release);
                 generation.get_or_insert_with(|| crate::sync::generation(shared));
                 if done.batches == 0 {
@@ -779,6 +814,11 @@ impl Log {
             crate::sync::sync_until(shared, done.last_offset + 1, generation)?;
         }
         Ok(done)
+    }
+
+    /// Idempotent producers whose recent batches the log remembers.
+    pub fn producer_count(&self) -> usize {
+        self.shared.read_state().producers.len()
     }
 
     /// First offset still in the log.

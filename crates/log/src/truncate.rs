@@ -8,6 +8,7 @@ use crate::epoch::{self, EpochCache};
 use crate::error::IoContext;
 use crate::index::IndexWriter;
 use crate::log::{Shared, State, lock};
+use crate::producer::ProducerState;
 use crate::recovery::delete_segment_files;
 use crate::segment::{OffsetCheck, ScanRules, Segment, scan, segment_file};
 use crate::{Log, LogError};
@@ -65,6 +66,8 @@ impl Log {
                 st.epochs = epochs;
                 epoch::write(&shared.disk, &shared.dir, &st.epochs)?;
             }
+            // The removed batches' sequences are no longer in the log.
+            st.producers = ProducerState::rebuild(&st.segments)?;
             Ok(())
         });
         if let Err(e) = result {
@@ -110,6 +113,7 @@ impl Log {
             }
             shared.disk.sync_dir(&shared.dir)?;
             st.epochs = EpochCache::default();
+            st.producers = ProducerState::default();
             epoch::write(&shared.disk, &shared.dir, &st.epochs)
         })();
         if let Err(e) = result {

@@ -215,6 +215,16 @@ impl BatchHeader {
     }
 }
 
+/// `seq + n` in an idempotent producer's sequence space: sequence numbers
+/// wrap from `i32::MAX` to 0 (as in Kafka).
+pub fn sequence_add(seq: i32, n: i32) -> i32 {
+    if seq > i32::MAX - n {
+        n - (i32::MAX - seq) - 1
+    } else {
+        seq + n
+    }
+}
+
 /// Rewrites `baseOffset` in place. The CRC does not cover it, so the batch
 /// stays valid.
 ///

@@ -30,7 +30,7 @@ pub use error::RecordError;
 pub use header::{
     ATTR_COMPRESSION_MASK, ATTR_CONTROL, ATTR_LOG_APPEND_TIME, ATTR_TRANSACTIONAL, BatchHeader,
     Compression, HEADER_SIZE, LOG_OVERHEAD, MAGIC, NO_PRODUCER_ID, NO_TIMESTAMP, compute_crc,
-    set_base_offset, set_partition_leader_epoch,
+    sequence_add, set_base_offset, set_partition_leader_epoch,
 };
 pub use iter::BatchIter;
 pub use records::{DecodedRecord, Header, decode_records, timestamp_in_range, validate_batch};

@@ -17,9 +17,10 @@ use openraft::error::{ClientWriteError, Fatal, RaftError};
 use openraft::{BasicNode, RaftMetrics, ServerState};
 use streambus_proto::internal::controller_service_server::ControllerService;
 use streambus_proto::internal::{
-    AlterPartitionRequest, AlterPartitionResponse, ClusterMetadata, DescribeControllerRequest,
-    GetMetadataRequest, HeartbeatRequest, HeartbeatResponse, RegisterNodeRequest,
-    RegisterNodeResponse, WatchMetadataRequest,
+    AllocateProducerIdsRequest, AllocateProducerIdsResponse, AlterPartitionRequest,
+    AlterPartitionResponse, ClusterMetadata, DescribeControllerRequest, GetMetadataRequest,
+    HeartbeatRequest, HeartbeatResponse, RegisterNodeRequest, RegisterNodeResponse,
+    WatchMetadataRequest,
 };
 use streambus_proto::v1::{
     ControllerMember, ControllerStatus, CreateTopicRequest, CreateTopicResponse,
@@ -535,6 +536,32 @@ impl ControllerService for ControllerGrpc {
         _: Request<DescribeControllerRequest>,
     ) -> Result<Response<ControllerStatus>, Status> {
         Ok(Response::new(self.proposer.status()))
+    }
+
+    async fn allocate_producer_ids(
+        &self,
+        req: Request<AllocateProducerIdsRequest>,
+    ) -> Result<Response<AllocateProducerIdsResponse>, Status> {
+        self.proposer.ensure_leader().map_err(status)?;
+        let count = req.into_inner().count;
+        match self
+            .proposer
+            .propose(Command::AllocateProducerIds { count })
+            .await
+            .map_err(status)?
+        {
+            CommandResponse::ProducerIds { first, count } => {
+                tracing::debug!(first, count, "allocated producer ids");
+                Ok(Response::new(AllocateProducerIdsResponse {
+                    first_id: first,
+                    count,
+                }))
+            }
+            other => Err(status(Error::new(
+                Reason::Internal,
+                format!("unexpected producer id response {other:?}"),
+            ))),
+        }
     }
 }
 

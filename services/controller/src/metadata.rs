@@ -108,7 +108,16 @@ pub enum Command {
         /// New liveness.
         alive: bool,
     },
+    /// Hands out the next `count` idempotent producer ids (a gateway takes
+    /// them as a block and gives them to producers one by one).
+    AllocateProducerIds {
+        /// How many (1 to [`MAX_PRODUCER_ID_BLOCK`]).
+        count: u32,
+    },
 }
+
+/// Most producer ids one allocation hands out.
+pub const MAX_PRODUCER_ID_BLOCK: u32 = 100_000;
 
 /// What applying a [`Command`] produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +130,13 @@ pub enum CommandResponse {
     Topic(Topic),
     /// A partition as changed.
     Partition(Partition),
+    /// Producer ids `first..first + count`.
+    ProducerIds {
+        /// The first id of the block.
+        first: i64,
+        /// How many.
+        count: u32,
+    },
     /// Not applied: the state did not allow it.
     Rejected {
         /// A [`Reason`] string.
@@ -230,6 +246,9 @@ pub struct Metadata {
     /// Set once, by the first leader (empty before).
     #[serde(default)]
     pub cluster_id: String,
+    /// The first idempotent producer id not yet handed out.
+    #[serde(default)]
+    pub next_producer_id: i64,
 }
 
 pub use streambus_cluster::random_id;
@@ -449,6 +468,22 @@ impl Metadata {
                 }
                 self.set_alive(*node_id, true, dirty);
                 CommandResponse::Ok
+            }
+            Command::AllocateProducerIds { count } => {
+                if *count == 0 || *count > MAX_PRODUCER_ID_BLOCK {
+                    return CommandResponse::rejected(
+                        Reason::InvalidArgument,
+                        format!(
+                            "producer id blocks are 1 to {MAX_PRODUCER_ID_BLOCK} ids, not {count}"
+                        ),
+                    );
+                }
+                let first = self.next_producer_id;
+                self.next_producer_id += i64::from(*count);
+                CommandResponse::ProducerIds {
+                    first,
+                    count: *count,
+                }
             }
             Command::AlterIsr {
                 topic,
@@ -1025,6 +1060,32 @@ mod tests {
         assert!(
             matches!(r, CommandResponse::Rejected { ref reason, .. } if reason == "INSUFFICIENT_NODES")
         );
+    }
+
+    #[test]
+    fn producer_id_blocks_never_overlap() {
+        let mut m = Metadata::default();
+        let mut dirty = Dirty::default();
+        let a = m.apply(1, &Command::AllocateProducerIds { count: 1000 }, &mut dirty);
+        let b = m.apply(2, &Command::AllocateProducerIds { count: 10 }, &mut dirty);
+        assert_eq!(
+            (a, b),
+            (
+                CommandResponse::ProducerIds {
+                    first: 0,
+                    count: 1000
+                },
+                CommandResponse::ProducerIds {
+                    first: 1000,
+                    count: 10
+                }
+            )
+        );
+        for bad in [0, MAX_PRODUCER_ID_BLOCK + 1] {
+            let r = m.apply(3, &Command::AllocateProducerIds { count: bad }, &mut dirty);
+            assert!(matches!(r, CommandResponse::Rejected { .. }), "{r:?}");
+        }
+        assert_eq!(m.next_producer_id, 1010);
     }
 
     #[test]

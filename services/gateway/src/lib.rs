@@ -121,6 +121,7 @@ pub async fn serve_with_listener(
         max_records_per_request: config.max_records_per_request,
         keyless: Arc::new(AtomicU32::new(0)),
         draining: drain_rx.clone(),
+        producer_ids: produce::ProducerIds::default(),
     };
     let consume = consume::ConsumeApi {
         router,

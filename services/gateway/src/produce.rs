@@ -18,8 +18,8 @@ use streambus_proto::internal::{AppendRequest, PartitionRef};
 use streambus_proto::partitioner::partition_for_key;
 use streambus_proto::v1::produce_service_server::ProduceService;
 use streambus_proto::v1::{
-    Acks, BatchResult, PartitionAck, ProduceBatch, ProduceRequest, ProduceResponse,
-    ProduceStreamRequest, ProduceStreamResponse,
+    Acks, BatchResult, InitProducerRequest, InitProducerResponse, PartitionAck, ProduceBatch,
+    ProduceRequest, ProduceResponse, ProduceStreamRequest, ProduceStreamResponse,
 };
 use streambus_proto::{Error, Reason};
 use streambus_record::{BatchBuilder, BatchHeader, Compression, HEADER_SIZE};
@@ -51,6 +51,32 @@ pub struct ProduceApi {
     pub(crate) keyless: Arc<AtomicU32>,
     /// Turns true when the gateway drains: streams stop reading.
     pub(crate) draining: tokio::sync::watch::Receiver<bool>,
+    /// Producer ids for `InitProducer`.
+    pub(crate) producer_ids: ProducerIds,
+}
+
+/// How many producer ids the gateway takes from the controller at a time.
+const PRODUCER_ID_BLOCK: u32 = 1000;
+
+/// Idempotent producer ids: a block taken from the controller, handed out
+/// one by one; a new block when it runs out. Ids are never reused, also
+/// across gateways and restarts (the rest of a block is simply skipped).
+#[derive(Clone, Default)]
+pub struct ProducerIds {
+    block: Arc<tokio::sync::Mutex<(i64, i64)>>,
+}
+
+impl ProducerIds {
+    async fn next(&self, controller: &streambus_cluster::ControllerClient) -> Result<i64, Error> {
+        let mut block = self.block.lock().await;
+        if block.0 >= block.1 {
+            let (first, count) = controller.allocate_producer_ids(PRODUCER_ID_BLOCK).await?;
+            *block = (first, first + i64::from(count));
+        }
+        let id = block.0;
+        block.0 += 1;
+        Ok(id)
+    }
 }
 
 /// One append to one partition.
@@ -382,17 +408,19 @@ impl ProduceApi {
             // the storage node refuses appends it does not lead.
             leader_epoch: 0,
         };
+        // An idempotent producer's batch is written once however often it
+        // is sent: an attempt that timed out may be repeated.
+        let idempotent = BatchHeader::parse(&request.batch).is_ok_and(|h| h.producer_id >= 0);
+        let policy = CallPolicy {
+            retry_timeouts: idempotent,
+            ..CallPolicy::write(deadline)
+        };
         let resp = self
             .router
-            .call(
-                topic,
-                write.partition,
-                CallPolicy::write(deadline),
-                |mut client, t| {
-                    let request = request.clone();
-                    async move { client.append(router::request(request, t)).await }
-                },
-            )
+            .call(topic, write.partition, policy, |mut client, t| {
+                let request = request.clone();
+                async move { client.append(router::request(request, t)).await }
+            })
             .await?;
         self.metrics
             .produced_records
@@ -529,6 +557,23 @@ impl ProduceService for ProduceApi {
         let ok = results.iter().all(|r| r.error.is_none());
         self.metrics.observe("Produce", started, ok);
         Ok(Response::new(ProduceResponse { results }))
+    }
+
+    async fn init_producer(
+        &self,
+        _request: Request<InitProducerRequest>,
+    ) -> Result<Response<InitProducerResponse>, Status> {
+        let started = Instant::now();
+        let r = self
+            .producer_ids
+            .next(self.router.metadata().controller())
+            .await
+            .map(|producer_id| InitProducerResponse {
+                producer_id,
+                producer_epoch: 0,
+            });
+        self.metrics.observe("InitProducer", started, r.is_ok());
+        Ok(Response::new(r?))
     }
 
     type ProduceStreamStream = ProduceStreamResponses;
@@ -690,6 +735,7 @@ mod tests {
             max_records_per_request: 10,
             keyless: Arc::new(AtomicU32::new(0)),
             draining: tokio::sync::watch::channel(false).1,
+            producer_ids: ProducerIds::default(),
         }
     }
 

@@ -29,6 +29,12 @@ pub fn log_error(topic: &str, partition: u32, e: LogError) -> Error {
         e @ LogError::NonContiguous { .. } => {
             Error::new(Reason::OffsetOutOfRange, format!("{tp}: {e}"))
         }
+        e @ LogError::OutOfOrderSequence { .. } => {
+            Error::new(Reason::OutOfOrderSequence, format!("{tp}: {e}"))
+        }
+        e @ LogError::ProducerFenced { .. } => {
+            Error::new(Reason::ProducerFenced, format!("{tp}: {e}"))
+        }
         other => Error::new(Reason::StorageError, format!("{tp}: {other}")),
     }
 }

@@ -35,6 +35,9 @@ pub struct Metrics {
     /// Partitions this node leads whose ISR is below `min.insync.replicas`
     /// (`acks=all` appends fail).
     pub below_min_isr: Gauge,
+    /// Idempotent producers' batches that were already in the log
+    /// (retries answered with the original offsets, written once).
+    pub duplicate_batches: Counter,
 }
 
 impl Metrics {
@@ -53,6 +56,7 @@ impl Metrics {
             leader_replicas: Gauge::default(),
             under_replicated: Gauge::default(),
             below_min_isr: Gauge::default(),
+            duplicate_batches: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("streambus_storage");
         r.register(
@@ -82,6 +86,11 @@ impl Metrics {
             "offline_replicas",
             "Assigned partition replicas that cannot be served",
             m.offline_replicas.clone(),
+        );
+        r.register(
+            "duplicate_batches",
+            "Idempotent producer batches already in the log, answered with their original offsets",
+            m.duplicate_batches.clone(),
         );
         r.register(
             "replicated_bytes",

@@ -113,18 +113,25 @@ impl StorageApi {
                 return Err(log_error(&p.topic, p.partition, e));
             }
         };
-        replica.advance_high_watermark();
+        if info.duplicate {
+            self.metrics.duplicate_batches.inc();
+        } else {
+            replica.advance_high_watermark();
+        }
         if acks_all {
+            // A duplicate is acknowledged once its original is replicated.
             self.wait_replicated(&replica, &p, leader_epoch, info.last_offset + 1)
                 .await?;
         }
         self.metrics
             .append_seconds
             .observe(started.elapsed().as_secs_f64());
-        self.metrics
-            .appended_records
-            .inc_by(info.record_count as u64);
-        self.metrics.appended_bytes.inc_by(info.size as u64);
+        if !info.duplicate {
+            self.metrics
+                .appended_records
+                .inc_by(info.record_count as u64);
+            self.metrics.appended_bytes.inc_by(info.size as u64);
+        }
         Ok(AppendResponse {
             base_offset: info.base_offset,
             last_offset: info.last_offset,

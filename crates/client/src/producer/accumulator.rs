@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use streambus_proto::partitioner::partition_for_key;
 use streambus_proto::{Error, Reason};
-use streambus_record::{BatchBuilder, Compression, Record};
+use streambus_record::{BatchBuilder, Compression, Record, sequence_add as seq_add};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
 
@@ -38,6 +38,8 @@ pub(crate) struct Limits {
     pub delivery_timeout: Duration,
     pub retries: u32,
     pub retry_backoff: Duration,
+    /// Stamp every batch with a producer id and sequence numbers.
+    pub idempotence: bool,
 }
 
 /// Pending records, grouped into batches per (topic, partition).
@@ -49,6 +51,10 @@ pub(crate) struct Accumulator {
     incomplete: BTreeSet<u64>,
     closed: bool,
     random: RandomState,
+    /// With idempotence: the producer id and epoch new batches are stamped
+    /// with; `None` until the sender obtained one, and again after a batch
+    /// failed in a way that leaves its partition's sequence uncertain.
+    producer: Option<(i64, i16)>,
 }
 
 #[derive(Debug)]
@@ -66,6 +72,9 @@ struct PartitionQueue {
     open: Option<Batch>,
     queued: VecDeque<Batch>,
     in_flight: bool,
+    /// The producer id this partition's sequence belongs to, and the next
+    /// sequence number under it.
+    sequence: Option<(i64, i32)>,
 }
 
 /// One batch of records for one partition.
@@ -87,6 +96,11 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
+    /// Whether it was encoded (handed to the sender at least once).
+    fn sent(&self) -> bool {
+        self.encoded.is_some()
+    }
+
     /// The encoded RecordBatch v2, built on first use and kept for retries.
     pub fn encoded(&mut self) -> Bytes {
         self.encoded
@@ -158,7 +172,18 @@ impl Accumulator {
             incomplete: BTreeSet::new(),
             closed: false,
             random: RandomState::new(),
+            producer: None,
         }
+    }
+
+    /// Whether batches wait for a producer id before they can be sent.
+    pub fn needs_producer(&self) -> bool {
+        self.limits.idempotence && self.producer.is_none()
+    }
+
+    /// The producer id and epoch to stamp new batches with.
+    pub fn set_producer(&mut self, producer_id: i64, epoch: i16) {
+        self.producer = Some((producer_id, epoch));
     }
 
     /// Appends `record` for `topic`.
@@ -275,6 +300,9 @@ impl Accumulator {
         let linger = self.limits.linger;
         let mut ready = Ready::default();
         let mut expired = Vec::new();
+        let producer = self.producer;
+        // With idempotence nothing goes out before there is a producer id.
+        let max = if self.needs_producer() { 0 } else { max };
         for tq in self.topics.values_mut() {
             let mut sealed = Vec::new();
             for (&partition, q) in tq.partitions.iter_mut() {
@@ -291,6 +319,7 @@ impl Accumulator {
                         let mut batch = q.queued.pop_front().expect("head exists");
                         batch.attempts += 1;
                         q.in_flight = true;
+                        q.stamp(&mut batch, producer);
                         out.push(batch);
                     }
                 } else if let Some(open) = &q.open {
@@ -301,6 +330,7 @@ impl Accumulator {
                         let mut batch = q.open.take().expect("open exists");
                         batch.attempts += 1;
                         q.in_flight = true;
+                        q.stamp(&mut batch, producer);
                         out.push(batch);
                         sealed.push(partition);
                     }
@@ -365,6 +395,20 @@ impl Accumulator {
         }
     }
 
+    /// Fails every batch not in flight (open or queued) with `error`.
+    pub fn fail_unsent(&mut self, error: Error) {
+        let mut failed = Vec::new();
+        for tq in self.topics.values_mut() {
+            for q in tq.partitions.values_mut() {
+                failed.extend(q.open.take());
+                failed.extend(q.queued.drain(..));
+            }
+        }
+        for batch in failed {
+            self.finish(batch, Err(error.clone()));
+        }
+    }
+
     /// Seals every open batch so it is sent without waiting for `linger`.
     /// Returns an id: once [`Accumulator::completed_below`] holds for it,
     /// every record appended before this call is resolved.
@@ -412,12 +456,37 @@ impl Accumulator {
         if let Some(q) = self.queue(&batch.topic, batch.partition) {
             q.in_flight = false;
         }
+        if result.is_err() && batch.sent() && self.limits.idempotence {
+            // Whether the partition has the batch is unknown (or it broke
+            // the sequence): later batches go under a new producer id, so
+            // they neither wait for this one nor are taken for it.
+            self.producer = None;
+        }
         self.incomplete.remove(&batch.id);
         batch.resolve(result);
     }
 }
 
 impl PartitionQueue {
+    /// Gives a batch leaving for the first time its producer id, epoch and
+    /// first sequence number (a retry keeps the bytes it was sent with).
+    fn stamp(&mut self, batch: &mut Batch, producer: Option<(i64, i16)>) {
+        let Some((id, epoch)) = producer else {
+            return;
+        };
+        if batch.sent() {
+            return;
+        }
+        let seq = match self.sequence {
+            Some((pid, seq)) if pid == id => seq,
+            _ => 0,
+        };
+        let records = batch.deliveries.len() as i32;
+        self.sequence = Some((id, seq_add(seq, records)));
+        let builder = std::mem::replace(&mut batch.builder, BatchBuilder::new(Compression::None));
+        batch.builder = builder.with_producer(id, epoch, seq);
+    }
+
     fn seal(&mut self) {
         if let Some(batch) = self.open.take() {
             self.queued.push_back(batch);
@@ -446,6 +515,7 @@ mod tests {
             delivery_timeout: Duration::from_secs(30),
             retries: u32::MAX,
             retry_backoff: Duration::from_millis(100),
+            idempotence: false,
         }
     }
 
@@ -703,5 +773,91 @@ mod tests {
             acc.complete(batch, Ok(0));
         }
         assert_eq!(sizes, vec![1, 1, 1]);
+    }
+
+    fn header(batch: &mut Batch) -> streambus_record::BatchHeader {
+        streambus_record::BatchHeader::parse(&batch.encoded()).unwrap()
+    }
+
+    #[test]
+    fn idempotent_batches_wait_for_a_producer_id_then_carry_sequences() {
+        let mut acc = Accumulator::new(Limits {
+            idempotence: true,
+            linger: Duration::ZERO,
+            ..limits()
+        });
+        let now = Instant::now();
+        for i in 0..3 {
+            let _ = acc
+                .append("t", Some(0), 2, &record(None, &format!("a{i}")), None, now)
+                .unwrap();
+        }
+        let _ = acc
+            .append("t", Some(1), 2, &record(None, "b"), None, now)
+            .unwrap();
+        assert!(acc.needs_producer());
+        assert!(
+            drain(&mut acc, now).is_empty(),
+            "nothing before a producer id"
+        );
+        acc.set_producer(42, 0);
+        let mut batches = drain(&mut acc, now);
+        assert_eq!(batches.len(), 2);
+        let h: Vec<_> = batches.iter_mut().map(header).collect();
+        assert_eq!(
+            h.iter()
+                .map(|h| (h.producer_id, h.producer_epoch, h.base_sequence))
+                .collect::<Vec<_>>(),
+            vec![(42, 0, 0), (42, 0, 0)]
+        );
+        // Partition 0's next batch continues its sequence; a retry keeps
+        // the bytes (and sequence) it was sent with.
+        let mut p0 = batches.remove(0);
+        let first = p0.encoded();
+        acc.fail_or_retry(p0, Error::new(Reason::NotLeader, "moved"), true, now);
+        let later = now + Duration::from_secs(1);
+        let mut retried = drain(&mut acc, later);
+        assert_eq!(retried.len(), 1);
+        assert_eq!(retried[0].encoded(), first);
+        acc.complete(retried.remove(0), Ok(0));
+        let _ = acc
+            .append("t", Some(0), 2, &record(None, "c"), None, later)
+            .unwrap();
+        let mut next = drain(&mut acc, later);
+        assert_eq!(header(&mut next[0]).base_sequence, 3);
+        assert!(!acc.needs_producer());
+
+        // A sent batch that fails for good makes the next batches wait for
+        // a new producer id, under which sequences start again.
+        acc.fail_or_retry(
+            next.remove(0),
+            Error::new(Reason::RecordTooLarge, "too big"),
+            false,
+            later,
+        );
+        assert!(acc.needs_producer());
+        let _ = acc
+            .append("t", Some(0), 2, &record(None, "d"), None, later)
+            .unwrap();
+        assert!(drain(&mut acc, later).is_empty());
+        acc.set_producer(43, 0);
+        let mut next = drain(&mut acc, later);
+        let h = header(&mut next[0]);
+        assert_eq!((h.producer_id, h.base_sequence), (43, 0));
+    }
+
+    #[test]
+    fn without_idempotence_batches_carry_no_producer() {
+        let mut acc = Accumulator::new(Limits {
+            linger: Duration::ZERO,
+            ..limits()
+        });
+        let now = Instant::now();
+        let _ = acc
+            .append("t", Some(0), 1, &record(None, "x"), None, now)
+            .unwrap();
+        assert!(!acc.needs_producer());
+        let mut batches = drain(&mut acc, now);
+        assert_eq!(header(&mut batches[0]).producer_id, -1);
     }
 }

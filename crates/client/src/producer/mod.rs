@@ -56,6 +56,11 @@ pub struct ProducerConfig {
     /// Bytes of records buffered and in flight; [`Producer::send`] waits
     /// while it is reached. Default 32 MiB.
     pub max_buffered_bytes: usize,
+    /// Idempotent producer: batches carry a producer id (from the
+    /// gateway's `InitProducer`) and per-partition sequence numbers, so a
+    /// batch retried through a lost answer, a gateway restart or a leader
+    /// change is written exactly once. Default on.
+    pub idempotence: bool,
 }
 
 impl Default for ProducerConfig {
@@ -70,6 +75,7 @@ impl Default for ProducerConfig {
             retry_backoff: Duration::from_millis(100),
             delivery_timeout: Duration::from_secs(30),
             max_buffered_bytes: 32 * 1024 * 1024,
+            idempotence: true,
         }
     }
 }
@@ -168,6 +174,7 @@ impl Client {
             delivery_timeout: config.delivery_timeout,
             retries: config.retries,
             retry_backoff: config.retry_backoff,
+            idempotence: config.idempotence,
         };
         let buffer = config
             .max_buffered_bytes

@@ -40,6 +40,8 @@ struct Sender {
     next_sequence: u64,
     /// After a broken stream: not re-opened before this.
     reopen_at: Option<Instant>,
+    /// After a failed `InitProducer`: not asked again before this.
+    init_at: Option<Instant>,
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, client: ProduceServiceClient<Channel>) {
@@ -50,6 +52,7 @@ pub(crate) async fn run(shared: Arc<Shared>, client: ProduceServiceClient<Channe
         in_flight: HashMap::new(),
         next_sequence: 0,
         reopen_at: None,
+        init_at: None,
     };
     sender.run().await;
     tracing::debug!("producer stopped");
@@ -62,6 +65,13 @@ impl Sender {
         loop {
             let now = Instant::now();
             self.expire_in_flight(now);
+            let needs_producer = {
+                let acc = lock(&self.shared.acc);
+                acc.needs_producer() && !acc.is_idle()
+            };
+            if needs_producer && self.init_at.is_none_or(|t| t <= now) {
+                self.init_producer().await;
+            }
             let may_send = self.stream.is_some() || self.reopen_at.is_none_or(|t| t <= now);
             let (ready, done) = {
                 let mut acc = lock(&self.shared.acc);
@@ -85,6 +95,9 @@ impl Sender {
             let mut wake_at = ready.next_wake;
             if self.stream.is_none() {
                 wake_at = min_instant(wake_at, self.reopen_at);
+            }
+            if needs_producer {
+                wake_at = min_instant(wake_at, self.init_at);
             }
             let deadline = self.in_flight.values().map(|b| b.deadline).min();
             wake_at = min_instant(wake_at, deadline);
@@ -113,6 +126,40 @@ impl Sender {
                 self.on_response(response);
             }
         }
+    }
+
+    /// Asks the gateway for a producer id for the batches to come. A
+    /// retriable failure is tried again after the backoff (the batches wait,
+    /// within their delivery timeout); any other fails the batches not yet
+    /// sent.
+    async fn init_producer(&mut self) {
+        let init = self.client.init_producer(v1::InitProducerRequest {});
+        let error = match tokio::time::timeout(OPEN_TIMEOUT, init).await {
+            Ok(Ok(r)) => {
+                let r = r.into_inner();
+                let epoch = i16::try_from(r.producer_epoch).unwrap_or(i16::MAX);
+                tracing::debug!(producer_id = r.producer_id, epoch, "idempotent producer id");
+                lock(&self.shared.acc).set_producer(r.producer_id, epoch);
+                self.init_at = None;
+                return;
+            }
+            Ok(Err(status)) => Error::from_status(&status),
+            Err(_) => Error::new(Reason::Timeout, "InitProducer timed out"),
+        };
+        self.init_at = Some(Instant::now() + self.shared.config.retry_backoff);
+        if error.retriable() {
+            tracing::debug!(error = %error, "cannot get a producer id yet");
+            return;
+        }
+        tracing::warn!(error = %error, "the gateway gives no producer id (idempotence is on)");
+        lock(&self.shared.acc).fail_unsent(Error::new(
+            error.reason,
+            format!(
+                "cannot get an idempotent producer id (turn idempotence off for this gateway): {}",
+                error.message
+            ),
+        ));
+        self.shared.progress.send_replace(());
     }
 
     /// Writes `batches` to the stream, opening it first if needed.

@@ -43,6 +43,10 @@ pub struct ProduceArgs {
     /// Compression of record batches
     #[arg(long, value_enum, default_value_t = CompressionArg::None)]
     compression: CompressionArg,
+    /// Turn the idempotent producer off (on by default: a batch retried
+    /// through a failure is written exactly once)
+    #[arg(long)]
+    no_idempotence: bool,
     /// Print "partition P offset O" for each record, and a summary on stderr
     #[arg(short, long)]
     verbose: bool,
@@ -78,6 +82,7 @@ pub(super) async fn run(args: ProduceArgs) -> anyhow::Result<ExitCode> {
             CompressionArg::None => Compression::None,
             CompressionArg::Lz4 => Compression::Lz4,
         },
+        idempotence: !args.no_idempotence,
         ..ProducerConfig::default()
     });
     let headers: Vec<Header> = args

@@ -53,6 +53,8 @@ struct SmMeta {
     placement_cursor: u64,
     #[serde(default)]
     cluster_id: String,
+    #[serde(default)]
+    next_producer_id: i64,
 }
 
 struct Inner {
@@ -190,6 +192,7 @@ fn meta_of(state: &SmState) -> SmMeta {
         version: state.metadata.version,
         placement_cursor: state.metadata.placement_cursor,
         cluster_id: state.metadata.cluster_id.clone(),
+        next_producer_id: state.metadata.next_producer_id,
     }
 }
 
@@ -204,6 +207,7 @@ fn load_state(tree: &sled::Tree) -> Result<SmState, ControllerError> {
         version: meta.version,
         placement_cursor: meta.placement_cursor,
         cluster_id: meta.cluster_id,
+        next_producer_id: meta.next_producer_id,
         ..Metadata::default()
     };
     for item in tree.scan_prefix(TOPIC_PREFIX) {

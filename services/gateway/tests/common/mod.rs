@@ -139,6 +139,13 @@ impl ControllerService for FakeController {
         Err(Status::unimplemented("fake controller"))
     }
 
+    async fn allocate_producer_ids(
+        &self,
+        _: Request<streambus_proto::internal::AllocateProducerIdsRequest>,
+    ) -> Result<Response<streambus_proto::internal::AllocateProducerIdsResponse>, Status> {
+        Err(Status::unimplemented("fake controller"))
+    }
+
     async fn create_topic(
         &self,
         _: Request<CreateTopicRequest>,
