@@ -23,13 +23,25 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
+/// Whether text logs may carry terminal colour codes: only when stdout is
+/// a terminal and `NO_COLOR` is unset (never into files or pipes).
+fn colours(stdout_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stdout_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// Installs the global subscriber. `filter` is an `EnvFilter` directive
 /// such as `info` or `streambus_gateway=debug,info`; `RUST_LOG` wins when set.
 pub fn init(format: LogFormat, filter: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let ansi = colours(
+        std::io::stdout().is_terminal(),
+        std::env::var_os("NO_COLOR"),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stdout);
     let result = match format {
         LogFormat::Text => builder.try_init(),
@@ -37,4 +49,17 @@ pub fn init(format: LogFormat, filter: &str) {
     };
     // Already installed (tests, or several roles in one process): keep it.
     let _ = result;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert!(colours(true, None));
+        assert!(colours(true, Some("".into())));
+        assert!(!colours(true, Some("1".into())));
+        assert!(!colours(false, None));
+    }
 }

@@ -17,7 +17,11 @@ use streambus_gateway::GatewayConfig;
 use streambus_storage_node::StorageNodeConfig;
 
 /// Keys that hold comma-separated lists when set from the environment.
-const LIST_KEYS: &[&str] = &["storage_node.controllers", "gateway.controllers"];
+const LIST_KEYS: &[&str] = &[
+    "storage_node.controllers",
+    "gateway.controllers",
+    "controller.peers",
+];
 
 /// Everything one `streambus` process can be configured with.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -183,6 +187,32 @@ mod tests {
             vec!["a:1".to_string(), "b:2".to_string()]
         );
         assert_eq!(s.log.format, "json");
+    }
+
+    #[test]
+    fn controller_peers_are_a_comma_separated_list_in_env_and_flags() {
+        let peers = |s: &Settings| -> Vec<(u64, String)> {
+            s.controller
+                .peers
+                .iter()
+                .map(|p| (p.id, p.address.clone()))
+                .collect()
+        };
+        let want = vec![(1, "127.0.0.1:1".to_string()), (2, "h2:7401".to_string())];
+        let s = load(
+            None,
+            env(&[("STREAMBUS_CONTROLLER__PEERS", "1=127.0.0.1:1,2=h2:7401")]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(peers(&s), want);
+        let s = load(
+            None,
+            env(&[]),
+            &["controller.peers=1=127.0.0.1:1, 2=h2:7401".to_string()],
+        )
+        .unwrap();
+        assert_eq!(peers(&s), want);
     }
 
     #[test]
