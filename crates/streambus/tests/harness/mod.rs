@@ -1,0 +1,272 @@
+//! A whole cluster in one process for fault tests: a controller, storage
+//! nodes and a gateway, all real servers on 127.0.0.1 talking gRPC. Each
+//! storage node runs on a runtime of its own (killing it shuts that runtime
+//! down: every task and connection of the node stops mid-flight, nothing
+//! drains) and is reached only through proxies that can cut its links: one
+//! in front of it (what followers and the gateway connect to, its
+//! advertised address) and one between it and the controller.
+
+#![allow(dead_code)]
+
+pub mod proxy;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use streambus_client::{Client, v1};
+use streambus_controller::ControllerConfig;
+use streambus_gateway::GatewayConfig;
+use streambus_storage_node::StorageNodeConfig;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+
+use proxy::Proxy;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// One storage node and its links.
+pub struct Node {
+    pub id: u64,
+    dir: PathBuf,
+    /// Its real listener address (reused across restarts).
+    addr: SocketAddr,
+    /// In front of it: followers and the gateway connect here.
+    pub inbound: Proxy,
+    /// Between it and the controller.
+    pub to_controller: Proxy,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Node {
+    /// Whether it runs.
+    pub fn is_up(&self) -> bool {
+        self.runtime.is_some()
+    }
+
+    /// Its address without the proxy (to reach it from "its side" of a
+    /// partition).
+    pub fn direct_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// The cluster.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    controller_addr: SocketAddr,
+    controller_stop: Option<oneshot::Sender<()>>,
+    pub nodes: BTreeMap<u64, Node>,
+    pub gateway: String,
+    gateway_stop: Option<oneshot::Sender<()>>,
+}
+
+impl Cluster {
+    /// A controller, `nodes` storage nodes and a gateway, all ready.
+    pub async fn start(nodes: u64) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let controller_addr = listener.local_addr().unwrap();
+        let config = ControllerConfig {
+            data_dir: dir.path().join("controller"),
+            node_lease_ms: 1_500,
+            heartbeat_interval_ms: 50,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            ..ControllerConfig::default()
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (ready_tx, mut ready) = watch::channel(false);
+        tokio::spawn(streambus_controller::serve_with_listener(
+            config,
+            listener,
+            async move {
+                let _ = stopped.await;
+            },
+            Some(ready_tx),
+        ));
+        tokio::time::timeout(WAIT, ready.wait_for(|r| *r))
+            .await
+            .expect("controller ready")
+            .unwrap();
+        let mut cluster = Cluster {
+            dir,
+            controller_addr,
+            controller_stop: Some(stop),
+            nodes: BTreeMap::new(),
+            gateway: String::new(),
+            gateway_stop: None,
+        };
+        for id in 1..=nodes {
+            let addr = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap();
+            let node = Node {
+                id,
+                dir: cluster.dir.path().join(format!("storage-{id}")),
+                addr,
+                inbound: Proxy::start(addr).await,
+                to_controller: Proxy::start(controller_addr).await,
+                runtime: None,
+            };
+            cluster.nodes.insert(id, node);
+            cluster.start_node(id).await;
+        }
+        cluster.start_gateway().await;
+        cluster
+    }
+
+    async fn start_gateway(&mut self) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.gateway = listener.local_addr().unwrap().to_string();
+        let config = GatewayConfig {
+            controllers: vec![self.controller_addr.to_string()],
+            storage_call_timeout_ms: 2_000,
+            ..GatewayConfig::default()
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (ready_tx, mut ready) = watch::channel(false);
+        tokio::spawn(streambus_gateway::serve_with_listener(
+            config,
+            listener,
+            streambus_gateway::Metrics::new(&mut Registry::default()),
+            Some(ready_tx),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        tokio::time::timeout(WAIT, ready.wait_for(|r| *r))
+            .await
+            .expect("gateway ready")
+            .unwrap();
+        self.gateway_stop = Some(stop);
+    }
+
+    /// Starts (or restarts) node `id` on its data directory and address,
+    /// and waits until it is ready.
+    pub async fn start_node(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        assert!(node.runtime.is_none(), "node {id} runs already");
+        let config = StorageNodeConfig {
+            node_id: id,
+            data_dir: node.dir.clone(),
+            advertised_addr: node.inbound.addr.to_string(),
+            controllers: vec![node.to_controller.addr.to_string()],
+            heartbeat_interval_ms: 100,
+            replica_lag_time_max_ms: 2_000,
+            ack_timeout_ms: 4_000,
+            replica_fetch_wait_ms: 200,
+            reopen_interval_ms: 200,
+            ..StorageNodeConfig::default()
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let addr = node.addr;
+        let (ready_tx, mut ready) = watch::channel(false);
+        runtime.spawn(async move {
+            // The address was just given up by the killed node.
+            let listener = loop {
+                match TcpListener::bind(addr).await {
+                    Ok(l) => break l,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            };
+            if let Err(e) = streambus_storage_node::serve_with_listener(
+                config,
+                listener,
+                streambus_storage_node::Metrics::new(&mut Registry::default()),
+                Some(ready_tx),
+                std::future::pending(),
+            )
+            .await
+            {
+                panic!("storage node {id} stopped: {e}");
+            }
+        });
+        node.runtime = Some(runtime);
+        tokio::time::timeout(WAIT, ready.wait_for(|r| *r))
+            .await
+            .unwrap_or_else(|_| panic!("storage node {id} ready"))
+            .unwrap();
+    }
+
+    /// Kills node `id` (no drain, no flush).
+    pub async fn kill_node(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        if let Some(rt) = node.runtime.take() {
+            rt.shutdown_background();
+        }
+        // Blocking log work of the killed node may still hold the data
+        // directory for a moment.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    /// Cuts node `id` off from the controller and from every other node
+    /// and the gateway (it keeps running).
+    pub fn isolate(&self, id: u64) {
+        let n = &self.nodes[&id];
+        n.inbound.set_cut(true);
+        n.to_controller.set_cut(true);
+    }
+
+    /// Heals what [`Cluster::isolate`] cut.
+    pub fn heal(&self, id: u64) {
+        let n = &self.nodes[&id];
+        n.inbound.set_cut(false);
+        n.to_controller.set_cut(false);
+    }
+
+    /// An SDK client of the gateway.
+    pub async fn client(&self) -> Client {
+        Client::connect(self.gateway.clone()).await.unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in self.nodes.values_mut() {
+            if let Some(rt) = node.runtime.take() {
+                rt.shutdown_background();
+            }
+        }
+        if let Some(s) = self.gateway_stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(s) = self.controller_stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// Partition `p` of `topic` as the gateway describes it.
+pub async fn partition(client: &Client, topic: &str, p: u32) -> v1::PartitionDescription {
+    client.describe_topic(topic).await.unwrap().partitions[p as usize].clone()
+}
+
+/// Waits until partition `p` of `topic` satisfies `f`.
+pub async fn wait_partition(
+    client: &Client,
+    topic: &str,
+    p: u32,
+    what: &str,
+    f: impl Fn(&v1::PartitionDescription) -> bool,
+) -> v1::PartitionDescription {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let d = partition(client, topic, p).await;
+        if f(&d) {
+            return d;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{topic}/{p} never became {what}: {d:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

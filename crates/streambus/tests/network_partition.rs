@@ -1,0 +1,158 @@
+//! Network partitions, not crashes: the leader of a replication-factor-3
+//! partition is cut off from the controller, its followers and the gateway
+//! while an idempotent producer writes with acks=all through the gateway,
+//! and a client on the leader's side of the partition keeps writing to it
+//! directly. The minority side must acknowledge nothing with acks=all; the
+//! majority elects a new leader and goes on; after healing, the old leader
+//! drops what only it had, and every acknowledged record is read back
+//! exactly once, in order.
+
+mod harness;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use harness::{Cluster, wait_partition};
+use streambus_client::{ProducerConfig, Record, StartFrom, SubscribeOptions};
+use streambus_proto::internal::storage_service_client::StorageServiceClient;
+use streambus_proto::internal::{AppendRequest, PartitionRef};
+use streambus_proto::v1::Acks;
+use streambus_record::{BatchBuilder, Compression};
+
+const TOPIC: &str = "split";
+
+fn one_record(value: &str) -> Bytes {
+    let mut b = BatchBuilder::new(Compression::None);
+    b.push(&Record {
+        value: Some(Bytes::from(value.to_string())),
+        ..Record::default()
+    });
+    b.build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_acknowledges_nothing_and_loses_nothing() {
+    let cluster = Cluster::start(3).await;
+    let client = cluster.client().await;
+    client
+        .create_topic(
+            TOPIC,
+            1,
+            3,
+            HashMap::from([("min.insync.replicas".to_string(), "2".to_string())]),
+        )
+        .await
+        .unwrap();
+    let first = wait_partition(&client, TOPIC, 0, "in sync", |p| p.isr.len() == 3).await;
+    let leader = first.leader;
+
+    let producer = client.producer(ProducerConfig {
+        delivery_timeout: Duration::from_secs(60),
+        ..ProducerConfig::default()
+    });
+    let mut pending = Vec::new();
+    let mut next = 0u64;
+    let mut send = async |count: u64, pending: &mut Vec<_>| {
+        for _ in 0..count {
+            let record = Record {
+                value: Some(Bytes::from(format!("r{next}"))),
+                ..Record::default()
+            };
+            pending.push((next, producer.send(TOPIC, record, Some(0)).await.unwrap()));
+            next += 1;
+        }
+    };
+    send(1_000, &mut pending).await;
+    producer.flush().await;
+
+    cluster.isolate(leader);
+    send(1_000, &mut pending).await;
+
+    // From the leader's side of the partition: acks=all is never
+    // acknowledged (its followers cannot copy, and soon its lease lapses).
+    let mut direct =
+        StorageServiceClient::connect(format!("http://{}", cluster.nodes[&leader].direct_addr()))
+            .await
+            .unwrap();
+    let mut refused = HashMap::new();
+    for i in 0..20 {
+        let r = direct
+            .append(AppendRequest {
+                partition: Some(PartitionRef {
+                    topic: TOPIC.into(),
+                    partition: 0,
+                }),
+                batch: one_record(&format!("minority{i}")),
+                acks: Acks::All as i32,
+                leader_epoch: first.leader_epoch,
+            })
+            .await;
+        match r {
+            Ok(ok) => panic!("the isolated leader acknowledged minority{i}: {ok:?}"),
+            Err(status) => {
+                let e = streambus_proto::Error::from_status(&status);
+                *refused.entry(e.reason).or_insert(0) += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Once the lease may have lapsed it says so at once.
+    assert!(
+        refused.contains_key(&streambus_proto::Reason::NotLeader),
+        "{refused:?}"
+    );
+
+    // The majority has moved on.
+    let moved = wait_partition(&client, TOPIC, 0, "led by the majority", |p| {
+        p.leader != leader && p.leader != 0
+    })
+    .await;
+    assert!(moved.leader_epoch > first.leader_epoch);
+    send(1_000, &mut pending).await;
+    producer.flush().await;
+
+    // Heal: the old leader follows, drops its minority writes, rejoins.
+    cluster.heal(leader);
+    wait_partition(&client, TOPIC, 0, "fully in sync again", |p| {
+        p.isr.len() == 3
+    })
+    .await;
+    send(200, &mut pending).await;
+    producer.flush().await;
+    let mut acked = Vec::new();
+    for (i, d) in pending {
+        let m = d.await.unwrap_or_else(|e| panic!("r{i} failed: {e}"));
+        acked.push((i, m.offset));
+    }
+    producer.close().await;
+
+    let mut sub = client
+        .subscribe(SubscribeOptions {
+            start: StartFrom::Earliest,
+            ..SubscribeOptions::new(TOPIC)
+        })
+        .await
+        .unwrap();
+    let mut read = Vec::new();
+    while read.len() < acked.len() {
+        let r = tokio::time::timeout(Duration::from_secs(30), sub.next())
+            .await
+            .expect("every acknowledged record is readable")
+            .expect("open")
+            .unwrap();
+        read.push((r.offset, String::from_utf8(r.value.unwrap().to_vec()).unwrap()));
+    }
+    let expected: Vec<String> = (0..next).map(|i| format!("r{i}")).collect();
+    let values: Vec<String> = read.iter().map(|(_, v)| v.clone()).collect();
+    assert_eq!(values, expected, "exactly once, in order, no minority writes");
+    let by_offset: HashMap<i64, &str> = read.iter().map(|(o, v)| (*o, v.as_str())).collect();
+    for (i, offset) in acked {
+        assert_eq!(by_offset.get(&offset).copied(), Some(format!("r{i}").as_str()));
+    }
+    // Nothing follows the last acknowledged record: the minority writes
+    // were truncated on the old leader.
+    let offsets = client.partition_offsets(TOPIC).await.unwrap();
+    assert_eq!(offsets[0].high_watermark, next as i64, "{offsets:?}");
+}
