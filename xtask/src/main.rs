@@ -1,6 +1,7 @@
 //! Developer workflows, run as `cargo xtask <command>`.
 
 mod bench;
+mod chaos;
 mod cluster;
 mod devproc;
 mod peer;
@@ -23,6 +24,8 @@ commands:
                  NATS JetStream back to back, a side-by-side table (docs/bench-tool.md)
   cluster        a multi-process cluster on 127.0.0.1 for fault drills:
                  cluster <up|ps|kill|restart|down> [options] (README.md)
+  chaos          the seeded randomized fault test for longer:
+                 chaos [--seed N] [--duration 10m] (docs/replication.md)
 ";
 
 fn main() -> ExitCode {
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
         Some("peer") => peer::main(&args[1..]),
         Some("bench") => bench::main(&args[1..]),
         Some("cluster") => cluster::main(&args[1..]),
+        Some("chaos") => chaos::main(&args[1..]),
         _ => {
             eprint!("{USAGE}");
             return ExitCode::from(2);

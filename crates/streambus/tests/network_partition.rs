@@ -142,14 +142,23 @@ async fn an_isolated_leader_acknowledges_nothing_and_loses_nothing() {
             .expect("every acknowledged record is readable")
             .expect("open")
             .unwrap();
-        read.push((r.offset, String::from_utf8(r.value.unwrap().to_vec()).unwrap()));
+        read.push((
+            r.offset,
+            String::from_utf8(r.value.unwrap().to_vec()).unwrap(),
+        ));
     }
     let expected: Vec<String> = (0..next).map(|i| format!("r{i}")).collect();
     let values: Vec<String> = read.iter().map(|(_, v)| v.clone()).collect();
-    assert_eq!(values, expected, "exactly once, in order, no minority writes");
+    assert_eq!(
+        values, expected,
+        "exactly once, in order, no minority writes"
+    );
     let by_offset: HashMap<i64, &str> = read.iter().map(|(o, v)| (*o, v.as_str())).collect();
     for (i, offset) in acked {
-        assert_eq!(by_offset.get(&offset).copied(), Some(format!("r{i}").as_str()));
+        assert_eq!(
+            by_offset.get(&offset).copied(),
+            Some(format!("r{i}").as_str())
+        );
     }
     // Nothing follows the last acknowledged record: the minority writes
     // were truncated on the old leader.

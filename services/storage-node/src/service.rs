@@ -49,8 +49,17 @@ fn partition_ref(p: Option<PartitionRef>) -> Result<PartitionRef, Error> {
 /// How long an append waits for decompression budget before `OVERLOADED`.
 const DECOMPRESSION_WAIT: Duration = Duration::from_millis(200);
 
+/// A storage task that did not finish: cancelled because the node is
+/// shutting down (retriable, elsewhere or later), or a bug.
 fn join_error(e: tokio::task::JoinError) -> Error {
-    Error::new(Reason::Internal, format!("storage task failed: {e}"))
+    if e.is_cancelled() {
+        Error::new(
+            Reason::ShuttingDown,
+            "the storage node is shutting down; the request may or may not have been applied",
+        )
+    } else {
+        Error::new(Reason::Internal, format!("storage task failed: {e}"))
+    }
 }
 
 impl StorageApi {
