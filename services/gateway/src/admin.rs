@@ -72,10 +72,15 @@ impl AdminApi {
                 };
                 let deadline = tokio::time::Instant::now() + OFFSETS_TIMEOUT;
                 let r = router
-                    .call(&topic, partition, CallPolicy::read(deadline), |mut c, t| {
-                        let request = request.clone();
-                        async move { c.list_offsets(router::request(request, t)).await }
-                    })
+                    .call(
+                        &topic,
+                        partition,
+                        CallPolicy::read(deadline),
+                        |mut c, t, _| {
+                            let request = request.clone();
+                            async move { c.list_offsets(router::request(request, t)).await }
+                        },
+                    )
                     .await?;
                 Ok::<_, Error>(PartitionOffsets {
                     partition,

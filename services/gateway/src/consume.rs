@@ -79,7 +79,7 @@ impl ConsumeApi {
         let deadline = tokio::time::Instant::now() + wait + LOOKUP_TIMEOUT;
         let policy = CallPolicy::read(deadline).with_server_wait(wait);
         self.router
-            .call(topic, partition, policy, |mut c, t| {
+            .call(topic, partition, policy, |mut c, t, _| {
                 let request = request.clone();
                 async move { c.fetch(router::request(request, t)).await }
             })
@@ -119,10 +119,15 @@ impl ConsumeApi {
         let deadline = tokio::time::Instant::now() + LOOKUP_TIMEOUT;
         let resp = self
             .router
-            .call(topic, partition, CallPolicy::read(deadline), |mut c, t| {
-                let request = request.clone();
-                async move { c.list_offsets(router::request(request, t)).await }
-            })
+            .call(
+                topic,
+                partition,
+                CallPolicy::read(deadline),
+                |mut c, t, _| {
+                    let request = request.clone();
+                    async move { c.list_offsets(router::request(request, t)).await }
+                },
+            )
             .await?;
         // No record at or after the timestamp: start at the end.
         Ok(if resp.offset < 0 {

@@ -156,8 +156,9 @@ impl MetadataCache {
         })
     }
 
-    /// The address of the storage node leading a partition.
-    pub fn leader_address(&self, topic: &str, partition: u32) -> Result<String, Error> {
+    /// The address of the storage node leading a partition, and the
+    /// leader epoch this metadata knows it by.
+    pub fn leader(&self, topic: &str, partition: u32) -> Result<(String, u64), Error> {
         let md = self.current();
         let t = find_topic(&md, topic).ok_or_else(|| {
             Error::new(
@@ -172,7 +173,7 @@ impl MetadataCache {
             .ok_or_else(|| unknown_partition(topic, partition, t.partitions.len()))?;
         let node = md.nodes.iter().find(|n| n.node_id == p.leader);
         match node {
-            Some(n) if n.alive && !n.address.is_empty() => Ok(n.address.clone()),
+            Some(n) if n.alive && !n.address.is_empty() => Ok((n.address.clone(), p.leader_epoch)),
             _ => Err(Error::new(
                 Reason::Unavailable,
                 format!(

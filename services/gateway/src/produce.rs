@@ -404,8 +404,7 @@ impl ProduceApi {
             }),
             batch: write.batch,
             acks: acks as i32,
-            // Not checked: the router resolves the leader per attempt and
-            // the storage node refuses appends it does not lead.
+            // Set per attempt to the epoch of the leader it goes to.
             leader_epoch: 0,
         };
         // An idempotent producer's batch is written once however often it
@@ -417,10 +416,16 @@ impl ProduceApi {
         };
         let resp = self
             .router
-            .call(topic, write.partition, policy, |mut client, t| {
-                let request = request.clone();
-                async move { client.append(router::request(request, t)).await }
-            })
+            .call(
+                topic,
+                write.partition,
+                policy,
+                |mut client, t, leader_epoch| {
+                    let mut request = request.clone();
+                    request.leader_epoch = leader_epoch;
+                    async move { client.append(router::request(request, t)).await }
+                },
+            )
             .await?;
         self.metrics
             .produced_records

@@ -126,9 +126,10 @@ impl Router {
 
     /// Runs `call` against the leader of `topic`/`partition`, retrying
     /// retriable failures with fresh metadata until `policy.deadline`.
-    /// `call` gets the client and the attempt's timeout (pass it on with
-    /// [`request`]); the attempt is abandoned with `TIMEOUT` when it runs
-    /// out.
+    /// `call` gets the client, the attempt's timeout (pass it on with
+    /// [`request`]) and the leader epoch the metadata names (appends carry
+    /// it, so a node that is no longer leader at that epoch refuses); the
+    /// attempt is abandoned with `TIMEOUT` when it runs out.
     pub async fn call<T, F, Fut>(
         &self,
         topic: &str,
@@ -137,20 +138,20 @@ impl Router {
         call: F,
     ) -> Result<T, Error>
     where
-        F: Fn(StorageServiceClient<Channel>, Duration) -> Fut,
+        F: Fn(StorageServiceClient<Channel>, Duration, u64) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let deadline = policy.deadline;
         let mut backoff = Duration::from_millis(5);
         loop {
-            let attempt = match self.metadata.leader_address(topic, partition) {
-                Ok(addr) => {
+            let attempt = match self.metadata.leader(topic, partition) {
+                Ok((addr, leader_epoch)) => {
                     let client = self.client(&addr)?;
                     let left = deadline.saturating_duration_since(Instant::now());
                     let own = self.attempt_timeout + policy.server_wait;
                     let timeout = own.min(left);
                     let sent = Instant::now();
-                    match tokio::time::timeout(timeout, call(client, timeout)).await {
+                    match tokio::time::timeout(timeout, call(client, timeout, leader_epoch)).await {
                         Ok(Ok(r)) => Ok(r.into_inner()),
                         // The storage node gave up on the attempt's
                         // `grpc-timeout` (tonic reports that as CANCELLED)

@@ -75,6 +75,10 @@ async fn not_leader_retry_follows_the_leader_move() {
         1,
         "written exactly once"
     );
+    // Each attempt names the leader epoch the gateway's metadata has for
+    // the node it goes to.
+    assert_eq!(first.last_leader_epoch.load(Ordering::SeqCst), 1);
+    assert_eq!(second.last_leader_epoch.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]

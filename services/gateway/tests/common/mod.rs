@@ -250,6 +250,8 @@ pub struct FakeStorage {
     on_not_leader: Arc<std::sync::Mutex<Option<Hook>>>,
     /// Set once any request carried a grpc-timeout header.
     pub saw_timeout_header: Arc<AtomicBool>,
+    /// The leader epoch the last append carried.
+    pub last_leader_epoch: Arc<std::sync::atomic::AtomicU64>,
 }
 
 type Hook = Box<dyn FnOnce() + Send>;
@@ -275,6 +277,7 @@ impl FakeStorage {
             next_offset: Arc::default(),
             on_not_leader: Arc::default(),
             saw_timeout_header: Arc::default(),
+            last_leader_epoch: Arc::default(),
         };
         let svc = StorageServiceServer::new(s.clone());
         tokio::spawn(
@@ -311,6 +314,8 @@ impl StorageService for FakeStorage {
             self.saw_timeout_header.store(true, Ordering::SeqCst);
         }
         self.appends.fetch_add(1, Ordering::SeqCst);
+        self.last_leader_epoch
+            .store(request.get_ref().leader_epoch, Ordering::SeqCst);
         let now = self.outstanding.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);
         let _guard = Outstanding(self.outstanding.clone());
