@@ -113,30 +113,45 @@ fn http_status(addr: &str, path: &str) -> Option<u16> {
 
 struct Cluster {
     _dir: tempfile::TempDir,
-    controller: Proc,
+    controllers: BTreeMap<u64, Proc>,
     nodes: BTreeMap<u64, Proc>,
-    gateway: Proc,
-    gateway_addr: String,
+    gateways: Vec<Proc>,
+    gateway_addrs: Vec<String>,
 }
 
 impl Cluster {
-    fn start() -> Cluster {
+    /// `controllers` controllers (one Raft group), three storage nodes and
+    /// `gateways` gateways, all ready.
+    fn start(controllers: u64, gateways: usize) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path();
-        let controller_addr = format!("127.0.0.1:{}", free_port());
-        let mut controller = Proc::new(
-            path,
-            "controller",
-            "controller",
-            &[
-                "controller.node_id=1".into(),
-                format!("controller.listen_addr={controller_addr}"),
-                format!("controller.data_dir={}", path.join("controller").display()),
+        let addrs: Vec<(u64, String)> = (1..=controllers)
+            .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+            .collect();
+        let peers: Vec<String> = addrs.iter().map(|(id, a)| format!("{id}={a}")).collect();
+        let all: Vec<&str> = addrs.iter().map(|(_, a)| a.as_str()).collect();
+        let all = all.join(",");
+        let mut cs = BTreeMap::new();
+        for (id, addr) in &addrs {
+            let mut settings = vec![
+                format!("controller.node_id={id}"),
+                format!("controller.listen_addr={addr}"),
+                format!(
+                    "controller.data_dir={}",
+                    path.join(format!("controller-{id}")).display()
+                ),
                 "controller.node_lease_ms=2000".into(),
-            ],
-        );
-        controller.start();
-        controller.wait_ready();
+            ];
+            if controllers > 1 {
+                settings.push(format!("controller.peers={}", peers.join(",")));
+            }
+            let mut c = Proc::new(path, &format!("controller-{id}"), "controller", &settings);
+            c.start();
+            cs.insert(*id, c);
+        }
+        for c in cs.values() {
+            c.wait_ready();
+        }
         let mut nodes = BTreeMap::new();
         for id in 1..=3u64 {
             let mut n = Proc::new(
@@ -150,7 +165,7 @@ impl Cluster {
                         "storage_node.data_dir={}",
                         path.join(format!("storage-{id}")).display()
                     ),
-                    format!("storage_node.controllers={controller_addr}"),
+                    format!("storage_node.controllers={all}"),
                     "storage_node.heartbeat_interval_ms=200".into(),
                     "storage_node.replica_lag_time_max_ms=3000".into(),
                     "storage_node.replica_fetch_wait_ms=200".into(),
@@ -162,24 +177,32 @@ impl Cluster {
         for n in nodes.values() {
             n.wait_ready();
         }
-        let gateway_addr = format!("127.0.0.1:{}", free_port());
-        let mut gateway = Proc::new(
-            path,
-            "gateway",
-            "gateway",
-            &[
-                format!("gateway.listen_addr={gateway_addr}"),
-                format!("gateway.controllers={controller_addr}"),
-            ],
-        );
-        gateway.start();
-        gateway.wait_ready();
+        let mut gws = Vec::new();
+        let mut gateway_addrs = Vec::new();
+        for i in 1..=gateways {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let mut g = Proc::new(
+                path,
+                &format!("gateway-{i}"),
+                "gateway",
+                &[
+                    format!("gateway.listen_addr={addr}"),
+                    format!("gateway.controllers={all}"),
+                ],
+            );
+            g.start();
+            gws.push(g);
+            gateway_addrs.push(addr);
+        }
+        for g in &gws {
+            g.wait_ready();
+        }
         Cluster {
             _dir: dir,
-            controller,
+            controllers: cs,
             nodes,
-            gateway,
-            gateway_addr,
+            gateways: gws,
+            gateway_addrs,
         }
     }
 }
@@ -206,8 +229,12 @@ async fn wait_partition(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_partition_leader_loses_and_duplicates_nothing() {
-    let mut cluster = tokio::task::spawn_blocking(Cluster::start).await.unwrap();
-    let client = Client::connect(cluster.gateway_addr.clone()).await.unwrap();
+    let mut cluster = tokio::task::spawn_blocking(|| Cluster::start(1, 1))
+        .await
+        .unwrap();
+    let client = Client::connect(cluster.gateway_addrs[0].clone())
+        .await
+        .unwrap();
     client
         .create_topic(
             TOPIC,
@@ -271,28 +298,15 @@ async fn killing_the_partition_leader_loses_and_duplicates_nothing() {
     producer.close().await;
 
     // Read everything back.
-    let mut sub = client
-        .subscribe(SubscribeOptions {
-            start: StartFrom::Earliest,
-            ..SubscribeOptions::new(TOPIC)
-        })
-        .await
-        .unwrap();
-    let mut read: Vec<(i64, String)> = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while read.len() < acked.len() {
-        let r = tokio::time::timeout_at(deadline, sub.next())
-            .await
-            .expect("every record is readable")
-            .expect("subscription open")
-            .unwrap();
-        read.push((
-            r.offset,
-            String::from_utf8(r.value.unwrap().to_vec()).unwrap(),
-        ));
-    }
+    let read = read_all(&client, acked.len()).await;
+    assert_exactly_once(&read, next, acked);
+}
+
+/// `read` (offset, value) holds r0..r{count} once each, in order, and each
+/// acknowledged record at its offset.
+fn assert_exactly_once(read: &[(i64, String)], count: u64, acked: Vec<(u64, i64)>) {
     let values: Vec<&str> = read.iter().map(|(_, v)| v.as_str()).collect();
-    let expected: Vec<String> = (0..next).map(|i| format!("r{i}")).collect();
+    let expected: Vec<String> = (0..count).map(|i| format!("r{i}")).collect();
     assert_eq!(
         values,
         expected.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -305,6 +319,140 @@ async fn killing_the_partition_leader_loses_and_duplicates_nothing() {
             Some(format!("r{i}").as_str())
         );
     }
-    drop(cluster.gateway);
-    drop(cluster.controller);
+}
+
+/// Reads `count` records of partition 0 from the beginning.
+async fn read_all(client: &Client, count: usize) -> Vec<(i64, String)> {
+    let mut sub = client
+        .subscribe(SubscribeOptions {
+            start: StartFrom::Earliest,
+            ..SubscribeOptions::new(TOPIC)
+        })
+        .await
+        .unwrap();
+    let mut read = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while read.len() < count {
+        let r = tokio::time::timeout_at(deadline, sub.next())
+            .await
+            .expect("every record is readable")
+            .expect("subscription open")
+            .unwrap();
+        read.push((
+            r.offset,
+            String::from_utf8(r.value.unwrap().to_vec()).unwrap(),
+        ));
+    }
+    read
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minority_of_every_role_can_die_at_once() {
+    let mut cluster = tokio::task::spawn_blocking(|| Cluster::start(3, 2))
+        .await
+        .unwrap();
+    // Clients use the second gateway; the first one dies.
+    let client = Client::connect(cluster.gateway_addrs[1].clone())
+        .await
+        .unwrap();
+    client
+        .create_topic(
+            TOPIC,
+            1,
+            3,
+            HashMap::from([("min.insync.replicas".to_string(), "2".to_string())]),
+        )
+        .await
+        .unwrap();
+    let first = wait_partition(&client, "in sync", |p| p.isr.len() == 3).await;
+    let status = client.describe_cluster().await.unwrap();
+    let controller_leader = status
+        .controllers
+        .iter()
+        .find(|c| c.state == "leader")
+        .expect("a controller leads")
+        .node_id;
+
+    let producer = client.producer(ProducerConfig {
+        delivery_timeout: Duration::from_secs(60),
+        ..ProducerConfig::default()
+    });
+    let mut pending = Vec::new();
+    let mut next = 0u64;
+    let mut send = async |count: u64, pending: &mut Vec<_>| {
+        for _ in 0..count {
+            let record = Record {
+                value: Some(Bytes::from(format!("r{next}"))),
+                ..Record::default()
+            };
+            pending.push((next, producer.send(TOPIC, record, Some(0)).await.unwrap()));
+            next += 1;
+        }
+    };
+    send(2_000, &mut pending).await;
+
+    // One of each at the same moment: the controller leader, the
+    // partition's leader and a gateway.
+    cluster
+        .controllers
+        .get_mut(&controller_leader)
+        .unwrap()
+        .kill();
+    cluster.nodes.get_mut(&first.leader).unwrap().kill();
+    cluster.gateways[0].kill();
+
+    // Topic creation through the controller failover: each create ends in
+    // success or a clear error; retried, it exists exactly once.
+    for i in 0..5 {
+        let name = format!("during-{i}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match client.create_topic(&name, 1, 2, HashMap::new()).await {
+                Ok(_) => break,
+                Err(streambus_client::ClientError::Server(e))
+                    if e.reason == streambus_client::Reason::TopicAlreadyExists =>
+                {
+                    break;
+                }
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "create {name}: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+    send(2_000, &mut pending).await;
+    let moved = wait_partition(&client, "led by another node", |p| {
+        p.leader != first.leader && p.leader != 0
+    })
+    .await;
+    assert!(moved.leader_epoch > first.leader_epoch, "{moved:?}");
+    send(1_000, &mut pending).await;
+    producer.flush().await;
+    let mut acked = Vec::new();
+    for (i, d) in pending.drain(..) {
+        let m = d
+            .await
+            .unwrap_or_else(|e| panic!("record r{i} failed: {e}"));
+        acked.push((i, m.offset));
+    }
+    producer.close().await;
+    let topics = client.list_topics().await.unwrap();
+    for i in 0..5 {
+        let name = format!("during-{i}");
+        assert_eq!(
+            topics.iter().filter(|t| t.name == name).count(),
+            1,
+            "{name} exists once"
+        );
+    }
+    let read = read_all(&client, acked.len()).await;
+    assert_exactly_once(&read, next, acked);
+    let status = client.describe_cluster().await.unwrap();
+    let leaders = status
+        .controllers
+        .iter()
+        .filter(|c| c.state == "leader")
+        .count();
+    assert_eq!(leaders, 1, "{:?}", status.controllers);
 }
