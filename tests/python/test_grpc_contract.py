@@ -259,3 +259,68 @@ def test_unknown_topic_is_not_found_with_a_reason(stubs, pb):
         stubs.consume.Fetch(pb.consume.FetchRequest(topic=name, partition=0), timeout=10)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     assert reason(info.value) == "UNKNOWN_TOPIC"
+
+
+# Retriable reasons: the stream broke for a reason that reconnecting fixes
+# (docs/clients.md). A connection that dropped carries no reason at all.
+RESUME_REASONS = {"SHUTTING_DOWN", "UNAVAILABLE", "NOT_LEADER", "TIMEOUT", "OVERLOADED", "NOT_ENOUGH_REPLICAS"}
+
+
+def follow(stubs, pb, topic, start, positions, max_backoff=5.0):
+    """Yields (partition, record) for every record of `topic`, forever,
+    riding through gateway restarts: on a retriable error (or an end of
+    stream) it subscribes again, from `positions` (partition -> next
+    offset, updated as records are yielded), after a jittered backoff."""
+    import random
+
+    failures = 0
+    while True:
+        call = stubs.consume.Subscribe(
+            pb.consume.SubscribeRequest(
+                topic=topic, start=start, max_wait_ms=200, resume_offsets=positions
+            )
+        )
+        try:
+            for resp in call:
+                failures = 0
+                for r in resp.records:
+                    if r.offset < positions.get(resp.partition, -1):
+                        continue  # already yielded before a resumption
+                    positions[resp.partition] = r.offset + 1
+                    yield resp.partition, r
+                positions[resp.partition] = max(positions.get(resp.partition, 0), resp.next_offset)
+        except grpc.RpcError as err:
+            if reason(err) not in RESUME_REASONS and err.code() not in (
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.UNKNOWN,
+                grpc.StatusCode.CANCELLED,
+            ):
+                raise
+        finally:
+            call.cancel()
+        failures += 1
+        time.sleep(min(max_backoff, 0.1 * 2 ** (failures - 1)) * random.uniform(0.5, 1.0))
+
+
+def test_a_resumed_subscription_goes_on_where_it_was(stubs, pb, topic):
+    records = make_records(pb, 60)
+    produce(stubs, pb, topic, records)
+    earliest = pb.consume.StartPosition(earliest=pb.consume.Empty())
+    positions = {}
+    seen = []
+    stream = follow(stubs, pb, topic, earliest, positions)
+    for partition, r in stream:
+        seen.append((partition, r.offset))
+        if len(seen) == 25:
+            break
+    stream.close()
+    # A new subscription from the positions reached (as after a gateway
+    # restart) yields the rest: no gap, no duplicate.
+    for partition, r in follow(stubs, pb, topic, earliest, positions):
+        seen.append((partition, r.offset))
+        if len(seen) == len(records):
+            break
+    assert len(set(seen)) == len(records)
+    for p in range(PARTITIONS):
+        offsets = [o for q, o in seen if q == p]
+        assert offsets == list(range(len(offsets)))

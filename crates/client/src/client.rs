@@ -7,6 +7,7 @@ use streambus_proto::v1;
 use streambus_proto::v1::admin_service_client::AdminServiceClient;
 use streambus_proto::v1::consume_service_client::ConsumeServiceClient;
 use streambus_proto::v1::produce_service_client::ProduceServiceClient;
+use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::ClientError;
@@ -27,15 +28,50 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to a gateway at `addr`: `host:port` or an `http://` URI.
+    /// Connects to a gateway at `addr`: `host:port` or an `http://` URI, or
+    /// several separated by commas. A name that resolves to several
+    /// addresses (a Kubernetes headless Service) counts as several: calls
+    /// are then spread over every gateway that is up (gRPC client-side
+    /// load balancing), and names are resolved again every 30 seconds.
     ///
-    /// Fails if the gateway cannot be reached within 5 seconds.
+    /// Fails if no gateway can be reached within 5 seconds.
     pub async fn connect(addr: impl Into<String>) -> Result<Client, ClientError> {
-        let (uri, endpoint) = endpoint(addr.into())?;
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|cause| ClientError::Connect { addr: uri, cause })?;
+        let addr = addr.into();
+        let targets = targets(&addr)?;
+        let resolved = resolve(&targets).await;
+        if resolved.len() <= 1 && targets.len() == 1 {
+            let (uri, endpoint) = &targets[0];
+            let channel =
+                endpoint
+                    .clone()
+                    .connect()
+                    .await
+                    .map_err(|cause| ClientError::Connect {
+                        addr: uri.clone(),
+                        cause,
+                    })?;
+            return Ok(Client::from_channel(channel));
+        }
+        // Reachable at all? One gateway answering is enough.
+        let mut last = None;
+        let probes = resolved
+            .values()
+            .cloned()
+            .map(|e| async move { e.connect().await });
+        for r in futures::future::join_all(probes).await {
+            match r {
+                Ok(_) => {
+                    last = None;
+                    break;
+                }
+                Err(cause) => last = Some(cause),
+            }
+        }
+        if let Some(cause) = last {
+            return Err(ClientError::Connect { addr, cause });
+        }
+        let (channel, changes) = Channel::balance_channel(64);
+        tokio::spawn(follow_addresses(targets, resolved, changes));
         Ok(Client::from_channel(channel))
     }
 
@@ -144,6 +180,86 @@ impl Client {
     }
 }
 
+/// How often gateway names are resolved again.
+const RESOLVE_EVERY: Duration = Duration::from_secs(30);
+
+/// Every comma-separated address of `addr`, as (URI, endpoint).
+fn targets(addr: &str) -> Result<Vec<(String, Endpoint)>, ClientError> {
+    let parts: Vec<&str> = addr
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if parts.is_empty() {
+        return Err(ClientError::InvalidAddress {
+            addr: addr.to_string(),
+            message: "no gateway address".into(),
+        });
+    }
+    parts.into_iter().map(|p| endpoint(p.to_string())).collect()
+}
+
+/// The socket addresses the targets resolve to now, each as an endpoint.
+async fn resolve(targets: &[(String, Endpoint)]) -> HashMap<std::net::SocketAddr, Endpoint> {
+    let mut out = HashMap::new();
+    for (uri, endpoint) in targets {
+        let Some(authority) = endpoint.uri().authority() else {
+            continue;
+        };
+        let host_port = match authority.port_u16() {
+            Some(_) => authority.as_str().to_string(),
+            None => format!("{}:80", authority.host()),
+        };
+        match tokio::net::lookup_host(host_port).await {
+            Ok(addrs) => {
+                for a in addrs {
+                    let e = Endpoint::from_shared(format!("http://{a}"))
+                        .map(with_settings)
+                        .expect("a socket address is a valid URI");
+                    out.insert(a, e);
+                }
+            }
+            Err(e) => tracing::debug!(%uri, error = %e, "cannot resolve gateway address"),
+        }
+    }
+    out
+}
+
+/// Keeps a balanced channel's endpoints in line with what the targets
+/// resolve to; ends when the channel is gone.
+async fn follow_addresses(
+    targets: Vec<(String, Endpoint)>,
+    mut current: HashMap<std::net::SocketAddr, Endpoint>,
+    changes: tokio::sync::mpsc::Sender<Change<std::net::SocketAddr, Endpoint>>,
+) {
+    for (a, e) in &current {
+        if changes.send(Change::Insert(*a, e.clone())).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        tokio::time::sleep(RESOLVE_EVERY).await;
+        let now = resolve(&targets).await;
+        if now.is_empty() {
+            // A resolver outage is no reason to forget every gateway.
+            continue;
+        }
+        for (a, e) in &now {
+            if !current.contains_key(a)
+                && changes.send(Change::Insert(*a, e.clone())).await.is_err()
+            {
+                return;
+            }
+        }
+        for a in current.keys() {
+            if !now.contains_key(a) && changes.send(Change::Remove(*a)).await.is_err() {
+                return;
+            }
+        }
+        current = now;
+    }
+}
+
 /// Normalises `addr` to a URI and builds the endpoint.
 fn endpoint(addr: String) -> Result<(String, Endpoint), ClientError> {
     let uri = if addr.contains("://") {
@@ -155,7 +271,12 @@ fn endpoint(addr: String) -> Result<(String, Endpoint), ClientError> {
         addr,
         message: e.to_string(),
     })?;
-    let endpoint = endpoint
+    Ok((uri, with_settings(endpoint)))
+}
+
+/// The connection settings every gateway endpoint gets.
+fn with_settings(endpoint: Endpoint) -> Endpoint {
+    endpoint
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         // Larger than h2's 64 KiB default so a 256 KiB batch does not wait
@@ -163,8 +284,7 @@ fn endpoint(addr: String) -> Result<(String, Endpoint), ClientError> {
         .initial_stream_window_size(2 * 1024 * 1024)
         .initial_connection_window_size(8 * 1024 * 1024)
         .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true);
-    Ok((uri, endpoint))
+        .keep_alive_while_idle(true)
 }
 
 #[cfg(test)]

@@ -4,8 +4,15 @@
 //! Both ask the gateway for encoded batches (the bytes as stored) and decode
 //! them here. A response may start with records below the position asked
 //! for (batches are returned whole); those are skipped.
+//!
+//! A subscription resumes by itself: when its stream breaks with a
+//! retriable error, or ends (a gateway restarting), it subscribes again
+//! after a jittered backoff, through the same client (any gateway it
+//! balances over), from the next offset of every partition it had, so the
+//! application sees neither a gap nor a duplicate.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -13,8 +20,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::Stream;
 use streambus_proto::v1;
+use streambus_proto::v1::consume_service_client::ConsumeServiceClient;
 use streambus_record::{BatchIter, Header, decode_records};
+use tokio::sync::watch;
 use tonic::Streaming;
+use tonic::transport::Channel;
 
 use crate::{Client, ClientError};
 
@@ -105,6 +115,16 @@ impl Client {
             StartFrom::Offset(offset) => v1::start_position::Position::Offset(offset),
             StartFrom::Timestamp(ms) => v1::start_position::Position::TimestampMs(ms),
         };
+        let mut positions = Positions::new(options.start);
+        if options.start == StartFrom::Latest {
+            // "Latest" is pinned now, per partition: a resumed
+            // subscription must not skip what arrived while it was away.
+            for o in self.partition_offsets(&options.topic).await? {
+                if options.partition.is_none_or(|p| p == o.partition) {
+                    positions.next.insert(o.partition, o.high_watermark);
+                }
+            }
+        }
         let request = v1::SubscribeRequest {
             topic: options.topic.clone(),
             partition: options.partition,
@@ -114,13 +134,22 @@ impl Client {
             max_bytes: options.max_bytes,
             max_wait_ms: duration_ms(options.max_wait),
             encoded: true,
+            resume_offsets: positions.next.clone(),
         };
-        let responses = self.consume.clone().subscribe(request).await?.into_inner();
+        let responses = self
+            .consume
+            .clone()
+            .subscribe(request.clone())
+            .await?
+            .into_inner();
         Ok(Subscription {
-            responses,
+            consume: self.consume.clone(),
+            request,
+            state: State::Streaming(Box::new(responses)),
             buffered: VecDeque::new(),
-            positions: Positions::new(options.start),
-            done: false,
+            positions,
+            failures: 0,
+            reconnects: watch::channel(Reconnects::default()).0,
         })
     }
 
@@ -167,14 +196,73 @@ impl Client {
 /// A stream of records from [`Client::subscribe`]. Dropping it cancels the
 /// subscription.
 ///
-/// It ends after the first error; to go on, subscribe again from
-/// [`Subscription::position`] of each partition.
-#[derive(Debug)]
+/// It rides through gateway restarts and other retriable failures (see the
+/// module docs) and ends only with a non-retriable error, which it yields
+/// last.
 pub struct Subscription {
-    responses: Streaming<v1::SubscribeResponse>,
+    consume: ConsumeServiceClient<Channel>,
+    /// What was asked; resubscriptions add the positions reached.
+    request: v1::SubscribeRequest,
+    state: State,
     buffered: VecDeque<ConsumedRecord>,
     positions: Positions,
-    done: bool,
+    /// Failed attempts since the last response (for the backoff).
+    failures: u32,
+    reconnects: watch::Sender<Reconnects>,
+}
+
+type Resubscribe =
+    Pin<Box<dyn Future<Output = Result<Streaming<v1::SubscribeResponse>, tonic::Status>> + Send>>;
+
+enum State {
+    Streaming(Box<Streaming<v1::SubscribeResponse>>),
+    Resubscribing(Resubscribe),
+    Done,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("topic", &self.request.topic)
+            .field("positions", &self.positions.next)
+            .field("buffered", &self.buffered.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How often a subscription had to reconnect, and why the last time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconnects {
+    /// Resubscriptions started so far.
+    pub count: u64,
+    /// The error that caused the latest one.
+    pub last_error: Option<String>,
+}
+
+/// Backoff before resubscription attempt `failures` (1, 2, ...): 100 ms
+/// doubling up to 5 s, times a jitter factor in `[0.5, 1]` (`jitter` in
+/// `[0, 1]`), so clients of a restarted gateway do not all return at once.
+pub fn resubscribe_backoff(failures: u32, jitter: f64) -> Duration {
+    let base = Duration::from_millis(100)
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(Duration::from_secs(5));
+    base.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+/// Whether a broken subscription should be resumed rather than ended.
+pub fn resumable(status: &tonic::Status) -> bool {
+    streambus_proto::Error::from_status(status).retriable()
+}
+
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    (h.finish() % 10_000) as f64 / 10_000.0
 }
 
 impl Subscription {
@@ -189,6 +277,29 @@ impl Subscription {
     pub fn buffered_len(&self) -> usize {
         self.buffered.len()
     }
+
+    /// Watches reconnections (e.g. to tell a user the gateway went away).
+    pub fn reconnects(&self) -> watch::Receiver<Reconnects> {
+        self.reconnects.subscribe()
+    }
+
+    /// Starts resubscribing after `error`, from every position reached.
+    fn resubscribe(&mut self, error: String) {
+        self.failures += 1;
+        let wait = resubscribe_backoff(self.failures, jitter());
+        tracing::info!(topic = %self.request.topic, error = %error, ?wait, "subscription broke; resubscribing");
+        self.reconnects.send_modify(|r| {
+            r.count += 1;
+            r.last_error = Some(error);
+        });
+        let mut request = self.request.clone();
+        request.resume_offsets = self.positions.next.clone();
+        let mut consume = self.consume.clone();
+        self.state = State::Resubscribing(Box::pin(async move {
+            tokio::time::sleep(wait).await;
+            consume.subscribe(request).await.map(|r| r.into_inner())
+        }));
+    }
 }
 
 impl Stream for Subscription {
@@ -200,23 +311,37 @@ impl Stream for Subscription {
             if let Some(record) = this.buffered.pop_front() {
                 return Poll::Ready(Some(Ok(record)));
             }
-            if this.done {
-                return Poll::Ready(None);
-            }
-            match ready!(Pin::new(&mut this.responses).poll_next(cx)) {
-                Some(Ok(response)) => {
-                    if let Err(e) = this.positions.absorb(response, &mut this.buffered) {
-                        this.done = true;
-                        return Poll::Ready(Some(Err(e)));
+            match &mut this.state {
+                State::Done => return Poll::Ready(None),
+                State::Resubscribing(fut) => match ready!(fut.as_mut().poll(cx)) {
+                    Ok(stream) => this.state = State::Streaming(Box::new(stream)),
+                    Err(status) if resumable(&status) => this.resubscribe(status.to_string()),
+                    Err(status) => {
+                        this.state = State::Done;
+                        return Poll::Ready(Some(Err(status.into())));
                     }
-                }
-                Some(Err(status)) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(status.into())));
-                }
-                None => {
-                    this.done = true;
-                    return Poll::Ready(None);
+                },
+                State::Streaming(responses) => {
+                    match ready!(Pin::new(&mut **responses).poll_next(cx)) {
+                        Some(Ok(response)) => {
+                            this.failures = 0;
+                            if let Err(e) = this.positions.absorb(response, &mut this.buffered) {
+                                this.state = State::Done;
+                                return Poll::Ready(Some(Err(e)));
+                            }
+                        }
+                        Some(Err(status)) if resumable(&status) => {
+                            this.resubscribe(
+                                streambus_proto::Error::from_status(&status).to_string(),
+                            );
+                        }
+                        Some(Err(status)) => {
+                            this.state = State::Done;
+                            return Poll::Ready(Some(Err(status.into())));
+                        }
+                        // A subscription has no end: the gateway went away.
+                        None => this.resubscribe("the gateway ended the stream".into()),
+                    }
                 }
             }
         }
@@ -338,7 +463,46 @@ fn duration_ms(d: Duration) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use streambus_proto::{Error, Reason};
     use streambus_record::{BatchBuilder, Compression, Record, set_base_offset};
+
+    #[test]
+    fn resubscribe_backoff_doubles_to_five_seconds_with_jitter() {
+        assert_eq!(resubscribe_backoff(1, 1.0), Duration::from_millis(100));
+        assert_eq!(resubscribe_backoff(1, 0.0), Duration::from_millis(50));
+        assert_eq!(resubscribe_backoff(3, 1.0), Duration::from_millis(400));
+        assert_eq!(resubscribe_backoff(30, 1.0), Duration::from_secs(5));
+        assert_eq!(resubscribe_backoff(30, 0.0), Duration::from_millis(2500));
+        for f in 1..40 {
+            let d = resubscribe_backoff(f, jitter());
+            assert!(
+                d >= Duration::from_millis(50) && d <= Duration::from_secs(5),
+                "{d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_retriable_reasons_and_broken_connections_resume() {
+        for r in [
+            Reason::ShuttingDown,
+            Reason::Unavailable,
+            Reason::NotLeader,
+            Reason::Timeout,
+        ] {
+            assert!(resumable(&Error::new(r, "x").to_status()), "{r}");
+        }
+        for r in [
+            Reason::UnknownTopic,
+            Reason::OffsetOutOfRange,
+            Reason::CorruptLog,
+        ] {
+            assert!(!resumable(&Error::new(r, "x").to_status()), "{r}");
+        }
+        // A connection that broke carries no reason.
+        assert!(resumable(&tonic::Status::unknown("connection reset")));
+        assert!(resumable(&tonic::Status::unavailable("refused")));
+    }
 
     fn batch(base_offset: i64, timestamps: &[i64]) -> Vec<u8> {
         let mut b = BatchBuilder::new(Compression::None);

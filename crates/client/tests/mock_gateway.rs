@@ -45,6 +45,11 @@ struct State {
     appended: usize,
     /// While set, acknowledgements wait for it to be notified.
     hold_acks: Option<Arc<Notify>>,
+    /// The next subscription ends with SHUTTING_DOWN after this many
+    /// responses (as a draining gateway ends it).
+    drain_subscription_after: Option<usize>,
+    /// The `resume_offsets` of every subscribe request, in order.
+    subscribe_resumes: Vec<HashMap<u32, i64>>,
 }
 
 impl State {
@@ -156,9 +161,27 @@ impl AdminService for Mock {
 
     async fn describe_partition_offsets(
         &self,
-        _: Request<v1::DescribePartitionOffsetsRequest>,
+        request: Request<v1::DescribePartitionOffsetsRequest>,
     ) -> Result<Response<v1::DescribePartitionOffsetsResponse>, Status> {
-        Err(Status::unimplemented("mock"))
+        let r = request.into_inner();
+        let state = self.state.lock().unwrap();
+        let Some(n) = state.partitions.get(&r.topic) else {
+            return Err(Error::new(Reason::UnknownTopic, "no such topic").to_status());
+        };
+        let partitions = (0..*n)
+            .map(|p| {
+                let end = state.end_offset(&r.topic, p);
+                v1::PartitionOffsets {
+                    partition: p,
+                    log_start_offset: 0,
+                    high_watermark: end,
+                    log_end_offset: end,
+                }
+            })
+            .collect();
+        Ok(Response::new(v1::DescribePartitionOffsetsResponse {
+            partitions,
+        }))
     }
 
     async fn describe_cluster(
@@ -286,18 +309,24 @@ impl ConsumeService for Mock {
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let r = request.into_inner();
-        let partitions: Vec<u32> = {
-            let state = self.state.lock().unwrap();
+        let (partitions, mut drain_after) = {
+            let mut state = self.state.lock().unwrap();
             let Some(n) = state.partitions.get(&r.topic) else {
                 return Err(Error::new(Reason::UnknownTopic, "no such topic").to_status());
             };
-            r.partition.map_or_else(|| (0..*n).collect(), |p| vec![p])
+            let partitions: Vec<u32> = r.partition.map_or_else(|| (0..*n).collect(), |p| vec![p]);
+            state.subscribe_resumes.push(r.resume_offsets.clone());
+            (partitions, state.drain_subscription_after.take())
         };
         let state = self.state.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
             let mut positions: HashMap<u32, i64> = HashMap::new();
             for &p in &partitions {
+                if let Some(&o) = r.resume_offsets.get(&p) {
+                    positions.insert(p, o);
+                    continue;
+                }
                 let start = match r.start.as_ref().and_then(|s| s.position.as_ref()) {
                     Some(v1::start_position::Position::Earliest(_)) => 0,
                     Some(v1::start_position::Position::Offset(o)) => *o,
@@ -325,6 +354,13 @@ impl ConsumeService for Mock {
                         high_watermark: end,
                         next_offset: end,
                     };
+                    if drain_after == Some(0) {
+                        let _ = tx
+                            .send(Err(Error::new(Reason::ShuttingDown, "draining").to_status()))
+                            .await;
+                        return;
+                    }
+                    drain_after = drain_after.map(|n| n - 1);
                     if tx.send(Ok(response)).await.is_err() {
                         return;
                     }
@@ -680,4 +716,77 @@ async fn subscribe_and_fetch_return_what_was_produced() {
         .await
         .unwrap_err();
     assert!(matches!(err, ClientError::Server(ref e) if e.reason == Reason::UnknownTopic));
+}
+
+#[tokio::test]
+async fn a_drained_subscription_resumes_where_it_was_without_gap_or_duplicate() {
+    let (mock, addr) = start().await;
+    let client = Client::connect(addr.to_string()).await.unwrap();
+    client
+        .create_topic("t", 2, 1, HashMap::new())
+        .await
+        .unwrap();
+    let producer = client.producer(ProducerConfig::default());
+    let send = async |range: std::ops::Range<u32>| {
+        for i in range {
+            drop(
+                producer
+                    .send("t", record(None, format!("a{i}")), Some(i % 2))
+                    .await
+                    .unwrap(),
+            );
+        }
+        producer.flush().await;
+    };
+    send(0..20).await;
+    // The first subscription stream ends with SHUTTING_DOWN after one
+    // response, as a draining gateway ends it.
+    mock.state.lock().unwrap().drain_subscription_after = Some(1);
+    let mut sub = client
+        .subscribe(SubscribeOptions {
+            start: StartFrom::Earliest,
+            ..SubscribeOptions::new("t")
+        })
+        .await
+        .unwrap();
+    let reconnects = sub.reconnects();
+    send(20..40).await;
+    let mut seen: Vec<(u32, i64)> = Vec::new();
+    while seen.len() < 40 {
+        let r = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("the subscription goes on")
+            .unwrap()
+            .unwrap();
+        seen.push((r.partition, r.offset));
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 40, "no duplicate: {seen:?}");
+    for p in 0..2 {
+        let offsets: Vec<i64> = seen.iter().filter(|s| s.0 == p).map(|s| s.1).collect();
+        assert_eq!(
+            offsets,
+            (0..20).collect::<Vec<_>>(),
+            "partition {p} has no gap"
+        );
+    }
+    assert_eq!(reconnects.borrow().count, 1);
+    assert!(
+        reconnects
+            .borrow()
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("SHUTTING_DOWN"),
+        "{:?}",
+        reconnects.borrow()
+    );
+    // The resubscription named where each partition it had seen goes on.
+    let resumes = mock.state.lock().unwrap().subscribe_resumes.clone();
+    assert_eq!(resumes.len(), 2, "{resumes:?}");
+    assert!(resumes[0].is_empty());
+    assert!(!resumes[1].is_empty(), "{resumes:?}");
+    producer.close().await;
 }

@@ -245,6 +245,7 @@ async fn bad_requests_get_documented_reasons_and_the_server_keeps_serving() {
             max_bytes: 0,
             max_wait_ms: 100,
             encoded: false,
+            resume_offsets: Default::default(),
         })
         .await
         .unwrap()

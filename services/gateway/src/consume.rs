@@ -145,7 +145,11 @@ impl ConsumeApi {
         partition: u32,
         tx: mpsc::Sender<Result<SubscribeResponse, Status>>,
     ) {
-        let mut offset = match self.resolve_start(&req.topic, partition, &req.start).await {
+        let resolved = match req.resume_offsets.get(&partition) {
+            Some(&offset) => Ok(offset),
+            None => self.resolve_start(&req.topic, partition, &req.start).await,
+        };
+        let mut offset = match resolved {
             Ok(o) => o,
             Err(e) => {
                 let _ = tx.send(Err(e.to_status())).await;
@@ -163,8 +167,14 @@ impl ConsumeApi {
             }
             let mut draining = self.draining.clone();
             let fetched = tokio::select! {
-                r = self.fetch_once(&req.topic, partition, offset, req.max_bytes, wait) => r,
-                _ = draining.wait_for(|d| *d) => return,
+                r = self.fetch_once(&req.topic, partition, offset, req.max_bytes, wait) => Some(r),
+                _ = draining.wait_for(|d| *d) => None,
+            };
+            let Some(fetched) = fetched else {
+                // Not a clean end ("done"): the client resubscribes, here
+                // or elsewhere, from the next offsets it has.
+                let _ = tx.send(Err(draining_error())).await;
+                return;
             };
             let resp = match fetched {
                 Ok(r) => r,
@@ -238,6 +248,15 @@ impl ConsumeApi {
             next_offset,
         })
     }
+}
+
+/// How a draining gateway ends a stream: retriable, so clients reconnect.
+pub(crate) fn draining_error() -> Status {
+    Error::new(
+        Reason::ShuttingDown,
+        "the gateway is draining: reconnect (to it or another gateway) and resume",
+    )
+    .to_status()
 }
 
 /// The response stream of `Subscribe`.

@@ -592,8 +592,10 @@ impl ProduceService for ProduceApi {
         let limit = Arc::new(Semaphore::new(self.max_in_flight.max(1)));
         let (tx, rx) =
             mpsc::channel::<Result<ProduceStreamResponse, Status>>(self.max_in_flight.max(1));
+        let max_in_flight = self.max_in_flight.max(1) as u32;
         tokio::spawn(async move {
             let mut sequencer = Sequencer::default();
+            let mut drained = false;
             loop {
                 // Backpressure: stop reading while at the in-flight limit.
                 let Ok(permit) = limit.clone().acquire_owned().await else {
@@ -602,7 +604,10 @@ impl ProduceService for ProduceApi {
                 let mut draining = api.draining.clone();
                 let next = tokio::select! {
                     m = inbound.message() => m,
-                    _ = draining.wait_for(|d| *d) => break,
+                    _ = draining.wait_for(|d| *d) => {
+                        drained = true;
+                        break;
+                    }
                 };
                 let msg = match next {
                     Ok(Some(m)) => m,
@@ -680,6 +685,12 @@ impl ProduceService for ProduceApi {
                 {
                     break;
                 }
+            }
+            if drained {
+                // The writes in flight answer first (each holds a permit
+                // until it has); then the stream says why it ends.
+                let _ = limit.acquire_many(max_in_flight).await;
+                let _ = tx.send(Err(crate::consume::draining_error())).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

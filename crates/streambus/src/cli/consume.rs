@@ -69,7 +69,22 @@ pub(super) async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
         .await?;
     let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout());
     let mut printed = 0u64;
-    while let Some(record) = records.next().await {
+    let mut reconnects = records.reconnects();
+    loop {
+        let next = tokio::select! {
+            r = records.next() => r,
+            Ok(()) = reconnects.changed() => {
+                // The gateway went away (a restart, a roll): say so once per
+                // reconnection and keep following.
+                let why = reconnects.borrow_and_update().last_error.clone().unwrap_or_default();
+                eprintln!("streambus consume: reconnecting to the gateway ({why})");
+                continue;
+            }
+        };
+        // A subscription only ends with an error, never silently.
+        let Some(record) = next else {
+            anyhow::bail!("the subscription ended unexpectedly");
+        };
         let record = record?;
         match args.format {
             Format::Text => {

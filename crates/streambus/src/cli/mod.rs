@@ -32,7 +32,7 @@ pub enum ClientCommand {
 /// Where the gateway is; shared by every client command.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayArgs {
-    /// Gateway address: host:port or http://host:port
+    /// Gateway address: host:port or http://host:port; several separated by commas
     #[arg(
         long,
         env = "STREAMBUS_GATEWAY",

@@ -1,0 +1,219 @@
+//! Real `streambus` processes on 127.0.0.1 for fault tests: a controller
+//! group, three storage nodes and gateways, each with its own data
+//! directory and log file, restartable with the same command line.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One role process, restartable with the same command line.
+pub struct Proc {
+    pub name: String,
+    args: Vec<String>,
+    pub http: String,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    pub fn new(dir: &Path, name: &str, role: &str, settings: &[String]) -> Proc {
+        let http = format!("127.0.0.1:{}", free_port());
+        let mut args = vec![role.to_string()];
+        for s in settings.iter().cloned().chain([
+            format!("http.listen_addr={http}"),
+            "log.level=info,openraft=warn".into(),
+        ]) {
+            args.push("--set".into());
+            args.push(s);
+        }
+        Proc {
+            name: name.to_string(),
+            args,
+            http,
+            log: dir.join(format!("{name}.log")),
+            child: None,
+        }
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_streambus"))
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("streambus binary starts");
+        self.child = Some(child);
+    }
+
+    /// SIGTERM, then waits for the process to drain and exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for `/readyz` to answer 200.
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if http_status(&self.http, "/readyz") == Some(200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        panic!("{} not ready within 60 s; log:\n{log}", self.name);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn http_status(addr: &str, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_whitespace().nth(1)?.parse().ok()
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub controllers: BTreeMap<u64, Proc>,
+    pub nodes: BTreeMap<u64, Proc>,
+    pub gateways: Vec<Proc>,
+    pub gateway_addrs: Vec<String>,
+}
+
+impl Cluster {
+    /// `controllers` controllers (one Raft group), three storage nodes and
+    /// `gateways` gateways, all ready.
+    pub fn start(controllers: u64, gateways: usize) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path();
+        let addrs: Vec<(u64, String)> = (1..=controllers)
+            .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+            .collect();
+        let peers: Vec<String> = addrs.iter().map(|(id, a)| format!("{id}={a}")).collect();
+        let all: Vec<&str> = addrs.iter().map(|(_, a)| a.as_str()).collect();
+        let all = all.join(",");
+        let mut cs = BTreeMap::new();
+        for (id, addr) in &addrs {
+            let mut settings = vec![
+                format!("controller.node_id={id}"),
+                format!("controller.listen_addr={addr}"),
+                format!(
+                    "controller.data_dir={}",
+                    path.join(format!("controller-{id}")).display()
+                ),
+                "controller.node_lease_ms=2000".into(),
+            ];
+            if controllers > 1 {
+                settings.push(format!("controller.peers={}", peers.join(",")));
+            }
+            let mut c = Proc::new(path, &format!("controller-{id}"), "controller", &settings);
+            c.start();
+            cs.insert(*id, c);
+        }
+        for c in cs.values() {
+            c.wait_ready();
+        }
+        let mut nodes = BTreeMap::new();
+        for id in 1..=3u64 {
+            let mut n = Proc::new(
+                path,
+                &format!("storage-node-{id}"),
+                "storage-node",
+                &[
+                    format!("storage_node.node_id={id}"),
+                    format!("storage_node.listen_addr=127.0.0.1:{}", free_port()),
+                    format!(
+                        "storage_node.data_dir={}",
+                        path.join(format!("storage-{id}")).display()
+                    ),
+                    format!("storage_node.controllers={all}"),
+                    "storage_node.heartbeat_interval_ms=200".into(),
+                    "storage_node.replica_lag_time_max_ms=3000".into(),
+                    "storage_node.replica_fetch_wait_ms=200".into(),
+                ],
+            );
+            n.start();
+            nodes.insert(id, n);
+        }
+        for n in nodes.values() {
+            n.wait_ready();
+        }
+        let mut gws = Vec::new();
+        let mut gateway_addrs = Vec::new();
+        for i in 1..=gateways {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let mut g = Proc::new(
+                path,
+                &format!("gateway-{i}"),
+                "gateway",
+                &[
+                    format!("gateway.listen_addr={addr}"),
+                    format!("gateway.controllers={all}"),
+                ],
+            );
+            g.start();
+            gws.push(g);
+            gateway_addrs.push(addr);
+        }
+        for g in &gws {
+            g.wait_ready();
+        }
+        Cluster {
+            dir,
+            controllers: cs,
+            nodes,
+            gateways: gws,
+            gateway_addrs,
+        }
+    }
+}
