@@ -5,6 +5,8 @@
 //! acknowledged record must be read back exactly once, in order, at the
 //! offset it was acknowledged with.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -13,18 +15,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::free_port;
 use futures::StreamExt;
 use streambus_client::{Client, ProducerConfig, Record, StartFrom, SubscribeOptions};
 
 const TOPIC: &str = "failover";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// One role process, restartable with the same command line.
 struct Proc {
