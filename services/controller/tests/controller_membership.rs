@@ -112,6 +112,74 @@ async fn a_new_controller_joins_as_a_learner_catches_up_and_votes() {
     shutdown_all(controllers.into_iter().chain([fourth])).await;
 }
 
+/// Forwards the first connection to `target` and drops every later one: the
+/// leader's check of a new controller gets through, its Raft traffic does
+/// not.
+async fn first_connection_only(target: String) -> String {
+    let l = listener().await;
+    let address = l.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut inbound, _)) = l.accept().await {
+            if !std::mem::take(&mut first) {
+                continue;
+            }
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test]
+async fn a_learner_that_cannot_catch_up_times_out_and_stays_a_learner() {
+    let dirs = dirs(3);
+    let (controllers, client) = three_with_a_storage_node(&dirs).await;
+    let dir = tempfile::tempdir().unwrap();
+    let fourth = joiner(4, dir.path()).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while only(&fourth).describe_controller().await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "joiner never up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let through = first_connection_only(fourth.address.clone()).await;
+
+    // It answers as controller 4, but the leader cannot replicate to it.
+    let err = client.add_controller(4, &through).await.unwrap_err();
+    assert_eq!(err.reason, Reason::Timeout, "{err}");
+    assert!(
+        err.message
+            .contains("is a learner but did not catch up within 30 s"),
+        "{}",
+        err.message
+    );
+    // A learner: it does not count for the quorum, and the group works.
+    let leader_id = leader_of(&client).await;
+    let leader = controllers.iter().find(|c| c.id == leader_id).unwrap();
+    assert_eq!(
+        roles(&describe(leader).await.members),
+        [(1, true), (2, true), (3, true), (4, false)]
+    );
+    // (The storage node's lease lapsed meanwhile: it registers again.)
+    client
+        .register_node(reg(1, "127.0.0.1:9001"))
+        .await
+        .unwrap();
+    client
+        .create_topic(topic("with-a-learner", 1))
+        .await
+        .unwrap();
+    // Removing a learner needs no quorum check.
+    let members = client.remove_controller(4).await.unwrap();
+    assert_eq!(roles(&members), [(1, true), (2, true), (3, true)]);
+    client.create_topic(topic("after", 1)).await.unwrap();
+    shutdown_all(controllers.into_iter().chain([fourth])).await;
+}
+
 #[tokio::test]
 async fn removing_voters_and_the_leader_keeps_the_group_writable() {
     let dirs = dirs(3);
