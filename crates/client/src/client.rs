@@ -178,6 +178,45 @@ impl Client {
             .await?
             .into_inner())
     }
+
+    /// Adds controller `node_id`, reachable at `address` (`host:port`), to
+    /// the controllers' Raft group: as a learner, then as a voter once it
+    /// has caught up. The new controller must be running with an empty data
+    /// directory and `controller.join = true`. Returns the members after
+    /// the change.
+    pub async fn add_controller(
+        &self,
+        node_id: u64,
+        address: &str,
+    ) -> Result<Vec<v1::ControllerMember>, ClientError> {
+        Ok(self
+            .admin
+            .clone()
+            .add_controller(v1::AddControllerRequest {
+                node_id,
+                address: address.to_string(),
+            })
+            .await?
+            .into_inner()
+            .members)
+    }
+
+    /// Removes controller `node_id` (a voter or a learner) from the Raft
+    /// group. Refused for the last voter and when the voters left could not
+    /// reach a quorum among the controllers that answer now. Returns the
+    /// members after the change.
+    pub async fn remove_controller(
+        &self,
+        node_id: u64,
+    ) -> Result<Vec<v1::ControllerMember>, ClientError> {
+        Ok(self
+            .admin
+            .clone()
+            .remove_controller(v1::RemoveControllerRequest { node_id })
+            .await?
+            .into_inner()
+            .members)
+    }
 }
 
 /// How often gateway names are resolved again.

@@ -190,6 +190,20 @@ impl AdminService for Mock {
     ) -> Result<Response<v1::DescribeClusterResponse>, Status> {
         Err(Status::unimplemented("mock"))
     }
+
+    async fn add_controller(
+        &self,
+        _: Request<v1::AddControllerRequest>,
+    ) -> Result<Response<v1::AddControllerResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+
+    async fn remove_controller(
+        &self,
+        _: Request<v1::RemoveControllerRequest>,
+    ) -> Result<Response<v1::RemoveControllerResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
 }
 
 fn describe(name: &str, partitions: u32) -> v1::TopicDescription {

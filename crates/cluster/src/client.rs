@@ -10,6 +10,12 @@
 //!
 //! A retried `CreateTopic` whose first attempt was applied but not answered
 //! (leader crash, timeout) returns `TOPIC_ALREADY_EXISTS`.
+//!
+//! Membership changes (`add_controller`, `remove_controller`) follow leader
+//! hints and skip controllers that cannot be reached, but return every other
+//! error at once: their refusals (`UNAVAILABLE` for a new controller that
+//! does not answer or a quorum that would be lost) are answers, not
+//! transient failures.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::Stream;
+use streambus_proto::error::REASON_METADATA_KEY;
 use streambus_proto::internal::controller_service_client::ControllerServiceClient;
 use streambus_proto::internal::{
     AllocateProducerIdsRequest, AlterPartitionRequest, ClusterMetadata, DescribeControllerRequest,
@@ -24,8 +31,8 @@ use streambus_proto::internal::{
     WatchMetadataRequest,
 };
 use streambus_proto::v1::{
-    ControllerStatus, CreateTopicRequest, DeleteTopicRequest, PartitionDescription,
-    TopicDescription,
+    AddControllerRequest, ControllerMember, ControllerStatus, CreateTopicRequest,
+    DeleteTopicRequest, PartitionDescription, RemoveControllerRequest, TopicDescription,
 };
 use streambus_proto::{Error, Reason};
 use tokio::time::Instant;
@@ -35,6 +42,9 @@ use crate::MAX_METADATA_MESSAGE_BYTES;
 
 /// How long one request attempt may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one membership change attempt may take: the controller bounds
+/// a new controller's catch-up (30 s) and each voter change (10 s).
+const MEMBERSHIP_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 const MIN_BACKOFF: Duration = Duration::from_millis(25);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_WATCH_BACKOFF: Duration = Duration::from_secs(2);
@@ -56,9 +66,25 @@ struct Inner {
 }
 
 fn request<T>(message: T) -> tonic::Request<T> {
+    request_for(message, ATTEMPT_TIMEOUT)
+}
+
+fn request_for<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     let mut req = tonic::Request::new(message);
-    req.set_timeout(ATTEMPT_TIMEOUT);
+    req.set_timeout(timeout);
     req
+}
+
+/// Which failed attempts [`ControllerClient`] tries again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Every retriable error.
+    Retriable,
+    /// Only a redirect to the leader and a controller that could not be
+    /// reached at all: for changes whose refusals (a controller the leader
+    /// cannot reach, a quorum that would be lost) must reach the caller as
+    /// they are.
+    ToLeader,
 }
 
 impl ControllerClient {
@@ -149,7 +175,15 @@ impl ControllerClient {
     /// Runs `call` against the leader (or, for reads, any controller),
     /// following leader hints and retrying retriable errors until
     /// `retry_for` has passed.
-    async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, Error>
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T, Error>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_with(Retry::Retriable, call).await
+    }
+
+    async fn call_with<T, F, Fut>(&self, retry: Retry, mut call: F) -> Result<T, Error>
     where
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -160,16 +194,28 @@ impl ControllerClient {
         let mut target = self.known_leader().unwrap_or_else(|| addresses[0].clone());
         let mut backoff = MIN_BACKOFF;
         loop {
-            let err = match call(self.client(&target)?).await {
+            let (err, answered) = match call(self.client(&target)?).await {
                 Ok(response) => {
                     self.set_leader(Some(target));
                     return Ok(response.into_inner());
                 }
-                Err(status) => Error::from_status(&status),
+                // A controller's own errors carry their reason; transport
+                // failures do not.
+                Err(status) => (
+                    Error::from_status(&status),
+                    status.metadata().contains_key(REASON_METADATA_KEY),
+                ),
+            };
+            let again = match retry {
+                Retry::Retriable => err.retriable(),
+                Retry::ToLeader => {
+                    err.reason == Reason::NotControllerLeader
+                        || (!answered && err.reason == Reason::Unavailable)
+                }
             };
             // NOT_LEADER from a controller means the caller's view of a
             // partition is stale: the same request cannot succeed.
-            if !err.retriable() || err.reason == Reason::NotLeader || Instant::now() >= deadline {
+            if !again || err.reason == Reason::NotLeader || Instant::now() >= deadline {
                 return Err(err);
             }
             let pause = match &err.leader_hint {
@@ -237,6 +283,46 @@ impl ControllerClient {
                 .await
         })
         .await
+    }
+
+    /// Adds controller `node_id`, reachable at `address`, to the Raft
+    /// group: as a learner, then as a voter once it has caught up. It must
+    /// be running with an empty store (`controller.join = true`). Returns
+    /// the members after the change. Only leader redirects and unreachable
+    /// controllers are retried: refusals come back as they are.
+    pub async fn add_controller(
+        &self,
+        node_id: u64,
+        address: &str,
+    ) -> Result<Vec<ControllerMember>, Error> {
+        let req = AddControllerRequest {
+            node_id,
+            address: address.to_string(),
+        };
+        let r = self
+            .call_with(Retry::ToLeader, |mut c| {
+                let req = request_for(req.clone(), MEMBERSHIP_ATTEMPT_TIMEOUT);
+                async move { c.add_controller(req).await }
+            })
+            .await?;
+        Ok(r.members)
+    }
+
+    /// Removes controller `node_id` (a voter or a learner) from the Raft
+    /// group. Refused for the last voter and when the voters left could not
+    /// reach a quorum among the controllers that answer now. Returns the
+    /// members after the change; retried like [`Self::add_controller`].
+    pub async fn remove_controller(&self, node_id: u64) -> Result<Vec<ControllerMember>, Error> {
+        let r = self
+            .call_with(Retry::ToLeader, |mut c| async move {
+                c.remove_controller(request_for(
+                    RemoveControllerRequest { node_id },
+                    MEMBERSHIP_ATTEMPT_TIMEOUT,
+                ))
+                .await
+            })
+            .await?;
+        Ok(r.members)
     }
 
     /// A block of `count` idempotent producer ids: `(first, count)`.

@@ -84,6 +84,7 @@ pub fn wire(settings: &mut Settings, endpoints: &DevEndpoints, data_dir: Option<
     settings.controller.listen_addr = endpoints.controller;
     settings.controller.advertised_addr = controller.clone();
     settings.controller.peers.clear();
+    settings.controller.join = false;
     settings.storage_node.listen_addr = endpoints.storage;
     settings.storage_node.advertised_addr = endpoints.storage.to_string();
     settings.storage_node.controllers = vec![controller.clone()];

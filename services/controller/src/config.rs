@@ -86,8 +86,13 @@ pub struct ControllerConfig {
     /// Where the sled database lives.
     pub data_dir: PathBuf,
     /// Every voter of the Raft group, this node included. Empty = just this
-    /// node (`node_id` at `advertised_addr`).
+    /// node (`node_id` at `advertised_addr`). Only read to bootstrap an
+    /// empty store.
     pub peers: Vec<Peer>,
+    /// With an empty store, never initialize a group: wait to be added to
+    /// a running one (`AddController`). `peers` is then not used. Ignored
+    /// once the store is initialized.
+    pub join: bool,
     /// A storage node that has not heartbeated for this long is marked dead.
     pub node_lease_ms: u64,
     /// Raft leader heartbeat interval.
@@ -106,6 +111,7 @@ impl Default for ControllerConfig {
             advertised_addr: String::new(),
             data_dir: PathBuf::from("./data/controller"),
             peers: Vec::new(),
+            join: false,
             node_lease_ms: 6000,
             heartbeat_interval_ms: 100,
             election_timeout_min_ms: 500,
@@ -115,9 +121,22 @@ impl Default for ControllerConfig {
 }
 
 impl ControllerConfig {
+    /// The voters to bootstrap an empty store with, with the empty list
+    /// resolved to this node alone at `advertised` (the effective advertised
+    /// address). `None` with `join`: an empty store waits to be added.
+    pub(crate) fn bootstrap_peers(
+        &self,
+        advertised: &str,
+    ) -> Result<Option<Vec<Peer>>, ControllerError> {
+        if self.join {
+            return Ok(None);
+        }
+        self.effective_peers(advertised).map(Some)
+    }
+
     /// The voters, with the empty list resolved to this node alone at
     /// `advertised` (the effective advertised address).
-    pub(crate) fn effective_peers(&self, advertised: &str) -> Result<Vec<Peer>, ControllerError> {
+    fn effective_peers(&self, advertised: &str) -> Result<Vec<Peer>, ControllerError> {
         let mut peers = if self.peers.is_empty() {
             vec![Peer {
                 id: self.node_id,
@@ -179,6 +198,26 @@ mod tests {
                 address: "127.0.0.1:7401".into()
             }]
         );
+    }
+
+    #[test]
+    fn a_joining_controller_bootstraps_nothing_and_needs_no_peers() {
+        let config = ControllerConfig {
+            node_id: 4,
+            join: true,
+            peers: vec![Peer {
+                id: 1,
+                address: "a:1".into(),
+            }],
+            ..ControllerConfig::default()
+        };
+        assert_eq!(config.bootstrap_peers("x:1").unwrap(), None);
+        let alone = ControllerConfig {
+            join: false,
+            peers: Vec::new(),
+            ..config
+        };
+        assert_eq!(alone.bootstrap_peers("x:1").unwrap().unwrap().len(), 1);
     }
 
     #[test]

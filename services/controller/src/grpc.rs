@@ -1,20 +1,22 @@
 //! The client-facing `ControllerService` and the [`Proposer`] that turns
 //! validated requests into Raft proposals.
 //!
-//! Writes (`CreateTopic`, `DeleteTopic`, `RegisterNode`, `Heartbeat`) are
-//! served by the Raft leader only; other controllers answer
-//! `NOT_CONTROLLER_LEADER` with the leader's address as hint. Reads
-//! (`GetMetadata`, `WatchMetadata`) are served by any controller from its
-//! applied state, which on a follower may lag the leader by a few
-//! heartbeats; the `version` field tells how fresh a snapshot is.
+//! Writes (`CreateTopic`, `DeleteTopic`, `RegisterNode`, `Heartbeat`,
+//! membership changes) are served by the Raft leader only; other
+//! controllers answer `NOT_CONTROLLER_LEADER` with the leader's address as
+//! hint. Reads (`GetMetadata`, `WatchMetadata`) are served by any member of
+//! the group from its applied state, which on a follower may lag the leader
+//! by a few heartbeats; the `version` field tells how fresh a snapshot is.
+//! A controller outside its own membership (waiting to join, or removed)
+//! answers reads with `UNAVAILABLE` and ends its watches.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use openraft::error::{ClientWriteError, Fatal, RaftError};
-use openraft::{BasicNode, RaftMetrics, ServerState};
+use openraft::error::{ChangeMembershipError, ClientWriteError, Fatal, RaftError};
+use openraft::{BasicNode, Membership, RaftMetrics, ServerState, StoredMembership};
 use streambus_proto::internal::controller_service_server::ControllerService;
 use streambus_proto::internal::{
     AllocateProducerIdsRequest, AllocateProducerIdsResponse, AlterPartitionRequest,
@@ -23,8 +25,9 @@ use streambus_proto::internal::{
     WatchMetadataRequest,
 };
 use streambus_proto::v1::{
-    ControllerMember, ControllerStatus, CreateTopicRequest, CreateTopicResponse,
-    DeleteTopicRequest, DeleteTopicResponse,
+    AddControllerRequest, AddControllerResponse, ControllerMember, ControllerStatus,
+    CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse,
+    RemoveControllerRequest, RemoveControllerResponse,
 };
 use streambus_proto::{Error, Reason};
 use tokio::sync::watch;
@@ -32,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::leases::Leases;
+use crate::membership::MembershipChanges;
 use crate::metadata::{Command, CommandResponse, Metadata, ReplicaRefs};
 use crate::metrics::Metrics;
 use crate::store::{Raft, StateMachineStore};
@@ -45,6 +49,8 @@ pub(crate) struct Proposer {
     node_id: u64,
     raft: Raft,
     raft_metrics: watch::Receiver<RaftMetrics<u64, BasicNode>>,
+    /// [`Proposer::is_member`], kept current by [`Proposer::track_membership`].
+    member: watch::Sender<bool>,
     sm: StateMachineStore,
     metrics: Arc<Metrics>,
 }
@@ -56,12 +62,35 @@ impl Proposer {
         sm: StateMachineStore,
         metrics: Arc<Metrics>,
     ) -> Proposer {
+        let raft_metrics = raft.metrics();
+        let member = watch::Sender::new(is_member(&raft_metrics.borrow(), &sm.current(), node_id));
         Proposer {
             node_id,
-            raft_metrics: raft.metrics(),
+            raft_metrics,
+            member,
             raft,
             sm,
             metrics,
+        }
+    }
+
+    /// Publishes whether this controller is a member until `cancel`.
+    pub(crate) async fn track_membership(self, cancel: CancellationToken) {
+        let mut raft_rx = self.raft.metrics();
+        let mut sm_rx = self.sm.subscribe();
+        loop {
+            let now = is_member(
+                &raft_rx.borrow_and_update(),
+                &sm_rx.borrow_and_update(),
+                self.node_id,
+            );
+            self.member
+                .send_if_modified(|m| std::mem::replace(m, now) != now);
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                r = raft_rx.changed() => if r.is_err() { return },
+                r = sm_rx.changed() => if r.is_err() { return },
+            }
         }
     }
 
@@ -87,19 +116,45 @@ impl Proposer {
         Some((id, addr))
     }
 
+    /// This controller's id.
+    pub(crate) fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// The latest membership this controller knows (the effective one:
+    /// possibly not committed yet).
+    pub(crate) fn membership(&self) -> Arc<StoredMembership<u64, BasicNode>> {
+        self.raft_metrics.borrow().membership_config.clone()
+    }
+
+    /// Whether this controller is a member of the group: in its own latest
+    /// membership (as a voter or a learner), and not removed by an applied
+    /// `RemoveController`. Not yet when it waits to join (or to be contacted
+    /// by the first leader), no longer once it is being removed.
+    pub(crate) fn is_member(&self) -> bool {
+        is_member(
+            &self.raft_metrics.borrow(),
+            &self.sm.current(),
+            self.node_id,
+        )
+    }
+
+    /// Fails with `UNAVAILABLE` when this controller is not a member: its
+    /// metadata does not advance, so it serves none.
+    fn ensure_member(&self) -> Result<(), Error> {
+        if self.is_member() {
+            Ok(())
+        } else {
+            Err(not_member(self.node_id))
+        }
+    }
+
     /// This controller's own Raft view.
     pub(crate) fn status(&self) -> ControllerStatus {
         let m = self.raft_metrics.borrow();
         let membership = m.membership_config.membership();
         let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
-        let members = membership
-            .nodes()
-            .map(|(id, node)| ControllerMember {
-                node_id: *id,
-                address: node.addr.clone(),
-                voter: voters.contains(id),
-            })
-            .collect::<Vec<_>>();
+        let members = members(membership);
         let state = match m.state {
             ServerState::Leader => "leader",
             ServerState::Follower => "follower",
@@ -170,7 +225,17 @@ impl Proposer {
                 Reason::Timeout,
                 "the metadata change was not committed in time; it may still be applied",
             ),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            Ok(Err(e)) => self.write_error(e),
+        };
+        self.metrics.raft_proposal_failures.inc();
+        Err(raft_error)
+    }
+
+    /// The error for a failed Raft write (a proposal or a membership
+    /// change).
+    pub(crate) fn write_error(&self, e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Error {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
                 let hint = f.leader_node.map(|n| n.addr).unwrap_or_default();
                 Error::new(
                     Reason::NotControllerLeader,
@@ -178,19 +243,25 @@ impl Proposer {
                 )
                 .with_leader_hint(hint)
             }
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => Error::new(
-                Reason::Internal,
-                format!("unexpected membership error: {e}"),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(e),
+            )) => Error::new(
+                Reason::Unavailable,
+                format!(
+                    "another controller membership change is in progress ({e}); retry once it is committed"
+                ),
             ),
-            Ok(Err(RaftError::Fatal(Fatal::Stopped))) => {
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => Error::new(
+                Reason::InvalidArgument,
+                format!("membership change refused: {e}"),
+            ),
+            RaftError::Fatal(Fatal::Stopped) => {
                 Error::new(Reason::ShuttingDown, "the controller is shutting down")
             }
-            Ok(Err(RaftError::Fatal(e))) => {
+            RaftError::Fatal(e) => {
                 Error::new(Reason::Internal, format!("controller raft failed: {e}"))
             }
-        };
-        self.metrics.raft_proposal_failures.inc();
-        Err(raft_error)
+        }
     }
 
     fn cluster_metadata(&self, metadata: &Metadata) -> ClusterMetadata {
@@ -199,10 +270,41 @@ impl Proposer {
     }
 }
 
+/// The members of `membership`, in id order, voters marked.
+pub(crate) fn members(membership: &Membership<u64, BasicNode>) -> Vec<ControllerMember> {
+    let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+    membership
+        .nodes()
+        .map(|(id, node)| ControllerMember {
+            node_id: *id,
+            address: node.addr.clone(),
+            voter: voters.contains(id),
+        })
+        .collect()
+}
+
+fn is_member(m: &RaftMetrics<u64, BasicNode>, metadata: &Metadata, node_id: u64) -> bool {
+    m.membership_config
+        .membership()
+        .get_node(&node_id)
+        .is_some()
+        && !metadata.removed_controllers.contains(&node_id)
+}
+
+fn not_member(node_id: u64) -> Error {
+    Error::new(
+        Reason::Unavailable,
+        format!(
+            "controller {node_id} is not a member of the controller group (it waits to be added, or was removed); ask another controller"
+        ),
+    )
+}
+
 /// The `ControllerService` implementation.
 pub(crate) struct ControllerGrpc {
     proposer: Proposer,
     leases: Arc<Leases>,
+    membership: MembershipChanges,
     cancel: CancellationToken,
 }
 
@@ -213,6 +315,7 @@ impl ControllerGrpc {
         cancel: CancellationToken,
     ) -> ControllerGrpc {
         ControllerGrpc {
+            membership: MembershipChanges::new(proposer.clone()),
             proposer,
             leases,
             cancel,
@@ -228,6 +331,8 @@ type MetadataStream = Pin<Box<dyn Stream<Item = Result<ClusterMetadata, Status>>
 
 struct WatchState {
     rx: watch::Receiver<Arc<Metadata>>,
+    /// Whether this controller is a member; the stream ends when it is not.
+    member: watch::Receiver<bool>,
     last_sent: u64,
     first: bool,
     done: bool,
@@ -241,6 +346,11 @@ fn watch_stream(state: WatchState) -> MetadataStream {
             return None;
         }
         loop {
+            if !*st.member.borrow_and_update() {
+                st.done = true;
+                let err = not_member(st.proposer.node_id);
+                return Some((Err(err.to_status()), st));
+            }
             let metadata = st.rx.borrow_and_update().clone();
             // The first snapshot goes out at once unless the caller already
             // has this version or a newer one.
@@ -258,6 +368,11 @@ fn watch_stream(state: WatchState) -> MetadataStream {
                     return Some((Err(err.to_status()), st));
                 }
                 changed = st.rx.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                }
+                changed = st.member.changed() => {
                     if changed.is_err() {
                         return None;
                     }
@@ -318,6 +433,7 @@ impl ControllerService for ControllerGrpc {
         &self,
         _req: Request<GetMetadataRequest>,
     ) -> Result<Response<ClusterMetadata>, Status> {
+        self.proposer.ensure_member().map_err(status)?;
         let metadata = self.proposer.metadata();
         Ok(Response::new(self.proposer.cluster_metadata(&metadata)))
     }
@@ -328,8 +444,10 @@ impl ControllerService for ControllerGrpc {
         &self,
         req: Request<WatchMetadataRequest>,
     ) -> Result<Response<Self::WatchMetadataStream>, Status> {
+        self.proposer.ensure_member().map_err(status)?;
         let state = WatchState {
             rx: self.proposer.sm.subscribe(),
+            member: self.proposer.member.subscribe(),
             last_sent: req.into_inner().min_version,
             first: true,
             done: false,
@@ -536,6 +654,28 @@ impl ControllerService for ControllerGrpc {
         _: Request<DescribeControllerRequest>,
     ) -> Result<Response<ControllerStatus>, Status> {
         Ok(Response::new(self.proposer.status()))
+    }
+
+    async fn add_controller(
+        &self,
+        req: Request<AddControllerRequest>,
+    ) -> Result<Response<AddControllerResponse>, Status> {
+        let AddControllerRequest { node_id, address } = req.into_inner();
+        let members = self
+            .membership
+            .add(node_id, &address)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(AddControllerResponse { members }))
+    }
+
+    async fn remove_controller(
+        &self,
+        req: Request<RemoveControllerRequest>,
+    ) -> Result<Response<RemoveControllerResponse>, Status> {
+        let node_id = req.into_inner().node_id;
+        let members = self.membership.remove(node_id).await.map_err(status)?;
+        Ok(Response::new(RemoveControllerResponse { members }))
     }
 
     async fn allocate_producer_ids(

@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 mod grpc;
 mod leases;
+mod membership;
 pub mod metadata;
 pub mod metrics;
 mod network;

@@ -114,6 +114,21 @@ pub enum Command {
         /// How many (1 to [`MAX_PRODUCER_ID_BLOCK`]).
         count: u32,
     },
+    /// Proposed before controller `node_id` leaves the Raft group, so that
+    /// it learns it was removed (openraft stops replicating to a controller
+    /// as soon as the membership without it is appended) and stops serving
+    /// metadata. The membership itself changes through openraft's own
+    /// membership entries.
+    RemoveController {
+        /// The controller's Raft node id.
+        node_id: u64,
+    },
+    /// Proposed before a controller removed earlier joins again with the
+    /// same id: clears what [`Command::RemoveController`] recorded.
+    AddController {
+        /// The controller's Raft node id.
+        node_id: u64,
+    },
 }
 
 /// Most producer ids one allocation hands out.
@@ -249,6 +264,10 @@ pub struct Metadata {
     /// The first idempotent producer id not yet handed out.
     #[serde(default)]
     pub next_producer_id: i64,
+    /// Controllers removed from the Raft group (and not added again): a
+    /// controller that finds itself here serves no metadata.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub removed_controllers: BTreeSet<u64>,
 }
 
 pub use streambus_cluster::random_id;
@@ -467,6 +486,14 @@ impl Metadata {
                     self.node_restarted(*node_id, dirty);
                 }
                 self.set_alive(*node_id, true, dirty);
+                CommandResponse::Ok
+            }
+            Command::RemoveController { node_id } => {
+                self.removed_controllers.insert(*node_id);
+                CommandResponse::Ok
+            }
+            Command::AddController { node_id } => {
+                self.removed_controllers.remove(node_id);
                 CommandResponse::Ok
             }
             Command::AllocateProducerIds { count } => {
@@ -1086,6 +1113,22 @@ mod tests {
             assert!(matches!(r, CommandResponse::Rejected { .. }), "{r:?}");
         }
         assert_eq!(m.next_producer_id, 1010);
+    }
+
+    #[test]
+    fn removed_controllers_are_recorded_until_added_again() {
+        let mut m = Metadata::default();
+        let mut dirty = Dirty::default();
+        m.apply(1, &Command::RemoveController { node_id: 2 }, &mut dirty);
+        m.apply(2, &Command::RemoveController { node_id: 3 }, &mut dirty);
+        m.apply(3, &Command::AddController { node_id: 2 }, &mut dirty);
+        assert_eq!(m.removed_controllers, BTreeSet::from([3]));
+        assert_eq!(m.version, 3);
+        // Older snapshots, without the field, load with nobody removed.
+        let mut json = serde_json::to_value(&m).unwrap();
+        json.as_object_mut().unwrap().remove("removed_controllers");
+        let old: Metadata = serde_json::from_value(json).unwrap();
+        assert!(old.removed_controllers.is_empty());
     }
 
     #[test]

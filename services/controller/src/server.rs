@@ -32,9 +32,10 @@ pub(crate) use streambus_cluster::MAX_METADATA_MESSAGE_BYTES;
 /// Optional extras for [`serve_with_options`].
 #[derive(Debug, Default)]
 pub struct ServeOptions {
-    /// Set to `true` once this controller is serving and caught up (a Raft
-    /// leader is known and this node has applied up to the leader's
-    /// applied index), back to `false` while no leader is known.
+    /// Set to `true` once this controller is serving and caught up (it is a
+    /// member of the group, a Raft leader is known and this node has applied
+    /// up to the leader's applied index), back to `false` while no leader is
+    /// known or once it is no longer a member.
     pub ready: Option<watch::Sender<bool>>,
     /// Metrics registered by the caller ([`Metrics::new`]).
     pub metrics: Option<Arc<Metrics>>,
@@ -86,8 +87,8 @@ pub async fn serve_with_options(
     } else {
         config.advertised_addr.clone()
     };
-    let peers = config.effective_peers(&advertised)?;
-    if let Some(me) = peers.iter().find(|p| p.id == config.node_id)
+    let peers = config.bootstrap_peers(&advertised)?;
+    if let Some(me) = peers.iter().flatten().find(|p| p.id == config.node_id)
         && !config.advertised_addr.is_empty()
         && me.address != config.advertised_addr
     {
@@ -125,8 +126,15 @@ pub async fn serve_with_options(
     )
     .await
     .map_err(|e| ControllerError::Raft(e.to_string()))?;
-    tracing::info!(node_id = config.node_id, %local, %advertised, peers = peers.len(), "controller starting");
-    if let Err(e) = bootstrap(&raft, config.node_id, &peers).await {
+    tracing::info!(
+        node_id = config.node_id,
+        %local,
+        %advertised,
+        peers = peers.as_ref().map_or(0, Vec::len),
+        join = config.join,
+        "controller starting"
+    );
+    if let Err(e) = bootstrap(&raft, config.node_id, peers.as_deref()).await {
         let _ = raft.shutdown().await;
         return Err(e);
     }
@@ -141,6 +149,7 @@ pub async fn serve_with_options(
 
     let tasks: Vec<JoinHandle<()>> = vec![
         tokio::spawn(leases.clone().run(proposer.clone(), cancel.clone())),
+        tokio::spawn(proposer.clone().track_membership(cancel.clone())),
         tokio::spawn(update_metrics(
             raft.clone(),
             sm.clone(),
@@ -195,9 +204,14 @@ pub async fn serve_with_options(
 }
 
 /// On an empty store, the lowest-id peer initializes the group with every
-/// peer as a voter; the others wait to be contacted. An initialized store
-/// just starts.
-async fn bootstrap(raft: &Raft, node_id: u64, peers: &[Peer]) -> Result<(), ControllerError> {
+/// peer as a voter; the others wait to be contacted. Without peers
+/// (`controller.join`) nothing is initialized: the controller waits to be
+/// added to a running group. An initialized store just starts.
+async fn bootstrap(
+    raft: &Raft,
+    node_id: u64,
+    peers: Option<&[Peer]>,
+) -> Result<(), ControllerError> {
     let initialized = raft
         .is_initialized()
         .await
@@ -206,6 +220,12 @@ async fn bootstrap(raft: &Raft, node_id: u64, peers: &[Peer]) -> Result<(), Cont
         tracing::info!("raft store already initialized");
         return Ok(());
     }
+    let Some(peers) = peers else {
+        tracing::info!(
+            "empty raft store and controller.join = true; waiting to be added to a running controller group (streambus cluster add-controller)"
+        );
+        return Ok(());
+    };
     let lowest = peers.iter().map(|p| p.id).min();
     if lowest != Some(node_id) {
         tracing::info!(
@@ -304,7 +324,10 @@ async fn track_readiness(
     let mut raft_rx = proposer.raft().metrics();
     let mut is_ready = false;
     loop {
-        let has_leader = raft_rx.borrow_and_update().current_leader.is_some();
+        // A controller outside its own membership (waiting to join, or
+        // removed) serves no metadata.
+        let has_leader =
+            raft_rx.borrow_and_update().current_leader.is_some() && proposer.is_member();
         let now_ready = if !has_leader {
             false
         } else if is_ready {

@@ -1,175 +1,14 @@
 //! Controllers started in-process on pre-bound `127.0.0.1:0` listeners.
 
-use std::collections::HashMap;
+mod common;
+
 use std::time::Duration;
 
+use common::*;
 use futures::StreamExt;
-use streambus_cluster::ControllerClient;
-use streambus_controller::{ControllerConfig, ControllerError, Peer, serve_with_listener};
 use streambus_proto::internal::controller_service_client::ControllerServiceClient;
-use streambus_proto::internal::{
-    ClusterMetadata, HeartbeatRequest, OfflineReplica, RegisterNodeRequest,
-};
-use streambus_proto::v1::CreateTopicRequest;
+use streambus_proto::internal::{ClusterMetadata, OfflineReplica};
 use streambus_proto::{Error, Reason};
-use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
-
-const WAIT: Duration = Duration::from_secs(15);
-
-/// A registration of node `id` from data directory `dir-<id>`, incarnation 1.
-fn reg(id: u64, address: &str) -> RegisterNodeRequest {
-    RegisterNodeRequest {
-        node_id: id,
-        address: address.to_string(),
-        incarnation: 1,
-        directory_id: format!("dir-{id}"),
-        cluster_id: String::new(),
-        rack: String::new(),
-    }
-}
-
-/// A heartbeat of incarnation 1 with nothing offline.
-fn hb(id: u64) -> HeartbeatRequest {
-    HeartbeatRequest {
-        node_id: id,
-        incarnation: 1,
-        offline_replicas: vec![],
-    }
-}
-
-struct Controller {
-    id: u64,
-    address: String,
-    ready: watch::Receiver<bool>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), ControllerError>>,
-}
-
-impl Controller {
-    async fn wait_ready(&mut self) {
-        tokio::time::timeout(WAIT, self.ready.wait_for(|r| *r))
-            .await
-            .expect("controller ready in time")
-            .expect("ready channel open");
-    }
-
-    async fn shutdown(mut self) {
-        let _ = self.stop.take().expect("running").send(());
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("controller stops in time")
-            .expect("controller task")
-            .expect("controller stops cleanly");
-    }
-}
-
-fn config(node_id: u64, data_dir: &std::path::Path, peers: Vec<Peer>) -> ControllerConfig {
-    ControllerConfig {
-        node_id,
-        data_dir: data_dir.to_path_buf(),
-        advertised_addr: peers
-            .iter()
-            .find(|p| p.id == node_id)
-            .map(|p| p.address.clone())
-            .unwrap_or_default(),
-        peers,
-        heartbeat_interval_ms: 50,
-        election_timeout_min_ms: 300,
-        election_timeout_max_ms: 600,
-        ..ControllerConfig::default()
-    }
-}
-
-fn start(config: ControllerConfig, listener: TcpListener) -> Controller {
-    let address = listener.local_addr().unwrap().to_string();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let (ready_tx, ready) = watch::channel(false);
-    let id = config.node_id;
-    let task = tokio::spawn(serve_with_listener(
-        config,
-        listener,
-        async move {
-            let _ = stopped.await;
-        },
-        Some(ready_tx),
-    ));
-    Controller {
-        id,
-        address,
-        ready,
-        stop: Some(stop),
-        task,
-    }
-}
-
-async fn listener() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").await.unwrap()
-}
-
-async fn single(dir: &std::path::Path, lease_ms: u64) -> Controller {
-    let l = listener().await;
-    let mut c = start(
-        ControllerConfig {
-            node_lease_ms: lease_ms,
-            ..config(1, dir, Vec::new())
-        },
-        l,
-    );
-    c.wait_ready().await;
-    c
-}
-
-async fn cluster(dirs: &[tempfile::TempDir]) -> Vec<Controller> {
-    let mut listeners = Vec::new();
-    for _ in dirs {
-        listeners.push(listener().await);
-    }
-    let peers: Vec<Peer> = listeners
-        .iter()
-        .enumerate()
-        .map(|(i, l)| Peer {
-            id: i as u64 + 1,
-            address: l.local_addr().unwrap().to_string(),
-        })
-        .collect();
-    let mut controllers: Vec<Controller> = listeners
-        .into_iter()
-        .enumerate()
-        .map(|(i, l)| start(config(i as u64 + 1, dirs[i].path(), peers.clone()), l))
-        .collect();
-    for c in &mut controllers {
-        c.wait_ready().await;
-    }
-    controllers
-}
-
-fn topic(name: &str, partitions: u32) -> CreateTopicRequest {
-    CreateTopicRequest {
-        name: name.to_string(),
-        partitions,
-        replication_factor: 1,
-        configs: HashMap::new(),
-    }
-}
-
-fn client(controllers: &[&Controller]) -> ControllerClient {
-    ControllerClient::new(controllers.iter().map(|c| c.address.clone()).collect()).unwrap()
-}
-
-async fn leader_of(client: &ControllerClient) -> u64 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Ok(md) = client.get_metadata().await
-            && md.controller_leader_id != 0
-        {
-            return md.controller_leader_id;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test]
 async fn topics_survive_controller_restart() {
@@ -304,14 +143,8 @@ async fn writes_through_a_follower_get_leader_hint_and_client_follows_it() {
 
 #[tokio::test]
 async fn new_leader_is_elected_after_leader_shutdown_and_accepts_writes() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let controllers = cluster(&dirs).await;
-    let all: Vec<&Controller> = controllers.iter().collect();
-    let client = client(&all);
-    client
-        .register_node(reg(1, "127.0.0.1:9001"))
-        .await
-        .unwrap();
+    let dirs = dirs(3);
+    let (controllers, client) = three_with_a_storage_node(&dirs).await;
     client.create_topic(topic("before", 1)).await.unwrap();
     let old_leader = leader_of(&client).await;
     let mut watch = Box::pin(client.watch_metadata());

@@ -1,5 +1,6 @@
-//! The public AdminService: topics are created and deleted through the
-//! controller; reads come from a fresh metadata snapshot.
+//! The public AdminService: topics are created and deleted, and
+//! controllers added and removed, through the controller; reads come from a
+//! fresh metadata snapshot.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -10,11 +11,12 @@ use streambus_proto::internal::{
 };
 use streambus_proto::v1::admin_service_server::AdminService;
 use streambus_proto::v1::{
-    ControllerStatus, CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest,
-    DeleteTopicResponse, DescribeClusterRequest, DescribeClusterResponse,
-    DescribePartitionOffsetsRequest, DescribePartitionOffsetsResponse, DescribeTopicRequest,
-    DescribeTopicResponse, ListTopicsRequest, ListTopicsResponse, PartitionOffsets,
-    PartitionStatus, StorageNodeStatus, TopicDescription,
+    AddControllerRequest, AddControllerResponse, ControllerStatus, CreateTopicRequest,
+    CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse, DescribeClusterRequest,
+    DescribeClusterResponse, DescribePartitionOffsetsRequest, DescribePartitionOffsetsResponse,
+    DescribeTopicRequest, DescribeTopicResponse, ListTopicsRequest, ListTopicsResponse,
+    PartitionOffsets, PartitionStatus, RemoveControllerRequest, RemoveControllerResponse,
+    StorageNodeStatus, TopicDescription,
 };
 use streambus_proto::{Error, Reason};
 use tonic::{Request, Response, Status};
@@ -315,6 +317,37 @@ impl AdminService for AdminApi {
         let started = Instant::now();
         let r = self.describe_cluster().await;
         observe(&self.metrics, "DescribeCluster", started, r)
+    }
+
+    async fn add_controller(
+        &self,
+        request: Request<AddControllerRequest>,
+    ) -> Result<Response<AddControllerResponse>, Status> {
+        let started = Instant::now();
+        let AddControllerRequest { node_id, address } = request.into_inner();
+        let r = self
+            .router
+            .metadata()
+            .controller()
+            .add_controller(node_id, &address)
+            .await
+            .map(|members| AddControllerResponse { members });
+        observe(&self.metrics, "AddController", started, r)
+    }
+
+    async fn remove_controller(
+        &self,
+        request: Request<RemoveControllerRequest>,
+    ) -> Result<Response<RemoveControllerResponse>, Status> {
+        let started = Instant::now();
+        let r = self
+            .router
+            .metadata()
+            .controller()
+            .remove_controller(request.into_inner().node_id)
+            .await
+            .map(|members| RemoveControllerResponse { members });
+        observe(&self.metrics, "RemoveController", started, r)
     }
 }
 

@@ -1,4 +1,4 @@
-//! `streambus cluster status`.
+//! `streambus cluster status`, `add-controller` and `remove-controller`.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -27,6 +27,20 @@ enum ClusterCommand {
         #[arg(short, long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Add a controller to the Raft group: as a learner, then as a voter
+    /// once it has caught up. Start it first, with an empty data directory
+    /// and controller.join = true
+    AddController {
+        /// The new controller's controller.node_id
+        id: u64,
+        /// HOST:PORT at which the other controllers and clients reach it
+        address: String,
+    },
+    /// Remove a controller (voter or learner) from the Raft group
+    RemoveController {
+        /// Its controller.node_id
+        id: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -49,9 +63,36 @@ pub(super) async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        ClusterCommand::AddController { id, address } => {
+            let members = client.add_controller(id, &address).await?;
+            writeln!(out, "controller {id} added as a voter")?;
+            writeln!(out)?;
+            members_table(&mut out, &members)?;
+        }
+        ClusterCommand::RemoveController { id } => {
+            let members = client.remove_controller(id).await?;
+            writeln!(
+                out,
+                "controller {id} removed; stop it (it serves no metadata any more)"
+            )?;
+            writeln!(out)?;
+            members_table(&mut out, &members)?;
+        }
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn role(voter: bool) -> String {
+    if voter { "voter" } else { "learner" }.to_string()
+}
+
+fn members_table(out: &mut impl Write, members: &[v1::ControllerMember]) -> std::io::Result<()> {
+    let rows: Vec<Vec<String>> = members
+        .iter()
+        .map(|m| vec![m.node_id.to_string(), m.address.clone(), role(m.voter)])
+        .collect();
+    table(out, &["CONTROLLER", "ADDRESS", "ROLE"], &rows)
 }
 
 fn text(out: &mut impl Write, s: &v1::DescribeClusterResponse) -> std::io::Result<()> {
@@ -66,6 +107,7 @@ fn text(out: &mut impl Write, s: &v1::DescribeClusterResponse) -> std::io::Resul
                 vec![
                     c.node_id.to_string(),
                     c.address.clone(),
+                    role(c.voter),
                     c.state.clone(),
                     c.term.to_string(),
                     id_or_dash(c.leader_id),
@@ -76,6 +118,7 @@ fn text(out: &mut impl Write, s: &v1::DescribeClusterResponse) -> std::io::Resul
                 let mut row = vec![
                     c.node_id.to_string(),
                     c.address.clone(),
+                    role(c.voter),
                     format!("unreachable ({})", c.error),
                 ];
                 row.extend(std::iter::repeat_n("-".to_string(), 4));
@@ -88,6 +131,7 @@ fn text(out: &mut impl Write, s: &v1::DescribeClusterResponse) -> std::io::Resul
         &[
             "CONTROLLER",
             "ADDRESS",
+            "ROLE",
             "STATE",
             "TERM",
             "LEADER",
@@ -262,6 +306,13 @@ mod tests {
                     error: "TIMEOUT: no answer".into(),
                     ..Default::default()
                 },
+                v1::ControllerStatus {
+                    node_id: 3,
+                    address: "127.0.0.1:7431".into(),
+                    reachable: true,
+                    state: "learner".into(),
+                    ..Default::default()
+                },
             ],
             storage_nodes: vec![v1::StorageNodeStatus {
                 node_id: 1,
@@ -283,13 +334,38 @@ mod tests {
         text(&mut out, &status()).unwrap();
         let out = String::from_utf8(out).unwrap();
         assert!(out.contains("CLUSTER-ID          c-1"), "{out}");
-        assert!(out.contains("1           127.0.0.1:7401  leader"), "{out}");
+        assert!(
+            out.contains("1           127.0.0.1:7401  voter    leader"),
+            "{out}"
+        );
+        assert!(
+            out.contains("3           127.0.0.1:7431  learner  learner"),
+            "{out}"
+        );
         assert!(out.contains("unreachable (TIMEOUT: no answer)"), "{out}");
         assert!(out.contains("UNDER-REPLICATED PARTITIONS: 1"), "{out}");
         assert!(out.contains("OFFLINE PARTITIONS: none"), "{out}");
         assert!(
             out.contains("orders  2          1       1,2,3     1    2"),
             "{out}"
+        );
+    }
+
+    #[test]
+    fn members_are_listed_with_their_role() {
+        let mut out = Vec::new();
+        let member = |id: u64, voter| v1::ControllerMember {
+            node_id: id,
+            address: format!("127.0.0.1:74{id}1"),
+            voter,
+        };
+        members_table(&mut out, &[member(1, true), member(4, false)]).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(
+            out,
+            "CONTROLLER  ADDRESS         ROLE\n\
+             1           127.0.0.1:7411  voter\n\
+             4           127.0.0.1:7441  learner\n"
         );
     }
 

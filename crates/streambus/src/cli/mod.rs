@@ -25,7 +25,8 @@ pub enum ClientCommand {
     Produce(ProduceArgs),
     /// Print records of a topic, one per line
     Consume(ConsumeArgs),
-    /// Show the cluster's controllers, storage nodes and partition health
+    /// Show the cluster's controllers, storage nodes and partition health;
+    /// add and remove controllers
     Cluster(ClusterArgs),
 }
 

@@ -1,7 +1,8 @@
 //! The metadata state machine persisted in sled, with snapshots.
 //!
 //! Tree `sm`: `meta` (last applied log id, last membership, version,
-//! placement cursor), `t/<topic name>` (one JSON topic each) and
+//! placement cursor, cluster id, next producer id, removed controllers),
+//! `t/<topic name>` (one JSON topic each) and
 //! `n/<node id, big endian>` (one JSON storage node each). Each apply call
 //! writes what it touched in one atomic batch. Tree `sm_snapshot` holds the
 //! latest snapshot (`meta` and `data`), flushed before openraft may purge
@@ -11,6 +12,7 @@
 //! `tokio::sync::watch` channel; readers (`GetMetadata`, `WatchMetadata`,
 //! the lease task) never take the state machine's lock.
 
+use std::collections::BTreeSet;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -55,6 +57,8 @@ struct SmMeta {
     cluster_id: String,
     #[serde(default)]
     next_producer_id: i64,
+    #[serde(default)]
+    removed_controllers: BTreeSet<u64>,
 }
 
 struct Inner {
@@ -193,6 +197,7 @@ fn meta_of(state: &SmState) -> SmMeta {
         placement_cursor: state.metadata.placement_cursor,
         cluster_id: state.metadata.cluster_id.clone(),
         next_producer_id: state.metadata.next_producer_id,
+        removed_controllers: state.metadata.removed_controllers.clone(),
     }
 }
 
@@ -208,6 +213,7 @@ fn load_state(tree: &sled::Tree) -> Result<SmState, ControllerError> {
         placement_cursor: meta.placement_cursor,
         cluster_id: meta.cluster_id,
         next_producer_id: meta.next_producer_id,
+        removed_controllers: meta.removed_controllers,
         ..Metadata::default()
     };
     for item in tree.scan_prefix(TOPIC_PREFIX) {

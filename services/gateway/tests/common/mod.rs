@@ -146,6 +146,20 @@ impl ControllerService for FakeController {
         Err(Status::unimplemented("fake controller"))
     }
 
+    async fn add_controller(
+        &self,
+        _: Request<streambus_proto::v1::AddControllerRequest>,
+    ) -> Result<Response<streambus_proto::v1::AddControllerResponse>, Status> {
+        Err(Status::unimplemented("fake controller"))
+    }
+
+    async fn remove_controller(
+        &self,
+        _: Request<streambus_proto::v1::RemoveControllerRequest>,
+    ) -> Result<Response<streambus_proto::v1::RemoveControllerResponse>, Status> {
+        Err(Status::unimplemented("fake controller"))
+    }
+
     async fn create_topic(
         &self,
         _: Request<CreateTopicRequest>,
