@@ -1,9 +1,14 @@
 //! Real processes: one controller, three storage nodes and a gateway, on
-//! 127.0.0.1. The storage node leading a replication-factor-3 partition is
-//! killed with SIGKILL while an idempotent producer writes with acks=all;
-//! then it comes back, catches up and rejoins the in-sync replicas. Every
-//! acknowledged record must be read back exactly once, in order, at the
-//! offset it was acknowledged with.
+//! 127.0.0.1.
+//!
+//! - The storage node leading a replication-factor-3 partition is killed
+//!   with SIGKILL while an idempotent producer writes with acks=all; then
+//!   it comes back, catches up and rejoins the in-sync replicas. Every
+//!   acknowledged record must be read back exactly once, in order, at the
+//!   offset it was acknowledged with.
+//! - A storage node is decommissioned with `streambus cluster decommission
+//!   --wait` while records are written: it ends with no replica and no
+//!   partition directory, and every acknowledged record is still there.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
@@ -112,7 +117,7 @@ fn http_status(addr: &str, path: &str) -> Option<u16> {
 }
 
 struct Cluster {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     controller: Proc,
     nodes: BTreeMap<u64, Proc>,
     gateway: Proc,
@@ -175,13 +180,45 @@ impl Cluster {
         gateway.start();
         gateway.wait_ready();
         Cluster {
-            _dir: dir,
+            dir,
             controller,
             nodes,
             gateway,
             gateway_addr,
         }
     }
+}
+
+/// Every partition of `topic`, from the log start.
+async fn from_start(client: &Client, topic: &str) -> streambus_client::Subscription {
+    client
+        .subscribe(SubscribeOptions {
+            start: StartFrom::Earliest,
+            ..SubscribeOptions::new(topic)
+        })
+        .await
+        .unwrap()
+}
+
+/// Reads every record of `topic` from the beginning until `count` arrived;
+/// returns (partition, offset) → value.
+async fn read_all(client: &Client, topic: &str, count: usize) -> HashMap<(u32, i64), String> {
+    let mut sub = from_start(client, topic).await;
+    let mut read = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while read.len() < count {
+        let r = tokio::time::timeout_at(deadline, sub.next())
+            .await
+            .expect("every record is readable")
+            .expect("subscription open")
+            .unwrap();
+        let value = String::from_utf8(r.value.unwrap().to_vec()).unwrap();
+        assert!(
+            read.insert((r.partition, r.offset), value).is_none(),
+            "read twice"
+        );
+    }
+    read
 }
 
 async fn partition(client: &Client) -> streambus_client::v1::PartitionDescription {
@@ -271,13 +308,7 @@ async fn killing_the_partition_leader_loses_and_duplicates_nothing() {
     producer.close().await;
 
     // Read everything back.
-    let mut sub = client
-        .subscribe(SubscribeOptions {
-            start: StartFrom::Earliest,
-            ..SubscribeOptions::new(TOPIC)
-        })
-        .await
-        .unwrap();
+    let mut sub = from_start(&client, TOPIC).await;
     let mut read: Vec<(i64, String)> = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while read.len() < acked.len() {
@@ -305,6 +336,145 @@ async fn killing_the_partition_leader_loses_and_duplicates_nothing() {
             Some(format!("r{i}").as_str())
         );
     }
+    drop(cluster.gateway);
+    drop(cluster.controller);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decommissioned_storage_node_is_emptied_without_losing_a_record() {
+    const DRAIN: &str = "drain";
+    let mut cluster = tokio::task::spawn_blocking(Cluster::start).await.unwrap();
+    let client = Client::connect(cluster.gateway_addr.clone()).await.unwrap();
+    client
+        .create_topic(DRAIN, 3, 2, HashMap::new())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !client
+        .describe_topic(DRAIN)
+        .await
+        .unwrap()
+        .partitions
+        .iter()
+        .all(|p| p.isr.len() == 2)
+    {
+        assert!(Instant::now() < deadline, "never in sync");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let producer = client.producer(ProducerConfig::default());
+    let mut pending = Vec::new();
+    let mut next = 0u64;
+    let mut send = async |count: u64, pending: &mut Vec<_>| {
+        for _ in 0..count {
+            let record = Record {
+                value: Some(Bytes::from(format!("d{next}"))),
+                ..Record::default()
+            };
+            pending.push((next, producer.send(DRAIN, record, None).await.unwrap()));
+            next += 1;
+        }
+    };
+    send(600, &mut pending).await;
+    producer.flush().await;
+
+    let gateway = cluster.gateway_addr.clone();
+    let cli = Command::new(env!("CARGO_BIN_EXE_streambus"))
+        .args(["cluster", "decommission", "1", "--wait"])
+        .env("STREAMBUS_GATEWAY", &gateway)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Writes go on while the replicas move.
+    for _ in 0..10 {
+        send(30, &mut pending).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    producer.flush().await;
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cli = cli;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while cli.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = cli.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cli.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("storage node 1 is decommissioning: "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.ends_with(
+            "storage node 1 is decommissioned: it hosts no replicas and can be stopped\n"
+        ),
+        "{stdout}"
+    );
+    let status = client.describe_cluster().await.unwrap();
+    let node = status
+        .storage_nodes
+        .iter()
+        .find(|n| n.node_id == 1)
+        .unwrap();
+    assert!(node.decommissioning && node.replicas == 0, "{node:?}");
+    for p in client.describe_topic(DRAIN).await.unwrap().partitions {
+        assert!(!p.replicas.contains(&1), "{p:?}");
+        assert_eq!(p.replicas.len(), 2, "{p:?}");
+    }
+    let text = std::process::Command::new(env!("CARGO_BIN_EXE_streambus"))
+        .args(["cluster", "status"])
+        .env("STREAMBUS_GATEWAY", &gateway)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(text.contains("decommissioned"), "{text}");
+
+    // The node deleted what it no longer hosts; it can be stopped.
+    let dir = cluster.dir.path().join("storage-1");
+    let left = || -> Vec<PathBuf> {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("drain-")
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !left().is_empty() {
+        assert!(Instant::now() < deadline, "left behind: {:?}", left());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.nodes.get_mut(&1).unwrap().kill();
+    send(100, &mut pending).await;
+    producer.close().await;
+    let mut acked = HashMap::new();
+    for (i, d) in pending.drain(..) {
+        let m = d
+            .await
+            .unwrap_or_else(|e| panic!("record d{i} failed: {e}"));
+        acked.insert((m.partition, m.offset), format!("d{i}"));
+    }
+
+    let read = read_all(&client, DRAIN, acked.len()).await;
+    assert_eq!(
+        read, acked,
+        "every acknowledged record, once, where it was acknowledged"
+    );
     drop(cluster.gateway);
     drop(cluster.controller);
 }

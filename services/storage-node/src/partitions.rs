@@ -306,6 +306,7 @@ impl Partitions {
             }
             write(&self.replicas).remove(&key);
             let delete = delete(&key, &replica.topic_id);
+            replica.retire();
             close_replica(replica, delete).await;
         }
         let stale: Vec<(PartitionKey, String)> = read(&self.offline)
@@ -853,8 +854,19 @@ mod tests {
         let second = p.replica("t", 1).unwrap().dir.clone();
         assert!(second.exists());
 
-        // Taken out of both replica sets: both directories go.
+        // Taken out of both replica sets: both directories go, and a fetch
+        // loop still holding the replica cannot write to it any more.
+        let held = p.replica("t", 0).unwrap();
         p.apply(&with_replicas(5, &[1], 2)).await;
+        let mut b = BatchBuilder::new(streambus_record::Compression::None);
+        b.push(&Record::default());
+        let batch = b.build().to_vec();
+        assert!(
+            !held
+                .append_as_follower(held.view().leader_epoch, &batch)
+                .unwrap()
+        );
+        drop(held);
         assert!(!dir.exists(), "{} still exists", dir.display());
         assert!(!second.exists(), "{} still exists", second.display());
         assert_eq!(p.replica("t", 0).err().unwrap().reason, Reason::NotLeader);
