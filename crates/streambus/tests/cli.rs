@@ -191,20 +191,32 @@ async fn invalid_topic_config_is_refused_and_the_node_stays_up_across_restarts()
     })
     .await
     .unwrap();
+    // The create is answered once the controller applied it; the storage
+    // node opens the partitions a moment later.
+    let storage = dir.path().join("storage");
+    let p1 = || {
+        std::fs::read_dir(&storage)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("good-1-"))
+            })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while p1().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "partition 1 never opened"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     dev.stop().await;
 
     // A restart is ready again, and the partition whose log can no longer
     // be opened is offline while the other one serves.
-    let storage = dir.path().join("storage");
-    let p1 = std::fs::read_dir(&storage)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("good-1-"))
-        })
-        .expect("partition 1 directory");
+    let p1 = p1().expect("partition 1 directory");
     std::fs::remove_dir_all(&p1).unwrap();
     std::fs::write(&p1, b"not a directory").unwrap();
     let dev = common::Dev::start(dir.path()).await;
