@@ -115,6 +115,42 @@ impl Client {
         Ok(response.topic.unwrap_or_default())
     }
 
+    /// Grows a topic to `partitions` partitions (the count never shrinks;
+    /// the current count changes nothing). Returns the topic as changed.
+    pub async fn create_partitions(
+        &self,
+        topic: &str,
+        partitions: u32,
+    ) -> Result<v1::TopicDescription, ClientError> {
+        let response = self
+            .admin
+            .clone()
+            .create_partitions(v1::CreatePartitionsRequest {
+                topic: topic.to_string(),
+                partitions,
+            })
+            .await?
+            .into_inner();
+        Ok(response.topic.unwrap_or_default())
+    }
+
+    /// Starts decommissioning storage node `node_id`: its replicas move to
+    /// other nodes, and no new ones are placed on it. Returns at once with
+    /// the node's status; once [`v1::StorageNodeStatus::replicas`] (see
+    /// [`Client::describe_cluster`]) is 0 the node can be stopped.
+    pub async fn decommission_storage_node(
+        &self,
+        node_id: u64,
+    ) -> Result<v1::StorageNodeStatus, ClientError> {
+        let response = self
+            .admin
+            .clone()
+            .decommission_storage_node(v1::DecommissionStorageNodeRequest { node_id })
+            .await?
+            .into_inner();
+        Ok(response.node.unwrap_or_default())
+    }
+
     /// Deletes a topic and its data.
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
         self.admin

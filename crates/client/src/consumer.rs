@@ -48,7 +48,9 @@ pub enum StartFrom {
 pub struct SubscribeOptions {
     /// The topic.
     pub topic: String,
-    /// One partition, or `None` for every partition of the topic.
+    /// One partition, or `None` for every partition of the topic (then
+    /// partitions added to the topic while the subscription runs are read
+    /// too, from their log start).
     pub partition: Option<u32>,
     /// Where to start.
     pub start: StartFrom,
@@ -374,13 +376,20 @@ impl Positions {
         out: &mut VecDeque<ConsumedRecord>,
     ) -> Result<(), ClientError> {
         let partition = response.partition;
-        let floor = match (self.next.get(&partition), self.start) {
+        // A partition added after subscribing is read from its log start,
+        // whatever the start position says.
+        let start = if response.new_partition {
+            StartFrom::Earliest
+        } else {
+            self.start
+        };
+        let floor = match (self.next.get(&partition), start) {
             (Some(next), _) => *next,
             (None, StartFrom::Offset(offset)) => offset,
             (None, _) => i64::MIN,
         };
         // From a timestamp, a partition's first batch may hold earlier records.
-        let mut since = match self.start {
+        let mut since = match start {
             StartFrom::Timestamp(ms) if !self.started.contains(&partition) => Some(ms),
             _ => None,
         };
@@ -529,6 +538,7 @@ mod tests {
             encoded_batches: Bytes::from(batches.concat()),
             high_watermark: next_offset,
             next_offset,
+            new_partition: false,
         }
     }
 
@@ -580,6 +590,18 @@ mod tests {
             .absorb(response(0, &[batch(5, &[10])], 6), &mut out)
             .unwrap();
         assert_eq!(offsets(&out), vec![5]);
+    }
+
+    #[test]
+    fn a_partition_added_after_subscribing_is_read_from_its_start() {
+        for start in [StartFrom::Offset(12), StartFrom::Timestamp(100)] {
+            let mut positions = Positions::new(start);
+            let mut out = VecDeque::new();
+            let mut resp = response(4, &[batch(0, &[1, 2, 3])], 3);
+            resp.new_partition = true;
+            positions.absorb(resp, &mut out).unwrap();
+            assert_eq!(offsets(&out), vec![0, 1, 2], "{start:?}");
+        }
     }
 
     #[test]

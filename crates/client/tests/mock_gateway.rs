@@ -204,6 +204,26 @@ impl AdminService for Mock {
     ) -> Result<Response<v1::RemoveControllerResponse>, Status> {
         Err(Status::unimplemented("mock"))
     }
+
+    async fn create_partitions(
+        &self,
+        request: Request<v1::CreatePartitionsRequest>,
+    ) -> Result<Response<v1::CreatePartitionsResponse>, Status> {
+        let r = request.into_inner();
+        let mut state = self.state.lock().unwrap();
+        let n = state.partitions.get_mut(&r.topic).unwrap();
+        *n = (*n).max(r.partitions);
+        Ok(Response::new(v1::CreatePartitionsResponse {
+            topic: Some(describe(&r.topic, *n)),
+        }))
+    }
+
+    async fn decommission_storage_node(
+        &self,
+        _: Request<v1::DecommissionStorageNodeRequest>,
+    ) -> Result<Response<v1::DecommissionStorageNodeResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
 }
 
 fn describe(name: &str, partitions: u32) -> v1::TopicDescription {
@@ -367,6 +387,7 @@ impl ConsumeService for Mock {
                         encoded_batches: bytes,
                         high_watermark: end,
                         next_offset: end,
+                        new_partition: false,
                     };
                     if drain_after == Some(0) {
                         let _ = tx
@@ -440,6 +461,17 @@ fn stored_values(mock: &Mock, topic: &str, partition: u32) -> Vec<String> {
     values
 }
 
+/// A mock gateway with topic `t` of `partitions` partitions, and a client.
+async fn with_topic(partitions: u32) -> (Mock, Client) {
+    let (mock, addr) = start().await;
+    let client = Client::connect(addr.to_string()).await.unwrap();
+    client
+        .create_topic("t", partitions, 1, HashMap::new())
+        .await
+        .unwrap();
+    (mock, client)
+}
+
 fn fast_retries() -> ProducerConfig {
     ProducerConfig {
         retry_backoff: Duration::from_millis(10),
@@ -449,12 +481,7 @@ fn fast_retries() -> ProducerConfig {
 
 #[tokio::test]
 async fn produced_records_are_acknowledged_in_order_per_partition() {
-    let (mock, addr) = start().await;
-    let client = Client::connect(addr.to_string()).await.unwrap();
-    client
-        .create_topic("t", 3, 1, HashMap::new())
-        .await
-        .unwrap();
+    let (mock, client) = with_topic(3).await;
     let producer = client.producer(ProducerConfig {
         max_batch_bytes: 4096,
         ..ProducerConfig::default()
@@ -498,14 +525,42 @@ async fn produced_records_are_acknowledged_in_order_per_partition() {
     assert!(mock.state.lock().unwrap().appended < 300);
 }
 
+/// Keyless records go to partitions added after the producer started,
+/// once it has looked the count up again.
+#[tokio::test]
+async fn the_producer_picks_up_partitions_added_to_a_topic() {
+    let (mock, client) = with_topic(1).await;
+    let producer = client.producer(ProducerConfig {
+        metadata_max_age: Duration::from_millis(50),
+        ..ProducerConfig::default()
+    });
+    let send = async |i: usize| {
+        producer
+            .send_and_wait("t", record(None, format!("v{i}")), None)
+            .await
+            .unwrap()
+    };
+    for i in 0..5 {
+        assert_eq!(send(i).await.partition, 0);
+    }
+    let grown = client.create_partitions("t", 3).await.unwrap();
+    assert_eq!(grown.partitions.len(), 3);
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 5..500 {
+        seen.insert(send(i).await.partition);
+        if seen.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(seen.len(), 3, "partitions written: {seen:?}");
+    producer.close().await;
+    assert!(!stored_values(&mock, "t", 2).is_empty());
+}
+
 #[tokio::test]
 async fn retriable_batch_errors_are_retried_without_reordering() {
-    let (mock, addr) = start().await;
-    let client = Client::connect(addr.to_string()).await.unwrap();
-    client
-        .create_topic("t", 1, 1, HashMap::new())
-        .await
-        .unwrap();
+    let (mock, client) = with_topic(1).await;
     {
         let mut s = mock.state.lock().unwrap();
         for _ in 0..3 {
@@ -538,12 +593,7 @@ async fn retriable_batch_errors_are_retried_without_reordering() {
 
 #[tokio::test]
 async fn a_broken_stream_is_reopened_and_batches_resent() {
-    let (mock, addr) = start().await;
-    let client = Client::connect(addr.to_string()).await.unwrap();
-    client
-        .create_topic("t", 4, 1, HashMap::new())
-        .await
-        .unwrap();
+    let (mock, client) = with_topic(4).await;
     mock.state
         .lock()
         .unwrap()
@@ -571,12 +621,7 @@ async fn a_broken_stream_is_reopened_and_batches_resent() {
 
 #[tokio::test]
 async fn non_retriable_batch_error_fails_only_that_batch() {
-    let (mock, addr) = start().await;
-    let client = Client::connect(addr.to_string()).await.unwrap();
-    client
-        .create_topic("t", 1, 1, HashMap::new())
-        .await
-        .unwrap();
+    let (mock, client) = with_topic(1).await;
     mock.state
         .lock()
         .unwrap()
@@ -622,12 +667,7 @@ async fn unknown_topic_fails_the_send() {
 
 #[tokio::test]
 async fn send_waits_while_the_buffer_is_full() {
-    let (mock, addr) = start().await;
-    let client = Client::connect(addr.to_string()).await.unwrap();
-    client
-        .create_topic("t", 1, 1, HashMap::new())
-        .await
-        .unwrap();
+    let (mock, client) = with_topic(1).await;
     let release = Arc::new(Notify::new());
     mock.state.lock().unwrap().hold_acks = Some(release.clone());
     let producer = client.producer(ProducerConfig {

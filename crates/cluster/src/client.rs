@@ -31,8 +31,9 @@ use streambus_proto::internal::{
     WatchMetadataRequest,
 };
 use streambus_proto::v1::{
-    AddControllerRequest, ControllerMember, ControllerStatus, CreateTopicRequest,
-    DeleteTopicRequest, PartitionDescription, RemoveControllerRequest, TopicDescription,
+    AddControllerRequest, ControllerMember, ControllerStatus, CreatePartitionsRequest,
+    CreateTopicRequest, DecommissionStorageNodeRequest, DeleteTopicRequest, PartitionDescription,
+    RemoveControllerRequest, StorageNodeStatus, TopicDescription,
 };
 use streambus_proto::{Error, Reason};
 use tokio::time::Instant;
@@ -254,6 +255,40 @@ impl ControllerClient {
         response
             .topic
             .ok_or_else(|| Error::new(Reason::Internal, "controller returned no topic"))
+    }
+
+    /// Grows a topic to `partitions` partitions; returns it as changed.
+    pub async fn create_partitions(
+        &self,
+        topic: &str,
+        partitions: u32,
+    ) -> Result<TopicDescription, Error> {
+        let response = self
+            .call(|mut c| {
+                let req = request(CreatePartitionsRequest {
+                    topic: topic.to_string(),
+                    partitions,
+                });
+                async move { c.create_partitions(req).await }
+            })
+            .await?;
+        response
+            .topic
+            .ok_or_else(|| Error::new(Reason::Internal, "controller returned no topic"))
+    }
+
+    /// Starts decommissioning a storage node; returns the node as the
+    /// change left it.
+    pub async fn decommission_node(&self, node_id: u64) -> Result<StorageNodeStatus, Error> {
+        let response = self
+            .call(|mut c| async move {
+                c.decommission_node(request(DecommissionStorageNodeRequest { node_id }))
+                    .await
+            })
+            .await?;
+        response
+            .node
+            .ok_or_else(|| Error::new(Reason::Internal, "controller returned no node"))
     }
 
     /// Deletes a topic.

@@ -22,6 +22,23 @@ fn streambus(gateway: &str, args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Waits for `child` to exit; kills it and fails after `limit`.
+fn finish_within(mut child: std::process::Child, limit: std::time::Duration) -> Output {
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {limit:?}; stdout:\n{}",
+                text(&out.stdout)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -174,20 +191,32 @@ async fn invalid_topic_config_is_refused_and_the_node_stays_up_across_restarts()
     })
     .await
     .unwrap();
+    // The create is answered once the controller applied it; the storage
+    // node opens the partitions a moment later.
+    let storage = dir.path().join("storage");
+    let p1 = || {
+        std::fs::read_dir(&storage)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("good-1-"))
+            })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while p1().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "partition 1 never opened"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     dev.stop().await;
 
     // A restart is ready again, and the partition whose log can no longer
     // be opened is offline while the other one serves.
-    let storage = dir.path().join("storage");
-    let p1 = std::fs::read_dir(&storage)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("good-1-"))
-        })
-        .expect("partition 1 directory");
+    let p1 = p1().expect("partition 1 directory");
     std::fs::remove_dir_all(&p1).unwrap();
     std::fs::write(&p1, b"not a directory").unwrap();
     let dev = common::Dev::start(dir.path()).await;
@@ -220,6 +249,116 @@ async fn invalid_topic_config_is_refused_and_the_node_stays_up_across_restarts()
             );
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
+    })
+    .await
+    .unwrap();
+    dev.stop().await;
+}
+
+/// `topic alter` grows a topic; a `consume` of every partition that was
+/// already running reads the new partitions from their start (its
+/// `--offset` is for the partitions it started with).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_alter_adds_partitions_that_a_running_consumer_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = common::Dev::start(dir.path()).await;
+    let gw = dev.gateway();
+    tokio::task::spawn_blocking(move || {
+        let gw = gw.as_str();
+        let out = streambus(gw, &["topic", "create", "grow", "--partitions", "2"], None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        for p in ["0", "1"] {
+            let out = streambus(gw, &["produce", "grow", "-p", p], Some("1\n2\n3\n4\n5\n"));
+            assert!(out.status.success(), "{}", text(&out.stderr));
+        }
+        let consumer = Command::new(env!("CARGO_BIN_EXE_streambus"))
+            .args([
+                "consume",
+                "grow",
+                "--offset",
+                "5",
+                "--max-messages",
+                "6",
+                "--format",
+                "json",
+            ])
+            .env("STREAMBUS_GATEWAY", gw)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Let it subscribe to the two partitions there are.
+        std::thread::sleep(std::time::Duration::from_secs(1));
+
+        let out = streambus(gw, &["topic", "alter", "grow", "--partitions", "4"], None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(
+            text(&out.stdout),
+            "topic grow now has 4 partitions (was 2)\n"
+        );
+        let out = streambus(gw, &["topic", "alter", "grow", "--partitions", "4"], None);
+        assert_eq!(text(&out.stdout), "topic grow already has 4 partitions\n");
+        let out = streambus(gw, &["topic", "describe", "grow"], None);
+        assert!(
+            text(&out.stdout).contains("PARTITIONS          4"),
+            "{}",
+            text(&out.stdout)
+        );
+        for p in ["2", "3"] {
+            let out = streambus(gw, &["produce", "grow", "-p", p], Some("a\nb\nc\n"));
+            assert!(out.status.success(), "{}", text(&out.stderr));
+        }
+
+        let out = finish_within(consumer, std::time::Duration::from_secs(30));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let mut got: Vec<(u64, u64, String)> = text(&out.stdout)
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    v["partition"].as_u64().unwrap(),
+                    v["offset"].as_u64().unwrap(),
+                    v["value"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        got.sort();
+        let want: Vec<(u64, u64, String)> = [2, 3]
+            .into_iter()
+            .flat_map(|p| {
+                ["a", "b", "c"]
+                    .into_iter()
+                    .enumerate()
+                    .map(move |(o, v)| (p, o as u64, v.to_string()))
+            })
+            .collect();
+        assert_eq!(got, want);
+
+        // Shrinking is refused, and so is an unknown topic or node.
+        let out = streambus(gw, &["topic", "alter", "grow", "--partitions", "3"], None);
+        assert!(!out.status.success());
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("INVALID_ARGUMENT") && err.contains("has 4 partitions"),
+            "{err}"
+        );
+        let out = streambus(
+            gw,
+            &["topic", "alter", "missing", "--partitions", "3"],
+            None,
+        );
+        assert!(
+            text(&out.stderr).contains("UNKNOWN_TOPIC"),
+            "{}",
+            text(&out.stderr)
+        );
+        let out = streambus(gw, &["cluster", "decommission", "9"], None);
+        assert!(!out.status.success());
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("INVALID_ARGUMENT") && err.contains("storage node 9 is not registered"),
+            "{err}"
+        );
     })
     .await
     .unwrap();

@@ -8,6 +8,8 @@
 mod procs;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -265,4 +267,172 @@ async fn a_minority_of_every_role_can_die_at_once() {
         .filter(|c| c.state == "leader")
         .count();
     assert_eq!(leaders, 1, "{:?}", status.controllers);
+}
+
+/// Reads every record of `topic` (all partitions) from the beginning until
+/// `count` arrived; returns (partition, offset) → value.
+async fn read_topic(client: &Client, topic: &str, count: usize) -> HashMap<(u32, i64), String> {
+    let mut sub = client
+        .subscribe(SubscribeOptions {
+            start: StartFrom::Earliest,
+            ..SubscribeOptions::new(topic)
+        })
+        .await
+        .unwrap();
+    let mut read = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while read.len() < count {
+        let r = tokio::time::timeout_at(deadline, sub.next())
+            .await
+            .expect("every record is readable")
+            .expect("subscription open")
+            .unwrap();
+        let value = String::from_utf8(r.value.unwrap().to_vec()).unwrap();
+        assert!(
+            read.insert((r.partition, r.offset), value).is_none(),
+            "read twice"
+        );
+    }
+    read
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decommissioned_storage_node_is_emptied_without_losing_a_record() {
+    const DRAIN: &str = "drain";
+    let mut cluster = tokio::task::spawn_blocking(|| Cluster::start(1, 1))
+        .await
+        .unwrap();
+    let client = Client::connect(cluster.gateway_addrs[0].clone())
+        .await
+        .unwrap();
+    client
+        .create_topic(DRAIN, 3, 2, HashMap::new())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !client
+        .describe_topic(DRAIN)
+        .await
+        .unwrap()
+        .partitions
+        .iter()
+        .all(|p| p.isr.len() == 2)
+    {
+        assert!(Instant::now() < deadline, "never in sync");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let producer = client.producer(ProducerConfig::default());
+    let mut pending = Vec::new();
+    let mut next = 0u64;
+    let mut send = async |count: u64, pending: &mut Vec<_>| {
+        for _ in 0..count {
+            let record = Record {
+                value: Some(Bytes::from(format!("d{next}"))),
+                ..Record::default()
+            };
+            pending.push((next, producer.send(DRAIN, record, None).await.unwrap()));
+            next += 1;
+        }
+    };
+    send(600, &mut pending).await;
+    producer.flush().await;
+
+    let gateway = cluster.gateway_addrs[0].clone();
+    let cli = Command::new(env!("CARGO_BIN_EXE_streambus"))
+        .args(["cluster", "decommission", "1", "--wait"])
+        .env("STREAMBUS_GATEWAY", &gateway)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Writes go on while the replicas move.
+    for _ in 0..10 {
+        send(30, &mut pending).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    producer.flush().await;
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cli = cli;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while cli.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = cli.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cli.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("storage node 1 is decommissioning: "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.ends_with(
+            "storage node 1 is decommissioned: it hosts no replicas and can be stopped\n"
+        ),
+        "{stdout}"
+    );
+    let status = client.describe_cluster().await.unwrap();
+    let node = status
+        .storage_nodes
+        .iter()
+        .find(|n| n.node_id == 1)
+        .unwrap();
+    assert!(node.decommissioning && node.replicas == 0, "{node:?}");
+    for p in client.describe_topic(DRAIN).await.unwrap().partitions {
+        assert!(!p.replicas.contains(&1), "{p:?}");
+        assert_eq!(p.replicas.len(), 2, "{p:?}");
+    }
+    let text = std::process::Command::new(env!("CARGO_BIN_EXE_streambus"))
+        .args(["cluster", "status"])
+        .env("STREAMBUS_GATEWAY", &gateway)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(text.contains("decommissioned"), "{text}");
+
+    // The node deleted what it no longer hosts; it can be stopped.
+    let dir = cluster.dir.path().join("storage-1");
+    let left = || -> Vec<PathBuf> {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("drain-")
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !left().is_empty() {
+        assert!(Instant::now() < deadline, "left behind: {:?}", left());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.nodes.get_mut(&1).unwrap().kill();
+    send(100, &mut pending).await;
+    producer.close().await;
+    let mut acked = HashMap::new();
+    for (i, d) in pending.drain(..) {
+        let m = d
+            .await
+            .unwrap_or_else(|e| panic!("record d{i} failed: {e}"));
+        acked.insert((m.partition, m.offset), format!("d{i}"));
+    }
+
+    let read = read_topic(&client, DRAIN, acked.len()).await;
+    assert_eq!(
+        read, acked,
+        "every acknowledged record, once, where it was acknowledged"
+    );
 }

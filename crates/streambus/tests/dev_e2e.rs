@@ -96,3 +96,71 @@ async fn hundred_thousand_keyed_records_round_trip_in_key_order() {
     drop(sub);
     dev.stop().await;
 }
+
+/// A topic grown while a producer writes and a subscription reads: the
+/// producer starts writing to the new partitions, and the subscription,
+/// started before they existed, reads everything written to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_grown_while_in_use_is_written_and_read_in_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = common::Dev::start(dir.path()).await;
+    let client = Client::connect(dev.gateway()).await.unwrap();
+    client
+        .create_topic("e2e.grow", 1, 1, HashMap::new())
+        .await
+        .unwrap();
+    let mut sub = client
+        .subscribe(SubscribeOptions {
+            start: StartFrom::Earliest,
+            ..SubscribeOptions::new("e2e.grow")
+        })
+        .await
+        .unwrap();
+    let producer = client.producer(ProducerConfig {
+        metadata_max_age: std::time::Duration::from_millis(100),
+        ..ProducerConfig::default()
+    });
+    let mut acked: HashMap<(u32, i64), String> = HashMap::new();
+    let mut send = async |i: usize| {
+        let value = format!("g{i}");
+        let record = Record {
+            value: Some(Bytes::from(value.clone())),
+            ..Record::default()
+        };
+        let m = producer
+            .send_and_wait("e2e.grow", record, None)
+            .await
+            .unwrap();
+        acked.insert((m.partition, m.offset), value);
+        m.partition
+    };
+    for i in 0..20 {
+        assert_eq!(send(i).await, 0);
+    }
+    let grown = client.create_partitions("e2e.grow", 3).await.unwrap();
+    assert_eq!(grown.partitions.len(), 3);
+    let mut written = std::collections::BTreeSet::new();
+    let mut i = 20;
+    while written.len() < 3 {
+        written.insert(send(i).await);
+        i += 1;
+        assert!(i < 5_000, "the new partitions got nothing: {written:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    producer.close().await;
+
+    let mut read: HashMap<(u32, i64), String> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while read.len() < acked.len() {
+        let r = tokio::time::timeout_at(deadline, sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("read {} of {}", read.len(), acked.len()))
+            .unwrap()
+            .unwrap();
+        let value = String::from_utf8(r.value.unwrap().to_vec()).unwrap();
+        read.insert((r.partition, r.offset), value);
+    }
+    assert_eq!(read, acked);
+    drop(sub);
+    dev.stop().await;
+}

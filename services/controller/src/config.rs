@@ -101,6 +101,9 @@ pub struct ControllerConfig {
     pub election_timeout_min_ms: u64,
     /// Raft election timeout, upper bound.
     pub election_timeout_max_ms: u64,
+    /// How often the leader hands leaderships back to preferred replicas
+    /// (`replicas[0]`) that are alive and in sync; 0 = never.
+    pub leader_rebalance_interval_ms: u64,
 }
 
 impl Default for ControllerConfig {
@@ -116,6 +119,7 @@ impl Default for ControllerConfig {
             heartbeat_interval_ms: 100,
             election_timeout_min_ms: 500,
             election_timeout_max_ms: 1000,
+            leader_rebalance_interval_ms: 30_000,
         }
     }
 }

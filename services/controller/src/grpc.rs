@@ -1,13 +1,14 @@
 //! The client-facing `ControllerService` and the [`Proposer`] that turns
 //! validated requests into Raft proposals.
 //!
-//! Writes (`CreateTopic`, `DeleteTopic`, `RegisterNode`, `Heartbeat`,
-//! membership changes) are served by the Raft leader only; other
-//! controllers answer `NOT_CONTROLLER_LEADER` with the leader's address as
-//! hint. Reads (`GetMetadata`, `WatchMetadata`) are served by any member of
-//! the group from its applied state, which on a follower may lag the leader
-//! by a few heartbeats; the `version` field tells how fresh a snapshot is.
-//! A controller outside its own membership (waiting to join, or removed)
+//! Writes (`CreateTopic`, `DeleteTopic`, `CreatePartitions`,
+//! `DecommissionNode`, `RegisterNode`, `Heartbeat`, membership changes, ...)
+//! are served by the Raft leader only; other controllers answer
+//! `NOT_CONTROLLER_LEADER` with the leader's address as hint. Reads
+//! (`GetMetadata`, `WatchMetadata`) are served by any member of the group
+//! from its applied state, which on a follower may lag the leader by a few
+//! heartbeats; the `version` field tells how fresh a snapshot is. A
+//! controller outside its own membership (waiting to join, or removed)
 //! answers reads with `UNAVAILABLE` and ends its watches.
 
 use std::pin::Pin;
@@ -26,8 +27,9 @@ use streambus_proto::internal::{
 };
 use streambus_proto::v1::{
     AddControllerRequest, AddControllerResponse, ControllerMember, ControllerStatus,
-    CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse,
-    RemoveControllerRequest, RemoveControllerResponse,
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicRequest, CreateTopicResponse,
+    DecommissionStorageNodeRequest, DecommissionStorageNodeResponse, DeleteTopicRequest,
+    DeleteTopicResponse, RemoveControllerRequest, RemoveControllerResponse,
 };
 use streambus_proto::{Error, Reason};
 use tokio::sync::watch;
@@ -101,6 +103,11 @@ impl Proposer {
     /// The latest applied metadata.
     pub(crate) fn metadata(&self) -> Arc<Metadata> {
         self.sm.current()
+    }
+
+    /// Changes of the applied metadata.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<Metadata>> {
+        self.sm.subscribe()
     }
 
     /// The Raft leader's id and advertised address, when known.
@@ -427,6 +434,62 @@ impl ControllerService for ControllerGrpc {
         self.proposer.propose(command).await.map_err(status)?;
         tracing::info!(topic = %name, "topic deleted");
         Ok(Response::new(DeleteTopicResponse {}))
+    }
+
+    async fn create_partitions(
+        &self,
+        req: Request<CreatePartitionsRequest>,
+    ) -> Result<Response<CreatePartitionsResponse>, Status> {
+        let CreatePartitionsRequest { topic, partitions } = req.into_inner();
+        self.proposer.ensure_leader().map_err(status)?;
+        let metadata = self.proposer.metadata();
+        let Some(command) = metadata
+            .validate_create_partitions(&topic, partitions)
+            .map_err(status)?
+        else {
+            // Already that many: a retry whose first attempt applied, or
+            // nothing to do.
+            return Ok(Response::new(CreatePartitionsResponse {
+                topic: metadata.topics.get(&topic).map(Metadata::describe),
+            }));
+        };
+        match self.proposer.propose(command).await.map_err(status)? {
+            CommandResponse::Topic(t) => {
+                tracing::info!(topic = %t.name, partitions = t.partitions.len(), "partitions added");
+                Ok(Response::new(CreatePartitionsResponse {
+                    topic: Some(Metadata::describe(&t)),
+                }))
+            }
+            other => Err(status(Error::new(
+                Reason::Internal,
+                format!("unexpected create partitions response {other:?}"),
+            ))),
+        }
+    }
+
+    async fn decommission_node(
+        &self,
+        req: Request<DecommissionStorageNodeRequest>,
+    ) -> Result<Response<DecommissionStorageNodeResponse>, Status> {
+        let node_id = req.into_inner().node_id;
+        self.proposer.ensure_leader().map_err(status)?;
+        self.proposer
+            .metadata()
+            .check_decommission(node_id)
+            .map_err(status)?;
+        self.proposer
+            .propose(Command::DecommissionNode { node_id })
+            .await
+            .map_err(status)?;
+        let node = self.proposer.metadata().node_status(node_id);
+        if let Some(n) = &node {
+            tracing::info!(
+                node_id,
+                replicas = n.replicas,
+                "storage node decommissioning"
+            );
+        }
+        Ok(Response::new(DecommissionStorageNodeResponse { node }))
     }
 
     async fn get_metadata(
@@ -774,6 +837,7 @@ mod tests {
                 incarnation: 11,
                 directory_id: "dir-a".into(),
                 rack: String::new(),
+                decommissioning: false,
             },
         );
         m

@@ -10,6 +10,7 @@
 //!   it, and `streambus_cluster::topic_config` holds the topic
 //!   configuration rules it enforces.
 
+mod balancer;
 pub mod config;
 pub mod error;
 mod grpc;

@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use streambus_proto::internal::{ClusterMetadata, StorageNodeInfo, TopicMetadata};
-use streambus_proto::v1::{CreateTopicRequest, PartitionDescription, TopicDescription};
+use streambus_proto::v1::{
+    CreateTopicRequest, PartitionDescription, StorageNodeStatus, TopicDescription,
+};
 use streambus_proto::{Error, Reason};
 
 use streambus_cluster::topic_config::TopicConfig;
@@ -129,7 +131,56 @@ pub enum Command {
         /// The controller's Raft node id.
         node_id: u64,
     },
+    /// Grows a topic to `partitions` partitions; the new ones are placed
+    /// like a new topic's. A topic that already has as many changes
+    /// nothing.
+    CreatePartitions {
+        /// Topic name.
+        name: String,
+        /// Topic incarnation the request was validated against.
+        topic_id: String,
+        /// The new total.
+        partitions: u32,
+    },
+    /// Marks a storage node decommissioning: no new replica is placed on
+    /// it, and the leader moves its replicas elsewhere
+    /// ([`Metadata::reassignment_steps`]).
+    DecommissionNode {
+        /// Storage node id.
+        node_id: u64,
+    },
+    /// Leader and replica-set changes decided by the controller leader
+    /// (preferred-leader moves, reassignment steps). Each applies only at
+    /// the partition epoch it was based on and only if it passes
+    /// [`Metadata::check_partition_change`]; the others are skipped.
+    ChangePartitions {
+        /// The changes, at most one per partition.
+        changes: Vec<PartitionChange>,
+    },
 }
+
+/// One partition's new leader, replicas and ISR, based on a partition
+/// epoch (see [`Command::ChangePartitions`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionChange {
+    /// Topic name.
+    pub topic: String,
+    /// Topic incarnation.
+    pub topic_id: String,
+    /// Partition number.
+    pub partition: u32,
+    /// The partition epoch the change is based on.
+    pub partition_epoch: u64,
+    /// The new leader (a new leader epoch when it differs).
+    pub leader: u64,
+    /// The new replica set; the first is the preferred leader.
+    pub replicas: Vec<u64>,
+    /// The new in-sync replicas (a subset of the current ones).
+    pub isr: Vec<u64>,
+}
+
+/// Most partition changes one `ChangePartitions` entry carries.
+pub const MAX_CHANGES_PER_COMMAND: usize = 1000;
 
 /// Most producer ids one allocation hands out.
 pub const MAX_PRODUCER_ID_BLOCK: u32 = 100_000;
@@ -151,6 +202,11 @@ pub enum CommandResponse {
         first: i64,
         /// How many.
         count: u32,
+    },
+    /// How many changes of a `ChangePartitions` entry applied.
+    Changed {
+        /// Applied changes (the others were stale or no longer valid).
+        applied: u32,
     },
     /// Not applied: the state did not allow it.
     Rejected {
@@ -236,6 +292,9 @@ pub struct StorageNode {
     /// Declared rack; empty = none.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub rack: String,
+    /// Being decommissioned: no new replicas, its replicas move away.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub decommissioning: bool,
 }
 
 /// What one apply touched, so the persistence layer rewrites only that.
@@ -332,9 +391,14 @@ impl Metadata {
     /// consecutive nodes, and with them the replicas of one partition, sit
     /// in different racks whenever there are enough racks. Without racks
     /// it is the id order.
+    /// Decommissioning nodes are left out: they get no new replicas.
     pub fn placement_order(&self) -> Vec<u64> {
         let mut racks: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-        for n in self.nodes.values().filter(|n| n.alive) {
+        for n in self
+            .nodes
+            .values()
+            .filter(|n| n.alive && !n.decommissioning)
+        {
             racks.entry(n.rack.as_str()).or_default().push(n.node_id);
         }
         let mut out = Vec::new();
@@ -352,6 +416,124 @@ impl Metadata {
     /// Whether a registered node is alive.
     pub fn is_alive(&self, node_id: u64) -> bool {
         self.nodes.get(&node_id).is_some_and(|n| n.alive)
+    }
+
+    /// Whether a registered node is being decommissioned.
+    pub fn is_decommissioning(&self, node_id: u64) -> bool {
+        self.nodes.get(&node_id).is_some_and(|n| n.decommissioning)
+    }
+
+    /// Validates a `CreatePartitions` request: the topic exists, the count
+    /// does not shrink and stays within [`MAX_PARTITIONS`], and there are
+    /// enough nodes to place the new partitions. `None` when the topic
+    /// already has that many partitions (nothing to propose).
+    pub fn validate_create_partitions(
+        &self,
+        name: &str,
+        partitions: u32,
+    ) -> Result<Option<Command>, Error> {
+        let topic = self.topics.get(name).ok_or_else(|| {
+            Error::new(
+                Reason::UnknownTopic,
+                format!("topic {name:?} does not exist"),
+            )
+        })?;
+        let current = topic.partitions.len() as u32;
+        if partitions < current {
+            return Err(Error::new(
+                Reason::InvalidArgument,
+                format!(
+                    "topic {name:?} has {current} partitions; partitions can be added, not removed (asked for {partitions})"
+                ),
+            ));
+        }
+        if partitions > MAX_PARTITIONS {
+            return Err(Error::new(
+                Reason::InvalidArgument,
+                format!("partitions must be at most {MAX_PARTITIONS}, got {partitions}"),
+            ));
+        }
+        if partitions == current {
+            return Ok(None);
+        }
+        self.check_enough_nodes(topic.replication_factor)?;
+        Ok(Some(Command::CreatePartitions {
+            name: name.to_string(),
+            topic_id: topic.topic_id.clone(),
+            partitions,
+        }))
+    }
+
+    /// Checks that `node_id` may be decommissioned: it is registered, and
+    /// every topic with a replica on it finds as many other live nodes that
+    /// are not decommissioning as its replication factor. A node already
+    /// decommissioning passes (the request is idempotent).
+    pub fn check_decommission(&self, node_id: u64) -> Result<(), Error> {
+        let Some(node) = self.nodes.get(&node_id) else {
+            return Err(Error::new(
+                Reason::InvalidArgument,
+                format!("storage node {node_id} is not registered"),
+            ));
+        };
+        if node.decommissioning {
+            return Ok(());
+        }
+        let mut others: Vec<u64> = self
+            .placement_order()
+            .into_iter()
+            .filter(|&n| n != node_id)
+            .collect();
+        others.sort_unstable();
+        for t in self.topics.values() {
+            if !t.partitions.iter().any(|p| p.replicas.contains(&node_id)) {
+                continue;
+            }
+            if (t.replication_factor as usize) > others.len() {
+                return Err(Error::new(
+                    Reason::InsufficientNodes,
+                    format!(
+                        "cannot decommission storage node {node_id}: topic {:?} has replication factor {} and {} other live storage node{} can take its replicas ({})",
+                        t.name,
+                        t.replication_factor,
+                        others.len(),
+                        if others.len() == 1 { "" } else { "s" },
+                        if others.is_empty() {
+                            "none".to_string()
+                        } else {
+                            others
+                                .iter()
+                                .map(u64::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A storage node as `DescribeCluster` reports it: partitions it leads
+    /// (alive and online) and replicas it hosts.
+    pub fn node_status(&self, node_id: u64) -> Option<StorageNodeStatus> {
+        let n = self.nodes.get(&node_id)?;
+        let mut status = StorageNodeStatus {
+            node_id,
+            address: n.address.clone(),
+            alive: n.alive,
+            rack: n.rack.clone(),
+            decommissioning: n.decommissioning,
+            ..StorageNodeStatus::default()
+        };
+        for p in self.topics.values().flat_map(|t| &t.partitions) {
+            if p.replicas.contains(&node_id) {
+                status.replicas += 1;
+            }
+            if n.alive && p.leader == node_id && !p.offline_replicas.contains(&node_id) {
+                status.leader_partitions += 1;
+            }
+        }
+        Some(status)
     }
 
     /// Validates a `CreateTopic` request against this state and turns it
@@ -414,12 +596,22 @@ impl Metadata {
                 "no storage node is registered",
             ));
         }
-        let alive = self.alive_nodes().len();
-        if replication_factor as usize > alive {
+        let placeable = self.placement_order().len();
+        if replication_factor as usize > placeable {
+            let leaving = self
+                .nodes
+                .values()
+                .filter(|n| n.alive && n.decommissioning)
+                .count();
+            let leaving = if leaving == 0 {
+                String::new()
+            } else {
+                format!(" and not decommissioning ({leaving} more decommissioning)")
+            };
             return Err(Error::new(
                 Reason::InsufficientNodes,
                 format!(
-                    "replication factor {replication_factor} needs {replication_factor} live storage nodes, {alive} alive"
+                    "replication factor {replication_factor} needs {replication_factor} live storage nodes, {placeable} alive{leaving}"
                 ),
             ));
         }
@@ -473,6 +665,7 @@ impl Metadata {
                     incarnation: 0,
                     directory_id: String::new(),
                     rack: String::new(),
+                    decommissioning: false,
                 });
                 // A new process on a known node: whatever it leads or
                 // replicates must be re-established from the others first.
@@ -571,7 +764,364 @@ impl Metadata {
                 self.set_alive(*node_id, *alive, dirty);
                 CommandResponse::Ok
             }
+            Command::CreatePartitions {
+                name,
+                topic_id,
+                partitions,
+            } => self.create_partitions(name, topic_id, *partitions, dirty),
+            Command::DecommissionNode { node_id } => {
+                if let Err(e) = self.check_decommission(*node_id) {
+                    return CommandResponse::rejected(e.reason, e.message);
+                }
+                let node = self.nodes.get_mut(node_id).expect("checked");
+                if !node.decommissioning {
+                    node.decommissioning = true;
+                    dirty.nodes.insert(*node_id);
+                }
+                CommandResponse::Ok
+            }
+            Command::ChangePartitions { changes } => {
+                let mut applied = 0;
+                for c in changes {
+                    match self.check_partition_change(c) {
+                        Ok(()) => {
+                            self.change_partition(c, dirty);
+                            applied += 1;
+                        }
+                        Err(e) => {
+                            tracing::debug!(topic = %c.topic, partition = c.partition, error = %e, "partition change skipped");
+                        }
+                    }
+                }
+                CommandResponse::Changed { applied }
+            }
         }
+    }
+
+    /// Checks a controller-decided partition change against the current
+    /// state. It must be based on the current partition epoch, and keep the
+    /// partition safe:
+    /// - replicas: distinct nodes, at least the replication factor of
+    ///   them; added ones alive and not decommissioning;
+    /// - ISR: the current ISR without the removed replicas (so added
+    ///   replicas start out of sync and join through the leader's
+    ///   `AlterIsr` once caught up), holding the leader; a change that
+    ///   removes a replica keeps at least the replication factor of
+    ///   in-sync replicas;
+    /// - a new leader is a current in-sync replica that is alive and
+    ///   online.
+    pub fn check_partition_change(&self, c: &PartitionChange) -> Result<(), Error> {
+        let invalid = |why: String| {
+            Error::new(
+                Reason::InvalidArgument,
+                format!("invalid change of {}/{}: {why}", c.topic, c.partition),
+            )
+        };
+        let t = self
+            .topics
+            .get(&c.topic)
+            .filter(|t| t.topic_id == c.topic_id)
+            .ok_or_else(|| {
+                Error::new(
+                    Reason::UnknownTopic,
+                    format!("topic {:?} ({}) does not exist", c.topic, c.topic_id),
+                )
+            })?;
+        let p = t.partitions.get(c.partition as usize).ok_or_else(|| {
+            Error::new(
+                Reason::UnknownPartition,
+                format!("topic {:?} has no partition {}", c.topic, c.partition),
+            )
+        })?;
+        if p.partition_epoch != c.partition_epoch {
+            return Err(invalid(format!(
+                "based on partition epoch {}, now {}",
+                c.partition_epoch, p.partition_epoch
+            )));
+        }
+        let unique: BTreeSet<u64> = c.replicas.iter().copied().collect();
+        if unique.len() != c.replicas.len() {
+            return Err(invalid("a replica is listed twice".into()));
+        }
+        if c.replicas.len() < t.replication_factor as usize {
+            return Err(invalid(format!(
+                "{} replicas, fewer than the replication factor {}",
+                c.replicas.len(),
+                t.replication_factor
+            )));
+        }
+        for r in &c.replicas {
+            if p.replicas.contains(r) {
+                continue;
+            }
+            match self.nodes.get(r) {
+                Some(n) if n.alive && !n.decommissioning => {}
+                _ => {
+                    return Err(invalid(format!(
+                        "node {r} is not a live storage node that takes replicas"
+                    )));
+                }
+            }
+        }
+        if !c.isr.contains(&c.leader) {
+            return Err(invalid("the ISR must contain the leader".into()));
+        }
+        for r in &c.isr {
+            if !p.isr.contains(r) || !c.replicas.contains(r) {
+                return Err(invalid(format!(
+                    "node {r} is not an in-sync replica it may keep"
+                )));
+            }
+        }
+        // Only the leader shrinks the ISR of the replicas it keeps
+        // (`AlterIsr`): a change drops in-sync replicas only by removing
+        // them from the partition.
+        if let Some(r) = p
+            .isr
+            .iter()
+            .find(|r| c.replicas.contains(r) && !c.isr.contains(r))
+        {
+            return Err(invalid(format!(
+                "it drops in-sync replica {r}, which stays a replica"
+            )));
+        }
+        let removes = p.replicas.iter().any(|r| !c.replicas.contains(r));
+        if removes && c.isr.len() < t.replication_factor as usize {
+            return Err(invalid(format!(
+                "removing a replica would leave {} in-sync replicas, fewer than the replication factor {}",
+                c.isr.len(),
+                t.replication_factor
+            )));
+        }
+        if c.leader != p.leader
+            && (!self.is_alive(c.leader) || p.offline_replicas.contains(&c.leader))
+        {
+            return Err(invalid(format!(
+                "new leader {} is not alive and online",
+                c.leader
+            )));
+        }
+        Ok(())
+    }
+
+    /// Applies a checked [`PartitionChange`].
+    fn change_partition(&mut self, c: &PartitionChange, dirty: &mut Dirty) {
+        let t = self.topics.get_mut(&c.topic).expect("checked");
+        let p = &mut t.partitions[c.partition as usize];
+        if p.leader != c.leader {
+            p.leader = c.leader;
+            p.leader_epoch += 1;
+        }
+        p.replicas.clone_from(&c.replicas);
+        p.isr = c
+            .replicas
+            .iter()
+            .copied()
+            .filter(|r| c.isr.contains(r))
+            .collect();
+        p.offline_replicas.retain(|r| c.replicas.contains(r));
+        p.partition_epoch += 1;
+        dirty.topics.insert(c.topic.clone());
+    }
+
+    /// A change of `p` (of topic `t`) to `leader`, `replicas` and `isr`.
+    fn change_of(
+        t: &Topic,
+        p: &Partition,
+        leader: u64,
+        replicas: Vec<u64>,
+        isr: Vec<u64>,
+    ) -> PartitionChange {
+        PartitionChange {
+            topic: t.name.clone(),
+            topic_id: t.topic_id.clone(),
+            partition: p.partition,
+            partition_epoch: p.partition_epoch,
+            leader,
+            replicas,
+            isr,
+        }
+    }
+
+    /// Leaderships to hand back to preferred replicas (`replicas[0]`): a
+    /// partition moves when its preferred replica is alive, online, in
+    /// sync, not decommissioning, and not the leader. Kafka's automatic
+    /// leader rebalance; the leader proposes these every
+    /// `leader_rebalance_interval_ms`.
+    pub fn preferred_leader_moves(&self) -> Vec<PartitionChange> {
+        let mut out = Vec::new();
+        for t in self.topics.values() {
+            for p in &t.partitions {
+                let Some(&preferred) = p.replicas.first() else {
+                    continue;
+                };
+                if preferred != p.leader
+                    && self.is_alive(preferred)
+                    && !self.is_decommissioning(preferred)
+                    && !p.offline_replicas.contains(&preferred)
+                    && p.isr.contains(&preferred)
+                {
+                    out.push(Self::change_of(
+                        t,
+                        p,
+                        preferred,
+                        p.replicas.clone(),
+                        p.isr.clone(),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// The next step of moving every replica off decommissioning nodes,
+    /// per partition that has one:
+    /// 1. fewer replicas on other nodes than the replication factor: add
+    ///    replicas on live nodes that are not decommissioning (racks the
+    ///    partition does not use yet first, then the nodes hosting fewest
+    ///    replicas), outside the ISR; they catch up as followers and the
+    ///    leader adds them to the ISR;
+    /// 2. once every replica on the other nodes is in sync: a leader on a
+    ///    decommissioning node hands over to one of them (new epoch);
+    /// 3. then the decommissioning replicas leave the replica set and the
+    ///    ISR, the added ones taking their places in the replica order.
+    ///
+    /// So a partition never has fewer in-sync replicas outside the
+    /// decommissioning nodes than it had, and never fewer than its
+    /// replication factor when one is removed. A partition whose new
+    /// replicas cannot catch up (its leader is dead, say) waits.
+    pub fn reassignment_steps(&self) -> Vec<PartitionChange> {
+        let leaving = |r: &u64| self.is_decommissioning(*r);
+        let mut load: BTreeMap<u64, usize> = BTreeMap::new();
+        for p in self.topics.values().flat_map(|t| &t.partitions) {
+            for r in &p.replicas {
+                *load.entry(*r).or_default() += 1;
+            }
+        }
+        let rack = |id: u64| self.nodes.get(&id).map_or("", |n| n.rack.as_str());
+        let candidates = self.placement_order();
+        let mut out = Vec::new();
+        for t in self.topics.values() {
+            let rf = t.replication_factor as usize;
+            for p in &t.partitions {
+                if !p.replicas.iter().any(leaving) {
+                    continue;
+                }
+                let staying: Vec<u64> =
+                    p.replicas.iter().copied().filter(|r| !leaving(r)).collect();
+                if staying.len() < rf {
+                    let mut replicas = p.replicas.clone();
+                    let mut racks: BTreeSet<&str> = staying.iter().map(|&r| rack(r)).collect();
+                    for _ in staying.len()..rf {
+                        let pick = candidates
+                            .iter()
+                            .copied()
+                            .filter(|c| !replicas.contains(c))
+                            .min_by_key(|&c| {
+                                (
+                                    racks.contains(rack(c)),
+                                    load.get(&c).copied().unwrap_or(0),
+                                    c,
+                                )
+                            });
+                        let Some(pick) = pick else { break };
+                        replicas.push(pick);
+                        racks.insert(rack(pick));
+                        *load.entry(pick).or_default() += 1;
+                    }
+                    if replicas.len() > p.replicas.len() {
+                        out.push(Self::change_of(t, p, p.leader, replicas, p.isr.clone()));
+                    }
+                    continue;
+                }
+                if !staying.iter().all(|r| p.isr.contains(r)) {
+                    // The new replicas are still catching up.
+                    continue;
+                }
+                let target = Self::without_leaving(&p.replicas, rf, leaving);
+                if leaving(&p.leader) {
+                    let next = target.iter().copied().find(|&r| {
+                        p.isr.contains(&r) && self.is_alive(r) && !p.offline_replicas.contains(&r)
+                    });
+                    if let Some(next) = next {
+                        out.push(Self::change_of(
+                            t,
+                            p,
+                            next,
+                            p.replicas.clone(),
+                            p.isr.clone(),
+                        ));
+                    }
+                    continue;
+                }
+                let isr = p
+                    .isr
+                    .iter()
+                    .copied()
+                    .filter(|r| target.contains(r))
+                    .collect();
+                out.push(Self::change_of(t, p, p.leader, target, isr));
+            }
+        }
+        out
+    }
+
+    /// `replicas` without the decommissioning ones: each leaves its place
+    /// to a replica added past the first `rf` (the ones a reassignment
+    /// appended), so the preferred leader's slot stays filled.
+    fn without_leaving(replicas: &[u64], rf: usize, leaving: impl Fn(&u64) -> bool) -> Vec<u64> {
+        let head = rf.min(replicas.len());
+        let mut added: std::collections::VecDeque<u64> = replicas[head..]
+            .iter()
+            .copied()
+            .filter(|r| !leaving(r))
+            .collect();
+        let mut out: Vec<u64> = replicas[..head]
+            .iter()
+            .filter_map(|r| {
+                if leaving(r) {
+                    added.pop_front()
+                } else {
+                    Some(*r)
+                }
+            })
+            .collect();
+        out.extend(added);
+        out
+    }
+
+    fn create_partitions(
+        &mut self,
+        name: &str,
+        topic_id: &str,
+        partitions: u32,
+        dirty: &mut Dirty,
+    ) -> CommandResponse {
+        let Some(topic) = self.topics.get(name).filter(|t| t.topic_id == topic_id) else {
+            return CommandResponse::rejected(
+                Reason::UnknownTopic,
+                format!("topic {name:?} ({topic_id}) does not exist"),
+            );
+        };
+        let current = topic.partitions.len() as u32;
+        let replication_factor = topic.replication_factor;
+        if partitions <= current {
+            return CommandResponse::Topic(topic.clone());
+        }
+        if partitions > MAX_PARTITIONS {
+            return CommandResponse::rejected(
+                Reason::InvalidArgument,
+                format!("partitions must be at most {MAX_PARTITIONS}, got {partitions}"),
+            );
+        }
+        if let Err(e) = self.check_enough_nodes(replication_factor) {
+            return CommandResponse::rejected(e.reason, e.message);
+        }
+        let added = self.place(current, partitions - current, replication_factor);
+        let topic = self.topics.get_mut(name).expect("checked");
+        topic.partitions.extend(added);
+        dirty.topics.insert(name.to_string());
+        CommandResponse::Topic(topic.clone())
     }
 
     /// Checks an ISR change against the current state: the caller still
@@ -700,26 +1250,7 @@ impl Metadata {
         if let Err(e) = self.check_enough_nodes(replication_factor) {
             return CommandResponse::rejected(e.reason, e.message);
         }
-        let nodes = self.placement_order();
-        let n = nodes.len() as u64;
-        let partitions = (0..partitions)
-            .map(|p| {
-                let start = self.placement_cursor.wrapping_add(u64::from(p));
-                let replicas: Vec<u64> = (0..u64::from(replication_factor))
-                    .map(|i| nodes[(start.wrapping_add(i) % n) as usize])
-                    .collect();
-                Partition {
-                    partition: p,
-                    leader: replicas[0],
-                    leader_epoch: 0,
-                    isr: replicas.clone(),
-                    replicas,
-                    offline_replicas: Vec::new(),
-                    partition_epoch: 0,
-                }
-            })
-            .collect::<Vec<_>>();
-        self.placement_cursor = self.placement_cursor.wrapping_add(partitions.len() as u64);
+        let partitions = self.place(0, partitions, replication_factor);
         let topic = Topic {
             name: name.to_string(),
             topic_id,
@@ -730,6 +1261,33 @@ impl Metadata {
         self.topics.insert(name.to_string(), topic.clone());
         dirty.topics.insert(name.to_string());
         CommandResponse::Topic(topic)
+    }
+
+    /// Places partitions `first..first + count` round-robin over
+    /// [`Metadata::placement_order`], continuing at the placement cursor
+    /// (which moves on). The caller checked there are enough nodes.
+    fn place(&mut self, first: u32, count: u32, replication_factor: u32) -> Vec<Partition> {
+        let nodes = self.placement_order();
+        let n = nodes.len() as u64;
+        let partitions = (0..count)
+            .map(|i| {
+                let start = self.placement_cursor.wrapping_add(u64::from(i));
+                let replicas: Vec<u64> = (0..u64::from(replication_factor))
+                    .map(|r| nodes[(start.wrapping_add(r) % n) as usize])
+                    .collect();
+                Partition {
+                    partition: first + i,
+                    leader: replicas[0],
+                    leader_epoch: 0,
+                    isr: replicas.clone(),
+                    replicas,
+                    offline_replicas: Vec::new(),
+                    partition_epoch: 0,
+                }
+            })
+            .collect::<Vec<_>>();
+        self.placement_cursor = self.placement_cursor.wrapping_add(u64::from(count));
+        partitions
     }
 
     /// Marks a node dead or alive and moves partition leadership:
@@ -880,6 +1438,7 @@ impl Metadata {
                     address: n.address.clone(),
                     alive: n.alive,
                     rack: n.rack.clone(),
+                    decommissioning: n.decommissioning,
                 })
                 .collect(),
             topics: self
@@ -947,6 +1506,21 @@ mod tests {
             &mut Dirty::default(),
         );
         assert_eq!(r, CommandResponse::Ok);
+    }
+
+    /// Registers node `id` in `rack`, at log index `id`.
+    fn register_in_rack(m: &mut Metadata, id: u64, rack: &str) {
+        m.apply(
+            id,
+            &Command::RegisterNode {
+                node_id: id,
+                address: format!("n{id}:1"),
+                incarnation: id,
+                directory_id: format!("dir-{id}"),
+                rack: rack.into(),
+            },
+            &mut Dirty::default(),
+        );
     }
 
     fn set_alive(m: &mut Metadata, index: u64, node_id: u64, alive: bool) -> Dirty {
@@ -1583,17 +2157,7 @@ mod tests {
     fn replicas_of_a_partition_are_spread_over_racks() {
         let mut m = Metadata::default();
         for (id, rack) in [(1, "a"), (2, "a"), (3, "b"), (4, "b"), (5, "c"), (6, "c")] {
-            m.apply(
-                id,
-                &Command::RegisterNode {
-                    node_id: id,
-                    address: format!("n{id}:1"),
-                    incarnation: id,
-                    directory_id: format!("dir-{id}"),
-                    rack: rack.into(),
-                },
-                &mut Dirty::default(),
-            );
+            register_in_rack(&mut m, id, rack);
         }
         assert_eq!(m.placement_order(), vec![1, 3, 5, 2, 4, 6]);
         let t = create_raw(&mut m, 7, "t", 6, 3);
@@ -1605,5 +2169,389 @@ mod tests {
         // Leaders are spread evenly: each node leads one partition.
         let leaders: BTreeSet<u64> = t.partitions.iter().map(|p| p.leader).collect();
         assert_eq!(leaders.len(), 6);
+    }
+
+    /// The leader of `topic`/`partition` adds or removes in-sync replicas.
+    fn set_isr(m: &mut Metadata, index: u64, topic: &str, partition: u32, isr: &[u64]) {
+        let t = &m.topics[topic];
+        let p = &t.partitions[partition as usize];
+        let cmd = Command::AlterIsr {
+            topic: topic.into(),
+            topic_id: t.topic_id.clone(),
+            partition,
+            leader: p.leader,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            isr: isr.to_vec(),
+        };
+        let r = m.apply(index, &cmd, &mut Dirty::default());
+        assert!(matches!(r, CommandResponse::Partition(_)), "{r:?}");
+    }
+
+    /// Proposes `changes` as the balancer would; returns how many applied.
+    fn change(m: &mut Metadata, index: u64, changes: Vec<PartitionChange>) -> u32 {
+        for c in &changes {
+            m.check_partition_change(c).unwrap();
+        }
+        match m.apply(
+            index,
+            &Command::ChangePartitions { changes },
+            &mut Dirty::default(),
+        ) {
+            CommandResponse::Changed { applied } => applied,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn decommission(m: &mut Metadata, index: u64, node_id: u64) {
+        m.check_decommission(node_id).unwrap();
+        let r = m.apply(
+            index,
+            &Command::DecommissionNode { node_id },
+            &mut Dirty::default(),
+        );
+        assert_eq!(r, CommandResponse::Ok);
+    }
+
+    #[test]
+    fn leadership_returns_to_the_preferred_replica_once_it_is_back_in_sync() {
+        let mut m = Metadata::default();
+        for id in 1..=3 {
+            register(&mut m, id, id);
+        }
+        create_raw(&mut m, 4, "t", 3, 3); // leaders 1, 2, 3
+        assert!(m.preferred_leader_moves().is_empty());
+        set_alive(&mut m, 5, 1, false); // p0 -> 2, 1 leaves every ISR
+        assert_eq!(m.topics["t"].partitions[0].leader, 2);
+        assert!(m.preferred_leader_moves().is_empty(), "node 1 is dead");
+        set_alive(&mut m, 6, 1, true);
+        assert!(m.preferred_leader_moves().is_empty(), "not in sync yet");
+        set_isr(&mut m, 7, "t", 0, &[1, 2, 3]);
+
+        // Offline on node 1: not yet.
+        let offline = Command::SetOfflineReplicas {
+            node_id: 1,
+            replicas: vec![("t".into(), 0)],
+        };
+        m.apply(8, &offline, &mut Dirty::default());
+        assert!(m.preferred_leader_moves().is_empty(), "offline");
+        let online = Command::SetOfflineReplicas {
+            node_id: 1,
+            replicas: vec![],
+        };
+        m.apply(9, &online, &mut Dirty::default());
+        set_isr(&mut m, 10, "t", 0, &[1, 2, 3]);
+
+        let before = m.topics["t"].partitions[0].clone();
+        let moves = m.preferred_leader_moves();
+        assert_eq!(moves.len(), 1, "{moves:?}");
+        assert_eq!((moves[0].partition, moves[0].leader), (0, 1));
+        assert_eq!(change(&mut m, 11, moves), 1);
+        let p = &m.topics["t"].partitions[0];
+        assert_eq!(p.leader, 1);
+        assert_eq!(p.leader_epoch, before.leader_epoch + 1);
+        assert_eq!(p.partition_epoch, before.partition_epoch + 1);
+        assert_eq!((&p.replicas, &p.isr), (&before.replicas, &before.isr));
+        assert!(m.preferred_leader_moves().is_empty());
+        // The other partitions never moved.
+        assert_eq!(m.topics["t"].partitions[1].leader_epoch, 0);
+    }
+
+    #[test]
+    fn a_decommissioning_preferred_replica_gets_no_leadership_back() {
+        let mut m = Metadata::default();
+        for id in 1..=4 {
+            register(&mut m, id, id);
+        }
+        create_raw(&mut m, 5, "t", 1, 3); // [1, 2, 3]
+        let p = m.topics["t"].partitions[0].clone();
+        let to_2 = Metadata::change_of(&m.topics["t"], &p, 2, p.replicas.clone(), p.isr.clone());
+        change(&mut m, 6, vec![to_2]);
+        assert_eq!(m.preferred_leader_moves().len(), 1);
+        decommission(&mut m, 7, 1);
+        assert!(m.preferred_leader_moves().is_empty());
+    }
+
+    #[test]
+    fn stale_or_unsafe_partition_changes_are_skipped() {
+        let mut m = Metadata::default();
+        for id in 1..=3 {
+            register(&mut m, id, id);
+        }
+        create_raw(&mut m, 4, "t", 1, 2); // [1, 2]
+        let t = m.topics["t"].clone();
+        let p = t.partitions[0].clone();
+        let stale = Metadata::change_of(&t, &p, 2, p.replicas.clone(), p.isr.clone());
+        let shrink = Metadata::change_of(&t, &p, 1, vec![1, 2], vec![1]);
+        let err = m.check_partition_change(&shrink).unwrap_err();
+        assert!(err.message.contains("in-sync replica 2"), "{err}");
+        set_isr(&mut m, 5, "t", 0, &[1]);
+        let r = m.apply(
+            6,
+            &Command::ChangePartitions {
+                changes: vec![stale],
+            },
+            &mut Dirty::default(),
+        );
+        assert_eq!(r, CommandResponse::Changed { applied: 0 });
+        assert_eq!(m.topics["t"].partitions[0].leader, 1);
+
+        let p = m.topics["t"].partitions[0].clone();
+        let check = |leader: u64, replicas: &[u64], isr: &[u64]| {
+            m.check_partition_change(&Metadata::change_of(
+                &t,
+                &p,
+                leader,
+                replicas.to_vec(),
+                isr.to_vec(),
+            ))
+            .unwrap_err()
+            .message
+        };
+        // An out-of-sync leader, an added in-sync replica, a lost in-sync
+        // copy, too few replicas, a duplicate, an unknown node.
+        assert!(
+            check(2, &[1, 2], &[2]).contains("in-sync"),
+            "{}",
+            check(2, &[1, 2], &[2])
+        );
+        assert!(check(1, &[1, 2, 3], &[1, 3]).contains("node 3"));
+        assert!(check(1, &[1, 3], &[1]).contains("fewer than the replication factor"));
+        assert!(check(1, &[1], &[1]).contains("replication factor"));
+        assert!(check(1, &[1, 1], &[1]).contains("twice"));
+        assert!(check(1, &[1, 2, 9], &[1]).contains("node 9"));
+        set_alive(&mut m, 7, 3, false);
+        let p = m.topics["t"].partitions[0].clone();
+        let dead = Metadata::change_of(&t, &p, 1, vec![1, 2, 3], vec![1]);
+        assert!(
+            m.check_partition_change(&dead).is_err(),
+            "a dead node gets no replica"
+        );
+    }
+
+    /// Decommissioning node 1 of four, event by event: new replicas are
+    /// added out of sync, join the ISR through the leader, leadership
+    /// moves off node 1, and only then node 1 leaves; no step ever has
+    /// fewer in-sync replicas off node 1 than before.
+    #[test]
+    fn decommissioning_moves_every_replica_off_the_node_without_losing_copies() {
+        let mut m = Metadata::default();
+        for id in 1..=4 {
+            register(&mut m, id, id);
+        }
+        create_raw(&mut m, 5, "t", 4, 3);
+        create_raw(&mut m, 6, "solo", 2, 1);
+        let on_1 = |m: &Metadata| m.node_status(1).unwrap().replicas;
+        let before = on_1(&m);
+        assert!(before > 0);
+        assert!(m.reassignment_steps().is_empty());
+        decommission(&mut m, 7, 1);
+        assert!(m.nodes[&1].decommissioning);
+        assert!(m.to_cluster_metadata(1, "c").nodes[0].decommissioning);
+        // New topics avoid the node at once.
+        let fresh = create_raw(&mut m, 8, "fresh", 6, 3);
+        assert!(fresh.partitions.iter().all(|p| !p.replicas.contains(&1)));
+
+        let in_sync_off_1 = |m: &Metadata| -> BTreeMap<(String, u32), usize> {
+            m.topics
+                .iter()
+                .flat_map(|(name, t)| {
+                    t.partitions.iter().map(move |p| {
+                        (
+                            (name.clone(), p.partition),
+                            p.isr.iter().filter(|&&r| r != 1).count(),
+                        )
+                    })
+                })
+                .collect()
+        };
+        let mut index = 9;
+        let mut rounds = 0;
+        loop {
+            let steps = m.reassignment_steps();
+            if steps.is_empty() {
+                break;
+            }
+            rounds += 1;
+            assert!(rounds < 10, "never finished: {steps:?}");
+            let floor = in_sync_off_1(&m);
+            assert_eq!(change(&mut m, index, steps.clone()) as usize, steps.len());
+            index += 1;
+            for (key, n) in in_sync_off_1(&m) {
+                assert!(n >= floor[&key], "{key:?} lost an in-sync copy");
+            }
+            let mut catching_up = Vec::new();
+            for t in m.topics.values() {
+                for p in &t.partitions {
+                    assert!(p.isr.contains(&p.leader), "{p:?}");
+                    assert!(p.replicas.len() >= t.replication_factor as usize, "{p:?}");
+                    if p.isr.len() < p.replicas.len() {
+                        catching_up.push((t.name.clone(), p.partition, p.replicas.clone()));
+                    }
+                }
+            }
+            // Followers that were added catch up: the leader adds them to
+            // the ISR.
+            for (name, partition, replicas) in catching_up {
+                set_isr(&mut m, index, &name, partition, &replicas);
+                index += 1;
+            }
+        }
+        // Add, move leaderships, remove.
+        assert_eq!(rounds, 3);
+        assert_eq!(on_1(&m), 0);
+        assert_eq!(m.node_status(1).unwrap().leader_partitions, 0);
+        for t in m.topics.values() {
+            for p in &t.partitions {
+                assert_eq!(p.replicas.len(), t.replication_factor as usize, "{p:?}");
+                assert_eq!(p.isr.len(), p.replicas.len(), "{p:?}");
+                let unique: BTreeSet<u64> = p.replicas.iter().copied().collect();
+                assert_eq!(unique.len(), p.replicas.len(), "{p:?}");
+                assert!(!p.replicas.contains(&1), "{p:?}");
+            }
+        }
+        // Where node 1 was the preferred leader, the replica that took its
+        // place is.
+        let p0 = &m.topics["t"].partitions[0];
+        assert_ne!(p0.replicas[0], 1);
+        assert_eq!(p0.replicas[1..], [2, 3]);
+    }
+
+    #[test]
+    fn a_replica_moves_to_a_rack_the_partition_does_not_use_then_to_the_least_loaded_node() {
+        let mut m = Metadata::default();
+        for (id, rack) in [(1, "a"), (2, "b"), (3, "a"), (4, "c")] {
+            register_in_rack(&mut m, id, rack);
+        }
+        create_raw(&mut m, 5, "t", 1, 2);
+        assert_eq!(m.topics["t"].partitions[0].replicas, vec![1, 2]);
+        decommission(&mut m, 6, 2);
+        let steps = m.reassignment_steps();
+        assert_eq!(steps[0].replicas, vec![1, 2, 4], "rack c, not a again");
+
+        // Without racks: the node hosting the fewest replicas.
+        let mut m = Metadata::default();
+        for id in 1..=4 {
+            register(&mut m, id, id);
+        }
+        create_raw(&mut m, 5, "t", 1, 2); // [1, 2]
+        create_raw(&mut m, 6, "u", 1, 1); // [2]
+        create_raw(&mut m, 7, "v", 1, 1); // [3]
+        decommission(&mut m, 8, 1);
+        let steps = m.reassignment_steps();
+        assert_eq!(steps[0].replicas, vec![1, 2, 4]);
+    }
+
+    #[test]
+    fn decommissioning_needs_enough_other_live_nodes() {
+        let mut m = Metadata::default();
+        for id in 1..=3 {
+            register(&mut m, id, id);
+        }
+        create_raw(&mut m, 4, "t", 1, 3);
+        let err = m.check_decommission(3).unwrap_err();
+        assert_eq!(err.reason, Reason::InsufficientNodes, "{err}");
+        assert!(
+            err.message.contains("replication factor 3") && err.message.contains("(1, 2)"),
+            "{err}"
+        );
+        // Refused at apply time too (the state may change after validation).
+        let r = m.apply(
+            5,
+            &Command::DecommissionNode { node_id: 3 },
+            &mut Dirty::default(),
+        );
+        assert!(matches!(r, CommandResponse::Rejected { .. }), "{r:?}");
+        assert!(!m.nodes[&3].decommissioning);
+        let err = m.check_decommission(9).unwrap_err();
+        assert_eq!(err.reason, Reason::InvalidArgument);
+        // A fourth node: allowed, and asking twice is fine.
+        register(&mut m, 6, 4);
+        decommission(&mut m, 7, 3);
+        decommission(&mut m, 8, 3);
+        // The remaining three cannot lose another.
+        assert_eq!(
+            m.check_decommission(2).unwrap_err().reason,
+            Reason::InsufficientNodes
+        );
+        let err = m.validate_create_topic(&create_req("x", 1, 4)).unwrap_err();
+        assert!(err.message.contains("1 more decommissioning"), "{err}");
+    }
+
+    #[test]
+    fn partitions_are_added_placed_like_a_new_topic_and_never_removed() {
+        let mut m = Metadata::default();
+        for id in 1..=3 {
+            register(&mut m, id, id);
+        }
+        let t = create_raw(&mut m, 4, "t", 2, 2);
+        let err = m.validate_create_partitions("t", 1).unwrap_err();
+        assert_eq!(err.reason, Reason::InvalidArgument);
+        assert!(err.message.contains("has 2 partitions"), "{err}");
+        assert_eq!(
+            m.validate_create_partitions("t", MAX_PARTITIONS + 1)
+                .unwrap_err()
+                .reason,
+            Reason::InvalidArgument
+        );
+        assert_eq!(
+            m.validate_create_partitions("nope", 3).unwrap_err().reason,
+            Reason::UnknownTopic
+        );
+        assert_eq!(m.validate_create_partitions("t", 2).unwrap(), None);
+        let cmd = m.validate_create_partitions("t", 5).unwrap().unwrap();
+        let CommandResponse::Topic(grown) = m.apply(5, &cmd, &mut Dirty::default()) else {
+            panic!("not grown");
+        };
+        assert_eq!(grown.partitions.len(), 5);
+        assert_eq!(grown.partitions[..2], t.partitions[..]);
+        // The placement cursor goes on where the create stopped.
+        let leaders: Vec<u64> = grown.partitions.iter().map(|p| p.leader).collect();
+        assert_eq!(leaders, vec![1, 2, 3, 1, 2]);
+        for (i, p) in grown.partitions.iter().enumerate() {
+            assert_eq!(p.partition, i as u32);
+            assert_eq!(p.replicas.len(), 2);
+            assert_eq!(p.isr, p.replicas);
+        }
+        // The same command again (a retry) changes nothing.
+        let again = m.apply(6, &cmd, &mut Dirty::default());
+        assert_eq!(again, CommandResponse::Topic(m.topics["t"].clone()));
+        // A recreated topic is not grown by a command for its predecessor.
+        m.apply(
+            7,
+            &Command::DeleteTopic { name: "t".into() },
+            &mut Dirty::default(),
+        );
+        create_raw(&mut m, 8, "t", 1, 1);
+        let err = m
+            .apply(9, &cmd, &mut Dirty::default())
+            .into_result()
+            .unwrap_err();
+        assert_eq!(err.reason, Reason::UnknownTopic);
+        // Not enough nodes for the replication factor.
+        create_raw(&mut m, 10, "r3", 1, 3);
+        set_alive(&mut m, 11, 3, false);
+        assert_eq!(
+            m.validate_create_partitions("r3", 2).unwrap_err().reason,
+            Reason::InsufficientNodes
+        );
+    }
+
+    #[test]
+    fn replicas_leaving_give_their_places_to_the_added_ones() {
+        let leaving = |r: &u64| *r >= 10;
+        assert_eq!(
+            Metadata::without_leaving(&[10, 2, 3, 4], 3, leaving),
+            vec![4, 2, 3]
+        );
+        assert_eq!(
+            Metadata::without_leaving(&[1, 10, 11, 4, 5], 3, leaving),
+            vec![1, 4, 5]
+        );
+        assert_eq!(
+            Metadata::without_leaving(&[1, 2, 10, 12, 4], 3, leaving),
+            vec![1, 2, 4]
+        );
+        assert_eq!(Metadata::without_leaving(&[1, 2], 3, leaving), vec![1, 2]);
     }
 }

@@ -150,6 +150,12 @@ pub async fn serve_with_options(
     let tasks: Vec<JoinHandle<()>> = vec![
         tokio::spawn(leases.clone().run(proposer.clone(), cancel.clone())),
         tokio::spawn(proposer.clone().track_membership(cancel.clone())),
+        tokio::spawn(crate::balancer::run(
+            proposer.clone(),
+            (config.leader_rebalance_interval_ms > 0)
+                .then(|| Duration::from_millis(config.leader_rebalance_interval_ms)),
+            cancel.clone(),
+        )),
         tokio::spawn(update_metrics(
             raft.clone(),
             sm.clone(),

@@ -1,5 +1,6 @@
-//! The public AdminService: topics are created and deleted, and
-//! controllers added and removed, through the controller; reads come from a
+//! The public AdminService: topics are created, grown and deleted,
+//! controllers added and removed, and storage nodes decommissioned, through
+//! the controller; reads come from a
 //! fresh metadata snapshot.
 
 use std::collections::HashMap;
@@ -11,12 +12,14 @@ use streambus_proto::internal::{
 };
 use streambus_proto::v1::admin_service_server::AdminService;
 use streambus_proto::v1::{
-    AddControllerRequest, AddControllerResponse, ControllerStatus, CreateTopicRequest,
-    CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse, DescribeClusterRequest,
-    DescribeClusterResponse, DescribePartitionOffsetsRequest, DescribePartitionOffsetsResponse,
-    DescribeTopicRequest, DescribeTopicResponse, ListTopicsRequest, ListTopicsResponse,
-    PartitionOffsets, PartitionStatus, RemoveControllerRequest, RemoveControllerResponse,
-    StorageNodeStatus, TopicDescription,
+    AddControllerRequest, AddControllerResponse, ControllerStatus, CreatePartitionsRequest,
+    CreatePartitionsResponse, CreateTopicRequest, CreateTopicResponse,
+    DecommissionStorageNodeRequest, DecommissionStorageNodeResponse, DeleteTopicRequest,
+    DeleteTopicResponse, DescribeClusterRequest, DescribeClusterResponse,
+    DescribePartitionOffsetsRequest, DescribePartitionOffsetsResponse, DescribeTopicRequest,
+    DescribeTopicResponse, ListTopicsRequest, ListTopicsResponse, PartitionOffsets,
+    PartitionStatus, RemoveControllerRequest, RemoveControllerResponse, StorageNodeStatus,
+    TopicDescription,
 };
 use streambus_proto::{Error, Reason};
 use tonic::{Request, Response, Status};
@@ -209,6 +212,7 @@ pub fn cluster_status(md: &ClusterMetadata) -> DescribeClusterResponse {
             rack: n.rack.clone(),
             leader_partitions: led.get(&n.node_id).copied().unwrap_or(0),
             replicas: hosted.get(&n.node_id).copied().unwrap_or(0),
+            decommissioning: n.decommissioning,
         })
         .collect();
     out
@@ -264,6 +268,41 @@ impl AdminService for AdminApi {
             let _ = self.router.metadata().refresh().await;
         }
         observe(&self.metrics, "DeleteTopic", started, r)
+    }
+
+    async fn create_partitions(
+        &self,
+        request: Request<CreatePartitionsRequest>,
+    ) -> Result<Response<CreatePartitionsResponse>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        let r = self
+            .router
+            .metadata()
+            .controller()
+            .create_partitions(&req.topic, req.partitions)
+            .await
+            .map(|topic| CreatePartitionsResponse { topic: Some(topic) });
+        if r.is_ok() {
+            // Route to the new partitions at once.
+            let _ = self.router.metadata().refresh().await;
+        }
+        observe(&self.metrics, "CreatePartitions", started, r)
+    }
+
+    async fn decommission_storage_node(
+        &self,
+        request: Request<DecommissionStorageNodeRequest>,
+    ) -> Result<Response<DecommissionStorageNodeResponse>, Status> {
+        let started = Instant::now();
+        let r = self
+            .router
+            .metadata()
+            .controller()
+            .decommission_node(request.into_inner().node_id)
+            .await
+            .map(|node| DecommissionStorageNodeResponse { node: Some(node) });
+        observe(&self.metrics, "DecommissionStorageNode", started, r)
     }
 
     async fn list_topics(
@@ -378,6 +417,7 @@ mod tests {
             address: format!("127.0.0.1:{id}"),
             alive,
             rack: String::new(),
+            decommissioning: id == 2,
         };
         let mut offline_leader = partition(3, 1, &[1, 2, 3]);
         offline_leader.offline_replicas = vec![1];
@@ -410,14 +450,26 @@ mod tests {
         assert_eq!(ids(&s.offline), vec![2, 3]);
         assert_eq!(ids(&s.below_min_isr), vec![2]);
         assert_eq!(s.below_min_isr[0].min_insync_replicas, 2);
-        let nodes: Vec<(u64, bool, u32, u32)> = s
+        let nodes: Vec<(u64, bool, u32, u32, bool)> = s
             .storage_nodes
             .iter()
-            .map(|n| (n.node_id, n.alive, n.leader_partitions, n.replicas))
+            .map(|n| {
+                (
+                    n.node_id,
+                    n.alive,
+                    n.leader_partitions,
+                    n.replicas,
+                    n.decommissioning,
+                )
+            })
             .collect();
         assert_eq!(
             nodes,
-            vec![(1, true, 1, 4), (2, true, 1, 4), (3, false, 0, 4)]
+            vec![
+                (1, true, 1, 4, false),
+                (2, true, 1, 4, true),
+                (3, false, 0, 4, false)
+            ]
         );
         assert_eq!((s.cluster_id.as_str(), s.metadata_version), ("c", 9));
     }

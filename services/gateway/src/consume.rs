@@ -11,7 +11,8 @@ use streambus_proto::internal::{
 };
 use streambus_proto::v1::consume_service_server::ConsumeService;
 use streambus_proto::v1::{
-    FetchRequest, FetchResponse, StartPosition, SubscribeRequest, SubscribeResponse, start_position,
+    Empty, FetchRequest, FetchResponse, StartPosition, SubscribeRequest, SubscribeResponse,
+    start_position,
 };
 use streambus_proto::{Error, Reason};
 use streambus_service::budget::MemoryBudget;
@@ -138,11 +139,13 @@ impl ConsumeApi {
     }
 
     /// Feeds one partition of a subscription until the client goes away or
-    /// an error that retrying cannot fix.
+    /// an error that retrying cannot fix. `added`: a partition the topic
+    /// gained after the subscription started (its responses say so).
     async fn follow_partition(
         self,
         req: SubscribeRequest,
         partition: u32,
+        added: bool,
         tx: mpsc::Sender<Result<SubscribeResponse, Status>>,
     ) {
         let resolved = match req.resume_offsets.get(&partition) {
@@ -195,7 +198,10 @@ impl ConsumeApi {
                 .to_subscribe_response(&req, partition, offset, &resp)
                 .await
             {
-                Ok(m) => m,
+                Ok(m) => SubscribeResponse {
+                    new_partition: added,
+                    ..m
+                },
                 Err(e) if e.reason == Reason::Overloaded => {
                     // The decompression budget is spent: fetch again later.
                     tracing::debug!(topic = %req.topic, partition, error = %e, "subscribe decode deferred");
@@ -246,7 +252,55 @@ impl ConsumeApi {
             encoded_batches: encoded,
             high_watermark: resp.high_watermark,
             next_offset,
+            new_partition: false,
         })
+    }
+
+    /// For a subscription to every partition of a topic: starts reading
+    /// each partition the topic gains (CreatePartitions) from its log
+    /// start, until the client goes away, the gateway drains, or the topic
+    /// is deleted or recreated (the partition tasks report that).
+    async fn follow_new_partitions(
+        self,
+        req: SubscribeRequest,
+        topic_id: String,
+        mut known: u32,
+        tx: mpsc::Sender<Result<SubscribeResponse, Status>>,
+    ) {
+        let mut metadata = self.router.metadata().subscribe();
+        let mut draining = self.draining.clone();
+        loop {
+            let count = match metadata
+                .borrow_and_update()
+                .topics
+                .iter()
+                .find(|t| t.name == req.topic)
+            {
+                Some(t) if t.topic_id == topic_id => t.partitions.len() as u32,
+                _ => return,
+            };
+            for partition in known..count {
+                tracing::debug!(topic = %req.topic, partition, "subscription follows a new partition");
+                let from_start = SubscribeRequest {
+                    start: Some(StartPosition {
+                        position: Some(start_position::Position::Earliest(Empty {})),
+                    }),
+                    ..req.clone()
+                };
+                tokio::spawn(self.clone().follow_partition(
+                    from_start,
+                    partition,
+                    true,
+                    tx.clone(),
+                ));
+            }
+            known = known.max(count);
+            tokio::select! {
+                () = tx.closed() => return,
+                _ = draining.wait_for(|d| *d) => return,
+                changed = metadata.changed() => if changed.is_err() { return },
+            }
+        }
     }
 }
 
@@ -286,14 +340,27 @@ impl ConsumeService for ConsumeApi {
                 Some(p) => vec![p],
                 None => (0..count).collect(),
             };
-            Ok(partitions)
+            Ok((topic.topic_id, partitions))
         }
         .await;
         self.metrics.observe("Subscribe", started, result.is_ok());
-        let partitions = result?;
+        let (topic_id, partitions) = result?;
+        // Partitions added later share this bound.
         let (tx, rx) = mpsc::channel(self.buffer.max(1) * partitions.len());
+        if req.partition.is_none() {
+            let known = partitions.len() as u32;
+            tokio::spawn(self.clone().follow_new_partitions(
+                req.clone(),
+                topic_id,
+                known,
+                tx.clone(),
+            ));
+        }
         for p in partitions {
-            tokio::spawn(self.clone().follow_partition(req.clone(), p, tx.clone()));
+            tokio::spawn(
+                self.clone()
+                    .follow_partition(req.clone(), p, false, tx.clone()),
+            );
         }
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

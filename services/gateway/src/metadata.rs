@@ -134,6 +134,11 @@ impl MetadataCache {
         self.tx.borrow().clone()
     }
 
+    /// Every newer snapshot installed from now on.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterMetadata>> {
+        self.tx.subscribe()
+    }
+
     /// Asks the controller for a fresh snapshot and installs it.
     pub async fn refresh(&self) -> Result<Arc<ClusterMetadata>, Error> {
         let md = self.controller.get_metadata().await?;

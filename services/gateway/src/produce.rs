@@ -721,6 +721,7 @@ mod tests {
                 address: "127.0.0.1:9".to_string(),
                 alive: true,
                 rack: String::new(),
+                decommissioning: false,
             }],
             topics: vec![TopicMetadata {
                 name: "t".to_string(),

@@ -214,13 +214,19 @@ impl Partitions {
     }
 
     /// Brings the hosted replicas in line with `md`: opens logs for new
-    /// assignments, updates leadership, and closes and deletes the replicas
-    /// of topics that were deleted. A replica that cannot be opened (or a
-    /// topic whose configuration cannot be parsed) goes offline; everything
-    /// else is still applied.
+    /// assignments (a new topic or partition, or this node added to a
+    /// partition's replica set: the replica starts empty and follows),
+    /// updates leadership, and closes and deletes the replicas of topics
+    /// that were deleted and of partitions whose replica set no longer
+    /// lists this node. A replica that cannot be opened (or a topic whose
+    /// configuration cannot be parsed) goes offline; everything else is
+    /// still applied.
     ///
-    /// Directories of topics this process never saw are left alone (and
-    /// logged), so a lagging or empty metadata view can never delete data.
+    /// Only replicas this process hosts (or holds offline) are deleted, and
+    /// only on a positive statement of newer metadata (the topic is gone,
+    /// or the partition is listed without this node): directories this
+    /// process never opened are left alone, so a lagging or empty metadata
+    /// view can never delete data.
     pub async fn apply(&self, md: &ClusterMetadata) {
         let _changes = self.changes.lock().await;
         // The watch never goes back in version; an equal version from
@@ -272,6 +278,21 @@ impl Partitions {
                 .iter()
                 .any(|t| t.name == key.0 && t.topic_id == topic_id)
         };
+        // Taken out of the partition's replica set (a reassignment moved
+        // the replica elsewhere): the metadata names the partition and its
+        // replicas, and this node is not among them.
+        let unassigned = |key: &PartitionKey, topic_id: &str| {
+            md.topics.iter().any(|t| {
+                t.name == key.0
+                    && t.topic_id == topic_id
+                    && t.partitions
+                        .iter()
+                        .any(|p| p.partition == key.1 && !p.replicas.contains(&self.node_id))
+            })
+        };
+        let delete = |key: &PartitionKey, topic_id: &str| {
+            topic_gone(key, topic_id) || unassigned(key, topic_id)
+        };
 
         // Replicas to drop: topic gone or recreated, or no longer assigned.
         let current: Vec<(PartitionKey, Arc<Replica>)> = read(&self.replicas)
@@ -284,8 +305,9 @@ impl Partitions {
                 continue;
             }
             write(&self.replicas).remove(&key);
-            let gone = topic_gone(&key, &replica.topic_id);
-            close_replica(replica, gone).await;
+            let delete = delete(&key, &replica.topic_id);
+            replica.retire();
+            close_replica(replica, delete).await;
         }
         let stale: Vec<(PartitionKey, String)> = read(&self.offline)
             .iter()
@@ -294,7 +316,7 @@ impl Partitions {
             .collect();
         for (key, topic_id) in stale {
             write(&self.offline).remove(&key);
-            if topic_gone(&key, &topic_id) {
+            if delete(&key, &topic_id) {
                 let dir = partition_dir(&self.data_dir, &key.0, key.1, &topic_id);
                 delete_dir(dir).await;
             }
@@ -627,6 +649,7 @@ mod tests {
                 address: "127.0.0.1:1".into(),
                 alive: true,
                 rack: String::new(),
+                decommissioning: false,
             }],
             topics,
             ..ClusterMetadata::default()
@@ -791,6 +814,70 @@ mod tests {
             "acknowledged offset 0 kept, end {end}"
         );
         assert!(replica.log.append(&mut batch()).unwrap().base_offset == end);
+    }
+
+    /// Node 2 of a partition led by node 1: added to the replica set, it
+    /// opens an empty follower replica; taken out again, it deletes it. A
+    /// partition the topic gains is opened too.
+    #[tokio::test]
+    async fn a_replica_added_to_this_node_is_opened_and_deleted_once_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = Partitions::new(2, tmp.path().to_path_buf());
+        let with_replicas = |version, replicas: &[u64], partitions: u32| {
+            let mut t = topic("t", "id1", &[]);
+            t.partitions = (0..partitions)
+                .map(|i| PartitionDescription {
+                    partition: i,
+                    leader: 1,
+                    replicas: replicas.to_vec(),
+                    isr: vec![1],
+                    partition_epoch: version,
+                    ..PartitionDescription::default()
+                })
+                .collect();
+            metadata(version, vec![t])
+        };
+        p.apply(&with_replicas(2, &[1], 1)).await;
+        assert_eq!(
+            p.replica("t", 0).err().unwrap().reason,
+            Reason::NotLeader,
+            "not hosted here"
+        );
+        p.apply(&with_replicas(3, &[1, 2], 1)).await;
+        let replica = p.replica("t", 0).unwrap();
+        assert!(!replica.is_leader());
+        assert_eq!(replica.log.end_offset(), 0);
+        let dir = replica.dir.clone();
+        drop(replica);
+        assert!(dir.exists());
+        p.apply(&with_replicas(4, &[1, 2], 2)).await;
+        let second = p.replica("t", 1).unwrap().dir.clone();
+        assert!(second.exists());
+
+        // Taken out of both replica sets: both directories go, and a fetch
+        // loop still holding the replica cannot write to it any more.
+        let held = p.replica("t", 0).unwrap();
+        p.apply(&with_replicas(5, &[1], 2)).await;
+        let mut b = BatchBuilder::new(streambus_record::Compression::None);
+        b.push(&Record::default());
+        let batch = b.build().to_vec();
+        assert!(
+            !held
+                .append_as_follower(held.view().leader_epoch, &batch)
+                .unwrap()
+        );
+        drop(held);
+        assert!(!dir.exists(), "{} still exists", dir.display());
+        assert!(!second.exists(), "{} still exists", second.display());
+        assert_eq!(p.replica("t", 0).err().unwrap().reason, Reason::NotLeader);
+
+        // After a restart, a directory this process never opened stays,
+        // whatever the metadata says.
+        let stray = partition_dir(tmp.path(), "t", 0, "id1");
+        std::fs::create_dir_all(&stray).unwrap();
+        let p = Partitions::new(2, tmp.path().to_path_buf());
+        p.apply(&with_replicas(6, &[1], 2)).await;
+        assert!(stray.exists());
     }
 
     #[tokio::test]

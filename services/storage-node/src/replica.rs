@@ -47,6 +47,10 @@ pub struct Replica {
     hw: watch::Sender<i64>,
     /// The log end offset, for replica fetches waiting for new data.
     end: watch::Sender<i64>,
+    /// Set when the replica is being closed (its partition moved away or
+    /// its topic was deleted): a fetch loop still running must not write
+    /// to the log any more.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 impl Replica {
@@ -77,6 +81,7 @@ impl Replica {
             state: Mutex::new((PartitionView::default(), Role::Follower)),
             hw: watch::channel(start).0,
             end: watch::channel(end).0,
+            retired: std::sync::atomic::AtomicBool::new(false),
         };
         r.set_view(view, crate::partitions::now_ms() as u64);
         r
@@ -260,7 +265,19 @@ impl Replica {
     /// across a follower's log change, so a role or epoch change waits.
     fn following(&self, leader_epoch: u64) -> Option<MutexGuard<'_, (PartitionView, Role)>> {
         let st = self.lock();
-        (!matches!(st.1, Role::Leader(_)) && st.0.leader_epoch == leader_epoch).then_some(st)
+        (!matches!(st.1, Role::Leader(_))
+            && st.0.leader_epoch == leader_epoch
+            && !self.retired.load(std::sync::atomic::Ordering::Acquire))
+        .then_some(st)
+    }
+
+    /// The replica is being closed: waits for a follower log change in
+    /// progress, and refuses every later one (a fetch loop not yet stopped
+    /// must not write into a directory about to be deleted).
+    pub fn retire(&self) {
+        let _st = self.lock();
+        self.retired
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// As follower of `leader_epoch`: appends whole batches replicated

@@ -483,6 +483,7 @@ mod tests {
                     address: "127.0.0.1:1".into(),
                     alive: true,
                     rack: String::new(),
+                    decommissioning: false,
                 }],
                 topics: vec![TopicMetadata {
                     name: "t".into(),

@@ -61,6 +61,11 @@ pub struct ProducerConfig {
     /// batch retried through a lost answer, a gateway restart or a leader
     /// change is written exactly once. Default on.
     pub idempotence: bool,
+    /// How long a topic's partition count is used before it is looked up
+    /// again (in the background; sends go on with the known count), so
+    /// partitions added to a topic get records. A write that finds a
+    /// partition unknown looks it up at once. Default 5 s.
+    pub metadata_max_age: Duration,
 }
 
 impl Default for ProducerConfig {
@@ -76,6 +81,7 @@ impl Default for ProducerConfig {
             delivery_timeout: Duration::from_secs(30),
             max_buffered_bytes: 32 * 1024 * 1024,
             idempotence: true,
+            metadata_max_age: Duration::from_secs(5),
         }
     }
 }
@@ -140,8 +146,17 @@ pub(crate) struct Shared {
     /// Bumped whenever batches complete, for `flush`.
     progress: watch::Sender<()>,
     buffer: Arc<Semaphore>,
-    partition_counts: Mutex<HashMap<String, u32>>,
+    partition_counts: Mutex<HashMap<String, PartitionCount>>,
     client: Client,
+}
+
+/// A topic's partition count as last described.
+#[derive(Debug, Clone, Copy)]
+struct PartitionCount {
+    count: u32,
+    described: Instant,
+    /// A background lookup is under way.
+    refreshing: bool,
 }
 
 impl Shared {
@@ -154,6 +169,45 @@ impl Shared {
     /// Forgets a topic's partition count so the next record refreshes it.
     fn forget_topic(&self, topic: &str) {
         lock(&self.partition_counts).remove(topic);
+    }
+
+    fn set_partition_count(&self, topic: &str, count: u32) {
+        lock(&self.partition_counts).insert(
+            topic.to_string(),
+            PartitionCount {
+                count,
+                described: Instant::now(),
+                refreshing: false,
+            },
+        );
+    }
+
+    /// Looks a topic's partition count up again, in the background; until
+    /// it answers, sends use the count they have. A topic that no longer
+    /// exists is forgotten (the next send describes it and fails).
+    fn refresh_partition_count(self: &Arc<Self>, topic: &str) {
+        let shared = self.clone();
+        let topic = topic.to_string();
+        tokio::spawn(async move {
+            match shared.client.describe_topic(&topic).await {
+                Ok(desc) if !desc.partitions.is_empty() => {
+                    let n = desc.partitions.len() as u32;
+                    tracing::debug!(%topic, partitions = n, "partition count refreshed");
+                    shared.set_partition_count(&topic, n);
+                }
+                Err(ClientError::Server(e)) if e.reason == Reason::UnknownTopic => {
+                    shared.forget_topic(&topic);
+                }
+                other => {
+                    tracing::debug!(%topic, result = ?other.err(), "partition count refresh failed");
+                    // Keep the count; look again after another max age.
+                    if let Some(c) = lock(&shared.partition_counts).get_mut(&topic) {
+                        c.described = Instant::now();
+                        c.refreshing = false;
+                    }
+                }
+            }
+        });
     }
 }
 
@@ -208,8 +262,11 @@ impl Producer {
     /// Waits while the producer's buffer is full (backpressure). The
     /// partition is `partition` if given, else chosen from the key (or
     /// sticky per batch for keyless records) among the topic's partitions,
-    /// which are looked up once and cached. A `timestamp_ms` of 0 is
-    /// replaced by the current time.
+    /// whose count is cached and looked up again every
+    /// [`ProducerConfig::metadata_max_age`]: once a topic has more
+    /// partitions, keys map over all of them (so a key may move to another
+    /// partition, as in Kafka). A `timestamp_ms` of 0 is replaced by the
+    /// current time.
     ///
     /// Fails at once if the producer is closed or the topic cannot be
     /// described (e.g. `UNKNOWN_TOPIC`); write errors arrive through the
@@ -285,18 +342,32 @@ impl Producer {
         }
     }
 
-    /// The topic's partition count, described once and cached.
+    /// The topic's partition count: described on first use and cached,
+    /// looked up again in the background once older than
+    /// `metadata_max_age`.
     async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
         let shared = &self.inner.shared;
-        if let Some(n) = lock(&shared.partition_counts).get(topic) {
-            return Ok(*n);
+        let cached = {
+            let mut counts = lock(&shared.partition_counts);
+            counts.get_mut(topic).map(|c| {
+                let stale =
+                    !c.refreshing && c.described.elapsed() >= shared.config.metadata_max_age;
+                c.refreshing |= stale;
+                (c.count, stale)
+            })
+        };
+        if let Some((n, stale)) = cached {
+            if stale {
+                shared.refresh_partition_count(topic);
+            }
+            return Ok(n);
         }
         let deadline = Instant::now() + shared.config.delivery_timeout;
         loop {
             let error = match shared.client.describe_topic(topic).await {
                 Ok(desc) if !desc.partitions.is_empty() => {
                     let n = desc.partitions.len() as u32;
-                    lock(&shared.partition_counts).insert(topic.to_string(), n);
+                    shared.set_partition_count(topic, n);
                     return Ok(n);
                 }
                 Ok(_) => ClientError::Server(Error::new(

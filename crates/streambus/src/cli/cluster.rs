@@ -1,7 +1,8 @@
-//! `streambus cluster status`, `add-controller` and `remove-controller`.
+//! `streambus cluster status|add-controller|remove-controller|decommission`.
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use streambus_client::v1;
@@ -41,7 +42,18 @@ enum ClusterCommand {
         /// Its controller.node_id
         id: u64,
     },
+    /// Move every replica off a storage node so it can be stopped for good
+    Decommission {
+        /// Storage node id
+        node_id: u64,
+        /// Wait until no replica is left on the node, printing progress
+        #[arg(long)]
+        wait: bool,
+    },
 }
+
+/// How often `decommission --wait` looks at the progress.
+const DECOMMISSION_POLL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum Format {
@@ -78,6 +90,25 @@ pub(super) async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
             writeln!(out)?;
             members_table(&mut out, &members)?;
         }
+        ClusterCommand::Decommission { node_id, wait } => {
+            let mut node = client.decommission_storage_node(node_id).await?;
+            writeln!(out, "{}", progress(&node))?;
+            let mut last = node.replicas;
+            while wait && node.replicas > 0 {
+                out.flush()?;
+                tokio::time::sleep(DECOMMISSION_POLL).await;
+                let status = client.describe_cluster().await?;
+                node = status
+                    .storage_nodes
+                    .into_iter()
+                    .find(|n| n.node_id == node_id)
+                    .ok_or_else(|| anyhow::anyhow!("storage node {node_id} is gone"))?;
+                if node.replicas != last {
+                    last = node.replicas;
+                    writeln!(out, "{}", progress(&node))?;
+                }
+            }
+        }
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
@@ -93,6 +124,34 @@ fn members_table(out: &mut impl Write, members: &[v1::ControllerMember]) -> std:
         .map(|m| vec![m.node_id.to_string(), m.address.clone(), role(m.voter)])
         .collect();
     table(out, &["CONTROLLER", "ADDRESS", "ROLE"], &rows)
+}
+
+/// One line on a decommissioning node's progress.
+fn progress(n: &v1::StorageNodeStatus) -> String {
+    match n.replicas {
+        0 => format!(
+            "storage node {} is decommissioned: it hosts no replicas and can be stopped",
+            n.node_id
+        ),
+        1 => format!(
+            "storage node {} is decommissioning: 1 replica left to move",
+            n.node_id
+        ),
+        r => format!(
+            "storage node {} is decommissioning: {r} replicas left to move",
+            n.node_id
+        ),
+    }
+}
+
+/// A storage node's place in the cluster: `active`, `decommissioning`
+/// (replicas still on it) or `decommissioned` (none left).
+fn node_state(n: &v1::StorageNodeStatus) -> &'static str {
+    match (n.decommissioning, n.replicas) {
+        (false, _) => "active",
+        (true, 0) => "decommissioned",
+        (true, _) => "decommissioning",
+    }
 }
 
 fn text(out: &mut impl Write, s: &v1::DescribeClusterResponse) -> std::io::Result<()> {
@@ -149,6 +208,7 @@ fn text(out: &mut impl Write, s: &v1::DescribeClusterResponse) -> std::io::Resul
                 n.node_id.to_string(),
                 n.address.clone(),
                 if n.alive { "yes" } else { "no" }.to_string(),
+                node_state(n).to_string(),
                 if n.rack.is_empty() {
                     "-".to_string()
                 } else {
@@ -165,12 +225,16 @@ fn text(out: &mut impl Write, s: &v1::DescribeClusterResponse) -> std::io::Resul
             "STORAGE-NODE",
             "ADDRESS",
             "ALIVE",
+            "STATE",
             "RACK",
             "LEADS",
             "REPLICAS",
         ],
         &rows,
     )?;
+    for n in s.storage_nodes.iter().filter(|n| n.decommissioning) {
+        writeln!(out, "{}", progress(n))?;
+    }
     for (title, list) in [
         ("UNDER-REPLICATED PARTITIONS", &s.under_replicated),
         ("OFFLINE PARTITIONS", &s.offline),
@@ -245,6 +309,8 @@ fn to_json(s: &v1::DescribeClusterResponse) -> Value {
             "rack": n.rack,
             "leader_partitions": n.leader_partitions,
             "replicas": n.replicas,
+            "state": node_state(n),
+            "decommissioning": n.decommissioning,
         })).collect::<Vec<_>>(),
         "under_replicated": partitions(&s.under_replicated),
         "offline": partitions(&s.offline),
@@ -314,14 +380,26 @@ mod tests {
                     ..Default::default()
                 },
             ],
-            storage_nodes: vec![v1::StorageNodeStatus {
-                node_id: 1,
-                address: "127.0.0.1:7402".into(),
-                alive: true,
-                rack: String::new(),
-                leader_partitions: 1,
-                replicas: 1,
-            }],
+            storage_nodes: vec![
+                v1::StorageNodeStatus {
+                    node_id: 1,
+                    address: "127.0.0.1:7402".into(),
+                    alive: true,
+                    rack: String::new(),
+                    leader_partitions: 1,
+                    replicas: 1,
+                    decommissioning: false,
+                },
+                v1::StorageNodeStatus {
+                    node_id: 2,
+                    address: "127.0.0.1:7412".into(),
+                    alive: true,
+                    rack: "r1".into(),
+                    leader_partitions: 0,
+                    replicas: 2,
+                    decommissioning: true,
+                },
+            ],
             under_replicated: vec![ps.clone()],
             offline: vec![],
             below_min_isr: vec![ps],
@@ -349,6 +427,35 @@ mod tests {
             out.contains("orders  2          1       1,2,3     1    2"),
             "{out}"
         );
+        assert!(
+            out.contains("1             127.0.0.1:7402  yes    active           -     1      1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("2             127.0.0.1:7412  yes    decommissioning  r1    0      2"),
+            "{out}"
+        );
+        assert!(
+            out.contains("storage node 2 is decommissioning: 2 replicas left to move"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn decommission_progress_says_when_the_node_can_be_stopped() {
+        let mut n = status().storage_nodes[1].clone();
+        assert_eq!(node_state(&n), "decommissioning");
+        n.replicas = 1;
+        assert_eq!(
+            progress(&n),
+            "storage node 2 is decommissioning: 1 replica left to move"
+        );
+        n.replicas = 0;
+        assert_eq!(node_state(&n), "decommissioned");
+        assert_eq!(
+            progress(&n),
+            "storage node 2 is decommissioned: it hosts no replicas and can be stopped"
+        );
     }
 
     #[test]
@@ -375,6 +482,8 @@ mod tests {
         assert_eq!(v["controllers"][0]["state"], "leader");
         assert_eq!(v["controllers"][1]["reachable"], false);
         assert_eq!(v["storage_nodes"][0]["leader_partitions"], 1);
+        assert_eq!(v["storage_nodes"][0]["state"], "active");
+        assert_eq!(v["storage_nodes"][1]["state"], "decommissioning");
         assert_eq!(v["below_min_isr"][0]["isr"], json!([1]));
         assert_eq!(v["offline"], json!([]));
     }

@@ -19,14 +19,14 @@ pub use topic::TopicArgs;
 /// The client subcommands, to be flattened into the binary's command enum.
 #[derive(Debug, clap::Subcommand)]
 pub enum ClientCommand {
-    /// Create, list, describe and delete topics
+    /// Create, list, describe, alter and delete topics
     Topic(TopicArgs),
     /// Write records read from stdin, one per line
     Produce(ProduceArgs),
     /// Print records of a topic, one per line
     Consume(ConsumeArgs),
     /// Show the cluster's controllers, storage nodes and partition health;
-    /// add and remove controllers
+    /// add and remove controllers; decommission storage nodes
     Cluster(ClusterArgs),
 }
 

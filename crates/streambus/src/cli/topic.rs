@@ -1,4 +1,4 @@
-//! `streambus topic create|list|describe|delete`.
+//! `streambus topic create|list|describe|alter|delete`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -41,6 +41,15 @@ enum TopicCommand {
     Describe {
         /// Topic name
         name: String,
+    },
+    /// Add partitions to a topic
+    Alter {
+        /// Topic name
+        name: String,
+        /// The new number of partitions: more than now (partitions are
+        /// never removed)
+        #[arg(short, long)]
+        partitions: u32,
     },
     /// Delete a topic and its data
     Delete {
@@ -101,6 +110,19 @@ pub(super) async fn run(args: TopicArgs) -> anyhow::Result<ExitCode> {
                 }
             };
             describe(&mut out, &topic, &offsets)?;
+        }
+        TopicCommand::Alter { name, partitions } => {
+            let before = client.describe_topic(&name).await?.partitions.len();
+            let topic = client.create_partitions(&name, partitions).await?;
+            let after = topic.partitions.len();
+            if after == before {
+                writeln!(out, "topic {name} already has {after} partitions")?;
+            } else {
+                writeln!(
+                    out,
+                    "topic {name} now has {after} partitions (was {before})"
+                )?;
+            }
         }
         TopicCommand::Delete { name } => {
             client.delete_topic(&name).await?;

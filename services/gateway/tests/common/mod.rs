@@ -49,6 +49,7 @@ pub fn metadata(version: u64, nodes: &[(u64, String)], leaders: &[u64]) -> Clust
                 address: addr.clone(),
                 alive: true,
                 rack: String::new(),
+                decommissioning: false,
             })
             .collect(),
         topics: vec![TopicMetadata {
@@ -171,6 +172,20 @@ impl ControllerService for FakeController {
         &self,
         _: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
+        Err(Status::unimplemented("fake controller"))
+    }
+
+    async fn create_partitions(
+        &self,
+        _: Request<streambus_proto::v1::CreatePartitionsRequest>,
+    ) -> Result<Response<streambus_proto::v1::CreatePartitionsResponse>, Status> {
+        Err(Status::unimplemented("fake controller"))
+    }
+
+    async fn decommission_node(
+        &self,
+        _: Request<streambus_proto::v1::DecommissionStorageNodeRequest>,
+    ) -> Result<Response<streambus_proto::v1::DecommissionStorageNodeResponse>, Status> {
         Err(Status::unimplemented("fake controller"))
     }
 
