@@ -343,3 +343,80 @@ async fn readiness_and_health_follow_controller_contact() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_draining_gateway_ends_subscriptions_and_produce_streams_with_shutting_down() {
+    use streambus_proto::v1::consume_service_client::ConsumeServiceClient;
+    use streambus_proto::v1::{StartPosition, SubscribeRequest, start_position};
+
+    let storage = FakeStorage::start(Behaviour::Accept).await;
+    let nodes = vec![(1, storage.address())];
+    let controller = FakeController::start(metadata(1, &nodes, &[1])).await;
+    let mut gw = Gateway::start(&controller, GatewayConfig::default()).await;
+    gw.wait_ready().await;
+    let channel = gw.channel().await;
+    let mut subscription = ConsumeServiceClient::new(channel.clone())
+        .subscribe(SubscribeRequest {
+            topic: "t".into(),
+            start: Some(StartPosition {
+                position: Some(start_position::Position::Offset(0)),
+            }),
+            max_wait_ms: 100,
+            ..SubscribeRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(ProduceStreamRequest {
+        sequence: 7,
+        batch: Some(batch(0, 2)),
+        acks: Acks::All as i32,
+    })
+    .await
+    .unwrap();
+    let mut acks = gw
+        .produce_client()
+        .await
+        .produce_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = acks.message().await.unwrap().unwrap();
+    assert_eq!(first.sequence, 7);
+    assert!(first.result.unwrap().error.is_none());
+
+    // SIGTERM: both streams end with a retriable reason, not a clean end
+    // that would mean "done".
+    gw.begin_shutdown();
+    let wait = Duration::from_secs(10);
+    for (what, end) in [
+        (
+            "subscription",
+            tokio::time::timeout(wait, subscription.message())
+                .await
+                .unwrap(),
+        ),
+        (
+            "produce stream",
+            tokio::time::timeout(wait, acks.message())
+                .await
+                .unwrap()
+                .map(|_| None),
+        ),
+    ] {
+        let status = match end {
+            Err(status) => status,
+            Ok(other) => panic!("{what} ended with {other:?} instead of an error"),
+        };
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unavailable,
+            "{what}: {status:?}"
+        );
+        let e = Error::from_status(&status);
+        assert_eq!(e.reason, Reason::ShuttingDown, "{what}: {e}");
+        assert!(e.retriable());
+    }
+    drop(tx);
+}

@@ -379,11 +379,20 @@ impl StorageService for FakeStorage {
         }
     }
 
+    /// An empty log: waits (a bounded long poll) and answers nothing.
     async fn fetch(
         &self,
-        _: Request<StorageFetchRequest>,
+        request: Request<StorageFetchRequest>,
     ) -> Result<Response<StorageFetchResponse>, Status> {
-        Err(Status::unimplemented("fake storage"))
+        let r = request.into_inner();
+        tokio::time::sleep(Duration::from_millis(u64::from(r.max_wait_ms.min(200)))).await;
+        Ok(Response::new(StorageFetchResponse {
+            batches: Default::default(),
+            high_watermark: 0,
+            log_start_offset: 0,
+            next_offset: r.offset,
+            log_end_offset: 0,
+        }))
     }
 
     async fn list_offsets(
@@ -448,6 +457,13 @@ impl Gateway {
 
     pub async fn produce_client(&self) -> ProduceServiceClient<Channel> {
         ProduceServiceClient::new(self.channel().await)
+    }
+
+    /// Starts draining (as on SIGTERM).
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
 
