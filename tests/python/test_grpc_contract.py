@@ -290,10 +290,14 @@ def follow(stubs, pb, topic, start, positions, max_backoff=5.0):
                     yield resp.partition, r
                 positions[resp.partition] = max(positions.get(resp.partition, 0), resp.next_offset)
         except grpc.RpcError as err:
-            if reason(err) not in RESUME_REASONS and err.code() not in (
+            r = reason(err)
+            if r is not None and r not in RESUME_REASONS:
+                raise
+            if r is None and err.code() not in (
                 grpc.StatusCode.UNAVAILABLE,
                 grpc.StatusCode.UNKNOWN,
                 grpc.StatusCode.CANCELLED,
+                grpc.StatusCode.INTERNAL,
             ):
                 raise
         finally:

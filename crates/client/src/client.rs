@@ -93,6 +93,27 @@ impl Client {
         }
     }
 
+    /// One admin call, tried again (a few times, quickly) when it never
+    /// reached a gateway: right after a gateway restart a balanced channel
+    /// may still pick its old connection.
+    async fn admin_call<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
+    where
+        F: Fn(AdminServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut attempt = 0u32;
+        loop {
+            match call(self.admin.clone()).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) if attempt < 5 && unreached(&s) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(25 << attempt)).await;
+                }
+                Err(s) => return Err(s.into()),
+            }
+        }
+    }
+
     /// Creates a topic. `replication_factor` 0 means the cluster default.
     pub async fn create_topic(
         &self,
@@ -102,16 +123,16 @@ impl Client {
         configs: HashMap<String, String>,
     ) -> Result<v1::TopicDescription, ClientError> {
         let response = self
-            .admin
-            .clone()
-            .create_topic(v1::CreateTopicRequest {
-                name: name.to_string(),
-                partitions,
-                replication_factor,
-                configs,
+            .admin_call(|mut admin| {
+                let request = v1::CreateTopicRequest {
+                    name: name.to_string(),
+                    partitions,
+                    replication_factor,
+                    configs: configs.clone(),
+                };
+                async move { admin.create_topic(request).await }
             })
-            .await?
-            .into_inner();
+            .await?;
         Ok(response.topic.unwrap_or_default())
     }
 
@@ -123,14 +144,14 @@ impl Client {
         partitions: u32,
     ) -> Result<v1::TopicDescription, ClientError> {
         let response = self
-            .admin
-            .clone()
-            .create_partitions(v1::CreatePartitionsRequest {
-                topic: topic.to_string(),
-                partitions,
+            .admin_call(|mut admin| {
+                let request = v1::CreatePartitionsRequest {
+                    topic: topic.to_string(),
+                    partitions,
+                };
+                async move { admin.create_partitions(request).await }
             })
-            .await?
-            .into_inner();
+            .await?;
         Ok(response.topic.unwrap_or_default())
     }
 
@@ -143,46 +164,47 @@ impl Client {
         node_id: u64,
     ) -> Result<v1::StorageNodeStatus, ClientError> {
         let response = self
-            .admin
-            .clone()
-            .decommission_storage_node(v1::DecommissionStorageNodeRequest { node_id })
-            .await?
-            .into_inner();
+            .admin_call(|mut admin| {
+                let request = v1::DecommissionStorageNodeRequest { node_id };
+                async move { admin.decommission_storage_node(request).await }
+            })
+            .await?;
         Ok(response.node.unwrap_or_default())
     }
 
     /// Deletes a topic and its data.
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
-        self.admin
-            .clone()
-            .delete_topic(v1::DeleteTopicRequest {
+        self.admin_call(|mut admin| {
+            let request = v1::DeleteTopicRequest {
                 name: name.to_string(),
-            })
-            .await?;
+            };
+            async move { admin.delete_topic(request).await }
+        })
+        .await?;
         Ok(())
     }
 
     /// Every topic, as the gateway lists them.
     pub async fn list_topics(&self) -> Result<Vec<v1::TopicDescription>, ClientError> {
         Ok(self
-            .admin
-            .clone()
-            .list_topics(v1::ListTopicsRequest {})
+            .admin_call(|mut admin| {
+                let request = v1::ListTopicsRequest {};
+                async move { admin.list_topics(request).await }
+            })
             .await?
-            .into_inner()
             .topics)
     }
 
     /// One topic: configuration, partitions, leaders and replicas.
     pub async fn describe_topic(&self, name: &str) -> Result<v1::TopicDescription, ClientError> {
         let response = self
-            .admin
-            .clone()
-            .describe_topic(v1::DescribeTopicRequest {
-                name: name.to_string(),
+            .admin_call(|mut admin| {
+                let request = v1::DescribeTopicRequest {
+                    name: name.to_string(),
+                };
+                async move { admin.describe_topic(request).await }
             })
-            .await?
-            .into_inner();
+            .await?;
         Ok(response.topic.unwrap_or_default())
     }
 
@@ -193,26 +215,25 @@ impl Client {
         topic: &str,
     ) -> Result<Vec<v1::PartitionOffsets>, ClientError> {
         Ok(self
-            .admin
-            .clone()
-            .describe_partition_offsets(v1::DescribePartitionOffsetsRequest {
-                topic: topic.to_string(),
-                partitions: Vec::new(),
+            .admin_call(|mut admin| {
+                let request = v1::DescribePartitionOffsetsRequest {
+                    topic: topic.to_string(),
+                    partitions: Vec::new(),
+                };
+                async move { admin.describe_partition_offsets(request).await }
             })
             .await?
-            .into_inner()
             .partitions)
     }
 
     /// Controllers, storage nodes, and the partitions that are
     /// under-replicated, offline or below `min.insync.replicas`.
     pub async fn describe_cluster(&self) -> Result<v1::DescribeClusterResponse, ClientError> {
-        Ok(self
-            .admin
-            .clone()
-            .describe_cluster(v1::DescribeClusterRequest {})
-            .await?
-            .into_inner())
+        self.admin_call(|mut admin| {
+            let request = v1::DescribeClusterRequest {};
+            async move { admin.describe_cluster(request).await }
+        })
+        .await
     }
 
     /// Adds controller `node_id`, reachable at `address` (`host:port`), to
@@ -226,14 +247,14 @@ impl Client {
         address: &str,
     ) -> Result<Vec<v1::ControllerMember>, ClientError> {
         Ok(self
-            .admin
-            .clone()
-            .add_controller(v1::AddControllerRequest {
-                node_id,
-                address: address.to_string(),
+            .admin_call(|mut admin| {
+                let request = v1::AddControllerRequest {
+                    node_id,
+                    address: address.to_string(),
+                };
+                async move { admin.add_controller(request).await }
             })
             .await?
-            .into_inner()
             .members)
     }
 
@@ -246,13 +267,22 @@ impl Client {
         node_id: u64,
     ) -> Result<Vec<v1::ControllerMember>, ClientError> {
         Ok(self
-            .admin
-            .clone()
-            .remove_controller(v1::RemoveControllerRequest { node_id })
+            .admin_call(|mut admin| {
+                let request = v1::RemoveControllerRequest { node_id };
+                async move { admin.remove_controller(request).await }
+            })
             .await?
-            .into_inner()
             .members)
     }
+}
+
+/// Whether a call failed before any gateway handled it: the connection
+/// could not be made (no StreamBus reason: the gateway never answered).
+fn unreached(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::Unavailable
+        && s.metadata()
+            .get(streambus_proto::error::REASON_METADATA_KEY)
+            .is_none()
 }
 
 /// How often gateway names are resolved again.

@@ -138,12 +138,21 @@ impl Client {
             encoded: true,
             resume_offsets: positions.next.clone(),
         };
-        let responses = self
-            .consume
-            .clone()
-            .subscribe(request.clone())
-            .await?
-            .into_inner();
+        // A gateway that is just restarting (or one of several that is
+        // down) must not fail the subscription before it started.
+        let deadline = tokio::time::Instant::now() + INITIAL_SUBSCRIBE_RETRY;
+        let mut failures = 0;
+        let responses = loop {
+            match self.consume.clone().subscribe(request.clone()).await {
+                Ok(r) => break r.into_inner(),
+                Err(status) if resumable(&status) && tokio::time::Instant::now() < deadline => {
+                    failures += 1;
+                    tracing::debug!(error = %status, "subscribe failed; trying again");
+                    tokio::time::sleep(resubscribe_backoff(failures, jitter())).await;
+                }
+                Err(status) => return Err(status.into()),
+            }
+        };
         Ok(Subscription {
             consume: self.consume.clone(),
             request,
@@ -241,6 +250,9 @@ pub struct Reconnects {
     pub last_error: Option<String>,
 }
 
+/// How long `subscribe` keeps trying while gateways are unreachable.
+const INITIAL_SUBSCRIBE_RETRY: Duration = Duration::from_secs(30);
+
 /// Backoff before resubscription attempt `failures` (1, 2, ...): 100 ms
 /// doubling up to 5 s, times a jitter factor in `[0.5, 1]` (`jitter` in
 /// `[0, 1]`), so clients of a restarted gateway do not all return at once.
@@ -251,8 +263,27 @@ pub fn resubscribe_backoff(failures: u32, jitter: f64) -> Duration {
     base.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
 }
 
-/// Whether a broken subscription should be resumed rather than ended.
+/// Whether a broken subscription should be resumed rather than ended: a
+/// retriable StreamBus reason, or a transport failure (a status without a
+/// StreamBus reason, as when a connection is reset: h2 reports a gateway
+/// killed mid-stream as `INTERNAL`).
 pub fn resumable(status: &tonic::Status) -> bool {
+    let from_server = status
+        .metadata()
+        .get(streambus_proto::error::REASON_METADATA_KEY)
+        .is_some();
+    if !from_server
+        && matches!(
+            status.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
+                | tonic::Code::Internal
+                | tonic::Code::DeadlineExceeded
+        )
+    {
+        return true;
+    }
     streambus_proto::Error::from_status(status).retriable()
 }
 
@@ -508,9 +539,15 @@ mod tests {
         ] {
             assert!(!resumable(&Error::new(r, "x").to_status()), "{r}");
         }
-        // A connection that broke carries no reason.
+        // A connection that broke carries no reason; h2 reports a reset
+        // stream as INTERNAL.
         assert!(resumable(&tonic::Status::unknown("connection reset")));
         assert!(resumable(&tonic::Status::unavailable("refused")));
+        assert!(resumable(&tonic::Status::internal(
+            "h2 protocol error: http2 error"
+        )));
+        // A gateway's own INTERNAL carries its reason: final.
+        assert!(!resumable(&Error::new(Reason::Internal, "bug").to_status()));
     }
 
     fn batch(base_offset: i64, timestamps: &[i64]) -> Vec<u8> {

@@ -1,13 +1,14 @@
-//! Rolling gateways: with two gateways, an idempotent SDK producer and a
-//! `streambus consume` process (both given both gateways) run while each
-//! gateway is restarted in turn, with SIGTERM and once with SIGKILL.
-//! Afterwards every acknowledged record was consumed exactly once, in order
-//! per partition, and both clients are still running.
+//! Rolling gateways: with two gateways, an idempotent SDK producer, a
+//! `streambus produce` process fed line by line, and a `streambus consume`
+//! process (all given both gateways) run while each gateway is restarted in
+//! turn, with SIGTERM and once with SIGKILL. Afterwards every acknowledged
+//! record was consumed exactly once, in order per partition, every line the
+//! CLI producer read is in its topic once, and the clients kept running.
 
 mod procs;
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -65,6 +66,28 @@ async fn clients_ride_through_gateway_restarts() {
         });
     }
 
+    // A CLI producer reading stdin, fed a line at a time across the rolls.
+    client
+        .create_topic("roll-cli", 1, 3, Default::default())
+        .await
+        .unwrap();
+    let mut cli_producer = Command::new(env!("CARGO_BIN_EXE_streambus"))
+        .args(["produce", "roll-cli", "--gateway", &both])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut cli_stdin = cli_producer.stdin.take().unwrap();
+    let mut lines_fed = 0u64;
+    let mut feed = |count: u64| {
+        for _ in 0..count {
+            writeln!(cli_stdin, "line-{lines_fed}").unwrap();
+            lines_fed += 1;
+        }
+        cli_stdin.flush().unwrap();
+    };
+
     // The producer writes in rounds while the gateways roll.
     let producer = client.producer(ProducerConfig {
         delivery_timeout: Duration::from_secs(60),
@@ -91,6 +114,7 @@ async fn clients_ride_through_gateway_restarts() {
         }
     };
     round(&mut acked).await;
+    feed(200);
     // Each gateway in turn, twice with SIGTERM (a roll), then once killed.
     for (i, kill) in [(0, false), (1, false), (0, false), (1, false), (0, true)] {
         let g = &mut cluster.gateways[i];
@@ -99,12 +123,46 @@ async fn clients_ride_through_gateway_restarts() {
         } else {
             tokio::task::block_in_place(|| g.terminate());
         }
+        feed(200);
         round(&mut acked).await;
         g.start();
         tokio::task::block_in_place(|| g.wait_ready());
+        feed(200);
         round(&mut acked).await;
     }
     producer.close().await;
+    // End of input: the CLI producer flushes and exits 0.
+    drop(cli_stdin);
+    let out = tokio::task::spawn_blocking(move || cli_producer.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "streambus produce: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut sub = client
+        .subscribe(streambus_client::SubscribeOptions {
+            start: streambus_client::StartFrom::Earliest,
+            ..streambus_client::SubscribeOptions::new("roll-cli")
+        })
+        .await
+        .unwrap();
+    use futures::StreamExt;
+    let mut cli_lines = Vec::new();
+    while (cli_lines.len() as u64) < lines_fed {
+        let r = tokio::time::timeout(Duration::from_secs(30), sub.next())
+            .await
+            .expect("every line the CLI producer read is in the topic")
+            .unwrap()
+            .unwrap();
+        cli_lines.push(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
+    }
+    let expected: Vec<String> = (0..lines_fed).map(|i| format!("line-{i}")).collect();
+    assert_eq!(cli_lines, expected, "each line once, in order");
+    let offsets = client.partition_offsets("roll-cli").await.unwrap();
+    assert_eq!(offsets[0].high_watermark as u64, lines_fed, "no duplicates");
 
     // The consumer gets everything, once, in order per partition.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

@@ -210,8 +210,8 @@ impl Sender {
                 });
             }
             Ok(Err(status)) => {
+                let retriable = crate::consumer::resumable(&status);
                 let error = Error::from_status(&status);
-                let retriable = error.retriable();
                 self.broken(error, retriable);
             }
             Err(_) => {
@@ -225,8 +225,10 @@ impl Sender {
         let response = match response {
             Some(Ok(response)) => response,
             Some(Err(status)) => {
+                // A reset connection (a gateway killed mid-stream) is as
+                // retriable as a draining gateway's SHUTTING_DOWN.
+                let retriable = crate::consumer::resumable(&status);
                 let error = Error::from_status(&status);
-                let retriable = error.retriable();
                 return self.broken(error, retriable);
             }
             None => {
