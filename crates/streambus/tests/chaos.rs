@@ -1,8 +1,9 @@
 //! Randomized faults, seeded and repeatable: an idempotent producer writes
 //! with acks=all to a 3-partition topic of replication factor 3
-//! (`min.insync.replicas=2`) while storage nodes are killed and restarted,
-//! and cut off from everything and healed, one at a time (always a
-//! minority), chosen by a seeded generator. An independent checker then
+//! (`min.insync.replicas=2`) on three storage nodes and three controllers,
+//! while storage nodes are killed and restarted or cut off from everything
+//! and healed, and controllers are killed and restarted, one process at a
+//! time (always a minority), chosen by a seeded generator. An independent checker then
 //! reads every partition back from the beginning and verifies: every
 //! acknowledged record is at its acknowledged offset, no record appears
 //! twice, each partition's records are in the order they were sent, and
@@ -50,6 +51,7 @@ impl Rng {
 enum Fault {
     Kill(u64),
     Isolate(u64),
+    KillController(u64),
 }
 
 /// Waits until every partition has all three replicas in sync.
@@ -80,7 +82,7 @@ async fn random_kills_and_partitions_lose_duplicate_and_reorder_nothing() {
     println!("chaos seed {seed}, {seconds} s (rerun: cargo xtask chaos --seed {seed})");
     let mut rng = Rng(seed | 1);
 
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start_with(3, 3).await;
     let client = cluster.client().await;
     client
         .create_topic(
@@ -163,21 +165,23 @@ async fn random_kills_and_partitions_lose_duplicate_and_reorder_nothing() {
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500 + rng.below(1500))).await;
         let id = 1 + rng.below(3);
-        let fault = if rng.below(2) == 0 {
-            Fault::Kill(id)
-        } else {
-            Fault::Isolate(id)
+        let fault = match rng.below(5) {
+            0 | 1 => Fault::Kill(id),
+            2 | 3 => Fault::Isolate(id),
+            _ => Fault::KillController(id),
         };
         println!("fault {faults}: {fault:?}");
         match fault {
             Fault::Kill(id) => cluster.kill_node(id).await,
             Fault::Isolate(id) => cluster.isolate(id),
+            Fault::KillController(id) => cluster.kill_controller(id).await,
         }
         faults += 1;
         tokio::time::sleep(Duration::from_millis(500 + rng.below(2500))).await;
         match fault {
             Fault::Kill(id) => cluster.start_node(id).await,
             Fault::Isolate(id) => cluster.heal(id),
+            Fault::KillController(id) => cluster.start_controller(id).await,
         }
         // The next fault only once the cluster is whole again, so at most
         // one of three nodes is ever down or cut off.

@@ -1,10 +1,11 @@
-//! A whole cluster in one process for fault tests: a controller, storage
-//! nodes and a gateway, all real servers on 127.0.0.1 talking gRPC. Each
-//! storage node runs on a runtime of its own (killing it shuts that runtime
-//! down: every task and connection of the node stops mid-flight, nothing
-//! drains) and is reached only through proxies that can cut its links: one
-//! in front of it (what followers and the gateway connect to, its
-//! advertised address) and one between it and the controller.
+//! A whole cluster in one process for fault tests: controllers (one Raft
+//! group), storage nodes and a gateway, all real servers on 127.0.0.1
+//! talking gRPC. Each controller and each storage node runs on a runtime of
+//! its own (killing it shuts that runtime down: every task and connection
+//! stops mid-flight, nothing drains). A storage node is reached only
+//! through proxies that can cut its links: one in front of it (what
+//! followers and the gateway connect to, its advertised address) and one
+//! between it and each controller.
 
 #![allow(dead_code)]
 
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use streambus_client::{Client, v1};
-use streambus_controller::ControllerConfig;
+use streambus_controller::{ControllerConfig, Peer};
 use streambus_gateway::GatewayConfig;
 use streambus_storage_node::StorageNodeConfig;
 use tokio::net::TcpListener;
@@ -35,8 +36,8 @@ pub struct Node {
     addr: SocketAddr,
     /// In front of it: followers and the gateway connect here.
     pub inbound: Proxy,
-    /// Between it and the controller.
-    pub to_controller: Proxy,
+    /// Between it and each controller.
+    pub to_controllers: Vec<Proxy>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -53,11 +54,25 @@ impl Node {
     }
 }
 
+/// One controller.
+pub struct Controller {
+    pub id: u64,
+    pub addr: SocketAddr,
+    dir: PathBuf,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Controller {
+    /// Whether it runs.
+    pub fn is_up(&self) -> bool {
+        self.runtime.is_some()
+    }
+}
+
 /// The cluster.
 pub struct Cluster {
     dir: tempfile::TempDir,
-    controller_addr: SocketAddr,
-    controller_stop: Option<oneshot::Sender<()>>,
+    pub controllers: BTreeMap<u64, Controller>,
     pub nodes: BTreeMap<u64, Node>,
     pub gateway: String,
     gateway_stop: Option<oneshot::Sender<()>>,
@@ -66,50 +81,61 @@ pub struct Cluster {
 impl Cluster {
     /// A controller, `nodes` storage nodes and a gateway, all ready.
     pub async fn start(nodes: u64) -> Cluster {
+        Cluster::start_with(1, nodes).await
+    }
+
+    /// `controllers` controllers (one Raft group), `nodes` storage nodes
+    /// and a gateway, all ready.
+    pub async fn start_with(controllers: u64, nodes: u64) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let controller_addr = listener.local_addr().unwrap();
-        let config = ControllerConfig {
-            data_dir: dir.path().join("controller"),
-            node_lease_ms: 1_500,
-            heartbeat_interval_ms: 50,
-            election_timeout_min_ms: 300,
-            election_timeout_max_ms: 600,
-            ..ControllerConfig::default()
-        };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (ready_tx, mut ready) = watch::channel(false);
-        tokio::spawn(streambus_controller::serve_with_listener(
-            config,
-            listener,
-            async move {
-                let _ = stopped.await;
-            },
-            Some(ready_tx),
-        ));
-        tokio::time::timeout(WAIT, ready.wait_for(|r| *r))
-            .await
-            .expect("controller ready")
-            .unwrap();
         let mut cluster = Cluster {
+            controllers: BTreeMap::new(),
             dir,
-            controller_addr,
-            controller_stop: Some(stop),
             nodes: BTreeMap::new(),
             gateway: String::new(),
             gateway_stop: None,
         };
+        for id in 1..=controllers {
+            let addr = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap();
+            cluster.controllers.insert(
+                id,
+                Controller {
+                    id,
+                    addr,
+                    dir: cluster.dir.path().join(format!("controller-{id}")),
+                    runtime: None,
+                },
+            );
+        }
+        let ids: Vec<u64> = cluster.controllers.keys().copied().collect();
+        let mut ready = Vec::new();
+        for id in ids {
+            ready.push(cluster.spawn_controller(id));
+        }
+        for mut r in ready {
+            tokio::time::timeout(WAIT, r.wait_for(|r| *r))
+                .await
+                .expect("controller ready")
+                .unwrap();
+        }
         for id in 1..=nodes {
             let addr = std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
                 .local_addr()
                 .unwrap();
+            let mut to_controllers = Vec::new();
+            for c in cluster.controllers.values() {
+                to_controllers.push(Proxy::start(c.addr).await);
+            }
             let node = Node {
                 id,
                 dir: cluster.dir.path().join(format!("storage-{id}")),
                 addr,
                 inbound: Proxy::start(addr).await,
-                to_controller: Proxy::start(controller_addr).await,
+                to_controllers,
                 runtime: None,
             };
             cluster.nodes.insert(id, node);
@@ -119,11 +145,87 @@ impl Cluster {
         cluster
     }
 
+    /// Starts controller `id` on its runtime; returns its readiness.
+    fn spawn_controller(&mut self, id: u64) -> watch::Receiver<bool> {
+        let peers: Vec<Peer> = if self.controllers.len() > 1 {
+            self.controllers
+                .values()
+                .map(|c| Peer {
+                    id: c.id,
+                    address: c.addr.to_string(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let c = self.controllers.get_mut(&id).unwrap();
+        assert!(c.runtime.is_none(), "controller {id} runs already");
+        let config = ControllerConfig {
+            node_id: id,
+            listen_addr: c.addr,
+            advertised_addr: c.addr.to_string(),
+            data_dir: c.dir.clone(),
+            peers,
+            node_lease_ms: 1_500,
+            heartbeat_interval_ms: 50,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            ..ControllerConfig::default()
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (ready_tx, ready) = watch::channel(false);
+        let addr = c.addr;
+        runtime.spawn(async move {
+            let listener = loop {
+                match TcpListener::bind(addr).await {
+                    Ok(l) => break l,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            };
+            let _ = streambus_controller::serve_with_listener(
+                config,
+                listener,
+                std::future::pending(),
+                Some(ready_tx),
+            )
+            .await;
+        });
+        c.runtime = Some(runtime);
+        ready
+    }
+
+    /// Kills controller `id` (no drain).
+    pub async fn kill_controller(&mut self, id: u64) {
+        if let Some(rt) = self.controllers.get_mut(&id).unwrap().runtime.take() {
+            rt.shutdown_background();
+        }
+        // sled may hold its directory lock for a moment.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    /// Restarts controller `id` on its data directory and waits until it
+    /// is ready.
+    pub async fn start_controller(&mut self, id: u64) {
+        let mut ready = self.spawn_controller(id);
+        tokio::time::timeout(WAIT, ready.wait_for(|r| *r))
+            .await
+            .unwrap_or_else(|_| panic!("controller {id} ready again"))
+            .unwrap();
+    }
+
     async fn start_gateway(&mut self) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         self.gateway = listener.local_addr().unwrap().to_string();
         let config = GatewayConfig {
-            controllers: vec![self.controller_addr.to_string()],
+            controllers: self
+                .controllers
+                .values()
+                .map(|c| c.addr.to_string())
+                .collect(),
             storage_call_timeout_ms: 2_000,
             ..GatewayConfig::default()
         };
@@ -154,7 +256,11 @@ impl Cluster {
             node_id: id,
             data_dir: node.dir.clone(),
             advertised_addr: node.inbound.addr.to_string(),
-            controllers: vec![node.to_controller.addr.to_string()],
+            controllers: node
+                .to_controllers
+                .iter()
+                .map(|p| p.addr.to_string())
+                .collect(),
             heartbeat_interval_ms: 100,
             replica_lag_time_max_ms: 2_000,
             ack_timeout_ms: 4_000,
@@ -212,14 +318,18 @@ impl Cluster {
     pub fn isolate(&self, id: u64) {
         let n = &self.nodes[&id];
         n.inbound.set_cut(true);
-        n.to_controller.set_cut(true);
+        for p in &n.to_controllers {
+            p.set_cut(true);
+        }
     }
 
     /// Heals what [`Cluster::isolate`] cut.
     pub fn heal(&self, id: u64) {
         let n = &self.nodes[&id];
         n.inbound.set_cut(false);
-        n.to_controller.set_cut(false);
+        for p in &n.to_controllers {
+            p.set_cut(false);
+        }
     }
 
     /// An SDK client of the gateway.
@@ -238,8 +348,10 @@ impl Drop for Cluster {
         if let Some(s) = self.gateway_stop.take() {
             let _ = s.send(());
         }
-        if let Some(s) = self.controller_stop.take() {
-            let _ = s.send(());
+        for c in self.controllers.values_mut() {
+            if let Some(rt) = c.runtime.take() {
+                rt.shutdown_background();
+            }
         }
     }
 }
