@@ -39,7 +39,7 @@ pub const NATS_ADDR: &str = "127.0.0.1:4222";
 /// NATS HTTP monitoring.
 pub const NATS_MONITOR_ADDR: &str = "127.0.0.1:8222";
 
-const USAGE: &str = "usage: cargo xtask peer <kafka|nats> [install|start|stop|status] [--durability fsync|page-cache]
+const USAGE: &str = "usage: cargo xtask peer <kafka|nats> [install|start|stop|status] [--durability fsync|page-cache] [--brokers 1|3]
 
   install   fetch the server (Maven Central / apt / Go module proxy) if missing
   start     install, then start it in the background if not running (default)
@@ -47,7 +47,10 @@ const USAGE: &str = "usage: cargo xtask peer <kafka|nats> [install|start|stop|st
   status    say whether it runs
 
 Kafka's durability is a topic setting (the benchmark sets flush.messages=1
-per topic), so its broker is the same in both modes. NATS's fsync is a
+per topic), so its broker is the same in both modes. `--brokers 3` starts
+three combined broker+controller nodes (a KRaft quorum of three) on
+127.0.0.1:9092, :9094 and :9096 (controllers on :9093, :9095, :9097),
+for replication factor 3; `stop` stops whichever ran. NATS's fsync is a
 server setting: `--durability fsync` (default) runs it with
 `sync_interval: always`, `page-cache` with NATS's default.";
 
@@ -82,12 +85,20 @@ impl Durability {
 /// `cargo xtask peer ...`.
 pub fn main(args: &[String]) -> Result<(), String> {
     let mut durability = Durability::Fsync;
+    let mut brokers = 1u32;
     let mut words = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--durability" => {
                 durability = Durability::parse(it.next().ok_or("--durability needs a value")?)?
+            }
+            "--brokers" => {
+                brokers = match it.next().map(String::as_str) {
+                    Some("1") => 1,
+                    Some("3") => 3,
+                    _ => return Err("--brokers takes 1 or 3".into()),
+                }
             }
             other => words.push(other),
         }
@@ -97,7 +108,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
         words.get(1).copied().unwrap_or("start"),
     ) {
         (Some("kafka"), "install") => kafka::install().map(|_| ()),
-        (Some("kafka"), "start") => kafka::start(),
+        (Some("kafka"), "start") => kafka::start_brokers(brokers),
         (Some("kafka"), "stop") => kafka::stop(),
         (Some("kafka"), "status") => {
             status("kafka", KAFKA_ADDR);
@@ -172,22 +183,13 @@ fn read_pid(path: &Path) -> Option<u32> {
 /// `pid_file`, and waits until `addr` accepts connections.
 fn spawn_server(
     name: &str,
-    mut cmd: Command,
+    cmd: Command,
     log: &Path,
     pid_file: &Path,
     addr: &str,
     timeout: Duration,
 ) -> Result<(), String> {
-    let out = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
-    let err = out.try_clone().map_err(|e| e.to_string())?;
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0)
-        .spawn()
-        .map_err(|e| format!("cannot start {name}: {e}"))?;
-    std::fs::write(pid_file, child.id().to_string()).map_err(|e| e.to_string())?;
+    let mut child = spawn_detached(name, cmd, log, pid_file)?;
     let deadline = Instant::now() + timeout;
     loop {
         if listening(addr) {
@@ -218,6 +220,27 @@ fn spawn_server(
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// Starts `cmd` in its own process group, output to `log`, pid to
+/// `pid_file`, without waiting for it.
+fn spawn_detached(
+    name: &str,
+    mut cmd: Command,
+    log: &Path,
+    pid_file: &Path,
+) -> Result<std::process::Child, String> {
+    let out = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot start {name}: {e}"))?;
+    std::fs::write(pid_file, child.id().to_string()).map_err(|e| e.to_string())?;
+    Ok(child)
 }
 
 /// Stops the server whose pid is in `pid_file`: SIGTERM, then SIGKILL
@@ -301,29 +324,48 @@ pub mod kafka {
         )
     }
 
-    /// The broker's settings: one combined broker + controller on
-    /// loopback, replication 1 for internal topics, no automatic topics.
-    /// Durability is per topic (the benchmark sets `flush.messages=1` in
-    /// fsync mode), so this file is the same for both modes.
-    fn server_properties(data: &Path) -> String {
+    /// Broker `id`'s client and controller addresses (1: the defaults).
+    pub fn addrs(id: u32) -> (String, String) {
+        let base = 9092 + 2 * (id - 1);
+        (
+            format!("127.0.0.1:{base}"),
+            format!("127.0.0.1:{}", base + 1),
+        )
+    }
+
+    /// The settings of broker `id` of `n`: a combined broker + controller
+    /// on loopback; with one node a standalone (dynamic) quorum, with
+    /// three a static quorum of the three; internal topics replicated
+    /// `n` times; no automatic topics. Durability is per topic (the
+    /// benchmark sets `flush.messages=1` in fsync mode), so this file is
+    /// the same for both modes.
+    fn server_properties(data: &Path, id: u32, n: u32) -> String {
+        let (client, controller) = addrs(id);
+        let quorum = if n == 1 {
+            format!("controller.quorum.bootstrap.servers={KAFKA_CONTROLLER_ADDR}")
+        } else {
+            let voters: Vec<String> = (1..=n).map(|i| format!("{i}@{}", addrs(i).1)).collect();
+            format!("controller.quorum.voters={}", voters.join(","))
+        };
+        let min_isr = n.min(2);
         format!(
             "# generated by `cargo xtask peer kafka`
 process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers={KAFKA_CONTROLLER_ADDR}
-listeners=PLAINTEXT://{KAFKA_ADDR},CONTROLLER://{KAFKA_CONTROLLER_ADDR}
-advertised.listeners=PLAINTEXT://{KAFKA_ADDR},CONTROLLER://{KAFKA_CONTROLLER_ADDR}
+node.id={id}
+{quorum}
+listeners=PLAINTEXT://{client},CONTROLLER://{controller}
+advertised.listeners=PLAINTEXT://{client},CONTROLLER://{controller}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 log.dirs={}
 num.partitions=1
-default.replication.factor=1
-offsets.topic.replication.factor=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+default.replication.factor={n}
+offsets.topic.replication.factor={n}
+share.coordinator.state.topic.replication.factor={n}
+share.coordinator.state.topic.min.isr={min_isr}
+transaction.state.log.replication.factor={n}
+transaction.state.log.min.isr={min_isr}
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 log.segment.bytes=1073741824
@@ -413,52 +455,123 @@ logger.server.level = info
         Ok(String::from_utf8_lossy(&out.stdout).to_string())
     }
 
-    /// Installs, formats the KRaft storage once, and starts the broker.
+    /// Installs, formats the KRaft storage once, and starts one broker.
     pub fn start() -> Result<(), String> {
+        start_brokers(1)
+    }
+
+    /// Where broker `id` of `n` keeps its files: the single broker's are
+    /// at the top of the peer directory, three brokers' in `broker-<id>/`.
+    fn broker_dir(id: u32, n: u32) -> PathBuf {
+        if n == 1 {
+            dir()
+        } else {
+            dir().join(format!("broker-{id}"))
+        }
+    }
+
+    /// Installs, formats the KRaft storage once, and starts `n` (1 or 3)
+    /// brokers.
+    pub fn start_brokers(n: u32) -> Result<(), String> {
         if listening(KAFKA_ADDR) {
             eprintln!("kafka: already running at {KAFKA_ADDR}");
             return Ok(());
         }
         let lib = install()?;
-        let dir = dir();
-        let data = dir.join("data");
-        let props = dir.join("server.properties");
-        std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
-        std::fs::write(&props, server_properties(&data)).map_err(|e| e.to_string())?;
-        std::fs::write(dir.join("log4j2.properties"), LOG4J2).map_err(|e| e.to_string())?;
-        if !data.join("meta.properties").exists() {
-            let mut id = java(&lib);
-            id.args(["kafka.tools.StorageTool", "random-uuid"]);
-            let out = output(id)?;
-            let cluster_id = out
-                .lines()
-                .map(str::trim)
-                .rfind(|l| !l.is_empty())
-                .unwrap_or_default()
-                .to_string();
-            let mut format = java(&lib);
-            format
-                .args(["kafka.tools.StorageTool", "format", "-t", &cluster_id, "-c"])
-                .arg(&props)
-                .arg("--standalone");
-            output(format)?;
-            eprintln!("kafka: formatted {} (cluster {cluster_id})", data.display());
+        std::fs::write(dir().join("log4j2.properties"), LOG4J2).map_err(|e| e.to_string())?;
+        let cluster_id_file = dir().join(format!("cluster-id-{n}"));
+        let cluster_id = match std::fs::read_to_string(&cluster_id_file) {
+            Ok(id) => id.trim().to_string(),
+            Err(_) => {
+                let mut id = java(&lib);
+                id.args(["kafka.tools.StorageTool", "random-uuid"]);
+                let out = output(id)?;
+                let id = out
+                    .lines()
+                    .map(str::trim)
+                    .rfind(|l| !l.is_empty())
+                    .unwrap_or_default()
+                    .to_string();
+                std::fs::write(&cluster_id_file, &id).map_err(|e| e.to_string())?;
+                id
+            }
+        };
+        let mut started = Vec::new();
+        for id in 1..=n {
+            let bdir = broker_dir(id, n);
+            let data = bdir.join("data");
+            let props = bdir.join("server.properties");
+            std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
+            std::fs::write(&props, server_properties(&data, id, n)).map_err(|e| e.to_string())?;
+            if !data.join("meta.properties").exists() {
+                let mut format = java(&lib);
+                format
+                    .args(["kafka.tools.StorageTool", "format", "-t", &cluster_id, "-c"])
+                    .arg(&props);
+                if n == 1 {
+                    format.arg("--standalone");
+                }
+                output(format)?;
+                eprintln!("kafka: formatted {} (cluster {cluster_id})", data.display());
+            }
+            let mut cmd = java(&lib);
+            cmd.arg("kafka.Kafka").arg(&props);
+            if n == 1 {
+                return spawn_server(
+                    "kafka",
+                    cmd,
+                    &bdir.join("kafka.log"),
+                    &bdir.join("kafka.pid"),
+                    KAFKA_ADDR,
+                    Duration::from_secs(120),
+                );
+            }
+            // A quorum of three elects its controller only once a majority
+            // runs: start them all, then wait for every client listener.
+            let name = format!("kafka-{id}");
+            let pid = bdir.join("kafka.pid");
+            if let Err(e) = spawn_detached(&name, cmd, &bdir.join("kafka.log"), &pid) {
+                stop_brokers(&started);
+                return Err(e);
+            }
+            started.push((name, pid));
         }
-        let mut cmd = java(&lib);
-        cmd.arg("kafka.Kafka").arg(&props);
-        spawn_server(
-            "kafka",
-            cmd,
-            &dir.join("kafka.log"),
-            &dir.join("kafka.pid"),
-            KAFKA_ADDR,
-            Duration::from_secs(120),
-        )
+        for id in 1..=n {
+            let (client, _) = addrs(id);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !listening(&client) {
+                if Instant::now() > deadline {
+                    stop_brokers(&started);
+                    let log = broker_dir(id, n).join("kafka.log");
+                    return Err(format!(
+                        "kafka broker {id} did not listen at {client} within 120 s; the end of {}:\n{}",
+                        log.display(),
+                        tail(&log, 20)
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            eprintln!("kafka-{id}: running at {client}");
+        }
+        Ok(())
     }
 
-    /// Stops the broker started by [`start`].
+    fn stop_brokers(started: &[(String, PathBuf)]) {
+        for (name, pid) in started {
+            let _ = stop_server(name, pid, Duration::from_secs(30));
+        }
+    }
+
+    /// Stops the brokers started by [`start_brokers`].
     pub fn stop() -> Result<(), String> {
-        stop_server("kafka", &dir().join("kafka.pid"), Duration::from_secs(60))
+        stop_server("kafka", &dir().join("kafka.pid"), Duration::from_secs(60))?;
+        for id in 1..=3 {
+            let pid = broker_dir(id, 3).join("kafka.pid");
+            if pid.exists() {
+                stop_server(&format!("kafka-{id}"), &pid, Duration::from_secs(60))?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -36,8 +36,9 @@ impl KafkaDriver {
         }
     }
 
-    /// Producer settings: the workload's batching, no compression, no
-    /// idempotence (StreamBus has none yet), the same buffer bound.
+    /// Producer settings: the workload's batching, no compression,
+    /// idempotence with acks=all (as the StreamBus SDK's default; Kafka
+    /// allows it with acks=all only), the same buffer bound.
     fn producer_config(&self, workload: &Workload) -> Vec<(&'static str, String)> {
         let acks = match workload.acks {
             Acks::All => "all",
@@ -53,7 +54,10 @@ impl KafkaDriver {
             ),
             ("batch.size", workload.batch_max_bytes.to_string()),
             ("compression.type", "none".to_string()),
-            ("enable.idempotence", "false".to_string()),
+            (
+                "enable.idempotence",
+                (workload.acks == Acks::All).to_string(),
+            ),
             // The Java client's default (and so OMB's Kafka driver's);
             // librdkafka's own default pipelines up to a million requests,
             // which keeps batches small.
