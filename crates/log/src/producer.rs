@@ -18,10 +18,7 @@ use streambus_record::{BatchHeader, sequence_add as seq_add};
 use crate::LogError;
 use crate::segment::Segment;
 
-/// Batches remembered per producer: as many as a producer may have in
-/// flight per partition (Kafka's `max.in.flight.requests.per.connection`
-/// limit for idempotence).
-pub const PRODUCER_WINDOW: usize = 5;
+pub use streambus_record::PRODUCER_WINDOW;
 
 /// A producer unheard of for this long is forgotten (Kafka's
 /// `producer.id.expiration.ms` default).
@@ -151,6 +148,11 @@ impl ProducerState {
             self.producers
                 .retain(|_, e| now_ms - e.last_seen_ms < PRODUCER_EXPIRY_MS);
         }
+    }
+
+    /// Whether `producer_id` has batches in the recent log.
+    pub fn contains(&self, producer_id: i64) -> bool {
+        self.producers.contains_key(&producer_id)
     }
 
     /// Producers remembered.

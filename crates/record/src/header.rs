@@ -215,6 +215,11 @@ impl BatchHeader {
     }
 }
 
+/// Batches of one partition an idempotent producer may have in flight at
+/// once, and so the batches a partition leader remembers per producer to
+/// recognise retries (Kafka's limit for idempotence).
+pub const PRODUCER_WINDOW: usize = 5;
+
 /// `seq + n` in an idempotent producer's sequence space: sequence numbers
 /// wrap from `i32::MAX` to 0 (as in Kafka).
 pub fn sequence_add(seq: i32, n: i32) -> i32 {

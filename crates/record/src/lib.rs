@@ -29,8 +29,8 @@ pub use codec::{MAX_DECOMPRESSED_SIZE, decompressed_bound, lz4_decompressed_boun
 pub use error::RecordError;
 pub use header::{
     ATTR_COMPRESSION_MASK, ATTR_CONTROL, ATTR_LOG_APPEND_TIME, ATTR_TRANSACTIONAL, BatchHeader,
-    Compression, HEADER_SIZE, LOG_OVERHEAD, MAGIC, NO_PRODUCER_ID, NO_TIMESTAMP, compute_crc,
-    sequence_add, set_base_offset, set_partition_leader_epoch,
+    Compression, HEADER_SIZE, LOG_OVERHEAD, MAGIC, NO_PRODUCER_ID, NO_TIMESTAMP, PRODUCER_WINDOW,
+    compute_crc, sequence_add, set_base_offset, set_partition_leader_epoch,
 };
 pub use iter::BatchIter;
 pub use records::{DecodedRecord, Header, decode_records, timestamp_in_range, validate_batch};
