@@ -12,7 +12,8 @@
 //!
 //! `STREAMBUS_CHAOS_SEED` picks the seed (random otherwise; it is printed)
 //! and `STREAMBUS_CHAOS_SECONDS` the length (default 45). `cargo xtask
-//! chaos --seed N --duration 10m` runs it with both.
+//! chaos --seed N --duration 10m` runs it with both. `RUST_LOG` (e.g.
+//! `streambus_gateway=debug,warn`) shows the services' logs.
 
 mod harness;
 
@@ -80,6 +81,8 @@ async fn random_kills_and_partitions_lose_duplicate_and_reorder_nothing() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(45);
     println!("chaos seed {seed}, {seconds} s (rerun: cargo xtask chaos --seed {seed})");
+    // Silent unless RUST_LOG asks.
+    streambus_service::telemetry::init(streambus_service::telemetry::LogFormat::Text, "off");
     let mut rng = Rng(seed | 1);
 
     let mut cluster = Cluster::start_with(3, 3).await;

@@ -199,11 +199,14 @@ impl Replication {
             // (retention ran there while this node was away).
             let r = replica.clone();
             let start = response.log_start_offset;
-            tokio::task::spawn_blocking(move || r.reset_as_follower(epoch, start))
-                .await
-                .map_err(|e| Error::new(Reason::Internal, format!("reset task: {e}")))?
-                .map_err(|e| crate::error::log_error(&replica.topic, replica.partition, e))?;
-            replica.advance_high_watermark();
+            tokio::task::spawn_blocking(move || {
+                let reset = r.reset_as_follower(epoch, start);
+                r.advance_high_watermark();
+                reset
+            })
+            .await
+            .map_err(|e| Error::new(Reason::Internal, format!("reset task: {e}")))?
+            .map_err(|e| crate::error::log_error(&replica.topic, replica.partition, e))?;
             return Ok(());
         }
         if let Some(d) = response.diverging {
@@ -211,21 +214,27 @@ impl Replication {
             let own_end = r.log.end_offset_for_epoch(d.epoch).map(|(_, end)| end);
             let to = own_end.map_or(d.end_offset, |own| own.min(d.end_offset));
             let to = to.min(r.log.end_offset()).max(0);
-            tokio::task::spawn_blocking(move || r.truncate_as_follower(epoch, to))
-                .await
-                .map_err(|e| Error::new(Reason::Internal, format!("truncate task: {e}")))?
-                .map_err(|e| crate::error::log_error(&replica.topic, replica.partition, e))?;
-            replica.advance_high_watermark();
+            tokio::task::spawn_blocking(move || {
+                let truncated = r.truncate_as_follower(epoch, to);
+                r.advance_high_watermark();
+                truncated
+            })
+            .await
+            .map_err(|e| Error::new(Reason::Internal, format!("truncate task: {e}")))?
+            .map_err(|e| crate::error::log_error(&replica.topic, replica.partition, e))?;
             return Ok(());
         }
         if !response.batches.is_empty() {
             let r = replica.clone();
             let batches = response.batches;
-            tokio::task::spawn_blocking(move || r.append_as_follower(epoch, &batches))
-                .await
-                .map_err(|e| Error::new(Reason::Internal, format!("append task: {e}")))?
-                .map_err(|e| crate::error::log_error(&replica.topic, replica.partition, e))?;
-            replica.advance_high_watermark();
+            tokio::task::spawn_blocking(move || {
+                let appended = r.append_as_follower(epoch, &batches);
+                r.advance_high_watermark();
+                appended
+            })
+            .await
+            .map_err(|e| Error::new(Reason::Internal, format!("append task: {e}")))?
+            .map_err(|e| crate::error::log_error(&replica.topic, replica.partition, e))?;
         }
         replica.follow_high_watermark(response.high_watermark);
         Ok(())
@@ -243,6 +252,10 @@ impl Replication {
             let now = now_ms() as u64;
             let (mut led, mut under, mut below) = (0, 0, 0);
             for r in self.partitions.all() {
+                // Appends update the replica as they finish; this also
+                // catches what no append reported, so nothing the log holds
+                // waits longer than a tick to count.
+                r.advance_high_watermark();
                 if let Some(p) = r.tick(now) {
                     let this = self.clone();
                     let r = r.clone();

@@ -62,6 +62,81 @@ fn join_error(e: tokio::task::JoinError) -> Error {
     }
 }
 
+/// How long an idempotent producer's batch that arrived before the batch
+/// preceding it in the producer's sequence waits for it. A gateway keeps
+/// several batches of a partition in flight and sends them in order, but
+/// two requests can still overtake each other on the way.
+const ORDERING_WAIT: Duration = Duration::from_millis(100);
+
+/// Whether sequence `got` is ahead of `expected` (a batch before it is
+/// missing), in the wrapping sequence space `0..=i32::MAX`.
+fn sequence_ahead(expected: i32, got: i32) -> bool {
+    let space = i64::from(i32::MAX) + 1;
+    let distance = (i64::from(got) - i64::from(expected)).rem_euclid(space);
+    distance > 0 && distance < space / 2
+}
+
+/// Appends `bytes` as the leader at `epoch`. An idempotent producer's batch
+/// whose predecessor has not arrived yet (its sequence is ahead of what the
+/// log expects, or its producer is unknown and it does not start at
+/// sequence 0) waits up to [`ORDERING_WAIT`] for appends to the log before
+/// it is appended, or refused with the log's `OutOfOrderSequence`.
+async fn append_in_order(
+    replica: &Arc<crate::replica::Replica>,
+    bytes: &[u8],
+    epoch: i32,
+) -> Result<Result<streambus_log::AppendInfo, streambus_log::LogError>, Error> {
+    let producer = streambus_record::BatchHeader::parse(bytes)
+        .ok()
+        .filter(|h| h.producer_id >= 0)
+        .map(|h| (h.producer_id, h.base_sequence));
+    let deadline = tokio::time::Instant::now() + ORDERING_WAIT;
+    if let Some((producer_id, sequence)) = producer
+        && sequence != 0
+    {
+        let mut end = replica.watch_end();
+        while !replica.log.knows_producer(producer_id) {
+            if !matches!(
+                tokio::time::timeout_at(deadline, end.changed()).await,
+                Ok(Ok(()))
+            ) {
+                break;
+            }
+        }
+    }
+    loop {
+        // Subscribed before the attempt, so an append landing meanwhile
+        // is not missed.
+        let mut end = replica.watch_end();
+        let mut batch = bytes.to_vec();
+        let log_replica = replica.clone();
+        // The replica learns of the append on the blocking thread: a caller
+        // that gives up (its deadline passed) drops this future, and the
+        // append must still move the log end the followers wait for and
+        // the leader's own offset in the high watermark.
+        let result = tokio::task::spawn_blocking(move || {
+            let result = log_replica.log.append_with_epoch(&mut batch, epoch);
+            log_replica.advance_high_watermark();
+            result
+        })
+        .await
+        .map_err(join_error)?;
+        let ahead = matches!(
+            &result,
+            Err(streambus_log::LogError::OutOfOrderSequence { expected, got, .. })
+                if sequence_ahead(*expected, *got)
+        );
+        if !ahead
+            || !matches!(
+                tokio::time::timeout_at(deadline, end.changed()).await,
+                Ok(Ok(()))
+            )
+        {
+            return Ok(result);
+        }
+    }
+}
+
 impl StorageApi {
     async fn append(&self, req: AppendRequest) -> Result<AppendResponse, Error> {
         let p = partition_ref(req.partition)?;
@@ -107,14 +182,8 @@ impl StorageApi {
                 // without expanding anything.
                 _ => None,
             };
-        let mut batch = req.batch.to_vec();
         let started = Instant::now();
-        let log_replica = replica.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            log_replica.log.append_with_epoch(&mut batch, epoch)
-        })
-        .await
-        .map_err(join_error)?;
+        let result = append_in_order(&replica, &req.batch, epoch).await?;
         let info = match result {
             Ok(info) => info,
             Err(e) => {
@@ -124,8 +193,6 @@ impl StorageApi {
         };
         if info.duplicate {
             self.metrics.duplicate_batches.inc();
-        } else {
-            replica.advance_high_watermark();
         }
         if acks_all {
             // A duplicate is acknowledged once its original is replicated.
@@ -564,5 +631,136 @@ mod tests {
         assert_eq!(ok.base_offset, 100);
         // The reservation was returned after the append.
         assert_eq!(api.decompression.in_use(), 0);
+    }
+
+    /// An idempotent batch of `records` records for producer 7.
+    fn producer_append(sequence: i32, records: i64) -> AppendRequest {
+        let mut b = BatchBuilder::new(Compression::None).with_producer(7, 0, sequence);
+        for i in 0..records {
+            b.push(&Record {
+                value: Some(
+                    format!("seq {}", i64::from(sequence) + i)
+                        .into_bytes()
+                        .into(),
+                ),
+                timestamp_ms: 1,
+                ..Record::default()
+            });
+        }
+        AppendRequest {
+            partition: Some(PartitionRef {
+                topic: "t".into(),
+                partition: 0,
+            }),
+            batch: b.build(),
+            acks: v1_acks_leader(),
+            leader_epoch: 0,
+        }
+    }
+
+    fn v1_acks_leader() -> i32 {
+        Acks::Leader as i32
+    }
+
+    #[tokio::test]
+    async fn a_batch_overtaking_its_predecessor_waits_for_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let api = Arc::new(api(tmp.path(), 1 << 20).await);
+        api.append(producer_append(0, 5)).await.unwrap();
+        // Sequence 10 arrives before 5: it waits, 5 is appended, then 10.
+        let ahead = tokio::spawn({
+            let api = api.clone();
+            async move { api.append(producer_append(10, 5)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!ahead.is_finished(), "the later batch must wait");
+        let middle = api.append(producer_append(5, 5)).await.unwrap();
+        assert_eq!(middle.base_offset, 5);
+        assert_eq!(ahead.await.unwrap().unwrap().base_offset, 10);
+    }
+
+    #[tokio::test]
+    async fn a_gap_that_is_never_filled_is_refused_after_the_ordering_wait() {
+        let tmp = tempfile::tempdir().unwrap();
+        let api = api(tmp.path(), 1 << 20).await;
+        api.append(producer_append(0, 5)).await.unwrap();
+        let started = Instant::now();
+        let err = api.append(producer_append(10, 5)).await.unwrap_err();
+        assert_eq!(err.reason, Reason::OutOfOrderSequence, "{err}");
+        assert!(
+            started.elapsed() >= ORDERING_WAIT,
+            "{:?}",
+            started.elapsed()
+        );
+        // A batch behind what the log expects is refused at once.
+        let started = Instant::now();
+        let err = api.append(producer_append(3, 1)).await.unwrap_err();
+        assert_eq!(err.reason, Reason::OutOfOrderSequence, "{err}");
+        assert!(started.elapsed() < ORDERING_WAIT, "{:?}", started.elapsed());
+        assert_eq!(
+            api.append(producer_append(5, 5)).await.unwrap().base_offset,
+            5
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_producers_second_batch_arriving_first_waits_for_the_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let api = Arc::new(api(tmp.path(), 1 << 20).await);
+        let second = tokio::spawn({
+            let api = api.clone();
+            async move { api.append(producer_append(5, 5)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!second.is_finished(), "an unknown producer's batch 5 waits");
+        assert_eq!(
+            api.append(producer_append(0, 5)).await.unwrap().base_offset,
+            0
+        );
+        assert_eq!(second.await.unwrap().unwrap().base_offset, 5);
+    }
+
+    #[test]
+    fn an_append_whose_caller_gave_up_still_moves_the_high_watermark() {
+        // One blocking thread, kept busy: the append's log work is queued
+        // behind it, so the caller surely gives up before it runs.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .max_blocking_threads(1)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let tmp = tempfile::tempdir().unwrap();
+            let api = api(tmp.path(), 1 << 20).await;
+            let (release, held) = std::sync::mpsc::channel::<()>();
+            let busy = tokio::task::spawn_blocking(move || held.recv());
+            // Dropped while its log append waits, as when the gateway's
+            // attempt deadline passes.
+            let gave_up =
+                tokio::time::timeout(Duration::from_millis(50), api.append(producer_append(0, 5)));
+            assert!(gave_up.await.is_err());
+            release.send(()).unwrap();
+            busy.await.unwrap().unwrap();
+            let replica = api.partitions.leader_replica("t", 0).unwrap();
+            let mut end = replica.watch_end();
+            tokio::time::timeout(Duration::from_secs(5), end.wait_for(|e| *e == 5))
+                .await
+                .expect("followers see the new log end")
+                .unwrap();
+            assert_eq!(replica.high_watermark(), 5, "the sole replica commits it");
+            // The retry finds the batch written: a duplicate, acknowledged
+            // at the original offsets.
+            let again = api.append(producer_append(0, 5)).await.unwrap();
+            assert_eq!((again.base_offset, again.high_watermark), (0, 5));
+        });
+    }
+
+    #[test]
+    fn sequences_ahead_wrap_around() {
+        assert!(sequence_ahead(0, 5));
+        assert!(!sequence_ahead(5, 0));
+        assert!(!sequence_ahead(5, 5));
+        assert!(sequence_ahead(i32::MAX - 1, 3));
+        assert!(!sequence_ahead(3, i32::MAX - 1));
     }
 }
