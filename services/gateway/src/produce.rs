@@ -205,23 +205,65 @@ impl Started {
     }
 }
 
-/// Keeps appends to the same partition in arrival order: each write waits
-/// for the previous write to that partition to finish.
+/// Keeps appends to the same partition in arrival order. A write waits for
+/// the previous write to that partition to finish, except that an
+/// idempotent producer's batch following another one only waits until that
+/// one was sent to the leader: their sequence numbers order them there (the
+/// storage node waits briefly for a batch that overtook its predecessor),
+/// so a producer can keep several batches of a partition in flight.
 #[derive(Default)]
 struct Sequencer {
-    tails: HashMap<(String, u32), oneshot::Receiver<()>>,
+    tails: HashMap<(String, u32), Tail>,
+}
+
+/// The last write started for a partition.
+struct Tail {
+    sent: oneshot::Receiver<()>,
+    done: oneshot::Receiver<()>,
+    idempotent: bool,
+}
+
+/// What a write signals to the write after it: dropping `sent` says it
+/// was handed to the router, dropping `done` that it finished.
+struct Signals {
+    sent: oneshot::Sender<()>,
+    done: oneshot::Sender<()>,
 }
 
 impl Sequencer {
+    /// Registers a write to `partition`; returns what it must wait for
+    /// before it starts, and its own signals.
     fn enqueue(
         &mut self,
         topic: &str,
         partition: u32,
-    ) -> (Option<oneshot::Receiver<()>>, oneshot::Sender<()>) {
-        let (tx, rx) = oneshot::channel();
-        let prev = self.tails.insert((topic.to_string(), partition), rx);
-        (prev, tx)
+        idempotent: bool,
+    ) -> (Option<oneshot::Receiver<()>>, Signals) {
+        let (sent, sent_rx) = oneshot::channel();
+        let (done, done_rx) = oneshot::channel();
+        let tail = Tail {
+            sent: sent_rx,
+            done: done_rx,
+            idempotent,
+        };
+        let wait = self
+            .tails
+            .insert((topic.to_string(), partition), tail)
+            .map(|prev| {
+                if prev.idempotent && idempotent {
+                    prev.sent
+                } else {
+                    prev.done
+                }
+            });
+        (wait, Signals { sent, done })
     }
+}
+
+/// Whether `batch` is an idempotent producer's (a producer id in its
+/// header): written once however often it is sent.
+fn is_idempotent(batch: &[u8]) -> bool {
+    BatchHeader::parse(batch).is_ok_and(|h| h.producer_id >= 0)
 }
 
 fn now_ms() -> i64 {
@@ -409,7 +451,7 @@ impl ProduceApi {
         };
         // An idempotent producer's batch is written once however often it
         // is sent: an attempt that timed out may be repeated.
-        let idempotent = BatchHeader::parse(&request.batch).is_ok_and(|h| h.producer_id >= 0);
+        let idempotent = is_idempotent(&request.batch);
         let policy = CallPolicy {
             retry_timeouts: idempotent,
             ..CallPolicy::write(deadline)
@@ -466,7 +508,7 @@ impl ProduceApi {
                     break;
                 }
             };
-            let (prev, done) = sequencer.enqueue(&topic, w.partition);
+            let (prev, signals) = sequencer.enqueue(&topic, w.partition, is_idempotent(&w.batch));
             let api = self.clone();
             let topic = topic.clone();
             started.handles.push(tokio::spawn(async move {
@@ -474,6 +516,8 @@ impl ProduceApi {
                     let _ = prev.await;
                 }
                 let partition = w.partition;
+                let Signals { sent, done } = signals;
+                drop(sent);
                 let r = api.write(&topic, w, acks, deadline).await;
                 drop(done);
                 drop(permit);

@@ -81,6 +81,68 @@ async fn not_leader_retry_follows_the_leader_move() {
     assert_eq!(second.last_leader_epoch.load(Ordering::SeqCst), 2);
 }
 
+/// An encoded batch of `n` records for partition 0 from idempotent
+/// producer 9, starting at `sequence`.
+fn idempotent_batch(sequence: i32, n: usize) -> ProduceBatch {
+    let mut builder = streambus_record::BatchBuilder::new(streambus_record::Compression::None)
+        .with_producer(9, 0, sequence);
+    for _ in 0..n {
+        builder.push(&streambus_record::Record {
+            value: Some(Bytes::from_static(b"v")),
+            timestamp_ms: 1,
+            ..streambus_record::Record::default()
+        });
+    }
+    ProduceBatch {
+        topic: "t".to_string(),
+        partition: Some(0),
+        records: Vec::new(),
+        encoded_batch: builder.build(),
+    }
+}
+
+#[tokio::test]
+async fn idempotent_batches_of_one_partition_are_pipelined_others_wait_for_each_other() {
+    let storage = FakeStorage::start(Behaviour::Slow(Duration::from_millis(200))).await;
+    let controller = FakeController::start(metadata(1, &[(1, storage.address())], &[1])).await;
+    let mut gw = Gateway::start(&controller, GatewayConfig::default()).await;
+    gw.wait_ready().await;
+    let mut client = gw.produce_client().await;
+
+    // Five batches of one idempotent producer: all reach the leader at
+    // once, and are answered in order.
+    let batches = (0..5).map(|i| idempotent_batch(i * 2, 2)).collect();
+    let resp = client
+        .produce(request(batches, Acks::All, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    let bases: Vec<i64> = resp
+        .results
+        .iter()
+        .map(|r| {
+            assert!(r.error.is_none(), "{:?}", r.error);
+            r.acks[0].base_offset
+        })
+        .collect();
+    assert_eq!(bases.len(), 5);
+    assert_eq!(storage.peak.load(Ordering::SeqCst), 5, "pipelined");
+
+    // Batches without a producer id cannot be ordered by the leader: each
+    // waits for the one before it.
+    storage.peak.store(0, Ordering::SeqCst);
+    let started = Instant::now();
+    let batches = (0..3).map(|_| batch(0, 1)).collect();
+    let resp = client
+        .produce(request(batches, Acks::All, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(resp.results.iter().all(|r| r.error.is_none()));
+    assert_eq!(storage.peak.load(Ordering::SeqCst), 1, "one at a time");
+    assert!(started.elapsed() >= Duration::from_millis(600));
+}
+
 #[tokio::test]
 async fn stuck_storage_node_times_out_produce() {
     let stuck = FakeStorage::start(Behaviour::Stall).await;

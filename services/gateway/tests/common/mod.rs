@@ -261,6 +261,8 @@ pub enum Behaviour {
     NotLeader(String),
     /// Never answers.
     Stall,
+    /// Appends after this long.
+    Slow(Duration),
 }
 
 /// A StorageService that counts its appends.
@@ -349,8 +351,11 @@ impl StorageService for FakeStorage {
         self.peak.fetch_max(now, Ordering::SeqCst);
         let _guard = Outstanding(self.outstanding.clone());
         let behaviour = self.behaviour.lock().unwrap().clone();
+        if let Behaviour::Slow(delay) = behaviour {
+            tokio::time::sleep(delay).await;
+        }
         match behaviour {
-            Behaviour::Accept => {
+            Behaviour::Accept | Behaviour::Slow(_) => {
                 let req = request.into_inner();
                 let header = streambus_record::BatchHeader::parse(&req.batch)
                     .map_err(|e| Status::invalid_argument(e.to_string()))?;
