@@ -3,8 +3,12 @@
 //! send and reports how each ended.
 //!
 //! Invariants:
-//! - a partition has at most one batch in flight, so batches of one
-//!   partition are written in the order they were sealed, retries included;
+//! - batches of one partition are written in the order they were sealed,
+//!   retries included. Without idempotence a partition has at most one
+//!   batch in flight. With it, up to `max_in_flight_per_partition`, all
+//!   under one producer id, so their sequence numbers order them on the
+//!   server; a batch sent again (a retry) goes alone, once nothing else of
+//!   its partition is in flight, and nothing follows it until it is done;
 //! - every batch id stays in `incomplete` from its first record until its
 //!   deliveries are resolved, so `flush` can wait for a prefix of ids;
 //! - a partition's batches are `open` (taking records), then `queued`
@@ -40,6 +44,8 @@ pub(crate) struct Limits {
     pub retry_backoff: Duration,
     /// Stamp every batch with a producer id and sequence numbers.
     pub idempotence: bool,
+    /// Batches of one partition in flight at once (1 without idempotence).
+    pub max_in_flight_per_partition: usize,
 }
 
 /// Pending records, grouped into batches per (topic, partition).
@@ -71,7 +77,12 @@ struct TopicQueues {
 struct PartitionQueue {
     open: Option<Batch>,
     queued: VecDeque<Batch>,
-    in_flight: bool,
+    /// Ids of the batches in flight.
+    in_flight: BTreeSet<u64>,
+    /// The producer id the batches in flight carry.
+    in_flight_producer: Option<i64>,
+    /// Whether the batch in flight is a retry (it is then the only one).
+    retry_in_flight: bool,
     /// The producer id this partition's sequence belongs to, and the next
     /// sequence number under it.
     sequence: Option<(i64, i32)>,
@@ -93,12 +104,15 @@ pub(crate) struct Batch {
     /// How many times it was handed to the sender.
     pub attempts: u32,
     retry_at: Option<Instant>,
+    /// The producer id it is stamped with.
+    producer_id: Option<i64>,
 }
 
 impl Batch {
-    /// Whether it was encoded (handed to the sender at least once).
-    fn sent(&self) -> bool {
-        self.encoded.is_some()
+    /// Whether it was handed to the sender under its producer id and
+    /// sequence (which it keeps for retries).
+    fn stamped(&self) -> bool {
+        self.producer_id.is_some()
     }
 
     /// The encoded RecordBatch v2, built on first use and kept for retries.
@@ -274,6 +288,7 @@ impl Accumulator {
                 deadline: now + limits.delivery_timeout,
                 attempts: 0,
                 retry_at: None,
+                producer_id: None,
             }
         });
         let (tx, rx) = oneshot::channel();
@@ -303,36 +318,42 @@ impl Accumulator {
         let producer = self.producer;
         // With idempotence nothing goes out before there is a producer id.
         let max = if self.needs_producer() { 0 } else { max };
+        let per_partition = if self.limits.idempotence {
+            self.limits.max_in_flight_per_partition.max(1)
+        } else {
+            1
+        };
         for tq in self.topics.values_mut() {
             let mut sealed = Vec::new();
             for (&partition, q) in tq.partitions.iter_mut() {
-                if q.in_flight {
-                    continue;
-                }
                 while q.queued.front().is_some_and(|b| b.deadline <= now) {
                     expired.extend(q.queued.pop_front());
                 }
-                if let Some(head) = q.queued.front() {
-                    if let Some(at) = head.retry_at.filter(|at| *at > now) {
-                        ready.next_wake = earliest(ready.next_wake, at);
-                    } else if out.len() < max {
-                        let mut batch = q.queued.pop_front().expect("head exists");
-                        batch.attempts += 1;
-                        q.in_flight = true;
-                        q.stamp(&mut batch, producer);
-                        out.push(batch);
-                    }
-                } else if let Some(open) = &q.open {
-                    let due = open.created + linger;
-                    if due > now {
-                        ready.next_wake = earliest(ready.next_wake, due);
-                    } else if out.len() < max {
-                        let mut batch = q.open.take().expect("open exists");
-                        batch.attempts += 1;
-                        q.in_flight = true;
-                        q.stamp(&mut batch, producer);
-                        out.push(batch);
+                while out.len() < max && q.may_send(per_partition, producer) {
+                    if let Some(head) = q.queued.front() {
+                        if let Some(at) = head.retry_at.filter(|at| *at > now) {
+                            ready.next_wake = earliest(ready.next_wake, at);
+                            break;
+                        }
+                        let retry = head.attempts > 0;
+                        if retry && !q.in_flight.is_empty() {
+                            // Waits for the batches before it to end.
+                            break;
+                        }
+                        let batch = q.queued.pop_front().expect("head exists");
+                        q.retry_in_flight = retry;
+                        q.send(batch, producer, out);
+                    } else if let Some(open) = &q.open {
+                        let due = open.created + linger;
+                        if due > now {
+                            ready.next_wake = earliest(ready.next_wake, due);
+                            break;
+                        }
+                        let batch = q.open.take().expect("open exists");
+                        q.send(batch, producer, out);
                         sealed.push(partition);
+                    } else {
+                        break;
                     }
                 }
             }
@@ -388,11 +409,39 @@ impl Accumulator {
         batch.retry_at = Some(retry_at);
         match self.queue(&batch.topic, batch.partition) {
             Some(q) => {
-                q.in_flight = false;
-                q.queued.push_front(batch);
+                q.landed(batch.id);
+                // Before every later batch of the partition.
+                let at = q.queued.partition_point(|b| b.id < batch.id);
+                q.queued.insert(at, batch);
             }
             None => self.finish(batch, Err(error)),
         }
+    }
+
+    /// The server refused a batch the sender took with
+    /// `OUT_OF_ORDER_SEQUENCE`: a batch before it in the producer's
+    /// sequence had not been written, so it was not written either. If an
+    /// earlier batch of the partition is still unresolved (in flight, or
+    /// waiting to be retried), it is retried after that one. Otherwise the
+    /// partition's sequence under this producer id is broken for good: the
+    /// batch is stamped afresh under a new producer id and retried (its
+    /// records are not in the log, so this writes them once).
+    pub fn out_of_order(&mut self, mut batch: Batch, error: Error, now: Instant) {
+        let producer = self.producer;
+        let Some(q) = self.queue(&batch.topic, batch.partition) else {
+            return self.finish(batch, Err(error));
+        };
+        q.landed(batch.id);
+        let earlier = q.in_flight.first().is_some_and(|id| *id < batch.id)
+            || q.queued.front().is_some_and(|b| b.id < batch.id);
+        if !earlier {
+            if batch.producer_id.is_some() && batch.producer_id == producer.map(|(id, _)| id) {
+                self.producer = None;
+            }
+            batch.encoded = None;
+            batch.producer_id = None;
+        }
+        self.fail_or_retry(batch, error, true, now);
     }
 
     /// Fails every batch not in flight (open or queued) with `error`.
@@ -454,9 +503,9 @@ impl Accumulator {
 
     fn finish(&mut self, batch: Batch, result: Result<i64, Error>) {
         if let Some(q) = self.queue(&batch.topic, batch.partition) {
-            q.in_flight = false;
+            q.landed(batch.id);
         }
-        if result.is_err() && batch.sent() && self.limits.idempotence {
+        if result.is_err() && batch.stamped() {
             // Whether the partition has the batch is unknown (or it broke
             // the sequence): later batches go under a new producer id, so
             // they neither wait for this one nor are taken for it.
@@ -468,15 +517,48 @@ impl Accumulator {
 }
 
 impl PartitionQueue {
+    /// Whether another batch may go now: below the partition's in-flight
+    /// limit, no retry in flight, and (with idempotence) the batches in
+    /// flight under the producer id the next one gets.
+    fn may_send(&self, per_partition: usize, producer: Option<(i64, i16)>) -> bool {
+        if self.in_flight.is_empty() {
+            return true;
+        }
+        self.in_flight.len() < per_partition
+            && !self.retry_in_flight
+            && producer.is_some()
+            && self.in_flight_producer == producer.map(|(id, _)| id)
+    }
+
+    /// Hands `batch` to the sender.
+    fn send(&mut self, mut batch: Batch, producer: Option<(i64, i16)>, out: &mut Vec<Batch>) {
+        batch.attempts += 1;
+        self.stamp(&mut batch, producer);
+        self.in_flight.insert(batch.id);
+        self.in_flight_producer = batch.producer_id;
+        out.push(batch);
+    }
+
+    /// Batch `id` is no longer in flight.
+    fn landed(&mut self, id: u64) {
+        if self.in_flight.remove(&id) {
+            self.retry_in_flight = false;
+        }
+        if self.in_flight.is_empty() {
+            self.in_flight_producer = None;
+        }
+    }
+
     /// Gives a batch leaving for the first time its producer id, epoch and
     /// first sequence number (a retry keeps the bytes it was sent with).
     fn stamp(&mut self, batch: &mut Batch, producer: Option<(i64, i16)>) {
         let Some((id, epoch)) = producer else {
             return;
         };
-        if batch.sent() {
+        if batch.stamped() {
             return;
         }
+        batch.producer_id = Some(id);
         let seq = match self.sequence {
             Some((pid, seq)) if pid == id => seq,
             _ => 0,
@@ -516,7 +598,139 @@ mod tests {
             retries: u32::MAX,
             retry_backoff: Duration::from_millis(100),
             idempotence: false,
+            max_in_flight_per_partition: 5,
         }
+    }
+
+    /// An idempotent accumulator with producer 1 and `per_partition`.
+    fn idempotent(per_partition: usize) -> Accumulator {
+        let mut acc = Accumulator::new(Limits {
+            idempotence: true,
+            max_in_flight_per_partition: per_partition,
+            ..limits()
+        });
+        acc.set_producer(1, 0);
+        acc
+    }
+
+    /// Appends one sealed batch holding `value` to partition 0.
+    fn sealed(acc: &mut Accumulator, value: &str, now: Instant) {
+        acc.append("t", Some(0), 0, &record(None, value), None, now)
+            .unwrap();
+        acc.seal_all();
+    }
+
+    fn value_of(batch: &mut Batch) -> String {
+        let decoded = streambus_record::decode_records(&batch.encoded()).unwrap();
+        String::from_utf8(decoded[0].value.clone().unwrap().to_vec()).unwrap()
+    }
+
+    fn producer_of(batch: &mut Batch) -> (i64, i32) {
+        let h = streambus_record::BatchHeader::parse(&batch.encoded()).unwrap();
+        (h.producer_id, h.base_sequence)
+    }
+
+    #[test]
+    fn an_idempotent_partition_pipelines_up_to_its_limit() {
+        let mut acc = idempotent(3);
+        let now = Instant::now();
+        for i in 0..5 {
+            sealed(&mut acc, &format!("b{i}"), now);
+        }
+        let mut first = drain(&mut acc, now);
+        assert_eq!(first.len(), 3, "three of partition 0 at once");
+        let sequences: Vec<i32> = first.iter_mut().map(|b| producer_of(b).1).collect();
+        assert_eq!(sequences, vec![0, 1, 2]);
+        assert!(drain(&mut acc, now).is_empty());
+        acc.complete(first.remove(0), Ok(0));
+        let mut next = drain(&mut acc, now);
+        assert_eq!(next.len(), 1);
+        assert_eq!(value_of(&mut next[0]), "b3");
+        assert_eq!(producer_of(&mut next[0]), (1, 3));
+    }
+
+    #[test]
+    fn without_idempotence_a_partition_keeps_one_batch_in_flight() {
+        let mut acc = Accumulator::new(limits());
+        let now = Instant::now();
+        for i in 0..3 {
+            sealed(&mut acc, &format!("b{i}"), now);
+        }
+        assert_eq!(drain(&mut acc, now).len(), 1);
+        assert!(drain(&mut acc, now).is_empty());
+    }
+
+    #[test]
+    fn retries_go_alone_and_in_order_after_the_batches_before_them() {
+        let mut acc = idempotent(5);
+        let now = Instant::now();
+        for i in 0..3 {
+            sealed(&mut acc, &format!("b{i}"), now);
+        }
+        let mut batches = drain(&mut acc, now).into_iter();
+        let (a, b, c) = (
+            batches.next().unwrap(),
+            batches.next().unwrap(),
+            batches.next().unwrap(),
+        );
+        // The leader moved: the first batch fails retriably, the two after
+        // it are refused for the gap it left, answered in any order.
+        let moved = Error::new(Reason::NotLeader, "moved");
+        let gap = Error::new(Reason::OutOfOrderSequence, "gap");
+        acc.out_of_order(c, gap.clone(), now);
+        acc.fail_or_retry(a, moved, true, now);
+        acc.out_of_order(b, gap, now);
+        // A fresh batch does not overtake the retries.
+        sealed(&mut acc, "b3", now);
+        let later = now + Duration::from_millis(100);
+        for expected in ["b0", "b1", "b2"] {
+            let mut out = drain(&mut acc, later);
+            assert_eq!(out.len(), 1, "a retry goes alone");
+            assert_eq!(value_of(&mut out[0]), expected);
+            assert!(out[0].attempts >= 2);
+            assert!(drain(&mut acc, later).is_empty());
+            acc.complete(out.pop().unwrap(), Ok(0));
+        }
+        let mut out = drain(&mut acc, later);
+        assert_eq!(value_of(&mut out[0]), "b3");
+        assert_eq!(producer_of(&mut out[0]), (1, 3), "the sequence went on");
+    }
+
+    #[test]
+    fn out_of_order_with_nothing_before_it_is_stamped_again_under_a_new_producer_id() {
+        let mut acc = idempotent(5);
+        let now = Instant::now();
+        sealed(&mut acc, "b0", now);
+        sealed(&mut acc, "b1", now);
+        let mut batches = drain(&mut acc, now).into_iter();
+        let (a, b) = (batches.next().unwrap(), batches.next().unwrap());
+        // The first batch fails for good; the second was refused for the
+        // gap, so its records are not in the log.
+        acc.complete(a, Err(Error::new(Reason::InvalidArgument, "bad")));
+        acc.out_of_order(b, Error::new(Reason::OutOfOrderSequence, "gap"), now);
+        let later = now + Duration::from_millis(100);
+        assert!(acc.needs_producer(), "the old sequence is broken");
+        assert!(drain(&mut acc, later).is_empty());
+        acc.set_producer(2, 0);
+        let mut out = drain(&mut acc, later);
+        assert_eq!(out.len(), 1);
+        assert_eq!(value_of(&mut out[0]), "b1");
+        assert_eq!(producer_of(&mut out[0]), (2, 0));
+    }
+
+    #[test]
+    fn batches_under_a_new_producer_id_wait_for_those_under_the_old_one() {
+        let mut acc = idempotent(5);
+        let now = Instant::now();
+        sealed(&mut acc, "b0", now);
+        let old = drain(&mut acc, now).pop().unwrap();
+        // Another partition's failure replaced the producer id.
+        acc.set_producer(2, 0);
+        sealed(&mut acc, "b1", now);
+        assert!(drain(&mut acc, now).is_empty());
+        acc.complete(old, Ok(0));
+        let mut out = drain(&mut acc, now);
+        assert_eq!(producer_of(&mut out[0]), (2, 0));
     }
 
     fn record(key: Option<&str>, value: &str) -> Record {

@@ -4,11 +4,14 @@
 //! keyed records, a sticky partition per batch for keyless ones) and appends
 //! it to that partition's open batch, a pre-encoded RecordBatch v2. A
 //! background task sends batches over one long-lived `ProduceStream` with at
-//! most `max_in_flight` unacknowledged batches, and **at most one per
-//! partition**: records of one partition are written in `send` order, even
-//! across retries, while many partitions are in flight at once. A partition
-//! whose batch is in flight keeps filling its next batch, so batches grow
-//! with load.
+//! most `max_in_flight` unacknowledged batches. Records of one partition are
+//! written in `send` order, even across retries: an idempotent producer
+//! keeps up to `max_in_flight_per_partition` batches of a partition in
+//! flight (their sequence numbers order them on the server, which waits
+//! briefly for a batch that overtook its predecessor); without idempotence a
+//! partition has one batch in flight at a time. A retried batch goes alone,
+//! after the batches before it. A partition at its limit keeps filling its
+//! next batch, so batches grow with load.
 
 mod accumulator;
 mod sender;
@@ -37,9 +40,14 @@ pub struct ProducerConfig {
     /// A batch is sent once it reaches this many bytes (a single larger
     /// record is sent alone). Default 256 KiB.
     pub max_batch_bytes: usize,
-    /// Unacknowledged batches per producer, across partitions (one per
-    /// partition at most). Default 16.
+    /// Unacknowledged batches per producer, across partitions. Default 64.
     pub max_in_flight: usize,
+    /// Unacknowledged batches per partition with idempotence (Kafka's
+    /// `max.in.flight.requests.per.connection`); at most 5, the batches a
+    /// partition leader remembers per producer. Without idempotence a
+    /// partition always has one batch in flight at most, so that a retry
+    /// cannot reorder records. Default 5.
+    pub max_in_flight_per_partition: usize,
     /// What the gateway waits for before acknowledging. Default
     /// [`v1::Acks::All`].
     pub acks: v1::Acks,
@@ -73,7 +81,8 @@ impl Default for ProducerConfig {
         ProducerConfig {
             linger: Duration::from_millis(5),
             max_batch_bytes: 256 * 1024,
-            max_in_flight: 16,
+            max_in_flight: 64,
+            max_in_flight_per_partition: 5,
             acks: v1::Acks::All,
             compression: Compression::None,
             retries: u32::MAX,
@@ -229,6 +238,9 @@ impl Client {
             retries: config.retries,
             retry_backoff: config.retry_backoff,
             idempotence: config.idempotence,
+            max_in_flight_per_partition: config
+                .max_in_flight_per_partition
+                .clamp(1, streambus_record::PRODUCER_WINDOW),
         };
         let buffer = config
             .max_buffered_bytes

@@ -256,7 +256,11 @@ impl Sender {
                 ) {
                     self.shared.forget_topic(&batch.topic);
                 }
-                acc.fail_or_retry(batch, error, detail.retriable, now);
+                if error.reason == Reason::OutOfOrderSequence {
+                    acc.out_of_order(batch, error, now);
+                } else {
+                    acc.fail_or_retry(batch, error, detail.retriable, now);
+                }
             }
             None => {
                 let ack = result
