@@ -2,8 +2,10 @@
 //! with acks=all to a 3-partition topic of replication factor 3
 //! (`min.insync.replicas=2`) on three storage nodes and three controllers,
 //! while storage nodes are killed and restarted or cut off from everything
-//! and healed, and controllers are killed and restarted, one process at a
-//! time (always a minority), chosen by a seeded generator. An independent checker then
+//! and healed, controllers are killed and restarted or cut off from the
+//! storage nodes and healed, and the gateway the producer writes through is
+//! killed and restarted, one at a time (always a minority), chosen by a
+//! seeded generator. An independent checker then
 //! reads every partition back from the beginning and verifies: every
 //! acknowledged record is at its acknowledged offset, no record appears
 //! twice, each partition's records are in the order they were sent, and
@@ -53,6 +55,8 @@ enum Fault {
     Kill(u64),
     Isolate(u64),
     KillController(u64),
+    CutController(u64),
+    KillGateway,
 }
 
 /// Waits until every partition has all three replicas in sync.
@@ -168,16 +172,20 @@ async fn random_kills_and_partitions_lose_duplicate_and_reorder_nothing() {
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500 + rng.below(1500))).await;
         let id = 1 + rng.below(3);
-        let fault = match rng.below(5) {
+        let fault = match rng.below(7) {
             0 | 1 => Fault::Kill(id),
             2 | 3 => Fault::Isolate(id),
-            _ => Fault::KillController(id),
+            4 => Fault::KillController(id),
+            5 => Fault::CutController(id),
+            _ => Fault::KillGateway,
         };
         println!("fault {faults}: {fault:?}");
         match fault {
             Fault::Kill(id) => cluster.kill_node(id).await,
             Fault::Isolate(id) => cluster.isolate(id),
             Fault::KillController(id) => cluster.kill_controller(id).await,
+            Fault::CutController(id) => cluster.cut_controller(id, true),
+            Fault::KillGateway => cluster.kill_gateway().await,
         }
         faults += 1;
         tokio::time::sleep(Duration::from_millis(500 + rng.below(2500))).await;
@@ -185,6 +193,8 @@ async fn random_kills_and_partitions_lose_duplicate_and_reorder_nothing() {
             Fault::Kill(id) => cluster.start_node(id).await,
             Fault::Isolate(id) => cluster.heal(id),
             Fault::KillController(id) => cluster.start_controller(id).await,
+            Fault::CutController(id) => cluster.cut_controller(id, false),
+            Fault::KillGateway => cluster.start_gateway().await,
         }
         // The next fault only once the cluster is whole again, so at most
         // one of three nodes is ever down or cut off.

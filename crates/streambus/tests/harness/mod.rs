@@ -1,8 +1,8 @@
 //! A whole cluster in one process for fault tests: controllers (one Raft
 //! group), storage nodes and a gateway, all real servers on 127.0.0.1
-//! talking gRPC. Each controller and each storage node runs on a runtime of
-//! its own (killing it shuts that runtime down: every task and connection
-//! stops mid-flight, nothing drains). A storage node is reached only
+//! talking gRPC. Each controller, each storage node and the gateway runs on
+//! a runtime of its own (killing it shuts that runtime down: every task and
+//! connection stops mid-flight, nothing drains). A storage node is reached only
 //! through proxies that can cut its links: one in front of it (what
 //! followers and the gateway connect to, its advertised address) and one
 //! between it and each controller.
@@ -22,7 +22,7 @@ use streambus_controller::{ControllerConfig, Peer};
 use streambus_gateway::GatewayConfig;
 use streambus_storage_node::StorageNodeConfig;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 use proxy::Proxy;
 
@@ -75,7 +75,9 @@ pub struct Cluster {
     pub controllers: BTreeMap<u64, Controller>,
     pub nodes: BTreeMap<u64, Node>,
     pub gateway: String,
-    gateway_stop: Option<oneshot::Sender<()>>,
+    /// The gateway's listener address (reused across restarts).
+    gateway_addr: Option<SocketAddr>,
+    gateway_runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Cluster {
@@ -93,7 +95,8 @@ impl Cluster {
             dir,
             nodes: BTreeMap::new(),
             gateway: String::new(),
-            gateway_stop: None,
+            gateway_addr: None,
+            gateway_runtime: None,
         };
         for id in 1..=controllers {
             let addr = std::net::TcpListener::bind("127.0.0.1:0")
@@ -217,9 +220,22 @@ impl Cluster {
             .unwrap();
     }
 
-    async fn start_gateway(&mut self) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        self.gateway = listener.local_addr().unwrap().to_string();
+    /// Starts (or restarts, on the same address) the gateway and waits
+    /// until it is ready.
+    pub async fn start_gateway(&mut self) {
+        assert!(self.gateway_runtime.is_none(), "the gateway runs already");
+        let addr = match self.gateway_addr {
+            Some(addr) => addr,
+            None => {
+                let addr = std::net::TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap();
+                self.gateway_addr = Some(addr);
+                addr
+            }
+        };
+        self.gateway = addr.to_string();
         let config = GatewayConfig {
             controllers: self
                 .controllers
@@ -229,22 +245,41 @@ impl Cluster {
             storage_call_timeout_ms: 2_000,
             ..GatewayConfig::default()
         };
-        let (stop, stopped) = oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
         let (ready_tx, mut ready) = watch::channel(false);
-        tokio::spawn(streambus_gateway::serve_with_listener(
-            config,
-            listener,
-            streambus_gateway::Metrics::new(&mut Registry::default()),
-            Some(ready_tx),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        runtime.spawn(async move {
+            // The address was just given up by the killed gateway.
+            let listener = loop {
+                match TcpListener::bind(addr).await {
+                    Ok(l) => break l,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            };
+            let _ = streambus_gateway::serve_with_listener(
+                config,
+                listener,
+                streambus_gateway::Metrics::new(&mut Registry::default()),
+                Some(ready_tx),
+                std::future::pending(),
+            )
+            .await;
+        });
+        self.gateway_runtime = Some(runtime);
         tokio::time::timeout(WAIT, ready.wait_for(|r| *r))
             .await
             .expect("gateway ready")
             .unwrap();
-        self.gateway_stop = Some(stop);
+    }
+
+    /// Kills the gateway (no drain: its streams and connections break).
+    pub async fn kill_gateway(&mut self) {
+        if let Some(rt) = self.gateway_runtime.take() {
+            rt.shutdown_background();
+        }
     }
 
     /// Starts (or restarts) node `id` on its data directory and address,
@@ -323,6 +358,19 @@ impl Cluster {
         }
     }
 
+    /// Cuts (true) or heals (false) every storage node's link to controller
+    /// `id`; its Raft peers and the gateway still reach it.
+    pub fn cut_controller(&self, id: u64, cut: bool) {
+        let at = self
+            .controllers
+            .keys()
+            .position(|c| *c == id)
+            .expect("a controller of the cluster");
+        for n in self.nodes.values() {
+            n.to_controllers[at].set_cut(cut);
+        }
+    }
+
     /// Heals what [`Cluster::isolate`] cut.
     pub fn heal(&self, id: u64) {
         let n = &self.nodes[&id];
@@ -345,8 +393,8 @@ impl Drop for Cluster {
                 rt.shutdown_background();
             }
         }
-        if let Some(s) = self.gateway_stop.take() {
-            let _ = s.send(());
+        if let Some(rt) = self.gateway_runtime.take() {
+            rt.shutdown_background();
         }
         for c in self.controllers.values_mut() {
             if let Some(rt) = c.runtime.take() {
