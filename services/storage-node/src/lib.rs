@@ -137,8 +137,16 @@ pub async fn serve_with_listener(
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
-                partitions.reopen_offline().await;
+                tokio::select! {
+                    _ = tick.tick() => {
+                        partitions.reopen_offline().await;
+                    }
+                    // A replica whose open outlasted the wait is served as
+                    // soon as it finishes.
+                    () = partitions.job_finished() => {
+                        partitions.finish_jobs().await;
+                    }
+                }
                 metrics.replicas.set(partitions.all().len() as i64);
                 metrics
                     .offline_replicas
