@@ -147,10 +147,7 @@ pub async fn serve_with_listener(
                         partitions.finish_jobs().await;
                     }
                 }
-                metrics.replicas.set(partitions.all().len() as i64);
-                metrics
-                    .offline_replicas
-                    .set(partitions.offline_replicas().len() as i64);
+                metrics.observe_partitions(&partitions);
             }
         });
     }
@@ -476,10 +473,7 @@ async fn metadata_loop(
     while let Some(md) = stream.next().await {
         partitions.apply(&md).await;
         replication.reconcile();
-        metrics.replicas.set(partitions.all().len() as i64);
-        metrics
-            .offline_replicas
-            .set(partitions.offline_replicas().len() as i64);
+        metrics.observe_partitions(&partitions);
         let known = md.nodes.iter().any(|n| n.node_id == node_id && n.alive);
         status
             .metadata_applied

@@ -1383,7 +1383,17 @@ mod tests {
             PathBuf::from("/sim/data"),
             OpenOptions::new().io(Arc::new(sim.clone())),
         );
-        p.apply(&metadata(2, vec![topic("t", "id1", &[])])).await;
+        let metrics = crate::Metrics::new(&mut prometheus_client::registry::Registry::default());
+        p.apply(&metadata(
+            2,
+            vec![topic("t", "id1", &[("fsync.policy", "always")])],
+        ))
+        .await;
+        metrics.observe_partitions(&p);
+        assert_eq!(
+            (metrics.replicas.get(), metrics.offline_replicas.get()),
+            (1, 0)
+        );
         let batch = || {
             let mut b = BatchBuilder::new(streambus_record::Compression::None);
             b.push(&Record {
@@ -1398,6 +1408,11 @@ mod tests {
         assert!(p.fsyncs() > 0);
         sim.fail_next(SimOp::SyncData, "t-0-id1");
         replica.log.append(&mut batch()).unwrap_err();
+        // The second batch was written but its fsync failed: only the
+        // first is durable.
+        let durable_at_failure = replica.log.durable_offset();
+        assert_eq!(durable_at_failure, 1);
+        assert_eq!(replica.log.end_offset(), 2);
 
         // A request still holds the failed log: offline, not yet reopened.
         assert_eq!(p.reopen_offline().await, 0);
@@ -1412,18 +1427,30 @@ mod tests {
             "{}",
             offline[0].reason
         );
+        metrics.observe_partitions(&p);
+        assert_eq!(
+            (metrics.replicas.get(), metrics.offline_replicas.get()),
+            (0, 1)
+        );
 
         // Once released, it is reopened (recovered) without a restart.
         drop(replica);
         assert_eq!(p.reopen_offline().await, 1);
         let replica = p.leader_replica("t", 0).unwrap();
         assert!(p.offline_replicas().is_empty());
-        let end = replica.log.end_offset();
-        assert!(
-            end == 1 || end == 2,
-            "acknowledged offset 0 kept, end {end}"
+        // Cut back to what was durable when the fsync failed: the batch
+        // whose fsync failed is not served again.
+        assert_eq!(replica.log.end_offset(), durable_at_failure);
+        assert_eq!(replica.log.durable_offset(), durable_at_failure);
+        assert_eq!(
+            replica.log.append(&mut batch()).unwrap().base_offset,
+            durable_at_failure
         );
-        assert!(replica.log.append(&mut batch()).unwrap().base_offset == end);
+        metrics.observe_partitions(&p);
+        assert_eq!(
+            (metrics.replicas.get(), metrics.offline_replicas.get()),
+            (1, 0)
+        );
     }
 
     /// Node 2 of a partition led by node 1: added to the replica set, it
