@@ -90,12 +90,19 @@ pub async fn serve_with_listener(
     let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<StorageNodeError>();
     let incarnation = rand::random::<u64>() | 1;
     let lease = Arc::new(LeaseClock::default());
+    // Leader appends and follower appends validate (decompress) batches
+    // out of one budget.
+    let decompression = streambus_service::budget::MemoryBudget::new(
+        "storage_node.decompression_budget_bytes",
+        config.decompression_budget_bytes as usize,
+    );
     let replication = replication::Replication::new(
         partitions.clone(),
         controller.clone(),
         incarnation,
         config.replica_fetch_wait_ms.min(u64::from(u32::MAX)) as u32,
         metrics.clone(),
+        decompression.clone(),
     );
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -185,10 +192,7 @@ pub async fn serve_with_listener(
         metrics,
         max_fetch_wait: Duration::from_millis(config.max_fetch_wait_ms),
         max_fetch_bytes: config.max_fetch_bytes,
-        decompression: streambus_service::budget::MemoryBudget::new(
-            "storage_node.decompression_budget_bytes",
-            config.decompression_budget_bytes as usize,
-        ),
+        decompression,
         draining: drain_rx,
         lease,
         ack_timeout: Duration::from_millis(config.ack_timeout_ms),
