@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use streambus_log::io::Io;
 use streambus_log::sim::{SimIo, SimOp};
 use streambus_log::{CleanupPolicy, FsyncPolicy, Log, LogConfig, LogError, OpenOptions};
 use streambus_record::{BatchIter, Compression};
@@ -413,6 +414,35 @@ fn truncation_is_crash_safe_at_every_io_step() {
             assert!(log.end_offset() >= truncated.1);
         }
     }
+}
+
+/// `io::create_dir_all` (the storage node's data directory uses it) syncs
+/// the parent of every directory it creates, so all of them survive a
+/// power loss, and returns a failed sync.
+#[test]
+fn create_dir_all_syncs_the_parent_of_every_new_directory() {
+    let sim = SimIo::new(3);
+    sim.create_dir(Path::new("/srv")).unwrap();
+    sim.sync_dir(Path::new("/")).unwrap();
+    let synced: Arc<Mutex<Vec<PathBuf>>> = Arc::default();
+    {
+        let synced = synced.clone();
+        sim.set_sync_hook(Some(Arc::new(move |p: &Path| {
+            synced.lock().unwrap().push(p.to_path_buf());
+        })));
+    }
+    streambus_log::io::create_dir_all(&sim, Path::new("/srv/data/storage")).unwrap();
+    let mut synced = synced.lock().unwrap().clone();
+    synced.sort();
+    assert_eq!(synced, [PathBuf::from("/srv"), PathBuf::from("/srv/data")]);
+    sim.crash();
+    assert_eq!(sim.list(Path::new("/srv")), ["data"]);
+    assert_eq!(sim.list(Path::new("/srv/data")), ["storage"]);
+
+    sim.set_sync_hook(None);
+    sim.fail_next(SimOp::SyncDir, "/srv");
+    let err = streambus_log::io::create_dir_all(&sim, Path::new("/srv/other")).unwrap_err();
+    assert!(err.to_string().contains("/srv"), "{err}");
 }
 
 #[test]
