@@ -159,6 +159,9 @@ pub const DEFAULT_REPLICA_LAG_MS: u64 = 10_000;
 /// waits for the disk work it started before it goes on without it.
 pub const DEFAULT_IO_WAIT: Duration = Duration::from_secs(10);
 
+/// Why a replica whose open is running is not served.
+const OPENING: &str = "its log is still opening (slow or hung disk?)";
+
 /// How many replicas run retention, compaction and rolls at once.
 const MAINTENANCE_CONCURRENCY: usize = 4;
 
@@ -491,7 +494,7 @@ impl Partitions {
                     config: Some(config.clone()),
                     view,
                     reason: if free {
-                        "its log is still opening (slow or hung disk?)".into()
+                        OPENING.into()
                     } else {
                         "waiting for the directory of its previous replica to be closed".into()
                     },
@@ -628,7 +631,8 @@ impl Partitions {
                         topic_id,
                         dir,
                         log,
-                        o.config.unwrap_or(config),
+                        // What the log was opened with.
+                        config,
                         o.view,
                         self.lag_max_ms,
                     );
@@ -668,10 +672,13 @@ impl Partitions {
         }
         // A replica that waited for this directory (re-assigned while its
         // previous replica was being closed) opens now.
-        let waiting = read(&self.offline)
-            .get(&key)
+        let waiting = write(&self.offline)
+            .get_mut(&key)
             .filter(|o| o.pending && o.topic_id == topic_id && !closing)
-            .and_then(|o| o.config.clone());
+            .and_then(|o| {
+                o.reason = OPENING.into();
+                o.config.clone()
+            });
         match waiting {
             Some(config) => {
                 let next = self.start(work, dir, key, topic_id, Job::open(config, None));
@@ -1229,6 +1236,23 @@ mod tests {
         }
     }
 
+    /// Waits, handling finished jobs, until partition 0 of `topic` is
+    /// served here.
+    async fn served(p: &Partitions, topic: &str) -> Arc<Replica> {
+        let wait = async {
+            loop {
+                if let Ok(r) = p.replica(topic, 0) {
+                    break r;
+                }
+                p.job_finished().await;
+                p.finish_jobs().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .unwrap_or_else(|_| panic!("{topic} is not served"))
+    }
+
     /// One partition's disk hangs while its log opens: metadata for every
     /// other partition, later metadata, reopens and maintenance all go on;
     /// the hung directory is opened once, is not deleted while its open
@@ -1303,19 +1327,10 @@ mod tests {
         );
         let b_dir = partition_dir(tmp.path(), "b", 0, "idb");
 
-        // d's disk answers: d is served without new metadata.
+        // d's disk answers: d is served once its open finished, without new
+        // metadata.
         disk.release("d-0-idd");
-        let d = tokio::time::timeout(bounded, async {
-            loop {
-                if let Ok(d) = p.leader_replica("d", 0) {
-                    break d;
-                }
-                p.job_finished().await;
-                p.finish_jobs().await;
-            }
-        })
-        .await
-        .expect("d is served once its open finished");
+        let d = served(&p, "d").await;
         assert!(p.offline_replicas().iter().all(|o| o.topic != "d"));
 
         disk.release("b-0-idb");
@@ -1368,6 +1383,41 @@ mod tests {
         })
         .await
         .expect("d's roll finishes once its disk answers");
+
+        // e moves off this node while its close hangs, and comes back
+        // before the close finished: it opens (empty, to follow) only once
+        // the old directory is gone.
+        let moved = |version, here: bool| {
+            let mut t = topic("e", "ide", &[]);
+            if !here {
+                t.partitions[0].replicas = vec![2];
+                t.partitions[0].leader = 2;
+            }
+            let mut m = md(version, &["a", "c", "d"]);
+            m.topics.push(t);
+            m
+        };
+        p.apply(&moved(8, true)).await;
+        p.leader_replica("e", 0)
+            .unwrap()
+            .log
+            .append(&mut one())
+            .unwrap();
+        disk.block("e-0-ide");
+        tokio::time::timeout(bounded, p.apply(&moved(9, false)))
+            .await
+            .expect("metadata applies while e's close hangs");
+        tokio::time::timeout(bounded, p.apply(&moved(10, true)))
+            .await
+            .expect("metadata applies while e's close still hangs");
+        let err = p.replica("e", 0).err().unwrap();
+        assert_eq!(err.reason, Reason::PartitionOffline, "{err}");
+        assert!(err.message.contains("waiting"), "{}", err.message);
+        assert_eq!(disk.hung("e-0-ide"), 1, "e's close hangs");
+        disk.release("e-0-ide");
+        // e opens once its old directory is gone.
+        let e = served(&p, "e").await;
+        assert_eq!(e.log.end_offset(), 0, "a fresh replica");
     }
 
     /// A failed fsync poisons the log; the node takes the replica offline
