@@ -8,8 +8,8 @@
 //! Every attempt has a deadline of its own (5 s by default), enforced by
 //! the client as well as sent as `grpc-timeout`: a controller that accepts
 //! the request but never answers costs one attempt (`TIMEOUT`), never a
-//! hung caller; opening the metadata watch, up to its first snapshot, has
-//! the same deadline.
+//! hung caller; opening the metadata watch has the same deadline, up to the
+//! first snapshot when the watch has none yet.
 //! [`ControllerClient::watch_metadata`] never ends: it reconnects forever
 //! and never yields a version older than one it already yielded.
 //!
@@ -487,7 +487,8 @@ struct WatchState {
     next: usize,
     last_version: Option<u64>,
     stream: Option<tonic::Streaming<ClusterMetadata>>,
-    /// The stream opened and its first message has not come yet.
+    /// The stream opened without a version and its first message (the
+    /// controller's current metadata, sent at once) has not come yet.
     first_pending: bool,
     backoff: Duration,
 }
@@ -530,7 +531,9 @@ impl WatchState {
                 match opened {
                     Ok(stream) => {
                         self.stream = Some(stream);
-                        self.first_pending = true;
+                        // Without a version yet, the controller sends its
+                        // current metadata at once.
+                        self.first_pending = self.last_version.is_none();
                     }
                     Err(status) => {
                         tracing::debug!(controller = %address, error = %status, "cannot watch metadata; retrying");
@@ -539,11 +542,11 @@ impl WatchState {
                 }
                 continue;
             };
-            // A controller sends its current metadata at once: a watch
-            // whose first message does not come within the attempt
-            // deadline is as good as one that did not open. Later messages
-            // come only with changes (a dead connection is found by
-            // keepalive).
+            // A controller sends its current metadata at once to a watch
+            // that has none: one whose first message does not come within
+            // the attempt deadline is as good as one that did not open.
+            // Otherwise messages come only with changes (a dead
+            // connection is found by keepalive).
             let message = if self.first_pending {
                 let timeout = self.client.inner.attempt_timeout;
                 match tokio::time::timeout(timeout, stream.message()).await {
