@@ -5,6 +5,11 @@
 //! follows `NOT_CONTROLLER_LEADER` hints and retries retriable errors with
 //! backoff across every configured address for a bounded time (10 s by
 //! default) before returning the last error. Reads go to any controller.
+//! Every attempt has a deadline of its own (5 s by default), enforced by
+//! the client as well as sent as `grpc-timeout`: a controller that accepts
+//! the request but never answers costs one attempt (`TIMEOUT`), never a
+//! hung caller; opening the metadata watch has the same deadline, up to the
+//! first snapshot when the watch has none yet.
 //! [`ControllerClient::watch_metadata`] never ends: it reconnects forever
 //! and never yields a version older than one it already yielded.
 //!
@@ -62,12 +67,9 @@ pub struct ControllerClient {
 struct Inner {
     addresses: Vec<String>,
     retry_for: Duration,
+    attempt_timeout: Duration,
     channels: Mutex<HashMap<String, Channel>>,
     leader: Mutex<Option<String>>,
-}
-
-fn request<T>(message: T) -> tonic::Request<T> {
-    request_for(message, ATTEMPT_TIMEOUT)
 }
 
 fn request_for<T>(message: T, timeout: Duration) -> tonic::Request<T> {
@@ -103,6 +105,7 @@ impl ControllerClient {
             inner: Arc::new(Inner {
                 addresses,
                 retry_for: Duration::from_secs(10),
+                attempt_timeout: ATTEMPT_TIMEOUT,
                 channels: Mutex::new(HashMap::new()),
                 leader: Mutex::new(None),
             }),
@@ -115,10 +118,24 @@ impl ControllerClient {
 
     /// Changes how long writes and reads keep retrying (default 10 s).
     pub fn with_retry_for(self, retry_for: Duration) -> ControllerClient {
+        let attempt_timeout = self.inner.attempt_timeout;
+        self.rebuilt(retry_for, attempt_timeout)
+    }
+
+    /// Changes how long one attempt (and opening the metadata watch) may
+    /// take before it counts as `TIMEOUT` (default 5 s; membership changes
+    /// keep their own, longer deadline).
+    pub fn with_attempt_timeout(self, attempt_timeout: Duration) -> ControllerClient {
+        let retry_for = self.inner.retry_for;
+        self.rebuilt(retry_for, attempt_timeout)
+    }
+
+    fn rebuilt(self, retry_for: Duration, attempt_timeout: Duration) -> ControllerClient {
         ControllerClient {
             inner: Arc::new(Inner {
                 addresses: self.inner.addresses.clone(),
                 retry_for,
+                attempt_timeout,
                 channels: Mutex::new(
                     self.inner
                         .channels
@@ -161,6 +178,11 @@ impl ControllerClient {
             .max_encoding_message_size(MAX_METADATA_MESSAGE_BYTES))
     }
 
+    /// A request carrying this client's attempt deadline.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        request_for(message, self.inner.attempt_timeout)
+    }
+
     fn known_leader(&self) -> Option<String> {
         self.inner
             .leader
@@ -181,10 +203,18 @@ impl ControllerClient {
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        self.call_with(Retry::Retriable, call).await
+        self.call_with(Retry::Retriable, self.inner.attempt_timeout, call)
+            .await
     }
 
-    async fn call_with<T, F, Fut>(&self, retry: Retry, mut call: F) -> Result<T, Error>
+    /// Like [`Self::call`]; each attempt is abandoned with `TIMEOUT` after
+    /// `attempt_timeout` (pass the same to [`request_for`]).
+    async fn call_with<T, F, Fut>(
+        &self,
+        retry: Retry,
+        attempt_timeout: Duration,
+        mut call: F,
+    ) -> Result<T, Error>
     where
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -195,16 +225,27 @@ impl ControllerClient {
         let mut target = self.known_leader().unwrap_or_else(|| addresses[0].clone());
         let mut backoff = MIN_BACKOFF;
         loop {
-            let (err, answered) = match call(self.client(&target)?).await {
-                Ok(response) => {
+            let attempt = tokio::time::timeout(attempt_timeout, call(self.client(&target)?));
+            let (err, answered) = match attempt.await {
+                Ok(Ok(response)) => {
                     self.set_leader(Some(target));
                     return Ok(response.into_inner());
                 }
                 // A controller's own errors carry their reason; transport
                 // failures do not.
-                Err(status) => (
+                Ok(Err(status)) => (
                     Error::from_status(&status),
                     status.metadata().contains_key(REASON_METADATA_KEY),
+                ),
+                Err(_) => (
+                    Error::new(
+                        Reason::Timeout,
+                        format!(
+                            "controller {target} did not answer within {} ms",
+                            attempt_timeout.as_millis()
+                        ),
+                    ),
+                    false,
                 ),
             };
             let again = match retry {
@@ -248,7 +289,7 @@ impl ControllerClient {
     pub async fn create_topic(&self, req: CreateTopicRequest) -> Result<TopicDescription, Error> {
         let response = self
             .call(|mut c| {
-                let req = request(req.clone());
+                let req = self.request(req.clone());
                 async move { c.create_topic(req).await }
             })
             .await?;
@@ -265,7 +306,7 @@ impl ControllerClient {
     ) -> Result<TopicDescription, Error> {
         let response = self
             .call(|mut c| {
-                let req = request(CreatePartitionsRequest {
+                let req = self.request(CreatePartitionsRequest {
                     topic: topic.to_string(),
                     partitions,
                 });
@@ -282,7 +323,7 @@ impl ControllerClient {
     pub async fn decommission_node(&self, node_id: u64) -> Result<StorageNodeStatus, Error> {
         let response = self
             .call(|mut c| async move {
-                c.decommission_node(request(DecommissionStorageNodeRequest { node_id }))
+                c.decommission_node(self.request(DecommissionStorageNodeRequest { node_id }))
                     .await
             })
             .await?;
@@ -294,7 +335,7 @@ impl ControllerClient {
     /// Deletes a topic.
     pub async fn delete_topic(&self, name: &str) -> Result<(), Error> {
         self.call(|mut c| {
-            let req = request(DeleteTopicRequest {
+            let req = self.request(DeleteTopicRequest {
                 name: name.to_string(),
             });
             async move { c.delete_topic(req).await }
@@ -306,7 +347,7 @@ impl ControllerClient {
     /// The current metadata of some controller (possibly a lagging follower;
     /// compare `version`s).
     pub async fn get_metadata(&self) -> Result<ClusterMetadata, Error> {
-        self.call(|mut c| async move { c.get_metadata(request(GetMetadataRequest {})).await })
+        self.call(|mut c| async move { c.get_metadata(self.request(GetMetadataRequest {})).await })
             .await
     }
 
@@ -314,7 +355,7 @@ impl ControllerClient {
     /// first). To ask one controller, make a client of its address alone.
     pub async fn describe_controller(&self) -> Result<ControllerStatus, Error> {
         self.call(|mut c| async move {
-            c.describe_controller(request(DescribeControllerRequest {}))
+            c.describe_controller(self.request(DescribeControllerRequest {}))
                 .await
         })
         .await
@@ -335,7 +376,7 @@ impl ControllerClient {
             address: address.to_string(),
         };
         let r = self
-            .call_with(Retry::ToLeader, |mut c| {
+            .call_with(Retry::ToLeader, MEMBERSHIP_ATTEMPT_TIMEOUT, |mut c| {
                 let req = request_for(req.clone(), MEMBERSHIP_ATTEMPT_TIMEOUT);
                 async move { c.add_controller(req).await }
             })
@@ -349,13 +390,17 @@ impl ControllerClient {
     /// members after the change; retried like [`Self::add_controller`].
     pub async fn remove_controller(&self, node_id: u64) -> Result<Vec<ControllerMember>, Error> {
         let r = self
-            .call_with(Retry::ToLeader, |mut c| async move {
-                c.remove_controller(request_for(
-                    RemoveControllerRequest { node_id },
-                    MEMBERSHIP_ATTEMPT_TIMEOUT,
-                ))
-                .await
-            })
+            .call_with(
+                Retry::ToLeader,
+                MEMBERSHIP_ATTEMPT_TIMEOUT,
+                |mut c| async move {
+                    c.remove_controller(request_for(
+                        RemoveControllerRequest { node_id },
+                        MEMBERSHIP_ATTEMPT_TIMEOUT,
+                    ))
+                    .await
+                },
+            )
             .await?;
         Ok(r.members)
     }
@@ -364,7 +409,7 @@ impl ControllerClient {
     pub async fn allocate_producer_ids(&self, count: u32) -> Result<(i64, u32), Error> {
         let r = self
             .call(|mut c| async move {
-                c.allocate_producer_ids(request(AllocateProducerIdsRequest { count }))
+                c.allocate_producer_ids(self.request(AllocateProducerIdsRequest { count }))
                     .await
             })
             .await?;
@@ -378,7 +423,7 @@ impl ControllerClient {
         req: RegisterNodeRequest,
     ) -> Result<RegisterNodeResponse, Error> {
         self.call(|mut c| {
-            let req = request(req.clone());
+            let req = self.request(req.clone());
             async move { c.register_node(req).await }
         })
         .await
@@ -393,7 +438,7 @@ impl ControllerClient {
     ) -> Result<PartitionDescription, Error> {
         let response = self
             .call(|mut c| {
-                let req = request(req.clone());
+                let req = self.request(req.clone());
                 async move { c.alter_partition(req).await }
             })
             .await?;
@@ -410,7 +455,7 @@ impl ControllerClient {
     pub async fn heartbeat(&self, req: HeartbeatRequest) -> Result<u64, Error> {
         let response = self
             .call(|mut c| {
-                let req = request(req.clone());
+                let req = self.request(req.clone());
                 async move { c.heartbeat(req).await }
             })
             .await?;
@@ -427,6 +472,7 @@ impl ControllerClient {
             next: 0,
             last_version: None,
             stream: None,
+            first_pending: false,
             backoff: MIN_BACKOFF,
         };
         futures::stream::unfold(state, |mut st| async move {
@@ -441,6 +487,9 @@ struct WatchState {
     next: usize,
     last_version: Option<u64>,
     stream: Option<tonic::Streaming<ClusterMetadata>>,
+    /// The stream opened without a version and its first message (the
+    /// controller's current metadata, sent at once) has not come yet.
+    first_pending: bool,
     backoff: Duration,
 }
 
@@ -459,17 +508,33 @@ impl WatchState {
                     (n, _) => addresses[n % addresses.len()].clone(),
                 };
                 self.next += 1;
+                let timeout = self.client.inner.attempt_timeout;
                 let opened = match self.client.client(&address) {
-                    Ok(mut c) => c
-                        .watch_metadata(WatchMetadataRequest {
+                    Ok(mut c) => {
+                        let open = c.watch_metadata(WatchMetadataRequest {
                             min_version: self.last_version.unwrap_or(0),
-                        })
-                        .await
-                        .map(tonic::Response::into_inner),
+                        });
+                        match tokio::time::timeout(timeout, open).await {
+                            Ok(opened) => opened.map(tonic::Response::into_inner),
+                            Err(_) => Err(Error::new(
+                                Reason::Timeout,
+                                format!(
+                                    "controller {address} did not open the metadata watch within {} ms",
+                                    timeout.as_millis()
+                                ),
+                            )
+                            .to_status()),
+                        }
+                    }
                     Err(e) => Err(e.to_status()),
                 };
                 match opened {
-                    Ok(stream) => self.stream = Some(stream),
+                    Ok(stream) => {
+                        self.stream = Some(stream);
+                        // Without a version yet, the controller sends its
+                        // current metadata at once.
+                        self.first_pending = self.last_version.is_none();
+                    }
                     Err(status) => {
                         tracing::debug!(controller = %address, error = %status, "cannot watch metadata; retrying");
                         self.pause().await;
@@ -477,7 +542,28 @@ impl WatchState {
                 }
                 continue;
             };
-            match stream.message().await {
+            // A controller sends its current metadata at once to a watch
+            // that has none: one whose first message does not come within
+            // the attempt deadline is as good as one that did not open.
+            // Otherwise messages come only with changes (a dead
+            // connection is found by keepalive).
+            let message = if self.first_pending {
+                let timeout = self.client.inner.attempt_timeout;
+                match tokio::time::timeout(timeout, stream.message()).await {
+                    Ok(message) => message,
+                    Err(_) => {
+                        tracing::debug!(
+                            "the metadata watch sent nothing within {} ms; retrying",
+                            timeout.as_millis()
+                        );
+                        Err(tonic::Status::deadline_exceeded("no metadata"))
+                    }
+                }
+            } else {
+                stream.message().await
+            };
+            self.first_pending = false;
+            match message {
                 Ok(Some(md)) => {
                     self.backoff = MIN_BACKOFF;
                     if self.last_version.is_none_or(|v| md.version > v) {
@@ -491,5 +577,120 @@ impl WatchState {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tonic::codegen::http;
+
+    use super::*;
+
+    /// A response body that never yields anything.
+    struct Never;
+
+    impl http_body::Body for Never {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    /// A controller whose handlers take every call and never answer: the
+    /// response starts, the message never comes. (The server's own
+    /// `grpc-timeout` handling bounds only the start of a response, so
+    /// nothing on that side ends the call.)
+    #[derive(Clone)]
+    struct Silent;
+
+    impl tonic::server::NamedService for Silent {
+        const NAME: &'static str = "streambus.internal.v1.ControllerService";
+    }
+
+    impl tonic::codegen::Service<http::Request<tonic::body::Body>> for Silent {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<tonic::body::Body>) -> Self::Future {
+            let response = http::Response::builder()
+                .header("content-type", "application/grpc")
+                .body(tonic::body::Body::new(Never))
+                .unwrap();
+            std::future::ready(Ok(response))
+        }
+    }
+
+    async fn silent_controller() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(Silent)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        address
+    }
+
+    #[tokio::test]
+    async fn a_controller_that_never_answers_times_out() {
+        let address = silent_controller().await;
+        let bounded = Duration::from_secs(5);
+        // One attempt: TIMEOUT after the attempt deadline.
+        let once = ControllerClient::new(vec![address.clone()])
+            .unwrap()
+            .with_retry_for(Duration::ZERO)
+            .with_attempt_timeout(Duration::from_millis(300));
+        let err = tokio::time::timeout(bounded, once.heartbeat(HeartbeatRequest::default()))
+            .await
+            .expect("a heartbeat to a silent controller returns")
+            .unwrap_err();
+        assert_eq!(err.reason, Reason::Timeout, "{err}");
+        assert!(err.message.contains(&address), "{}", err.message);
+
+        // Retried until the retry window closes, then TIMEOUT.
+        let retried = ControllerClient::new(vec![address])
+            .unwrap()
+            .with_retry_for(Duration::from_millis(800))
+            .with_attempt_timeout(Duration::from_millis(300));
+        let err = tokio::time::timeout(bounded, retried.get_metadata())
+            .await
+            .expect("a read from a silent controller returns")
+            .unwrap_err();
+        assert_eq!(err.reason, Reason::Timeout, "{err}");
+    }
+
+    /// A metadata watch on a controller that never sends its first
+    /// snapshot times out, and the watch moves on to the next controller.
+    #[tokio::test]
+    async fn a_watch_open_that_never_answers_moves_to_the_next_controller() {
+        let silent = silent_controller().await;
+        let client = ControllerClient::new(vec![silent.clone(), silent])
+            .unwrap()
+            .with_attempt_timeout(Duration::from_millis(200));
+        let mut state = WatchState {
+            client,
+            next: 0,
+            last_version: None,
+            stream: None,
+            first_pending: false,
+            backoff: MIN_BACKOFF,
+        };
+        // Without a deadline up to the first snapshot, the first watch never
+        // ends and `next` stays at 1.
+        let _ = tokio::time::timeout(Duration::from_secs(2), state.next_metadata()).await;
+        assert!(state.next >= 3, "watch opens attempted: {}", state.next);
     }
 }

@@ -132,6 +132,53 @@ impl Io for StdIo {
     }
 }
 
+/// Creates `dir` and any missing parents through `io`, syncing the parent
+/// of every directory it created ([`Io::sync_dir`]), so the new entries
+/// survive a crash: `create_dir_all` that is durable. For any directory a
+/// process relies on finding again after a power loss.
+pub fn create_dir_all(io: &dyn Io, dir: &Path) -> io::Result<()> {
+    let mut sync_dir = |p: &Path| {
+        io.sync_dir(p)
+            .ctx(|| format!("fsync directory {}", p.display()))
+    };
+    create_dir_all_with(io, dir, &mut sync_dir).map_err(|e| match e {
+        LogError::Io { source, context } => {
+            io::Error::new(source.kind(), format!("{context}: {source}"))
+        }
+        other => io::Error::other(other.to_string()),
+    })
+}
+
+fn create_dir_all_with(
+    io: &dyn Io,
+    dir: &Path,
+    sync_dir: &mut dyn FnMut(&Path) -> Result<(), LogError>,
+) -> Result<(), LogError> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(p) = at {
+        if p.as_os_str().is_empty() || io.exists(p).ctx(|| format!("stat {}", p.display()))? {
+            break;
+        }
+        missing.push(p);
+        at = p.parent();
+    }
+    for p in missing.iter().rev() {
+        match io.create_dir(p) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            r => r.ctx(|| format!("create directory {}", p.display()))?,
+        }
+    }
+    for p in &missing {
+        match p.parent() {
+            Some(parent) if parent.as_os_str().is_empty() => sync_dir(Path::new("."))?,
+            Some(parent) => sync_dir(parent)?,
+            None => {}
+        }
+    }
+    Ok(())
+}
+
 /// The log's handle on its file system: the [`Io`] plus the fsync counter.
 /// All helpers attach the path to errors.
 #[derive(Debug, Clone)]
@@ -163,34 +210,11 @@ impl Disk {
             .ctx(|| format!("fsync directory {}", dir.display()))
     }
 
-    /// Creates `dir` and any missing parents, fsyncing the parent of every
-    /// directory created so the new entries survive a crash.
+    /// Creates `dir` and any missing parents, fsyncing (counted) the
+    /// parent of every directory created so the new entries survive a
+    /// crash.
     pub fn create_dir_all(&self, dir: &Path) -> Result<(), LogError> {
-        let mut missing = Vec::new();
-        let mut at = Some(dir);
-        while let Some(p) = at {
-            if p.as_os_str().is_empty()
-                || self.io.exists(p).ctx(|| format!("stat {}", p.display()))?
-            {
-                break;
-            }
-            missing.push(p);
-            at = p.parent();
-        }
-        for p in missing.iter().rev() {
-            match self.io.create_dir(p) {
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                r => r.ctx(|| format!("create directory {}", p.display()))?,
-            }
-        }
-        for p in &missing {
-            match p.parent() {
-                Some(parent) if parent.as_os_str().is_empty() => self.sync_dir(Path::new("."))?,
-                Some(parent) => self.sync_dir(parent)?,
-                None => {}
-            }
-        }
-        Ok(())
+        create_dir_all_with(&*self.io, dir, &mut |p| self.sync_dir(p))
     }
 
     pub fn exists(&self, path: &Path) -> Result<bool, LogError> {

@@ -18,6 +18,9 @@
 //! * Any operation can be made to fail once with `EIO`
 //!   ([`SimIo::fail_next`]), and a hook can run before every sync (to make
 //!   syncs slow or block them, [`SimIo::set_sync_hook`]).
+//! * Syncs can be ignored ([`SimIo::ignore_syncs`]): they succeed without
+//!   making anything durable, as if the log's fsync calls were removed. A
+//!   durability test must fail on such a disk, or it proves nothing.
 //!
 //! Everything is deterministic for a given seed as long as operations are
 //! issued in the same order. Paths must be absolute; `/` always exists.
@@ -121,6 +124,7 @@ struct State {
     durable: BTreeMap<PathBuf, Entry>,
     pending: Vec<DirOp>,
     crashes: u64,
+    ignore_syncs: bool,
 }
 
 fn eio(what: &str) -> io::Error {
@@ -341,6 +345,7 @@ impl SimIo {
                 durable: BTreeMap::new(),
                 pending: Vec::new(),
                 crashes: 0,
+                ignore_syncs: false,
             })),
             hook: Arc::new(HookSlot::default()),
         }
@@ -418,6 +423,14 @@ impl SimIo {
             op,
             path_contains: path_contains.to_string(),
         });
+    }
+
+    /// With `true`, every [`IoFile::sync_data`] and [`Io::sync_dir`]
+    /// succeeds without making anything durable (a power loss still drops
+    /// or tears everything written since), as if the callers' fsyncs were
+    /// removed; `false` restores real syncs.
+    pub fn ignore_syncs(&self, ignore: bool) {
+        self.lock().ignore_syncs = ignore;
     }
 
     /// Runs `hook` before every file or directory sync (`None` removes it).
@@ -529,8 +542,15 @@ impl IoFile for SimFile {
     }
     fn sync_data(&self) -> io::Result<()> {
         self.hook.run(&self.path);
+        let ignore = self
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ignore_syncs;
         self.with(SimOp::SyncData, true, |i| {
-            i.durable = i.current.clone();
+            if !ignore {
+                i.durable = i.current.clone();
+            }
             Ok(())
         })
     }
@@ -637,6 +657,9 @@ impl Io for SimIo {
                 io::ErrorKind::NotFound,
                 format!("{} is not a directory", dir.display()),
             ));
+        }
+        if st.ignore_syncs {
+            return Ok(());
         }
         let (now, later): (Vec<DirOp>, Vec<DirOp>) = std::mem::take(&mut st.pending)
             .into_iter()

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use streambus_log::io::Io;
 use streambus_log::sim::{SimIo, SimOp};
 use streambus_log::{CleanupPolicy, FsyncPolicy, Log, LogConfig, LogError, OpenOptions};
 use streambus_record::{BatchIter, Compression};
@@ -217,6 +218,115 @@ fn appends_and_reads_proceed_while_a_roll_fsyncs_the_sealed_segment() {
     assert_eq!(log.end_offset(), end);
 }
 
+/// Compaction fsyncs the cleaned segment, its index files and the
+/// directory (before and after the swap under the state lock): every one
+/// of those fsyncs is blocked in turn, and while each is blocked an append
+/// and reads (of the segment being compacted too) finish.
+#[test]
+fn appends_and_reads_proceed_while_compaction_fsyncs_the_cleaned_segment() {
+    let sim = SimIo::new(5);
+    let compactor: Arc<Mutex<Option<std::thread::ThreadId>>> = Arc::default();
+    let (entered_tx, entered) = mpsc::channel::<PathBuf>();
+    let (release, release_rx) = mpsc::channel::<()>();
+    {
+        let compactor = compactor.clone();
+        let entered_tx = Mutex::new(entered_tx);
+        let release_rx = Mutex::new(release_rx);
+        sim.set_sync_hook(Some(Arc::new(move |p: &Path| {
+            if *compactor.lock().unwrap() == Some(std::thread::current().id()) {
+                entered_tx.lock().unwrap().send(p.to_path_buf()).unwrap();
+                release_rx.lock().unwrap().recv().unwrap();
+            }
+        })));
+    }
+    let log = Arc::new(
+        open(
+            &sim,
+            LogConfig {
+                cleanup_policy: CleanupPolicy::Compact,
+                ..config(FsyncPolicy::Never)
+            },
+        )
+        .unwrap(),
+    );
+    for i in 0..14 {
+        let b = batch_of(
+            Compression::None,
+            &[
+                record(Some("same"), Some(&format!("v{i}a")), 1),
+                record(Some(&format!("u{i}")), Some("x"), 1),
+                record(Some("same"), Some(&format!("v{i}b")), 1),
+            ],
+        );
+        log.append(&mut b.clone()).unwrap();
+    }
+    assert!(log.segment_count() >= 3);
+    let compaction = {
+        let log = log.clone();
+        let compactor = compactor.clone();
+        std::thread::spawn(move || {
+            *compactor.lock().unwrap() = Some(std::thread::current().id());
+            log.compact(10).unwrap()
+        })
+    };
+    let mut blocked = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let path = match entered.recv_timeout(Duration::from_millis(20)) {
+            Ok(path) => path,
+            Err(_) if compaction.is_finished() => break,
+            Err(_) => {
+                assert!(std::time::Instant::now() < deadline, "compaction stalled");
+                continue;
+            }
+        };
+        let (done_tx, done) = mpsc::channel();
+        {
+            let log = log.clone();
+            let tag = format!("during-sync-{}", blocked.len());
+            std::thread::spawn(move || {
+                let first = log.read(0, 1 << 20, None).unwrap();
+                assert!(!first.data.is_empty());
+                let info = log.append(&mut batch(&tag, 2, 1)).unwrap();
+                let r = log.read(info.base_offset, 1 << 20, None).unwrap();
+                let (h, _) = BatchIter::new(&r.data).next().unwrap().unwrap();
+                assert_eq!(h.base_offset, info.base_offset);
+                done_tx.send(()).unwrap();
+            });
+        }
+        done.recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "an append and reads did not finish while compaction fsyncs {}",
+                    path.display()
+                )
+            });
+        blocked.push(path);
+        release.send(()).unwrap();
+    }
+    let outcome = compaction.join().unwrap();
+    assert!(outcome.segments_cleaned > 0, "{outcome:?}");
+    let name = |p: &PathBuf| p.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        blocked
+            .iter()
+            .any(|p| name(p) == "00000000000000000000.log.cleaned"),
+        "{blocked:?}"
+    );
+    assert!(
+        blocked.iter().filter(|p| **p == dir()).count() >= 2 * outcome.segments_cleaned,
+        "the directory is fsynced before and after each swap: {blocked:?}"
+    );
+    // The compacted log and the appends made meanwhile survive a crash.
+    sim.set_sync_hook(None);
+    let (values_before, end) = snapshot(&log);
+    log.flush().unwrap();
+    drop(log);
+    sim.crash();
+    let log = open(&sim, config(FsyncPolicy::Never)).unwrap();
+    assert_eq!(snapshot(&log), (values_before, end));
+}
+
 /// A log with several sealed segments, one of them compacted (gaps in its
 /// offsets), and an active segment; everything durable.
 fn build_compacted_log(sim: &SimIo) -> Log {
@@ -304,6 +414,35 @@ fn truncation_is_crash_safe_at_every_io_step() {
             assert!(log.end_offset() >= truncated.1);
         }
     }
+}
+
+/// `io::create_dir_all` (the storage node's data directory uses it) syncs
+/// the parent of every directory it creates, so all of them survive a
+/// power loss, and returns a failed sync.
+#[test]
+fn create_dir_all_syncs_the_parent_of_every_new_directory() {
+    let sim = SimIo::new(3);
+    sim.create_dir(Path::new("/srv")).unwrap();
+    sim.sync_dir(Path::new("/")).unwrap();
+    let synced: Arc<Mutex<Vec<PathBuf>>> = Arc::default();
+    {
+        let synced = synced.clone();
+        sim.set_sync_hook(Some(Arc::new(move |p: &Path| {
+            synced.lock().unwrap().push(p.to_path_buf());
+        })));
+    }
+    streambus_log::io::create_dir_all(&sim, Path::new("/srv/data/storage")).unwrap();
+    let mut synced = synced.lock().unwrap().clone();
+    synced.sort();
+    assert_eq!(synced, [PathBuf::from("/srv"), PathBuf::from("/srv/data")]);
+    sim.crash();
+    assert_eq!(sim.list(Path::new("/srv")), ["data"]);
+    assert_eq!(sim.list(Path::new("/srv/data")), ["storage"]);
+
+    sim.set_sync_hook(None);
+    sim.fail_next(SimOp::SyncDir, "/srv");
+    let err = streambus_log::io::create_dir_all(&sim, Path::new("/srv/other")).unwrap_err();
+    assert!(err.to_string().contains("/srv"), "{err}");
 }
 
 #[test]

@@ -420,7 +420,15 @@ impl ProduceApi {
                     size = HEADER_SIZE;
                 }
                 size += rs;
-                builder.push(&to_record(r, now));
+                // A timestamp out of range (or too far from the batch's
+                // first) is the producer's mistake, refused before anything
+                // is written.
+                builder.try_push(&to_record(r, now)).map_err(|e| {
+                    Error::new(
+                        Reason::InvalidArgument,
+                        format!("{}/{partition}: {e}", batch.topic),
+                    )
+                })?;
             }
             writes.push(PartitionWrite {
                 partition,
@@ -916,6 +924,25 @@ mod tests {
         let e = plan_err(&api, batch(vec![record(None, big)])).await;
         assert_eq!(e.reason, Reason::RecordTooLarge);
         assert!(e.message.contains("max.message.bytes 200"), "{}", e.message);
+
+        // Timestamps: -1 (none) and 0 (the gateway's clock) are fine, other
+        // negative values and a distance that overflows the batch's
+        // timestamp deltas are refused, naming the timestamp.
+        let at = |ts: i64| Record {
+            timestamp_ms: ts,
+            ..record(None, "v")
+        };
+        api.plan(batch(vec![at(-1), at(0), at(1)])).await.unwrap();
+        let e = plan_err(&api, batch(vec![at(-5)])).await;
+        assert_eq!(e.reason, Reason::InvalidArgument);
+        assert!(e.message.contains("timestamp -5"), "{}", e.message);
+        let e = plan_err(&api, batch(vec![at(-1), at(i64::MAX)])).await;
+        assert_eq!(e.reason, Reason::InvalidArgument);
+        assert!(
+            e.message.contains(&format!("timestamp {}", i64::MAX)),
+            "{}",
+            e.message
+        );
     }
 
     fn encoded(n: usize) -> Bytes {

@@ -57,7 +57,10 @@ impl DataDir {
     /// `node_id`. A directory locked by another process, or stamped for
     /// another node id, is refused.
     pub fn open(path: &Path, node_id: u64) -> Result<DataDir, StorageNodeError> {
-        std::fs::create_dir_all(path).map_err(|e| dir_error(path, e))?;
+        // Durably: a power loss must not take away a directory this node
+        // already stamped and registered with.
+        streambus_log::io::create_dir_all(&streambus_log::io::StdIo, path)
+            .map_err(|e| dir_error(path, e))?;
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)

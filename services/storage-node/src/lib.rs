@@ -90,12 +90,19 @@ pub async fn serve_with_listener(
     let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<StorageNodeError>();
     let incarnation = rand::random::<u64>() | 1;
     let lease = Arc::new(LeaseClock::default());
+    // Leader appends and follower appends validate (decompress) batches
+    // out of one budget.
+    let decompression = streambus_service::budget::MemoryBudget::new(
+        "storage_node.decompression_budget_bytes",
+        config.decompression_budget_bytes as usize,
+    );
     let replication = replication::Replication::new(
         partitions.clone(),
         controller.clone(),
         incarnation,
         config.replica_fetch_wait_ms.min(u64::from(u32::MAX)) as u32,
         metrics.clone(),
+        decompression.clone(),
     );
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -137,12 +144,17 @@ pub async fn serve_with_listener(
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
-                partitions.reopen_offline().await;
-                metrics.replicas.set(partitions.all().len() as i64);
-                metrics
-                    .offline_replicas
-                    .set(partitions.offline_replicas().len() as i64);
+                tokio::select! {
+                    _ = tick.tick() => {
+                        partitions.reopen_offline().await;
+                    }
+                    // A replica whose open outlasted the wait is served as
+                    // soon as it finishes.
+                    () = partitions.job_finished() => {
+                        partitions.finish_jobs().await;
+                    }
+                }
+                metrics.observe_partitions(&partitions);
             }
         });
     }
@@ -180,10 +192,7 @@ pub async fn serve_with_listener(
         metrics,
         max_fetch_wait: Duration::from_millis(config.max_fetch_wait_ms),
         max_fetch_bytes: config.max_fetch_bytes,
-        decompression: streambus_service::budget::MemoryBudget::new(
-            "storage_node.decompression_budget_bytes",
-            config.decompression_budget_bytes as usize,
-        ),
+        decompression,
         draining: drain_rx,
         lease,
         ack_timeout: Duration::from_millis(config.ack_timeout_ms),
@@ -468,10 +477,7 @@ async fn metadata_loop(
     while let Some(md) = stream.next().await {
         partitions.apply(&md).await;
         replication.reconcile();
-        metrics.replicas.set(partitions.all().len() as i64);
-        metrics
-            .offline_replicas
-            .set(partitions.offline_replicas().len() as i64);
+        metrics.observe_partitions(&partitions);
         let known = md.nodes.iter().any(|n| n.node_id == node_id && n.alive);
         status
             .metadata_applied

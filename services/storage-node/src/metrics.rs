@@ -41,6 +41,14 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Sets the replica gauges from what `partitions` hosts now: replicas
+    /// served, and assigned replicas reported offline.
+    pub fn observe_partitions(&self, partitions: &crate::partitions::Partitions) {
+        self.replicas.set(partitions.all().len() as i64);
+        self.offline_replicas
+            .set(partitions.offline_replicas().len() as i64);
+    }
+
     /// Creates the metrics and registers them.
     pub fn new(registry: &mut Registry) -> Metrics {
         let m = Metrics {

@@ -1,14 +1,16 @@
 //! The replicas this node hosts, kept in line with the controller's
 //! metadata.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use streambus_cluster::topic_config::TopicConfig;
 use streambus_log::{Flusher, Log, OpenOptions};
 use streambus_proto::internal::{ClusterMetadata, OfflineReplica};
 use streambus_proto::{Error, Reason};
+use tokio::sync::{Notify, mpsc};
 
 use crate::replica::{PartitionKey, PartitionView, Replica};
 
@@ -19,7 +21,8 @@ struct TopicInfo {
     leaders: Vec<u64>,
 }
 
-/// An assigned replica this node cannot serve right now.
+/// An assigned replica this node cannot serve right now: its log is
+/// being opened, waits for its directory to be free, or failed.
 struct Offline {
     topic_id: String,
     /// `None` when the topic's configuration itself could not be parsed
@@ -27,6 +30,14 @@ struct Offline {
     config: Option<TopicConfig>,
     view: PartitionView,
     reason: String,
+    /// An open of its log is running, or starts as soon as the blocking
+    /// work on its directory (closing or deleting a previous replica) is
+    /// done. A pending replica is installed when its open finishes.
+    pending: bool,
+    /// Not reported (heartbeats, metrics) before this instant: a replica
+    /// that opens within the wait of the call that started it is never
+    /// reported offline.
+    report_after: Option<Instant>,
     /// The replica that failed, while requests still hold it: its log must
     /// be gone before the directory is opened again.
     previous: Option<Weak<Replica>>,
@@ -36,6 +47,65 @@ struct Offline {
     durable_at_failure: Option<i64>,
 }
 
+/// Blocking work on one replica directory.
+enum Job {
+    /// Open the log (cut back to the offset, for a log that failed).
+    Open {
+        config: TopicConfig,
+        truncate_to: Option<i64>,
+    },
+    /// Close a replica that is no longer served, deleting its directory
+    /// after if `delete`.
+    Close { replica: Arc<Replica>, delete: bool },
+    /// Close a log opened for a replica that is no longer wanted.
+    CloseLog { log: Log, delete: bool },
+    /// Delete the directory.
+    Delete,
+}
+
+impl Job {
+    fn open(config: TopicConfig, truncate_to: Option<i64>) -> Job {
+        Job::Open {
+            config,
+            truncate_to,
+        }
+    }
+}
+
+/// A directory with blocking work in progress. Nothing else touches the
+/// directory until that work reports back, so it is never opened twice or
+/// opened while it is being deleted.
+struct Busy {
+    id: u64,
+    key: PartitionKey,
+    topic_id: String,
+    /// The topic configuration of a running open.
+    opening: Option<TopicConfig>,
+    /// Newer metadata deleted the replica while the work ran: the
+    /// directory is deleted once it is done.
+    delete_after: bool,
+}
+
+/// What a job reports back.
+enum Outcome {
+    Opened(Result<Log, String>),
+    Closed,
+}
+
+struct Done {
+    dir: PathBuf,
+    id: u64,
+    outcome: Outcome,
+}
+
+/// The blocking work in progress, owned by whoever holds
+/// [`Partitions::changes`].
+struct Work {
+    busy: HashMap<PathBuf, Busy>,
+    done: mpsc::UnboundedReceiver<Done>,
+    next_id: u64,
+}
+
 /// The replicas hosted on this node.
 ///
 /// One partition never stalls the others: a replica whose log cannot be
@@ -43,6 +113,14 @@ struct Offline {
 /// as *offline* with its reason, requests for it get `PARTITION_OFFLINE`,
 /// the node reports it to the controller with every heartbeat, and
 /// [`Partitions::reopen_offline`] keeps trying to open it again.
+///
+/// Metadata is applied under one lock, but the disk work it causes
+/// (opening, closing and deleting replica directories) runs as one
+/// blocking job per directory, concurrently, and a change waits for its
+/// jobs only up to [`Partitions::with_io_wait`]: a replica whose open is
+/// still running then is reported offline (opening) and installed when it
+/// finishes; a hung close or delete holds up nothing but its own
+/// directory.
 pub struct Partitions {
     node_id: u64,
     data_dir: PathBuf,
@@ -55,15 +133,37 @@ pub struct Partitions {
     /// interval flusher thread.
     open_options: OpenOptions,
     fsyncs: Arc<std::sync::atomic::AtomicU64>,
-    /// Serialises `apply` and `reopen_offline`, so a directory is never
-    /// opened twice or opened while it is being deleted.
-    changes: tokio::sync::Mutex<()>,
+    /// Serialises `apply`, `reopen_offline`, `finish_jobs` and `close_all`
+    /// and owns the jobs in progress: every decision about a directory is
+    /// taken under it, so a directory is never opened twice or opened
+    /// while it is being deleted.
+    changes: tokio::sync::Mutex<Work>,
+    /// Where jobs report back, and the signal that one did.
+    done_tx: mpsc::UnboundedSender<Done>,
+    job_done: Arc<Notify>,
+    /// How long a change waits for the blocking jobs it started.
+    io_wait: Duration,
+    /// Set by `close_all`: replicas that finish opening are closed, not
+    /// served.
+    closing: std::sync::atomic::AtomicBool,
+    /// At most this many replicas run maintenance at once.
+    maintenance: Arc<tokio::sync::Semaphore>,
     /// How long an in-sync follower may lag before it leaves the ISR.
     lag_max_ms: u64,
 }
 
 /// Default for how long an in-sync follower may lag (ms).
 pub const DEFAULT_REPLICA_LAG_MS: u64 = 10_000;
+
+/// Default for how long applying metadata (or reopening offline replicas)
+/// waits for the disk work it started before it goes on without it.
+pub const DEFAULT_IO_WAIT: Duration = Duration::from_secs(10);
+
+/// Why a replica whose open is running is not served.
+const OPENING: &str = "its log is still opening (slow or hung disk?)";
+
+/// How many replicas run retention, compaction and rolls at once.
+const MAINTENANCE_CONCURRENCY: usize = 4;
 
 /// The directory of a partition replica. The topic id keeps a topic that
 /// was deleted and created again apart from its predecessor.
@@ -88,11 +188,21 @@ impl Partitions {
             // Logs fall back to the process-wide flusher.
             Err(e) => tracing::warn!(error = %e, "cannot start this node's log flusher"),
         }
+        let (done_tx, done) = mpsc::unbounded_channel();
         Partitions {
             lag_max_ms: DEFAULT_REPLICA_LAG_MS,
             open_options,
             fsyncs,
-            changes: tokio::sync::Mutex::new(()),
+            changes: tokio::sync::Mutex::new(Work {
+                busy: HashMap::new(),
+                done,
+                next_id: 0,
+            }),
+            done_tx,
+            job_done: Arc::new(Notify::new()),
+            io_wait: DEFAULT_IO_WAIT,
+            closing: std::sync::atomic::AtomicBool::new(false),
+            maintenance: Arc::new(tokio::sync::Semaphore::new(MAINTENANCE_CONCURRENCY)),
             node_id,
             data_dir,
             replicas: RwLock::default(),
@@ -107,6 +217,14 @@ impl Partitions {
     /// (for replicas opened from now on).
     pub fn with_replica_lag(mut self, lag_max_ms: u64) -> Partitions {
         self.lag_max_ms = lag_max_ms;
+        self
+    }
+
+    /// Sets how long applying metadata, reopening offline replicas and
+    /// maintenance wait for one replica's disk work before going on without
+    /// it (default [`DEFAULT_IO_WAIT`]).
+    pub fn with_io_wait(mut self, wait: Duration) -> Partitions {
+        self.io_wait = wait;
         self
     }
 
@@ -220,7 +338,9 @@ impl Partitions {
     /// that were deleted and of partitions whose replica set no longer
     /// lists this node. A replica that cannot be opened (or a topic whose
     /// configuration cannot be parsed) goes offline; everything else is
-    /// still applied.
+    /// still applied. The opens, closes and deletes run concurrently, one
+    /// job per directory; this waits for them at most the io wait (a
+    /// replica still opening then is served once its open finishes).
     ///
     /// Only replicas this process hosts (or holds offline) are deleted, and
     /// only on a positive statement of newer metadata (the topic is gone,
@@ -228,7 +348,8 @@ impl Partitions {
     /// process never opened are left alone, so a lagging or empty metadata
     /// view can never delete data.
     pub async fn apply(&self, md: &ClusterMetadata) {
-        let _changes = self.changes.lock().await;
+        let mut work = self.changes.lock().await;
+        self.finish_done(&mut work);
         // The watch never goes back in version; an equal version from
         // another controller is the same state and is not re-applied.
         if md.version <= self.version() && self.version() != 0 {
@@ -293,6 +414,7 @@ impl Partitions {
         let delete = |key: &PartitionKey, topic_id: &str| {
             topic_gone(key, topic_id) || unassigned(key, topic_id)
         };
+        let mut started = HashSet::new();
 
         // Replicas to drop: topic gone or recreated, or no longer assigned.
         let current: Vec<(PartitionKey, Arc<Replica>)> = read(&self.replicas)
@@ -307,7 +429,14 @@ impl Partitions {
             write(&self.replicas).remove(&key);
             let delete = delete(&key, &replica.topic_id);
             replica.retire();
-            close_replica(replica, delete).await;
+            let (dir, topic_id) = (replica.dir.clone(), replica.topic_id.clone());
+            started.extend(self.start(
+                &mut work,
+                dir,
+                key,
+                topic_id,
+                Job::Close { replica, delete },
+            ));
         }
         let stale: Vec<(PartitionKey, String)> = read(&self.offline)
             .iter()
@@ -318,7 +447,12 @@ impl Partitions {
             write(&self.offline).remove(&key);
             if delete(&key, &topic_id) {
                 let dir = partition_dir(&self.data_dir, &key.0, key.1, &topic_id);
-                delete_dir(dir).await;
+                match work.busy.get_mut(&dir) {
+                    // Its open (or a close) is running: the directory goes
+                    // once that is done.
+                    Some(busy) => busy.delete_after = true,
+                    None => started.extend(self.start(&mut work, dir, key, topic_id, Job::Delete)),
+                }
             }
         }
 
@@ -344,69 +478,248 @@ impl Partitions {
                 }
             };
             if let Some(o) = write(&self.offline).get_mut(&key) {
-                // Already offline: keep it there (the reopen loop retries),
-                // with the newest leadership and config.
+                // Already offline or opening: keep it there (the reopen
+                // loop retries, a running open installs it), with the
+                // newest leadership and config.
                 o.view = view;
                 o.config = Some(config);
                 continue;
             }
-            self.open(key, topic_id, config, view, None).await;
+            let dir = partition_dir(&self.data_dir, &key.0, key.1, &topic_id);
+            let free = !work.busy.contains_key(&dir);
+            write(&self.offline).insert(
+                key.clone(),
+                Offline {
+                    topic_id: topic_id.clone(),
+                    config: Some(config.clone()),
+                    view,
+                    reason: if free {
+                        OPENING.into()
+                    } else {
+                        "waiting for the directory of its previous replica to be closed".into()
+                    },
+                    pending: true,
+                    report_after: Some(Instant::now() + self.io_wait),
+                    previous: None,
+                    durable_at_failure: None,
+                },
+            );
+            if free {
+                started.extend(self.start(&mut work, dir, key, topic_id, Job::open(config, None)));
+            }
         }
         *write(&self.topics) = topics;
+        self.wait(&mut work, started).await;
         self.version
             .store(md.version, std::sync::atomic::Ordering::Release);
     }
 
-    /// Opens a replica's log; on failure the replica goes offline.
-    async fn open(
+    /// Starts blocking `job` on `dir`, which must not be busy. Returns the
+    /// job's id.
+    fn start(
         &self,
+        work: &mut Work,
+        dir: PathBuf,
         key: PartitionKey,
         topic_id: String,
-        config: TopicConfig,
-        view: PartitionView,
-        truncate_to: Option<i64>,
-    ) -> bool {
-        let dir = partition_dir(&self.data_dir, &key.0, key.1, &topic_id);
-        let lc = config.log_config();
-        let open_dir = dir.clone();
+        job: Job,
+    ) -> Option<u64> {
+        if work.busy.contains_key(&dir) {
+            debug_assert!(false, "{} is busy", dir.display());
+            tracing::error!(dir = %dir.display(), "a second job for a busy directory was not started");
+            return None;
+        }
+        let id = work.next_id;
+        work.next_id += 1;
+        work.busy.insert(
+            dir.clone(),
+            Busy {
+                id,
+                key,
+                topic_id,
+                opening: match &job {
+                    Job::Open { config, .. } => Some(config.clone()),
+                    _ => None,
+                },
+                delete_after: false,
+            },
+        );
         let options = self.open_options.clone();
-        let opened = tokio::task::spawn_blocking(move || {
-            let log = Log::open_with(&open_dir, lc, options)?;
-            if let Some(durable) = truncate_to
-                && log.end_offset() > durable
-            {
-                tracing::warn!(dir = %open_dir.display(), from = log.end_offset(), to = durable,
-                    "cutting a reopened log back to what was durable when it failed");
-                log.truncate_to(durable)?;
-            }
-            Ok::<_, streambus_log::LogError>(log)
-        })
-        .await
-        .map_err(|e| format!("open task failed: {e}"))
-        .and_then(|r| r.map_err(|e| e.to_string()));
-        match opened {
-            Ok(log) => {
-                tracing::info!(topic = %key.0, partition = key.1, dir = %dir.display(),
-                    end_offset = log.end_offset(), "opened partition replica");
-                let replica = Replica::new(
-                    self.node_id,
-                    key.clone(),
-                    topic_id,
-                    dir,
-                    log,
+        let tx = self.done_tx.clone();
+        let job_done = self.job_done.clone();
+        let is_open = matches!(job, Job::Open { .. });
+        tokio::task::spawn_blocking(move || {
+            let run = std::panic::AssertUnwindSafe(|| match job {
+                Job::Open {
                     config,
-                    view,
-                    self.lag_max_ms,
+                    truncate_to,
+                } => Outcome::Opened(open_log(&dir, &config, options, truncate_to)),
+                Job::Close { replica, delete } => {
+                    close_replica(replica, delete);
+                    Outcome::Closed
+                }
+                Job::CloseLog { log, delete } => {
+                    close_log(log, &dir, delete);
+                    Outcome::Closed
+                }
+                Job::Delete => {
+                    delete_dir(&dir);
+                    Outcome::Closed
+                }
+            });
+            let outcome = std::panic::catch_unwind(run).unwrap_or_else(|_| {
+                tracing::error!(dir = %dir.display(), "replica directory job panicked");
+                if is_open {
+                    Outcome::Opened(Err("opening the log panicked".into()))
+                } else {
+                    Outcome::Closed
+                }
+            });
+            // Nobody listens any more once the node is gone.
+            let _ = tx.send(Done { dir, id, outcome });
+            job_done.notify_one();
+        });
+        Some(id)
+    }
+
+    /// Handles every job that reported back.
+    fn finish_done(&self, work: &mut Work) -> usize {
+        let mut installed = 0;
+        while let Ok(done) = work.done.try_recv() {
+            installed += usize::from(self.finish(work, done).0);
+        }
+        installed
+    }
+
+    /// Handles a job that reported back: serves a replica that opened and
+    /// is still wanted, closes one that is not, deletes the directory if
+    /// newer metadata asked for it meanwhile, and starts the open of a
+    /// replica that waited for the directory. Returns whether a replica
+    /// was installed, and the id of a next job it started on the directory.
+    fn finish(&self, work: &mut Work, done: Done) -> (bool, Option<u64>) {
+        let Some(busy) = work.busy.remove(&done.dir) else {
+            return (false, None);
+        };
+        debug_assert_eq!(busy.id, done.id);
+        let Busy {
+            key,
+            topic_id,
+            opening,
+            delete_after,
+            ..
+        } = busy;
+        let dir = done.dir;
+        let closing = self.closing.load(std::sync::atomic::Ordering::Acquire);
+        let wanted = || {
+            !delete_after
+                && !closing
+                && read(&self.offline)
+                    .get(&key)
+                    .is_some_and(|o| o.pending && o.topic_id == topic_id && o.config.is_some())
+        };
+        match (done.outcome, opening) {
+            (Outcome::Opened(Ok(log)), Some(config)) => {
+                if wanted() {
+                    let Some(o) = write(&self.offline).remove(&key) else {
+                        return (false, None);
+                    };
+                    tracing::info!(topic = %key.0, partition = key.1, dir = %dir.display(),
+                        end_offset = log.end_offset(), "opened partition replica");
+                    let replica = Replica::new(
+                        self.node_id,
+                        key.clone(),
+                        topic_id,
+                        dir,
+                        log,
+                        // What the log was opened with.
+                        config,
+                        o.view,
+                        self.lag_max_ms,
+                    );
+                    write(&self.replicas).insert(key, Arc::new(replica));
+                    return (true, None);
+                }
+                // Deleted, moved away or failed meanwhile: not served.
+                let next = self.start(
+                    work,
+                    dir,
+                    key,
+                    topic_id,
+                    Job::CloseLog {
+                        log,
+                        delete: delete_after,
+                    },
                 );
-                write(&self.offline).remove(&key);
-                write(&self.replicas).insert(key, Arc::new(replica));
-                true
+                return (false, next);
             }
-            Err(reason) => {
-                self.set_offline(key, topic_id, Some(config), view, reason, None);
-                false
+            (Outcome::Opened(Err(reason)), _) => {
+                if wanted()
+                    && let Some(o) = write(&self.offline).get_mut(&key)
+                {
+                    if o.reason != reason {
+                        tracing::error!(topic = %key.0, partition = key.1, %reason, "partition replica offline");
+                    }
+                    o.reason = reason;
+                    o.pending = false;
+                    o.report_after = None;
+                }
+            }
+            (Outcome::Closed | Outcome::Opened(Ok(_)), _) => {}
+        }
+        if delete_after {
+            let next = self.start(work, dir, key, topic_id, Job::Delete);
+            return (false, next);
+        }
+        // A replica that waited for this directory (re-assigned while its
+        // previous replica was being closed) opens now.
+        let waiting = write(&self.offline)
+            .get_mut(&key)
+            .filter(|o| o.pending && o.topic_id == topic_id && !closing)
+            .and_then(|o| {
+                o.reason = OPENING.into();
+                o.config.clone()
+            });
+        match waiting {
+            Some(config) => {
+                let next = self.start(work, dir, key, topic_id, Job::open(config, None));
+                (false, next)
+            }
+            None => (false, None),
+        }
+    }
+
+    /// Waits, at most the io wait, for the jobs in `started` and the jobs
+    /// they led to; handles every job that reports back meanwhile. Returns
+    /// how many of them installed a replica.
+    async fn wait(&self, work: &mut Work, mut started: HashSet<u64>) -> usize {
+        let deadline = tokio::time::Instant::now() + self.io_wait;
+        let mut installed = 0;
+        while work.busy.values().any(|b| started.contains(&b.id)) {
+            let Ok(Some(done)) = tokio::time::timeout_at(deadline, work.done.recv()).await else {
+                break;
+            };
+            let id = done.id;
+            let (ok, next) = self.finish(work, done);
+            if started.remove(&id) {
+                installed += usize::from(ok);
+                started.extend(next);
             }
         }
+        installed
+    }
+
+    /// Handles the jobs that finished since the last change (a replica
+    /// whose open outlasted the wait is served from here on). The node
+    /// calls it whenever [`Partitions::job_finished`] fires.
+    pub async fn finish_jobs(&self) -> usize {
+        let mut work = self.changes.lock().await;
+        self.finish_done(&mut work)
+    }
+
+    /// Completes when a blocking job on a replica directory finished (at
+    /// once if one finished since the last call).
+    pub async fn job_finished(&self) {
+        self.job_done.notified().await;
     }
 
     fn set_offline(
@@ -429,6 +742,8 @@ impl Partitions {
                 config,
                 view,
                 reason,
+                pending: false,
+                report_after: None,
                 durable_at_failure: previous
                     .as_ref()
                     .and_then(Weak::upgrade)
@@ -438,11 +753,13 @@ impl Partitions {
         );
     }
 
-    /// Takes replicas whose log failed (a failed fsync poisons a log)
-    /// offline, then tries to open every offline replica again. Returns how
-    /// many came back.
+    /// Takes replicas whose log failed (a failed fsync poisons it)
+    /// offline, then tries to open every offline replica again (waiting
+    /// for the opens at most the io wait). Returns how many came back
+    /// within it.
     pub async fn reopen_offline(&self) -> usize {
-        let _changes = self.changes.lock().await;
+        let mut work = self.changes.lock().await;
+        self.finish_done(&mut work);
         let failed: Vec<(PartitionKey, Arc<Replica>, String)> = read(&self.replicas)
             .iter()
             .filter_map(|(k, r)| r.log.failure().map(|f| (k.clone(), r.clone(), f)))
@@ -458,46 +775,49 @@ impl Partitions {
                 Some(Arc::downgrade(&replica)),
             );
         }
-        type Candidate = (
-            PartitionKey,
-            String,
-            TopicConfig,
-            PartitionView,
-            Option<i64>,
-        );
-        let candidates: Vec<Candidate> = read(&self.offline)
+        let candidates: Vec<(PartitionKey, String, TopicConfig, Option<i64>)> = read(&self.offline)
             .iter()
+            .filter(|(_, o)| !o.pending)
             .filter(|(_, o)| o.previous.as_ref().is_none_or(|w| w.strong_count() == 0))
             .filter_map(|(k, o)| {
-                o.config.clone().map(|c| {
-                    (
-                        k.clone(),
-                        o.topic_id.clone(),
-                        c,
-                        o.view.clone(),
-                        o.durable_at_failure,
-                    )
-                })
+                o.config
+                    .clone()
+                    .map(|c| (k.clone(), o.topic_id.clone(), c, o.durable_at_failure))
             })
             .collect();
-        let mut reopened = 0;
-        for (key, topic_id, config, view, durable) in candidates {
-            if self
-                .open(key.clone(), topic_id, config, view, durable)
-                .await
-            {
-                tracing::info!(topic = %key.0, partition = key.1, "offline partition replica is back");
-                reopened += 1;
+        let mut started = HashSet::new();
+        for (key, topic_id, config, truncate_to) in candidates {
+            let dir = partition_dir(&self.data_dir, &key.0, key.1, &topic_id);
+            if work.busy.contains_key(&dir) {
+                continue;
             }
+            if let Some(o) = write(&self.offline).get_mut(&key) {
+                // Still reported with its reason while the open runs.
+                o.pending = true;
+            }
+            started.extend(self.start(
+                &mut work,
+                dir,
+                key,
+                topic_id,
+                Job::open(config, truncate_to),
+            ));
+        }
+        let reopened = self.wait(&mut work, started).await;
+        if reopened > 0 {
+            tracing::info!(reopened, "offline partition replicas are back");
         }
         reopened
     }
 
     /// The replicas this node is assigned but cannot serve, for the
-    /// heartbeat.
+    /// heartbeat: those that failed, and those still opening after the io
+    /// wait.
     pub fn offline_replicas(&self) -> Vec<OfflineReplica> {
+        let now = Instant::now();
         let mut out: Vec<OfflineReplica> = read(&self.offline)
             .iter()
+            .filter(|(_, o)| o.report_after.is_none_or(|t| t <= now))
             .map(|(k, o)| OfflineReplica {
                 topic: k.0.clone(),
                 topic_id: o.topic_id.clone(),
@@ -509,88 +829,158 @@ impl Partitions {
         out
     }
 
-    /// Runs retention, compaction and age-based rolls on every replica.
+    /// Runs retention, compaction and age-based rolls on every replica, a
+    /// few at a time, and waits for them at most the io wait. A replica
+    /// whose maintenance from an earlier call is still running (a slow or
+    /// hung disk) is skipped.
     pub async fn maintain(&self) {
+        let mut tasks = tokio::task::JoinSet::new();
         for r in self.all() {
-            let result = tokio::task::spawn_blocking(move || {
-                let now = now_ms();
-                r.log.roll_if_due(now)?;
-                let retention = r.log.apply_retention(now)?;
-                if r.config.cleanup_policy
-                    == streambus_cluster::topic_config::CleanupPolicy::Compact
-                {
-                    r.log.compact(now)?;
-                }
-                Ok::<_, streambus_log::LogError>((r, retention))
-            })
-            .await;
-            match result {
-                Ok(Ok((r, retention))) => {
-                    tracing::debug!(topic = %r.topic, partition = r.partition, ?retention, "maintenance done");
-                }
-                Ok(Err(e)) => tracing::error!(error = %e, "partition maintenance failed"),
-                Err(e) => tracing::error!(error = %e, "partition maintenance task failed"),
+            if r.maintenance_running
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+            {
+                continue;
             }
+            let slots = self.maintenance.clone();
+            tasks.spawn(async move {
+                let _slot = slots.acquire_owned().await;
+                let job = r.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    let now = now_ms();
+                    job.log.roll_if_due(now)?;
+                    let retention = job.log.apply_retention(now)?;
+                    if job.config.cleanup_policy
+                        == streambus_cluster::topic_config::CleanupPolicy::Compact
+                    {
+                        job.log.compact(now)?;
+                    }
+                    Ok::<_, streambus_log::LogError>(retention)
+                })
+                .await;
+                r.maintenance_running
+                    .store(false, std::sync::atomic::Ordering::Release);
+                match result {
+                    Ok(Ok(retention)) => {
+                        tracing::debug!(topic = %r.topic, partition = r.partition, ?retention, "maintenance done");
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(topic = %r.topic, partition = r.partition, error = %e, "partition maintenance failed")
+                    }
+                    Err(e) => {
+                        tracing::error!(topic = %r.topic, partition = r.partition, error = %e, "partition maintenance task failed")
+                    }
+                }
+            });
         }
+        let _ = tokio::time::timeout(self.io_wait, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        // Tasks still running go on by themselves.
+        tasks.detach_all();
     }
 
-    /// Flushes and closes every replica (shutdown).
+    /// Flushes and closes every replica (shutdown), and closes the logs of
+    /// opens still running that finish within the io wait.
     pub async fn close_all(&self) {
+        let mut work = self.changes.lock().await;
+        self.closing
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.finish_done(&mut work);
         let all: Vec<_> = write(&self.replicas).drain().map(|(_, r)| r).collect();
+        let mut closes = HashSet::new();
         for r in all {
-            close_replica(r, false).await;
+            let (dir, key, topic_id) = (
+                r.dir.clone(),
+                (r.topic.clone(), r.partition),
+                r.topic_id.clone(),
+            );
+            closes.extend(self.start(
+                &mut work,
+                dir,
+                key,
+                topic_id,
+                Job::Close {
+                    replica: r,
+                    delete: false,
+                },
+            ));
+        }
+        // Every hosted replica is flushed before the node stops, however
+        // long it takes.
+        while work.busy.values().any(|b| closes.contains(&b.id)) {
+            let Some(done) = work.done.recv().await else {
+                break;
+            };
+            closes.remove(&done.id);
+            self.finish(&mut work, done);
+        }
+        let others: HashSet<u64> = work.busy.values().map(|b| b.id).collect();
+        self.wait(&mut work, others).await;
+    }
+}
+
+/// Opens a replica's log (blocking), cut back to `truncate_to` if it is
+/// past it.
+fn open_log(
+    dir: &Path,
+    config: &TopicConfig,
+    options: OpenOptions,
+    truncate_to: Option<i64>,
+) -> Result<Log, String> {
+    let log = Log::open_with(dir, config.log_config(), options).map_err(|e| e.to_string())?;
+    if let Some(durable) = truncate_to
+        && log.end_offset() > durable
+    {
+        tracing::warn!(dir = %dir.display(), from = log.end_offset(), to = durable,
+            "cutting a reopened log back to what was durable when it failed");
+        log.truncate_to(durable).map_err(|e| e.to_string())?;
+    }
+    Ok(log)
+}
+
+/// Deletes a replica directory (blocking).
+fn delete_dir(dir: &Path) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => tracing::info!(dir = %dir.display(), "deleted partition replica"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), error = %e, "deleting partition replica failed")
         }
     }
 }
 
-async fn delete_dir(dir: PathBuf) {
-    let shown = dir.display().to_string();
-    match tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await {
-        Ok(Ok(())) => tracing::info!(dir = %shown, "deleted offline partition replica"),
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Ok(Err(e)) => {
-            tracing::error!(dir = %shown, error = %e, "deleting partition replica failed")
-        }
-        Err(e) => tracing::error!(dir = %shown, error = %e, "delete task failed"),
-    }
-}
-
-async fn close_replica(replica: Arc<Replica>, delete: bool) {
-    let topic = replica.topic.clone();
-    let partition = replica.partition;
+/// Closes a replica that is no longer served (blocking): cleanly (indexes
+/// synced, fast reopen) when nothing else holds the log, otherwise at
+/// least its data made durable; then deletes its directory if `delete`.
+fn close_replica(replica: Arc<Replica>, delete: bool) {
     let dir = replica.dir.clone();
-    let res = tokio::task::spawn_blocking(move || {
-        // Close cleanly (indexes synced, fast reopen) when nothing else
-        // holds the log; otherwise at least make its data durable.
-        let closed = match Arc::try_unwrap(replica).map(|r| Arc::try_unwrap(r.log)) {
-            Ok(Ok(log)) => log.close(),
-            Ok(Err(log)) => log.flush(),
-            Err(replica) => replica.log.flush(),
-        };
-        if !delete {
-            closed?;
-        } else if let Err(e) = closed {
-            // The topic is gone: its data goes too, flushed or not (a full
-            // disk must not keep a deleted topic's space forever).
-            tracing::warn!(dir = %dir.display(), error = %e, "closing a deleted topic's replica failed; deleting it anyway");
+    match Arc::try_unwrap(replica).map(|r| Arc::try_unwrap(r.log)) {
+        Ok(Ok(log)) => close_log(log, &dir, delete),
+        Ok(Err(log)) => finish_close(log.flush(), &dir, delete),
+        Err(replica) => finish_close(replica.log.flush(), &dir, delete),
+    }
+}
+
+/// Closes a log (blocking), then deletes its directory if `delete`.
+fn close_log(log: Log, dir: &Path, delete: bool) {
+    finish_close(log.close(), dir, delete);
+}
+
+fn finish_close(closed: Result<(), streambus_log::LogError>, dir: &Path, delete: bool) {
+    match closed {
+        Ok(()) => tracing::info!(dir = %dir.display(), "closed partition replica"),
+        // The topic is gone: its data goes too, flushed or not (a full disk
+        // must not keep a deleted topic's space forever).
+        Err(e) if delete => {
+            tracing::warn!(dir = %dir.display(), error = %e, "closing a deleted replica failed; deleting it anyway")
         }
-        if delete {
-            std::fs::remove_dir_all(&dir).map_err(|e| streambus_log::LogError::Io {
-                context: format!("deleting {}", dir.display()),
-                source: e,
-            })?;
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), error = %e, "closing partition replica failed")
         }
-        Ok::<_, streambus_log::LogError>(())
-    })
-    .await;
-    match res {
-        Ok(Ok(())) => {
-            tracing::info!(%topic, partition, deleted = delete, "closed partition replica")
-        }
-        Ok(Err(e)) => {
-            tracing::error!(%topic, partition, error = %e, "closing partition replica failed")
-        }
-        Err(e) => tracing::error!(%topic, partition, error = %e, "close task failed"),
+    }
+    if delete {
+        delete_dir(dir);
     }
 }
 
@@ -760,6 +1150,276 @@ mod tests {
         assert!(stray.exists());
     }
 
+    /// Per marker: whether it is blocked, and how many operations found
+    /// it blocked.
+    type Markers = HashMap<String, (bool, usize)>;
+
+    /// The real file system, except that every directory-level operation
+    /// (open, create, list, rename, remove, sync) on a path containing a
+    /// blocked marker waits until the marker is released: a partition
+    /// whose disk hangs.
+    #[derive(Debug, Clone, Default)]
+    struct HungDisk {
+        state: Arc<(std::sync::Mutex<Markers>, std::sync::Condvar)>,
+    }
+
+    impl HungDisk {
+        fn block(&self, marker: &str) {
+            let mut st = self.state.0.lock().unwrap();
+            st.entry(marker.to_string()).or_default().0 = true;
+        }
+        fn release(&self, marker: &str) {
+            let mut st = self.state.0.lock().unwrap();
+            st.entry(marker.to_string()).or_default().0 = false;
+            self.state.1.notify_all();
+        }
+        /// Releases every marker (a failing test must not leave threads
+        /// blocked: the runtime waits for them).
+        fn release_all(&self) {
+            let mut st = self.state.0.lock().unwrap();
+            st.values_mut().for_each(|m| m.0 = false);
+            self.state.1.notify_all();
+        }
+        /// How many operations found `marker` blocked.
+        fn hung(&self, marker: &str) -> usize {
+            self.state.0.lock().unwrap().get(marker).map_or(0, |m| m.1)
+        }
+        fn pass(&self, path: &Path) {
+            let path = path.to_string_lossy();
+            let mut st = self.state.0.lock().unwrap();
+            let Some(marker) = st
+                .iter()
+                .find(|(m, (blocked, _))| *blocked && path.contains(m.as_str()))
+                .map(|(m, _)| m.clone())
+            else {
+                return;
+            };
+            st.get_mut(&marker).unwrap().1 += 1;
+            while st[&marker].0 {
+                st = self.state.1.wait(st).unwrap();
+            }
+        }
+    }
+
+    impl streambus_log::io::Io for HungDisk {
+        fn open(
+            &self,
+            path: &Path,
+            mode: streambus_log::io::OpenMode,
+        ) -> std::io::Result<Arc<dyn streambus_log::io::IoFile>> {
+            self.pass(path);
+            streambus_log::io::StdIo.open(path, mode)
+        }
+        fn create_dir(&self, path: &Path) -> std::io::Result<()> {
+            self.pass(path);
+            streambus_log::io::StdIo.create_dir(path)
+        }
+        fn exists(&self, path: &Path) -> std::io::Result<bool> {
+            self.pass(path);
+            streambus_log::io::StdIo.exists(path)
+        }
+        fn read_dir(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+            self.pass(dir);
+            streambus_log::io::StdIo.read_dir(dir)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+            self.pass(from);
+            streambus_log::io::StdIo.rename(from, to)
+        }
+        fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+            self.pass(path);
+            streambus_log::io::StdIo.remove_file(path)
+        }
+        fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+            self.pass(dir);
+            streambus_log::io::StdIo.sync_dir(dir)
+        }
+    }
+
+    /// Waits, handling finished jobs, until partition 0 of `topic` is
+    /// served here.
+    async fn served(p: &Partitions, topic: &str) -> Arc<Replica> {
+        let wait = async {
+            loop {
+                if let Ok(r) = p.replica(topic, 0) {
+                    break r;
+                }
+                p.job_finished().await;
+                p.finish_jobs().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .unwrap_or_else(|_| panic!("{topic} is not served"))
+    }
+
+    /// One partition's disk hangs while its log opens: metadata for every
+    /// other partition, later metadata, reopens and maintenance all go on;
+    /// the hung directory is opened once, is not deleted while its open
+    /// runs, and is served (or deleted, if metadata deleted it meanwhile)
+    /// once the disk answers.
+    #[tokio::test]
+    async fn a_hung_partition_disk_does_not_stall_metadata() {
+        let tmp = tempfile::tempdir().unwrap();
+        let disk = HungDisk::default();
+        struct ReleaseOnDrop(HungDisk);
+        impl Drop for ReleaseOnDrop {
+            fn drop(&mut self) {
+                self.0.release_all();
+            }
+        }
+        let _release = ReleaseOnDrop(disk.clone());
+        disk.block("b-0-idb");
+        disk.block("d-0-idd");
+        let p = Partitions::with_open_options(
+            1,
+            tmp.path().to_path_buf(),
+            OpenOptions::new().io(Arc::new(disk.clone())),
+        )
+        .with_io_wait(Duration::from_millis(300));
+        let bounded = Duration::from_secs(5);
+        let rolls = [("segment.ms", "1")];
+        let md = |version, names: &[&str]| {
+            metadata(
+                version,
+                names
+                    .iter()
+                    .map(|n| topic(n, &format!("id{n}"), &rolls))
+                    .collect(),
+            )
+        };
+
+        tokio::time::timeout(bounded, p.apply(&md(5, &["a", "b", "d"])))
+            .await
+            .expect("metadata applies while b's and d's disks hang");
+        assert_eq!(p.version(), 5);
+        p.leader_replica("a", 0).unwrap();
+        for t in ["b", "d"] {
+            let err = p.leader_replica(t, 0).err().unwrap();
+            assert_eq!(err.reason, Reason::PartitionOffline, "{err}");
+            assert!(err.message.contains("opening"), "{}", err.message);
+        }
+        let offline: Vec<_> = p.offline_replicas().into_iter().map(|o| o.topic).collect();
+        assert_eq!(offline, ["b", "d"]);
+
+        // Later metadata, reopens and maintenance are not held up either.
+        tokio::time::timeout(bounded, p.apply(&md(6, &["a", "b", "c", "d"])))
+            .await
+            .expect("later metadata applies");
+        let c = p.leader_replica("c", 0).unwrap();
+        assert_eq!(
+            tokio::time::timeout(bounded, p.reopen_offline())
+                .await
+                .unwrap(),
+            0
+        );
+        tokio::time::timeout(bounded, p.maintain()).await.unwrap();
+        assert_eq!(disk.hung("b-0-idb"), 1, "b's directory is opened once");
+
+        // b is deleted while its open hangs: its directory stays until the
+        // open is done, then goes; it is never served.
+        tokio::time::timeout(bounded, p.apply(&md(7, &["a", "c", "d"])))
+            .await
+            .unwrap();
+        assert_eq!(
+            p.leader_replica("b", 0).err().unwrap().reason,
+            Reason::UnknownTopic
+        );
+        let b_dir = partition_dir(tmp.path(), "b", 0, "idb");
+
+        // d's disk answers: d is served once its open finished, without new
+        // metadata.
+        disk.release("d-0-idd");
+        let d = served(&p, "d").await;
+        assert!(p.offline_replicas().iter().all(|o| o.topic != "d"));
+
+        disk.release("b-0-idb");
+        tokio::time::timeout(bounded, async {
+            while b_dir.exists() {
+                p.job_finished().await;
+                p.finish_jobs().await;
+            }
+        })
+        .await
+        .expect("b's directory is deleted once its open finished");
+        assert_eq!(disk.hung("b-0-idb"), 1);
+        assert!(p.offline_replicas().is_empty());
+
+        // Maintenance: d's disk hangs in a roll, c still rolls (records
+        // stamped now, so retention keeps the sealed segments).
+        let one = || {
+            let mut b = BatchBuilder::new(streambus_record::Compression::None);
+            b.push(&Record {
+                value: Some(bytes::Bytes::from_static(b"v")),
+                timestamp_ms: now_ms(),
+                ..Record::default()
+            });
+            b.build().to_vec()
+        };
+        c.log.append(&mut one()).unwrap();
+        d.log.append(&mut one()).unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let hung_before = disk.hung("d-0-idd");
+        disk.block("d-0-idd");
+        tokio::time::timeout(bounded, p.maintain())
+            .await
+            .expect("maintenance returns while d's roll hangs");
+        tokio::time::timeout(bounded, async {
+            while c.log.segment_count() < 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("c rolls while d's roll hangs");
+        assert_eq!(disk.hung("d-0-idd"), hung_before + 1);
+        // A second round skips d, whose maintenance is still running.
+        tokio::time::timeout(bounded, p.maintain()).await.unwrap();
+        assert_eq!(disk.hung("d-0-idd"), hung_before + 1);
+        disk.release("d-0-idd");
+        tokio::time::timeout(bounded, async {
+            while d.log.segment_count() < 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("d's roll finishes once its disk answers");
+
+        // e moves off this node while its close hangs, and comes back
+        // before the close finished: it opens (empty, to follow) only once
+        // the old directory is gone.
+        let moved = |version, here: bool| {
+            let mut t = topic("e", "ide", &[]);
+            if !here {
+                t.partitions[0].replicas = vec![2];
+                t.partitions[0].leader = 2;
+            }
+            let mut m = md(version, &["a", "c", "d"]);
+            m.topics.push(t);
+            m
+        };
+        p.apply(&moved(8, true)).await;
+        p.leader_replica("e", 0)
+            .unwrap()
+            .log
+            .append(&mut one())
+            .unwrap();
+        disk.block("e-0-ide");
+        tokio::time::timeout(bounded, p.apply(&moved(9, false)))
+            .await
+            .expect("metadata applies while e's close hangs");
+        tokio::time::timeout(bounded, p.apply(&moved(10, true)))
+            .await
+            .expect("metadata applies while e's close still hangs");
+        let err = p.replica("e", 0).err().unwrap();
+        assert_eq!(err.reason, Reason::PartitionOffline, "{err}");
+        assert!(err.message.contains("waiting"), "{}", err.message);
+        assert_eq!(disk.hung("e-0-ide"), 1, "e's close hangs");
+        disk.release("e-0-ide");
+        // e opens once its old directory is gone.
+        let e = served(&p, "e").await;
+        assert_eq!(e.log.end_offset(), 0, "a fresh replica");
+    }
+
     /// A failed fsync poisons the log; the node takes the replica offline
     /// (reported, refused with PARTITION_OFFLINE), reopens it once no
     /// request holds it, and nothing acknowledged is lost.
@@ -773,7 +1433,17 @@ mod tests {
             PathBuf::from("/sim/data"),
             OpenOptions::new().io(Arc::new(sim.clone())),
         );
-        p.apply(&metadata(2, vec![topic("t", "id1", &[])])).await;
+        let metrics = crate::Metrics::new(&mut prometheus_client::registry::Registry::default());
+        p.apply(&metadata(
+            2,
+            vec![topic("t", "id1", &[("fsync.policy", "always")])],
+        ))
+        .await;
+        metrics.observe_partitions(&p);
+        assert_eq!(
+            (metrics.replicas.get(), metrics.offline_replicas.get()),
+            (1, 0)
+        );
         let batch = || {
             let mut b = BatchBuilder::new(streambus_record::Compression::None);
             b.push(&Record {
@@ -788,6 +1458,11 @@ mod tests {
         assert!(p.fsyncs() > 0);
         sim.fail_next(SimOp::SyncData, "t-0-id1");
         replica.log.append(&mut batch()).unwrap_err();
+        // The second batch was written but its fsync failed: only the
+        // first is durable.
+        let durable_at_failure = replica.log.durable_offset();
+        assert_eq!(durable_at_failure, 1);
+        assert_eq!(replica.log.end_offset(), 2);
 
         // A request still holds the failed log: offline, not yet reopened.
         assert_eq!(p.reopen_offline().await, 0);
@@ -802,18 +1477,30 @@ mod tests {
             "{}",
             offline[0].reason
         );
+        metrics.observe_partitions(&p);
+        assert_eq!(
+            (metrics.replicas.get(), metrics.offline_replicas.get()),
+            (0, 1)
+        );
 
         // Once released, it is reopened (recovered) without a restart.
         drop(replica);
         assert_eq!(p.reopen_offline().await, 1);
         let replica = p.leader_replica("t", 0).unwrap();
         assert!(p.offline_replicas().is_empty());
-        let end = replica.log.end_offset();
-        assert!(
-            end == 1 || end == 2,
-            "acknowledged offset 0 kept, end {end}"
+        // Cut back to what was durable when the fsync failed: the batch
+        // whose fsync failed is not served again.
+        assert_eq!(replica.log.end_offset(), durable_at_failure);
+        assert_eq!(replica.log.durable_offset(), durable_at_failure);
+        assert_eq!(
+            replica.log.append(&mut batch()).unwrap().base_offset,
+            durable_at_failure
         );
-        assert!(replica.log.append(&mut batch()).unwrap().base_offset == end);
+        metrics.observe_partitions(&p);
+        assert_eq!(
+            (metrics.replicas.get(), metrics.offline_replicas.get()),
+            (1, 0)
+        );
     }
 
     /// Node 2 of a partition led by node 1: added to the replica set, it

@@ -51,6 +51,8 @@ pub struct Replica {
     /// its topic was deleted): a fetch loop still running must not write
     /// to the log any more.
     retired: std::sync::atomic::AtomicBool,
+    /// Retention, compaction or a roll is running on this replica.
+    pub(crate) maintenance_running: std::sync::atomic::AtomicBool,
 }
 
 impl Replica {
@@ -82,6 +84,7 @@ impl Replica {
             hw: watch::channel(start).0,
             end: watch::channel(end).0,
             retired: std::sync::atomic::AtomicBool::new(false),
+            maintenance_running: std::sync::atomic::AtomicBool::new(false),
         };
         r.set_view(view, crate::partitions::now_ms() as u64);
         r

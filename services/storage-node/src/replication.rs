@@ -14,6 +14,7 @@ use streambus_proto::internal::{
     AlterPartitionRequest, PartitionRef, ReplicaFetchRequest, ReplicaFetchResponse,
 };
 use streambus_proto::{Error, Reason};
+use streambus_service::budget::MemoryBudget;
 use tokio::task::AbortHandle;
 use tonic::transport::Channel;
 
@@ -43,6 +44,9 @@ pub struct Replication {
     fetchers: Mutex<HashMap<PartitionKey, Fetcher>>,
     clients: Mutex<HashMap<String, StorageServiceClient<Channel>>>,
     metrics: crate::Metrics,
+    /// The node's decompression budget, shared with leader appends:
+    /// validating a fetched compressed batch reserves from it too.
+    decompression: MemoryBudget,
 }
 
 impl Replication {
@@ -53,6 +57,7 @@ impl Replication {
         incarnation: u64,
         fetch_wait_ms: u32,
         metrics: crate::Metrics,
+        decompression: MemoryBudget,
     ) -> Arc<Replication> {
         Arc::new(Replication {
             partitions,
@@ -62,6 +67,7 @@ impl Replication {
             fetchers: Mutex::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
             metrics,
+            decompression,
         })
     }
 
@@ -225,18 +231,36 @@ impl Replication {
             return Ok(());
         }
         if !response.batches.is_empty() {
-            let r = replica.clone();
-            let batches = response.batches;
-            tokio::task::spawn_blocking(move || {
-                let appended = r.append_as_follower(epoch, &batches);
-                r.advance_high_watermark();
-                appended
-            })
-            .await
-            .map_err(|e| Error::new(Reason::Internal, format!("append task: {e}")))?
-            .map_err(|e| crate::error::log_error(&replica.topic, replica.partition, e))?;
+            self.append_fetched(replica, epoch, response.batches)
+                .await?;
         }
         replica.follow_high_watermark(response.high_watermark);
+        Ok(())
+    }
+
+    /// Appends batches fetched from the leader of `epoch`. Their
+    /// validation decompresses compressed batches: the bound is reserved
+    /// from the node's decompression budget first (`OVERLOADED` when it
+    /// stays spent; the fetch loop backs off and fetches again).
+    async fn append_fetched(
+        &self,
+        replica: &Arc<Replica>,
+        epoch: u64,
+        batches: bytes::Bytes,
+    ) -> Result<(), Error> {
+        let _expansion =
+            crate::service::reserve_decompression(&self.decompression, &batches).await?;
+        let r = replica.clone();
+        // The replica learns of the append on the blocking thread, even if
+        // this fetch loop is aborted meanwhile.
+        tokio::task::spawn_blocking(move || {
+            let appended = r.append_as_follower(epoch, &batches);
+            r.advance_high_watermark();
+            appended
+        })
+        .await
+        .map_err(|e| Error::new(Reason::Internal, format!("append task: {e}")))?
+        .map_err(|e| crate::error::log_error(&replica.topic, replica.partition, e))?;
         Ok(())
     }
 
@@ -310,5 +334,96 @@ impl Replication {
                 replica.proposal_failed();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use streambus_proto::internal::{ClusterMetadata, StorageNodeInfo, TopicMetadata};
+    use streambus_proto::v1::PartitionDescription;
+    use streambus_record::{BatchBuilder, Compression, Record};
+
+    use super::*;
+
+    /// A fetched compressed batch is validated within the node's
+    /// decompression budget, the one leader appends use.
+    #[tokio::test]
+    async fn follower_appends_reserve_from_the_decompression_budget() {
+        let tmp = tempfile::tempdir().unwrap();
+        let partitions = Arc::new(Partitions::new(2, tmp.path().to_path_buf()));
+        let node = |node_id| StorageNodeInfo {
+            node_id,
+            address: format!("127.0.0.1:{node_id}"),
+            alive: true,
+            rack: String::new(),
+            decommissioning: false,
+        };
+        partitions
+            .apply(&ClusterMetadata {
+                version: 1,
+                nodes: vec![node(1), node(2)],
+                topics: vec![TopicMetadata {
+                    name: "t".into(),
+                    topic_id: "id".into(),
+                    replication_factor: 2,
+                    configs: HashMap::new(),
+                    partitions: vec![PartitionDescription {
+                        partition: 0,
+                        leader: 1,
+                        leader_epoch: 3,
+                        replicas: vec![1, 2],
+                        isr: vec![1, 2],
+                        ..PartitionDescription::default()
+                    }],
+                }],
+                ..ClusterMetadata::default()
+            })
+            .await;
+        let replica = partitions.replica("t", 0).unwrap();
+        assert!(!replica.is_leader());
+        let budget = MemoryBudget::new("storage_node.decompression_budget_bytes", 1 << 20);
+        let replication = Replication::new(
+            partitions.clone(),
+            ControllerClient::new(vec!["127.0.0.1:1".into()]).unwrap(),
+            1,
+            10,
+            crate::Metrics::new(&mut prometheus_client::registry::Registry::default()),
+            budget.clone(),
+        );
+        let mut b = BatchBuilder::new(Compression::Lz4);
+        for i in 0..100 {
+            b.push(&Record {
+                value: Some(vec![b'x'; 1000].into()),
+                timestamp_ms: i,
+                ..Record::default()
+            });
+        }
+        let batch = b.build();
+
+        // Spent by leader appends: the follower's append waits, then is
+        // refused retriably, and writes nothing.
+        let held = budget.try_acquire(1 << 20).unwrap();
+        let err = replication
+            .append_fetched(&replica, 3, batch.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason, Reason::Overloaded, "{err}");
+        assert!(
+            err.message
+                .contains("storage_node.decompression_budget_bytes"),
+            "{}",
+            err.message
+        );
+        assert_eq!(replica.log.end_offset(), 0);
+
+        drop(held);
+        replication
+            .append_fetched(&replica, 3, batch)
+            .await
+            .unwrap();
+        assert_eq!(replica.log.end_offset(), 100);
+        assert_eq!(budget.in_use(), 0, "the reservation was returned");
     }
 }

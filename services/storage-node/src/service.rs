@@ -14,7 +14,7 @@ use streambus_proto::{Error, Reason};
 use tonic::{Request, Response, Status};
 
 use streambus_record::decompressed_bound;
-use streambus_service::budget::MemoryBudget;
+use streambus_service::budget::{MemoryBudget, Permit};
 
 use crate::error::log_error;
 use crate::metrics::Metrics;
@@ -48,6 +48,39 @@ fn partition_ref(p: Option<PartitionRef>) -> Result<PartitionRef, Error> {
 
 /// How long an append waits for decompression budget before `OVERLOADED`.
 const DECOMPRESSION_WAIT: Duration = Duration::from_millis(200);
+
+/// Reserves from `budget` what validating `batches` (whole batches,
+/// validated one after the other) may decompress at once: the largest
+/// bound of its compressed batches, waiting up to [`DECOMPRESSION_WAIT`]
+/// before `OVERLOADED`. Nothing for uncompressed batches, nor for
+/// malformed bytes (validation refuses them without expanding anything).
+pub(crate) async fn reserve_decompression(
+    budget: &MemoryBudget,
+    batches: &[u8],
+) -> Result<Option<Permit>, Error> {
+    let mut largest = None;
+    for item in streambus_record::BatchIter::new(batches) {
+        let Ok((header, bytes)) = item else {
+            break;
+        };
+        let Ok(codec) = header.compression() else {
+            break;
+        };
+        if codec != streambus_record::Compression::None {
+            let bound = decompressed_bound(
+                codec,
+                bytes
+                    .get(streambus_record::HEADER_SIZE..)
+                    .unwrap_or_default(),
+            );
+            largest = largest.max(Some(bound));
+        }
+    }
+    match largest {
+        Some(bytes) => Ok(Some(budget.acquire(bytes, DECOMPRESSION_WAIT).await?)),
+        None => Ok(None),
+    }
+}
 
 /// A storage task that did not finish: cancelled because the node is
 /// shutting down (retriable, elsewhere or later), or a bug.
@@ -163,25 +196,7 @@ impl StorageApi {
         }
         // Validation decompresses a compressed batch: reserve its bound
         // first, so concurrent appends cannot expand without limit.
-        let _expansion =
-            match streambus_record::BatchHeader::parse(&req.batch).and_then(|h| h.compression()) {
-                Ok(codec) if codec != streambus_record::Compression::None => Some(
-                    self.decompression
-                        .acquire(
-                            decompressed_bound(
-                                codec,
-                                req.batch
-                                    .get(streambus_record::HEADER_SIZE..)
-                                    .unwrap_or_default(),
-                            ),
-                            DECOMPRESSION_WAIT,
-                        )
-                        .await?,
-                ),
-                // Uncompressed, or malformed: the log's validation refuses it
-                // without expanding anything.
-                _ => None,
-            };
+        let _expansion = reserve_decompression(&self.decompression, &req.batch).await?;
         let started = Instant::now();
         let result = append_in_order(&replica, &req.batch, epoch).await?;
         let info = match result {
