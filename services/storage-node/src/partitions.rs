@@ -264,6 +264,17 @@ impl Partitions {
             return Ok(r.clone());
         }
         if let Some(o) = read(&self.offline).get(&key) {
+            if o.pending && o.report_after.is_some_and(|t| Instant::now() < t) {
+                // A new replica still opening, not yet reported offline: a
+                // moment, not an outage, so callers retry.
+                return Err(Error::new(
+                    Reason::Unavailable,
+                    format!(
+                        "{topic}/{partition} is not served on node {} yet: {}",
+                        self.node_id, o.reason
+                    ),
+                ));
+            }
             return Err(Error::new(
                 Reason::PartitionOffline,
                 format!(
@@ -1410,8 +1421,9 @@ mod tests {
         tokio::time::timeout(bounded, p.apply(&moved(10, true)))
             .await
             .expect("metadata applies while e's close still hangs");
+        // Not reported offline within the io wait: callers retry.
         let err = p.replica("e", 0).err().unwrap();
-        assert_eq!(err.reason, Reason::PartitionOffline, "{err}");
+        assert_eq!(err.reason, Reason::Unavailable, "{err}");
         assert!(err.message.contains("waiting"), "{}", err.message);
         assert_eq!(disk.hung("e-0-ide"), 1, "e's close hangs");
         disk.release("e-0-ide");

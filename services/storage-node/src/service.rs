@@ -762,7 +762,11 @@ mod tests {
                 .await
                 .expect("followers see the new log end")
                 .unwrap();
-            assert_eq!(replica.high_watermark(), 5, "the sole replica commits it");
+            let mut hw = replica.watch_high_watermark();
+            tokio::time::timeout(Duration::from_secs(5), hw.wait_for(|h| *h == 5))
+                .await
+                .expect("the sole replica commits it")
+                .unwrap();
             // The retry finds the batch written: a duplicate, acknowledged
             // at the original offsets.
             let again = api.append(producer_append(0, 5)).await.unwrap();
