@@ -816,13 +816,6 @@ impl Log {
         Ok(done)
     }
 
-    /// Whether the log remembers batches of idempotent producer
-    /// `producer_id` (a producer it does not know has its next batch
-    /// accepted whatever its sequence).
-    pub fn knows_producer(&self, producer_id: i64) -> bool {
-        self.shared.read_state().producers.contains(producer_id)
-    }
-
     /// Idempotent producers whose recent batches the log remembers.
     pub fn producer_count(&self) -> usize {
         self.shared.read_state().producers.len()

@@ -8,8 +8,10 @@
 //! The state lives in memory. It is kept up to date by every append
 //! (leader and follower alike, so a new leader has it), and rebuilt from
 //! the batch headers of the last two segments on open and after a
-//! truncation. A producer not seen there is unknown, and its next batch is
-//! accepted whatever its sequence.
+//! truncation. A producer not seen there is unknown: its next batch is
+//! accepted only at sequence 0 (anything else may have overtaken the
+//! batches before it, and is refused as out of order; a producer whose state
+//! was forgotten starts again under a new producer id, as the SDK does).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -70,7 +72,15 @@ impl ProducerState {
             return Ok(SequenceCheck::Append);
         }
         let Some(entry) = self.producers.get(&h.producer_id) else {
-            return Ok(SequenceCheck::Append);
+            return if h.base_sequence == 0 {
+                Ok(SequenceCheck::Append)
+            } else {
+                Err(LogError::OutOfOrderSequence {
+                    producer_id: h.producer_id,
+                    expected: 0,
+                    got: h.base_sequence,
+                })
+            };
         };
         if h.producer_epoch < entry.epoch {
             return Err(LogError::ProducerFenced {
@@ -148,11 +158,6 @@ impl ProducerState {
             self.producers
                 .retain(|_, e| now_ms - e.last_seen_ms < PRODUCER_EXPIRY_MS);
         }
-    }
-
-    /// Whether `producer_id` has batches in the recent log.
-    pub fn contains(&self, producer_id: i64) -> bool {
-        self.producers.contains_key(&producer_id)
     }
 
     /// Producers remembered.
@@ -234,11 +239,21 @@ mod tests {
                 other => panic!("seq {seq}: {other:?}"),
             }
         }
-        // Other producers and non-idempotent batches are independent.
+        // Other producers and non-idempotent batches are independent; an
+        // unknown producer starts at sequence 0 (a later batch may have
+        // overtaken its first).
         assert_eq!(
-            s.check(&header(8, 0, 40, 1, -1)).unwrap(),
+            s.check(&header(8, 0, 0, 1, -1)).unwrap(),
             SequenceCheck::Append
         );
+        assert!(matches!(
+            s.check(&header(8, 0, 40, 1, -1)),
+            Err(LogError::OutOfOrderSequence {
+                producer_id: 8,
+                expected: 0,
+                got: 40
+            })
+        ));
         assert_eq!(
             s.check(&header(-1, -1, -1, 1, -1)).unwrap(),
             SequenceCheck::Append
@@ -320,8 +335,14 @@ mod tests {
             s.record(&header(2, 0, i as i32, 1, 1), PRODUCER_EXPIRY_MS);
         }
         assert_eq!(s.len(), 1);
+        // Forgotten: sequence 99 no longer continues anything, and the
+        // producer must start again at 0.
+        assert!(matches!(
+            s.check(&header(1, 0, 99, 1, -1)),
+            Err(LogError::OutOfOrderSequence { expected: 0, .. })
+        ));
         assert_eq!(
-            s.check(&header(1, 0, 99, 1, -1)).unwrap(),
+            s.check(&header(1, 0, 0, 1, -1)).unwrap(),
             SequenceCheck::Append
         );
     }

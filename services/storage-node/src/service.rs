@@ -111,32 +111,15 @@ fn sequence_ahead(expected: i32, got: i32) -> bool {
 
 /// Appends `bytes` as the leader at `epoch`. An idempotent producer's batch
 /// whose predecessor has not arrived yet (its sequence is ahead of what the
-/// log expects, or its producer is unknown and it does not start at
-/// sequence 0) waits up to [`ORDERING_WAIT`] for appends to the log before
-/// it is appended, or refused with the log's `OutOfOrderSequence`.
+/// log expects, which for an unknown producer is 0) waits up to
+/// [`ORDERING_WAIT`] for appends to the log before it is appended, or
+/// refused with the log's `OutOfOrderSequence`.
 async fn append_in_order(
     replica: &Arc<crate::replica::Replica>,
     bytes: &[u8],
     epoch: i32,
 ) -> Result<Result<streambus_log::AppendInfo, streambus_log::LogError>, Error> {
-    let producer = streambus_record::BatchHeader::parse(bytes)
-        .ok()
-        .filter(|h| h.producer_id >= 0)
-        .map(|h| (h.producer_id, h.base_sequence));
     let deadline = tokio::time::Instant::now() + ORDERING_WAIT;
-    if let Some((producer_id, sequence)) = producer
-        && sequence != 0
-    {
-        let mut end = replica.watch_end();
-        while !replica.log.knows_producer(producer_id) {
-            if !matches!(
-                tokio::time::timeout_at(deadline, end.changed()).await,
-                Ok(Ok(()))
-            ) {
-                break;
-            }
-        }
-    }
     loop {
         // Subscribed before the attempt, so an append landing meanwhile
         // is not missed.
