@@ -111,6 +111,9 @@ struct WorkloadArgs {
     /// Unacknowledged bytes per producer.
     #[arg(long)]
     max_outstanding_bytes: Option<usize>,
+    /// Batches of one partition in flight per producer, 1 to 5.
+    #[arg(long)]
+    max_in_flight_per_partition: Option<usize>,
     /// none or random.
     #[arg(long, value_parser = parse_keys)]
     keys: Option<KeyDistribution>,
@@ -195,6 +198,7 @@ impl WorkloadArgs {
             batch_bytes => batch_max_bytes,
             linger => linger,
             max_outstanding_bytes => max_outstanding_bytes,
+            max_in_flight_per_partition => max_in_flight_per_partition,
             keys => key_distribution,
             report_interval => report_interval,
         );

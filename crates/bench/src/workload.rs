@@ -48,6 +48,10 @@ pub struct Workload {
     /// `linger`, Kafka `linger.ms`).
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
+    /// Batches of one partition a producer may have in flight (StreamBus
+    /// `max_in_flight_per_partition`, 1 to 5; Kafka
+    /// `max.in.flight.requests.per.connection`).
+    pub max_in_flight_per_partition: usize,
     /// Message bytes a producer may have sent but not yet acknowledged;
     /// sending waits at this limit. The same bound for every system.
     pub max_outstanding_bytes: usize,
@@ -81,6 +85,7 @@ impl Default for Workload {
             durability: Durability::Fsync,
             batch_max_bytes: 256 * 1024,
             linger: Duration::from_millis(1),
+            max_in_flight_per_partition: 5,
             max_outstanding_bytes: 32 * 1024 * 1024,
             delivery_timeout: Duration::from_secs(120),
             key_distribution: KeyDistribution::None,
@@ -204,6 +209,9 @@ impl Workload {
         }
         if self.replication_factor == 0 {
             return fail("replication_factor must be at least 1");
+        }
+        if !(1..=5).contains(&self.max_in_flight_per_partition) {
+            return fail("max_in_flight_per_partition must be between 1 and 5");
         }
         if self.max_outstanding_bytes < self.message_size {
             return fail("max_outstanding_bytes must hold at least one message");

@@ -58,10 +58,13 @@ impl KafkaDriver {
                 "enable.idempotence",
                 (workload.acks == Acks::All).to_string(),
             ),
-            // The Java client's default (and so OMB's Kafka driver's);
-            // librdkafka's own default pipelines up to a million requests,
-            // which keeps batches small.
-            ("max.in.flight.requests.per.connection", "5".to_string()),
+            // 5 by default: the Java client's default (and so OMB's Kafka
+            // driver's); librdkafka's own default pipelines up to a million
+            // requests, which keeps batches small.
+            (
+                "max.in.flight.requests.per.connection",
+                workload.max_in_flight_per_partition.to_string(),
+            ),
             (
                 "queue.buffering.max.kbytes",
                 (workload.max_outstanding_bytes * 2 / 1024)

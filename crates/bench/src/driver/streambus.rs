@@ -46,6 +46,7 @@ impl StreamBusDriver {
             // The runner bounds outstanding messages; the SDK's buffer also
             // counts record overhead, so give it room above that bound.
             max_buffered_bytes: workload.max_outstanding_bytes * 2,
+            max_in_flight_per_partition: workload.max_in_flight_per_partition,
             delivery_timeout: workload.delivery_timeout,
             ..ProducerConfig::default()
         }
@@ -75,6 +76,7 @@ impl Driver for StreamBusDriver {
                 "linger_ms": c.linger.as_secs_f64() * 1000.0,
                 "max_batch_bytes": c.max_batch_bytes,
                 "max_in_flight": c.max_in_flight,
+                "max_in_flight_per_partition": c.max_in_flight_per_partition,
                 "acks": format!("{:?}", c.acks),
                 "compression": "none",
                 "max_buffered_bytes": c.max_buffered_bytes,
