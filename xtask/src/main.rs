@@ -4,6 +4,7 @@ mod bench;
 mod chaos;
 mod cluster;
 mod devproc;
+mod k8s;
 mod peer;
 mod python;
 mod setup;
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::main(&args[1..]),
         Some("cluster") => cluster::main(&args[1..]),
         Some("chaos") => chaos::main(&args[1..]),
+        Some("k8s") => k8s::main(&args[1..]),
         _ => {
             eprint!("{USAGE}");
             return ExitCode::from(2);
