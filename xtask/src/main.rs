@@ -4,6 +4,7 @@ mod bench;
 mod chaos;
 mod cluster;
 mod devproc;
+mod k8s;
 mod peer;
 mod python;
 mod setup;
@@ -15,7 +16,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   ci             everything CI checks: installs missing tools (setup), fmt,
                  clippy -D warnings, all Rust tests, and the Python gRPC test
-                 against a real `streambus dev`
+                 against a real `streambus dev` (the operator's end-to-end
+                 test is `k8s test`, not yet part of ci)
   setup          install what the tests need, only what is missing
   python-test    only the Python gRPC test (sets up its venv first)
   peer           install and run a local Kafka or NATS JetStream to compare with:
@@ -26,6 +28,8 @@ commands:
                  cluster <up|ps|kill|restart|down> [options] (README.md)
   chaos          the seeded randomized fault test for longer:
                  chaos [--seed N] [--duration 10m] (docs/replication.md)
+  k8s            a real Kubernetes control plane on 127.0.0.1 for the operator's
+                 tests: k8s <build|up|down|status|test> (docs/kubernetes.md)
 ";
 
 fn main() -> ExitCode {
@@ -38,6 +42,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::main(&args[1..]),
         Some("cluster") => cluster::main(&args[1..]),
         Some("chaos") => chaos::main(&args[1..]),
+        Some("k8s") => k8s::main(&args[1..]),
         _ => {
             eprint!("{USAGE}");
             return ExitCode::from(2);

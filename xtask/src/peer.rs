@@ -174,7 +174,7 @@ fn apt_install(packages: &[&str]) -> Result<(), String> {
     sh("apt-get", &args)
 }
 
-fn read_pid(path: &Path) -> Option<u32> {
+pub(crate) fn read_pid(path: &Path) -> Option<u32> {
     let pid: u32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
     Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
 }
@@ -224,7 +224,7 @@ fn spawn_server(
 
 /// Starts `cmd` in its own process group, output to `log`, pid to
 /// `pid_file`, without waiting for it.
-fn spawn_detached(
+pub(crate) fn spawn_detached(
     name: &str,
     mut cmd: Command,
     log: &Path,
@@ -245,7 +245,7 @@ fn spawn_detached(
 
 /// Stops the server whose pid is in `pid_file`: SIGTERM, then SIGKILL
 /// after `grace`.
-fn stop_server(name: &str, pid_file: &Path, grace: Duration) -> Result<(), String> {
+pub(crate) fn stop_server(name: &str, pid_file: &Path, grace: Duration) -> Result<(), String> {
     let Some(pid) = read_pid(pid_file) else {
         eprintln!(
             "{name}: not running (no live pid in {})",
@@ -277,7 +277,7 @@ fn is_zombie(pid: u32) -> bool {
         .unwrap_or(true)
 }
 
-fn tail(path: &Path, lines: usize) -> String {
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")

@@ -1,0 +1,738 @@
+//! The chart and the operator against a real Kubernetes API server (etcd,
+//! kube-apiserver, kube-controller-manager, kube-scheduler, kwok on
+//! 127.0.0.1) and a real `streambus dev`, as a user drives them: `helm
+//! install --wait`, `kubectl apply`, `streambus topic describe`.
+//!
+//! Run it with `cargo xtask k8s test` (part of `cargo xtask ci`): that
+//! builds and starts the control plane and `streambus dev`, and passes
+//! their addresses in `KUBECONFIG`, `STREAMBUS_K8S_BIN`,
+//! `STREAMBUS_GATEWAY` and `STREAMBUS_BIN`.
+//!
+//! Pods there never run (kwok only marks them Running and Ready) and their
+//! IPs are fake: nothing here sends traffic to them. The operator runs as
+//! a local process with the chart's ServiceAccount token, so the chart's
+//! RBAC is what it is tested with.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+struct Env {
+    kubeconfig: PathBuf,
+    bin: PathBuf,
+    gateway: String,
+    streambus: PathBuf,
+    namespace: String,
+    /// The Helm release (cluster-scoped RBAC objects are named after it).
+    release: String,
+}
+
+fn var(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run this test with `cargo xtask k8s test`"))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn chart() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../helm/streambus")
+}
+
+impl Env {
+    fn from_env() -> Env {
+        Env {
+            kubeconfig: var("KUBECONFIG").into(),
+            bin: var("STREAMBUS_K8S_BIN").into(),
+            gateway: var("STREAMBUS_GATEWAY"),
+            streambus: var("STREAMBUS_BIN").into(),
+            namespace: format!("sbtest-{}", std::process::id()),
+            release: format!("sb{}", std::process::id()),
+        }
+    }
+
+    fn tool(&self, name: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new(self.bin.join(name))
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
+        let mut input = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            input.write_all(s.as_bytes()).unwrap();
+        }
+        drop(input);
+        child.wait_with_output().unwrap()
+    }
+
+    /// kubectl in the test namespace; panics on failure.
+    fn kubectl(&self, args: &[&str]) -> String {
+        let mut full = vec!["-n", &self.namespace];
+        full.extend_from_slice(args);
+        let out = self.tool("kubectl", &full, None);
+        assert!(
+            out.status.success(),
+            "kubectl {} failed: {}",
+            args.join(" "),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    fn apply(&self, yaml: &str) -> Output {
+        self.tool(
+            "kubectl",
+            &["-n", &self.namespace, "apply", "-f", "-"],
+            Some(yaml),
+        )
+    }
+
+    fn apply_ok(&self, yaml: &str) {
+        let out = self.apply(yaml);
+        assert!(
+            out.status.success(),
+            "kubectl apply failed: {}\n{yaml}",
+            text(&out.stderr)
+        );
+    }
+
+    fn get_json(&self, what: &str) -> Option<Value> {
+        let out = self.tool(
+            "kubectl",
+            &["-n", &self.namespace, "get", what, "-o", "json"],
+            None,
+        );
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    fn helm(&self, args: &[&str]) -> String {
+        let out = self.tool("helm", args, None);
+        assert!(
+            out.status.success(),
+            "helm {} failed: {}{}",
+            args.join(" "),
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    fn streambus(&self, args: &[&str]) -> Output {
+        Command::new(&self.streambus)
+            .args(args)
+            .env("STREAMBUS_GATEWAY", &self.gateway)
+            .output()
+            .unwrap()
+    }
+
+    fn describe(&self, topic: &str) -> Option<String> {
+        let out = self.streambus(&["topic", "describe", topic]);
+        out.status.success().then(|| text(&out.stdout))
+    }
+
+    /// Waits until `check` returns `Some`, polling; panics with `what`.
+    fn wait<T>(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+        let started = Instant::now();
+        loop {
+            if let Some(v) = check() {
+                return v;
+            }
+            if started.elapsed() > timeout {
+                let ops = self.tool(
+                    "kubectl",
+                    &[
+                        "-n",
+                        &self.namespace,
+                        "get",
+                        "streambustopics,streambusclusters,events",
+                        "-o",
+                        "wide",
+                    ],
+                    None,
+                );
+                panic!("{what}: not within {timeout:?}\n{}", text(&ops.stdout));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn condition(&self, what: &str, type_: &str) -> Option<(String, String, String)> {
+        condition_of(&self.get_json(what)?, type_)
+    }
+
+    /// Waits until the Ready condition of `what` has `status` and `reason`
+    /// for the object's current generation.
+    fn wait_ready(&self, what: &str, status: &str, reason: &str) -> Value {
+        self.wait(
+            &format!("{what} Ready={status} ({reason})"),
+            Duration::from_secs(60),
+            || {
+                let obj = self.get_json(what)?;
+                let generation = obj["metadata"]["generation"].clone();
+                let (s, r, _) = condition_of(&obj, "Ready")?;
+                (s == status && r == reason && obj["status"]["observedGeneration"] == generation)
+                    .then_some(obj)
+            },
+        )
+    }
+}
+
+/// `(status, reason, message)` of the condition `type_` of `obj`.
+fn condition_of(obj: &Value, type_: &str) -> Option<(String, String, String)> {
+    let c = obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?;
+    Some((
+        c["status"].as_str()?.to_string(),
+        c["reason"].as_str()?.to_string(),
+        c["message"].as_str()?.to_string(),
+    ))
+}
+
+fn topic_yaml(name: &str, topic: Option<&str>, partitions: u32, extra: &str) -> String {
+    let topic_name = topic
+        .map(|t| format!("  topicName: {t}\n"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: streambus.io/v1alpha1\nkind: StreamBusTopic\nmetadata:\n  name: {name}\n  labels:\n    streambus.io/cluster: dev\nspec:\n{topic_name}  partitions: {partitions}\n{extra}"
+    )
+}
+
+/// The operator as a local process, authenticated with the chart's
+/// ServiceAccount token.
+struct Operator {
+    child: Child,
+    http: String,
+}
+
+impl Operator {
+    fn start(env: &Env, sa: &str, dir: &Path) -> Operator {
+        let token = env.kubectl(&["create", "token", sa, "--duration", "1h"]);
+        let admin: serde_json::Value = serde_json::from_str(
+            &env.kubectl(&["config", "view", "--raw", "--minify", "-o", "json"]),
+        )
+        .unwrap();
+        let cluster = &admin["clusters"][0]["cluster"];
+        let kubeconfig = dir.join("operator.kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: operator\n  user:\n    token: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: operator, namespace: {}}}\ncurrent-context: c\n",
+                cluster["server"].as_str().unwrap(),
+                cluster["certificate-authority"].as_str().unwrap(),
+                token.trim(),
+                env.namespace
+            ),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let http = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.join("operator.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_streambus-operator"))
+            .args(["run", "--http-addr", &http, "--resync", "3s"])
+            .args(["--external-cluster", &format!("dev={}", env.gateway)])
+            .args([
+                "--lease-namespace",
+                &env.namespace,
+                "--instance",
+                "test-operator",
+            ])
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Operator { child, http }
+    }
+
+    fn get(&self, path: &str) -> String {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "--max-time",
+                "2",
+                &format!("http://{}{path}", self.http),
+            ])
+            .output()
+            .unwrap();
+        text(&out.stdout)
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+#[ignore = "needs the Kubernetes test control plane and streambus dev: cargo xtask k8s test"]
+fn chart_and_operator_on_a_real_api_server() {
+    let env = Env::from_env();
+    // Kept when the test fails: the operator's log is in it.
+    let work = std::env::temp_dir().join(format!("streambus-k8s-test-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    eprintln!("operator log: {}", work.join("operator.log").display());
+    let started = Instant::now();
+    // The topics this test makes, left over by an earlier run against the
+    // same streambus dev.
+    for topic in ["orders", "legacy", "drift"] {
+        let _ = env.streambus(&["topic", "delete", topic]);
+    }
+
+    // The chart: schema-checked values, accepted by the API server, and
+    // installed with --wait (kwok makes the operator pod ready).
+    let bad = env.tool(
+        "helm",
+        &[
+            "template",
+            "x",
+            chart().to_str().unwrap(),
+            "--set",
+            "operator.replicas=0",
+        ],
+        None,
+    );
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("/operator/replicas"),
+        "{}",
+        text(&bad.stderr)
+    );
+    env.helm(&[
+        "install",
+        &env.release,
+        chart().to_str().unwrap(),
+        "-n",
+        &env.namespace,
+        "--create-namespace",
+        "--dry-run=server",
+    ]);
+    env.helm(&[
+        "install",
+        &env.release,
+        chart().to_str().unwrap(),
+        "-n",
+        &env.namespace,
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "120s",
+        "--set",
+        &format!("operator.externalClusters.dev={}", env.gateway),
+    ]);
+    let sa = &format!("{}-streambus-operator", env.release);
+    assert_eq!(
+        env.kubectl(&[
+            "get",
+            "deployment",
+            sa,
+            "-o",
+            "jsonpath={.status.readyReplicas}"
+        ]),
+        "1"
+    );
+    eprintln!("chart installed in {:.1?}", started.elapsed());
+
+    let operator = Operator::start(&env, sa, &work);
+    env.wait("operator leads", Duration::from_secs(30), || {
+        operator
+            .get("/metrics")
+            .contains("streambus_operator_leader 1")
+            .then_some(())
+    });
+    assert!(operator.get("/readyz").starts_with("ready"));
+    assert_eq!(
+        env.kubectl(&[
+            "get",
+            "lease",
+            "streambus-operator",
+            "-o",
+            "jsonpath={.spec.holderIdentity}"
+        ]),
+        "test-operator"
+    );
+
+    // Created with the spec's partitions and configs.
+    env.apply_ok(&topic_yaml(
+        "orders",
+        None,
+        3,
+        "  config:\n    retention.ms: \"86400000\"\n    cleanup.policy: compact\n",
+    ));
+    let obj = env.wait_ready("streambustopic/orders", "True", "Ready");
+    assert_eq!(obj["status"]["partitions"], 3);
+    let id = obj["status"]["topicId"].as_str().unwrap().to_string();
+    let d = env.describe("orders").expect("topic created");
+    assert!(d.contains(&format!("ID                  {id}")), "{d}");
+    assert!(d.contains("PARTITIONS          3"), "{d}");
+    assert!(
+        d.lines()
+            .any(|l| l.split_whitespace().eq(["retention.ms", "86400000"])),
+        "{d}"
+    );
+    assert!(
+        d.lines()
+            .any(|l| l.split_whitespace().eq(["cleanup.policy", "compact"])),
+        "{d}"
+    );
+    assert!(
+        obj["metadata"]["finalizers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "streambus.io/topic")
+    );
+
+    // Altered: more partitions.
+    env.apply_ok(&topic_yaml(
+        "orders",
+        None,
+        5,
+        "  config:\n    retention.ms: \"86400000\"\n    cleanup.policy: compact\n",
+    ));
+    env.wait(
+        "orders grows to 5 partitions",
+        Duration::from_secs(30),
+        || {
+            env.describe("orders")?
+                .contains("PARTITIONS          5")
+                .then_some(())
+        },
+    );
+    env.wait_ready("streambustopic/orders", "True", "Ready");
+
+    // Refused with a condition: fewer partitions, then a config change.
+    env.apply_ok(&topic_yaml(
+        "orders",
+        None,
+        2,
+        "  config:\n    retention.ms: \"86400000\"\n    cleanup.policy: compact\n",
+    ));
+    env.wait_ready("streambustopic/orders", "False", "PartitionDecreaseRefused");
+    assert!(
+        env.describe("orders")
+            .unwrap()
+            .contains("PARTITIONS          5")
+    );
+    env.apply_ok(&topic_yaml(
+        "orders",
+        None,
+        5,
+        "  config:\n    retention.ms: \"1000\"\n    cleanup.policy: compact\n",
+    ));
+    let (_, _, message) = {
+        env.wait_ready("streambustopic/orders", "False", "ConfigChangeUnsupported");
+        env.condition("streambustopic/orders", "Ready").unwrap()
+    };
+    assert!(
+        message.contains("retention.ms is 86400000 (spec: 1000)"),
+        "{message}"
+    );
+    let events = env.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=orders",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ]);
+    assert!(
+        events.contains("Created") && events.contains("PartitionDecreaseRefused"),
+        "{events}"
+    );
+
+    // Schema validation by the API server.
+    let out = env.apply(&topic_yaml("bad", None, 0, ""));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("spec.partitions"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = env.apply(&topic_yaml("bad", Some("no spaces allowed"), 1, ""));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("spec.topicName"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Adopted when it exists already (same topic id).
+    let out = env.streambus(&["topic", "create", "legacy", "--partitions", "2"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let legacy_id = env
+        .describe("legacy")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("ID"))
+        .unwrap()
+        .trim()
+        .to_string();
+    env.apply_ok(&topic_yaml(
+        "legacy-topic",
+        Some("legacy"),
+        2,
+        "  deletionPolicy: Retain\n",
+    ));
+    let obj = env.wait_ready("streambustopic/legacy-topic", "True", "Ready");
+    assert_eq!(obj["status"]["topicId"], legacy_id.as_str());
+
+    // Drift made outside Kubernetes is corrected at the next resync.
+    env.apply_ok(&topic_yaml("drift", None, 2, ""));
+    let first =
+        env.wait_ready("streambustopic/drift", "True", "Ready")["status"]["topicId"].clone();
+    assert!(
+        env.streambus(&["topic", "delete", "drift"])
+            .status
+            .success()
+    );
+    env.wait("drift recreated", Duration::from_secs(30), || {
+        let obj = env.get_json("streambustopic/drift")?;
+        (obj["status"]["topicId"] != first
+            && env.describe("drift")?.contains("PARTITIONS          2"))
+        .then_some(())
+    });
+
+    // `kubectl get` columns.
+    let table = env.kubectl(&["get", "streambustopics"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "CLUSTER",
+            "TOPIC",
+            "PARTITIONS",
+            "REPLICATION",
+            "READY",
+            "AGE"
+        ]
+    );
+    assert!(
+        table.lines().any(|l| l.split_whitespace().take(6).eq([
+            "legacy-topic",
+            "dev",
+            "legacy",
+            "2",
+            "1",
+            "True"
+        ])),
+        "{table}"
+    );
+
+    // Deleted through the finalizer; Retain keeps the topic.
+    env.kubectl(&[
+        "delete",
+        "streambustopic",
+        "drift",
+        "legacy-topic",
+        "--wait",
+        "--timeout",
+        "30s",
+    ]);
+    assert!(env.describe("drift").is_none(), "drift should be deleted");
+    assert!(env.describe("legacy").is_some(), "legacy is retained");
+    eprintln!("topics checked in {:.1?}", started.elapsed());
+
+    cluster_objects_become_ready(&env);
+    eprintln!("cluster checked in {:.1?}", started.elapsed());
+
+    // The operator's own objects go with the release; CRDs and resources stay.
+    env.kubectl(&[
+        "delete",
+        "streambustopic",
+        "orders",
+        "--wait",
+        "--timeout",
+        "30s",
+    ]);
+    assert!(env.describe("orders").is_none());
+    drop(operator);
+    env.helm(&[
+        "uninstall",
+        &env.release,
+        "-n",
+        &env.namespace,
+        "--wait",
+        "--timeout",
+        "60s",
+    ]);
+    let instance = format!("app.kubernetes.io/instance={}", env.release);
+    for kind in ["deployment", "serviceaccount", "role", "rolebinding"] {
+        let left = env.kubectl(&["get", kind, "-l", &instance, "-o", "name"]);
+        assert!(left.trim().is_empty(), "{kind} left behind: {left}");
+    }
+    let left = env.tool("kubectl", &["get", "clusterrole", sa], None);
+    assert!(!left.status.success(), "the ClusterRole is left behind");
+    env.kubectl(&[
+        "get",
+        "crd",
+        "streambustopics.streambus.io",
+        "streambusclusters.streambus.io",
+    ]);
+    let _ = env.tool(
+        "kubectl",
+        &["delete", "namespace", &env.namespace, "--wait=false"],
+        None,
+    );
+    let _ = std::fs::remove_dir_all(&work);
+    eprintln!("done in {:.1?}", started.elapsed());
+}
+
+/// A StreamBusCluster: its children appear with owner references and the
+/// right specs, kwok makes the pods ready, the status turns Ready with the
+/// right counts; a held-back scale-in degrades it without touching pods.
+fn cluster_objects_become_ready(env: &Env) {
+    // Static volumes for the claims (the test control plane has no
+    // provisioner): 3 controllers + 3 storage nodes.
+    for i in 0..6 {
+        let pv = format!(
+            "apiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: {ns}-pv-{i}\nspec:\n  capacity: {{storage: 10Gi}}\n  accessModes: [ReadWriteOnce]\n  storageClassName: {ns}-local\n  hostPath: {{path: /tmp/{ns}-pv-{i}}}\n",
+            ns = env.namespace
+        );
+        env.apply_ok(&pv);
+    }
+    let cluster = format!(
+        "apiVersion: streambus.io/v1alpha1\nkind: StreamBusCluster\nmetadata:\n  name: demo\nspec:\n  image: streambus:test\n  controllers:\n    replicas: 3\n    storage: {{size: 1Gi, storageClassName: {ns}-local}}\n  storageNodes:\n    replicas: 3\n    storage: {{size: 5Gi, storageClassName: {ns}-local}}\n  gateways:\n    replicas: 2\n  config:\n    storage_node.max_fetch_bytes: \"1048576\"\n",
+        ns = env.namespace
+    );
+    env.apply_ok(&cluster);
+    let obj = env.wait("demo Ready", Duration::from_secs(120), || {
+        let obj = env.get_json("streambuscluster/demo")?;
+        let (s, _, _) = condition_of(&obj, "Ready")?;
+        (s == "True").then_some(obj)
+    });
+    let uid = obj["metadata"]["uid"].as_str().unwrap();
+    let status = &obj["status"];
+    assert_eq!(status["controllers"]["summary"], "3/3");
+    assert_eq!(status["storageNodes"]["summary"], "3/3");
+    assert_eq!(status["gateways"]["summary"], "2/2");
+    assert_eq!(
+        status["gatewayEndpoint"],
+        format!("demo-gateway.{}.svc:7400", env.namespace)
+    );
+    for child in [
+        "statefulset/demo-controller",
+        "statefulset/demo-storage",
+        "deployment/demo-gateway",
+        "service/demo-controller",
+        "service/demo-storage",
+        "service/demo-gateway",
+        "configmap/demo-config",
+        "poddisruptionbudget/demo-controller",
+        "poddisruptionbudget/demo-storage",
+    ] {
+        let o = env
+            .get_json(child)
+            .unwrap_or_else(|| panic!("{child} missing"));
+        let owners = o["metadata"]["ownerReferences"].as_array().unwrap();
+        assert_eq!(owners.len(), 1, "{child}");
+        assert_eq!(owners[0]["uid"], uid, "{child}");
+        assert_eq!(owners[0]["kind"], "StreamBusCluster");
+        assert_eq!(owners[0]["controller"], true);
+    }
+    let sts = env.get_json("statefulset/demo-storage").unwrap();
+    assert_eq!(
+        sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
+        "5Gi"
+    );
+    assert_eq!(sts["status"]["readyReplicas"], 3);
+    let pdb = env.get_json("poddisruptionbudget/demo-controller").unwrap();
+    assert_eq!(pdb["spec"]["minAvailable"], 2);
+    let cm = env.get_json("configmap/demo-config").unwrap();
+    assert_eq!(
+        cm["data"]["STREAMBUS_STORAGE_NODE__MAX_FETCH_BYTES"],
+        "1048576"
+    );
+    let pods = env.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/instance=demo",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {.status.phase} {.spec.nodeName}{\"\\n\"}{end}",
+    ]);
+    assert_eq!(pods.lines().count(), 8, "{pods}");
+    assert!(
+        pods.lines().all(|l| l.ends_with(" Running kwok-node-0")),
+        "{pods}"
+    );
+
+    let table = env.kubectl(&["get", "streambusclusters"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "CONTROLLERS", "STORAGE", "GATEWAYS", "READY", "AGE"]
+    );
+    assert!(
+        table.lines().any(|l| l
+            .split_whitespace()
+            .take(5)
+            .eq(["demo", "3/3", "3/3", "2/2", "True"])),
+        "{table}"
+    );
+
+    // A scale-in is held back (no decommissioning yet): Degraded, the
+    // StatefulSet keeps its replicas.
+    env.kubectl(&[
+        "patch",
+        "streambuscluster",
+        "demo",
+        "--type",
+        "merge",
+        "-p",
+        "{\"spec\":{\"storageNodes\":{\"replicas\":2}}}",
+    ]);
+    env.wait("demo Degraded", Duration::from_secs(30), || {
+        let (s, r, _) = env.condition("streambuscluster/demo", "Degraded")?;
+        (s == "True" && r == "ScaleInUnsupported").then_some(())
+    });
+    let sts = env.get_json("statefulset/demo-storage").unwrap();
+    assert_eq!(sts["spec"]["replicas"], 3);
+
+    // Deleting the cluster deletes what it owns (garbage collection).
+    env.kubectl(&[
+        "delete",
+        "streambuscluster",
+        "demo",
+        "--wait",
+        "--timeout",
+        "30s",
+    ]);
+    env.wait("owned objects collected", Duration::from_secs(60), || {
+        env.get_json("statefulset/demo-storage")
+            .is_none()
+            .then_some(())
+    });
+    for i in 0..6 {
+        let _ = env.tool(
+            "kubectl",
+            &[
+                "delete",
+                "pv",
+                &format!("{}-pv-{i}", env.namespace),
+                "--wait=false",
+            ],
+            None,
+        );
+    }
+}
