@@ -16,8 +16,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   ci             everything CI checks: installs missing tools (setup), fmt,
                  clippy -D warnings, all Rust tests, and the Python gRPC test
-                 against a real `streambus dev` (the operator's end-to-end
-                 test is `k8s test`, not yet part of ci)
+                 against a real `streambus dev`, then `k8s test` (the chart
+                 and the operator against a real Kubernetes API server)
   setup          install what the tests need, only what is missing
   python-test    only the Python gRPC test (sets up its venv first)
   peer           install and run a local Kafka or NATS JetStream to compare with:
@@ -87,5 +87,10 @@ fn ci() -> Result<(), String> {
         ],
     )?;
     run("cargo", &["test", "--workspace", "--locked"])?;
-    python::run()
+    python::run()?;
+    // The chart and the operator against a real API server; the control
+    // plane is stopped and its directory removed whether or not it passed.
+    let result = k8s::test();
+    let stopped = k8s::down();
+    result.and(stopped)
 }
