@@ -133,7 +133,7 @@ impl Log {
     pub fn compact(&self, now_ms: i64) -> Result<CompactionOutcome, LogError> {
         let shared = &*self.shared;
         let mut outcome = CompactionOutcome::default();
-        if !shared.config.cleanup_policy.compacts() {
+        if !shared.config().cleanup_policy.compacts() {
             return Ok(outcome);
         }
         shared.check_failed()?;
@@ -165,7 +165,7 @@ impl Log {
                 Ok(())
             })?;
         }
-        let grace = shared.config.tombstone_retention_ms;
+        let grace = shared.config().tombstone_retention_ms;
         let keep = |r: &streambus_record::DecodedRecord| match &r.key {
             None => true,
             Some(key) => {
@@ -194,7 +194,7 @@ impl Log {
         let shared = &*self.shared;
         let disk = &shared.disk;
         let dir = &shared.dir;
-        let interval = shared.config.index_interval_bytes;
+        let interval = shared.config().index_interval_bytes;
         let cleaned = |ext: &str| dir.join(format!("{:020}.{ext}.cleaned", seg.base));
         let log_tmp = cleaned("log");
         let out = disk.open(&log_tmp, OpenMode::CreateTruncate)?;

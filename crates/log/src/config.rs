@@ -59,7 +59,7 @@ impl CleanupPolicy {
 }
 
 /// Configuration of one partition log.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogConfig {
     /// Roll the active segment when an append would make it larger than this
     /// (default 1 GiB, at most 2 GiB - 1). A single batch larger than this

@@ -101,7 +101,9 @@ pub struct Log {
 pub(crate) struct Shared {
     pub dir: PathBuf,
     pub disk: Disk,
-    pub config: LogConfig,
+    /// Changed in place by [`Log::update_config`]; the fsync policy and the
+    /// index interval never change while the log is open.
+    config: RwLock<LogConfig>,
     pub state: RwLock<State>,
     /// Serialises retention, compaction and truncation.
     pub maintenance: Mutex<()>,
@@ -315,6 +317,10 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// The current configuration.
+    pub fn config(&self) -> LogConfig {
+        *self.config.read().unwrap_or_else(|e| e.into_inner())
+    }
     pub fn read_state(&self) -> RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -493,7 +499,7 @@ impl Log {
         let shared = Arc::new(Shared {
             dir,
             disk,
-            config,
+            config: RwLock::new(config),
             state: RwLock::new(State {
                 segments: recovered.segments,
                 log_start: recovered.log_start,
@@ -513,7 +519,7 @@ impl Log {
             reserve_done: Condvar::new(),
             epoch_file: Mutex::new(()),
         });
-        let flusher = match shared.config.fsync {
+        let flusher = match shared.config().fsync {
             FsyncPolicy::Interval(every) => {
                 let flusher = match options.flusher {
                     Some(f) => f,
@@ -557,7 +563,7 @@ impl Log {
     }
 
     fn append_inner(&self, batch: &mut [u8], epoch: Option<i32>) -> Result<AppendInfo, LogError> {
-        let max = self.shared.config.max_batch_bytes as usize;
+        let max = self.shared.config().max_batch_bytes as usize;
         if batch.len() > max {
             return Err(LogError::BatchTooLarge {
                 size: batch.len(),
@@ -579,7 +585,7 @@ impl Log {
         if done.duplicate && self.durable_offset() <= done.last_offset {
             // The original may still be waiting for its fsync: the retry
             // is acknowledged no earlier than the original would be.
-            if self.shared.config.fsync == FsyncPolicy::Always {
+            if self.shared.config().fsync == FsyncPolicy::Always {
                 self.flush()?;
             }
         }
@@ -629,7 +635,7 @@ impl Log {
                 batch_count: 0,
             });
         }
-        let max = self.shared.config.max_batch_bytes as usize;
+        let max = self.shared.config().max_batch_bytes as usize;
         let mut parsed: Vec<(usize, BatchHeader)> = Vec::new();
         let mut iter = BatchIter::new(batches);
         let mut pos = 0;
@@ -686,7 +692,7 @@ impl Log {
         let shared = &*self.shared;
         let n = batches.len();
         let now = now_ms();
-        let interval = shared.config.index_interval_bytes;
+        let interval = shared.config().index_interval_bytes;
         let mut done = Appended::default();
         let mut roll: Option<RollJob> = None;
         let mut reservation: Option<Reservation<'_>> = None;
@@ -745,9 +751,9 @@ impl Log {
                 let header = *batches.header(done.batches);
                 let active = st.active();
                 let too_big =
-                    active.size + header.total_size() as u64 > shared.config.segment_bytes;
+                    active.size + header.total_size() as u64 > shared.config().segment_bytes;
                 let too_old = shared
-                    .config
+                    .config()
                     .segment_ms
                     .zip(active.first_append_ms)
                     .is_some_and(|(ms, first)| now - first >= ms as i64);
@@ -808,7 +814,7 @@ impl Log {
             shared.finish_roll(job)?;
         }
         result?;
-        if shared.config.fsync == FsyncPolicy::Always
+        if shared.config().fsync == FsyncPolicy::Always
             && let Some(generation) = generation
         {
             crate::sync::sync_until(shared, done.last_offset + 1, generation)?;
@@ -852,6 +858,41 @@ impl Log {
         lock(&self.shared.failed).clone()
     }
 
+    /// The configuration in effect.
+    pub fn config(&self) -> LogConfig {
+        self.shared.config()
+    }
+
+    /// Changes the configuration of the open log. Segment size and age,
+    /// the largest batch, retention, cleanup policy and tombstone retention
+    /// apply from the next append, roll or maintenance call (a smaller
+    /// `segment_bytes` never splits the active segment: it rolls on the
+    /// next append). The fsync policy and the index interval are fixed for
+    /// the life of an open log: a configuration that changes them is
+    /// refused with [`LogError::InvalidConfig`] (reopen the log instead).
+    pub fn update_config(&self, config: LogConfig) -> Result<(), LogError> {
+        config.validate()?;
+        let mut current = self
+            .shared
+            .config
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if config.fsync != current.fsync {
+            return Err(LogError::InvalidConfig(format!(
+                "the fsync policy of an open log cannot change ({:?} to {:?}): reopen the log",
+                current.fsync, config.fsync
+            )));
+        }
+        if config.index_interval_bytes != current.index_interval_bytes {
+            return Err(LogError::InvalidConfig(format!(
+                "the index interval of an open log cannot change ({} to {}): reopen the log",
+                current.index_interval_bytes, config.index_interval_bytes
+            )));
+        }
+        *current = config;
+        Ok(())
+    }
+
     /// Fsyncs (data and directory) counted so far by this log's counter
     /// (shared with other logs if one was given in [`OpenOptions`]).
     pub fn fsyncs(&self) -> u64 {
@@ -861,7 +902,7 @@ impl Log {
     /// Rolls the active segment if it is older than `segment_ms` (measured
     /// from its first append) at `now_ms`. Returns whether it rolled.
     pub fn roll_if_due(&self, now_ms: i64) -> Result<bool, LogError> {
-        let Some(ms) = self.shared.config.segment_ms else {
+        let Some(ms) = self.shared.config().segment_ms else {
             return Ok(false);
         };
         let shared = &*self.shared;

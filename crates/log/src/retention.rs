@@ -33,7 +33,7 @@ impl Log {
     /// Does nothing unless the cleanup policy deletes.
     pub fn apply_retention(&self, now_ms: i64) -> Result<RetentionOutcome, LogError> {
         let shared = &*self.shared;
-        let config = &shared.config;
+        let config = shared.config();
         let unchanged = RetentionOutcome {
             log_start_offset: self.log_start_offset(),
             ..RetentionOutcome::default()

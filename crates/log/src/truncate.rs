@@ -193,7 +193,7 @@ fn truncate_files(
     let rules = ScanRules {
         verify_crc: false,
         contiguous: false,
-        interval: shared.config.index_interval_bytes,
+        interval: shared.config().index_interval_bytes,
     };
     let scan = scan(
         &*seg.file,

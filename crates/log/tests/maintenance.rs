@@ -266,3 +266,74 @@ fn truncate_into_a_compacted_segment_keeps_the_log_consistent() {
     assert_eq!(v.last().unwrap().offset, 20);
     assert!(v.windows(2).all(|w| w[0].offset < w[1].offset));
 }
+
+#[test]
+fn lowered_retention_on_an_open_log_applies_at_the_next_maintenance() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), retention_config(None, None)).unwrap();
+    for i in 0..40 {
+        log.append(&mut batch("v", 2, i * 100)).unwrap();
+    }
+    let segments = log.segment_count();
+    assert!(segments > 2);
+    assert_eq!(
+        log.apply_retention(i64::MAX / 2).unwrap().segments_deleted,
+        0
+    );
+
+    log.update_config(retention_config(None, Some(0))).unwrap();
+    assert_eq!(log.config().retention_bytes, Some(0));
+    let out = log.apply_retention(0).unwrap();
+    assert_eq!(out.segments_deleted, segments - 1, "every sealed segment");
+    assert_eq!(log.segment_count(), 1);
+    assert_eq!(log.log_start_offset(), out.log_start_offset);
+    assert!(log.log_start_offset() > 0);
+}
+
+#[test]
+fn a_smaller_segment_size_on_an_open_log_rolls_at_the_next_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = LogConfig {
+        segment_bytes: 1 << 20,
+        ..small_config()
+    };
+    let log = Log::open(dir.path(), big).unwrap();
+    for i in 0..10 {
+        log.append(&mut batch("v", 2, i)).unwrap();
+    }
+    assert_eq!(log.segment_count(), 1);
+    log.update_config(LogConfig {
+        segment_bytes: 100,
+        ..big
+    })
+    .unwrap();
+    log.append(&mut batch("v", 2, 10)).unwrap();
+    assert_eq!(log.segment_count(), 2, "the next append rolled");
+    let values = values(&read_all(&log));
+    assert_eq!(values.len(), 22, "nothing lost across the change");
+}
+
+#[test]
+fn an_open_log_refuses_a_new_fsync_policy_or_an_invalid_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config();
+    let log = Log::open(dir.path(), config).unwrap();
+    let err = log
+        .update_config(LogConfig {
+            fsync: streambus_log::FsyncPolicy::Always,
+            ..config
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err, LogError::InvalidConfig(ref m) if m.contains("fsync")),
+        "{err}"
+    );
+    let err = log
+        .update_config(LogConfig {
+            segment_bytes: 1,
+            ..config
+        })
+        .unwrap_err();
+    assert!(matches!(err, LogError::InvalidConfig(_)), "{err}");
+    assert_eq!(log.config(), config, "a refused change changes nothing");
+}
