@@ -237,7 +237,7 @@ pub fn check(data: &[u8]) {
 /// Opens the log in `dir` (filled from `input`) and checks it.
 fn check_dir(input: &Input, dir: &Path) {
     let config = input.config();
-    let log = match Log::open(dir, config.clone()) {
+    let log = match Log::open(dir, config) {
         Ok(log) => log,
         Err(e) => {
             assert!(
@@ -260,7 +260,7 @@ fn check_dir(input: &Input, dir: &Path) {
     let log = if input.flags & CRASH_REOPEN != 0 {
         let (start, end) = (log.log_start_offset(), log.end_offset());
         drop(log);
-        let log = Log::open(dir, config.clone()).expect("reopen after a crash failed");
+        let log = Log::open(dir, config).expect("reopen after a crash failed");
         if strict {
             assert_eq!(
                 (log.log_start_offset(), log.end_offset()),

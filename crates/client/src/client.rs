@@ -155,6 +155,31 @@ impl Client {
         Ok(response.topic.unwrap_or_default())
     }
 
+    /// Changes a topic's configuration: each key of `set` takes its value,
+    /// each key of `reset` goes back to its default, and every other key
+    /// keeps its value. Returns the topic as changed. Storage nodes apply
+    /// the change to the topic's partitions at once (a lowered retention is
+    /// enforced right away).
+    pub async fn alter_topic_configs(
+        &self,
+        topic: &str,
+        set: HashMap<String, String>,
+        reset: Vec<String>,
+    ) -> Result<v1::TopicDescription, ClientError> {
+        let response = self
+            .admin_call(|mut admin| {
+                let request = v1::AlterTopicConfigsRequest {
+                    topic: topic.to_string(),
+                    set: set.clone(),
+                    delete: reset.clone(),
+                    validate_only: false,
+                };
+                async move { admin.alter_topic_configs(request).await }
+            })
+            .await?;
+        Ok(response.topic.unwrap_or_default())
+    }
+
     /// Starts decommissioning storage node `node_id`: its replicas move to
     /// other nodes, and no new ones are placed on it. Returns at once with
     /// the node's status; once [`v1::StorageNodeStatus::replicas`] (see

@@ -224,6 +224,13 @@ impl AdminService for Mock {
     ) -> Result<Response<v1::DecommissionStorageNodeResponse>, Status> {
         Err(Status::unimplemented("mock"))
     }
+
+    async fn alter_topic_configs(
+        &self,
+        _: Request<v1::AlterTopicConfigsRequest>,
+    ) -> Result<Response<v1::AlterTopicConfigsResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
 }
 
 fn describe(name: &str, partitions: u32) -> v1::TopicDescription {

@@ -36,9 +36,10 @@ use streambus_proto::internal::{
     WatchMetadataRequest,
 };
 use streambus_proto::v1::{
-    AddControllerRequest, ControllerMember, ControllerStatus, CreatePartitionsRequest,
-    CreateTopicRequest, DecommissionStorageNodeRequest, DeleteTopicRequest, PartitionDescription,
-    RemoveControllerRequest, StorageNodeStatus, TopicDescription,
+    AddControllerRequest, AlterTopicConfigsRequest, ControllerMember, ControllerStatus,
+    CreatePartitionsRequest, CreateTopicRequest, DecommissionStorageNodeRequest,
+    DeleteTopicRequest, PartitionDescription, RemoveControllerRequest, StorageNodeStatus,
+    TopicDescription,
 };
 use streambus_proto::{Error, Reason};
 use tokio::time::Instant;
@@ -311,6 +312,24 @@ impl ControllerClient {
                     partitions,
                 });
                 async move { c.create_partitions(req).await }
+            })
+            .await?;
+        response
+            .topic
+            .ok_or_else(|| Error::new(Reason::Internal, "controller returned no topic"))
+    }
+
+    /// Changes a topic's configuration incrementally (`set` keys take the
+    /// given values, `delete` keys go back to their defaults); returns the
+    /// topic as changed (or as it would be, with `validate_only`).
+    pub async fn alter_topic_configs(
+        &self,
+        request: AlterTopicConfigsRequest,
+    ) -> Result<TopicDescription, Error> {
+        let response = self
+            .call(|mut c| {
+                let req = self.request(request.clone());
+                async move { c.alter_topic_configs(req).await }
             })
             .await?;
         response

@@ -295,6 +295,42 @@ impl TopicConfig {
         Ok(config)
     }
 
+    /// The configuration after an incremental change of `current` (a
+    /// topic's effective map): keys in `set` take their new values, keys in
+    /// `delete` go back to their defaults, the rest keep theirs. An unknown
+    /// key in either list, a key in both, or a bad value is
+    /// [`Reason::InvalidConfig`].
+    pub fn altered(
+        current: &BTreeMap<String, String>,
+        set: &HashMap<String, String>,
+        delete: &[String],
+    ) -> Result<TopicConfig, Error> {
+        let mut map: HashMap<String, String> = current
+            .iter()
+            .filter(|(k, _)| KEYS.iter().any(|key| key.name == k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut deleted: Vec<&String> = delete.iter().collect();
+        deleted.sort();
+        for key in deleted {
+            if !KEYS.iter().any(|k| k.name == key.as_str()) {
+                return Err(Error::new(
+                    Reason::InvalidConfig,
+                    format!("unknown topic config {key:?} cannot be reset"),
+                ));
+            }
+            if set.contains_key(key) {
+                return Err(Error::new(
+                    Reason::InvalidConfig,
+                    format!("topic config {key:?} is both set and reset to its default"),
+                ));
+            }
+            map.remove(key);
+        }
+        map.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+        TopicConfig::from_map(&map)
+    }
+
     /// Checks the whole configuration against the partition log's own
     /// validation, so nothing the controller accepts can fail to open on a
     /// storage node. [`TopicConfig::from_map`] calls it.
@@ -656,5 +692,44 @@ mod tests {
             "the topic config table in docs/controller.md is stale; replace it with:\n{}",
             TopicConfig::markdown_table()
         );
+    }
+
+    #[test]
+    fn altered_sets_resets_and_keeps_the_rest() {
+        let current = TopicConfig::from_map(&map(&[
+            ("retention.ms", "1000"),
+            ("segment.bytes", "1048576"),
+        ]))
+        .unwrap()
+        .to_btree_map();
+        let next = TopicConfig::altered(
+            &current,
+            &map(&[("retention.bytes", "5000")]),
+            &["retention.ms".to_string()],
+        )
+        .unwrap();
+        assert_eq!(next.retention_bytes, Some(5000));
+        assert_eq!(next.retention_ms, TopicConfig::default().retention_ms);
+        assert_eq!(
+            next.segment_bytes, 1_048_576,
+            "untouched keys keep their value"
+        );
+    }
+
+    #[test]
+    fn altered_refuses_unknown_conflicting_and_bad_keys() {
+        let current = TopicConfig::default().to_btree_map();
+        let unknown = TopicConfig::altered(&current, &HashMap::new(), &["nope".into()]);
+        assert!(unknown.unwrap_err().message.contains("nope"));
+        let both = TopicConfig::altered(
+            &current,
+            &map(&[("retention.ms", "5")]),
+            &["retention.ms".into()],
+        );
+        assert!(both.unwrap_err().message.contains("both"));
+        let bad =
+            TopicConfig::altered(&current, &map(&[("segment.bytes", "20")]), &[]).unwrap_err();
+        assert_eq!(bad.reason, Reason::InvalidConfig);
+        assert!(bad.message.contains("segment.bytes"), "{}", bad.message);
     }
 }

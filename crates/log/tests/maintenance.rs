@@ -18,7 +18,7 @@ fn retention_config(ms: Option<i64>, bytes: Option<u64>) -> LogConfig {
 fn retention_by_time_deletes_old_sealed_segments_and_survives_restart() {
     let dir = tempfile::tempdir().unwrap();
     let config = retention_config(Some(1000), None);
-    let log = Log::open(dir.path(), config.clone()).unwrap();
+    let log = Log::open(dir.path(), config).unwrap();
     for i in 0..40 {
         log.append(&mut batch("v", 2, i * 100)).unwrap();
     }

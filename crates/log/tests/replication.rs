@@ -96,7 +96,7 @@ fn replicated_append_copies_the_leader_byte_for_byte() {
         fsync: FsyncPolicy::Always,
         ..small_config()
     };
-    let follower = Log::open(dirs.1.path(), follower_config.clone()).unwrap();
+    let follower = Log::open(dirs.1.path(), follower_config).unwrap();
     replicate(&leader, &follower, 4096);
     assert_eq!(follower.end_offset(), leader.end_offset());
     assert_eq!(
@@ -272,7 +272,7 @@ fn replicated_append_accepts_compacted_batches_with_offset_gaps() {
         cleanup_policy: CleanupPolicy::Compact,
         ..small_config()
     };
-    let leader = Log::open(dirs.0.path(), config.clone()).unwrap();
+    let leader = Log::open(dirs.0.path(), config).unwrap();
     for i in 0..30 {
         let key = if i % 2 == 0 { "same" } else { "other" };
         let b = batch_of(
@@ -440,7 +440,7 @@ fn retention_drops_entries_below_the_log_start() {
         retention_bytes: Some(1500),
         ..small_config()
     };
-    let log = Log::open(dir.path(), config.clone()).unwrap();
+    let log = Log::open(dir.path(), config).unwrap();
     for i in 0..60 {
         log.append_with_epoch(&mut batch(&format!("b{i}"), 2, i), 1 + i as i32 / 6)
             .unwrap();
@@ -627,7 +627,7 @@ fn a_missing_epoch_checkpoint_is_rebuilt_from_the_batch_headers() {
         retention_bytes: Some(1500),
         ..small_config()
     };
-    let log = Log::open(dir.path(), config.clone()).unwrap();
+    let log = Log::open(dir.path(), config).unwrap();
     log.append(&mut batch("plain", 2, 1)).unwrap();
     for i in 0..60 {
         log.append_with_epoch(&mut batch(&format!("b{i}"), 2, i), 1 + i as i32 / 7)
@@ -643,7 +643,7 @@ fn a_missing_epoch_checkpoint_is_rebuilt_from_the_batch_headers() {
     assert_eq!(entries.len(), 9);
     log.close().unwrap();
     std::fs::remove_file(&file).unwrap();
-    let log = Log::open(dir.path(), config.clone()).unwrap();
+    let log = Log::open(dir.path(), config).unwrap();
     assert_eq!(log.epoch_entries(), entries);
     assert!(file.exists(), "the rebuilt cache is written back");
     // Also after retention moved the log start into the middle of an epoch.

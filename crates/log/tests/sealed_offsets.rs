@@ -16,7 +16,7 @@ use streambus_record::BatchHeader;
 
 /// 40 batches of 2 records (timestamps 0..40) in a few segments.
 fn fill(dir: &Path, config: &LogConfig) {
-    let log = Log::open(dir, config.clone()).unwrap();
+    let log = Log::open(dir, *config).unwrap();
     for i in 0..40 {
         log.append(&mut batch(&format!("v{i}"), 2, i as i64))
             .unwrap();

@@ -364,3 +364,122 @@ async fn topic_alter_adds_partitions_that_a_running_consumer_reads() {
     .unwrap();
     dev.stop().await;
 }
+
+/// `topic alter --config` changes a running topic: a lowered retention
+/// frees segments at once (not at the next maintenance interval, a
+/// minute by default), bad values are refused naming the key, and
+/// `--delete-config` goes back to the default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_config_changes_apply_at_once_and_bad_values_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = common::Dev::start(dir.path()).await;
+    let gw = dev.gateway();
+    tokio::task::spawn_blocking(move || {
+        let gw = gw.as_str();
+        let out = streambus(
+            gw,
+            &["topic", "create", "cfg", "--config", "segment.bytes=1024"],
+            None,
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        // Each run is one batch of about 1.5 KiB: a segment of its own.
+        let lines: String = (0..20).map(|i| format!("{i:060}\n")).collect();
+        for _ in 0..5 {
+            let out = streambus(gw, &["produce", "cfg"], Some(&lines));
+            assert!(out.status.success(), "{}", text(&out.stderr));
+        }
+        let log_start = || {
+            let out = streambus(gw, &["topic", "describe", "cfg"], None);
+            let d = text(&out.stdout);
+            let row = d.lines().find(|l| l.starts_with("0 ")).unwrap_or_default();
+            let cols: Vec<&str> = row.split_whitespace().collect();
+            (
+                cols[6].parse::<i64>().unwrap(),
+                cols[8].parse::<i64>().unwrap(),
+                d,
+            )
+        };
+        assert_eq!(log_start().0, 0);
+
+        let out = streambus(
+            gw,
+            &["topic", "alter", "cfg", "--config", "retention.bytes=0"],
+            None,
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "topic cfg: retention.bytes -1 -> 0\n");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (start, end, d) = log_start();
+            assert_eq!(end, 100, "{d}");
+            if start == 80 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "retention did not apply:\n{d}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let out = streambus(gw, &["topic", "describe", "cfg"], None);
+        assert!(
+            text(&out.stdout)
+                .lines()
+                .any(|l| l.split_whitespace().eq(["retention.bytes", "0"])),
+            "{}",
+            text(&out.stdout)
+        );
+
+        for (args, reason, mention) in [
+            (
+                &["topic", "alter", "cfg", "--config", "segment.bytes=20"][..],
+                "INVALID_CONFIG",
+                "segment.bytes",
+            ),
+            (
+                &["topic", "alter", "cfg", "--config", "min.insync.replicas=2"][..],
+                "INVALID_CONFIG",
+                "replication factor 1",
+            ),
+            (
+                &["topic", "alter", "cfg", "--config", "no.such.key=1"][..],
+                "INVALID_CONFIG",
+                "no.such.key",
+            ),
+            (
+                &["topic", "alter", "nope", "--config", "retention.ms=1"][..],
+                "UNKNOWN_TOPIC",
+                "nope",
+            ),
+        ] {
+            let out = streambus(gw, args, None);
+            assert!(!out.status.success(), "{args:?} succeeded");
+            let err = text(&out.stderr);
+            assert!(
+                err.contains(reason) && err.contains(mention),
+                "{args:?}: {err}"
+            );
+        }
+        let out = streambus(gw, &["topic", "alter", "cfg"], None);
+        assert!(!out.status.success(), "alter without a change succeeded");
+
+        let reset = [
+            "topic",
+            "alter",
+            "cfg",
+            "--delete-config",
+            "retention.bytes",
+        ];
+        let out = streambus(gw, &reset, None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "topic cfg: retention.bytes 0 -> -1\n");
+        let out = streambus(gw, &reset, None);
+        assert_eq!(text(&out.stdout), "topic cfg: configuration unchanged\n");
+        // Still serving.
+        let out = streambus(gw, &["produce", "cfg"], Some("after\n"));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    })
+    .await
+    .unwrap();
+    dev.stop().await;
+}

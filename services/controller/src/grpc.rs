@@ -26,8 +26,9 @@ use streambus_proto::internal::{
     WatchMetadataRequest,
 };
 use streambus_proto::v1::{
-    AddControllerRequest, AddControllerResponse, ControllerMember, ControllerStatus,
-    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicRequest, CreateTopicResponse,
+    AddControllerRequest, AddControllerResponse, AlterTopicConfigsRequest,
+    AlterTopicConfigsResponse, ControllerMember, ControllerStatus, CreatePartitionsRequest,
+    CreatePartitionsResponse, CreateTopicRequest, CreateTopicResponse,
     DecommissionStorageNodeRequest, DecommissionStorageNodeResponse, DeleteTopicRequest,
     DeleteTopicResponse, RemoveControllerRequest, RemoveControllerResponse,
 };
@@ -464,6 +465,52 @@ impl ControllerService for ControllerGrpc {
                 Reason::Internal,
                 format!("unexpected create partitions response {other:?}"),
             ))),
+        }
+    }
+
+    async fn alter_topic_configs(
+        &self,
+        req: Request<AlterTopicConfigsRequest>,
+    ) -> Result<Response<AlterTopicConfigsResponse>, Status> {
+        let AlterTopicConfigsRequest {
+            topic,
+            set,
+            delete,
+            validate_only,
+        } = req.into_inner();
+        self.proposer.ensure_leader().map_err(status)?;
+        // Optimistic: a change computed from a configuration that another
+        // change replaced meanwhile is refused by the state machine and
+        // computed again.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (after, command) = self
+                .proposer
+                .metadata()
+                .validate_alter_topic_configs(&topic, &set, &delete)
+                .map_err(status)?;
+            let Some(command) = command.filter(|_| !validate_only) else {
+                return Ok(Response::new(AlterTopicConfigsResponse {
+                    topic: Some(Metadata::describe(&after)),
+                }));
+            };
+            match self.proposer.propose(command).await {
+                Ok(CommandResponse::Topic(t)) => {
+                    tracing::info!(topic = %t.name, "topic configuration changed");
+                    return Ok(Response::new(AlterTopicConfigsResponse {
+                        topic: Some(Metadata::describe(&t)),
+                    }));
+                }
+                Ok(other) => {
+                    return Err(status(Error::new(
+                        Reason::Internal,
+                        format!("unexpected alter configs response {other:?}"),
+                    )));
+                }
+                Err(e) if e.reason == Reason::Unavailable && attempts < 5 => continue,
+                Err(e) => return Err(status(e)),
+            }
         }
     }
 

@@ -8,7 +8,7 @@
 //! the checks that depend on the state are repeated at apply time because
 //! the state may change between validation and commit.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 use streambus_proto::internal::{ClusterMetadata, StorageNodeInfo, TopicMetadata};
@@ -141,6 +141,19 @@ pub enum Command {
         topic_id: String,
         /// The new total.
         partitions: u32,
+    },
+    /// Replaces a topic's effective configuration (validated before
+    /// proposing, from an incremental change of the map it had then).
+    AlterTopicConfigs {
+        /// Topic name.
+        name: String,
+        /// Topic incarnation the request was validated against.
+        topic_id: String,
+        /// The configuration the change was computed from: applied only
+        /// if it is still the topic's (a concurrent change is not lost).
+        base: BTreeMap<String, String>,
+        /// The new effective configuration.
+        configs: BTreeMap<String, String>,
     },
     /// Marks a storage node decommissioning: no new replica is placed on
     /// it, and the leader moves its replicas elsewhere
@@ -359,6 +372,21 @@ pub fn validate_topic_name(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// `min.insync.replicas` above the replication factor would make every
+/// `acks=all` write fail.
+fn check_min_insync(config: &TopicConfig, replication_factor: u32) -> Result<(), Error> {
+    if config.min_insync_replicas > replication_factor {
+        return Err(Error::new(
+            Reason::InvalidConfig,
+            format!(
+                "min.insync.replicas {} is larger than the replication factor {replication_factor}: acks=all could never succeed",
+                config.min_insync_replicas
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The topic id of a `CreateTopic` entry written by a version that did not
 /// choose ids before proposing: derived from the log index and the name.
 fn legacy_topic_id(index: u64, name: &str) -> String {
@@ -464,6 +492,42 @@ impl Metadata {
         }))
     }
 
+    /// Validates an `AlterTopicConfigs` request: the topic exists and the
+    /// changed configuration passes the same checks as at `CreateTopic`
+    /// (including `min.insync.replicas` at most the replication factor).
+    /// Returns the topic as the change leaves it, and the command, `None`
+    /// when the configuration would not change.
+    pub fn validate_alter_topic_configs(
+        &self,
+        name: &str,
+        set: &HashMap<String, String>,
+        delete: &[String],
+    ) -> Result<(Topic, Option<Command>), Error> {
+        let topic = self.topics.get(name).ok_or_else(|| {
+            Error::new(
+                Reason::UnknownTopic,
+                format!("topic {name:?} does not exist"),
+            )
+        })?;
+        let config = TopicConfig::altered(&topic.configs, set, delete)?;
+        check_min_insync(&config, topic.replication_factor)?;
+        let configs = config.to_btree_map();
+        let mut after = topic.clone();
+        if configs == topic.configs {
+            return Ok((after, None));
+        }
+        after.configs.clone_from(&configs);
+        Ok((
+            after,
+            Some(Command::AlterTopicConfigs {
+                name: name.to_string(),
+                topic_id: topic.topic_id.clone(),
+                base: topic.configs.clone(),
+                configs,
+            }),
+        ))
+    }
+
     /// Checks that `node_id` may be decommissioned: it is registered, and
     /// every topic with a replica on it finds as many other live nodes that
     /// are not decommissioning as its replication factor. A node already
@@ -557,15 +621,7 @@ impl Metadata {
             ));
         }
         let replication_factor = req.replication_factor.max(1);
-        if config.min_insync_replicas > replication_factor {
-            return Err(Error::new(
-                Reason::InvalidConfig,
-                format!(
-                    "min.insync.replicas {} is larger than the replication factor {replication_factor}: acks=all could never succeed",
-                    config.min_insync_replicas
-                ),
-            ));
-        }
+        check_min_insync(&config, replication_factor)?;
         self.check_enough_nodes(replication_factor)?;
         Ok(Command::CreateTopic {
             name: req.name.clone(),
@@ -769,6 +825,34 @@ impl Metadata {
                 topic_id,
                 partitions,
             } => self.create_partitions(name, topic_id, *partitions, dirty),
+            Command::AlterTopicConfigs {
+                name,
+                topic_id,
+                base,
+                configs,
+            } => {
+                let Some(topic) = self
+                    .topics
+                    .get_mut(name)
+                    .filter(|t| t.topic_id == *topic_id)
+                else {
+                    return CommandResponse::rejected(
+                        Reason::UnknownTopic,
+                        format!("topic {name:?} ({topic_id}) does not exist"),
+                    );
+                };
+                if topic.configs != *base {
+                    return CommandResponse::rejected(
+                        Reason::Unavailable,
+                        format!("the configuration of topic {name:?} changed concurrently; retry"),
+                    );
+                }
+                if topic.configs != *configs {
+                    topic.configs.clone_from(configs);
+                    dirty.topics.insert(name.clone());
+                }
+                CommandResponse::Topic(topic.clone())
+            }
             Command::DecommissionNode { node_id } => {
                 if let Err(e) = self.check_decommission(*node_id) {
                     return CommandResponse::rejected(e.reason, e.message);
@@ -2553,5 +2637,93 @@ mod tests {
             vec![1, 2, 4]
         );
         assert_eq!(Metadata::without_leaving(&[1, 2], 3, leaving), vec![1, 2]);
+    }
+
+    fn kv(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn topic_configs_change_incrementally_and_are_validated_like_create() {
+        let mut m = Metadata::default();
+        for id in 1..=3 {
+            register(&mut m, id, id);
+        }
+        let t = create_raw(&mut m, 4, "t", 2, 2);
+        assert_eq!(
+            m.validate_alter_topic_configs("nope", &kv(&[]), &[])
+                .unwrap_err()
+                .reason,
+            Reason::UnknownTopic
+        );
+        let err = m
+            .validate_alter_topic_configs("t", &kv(&[("segment.bytes", "20")]), &[])
+            .unwrap_err();
+        assert_eq!(err.reason, Reason::InvalidConfig);
+        assert!(err.message.contains("segment.bytes"), "{err}");
+        let err = m
+            .validate_alter_topic_configs("t", &kv(&[("min.insync.replicas", "3")]), &[])
+            .unwrap_err();
+        assert!(err.message.contains("replication factor 2"), "{err}");
+
+        // Unchanged: nothing to propose.
+        let (same, none) = m
+            .validate_alter_topic_configs("t", &kv(&[("retention.ms", "604800000")]), &[])
+            .unwrap();
+        assert!(none.is_none());
+        assert_eq!(same, t);
+
+        let (preview, cmd) = m
+            .validate_alter_topic_configs(
+                "t",
+                &kv(&[("retention.bytes", "1000"), ("min.insync.replicas", "2")]),
+                &[],
+            )
+            .unwrap();
+        let cmd = cmd.unwrap();
+        let mut dirty = Dirty::default();
+        let CommandResponse::Topic(after) = m.apply(5, &cmd, &mut dirty) else {
+            panic!("not applied");
+        };
+        assert_eq!(after, preview);
+        assert!(dirty.topics.contains("t"));
+        assert_eq!(after.configs["retention.bytes"], "1000");
+        assert_eq!(after.configs["min.insync.replicas"], "2");
+        assert_eq!(after.configs["retention.ms"], "604800000");
+        assert_eq!(after.partitions, t.partitions, "partitions untouched");
+
+        // A reset goes back to the default and keeps the other change.
+        let (_, reset) = m
+            .validate_alter_topic_configs("t", &kv(&[]), &["retention.bytes".into()])
+            .unwrap();
+        // Computed from the map above, but another change lands first: the
+        // reset is refused, not applied over it.
+        let (_, other) = m
+            .validate_alter_topic_configs("t", &kv(&[("segment.ms", "1000")]), &[])
+            .unwrap();
+        m.apply(6, &other.unwrap(), &mut Dirty::default());
+        let r = m.apply(7, &reset.unwrap(), &mut Dirty::default());
+        assert!(
+            matches!(&r, CommandResponse::Rejected { reason, .. } if reason == Reason::Unavailable.as_str()),
+            "{r:?}"
+        );
+        assert_eq!(m.topics["t"].configs["retention.bytes"], "1000");
+        assert_eq!(m.topics["t"].configs["segment.ms"], "1000");
+
+        // A command for an older incarnation of the topic is refused.
+        let (_, stale) = m
+            .validate_alter_topic_configs("t", &kv(&[("retention.ms", "1")]), &[])
+            .unwrap();
+        m.apply(
+            8,
+            &Command::DeleteTopic { name: "t".into() },
+            &mut Dirty::default(),
+        );
+        create_raw(&mut m, 9, "t", 1, 1);
+        let r = m.apply(10, &stale.unwrap(), &mut Dirty::default());
+        assert!(matches!(r, CommandResponse::Rejected { .. }), "{r:?}");
     }
 }

@@ -12,14 +12,14 @@ use streambus_proto::internal::{
 };
 use streambus_proto::v1::admin_service_server::AdminService;
 use streambus_proto::v1::{
-    AddControllerRequest, AddControllerResponse, ControllerStatus, CreatePartitionsRequest,
-    CreatePartitionsResponse, CreateTopicRequest, CreateTopicResponse,
-    DecommissionStorageNodeRequest, DecommissionStorageNodeResponse, DeleteTopicRequest,
-    DeleteTopicResponse, DescribeClusterRequest, DescribeClusterResponse,
-    DescribePartitionOffsetsRequest, DescribePartitionOffsetsResponse, DescribeTopicRequest,
-    DescribeTopicResponse, ListTopicsRequest, ListTopicsResponse, PartitionOffsets,
-    PartitionStatus, RemoveControllerRequest, RemoveControllerResponse, StorageNodeStatus,
-    TopicDescription,
+    AddControllerRequest, AddControllerResponse, AlterTopicConfigsRequest,
+    AlterTopicConfigsResponse, ControllerStatus, CreatePartitionsRequest, CreatePartitionsResponse,
+    CreateTopicRequest, CreateTopicResponse, DecommissionStorageNodeRequest,
+    DecommissionStorageNodeResponse, DeleteTopicRequest, DeleteTopicResponse,
+    DescribeClusterRequest, DescribeClusterResponse, DescribePartitionOffsetsRequest,
+    DescribePartitionOffsetsResponse, DescribeTopicRequest, DescribeTopicResponse,
+    ListTopicsRequest, ListTopicsResponse, PartitionOffsets, PartitionStatus,
+    RemoveControllerRequest, RemoveControllerResponse, StorageNodeStatus, TopicDescription,
 };
 use streambus_proto::{Error, Reason};
 use tonic::{Request, Response, Status};
@@ -288,6 +288,27 @@ impl AdminService for AdminApi {
             let _ = self.router.metadata().refresh().await;
         }
         observe(&self.metrics, "CreatePartitions", started, r)
+    }
+
+    async fn alter_topic_configs(
+        &self,
+        request: Request<AlterTopicConfigsRequest>,
+    ) -> Result<Response<AlterTopicConfigsResponse>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        let validate_only = req.validate_only;
+        let r = self
+            .router
+            .metadata()
+            .controller()
+            .alter_topic_configs(req)
+            .await
+            .map(|topic| AlterTopicConfigsResponse { topic: Some(topic) });
+        if r.is_ok() && !validate_only {
+            // Checks against the new configuration (max.message.bytes) at once.
+            let _ = self.router.metadata().refresh().await;
+        }
+        observe(&self.metrics, "AlterTopicConfigs", started, r)
     }
 
     async fn decommission_storage_node(

@@ -180,8 +180,12 @@ pub async fn serve_with_listener(
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
+            let due = partitions.maintenance_due();
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = due.notified() => {}
+                }
                 partitions.maintain().await;
             }
         });

@@ -148,6 +148,9 @@ pub struct Partitions {
     closing: std::sync::atomic::AtomicBool,
     /// At most this many replicas run maintenance at once.
     maintenance: Arc<tokio::sync::Semaphore>,
+    /// Signalled when a topic's configuration changed, so retention and
+    /// the other maintenance run at once instead of at the next interval.
+    maintenance_due: Arc<Notify>,
     /// How long an in-sync follower may lag before it leaves the ISR.
     lag_max_ms: u64,
 }
@@ -203,6 +206,7 @@ impl Partitions {
             io_wait: DEFAULT_IO_WAIT,
             closing: std::sync::atomic::AtomicBool::new(false),
             maintenance: Arc::new(tokio::sync::Semaphore::new(MAINTENANCE_CONCURRENCY)),
+            maintenance_due: Arc::new(Notify::new()),
             node_id,
             data_dir,
             replicas: RwLock::default(),
@@ -471,7 +475,53 @@ impl Partitions {
         for (key, (topic_id, config, view)) in wanted {
             let existing = read(&self.replicas).get(&key).cloned();
             if let Some(r) = existing {
-                r.set_view(view, now_ms() as u64);
+                let changed = config.as_ref().ok().filter(|c| **c != r.config());
+                let Some(changed) = changed else {
+                    // Unchanged, or a configuration that cannot be parsed:
+                    // the replica keeps the one it has.
+                    r.set_view(view, now_ms() as u64);
+                    continue;
+                };
+                match r.update_config(changed) {
+                    Ok(()) => {
+                        tracing::info!(topic = %key.0, partition = key.1, "topic configuration applied");
+                        self.maintenance_due.notify_one();
+                        r.set_view(view, now_ms() as u64);
+                        continue;
+                    }
+                    Err(why) => {
+                        tracing::info!(topic = %key.0, partition = key.1, reason = %why, "reopening partition replica for its new configuration");
+                    }
+                }
+                // Closed, then opened again with the new configuration
+                // once the close is done (the retriable UNAVAILABLE of an
+                // opening replica meanwhile).
+                write(&self.replicas).remove(&key);
+                r.retire();
+                let dir = r.dir.clone();
+                write(&self.offline).insert(
+                    key.clone(),
+                    Offline {
+                        topic_id: topic_id.clone(),
+                        config: Some(changed.clone()),
+                        view,
+                        reason: OPENING.into(),
+                        pending: true,
+                        report_after: Some(Instant::now() + self.io_wait),
+                        previous: None,
+                        durable_at_failure: None,
+                    },
+                );
+                started.extend(self.start(
+                    &mut work,
+                    dir,
+                    key,
+                    topic_id,
+                    Job::Close {
+                        replica: r,
+                        delete: false,
+                    },
+                ));
                 continue;
             }
             let config = match config {
@@ -780,7 +830,7 @@ impl Partitions {
             self.set_offline(
                 key,
                 replica.topic_id.clone(),
-                Some(replica.config.clone()),
+                Some(replica.config()),
                 replica.view(),
                 format!("log failed: {failure}"),
                 Some(Arc::downgrade(&replica)),
@@ -840,6 +890,12 @@ impl Partitions {
         out
     }
 
+    /// Signalled when maintenance should run before its next interval (a
+    /// topic's configuration changed).
+    pub fn maintenance_due(&self) -> Arc<Notify> {
+        self.maintenance_due.clone()
+    }
+
     /// Runs retention, compaction and age-based rolls on every replica, a
     /// few at a time, and waits for them at most the io wait. A replica
     /// whose maintenance from an earlier call is still running (a slow or
@@ -860,7 +916,7 @@ impl Partitions {
                     let now = now_ms();
                     job.log.roll_if_due(now)?;
                     let retention = job.log.apply_retention(now)?;
-                    if job.config.cleanup_policy
+                    if job.config().cleanup_policy
                         == streambus_cluster::topic_config::CleanupPolicy::Compact
                     {
                         job.log.compact(now)?;
@@ -1159,6 +1215,87 @@ mod tests {
         std::fs::create_dir_all(&stray).unwrap();
         p.apply(&metadata(4, vec![])).await;
         assert!(stray.exists());
+    }
+
+    fn append_records(replica: &Replica, n: i64) {
+        for i in 0..n {
+            let mut b = BatchBuilder::new(streambus_record::Compression::None);
+            b.push(&Record {
+                value: Some(bytes::Bytes::from(vec![b'v'; 100])),
+                timestamp_ms: now_ms() + i,
+                ..Record::default()
+            });
+            let mut batch = b.build().to_vec();
+            replica.log.append(&mut batch).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_changed_topic_config_applies_to_the_open_replica_in_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = Partitions::new(1, tmp.path().to_path_buf());
+        let small = [("segment.bytes", "400"), ("fsync.policy", "never")];
+        p.apply(&metadata(2, vec![topic("t", "id1", &small)])).await;
+        let replica = p.leader_replica("t", 0).unwrap();
+        append_records(&replica, 30);
+        let segments = replica.log.segment_count();
+        assert!(segments > 3, "{segments}");
+        p.maintain().await;
+        assert_eq!(replica.log.segment_count(), segments, "no retention yet");
+
+        let due = p.maintenance_due();
+        let lowered = [
+            ("segment.bytes", "400"),
+            ("fsync.policy", "never"),
+            ("retention.bytes", "0"),
+            ("min.insync.replicas", "1"),
+        ];
+        p.apply(&metadata(3, vec![topic("t", "id1", &lowered)]))
+            .await;
+        let same = p.leader_replica("t", 0).unwrap();
+        assert!(
+            Arc::ptr_eq(&replica, &same),
+            "changed in place, not reopened"
+        );
+        assert_eq!(same.config().retention_bytes, Some(0));
+        assert_eq!(same.log.config().retention_bytes, Some(0));
+        // Maintenance is asked to run now, not at its next interval.
+        tokio::time::timeout(Duration::from_secs(1), due.notified())
+            .await
+            .expect("maintenance signalled");
+        p.maintain().await;
+        assert_eq!(replica.log.segment_count(), 1, "retention applied");
+        assert!(replica.log.log_start_offset() > 0);
+        assert_eq!(replica.log.end_offset(), 30, "the log end stays");
+    }
+
+    #[tokio::test]
+    async fn a_new_fsync_policy_reopens_the_replica_with_its_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = Partitions::new(1, tmp.path().to_path_buf());
+        p.apply(&metadata(
+            2,
+            vec![topic("t", "id1", &[("fsync.policy", "never")])],
+        ))
+        .await;
+        let replica = p.leader_replica("t", 0).unwrap();
+        append_records(&replica, 5);
+        assert!(!replica.fsync_always());
+        drop(replica);
+
+        p.apply(&metadata(
+            3,
+            vec![topic("t", "id1", &[("fsync.policy", "always")])],
+        ))
+        .await;
+        let reopened = p.leader_replica("t", 0).unwrap();
+        assert!(reopened.fsync_always());
+        assert_eq!(
+            reopened.log.config().fsync,
+            streambus_log::FsyncPolicy::Always
+        );
+        assert_eq!(reopened.log.end_offset(), 5, "nothing lost by the reopen");
+        assert!(p.offline_replicas().is_empty());
     }
 
     /// Per marker: whether it is blocked, and how many operations found

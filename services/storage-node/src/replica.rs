@@ -37,8 +37,9 @@ pub struct Replica {
     pub dir: PathBuf,
     /// The log.
     pub log: Arc<Log>,
-    /// Topic settings at open time.
-    pub config: TopicConfig,
+    /// Topic settings: those of the open, changed in place by
+    /// [`Replica::update_config`].
+    config: std::sync::RwLock<TopicConfig>,
     /// How long an in-sync follower may stay behind before the leader
     /// removes it from the ISR.
     lag_max_ms: u64,
@@ -78,7 +79,7 @@ impl Replica {
             topic_id,
             dir,
             log,
-            config,
+            config: std::sync::RwLock::new(config),
             lag_max_ms,
             state: Mutex::new((PartitionView::default(), Role::Follower)),
             hw: watch::channel(start).0,
@@ -94,9 +95,39 @@ impl Replica {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The topic settings in effect.
+    pub fn config(&self) -> TopicConfig {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Applies a changed topic configuration to the open replica and its
+    /// log. A change of the fsync policy or interval cannot apply to an
+    /// open log: it is refused (and nothing changes), and the caller
+    /// reopens the replica with the new configuration.
+    pub fn update_config(&self, config: &TopicConfig) -> Result<(), String> {
+        let mut current = self.config.write().unwrap_or_else(|p| p.into_inner());
+        if current.fsync_policy != config.fsync_policy
+            || current.fsync_interval_ms != config.fsync_interval_ms
+        {
+            return Err("the fsync policy changed: the log must be reopened".into());
+        }
+        self.log
+            .update_config(config.log_config())
+            .map_err(|e| e.to_string())?;
+        *current = config.clone();
+        Ok(())
+    }
+
     /// Whether acknowledged appends are fsynced before the ack.
     pub fn fsync_always(&self) -> bool {
-        self.config.fsync_policy == FsyncSetting::Always
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .fsync_policy
+            == FsyncSetting::Always
     }
 
     /// What this replica holds for the purpose of acknowledgments: under

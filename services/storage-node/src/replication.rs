@@ -289,7 +289,7 @@ impl Replication {
                     led += 1;
                     let isr = r.isr_len();
                     under += i64::from(isr < r.view().replicas.len());
-                    below += i64::from(isr < r.config.min_insync_replicas as usize);
+                    below += i64::from(isr < r.config().min_insync_replicas as usize);
                 }
             }
             self.metrics.leader_replicas.set(led);

@@ -239,7 +239,7 @@ impl StorageApi {
             ));
         }
         let isr = replica.isr_len();
-        let min = replica.config.min_insync_replicas as usize;
+        let min = replica.config().min_insync_replicas as usize;
         if isr < min {
             return Err(Error::new(
                 Reason::NotEnoughReplicas,

@@ -42,14 +42,26 @@ enum TopicCommand {
         /// Topic name
         name: String,
     },
-    /// Add partitions to a topic
+    /// Add partitions to a topic or change its configuration
+    #[command(group(
+        clap::ArgGroup::new("change")
+            .required(true)
+            .multiple(true)
+            .args(["partitions", "configs", "reset"]),
+    ))]
     Alter {
         /// Topic name
         name: String,
         /// The new number of partitions: more than now (partitions are
         /// never removed)
         #[arg(short, long)]
-        partitions: u32,
+        partitions: Option<u32>,
+        /// Set a configuration entry, e.g. retention.bytes=1073741824 (repeatable)
+        #[arg(short, long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        configs: Vec<(String, String)>,
+        /// Reset a configuration entry to its default (repeatable)
+        #[arg(long = "delete-config", value_name = "KEY")]
+        reset: Vec<String>,
     },
     /// Delete a topic and its data
     Delete {
@@ -111,17 +123,30 @@ pub(super) async fn run(args: TopicArgs) -> anyhow::Result<ExitCode> {
             };
             describe(&mut out, &topic, &offsets)?;
         }
-        TopicCommand::Alter { name, partitions } => {
-            let before = client.describe_topic(&name).await?.partitions.len();
-            let topic = client.create_partitions(&name, partitions).await?;
-            let after = topic.partitions.len();
-            if after == before {
-                writeln!(out, "topic {name} already has {after} partitions")?;
-            } else {
-                writeln!(
-                    out,
-                    "topic {name} now has {after} partitions (was {before})"
-                )?;
+        TopicCommand::Alter {
+            name,
+            partitions,
+            configs,
+            reset,
+        } => {
+            let before = client.describe_topic(&name).await?;
+            if !configs.is_empty() || !reset.is_empty() {
+                let set: HashMap<String, String> = configs.into_iter().collect();
+                let topic = client.alter_topic_configs(&name, set, reset).await?;
+                config_changes(&mut out, &name, &before.configs, &topic.configs)?;
+            }
+            if let Some(partitions) = partitions {
+                let before = before.partitions.len();
+                let topic = client.create_partitions(&name, partitions).await?;
+                let after = topic.partitions.len();
+                if after == before {
+                    writeln!(out, "topic {name} already has {after} partitions")?;
+                } else {
+                    writeln!(
+                        out,
+                        "topic {name} now has {after} partitions (was {before})"
+                    )?;
+                }
             }
         }
         TopicCommand::Delete { name } => {
@@ -131,6 +156,28 @@ pub(super) async fn run(args: TopicArgs) -> anyhow::Result<ExitCode> {
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line per changed key, or a line saying nothing changed.
+fn config_changes(
+    out: &mut impl Write,
+    name: &str,
+    before: &HashMap<String, String>,
+    after: &HashMap<String, String>,
+) -> std::io::Result<()> {
+    let after: BTreeMap<&String, &String> = after.iter().collect();
+    let mut changed = 0;
+    for (key, value) in after {
+        let old = before.get(key).map_or("(unset)", String::as_str);
+        if old != value.as_str() {
+            writeln!(out, "topic {name}: {key} {old} -> {value}")?;
+            changed += 1;
+        }
+    }
+    if changed == 0 {
+        writeln!(out, "topic {name}: configuration unchanged")?;
+    }
+    Ok(())
 }
 
 fn describe(

@@ -182,6 +182,13 @@ impl ControllerService for FakeController {
         Err(Status::unimplemented("fake controller"))
     }
 
+    async fn alter_topic_configs(
+        &self,
+        _: Request<streambus_proto::v1::AlterTopicConfigsRequest>,
+    ) -> Result<Response<streambus_proto::v1::AlterTopicConfigsResponse>, Status> {
+        Err(Status::unimplemented("fake controller"))
+    }
+
     async fn decommission_node(
         &self,
         _: Request<streambus_proto::v1::DecommissionStorageNodeRequest>,
