@@ -182,55 +182,15 @@ async fn apply(
             return Err(e);
         }
     };
-    let Plan { action, problems } =
+    let Plan { actions, problems } =
         plan::plan(&topic.spec, current.as_ref().map(observed).as_ref());
-    let result = match action {
-        Action::Create {
-            partitions,
-            replication_factor,
-            configs,
-        } => {
-            let configs = configs.into_iter().collect();
-            match client
-                .create_topic(&name, partitions, replication_factor, configs)
-                .await
-            {
-                Ok(created) => {
-                    ctx.event(
-                        topic,
-                        false,
-                        "Created",
-                        "CreateTopic",
-                        format!(
-                            "created topic {name} with {partitions} partitions (replication factor {})",
-                            created.replication_factor
-                        ),
-                    )
-                    .await;
-                    Ok(Some(created))
-                }
-                Err(e) => Err(e),
-            }
-        }
-        Action::AddPartitions { partitions } => {
-            let before = current.as_ref().map_or(0, |c| c.partitions.len());
-            match client.create_partitions(&name, partitions).await {
-                Ok(grown) => {
-                    ctx.event(
-                        topic,
-                        false,
-                        "PartitionsAdded",
-                        "CreatePartitions",
-                        format!("topic {name} grown from {before} to {partitions} partitions"),
-                    )
-                    .await;
-                    Ok(Some(grown))
-                }
-                Err(e) => Err(e),
-            }
-        }
-        Action::None => Ok(current),
-    };
+    let mut result = Ok(current);
+    for action in actions {
+        result = match result {
+            Ok(before) => call(&client, ctx, topic, &name, action, before).await,
+            Err(e) => Err(e),
+        };
+    }
     let description = match result {
         Ok(d) => d,
         Err(e) if e.retriable() => {
@@ -288,6 +248,70 @@ async fn apply(
     }
     write_status(api, topic, status, update).await?;
     Ok(resync)
+}
+
+/// Makes one call of the plan; returns the topic as it left it.
+async fn call(
+    client: &streambus_client::Client,
+    ctx: &Context,
+    topic: &StreamBusTopic,
+    name: &str,
+    action: Action,
+    current: Option<v1::TopicDescription>,
+) -> Result<Option<v1::TopicDescription>, ClientError> {
+    match action {
+        Action::Create {
+            partitions,
+            replication_factor,
+            configs,
+        } => {
+            let configs = configs.into_iter().collect();
+            let created = client
+                .create_topic(name, partitions, replication_factor, configs)
+                .await?;
+            ctx.event(
+                topic,
+                false,
+                "Created",
+                "CreateTopic",
+                format!(
+                    "created topic {name} with {partitions} partitions (replication factor {})",
+                    created.replication_factor
+                ),
+            )
+            .await;
+            Ok(Some(created))
+        }
+        Action::AddPartitions { partitions } => {
+            let before = current.as_ref().map_or(0, |c| c.partitions.len());
+            let grown = client.create_partitions(name, partitions).await?;
+            ctx.event(
+                topic,
+                false,
+                "PartitionsAdded",
+                "CreatePartitions",
+                format!("topic {name} grown from {before} to {partitions} partitions"),
+            )
+            .await;
+            Ok(Some(grown))
+        }
+        Action::AlterConfigs { set, reset } => {
+            let mut changes: Vec<String> = set.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            changes.extend(reset.iter().map(|k| format!("{k} reset to its default")));
+            let altered = client
+                .alter_topic_configs(name, set.into_iter().collect(), reset)
+                .await?;
+            ctx.event(
+                topic,
+                false,
+                "ConfigChanged",
+                "AlterTopicConfigs",
+                format!("topic {name}: {}", changes.join(", ")),
+            )
+            .await;
+            Ok(Some(altered))
+        }
+    }
 }
 
 /// Reports a spec that cannot be applied as it is (no retry until the next

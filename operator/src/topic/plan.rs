@@ -20,7 +20,7 @@ pub struct Observed {
     pub configs: BTreeMap<String, String>,
 }
 
-/// The one call to make.
+/// One call to make.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Create the topic (`replication_factor` 0 = the cluster default).
@@ -31,8 +31,13 @@ pub enum Action {
     },
     /// Grow the topic to `partitions`.
     AddPartitions { partitions: u32 },
-    /// Nothing to call.
-    None,
+    /// Change the topic's configuration: `set` the keys the spec gives a
+    /// value the topic does not have, `reset` to their defaults the keys
+    /// the spec leaves out and the topic has changed.
+    AlterConfigs {
+        set: BTreeMap<String, String>,
+        reset: Vec<String>,
+    },
 }
 
 /// Why the topic cannot be made as the spec says; reported in the Ready
@@ -48,8 +53,8 @@ pub struct Problem {
 /// The decision for one reconciliation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
-    /// The call to make now.
-    pub action: Action,
+    /// The calls to make now, in order.
+    pub actions: Vec<Action>,
     /// What the spec asks for that cannot be done.
     pub problems: Vec<Problem>,
 }
@@ -60,7 +65,7 @@ pub fn plan(spec: &StreamBusTopicSpec, observed: Option<&Observed>) -> Plan {
         Ok(config) => config,
         Err(message) => {
             return Plan {
-                action: Action::None,
+                actions: Vec::new(),
                 problems: vec![Problem {
                     reason: "InvalidConfig",
                     message,
@@ -70,31 +75,29 @@ pub fn plan(spec: &StreamBusTopicSpec, observed: Option<&Observed>) -> Plan {
     };
     let Some(observed) = observed else {
         return Plan {
-            action: Action::Create {
+            actions: vec![Action::Create {
                 partitions: spec.partitions,
                 replication_factor: spec.replication_factor.unwrap_or(0),
                 configs: spec.config.clone(),
-            },
+            }],
             problems: Vec::new(),
         };
     };
     let mut problems = Vec::new();
-    let action = if observed.partitions < spec.partitions {
-        Action::AddPartitions {
+    let mut actions = Vec::new();
+    if observed.partitions < spec.partitions {
+        actions.push(Action::AddPartitions {
             partitions: spec.partitions,
-        }
-    } else {
-        if observed.partitions > spec.partitions {
-            problems.push(Problem {
-                reason: "PartitionDecreaseRefused",
-                message: format!(
-                    "the topic has {} partitions and spec.partitions is {}: StreamBus never removes partitions; set spec.partitions to {} or more",
-                    observed.partitions, spec.partitions, observed.partitions
-                ),
-            });
-        }
-        Action::None
-    };
+        });
+    } else if observed.partitions > spec.partitions {
+        problems.push(Problem {
+            reason: "PartitionDecreaseRefused",
+            message: format!(
+                "the topic has {} partitions and spec.partitions is {}: StreamBus never removes partitions; set spec.partitions to {} or more",
+                observed.partitions, spec.partitions, observed.partitions
+            ),
+        });
+    }
     if let Some(rf) = spec.replication_factor
         && rf != observed.replication_factor
     {
@@ -106,39 +109,34 @@ pub fn plan(spec: &StreamBusTopicSpec, observed: Option<&Observed>) -> Plan {
             ),
         });
     }
-    let differences: Vec<String> = desired_config
-        .iter()
-        .filter(|(key, value)| observed.configs.get(*key) != Some(*value))
-        .map(|(key, value)| {
-            format!(
-                "{key} is {} (spec: {value})",
-                observed.configs.get(key).map_or("unset", String::as_str)
-            )
-        })
-        .collect();
-    if !differences.is_empty() {
-        problems.push(Problem {
-            reason: "ConfigChangeUnsupported",
-            message: format!(
-                "the topic's configuration differs from spec.config and StreamBus cannot change the configuration of an existing topic: {}",
-                differences.join(", ")
-            ),
-        });
+    // spec.config is the whole truth (as in Strimzi's topic operator): a key
+    // it leaves out is expected at its default, so a change made outside
+    // Kubernetes is undone.
+    let mut set = BTreeMap::new();
+    let mut reset = Vec::new();
+    for (key, value) in &desired_config {
+        if observed.configs.get(key) == Some(value) {
+            continue;
+        }
+        if spec.config.contains_key(key) {
+            set.insert(key.clone(), value.clone());
+        } else {
+            reset.push(key.clone());
+        }
     }
-    Plan { action, problems }
+    if !set.is_empty() || !reset.is_empty() {
+        actions.push(Action::AlterConfigs { set, reset });
+    }
+    Plan { actions, problems }
 }
 
-/// The spec's configuration entries in StreamBus's canonical spelling
-/// (what `DescribeTopic` reports), only the keys the spec sets; an unknown
-/// key or a bad value is an error naming it.
+/// The whole configuration the spec asks for, in StreamBus's canonical
+/// spelling (what `DescribeTopic` reports): the spec's entries, defaults
+/// for the rest; an unknown key or a bad value is an error naming it.
 fn canonical_config(config: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, String> {
     let map: HashMap<String, String> = config.clone().into_iter().collect();
     let parsed = TopicConfig::from_map(&map).map_err(|e| format!("spec.config: {}", e.message))?;
-    let all = parsed.to_btree_map();
-    Ok(config
-        .keys()
-        .map(|k| (k.clone(), all.get(k).cloned().unwrap_or_default()))
-        .collect())
+    Ok(parsed.to_btree_map())
 }
 
 #[cfg(test)]
@@ -176,12 +174,12 @@ mod tests {
     fn missing_topic_is_created_as_specified() {
         let p = plan(&spec(3, Some(1), &[("retention.ms", "1000")]), None);
         assert_eq!(
-            p.action,
-            Action::Create {
+            p.actions,
+            [Action::Create {
                 partitions: 3,
                 replication_factor: 1,
                 configs: [("retention.ms".to_string(), "1000".to_string())].into(),
-            }
+            }]
         );
         assert!(p.problems.is_empty());
     }
@@ -190,11 +188,11 @@ mod tests {
     fn omitted_replication_factor_asks_for_the_cluster_default() {
         let p = plan(&spec(1, None, &[]), None);
         assert!(matches!(
-            p.action,
-            Action::Create {
+            p.actions[..],
+            [Action::Create {
                 replication_factor: 0,
                 ..
-            }
+            }]
         ));
     }
 
@@ -204,21 +202,21 @@ mod tests {
             &spec(3, Some(1), &[("retention.ms", "1000")]),
             Some(&observed(3, 1, &[("retention.ms", "1000")])),
         );
-        assert_eq!(p.action, Action::None);
+        assert!(p.actions.is_empty());
         assert!(p.problems.is_empty(), "{:?}", p.problems);
     }
 
     #[test]
     fn more_partitions_grow_the_topic() {
         let p = plan(&spec(6, None, &[]), Some(&observed(3, 1, &[])));
-        assert_eq!(p.action, Action::AddPartitions { partitions: 6 });
+        assert_eq!(p.actions, [Action::AddPartitions { partitions: 6 }]);
         assert!(p.problems.is_empty());
     }
 
     #[test]
     fn fewer_partitions_are_refused_with_a_reason() {
         let p = plan(&spec(2, None, &[]), Some(&observed(3, 1, &[])));
-        assert_eq!(p.action, Action::None);
+        assert!(p.actions.is_empty());
         assert_eq!(p.problems.len(), 1);
         assert_eq!(p.problems[0].reason, "PartitionDecreaseRefused");
         assert!(p.problems[0].message.contains("has 3 partitions"));
@@ -227,31 +225,37 @@ mod tests {
     #[test]
     fn replication_factor_change_is_refused_but_growth_still_happens() {
         let p = plan(&spec(4, Some(3), &[]), Some(&observed(3, 1, &[])));
-        assert_eq!(p.action, Action::AddPartitions { partitions: 4 });
+        assert_eq!(p.actions, [Action::AddPartitions { partitions: 4 }]);
         assert_eq!(p.problems[0].reason, "ReplicationFactorChangeUnsupported");
     }
 
     #[test]
-    fn config_difference_is_reported_key_by_key() {
+    fn config_differences_are_set_and_keys_left_out_are_reset() {
         let p = plan(
             &spec(
-                1,
+                3,
                 None,
                 &[("retention.ms", "1000"), ("cleanup.policy", "delete")],
             ),
-            Some(&observed(1, 1, &[("retention.ms", "5000")])),
+            // Changed outside Kubernetes: segment.bytes, which the spec
+            // leaves at its default.
+            Some(&observed(
+                2,
+                1,
+                &[("retention.ms", "5000"), ("segment.bytes", "1048576")],
+            )),
         );
-        assert_eq!(p.action, Action::None);
-        assert_eq!(p.problems.len(), 1);
-        assert_eq!(p.problems[0].reason, "ConfigChangeUnsupported");
-        assert!(
-            p.problems[0]
-                .message
-                .contains("retention.ms is 5000 (spec: 1000)"),
-            "{}",
-            p.problems[0].message
+        assert_eq!(
+            p.actions,
+            [
+                Action::AddPartitions { partitions: 3 },
+                Action::AlterConfigs {
+                    set: [("retention.ms".to_string(), "1000".to_string())].into(),
+                    reset: vec!["segment.bytes".to_string()],
+                },
+            ]
         );
-        assert!(!p.problems[0].message.contains("cleanup.policy"));
+        assert!(p.problems.is_empty(), "{:?}", p.problems);
     }
 
     #[test]
@@ -262,12 +266,13 @@ mod tests {
             Some(&observed(1, 1, &[("retention.ms", "-1")])),
         );
         assert!(p.problems.is_empty(), "{:?}", p.problems);
+        assert!(p.actions.is_empty(), "{:?}", p.actions);
     }
 
     #[test]
     fn invalid_config_is_reported_without_any_call() {
         let p = plan(&spec(1, None, &[("retention.hours", "1")]), None);
-        assert_eq!(p.action, Action::None);
+        assert!(p.actions.is_empty());
         assert_eq!(p.problems[0].reason, "InvalidConfig");
         assert!(p.problems[0].message.contains("retention.hours"));
     }
@@ -277,7 +282,7 @@ mod tests {
         // A pre-existing topic is adopted as it is: never deleted or
         // recreated to match the spec.
         let p = plan(&spec(1, Some(1), &[]), Some(&observed(4, 1, &[])));
-        assert_eq!(p.action, Action::None);
+        assert!(p.actions.is_empty());
         assert_eq!(p.problems[0].reason, "PartitionDecreaseRefused");
     }
 }
