@@ -118,6 +118,11 @@ reasons! {
     /// An idempotent producer's epoch is older than the partition has seen:
     /// another instance took its producer id over.
     ProducerFenced => ("PRODUCER_FENCED", FailedPrecondition, false),
+    /// The storage node's disk is past its usage watermark
+    /// (`storage_node.disk_min_free_bytes` / `disk_max_used_percent`):
+    /// produce to its partitions is refused until space is freed (delete a
+    /// topic, lower retention); reads, replication and metadata go on.
+    DiskFull => ("DISK_FULL", ResourceExhausted, true),
 }
 
 impl fmt::Display for Reason {

@@ -85,6 +85,10 @@ pub struct ControllerConfig {
     pub advertised_addr: String,
     /// Where the sled database lives.
     pub data_dir: PathBuf,
+    /// Bytes of disk held back for the Raft store (a file next to it,
+    /// released when the disk is almost full so metadata writes go on);
+    /// 0 = none.
+    pub disk_reserve_bytes: u64,
     /// Every voter of the Raft group, this node included. Empty = just this
     /// node (`node_id` at `advertised_addr`). Only read to bootstrap an
     /// empty store.
@@ -113,6 +117,7 @@ impl Default for ControllerConfig {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 7401)),
             advertised_addr: String::new(),
             data_dir: PathBuf::from("./data/controller"),
+            disk_reserve_bytes: 16 * 1024 * 1024,
             peers: Vec::new(),
             join: false,
             node_lease_ms: 6000,

@@ -105,7 +105,16 @@ pub async fn serve_with_options(
         .build_v1()
         .map_err(|e| ControllerError::Config(format!("reflection: {e}")))?;
 
-    let (db, log_store, sm) = store::open(&config.data_dir)?;
+    let (db, log_store, sm, reserve) = store::open(&config.data_dir, config.disk_reserve_bytes)?;
+    // The space reserve comes back once the disk has room again.
+    let reserve_task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            let r = reserve.clone();
+            let _ = tokio::task::spawn_blocking(move || r.restore()).await;
+        }
+    });
     let raft_config = openraft::Config {
         cluster_name: "streambus-controller".to_string(),
         heartbeat_interval: config.heartbeat_interval_ms,
@@ -194,6 +203,7 @@ pub async fn serve_with_options(
         .await;
 
     cancel.cancel();
+    reserve_task.abort();
     for task in tasks {
         let _ = task.await;
     }

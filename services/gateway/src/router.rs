@@ -80,9 +80,11 @@ pub fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
 }
 
 /// Whether an error from a storage node means "ask again, elsewhere or
-/// later" rather than "this request is wrong".
+/// later" rather than "this request is wrong". A full disk is retriable for
+/// the client (space may be freed) but not worth the gateway's retries:
+/// the same leader would refuse again until then, so it is answered at once.
 fn should_retry(e: &Error) -> bool {
-    e.retriable()
+    (e.retriable() && e.reason != Reason::DiskFull)
         // A storage node that has not yet applied the metadata that created
         // the topic: the gateway's own view already knows it.
         || matches!(e.reason, Reason::UnknownTopic | Reason::UnknownPartition)

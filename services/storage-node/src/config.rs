@@ -44,6 +44,12 @@ pub struct StorageNodeConfig {
     pub ack_timeout_ms: u64,
     /// How long a follower's fetch waits at the leader for new data.
     pub replica_fetch_wait_ms: u64,
+    /// Produce is refused with `DISK_FULL` while the data directory's file
+    /// system has fewer bytes available than this.
+    pub disk_min_free_bytes: u64,
+    /// Produce is refused with `DISK_FULL` while the data directory's file
+    /// system is more than this percent used (1 to 100; 100 = no limit).
+    pub disk_max_used_percent: u8,
 }
 
 impl Default for StorageNodeConfig {
@@ -64,6 +70,8 @@ impl Default for StorageNodeConfig {
             replica_lag_time_max_ms: 10_000,
             ack_timeout_ms: 8_000,
             replica_fetch_wait_ms: 500,
+            disk_min_free_bytes: 256 * 1024 * 1024,
+            disk_max_used_percent: 98,
         }
     }
 }
@@ -83,6 +91,12 @@ impl StorageNodeConfig {
                 "storage_node.decompression_budget_bytes must be at most {}, got {}",
                 1u64 << 32,
                 self.decompression_budget_bytes
+            ));
+        }
+        if !(1..=100).contains(&self.disk_max_used_percent) {
+            return Err(format!(
+                "storage_node.disk_max_used_percent must be between 1 and 100, got {}",
+                self.disk_max_used_percent
             ));
         }
         for (name, v) in [

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod data_dir;
+pub mod disk;
 pub mod error;
 pub mod isr;
 pub mod metrics;
@@ -77,6 +78,14 @@ pub async fn serve_with_listener(
         config.node_id,
     )?));
     let advertised = config.advertised(bound);
+    let disk = Arc::new(disk::Disk::new(
+        &config.data_dir,
+        config.node_id,
+        disk::Watermark {
+            min_free_bytes: config.disk_min_free_bytes,
+            max_used_percent: config.disk_max_used_percent,
+        },
+    ));
     let partitions = Arc::new(
         Partitions::new(config.node_id, config.data_dir.clone())
             .with_replica_lag(config.replica_lag_time_max_ms),
@@ -191,7 +200,23 @@ pub async fn serve_with_listener(
         });
     }
 
+    {
+        // Disk usage for the metrics (appends sample it themselves).
+        let (disk, metrics) = (disk.clone(), metrics.clone());
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let sampler = disk.clone();
+                if let Ok(Ok(usage)) = tokio::task::spawn_blocking(move || sampler.refresh()).await
+                {
+                    metrics.observe_disk(&usage, disk.is_full());
+                }
+            }
+        });
+    }
     let api = service::StorageApi {
+        disk,
         partitions: partitions.clone(),
         metrics,
         max_fetch_wait: Duration::from_millis(config.max_fetch_wait_ms),

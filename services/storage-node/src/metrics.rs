@@ -38,6 +38,13 @@ pub struct Metrics {
     /// Idempotent producers' batches that were already in the log
     /// (retries answered with the original offsets, written once).
     pub duplicate_batches: Counter,
+    /// Size of the data directory's file system, in bytes.
+    pub disk_total_bytes: Gauge,
+    /// Bytes still available there.
+    pub disk_available_bytes: Gauge,
+    /// 1 while the disk is past its watermark (produce refused with
+    /// `DISK_FULL`).
+    pub disk_full: Gauge,
 }
 
 impl Metrics {
@@ -47,6 +54,15 @@ impl Metrics {
         self.replicas.set(partitions.all().len() as i64);
         self.offline_replicas
             .set(partitions.offline_replicas().len() as i64);
+    }
+
+    /// Sets the disk gauges from a usage sample.
+    pub fn observe_disk(&self, usage: &crate::disk::Usage, full: bool) {
+        self.disk_total_bytes
+            .set(i64::try_from(usage.total).unwrap_or(i64::MAX));
+        self.disk_available_bytes
+            .set(i64::try_from(usage.available).unwrap_or(i64::MAX));
+        self.disk_full.set(i64::from(full));
     }
 
     /// Creates the metrics and registers them.
@@ -65,6 +81,9 @@ impl Metrics {
             under_replicated: Gauge::default(),
             below_min_isr: Gauge::default(),
             duplicate_batches: Counter::default(),
+            disk_total_bytes: Gauge::default(),
+            disk_available_bytes: Gauge::default(),
+            disk_full: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("streambus_storage");
         r.register(
@@ -99,6 +118,21 @@ impl Metrics {
             "duplicate_batches",
             "Idempotent producer batches already in the log, answered with their original offsets",
             m.duplicate_batches.clone(),
+        );
+        r.register(
+            "disk_total_bytes",
+            "Size of the file system holding the data directory",
+            m.disk_total_bytes.clone(),
+        );
+        r.register(
+            "disk_available_bytes",
+            "Bytes available on the file system holding the data directory",
+            m.disk_available_bytes.clone(),
+        );
+        r.register(
+            "disk_full",
+            "1 while the data directory's disk is past its watermark and produce is refused with DISK_FULL",
+            m.disk_full.clone(),
         );
         r.register(
             "replicated_bytes",

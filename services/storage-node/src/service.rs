@@ -22,6 +22,8 @@ use crate::partitions::Partitions;
 
 /// Implements `streambus.internal.v1.StorageService`.
 pub struct StorageApi {
+    /// The data directory's disk: appends are refused past its watermark.
+    pub(crate) disk: Arc<crate::disk::Disk>,
     pub(crate) partitions: Arc<Partitions>,
     pub(crate) metrics: Metrics,
     pub(crate) max_fetch_wait: Duration,
@@ -157,6 +159,7 @@ impl StorageApi {
     async fn append(&self, req: AppendRequest) -> Result<AppendResponse, Error> {
         let p = partition_ref(req.partition)?;
         let replica = self.partitions.leader_replica(&p.topic, p.partition)?;
+        self.disk.check_produce()?;
         let (leader_epoch, _) = replica.epoch_and_replicas();
         if req.leader_epoch != 0 && req.leader_epoch != leader_epoch {
             return Err(self.partitions.not_leader_because(
@@ -568,6 +571,14 @@ mod tests {
             .await;
         let mut registry = prometheus_client::registry::Registry::default();
         StorageApi {
+            disk: Arc::new(crate::disk::Disk::new(
+                dir,
+                1,
+                crate::disk::Watermark {
+                    min_free_bytes: 0,
+                    max_used_percent: 100,
+                },
+            )),
             partitions,
             metrics: Metrics::new(&mut registry),
             max_fetch_wait: Duration::from_millis(10),
@@ -601,6 +612,41 @@ mod tests {
             acks: 0,
             leader_epoch: 0,
         }
+    }
+
+    #[tokio::test]
+    async fn a_disk_past_its_watermark_refuses_appends_and_still_serves_fetches() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut api = api(tmp.path(), 1 << 20).await;
+        api.append(append(Compression::None)).await.unwrap();
+        api.disk = Arc::new(crate::disk::Disk::new(
+            tmp.path(),
+            1,
+            crate::disk::Watermark {
+                min_free_bytes: u64::MAX,
+                max_used_percent: 100,
+            },
+        ));
+        let err = api.append(append(Compression::None)).await.unwrap_err();
+        assert_eq!(err.reason, Reason::DiskFull, "{err}");
+        assert!(err.reason.retriable());
+        assert!(err.message.contains("storage node 1"), "{err}");
+        let replica = api.partitions.leader_replica("t", 0).unwrap();
+        assert_eq!(replica.log.end_offset(), 100, "nothing appended");
+        let fetched = api
+            .fetch(StorageFetchRequest {
+                partition: Some(PartitionRef {
+                    topic: "t".into(),
+                    partition: 0,
+                }),
+                offset: 0,
+                max_bytes: 1 << 20,
+                max_wait_ms: 0,
+            })
+            .await
+            .unwrap();
+        assert!(!fetched.batches.is_empty());
+        assert_eq!(fetched.next_offset, 100);
     }
 
     #[tokio::test]

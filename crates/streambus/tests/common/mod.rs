@@ -19,6 +19,11 @@ pub struct Dev {
 impl Dev {
     /// Starts a dev instance storing under `dir` and waits until ready.
     pub async fn start(dir: &Path) -> Dev {
+        Dev::start_with(dir, |_| {}).await
+    }
+
+    /// [`Dev::start`] with settings changed by `tweak`.
+    pub async fn start_with(dir: &Path, tweak: impl FnOnce(&mut Settings)) -> Dev {
         let listeners = DevListeners::ephemeral().await.unwrap();
         let endpoints = listeners.endpoints().unwrap();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -26,6 +31,7 @@ impl Dev {
         let dir = dir.to_path_buf();
         let mut settings = Settings::default();
         settings.controller.node_lease_ms = 3_000;
+        tweak(&mut settings);
         let task = tokio::spawn(async move {
             dev::run(
                 settings,

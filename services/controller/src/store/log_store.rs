@@ -26,6 +26,7 @@ type StorageResult<T> = Result<T, StorageError<u64>>;
 #[derive(Clone)]
 pub struct LogStore {
     db: sled::Db,
+    reserve: std::sync::Arc<super::Reserve>,
     logs: sled::Tree,
     meta: sled::Tree,
 }
@@ -39,9 +40,13 @@ fn decode_entry(bytes: &[u8]) -> Result<Entry<TypeConfig>, serde_json::Error> {
 }
 
 impl LogStore {
-    pub(crate) fn open(db: &sled::Db) -> Result<LogStore, ControllerError> {
+    pub(crate) fn open(
+        db: &sled::Db,
+        reserve: std::sync::Arc<super::Reserve>,
+    ) -> Result<LogStore, ControllerError> {
         Ok(LogStore {
             db: db.clone(),
+            reserve,
             logs: db.open_tree("raft_log")?,
             meta: db.open_tree("raft_meta")?,
         })
@@ -131,6 +136,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> StorageResult<()> {
+        self.reserve.ensure_room();
         self.put_meta(VOTE, vote)
             .map_err(|e| StorageIOError::write_vote(&e))?;
         self.flush()
@@ -146,6 +152,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> StorageResult<()> {
+        self.reserve.ensure_room();
         self.put_meta(COMMITTED, &committed)
             .map_err(|e| StorageIOError::write(&e))?;
         Ok(())
@@ -163,6 +170,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        self.reserve.ensure_room();
         let mut batch = sled::Batch::default();
         for entry in entries {
             let bytes = serde_json::to_vec(&entry)
@@ -186,6 +194,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> StorageResult<()> {
+        self.reserve.ensure_room();
         self.remove_range(log_id.index, u64::MAX)
             .map_err(|e| StorageIOError::write_logs(&e))?;
         self.flush()
@@ -195,6 +204,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> StorageResult<()> {
+        self.reserve.ensure_room();
         // Record the purge point first: a crash in between leaves entries
         // that are ignored rather than a gap that is not explained.
         self.put_meta(LAST_PURGED, &log_id)

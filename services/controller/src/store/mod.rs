@@ -3,14 +3,17 @@
 //! data directory, in separate trees.
 
 mod log_store;
+mod reserve;
 mod state_machine;
 
 use std::io::Cursor;
 use std::path::Path;
+use std::sync::Arc;
 
 use openraft::BasicNode;
 
 pub use log_store::LogStore;
+pub use reserve::Reserve;
 pub use state_machine::StateMachineStore;
 
 use crate::error::ControllerError;
@@ -31,16 +34,22 @@ openraft::declare_raft_types!(
 /// The controller's Raft handle.
 pub type Raft = openraft::Raft<TypeConfig>;
 
-/// Opens (or creates) the sled database under `dir` and both stores on it.
-pub fn open(dir: &Path) -> Result<(sled::Db, LogStore, StateMachineStore), ControllerError> {
+/// Opens (or creates) the sled database under `dir` and both stores on it,
+/// with a space reserve of `reserve_bytes` (0 = none).
+pub fn open(
+    dir: &Path,
+    reserve_bytes: u64,
+) -> Result<(sled::Db, LogStore, StateMachineStore, Arc<Reserve>), ControllerError> {
     std::fs::create_dir_all(dir).map_err(|source| ControllerError::DataDir {
         path: dir.to_path_buf(),
         source,
     })?;
+    let reserve = Arc::new(Reserve::open(dir, reserve_bytes));
+    reserve.ensure_room();
     let db = sled::Config::new().path(dir.join("raft.sled")).open()?;
-    let log = LogStore::open(&db)?;
-    let sm = StateMachineStore::open(&db)?;
-    Ok((db, log, sm))
+    let log = LogStore::open(&db, reserve.clone())?;
+    let sm = StateMachineStore::open(&db, reserve.clone())?;
+    Ok((db, log, sm, reserve))
 }
 
 #[cfg(test)]
@@ -57,7 +66,7 @@ mod tests {
             &self,
         ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<u64>> {
             let dir = tempfile::tempdir().expect("tempdir");
-            let (_db, log, sm) = open(dir.path()).expect("open store");
+            let (_db, log, sm, _) = open(dir.path(), 0).expect("open store");
             Ok((dir, log, sm))
         }
     }
@@ -95,7 +104,7 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let before = {
-            let (_db, _log, mut sm) = open(dir.path()).unwrap();
+            let (_db, _log, mut sm, _) = open(dir.path(), 0).unwrap();
             let mut rx = sm.subscribe();
             let replies = sm
                 .apply([
@@ -115,7 +124,7 @@ mod tests {
             assert_eq!(published.topics.keys().collect::<Vec<_>>(), ["b"]);
             published
         };
-        let (_db, _log, mut sm) = open(dir.path()).unwrap();
+        let (_db, _log, mut sm, _) = open(dir.path(), 0).unwrap();
         assert_eq!(*sm.current(), *before);
         let (applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(applied.map(|l| l.index), Some(5));
@@ -127,7 +136,7 @@ mod tests {
         use openraft::storage::RaftStateMachine;
 
         let source_dir = tempfile::tempdir().unwrap();
-        let (_db, _log, mut source) = open(source_dir.path()).unwrap();
+        let (_db, _log, mut source, _) = open(source_dir.path(), 0).unwrap();
         source
             .apply([entry(1, register(1)), entry(2, create("kept"))])
             .await
@@ -141,7 +150,7 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         {
-            let (_db, _log, mut sm) = open(dir.path()).unwrap();
+            let (_db, _log, mut sm, _) = open(dir.path(), 0).unwrap();
             sm.apply([entry(1, register(9)), entry(2, create("dropped"))])
                 .await
                 .unwrap();
@@ -150,7 +159,7 @@ mod tests {
                 .unwrap();
             assert_eq!(*sm.current(), *source.current());
         }
-        let (_db, _log, mut sm) = open(dir.path()).unwrap();
+        let (_db, _log, mut sm, _) = open(dir.path(), 0).unwrap();
         assert_eq!(*sm.current(), *source.current());
         assert!(sm.current().topics.contains_key("kept"));
         assert!(!sm.current().nodes.contains_key(&9));

@@ -63,6 +63,7 @@ struct SmMeta {
 
 struct Inner {
     db: sled::Db,
+    reserve: Arc<super::Reserve>,
     tree: sled::Tree,
     snapshots: sled::Tree,
     state: Mutex<SmState>,
@@ -90,7 +91,10 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> ControllerError {
 }
 
 impl StateMachineStore {
-    pub(crate) fn open(db: &sled::Db) -> Result<StateMachineStore, ControllerError> {
+    pub(crate) fn open(
+        db: &sled::Db,
+        reserve: Arc<super::Reserve>,
+    ) -> Result<StateMachineStore, ControllerError> {
         let tree = db.open_tree("sm")?;
         let snapshots = db.open_tree("sm_snapshot")?;
         let mut state = load_state(&tree)?;
@@ -112,6 +116,7 @@ impl StateMachineStore {
         Ok(StateMachineStore {
             inner: Arc::new(Inner {
                 db: db.clone(),
+                reserve,
                 tree,
                 snapshots,
                 state: Mutex::new(state),
@@ -275,6 +280,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        self.inner.reserve.ensure_room();
         let mut responses = Vec::new();
         let published = {
             let mut state = self.lock();
@@ -323,6 +329,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta<u64, BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
+        self.inner.reserve.ensure_room();
         let data = snapshot.into_inner();
         let read_err = |e: &dyn std::error::Error| {
             StorageIOError::read_snapshot(
