@@ -404,13 +404,10 @@ impl Shared {
         debug_assert!(!self.is_rolling());
         let base = st.end();
         let path = segment_file(&self.dir, base, ROLLING_EXT);
-        let file = match self.disk.open(&path, OpenMode::CreateNew) {
-            Ok(f) => f,
-            Err(e) => {
-                self.fail(format!("segment roll failed: {e}"));
-                return Err(e);
-            }
-        };
+        // Nothing has changed yet: a segment that cannot be created (no
+        // space left, say) fails this append only, and the next one tries
+        // again.
+        let file = self.disk.open(&path, OpenMode::CreateNew)?;
         let sealed = st.active_mut();
         sealed.idx.finish_time_index();
         let job = RollJob {

@@ -425,6 +425,11 @@ impl SimIo {
         });
     }
 
+    /// Drops the faults [`SimIo::fail_next`] armed that have not fired.
+    pub fn clear_faults(&self) {
+        self.lock().faults.clear();
+    }
+
     /// With `true`, every [`IoFile::sync_data`] and [`Io::sync_dir`]
     /// succeeds without making anything durable (a power loss still drops
     /// or tears everything written since), as if the callers' fsyncs were

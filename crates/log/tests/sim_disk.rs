@@ -596,3 +596,48 @@ fn a_failed_fsync_fails_the_log_until_it_is_reopened() {
         assert_eq!(log.durable_offset(), info.last_offset + 1);
     }
 }
+
+/// A write or a segment creation that fails (no space left, say) fails
+/// that append only: the log is not failed, the partial batch is gone, and
+/// the next append succeeds once the disk allows it.
+#[test]
+fn a_failed_write_or_segment_creation_fails_only_that_append() {
+    let sim = SimIo::new(7);
+    let log = open(&sim, config(FsyncPolicy::Always)).unwrap();
+    log.append(&mut batch("a", 2, 1)).unwrap();
+    let end = log.end_offset();
+
+    sim.fail_next(SimOp::Write, ".log");
+    assert!(log.append(&mut batch("b", 2, 2)).is_err());
+    assert_eq!(log.failure(), None);
+    assert_eq!(log.end_offset(), end);
+
+    // Fill the active segment so the next append rolls, and make creating
+    // the new segment fail.
+    while log.segment_count() == 1 {
+        sim.fail_next(SimOp::Open, ".rolling");
+        match log.append(&mut batch("c", 2, 3)) {
+            Ok(_) => {
+                // It fitted: no roll was attempted; the fault is unused.
+                sim.clear_faults();
+            }
+            Err(_) => {
+                assert_eq!(log.failure(), None, "a failed roll must not fail the log");
+                log.append(&mut batch("d", 2, 4)).unwrap();
+            }
+        }
+    }
+    assert_eq!(log.failure(), None);
+    let kept: Vec<String> = values(&read_all(&log))
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert!(!kept.iter().any(|v| v.starts_with('b')), "{kept:?}");
+    drop(log);
+    let reopened = open(&sim, config(FsyncPolicy::Always)).unwrap();
+    let again: Vec<String> = values(&read_all(&reopened))
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(again, kept);
+}
