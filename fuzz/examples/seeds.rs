@@ -3,8 +3,11 @@
 //! log directories from `streambus_log::Log`).
 //!
 //! ```text
-//! cargo run --manifest-path fuzz/Cargo.toml --example seeds
+//! cargo run --manifest-path fuzz/Cargo.toml --example seeds [TARGET...]
 //! ```
+//!
+//! With target names (`record_batch`, `varint`, `log_recovery`), only
+//! those targets' seeds are written.
 
 use std::path::{Path, PathBuf};
 
@@ -142,17 +145,19 @@ fn record_seeds() {
         "gzip",
         &record_batch::input_for(&gz, record_batch::FIX_CRC),
     );
-    // Known crash, kept as its reproducer: a valid CRC and a huge
-    // recordCount make `decode_records` reserve ~223 GB before it finds
-    // the records missing. Not run through the checks here.
+    // A crash once, fixed, kept as a regression input: a valid CRC and a
+    // huge recordCount made `decode_records` reserve ~223 GB before it
+    // found the records missing.
     let mut huge = small.clone();
     huge[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
     recrc(&mut huge);
+    let input = record_batch::input_for(&huge, 0);
+    record_batch::check(&input);
     std::fs::write(
-        corpus("record_batch").join("known-crash-decode-records-capacity"),
-        record_batch::input_for(&huge, 0),
+        corpus("record_batch").join("regression-decode-records-capacity"),
+        input,
     )
-    .expect("write reproducer");
+    .expect("write regression input");
     // An empty builder's batch (no records: rejected).
     let empty = BatchBuilder::new(Compression::Lz4).build();
     write("record_batch", "empty", &record_batch::input_for(&empty, 0));
@@ -215,6 +220,9 @@ fn log_seed(name: &str, flags: u8, segment_bytes: u64, close: bool, fill: impl F
     } else {
         drop(log);
     }
+    // These seeds predate the leader-epoch checkpoint: without it open
+    // rebuilds the cache from the batch headers.
+    std::fs::remove_file(tmp.path().join("leader-epoch-checkpoint")).unwrap();
     let input = log_recovery::Input::from_dir(tmp.path(), flags).unwrap();
     write("log_recovery", name, &input.encode());
 }
@@ -277,9 +285,187 @@ fn log_seeds() {
     write("log_recovery", "empty", &[]);
 }
 
+/// A log directory filled by `fill` with `config`, then closed (or
+/// dropped, as in a crash).
+fn log_dir(config: LogConfig, close: bool, fill: impl FnOnce(&Log)) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = Log::open(tmp.path(), config).unwrap();
+    fill(&log);
+    if close {
+        log.close().unwrap();
+    } else {
+        drop(log);
+    }
+    tmp
+}
+
+/// Names of the segment files (`.log`) in `dir`, oldest first.
+fn segment_bases(dir: &Path) -> Vec<u32> {
+    let mut bases: Vec<u32> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".log")?.parse().ok()
+        })
+        .collect();
+    bases.sort();
+    bases
+}
+
+fn segment_path(dir: &Path, base: u32, ext: &str) -> PathBuf {
+    dir.join(format!("{base:020}.{ext}"))
+}
+
+/// Appends `n` two-record batches, `epoch_of(i)` giving batch `i`'s leader
+/// epoch.
+fn fill_with_epochs(log: &Log, n: i64, epoch_of: impl Fn(i64) -> i32) {
+    for i in 0..n {
+        let mut b = log_batch(&format!("e{i}"), 2, 100 * i, Compression::None);
+        log.append_with_epoch(&mut b, epoch_of(i)).unwrap();
+    }
+}
+
+/// Seeds for the files that an interrupted operation leaves behind and for
+/// the leader-epoch checkpoint.
+fn interrupted_log_seeds() {
+    use log_recovery::{
+        CLEAN, CLEANED, CRASH_REOPEN, EPOCH_CHECKPOINT, FIX_CRC, FileEntry, INDEX, Input, LOG,
+        TIME_INDEX, TRUNCATION,
+    };
+    let epochs = |i: i64| [1, 1, 1, 3, 3, 4, 4, 4, 4, 7, 7, 7][i as usize % 12];
+
+    // Leader epochs over several segments, a truncation that removed the
+    // newest epoch's entry, then a newer epoch: the checkpoint as it is.
+    let tmp = log_dir(config(400), true, |log| {
+        fill_with_epochs(log, 10, epochs);
+        log.truncate_to(12).unwrap();
+        fill_with_epochs(log, 2, |_| 8);
+    });
+    let input = Input::from_dir(tmp.path(), CLEAN | 0x10).unwrap();
+    write("log_recovery", "epochs-truncated", &input.encode());
+
+    // A crash during a segment roll: the new segment is still
+    // `.log.rolling` (and took appends), the sealed one has no index files
+    // yet; a checkpoint write left its `.tmp` file.
+    let tmp = log_dir(config(400), false, |log| fill_with_epochs(log, 9, epochs));
+    let dir = tmp.path();
+    let bases = segment_bases(dir);
+    let (sealed, last) = (bases[bases.len() - 2], bases[bases.len() - 1]);
+    std::fs::rename(
+        segment_path(dir, last, "log"),
+        segment_path(dir, last, "log.rolling"),
+    )
+    .unwrap();
+    for ext in ["index", "timeindex"] {
+        let _ = std::fs::remove_file(segment_path(dir, sealed, ext));
+        let _ = std::fs::remove_file(segment_path(dir, last, ext));
+    }
+    std::fs::write(dir.join("leader-epoch-checkpoint.tmp"), "0\n3\n1 0\n").unwrap();
+    let input = Input::from_dir(dir, CRASH_REOPEN | 0x08).unwrap();
+    write("log_recovery", "interrupted-roll", &input.encode());
+
+    // A crash during `truncate_to`: the intent (described: cut the middle
+    // segment after its first batch) is durable, the segment already cut,
+    // the segments above not yet deleted. The leader-epoch checkpoint is
+    // described too (its entries still include the removed batches').
+    let tmp = log_dir(config(400), false, |log| fill_with_epochs(log, 12, epochs));
+    let dir = tmp.path();
+    let bases = segment_bases(dir);
+    let middle = bases[bases.len() / 2];
+    let mut input = Input::from_dir(dir, CRASH_REOPEN).unwrap();
+    input.files.retain(|f| f.kind != EPOCH_CHECKPOINT);
+    // Epochs 1, 3, 4 and 7 start at batches 0, 3, 5 and 9 (2 offsets each).
+    input.files.push(FileEntry {
+        kind: EPOCH_CHECKPOINT,
+        base: 0,
+        bytes: vec![0xff, 1, 0, 2, 6, 1, 4, 3, 8],
+    });
+    input.files.push(FileEntry {
+        kind: TRUNCATION,
+        base: middle,
+        bytes: vec![0xff, 1, 0, 1],
+    });
+    write("log_recovery", "interrupted-truncation", &input.encode());
+
+    // The same crash right after the intent was written, which cuts the
+    // active segment back to empty (written as text).
+    let tmp = log_dir(config(400), false, |log| fill_with_epochs(log, 8, epochs));
+    let dir = tmp.path();
+    let last = *segment_bases(dir).last().unwrap();
+    std::fs::write(
+        dir.join("truncation.checkpoint"),
+        format!("0\n{last}\n{last}\n0\n"),
+    )
+    .unwrap();
+    let input = Input::from_dir(dir, FIX_CRC).unwrap();
+    write(
+        "log_recovery",
+        "interrupted-truncation-text",
+        &input.encode(),
+    );
+
+    // A crash during compaction's swap of the first segment: before the
+    // renames (old log without index files, the `.cleaned` files), and
+    // after the log's rename (new log, index files still `.cleaned`).
+    let compact_config = LogConfig {
+        index_interval_bytes: 1,
+        ..config(500)
+    };
+    let fill = |log: &Log| {
+        for i in 0..10 {
+            log.append(&mut log_batch(&format!("c{i}"), 3, i, Compression::None))
+                .unwrap();
+        }
+    };
+    let before = log_dir(compact_config.clone(), true, fill);
+    let after = log_dir(compact_config.clone(), true, |log| {
+        fill(log);
+        log.compact(1_000_000).unwrap();
+    });
+    let first = segment_bases(before.path())[0];
+    let cleaned = |ext: &str| FileEntry {
+        kind: match ext {
+            "log" => CLEANED,
+            "index" => CLEANED | 8,
+            _ => CLEANED | 16,
+        },
+        base: first,
+        bytes: std::fs::read(segment_path(after.path(), first, ext)).unwrap(),
+    };
+    let mut input = Input::from_dir(before.path(), CRASH_REOPEN).unwrap();
+    input
+        .files
+        .retain(|f| f.base != first || !matches!(f.kind, INDEX | TIME_INDEX));
+    input
+        .files
+        .extend(["log", "index", "timeindex"].map(cleaned));
+    write("log_recovery", "interrupted-compaction", &input.encode());
+    input
+        .files
+        .retain(|f| f.base != first || (f.kind != LOG && f.kind != CLEANED));
+    input.files.push(FileEntry {
+        kind: LOG,
+        ..cleaned("log")
+    });
+    write(
+        "log_recovery",
+        "interrupted-compaction-swap",
+        &input.encode(),
+    );
+}
+
 fn main() {
-    record_seeds();
-    varint_seeds();
-    log_seeds();
+    let targets: Vec<String> = std::env::args().skip(1).collect();
+    let wanted = |t: &str| targets.is_empty() || targets.iter().any(|a| a == t);
+    if wanted("record_batch") {
+        record_seeds();
+    }
+    if wanted("varint") {
+        varint_seeds();
+    }
+    if wanted("log_recovery") {
+        log_seeds();
+        interrupted_log_seeds();
+    }
     println!("seeds written under {}", corpus("").display());
 }

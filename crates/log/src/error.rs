@@ -115,6 +115,18 @@ pub enum LogError {
         /// The log end offset.
         end: i64,
     },
+    /// The batch's offsets would not fit after the log end offset: its last
+    /// offset would be `i64::MAX` or beyond (offsets end below `i64::MAX`,
+    /// so that the end offset after them fits). Only a damaged log start
+    /// checkpoint or truncation intent, or a
+    /// [`Log::reset_to`](crate::Log::reset_to) that high, puts the end there.
+    #[error("a batch of {count} offsets does not fit after the log end offset {end}")]
+    OffsetOverflow {
+        /// The log end offset.
+        end: i64,
+        /// Offsets the batch spans (`lastOffsetDelta + 1`).
+        count: i64,
+    },
     /// The appended batch was removed by a concurrent `truncate_to` before it
     /// became durable.
     #[error("appended batch at offset {offset} was truncated before it was synced")]

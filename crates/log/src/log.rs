@@ -233,10 +233,18 @@ impl Batches<'_> {
         }
     }
 
-    /// Whether the batches can go at the end offset `end`.
+    /// Whether the batches can go at the end offset `end`: kept batches
+    /// must start there; a producer batch's offsets must fit after it (kept
+    /// batches' headers guarantee that theirs do).
     fn check_start(&self, end: i64) -> Result<(), LogError> {
         match self {
-            Batches::Assign { .. } => Ok(()),
+            Batches::Assign { header, .. } => {
+                let count = i64::from(header.last_offset_delta) + 1;
+                match end.checked_add(count) {
+                    Some(_) => Ok(()),
+                    None => Err(LogError::OffsetOverflow { end, count }),
+                }
+            }
             Batches::Keep { batches, .. } => match batches.first() {
                 Some((_, h)) if h.base_offset != end => Err(LogError::NonContiguous {
                     expected: end,

@@ -200,3 +200,73 @@ fn validate_accepts_exactly_the_published_ranges() {
         );
     }
 }
+
+/// The offsets of a batch end below `i64::MAX` (the end offset after it
+/// must fit): an append that would pass it is refused, through any way the
+/// end offset got that high (a damaged log start checkpoint, `reset_to`),
+/// and so are replicated batches whose last offset is `i64::MAX`.
+#[test]
+fn appends_whose_offsets_would_pass_i64_max_are_refused() {
+    // A log start checkpoint at i64::MAX in an empty directory.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("log-start-offset.checkpoint"),
+        format!("0\n{}\n", i64::MAX),
+    )
+    .unwrap();
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    assert_eq!(log.end_offset(), i64::MAX);
+    let err = log.append(&mut batch("x", 1, 1)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LogError::OffsetOverflow {
+                end: i64::MAX,
+                count: 1
+            }
+        ),
+        "{err}"
+    );
+    let err = log.append_with_epoch(&mut batch("x", 1, 1), 3).unwrap_err();
+    assert!(matches!(err, LogError::OffsetOverflow { .. }), "{err}");
+    assert_eq!(log.end_offset(), i64::MAX);
+    assert_eq!(log.epoch_entries(), []);
+    log.close().unwrap();
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    assert_eq!(log.end_offset(), i64::MAX);
+
+    // reset_to near i64::MAX: the offsets up to i64::MAX - 1 are used.
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    log.reset_to(i64::MAX - 3).unwrap();
+    log.append(&mut batch("a", 2, 1)).unwrap();
+    let err = log.append(&mut batch("b", 2, 1)).unwrap_err();
+    assert!(
+        matches!(err, LogError::OffsetOverflow { end, count: 2 } if end == i64::MAX - 1),
+        "{err}"
+    );
+    assert_eq!(
+        log.append(&mut batch("c", 1, 1)).unwrap().base_offset,
+        i64::MAX - 1
+    );
+    assert_eq!(log.end_offset(), i64::MAX);
+    assert_eq!(read_all(&log).len(), 3);
+    log.close().unwrap();
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    assert_eq!(log.end_offset(), i64::MAX);
+    assert_eq!(read_all(&log).len(), 3);
+
+    // Replicated batches ending at i64::MAX, followed by another.
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    log.reset_to(i64::MAX - 2).unwrap();
+    let mut first = batch("r", 2, 1);
+    streambus_record::set_base_offset(&mut first, i64::MAX - 1);
+    let mut two = first.clone();
+    two.extend_from_slice(&first);
+    for batches in [&first, &two] {
+        let err = log.append_replicated(batches).unwrap_err();
+        assert!(matches!(err, LogError::InvalidBatch(_)), "{err}");
+    }
+    assert_eq!(log.end_offset(), i64::MAX - 2);
+}

@@ -114,8 +114,10 @@ impl BatchHeader {
     /// Parses the fixed header at the start of `buf`.
     ///
     /// Checks only what the header alone can show: enough bytes for the
-    /// header, magic 2, and a `batchLength` large enough to hold the header.
-    /// It does not check the CRC or that `buf` holds the whole batch.
+    /// header, magic 2, a `batchLength` large enough to hold the header,
+    /// non-negative counts, and offsets from a non-negative `baseOffset`
+    /// to a last offset below `i64::MAX` (so that [`BatchHeader::next_offset`]
+    /// fits). It does not check the CRC or that `buf` holds the whole batch.
     pub fn parse(buf: &[u8]) -> Result<BatchHeader, RecordError> {
         if buf.len() < HEADER_SIZE {
             // Report the magic first if it is visible: a wrong format is a
@@ -165,15 +167,17 @@ impl BatchHeader {
                 header.record_count
             )));
         }
+        // The offset after the batch must fit too (`next_offset`), so the
+        // last offset is below i64::MAX.
         if header.base_offset < 0
             || header
                 .base_offset
-                .checked_add(i64::from(header.last_offset_delta))
+                .checked_add(i64::from(header.last_offset_delta) + 1)
                 .is_none()
         {
             return Err(RecordError::Malformed(format!(
-                "invalid baseOffset {}",
-                header.base_offset
+                "invalid baseOffset {} (lastOffsetDelta {})",
+                header.base_offset, header.last_offset_delta
             )));
         }
         Ok(header)

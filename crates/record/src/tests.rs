@@ -294,6 +294,33 @@ fn batch_iter_reports_a_bad_header() {
     assert!(it.next().is_none());
 }
 
+#[test]
+fn a_batch_whose_offsets_reach_i64_max_is_malformed() {
+    let mut b = batch(
+        Compression::None,
+        &[rec(None, Some("a"), 1), rec(None, Some("b"), 1)],
+    );
+    // Offsets i64::MAX - 2 and i64::MAX - 1: the end offset i64::MAX fits.
+    set_base_offset(&mut b, i64::MAX - 2);
+    let h = validate_batch(&b).unwrap();
+    assert_eq!(h.next_offset(), i64::MAX);
+    // Offsets i64::MAX - 1 and i64::MAX: the offset after them does not.
+    set_base_offset(&mut b, i64::MAX - 1);
+    for err in [
+        BatchHeader::parse(&b).unwrap_err(),
+        validate_batch(&b).unwrap_err(),
+        decode_records(&b).unwrap_err(),
+    ] {
+        assert!(
+            matches!(&err, RecordError::Malformed(m) if m.contains("invalid baseOffset")),
+            "{err}"
+        );
+    }
+    let mut two = b.clone();
+    two.extend_from_slice(&b);
+    assert!(BatchIter::new(&two).next().unwrap().is_err());
+}
+
 fn invalid_ts<T: std::fmt::Debug>(r: Result<T, RecordError>) -> String {
     match r {
         Err(RecordError::InvalidTimestamps(m)) => m,
