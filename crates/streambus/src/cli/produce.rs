@@ -7,9 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use bytes::Bytes;
-use streambus_client::{
-    ClientError, Compression, DeliveryFuture, Header, ProducerConfig, Record, v1,
-};
+use streambus_client::{Compression, DeliveryFuture, Header, ProducerConfig, Record, v1};
 use tokio::sync::mpsc;
 
 use super::{GatewayArgs, parse_key_value};
@@ -219,6 +217,57 @@ struct Stats {
     failed: u64,
 }
 
+/// Failure lines with repeats folded: a failure is printed when its error
+/// differs from the one before; identical ones that follow are counted and
+/// summarized in one line (a full disk fails every record the same way).
+#[derive(Default)]
+struct Failures {
+    /// The last error printed, and the lines since that repeated it.
+    last: Option<String>,
+    repeats: u64,
+    repeat_lines: (u64, u64),
+    /// Distinct errors printed.
+    printed: u64,
+}
+
+impl Failures {
+    /// The lines to print for a failure of input line `line`.
+    fn record(&mut self, line: u64, error: String) -> Vec<String> {
+        if self.last.as_deref() == Some(error.as_str()) {
+            if self.repeats == 0 {
+                self.repeat_lines.0 = line;
+            }
+            self.repeats += 1;
+            self.repeat_lines.1 = line;
+            return Vec::new();
+        }
+        let mut out: Vec<String> = self.flush().into_iter().collect();
+        if self.printed < MAX_REPORTED_FAILURES {
+            out.push(format!("error: record on line {line}: {error}"));
+            self.printed += 1;
+        }
+        self.last = Some(error);
+        out
+    }
+
+    /// The summary of repeats not printed yet.
+    fn flush(&mut self) -> Option<String> {
+        let n = std::mem::take(&mut self.repeats);
+        (n > 0 && self.printed <= MAX_REPORTED_FAILURES).then(|| {
+            let (from, to) = self.repeat_lines;
+            let lines = if from == to {
+                format!("line {from}")
+            } else {
+                format!("lines {from} to {to}")
+            };
+            format!(
+                "error: the same error for {n} more record{} ({lines})",
+                if n == 1 { "" } else { "s" }
+            )
+        })
+    }
+}
+
 /// Awaits deliveries in input order, printing offsets (with `-v`) and
 /// failures.
 async fn report(
@@ -228,6 +277,7 @@ async fn report(
 ) -> io::Result<Stats> {
     let mut stats = Stats::default();
     let mut out = io::BufWriter::new(io::stdout());
+    let mut failures = Failures::default();
     while let Some((line, delivery)) = deliveries.recv().await {
         match delivery.await {
             Ok(written) => {
@@ -243,8 +293,8 @@ async fn report(
             Err(e) => {
                 stats.failed += 1;
                 failed.store(true, Ordering::Relaxed);
-                if stats.failed <= MAX_REPORTED_FAILURES {
-                    report_failure(line, &e);
+                for l in failures.record(line, e.to_string()) {
+                    eprintln!("{l}");
                 }
             }
         }
@@ -253,16 +303,41 @@ async fn report(
         }
     }
     out.flush()?;
+    if let Some(l) = failures.flush() {
+        eprintln!("{l}");
+    }
     Ok(stats)
-}
-
-fn report_failure(line: u64, e: &ClientError) {
-    eprintln!("error: record on line {line}: {e}");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeated_identical_failures_are_summarized() {
+        let mut f = Failures::default();
+        let disk = "DISK_FULL: storage node 1: no space".to_string();
+        assert_eq!(
+            f.record(3, disk.clone()),
+            ["error: record on line 3: DISK_FULL: storage node 1: no space"]
+        );
+        for line in 4..=9 {
+            assert!(f.record(line, disk.clone()).is_empty());
+        }
+        assert_eq!(
+            f.record(10, "TIMEOUT: slow".into()),
+            [
+                "error: the same error for 6 more records (lines 4 to 9)",
+                "error: record on line 10: TIMEOUT: slow",
+            ]
+        );
+        assert!(f.record(11, "TIMEOUT: slow".into()).is_empty());
+        assert_eq!(
+            f.flush().as_deref(),
+            Some("error: the same error for 1 more record (line 11)")
+        );
+        assert_eq!(f.flush(), None);
+    }
 
     #[test]
     fn lines_lose_their_line_endings() {
