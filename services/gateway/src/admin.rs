@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use streambus_cluster::ControllerClient;
 use streambus_proto::internal::{
-    ClusterMetadata, ListOffsetsRequest, PartitionRef, TopicMetadata, list_offsets_request,
+    ClusterMetadata, DescribeNodeRequest, ListOffsetsRequest, PartitionRef, TopicMetadata,
+    list_offsets_request,
 };
 use streambus_proto::v1::admin_service_server::AdminService;
 use streambus_proto::v1::{
@@ -153,9 +154,36 @@ impl AdminApi {
         let md = md?;
         let mut status = cluster_status(&md);
         status.controllers = controllers?;
+        // Each live node's disk, as it reports it (a node that does not
+        // answer within a second keeps zeros).
+        let disks = futures::future::join_all(status.storage_nodes.iter().map(|n| {
+            let client = n
+                .alive
+                .then(|| self.router.client(&n.address).ok())
+                .flatten();
+            async move {
+                let mut client = client?;
+                let call = client.describe_node(DescribeNodeRequest {});
+                match tokio::time::timeout(DESCRIBE_NODE_TIMEOUT, call).await {
+                    Ok(Ok(r)) => Some(r.into_inner()),
+                    _ => None,
+                }
+            }
+        }))
+        .await;
+        for (n, disk) in status.storage_nodes.iter_mut().zip(disks) {
+            if let Some(d) = disk {
+                n.disk_total_bytes = d.disk_total_bytes;
+                n.disk_available_bytes = d.disk_available_bytes;
+                n.disk_full = d.disk_full;
+            }
+        }
         Ok(status)
     }
 }
+
+/// How long `DescribeCluster` waits for a storage node's own report.
+const DESCRIBE_NODE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Storage nodes and the partitions that need attention, from metadata.
 pub fn cluster_status(md: &ClusterMetadata) -> DescribeClusterResponse {
@@ -213,6 +241,7 @@ pub fn cluster_status(md: &ClusterMetadata) -> DescribeClusterResponse {
             leader_partitions: led.get(&n.node_id).copied().unwrap_or(0),
             replicas: hosted.get(&n.node_id).copied().unwrap_or(0),
             decommissioning: n.decommissioning,
+            ..StorageNodeStatus::default()
         })
         .collect();
     out

@@ -106,7 +106,7 @@ impl Router {
         &self.metadata
     }
 
-    fn client(&self, addr: &str) -> Result<StorageServiceClient<Channel>, Error> {
+    pub(crate) fn client(&self, addr: &str) -> Result<StorageServiceClient<Channel>, Error> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         let channel = match channels.get(addr) {
             Some(c) => c.clone(),

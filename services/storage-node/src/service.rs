@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use streambus_proto::internal::storage_service_server::StorageService;
 use streambus_proto::internal::{
-    AppendRequest, AppendResponse, DivergingEpoch, ListOffsetsRequest, ListOffsetsResponse,
-    PartitionRef, ReplicaFetchRequest, ReplicaFetchResponse, StorageFetchRequest,
-    StorageFetchResponse, list_offsets_request,
+    AppendRequest, AppendResponse, DescribeNodeRequest, DescribeNodeResponse, DivergingEpoch,
+    ListOffsetsRequest, ListOffsetsResponse, PartitionRef, ReplicaFetchRequest,
+    ReplicaFetchResponse, StorageFetchRequest, StorageFetchResponse, list_offsets_request,
 };
 use streambus_proto::v1::Acks;
 use streambus_proto::{Error, Reason};
@@ -519,6 +519,27 @@ impl StorageService for StorageApi {
         Ok(Response::new(
             self.replica_fetch(request.into_inner()).await?,
         ))
+    }
+
+    async fn describe_node(
+        &self,
+        _request: Request<DescribeNodeRequest>,
+    ) -> Result<Response<DescribeNodeResponse>, Status> {
+        let disk = self.disk.clone();
+        let usage = tokio::task::spawn_blocking(move || disk.usage())
+            .await
+            .map_err(|e| Error::new(Reason::Internal, e.to_string()))?
+            .map_err(|e| {
+                Error::new(
+                    Reason::StorageError,
+                    format!("cannot sample the data directory's disk: {e}"),
+                )
+            })?;
+        Ok(Response::new(DescribeNodeResponse {
+            disk_total_bytes: usage.total,
+            disk_available_bytes: usage.available,
+            disk_full: self.disk.is_full(),
+        }))
     }
 
     async fn list_offsets(

@@ -216,6 +216,7 @@ fn text(out: &mut impl Write, s: &v1::DescribeClusterResponse) -> std::io::Resul
                 },
                 n.leader_partitions.to_string(),
                 n.replicas.to_string(),
+                disk(n),
             ]
         })
         .collect();
@@ -229,6 +230,7 @@ fn text(out: &mut impl Write, s: &v1::DescribeClusterResponse) -> std::io::Resul
             "RACK",
             "LEADS",
             "REPLICAS",
+            "DISK",
         ],
         &rows,
     )?;
@@ -267,6 +269,28 @@ fn text(out: &mut impl Write, s: &v1::DescribeClusterResponse) -> std::io::Resul
         )?;
     }
     Ok(())
+}
+
+/// A node's disk: free of total, `FULL` past its watermark, `-` when the
+/// node did not report it.
+fn disk(n: &v1::StorageNodeStatus) -> String {
+    if n.disk_total_bytes == 0 {
+        return "-".to_string();
+    }
+    let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+    let free = if n.disk_available_bytes >= 1 << 30 {
+        format!("{:.1}GiB", gib(n.disk_available_bytes))
+    } else {
+        format!(
+            "{:.1}MiB",
+            n.disk_available_bytes as f64 / f64::from(1u32 << 20)
+        )
+    };
+    let used = 100.0 - n.disk_available_bytes as f64 * 100.0 / n.disk_total_bytes as f64;
+    format!(
+        "{}{free}-free,{used:.0}%-used",
+        if n.disk_full { "FULL:" } else { "" }
+    )
 }
 
 fn to_json(s: &v1::DescribeClusterResponse) -> Value {
@@ -311,6 +335,9 @@ fn to_json(s: &v1::DescribeClusterResponse) -> Value {
             "replicas": n.replicas,
             "state": node_state(n),
             "decommissioning": n.decommissioning,
+            "disk_total_bytes": n.disk_total_bytes,
+            "disk_available_bytes": n.disk_available_bytes,
+            "disk_full": n.disk_full,
         })).collect::<Vec<_>>(),
         "under_replicated": partitions(&s.under_replicated),
         "offline": partitions(&s.offline),
@@ -389,6 +416,9 @@ mod tests {
                     leader_partitions: 1,
                     replicas: 1,
                     decommissioning: false,
+                    disk_total_bytes: 100 << 30,
+                    disk_available_bytes: 40 << 30,
+                    disk_full: false,
                 },
                 v1::StorageNodeStatus {
                     node_id: 2,
@@ -398,6 +428,9 @@ mod tests {
                     leader_partitions: 0,
                     replicas: 2,
                     decommissioning: true,
+                    disk_total_bytes: 8 << 20,
+                    disk_available_bytes: 1 << 19,
+                    disk_full: true,
                 },
             ],
             under_replicated: vec![ps.clone()],
@@ -428,11 +461,15 @@ mod tests {
             "{out}"
         );
         assert!(
-            out.contains("1             127.0.0.1:7402  yes    active           -     1      1"),
+            out.contains(
+                "1             127.0.0.1:7402  yes    active           -     1      1         40.0GiB-free,60%-used"
+            ),
             "{out}"
         );
         assert!(
-            out.contains("2             127.0.0.1:7412  yes    decommissioning  r1    0      2"),
+            out.contains(
+                "2             127.0.0.1:7412  yes    decommissioning  r1    0      2         FULL:0.5MiB-free,94%-used"
+            ),
             "{out}"
         );
         assert!(
@@ -484,6 +521,8 @@ mod tests {
         assert_eq!(v["storage_nodes"][0]["leader_partitions"], 1);
         assert_eq!(v["storage_nodes"][0]["state"], "active");
         assert_eq!(v["storage_nodes"][1]["state"], "decommissioning");
+        assert_eq!(v["storage_nodes"][1]["disk_full"], true);
+        assert_eq!(v["storage_nodes"][0]["disk_available_bytes"], 40u64 << 30);
         assert_eq!(v["below_min_isr"][0]["isr"], json!([1]));
         assert_eq!(v["offline"], json!([]));
     }

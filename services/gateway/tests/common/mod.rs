@@ -337,6 +337,13 @@ impl FakeStorage {
 
 #[tonic::async_trait]
 impl StorageService for FakeStorage {
+    async fn describe_node(
+        &self,
+        _: Request<streambus_proto::internal::DescribeNodeRequest>,
+    ) -> Result<Response<streambus_proto::internal::DescribeNodeResponse>, Status> {
+        Err(Status::unimplemented("fake storage"))
+    }
+
     async fn replica_fetch(
         &self,
         _: Request<ReplicaFetchRequest>,
