@@ -40,6 +40,7 @@ use crate::leases::Leases;
 use crate::membership::MembershipChanges;
 use crate::metadata::{Command, CommandResponse, Metadata, ReplicaRefs};
 use crate::metrics::Metrics;
+use crate::network::PeerDial;
 use crate::store::{Raft, StateMachineStore};
 
 /// How long a proposal may take before the caller gets `TIMEOUT`.
@@ -55,6 +56,8 @@ pub(crate) struct Proposer {
     member: watch::Sender<bool>,
     sm: StateMachineStore,
     metrics: Arc<Metrics>,
+    /// How this controller reaches the others.
+    dial: PeerDial,
 }
 
 impl Proposer {
@@ -63,6 +66,7 @@ impl Proposer {
         raft: Raft,
         sm: StateMachineStore,
         metrics: Arc<Metrics>,
+        dial: PeerDial,
     ) -> Proposer {
         let raft_metrics = raft.metrics();
         let member = watch::Sender::new(is_member(&raft_metrics.borrow(), &sm.current(), node_id));
@@ -73,7 +77,13 @@ impl Proposer {
             raft,
             sm,
             metrics,
+            dial,
         }
+    }
+
+    /// How this controller reaches the other controllers.
+    pub(crate) fn dial(&self) -> &PeerDial {
+        &self.dial
     }
 
     /// Publishes whether this controller is a member until `cancel`.

@@ -26,4 +26,5 @@ mod store;
 pub use config::{ControllerConfig, Peer};
 pub use error::ControllerError;
 pub use metrics::Metrics;
+pub use network::PeerDial;
 pub use server::{ServeOptions, serve, serve_with_listener, serve_with_options};

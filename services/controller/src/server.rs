@@ -22,7 +22,7 @@ use crate::error::ControllerError;
 use crate::grpc::{ControllerGrpc, Proposer};
 use crate::leases::Leases;
 use crate::metrics::Metrics;
-use crate::network::{MAX_RAFT_MESSAGE_BYTES, Network, lazy_channel};
+use crate::network::{MAX_RAFT_MESSAGE_BYTES, Network, PeerDial};
 use crate::raft_service::RaftServiceImpl;
 use crate::store::{self, Raft, StateMachineStore};
 
@@ -39,6 +39,14 @@ pub struct ServeOptions {
     pub ready: Option<watch::Sender<bool>>,
     /// Metrics registered by the caller ([`Metrics::new`]).
     pub metrics: Option<Arc<Metrics>>,
+    /// How this controller dials the other controllers: every connection
+    /// it makes to another controller (Raft RPCs, and a leader's calls to
+    /// the others: membership probes, readiness checks) goes to
+    /// `dial(address)` instead of the address that controller has in the
+    /// Raft membership. `None` dials membership addresses as they are.
+    /// Fault tests use it to put each controller-to-controller link behind
+    /// a proxy of its own; it is not a configuration key.
+    pub peer_dial: Option<PeerDial>,
 }
 
 /// Binds `config.listen_addr` and serves until `shutdown` completes.
@@ -64,7 +72,7 @@ pub async fn serve_with_listener(
         shutdown,
         ServeOptions {
             ready,
-            metrics: None,
+            ..ServeOptions::default()
         },
     )
     .await
@@ -99,6 +107,7 @@ pub async fn serve_with_options(
         );
     }
     let metrics = options.metrics.unwrap_or_default();
+    let dial = options.peer_dial.unwrap_or_else(PeerDial::direct);
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(streambus_proto::FILE_DESCRIPTOR_SET)
@@ -116,7 +125,10 @@ pub async fn serve_with_options(
     }
     .validate()
     .map_err(|e| ControllerError::Config(e.to_string()))?;
-    let network = Network::new(Duration::from_millis(config.heartbeat_interval_ms.max(50)));
+    let network = Network::new(
+        Duration::from_millis(config.heartbeat_interval_ms.max(50)),
+        dial.clone(),
+    );
     let raft = Raft::new(
         config.node_id,
         Arc::new(raft_config),
@@ -140,7 +152,13 @@ pub async fn serve_with_options(
     }
 
     let cancel = CancellationToken::new();
-    let proposer = Proposer::new(config.node_id, raft.clone(), sm.clone(), metrics.clone());
+    let proposer = Proposer::new(
+        config.node_id,
+        raft.clone(),
+        sm.clone(),
+        metrics.clone(),
+        dial,
+    );
     let leases = Arc::new(Leases::new(Duration::from_millis(config.node_lease_ms)));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -301,7 +319,7 @@ async fn caught_up(proposer: &Proposer, node_id: u64, sm: &StateMachineStore) ->
         );
         return matches!(check.await, Ok(Ok(_)));
     }
-    let Ok(channel) = lazy_channel(&address) else {
+    let Ok(channel) = proposer.dial().channel(&address) else {
         return false;
     };
     let mut client =
