@@ -1,16 +1,20 @@
-//! Network partitions, not crashes: the leader of a replication-factor-3
-//! partition is cut off from the controller, its followers and the gateway
-//! while an idempotent producer writes with acks=all through the gateway,
-//! and a client on the leader's side of the partition keeps writing to it
-//! directly. The minority side must acknowledge nothing with acks=all; the
-//! majority elects a new leader and goes on; after healing, the old leader
-//! drops what only it had, and every acknowledged record is read back
-//! exactly once, in order.
+//! Network partitions, not crashes.
+//!
+//! - The leader of a replication-factor-3 partition is cut off from the
+//!   controller, its followers and the gateway while an idempotent producer
+//!   writes with acks=all through the gateway, and a client on the leader's
+//!   side of the partition keeps writing to it directly. The minority side
+//!   must acknowledge nothing with acks=all; the majority elects a new
+//!   leader and goes on; after healing, the old leader drops what only it
+//!   had, and every acknowledged record is read back exactly once, in order.
+//! - A storage node that reaches only the controller Raft leader, while
+//!   that controller is cut off from the other controllers, stops
+//!   acknowledging acks=all before the majority moves its leaderships.
 
 mod harness;
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -164,4 +168,141 @@ async fn an_isolated_leader_acknowledges_nothing_and_loses_nothing() {
     // were truncated on the old leader.
     let offsets = client.partition_offsets(TOPIC).await.unwrap();
     assert_eq!(offsets[0].high_watermark, next as i64, "{offsets:?}");
+}
+
+/// Waits until a controller other than `old` leads in a term above `term`.
+async fn new_controller_leader(
+    cluster: &Cluster,
+    old: u64,
+    term: u64,
+    within: Duration,
+) -> (u64, u64) {
+    let deadline = Instant::now() + within;
+    loop {
+        for id in cluster.controllers.keys().filter(|id| **id != old) {
+            if let Some(s) = cluster.describe_controller(*id).await
+                && s.state == "leader"
+                && s.term > term
+            {
+                return (*id, s.term);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the majority elected no controller leader within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_node_that_reaches_only_an_isolated_controller_leader_stops_acknowledging() {
+    const LONELY: &str = "lonely";
+    let cluster = Cluster::start_with(3, 3).await;
+    let client = cluster.client().await;
+    // min.insync.replicas=1 and unclean elections: the leader may
+    // acknowledge alone, and the majority may elect an out-of-sync replica.
+    // Only the lease keeps two leaders from both acknowledging acks=all.
+    client
+        .create_topic(
+            LONELY,
+            1,
+            3,
+            HashMap::from([(
+                "unclean.leader.election.enable".to_string(),
+                "true".to_string(),
+            )]),
+        )
+        .await
+        .unwrap();
+    let first = wait_partition(&client, LONELY, 0, "in sync", |p| p.isr.len() == 3).await;
+    let leader = first.leader;
+
+    // Its followers lose it: the ISR shrinks to the leader alone.
+    cluster.nodes[&leader].inbound.set_cut(true);
+    let alone = wait_partition(&client, LONELY, 0, "led alone", |p| p.isr == [leader]).await;
+    let mut direct =
+        StorageServiceClient::connect(format!("http://{}", cluster.nodes[&leader].direct_addr()))
+            .await
+            .unwrap();
+    let append = |value: String| AppendRequest {
+        partition: Some(PartitionRef {
+            topic: LONELY.into(),
+            partition: 0,
+        }),
+        batch: one_record(&value),
+        acks: Acks::All as i32,
+        leader_epoch: alone.leader_epoch,
+    };
+    direct
+        .append(append("alone".into()))
+        .await
+        .expect("a leader alone in its ISR acknowledges acks=all");
+
+    // Now it reaches only the controller leader, and that controller is cut
+    // off from the other controllers.
+    let (old, term) = cluster
+        .controller_leader()
+        .await
+        .expect("a controller leader");
+    let at = cluster.controllers.keys().position(|c| *c == old).unwrap();
+    for (i, p) in cluster.nodes[&leader].to_controllers.iter().enumerate() {
+        p.set_cut(i != at);
+    }
+    cluster.isolate_controller(old, true);
+    let (new, _) = new_controller_leader(&cluster, old, term, Duration::from_secs(10)).await;
+
+    // The majority hears nothing from the node, declares it dead and hands
+    // its partition to an out-of-sync replica.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let moved = loop {
+        if let Some(md) = cluster.controller_metadata(new).await
+            && let Some(p) = md
+                .topics
+                .iter()
+                .find(|t| t.name == LONELY)
+                .map(|t| t.partitions[0].clone())
+            && p.leader != leader
+        {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the majority never moved the partition"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(moved.leader_epoch > alone.leader_epoch);
+
+    // The old partition leader, still heartbeating the old controller
+    // leader, must not acknowledge acks=all any more.
+    let mut refused = HashMap::new();
+    for i in 0..10 {
+        match direct.append(append(format!("split{i}"))).await {
+            Ok(ok) => panic!(
+                "storage node {leader} acknowledged split{i} after the majority moved its partition to {}: {ok:?}",
+                moved.leader
+            ),
+            Err(status) => {
+                let e = streambus_proto::Error::from_status(&status);
+                *refused.entry(e.reason).or_insert(0) += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        refused.contains_key(&streambus_proto::Reason::NotLeader),
+        "{refused:?}"
+    );
+
+    // Healed, the cluster is whole again.
+    cluster.isolate_controller(old, false);
+    for p in &cluster.nodes[&leader].to_controllers {
+        p.set_cut(false);
+    }
+    cluster.nodes[&leader].inbound.set_cut(false);
+    wait_partition(&client, LONELY, 0, "fully in sync again", |p| {
+        p.isr.len() == 3
+    })
+    .await;
 }

@@ -33,9 +33,11 @@ use streambus_proto::v1::{
 };
 use streambus_proto::{Error, Reason};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::leadership::Leadership;
 use crate::leases::Leases;
 use crate::membership::MembershipChanges;
 use crate::metadata::{Command, CommandResponse, Metadata, ReplicaRefs};
@@ -58,6 +60,8 @@ pub(crate) struct Proposer {
     metrics: Arc<Metrics>,
     /// How this controller reaches the others.
     dial: PeerDial,
+    /// When this controller may act as the leader.
+    leadership: Leadership,
 }
 
 impl Proposer {
@@ -67,6 +71,7 @@ impl Proposer {
         sm: StateMachineStore,
         metrics: Arc<Metrics>,
         dial: PeerDial,
+        leadership: Leadership,
     ) -> Proposer {
         let raft_metrics = raft.metrics();
         let member = watch::Sender::new(is_member(&raft_metrics.borrow(), &sm.current(), node_id));
@@ -78,6 +83,7 @@ impl Proposer {
             sm,
             metrics,
             dial,
+            leadership,
         }
     }
 
@@ -218,17 +224,72 @@ impl Proposer {
         }
     }
 
-    /// Fails with `NOT_CONTROLLER_LEADER` (and a hint) unless this
-    /// controller currently leads.
+    /// Fails with `NOT_CONTROLLER_LEADER` unless this controller leads
+    /// and has heard from a quorum recently ([`Leadership::is_current`]):
+    /// with a hint when another controller is known to lead, without one
+    /// when this leader may have been cut off from the others (it cannot
+    /// commit anything, and another controller may have been elected).
     pub(crate) fn ensure_leader(&self) -> Result<(), Error> {
         let m = self.raft_metrics.borrow();
-        let leads = m.state == ServerState::Leader && m.current_leader == Some(self.node_id);
+        let leads = Leadership::is_leader(&m, self.node_id);
+        let current = self.leadership.is_current(&m);
+        let age = m.millis_since_quorum_ack;
         drop(m);
-        if leads {
-            Ok(())
-        } else {
-            Err(self.not_leader())
+        match (leads, current) {
+            (true, true) => Ok(()),
+            (true, false) => Err(self.lost_quorum(age)),
+            (false, _) => Err(self.not_leader()),
         }
+    }
+
+    /// Waits until this controller, as the leader, shows a quorum
+    /// acknowledgment recent enough to renew a storage-node lease
+    /// ([`Leadership::renews`]), as of a moment after the call: only Raft
+    /// metrics published after it count. Fails with `NOT_CONTROLLER_LEADER`
+    /// when it stops leading, or does not show one within
+    /// [`Leadership::confirm_wait`].
+    pub(crate) async fn confirm_leadership(&self) -> Result<(), Error> {
+        self.ensure_leader()?;
+        let mut rx = self.raft.metrics();
+        // What is published from now on.
+        rx.borrow_and_update();
+        let deadline = Instant::now() + self.leadership.confirm_wait;
+        loop {
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    return Err(Error::new(
+                        Reason::ShuttingDown,
+                        "the controller is shutting down",
+                    ));
+                }
+                Err(_) => {
+                    let age = rx.borrow().millis_since_quorum_ack;
+                    return Err(self.lost_quorum(age));
+                }
+            }
+            let m = rx.borrow_and_update();
+            if !Leadership::is_leader(&m, self.node_id) {
+                drop(m);
+                return Err(self.not_leader());
+            }
+            if self.leadership.renews(&m) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The refusal of a leader that has not heard from a quorum lately: no
+    /// hint, so clients try the other controllers.
+    fn lost_quorum(&self, age_ms: Option<u64>) -> Error {
+        Error::new(
+            Reason::NotControllerLeader,
+            format!(
+                "controller {} leads but no quorum of controllers has acknowledged it for {}; another controller may lead",
+                self.node_id,
+                age_ms.map_or_else(|| "a while".to_string(), |ms| format!("{ms} ms")),
+            ),
+        )
     }
 
     /// Proposes `command` and waits until it is applied here.
@@ -613,6 +674,11 @@ impl ControllerService for ControllerGrpc {
                 ),
             )));
         }
+        // The node counts its lease from when it sent this heartbeat: renew
+        // it only on a quorum acknowledgment that fences any later leader
+        // (see `leadership.rs`). A leader cut off from the other
+        // controllers refuses, and the node moves to the one they elect.
+        self.proposer.confirm_leadership().await.map_err(status)?;
         self.leases.heartbeat(node_id);
         // Only replicas of the current incarnation of a topic that are
         // assigned to this node count: a report built from older metadata

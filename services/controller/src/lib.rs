@@ -14,6 +14,7 @@ mod balancer;
 pub mod config;
 pub mod error;
 mod grpc;
+mod leadership;
 mod leases;
 mod membership;
 pub mod metadata;

@@ -20,6 +20,7 @@ use tonic_health::server::HealthReporter;
 use crate::config::{ControllerConfig, Peer};
 use crate::error::ControllerError;
 use crate::grpc::{ControllerGrpc, Proposer};
+use crate::leadership::Leadership;
 use crate::leases::Leases;
 use crate::metrics::Metrics;
 use crate::network::{MAX_RAFT_MESSAGE_BYTES, Network, PeerDial};
@@ -152,12 +153,18 @@ pub async fn serve_with_options(
     }
 
     let cancel = CancellationToken::new();
+    let leadership = Leadership::new(
+        Duration::from_millis(config.node_lease_ms),
+        Duration::from_millis(config.election_timeout_min_ms),
+        Duration::from_millis(config.election_timeout_max_ms),
+    );
     let proposer = Proposer::new(
         config.node_id,
         raft.clone(),
         sm.clone(),
         metrics.clone(),
         dial,
+        leadership,
     );
     let leases = Arc::new(Leases::new(Duration::from_millis(config.node_lease_ms)));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
