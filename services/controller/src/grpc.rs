@@ -62,6 +62,10 @@ pub(crate) struct Proposer {
     dial: PeerDial,
     /// When this controller may act as the leader.
     leadership: Leadership,
+    /// Whether this controller is in contact with its group (see
+    /// [`Leadership::in_contact`]), kept current by
+    /// [`Proposer::track_contact`].
+    contact: watch::Sender<bool>,
 }
 
 impl Proposer {
@@ -84,6 +88,8 @@ impl Proposer {
             metrics,
             dial,
             leadership,
+            // Given the grace of a controller that just started.
+            contact: watch::Sender::new(true),
         }
     }
 
@@ -109,6 +115,64 @@ impl Proposer {
                 r = raft_rx.changed() => if r.is_err() { return },
                 r = sm_rx.changed() => if r.is_err() { return },
             }
+        }
+    }
+
+    /// Publishes whether this controller is in contact with its group
+    /// until `cancel`: false once it has been out of contact for the grace
+    /// ([`Leadership`]), true again as soon as it is back.
+    pub(crate) async fn track_contact(self, cancel: CancellationToken) {
+        let mut raft_rx = self.raft.metrics();
+        let mut out_since: Option<Instant> = None;
+        // openraft publishes its metrics at least every 1.5 heartbeats;
+        // the timer only makes sure the grace is judged on time.
+        let every = (self.leadership.grace / 4).max(Duration::from_millis(10));
+        loop {
+            let now = self
+                .leadership
+                .in_contact(&raft_rx.borrow_and_update(), self.node_id);
+            let in_contact = if now {
+                out_since = None;
+                true
+            } else {
+                out_since.get_or_insert_with(Instant::now).elapsed() < self.leadership.grace
+            };
+            self.contact.send_if_modified(|c| {
+                if *c == in_contact {
+                    return false;
+                }
+                if in_contact {
+                    tracing::info!("in contact with the controller group again");
+                } else {
+                    tracing::warn!(
+                        grace_ms = self.leadership.grace.as_millis() as u64,
+                        "out of contact with the controller group: ending metadata watches"
+                    );
+                }
+                *c = in_contact;
+                true
+            });
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                r = raft_rx.changed() => if r.is_err() { return },
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    /// Whether this controller is in contact with its group (see
+    /// [`Proposer::track_contact`]).
+    pub(crate) fn in_contact(&self) -> bool {
+        *self.contact.borrow()
+    }
+
+    /// Fails with `UNAVAILABLE` when this controller is out of contact
+    /// with its group: its metadata may be stale.
+    fn ensure_in_contact(&self) -> Result<(), Error> {
+        if self.in_contact() {
+            Ok(())
+        } else {
+            Err(out_of_contact(self.node_id))
         }
     }
 
@@ -369,6 +433,15 @@ fn is_member(m: &RaftMetrics<u64, BasicNode>, metadata: &Metadata, node_id: u64)
         && !metadata.removed_controllers.contains(&node_id)
 }
 
+fn out_of_contact(node_id: u64) -> Error {
+    Error::new(
+        Reason::Unavailable,
+        format!(
+            "controller {node_id} is out of contact with the other controllers (its metadata may be stale); ask another controller"
+        ),
+    )
+}
+
 fn not_member(node_id: u64) -> Error {
     Error::new(
         Reason::Unavailable,
@@ -411,6 +484,9 @@ struct WatchState {
     rx: watch::Receiver<Arc<Metadata>>,
     /// Whether this controller is a member; the stream ends when it is not.
     member: watch::Receiver<bool>,
+    /// Whether this controller is in contact with its group; the stream
+    /// ends when it is not.
+    contact: watch::Receiver<bool>,
     last_sent: u64,
     first: bool,
     done: bool,
@@ -427,6 +503,11 @@ fn watch_stream(state: WatchState) -> MetadataStream {
             if !*st.member.borrow_and_update() {
                 st.done = true;
                 let err = not_member(st.proposer.node_id);
+                return Some((Err(err.to_status()), st));
+            }
+            if !*st.contact.borrow_and_update() {
+                st.done = true;
+                let err = out_of_contact(st.proposer.node_id);
                 return Some((Err(err.to_status()), st));
             }
             let metadata = st.rx.borrow_and_update().clone();
@@ -451,6 +532,11 @@ fn watch_stream(state: WatchState) -> MetadataStream {
                     }
                 }
                 changed = st.member.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                }
+                changed = st.contact.changed() => {
                     if changed.is_err() {
                         return None;
                     }
@@ -579,9 +665,11 @@ impl ControllerService for ControllerGrpc {
         req: Request<WatchMetadataRequest>,
     ) -> Result<Response<Self::WatchMetadataStream>, Status> {
         self.proposer.ensure_member().map_err(status)?;
+        self.proposer.ensure_in_contact().map_err(status)?;
         let state = WatchState {
             rx: self.proposer.sm.subscribe(),
             member: self.proposer.member.subscribe(),
+            contact: self.proposer.contact.subscribe(),
             last_sent: req.into_inner().min_version,
             first: true,
             done: false,

@@ -1,4 +1,5 @@
-//! Whether this controller may act as the Raft leader.
+//! Whether this controller may act as the Raft leader, and whether it is
+//! in contact with the rest of the group.
 //!
 //! openraft 0.9 never steps a leader down on its own: a leader cut off from
 //! the other controllers stays in the leader state, in its old term, until
@@ -22,6 +23,12 @@
 //!   of that. An isolated leader therefore stops renewing leases at once,
 //!   and the nodes move to the new leader before it can move their
 //!   partitions.
+//! - A controller is *in contact* while it leads and has heard from a
+//!   quorum within `stale_after`, or follows a leader it knows, and stops
+//!   being in contact after [`Leadership::grace`] without either. A
+//!   controller out of contact may serve ever older metadata: it ends its
+//!   metadata watches and refuses new ones (`UNAVAILABLE`), so storage
+//!   nodes and gateways watch another controller, and it is not ready.
 
 use std::time::Duration;
 
@@ -39,6 +46,9 @@ pub(crate) struct Leadership {
     /// How long a heartbeat waits for such an acknowledgment before it is
     /// refused.
     pub(crate) confirm_wait: Duration,
+    /// How long a controller may be out of contact before it hands its
+    /// watchers over.
+    pub(crate) grace: Duration,
 }
 
 impl Leadership {
@@ -49,6 +59,7 @@ impl Leadership {
             stale_after: election_max,
             renew_within: (lease / 10 + election_min) / 2,
             confirm_wait: election_max,
+            grace: election_max,
         }
     }
 
@@ -75,6 +86,16 @@ impl Leadership {
     /// quorum acknowledgment recent enough to renew the node's lease.
     pub(crate) fn renews(&self, m: &RaftMetrics<u64, BasicNode>) -> bool {
         Self::quorum_ack_age(m).is_some_and(|age| age <= self.renew_within)
+    }
+
+    /// Whether controller `node_id` is in contact with its group now: a
+    /// current leader, or a follower (or learner) that knows a leader.
+    pub(crate) fn in_contact(&self, m: &RaftMetrics<u64, BasicNode>, node_id: u64) -> bool {
+        if Self::is_leader(m, node_id) {
+            self.is_current(m)
+        } else {
+            m.current_leader.is_some_and(|l| l != node_id)
+        }
     }
 }
 
@@ -121,19 +142,28 @@ mod tests {
     }
 
     #[test]
-    fn a_leader_without_a_recent_quorum_is_not_current() {
+    fn a_leader_without_a_recent_quorum_is_neither_current_nor_in_contact() {
         let l = Leadership::new(ms(1500), ms(300), ms(600));
         let fresh = metrics(ServerState::Leader, Some(1), Some(40));
         assert!(Leadership::is_leader(&fresh, 1));
-        assert!(l.is_current(&fresh) && l.renews(&fresh));
+        assert!(l.is_current(&fresh) && l.renews(&fresh) && l.in_contact(&fresh, 1));
         // Acknowledged a while ago: still the leader, no lease renewal.
         let slow = metrics(ServerState::Leader, Some(1), Some(400));
         assert!(l.is_current(&slow) && !l.renews(&slow));
         // Cut off for longer than the election timeout.
         let cut = metrics(ServerState::Leader, Some(1), Some(900));
-        assert!(!l.is_current(&cut) && !l.renews(&cut));
+        assert!(!l.is_current(&cut) && !l.renews(&cut) && !l.in_contact(&cut, 1));
         // Just elected, nothing acknowledged yet: may act, renews nothing.
         let new = metrics(ServerState::Leader, Some(1), None);
         assert!(l.is_current(&new) && !l.renews(&new));
+    }
+
+    #[test]
+    fn a_follower_is_in_contact_while_it_knows_a_leader() {
+        let l = Leadership::new(ms(1500), ms(300), ms(600));
+        assert!(l.in_contact(&metrics(ServerState::Follower, Some(2), None), 1));
+        assert!(!l.in_contact(&metrics(ServerState::Candidate, None, None), 1));
+        assert!(!l.in_contact(&metrics(ServerState::Follower, None, None), 1));
+        assert!(l.in_contact(&metrics(ServerState::Learner, Some(2), None), 1));
     }
 }

@@ -175,6 +175,7 @@ pub async fn serve_with_options(
     let tasks: Vec<JoinHandle<()>> = vec![
         tokio::spawn(leases.clone().run(proposer.clone(), cancel.clone())),
         tokio::spawn(proposer.clone().track_membership(cancel.clone())),
+        tokio::spawn(proposer.clone().track_contact(cancel.clone())),
         tokio::spawn(crate::balancer::run(
             proposer.clone(),
             (config.leader_rebalance_interval_ms > 0)
@@ -356,9 +357,12 @@ async fn track_readiness(
     let mut is_ready = false;
     loop {
         // A controller outside its own membership (waiting to join, or
-        // removed) serves no metadata.
-        let has_leader =
-            raft_rx.borrow_and_update().current_leader.is_some() && proposer.is_member();
+        // removed) serves no metadata; one out of contact with its group
+        // (a leader cut off from a quorum included) may serve stale
+        // metadata.
+        let has_leader = raft_rx.borrow_and_update().current_leader.is_some()
+            && proposer.is_member()
+            && proposer.in_contact();
         let now_ready = if !has_leader {
             false
         } else if is_ready {
