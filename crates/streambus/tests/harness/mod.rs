@@ -490,6 +490,39 @@ impl Cluster {
         best
     }
 
+    /// Waits until every running controller follows one leader in one
+    /// term, and that leader says it leads.
+    pub async fn wait_controllers_whole(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let mut views = Vec::new();
+            for (id, c) in &self.controllers {
+                if c.is_up() {
+                    views.push((*id, self.describe_controller(*id).await));
+                }
+            }
+            let first = views.first().and_then(|(_, v)| v.as_ref());
+            let whole = first.is_some_and(|f| {
+                f.leader_id != 0
+                    && views.iter().all(|(id, v)| {
+                        v.as_ref().is_some_and(|v| {
+                            v.leader_id == f.leader_id
+                                && v.term == f.term
+                                && (v.state == "leader") == (*id == f.leader_id)
+                        })
+                    })
+            });
+            if whole {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the controllers never agreed on a leader: {views:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Heals what [`Cluster::isolate`] cut.
     pub fn heal(&self, id: u64) {
         let n = &self.nodes[&id];
