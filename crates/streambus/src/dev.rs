@@ -131,6 +131,7 @@ pub async fn run(
         streambus_controller::ServeOptions {
             ready: Some(controller_ready),
             metrics: Some(Arc::new(controller_metrics)),
+            ..streambus_controller::ServeOptions::default()
         },
     ));
     let storage = tokio::spawn(streambus_storage_node::serve_with_listener(

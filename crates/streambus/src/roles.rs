@@ -55,6 +55,7 @@ pub async fn run(role: Role, settings: Settings) -> anyhow::Result<()> {
                 let options = streambus_controller::ServeOptions {
                     ready: Some(ready),
                     metrics: Some(Arc::new(metrics)),
+                    ..streambus_controller::ServeOptions::default()
                 };
                 streambus_controller::serve_with_options(
                     config,

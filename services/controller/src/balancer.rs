@@ -17,7 +17,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::ServerState;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -47,7 +46,7 @@ pub(crate) async fn run(
             () = tokio::time::sleep(wake) => {}
             r = changes.changed() => if r.is_err() { return },
         }
-        if proposer.raft().metrics().borrow().state != ServerState::Leader {
+        if proposer.ensure_leader().is_err() {
             continue;
         }
         let metadata: Arc<Metadata> = proposer.metadata();

@@ -34,13 +34,16 @@ use streambus_proto::v1::{
 };
 use streambus_proto::{Error, Reason};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::leadership::Leadership;
 use crate::leases::Leases;
 use crate::membership::MembershipChanges;
 use crate::metadata::{Command, CommandResponse, Metadata, ReplicaRefs};
 use crate::metrics::Metrics;
+use crate::network::PeerDial;
 use crate::store::{Raft, StateMachineStore};
 
 /// How long a proposal may take before the caller gets `TIMEOUT`.
@@ -56,6 +59,14 @@ pub(crate) struct Proposer {
     member: watch::Sender<bool>,
     sm: StateMachineStore,
     metrics: Arc<Metrics>,
+    /// How this controller reaches the others.
+    dial: PeerDial,
+    /// When this controller may act as the leader.
+    leadership: Leadership,
+    /// Whether this controller is in contact with its group (see
+    /// [`Leadership::in_contact`]), kept current by
+    /// [`Proposer::track_contact`].
+    contact: watch::Sender<bool>,
 }
 
 impl Proposer {
@@ -64,6 +75,8 @@ impl Proposer {
         raft: Raft,
         sm: StateMachineStore,
         metrics: Arc<Metrics>,
+        dial: PeerDial,
+        leadership: Leadership,
     ) -> Proposer {
         let raft_metrics = raft.metrics();
         let member = watch::Sender::new(is_member(&raft_metrics.borrow(), &sm.current(), node_id));
@@ -74,7 +87,16 @@ impl Proposer {
             raft,
             sm,
             metrics,
+            dial,
+            leadership,
+            // Given the grace of a controller that just started.
+            contact: watch::Sender::new(true),
         }
+    }
+
+    /// How this controller reaches the other controllers.
+    pub(crate) fn dial(&self) -> &PeerDial {
+        &self.dial
     }
 
     /// Publishes whether this controller is a member until `cancel`.
@@ -94,6 +116,64 @@ impl Proposer {
                 r = raft_rx.changed() => if r.is_err() { return },
                 r = sm_rx.changed() => if r.is_err() { return },
             }
+        }
+    }
+
+    /// Publishes whether this controller is in contact with its group
+    /// until `cancel`: false once it has been out of contact for the grace
+    /// ([`Leadership`]), true again as soon as it is back.
+    pub(crate) async fn track_contact(self, cancel: CancellationToken) {
+        let mut raft_rx = self.raft.metrics();
+        let mut out_since: Option<Instant> = None;
+        // openraft publishes its metrics at least every 1.5 heartbeats;
+        // the timer only makes sure the grace is judged on time.
+        let every = (self.leadership.grace / 4).max(Duration::from_millis(10));
+        loop {
+            let now = self
+                .leadership
+                .in_contact(&raft_rx.borrow_and_update(), self.node_id);
+            let in_contact = if now {
+                out_since = None;
+                true
+            } else {
+                out_since.get_or_insert_with(Instant::now).elapsed() < self.leadership.grace
+            };
+            self.contact.send_if_modified(|c| {
+                if *c == in_contact {
+                    return false;
+                }
+                if in_contact {
+                    tracing::info!("in contact with the controller group again");
+                } else {
+                    tracing::warn!(
+                        grace_ms = self.leadership.grace.as_millis() as u64,
+                        "out of contact with the controller group: ending metadata watches"
+                    );
+                }
+                *c = in_contact;
+                true
+            });
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                r = raft_rx.changed() => if r.is_err() { return },
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    /// Whether this controller is in contact with its group (see
+    /// [`Proposer::track_contact`]).
+    pub(crate) fn in_contact(&self) -> bool {
+        *self.contact.borrow()
+    }
+
+    /// Fails with `UNAVAILABLE` when this controller is out of contact
+    /// with its group: its metadata may be stale.
+    fn ensure_in_contact(&self) -> Result<(), Error> {
+        if self.in_contact() {
+            Ok(())
+        } else {
+            Err(out_of_contact(self.node_id))
         }
     }
 
@@ -209,17 +289,72 @@ impl Proposer {
         }
     }
 
-    /// Fails with `NOT_CONTROLLER_LEADER` (and a hint) unless this
-    /// controller currently leads.
+    /// Fails with `NOT_CONTROLLER_LEADER` unless this controller leads
+    /// and has heard from a quorum recently ([`Leadership::is_current`]):
+    /// with a hint when another controller is known to lead, without one
+    /// when this leader may have been cut off from the others (it cannot
+    /// commit anything, and another controller may have been elected).
     pub(crate) fn ensure_leader(&self) -> Result<(), Error> {
         let m = self.raft_metrics.borrow();
-        let leads = m.state == ServerState::Leader && m.current_leader == Some(self.node_id);
+        let leads = Leadership::is_leader(&m, self.node_id);
+        let current = self.leadership.is_current(&m);
+        let age = m.millis_since_quorum_ack;
         drop(m);
-        if leads {
-            Ok(())
-        } else {
-            Err(self.not_leader())
+        match (leads, current) {
+            (true, true) => Ok(()),
+            (true, false) => Err(self.lost_quorum(age)),
+            (false, _) => Err(self.not_leader()),
         }
+    }
+
+    /// Waits until this controller, as the leader, shows a quorum
+    /// acknowledgment recent enough to renew a storage-node lease
+    /// ([`Leadership::renews`]), as of a moment after the call: only Raft
+    /// metrics published after it count. Fails with `NOT_CONTROLLER_LEADER`
+    /// when it stops leading, or does not show one within
+    /// [`Leadership::confirm_wait`].
+    pub(crate) async fn confirm_leadership(&self) -> Result<(), Error> {
+        self.ensure_leader()?;
+        let mut rx = self.raft.metrics();
+        // What is published from now on.
+        rx.borrow_and_update();
+        let deadline = Instant::now() + self.leadership.confirm_wait;
+        loop {
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    return Err(Error::new(
+                        Reason::ShuttingDown,
+                        "the controller is shutting down",
+                    ));
+                }
+                Err(_) => {
+                    let age = rx.borrow().millis_since_quorum_ack;
+                    return Err(self.lost_quorum(age));
+                }
+            }
+            let m = rx.borrow_and_update();
+            if !Leadership::is_leader(&m, self.node_id) {
+                drop(m);
+                return Err(self.not_leader());
+            }
+            if self.leadership.renews(&m) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The refusal of a leader that has not heard from a quorum lately: no
+    /// hint, so clients try the other controllers.
+    fn lost_quorum(&self, age_ms: Option<u64>) -> Error {
+        Error::new(
+            Reason::NotControllerLeader,
+            format!(
+                "controller {} leads but no quorum of controllers has acknowledged it for {}; another controller may lead",
+                self.node_id,
+                age_ms.map_or_else(|| "a while".to_string(), |ms| format!("{ms} ms")),
+            ),
+        )
     }
 
     /// Proposes `command` and waits until it is applied here.
@@ -299,6 +434,15 @@ fn is_member(m: &RaftMetrics<u64, BasicNode>, metadata: &Metadata, node_id: u64)
         && !metadata.removed_controllers.contains(&node_id)
 }
 
+fn out_of_contact(node_id: u64) -> Error {
+    Error::new(
+        Reason::Unavailable,
+        format!(
+            "controller {node_id} is out of contact with the other controllers (its metadata may be stale); ask another controller"
+        ),
+    )
+}
+
 fn not_member(node_id: u64) -> Error {
     Error::new(
         Reason::Unavailable,
@@ -341,6 +485,9 @@ struct WatchState {
     rx: watch::Receiver<Arc<Metadata>>,
     /// Whether this controller is a member; the stream ends when it is not.
     member: watch::Receiver<bool>,
+    /// Whether this controller is in contact with its group; the stream
+    /// ends when it is not.
+    contact: watch::Receiver<bool>,
     last_sent: u64,
     first: bool,
     done: bool,
@@ -357,6 +504,11 @@ fn watch_stream(state: WatchState) -> MetadataStream {
             if !*st.member.borrow_and_update() {
                 st.done = true;
                 let err = not_member(st.proposer.node_id);
+                return Some((Err(err.to_status()), st));
+            }
+            if !*st.contact.borrow_and_update() {
+                st.done = true;
+                let err = out_of_contact(st.proposer.node_id);
                 return Some((Err(err.to_status()), st));
             }
             let metadata = st.rx.borrow_and_update().clone();
@@ -381,6 +533,11 @@ fn watch_stream(state: WatchState) -> MetadataStream {
                     }
                 }
                 changed = st.member.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                }
+                changed = st.contact.changed() => {
                     if changed.is_err() {
                         return None;
                     }
@@ -555,9 +712,11 @@ impl ControllerService for ControllerGrpc {
         req: Request<WatchMetadataRequest>,
     ) -> Result<Response<Self::WatchMetadataStream>, Status> {
         self.proposer.ensure_member().map_err(status)?;
+        self.proposer.ensure_in_contact().map_err(status)?;
         let state = WatchState {
             rx: self.proposer.sm.subscribe(),
             member: self.proposer.member.subscribe(),
+            contact: self.proposer.contact.subscribe(),
             last_sent: req.into_inner().min_version,
             first: true,
             done: false,
@@ -650,6 +809,11 @@ impl ControllerService for ControllerGrpc {
                 ),
             )));
         }
+        // The node counts its lease from when it sent this heartbeat: renew
+        // it only on a quorum acknowledgment that fences any later leader
+        // (see `leadership.rs`). A leader cut off from the other
+        // controllers refuses, and the node moves to the one they elect.
+        self.proposer.confirm_leadership().await.map_err(status)?;
         self.leases.heartbeat(node_id);
         // Only replicas of the current incarnation of a topic that are
         // assigned to this node count: a report built from older metadata

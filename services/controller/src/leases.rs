@@ -8,13 +8,17 @@
 //!
 //! A newly elected leader grants every node that is alive in the metadata a
 //! fresh lease, so a leader change never expires healthy nodes; a node that
-//! is dead comes back only after heartbeating to the current leader.
+//! is dead comes back only after heartbeating to the current leader. So does
+//! a leader that heard from no quorum for a while (it refuses heartbeats
+//! meanwhile, see `leadership.rs`) once it hears from one again; until then
+//! it decides nothing. Leadership is judged per term: a controller that
+//! lost the leadership and won it back between two rounds starts over too
+//! (heartbeats went to another leader in between).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use openraft::ServerState;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -111,16 +115,18 @@ impl Leases {
     /// Runs until `cancel`: on the leader, expires and revives nodes.
     pub async fn run(self: Arc<Self>, proposer: Proposer, cancel: CancellationToken) {
         let tick = (self.lease / 4).clamp(Duration::from_millis(20), Duration::from_millis(500));
-        let mut was_leader = false;
+        // The term this controller has been the current leader of since the
+        // last reset.
+        let mut led_term: Option<u64> = None;
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep(tick) => {}
                 () = self.wake.notified() => {}
             }
-            let is_leader = proposer.raft().metrics().borrow().state == ServerState::Leader;
-            if !is_leader {
-                was_leader = false;
+            let term = proposer.raft().metrics().borrow().current_term;
+            if proposer.ensure_leader().is_err() {
+                led_term = None;
                 *self.took_over.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 continue;
             }
@@ -143,9 +149,9 @@ impl Leases {
                 .map(|n| (n.node_id, n.alive))
                 .collect();
             let now = Instant::now();
-            if !was_leader {
+            if led_term != Some(term) {
                 self.reset(&nodes, now);
-                was_leader = true;
+                led_term = Some(term);
             }
             for (node_id, alive) in self.decide(&nodes, now) {
                 if cancel.is_cancelled() {

@@ -34,7 +34,7 @@ use tokio::time::Instant;
 
 use crate::grpc::{Proposer, members};
 use crate::metadata::Command;
-use crate::network::lazy_channel;
+use crate::network::PeerDial;
 
 /// How long a new controller may take to become a learner and catch up
 /// with the leader's log before `AddController` gives up with `TIMEOUT`
@@ -111,7 +111,7 @@ impl MembershipChanges {
                         "{address} is the address of controller {other}"
                     )));
                 }
-                check_joinable(node_id, address).await?;
+                check_joinable(self.proposer.dial(), node_id, address).await?;
             }
         }
 
@@ -266,7 +266,7 @@ impl MembershipChanges {
             .await?;
         if node_id != self.proposer.node_id() && answers {
             let applied = self.proposer.metadata().version;
-            if !applied_at(&address, applied).await {
+            if !applied_at(self.proposer.dial(), &address, applied).await {
                 tracing::warn!(
                     node_id,
                     %address,
@@ -301,8 +301,9 @@ impl MembershipChanges {
     /// The voters among `voters` that answer now (this controller does).
     async fn reachable(&self, voters: &[(u64, String)]) -> BTreeSet<u64> {
         let me = self.proposer.node_id();
+        let dial = self.proposer.dial();
         let asks = voters.iter().map(|(id, address)| async move {
-            (*id == me || describe(address).await.is_ok()).then_some(*id)
+            (*id == me || describe(dial, address).await.is_ok()).then_some(*id)
         });
         futures::future::join_all(asks)
             .await
@@ -380,8 +381,8 @@ fn check_address(address: &str) -> Result<(), Error> {
 /// Asks the controller at `address` who it is: it must be `node_id`, with
 /// an empty store (a controller with Raft state belongs to a group already,
 /// this one or another).
-async fn check_joinable(node_id: u64, address: &str) -> Result<(), Error> {
-    let status = describe(address).await.map_err(|e| {
+async fn check_joinable(dial: &PeerDial, node_id: u64, address: &str) -> Result<(), Error> {
+    let status = describe(dial, address).await.map_err(|e| {
         Error::new(
             Reason::Unavailable,
             format!(
@@ -407,10 +408,10 @@ async fn check_joinable(node_id: u64, address: &str) -> Result<(), Error> {
 
 /// Waits (a little) until the controller at `address` has applied the log
 /// up to `index`; false when it does not say so in time.
-async fn applied_at(address: &str, index: u64) -> bool {
+async fn applied_at(dial: &PeerDial, address: &str, index: u64) -> bool {
     let deadline = Instant::now() + APPLY_WAIT;
     loop {
-        if describe(address)
+        if describe(dial, address)
             .await
             .is_ok_and(|s| s.last_applied >= index)
         {
@@ -424,8 +425,8 @@ async fn applied_at(address: &str, index: u64) -> bool {
 }
 
 /// `DescribeController` of the controller at `address`.
-async fn describe(address: &str) -> Result<ControllerStatus, String> {
-    let channel = lazy_channel(address).map_err(|e| e.to_string())?;
+async fn describe(dial: &PeerDial, address: &str) -> Result<ControllerStatus, String> {
+    let channel = dial.channel(address).map_err(|e| e.to_string())?;
     let mut client = ControllerServiceClient::new(channel);
     let mut request = tonic::Request::new(DescribeControllerRequest {});
     request.set_timeout(PROBE_TIMEOUT);

@@ -1,7 +1,12 @@
 //! The Raft network client: openraft RPCs as JSON payloads over the
 //! internal `RaftService` gRPC service. Each peer gets a lazily connecting
 //! tonic channel, so a peer that is down only costs failed RPCs.
+//!
+//! Every connection this controller makes to another controller (Raft
+//! RPCs here, and the leader's probes in `membership.rs` and `server.rs`)
+//! goes through [`PeerDial`], which may rewrite the peer's address.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::BasicNode;
@@ -24,29 +29,62 @@ use crate::store::TypeConfig;
 /// Largest Raft message (append batches and snapshot chunks are far smaller).
 pub(crate) const MAX_RAFT_MESSAGE_BYTES: usize = 64 << 20;
 
+/// How this controller reaches another controller: maps the address the
+/// other controller has in the Raft membership (what it advertises, what
+/// `AddController` was given) to the address to connect to. The identity
+/// unless [`crate::ServeOptions::peer_dial`] sets one.
+#[derive(Clone)]
+pub struct PeerDial(Arc<dyn Fn(&str) -> String + Send + Sync>);
+
+impl PeerDial {
+    /// Dials `map(address)` instead of `address`.
+    pub fn new(map: impl Fn(&str) -> String + Send + Sync + 'static) -> PeerDial {
+        PeerDial(Arc::new(map))
+    }
+
+    /// Dials every address as it is.
+    pub(crate) fn direct() -> PeerDial {
+        PeerDial::new(str::to_string)
+    }
+
+    /// The address to connect to for the controller at `address`.
+    pub(crate) fn resolve(&self, address: &str) -> String {
+        (self.0)(address)
+    }
+
+    /// A lazily connecting channel (nothing is dialled until the first
+    /// RPC) to the controller at `address`.
+    pub(crate) fn channel(&self, address: &str) -> Result<Channel, tonic::transport::Error> {
+        streambus_service::grpc::channel(&self.resolve(address))
+    }
+}
+
+impl std::fmt::Debug for PeerDial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerDial(..)")
+    }
+}
+
 /// Builds one [`PeerClient`] per replication target.
 #[derive(Debug, Clone)]
 pub struct Network {
     backoff: Duration,
+    dial: PeerDial,
 }
 
 impl Network {
-    /// A network that waits `backoff` before retrying an unreachable peer.
-    pub fn new(backoff: Duration) -> Network {
-        Network { backoff }
+    /// A network that dials peers through `dial` and waits `backoff` before
+    /// retrying an unreachable peer.
+    pub fn new(backoff: Duration, dial: PeerDial) -> Network {
+        Network { backoff, dial }
     }
-}
-
-/// Connects a tonic channel lazily (nothing is dialled until the first RPC).
-pub(crate) fn lazy_channel(address: &str) -> Result<Channel, tonic::transport::Error> {
-    streambus_service::grpc::channel(address)
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
-        let client = lazy_channel(&node.addr).map(|channel| {
+        let client = self.dial.channel(&node.addr).map(|channel| {
             RaftServiceClient::new(channel)
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)

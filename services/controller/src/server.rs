@@ -20,9 +20,10 @@ use tonic_health::server::HealthReporter;
 use crate::config::{ControllerConfig, Peer};
 use crate::error::ControllerError;
 use crate::grpc::{ControllerGrpc, Proposer};
+use crate::leadership::Leadership;
 use crate::leases::Leases;
 use crate::metrics::Metrics;
-use crate::network::{MAX_RAFT_MESSAGE_BYTES, Network, lazy_channel};
+use crate::network::{MAX_RAFT_MESSAGE_BYTES, Network, PeerDial};
 use crate::raft_service::RaftServiceImpl;
 use crate::store::{self, Raft, StateMachineStore};
 
@@ -39,6 +40,14 @@ pub struct ServeOptions {
     pub ready: Option<watch::Sender<bool>>,
     /// Metrics registered by the caller ([`Metrics::new`]).
     pub metrics: Option<Arc<Metrics>>,
+    /// How this controller dials the other controllers: every connection
+    /// it makes to another controller (Raft RPCs, and a leader's calls to
+    /// the others: membership probes, readiness checks) goes to
+    /// `dial(address)` instead of the address that controller has in the
+    /// Raft membership. `None` dials membership addresses as they are.
+    /// Fault tests use it to put each controller-to-controller link behind
+    /// a proxy of its own; it is not a configuration key.
+    pub peer_dial: Option<PeerDial>,
 }
 
 /// Binds `config.listen_addr` and serves until `shutdown` completes.
@@ -64,7 +73,7 @@ pub async fn serve_with_listener(
         shutdown,
         ServeOptions {
             ready,
-            metrics: None,
+            ..ServeOptions::default()
         },
     )
     .await
@@ -99,6 +108,7 @@ pub async fn serve_with_options(
         );
     }
     let metrics = options.metrics.unwrap_or_default();
+    let dial = options.peer_dial.unwrap_or_else(PeerDial::direct);
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(streambus_proto::FILE_DESCRIPTOR_SET)
@@ -125,7 +135,10 @@ pub async fn serve_with_options(
     }
     .validate()
     .map_err(|e| ControllerError::Config(e.to_string()))?;
-    let network = Network::new(Duration::from_millis(config.heartbeat_interval_ms.max(50)));
+    let network = Network::new(
+        Duration::from_millis(config.heartbeat_interval_ms.max(50)),
+        dial.clone(),
+    );
     let raft = Raft::new(
         config.node_id,
         Arc::new(raft_config),
@@ -149,7 +162,19 @@ pub async fn serve_with_options(
     }
 
     let cancel = CancellationToken::new();
-    let proposer = Proposer::new(config.node_id, raft.clone(), sm.clone(), metrics.clone());
+    let leadership = Leadership::new(
+        Duration::from_millis(config.node_lease_ms),
+        Duration::from_millis(config.election_timeout_min_ms),
+        Duration::from_millis(config.election_timeout_max_ms),
+    );
+    let proposer = Proposer::new(
+        config.node_id,
+        raft.clone(),
+        sm.clone(),
+        metrics.clone(),
+        dial,
+        leadership,
+    );
     let leases = Arc::new(Leases::new(Duration::from_millis(config.node_lease_ms)));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -159,6 +184,7 @@ pub async fn serve_with_options(
     let tasks: Vec<JoinHandle<()>> = vec![
         tokio::spawn(leases.clone().run(proposer.clone(), cancel.clone())),
         tokio::spawn(proposer.clone().track_membership(cancel.clone())),
+        tokio::spawn(proposer.clone().track_contact(cancel.clone())),
         tokio::spawn(crate::balancer::run(
             proposer.clone(),
             (config.leader_rebalance_interval_ms > 0)
@@ -311,7 +337,7 @@ async fn caught_up(proposer: &Proposer, node_id: u64, sm: &StateMachineStore) ->
         );
         return matches!(check.await, Ok(Ok(_)));
     }
-    let Ok(channel) = lazy_channel(&address) else {
+    let Ok(channel) = proposer.dial().channel(&address) else {
         return false;
     };
     let mut client =
@@ -341,9 +367,12 @@ async fn track_readiness(
     let mut is_ready = false;
     loop {
         // A controller outside its own membership (waiting to join, or
-        // removed) serves no metadata.
-        let has_leader =
-            raft_rx.borrow_and_update().current_leader.is_some() && proposer.is_member();
+        // removed) serves no metadata; one out of contact with its group
+        // (a leader cut off from a quorum included) may serve stale
+        // metadata.
+        let has_leader = raft_rx.borrow_and_update().current_leader.is_some()
+            && proposer.is_member()
+            && proposer.in_contact();
         let now_ready = if !has_leader {
             false
         } else if is_ready {

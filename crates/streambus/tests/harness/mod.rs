@@ -5,7 +5,9 @@
 //! connection stops mid-flight, nothing drains). A storage node is reached only
 //! through proxies that can cut its links: one in front of it (what
 //! followers and the gateway connect to, its advertised address) and one
-//! between it and each controller.
+//! between it and each controller. Each controller dials each other
+//! controller through a proxy of its own (one per direction), so a
+//! controller can be cut off from its Raft peers alone.
 
 #![allow(dead_code)]
 
@@ -18,7 +20,7 @@ use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use streambus_client::{Client, v1};
-use streambus_controller::{ControllerConfig, Peer};
+use streambus_controller::{ControllerConfig, Peer, PeerDial, ServeOptions};
 use streambus_gateway::GatewayConfig;
 use streambus_storage_node::StorageNodeConfig;
 use tokio::net::TcpListener;
@@ -59,6 +61,9 @@ pub struct Controller {
     pub id: u64,
     pub addr: SocketAddr,
     dir: PathBuf,
+    /// What it dials to reach each other controller, by that controller's
+    /// id: a proxy in front of it, for this direction only.
+    pub to_peers: BTreeMap<u64, Proxy>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -109,11 +114,25 @@ impl Cluster {
                     id,
                     addr,
                     dir: cluster.dir.path().join(format!("controller-{id}")),
+                    to_peers: BTreeMap::new(),
                     runtime: None,
                 },
             );
         }
         let ids: Vec<u64> = cluster.controllers.keys().copied().collect();
+        for &from in &ids {
+            for &to in &ids {
+                if from != to {
+                    let proxy = Proxy::start(cluster.controllers[&to].addr).await;
+                    cluster
+                        .controllers
+                        .get_mut(&from)
+                        .unwrap()
+                        .to_peers
+                        .insert(to, proxy);
+                }
+            }
+        }
         let mut ready = Vec::new();
         for id in ids {
             ready.push(cluster.spawn_controller(id));
@@ -161,6 +180,24 @@ impl Cluster {
         } else {
             Vec::new()
         };
+        // Another controller's address, as the Raft membership has it, to
+        // this controller's proxy in front of it.
+        let links: BTreeMap<String, String> = self.controllers[&id]
+            .to_peers
+            .iter()
+            .map(|(to, proxy)| {
+                (
+                    self.controllers[to].addr.to_string(),
+                    proxy.addr.to_string(),
+                )
+            })
+            .collect();
+        let dial = PeerDial::new(move |address| {
+            links
+                .get(address)
+                .cloned()
+                .unwrap_or_else(|| address.to_string())
+        });
         let c = self.controllers.get_mut(&id).unwrap();
         assert!(c.runtime.is_none(), "controller {id} runs already");
         let config = ControllerConfig {
@@ -189,11 +226,15 @@ impl Cluster {
                     Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
             };
-            let _ = streambus_controller::serve_with_listener(
+            let _ = streambus_controller::serve_with_options(
                 config,
                 listener,
                 std::future::pending(),
-                Some(ready_tx),
+                ServeOptions {
+                    ready: Some(ready_tx),
+                    peer_dial: Some(dial),
+                    ..ServeOptions::default()
+                },
             )
             .await;
         });
@@ -368,6 +409,117 @@ impl Cluster {
             .expect("a controller of the cluster");
         for n in self.nodes.values() {
             n.to_controllers[at].set_cut(cut);
+        }
+    }
+
+    /// Cuts (true) or heals (false) every Raft link of controller `id`,
+    /// both ways: it and its peers no longer reach each other. Storage
+    /// nodes and the gateway still reach it (see [`Cluster::cut_controller`]
+    /// for those).
+    pub fn isolate_controller(&self, id: u64, cut: bool) {
+        for (from, c) in &self.controllers {
+            for (to, proxy) in &c.to_peers {
+                if *from == id || *to == id {
+                    proxy.set_cut(cut);
+                }
+            }
+        }
+    }
+
+    /// Controller `id`'s own Raft view (`DescribeController`, asked
+    /// directly, not through a proxy); `None` if it does not answer soon.
+    pub async fn describe_controller(&self, id: u64) -> Option<v1::ControllerStatus> {
+        use streambus_proto::internal::DescribeControllerRequest;
+        use streambus_proto::internal::controller_service_client::ControllerServiceClient;
+        let addr = self.controllers[&id].addr;
+        let ask = async {
+            let mut c = ControllerServiceClient::connect(format!("http://{addr}"))
+                .await
+                .ok()?;
+            c.describe_controller(DescribeControllerRequest {})
+                .await
+                .ok()
+                .map(tonic::Response::into_inner)
+        };
+        tokio::time::timeout(Duration::from_secs(2), ask)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Controller `id`'s applied metadata (`GetMetadata`, asked directly);
+    /// `None` if it does not answer soon.
+    pub async fn controller_metadata(
+        &self,
+        id: u64,
+    ) -> Option<streambus_proto::internal::ClusterMetadata> {
+        use streambus_proto::internal::GetMetadataRequest;
+        use streambus_proto::internal::controller_service_client::ControllerServiceClient;
+        let addr = self.controllers[&id].addr;
+        let ask = async {
+            let mut c = ControllerServiceClient::connect(format!("http://{addr}"))
+                .await
+                .ok()?;
+            c.get_metadata(GetMetadataRequest {})
+                .await
+                .ok()
+                .map(tonic::Response::into_inner)
+        };
+        tokio::time::timeout(Duration::from_secs(2), ask)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The controller that says it leads, among those that run, with its
+    /// term; the one with the highest term if several say so (an isolated
+    /// old leader may still believe it leads).
+    pub async fn controller_leader(&self) -> Option<(u64, u64)> {
+        let mut best: Option<(u64, u64)> = None;
+        for (id, c) in &self.controllers {
+            if !c.is_up() {
+                continue;
+            }
+            if let Some(s) = self.describe_controller(*id).await
+                && s.state == "leader"
+                && best.is_none_or(|(_, term)| s.term > term)
+            {
+                best = Some((*id, s.term));
+            }
+        }
+        best
+    }
+
+    /// Waits until every running controller follows one leader in one
+    /// term, and that leader says it leads.
+    pub async fn wait_controllers_whole(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let mut views = Vec::new();
+            for (id, c) in &self.controllers {
+                if c.is_up() {
+                    views.push((*id, self.describe_controller(*id).await));
+                }
+            }
+            let first = views.first().and_then(|(_, v)| v.as_ref());
+            let whole = first.is_some_and(|f| {
+                f.leader_id != 0
+                    && views.iter().all(|(id, v)| {
+                        v.as_ref().is_some_and(|v| {
+                            v.leader_id == f.leader_id
+                                && v.term == f.term
+                                && (v.state == "leader") == (*id == f.leader_id)
+                        })
+                    })
+            });
+            if whole {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the controllers never agreed on a leader: {views:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
