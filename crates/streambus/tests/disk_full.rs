@@ -212,7 +212,10 @@ async fn a_full_disk_refuses_produce_early_and_recovers_when_space_is_freed() {
     let status = client.describe_cluster().await.unwrap();
     let node = &status.storage_nodes[0];
     assert!(node.disk_full, "{node:?}");
-    assert!(node.disk_total_bytes > 0 && node.disk_available_bytes < 6 * MIB, "{node:?}");
+    assert!(
+        node.disk_total_bytes > 0 && node.disk_available_bytes < 6 * MIB,
+        "{node:?}"
+    );
     // Every topic of the node is refused; reads and metadata go on.
     assert_eq!(
         produce(&mut raw, "kept", "no").await.unwrap_err().0,
