@@ -291,3 +291,59 @@ async fn a_full_disk_refuses_produce_early_and_recovers_when_space_is_freed() {
 
     dev.stop().await;
 }
+
+/// Without the watermark the file system really runs out: the appends
+/// that hit ENOSPC fail with `STORAGE_ERROR`, and produce succeeds again
+/// once space is back, without a restart. Every acknowledged record is
+/// there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_that_hit_enospc_fail_alone_and_writes_resume_when_space_returns() {
+    let fs = SmallFs::mount(16 * MIB);
+    let dev = common::Dev::start_with(&fs.path, |s| {
+        s.storage_node.disk_min_free_bytes = 0;
+        s.storage_node.disk_max_used_percent = 100;
+        s.controller.disk_reserve_bytes = 2 * MIB;
+    })
+    .await;
+    let gw = dev.gateway();
+    let client = Client::connect(&gw).await.unwrap();
+    let mut raw = ProduceServiceClient::connect(format!("http://{gw}"))
+        .await
+        .unwrap();
+    let segment: HashMap<String, String> = [("segment.bytes".to_string(), MIB.to_string())].into();
+    client.create_topic("t", 1, 1, segment).await.unwrap();
+    wait_for("partition open", async || {
+        produce(&mut raw, "t", "warmup").await.is_ok()
+    })
+    .await;
+    let mut acked = BTreeMap::new();
+    for (i, offset) in (0..100).enumerate() {
+        acked.insert(("t".to_string(), offset), format!("warmup-{i:06}-"));
+    }
+    // Something else takes a third of the disk.
+    let filler = fs.path.join("filler");
+    std::fs::write(&filler, vec![0u8; (5 * MIB) as usize]).unwrap();
+
+    let (reason, message) = fill(&mut raw, "t", &mut acked).await;
+    assert_eq!(reason, "STORAGE_ERROR", "{message}");
+    assert!(message.contains("No space left"), "{message}");
+
+    // The failed append was cut back (or, if the disk ran out while a
+    // segment roll wrote its indexes, the replica is reopened from disk
+    // by the node within its reopen interval): no restart needed.
+    std::fs::remove_file(&filler).unwrap();
+    wait_for("produce accepted again", async || {
+        produce(&mut raw, "t", "after").await.is_ok()
+    })
+    .await;
+    let topic = client.describe_topic("t").await.unwrap();
+    assert!(topic.partitions[0].offline_replicas.is_empty(), "{topic:?}");
+    let (_, end) = high_watermark(&client, "t").await;
+    for (i, offset) in (end - 100..end).enumerate() {
+        acked.insert(("t".to_string(), offset), format!("after-{i:06}-"));
+    }
+    let read = read_all(&client, "t", end).await;
+    check_acked(&acked, "t", &read);
+    assert_eq!(read.len() as i64, end, "no gap, nothing extra");
+    dev.stop().await;
+}
