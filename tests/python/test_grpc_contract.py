@@ -328,3 +328,40 @@ def test_a_resumed_subscription_goes_on_where_it_was(stubs, pb, topic):
     for p in range(PARTITIONS):
         offsets = [o for q, o in seen if q == p]
         assert offsets == list(range(len(offsets)))
+
+
+def test_topic_configuration_changes_incrementally(stubs, pb, topic):
+    configs = lambda resp: dict(resp.topic.configs)  # noqa: E731
+    preview = stubs.admin.AlterTopicConfigs(
+        pb.admin.AlterTopicConfigsRequest(
+            topic=topic, set={"retention.ms": "3600000"}, validate_only=True
+        ),
+        timeout=30,
+    )
+    assert configs(preview)["retention.ms"] == "3600000"
+    described = stubs.admin.DescribeTopic(pb.admin.DescribeTopicRequest(name=topic), timeout=10)
+    assert dict(described.topic.configs)["retention.ms"] == "604800000", "validate_only changed it"
+
+    changed = stubs.admin.AlterTopicConfigs(
+        pb.admin.AlterTopicConfigsRequest(
+            topic=topic, set={"retention.ms": "3600000", "segment.bytes": "1048576"}
+        ),
+        timeout=30,
+    )
+    assert configs(changed)["retention.ms"] == "3600000"
+    assert configs(changed)["segment.bytes"] == "1048576"
+
+    reset = stubs.admin.AlterTopicConfigs(
+        pb.admin.AlterTopicConfigsRequest(topic=topic, delete=["retention.ms"]), timeout=30
+    )
+    assert configs(reset)["retention.ms"] == "604800000"
+    assert configs(reset)["segment.bytes"] == "1048576", "other keys keep their values"
+
+    with pytest.raises(grpc.RpcError) as info:
+        stubs.admin.AlterTopicConfigs(
+            pb.admin.AlterTopicConfigsRequest(topic=topic, set={"segment.bytes": "20"}),
+            timeout=30,
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason(info.value) == "INVALID_CONFIG"
+    assert "segment.bytes" in info.value.details()
