@@ -121,6 +121,11 @@ pub struct StreamBusTopicStatus {
     /// Replicas per partition the topic has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication_factor: Option<u32>,
+    /// The `spec.config` keys the operator applied: a key later removed
+    /// from `spec.config` goes back to its default. Keys never in
+    /// `spec.config` are left as the topic has them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_keys: Vec<String>,
 }
 
 /// A StreamBus cluster: controllers, storage nodes and gateways.

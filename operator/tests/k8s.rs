@@ -482,8 +482,17 @@ fn chart_and_operator_on_a_real_api_server() {
         text(&out.stderr)
     );
 
-    // Adopted when it exists already (same topic id).
-    let out = env.streambus(&["topic", "create", "legacy", "--partitions", "2"]);
+    // Adopted when it exists already (same topic id), keeping the settings
+    // its spec does not mention.
+    let out = env.streambus(&[
+        "topic",
+        "create",
+        "legacy",
+        "--partitions",
+        "2",
+        "--config",
+        "cleanup.policy=compact",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let legacy_id = env
         .describe("legacy")
@@ -501,9 +510,21 @@ fn chart_and_operator_on_a_real_api_server() {
     ));
     let obj = env.wait_ready("streambustopic/legacy-topic", "True", "Ready");
     assert_eq!(obj["status"]["topicId"], legacy_id.as_str());
+    assert!(
+        env.describe("legacy")
+            .unwrap()
+            .lines()
+            .any(|l| l.split_whitespace().eq(["cleanup.policy", "compact"])),
+        "an adopted topic keeps its configuration"
+    );
 
     // Drift made outside Kubernetes is corrected at the next resync.
-    env.apply_ok(&topic_yaml("drift", None, 2, ""));
+    env.apply_ok(&topic_yaml(
+        "drift",
+        None,
+        2,
+        "  config:\n    retention.ms: \"86400000\"\n",
+    ));
     let first =
         env.wait_ready("streambustopic/drift", "True", "Ready")["status"]["topicId"].clone();
     assert!(
@@ -517,16 +538,16 @@ fn chart_and_operator_on_a_real_api_server() {
             && env.describe("drift")?.contains("PARTITIONS          2"))
         .then_some(())
     });
-    // And so is a configuration changed with the CLI.
+    // And so is a key of spec.config changed with the CLI.
     assert!(
         env.streambus(&["topic", "alter", "drift", "--config", "retention.ms=5000"])
             .status
             .success()
     );
-    env.wait("drift config reset", Duration::from_secs(30), || {
+    env.wait("drift config set back", Duration::from_secs(30), || {
         env.describe("drift")?
             .lines()
-            .any(|l| l.split_whitespace().eq(["retention.ms", "604800000"]))
+            .any(|l| l.split_whitespace().eq(["retention.ms", "86400000"]))
             .then_some(())
     });
 

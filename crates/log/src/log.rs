@@ -640,7 +640,11 @@ impl Log {
                 batch_count: 0,
             });
         }
-        let max = self.shared.config().max_batch_bytes as usize;
+        // The log's hard limit, not the topic's `max_batch_bytes`: that
+        // bounds what producers may send now, and a leader may hold larger
+        // batches written before it was lowered, which followers must
+        // still copy.
+        let max = crate::MAX_BATCH_BYTES as usize;
         let mut parsed: Vec<(usize, BatchHeader)> = Vec::new();
         let mut iter = BatchIter::new(batches);
         let mut pos = 0;

@@ -894,3 +894,28 @@ fn a_crash_during_reset_to_leaves_the_old_log_or_the_new_one() {
     }
     assert!(old > 0 && new > 0, "old {old}, new {new}");
 }
+
+/// A topic's lowered `max.message.bytes` bounds what producers send from
+/// then on; a follower still copies the larger batches the leader wrote
+/// before, or it could never catch up.
+#[test]
+fn a_follower_copies_batches_above_a_lowered_batch_limit() {
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = Log::open(dirs.0.path(), small_config()).unwrap();
+    fill_leader(&leader, 10);
+    let follower = Log::open(dirs.1.path(), small_config()).unwrap();
+    let lowered = LogConfig {
+        max_batch_bytes: streambus_log::MIN_BATCH_BYTES,
+        ..small_config()
+    };
+    follower.update_config(lowered).unwrap();
+    leader.update_config(lowered).unwrap();
+    replicate(&leader, &follower, 4096);
+    assert_eq!(follower.end_offset(), leader.end_offset());
+    assert_eq!(raw(&follower), raw(&leader));
+    // A producer's batch is held to the new limit.
+    assert!(matches!(
+        leader.append(&mut batch("big", 2, 1)),
+        Err(LogError::BatchTooLarge { .. })
+    ));
+}

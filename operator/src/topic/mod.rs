@@ -182,8 +182,11 @@ async fn apply(
             return Err(e);
         }
     };
-    let Plan { actions, problems } =
-        plan::plan(&topic.spec, current.as_ref().map(observed).as_ref());
+    let Plan { actions, problems } = plan::plan(
+        &topic.spec,
+        current.as_ref().map(observed).as_ref(),
+        &status.config_keys,
+    );
     let mut result = Ok(current);
     for action in actions {
         result = match result {
@@ -209,6 +212,10 @@ async fn apply(
             return Ok(resync);
         }
     };
+    if !problems.iter().any(|p| p.reason == "InvalidConfig") {
+        // What the spec's config now manages (applied above).
+        status.config_keys = topic.spec.config.keys().cloned().collect();
+    }
     if let Some(d) = &description {
         status.topic_name = Some(name.clone());
         status.topic_id = Some(d.topic_id.clone());

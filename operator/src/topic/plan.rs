@@ -59,8 +59,9 @@ pub struct Plan {
     pub problems: Vec<Problem>,
 }
 
-/// Decides what to do for `spec` given the topic StreamBus has.
-pub fn plan(spec: &StreamBusTopicSpec, observed: Option<&Observed>) -> Plan {
+/// Decides what to do for `spec` given the topic StreamBus has and the
+/// config keys the operator applied before (`managed`).
+pub fn plan(spec: &StreamBusTopicSpec, observed: Option<&Observed>, managed: &[String]) -> Plan {
     let desired_config = match canonical_config(&spec.config) {
         Ok(config) => config,
         Err(message) => {
@@ -109,9 +110,11 @@ pub fn plan(spec: &StreamBusTopicSpec, observed: Option<&Observed>) -> Plan {
             ),
         });
     }
-    // spec.config is the whole truth (as in Strimzi's topic operator): a key
-    // it leaves out is expected at its default, so a change made outside
-    // Kubernetes is undone.
+    // The keys spec.config lists are set to its values, drift included;
+    // a key the operator set before and the spec no longer lists goes back
+    // to its default. Keys it never managed are left alone, so adopting a
+    // topic (with a compacted or long-retention configuration, say) never
+    // changes what the spec does not mention.
     let mut set = BTreeMap::new();
     let mut reset = Vec::new();
     for (key, value) in &desired_config {
@@ -120,7 +123,7 @@ pub fn plan(spec: &StreamBusTopicSpec, observed: Option<&Observed>) -> Plan {
         }
         if spec.config.contains_key(key) {
             set.insert(key.clone(), value.clone());
-        } else {
+        } else if managed.contains(key) {
             reset.push(key.clone());
         }
     }
@@ -130,9 +133,9 @@ pub fn plan(spec: &StreamBusTopicSpec, observed: Option<&Observed>) -> Plan {
     Plan { actions, problems }
 }
 
-/// The whole configuration the spec asks for, in StreamBus's canonical
-/// spelling (what `DescribeTopic` reports): the spec's entries, defaults
-/// for the rest; an unknown key or a bad value is an error naming it.
+/// The configuration the spec implies, in StreamBus's canonical spelling
+/// (what `DescribeTopic` reports): the spec's entries, defaults for the
+/// rest; an unknown key or a bad value is an error naming it.
 fn canonical_config(config: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, String> {
     let map: HashMap<String, String> = config.clone().into_iter().collect();
     let parsed = TopicConfig::from_map(&map).map_err(|e| format!("spec.config: {}", e.message))?;
@@ -157,6 +160,11 @@ mod tests {
         }
     }
 
+    /// `plan` with no previously managed keys.
+    fn plan_(spec: &StreamBusTopicSpec, observed: Option<&Observed>) -> Plan {
+        plan(spec, observed, &[])
+    }
+
     fn observed(partitions: u32, rf: u32, config: &[(&str, &str)]) -> Observed {
         let mut configs = TopicConfig::default().to_btree_map();
         for (k, v) in config {
@@ -172,7 +180,7 @@ mod tests {
 
     #[test]
     fn missing_topic_is_created_as_specified() {
-        let p = plan(&spec(3, Some(1), &[("retention.ms", "1000")]), None);
+        let p = plan_(&spec(3, Some(1), &[("retention.ms", "1000")]), None);
         assert_eq!(
             p.actions,
             [Action::Create {
@@ -186,7 +194,7 @@ mod tests {
 
     #[test]
     fn omitted_replication_factor_asks_for_the_cluster_default() {
-        let p = plan(&spec(1, None, &[]), None);
+        let p = plan_(&spec(1, None, &[]), None);
         assert!(matches!(
             p.actions[..],
             [Action::Create {
@@ -198,7 +206,7 @@ mod tests {
 
     #[test]
     fn topic_as_specified_needs_nothing() {
-        let p = plan(
+        let p = plan_(
             &spec(3, Some(1), &[("retention.ms", "1000")]),
             Some(&observed(3, 1, &[("retention.ms", "1000")])),
         );
@@ -208,14 +216,14 @@ mod tests {
 
     #[test]
     fn more_partitions_grow_the_topic() {
-        let p = plan(&spec(6, None, &[]), Some(&observed(3, 1, &[])));
+        let p = plan_(&spec(6, None, &[]), Some(&observed(3, 1, &[])));
         assert_eq!(p.actions, [Action::AddPartitions { partitions: 6 }]);
         assert!(p.problems.is_empty());
     }
 
     #[test]
     fn fewer_partitions_are_refused_with_a_reason() {
-        let p = plan(&spec(2, None, &[]), Some(&observed(3, 1, &[])));
+        let p = plan_(&spec(2, None, &[]), Some(&observed(3, 1, &[])));
         assert!(p.actions.is_empty());
         assert_eq!(p.problems.len(), 1);
         assert_eq!(p.problems[0].reason, "PartitionDecreaseRefused");
@@ -224,26 +232,33 @@ mod tests {
 
     #[test]
     fn replication_factor_change_is_refused_but_growth_still_happens() {
-        let p = plan(&spec(4, Some(3), &[]), Some(&observed(3, 1, &[])));
+        let p = plan_(&spec(4, Some(3), &[]), Some(&observed(3, 1, &[])));
         assert_eq!(p.actions, [Action::AddPartitions { partitions: 4 }]);
         assert_eq!(p.problems[0].reason, "ReplicationFactorChangeUnsupported");
     }
 
     #[test]
-    fn config_differences_are_set_and_keys_left_out_are_reset() {
+    fn config_differences_are_set_and_keys_dropped_from_the_spec_reset() {
+        // retention.ms drifted; segment.bytes was in the spec before and
+        // is no longer; max.message.bytes was never the operator's.
+        let observed = observed(
+            2,
+            1,
+            &[
+                ("retention.ms", "5000"),
+                ("segment.bytes", "1048576"),
+                ("max.message.bytes", "2000"),
+            ],
+        );
+        let managed = ["retention.ms".to_string(), "segment.bytes".to_string()];
         let p = plan(
             &spec(
                 3,
                 None,
                 &[("retention.ms", "1000"), ("cleanup.policy", "delete")],
             ),
-            // Changed outside Kubernetes: segment.bytes, which the spec
-            // leaves at its default.
-            Some(&observed(
-                2,
-                1,
-                &[("retention.ms", "5000"), ("segment.bytes", "1048576")],
-            )),
+            Some(&observed),
+            &managed,
         );
         assert_eq!(
             p.actions,
@@ -259,9 +274,22 @@ mod tests {
     }
 
     #[test]
+    fn an_adopted_topic_keeps_the_settings_the_spec_does_not_mention() {
+        let p = plan_(
+            &spec(1, None, &[]),
+            Some(&observed(
+                1,
+                1,
+                &[("cleanup.policy", "compact"), ("retention.ms", "-1")],
+            )),
+        );
+        assert!(p.actions.is_empty(), "{:?}", p.actions);
+    }
+
+    #[test]
     fn config_is_compared_in_canonical_form() {
         // A retention of -1 (infinite) is how StreamBus reports "none".
-        let p = plan(
+        let p = plan_(
             &spec(1, None, &[("retention.ms", "-1")]),
             Some(&observed(1, 1, &[("retention.ms", "-1")])),
         );
@@ -271,7 +299,7 @@ mod tests {
 
     #[test]
     fn invalid_config_is_reported_without_any_call() {
-        let p = plan(&spec(1, None, &[("retention.hours", "1")]), None);
+        let p = plan_(&spec(1, None, &[("retention.hours", "1")]), None);
         assert!(p.actions.is_empty());
         assert_eq!(p.problems[0].reason, "InvalidConfig");
         assert!(p.problems[0].message.contains("retention.hours"));
@@ -281,7 +309,7 @@ mod tests {
     fn adopted_topic_with_other_settings_is_kept_and_reported() {
         // A pre-existing topic is adopted as it is: never deleted or
         // recreated to match the spec.
-        let p = plan(&spec(1, Some(1), &[]), Some(&observed(4, 1, &[])));
+        let p = plan_(&spec(1, Some(1), &[]), Some(&observed(4, 1, &[])));
         assert!(p.actions.is_empty());
         assert_eq!(p.problems[0].reason, "PartitionDecreaseRefused");
     }

@@ -665,7 +665,13 @@ impl ControllerService for ControllerGrpc {
                         format!("unexpected alter configs response {other:?}"),
                     )));
                 }
-                Err(e) if e.reason == Reason::Unavailable && attempts < 5 => continue,
+                Err(e)
+                    if e.reason == Reason::Unavailable
+                        && e.message.starts_with(crate::metadata::CONFIG_CONFLICT)
+                        && attempts < 5 =>
+                {
+                    continue;
+                }
                 Err(e) => return Err(status(e)),
             }
         }

@@ -17,7 +17,7 @@ use streambus_proto::v1::{
 };
 use streambus_proto::{Error, Reason};
 
-use streambus_cluster::topic_config::TopicConfig;
+use streambus_cluster::topic_config::{FSYNC_INTERVAL_MS, FSYNC_POLICY, TopicConfig};
 
 /// Most partitions one topic may have.
 pub const MAX_PARTITIONS: u32 = 10_000;
@@ -372,6 +372,11 @@ pub fn validate_topic_name(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// How an `AlterTopicConfigs` entry computed from a configuration that
+/// another change replaced meanwhile is refused (the leader computes it
+/// again).
+pub const CONFIG_CONFLICT: &str = "the topic configuration changed concurrently";
+
 /// `min.insync.replicas` above the replication factor would make every
 /// `acks=all` write fail.
 fn check_min_insync(config: &TopicConfig, replication_factor: u32) -> Result<(), Error> {
@@ -512,6 +517,20 @@ impl Metadata {
         let config = TopicConfig::altered(&topic.configs, set, delete)?;
         check_min_insync(&config, topic.replication_factor)?;
         let configs = config.to_btree_map();
+        // The fsync policy is fixed for the life of a replica's open log;
+        // storage nodes could only apply a change by reopening every
+        // replica of the topic.
+        for key in [FSYNC_POLICY, FSYNC_INTERVAL_MS] {
+            if configs.get(key) != topic.configs.get(key) {
+                return Err(Error::new(
+                    Reason::InvalidConfig,
+                    format!(
+                        "{key} cannot change on an existing topic (it is {}); create a new topic with the policy you need",
+                        topic.configs.get(key).map_or("unset", String::as_str)
+                    ),
+                ));
+            }
+        }
         let mut after = topic.clone();
         if configs == topic.configs {
             return Ok((after, None));
@@ -844,7 +863,7 @@ impl Metadata {
                 if topic.configs != *base {
                     return CommandResponse::rejected(
                         Reason::Unavailable,
-                        format!("the configuration of topic {name:?} changed concurrently; retry"),
+                        format!("{CONFIG_CONFLICT}: topic {name:?}; retry"),
                     );
                 }
                 if topic.configs != *configs {
@@ -2712,6 +2731,13 @@ mod tests {
         );
         assert_eq!(m.topics["t"].configs["retention.bytes"], "1000");
         assert_eq!(m.topics["t"].configs["segment.ms"], "1000");
+
+        // The fsync policy is fixed at creation.
+        let err = m
+            .validate_alter_topic_configs("t", &kv(&[("fsync.policy", "never")]), &[])
+            .unwrap_err();
+        assert_eq!(err.reason, Reason::InvalidConfig);
+        assert!(err.message.contains("fsync.policy cannot change"), "{err}");
 
         // A command for an older incarnation of the topic is refused.
         let (_, stale) = m

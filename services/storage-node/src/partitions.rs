@@ -486,42 +486,15 @@ impl Partitions {
                     Ok(()) => {
                         tracing::info!(topic = %key.0, partition = key.1, "topic configuration applied");
                         self.maintenance_due.notify_one();
-                        r.set_view(view, now_ms() as u64);
-                        continue;
                     }
                     Err(why) => {
-                        tracing::info!(topic = %key.0, partition = key.1, reason = %why, "reopening partition replica for its new configuration");
+                        // The controller refuses such changes; metadata
+                        // from a version that did not is kept out.
+                        tracing::warn!(topic = %key.0, partition = key.1, reason = %why,
+                            "topic configuration change not applied: the replica keeps its configuration");
                     }
                 }
-                // Closed, then opened again with the new configuration
-                // once the close is done (the retriable UNAVAILABLE of an
-                // opening replica meanwhile).
-                write(&self.replicas).remove(&key);
-                r.retire();
-                let dir = r.dir.clone();
-                write(&self.offline).insert(
-                    key.clone(),
-                    Offline {
-                        topic_id: topic_id.clone(),
-                        config: Some(changed.clone()),
-                        view,
-                        reason: OPENING.into(),
-                        pending: true,
-                        report_after: Some(Instant::now() + self.io_wait),
-                        previous: None,
-                        durable_at_failure: None,
-                    },
-                );
-                started.extend(self.start(
-                    &mut work,
-                    dir,
-                    key,
-                    topic_id,
-                    Job::Close {
-                        replica: r,
-                        delete: false,
-                    },
-                ));
+                r.set_view(view, now_ms() as u64);
                 continue;
             }
             let config = match config {
@@ -697,6 +670,17 @@ impl Partitions {
                         o.view,
                         self.lag_max_ms,
                     );
+                    // Metadata that arrived during the open may have
+                    // changed the configuration since.
+                    if let Some(latest) = o.config.as_ref().filter(|c| **c != replica.config()) {
+                        match replica.update_config(latest) {
+                            Ok(()) => self.maintenance_due.notify_one(),
+                            Err(why) => {
+                                tracing::warn!(topic = %key.0, partition = key.1, reason = %why,
+                                    "topic configuration change not applied: the replica keeps its configuration");
+                            }
+                        }
+                    }
                     write(&self.replicas).insert(key, Arc::new(replica));
                     return (true, None);
                 }
@@ -1270,7 +1254,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_new_fsync_policy_reopens_the_replica_with_its_data() {
+    async fn a_new_fsync_policy_in_metadata_is_not_applied_to_an_open_replica() {
         let tmp = tempfile::tempdir().unwrap();
         let p = Partitions::new(1, tmp.path().to_path_buf());
         p.apply(&metadata(
@@ -1280,22 +1264,54 @@ mod tests {
         .await;
         let replica = p.leader_replica("t", 0).unwrap();
         append_records(&replica, 5);
-        assert!(!replica.fsync_always());
-        drop(replica);
-
         p.apply(&metadata(
             3,
-            vec![topic("t", "id1", &[("fsync.policy", "always")])],
+            vec![topic(
+                "t",
+                "id1",
+                &[("fsync.policy", "always"), ("retention.bytes", "0")],
+            )],
         ))
         .await;
-        let reopened = p.leader_replica("t", 0).unwrap();
-        assert!(reopened.fsync_always());
-        assert_eq!(
-            reopened.log.config().fsync,
-            streambus_log::FsyncPolicy::Always
-        );
-        assert_eq!(reopened.log.end_offset(), 5, "nothing lost by the reopen");
-        assert!(p.offline_replicas().is_empty());
+        let same = p.leader_replica("t", 0).unwrap();
+        assert!(Arc::ptr_eq(&replica, &same), "not reopened");
+        assert!(!same.fsync_always());
+        assert_eq!(same.config().retention_bytes, None, "refused as a whole");
+        assert_eq!(same.log.end_offset(), 5);
+    }
+
+    /// A configuration that changes while the replica's log is opening is
+    /// applied once the open is done, not lost.
+    #[tokio::test]
+    async fn a_config_change_during_the_open_is_applied_when_it_finishes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let disk = HungDisk::default();
+        let p = Partitions::with_open_options(
+            1,
+            tmp.path().to_path_buf(),
+            OpenOptions::new().io(Arc::new(disk.clone())),
+        )
+        .with_io_wait(Duration::from_millis(100));
+        disk.block("t-0-");
+        p.apply(&metadata(2, vec![topic("t", "id1", &[])])).await;
+        assert!(p.leader_replica("t", 0).is_err(), "still opening");
+        p.apply(&metadata(
+            3,
+            vec![topic("t", "id1", &[("retention.bytes", "1000")])],
+        ))
+        .await;
+        disk.release("t-0-");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let replica = loop {
+            p.reopen_offline().await;
+            if let Ok(r) = p.leader_replica("t", 0) {
+                break r;
+            }
+            assert!(Instant::now() < deadline, "never opened");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(replica.config().retention_bytes, Some(1000));
+        assert_eq!(replica.log.config().retention_bytes, Some(1000));
     }
 
     /// Per marker: whether it is blocked, and how many operations found

@@ -105,8 +105,8 @@ impl Replica {
 
     /// Applies a changed topic configuration to the open replica and its
     /// log. A change of the fsync policy or interval cannot apply to an
-    /// open log: it is refused (and nothing changes), and the caller
-    /// reopens the replica with the new configuration.
+    /// open log (the controller refuses it): it is refused here too, and
+    /// nothing changes.
     pub fn update_config(&self, config: &TopicConfig) -> Result<(), String> {
         let mut current = self.config.write().unwrap_or_else(|p| p.into_inner());
         if current.fsync_policy != config.fsync_policy
