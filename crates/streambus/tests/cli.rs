@@ -451,6 +451,11 @@ async fn topic_config_changes_apply_at_once_and_bad_values_are_refused() {
                 "UNKNOWN_TOPIC",
                 "nope",
             ),
+            (
+                &["topic", "alter", "cfg", "--config", "fsync.policy=never"][..],
+                "INVALID_CONFIG",
+                "fsync.policy cannot change",
+            ),
         ] {
             let out = streambus(gw, args, None);
             assert!(!out.status.success(), "{args:?} succeeded");

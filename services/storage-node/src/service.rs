@@ -159,7 +159,6 @@ impl StorageApi {
     async fn append(&self, req: AppendRequest) -> Result<AppendResponse, Error> {
         let p = partition_ref(req.partition)?;
         let replica = self.partitions.leader_replica(&p.topic, p.partition)?;
-        self.disk.check_produce()?;
         let (leader_epoch, _) = replica.epoch_and_replicas();
         if req.leader_epoch != 0 && req.leader_epoch != leader_epoch {
             return Err(self.partitions.not_leader_because(
@@ -172,6 +171,9 @@ impl StorageApi {
                 ),
             ));
         }
+        // After the leadership checks: a client with stale metadata learns
+        // of the move first.
+        self.disk.check_produce()?;
         let epoch = i32::try_from(leader_epoch).unwrap_or(i32::MAX);
         let acks_all = matches!(
             Acks::try_from(req.acks).unwrap_or(Acks::All),

@@ -217,6 +217,26 @@ struct Stats {
     failed: u64,
 }
 
+/// What makes two failures "the same": the reason and what it names up to
+/// the first figure (a `DISK_FULL` message carries the free bytes, which
+/// change from record to record).
+fn fold_key(error: &str) -> &str {
+    let end = error
+        .find(|c: char| c.is_ascii_digit())
+        .map_or(error.len(), |i| {
+            // Keep a node or partition number right after a word.
+            let rest = &error[i..];
+            i + rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len())
+        });
+    let second = error[end..].find(|c: char| c.is_ascii_digit());
+    match second {
+        Some(j) => &error[..end + j],
+        None => error,
+    }
+}
+
 /// Failure lines with repeats folded: a failure is printed when its error
 /// differs from the one before; identical ones that follow are counted and
 /// summarized in one line (a full disk fails every record the same way).
@@ -233,7 +253,7 @@ struct Failures {
 impl Failures {
     /// The lines to print for a failure of input line `line`.
     fn record(&mut self, line: u64, error: String) -> Vec<String> {
-        if self.last.as_deref() == Some(error.as_str()) {
+        if self.last.as_deref().map(fold_key) == Some(fold_key(&error)) {
             if self.repeats == 0 {
                 self.repeat_lines.0 = line;
             }
@@ -245,15 +265,19 @@ impl Failures {
         if self.printed < MAX_REPORTED_FAILURES {
             out.push(format!("error: record on line {line}: {error}"));
             self.printed += 1;
+            self.last = Some(error);
+        } else {
+            // Not printed: later repeats of it are not summarized as "the
+            // same error" either.
+            self.last = None;
         }
-        self.last = Some(error);
         out
     }
 
     /// The summary of repeats not printed yet.
     fn flush(&mut self) -> Option<String> {
         let n = std::mem::take(&mut self.repeats);
-        (n > 0 && self.printed <= MAX_REPORTED_FAILURES).then(|| {
+        (n > 0).then(|| {
             let (from, to) = self.repeat_lines;
             let lines = if from == to {
                 format!("line {from}")
@@ -336,6 +360,18 @@ mod tests {
             f.flush().as_deref(),
             Some("error: the same error for 1 more record (line 11)")
         );
+        // The free bytes in a DISK_FULL message differ record by record.
+        let full = |free: u64| format!("DISK_FULL: storage node 1: {free} bytes free of 9");
+        assert_eq!(f.record(12, full(500)).len(), 1);
+        assert!(f.record(13, full(400)).is_empty());
+        assert!(f.record(14, full(300)).is_empty());
+        assert_eq!(
+            f.record(15, "DISK_FULL: storage node 2: 5 bytes free of 9".into())
+                .len(),
+            2,
+            "another node is another error"
+        );
+        assert!(f.record(16, "TIMEOUT: slow".into()).len() == 1);
         assert_eq!(f.flush(), None);
     }
 

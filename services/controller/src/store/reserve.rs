@@ -31,7 +31,13 @@ impl Reserve {
     /// file if it is missing and the disk has room.
     pub fn open(dir: &Path, size: u64) -> Reserve {
         let path = dir.join(FILE);
-        let held = std::fs::metadata(&path).is_ok_and(|m| m.len() == size && size > 0);
+        // A write interrupted by a crash leaves only the temporary file.
+        let _ = std::fs::remove_file(path.with_extension("tmp"));
+        if size == 0 {
+            let _ = std::fs::remove_file(&path);
+        }
+        // Whatever its size, a reserve file found is space to release.
+        let held = size > 0 && std::fs::metadata(&path).is_ok();
         let reserve = Reserve {
             path,
             size,
@@ -74,7 +80,10 @@ impl Reserve {
     /// room for it three times over. Blocking: call it off the async
     /// threads.
     pub fn restore(&self) {
-        if self.size == 0 || self.is_held() {
+        // Held across the write: a store write meanwhile waits rather than
+        // finding neither the reserve nor the space it took.
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if self.size == 0 || *held {
             return;
         }
         let dir = self.path.parent().unwrap_or(Path::new("."));
@@ -83,7 +92,7 @@ impl Reserve {
         }
         match self.write() {
             Ok(()) => {
-                *self.held.lock().unwrap_or_else(|p| p.into_inner()) = true;
+                *held = true;
                 tracing::info!(path = %self.path.display(), size = self.size, "controller space reserve in place");
             }
             Err(e) => {
@@ -132,5 +141,9 @@ mod tests {
         assert!(r.is_held());
         let off = Reserve::open(dir.path(), 0);
         assert!(!off.is_held());
+        assert!(
+            !dir.path().join(FILE).exists(),
+            "a reserve turned off is removed"
+        );
     }
 }
