@@ -48,6 +48,7 @@ impl Reserve {
     }
 
     /// Whether the reserve file is in place.
+    #[cfg(test)]
     pub fn is_held(&self) -> bool {
         *self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
