@@ -197,6 +197,21 @@ impl Client {
         Ok(response.node.unwrap_or_default())
     }
 
+    /// Ends storage node `node_id`'s decommissioning: new replicas may be
+    /// placed on it again. Replicas already moved off stay where they are.
+    pub async fn recommission_storage_node(
+        &self,
+        node_id: u64,
+    ) -> Result<v1::StorageNodeStatus, ClientError> {
+        let response = self
+            .admin_call(|mut admin| {
+                let request = v1::RecommissionStorageNodeRequest { node_id };
+                async move { admin.recommission_storage_node(request).await }
+            })
+            .await?;
+        Ok(response.node.unwrap_or_default())
+    }
+
     /// Deletes a topic and its data.
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
         self.admin_call(|mut admin| {

@@ -225,6 +225,13 @@ impl AdminService for Mock {
         Err(Status::unimplemented("mock"))
     }
 
+    async fn recommission_storage_node(
+        &self,
+        _: Request<v1::RecommissionStorageNodeRequest>,
+    ) -> Result<Response<v1::RecommissionStorageNodeResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+
     async fn alter_topic_configs(
         &self,
         _: Request<v1::AlterTopicConfigsRequest>,

@@ -38,8 +38,8 @@ use streambus_proto::internal::{
 use streambus_proto::v1::{
     AddControllerRequest, AlterTopicConfigsRequest, ControllerMember, ControllerStatus,
     CreatePartitionsRequest, CreateTopicRequest, DecommissionStorageNodeRequest,
-    DeleteTopicRequest, PartitionDescription, RemoveControllerRequest, StorageNodeStatus,
-    TopicDescription,
+    DeleteTopicRequest, PartitionDescription, RecommissionStorageNodeRequest,
+    RemoveControllerRequest, StorageNodeStatus, TopicDescription,
 };
 use streambus_proto::{Error, Reason};
 use tokio::time::Instant;
@@ -343,6 +343,19 @@ impl ControllerClient {
         let response = self
             .call(|mut c| async move {
                 c.decommission_node(self.request(DecommissionStorageNodeRequest { node_id }))
+                    .await
+            })
+            .await?;
+        response
+            .node
+            .ok_or_else(|| Error::new(Reason::Internal, "controller returned no node"))
+    }
+
+    /// Ends storage node `node_id`'s decommissioning.
+    pub async fn recommission_node(&self, node_id: u64) -> Result<StorageNodeStatus, Error> {
+        let response = self
+            .call(|mut c| async move {
+                c.recommission_node(self.request(RecommissionStorageNodeRequest { node_id }))
                     .await
             })
             .await?;

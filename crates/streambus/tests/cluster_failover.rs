@@ -419,6 +419,36 @@ async fn a_decommissioned_storage_node_is_emptied_without_losing_a_record() {
         assert!(Instant::now() < deadline, "left behind: {:?}", left());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // A decommissioned node takes no new replica until recommissioned.
+    let err = client
+        .create_topic("wide", 1, 3, HashMap::new())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("decommissioning"), "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_streambus"))
+        .args(["cluster", "recommission", "1"])
+        .env("STREAMBUS_GATEWAY", &gateway)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "storage node 1 is active: it hosts 0 replicas and takes new ones\n"
+    );
+    let status = client.describe_cluster().await.unwrap();
+    assert!(
+        status.storage_nodes.iter().all(|n| !n.decommissioning),
+        "{status:?}"
+    );
+    let wide = client
+        .create_topic("wide", 1, 3, HashMap::new())
+        .await
+        .unwrap();
+    assert!(wide.partitions[0].replicas.contains(&1), "{wide:?}");
+    for p in client.describe_topic(DRAIN).await.unwrap().partitions {
+        assert!(!p.replicas.contains(&1), "moved replicas stay: {p:?}");
+    }
     cluster.nodes.get_mut(&1).unwrap().kill();
     send(100, &mut pending).await;
     producer.close().await;

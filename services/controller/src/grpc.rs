@@ -30,7 +30,8 @@ use streambus_proto::v1::{
     AlterTopicConfigsResponse, ControllerMember, ControllerStatus, CreatePartitionsRequest,
     CreatePartitionsResponse, CreateTopicRequest, CreateTopicResponse,
     DecommissionStorageNodeRequest, DecommissionStorageNodeResponse, DeleteTopicRequest,
-    DeleteTopicResponse, RemoveControllerRequest, RemoveControllerResponse,
+    DeleteTopicResponse, RecommissionStorageNodeRequest, RecommissionStorageNodeResponse,
+    RemoveControllerRequest, RemoveControllerResponse,
 };
 use streambus_proto::{Error, Reason};
 use tokio::sync::watch;
@@ -700,6 +701,21 @@ impl ControllerService for ControllerGrpc {
             );
         }
         Ok(Response::new(DecommissionStorageNodeResponse { node }))
+    }
+
+    async fn recommission_node(
+        &self,
+        req: Request<RecommissionStorageNodeRequest>,
+    ) -> Result<Response<RecommissionStorageNodeResponse>, Status> {
+        let node_id = req.into_inner().node_id;
+        self.proposer.ensure_leader().map_err(status)?;
+        self.proposer
+            .propose(Command::RecommissionNode { node_id })
+            .await
+            .map_err(status)?;
+        let node = self.proposer.metadata().node_status(node_id);
+        tracing::info!(node_id, "storage node recommissioned");
+        Ok(Response::new(RecommissionStorageNodeResponse { node }))
     }
 
     async fn get_metadata(

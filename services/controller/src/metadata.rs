@@ -162,6 +162,12 @@ pub enum Command {
         /// Storage node id.
         node_id: u64,
     },
+    /// Ends a storage node's decommissioning: replicas may be placed on it
+    /// again. Replicas already added elsewhere stay.
+    RecommissionNode {
+        /// Storage node id.
+        node_id: u64,
+    },
     /// Leader and replica-set changes decided by the controller leader
     /// (preferred-leader moves, reassignment steps). Each applies only at
     /// the partition epoch it was based on and only if it passes
@@ -879,6 +885,19 @@ impl Metadata {
                 let node = self.nodes.get_mut(node_id).expect("checked");
                 if !node.decommissioning {
                     node.decommissioning = true;
+                    dirty.nodes.insert(*node_id);
+                }
+                CommandResponse::Ok
+            }
+            Command::RecommissionNode { node_id } => {
+                let Some(node) = self.nodes.get_mut(node_id) else {
+                    return CommandResponse::rejected(
+                        Reason::InvalidArgument,
+                        format!("storage node {node_id} is not registered"),
+                    );
+                };
+                if node.decommissioning {
+                    node.decommissioning = false;
                     dirty.nodes.insert(*node_id);
                 }
                 CommandResponse::Ok
@@ -2579,6 +2598,56 @@ mod tests {
         );
         let err = m.validate_create_topic(&create_req("x", 1, 4)).unwrap_err();
         assert!(err.message.contains("1 more decommissioning"), "{err}");
+    }
+
+    /// Recommissioning ends the moves: replicas already added elsewhere
+    /// stay, the node's own replicas stay, and it takes new replicas again.
+    #[test]
+    fn a_recommissioned_node_keeps_its_replicas_and_takes_new_ones() {
+        let mut m = Metadata::default();
+        for id in 1..=4 {
+            register(&mut m, id, id);
+        }
+        create_raw(&mut m, 5, "t", 4, 2);
+        decommission(&mut m, 6, 4);
+        let steps = m.reassignment_steps();
+        assert!(!steps.is_empty());
+        assert!(change(&mut m, 7, steps) > 0);
+        let before: Vec<Vec<u64>> = m.topics["t"]
+            .partitions
+            .iter()
+            .map(|p| p.replicas.clone())
+            .collect();
+        let r = m.apply(
+            8,
+            &Command::RecommissionNode { node_id: 4 },
+            &mut Dirty::default(),
+        );
+        assert!(matches!(r, CommandResponse::Ok), "{r:?}");
+        assert!(!m.nodes[&4].decommissioning);
+        assert!(!m.node_status(4).unwrap().decommissioning);
+        assert!(m.reassignment_steps().is_empty(), "nothing moves any more");
+        let after: Vec<Vec<u64>> = m.topics["t"]
+            .partitions
+            .iter()
+            .map(|p| p.replicas.clone())
+            .collect();
+        assert_eq!(before, after);
+        // Placement uses node 4 again: four nodes for a factor of four.
+        m.validate_create_topic(&create_req("x", 1, 4)).unwrap();
+        // Twice is fine; an unknown node is refused.
+        let r = m.apply(
+            9,
+            &Command::RecommissionNode { node_id: 4 },
+            &mut Dirty::default(),
+        );
+        assert!(matches!(r, CommandResponse::Ok), "{r:?}");
+        let r = m.apply(
+            10,
+            &Command::RecommissionNode { node_id: 9 },
+            &mut Dirty::default(),
+        );
+        assert!(matches!(r, CommandResponse::Rejected { .. }), "{r:?}");
     }
 
     #[test]

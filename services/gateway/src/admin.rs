@@ -20,7 +20,8 @@ use streambus_proto::v1::{
     DescribeClusterRequest, DescribeClusterResponse, DescribePartitionOffsetsRequest,
     DescribePartitionOffsetsResponse, DescribeTopicRequest, DescribeTopicResponse,
     ListTopicsRequest, ListTopicsResponse, PartitionOffsets, PartitionStatus,
-    RemoveControllerRequest, RemoveControllerResponse, StorageNodeStatus, TopicDescription,
+    RecommissionStorageNodeRequest, RecommissionStorageNodeResponse, RemoveControllerRequest,
+    RemoveControllerResponse, StorageNodeStatus, TopicDescription,
 };
 use streambus_proto::{Error, Reason};
 use tonic::{Request, Response, Status};
@@ -353,6 +354,21 @@ impl AdminService for AdminApi {
             .await
             .map(|node| DecommissionStorageNodeResponse { node: Some(node) });
         observe(&self.metrics, "DecommissionStorageNode", started, r)
+    }
+
+    async fn recommission_storage_node(
+        &self,
+        request: Request<RecommissionStorageNodeRequest>,
+    ) -> Result<Response<RecommissionStorageNodeResponse>, Status> {
+        let started = Instant::now();
+        let r = self
+            .router
+            .metadata()
+            .controller()
+            .recommission_node(request.into_inner().node_id)
+            .await
+            .map(|node| RecommissionStorageNodeResponse { node: Some(node) });
+        observe(&self.metrics, "RecommissionStorageNode", started, r)
     }
 
     async fn list_topics(

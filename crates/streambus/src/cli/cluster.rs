@@ -1,4 +1,4 @@
-//! `streambus cluster status|add-controller|remove-controller|decommission`.
+//! `streambus cluster status|add-controller|remove-controller|decommission|recommission`.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -49,6 +49,12 @@ enum ClusterCommand {
         /// Wait until no replica is left on the node, printing progress
         #[arg(long)]
         wait: bool,
+    },
+    /// End a storage node's decommissioning: it takes new replicas again
+    /// (replicas already moved off stay where they are)
+    Recommission {
+        /// Storage node id
+        node_id: u64,
     },
 }
 
@@ -108,6 +114,14 @@ pub(super) async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
                     writeln!(out, "{}", progress(&node))?;
                 }
             }
+        }
+        ClusterCommand::Recommission { node_id } => {
+            let node = client.recommission_storage_node(node_id).await?;
+            writeln!(
+                out,
+                "storage node {node_id} is active: it hosts {} replicas and takes new ones",
+                node.replicas
+            )?;
         }
     }
     out.flush()?;

@@ -196,6 +196,13 @@ impl ControllerService for FakeController {
         Err(Status::unimplemented("fake controller"))
     }
 
+    async fn recommission_node(
+        &self,
+        _: Request<streambus_proto::v1::RecommissionStorageNodeRequest>,
+    ) -> Result<Response<streambus_proto::v1::RecommissionStorageNodeResponse>, Status> {
+        Err(Status::unimplemented("fake controller"))
+    }
+
     async fn get_metadata(
         &self,
         _: Request<GetMetadataRequest>,
