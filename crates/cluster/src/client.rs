@@ -267,6 +267,20 @@ impl ControllerClient {
                     target = hint.clone();
                     MIN_BACKOFF
                 }
+                // The leader itself answered with a retriable condition
+                // (e.g. INSUFFICIENT_NODES while nodes start): ask it again,
+                // so the final error is its answer, not another
+                // controller's redirect.
+                _ if answered
+                    && !matches!(
+                        err.reason,
+                        Reason::NotControllerLeader | Reason::Unavailable
+                    ) =>
+                {
+                    let pause = backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    pause
+                }
                 _ => {
                     tracing::debug!(controller = %target, error = %err, "controller request failed; trying another");
                     self.set_leader(None);
@@ -702,6 +716,61 @@ mod tests {
             .expect("a read from a silent controller returns")
             .unwrap_err();
         assert_eq!(err.reason, Reason::Timeout, "{err}");
+    }
+
+    /// A controller that answers every call with one error.
+    #[derive(Clone)]
+    struct Answers(Error);
+
+    impl tonic::server::NamedService for Answers {
+        const NAME: &'static str = "streambus.internal.v1.ControllerService";
+    }
+
+    impl tonic::codegen::Service<http::Request<tonic::body::Body>> for Answers {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<tonic::body::Body>) -> Self::Future {
+            std::future::ready(Ok(self.0.to_status().into_http()))
+        }
+    }
+
+    async fn answering(err: Error) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(Answers(err))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        address
+    }
+
+    /// The leader's own retriable answer (INSUFFICIENT_NODES) is retried at
+    /// the leader and is what the caller finally gets, not a follower's
+    /// redirect picked up while rotating.
+    #[tokio::test]
+    async fn a_retriable_answer_of_the_leader_is_the_final_error() {
+        let leader = answering(Error::new(
+            Reason::InsufficientNodes,
+            "cannot decommission storage node 3",
+        ))
+        .await;
+        let follower = answering(
+            Error::new(Reason::NotControllerLeader, "not the leader")
+                .with_leader_hint(leader.clone()),
+        )
+        .await;
+        let client = ControllerClient::new(vec![leader, follower])
+            .unwrap()
+            .with_retry_for(Duration::from_millis(1500));
+        let err = client.decommission_node(3).await.unwrap_err();
+        assert_eq!(err.reason, Reason::InsufficientNodes, "{err}");
     }
 
     /// A metadata watch on a controller that never sends its first
