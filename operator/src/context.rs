@@ -28,6 +28,12 @@ pub struct Settings {
     /// Clusters not managed by this operator, by name: the gateway address
     /// topics labelled with that name are created through.
     pub external_clusters: BTreeMap<String, String>,
+    /// Gateway addresses of managed clusters by `namespace/name`, used
+    /// instead of their client Service.
+    pub cluster_gateways: BTreeMap<String, String>,
+    /// How long a restarted pod must be ready before the next one of a
+    /// rolling restart is deleted.
+    pub restart_settle: Duration,
     /// This replica's name (events' reporting instance, lease holder).
     pub instance: String,
 }
@@ -78,6 +84,23 @@ impl Context {
     where
         K: Resource<DynamicType = ()>,
     {
+        self.event_related(obj, None, warning, reason, action, note)
+            .await;
+    }
+
+    /// [`Context::event`] with a related object (e.g. the pod a cluster
+    /// restarted); events differing in it are recorded separately.
+    pub async fn event_related<K>(
+        &self,
+        obj: &K,
+        related: Option<k8s_openapi::api::core::v1::ObjectReference>,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) where
+        K: Resource<DynamicType = ()>,
+    {
         let event = Event {
             type_: if warning {
                 EventType::Warning
@@ -87,7 +110,7 @@ impl Context {
             reason: reason.to_string(),
             note: Some(note),
             action: action.to_string(),
-            secondary: None,
+            secondary: related,
         };
         if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
             tracing::warn!(error = %e, reason, "cannot publish event");
@@ -130,10 +153,20 @@ impl Context {
         let clusters: Api<StreamBusCluster> = Api::namespaced(self.client.clone(), namespace);
         Ok(match clusters.get_opt(name).await? {
             Some(cluster) => {
-                ClusterTarget::Gateway(gateway_endpoint(&cluster.name_any(), namespace))
+                ClusterTarget::Gateway(self.cluster_gateway(&cluster.name_any(), namespace))
             }
             None => ClusterTarget::NotFound,
         })
+    }
+
+    /// Where the operator reaches the gateways of managed cluster `name`:
+    /// its client Service unless `--cluster-gateway` says otherwise.
+    pub fn cluster_gateway(&self, name: &str, namespace: &str) -> String {
+        self.settings
+            .cluster_gateways
+            .get(&format!("{namespace}/{name}"))
+            .cloned()
+            .unwrap_or_else(|| gateway_endpoint(name, namespace))
     }
 
     /// A (cached) connection to the gateway at `addr`.

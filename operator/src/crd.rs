@@ -228,6 +228,24 @@ pub struct StorageNodesSpec {
     /// CPU and memory of each storage node container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
+    /// Rack awareness: each storage node's `storage_node.rack` is its
+    /// Kubernetes node's topology label, so a partition's replicas are
+    /// placed in different zones (or regions), and the pods are spread
+    /// across them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rack: Option<RackSpec>,
+}
+
+/// Where a storage node's rack comes from.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RackSpec {
+    /// The node label: `topology.kubernetes.io/zone` or
+    /// `topology.kubernetes.io/region`, the labels Kubernetes copies onto
+    /// pods when it schedules them (node topology labels via the downward
+    /// API, on by default since Kubernetes 1.35).
+    #[schemars(extend("enum" = ["topology.kubernetes.io/zone", "topology.kubernetes.io/region"]))]
+    pub topology_key: String,
 }
 
 /// Gateways.
@@ -304,6 +322,7 @@ impl Default for StorageNodesSpec {
             replicas: default_storage_nodes(),
             storage: default_storage_node_storage(),
             resources: None,
+            rack: None,
         }
     }
 }
@@ -339,6 +358,11 @@ pub struct StreamBusClusterStatus {
     /// Where clients reach the gateways inside Kubernetes (`host:port`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_endpoint: Option<String>,
+    /// Storage node ids the operator decommissioned to scale in; each is
+    /// recommissioned when the cluster grows back over it. (Always written:
+    /// the status is a merge patch, so an omitted list would stay.)
+    #[serde(default)]
+    pub decommissioned_storage_nodes: Vec<u64>,
 }
 
 /// Pods of one role.

@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Reconcile StreamBusCluster and StreamBusTopic resources (the default)
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions as YAML
     Crds,
 }
@@ -48,6 +48,16 @@ struct RunArgs {
     /// streambus.io/cluster=NAME are managed through that gateway
     #[arg(long = "external-cluster", env = "STREAMBUS_OPERATOR_EXTERNAL_CLUSTERS", value_delimiter = ',', value_parser = parse_external)]
     external_clusters: Vec<(String, String)>,
+    /// The gateway address of a StreamBusCluster this operator manages, as
+    /// NAMESPACE/NAME=HOST:PORT, instead of its client Service (for an
+    /// operator running outside the Kubernetes network, e.g. through a
+    /// port-forward)
+    #[arg(long = "cluster-gateway", env = "STREAMBUS_OPERATOR_CLUSTER_GATEWAYS", value_delimiter = ',', value_parser = parse_external)]
+    cluster_gateways: Vec<(String, String)>,
+    /// How long a restarted controller or storage node pod must have been
+    /// ready before a rolling restart deletes the next one
+    #[arg(long, env = "STREAMBUS_OPERATOR_RESTART_SETTLE", default_value = "10s", value_parser = humantime::parse_duration)]
+    restart_settle: Duration,
     /// Namespace of the leader election Lease
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
@@ -93,7 +103,7 @@ fn instance_name(given: Option<String>) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let a = match cli.command.unwrap_or(Command::Run(cli.run)) {
+    let a = match cli.command.unwrap_or(Command::Run(Box::new(cli.run))) {
         Command::Crds => {
             print!("{}", streambus_operator::crd::crds_yaml());
             return ExitCode::SUCCESS;
@@ -106,6 +116,8 @@ fn main() -> ExitCode {
         settings: Settings {
             resync: a.resync,
             external_clusters,
+            cluster_gateways: a.cluster_gateways.into_iter().collect(),
+            restart_settle: a.restart_settle,
             instance: instance_name(a.instance),
         },
         http_addr: a.http_addr,

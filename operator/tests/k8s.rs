@@ -13,6 +13,7 @@
 //! a local process with the chart's ServiceAccount token, so the chart's
 //! RBAC is what it is tested with.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -28,6 +29,12 @@ struct Env {
     namespace: String,
     /// The Helm release (cluster-scoped RBAC objects are named after it).
     release: String,
+    /// The multi-node StreamBus cluster standing in for StreamBusCluster
+    /// demo (its node ids match demo's pods): its gateway, directory, and
+    /// the xtask binary that kills and restarts its processes.
+    cluster_gateway: String,
+    cluster_dir: PathBuf,
+    xtask: PathBuf,
 }
 
 fn var(name: &str) -> String {
@@ -49,6 +56,9 @@ impl Env {
             kubeconfig: var("KUBECONFIG").into(),
             bin: var("STREAMBUS_K8S_BIN").into(),
             gateway: var("STREAMBUS_GATEWAY"),
+            cluster_gateway: var("STREAMBUS_CLUSTER_GATEWAY"),
+            cluster_dir: var("STREAMBUS_CLUSTER_DIR").into(),
+            xtask: var("STREAMBUS_XTASK").into(),
             streambus: var("STREAMBUS_BIN").into(),
             namespace: format!("sbtest-{}", std::process::id()),
             release: format!("sb{}", std::process::id()),
@@ -132,6 +142,134 @@ impl Env {
             .env("STREAMBUS_GATEWAY", &self.gateway)
             .output()
             .unwrap()
+    }
+
+    /// Removes what a failed earlier run left on the control plane (its
+    /// namespace is kept for a look): its resources would otherwise be
+    /// reconciled by this run's operator against this run's StreamBus.
+    fn remove_earlier_runs(&self) {
+        let namespaces = self.kubectl(&["get", "namespaces", "-o", "name"]);
+        for ns in namespaces
+            .lines()
+            .filter_map(|l| l.strip_prefix("namespace/"))
+        {
+            if !ns.starts_with("sbtest-") || ns == self.namespace {
+                continue;
+            }
+            let topics = self.tool(
+                "kubectl",
+                &["get", "streambustopics", "-n", ns, "-o", "name"],
+                None,
+            );
+            for topic in text(&topics.stdout).lines() {
+                let _ = self.tool(
+                    "kubectl",
+                    &[
+                        "patch",
+                        topic,
+                        "-n",
+                        ns,
+                        "--type",
+                        "merge",
+                        "-p",
+                        "{\"metadata\":{\"finalizers\":null}}",
+                    ],
+                    None,
+                );
+            }
+            let _ = self.tool(
+                "kubectl",
+                &[
+                    "delete",
+                    "streambustopics,streambusclusters",
+                    "--all",
+                    "-n",
+                    ns,
+                    "--wait=false",
+                ],
+                None,
+            );
+            let _ = self.tool(
+                "kubectl",
+                &["delete", "namespace", ns, "--wait=false"],
+                None,
+            );
+        }
+    }
+
+    /// `streambus ARGS` against the multi-node cluster.
+    fn on_cluster(&self, args: &[&str]) -> String {
+        let out = Command::new(&self.streambus)
+            .args(args)
+            .env("STREAMBUS_GATEWAY", &self.cluster_gateway)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "streambus {} failed: {}",
+            args.join(" "),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    /// `streambus cluster status` of the multi-node cluster.
+    fn cluster_status(&self) -> Value {
+        serde_json::from_str(&self.on_cluster(&["cluster", "status", "--format", "json"])).unwrap()
+    }
+
+    /// `cargo xtask cluster kill|restart ROLE ID` on the multi-node cluster.
+    fn cluster_process(&self, action: &str, role: &str, id: &str) {
+        let dir = self.cluster_dir.to_str().unwrap();
+        let out = Command::new(&self.xtask)
+            .args(["cluster", action, role, id, "--dir", dir])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{action} {role} {id}: {}",
+            text(&out.stderr)
+        );
+    }
+
+    /// `name -> uid` of the pods of `component` of cluster demo.
+    fn pod_uids(&self, component: &str) -> BTreeMap<String, String> {
+        let selector =
+            format!("app.kubernetes.io/instance=demo,app.kubernetes.io/component={component}");
+        let out = self.kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            &selector,
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.metadata.uid}{\"\\n\"}{end}",
+        ]);
+        out.lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(n, u)| (n.to_string(), u.to_string()))
+            .collect()
+    }
+
+    /// The notes of the operator's events with `reason` about demo, oldest
+    /// first.
+    fn events(&self, reason: &str) -> Vec<String> {
+        let list = self.get_json("events.events.k8s.io").unwrap_or_default();
+        let mut found: Vec<(String, String)> = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["reason"] == reason && e["regarding"]["name"] == "demo")
+            .map(|e| {
+                let at = e["eventTime"]
+                    .as_str()
+                    .or(e["metadata"]["creationTimestamp"].as_str())
+                    .unwrap_or_default()
+                    .to_string();
+                (at, e["note"].as_str().unwrap_or_default().to_string())
+            })
+            .collect();
+        found.sort();
+        found.into_iter().map(|(_, n)| n).collect()
     }
 
     fn describe(&self, topic: &str) -> Option<String> {
@@ -246,6 +384,12 @@ impl Operator {
             .args(["run", "--http-addr", &http, "--resync", "3s"])
             .args(["--external-cluster", &format!("dev={}", env.gateway)])
             .args([
+                "--cluster-gateway",
+                &format!("{}/demo={}", env.namespace, env.cluster_gateway),
+                "--restart-settle",
+                "2s",
+            ])
+            .args([
                 "--lease-namespace",
                 &env.namespace,
                 "--instance",
@@ -297,6 +441,7 @@ fn chart_and_operator_on_a_real_api_server() {
     for topic in ["orders", "legacy", "drift"] {
         let _ = env.streambus(&["topic", "delete", topic]);
     }
+    env.remove_earlier_runs();
 
     // The chart: schema-checked values, accepted by the API server, and
     // installed with --wait (kwok makes the operator pod ready).
@@ -359,7 +504,9 @@ fn chart_and_operator_on_a_real_api_server() {
             .contains("streambus_operator_leader 1")
             .then_some(())
     });
-    assert!(operator.get("/readyz").starts_with("ready"));
+    env.wait("operator ready", Duration::from_secs(10), || {
+        operator.get("/readyz").starts_with("ready").then_some(())
+    });
     assert_eq!(
         env.kubectl(&[
             "get",
@@ -639,7 +786,8 @@ fn chart_and_operator_on_a_real_api_server() {
 
 /// A StreamBusCluster: its children appear with owner references and the
 /// right specs, kwok makes the pods ready, the status turns Ready with the
-/// right counts; a held-back scale-in degrades it without touching pods.
+/// right counts; then gated rolling restarts and a scale-in, decided with
+/// the real multi-node StreamBus cluster standing in for it.
 fn cluster_objects_become_ready(env: &Env) {
     // Static volumes for the claims (the test control plane has no
     // provisioner): 3 controllers + 3 storage nodes.
@@ -650,8 +798,26 @@ fn cluster_objects_become_ready(env: &Env) {
         );
         env.apply_ok(&pv);
     }
+    // The fake node is in a zone; Kubernetes copies its zone label onto
+    // the pods scheduled there, where the storage nodes read their rack.
+    env.kubectl(&[
+        "label",
+        "node",
+        "kwok-node-0",
+        "topology.kubernetes.io/zone=zone-a",
+        "--overwrite",
+    ]);
+    let bad_rack = env.apply(
+        "apiVersion: streambus.io/v1alpha1\nkind: StreamBusCluster\nmetadata:\n  name: badrack\nspec:\n  image: x\n  storageNodes:\n    rack: {topologyKey: kubernetes.io/hostname}\n",
+    );
+    assert!(!bad_rack.status.success());
+    assert!(
+        text(&bad_rack.stderr).contains("topologyKey"),
+        "{}",
+        text(&bad_rack.stderr)
+    );
     let cluster = format!(
-        "apiVersion: streambus.io/v1alpha1\nkind: StreamBusCluster\nmetadata:\n  name: demo\nspec:\n  image: streambus:test\n  controllers:\n    replicas: 3\n    storage: {{size: 1Gi, storageClassName: {ns}-local}}\n  storageNodes:\n    replicas: 3\n    storage: {{size: 5Gi, storageClassName: {ns}-local}}\n  gateways:\n    replicas: 2\n  config:\n    storage_node.max_fetch_bytes: \"1048576\"\n",
+        "apiVersion: streambus.io/v1alpha1\nkind: StreamBusCluster\nmetadata:\n  name: demo\nspec:\n  image: streambus:test\n  controllers:\n    replicas: 3\n    storage: {{size: 1Gi, storageClassName: {ns}-local}}\n  storageNodes:\n    replicas: 3\n    rack: {{topologyKey: topology.kubernetes.io/zone}}\n    storage: {{size: 5Gi, storageClassName: {ns}-local}}\n  gateways:\n    replicas: 2\n  config:\n    storage_node.max_fetch_bytes: \"1048576\"\n",
         ns = env.namespace
     );
     env.apply_ok(&cluster);
@@ -716,6 +882,23 @@ fn cluster_objects_become_ready(env: &Env) {
         "{pods}"
     );
 
+    let pod = env.get_json("pod/demo-storage-0").unwrap();
+    assert_eq!(
+        pod["metadata"]["labels"]["topology.kubernetes.io/zone"],
+        "zone-a"
+    );
+    let rack = pod["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "STREAMBUS_STORAGE_NODE__RACK")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        rack["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.labels['topology.kubernetes.io/zone']"
+    );
+
     let table = env.kubectl(&["get", "streambusclusters"]);
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
@@ -730,23 +913,8 @@ fn cluster_objects_become_ready(env: &Env) {
         "{table}"
     );
 
-    // A scale-in is held back (no decommissioning yet): Degraded, the
-    // StatefulSet keeps its replicas.
-    env.kubectl(&[
-        "patch",
-        "streambuscluster",
-        "demo",
-        "--type",
-        "merge",
-        "-p",
-        "{\"spec\":{\"storageNodes\":{\"replicas\":2}}}",
-    ]);
-    env.wait("demo Degraded", Duration::from_secs(30), || {
-        let (s, r, _) = env.condition("streambuscluster/demo", "Degraded")?;
-        (s == "True" && r == "ScaleInUnsupported").then_some(())
-    });
-    let sts = env.get_json("statefulset/demo-storage").unwrap();
-    assert_eq!(sts["spec"]["replicas"], 3);
+    rolls_only_with_streambus_consent(env);
+    scales_in_by_decommissioning(env);
 
     // Deleting the cluster deletes what it owns (garbage collection).
     env.kubectl(&[
@@ -774,4 +942,211 @@ fn cluster_objects_become_ready(env: &Env) {
             None,
         );
     }
+}
+
+/// A configuration change restarts the controllers one at a time (the Raft
+/// leader last), then the storage nodes one at a time, each only while the
+/// real cluster reports it safe: with storage node 3 down, no storage pod
+/// is deleted until it is back and its partitions are in sync again.
+fn rolls_only_with_streambus_consent(env: &Env) {
+    for sts in ["demo-controller", "demo-storage"] {
+        let o = env.get_json(&format!("statefulset/{sts}")).unwrap();
+        assert_eq!(o["spec"]["updateStrategy"]["type"], "OnDelete", "{sts}");
+    }
+    let _ = Command::new(&env.streambus)
+        .args(["topic", "delete", "rolled"])
+        .env("STREAMBUS_GATEWAY", &env.cluster_gateway)
+        .output();
+    env.on_cluster(&["topic", "create", "rolled", "-p", "3", "-r", "3"]);
+    env.wait("rolled in sync", Duration::from_secs(60), || {
+        let s = env.cluster_status();
+        s["under_replicated"].as_array()?.is_empty().then_some(())
+    });
+    env.cluster_process("kill", "storage-node", "3");
+    env.wait("node 3 seen down", Duration::from_secs(60), || {
+        let s = env.cluster_status();
+        let down = s["storage_nodes"]
+            .as_array()?
+            .iter()
+            .any(|n| n["node_id"] == 3 && n["alive"] == false);
+        let under = !s["under_replicated"].as_array()?.is_empty();
+        (down || under).then_some(())
+    });
+    let controllers_before = env.pod_uids("controller");
+    let storage_before = env.pod_uids("storage-node");
+    assert_eq!(controllers_before.len(), 3);
+    assert_eq!(storage_before.len(), 3);
+    let leader = env.cluster_status()["controllers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["state"] == "leader")
+        .map(|c| c["node_id"].as_u64().unwrap())
+        .unwrap();
+
+    env.kubectl(&[
+        "patch",
+        "streambuscluster",
+        "demo",
+        "--type",
+        "merge",
+        "-p",
+        "{\"spec\":{\"config\":{\"storage_node.max_fetch_bytes\":\"2097152\"}}}",
+    ]);
+    // Every controller restarts; the storage nodes wait for node 3.
+    env.wait("controllers restarted", Duration::from_secs(90), || {
+        let now = env.pod_uids("controller");
+        (now.len() == 3
+            && now
+                .iter()
+                .all(|(n, u)| controllers_before.get(n) != Some(u)))
+        .then_some(())
+    });
+    let (_, reason, message) = env.wait("storage roll held", Duration::from_secs(30), || {
+        let c = env.condition("streambuscluster/demo", "Progressing")?;
+        (c.1 == "WaitingForReplicas").then_some(c)
+    });
+    assert_eq!(reason, "WaitingForReplicas");
+    assert!(
+        message.contains("storage node 3 is not alive") || message.contains("under-replicated"),
+        "{message}"
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        env.pod_uids("storage-node"),
+        storage_before,
+        "no storage pod restarted"
+    );
+    let restarts = env.events("RollingRestart");
+    assert_eq!(restarts.len(), 3, "{restarts:?}");
+    let leader_pod = format!("demo-controller-{}", leader - 1);
+    assert!(
+        restarts[2].contains(&leader_pod),
+        "the leader {leader_pod} goes last: {restarts:?}"
+    );
+
+    // Node 3 back and in sync: the storage nodes restart, highest first.
+    env.cluster_process("restart", "storage-node", "3");
+    env.wait("storage nodes restarted", Duration::from_secs(120), || {
+        let now = env.pod_uids("storage-node");
+        (now.len() == 3 && now.iter().all(|(n, u)| storage_before.get(n) != Some(u))).then_some(())
+    });
+    let obj = env.wait_ready("streambuscluster/demo", "True", "AllReplicasReady");
+    assert_eq!(condition_of(&obj, "Progressing").unwrap().0, "False");
+    let restarts = env.events("RollingRestart");
+    let storage: Vec<&String> = restarts
+        .iter()
+        .filter(|n| n.contains("storage node"))
+        .collect();
+    assert_eq!(storage.len(), 3, "{restarts:?}");
+    for (note, pod) in storage
+        .iter()
+        .zip(["demo-storage-2", "demo-storage-1", "demo-storage-0"])
+    {
+        assert!(note.contains(pod), "{note} / {pod}");
+    }
+    env.on_cluster(&["topic", "delete", "rolled"]);
+}
+
+/// Scaling storage nodes in decommissions the highest node through
+/// StreamBus and removes its pod only once it holds no replica; a topic
+/// that needs every node makes StreamBus refuse, and the operator says so.
+/// Scaling out again recommissions it.
+fn scales_in_by_decommissioning(env: &Env) {
+    let _ = Command::new(&env.streambus)
+        .args(["topic", "delete", "wide"])
+        .env("STREAMBUS_GATEWAY", &env.cluster_gateway)
+        .output();
+    env.on_cluster(&["topic", "create", "wide", "-p", "1", "-r", "3"]);
+    let scale = |n: i32| {
+        env.kubectl(&[
+            "patch",
+            "streambuscluster",
+            "demo",
+            "--type",
+            "merge",
+            "-p",
+            &format!("{{\"spec\":{{\"storageNodes\":{{\"replicas\":{n}}}}}}}"),
+        ]);
+    };
+    scale(2);
+    let (_, _, message) = env.wait("scale-in refused", Duration::from_secs(30), || {
+        let c = env.condition("streambuscluster/demo", "Degraded")?;
+        (c.0 == "True" && c.1 == "ScaleInRefused").then_some(c)
+    });
+    assert!(message.contains("replication factor 3"), "{message}");
+    assert_eq!(
+        env.get_json("statefulset/demo-storage").unwrap()["spec"]["replicas"],
+        3
+    );
+
+    env.on_cluster(&["topic", "delete", "wide"]);
+    env.on_cluster(&["topic", "create", "moved", "-p", "4", "-r", "2"]);
+    let input: String = (0..200).map(|i| format!("m{i}\n")).collect();
+    let mut produce = Command::new(&env.streambus)
+        .args(["produce", "moved"])
+        .env("STREAMBUS_GATEWAY", &env.cluster_gateway)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    produce
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    assert!(produce.wait().unwrap().success());
+    env.wait(
+        "storage StatefulSet shrunk",
+        Duration::from_secs(90),
+        || {
+            let sts = env.get_json("statefulset/demo-storage")?;
+            (sts["spec"]["replicas"] == 2).then_some(())
+        },
+    );
+    let node3 = |s: &Value| {
+        s["storage_nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node_id"] == 3)
+            .cloned()
+            .unwrap()
+    };
+    let n = node3(&env.cluster_status());
+    assert_eq!(n["decommissioning"], true, "{n}");
+    assert_eq!(n["replicas"], 0, "{n}");
+    let obj = env.get_json("streambuscluster/demo").unwrap();
+    assert_eq!(
+        obj["status"]["decommissionedStorageNodes"],
+        serde_json::json!([3])
+    );
+    let decommissioning = env.events("Decommissioning");
+    assert!(
+        decommissioning.iter().any(|n| n.contains("storage node 3")),
+        "{decommissioning:?}"
+    );
+    let read = env.on_cluster(&[
+        "consume",
+        "moved",
+        "--from-beginning",
+        "--max-messages",
+        "200",
+    ]);
+    assert_eq!(read.lines().count(), 200, "{read}");
+
+    scale(3);
+    env.wait("node 3 recommissioned", Duration::from_secs(60), || {
+        let n = node3(&env.cluster_status());
+        (n["decommissioning"] == false).then_some(())
+    });
+    env.wait("storage StatefulSet grown", Duration::from_secs(60), || {
+        let sts = env.get_json("statefulset/demo-storage")?;
+        let obj = env.get_json("streambuscluster/demo")?;
+        (sts["spec"]["replicas"] == 3
+            && obj["status"]["decommissionedStorageNodes"] == serde_json::json!([]))
+        .then_some(())
+    });
+    env.on_cluster(&["topic", "delete", "moved"]);
 }

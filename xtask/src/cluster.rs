@@ -249,16 +249,22 @@ struct Options {
     positional: Vec<String>,
 }
 
+impl Options {
+    fn new(dir: PathBuf) -> Options {
+        Options {
+            dir,
+            controllers: 3,
+            storage_nodes: 3,
+            gateways: 2,
+            debug: false,
+            clean: false,
+            positional: Vec::new(),
+        }
+    }
+}
+
 fn parse(args: &[String], allowed: &[&str]) -> Result<Options, String> {
-    let mut o = Options {
-        dir: root().join("target/cluster"),
-        controllers: 3,
-        storage_nodes: 3,
-        gateways: 2,
-        debug: false,
-        clean: false,
-        positional: Vec::new(),
-    };
+    let mut o = Options::new(root().join("target/cluster"));
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a.starts_with("--") && !allowed.contains(&a.as_str()) {
@@ -351,29 +357,11 @@ fn up(o: &Options) -> Result<(), String> {
     }
     let profile = if o.debug { "debug" } else { "release" };
     let binary = target_dir().join(profile).join("streambus");
-    let mut cluster = Cluster {
-        dir: o.dir.clone(),
-        procs: plan(o, &binary),
-    };
-    for p in &cluster.procs {
-        ports_free(p)?;
-    }
     let mut build = vec!["build", "--bin", "streambus"];
     if !o.debug {
         build.insert(1, "--release");
     }
-    crate::run("cargo", &build)?;
-    std::fs::create_dir_all(o.dir.join("logs")).map_err(|e| format!("{}: {e}", o.dir.display()))?;
-    for i in 0..cluster.procs.len() {
-        let pid = spawn(&cluster.dir, &cluster.procs[i], "up")?;
-        cluster.procs[i].pid = Some(pid);
-        // After every start, so that `down` finds whatever did start.
-        cluster.save()?;
-    }
-    let all: Vec<&Proc> = cluster.procs.iter().collect();
-    wait_ready(&all).map_err(|e| {
-        format!("{e}\nthe processes stay up for a look; `cargo xtask cluster down` stops them")
-    })?;
+    let cluster = launch(o, &binary, || crate::run("cargo", &build))?;
     print_table(&cluster, false);
     let gateways: Vec<&str> = cluster
         .procs
@@ -399,6 +387,57 @@ fn up(o: &Options) -> Result<(), String> {
     println!("  {bin} topic describe t");
     println!("  cargo xtask cluster kill storage-node 1    # then: restart, ps, down");
     Ok(())
+}
+
+/// Starts every process of `o` from `binary` (after `build`, once the
+/// ports are known to be free) and waits until all are ready.
+fn launch(
+    o: &Options,
+    binary: &Path,
+    build: impl FnOnce() -> Result<(), String>,
+) -> Result<Cluster, String> {
+    let mut cluster = Cluster {
+        dir: o.dir.clone(),
+        procs: plan(o, binary),
+    };
+    for p in &cluster.procs {
+        ports_free(p)?;
+    }
+    build()?;
+    std::fs::create_dir_all(o.dir.join("logs")).map_err(|e| format!("{}: {e}", o.dir.display()))?;
+    for i in 0..cluster.procs.len() {
+        let pid = spawn(&cluster.dir, &cluster.procs[i], "up")?;
+        cluster.procs[i].pid = Some(pid);
+        // After every start, so that `down` finds whatever did start.
+        cluster.save()?;
+    }
+    let all: Vec<&Proc> = cluster.procs.iter().collect();
+    wait_ready(&all).map_err(|e| {
+        format!("{e}\nthe processes stay up for a look; `cargo xtask cluster down` stops them")
+    })?;
+    Ok(cluster)
+}
+
+/// Starts a cluster of `counts` (controllers, storage nodes, gateways)
+/// in `dir` from a `binary` already built, for tests; returns the first
+/// gateway's address. [`stop_in`] stops it.
+pub fn start_in(dir: &Path, counts: (u32, u32, u32), binary: &Path) -> Result<String, String> {
+    let mut o = Options::new(dir.to_path_buf());
+    (o.controllers, o.storage_nodes, o.gateways) = counts;
+    let cluster = launch(&o, binary, || Ok(()))?;
+    cluster
+        .procs
+        .iter()
+        .find(|p| p.role == Role::Gateway)
+        .map(|p| p.grpc.clone())
+        .ok_or_else(|| "no gateway".to_string())
+}
+
+/// Stops the cluster in `dir` and removes its data and logs.
+pub fn stop_in(dir: &Path) -> Result<(), String> {
+    let mut o = Options::new(dir.to_path_buf());
+    o.clean = true;
+    down(&o)
 }
 
 /// Where cargo puts build output.

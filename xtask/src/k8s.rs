@@ -832,6 +832,21 @@ pub fn test() -> Result<(), String> {
     let data = target.join(format!("k8s-test-data-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
     let (mut dev, gateway) = crate::devproc::start(&streambus, &data)?;
+    // A real three-controller, three-storage-node cluster whose node ids
+    // match the test StreamBusCluster's pods: the operator asks it before
+    // every restart and decommissions through it.
+    let cluster_dir = target.join(format!("k8s-test-cluster-{}", std::process::id()));
+    let cluster_gateway = match crate::cluster::start_in(&cluster_dir, (3, 3, 1), &streambus) {
+        Ok(g) => g,
+        Err(e) => {
+            crate::devproc::stop(&mut dev);
+            let _ = crate::cluster::stop_in(&cluster_dir);
+            return Err(format!(
+                "cannot start the StreamBus cluster for the test: {e}"
+            ));
+        }
+    };
+    let xtask = std::env::current_exe().map_err(|e| format!("the xtask binary: {e}"))?;
     let bin = env
         .bins
         .kubectl
@@ -855,8 +870,14 @@ pub fn test() -> Result<(), String> {
         .env("STREAMBUS_K8S_BIN", bin)
         .env("STREAMBUS_GATEWAY", &gateway)
         .env("STREAMBUS_BIN", &streambus)
+        .env("STREAMBUS_CLUSTER_GATEWAY", &cluster_gateway)
+        .env("STREAMBUS_CLUSTER_DIR", &cluster_dir)
+        .env("STREAMBUS_XTASK", &xtask)
         .status();
     crate::devproc::stop(&mut dev);
+    if let Err(e) = crate::cluster::stop_in(&cluster_dir) {
+        eprintln!("warning: stopping the test cluster: {e}");
+    }
     let _ = std::fs::remove_dir_all(&data);
     match status {
         Ok(s) if s.success() => {

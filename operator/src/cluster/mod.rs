@@ -1,16 +1,20 @@
 //! The `StreamBusCluster` reconciler: applies the owned objects
-//! ([`resources::desired`]) with server-side apply and reports the roles'
-//! readiness ([`status`]).
+//! ([`resources::desired`]) with server-side apply, restarts and scales the
+//! stateful roles only as StreamBus allows ([`roll`]), and reports the
+//! roles' readiness ([`status`]).
 
 pub mod resources;
+pub mod roll;
 pub mod status;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
@@ -18,11 +22,19 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::conditions::{self, Update};
-use crate::context::{Context, MANAGER, gateway_endpoint};
+use crate::context::{Context, MANAGER};
 use crate::crd::{StreamBusCluster, StreamBusClusterStatus};
 use resources::{Input, Role};
 
 const KIND: &str = "StreamBusCluster";
+/// How often a cluster is looked at again while a restart or a scale-in
+/// waits.
+const PENDING_RECHECK: Duration = Duration::from_secs(3);
+/// How long the operator waits for StreamBus to describe itself.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long it waits for a decommission or recommission (the gateway
+/// retries `INSUFFICIENT_NODES` for 10 s before answering with it).
+const NODE_CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Why a reconciliation failed (it is retried with backoff).
 #[derive(Debug, thiserror::Error)]
@@ -102,21 +114,82 @@ async fn reconcile(cluster: Arc<StreamBusCluster>, ctx: Arc<Context>) -> Result<
         .ok_or_else(|| Error::NoOwnerRef(name.clone()))?;
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
     let current_replicas = |s: Option<StatefulSet>| s.and_then(|s| s.spec.replicas);
+    let current_controllers = current_replicas(
+        sets.get_opt(&resources::name(&name, Role::Controller))
+            .await?,
+    );
+    let current_storage_nodes = current_replicas(
+        sets.get_opt(&resources::name(&name, Role::StorageNode))
+            .await?,
+    );
+    let mut status = cluster.status.clone().unwrap_or_default();
+    let spec_storage = cluster.spec.storage_nodes.replicas;
+    let gateway = ctx.cluster_gateway(&name, &namespace);
+    let mut health = HealthProbe::new(&ctx, &gateway);
+
+    // Scaling storage nodes: in only after decommissioning; a returning id
+    // is recommissioned.
+    let scale_needs_health = current_storage_nodes.is_some_and(|c| c > spec_storage)
+        || status
+            .decommissioned_storage_nodes
+            .iter()
+            .any(|&id| id <= u64::try_from(spec_storage).unwrap_or(0));
+    let scale = if scale_needs_health {
+        roll::plan_scale(spec_storage, current_storage_nodes, health.get().await)
+    } else {
+        roll::plan_scale(spec_storage, current_storage_nodes, Err("not needed"))
+    };
+    let mut refused = None;
+    if let Some(call) = scale.call {
+        match node_call(&ctx, &gateway, call).await {
+            Ok(()) => {
+                let (reason, note) = match call {
+                    roll::NodeCall::Decommission(id) => {
+                        if !status.decommissioned_storage_nodes.contains(&id) {
+                            status.decommissioned_storage_nodes.push(id);
+                        }
+                        (
+                            "Decommissioning",
+                            format!(
+                                "decommissioning storage node {id} to scale in to {spec_storage}"
+                            ),
+                        )
+                    }
+                    roll::NodeCall::Recommission(id) => {
+                        status.decommissioned_storage_nodes.retain(|&n| n != id);
+                        (
+                            "Recommissioned",
+                            format!(
+                                "recommissioned storage node {id}: the cluster grew back over it"
+                            ),
+                        )
+                    }
+                };
+                ctx.event(&*cluster, false, reason, "Scale", note).await;
+            }
+            Err(e) => refused = Some(e),
+        }
+    }
+    if scale_needs_health && let Ok(h) = health.get().await {
+        // Forget ids below the spec that StreamBus no longer has
+        // decommissioning (recommissioned by hand, say).
+        let spec_ids = u64::try_from(spec_storage).unwrap_or(0);
+        status.decommissioned_storage_nodes.retain(|&id| {
+            id > spec_ids
+                || h.storage_nodes
+                    .iter()
+                    .any(|n| n.node_id == id && n.decommissioning)
+        });
+    }
+
     let input = Input {
         name: &name,
         namespace: &namespace,
         spec: &cluster.spec,
         owner,
-        current_controllers: current_replicas(
-            sets.get_opt(&resources::name(&name, Role::Controller))
-                .await?,
-        ),
-        current_storage_nodes: current_replicas(
-            sets.get_opt(&resources::name(&name, Role::StorageNode))
-                .await?,
-        ),
+        current_controllers,
+        storage_nodes: scale.replicas,
     };
-    let mut status = cluster.status.clone().unwrap_or_default();
     let generation = cluster.metadata.generation;
     let now = conditions::now();
     let desired = match resources::desired(&input) {
@@ -156,12 +229,81 @@ async fn reconcile(cluster: Arc<StreamBusCluster>, ctx: Arc<Context>) -> Result<
     for pdb in &desired.pdbs {
         apply::<PodDisruptionBudget>(client, &namespace, pdb).await?;
     }
+
+    // Rolling restarts of the stateful roles, one pod at a time.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let mut roll_sets = Vec::new();
+    for (sts, role) in applied_sets
+        .iter()
+        .zip([Role::Controller, Role::StorageNode])
+    {
+        let selector = format!(
+            "app.kubernetes.io/instance={name},app.kubernetes.io/component={}",
+            role.component()
+        );
+        let listed = pods.list(&ListParams::default().labels(&selector)).await?;
+        roll_sets.push(roll_set(sts, &listed.items));
+    }
+    let step = if applied_sets.iter().all(status::seen) {
+        let outdated = roll_sets.iter().any(roll::Set::has_outdated);
+        let answer = if outdated {
+            health.get().await
+        } else {
+            Err("not needed")
+        };
+        roll::next_step(
+            &roll_sets[0],
+            &roll_sets[1],
+            answer,
+            ctx.settings.restart_settle,
+        )
+    } else {
+        roll::Step::Wait {
+            reason: "WaitingForPods",
+            message: "the StatefulSets have not seen the spec yet".into(),
+        }
+    };
+    if let roll::Step::Delete { pod, message } = &step {
+        pods.delete(pod, &DeleteParams::default()).await?;
+        tracing::info!(cluster = %name, namespace, pod, "rolling restart: pod deleted");
+        let related = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(pod.clone()),
+            namespace: Some(namespace.clone()),
+            ..Default::default()
+        };
+        ctx.event_related(
+            &*cluster,
+            Some(related),
+            false,
+            "RollingRestart",
+            "Restart",
+            message.clone(),
+        )
+        .await;
+    }
+
     let observed = status::Observed {
         controllers: status::of_stateful_set(&applied_sets[0]),
         storage_nodes: status::of_stateful_set(&applied_sets[1]),
         gateways: status::of_deployment(&deployment),
     };
-    let summary = status::summarize(&desired, &observed);
+    let mut summary = status::summarize(&desired, &observed);
+    let pending = match (&step, &scale.waiting) {
+        (roll::Step::Delete { message, .. }, _) => Some(("RollingRestart", message.clone())),
+        (roll::Step::Wait { reason, message }, _) if summary.progressing.status => {
+            Some((*reason, message.clone()))
+        }
+        (_, Some(waiting)) => Some(("ScalingIn", waiting.clone())),
+        _ => None,
+    };
+    if let Some((reason, message)) = &pending {
+        summary.progressing = Update::new("Progressing", true, reason, message.clone());
+    }
+    if let Some(e) = refused {
+        summary.degraded = Update::new("Degraded", true, "ScaleInRefused", e);
+    }
     let was_ready =
         conditions::get(&status.conditions, "Ready").is_some_and(|c| c.status == "True");
     let was_degraded = conditions::get(&status.conditions, "Degraded").map(|c| c.message.clone());
@@ -192,11 +334,118 @@ async fn reconcile(cluster: Arc<StreamBusCluster>, ctx: Arc<Context>) -> Result<
     status.controllers = summary.controllers;
     status.storage_nodes = summary.storage_nodes;
     status.gateways = summary.gateways;
-    status.gateway_endpoint = Some(gateway_endpoint(&name, &namespace));
+    status.gateway_endpoint = Some(crate::context::gateway_endpoint(&name, &namespace));
     status.observed_generation = generation;
     write_status(&api, &cluster, status).await?;
     ctx.backoff.succeeded(&key(&cluster));
-    Ok(Requeue::requeue(ctx.settings.resync))
+    Ok(Requeue::requeue(if pending.is_some() {
+        PENDING_RECHECK
+    } else {
+        ctx.settings.resync
+    }))
+}
+
+/// StreamBus's own view of the cluster, asked at most once per
+/// reconciliation and only when a decision needs it.
+struct HealthProbe<'a> {
+    ctx: &'a Context,
+    gateway: &'a str,
+    answer: Option<Result<roll::Health, String>>,
+}
+
+impl<'a> HealthProbe<'a> {
+    fn new(ctx: &'a Context, gateway: &'a str) -> Self {
+        HealthProbe {
+            ctx,
+            gateway,
+            answer: None,
+        }
+    }
+
+    async fn get(&mut self) -> Result<&roll::Health, &str> {
+        if self.answer.is_none() {
+            let ask = async {
+                let client = self
+                    .ctx
+                    .gateway(self.gateway)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                client.describe_cluster().await.map_err(|e| e.to_string())
+            };
+            let answer = match tokio::time::timeout(HEALTH_TIMEOUT, ask).await {
+                Ok(r) => r.map_err(|e| format!("gateway {}: {e}", self.gateway)),
+                Err(_) => Err(format!(
+                    "gateway {} did not answer within {}s",
+                    self.gateway,
+                    HEALTH_TIMEOUT.as_secs()
+                )),
+            };
+            self.answer = Some(answer);
+        }
+        match self.answer.as_ref().expect("just set") {
+            Ok(h) => Ok(h),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Asks StreamBus to decommission or recommission a storage node.
+async fn node_call(ctx: &Context, gateway: &str, call: roll::NodeCall) -> Result<(), String> {
+    let ask = async {
+        let client = ctx.gateway(gateway).await.map_err(|e| e.to_string())?;
+        match call {
+            roll::NodeCall::Decommission(id) => client.decommission_storage_node(id).await,
+            roll::NodeCall::Recommission(id) => client.recommission_storage_node(id).await,
+        }
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(NODE_CALL_TIMEOUT, ask).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "gateway {gateway} did not answer within {}s",
+            NODE_CALL_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// A StatefulSet and its pods as the rolling restart sees them.
+fn roll_set(sts: &StatefulSet, pods: &[Pod]) -> roll::Set {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let status = sts.status.clone().unwrap_or_default();
+    roll::Set {
+        replicas: sts.spec.replicas.unwrap_or(1),
+        update_revision: status.update_revision,
+        pods: pods
+            .iter()
+            .filter_map(|p| {
+                let name = p.metadata.name.clone()?;
+                let labels = p.metadata.labels.clone().unwrap_or_default();
+                let ordinal = labels
+                    .get("apps.kubernetes.io/pod-index")
+                    .map(String::as_str)
+                    .or_else(|| name.rsplit('-').next())
+                    .and_then(|i| i.parse().ok())?;
+                let ready_for = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready" && c.status == "True"))
+                    .map(|c| {
+                        c.last_transition_time.as_ref().map_or(Duration::ZERO, |t| {
+                            Duration::try_from(now - t.0).unwrap_or(Duration::ZERO)
+                        })
+                    });
+                Some(roll::Pod {
+                    name,
+                    ordinal,
+                    revision: labels.get("controller-revision-hash").cloned(),
+                    ready_for,
+                    terminating: p.metadata.deletion_timestamp.is_some(),
+                })
+            })
+            .collect(),
+    }
 }
 
 async fn write_status(

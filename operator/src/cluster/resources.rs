@@ -51,6 +51,7 @@ const MANAGED_KEYS: &[&str] = &[
     "storage_node.advertised_addr",
     "storage_node.data_dir",
     "storage_node.controllers",
+    "storage_node.rack",
 ];
 const SECTIONS: &[&str] = &["log", "http", "controller", "gateway", "storage_node"];
 
@@ -109,10 +110,12 @@ pub struct Input<'a> {
     pub namespace: &'a str,
     pub spec: &'a StreamBusClusterSpec,
     pub owner: OwnerReference,
-    /// Replica counts the StatefulSets have now (`None` before they exist):
-    /// changes that need StreamBus membership changes are held back.
+    /// The controllers' StatefulSet size now (`None` before it exists): a
+    /// change of the Raft voters is held back.
     pub current_controllers: Option<i32>,
-    pub current_storage_nodes: Option<i32>,
+    /// The storage nodes' StatefulSet size to apply, as planned by
+    /// [`super::roll::plan_scale`] (scale-in waits for decommissioning).
+    pub storage_nodes: i32,
 }
 
 /// A spec problem: reported in the status, the rest still applied.
@@ -351,7 +354,9 @@ fn stateful_set(
             // Every member starts at once: controllers must all be up to
             // form their Raft group.
             "podManagementPolicy": "Parallel",
-            "updateStrategy": { "type": "RollingUpdate" },
+            // The operator deletes outdated pods itself, one at a time and
+            // only when StreamBus says it is safe (`roll.rs`).
+            "updateStrategy": { "type": "OnDelete" },
             "selector": { "matchLabels": selector(input.name, role) },
             "template": template,
             "volumeClaimTemplates": [volume_claim(storage)],
@@ -415,19 +420,7 @@ pub fn desired(input: &Input) -> Result<Desired, String> {
         }
         _ => spec.controllers.replicas,
     };
-    let storage_nodes = match input.current_storage_nodes {
-        Some(current) if current > spec.storage_nodes.replicas => {
-            problems.push(Problem {
-                reason: "ScaleInUnsupported",
-                message: format!(
-                    "the cluster has {current} storage nodes and spec.storageNodes.replicas is {}: removing storage nodes needs their replicas moved off first (decommissioning), which this operator does not do yet",
-                    spec.storage_nodes.replicas
-                ),
-            });
-            current
-        }
-        _ => spec.storage_nodes.replicas,
-    };
+    let storage_nodes = input.storage_nodes;
     let gateways = spec.gateways.replicas;
     let controller_addrs = pod_addresses(input, Role::Controller, controllers, CONTROLLER_PORT);
     let peers: Vec<String> = controller_addrs
@@ -498,7 +491,15 @@ pub fn desired(input: &Input) -> Result<Desired, String> {
             controller_addrs.join(","),
         ),
     ]));
-    let storage_template = pod_template(
+    if let Some(rack) = &spec.storage_nodes.rack {
+        // Kubernetes copies the node's zone and region labels onto the pod
+        // when it is scheduled; empty (no rack) where the node has none.
+        storage_env.push(
+            json!({ "name": "STREAMBUS_STORAGE_NODE__RACK", "valueFrom": { "fieldRef": {
+            "fieldPath": format!("metadata.labels['{}']", rack.topology_key) } } }),
+        );
+    }
+    let mut storage_template = pod_template(
         input,
         &hash,
         PodParts {
@@ -513,6 +514,14 @@ pub fn desired(input: &Input) -> Result<Desired, String> {
         },
     );
 
+    if let Some(rack) = &spec.storage_nodes.rack {
+        storage_template["spec"]["topologySpreadConstraints"] = json!([{
+            "maxSkew": 1,
+            "topologyKey": rack.topology_key,
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": { "matchLabels": selector(input.name, Role::StorageNode) },
+        }]);
+    }
     let gateway_template = pod_template(
         input,
         &hash,
@@ -635,7 +644,7 @@ mod tests {
             spec,
             owner: owner(),
             current_controllers: None,
-            current_storage_nodes: None,
+            storage_nodes: spec.storage_nodes.replicas,
         }
     }
 
@@ -803,25 +812,57 @@ mod tests {
     }
 
     #[test]
-    fn storage_scale_in_and_voter_changes_are_held_back() {
+    fn voter_changes_are_held_back_and_the_planned_storage_count_applied() {
         let mut s = spec();
         s.storage_nodes.replicas = 2;
         s.controllers.replicas = 5;
         let mut i = input(&s);
-        i.current_storage_nodes = Some(4);
+        i.storage_nodes = 4;
         i.current_controllers = Some(3);
         let d = desired(&i).unwrap();
         assert_eq!(d.storage_nodes, 4);
         assert_eq!(d.controllers, 3);
         assert_eq!(d.stateful_sets[1].spec.replicas, Some(4));
         let reasons: Vec<&str> = d.problems.iter().map(|p| p.reason).collect();
+        assert_eq!(reasons, ["ControllerCountChangeUnsupported"]);
+        for sts in &d.stateful_sets {
+            let strategy = sts.spec.update_strategy.as_ref().unwrap();
+            assert_eq!(strategy.type_.as_deref(), Some("OnDelete"));
+        }
+    }
+
+    #[test]
+    fn racks_come_from_the_zone_label_kubernetes_copies_onto_pods() {
+        let mut s = spec();
+        let d = desired(&input(&s)).unwrap();
+        let pod = d.stateful_sets[1].spec.template.spec.clone().unwrap();
+        assert!(pod.topology_spread_constraints.is_none());
+        s.storage_nodes.rack = Some(crate::crd::RackSpec {
+            topology_key: "topology.kubernetes.io/zone".into(),
+        });
+        let d = desired(&input(&s)).unwrap();
+        let pod = d.stateful_sets[1].spec.template.spec.clone().unwrap();
+        let rack = pod.containers[0]
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "STREAMBUS_STORAGE_NODE__RACK")
+            .unwrap();
         assert_eq!(
-            reasons,
-            ["ControllerCountChangeUnsupported", "ScaleInUnsupported"]
+            rack.value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            "metadata.labels['topology.kubernetes.io/zone']"
         );
-        // Scaling out is applied.
-        i.current_storage_nodes = Some(1);
-        assert_eq!(desired(&i).unwrap().storage_nodes, 2);
+        let spread = &pod.topology_spread_constraints.unwrap()[0];
+        assert_eq!(spread.topology_key, "topology.kubernetes.io/zone");
+        assert_eq!(spread.when_unsatisfiable, "ScheduleAnyway");
+        assert!(config_env(&[("storage_node.rack".to_string(), "a".to_string())].into()).is_err());
     }
 
     #[test]

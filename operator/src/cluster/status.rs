@@ -32,9 +32,15 @@ pub fn of_stateful_set(s: &StatefulSet) -> Workload {
     Workload {
         ready: status.ready_replicas.unwrap_or(0),
         updated: status.updated_replicas.unwrap_or(0),
-        observed: status.observed_generation.is_some()
-            && status.observed_generation >= s.metadata.generation,
+        observed: seen(s),
     }
+}
+
+/// Whether the StatefulSet controller has seen the latest spec (its
+/// `updateRevision` is the current template's).
+pub fn seen(s: &StatefulSet) -> bool {
+    let observed = s.status.as_ref().and_then(|st| st.observed_generation);
+    observed.is_some() && observed >= s.metadata.generation
 }
 
 /// What a Deployment reports.
@@ -157,7 +163,7 @@ mod tests {
             spec: &spec,
             owner: OwnerReference::default(),
             current_controllers: None,
-            current_storage_nodes: None,
+            storage_nodes,
         })
         .unwrap()
     }
