@@ -13,7 +13,8 @@
 //! - Node.js: `npm ci` of the pinned package-lock.json into
 //!   `~/.cache/streambus/node-clients/node_modules` (again only when the lock
 //!   file changed), then `node --test` with `NODE_PATH` pointing there.
-//! - Rust: `cargo run --example quickstart`, which checks what it reads.
+//! - Rust: the example `quickstart` (built by `cargo test --workspace`),
+//!   which checks what it reads.
 //!
 //! Everything slow is prepared before the server starts and cached outside
 //! the clone, so a warm run is a few seconds of compilation per language.
@@ -107,17 +108,8 @@ pub fn prepare(languages: &[&str]) -> Result<Prepared, String> {
                 require_version("node", &["--version"], NODE_MAJOR)?;
                 prepared.node_modules = install_node_modules()?;
             }
-            _ => crate::run(
-                "cargo",
-                &[
-                    "build",
-                    "--locked",
-                    "-p",
-                    "streambus-client",
-                    "--example",
-                    "quickstart",
-                ],
-            )?,
+            // `cargo test --workspace --no-run` (devproc::with_dev) builds it.
+            _ => {}
         }
         prepared.languages.push(known);
     }
@@ -141,9 +133,8 @@ impl Prepared {
                 ),
                 "node" => self.run(language, gateway, "node", &["--test", "test/"]),
                 _ => {
-                    let example = ["run", "--locked", "-q", "-p", "streambus-client"];
-                    let args = [&example[..], &["--example", "quickstart", "--", gateway]].concat();
-                    self.run(language, gateway, "cargo", &args)
+                    let example = crate::devproc::target_dir().join("debug/examples/quickstart");
+                    self.run(language, gateway, &example.to_string_lossy(), &[gateway])
                 }
             };
             eprintln!(
