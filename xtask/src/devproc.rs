@@ -1,7 +1,7 @@
 //! A `streambus dev` child process on ephemeral loopback ports.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -49,4 +49,34 @@ pub fn stop(child: &mut Child) {
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
+}
+
+/// Cargo's target directory, where `cargo test --workspace` puts the
+/// `streambus` binary (`debug/streambus`) and the examples (`debug/examples/`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::peer::root().join("target"))
+}
+
+/// Builds the binary, starts `streambus dev` on ephemeral ports with a
+/// fresh data directory, runs `f` with its gateway address, and stops it.
+pub fn with_dev(f: impl FnOnce(&str) -> Result<(), String>) -> Result<(), String> {
+    // The same build as `cargo test --workspace` (same feature unification),
+    // which also puts the binary at target/debug/streambus: after the Rust
+    // tests this is a no-op instead of a second build.
+    crate::run("cargo", &["test", "--workspace", "--locked", "--no-run"])?;
+    let target = target_dir();
+    let data = target.join(format!("dev-test-data-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let result = match start(&target.join("debug/streambus"), &data) {
+        Ok((mut child, gateway)) => {
+            let result = f(&gateway);
+            stop(&mut child);
+            result
+        }
+        Err(e) => Err(e),
+    };
+    let _ = std::fs::remove_dir_all(&data);
+    result
 }

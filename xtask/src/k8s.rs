@@ -77,19 +77,6 @@ pub fn main(args: &[String]) -> Result<(), String> {
     }
 }
 
-/// The cache root: `$STREAMBUS_CACHE_DIR`, else `$XDG_CACHE_HOME/streambus`,
-/// else `~/.cache/streambus`.
-fn cache_root() -> Result<PathBuf, String> {
-    if let Some(dir) = std::env::var_os("STREAMBUS_CACHE_DIR") {
-        return Ok(PathBuf::from(dir));
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-        return Ok(PathBuf::from(dir).join("streambus"));
-    }
-    let home = std::env::var_os("HOME").ok_or("neither STREAMBUS_CACHE_DIR nor HOME is set")?;
-    Ok(PathBuf::from(home).join(".cache/streambus"))
-}
-
 /// Where the control plane's binaries are.
 #[derive(Debug, Clone)]
 pub struct Binaries {
@@ -104,7 +91,7 @@ pub struct Binaries {
 
 impl Binaries {
     fn locate() -> Result<Binaries, String> {
-        let k8s = cache_root()?.join("k8s");
+        let k8s = crate::cache_root()?.join("k8s");
         let kube = k8s.join(format!("kubernetes-{KUBERNETES_VERSION}/bin"));
         let tools = k8s.join(format!("helm-{HELM_VERSION}-kubectl-{KUBECTL_VERSION}/bin"));
         Ok(Binaries {
@@ -268,7 +255,7 @@ fn fetch_helm_kubectl(bins: &Binaries) -> Result<(), String> {
 }
 
 /// The Go toolchain's (major, minor) version, if `go` runs.
-fn go_version() -> Option<(u32, u32)> {
+pub fn go_version() -> Option<(u32, u32)> {
     let out = Command::new("go")
         .arg("env")
         .arg("GOVERSION")

@@ -2,6 +2,7 @@
 
 mod bench;
 mod chaos;
+mod clients;
 mod cluster;
 mod devproc;
 mod k8s;
@@ -15,11 +16,15 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   ci             everything CI checks: installs missing tools (setup), fmt,
-                 clippy -D warnings, all Rust tests, and the Python gRPC test
-                 against a real `streambus dev`, then `k8s test` (the chart
-                 and the operator against a real Kubernetes API server)
+                 clippy -D warnings, all Rust tests, the Python gRPC test and
+                 the Go, Java, Node.js and Rust client tests against one real
+                 `streambus dev`, then `k8s test` (the chart and the operator
+                 against a real Kubernetes API server)
   setup          install what the tests need, only what is missing
   python-test    only the Python gRPC test (sets up its venv first)
+  clients-test   only the client tests (tests/clients and the Rust SDK's example):
+                 clients-test [go|java|node|rust]... (all when none is named;
+                 docs/clients.md)
   peer           install and run a local Kafka or NATS JetStream to compare with:
                  peer <kafka|nats> [install|start|stop|status] [--durability fsync|page-cache]
   bench          bench compare [options]: one workload against StreamBus, Kafka and
@@ -37,6 +42,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("python-test") => setup::run_setup().and_then(|()| python::run()),
+        Some("clients-test") => setup::run_setup().and_then(|()| clients::main(&args[1..])),
         Some("setup") => setup::run_setup(),
         Some("peer") => peer::main(&args[1..]),
         Some("bench") => bench::main(&args[1..]),
@@ -59,16 +65,36 @@ fn main() -> ExitCode {
 
 /// Runs a command, echoing it; an error names the failed step.
 pub fn run(program: &str, args: &[&str]) -> Result<(), String> {
-    eprintln!("$ {program} {}", args.join(" "));
-    let status = Command::new(program)
-        .args(args)
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    run_shown(&mut cmd, &format!("{program} {}", args.join(" ")))
+}
+
+/// Runs a prepared command, echoing it as `shown`; an error names it.
+pub fn run_shown(cmd: &mut Command, shown: &str) -> Result<(), String> {
+    eprintln!("$ {shown}");
+    let status = cmd
         .status()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
+        .map_err(|e| format!("cannot run {shown}: {e}"))?;
     if status.success() {
         Ok(())
     } else {
-        Err(format!("`{program} {}` failed: {status}", args.join(" ")))
+        Err(format!("`{shown}` failed: {status}"))
     }
+}
+
+/// The cache of tools built or fetched for the tests, shared by every clone
+/// and worktree: `$STREAMBUS_CACHE_DIR`, else `$XDG_CACHE_HOME/streambus`,
+/// else `~/.cache/streambus`.
+pub fn cache_root() -> Result<std::path::PathBuf, String> {
+    if let Some(dir) = std::env::var_os("STREAMBUS_CACHE_DIR") {
+        return Ok(dir.into());
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return Ok(std::path::PathBuf::from(dir).join("streambus"));
+    }
+    let home = std::env::var_os("HOME").ok_or("neither STREAMBUS_CACHE_DIR nor HOME is set")?;
+    Ok(std::path::PathBuf::from(home).join(".cache/streambus"))
 }
 
 fn ci() -> Result<(), String> {
@@ -87,7 +113,14 @@ fn ci() -> Result<(), String> {
         ],
     )?;
     run("cargo", &["test", "--workspace", "--locked"])?;
-    python::run()?;
+    // The Python test and the client tests share one `streambus dev`.
+    let venv = python::venv()?;
+    let clients = clients::prepare(clients::LANGUAGES)?;
+    devproc::with_dev(|gateway| {
+        let python = python::test(&venv, gateway);
+        let clients = clients.test(gateway);
+        python.and(clients)
+    })?;
     // The chart and the operator against a real API server; the control
     // plane is stopped and its directory removed whether or not it passed.
     let result = k8s::test();

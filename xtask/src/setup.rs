@@ -1,7 +1,10 @@
 //! Installs what the tests need on a bare machine, idempotently: the
 //! rustfmt and clippy components, a C toolchain (librdkafka and ring are
-//! built from source) and Python 3 with `venv` (the Python gRPC test).
-//! Nothing is installed when everything is already there.
+//! built from source), Python 3 with `venv` (the Python gRPC test), and a
+//! JDK 17 with Maven and Node.js with npm (the client tests,
+//! `clients.rs`). Nothing is installed when everything is already there.
+//! Go is not: Debian's is older than the Go module and the Kubernetes
+//! build need (`clients.rs` and `k8s.rs` say which version).
 
 use std::process::{Command, Stdio};
 
@@ -27,6 +30,20 @@ fn missing_debian_packages() -> Vec<&'static str> {
     }
     if !succeeds("python3", &["-c", "import venv, ensurepip"]) {
         missing.push("python3-venv");
+    }
+    if crate::clients::major_version("javac", &["-version"])
+        .is_none_or(|v| v < crate::clients::JAVA_MAJOR)
+    {
+        missing.push("openjdk-17-jdk-headless");
+    }
+    if !succeeds("mvn", &["--version"]) {
+        missing.push("maven");
+    }
+    if !succeeds("node", &["--version"]) {
+        missing.push("nodejs");
+    }
+    if !succeeds("npm", &["--version"]) {
+        missing.push("npm");
     }
     missing
 }
