@@ -10,10 +10,15 @@ compression codec.
 """
 
 import uuid
+import warnings
 
 import pytest
-from kafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
-from kafka.record.memory_records import MemoryRecords
+
+with warnings.catch_warnings():
+    # kafka-python's protocol schemas load with a deprecated importlib call.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from kafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
+    from kafka.record.memory_records import MemoryRecords
 
 from test_grpc_contract import fetch_all, wait_for_leaders
 
