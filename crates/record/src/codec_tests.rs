@@ -19,11 +19,11 @@ const CODECS: [Compression; 4] = [
 fn records(n: usize, value_len: usize) -> Vec<Record> {
     (0..n)
         .map(|i| Record {
-            key: (i % 3 != 0).then(|| Bytes::from(format!("key-{i}"))),
+            key: (!i.is_multiple_of(3)).then(|| Bytes::from(format!("key-{i}"))),
             value: (i % 7 != 6).then(|| Bytes::from(format!("{i:08}").repeat(value_len / 8 + 1))),
             headers: vec![Header {
                 key: format!("h{}", i % 4),
-                value: (i % 2 == 0).then(|| Bytes::from(vec![i as u8; 3])),
+                value: (i.is_multiple_of(2)).then(|| Bytes::from(vec![i as u8; 3])),
             }],
             timestamp_ms: 1_700_000_000_000 + i as i64,
         })
@@ -282,7 +282,7 @@ fn zstd_zeros(blocks: usize) -> Vec<u8> {
     out.push(0x38); // 128 KiB window
     for i in 0..blocks {
         let last = u32::from(i + 1 == blocks);
-        let header = (128 * 1024) << 3 | 1 << 1 | last;
+        let header = ((128 * 1024) << 3) | (1 << 1) | last;
         out.extend_from_slice(&header.to_le_bytes()[..3]);
         out.push(0);
     }
@@ -377,7 +377,7 @@ fn decoding_stops_at_the_limit_when_the_framing_lies() {
     let mut lz4 = lz4_zeros(0);
     lz4.truncate(7);
     for _ in 0..32 {
-        lz4.extend_from_slice(&(0x8000_0000u32 | 64 * 1024).to_le_bytes());
+        lz4.extend_from_slice(&(0x8000_0000u32 | (64 * 1024)).to_le_bytes());
         lz4.extend_from_slice(&[0; 64 * 1024]);
     }
     lz4.extend_from_slice(&[0; 4]);

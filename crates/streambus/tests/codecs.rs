@@ -15,7 +15,7 @@ use streambus_record::{BatchBuilder, BatchIter, DecodedRecord, decode_records, v
 
 fn record(i: usize) -> Record {
     Record {
-        key: (i % 4 != 0).then(|| Bytes::from(format!("key-{i}"))),
+        key: (!i.is_multiple_of(4)).then(|| Bytes::from(format!("key-{i}"))),
         value: (i % 9 != 8).then(|| Bytes::from(format!("value {i} ").repeat(20))),
         headers: vec![Header {
             key: "n".into(),
