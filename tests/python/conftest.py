@@ -78,3 +78,13 @@ def channel(gateway_addr, pb):
             time.sleep(0.5)
     yield ch
     ch.close()
+
+
+@pytest.fixture
+def stubs(channel, pb):
+    class Stubs:
+        admin = pb.admin_grpc.AdminServiceStub(channel)
+        produce = pb.produce_grpc.ProduceServiceStub(channel)
+        consume = pb.consume_grpc.ConsumeServiceStub(channel)
+
+    return Stubs

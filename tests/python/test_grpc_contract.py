@@ -54,16 +54,6 @@ PARTITIONS = 3
 
 
 @pytest.fixture
-def stubs(channel, pb):
-    class Stubs:
-        admin = pb.admin_grpc.AdminServiceStub(channel)
-        produce = pb.produce_grpc.ProduceServiceStub(channel)
-        consume = pb.consume_grpc.ConsumeServiceStub(channel)
-
-    return Stubs
-
-
-@pytest.fixture
 def topic(stubs, pb):
     name = f"pytest-{uuid.uuid4().hex[:12]}"
     resp = stubs.admin.CreateTopic(

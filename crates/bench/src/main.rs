@@ -11,7 +11,7 @@ use streambus_bench::driver::{self, Endpoints};
 use streambus_bench::report::StoredReport;
 use streambus_bench::runner::{self, RunOptions};
 use streambus_bench::table;
-use streambus_bench::workload::{Acks, Durability, KeyDistribution, Workload};
+use streambus_bench::workload::{Acks, Codec, Durability, KeyDistribution, Payload, Workload};
 
 /// Benchmarks StreamBus, Apache Kafka and NATS JetStream with the same
 /// workload and the same measurement code.
@@ -117,6 +117,12 @@ struct WorkloadArgs {
     /// none or random.
     #[arg(long, value_parser = parse_keys)]
     keys: Option<KeyDistribution>,
+    /// Producer compression: none, gzip, snappy, lz4 or zstd.
+    #[arg(long, value_parser = parse_codec)]
+    compression: Option<Codec>,
+    /// Message payloads: random (incompressible) or json (JSON-like events).
+    #[arg(long, value_parser = parse_payload)]
+    payload: Option<Payload>,
     /// Interval between printed lines, e.g. 5s.
     #[arg(long, value_parser = humantime::parse_duration)]
     report_interval: Option<Duration>,
@@ -144,6 +150,20 @@ struct EndpointArgs {
         default_value = "127.0.0.1:8222"
     )]
     nats_monitor: String,
+}
+
+fn parse_codec(s: &str) -> Result<Codec, String> {
+    Codec::ALL
+        .into_iter()
+        .find(|c| c.as_str() == s)
+        .ok_or_else(|| format!("{s:?}: use none, gzip, snappy, lz4 or zstd"))
+}
+
+fn parse_payload(s: &str) -> Result<Payload, String> {
+    [Payload::Random, Payload::Json]
+        .into_iter()
+        .find(|p| p.as_str() == s)
+        .ok_or_else(|| format!("{s:?}: use random or json"))
 }
 
 fn parse_acks(s: &str) -> Result<Acks, String> {
@@ -200,6 +220,8 @@ impl WorkloadArgs {
             max_outstanding_bytes => max_outstanding_bytes,
             max_in_flight_per_partition => max_in_flight_per_partition,
             keys => key_distribution,
+            compression => compression,
+            payload => payload,
             report_interval => report_interval,
         );
         w.validate()?;

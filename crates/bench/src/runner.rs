@@ -158,11 +158,7 @@ async fn run_on_topics(
         }
     }
 
-    let payload = {
-        let mut buf = vec![0u8; workload.message_size];
-        rand::rng().fill_bytes(&mut buf);
-        Bytes::from(buf)
-    };
+    let payload = Bytes::from(workload.payload.generate(workload.message_size));
     let mut producer_tasks = Vec::new();
     for topic in topics {
         for _ in 0..workload.producers_per_topic {

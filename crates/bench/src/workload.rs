@@ -63,6 +63,11 @@ pub struct Workload {
     pub delivery_timeout: Duration,
     /// Message keys.
     pub key_distribution: KeyDistribution,
+    /// Producer batch compression (StreamBus `compression`, Kafka
+    /// `compression.type`; NATS JetStream has none).
+    pub compression: Codec,
+    /// What message payloads are made of.
+    pub payload: Payload,
     /// How often a line of figures is printed.
     #[serde(with = "humantime_serde")]
     pub report_interval: Duration,
@@ -89,6 +94,8 @@ impl Default for Workload {
             max_outstanding_bytes: 32 * 1024 * 1024,
             delivery_timeout: Duration::from_secs(120),
             key_distribution: KeyDistribution::None,
+            compression: Codec::None,
+            payload: Payload::Random,
             report_interval: Duration::from_secs(5),
         }
     }
@@ -124,6 +131,99 @@ impl Durability {
         match self {
             Durability::Fsync => "fsync",
             Durability::PageCache => "page-cache",
+        }
+    }
+}
+
+/// A producer compression codec: Kafka's four, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Codec {
+    /// Uncompressed batches.
+    #[default]
+    None,
+    /// gzip.
+    Gzip,
+    /// snappy.
+    Snappy,
+    /// LZ4.
+    Lz4,
+    /// Zstandard.
+    Zstd,
+}
+
+impl Codec {
+    /// Every codec.
+    pub const ALL: [Codec; 5] = [
+        Codec::None,
+        Codec::Gzip,
+        Codec::Snappy,
+        Codec::Lz4,
+        Codec::Zstd,
+    ];
+
+    /// The name used in flags, files and Kafka's `compression.type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Codec::None => "none",
+            Codec::Gzip => "gzip",
+            Codec::Snappy => "snappy",
+            Codec::Lz4 => "lz4",
+            Codec::Zstd => "zstd",
+        }
+    }
+}
+
+/// What message payloads are made of (each producer sends the same one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Payload {
+    /// Random bytes: incompressible.
+    #[default]
+    Random,
+    /// JSON-like event records (repeated field names, varying ids, numbers
+    /// and words), generated from a fixed seed: what compression is for.
+    Json,
+}
+
+impl Payload {
+    /// The name used in flags and files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Payload::Random => "random",
+            Payload::Json => "json",
+        }
+    }
+
+    /// A payload of `size` bytes of this kind.
+    pub fn generate(self, size: usize) -> Vec<u8> {
+        use rand::{Rng, RngCore, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5EED);
+        match self {
+            Payload::Random => {
+                let mut buf = vec![0u8; size];
+                rand::rng().fill_bytes(&mut buf);
+                buf
+            }
+            Payload::Json => {
+                const WORDS: [&str; 8] = [
+                    "checkout", "search", "login", "cart", "payment", "view", "click", "share",
+                ];
+                let mut s = String::with_capacity(size + 128);
+                while s.len() < size {
+                    s.push_str(&format!(
+                        r#"{{"event":"{}","user":"user-{:06}","session":"{:016x}","amount":{}.{:02},"ok":{}}}"#,
+                        WORDS[rng.random_range(0..WORDS.len())],
+                        rng.random_range(0..100_000),
+                        rng.random::<u64>(),
+                        rng.random_range(0..10_000),
+                        rng.random_range(0..100),
+                        rng.random::<bool>(),
+                    ));
+                }
+                s.truncate(size);
+                s.into_bytes()
+            }
         }
     }
 }

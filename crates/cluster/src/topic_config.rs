@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use streambus_log::{FsyncPolicy, LogConfig};
 use streambus_proto::{Error, Reason};
+use streambus_record::Compression;
 
 /// `retention.ms`.
 pub const RETENTION_MS: &str = "retention.ms";
@@ -26,6 +27,8 @@ pub const SEGMENT_BYTES: &str = "segment.bytes";
 pub const SEGMENT_MS: &str = "segment.ms";
 /// `cleanup.policy`.
 pub const CLEANUP_POLICY: &str = "cleanup.policy";
+/// `compression.type`.
+pub const COMPRESSION_TYPE: &str = "compression.type";
 /// `max.message.bytes`.
 pub const MAX_MESSAGE_BYTES: &str = "max.message.bytes";
 /// `delete.retention.ms`.
@@ -86,6 +89,11 @@ pub const KEYS: &[ConfigKey] = &[
         name: CLEANUP_POLICY,
         default: "delete",
         description: "`delete` (drop whole segments past retention) or `compact` (keep the latest record per key)",
+    },
+    ConfigKey {
+        name: COMPRESSION_TYPE,
+        default: "producer",
+        description: "The codec batches are stored with: `producer` (keep each batch's own codec), or `uncompressed`, `gzip`, `snappy`, `lz4`, `zstd` (the partition leader recompresses a batch that arrives with another codec before appending it)",
     },
     ConfigKey {
         name: DELETE_RETENTION_MS,
@@ -165,6 +173,54 @@ impl fmt::Display for CleanupPolicy {
     }
 }
 
+/// `compression.type`: which codec batches are stored with (Kafka's
+/// meaning).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CompressionType {
+    /// Each batch keeps the codec its producer chose.
+    #[default]
+    Producer,
+    /// Every batch is stored with this codec (`uncompressed` is
+    /// [`Compression::None`]); the partition leader recompresses a batch
+    /// that arrives with another one.
+    Codec(Compression),
+}
+
+impl CompressionType {
+    /// Every value, in the order the docs list them.
+    pub const ALL: [CompressionType; 6] = [
+        CompressionType::Producer,
+        CompressionType::Codec(Compression::None),
+        CompressionType::Codec(Compression::Gzip),
+        CompressionType::Codec(Compression::Snappy),
+        CompressionType::Codec(Compression::Lz4),
+        CompressionType::Codec(Compression::Zstd),
+    ];
+
+    /// The config string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CompressionType::Producer => "producer",
+            CompressionType::Codec(Compression::None) => "uncompressed",
+            CompressionType::Codec(c) => c.name(),
+        }
+    }
+
+    /// The codec every batch must be stored with; `None` for `producer`.
+    pub fn codec(self) -> Option<Compression> {
+        match self {
+            CompressionType::Producer => None,
+            CompressionType::Codec(c) => Some(c),
+        }
+    }
+}
+
+impl fmt::Display for CompressionType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// When the partition log is fsynced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FsyncSetting {
@@ -207,6 +263,8 @@ pub struct TopicConfig {
     pub segment_ms: Option<u64>,
     /// Delete or compact.
     pub cleanup_policy: CleanupPolicy,
+    /// The codec batches are stored with.
+    pub compression_type: CompressionType,
     /// Largest whole record batch accepted, in bytes.
     pub max_message_bytes: u32,
     /// Tombstone grace period on compacted topics, in ms.
@@ -229,6 +287,7 @@ impl Default for TopicConfig {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             segment_ms: Some(DEFAULT_SEGMENT_MS),
             cleanup_policy: CleanupPolicy::Delete,
+            compression_type: CompressionType::Producer,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             delete_retention_ms: DEFAULT_DELETE_RETENTION_MS,
             fsync_policy: FsyncSetting::Always,
@@ -413,6 +472,18 @@ impl TopicConfig {
                     _ => return Err(invalid(key, value, "\"delete\" or \"compact\"")),
                 };
             }
+            COMPRESSION_TYPE => {
+                self.compression_type = CompressionType::ALL
+                    .into_iter()
+                    .find(|c| c.as_str() == value.trim())
+                    .ok_or_else(|| {
+                        invalid(
+                            key,
+                            value,
+                            "\"producer\", \"uncompressed\", \"gzip\", \"snappy\", \"lz4\" or \"zstd\"",
+                        )
+                    })?;
+            }
             MAX_MESSAGE_BYTES => {
                 self.max_message_bytes = parse_range(
                     key,
@@ -496,6 +567,7 @@ impl TopicConfig {
             (SEGMENT_BYTES, self.segment_bytes.to_string()),
             (SEGMENT_MS, opt_u64(self.segment_ms)),
             (CLEANUP_POLICY, self.cleanup_policy.to_string()),
+            (COMPRESSION_TYPE, self.compression_type.to_string()),
             (MAX_MESSAGE_BYTES, self.max_message_bytes.to_string()),
             (DELETE_RETENTION_MS, self.delete_retention_ms.to_string()),
             (FSYNC_POLICY, self.fsync_policy.to_string()),
@@ -554,6 +626,7 @@ mod tests {
             ("segment.bytes", "1048576"),
             ("segment.ms", "-1"),
             ("cleanup.policy", "compact"),
+            ("compression.type", "zstd"),
             ("max.message.bytes", "2000000"),
             ("delete.retention.ms", "0"),
             ("fsync.policy", "interval"),
@@ -569,6 +642,10 @@ mod tests {
         assert_eq!(config.segment_bytes, 1 << 20);
         assert_eq!(config.segment_ms, None);
         assert_eq!(config.cleanup_policy, CleanupPolicy::Compact);
+        assert_eq!(
+            config.compression_type,
+            CompressionType::Codec(Compression::Zstd)
+        );
         assert_eq!(config.max_message_bytes, 2_000_000);
         assert_eq!(config.delete_retention_ms, 0);
         assert_eq!(config.fsync_policy, FsyncSetting::Interval);
@@ -601,6 +678,9 @@ mod tests {
             ("segment.bytes", "4294967296"),
             ("segment.ms", "0"),
             ("cleanup.policy", "compact,delete"),
+            ("compression.type", "none"),
+            ("compression.type", "brotli"),
+            ("compression.type", "ZSTD"),
             ("max.message.bytes", "0"),
             ("max.message.bytes", "60"),
             ("max.message.bytes", "2147483647"),
@@ -714,6 +794,34 @@ mod tests {
             next.segment_bytes, 1_048_576,
             "untouched keys keep their value"
         );
+    }
+
+    #[test]
+    fn compression_type_takes_kafkas_values_and_is_alterable() {
+        for c in CompressionType::ALL {
+            let config = TopicConfig::from_map(&map(&[(COMPRESSION_TYPE, c.as_str())])).unwrap();
+            assert_eq!(config.compression_type, c);
+            assert_eq!(config.to_map()[COMPRESSION_TYPE], c.as_str());
+        }
+        assert_eq!(
+            TopicConfig::from_map(&map(&[(COMPRESSION_TYPE, "uncompressed")]))
+                .unwrap()
+                .compression_type
+                .codec(),
+            Some(Compression::None)
+        );
+        assert_eq!(CompressionType::Producer.codec(), None);
+        let current = TopicConfig::default().to_btree_map();
+        let zstd =
+            TopicConfig::altered(&current, &map(&[(COMPRESSION_TYPE, "zstd")]), &[]).unwrap();
+        assert_eq!(zstd.compression_type.codec(), Some(Compression::Zstd));
+        let back = TopicConfig::altered(
+            &zstd.to_btree_map(),
+            &HashMap::new(),
+            &[COMPRESSION_TYPE.into()],
+        )
+        .unwrap();
+        assert_eq!(back.compression_type, CompressionType::Producer);
     }
 
     #[test]

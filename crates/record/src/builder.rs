@@ -5,9 +5,12 @@ use bytes::Bytes;
 use crate::RecordError;
 use crate::codec::compress;
 use crate::header::{
-    CRC, Compression, HEADER_SIZE, LOG_OVERHEAD, MAGIC, NO_PRODUCER_ID, NO_TIMESTAMP, compute_crc,
+    ATTR_COMPRESSION_MASK, BatchHeader, CRC, Compression, HEADER_SIZE, LOG_OVERHEAD, MAGIC,
+    NO_PRODUCER_ID, NO_TIMESTAMP, compute_crc,
 };
-use crate::records::{DecodedRecord, Header, check_timestamp, decoded, open_batch, walk_records};
+use crate::records::{
+    DecodedRecord, Header, check_frame, check_timestamp, decoded, open_batch, walk_records,
+};
 use crate::varint::{put_varint, put_varlong};
 
 /// A record to be appended: key, value, headers and a CreateTime timestamp.
@@ -231,6 +234,20 @@ struct Frame {
 }
 
 impl Frame {
+    /// The fields of an existing batch's header.
+    fn of(header: &BatchHeader) -> Frame {
+        Frame {
+            attributes: header.attributes,
+            last_offset_delta: header.last_offset_delta,
+            first_timestamp: header.first_timestamp,
+            max_timestamp: header.max_timestamp,
+            producer_id: header.producer_id,
+            producer_epoch: header.producer_epoch,
+            base_sequence: header.base_sequence,
+            record_count: header.record_count,
+        }
+    }
+
     fn encode(
         &self,
         base_offset: i64,
@@ -329,14 +346,10 @@ pub fn retain_records(
         );
     }
     let frame = Frame {
-        attributes: header.attributes,
-        last_offset_delta: header.last_offset_delta,
         first_timestamp: first_ts,
         max_timestamp: max_ts,
-        producer_id: header.producer_id,
-        producer_epoch: header.producer_epoch,
-        base_sequence: header.base_sequence,
         record_count: kept.len() as i32,
+        ..Frame::of(&header)
     };
     let out = frame.encode(
         header.base_offset,
@@ -346,4 +359,33 @@ pub fn retain_records(
     );
     debug_assert!(out.len() >= HEADER_SIZE);
     Ok(Some(Bytes::from(out)))
+}
+
+/// Rewrites `batch` with its records section compressed with `codec`
+/// instead (a broker applying a topic's `compression.type`).
+///
+/// Every other header field is kept: base offset, partition leader epoch,
+/// the attributes' other bits, offsets, timestamps, producer id, epoch and
+/// sequence, record count; the records are byte for byte the same once
+/// decompressed, and the CRC is computed for the new bytes. Returns
+/// `Ok(None)` when the batch already uses `codec` (without decompressing
+/// it); otherwise the batch is validated as by [`crate::validate_batch`]
+/// first.
+pub fn recompress(batch: &[u8], codec: Compression) -> Result<Option<Bytes>, RecordError> {
+    if check_frame(batch)?.compression()? == codec {
+        return Ok(None);
+    }
+    let checked = open_batch(batch)?;
+    let header = checked.header;
+    walk_records(&header, &checked.section, |_| {})?;
+    let frame = Frame {
+        attributes: (header.attributes & !ATTR_COMPRESSION_MASK) | i16::from(codec.codec_id()),
+        ..Frame::of(&header)
+    };
+    Ok(Some(Bytes::from(frame.encode(
+        header.base_offset,
+        header.partition_leader_epoch,
+        codec,
+        &checked.section,
+    ))))
 }

@@ -46,7 +46,9 @@ pub enum RecordError {
         actual: i32,
     },
     /// The compression codec in the attributes is not supported by this build.
-    #[error("unsupported compression codec {0} (supported: 0 none, 3 lz4)")]
+    #[error(
+        "unsupported compression codec {0} (supported: 0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd)"
+    )]
     UnsupportedCompression(u8),
     /// The batch timestamps are inconsistent.
     #[error("invalid timestamps: {0}")]

@@ -37,35 +37,75 @@ pub const ATTR_TRANSACTIONAL: i16 = 0x10;
 /// Attribute bit 5: the batch is a control batch (transaction marker).
 pub const ATTR_CONTROL: i16 = 0x20;
 
-/// Compression codec of a batch's records section.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Compression codec of a batch's records section: Kafka's four codecs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Compression {
     /// Records stored as is (codec 0).
     #[default]
     None,
+    /// A gzip stream (codec 1), as Kafka writes it.
+    Gzip,
+    /// Snappy (codec 2) in the xerial framing Kafka's clients write; plain
+    /// raw snappy is read too, as Kafka reads it.
+    Snappy,
     /// LZ4 frame format (codec 3), as Kafka writes it.
     Lz4,
+    /// Zstandard frames (codec 4).
+    Zstd,
 }
 
 impl Compression {
+    /// Every codec, in codec id order.
+    pub const ALL: [Compression; 5] = [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ];
+
     /// Codec id stored in attribute bits 0-2.
     pub fn codec_id(self) -> u8 {
         match self {
             Compression::None => 0,
+            Compression::Gzip => 1,
+            Compression::Snappy => 2,
             Compression::Lz4 => 3,
+            Compression::Zstd => 4,
         }
+    }
+
+    /// Kafka's name of the codec (`none`, `gzip`, `snappy`, `lz4`, `zstd`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+
+    /// The codec named `name` (see [`Compression::name`]).
+    pub fn from_name(name: &str) -> Option<Compression> {
+        Compression::ALL.into_iter().find(|c| c.name() == name)
     }
 
     /// Parses the codec from batch attributes.
     ///
-    /// Gzip (1), snappy (2), zstd (4) and the unassigned ids 5-7 are
-    /// [`RecordError::UnsupportedCompression`].
+    /// The unassigned ids 5-7 are [`RecordError::UnsupportedCompression`].
     pub fn from_attributes(attributes: i16) -> Result<Compression, RecordError> {
-        match (attributes & ATTR_COMPRESSION_MASK) as u8 {
-            0 => Ok(Compression::None),
-            3 => Ok(Compression::Lz4),
-            other => Err(RecordError::UnsupportedCompression(other)),
-        }
+        let id = (attributes & ATTR_COMPRESSION_MASK) as u8;
+        Compression::ALL
+            .into_iter()
+            .find(|c| c.codec_id() == id)
+            .ok_or(RecordError::UnsupportedCompression(id))
+    }
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

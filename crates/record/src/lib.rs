@@ -24,8 +24,11 @@ mod iter;
 mod records;
 mod varint;
 
-pub use builder::{BatchBuilder, Record, retain_records};
-pub use codec::{MAX_DECOMPRESSED_SIZE, decompressed_bound, lz4_decompressed_bound};
+pub use builder::{BatchBuilder, Record, recompress, retain_records};
+pub use codec::{
+    MAX_DECOMPRESSED_SIZE, decompressed_bound, lz4_decompressed_bound, snappy_decompressed_bound,
+    zstd_decompressed_bound,
+};
 pub use error::RecordError;
 pub use header::{
     ATTR_COMPRESSION_MASK, ATTR_CONTROL, ATTR_LOG_APPEND_TIME, ATTR_TRANSACTIONAL, BatchHeader,
@@ -36,5 +39,7 @@ pub use iter::BatchIter;
 pub use records::{DecodedRecord, Header, decode_records, timestamp_in_range, validate_batch};
 pub use varint::{get_varint, get_varlong, put_varint, put_varlong};
 
+#[cfg(test)]
+mod codec_tests;
 #[cfg(test)]
 mod tests;

@@ -84,6 +84,29 @@ pub(crate) async fn reserve_decompression(
     }
 }
 
+/// Applies a topic's `compression.type` (other than `producer`): a batch
+/// that arrives with another codec is rewritten with `codec` (the records,
+/// offsets, timestamps and producer fields unchanged, a new CRC), on a
+/// blocking thread. The log validates the result as it would the
+/// original; a batch larger than `max.message.bytes` is left for the log
+/// to refuse. Only the leader does this: followers copy its bytes.
+async fn apply_compression_type(
+    replica: &crate::replica::Replica,
+    batch: bytes::Bytes,
+    codec: streambus_record::Compression,
+) -> Result<Result<bytes::Bytes, streambus_log::LogError>, Error> {
+    if batch.len() > replica.config().max_message_bytes as usize {
+        return Ok(Ok(batch));
+    }
+    tokio::task::spawn_blocking(move || match streambus_record::recompress(&batch, codec) {
+        Ok(Some(recompressed)) => Ok(recompressed),
+        Ok(None) => Ok(batch),
+        Err(e) => Err(streambus_log::LogError::InvalidBatch(e)),
+    })
+    .await
+    .map_err(join_error)
+}
+
 /// A storage task that did not finish: cancelled because the node is
 /// shutting down (retriable, elsewhere or later), or a bug.
 fn join_error(e: tokio::task::JoinError) -> Error {
@@ -186,7 +209,16 @@ impl StorageApi {
         // first, so concurrent appends cannot expand without limit.
         let _expansion = reserve_decompression(&self.decompression, &req.batch).await?;
         let started = Instant::now();
-        let result = append_in_order(&replica, &req.batch, epoch).await?;
+        let batch = match replica.config().compression_type.codec() {
+            Some(codec) => apply_compression_type(&replica, req.batch, codec)
+                .await?
+                .map_err(|e| {
+                    self.metrics.append_errors.inc();
+                    log_error(&p.topic, p.partition, e)
+                })?,
+            None => req.batch,
+        };
+        let result = append_in_order(&replica, &batch, epoch).await?;
         let info = match result {
             Ok(info) => info,
             Err(e) => {
@@ -565,6 +597,14 @@ mod tests {
     use super::*;
 
     async fn api(dir: &std::path::Path, budget: usize) -> StorageApi {
+        api_with(dir, budget, HashMap::new()).await
+    }
+
+    async fn api_with(
+        dir: &std::path::Path,
+        budget: usize,
+        configs: HashMap<String, String>,
+    ) -> StorageApi {
         let partitions = Arc::new(Partitions::new(1, dir.to_path_buf()));
         partitions
             .apply(&ClusterMetadata {
@@ -580,7 +620,7 @@ mod tests {
                     name: "t".into(),
                     topic_id: "id".into(),
                     replication_factor: 1,
-                    configs: HashMap::new(),
+                    configs,
                     partitions: vec![PartitionDescription {
                         partition: 0,
                         leader: 1,
@@ -670,6 +710,58 @@ mod tests {
             .unwrap();
         assert!(!fetched.batches.is_empty());
         assert_eq!(fetched.next_offset, 100);
+    }
+
+    #[tokio::test]
+    async fn the_leader_stores_batches_with_the_topics_compression_type() {
+        let tmp = tempfile::tempdir().unwrap();
+        let configs = HashMap::from([("compression.type".to_string(), "zstd".to_string())]);
+        let api = api_with(tmp.path(), 256 << 20, configs).await;
+        let mut sent = Vec::new();
+        for codec in Compression::ALL {
+            let req = append(codec);
+            sent.extend(streambus_record::decode_records(&req.batch).unwrap());
+            let ack = api.append(req).await.unwrap();
+            assert_eq!(ack.record_count, 100);
+        }
+        let fetched = api
+            .fetch(StorageFetchRequest {
+                partition: Some(PartitionRef {
+                    topic: "t".into(),
+                    partition: 0,
+                }),
+                offset: 0,
+                max_bytes: 1 << 20,
+                max_wait_ms: 0,
+            })
+            .await
+            .unwrap();
+        let mut stored = Vec::new();
+        for item in streambus_record::BatchIter::new(&fetched.batches) {
+            let (header, batch) = item.unwrap();
+            assert_eq!(header.compression(), Ok(Compression::Zstd));
+            streambus_record::validate_batch(batch).unwrap();
+            stored.extend(streambus_record::decode_records(batch).unwrap());
+        }
+        assert_eq!(stored.len(), sent.len());
+        for (i, (s, r)) in stored.iter().zip(&sent).enumerate() {
+            assert_eq!(s.offset, i as i64);
+            assert_eq!((&s.value, s.timestamp_ms), (&r.value, r.timestamp_ms));
+        }
+        // A batch that does not decompress is refused, nothing appended.
+        let mut bad = append(Compression::Lz4);
+        let mut bytes = bad.batch.to_vec();
+        bytes.truncate(bytes.len() - 10);
+        let len = (bytes.len() - 12) as i32;
+        bytes[8..12].copy_from_slice(&len.to_be_bytes());
+        let crc = streambus_record::compute_crc(&bytes);
+        bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+        bad.batch = bytes.into();
+        let err = api.append(bad).await.unwrap_err();
+        assert_eq!(err.reason, Reason::CorruptBatch, "{err}");
+        assert!(err.message.contains("lz4"), "{err}");
+        let replica = api.partitions.leader_replica("t", 0).unwrap();
+        assert_eq!(replica.log.end_offset(), 500);
     }
 
     #[tokio::test]

@@ -36,7 +36,7 @@ impl KafkaDriver {
         }
     }
 
-    /// Producer settings: the workload's batching, no compression,
+    /// Producer settings: the workload's batching and compression,
     /// idempotence with acks=all (as the StreamBus SDK's default; Kafka
     /// allows it with acks=all only), the same buffer bound.
     fn producer_config(&self, workload: &Workload) -> Vec<(&'static str, String)> {
@@ -53,7 +53,10 @@ impl KafkaDriver {
                 format!("{}", workload.linger.as_secs_f64() * 1000.0),
             ),
             ("batch.size", workload.batch_max_bytes.to_string()),
-            ("compression.type", "none".to_string()),
+            (
+                "compression.type",
+                workload.compression.as_str().to_string(),
+            ),
             (
                 "enable.idempotence",
                 (workload.acks == Acks::All).to_string(),

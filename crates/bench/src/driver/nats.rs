@@ -24,7 +24,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{AckFuture, BoxFuture, Driver, Producer, Received, TIMESTAMP_HEADER, parse_timestamp};
-use crate::workload::{Acks, Durability, Workload};
+use crate::workload::{Acks, Codec, Durability, Workload};
 
 /// The NATS JetStream driver.
 #[derive(Debug, Clone)]
@@ -179,6 +179,11 @@ impl Driver for NatsDriver {
         workload: &'a Workload,
     ) -> BoxFuture<'a, anyhow::Result<Box<dyn Producer>>> {
         Box::pin(async move {
+            if workload.compression != Codec::None {
+                anyhow::bail!(
+                    "NATS JetStream publishes messages one by one, without producer compression: run it with --compression none"
+                );
+            }
             let js = self.connect(workload).await?;
             let subjects = (0..workload.partitions_per_topic)
                 .map(|p| Subject::from(subject(topic, p)))

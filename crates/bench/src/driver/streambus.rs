@@ -9,10 +9,12 @@ use bytes::Bytes;
 use futures::stream::{self, BoxStream};
 use futures::{FutureExt, StreamExt};
 use serde_json::json;
-use streambus_client::{Client, Header, ProducerConfig, Record, StartFrom, SubscribeOptions, v1};
+use streambus_client::{
+    Client, Compression, Header, ProducerConfig, Record, StartFrom, SubscribeOptions, v1,
+};
 
 use super::{AckFuture, BoxFuture, Driver, Producer, Received, TIMESTAMP_HEADER, parse_timestamp};
-use crate::workload::{Acks, Durability, Workload};
+use crate::workload::{Acks, Codec, Durability, Workload};
 
 /// The StreamBus driver.
 #[derive(Debug, Clone)]
@@ -48,6 +50,13 @@ impl StreamBusDriver {
             max_buffered_bytes: workload.max_outstanding_bytes * 2,
             max_in_flight_per_partition: workload.max_in_flight_per_partition,
             delivery_timeout: workload.delivery_timeout,
+            compression: match workload.compression {
+                Codec::None => Compression::None,
+                Codec::Gzip => Compression::Gzip,
+                Codec::Snappy => Compression::Snappy,
+                Codec::Lz4 => Compression::Lz4,
+                Codec::Zstd => Compression::Zstd,
+            },
             ..ProducerConfig::default()
         }
     }
@@ -78,11 +87,13 @@ impl Driver for StreamBusDriver {
                 "max_in_flight": c.max_in_flight,
                 "max_in_flight_per_partition": c.max_in_flight_per_partition,
                 "acks": format!("{:?}", c.acks),
-                "compression": "none",
+                "compression": c.compression.name(),
                 "max_buffered_bytes": c.max_buffered_bytes,
                 "delivery_timeout_ms": c.delivery_timeout.as_millis() as u64,
             },
             "consumer": "Subscribe with encoded batches, from the earliest offset",
+            "payload": workload.payload.as_str(),
+            "payload_compression_ratio": payload_ratio(workload, c.compression),
         })
     }
 
@@ -211,4 +222,23 @@ impl Producer for SbProducer {
             Ok(())
         })
     }
+}
+
+/// Size of a batch of the workload's payload compressed with `codec`, over
+/// its uncompressed size (one producer batch's worth of messages).
+fn payload_ratio(workload: &Workload, codec: Compression) -> f64 {
+    let payload = Bytes::from(workload.payload.generate(workload.message_size));
+    let batch = |codec| {
+        let mut b = streambus_record::BatchBuilder::new(codec);
+        let n = (workload.batch_max_bytes / workload.message_size.max(1)).clamp(1, 10_000);
+        for i in 0..n {
+            b.push(&Record {
+                value: Some(payload.clone()),
+                timestamp_ms: i as i64,
+                ..Record::default()
+            });
+        }
+        b.build().len() as f64
+    };
+    batch(codec) / batch(Compression::None)
 }

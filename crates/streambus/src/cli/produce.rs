@@ -62,10 +62,14 @@ enum AcksArg {
     None,
 }
 
+/// Kafka's codecs (the topic's `compression.type` may still recompress).
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum CompressionArg {
     None,
+    Gzip,
+    Snappy,
     Lz4,
+    Zstd,
 }
 
 pub(super) async fn run(args: ProduceArgs) -> anyhow::Result<ExitCode> {
@@ -78,7 +82,10 @@ pub(super) async fn run(args: ProduceArgs) -> anyhow::Result<ExitCode> {
         },
         compression: match args.compression {
             CompressionArg::None => Compression::None,
+            CompressionArg::Gzip => Compression::Gzip,
+            CompressionArg::Snappy => Compression::Snappy,
             CompressionArg::Lz4 => Compression::Lz4,
+            CompressionArg::Zstd => Compression::Zstd,
         },
         idempotence: !args.no_idempotence,
         ..ProducerConfig::default()
