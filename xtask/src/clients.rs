@@ -1,4 +1,4 @@
-//! `cargo xtask clients-test [go|java|node|rust]...`: the clients of
+//! `cargo xtask clients-test [go|java|node|rust|grpcurl]...`: the clients of
 //! `tests/clients/` (each generates or loads its stubs from `proto/` at
 //! test time) and the Rust SDK's example program
 //! (`crates/client/examples/quickstart.rs`) against one real
@@ -15,6 +15,9 @@
 //!   file changed), then `node --test` with `NODE_PATH` pointing there.
 //! - Rust: the example `quickstart` (built by `cargo test --workspace`),
 //!   which checks what it reads.
+//! - grpcurl: `grpcurl` (built with `go install` into
+//!   `~/.cache/streambus/grpcurl-<version>/bin`) runs
+//!   `tests/clients/grpcurl/example.sh`, which checks what it prints.
 //!
 //! Everything slow is prepared before the server starts and cached outside
 //! the clone, so a warm run is a few seconds of compilation per language.
@@ -26,11 +29,15 @@ use std::process::Command;
 use crate::peer::root;
 
 /// The languages, in the order they run.
-pub const LANGUAGES: &[&str] = &["go", "java", "node", "rust"];
+pub const LANGUAGES: &[&str] = &["go", "java", "node", "rust", "grpcurl"];
 
 /// `buf`, which compiles `proto/` and runs the Go plugins (no `protoc`).
 const BUF_MODULE: &str = "github.com/bufbuild/buf/cmd/buf";
 const BUF_VERSION: &str = "v1.75.0";
+
+/// `grpcurl`, the command-line client of docs/clients.md (by reflection).
+const GRPCURL_MODULE: &str = "github.com/fullstorydev/grpcurl/cmd/grpcurl";
+const GRPCURL_VERSION: &str = "v1.9.4";
 
 /// The oldest Node.js the client supports (its package.json `engines`).
 const NODE_MAJOR: u32 = 18;
@@ -51,7 +58,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
 /// The clients, ready to run: tools installed, stubs generated, compiled.
 pub struct Prepared {
     languages: Vec<&'static str>,
-    /// `PATH` with `buf` in front (Go).
+    /// `PATH` with `buf` (Go) and `grpcurl` in front.
     path: OsString,
     /// The Node.js client's installed packages.
     node_modules: PathBuf,
@@ -83,14 +90,12 @@ pub fn prepare(languages: &[&str]) -> Result<Prepared, String> {
     };
     for &language in languages {
         let known = LANGUAGES.iter().find(|&&l| l == language).ok_or_else(|| {
-            format!("unknown client {language:?}: expected go, java, node or rust")
+            format!("unknown client {language:?}: expected go, java, node, rust or grpcurl")
         })?;
         match language {
             "go" => {
-                let buf = install_buf()?;
-                let mut paths = vec![buf];
-                paths.extend(std::env::split_paths(&prepared.path));
-                prepared.path = std::env::join_paths(paths).map_err(|e| e.to_string())?;
+                require_go()?;
+                prepared.prepend_path(go_install(BUF_MODULE, BUF_VERSION, "buf")?)?;
                 in_dir("go", &prepared, "buf", &["generate"])?;
                 // Compiles the test binary (and vets it) before the server starts.
                 in_dir("go", &prepared, "go", &["vet", "."])?;
@@ -108,6 +113,10 @@ pub fn prepare(languages: &[&str]) -> Result<Prepared, String> {
                 require_version("node", &["--version"], NODE_MAJOR)?;
                 prepared.node_modules = install_node_modules()?;
             }
+            "grpcurl" => {
+                require_go()?;
+                prepared.prepend_path(go_install(GRPCURL_MODULE, GRPCURL_VERSION, "grpcurl")?)?;
+            }
             // `cargo test --workspace --no-run` (devproc::with_dev) builds it.
             _ => {}
         }
@@ -117,6 +126,14 @@ pub fn prepare(languages: &[&str]) -> Result<Prepared, String> {
 }
 
 impl Prepared {
+    /// Puts `bin` first in the clients' `PATH`.
+    fn prepend_path(&mut self, bin: PathBuf) -> Result<(), String> {
+        let mut paths = vec![bin];
+        paths.extend(std::env::split_paths(&self.path));
+        self.path = std::env::join_paths(paths).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
     /// Runs every prepared client's tests against `gateway`; all of them
     /// run even when one fails.
     pub fn test(&self, gateway: &str) -> Result<(), String> {
@@ -132,6 +149,7 @@ impl Prepared {
                     &["-B", "--no-transfer-progress", "test"],
                 ),
                 "node" => self.run(language, gateway, "node", &["--test", "test/"]),
+                "grpcurl" => self.run(language, gateway, "sh", &["example.sh"]),
                 _ => {
                     let example = crate::devproc::target_dir().join("debug/examples/quickstart");
                     self.run(language, gateway, &example.to_string_lossy(), &[gateway])
@@ -233,9 +251,9 @@ fn go_mod_version() -> Result<(u32, u32), String> {
         .ok_or_else(|| format!("{} has no `go` directive", path.display()))
 }
 
-/// Builds `buf` into the version-keyed cache unless it is there; returns
-/// the directory holding it.
-fn install_buf() -> Result<PathBuf, String> {
+/// Checks that `go` is the Go the Go client needs (which also builds the
+/// Go tools: `buf`, `grpcurl`).
+fn require_go() -> Result<(), String> {
     let needed = go_mod_version()?;
     match crate::k8s::go_version() {
         Some(v) if v >= needed => {}
@@ -248,8 +266,15 @@ fn install_buf() -> Result<PathBuf, String> {
             ));
         }
     }
-    let bin = crate::cache_root()?.join(format!("buf-{BUF_VERSION}/bin"));
-    if bin.join("buf").exists() {
+    Ok(())
+}
+
+/// Builds the Go program `module@version` (whose binary is `name`) into the
+/// version-keyed cache `~/.cache/streambus/NAME-VERSION/bin` unless it is
+/// there; returns that directory.
+fn go_install(module: &str, version: &str, name: &str) -> Result<PathBuf, String> {
+    let bin = crate::cache_root()?.join(format!("{name}-{version}/bin"));
+    if bin.join(name).exists() {
         return Ok(bin);
     }
     // Into a temporary directory first, so an interrupted build leaves
@@ -257,7 +282,7 @@ fn install_buf() -> Result<PathBuf, String> {
     let partial = bin.with_extension("partial");
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
-    let module = format!("{BUF_MODULE}@{BUF_VERSION}");
+    let module = format!("{module}@{version}");
     eprintln!("$ GOBIN={} go install {module}", partial.display());
     let status = Command::new("go")
         .args(["install", "-buildvcs=false", &module])
@@ -373,6 +398,7 @@ mod tests {
             "tests/clients/go/example.go",
             "tests/clients/java/src/main/java/streambus/example/StreamBusExample.java",
             "tests/clients/node/example.js",
+            "tests/clients/grpcurl/example.sh",
         ] {
             assert!(
                 blocks

@@ -17,13 +17,13 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   ci             everything CI checks: installs missing tools (setup), fmt,
                  clippy -D warnings, all Rust tests, the Python gRPC test and
-                 the Go, Java, Node.js and Rust client tests against one real
+                 the Go, Java, Node.js, Rust and grpcurl client tests against one real
                  `streambus dev`, then `k8s test` (the chart and the operator
                  against a real Kubernetes API server)
   setup          install what the tests need, only what is missing
   python-test    only the Python gRPC test (sets up its venv first)
   clients-test   only the client tests (tests/clients and the Rust SDK's example):
-                 clients-test [go|java|node|rust]... (all when none is named;
+                 clients-test [go|java|node|rust|grpcurl]... (all when none is named;
                  docs/clients.md)
   peer           install and run a local Kafka or NATS JetStream to compare with:
                  peer <kafka|nats> [install|start|stop|status] [--durability fsync|page-cache]
