@@ -131,18 +131,18 @@ impl Stream for Accounted {
     }
 }
 
-/// The response size to ask for: a quarter of the free memory and half
-/// of a fair share of the whole among `subscriptions`, at least
-/// [`MIN_CHUNK`], at most what the client asked for.
-fn chunk_size(memory: &MemoryBudget, requested: u32, subscriptions: usize) -> usize {
+/// The response size to ask for: at most 1/1024 of the budget (so a
+/// thousand stalled subscribers, each holding one response, fit in it),
+/// a quarter of what is free, and what the client asked for; at least
+/// [`MIN_CHUNK`] (or the request, when smaller).
+fn chunk_size(memory: &MemoryBudget, requested: u32, _subscriptions: usize) -> usize {
     let requested = if requested == 0 {
         DEFAULT_MAX_BYTES
     } else {
         requested
     } as usize;
-    let fair = memory.capacity() / (2 * subscriptions.max(1));
     (memory.available() / 4)
-        .min(fair)
+        .min(memory.capacity() / 1024)
         .clamp(MIN_CHUNK.min(requested), requested)
 }
 
