@@ -36,6 +36,13 @@ pub struct GatewayConfig {
     /// Records one unary `Produce` request (all its batches together) or
     /// one `ProduceStream` message may carry.
     pub max_records_per_request: usize,
+    /// Bytes of record data the whole gateway may hold at once: responses
+    /// of subscriptions and fetches waiting for their clients, produce
+    /// batches in flight (`max_in_flight_bytes` is a part of it) and
+    /// decompression (`decompression_budget_bytes` too). 0 = derived from
+    /// the machine: 1/64 of the memory (the cgroup limit when lower),
+    /// between 256 MiB and 1 GiB.
+    pub memory_budget_bytes: usize,
     /// Bytes the whole gateway may hold decompressing stored batches to
     /// decode them for consumers (`encoded = false`). Past it a fetch waits
     /// briefly, then fails with `OVERLOADED`; a subscription waits and
@@ -64,6 +71,7 @@ impl Default for GatewayConfig {
             max_batches_per_request: 1000,
             max_records_per_request: 100_000,
             decompression_budget_bytes: 256 * 1024 * 1024,
+            memory_budget_bytes: 0,
             storage_call_timeout_ms: 10_000,
             metadata_staleness_ms: 10_000,
         }
@@ -111,13 +119,44 @@ impl GatewayConfig {
                 streambus_record::MAX_DECOMPRESSED_SIZE
             ));
         }
+        let floor = crate::MAX_MESSAGE_BYTES.max(streambus_record::MAX_DECOMPRESSED_SIZE);
+        if self.memory_budget_bytes != 0 && self.memory_budget_bytes < floor {
+            return Err(format!(
+                "gateway.memory_budget_bytes ({}) must be 0 (derived from the machine) or at least {floor} bytes (the largest message or decompressed batch)",
+                self.memory_budget_bytes
+            ));
+        }
         Ok(())
+    }
+
+    /// The memory budget in bytes: the setting, or derived from the machine.
+    pub fn memory_budget(&self) -> usize {
+        if self.memory_budget_bytes != 0 {
+            return self.memory_budget_bytes;
+        }
+        streambus_service::budget::derived_budget(streambus_service::budget::machine_memory())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_memory_budget_is_derived_from_the_machine_within_bounds() {
+        let c = GatewayConfig {
+            memory_budget_bytes: 1024,
+            ..GatewayConfig::default()
+        };
+        assert!(c.validate().unwrap_err().contains("memory_budget_bytes"));
+        let c = GatewayConfig {
+            memory_budget_bytes: 300 * 1024 * 1024,
+            ..GatewayConfig::default()
+        };
+        c.validate().unwrap();
+        assert_eq!(c.memory_budget(), 300 * 1024 * 1024);
+        assert!(GatewayConfig::default().memory_budget() >= 256 * 1024 * 1024);
+    }
 
     #[test]
     fn defaults_are_valid_and_zero_limits_are_not() {

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::Stream;
+use prost::Message;
 use streambus_proto::internal::{
     ListOffsetsRequest, PartitionRef, StorageFetchRequest, StorageFetchResponse,
     list_offsets_request,
@@ -15,8 +16,8 @@ use streambus_proto::v1::{
     start_position,
 };
 use streambus_proto::{Error, Reason};
-use streambus_service::budget::MemoryBudget;
-use tokio::sync::mpsc;
+use streambus_service::budget::{MemoryBudget, Permit};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -34,6 +35,15 @@ const BUDGET_WAIT: Duration = Duration::from_millis(500);
 /// How long a subscription pauses before fetching again after the
 /// decompression budget was spent.
 const BUDGET_RETRY: Duration = Duration::from_millis(100);
+/// Read-ahead (responses beyond the one a client waits for) only while
+/// less than this fraction (1/N) of the budget is in use: the rest stays
+/// for the responses clients wait for, however many subscribers stall.
+const READ_AHEAD_SHARE: usize = 4;
+/// The smallest response a subscription asks for when memory is short.
+const MIN_CHUNK: usize = 64 * 1024;
+/// How long a subscription's first response waits in line for memory
+/// before it queues again (it stops waiting when its client goes away).
+const FIRST_RESPONSE_WAIT: Duration = Duration::from_secs(3600);
 
 /// Implements `streambus.v1.ConsumeService`.
 #[derive(Clone)]
@@ -44,11 +54,88 @@ pub struct ConsumeApi {
     pub(crate) buffer: usize,
     /// Shared by every decode of the gateway.
     pub(crate) budget: MemoryBudget,
+    /// The gateway's memory budget: every response fetched for a client
+    /// holds its bytes until the client's stream takes it.
+    pub(crate) memory: MemoryBudget,
     /// Turns true when the gateway drains: subscriptions end.
     pub(crate) draining: tokio::sync::watch::Receiver<bool>,
 }
 
 pub use crate::decode::decode;
+
+/// One subscription's responses fetched but not yet taken by its client's
+/// stream (reads are driven by what the client takes: HTTP/2 flow control
+/// stops the stream from being polled while the client does not read).
+struct Demand {
+    outstanding: watch::Sender<usize>,
+    /// Responses it may have outstanding, while less than a quarter of the
+    /// memory budget is used; past that, one at a time.
+    limit: usize,
+}
+
+/// Memory held by a response on its way to the client; released, and the
+/// subscription's demand counted down, when the stream takes it.
+struct Held {
+    _permits: Vec<Permit>,
+    demand: Arc<Demand>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.demand
+            .outstanding
+            .send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// What a subscription's partition tasks send to its stream.
+type Delivery = (Result<SubscribeResponse, Status>, Option<Held>);
+
+/// A subscription's response stream. The memory of a response stays
+/// reserved until the stream is polled again: the HTTP/2 connection polls
+/// it for the next response only once it can send (the previous one has
+/// left its buffers), so a client that stops reading keeps exactly what is
+/// buffered for it accounted.
+struct Accounted {
+    rx: ReceiverStream<Delivery>,
+    last: Option<Held>,
+}
+
+impl Stream for Accounted {
+    type Item = Result<SubscribeResponse, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.last = None;
+        match Pin::new(&mut self.rx).poll_next(cx) {
+            std::task::Poll::Ready(Some((item, held))) => {
+                self.last = held;
+                std::task::Poll::Ready(Some(item))
+            }
+            std::task::Poll::Ready(None) => std::task::Poll::Ready(None),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+/// The response size to ask for: at most 1/1024 of the budget (so a
+/// thousand stalled subscribers, each holding one response, fit in it),
+/// a quarter of what is free, and what the client asked for; at least
+/// [`MIN_CHUNK`] (or the request, when smaller).
+fn chunk_size(memory: &MemoryBudget, requested: u32) -> usize {
+    let requested = if requested == 0 {
+        DEFAULT_MAX_BYTES
+    } else {
+        requested
+    } as usize;
+    (memory.available() / 4)
+        .min(memory.capacity() / 1024)
+        .clamp(MIN_CHUNK.min(requested), requested)
+}
+
+use std::sync::Arc;
 
 fn pref(topic: &str, partition: u32) -> Option<PartitionRef> {
     Some(PartitionRef {
@@ -85,6 +172,69 @@ impl ConsumeApi {
                 async move { c.fetch(router::request(request, t)).await }
             })
             .await
+    }
+
+    /// Reserves memory for the next response of a subscription: the first
+    /// response its client waits for queues for memory (first come, first
+    /// served); more read-ahead only while less than a quarter of the
+    /// budget is used, and never past the subscription's limit. `None` when the
+    /// client went away or the gateway drains.
+    async fn reserve(
+        &self,
+        demand: &Arc<Demand>,
+        requested: u32,
+        tx: &mpsc::Sender<Delivery>,
+    ) -> Option<(Permit, Held)> {
+        let mut outstanding = demand.outstanding.subscribe();
+        let mut draining = self.draining.clone();
+        loop {
+            if tx.is_closed() || *draining.borrow() {
+                return None;
+            }
+            let out = *outstanding.borrow_and_update();
+            let size = chunk_size(&self.memory, requested);
+            let held = || Held {
+                _permits: Vec::new(),
+                demand: demand.clone(),
+            };
+            if out == 0 {
+                // One partition task claims the response the client waits
+                // for; the others wait for read-ahead room.
+                let claimed = demand.outstanding.send_if_modified(|n| {
+                    let free = *n == 0;
+                    if free {
+                        *n = 1;
+                    }
+                    free
+                });
+                if !claimed {
+                    continue;
+                }
+                // Counted down when dropped, on every way out.
+                let held = held();
+                tokio::select! {
+                    r = self.memory.acquire(size, FIRST_RESPONSE_WAIT) => match r {
+                        Ok(permit) => return Some((permit, held)),
+                        Err(_) => continue,
+                    },
+                    () = tx.closed() => return None,
+                    _ = draining.wait_for(|d| *d) => return None,
+                }
+            }
+            if out < demand.limit
+                && self.memory.in_use() + size <= self.memory.capacity() / READ_AHEAD_SHARE
+                && let Ok(permit) = self.memory.try_acquire(size)
+            {
+                demand.outstanding.send_modify(|n| *n += 1);
+                return Some((permit, held()));
+            }
+            // Wait for the client to take a response.
+            tokio::select! {
+                r = outstanding.changed() => if r.is_err() { return None },
+                () = tx.closed() => return None,
+                _ = draining.wait_for(|d| *d) => return None,
+            }
+        }
     }
 
     async fn resolve_start(
@@ -146,7 +296,8 @@ impl ConsumeApi {
         req: SubscribeRequest,
         partition: u32,
         added: bool,
-        tx: mpsc::Sender<Result<SubscribeResponse, Status>>,
+        demand: Arc<Demand>,
+        tx: mpsc::Sender<Delivery>,
     ) {
         let resolved = match req.resume_offsets.get(&partition) {
             Some(&offset) => Ok(offset),
@@ -155,7 +306,7 @@ impl ConsumeApi {
         let mut offset = match resolved {
             Ok(o) => o,
             Err(e) => {
-                let _ = tx.send(Err(e.to_status())).await;
+                let _ = tx.send((Err(e.to_status()), None)).await;
                 return;
             }
         };
@@ -169,14 +320,22 @@ impl ConsumeApi {
                 return;
             }
             let mut draining = self.draining.clone();
+            let Some((mut permit, mut held)) = self.reserve(&demand, req.max_bytes, &tx).await
+            else {
+                if *draining.borrow() {
+                    let _ = tx.send((Err(draining_error()), None)).await;
+                }
+                return;
+            };
+            let max_bytes = u32::try_from(permit.bytes()).unwrap_or(u32::MAX);
             let fetched = tokio::select! {
-                r = self.fetch_once(&req.topic, partition, offset, req.max_bytes, wait) => Some(r),
+                r = self.fetch_once(&req.topic, partition, offset, max_bytes, wait) => Some(r),
                 _ = draining.wait_for(|d| *d) => None,
             };
             let Some(fetched) = fetched else {
                 // Not a clean end ("done"): the client resubscribes, here
                 // or elsewhere, from the next offsets it has.
-                let _ = tx.send(Err(draining_error())).await;
+                let _ = tx.send((Err(draining_error()), None)).await;
                 return;
             };
             let resp = match fetched {
@@ -187,7 +346,7 @@ impl ConsumeApi {
                     continue;
                 }
                 Err(e) => {
-                    let _ = tx.send(Err(e.to_status())).await;
+                    let _ = tx.send((Err(e.to_status()), None)).await;
                     return;
                 }
             };
@@ -209,12 +368,22 @@ impl ConsumeApi {
                     continue;
                 }
                 Err(e) => {
-                    let _ = tx.send(Err(e.to_status())).await;
+                    let _ = tx.send((Err(e.to_status()), None)).await;
                     return;
                 }
             };
             offset = message.next_offset.max(offset);
-            if tx.send(Ok(message)).await.is_err() {
+            // Hold what the response really takes: less than reserved, or
+            // more (a first batch larger than the chunk, decoded records)
+            // when the budget has it.
+            let size = message.encoded_len();
+            if size <= permit.bytes() {
+                permit.shrink_to(size);
+            } else if let Ok(extra) = self.memory.try_acquire(size - permit.bytes()) {
+                held._permits.push(extra);
+            }
+            held._permits.push(permit);
+            if tx.send((Ok(message), Some(held))).await.is_err() {
                 return;
             }
         }
@@ -265,7 +434,8 @@ impl ConsumeApi {
         req: SubscribeRequest,
         topic_id: String,
         mut known: u32,
-        tx: mpsc::Sender<Result<SubscribeResponse, Status>>,
+        demand: Arc<Demand>,
+        tx: mpsc::Sender<Delivery>,
     ) {
         let mut metadata = self.router.metadata().subscribe();
         let mut draining = self.draining.clone();
@@ -291,6 +461,7 @@ impl ConsumeApi {
                     from_start,
                     partition,
                     true,
+                    demand.clone(),
                     tx.clone(),
                 ));
             }
@@ -345,24 +516,36 @@ impl ConsumeService for ConsumeApi {
         .await;
         self.metrics.observe("Subscribe", started, result.is_ok());
         let (topic_id, partitions) = result?;
-        // Partitions added later share this bound.
-        let (tx, rx) = mpsc::channel(self.buffer.max(1) * partitions.len());
+        // Partitions added later share these bounds.
+        let limit = self.buffer.max(1) * partitions.len();
+        let (tx, rx) = mpsc::channel(limit);
+        let demand = Arc::new(Demand {
+            outstanding: watch::channel(0).0,
+            limit,
+        });
         if req.partition.is_none() {
             let known = partitions.len() as u32;
             tokio::spawn(self.clone().follow_new_partitions(
                 req.clone(),
                 topic_id,
                 known,
+                demand.clone(),
                 tx.clone(),
             ));
         }
         for p in partitions {
-            tokio::spawn(
-                self.clone()
-                    .follow_partition(req.clone(), p, false, tx.clone()),
-            );
+            tokio::spawn(self.clone().follow_partition(
+                req.clone(),
+                p,
+                false,
+                demand.clone(),
+                tx.clone(),
+            ));
         }
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(Accounted {
+            rx: ReceiverStream::new(rx),
+            last: None,
+        })))
     }
 
     async fn fetch(
@@ -390,9 +573,17 @@ impl ConsumeService for ConsumeApi {
                 ));
             }
             let wait = Duration::from_millis(u64::from(req.max_wait_ms));
-            let resp = self
-                .fetch_once(&req.topic, req.partition, req.offset, req.max_bytes, wait)
+            // Room for the response, or RESOURCE_EXHAUSTED once waiting
+            // for it would outlast the request.
+            let mut permit = self
+                .memory
+                .acquire(chunk_size(&self.memory, req.max_bytes), LOOKUP_TIMEOUT)
                 .await?;
+            let max_bytes = u32::try_from(permit.bytes()).unwrap_or(u32::MAX);
+            let resp = self
+                .fetch_once(&req.topic, req.partition, req.offset, max_bytes, wait)
+                .await?;
+            permit.shrink_to(resp.batches.len());
             let (records, encoded, next_offset) = if req.encoded {
                 (Vec::new(), resp.batches.clone(), resp.next_offset)
             } else {

@@ -27,6 +27,7 @@ use tokio::sync::watch;
 
 pub use config::GatewayConfig;
 pub use metrics::Metrics;
+use streambus_service::budget::MemoryBudget;
 
 /// Largest gRPC message accepted or sent.
 pub use streambus_service::grpc::MAX_MESSAGE_BYTES;
@@ -103,6 +104,20 @@ pub async fn serve_with_listener(
     let router = router::Router::new(cache, Duration::from_millis(config.storage_call_timeout_ms));
     let (drain_tx, drain_rx) = watch::channel(false);
 
+    let memory = MemoryBudget::new("gateway.memory_budget_bytes", config.memory_budget());
+    metrics.budgets.add(&memory);
+    // Its own bound: a decode happens while the response's bytes are
+    // already reserved, so taking it from the same budget could wait for
+    // memory that only stalled subscriptions hold.
+    let decompression = MemoryBudget::new(
+        "gateway.decompression_budget_bytes",
+        config.decompression_budget_bytes,
+    );
+    metrics.budgets.add(&decompression);
+    tracing::info!(
+        bytes = memory.capacity(),
+        "gateway memory budget for buffered record data"
+    );
     let admin = admin::AdminApi {
         router: router.clone(),
         metrics: metrics.clone(),
@@ -112,10 +127,11 @@ pub async fn serve_with_listener(
         metrics: metrics.clone(),
         default_timeout: Duration::from_millis(config.request_timeout_ms),
         max_in_flight: config.max_in_flight_per_stream,
-        in_flight: produce::InFlight::new(
+        in_flight: produce::InFlight::within(
             config.max_in_flight_writes,
             config.max_in_flight_bytes,
             metrics.clone(),
+            Some(&memory),
         ),
         max_batches_per_request: config.max_batches_per_request,
         max_records_per_request: config.max_records_per_request,
@@ -128,10 +144,8 @@ pub async fn serve_with_listener(
         metrics,
         max_wait: Duration::from_millis(config.max_fetch_wait_ms),
         buffer: config.subscribe_buffer,
-        budget: streambus_service::budget::MemoryBudget::new(
-            "gateway.decompression_budget_bytes",
-            config.decompression_budget_bytes,
-        ),
+        budget: decompression,
+        memory,
         draining: drain_rx.clone(),
     };
     let (health, health_service) = streambus_service::grpc::health_service();

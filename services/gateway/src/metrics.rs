@@ -34,6 +34,9 @@ pub struct Metrics {
     pub in_flight_writes: Gauge,
     /// Batch bytes of the appends in flight now.
     pub in_flight_bytes: Gauge,
+    /// The memory budgets, reported at every scrape
+    /// (`streambus_gateway_memory_{budget,used}_bytes`, `_memory_waiters`).
+    pub budgets: streambus_service::budget::Budgets,
 }
 
 impl Metrics {
@@ -50,7 +53,12 @@ impl Metrics {
             request_errors: Family::default(),
             in_flight_writes: Gauge::default(),
             in_flight_bytes: Gauge::default(),
+            budgets: Default::default(),
         };
+        registry.register_collector(Box::new(streambus_service::budget::BudgetCollector::new(
+            "streambus_gateway",
+            m.budgets.clone(),
+        )));
         let r = registry.sub_registry_with_prefix("streambus_gateway");
         r.register(
             "produced_records",

@@ -115,11 +115,29 @@ impl Drop for WritePermit {
 }
 
 impl InFlight {
+    #[cfg(test)]
     pub(crate) fn new(max_writes: usize, max_bytes: usize, metrics: Metrics) -> InFlight {
+        Self::within(max_writes, max_bytes, metrics, None)
+    }
+
+    /// Like [`InFlight::new`], the bytes also taken from `memory` (the
+    /// gateway's whole budget).
+    pub(crate) fn within(
+        max_writes: usize,
+        max_bytes: usize,
+        metrics: Metrics,
+        memory: Option<&MemoryBudget>,
+    ) -> InFlight {
+        const NAME: &str = "gateway.max_in_flight_bytes";
+        let bytes = match memory {
+            Some(m) => m.child(NAME, max_bytes),
+            None => MemoryBudget::new(NAME, max_bytes),
+        };
+        metrics.budgets.add(&bytes);
         InFlight {
             writes: Arc::new(Semaphore::new(max_writes.clamp(1, Semaphore::MAX_PERMITS))),
             max_writes,
-            bytes: MemoryBudget::new("gateway.max_in_flight_bytes", max_bytes),
+            bytes,
             metrics,
         }
     }

@@ -31,8 +31,16 @@ pub struct StorageNodeConfig {
     /// Upper bound for one fetch response.
     pub max_fetch_bytes: u32,
     /// Bytes all appends together may hold decompressing batches to
-    /// validate them (at least one largest batch, 128 MiB).
+    /// validate them (at least one largest batch, 128 MiB); a part of
+    /// `memory_budget_bytes`.
     pub decompression_budget_bytes: u64,
+    /// Bytes of record data the node may hold at once: fetch responses
+    /// being read for consumers and followers, and decompression. Consumer
+    /// fetches may use three quarters of it, so followers always have room
+    /// (replication before consumers). 0 = derived from the machine: 1/64
+    /// of the memory (the cgroup limit when lower), between 256 MiB and
+    /// 1 GiB.
+    pub memory_budget_bytes: u64,
     /// The rack (failure domain) this node is in; replicas of a partition
     /// are placed in different racks when there are enough. Empty = none.
     pub rack: String,
@@ -66,6 +74,7 @@ impl Default for StorageNodeConfig {
             max_fetch_wait_ms: 30_000,
             max_fetch_bytes: 16 * 1024 * 1024,
             decompression_budget_bytes: 256 * 1024 * 1024,
+            memory_budget_bytes: 0,
             rack: String::new(),
             replica_lag_time_max_ms: 10_000,
             ack_timeout_ms: 8_000,
@@ -77,6 +86,16 @@ impl Default for StorageNodeConfig {
 }
 
 impl StorageNodeConfig {
+    /// The memory budget in bytes: the setting, or derived from the machine.
+    pub fn memory_budget(&self) -> usize {
+        match self.memory_budget_bytes {
+            0 => streambus_service::budget::derived_budget(
+                streambus_service::budget::machine_memory(),
+            ),
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        }
+    }
+
     /// Checks the settings that have a lower bound.
     pub fn validate(&self) -> Result<(), String> {
         let min = streambus_record::MAX_DECOMPRESSED_SIZE as u64;
@@ -91,6 +110,15 @@ impl StorageNodeConfig {
                 "storage_node.decompression_budget_bytes must be at most {}, got {}",
                 1u64 << 32,
                 self.decompression_budget_bytes
+            ));
+        }
+        if self.memory_budget_bytes != 0
+            && self.memory_budget_bytes < min.max(u64::from(self.max_fetch_bytes) * 4)
+        {
+            return Err(format!(
+                "storage_node.memory_budget_bytes must be 0 (derived from the machine) or at least {} (one largest batch, and four largest fetches), got {}",
+                min.max(u64::from(self.max_fetch_bytes) * 4),
+                self.memory_budget_bytes
             ));
         }
         if !(1..=100).contains(&self.disk_max_used_percent) {

@@ -101,9 +101,26 @@ pub async fn serve_with_listener(
     let lease = Arc::new(LeaseClock::default());
     // Leader appends and follower appends validate (decompress) batches
     // out of one budget.
-    let decompression = streambus_service::budget::MemoryBudget::new(
+    let memory = streambus_service::budget::MemoryBudget::new(
+        "storage_node.memory_budget_bytes",
+        config.memory_budget(),
+    );
+    let decompression = memory.child(
         "storage_node.decompression_budget_bytes",
         config.decompression_budget_bytes as usize,
+    );
+    // Replication before consumers: consumer fetches leave a quarter of
+    // the budget to followers.
+    let consumer_fetches = memory.child(
+        "storage_node.memory_budget_bytes (consumer fetches: three quarters)",
+        memory.capacity() / 4 * 3,
+    );
+    for b in [&memory, &decompression, &consumer_fetches] {
+        metrics.budgets.add(b);
+    }
+    tracing::info!(
+        bytes = memory.capacity(),
+        "storage node memory budget for buffered record data"
     );
     let replication = replication::Replication::new(
         partitions.clone(),
@@ -222,6 +239,8 @@ pub async fn serve_with_listener(
         max_fetch_wait: Duration::from_millis(config.max_fetch_wait_ms),
         max_fetch_bytes: config.max_fetch_bytes,
         decompression,
+        memory,
+        consumer_fetches,
         draining: drain_rx,
         lease,
         ack_timeout: Duration::from_millis(config.ack_timeout_ms),

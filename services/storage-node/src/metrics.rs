@@ -8,6 +8,9 @@ use prometheus_client::registry::Registry;
 /// Storage node metrics, registered under the `streambus_storage` prefix.
 #[derive(Clone)]
 pub struct Metrics {
+    /// The memory budgets, reported at every scrape
+    /// (`streambus_storage_memory_{budget,used}_bytes`, `_memory_waiters`).
+    pub budgets: streambus_service::budget::Budgets,
     /// Records appended.
     pub appended_records: Counter,
     /// Bytes appended (batch bytes as stored).
@@ -68,6 +71,7 @@ impl Metrics {
     /// Creates the metrics and registers them.
     pub fn new(registry: &mut Registry) -> Metrics {
         let m = Metrics {
+            budgets: Default::default(),
             appended_records: Counter::default(),
             appended_bytes: Counter::default(),
             fetched_bytes: Counter::default(),
@@ -85,6 +89,10 @@ impl Metrics {
             disk_available_bytes: Gauge::default(),
             disk_full: Gauge::default(),
         };
+        registry.register_collector(Box::new(streambus_service::budget::BudgetCollector::new(
+            "streambus_storage",
+            m.budgets.clone(),
+        )));
         let r = registry.sub_registry_with_prefix("streambus_storage");
         r.register(
             "appended_records",

@@ -31,6 +31,10 @@ pub struct StorageApi {
     /// Shared by every append: what validating compressed batches may
     /// decompress at once.
     pub(crate) decompression: MemoryBudget,
+    /// The node's memory budget: follower fetches read within it.
+    pub(crate) memory: MemoryBudget,
+    /// The part of it consumer fetches read within.
+    pub(crate) consumer_fetches: MemoryBudget,
     /// Flips to true when the node starts draining: long polls end early.
     pub(crate) draining: tokio::sync::watch::Receiver<bool>,
     /// Until when this node's lease with the controller is certainly
@@ -39,6 +43,10 @@ pub struct StorageApi {
     /// How long an `acks=all` append waits for the in-sync replicas.
     pub(crate) ack_timeout: Duration,
 }
+
+/// How long a fetch waits for room in the memory budget before it is
+/// refused with `OVERLOADED` (retriable).
+const FETCH_MEMORY_WAIT: Duration = Duration::from_secs(1);
 
 fn partition_ref(p: Option<PartitionRef>) -> Result<PartitionRef, Error> {
     let p = p.ok_or_else(|| Error::new(Reason::InvalidArgument, "partition is required"))?;
@@ -416,6 +424,7 @@ impl StorageApi {
             let end = *end_rx.borrow_and_update();
             if offset < end {
                 let max_bytes = req.max_bytes.clamp(1, self.max_fetch_bytes) as usize;
+                let _permit = self.memory.acquire(max_bytes, FETCH_MEMORY_WAIT).await?;
                 let r = replica.clone();
                 let read = tokio::task::spawn_blocking(move || r.log.read(offset, max_bytes, None))
                     .await
@@ -466,6 +475,12 @@ impl StorageApi {
                 ));
             }
             if offset < hw {
+                // Held while the response is read and returned; the
+                // gateway retries an OVERLOADED subscription fetch.
+                let _permit = self
+                    .consumer_fetches
+                    .acquire(max_bytes, FETCH_MEMORY_WAIT)
+                    .await?;
                 let r = replica.clone();
                 let read =
                     tokio::task::spawn_blocking(move || r.log.read(offset, max_bytes, Some(hw)))
@@ -647,6 +662,8 @@ mod tests {
             max_fetch_wait: Duration::from_millis(10),
             max_fetch_bytes: 1 << 20,
             decompression: MemoryBudget::new("storage_node.decompression_budget_bytes", budget),
+            memory: MemoryBudget::new("storage_node.memory_budget_bytes", 64 << 20),
+            consumer_fetches: MemoryBudget::new("storage_node.memory_budget_bytes", 48 << 20),
             draining: tokio::sync::watch::channel(false).1,
             lease: {
                 let lease = Arc::new(crate::LeaseClock::default());
