@@ -390,7 +390,8 @@ impl Budgets {
             .push(budget.clone());
     }
 
-    fn all(&self) -> Vec<MemoryBudget> {
+    /// Every budget reported.
+    pub fn all(&self) -> Vec<MemoryBudget> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

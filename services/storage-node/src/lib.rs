@@ -65,6 +65,28 @@ pub async fn serve_with_listener(
     ready: Option<watch::Sender<bool>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StorageNodeError> {
+    serve_with_log_options(
+        config,
+        listener,
+        metrics,
+        ready,
+        shutdown,
+        streambus_log::OpenOptions::new(),
+    )
+    .await
+}
+
+/// [`serve_with_listener`], opening every partition log with
+/// `log_options` (a library option, not a configuration key: fault tests
+/// give the logs a file system that is slow or fails).
+pub async fn serve_with_log_options(
+    config: StorageNodeConfig,
+    listener: TcpListener,
+    metrics: Metrics,
+    ready: Option<watch::Sender<bool>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    log_options: streambus_log::OpenOptions,
+) -> Result<(), StorageNodeError> {
     let bound = listener
         .local_addr()
         .map_err(|source| StorageNodeError::Bind {
@@ -87,7 +109,7 @@ pub async fn serve_with_listener(
         },
     ));
     let partitions = Arc::new(
-        Partitions::new(config.node_id, config.data_dir.clone())
+        Partitions::with_open_options(config.node_id, config.data_dir.clone(), log_options)
             .with_replica_lag(config.replica_lag_time_max_ms),
     );
     let controller = ControllerClient::new(config.controllers.clone())
@@ -115,7 +137,14 @@ pub async fn serve_with_listener(
         "storage_node.memory_budget_bytes (consumer fetches: three quarters)",
         memory.capacity() / 4 * 3,
     );
-    for b in [&memory, &decompression, &consumer_fetches] {
+    // Appends waiting for the disk or the followers hold their batches:
+    // at most half of the budget, so a produce flood against a slow disk
+    // leaves room for replication and consumers.
+    let appends = memory.child(
+        "storage_node.memory_budget_bytes (appends in flight: one half)",
+        memory.capacity() / 2,
+    );
+    for b in [&memory, &decompression, &consumer_fetches, &appends] {
         metrics.budgets.add(b);
     }
     tracing::info!(
@@ -241,6 +270,7 @@ pub async fn serve_with_listener(
         decompression,
         memory,
         consumer_fetches,
+        appends,
         draining: drain_rx,
         lease,
         ack_timeout: Duration::from_millis(config.ack_timeout_ms),

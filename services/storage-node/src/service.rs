@@ -35,6 +35,9 @@ pub struct StorageApi {
     pub(crate) memory: MemoryBudget,
     /// The part of it consumer fetches read within.
     pub(crate) consumer_fetches: MemoryBudget,
+    /// The part of it the batches of appends in progress (received, not
+    /// yet acknowledged) are held in.
+    pub(crate) appends: MemoryBudget,
     /// Flips to true when the node starts draining: long polls end early.
     pub(crate) draining: tokio::sync::watch::Receiver<bool>,
     /// Until when this node's lease with the controller is certainly
@@ -205,6 +208,14 @@ impl StorageApi {
         // After the leadership checks: a client with stale metadata learns
         // of the move first.
         self.disk.check_produce()?;
+        // The batch is held until the append is acknowledged. Past the
+        // budget, appends wait (the gateway's writes stay in flight, so
+        // producers are slowed by flow control), then `OVERLOADED` with
+        // nothing written.
+        let _held = self
+            .appends
+            .acquire(req.batch.len(), self.ack_timeout)
+            .await?;
         let epoch = i32::try_from(leader_epoch).unwrap_or(i32::MAX);
         let acks_all = matches!(
             Acks::try_from(req.acks).unwrap_or(Acks::All),
@@ -664,6 +675,7 @@ mod tests {
             decompression: MemoryBudget::new("storage_node.decompression_budget_bytes", budget),
             memory: MemoryBudget::new("storage_node.memory_budget_bytes", 64 << 20),
             consumer_fetches: MemoryBudget::new("storage_node.memory_budget_bytes", 48 << 20),
+            appends: MemoryBudget::new("storage_node.memory_budget_bytes", 32 << 20),
             draining: tokio::sync::watch::channel(false).1,
             lease: {
                 let lease = Arc::new(crate::LeaseClock::default());
@@ -727,6 +739,48 @@ mod tests {
             .unwrap();
         assert!(!fetched.batches.is_empty());
         assert_eq!(fetched.next_offset, 100);
+    }
+
+    #[tokio::test]
+    async fn appends_past_their_share_of_the_budget_wait_then_are_refused_unwritten() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut api = api(tmp.path(), 1 << 20).await;
+        let req = append(Compression::None);
+        let size = req.batch.len();
+        // Room for exactly one batch: a second one waits for it.
+        api.appends = MemoryBudget::new("storage_node.memory_budget_bytes", size);
+        api.ack_timeout = Duration::from_millis(300);
+        let held = api.appends.try_acquire(size).unwrap();
+        let waiting = {
+            let api = &api;
+            let req = req.clone();
+            async move { api.append(req).await }
+        };
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(held);
+        };
+        let (ack, ()) = tokio::join!(waiting, release);
+        assert_eq!(
+            ack.unwrap().record_count,
+            100,
+            "appended once room was made"
+        );
+        assert_eq!(api.appends.in_use(), 0, "returned after the append");
+
+        let _held = api.appends.try_acquire(size).unwrap();
+        let err = api.append(req).await.unwrap_err();
+        assert_eq!(err.reason, Reason::Overloaded, "{err}");
+        assert!(
+            err.message.contains("storage_node.memory_budget_bytes"),
+            "{err}"
+        );
+        let replica = api.partitions.leader_replica("t", 0).unwrap();
+        assert_eq!(
+            replica.log.end_offset(),
+            100,
+            "the refused batch was not written"
+        );
     }
 
     #[tokio::test]

@@ -30,6 +30,17 @@ use proxy::Proxy;
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// What a test may change about the servers a [`Cluster`] starts.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// How storage nodes open their partition logs (e.g. a slow disk).
+    pub log_options: Option<streambus_log::OpenOptions>,
+    /// `storage_node.memory_budget_bytes` (0: derived).
+    pub node_memory_budget: u64,
+    /// `gateway.memory_budget_bytes` (0: derived).
+    pub gateway_memory_budget: usize,
+}
+
 /// One storage node and its links.
 pub struct Node {
     pub id: u64,
@@ -83,6 +94,11 @@ pub struct Cluster {
     /// The gateway's listener address (reused across restarts).
     gateway_addr: Option<SocketAddr>,
     gateway_runtime: Option<tokio::runtime::Runtime>,
+    options: Options,
+    /// The running gateway's metrics.
+    pub gateway_metrics: Option<streambus_gateway::Metrics>,
+    /// Each running storage node's metrics.
+    pub node_metrics: BTreeMap<u64, streambus_storage_node::Metrics>,
 }
 
 impl Cluster {
@@ -94,6 +110,11 @@ impl Cluster {
     /// `controllers` controllers (one Raft group), `nodes` storage nodes
     /// and a gateway, all ready.
     pub async fn start_with(controllers: u64, nodes: u64) -> Cluster {
+        Cluster::start_with_options(controllers, nodes, Options::default()).await
+    }
+
+    /// [`Cluster::start_with`], the servers changed as `options` say.
+    pub async fn start_with_options(controllers: u64, nodes: u64, options: Options) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut cluster = Cluster {
             controllers: BTreeMap::new(),
@@ -102,6 +123,9 @@ impl Cluster {
             gateway: String::new(),
             gateway_addr: None,
             gateway_runtime: None,
+            options,
+            gateway_metrics: None,
+            node_metrics: BTreeMap::new(),
         };
         for id in 1..=controllers {
             let addr = std::net::TcpListener::bind("127.0.0.1:0")
@@ -284,8 +308,11 @@ impl Cluster {
                 .map(|c| c.addr.to_string())
                 .collect(),
             storage_call_timeout_ms: 2_000,
+            memory_budget_bytes: self.options.gateway_memory_budget,
             ..GatewayConfig::default()
         };
+        let metrics = streambus_gateway::Metrics::new(&mut Registry::default());
+        self.gateway_metrics = Some(metrics.clone());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -303,7 +330,7 @@ impl Cluster {
             let _ = streambus_gateway::serve_with_listener(
                 config,
                 listener,
-                streambus_gateway::Metrics::new(&mut Registry::default()),
+                metrics,
                 Some(ready_tx),
                 std::future::pending(),
             )
@@ -326,6 +353,10 @@ impl Cluster {
     /// Starts (or restarts) node `id` on its data directory and address,
     /// and waits until it is ready.
     pub async fn start_node(&mut self, id: u64) {
+        let log_options = self.options.log_options.clone().unwrap_or_default();
+        let metrics = streambus_storage_node::Metrics::new(&mut Registry::default());
+        self.node_metrics.insert(id, metrics.clone());
+        let node_memory_budget = self.options.node_memory_budget;
         let node = self.nodes.get_mut(&id).unwrap();
         assert!(node.runtime.is_none(), "node {id} runs already");
         let config = StorageNodeConfig {
@@ -342,6 +373,7 @@ impl Cluster {
             ack_timeout_ms: 4_000,
             replica_fetch_wait_ms: 200,
             reopen_interval_ms: 200,
+            memory_budget_bytes: node_memory_budget,
             ..StorageNodeConfig::default()
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -359,12 +391,13 @@ impl Cluster {
                     Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
             };
-            if let Err(e) = streambus_storage_node::serve_with_listener(
+            if let Err(e) = streambus_storage_node::serve_with_log_options(
                 config,
                 listener,
-                streambus_storage_node::Metrics::new(&mut Registry::default()),
+                metrics,
                 Some(ready_tx),
                 std::future::pending(),
+                log_options,
             )
             .await
             {
