@@ -23,10 +23,12 @@ const PARTITIONS: u32 = 4;
 const RECORDS: usize = 24_000;
 const STALLED: usize = 200;
 const ACTIVE: usize = 4;
+const IDLE: usize = 100;
 
 struct Server {
     child: Child,
     gateway: String,
+    http: String,
 }
 
 impl Drop for Server {
@@ -60,19 +62,48 @@ fn start(data_dir: &Path) -> Server {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut tx = Some(tx);
+        let mut gateway = None;
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if let Some(addr) = line.trim().strip_prefix("gateway (public gRPC)")
+            if let Some(addr) = line.trim().strip_prefix("gateway (public gRPC)") {
+                gateway = Some(addr.trim().to_string());
+            }
+            if let Some(addr) = line.trim().strip_prefix("http (health/metrics)  http://")
                 && let Some(tx) = tx.take()
             {
-                let _ = tx.send(addr.trim().to_string());
+                let _ = tx.send((gateway.clone().unwrap(), addr.trim().to_string()));
             }
         }
     });
-    let gateway = rx
+    let (gateway, http) = rx
         .recv_timeout(Duration::from_secs(60))
-        .expect("dev instance prints its gateway address when ready");
-    Server { child, gateway }
+        .expect("dev instance prints its addresses when ready");
+    Server {
+        child,
+        gateway,
+        http,
+    }
+}
+
+/// The bytes the gateway's memory budget has reserved, from `/metrics`.
+fn gateway_memory_used(http: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(http).unwrap();
+    write!(
+        conn,
+        "GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    conn.read_to_string(&mut body).unwrap();
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "streambus_gateway_memory_used_bytes{budget=\"gateway.memory_budget_bytes\"} ",
+            )
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no gateway memory metric in {body}"))
 }
 
 /// Resident memory of `pid` in bytes.
@@ -121,6 +152,26 @@ async fn read_all(
     got
 }
 
+/// Runs [`ACTIVE`] readers, each on its own connection, reading every
+/// record from the start; returns how long they took.
+async fn read_everything(gateway: &str) -> Duration {
+    let started = Instant::now();
+    let mut readers = Vec::new();
+    for _ in 0..ACTIVE {
+        let mut c = ConsumeServiceClient::connect(format!("http://{gateway}"))
+            .await
+            .unwrap();
+        readers.push(tokio::spawn(async move {
+            let mut s = c.subscribe(earliest("wide")).await.unwrap().into_inner();
+            read_all(&mut s, HashMap::new(), RECORDS).await
+        }));
+    }
+    for r in readers {
+        assert_eq!(r.await.unwrap(), RECORDS);
+    }
+    started.elapsed()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_subscriptions_stay_within_the_memory_budget() {
     let dir = tempfile::tempdir().unwrap();
@@ -147,8 +198,10 @@ async fn stalled_subscriptions_stay_within_the_memory_budget() {
     for d in pending {
         d.await.expect("acknowledged");
     }
-    let before = rss(pid);
     eprintln!("produced {RECORDS} records");
+    // The readers alone first: what they take with nothing stalled.
+    let alone = read_everything(&server.gateway).await;
+    let before = rss(pid);
 
     // Stalled subscribers, each on its own connection like separate
     // consumer processes: each reads its first response, then nothing.
@@ -170,29 +223,22 @@ async fn stalled_subscriptions_stay_within_the_memory_budget() {
     // Readers that read everything, meanwhile, each on its own connection
     // (on a connection it shares with streams nobody reads, HTTP/2's
     // connection window would stall it whatever the server does).
-    let started = Instant::now();
-    let mut readers = Vec::new();
-    for _ in 0..ACTIVE {
-        let mut c = ConsumeServiceClient::connect(format!("http://{}", server.gateway))
-            .await
-            .unwrap();
-        readers.push(tokio::spawn(async move {
-            let mut s = c.subscribe(earliest("wide")).await.unwrap().into_inner();
-            read_all(&mut s, HashMap::new(), RECORDS).await
-        }));
-    }
-    for r in readers {
-        assert_eq!(r.await.unwrap(), RECORDS);
-    }
-    let read_for = started.elapsed();
+    let read_for = read_everything(&server.gateway).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = rss(pid);
     let grown = after.saturating_sub(before);
     eprintln!(
-        "resident memory: {} MiB before the subscriptions, {} MiB with {STALLED} stalled and {ACTIVE} readers ({} MiB more); the readers took {read_for:.1?} for {RECORDS} records each",
+        "resident memory: {} MiB before the subscriptions, {} MiB with {STALLED} stalled and {ACTIVE} readers ({} MiB more); the readers took {read_for:.1?} for {RECORDS} records each, {alone:.1?} alone",
         before / MIB,
         after / MIB,
         grown / MIB
+    );
+    // Not a performance measurement (docs/benchmarks.md has that): a
+    // check that stalled subscribers do not starve the others. When they
+    // did, readers took 50 times as long.
+    assert!(
+        read_for < alone * 10 + Duration::from_secs(2),
+        "readers took {read_for:.1?} beside {STALLED} stalled subscribers, {alone:.1?} alone"
     );
     // Both roles' budgets, plus a fixed overhead for connections, streams
     // and allocator slack. Without the budget each stalled subscription
@@ -202,6 +248,31 @@ async fn stalled_subscriptions_stay_within_the_memory_budget() {
         "resident memory grew by {} MiB",
         grown / MIB
     );
+
+    // Caught-up subscriptions waiting for new records hold no memory
+    // while they wait, however many there are.
+    let held = gateway_memory_used(&server.http);
+    let mut idle = Vec::new();
+    for _ in 0..IDLE {
+        let latest = SubscribeRequest {
+            topic: "wide".into(),
+            ..SubscribeRequest::default()
+        };
+        let mut c = ConsumeServiceClient::connect(format!("http://{}", server.gateway))
+            .await
+            .unwrap();
+        idle.push(c.subscribe(latest).await.unwrap().into_inner());
+    }
+    // Several long polls of every partition.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_held = gateway_memory_used(&server.http);
+    eprintln!("{IDLE} idle subscriptions: {held} bytes held before, {idle_held} with them");
+    assert!(
+        idle_held <= held,
+        "{IDLE} idle subscriptions hold {} bytes of the budget",
+        idle_held - held
+    );
+    drop(idle);
 
     // Stalled subscriptions resume where they were.
     for (s, first, _) in stalled.iter_mut().take(3) {

@@ -152,6 +152,7 @@ impl ConsumeApi {
         offset: i64,
         max_bytes: u32,
         max_wait: Duration,
+        wait_only: bool,
     ) -> Result<StorageFetchResponse, Error> {
         let request = StorageFetchRequest {
             partition: pref(topic, partition),
@@ -162,6 +163,7 @@ impl ConsumeApi {
                 max_bytes
             },
             max_wait_ms: max_wait.min(self.max_wait).as_millis() as u32,
+            wait_only,
         };
         let wait = Duration::from_millis(u64::from(request.max_wait_ms));
         let deadline = tokio::time::Instant::now() + wait + LOOKUP_TIMEOUT;
@@ -315,22 +317,41 @@ impl ConsumeApi {
         } else {
             req.max_wait_ms
         }));
+        // The high watermark last seen: below it records are known to be
+        // there, so a fetch answers at once.
+        let mut visible = i64::MIN;
         loop {
             if tx.is_closed() {
                 return;
             }
             let mut draining = self.draining.clone();
-            let Some((mut permit, mut held)) = self.reserve(&demand, req.max_bytes, &tx).await
-            else {
-                if *draining.borrow() {
-                    let _ = tx.send((Err(draining_error()), None)).await;
+            // Caught up: wait for new records without holding memory or
+            // the subscription's turn (other partitions go on meanwhile).
+            let waiting = offset >= visible;
+            let reserved = if waiting {
+                None
+            } else {
+                match self.reserve(&demand, req.max_bytes, &tx).await {
+                    Some(r) => Some(r),
+                    None => {
+                        if *draining.borrow() {
+                            let _ = tx.send((Err(draining_error()), None)).await;
+                        }
+                        return;
+                    }
                 }
-                return;
             };
-            let max_bytes = u32::try_from(permit.bytes()).unwrap_or(u32::MAX);
+            let (max_bytes, max_wait) = match &reserved {
+                Some((permit, _)) => (
+                    u32::try_from(permit.bytes()).unwrap_or(u32::MAX),
+                    Duration::ZERO,
+                ),
+                None => (0, wait),
+            };
             let fetched = tokio::select! {
-                r = self.fetch_once(&req.topic, partition, offset, max_bytes, wait) => Some(r),
+                r = self.fetch_once(&req.topic, partition, offset, max_bytes, max_wait, waiting) => Some(r),
                 _ = draining.wait_for(|d| *d) => None,
+                () = tx.closed() => return,
             };
             let Some(fetched) = fetched else {
                 // Not a clean end ("done"): the client resubscribes, here
@@ -350,7 +371,15 @@ impl ConsumeApi {
                     return;
                 }
             };
+            visible = resp.high_watermark;
+            let Some((mut permit, mut held)) = reserved else {
+                continue;
+            };
             if resp.batches.is_empty() {
+                // Nothing visible after all (truncated, or a stale high
+                // watermark): wait for records again.
+                visible = visible.min(offset);
+                tokio::time::sleep(BUDGET_RETRY).await;
                 continue;
             }
             let message = match self
@@ -581,7 +610,14 @@ impl ConsumeService for ConsumeApi {
                 .await?;
             let max_bytes = u32::try_from(permit.bytes()).unwrap_or(u32::MAX);
             let resp = self
-                .fetch_once(&req.topic, req.partition, req.offset, max_bytes, wait)
+                .fetch_once(
+                    &req.topic,
+                    req.partition,
+                    req.offset,
+                    max_bytes,
+                    wait,
+                    false,
+                )
                 .await?;
             permit.shrink_to(resp.batches.len());
             let (records, encoded, next_offset) = if req.encoded {

@@ -485,6 +485,15 @@ impl StorageApi {
                     streambus_log::LogError::OffsetAboveEnd { offset, end },
                 ));
             }
+            if offset < hw && req.wait_only {
+                return Ok(StorageFetchResponse {
+                    batches: Default::default(),
+                    high_watermark: hw,
+                    log_start_offset: log_start,
+                    next_offset: offset,
+                    log_end_offset: end,
+                });
+            }
             if offset < hw {
                 // Held while the response is read and returned; the
                 // gateway retries an OVERLOADED subscription fetch.
@@ -734,6 +743,7 @@ mod tests {
                 offset: 0,
                 max_bytes: 1 << 20,
                 max_wait_ms: 0,
+                wait_only: false,
             })
             .await
             .unwrap();
@@ -804,6 +814,7 @@ mod tests {
                 offset: 0,
                 max_bytes: 1 << 20,
                 max_wait_ms: 0,
+                wait_only: false,
             })
             .await
             .unwrap();
