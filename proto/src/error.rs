@@ -123,6 +123,10 @@ reasons! {
     /// produce to its partitions is refused until space is freed (delete a
     /// topic, lower retention); reads, replication and metadata go on.
     DiskFull => ("DISK_FULL", ResourceExhausted, true),
+    /// Creating the topic or partitions would place more partition
+    /// replicas on the storage nodes than their partition budgets
+    /// (`storage_node.max_partitions`) allow.
+    PartitionLimitReached => ("PARTITION_LIMIT_REACHED", ResourceExhausted, false),
 }
 
 impl fmt::Display for Reason {

@@ -759,6 +759,7 @@ impl ControllerService for ControllerGrpc {
             directory_id,
             cluster_id,
             rack,
+            max_partitions,
         } = req.into_inner();
         if node_id == 0 {
             return Err(status(Error::new(
@@ -791,10 +792,11 @@ impl ControllerService for ControllerGrpc {
                 incarnation,
                 directory_id,
                 rack,
+                max_partitions,
             })
             .await
             .map_err(status)?;
-        tracing::info!(node_id, %address, incarnation, "storage node registered");
+        tracing::info!(node_id, %address, incarnation, max_partitions, "storage node registered");
         Ok(Response::new(RegisterNodeResponse {
             lease_ms: self.lease_ms(),
             cluster_id: metadata.cluster_id.clone(),
@@ -1071,6 +1073,7 @@ mod tests {
                 directory_id: "dir-a".into(),
                 rack: String::new(),
                 decommissioning: false,
+                max_partitions: 0,
             },
         );
         m

@@ -70,6 +70,10 @@ pub enum Command {
         /// The rack (failure domain) the node declares; empty = none.
         #[serde(default, skip_serializing_if = "String::is_empty")]
         rack: String,
+        /// The node's partition budget; 0 = none declared (and in older
+        /// entries).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        max_partitions: u64,
     },
     /// The cluster's id, proposed once by the first leader.
     InitCluster {
@@ -314,6 +318,13 @@ pub struct StorageNode {
     /// Being decommissioned: no new replicas, its replicas move away.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub decommissioning: bool,
+    /// The most partition replicas it may host; 0 = no limit declared.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_partitions: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What one apply touched, so the persistence layer rewrites only that.
@@ -496,6 +507,7 @@ impl Metadata {
             return Ok(None);
         }
         self.check_enough_nodes(topic.replication_factor)?;
+        self.plan_placement(partitions - current, topic.replication_factor)?;
         Ok(Some(Command::CreatePartitions {
             name: name.to_string(),
             topic_id: topic.topic_id.clone(),
@@ -612,6 +624,7 @@ impl Metadata {
             alive: n.alive,
             rack: n.rack.clone(),
             decommissioning: n.decommissioning,
+            max_partitions: n.max_partitions,
             ..StorageNodeStatus::default()
         };
         for p in self.topics.values().flat_map(|t| &t.partitions) {
@@ -648,6 +661,7 @@ impl Metadata {
         let replication_factor = req.replication_factor.max(1);
         check_min_insync(&config, replication_factor)?;
         self.check_enough_nodes(replication_factor)?;
+        self.plan_placement(req.partitions, replication_factor)?;
         Ok(Command::CreateTopic {
             name: req.name.clone(),
             partitions: req.partitions,
@@ -738,6 +752,7 @@ impl Metadata {
                 incarnation,
                 directory_id,
                 rack,
+                max_partitions,
             } => {
                 let node = self.nodes.entry(*node_id).or_insert_with(|| StorageNode {
                     node_id: *node_id,
@@ -747,6 +762,7 @@ impl Metadata {
                     directory_id: String::new(),
                     rack: String::new(),
                     decommissioning: false,
+                    max_partitions: 0,
                 });
                 // A new process on a known node: whatever it leads or
                 // replicates must be re-established from the others first.
@@ -755,6 +771,7 @@ impl Metadata {
                 node.incarnation = *incarnation;
                 node.directory_id.clone_from(directory_id);
                 node.rack.clone_from(rack);
+                node.max_partitions = *max_partitions;
                 dirty.nodes.insert(*node_id);
                 if restarted {
                     self.node_restarted(*node_id, dirty);
@@ -1139,6 +1156,9 @@ impl Metadata {
                             .iter()
                             .copied()
                             .filter(|c| !replicas.contains(c))
+                            .filter(|&c| {
+                                self.has_room(c, load.get(&c).copied().unwrap_or(0) as u64)
+                            })
                             .min_by_key(|&c| {
                                 (
                                     racks.contains(rack(c)),
@@ -1239,7 +1259,10 @@ impl Metadata {
         if let Err(e) = self.check_enough_nodes(replication_factor) {
             return CommandResponse::rejected(e.reason, e.message);
         }
-        let added = self.place(current, partitions - current, replication_factor);
+        let added = match self.place(current, partitions - current, replication_factor) {
+            Ok(p) => p,
+            Err(e) => return CommandResponse::rejected(e.reason, e.message),
+        };
         let topic = self.topics.get_mut(name).expect("checked");
         topic.partitions.extend(added);
         dirty.topics.insert(name.to_string());
@@ -1372,7 +1395,10 @@ impl Metadata {
         if let Err(e) = self.check_enough_nodes(replication_factor) {
             return CommandResponse::rejected(e.reason, e.message);
         }
-        let partitions = self.place(0, partitions, replication_factor);
+        let partitions = match self.place(0, partitions, replication_factor) {
+            Ok(p) => p,
+            Err(e) => return CommandResponse::rejected(e.reason, e.message),
+        };
         let topic = Topic {
             name: name.to_string(),
             topic_id,
@@ -1385,31 +1411,111 @@ impl Metadata {
         CommandResponse::Topic(topic)
     }
 
-    /// Places partitions `first..first + count` round-robin over
-    /// [`Metadata::placement_order`], continuing at the placement cursor
-    /// (which moves on). The caller checked there are enough nodes.
-    fn place(&mut self, first: u32, count: u32, replication_factor: u32) -> Vec<Partition> {
+    /// Partition replicas each registered storage node hosts.
+    pub fn replica_counts(&self) -> BTreeMap<u64, u64> {
+        let mut counts: BTreeMap<u64, u64> = self.nodes.keys().map(|&id| (id, 0)).collect();
+        for p in self.topics.values().flat_map(|t| &t.partitions) {
+            for r in &p.replicas {
+                *counts.entry(*r).or_default() += 1;
+            }
+        }
+        counts
+    }
+
+    /// Whether node `id`, hosting `hosted` replicas, may take one more
+    /// under its partition budget.
+    pub fn has_room(&self, id: u64, hosted: u64) -> bool {
+        self.nodes
+            .get(&id)
+            .is_some_and(|n| n.max_partitions == 0 || hosted < n.max_partitions)
+    }
+
+    /// The replicas of `count` new partitions: each starts at the next
+    /// node of [`Metadata::placement_order`] from the placement cursor and
+    /// takes the first `replication_factor` nodes, in that order, that
+    /// have room under their partition budget (without budgets: round
+    /// robin). `PARTITION_LIMIT_REACHED` when a partition finds too few
+    /// nodes with room. The caller checked there are enough nodes.
+    pub fn plan_placement(
+        &self,
+        count: u32,
+        replication_factor: u32,
+    ) -> Result<Vec<Vec<u64>>, Error> {
         let nodes = self.placement_order();
         let n = nodes.len() as u64;
-        let partitions = (0..count)
-            .map(|i| {
-                let start = self.placement_cursor.wrapping_add(u64::from(i));
-                let replicas: Vec<u64> = (0..u64::from(replication_factor))
-                    .map(|r| nodes[(start.wrapping_add(r) % n) as usize])
-                    .collect();
-                Partition {
-                    partition: first + i,
-                    leader: replicas[0],
-                    leader_epoch: 0,
-                    isr: replicas.clone(),
-                    replicas,
-                    offline_replicas: Vec::new(),
-                    partition_epoch: 0,
+        let rf = replication_factor as usize;
+        let mut counts = self.replica_counts();
+        let mut out = Vec::with_capacity(count as usize);
+        for i in 0..count {
+            let start = self.placement_cursor.wrapping_add(u64::from(i));
+            let mut replicas = Vec::with_capacity(rf);
+            for k in 0..n {
+                let id = nodes[(start.wrapping_add(k) % n) as usize];
+                if self.has_room(id, counts.get(&id).copied().unwrap_or(0)) {
+                    replicas.push(id);
+                    if replicas.len() == rf {
+                        break;
+                    }
                 }
+            }
+            if replicas.len() < rf {
+                return Err(self.partition_limit_error(count, replication_factor, i));
+            }
+            for id in &replicas {
+                *counts.entry(*id).or_default() += 1;
+            }
+            out.push(replicas);
+        }
+        Ok(out)
+    }
+
+    fn partition_limit_error(&self, count: u32, replication_factor: u32, fit: u32) -> Error {
+        let counts = self.replica_counts();
+        let nodes = self
+            .placement_order()
+            .into_iter()
+            .map(|id| {
+                let hosted = counts.get(&id).copied().unwrap_or(0);
+                match self.nodes.get(&id).map_or(0, |n| n.max_partitions) {
+                    0 => format!("node {id}: {hosted} (no limit)"),
+                    max => format!("node {id}: {hosted} of {max}"),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        Error::new(
+            Reason::PartitionLimitReached,
+            format!(
+                "{count} partitions with replication factor {replication_factor} do not fit the storage nodes' partition budgets (storage_node.max_partitions): only {fit} would; replicas hosted per node: {nodes}"
+            ),
+        )
+    }
+
+    /// Places partitions `first..first + count` as
+    /// [`Metadata::plan_placement`] plans them, continuing at the
+    /// placement cursor (which moves on).
+    fn place(
+        &mut self,
+        first: u32,
+        count: u32,
+        replication_factor: u32,
+    ) -> Result<Vec<Partition>, Error> {
+        let planned = self.plan_placement(count, replication_factor)?;
+        let partitions = planned
+            .into_iter()
+            .zip(0..)
+            .map(|(replicas, i)| Partition {
+                partition: first + i,
+                leader: replicas[0],
+                leader_epoch: 0,
+                isr: replicas.clone(),
+                replicas,
+                offline_replicas: Vec::new(),
+                partition_epoch: 0,
             })
             .collect::<Vec<_>>();
         self.placement_cursor = self.placement_cursor.wrapping_add(u64::from(count));
-        partitions
+        Ok(partitions)
     }
 
     /// Marks a node dead or alive and moves partition leadership:
@@ -1561,6 +1667,7 @@ impl Metadata {
                     alive: n.alive,
                     rack: n.rack.clone(),
                     decommissioning: n.decommissioning,
+                    max_partitions: n.max_partitions,
                 })
                 .collect(),
             topics: self
@@ -1624,6 +1731,7 @@ mod tests {
                 incarnation: node_id,
                 directory_id: format!("dir-{node_id}"),
                 rack: String::new(),
+                max_partitions: 0,
             },
             &mut Dirty::default(),
         );
@@ -1640,6 +1748,7 @@ mod tests {
                 incarnation: id,
                 directory_id: format!("dir-{id}"),
                 rack: rack.into(),
+                max_partitions: 0,
             },
             &mut Dirty::default(),
         );
@@ -1665,6 +1774,122 @@ mod tests {
         match m.apply(index, &cmd, &mut Dirty::default()) {
             CommandResponse::Topic(t) => t,
             other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Registers node `id` with a partition budget, at log index `index`.
+    fn register_with_budget(m: &mut Metadata, index: u64, id: u64, max_partitions: u64) {
+        let r = m.apply(
+            index,
+            &Command::RegisterNode {
+                node_id: id,
+                address: format!("n{id}:1"),
+                incarnation: id,
+                directory_id: format!("dir-{id}"),
+                rack: String::new(),
+                max_partitions,
+            },
+            &mut Dirty::default(),
+        );
+        assert_eq!(r, CommandResponse::Ok);
+    }
+
+    #[test]
+    fn placement_skips_nodes_at_their_partition_budget_and_refuses_what_does_not_fit() {
+        let mut m = Metadata::default();
+        register_with_budget(&mut m, 1, 1, 4);
+        register_with_budget(&mut m, 2, 2, 10);
+        register_with_budget(&mut m, 3, 3, 10);
+        // Within every budget: plain round robin, as without budgets.
+        let cmd = m.validate_create_topic(&create_req("a", 3, 2)).unwrap();
+        let CommandResponse::Topic(a) = m.apply(4, &cmd, &mut Dirty::default()) else {
+            panic!("not created");
+        };
+        let replicas: Vec<Vec<u64>> = a.partitions.iter().map(|p| p.replicas.clone()).collect();
+        assert_eq!(replicas, vec![vec![1, 2], vec![2, 3], vec![3, 1]]);
+        assert_eq!(m.replica_counts(), BTreeMap::from([(1, 2), (2, 2), (3, 2)]));
+
+        // Node 1 fills up at 4; later partitions go around it.
+        let cmd = m.validate_create_topic(&create_req("b", 6, 2)).unwrap();
+        let CommandResponse::Topic(b) = m.apply(5, &cmd, &mut Dirty::default()) else {
+            panic!("not created");
+        };
+        let counts = m.replica_counts();
+        assert_eq!(counts[&1], 4, "node 1 exactly at its budget");
+        assert_eq!(counts.values().sum::<u64>(), 18);
+        assert!(counts[&2] <= 10 && counts[&3] <= 10);
+        for p in &b.partitions {
+            assert_eq!(p.replicas.len(), 2);
+            assert_ne!(p.replicas[0], p.replicas[1]);
+        }
+
+        // 18 of 24 slots used; node 1 is full, so each new partition needs
+        // nodes 2 and 3: 3 more fit (2 x 10 - 14), 4 do not.
+        let e = m.validate_create_topic(&create_req("c", 4, 2)).unwrap_err();
+        assert_eq!(e.reason, Reason::PartitionLimitReached, "{e}");
+        assert!(e.message.contains("only 3 would"), "{e}");
+        assert!(e.message.contains("node 1: 4 of 4"), "{e}");
+        let e = m.validate_create_partitions("b", 10).unwrap_err();
+        assert_eq!(e.reason, Reason::PartitionLimitReached, "{e}");
+        assert!(m.validate_create_partitions("b", 9).unwrap().is_some());
+
+        // A command validated earlier and applied after the budgets
+        // filled is rejected the same way on every replica, changing
+        // nothing.
+        let late = m.validate_create_topic(&create_req("d", 3, 2)).unwrap();
+        let cmd = m.validate_create_topic(&create_req("e", 3, 2)).unwrap();
+        assert!(matches!(
+            m.apply(6, &cmd, &mut Dirty::default()),
+            CommandResponse::Topic(_)
+        ));
+        let before = m.replica_counts();
+        let r = m.apply(7, &late, &mut Dirty::default());
+        assert!(
+            matches!(&r, CommandResponse::Rejected { reason, .. } if reason == "PARTITION_LIMIT_REACHED"),
+            "{r:?}"
+        );
+        assert!(!m.topics.contains_key("d"));
+        assert_eq!(m.replica_counts(), before);
+    }
+
+    #[test]
+    fn budgets_declared_by_nodes_survive_a_reregistration_and_show_in_status() {
+        let mut m = Metadata::default();
+        register_with_budget(&mut m, 1, 1, 100);
+        assert_eq!(m.node_status(1).unwrap().max_partitions, 100);
+        register_with_budget(&mut m, 2, 1, 250);
+        assert_eq!(m.node_status(1).unwrap().max_partitions, 250);
+        // An entry written before budgets existed reads as "no limit".
+        let old: Command = serde_json::from_str(
+            r#"{"type":"register_node","node_id":2,"address":"n2:1","incarnation":2,"directory_id":"dir-2"}"#,
+        )
+        .unwrap();
+        m.apply(3, &old, &mut Dirty::default());
+        assert_eq!(m.node_status(2).unwrap().max_partitions, 0);
+        assert!(m.has_room(2, u64::MAX - 1));
+    }
+
+    #[test]
+    fn decommissioning_moves_replicas_only_to_nodes_with_room() {
+        let mut m = Metadata::default();
+        register_with_budget(&mut m, 1, 1, 0);
+        register_with_budget(&mut m, 2, 2, 2);
+        register_with_budget(&mut m, 3, 3, 0);
+        // Node 2 hosts 2 replicas, at its budget.
+        let cmd = m.validate_create_topic(&create_req("t", 4, 1)).unwrap();
+        m.apply(4, &cmd, &mut Dirty::default());
+        assert_eq!(m.replica_counts()[&2], 1);
+        let cmd = m.validate_create_topic(&create_req("u", 1, 1)).unwrap();
+        m.apply(5, &cmd, &mut Dirty::default());
+        assert_eq!(m.replica_counts()[&2], 2);
+        decommission(&mut m, 6, 1);
+        let steps = m.reassignment_steps();
+        assert!(!steps.is_empty());
+        for step in &steps {
+            assert!(
+                !step.replicas.contains(&2),
+                "a replica was moved to the full node 2: {step:?}"
+            );
         }
     }
 
@@ -1895,6 +2120,7 @@ mod tests {
                 incarnation: 7,
                 directory_id: "dir-7".into(),
                 rack: String::new(),
+                max_partitions: 0,
             },
             &mut Dirty::default(),
         );
@@ -2227,6 +2453,7 @@ mod tests {
                     incarnation: 100 + node,
                     directory_id: format!("dir-{node}"),
                     rack: String::new(),
+                    max_partitions: 0,
                 },
                 &mut Dirty::default(),
             );

@@ -242,6 +242,7 @@ pub fn cluster_status(md: &ClusterMetadata) -> DescribeClusterResponse {
             leader_partitions: led.get(&n.node_id).copied().unwrap_or(0),
             replicas: hosted.get(&n.node_id).copied().unwrap_or(0),
             decommissioning: n.decommissioning,
+            max_partitions: n.max_partitions,
             ..StorageNodeStatus::default()
         })
         .collect();
@@ -484,6 +485,7 @@ mod tests {
             alive,
             rack: String::new(),
             decommissioning: id == 2,
+            max_partitions: 0,
         };
         let mut offline_leader = partition(3, 1, &[1, 2, 3]);
         offline_leader.offline_replicas = vec![1];

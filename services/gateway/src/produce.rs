@@ -792,6 +792,7 @@ mod tests {
                 alive: true,
                 rack: String::new(),
                 decommissioning: false,
+                max_partitions: 0,
             }],
             topics: vec![TopicMetadata {
                 name: "t".to_string(),

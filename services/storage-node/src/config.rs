@@ -58,6 +58,37 @@ pub struct StorageNodeConfig {
     /// Produce is refused with `DISK_FULL` while the data directory's file
     /// system is more than this percent used (1 to 100; 100 = no limit).
     pub disk_max_used_percent: u8,
+    /// The most partition replicas this node may host (its partition
+    /// budget, declared to the controller, which refuses topics and
+    /// partitions past it with `PARTITION_LIMIT_REACHED`). 0 = derived
+    /// from the node's limits: see [`derived_max_partitions`].
+    pub max_partitions: u64,
+}
+
+/// Open files kept for other uses than partition logs: client and peer
+/// connections, the controller's store in `dev`, segments being read.
+pub const RESERVED_OPEN_FILES: u64 = 2_048;
+/// Memory counted per hosted partition replica (indexes, replica state).
+pub const MEMORY_PER_PARTITION: u64 = 256 * 1024;
+/// The derived partition budget is never more than this.
+pub const MAX_DERIVED_PARTITIONS: u64 = 100_000;
+
+/// The partition budget when `max_partitions` is 0: a partition's log
+/// keeps its active segment file open, so the open-file limit (soft, as
+/// raised at start) less [`RESERVED_OPEN_FILES`]; at most one partition
+/// per [`MEMORY_PER_PARTITION`] of memory; at most
+/// [`MAX_DERIVED_PARTITIONS`]; at least 1. A limit that cannot be read
+/// does not bound it.
+pub fn derived_max_partitions(open_files: Option<u64>, memory: Option<u64>) -> u64 {
+    let by_files = open_files.map_or(u64::MAX, |n| n.saturating_sub(RESERVED_OPEN_FILES));
+    let by_memory = memory.map_or(u64::MAX, |m| m / MEMORY_PER_PARTITION);
+    by_files.min(by_memory).clamp(1, MAX_DERIVED_PARTITIONS)
+}
+
+/// This process's soft open-file limit, if it can be read.
+pub fn open_file_limit() -> Option<u64> {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    limit.current
 }
 
 impl Default for StorageNodeConfig {
@@ -81,6 +112,7 @@ impl Default for StorageNodeConfig {
             replica_fetch_wait_ms: 500,
             disk_min_free_bytes: 256 * 1024 * 1024,
             disk_max_used_percent: 98,
+            max_partitions: 0,
         }
     }
 }
@@ -93,6 +125,17 @@ impl StorageNodeConfig {
                 streambus_service::budget::machine_memory(),
             ),
             n => usize::try_from(n).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// The partition budget: the setting, or derived from the limits.
+    pub fn max_partitions(&self) -> u64 {
+        match self.max_partitions {
+            0 => derived_max_partitions(
+                open_file_limit(),
+                streambus_service::budget::machine_memory(),
+            ),
+            n => n,
         }
     }
 
@@ -148,5 +191,34 @@ impl StorageNodeConfig {
         } else {
             self.advertised_addr.clone()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_derived_partition_budget_follows_the_tightest_limit() {
+        const GIB: u64 = 1 << 30;
+        // The open-file limit binds: 20,000 descriptors, 24 GiB.
+        assert_eq!(derived_max_partitions(Some(20_000), Some(24 * GIB)), 17_952);
+        // Memory binds: 1 GiB holds 4,096 partitions at 256 KiB each.
+        assert_eq!(derived_max_partitions(Some(1 << 20), Some(GIB)), 4_096);
+        // Neither readable, or both huge: the ceiling.
+        assert_eq!(derived_max_partitions(None, None), MAX_DERIVED_PARTITIONS);
+        assert_eq!(
+            derived_max_partitions(Some(u64::MAX), Some(u64::MAX)),
+            MAX_DERIVED_PARTITIONS
+        );
+        // A limit below the reserve still leaves one.
+        assert_eq!(derived_max_partitions(Some(1_024), Some(GIB)), 1);
+        // A setting wins over the derivation.
+        let config = StorageNodeConfig {
+            max_partitions: 7,
+            ..StorageNodeConfig::default()
+        };
+        assert_eq!(config.max_partitions(), 7);
+        assert!(StorageNodeConfig::default().max_partitions() >= 1);
     }
 }

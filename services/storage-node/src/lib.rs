@@ -112,6 +112,9 @@ pub async fn serve_with_log_options(
         Partitions::with_open_options(config.node_id, config.data_dir.clone(), log_options)
             .with_replica_lag(config.replica_lag_time_max_ms),
     );
+    let max_partitions = config.max_partitions();
+    metrics.max_partitions.set(max_partitions as i64);
+    tracing::info!(max_partitions, "storage node partition budget");
     let controller = ControllerClient::new(config.controllers.clone())
         .map_err(|e| StorageNodeError::Config(format!("storage_node.controllers: {e}")))?;
     let (drain_tx, drain_rx) = watch::channel(false);
@@ -167,6 +170,7 @@ pub async fn serve_with_log_options(
             node_id: config.node_id,
             incarnation,
             rack: config.rack.clone(),
+            max_partitions,
             lease: lease.clone(),
             advertised: advertised.clone(),
             interval: Duration::from_millis(config.heartbeat_interval_ms.max(10)),
@@ -429,6 +433,7 @@ struct Membership {
     node_id: u64,
     incarnation: u64,
     rack: String,
+    max_partitions: u64,
     lease: Arc<LeaseClock>,
     advertised: String,
     interval: Duration,
@@ -489,6 +494,7 @@ async fn membership_loop(m: Membership, fatal: tokio::sync::oneshot::Sender<Stor
                 directory_id,
                 cluster_id,
                 rack: m.rack.clone(),
+                max_partitions: m.max_partitions,
             };
             match m.controller.register_node(req).await {
                 Ok(resp) => match m

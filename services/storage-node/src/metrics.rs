@@ -23,6 +23,8 @@ pub struct Metrics {
     pub append_errors: Counter,
     /// Partition replicas hosted.
     pub replicas: Gauge,
+    /// The node's partition budget (`storage_node.max_partitions`).
+    pub max_partitions: Gauge,
     /// fsync and fdatasync calls by every log (data and directories);
     /// exported every 500 ms.
     pub fsyncs: Counter,
@@ -78,6 +80,7 @@ impl Metrics {
             append_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             append_errors: Counter::default(),
             replicas: Gauge::default(),
+            max_partitions: Gauge::default(),
             fsyncs: Counter::default(),
             offline_replicas: Gauge::default(),
             replicated_bytes: Counter::default(),
@@ -112,6 +115,11 @@ impl Metrics {
         );
         r.register("append_errors", "Failed appends", m.append_errors.clone());
         r.register("replicas", "Partition replicas hosted", m.replicas.clone());
+        r.register(
+            "max_partitions",
+            "The most partition replicas this node may host (storage_node.max_partitions)",
+            m.max_partitions.clone(),
+        );
         r.register(
             "fsyncs",
             "fsync calls by the partition logs (data and directories)",

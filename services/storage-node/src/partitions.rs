@@ -1091,6 +1091,7 @@ mod tests {
                 alive: true,
                 rack: String::new(),
                 decommissioning: false,
+                max_partitions: 0,
             }],
             topics,
             ..ClusterMetadata::default()

@@ -359,6 +359,7 @@ mod tests {
             alive: true,
             rack: String::new(),
             decommissioning: false,
+            max_partitions: 0,
         };
         partitions
             .apply(&ClusterMetadata {

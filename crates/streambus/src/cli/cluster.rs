@@ -229,7 +229,10 @@ fn text(out: &mut impl Write, s: &v1::DescribeClusterResponse) -> std::io::Resul
                     n.rack.clone()
                 },
                 n.leader_partitions.to_string(),
-                n.replicas.to_string(),
+                match n.max_partitions {
+                    0 => n.replicas.to_string(),
+                    max => format!("{}/{max}", n.replicas),
+                },
                 disk(n),
             ]
         })
@@ -347,6 +350,7 @@ fn to_json(s: &v1::DescribeClusterResponse) -> Value {
             "rack": n.rack,
             "leader_partitions": n.leader_partitions,
             "replicas": n.replicas,
+            "max_partitions": n.max_partitions,
             "state": node_state(n),
             "decommissioning": n.decommissioning,
             "disk_total_bytes": n.disk_total_bytes,
@@ -433,6 +437,7 @@ mod tests {
                     disk_total_bytes: 100 << 30,
                     disk_available_bytes: 40 << 30,
                     disk_full: false,
+                    max_partitions: 100,
                 },
                 v1::StorageNodeStatus {
                     node_id: 2,
@@ -445,6 +450,7 @@ mod tests {
                     disk_total_bytes: 8 << 20,
                     disk_available_bytes: 1 << 19,
                     disk_full: true,
+                    max_partitions: 0,
                 },
             ],
             under_replicated: vec![ps.clone()],
@@ -476,7 +482,7 @@ mod tests {
         );
         assert!(
             out.contains(
-                "1             127.0.0.1:7402  yes    active           -     1      1         40.0GiB-free,60%-used"
+                "1             127.0.0.1:7402  yes    active           -     1      1/100     40.0GiB-free,60%-used"
             ),
             "{out}"
         );

@@ -85,6 +85,7 @@ mod tests {
             incarnation: 1,
             directory_id: format!("dir-{node_id}"),
             rack: String::new(),
+            max_partitions: 0,
         }
     }
 

@@ -25,6 +25,7 @@ pub fn reg(id: u64, address: &str) -> RegisterNodeRequest {
         directory_id: format!("dir-{id}"),
         cluster_id: String::new(),
         rack: String::new(),
+        max_partitions: 0,
     }
 }
 

@@ -50,6 +50,7 @@ pub fn metadata(version: u64, nodes: &[(u64, String)], leaders: &[u64]) -> Clust
                 alive: true,
                 rack: String::new(),
                 decommissioning: false,
+                max_partitions: 0,
             })
             .collect(),
         topics: vec![TopicMetadata {
