@@ -630,7 +630,7 @@ async fn settle(ctx: &mut Ctx) -> anyhow::Result<Memory> {
 
 /// Records the probe reader reads, alone and beside idle subscriptions
 /// (at most the filled topic's).
-const PROBE_RECORDS: u64 = 20_000;
+const PROBE_RECORDS: u64 = 100_000;
 
 async fn measure_idle(ctx: &mut Ctx, topic: &str, filled: &Fill) -> anyhow::Result<Idle> {
     let n = ctx.options.idle;
