@@ -10,15 +10,21 @@
 //! - [`stats`]: HdrHistograms per task, merged sample by sample.
 //! - [`report`]: interval lines, the final summary and the JSON report.
 //! - [`table`]: side-by-side tables with ratios against Kafka.
+//! - [`subscribers`]: a StreamBus server's resident memory against the
+//!   number of concurrent (and stalled) subscribers, with [`procfs`] and
+//!   [`scrape`] reading the server's memory and budgets.
 //!
 //! See `docs/bench-tool.md`.
 
 pub mod driver;
 pub mod machine;
+pub mod procfs;
 pub mod progress;
 pub mod rate;
 pub mod report;
 pub mod runner;
+pub mod scrape;
 pub mod stats;
+pub mod subscribers;
 pub mod table;
 pub mod workload;

@@ -1,4 +1,5 @@
-//! The `streambus-bench` binary: `run`, `table` and `workload`.
+//! The `streambus-bench` binary: `run`, `table`, `workload` and
+//! `subscribers`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use streambus_bench::driver::{self, Endpoints};
 use streambus_bench::report::StoredReport;
 use streambus_bench::runner::{self, RunOptions};
+use streambus_bench::subscribers;
 use streambus_bench::table;
 use streambus_bench::workload::{Acks, Codec, Durability, KeyDistribution, Payload, Workload};
 
@@ -59,6 +61,71 @@ enum Command {
         #[command(flatten)]
         workload: WorkloadArgs,
     },
+    /// Measures a StreamBus server's resident memory against the number of
+    /// concurrent subscribers, half of them stalled, and the throughput of
+    /// the others against the same readers without stalled subscribers.
+    Subscribers(SubscribersArgs),
+}
+
+/// One flag value holding a list (`10,100,1000`): clap's derive takes a
+/// field spelled `Vec<_>` as a flag given several times.
+type Counts = Vec<usize>;
+
+#[derive(Debug, Args)]
+struct SubscribersArgs {
+    /// The StreamBus gateway.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    gateway: String,
+    /// The server's HTTP listener (`/metrics`), as `streambus dev` prints it.
+    #[arg(long, default_value = "127.0.0.1:7480")]
+    metrics: String,
+    /// The pid of the server process whose memory is measured.
+    #[arg(long)]
+    server_pid: u32,
+    /// Concurrent subscribers per step, half of them stalled.
+    #[arg(long, value_parser = subscribers::parse_counts, default_value = "10,100,1000")]
+    counts: Counts,
+    /// Active readers per step (default: the half that is not stalled).
+    #[arg(long)]
+    active: Option<usize>,
+    /// Records the active readers of a phase read together, split evenly
+    /// between them.
+    #[arg(long, default_value_t = 1_000_000)]
+    records: u64,
+    /// Bytes of records to write to the topic first.
+    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    fill_bytes: u64,
+    /// Payload bytes per record.
+    #[arg(long, default_value_t = 1024)]
+    record_bytes: usize,
+    /// Partitions of the topics.
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// Records per second of each producer (one per ten subscribers, at
+    /// least one); 0: no producers.
+    #[arg(long, default_value_t = 100)]
+    producer_rate: u32,
+    /// Idle connections, then idle subscriptions on them, to measure what
+    /// each costs; 0: skip.
+    #[arg(long, default_value_t = 1000)]
+    idle: usize,
+    /// Pause before each memory reading, once the gateway's memory budget
+    /// is unused again.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    settle: Duration,
+    /// How long a stalled subscriber waits for its one response.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    first_response_timeout: Duration,
+    /// How long the readers of one phase may take.
+    #[arg(long, default_value = "600s", value_parser = humantime::parse_duration)]
+    phase_timeout: Duration,
+    /// Rounds per count, each a baseline phase and then one with the
+    /// stalled subscribers; rates and ratios are the rounds' medians.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Writes the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -245,6 +312,7 @@ fn main() -> ExitCode {
             reports,
         } => table_command(&title, markdown, json, &reports),
         Command::Workload { workload } => workload.resolve().map(|w| print!("{}", w.to_toml())),
+        Command::Subscribers(args) => subscribers_command(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -319,5 +387,41 @@ fn table_command(
         std::fs::write(&path, serde_json::to_string_pretty(&value)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    Ok(())
+}
+
+fn subscribers_command(a: SubscribersArgs) -> anyhow::Result<()> {
+    let options = subscribers::Options {
+        gateway: a.gateway,
+        metrics: a.metrics,
+        server_pid: a.server_pid,
+        counts: a.counts,
+        active: a.active,
+        records: a.records,
+        fill_bytes: a.fill_bytes,
+        record_bytes: a.record_bytes,
+        partitions: a.partitions,
+        producer_rate: a.producer_rate,
+        idle: a.idle,
+        settle: a.settle,
+        first_response_timeout: a.first_response_timeout,
+        phase_timeout: a.phase_timeout,
+        rounds: a.rounds,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(subscribers::run(options))?;
+    print!("{}", report.markdown());
+    if let Some(path) = a.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("\nreport: {}", path.display());
+    }
+    anyhow::ensure!(
+        report.errors.is_empty(),
+        "{} problem(s) during the run (listed above)",
+        report.errors.len()
+    );
     Ok(())
 }
