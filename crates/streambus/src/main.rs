@@ -111,6 +111,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// Gives allocations of 128 KiB and more (fetch responses, read buffers,
+/// encoded messages) their own mappings, returned to the system when
+/// freed. By default glibc raises that threshold as large blocks are
+/// freed, after which they are carved from per-thread heaps that stay
+/// resident: a burst of a thousand subscribers left the process holding
+/// a gigabyte it had freed (docs/benchmarks.md).
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only changes allocator parameters; called before
+        // the servers start, with a valid parameter and value.
+        let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024) };
+        if ok != 1 {
+            tracing::warn!("cannot set the allocator's mmap threshold");
+        }
+    }
+}
+
 /// Raises the soft open-file limit to the hard one, as servers do: every
 /// partition log and connection holds descriptors. Logs both.
 fn raise_open_file_limit() {
@@ -153,6 +171,7 @@ where
         return ExitCode::from(2);
     }
     raise_open_file_limit();
+    tune_allocator();
     match rt.block_on(f(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
