@@ -53,19 +53,33 @@
 //! remove or rename before anything changed. Renaming or removing a
 //! directory with handles under it is not supported.
 //!
+//! Directory syncs and listings open a descriptor of their own for a
+//! moment; they take a place within the capacity too.
+//!
 //! # Over capacity
 //!
-//! Descriptors in use by an operation and pinned ones cannot be evicted.
-//! When nothing can be evicted the cache opens past its capacity rather
-//! than failing, and counts it ([`HandleStats::over_capacity`]).
+//! Descriptors in use by an operation (each operation is one call of the
+//! inner file, which never waits for the cache) and pinned ones cannot be
+//! evicted. When nothing can be evicted, opening waits for a descriptor to
+//! be free (an operation to finish, another opening or eviction to
+//! complete), up to [`MAX_WAIT`]; when every descriptor is pinned, or the
+//! wait ran out (a disk that hangs), the cache opens past its capacity
+//! rather than failing or blocking for good, and counts it
+//! ([`HandleStats::over_capacity`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::io::{Io, IoFile, OpenMode};
+
+/// How long opening waits for a descriptor in use to become free when the
+/// capacity is reached and nothing can be evicted, before it goes over the
+/// capacity.
+pub const MAX_WAIT: Duration = Duration::from_secs(10);
 
 /// What a [`HandleCache`] holds and has done.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -91,8 +105,10 @@ pub struct HandleStats {
     /// it).
     pub reopens: u64,
     /// Descriptors opened while the capacity was reached and nothing could
-    /// be evicted.
+    /// be evicted (not even after waiting up to [`MAX_WAIT`]).
     pub over_capacity: u64,
+    /// Times opening waited for a descriptor in use to become free.
+    pub waits: u64,
 }
 
 /// The bounded file-handle cache. See the module docs.
@@ -136,6 +152,8 @@ struct State {
     open: usize,
     /// Of those, descriptors evicted and being closed.
     closing: usize,
+    /// Threads waiting for a descriptor to become evictable or closed.
+    waiters: usize,
     stats: HandleStats,
 }
 
@@ -227,12 +245,10 @@ impl State {
     }
 
     /// Takes descriptors out (to be closed by the caller) until `need` more
-    /// fit, then reserves them. Goes over capacity when nothing can be
-    /// evicted.
-    fn make_room(&mut self, capacity: usize, need: usize) -> Vec<Victim> {
+    /// fit or nothing is left to evict. Other threads' victims still count
+    /// until they are closed (their reservations are opened after that).
+    fn take_victims(&mut self, capacity: usize, need: usize) -> Vec<Victim> {
         let mut victims = Vec::new();
-        // Other threads' victims still count until they are closed (their
-        // reservations are opened after that).
         while self.open - victims.len() + need > capacity {
             let next = self
                 .clean
@@ -240,7 +256,6 @@ impl State {
                 .or_else(|| self.dirty.first_key_value())
                 .map(|(_, &id)| id);
             let Some(id) = next else {
-                self.stats.over_capacity += 1;
                 break;
             };
             self.lru_remove(id);
@@ -257,8 +272,6 @@ impl State {
                 path: e.path.clone(),
             });
         }
-        self.open += need;
-        self.note_open();
         victims
     }
 }
@@ -307,6 +320,73 @@ impl HandleCache {
 }
 
 impl Shared {
+    /// Reserves `need` descriptors within the capacity: evicts (and closes)
+    /// descriptors, or waits for ones in use, up to [`MAX_WAIT`]; then goes
+    /// over the capacity. The caller opens them and gives back
+    /// ([`Shared::release`]) what it does not keep.
+    fn reserve(&self, need: usize) {
+        let started = Instant::now();
+        let mut counted = false;
+        let mut st = lock(&self.state);
+        loop {
+            let victims = st.take_victims(self.capacity, need);
+            let fits = st.open - victims.len() + need <= self.capacity;
+            if !fits && !victims.is_empty() {
+                // Not enough yet: close these and look again.
+                drop(st);
+                self.close(victims);
+                st = lock(&self.state);
+                continue;
+            }
+            let waited = started.elapsed();
+            // Nothing is evictable now. Every descriptor that is not pinned
+            // is in use, being opened or being closed, and will be evictable
+            // or gone soon: wait for that.
+            if !fits && st.open > st.stats.pinned && waited < MAX_WAIT {
+                if !counted {
+                    counted = true;
+                    st.stats.waits += 1;
+                }
+                st.waiters += 1;
+                st = self
+                    .changed
+                    .wait_timeout(st, MAX_WAIT - waited)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                st.waiters -= 1;
+                continue;
+            }
+            if !fits {
+                st.stats.over_capacity += 1;
+            }
+            st.open += need;
+            st.note_open();
+            drop(st);
+            self.close(victims);
+            return;
+        }
+    }
+
+    /// Gives back `n` reserved descriptors.
+    fn release(&self, n: usize) {
+        let mut st = lock(&self.state);
+        st.open -= n;
+        let waiters = st.waiters > 0;
+        drop(st);
+        if waiters {
+            self.changed.notify_all();
+        }
+    }
+
+    /// Runs a directory operation (which opens a descriptor of its own for
+    /// a moment) within the capacity.
+    fn dir_op<T>(&self, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        self.reserve(1);
+        let r = f();
+        self.release(1);
+        r
+    }
+
     /// Closes evicted descriptors, syncing dirty ones first.
     fn close(&self, victims: Vec<Victim>) {
         for v in victims {
@@ -349,19 +429,20 @@ impl Shared {
 
     /// Opens the evicted descriptor of `id` again by its path.
     fn reopen(&self, id: u64) -> io::Result<()> {
-        let victims = lock(&self.state).make_room(self.capacity, 1);
-        self.close(victims);
+        self.reserve(1);
         let _paths = self.paths.read().unwrap_or_else(|e| e.into_inner());
         let mut st = lock(&self.state);
-        let Some(e) = st.entries.get_mut(&id) else {
-            st.open -= 1;
-            return Ok(());
-        };
-        if !matches!(e.fd, Fd::Closed) {
+        let closed = st
+            .entries
+            .get(&id)
+            .is_some_and(|e| matches!(e.fd, Fd::Closed));
+        if !closed {
             // Another operation reopened it meanwhile.
-            st.open -= 1;
+            drop(st);
+            self.release(1);
             return Ok(());
         }
+        let e = st.entries.get_mut(&id).expect("checked");
         e.fd = Fd::Busy;
         let path = e.path.clone();
         let mode = if e.writable {
@@ -491,18 +572,16 @@ impl Shared {
 impl Io for HandleCache {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn IoFile>> {
         let shared = &self.shared;
-        let victims = lock(&shared.state).make_room(shared.capacity, 1);
-        shared.close(victims);
+        shared.reserve(1);
         let _paths = shared.paths.read().unwrap_or_else(|e| e.into_inner());
-        let opened = shared.inner.open(path, mode);
-        let mut st = lock(&shared.state);
-        let fd = match opened {
+        let fd = match shared.inner.open(path, mode) {
             Ok(fd) => fd,
             Err(e) => {
-                st.open -= 1;
+                shared.release(1);
                 return Err(e);
             }
         };
+        let mut st = lock(&shared.state);
         let id = st.next_id;
         st.next_id += 1;
         let path: Arc<Path> = Arc::from(path);
@@ -523,6 +602,11 @@ impl Io for HandleCache {
             },
         );
         st.lru_insert(id);
+        let waiters = st.waiters > 0;
+        drop(st);
+        if waiters {
+            shared.changed.notify_all();
+        }
         Ok(Arc::new(CachedFile {
             shared: shared.clone(),
             id,
@@ -538,7 +622,7 @@ impl Io for HandleCache {
     }
 
     fn read_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
-        self.shared.inner.read_dir(dir)
+        self.shared.dir_op(|| self.shared.inner.read_dir(dir))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -571,7 +655,7 @@ impl Io for HandleCache {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        self.shared.inner.sync_dir(dir)
+        self.shared.dir_op(|| self.shared.inner.sync_dir(dir))
     }
 }
 
@@ -649,6 +733,7 @@ impl CachedFile {
             .get_mut(&self.id)
             .expect("a live handle has an entry");
         e.users -= 1;
+        let freed = e.users == 0;
         match usage {
             Use::Write => e.writes_in_flight -= 1,
             Use::Sync => {
@@ -658,8 +743,13 @@ impl CachedFile {
             }
             Use::Read => {}
         }
-        if e.users == 0 {
+        if freed {
             st.lru_insert(self.id);
+        }
+        let waiters = freed && st.waiters > 0;
+        drop(st);
+        if waiters {
+            shared.changed.notify_all();
         }
         result
     }
@@ -704,7 +794,11 @@ impl Drop for CachedFile {
             // Whoever made it busy closes or releases the descriptor.
             Fd::Busy | Fd::Closed => None,
         };
+        let waiters = st.waiters > 0;
         drop(st);
         drop(fd);
+        if waiters {
+            shared.changed.notify_all();
+        }
     }
 }

@@ -127,6 +127,9 @@ where
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
+    // Servers raise the soft open-file limit to the hard one at start; the
+    // storage node derives its open-file bound from it.
+    streambus_storage_node::open_files::raise_limit();
     match rt.block_on(f(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

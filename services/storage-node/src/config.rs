@@ -58,6 +58,15 @@ pub struct StorageNodeConfig {
     /// Produce is refused with `DISK_FULL` while the data directory's file
     /// system is more than this percent used (1 to 100; 100 = no limit).
     pub disk_max_used_percent: u8,
+    /// At most this many partition-log files (segments, indexes,
+    /// checkpoints) are open at once, however many partitions the node
+    /// hosts: idle ones are closed and opened again when used (see
+    /// [`streambus_log::HandleCache`]). 0 = derived: half of the process's
+    /// soft open-file limit (`RLIMIT_NOFILE`, which `streambus` raises to
+    /// the hard limit at start), leaving the rest to sockets, the
+    /// controller's Raft store in `dev` and everything else. Otherwise at
+    /// least 16 and below the soft limit.
+    pub max_open_files: u64,
 }
 
 impl Default for StorageNodeConfig {
@@ -81,6 +90,7 @@ impl Default for StorageNodeConfig {
             replica_fetch_wait_ms: 500,
             disk_min_free_bytes: 256 * 1024 * 1024,
             disk_max_used_percent: 98,
+            max_open_files: 0,
         }
     }
 }
@@ -119,6 +129,13 @@ impl StorageNodeConfig {
                 "storage_node.memory_budget_bytes must be 0 (derived from the machine) or at least {} (one largest batch, and four largest fetches), got {}",
                 min.max(u64::from(self.max_fetch_bytes) * 4),
                 self.memory_budget_bytes
+            ));
+        }
+        if self.max_open_files != 0 && self.max_open_files < crate::open_files::MIN_MAX_OPEN_FILES {
+            return Err(format!(
+                "storage_node.max_open_files must be 0 (derived from the open-file limit) or at least {}, got {}",
+                crate::open_files::MIN_MAX_OPEN_FILES,
+                self.max_open_files
             ));
         }
         if !(1..=100).contains(&self.disk_max_used_percent) {
