@@ -81,6 +81,21 @@ mod tests {
     }
 
     #[test]
+    fn a_configured_bound_below_the_minimum_is_refused() {
+        let config = |n| crate::StorageNodeConfig {
+            max_open_files: n,
+            ..Default::default()
+        };
+        let e = config(8).validate().unwrap_err();
+        assert!(
+            e.contains("storage_node.max_open_files") && e.contains("at least 16"),
+            "{e}"
+        );
+        config(0).validate().unwrap();
+        config(16).validate().unwrap();
+    }
+
+    #[test]
     fn raising_never_lowers_the_limit() {
         let (before, _) = limits();
         let after = raise_limit();
