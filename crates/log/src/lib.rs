@@ -27,6 +27,7 @@ mod compaction;
 mod config;
 mod epoch;
 mod error;
+pub mod handles;
 mod index;
 pub mod io;
 mod log;
@@ -46,6 +47,7 @@ pub use config::{
     MIN_SEGMENT_BYTES,
 };
 pub use error::LogError;
+pub use handles::{HandleCache, HandleStats};
 pub use log::{AppendInfo, Log, OpenOptions, ReplicatedAppendInfo};
 pub use producer::{PRODUCER_EXPIRY_MS, PRODUCER_WINDOW};
 pub use read::ReadResult;

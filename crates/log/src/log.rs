@@ -41,6 +41,13 @@ impl OpenOptions {
         self
     }
 
+    /// The file system set with [`OpenOptions::io`] (`None`: [`StdIo`]), for
+    /// a caller that wraps it in another layer (a
+    /// [`HandleCache`](crate::HandleCache), say).
+    pub fn configured_io(&self) -> Option<&Arc<dyn Io>> {
+        self.io.as_ref()
+    }
+
     /// Counts every data and directory fsync of the log into `counter`
     /// (share one counter between many logs for a per-node metric).
     pub fn fsync_counter(mut self, counter: Arc<AtomicU64>) -> OpenOptions {

@@ -6,13 +6,18 @@
 //!
 //! Case count: `PROPTEST_CASES` (default 64).
 
-use std::fs::OpenOptions;
+use std::fs::OpenOptions as FsOpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use streambus_log::{CleanupPolicy, FsyncPolicy, Log, LogConfig, LogError};
+use std::sync::Arc;
+
+use streambus_log::io::{Io, StdIo};
+use streambus_log::{
+    CleanupPolicy, FsyncPolicy, HandleCache, Log, LogConfig, LogError, OpenOptions,
+};
 use streambus_record::{BatchBuilder, BatchIter, Compression, Record, decode_records};
 
 const RETENTION_MS: i64 = 3000;
@@ -171,7 +176,7 @@ fn crash(dir: &Path, durable: i64, cut: f64, flips: &[(f64, u8)]) {
     }
     let len = data.len();
     let cut_pos = durable_pos + ((len - durable_pos) as f64 * cut) as usize;
-    let f = OpenOptions::new().write(true).open(&active).unwrap();
+    let f = FsOpenOptions::new().write(true).open(&active).unwrap();
     f.set_len(cut_pos as u64).unwrap();
     if cut_pos > durable_pos {
         for &(at, x) in flips {
@@ -182,9 +187,20 @@ fn crash(dir: &Path, durable: i64, cut: f64, flips: &[(f64, u8)]) {
     }
 }
 
-fn run(ops: Vec<Op>, always: bool) {
+/// Runs `ops` on a log on the real disk, opened directly or, with
+/// `cache`, through a file-handle cache of that many descriptors (shared by
+/// every reopen).
+fn run(ops: Vec<Op>, always: bool, cache: Option<usize>) {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Some(Log::open(dir.path(), config(always)).unwrap());
+    let cache = cache.map(|c| HandleCache::new(Arc::new(StdIo), c));
+    let open = |dir: &Path| {
+        let options = match &cache {
+            Some(c) => OpenOptions::new().io(Arc::new(c.clone()) as Arc<dyn Io>),
+            None => OpenOptions::new(),
+        };
+        Log::open_with(dir, config(always), options)
+    };
+    let mut log = Some(open(dir.path()).unwrap());
     let mut m = Model {
         records: Vec::new(),
         start: 0,
@@ -356,7 +372,7 @@ fn run(ops: Vec<Op>, always: bool) {
                 } else {
                     drop(l);
                 }
-                let l = Log::open(dir.path(), config(always)).unwrap();
+                let l = open(dir.path()).unwrap();
                 assert_eq!(l.end_offset(), m.end);
                 assert_eq!(l.log_start_offset(), m.start);
                 log = Some(l);
@@ -366,7 +382,7 @@ fn run(ops: Vec<Op>, always: bool) {
                 assert!(durable <= m.end);
                 drop(log.take());
                 crash(dir.path(), durable, cut, &flips);
-                let l = Log::open(dir.path(), config(always)).unwrap();
+                let l = open(dir.path()).unwrap();
                 let end = l.end_offset();
                 assert!(
                     end >= durable,
@@ -400,6 +416,16 @@ proptest! {
         ops in prop::collection::vec(op(), 1..60),
         always in prop::bool::weighted(0.25),
     ) {
-        run(ops, always);
+        run(ops, always, None);
+    }
+
+    /// The same with every file behind a file-handle cache of two
+    /// descriptors, evicted and reopened all the time.
+    #[test]
+    fn log_matches_the_model_through_a_handle_cache(
+        ops in prop::collection::vec(op(), 1..60),
+        always in prop::bool::weighted(0.25),
+    ) {
+        run(ops, always, Some(2));
     }
 }

@@ -16,8 +16,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use proptest::prelude::*;
+use streambus_log::io::Io;
 use streambus_log::sim::SimIo;
-use streambus_log::{CleanupPolicy, FsyncPolicy, Log, LogConfig, OpenOptions};
+use streambus_log::{CleanupPolicy, FsyncPolicy, HandleCache, Log, LogConfig, OpenOptions};
 use streambus_record::{BatchBuilder, BatchIter, Compression, Record, decode_records};
 
 #[derive(Debug, Clone)]
@@ -156,15 +157,34 @@ fn check_epochs(log: &Log) {
     }
 }
 
-fn open(sim: &SimIo, dir: &Path, always: bool) -> Log {
+/// The simulated disk, and the file system the log is opened on: the disk
+/// itself or a [`HandleCache`] over it.
+struct Disk {
+    sim: SimIo,
+    io: Arc<dyn Io>,
+}
+
+impl Disk {
+    fn direct(sim: SimIo) -> Disk {
+        let io = Arc::new(sim.clone());
+        Disk { sim, io }
+    }
+
+    /// Through a file-handle cache of `capacity` descriptors, shared by
+    /// every reopen of the log (as a storage node shares one).
+    fn cached(sim: SimIo, capacity: usize) -> (Disk, HandleCache) {
+        let cache = HandleCache::new(Arc::new(sim.clone()), capacity);
+        let io = Arc::new(cache.clone());
+        (Disk { sim, io }, cache)
+    }
+}
+
+fn open(disk: &Disk, dir: &Path, always: bool) -> Log {
+    let sim = &disk.sim;
     // A scheduled power loss may hit recovery itself: restart and retry.
     for _ in 0..10 {
         sim.restart();
-        match Log::open_with(
-            dir,
-            config(always),
-            OpenOptions::new().io(Arc::new(sim.clone())),
-        ) {
+        match Log::open_with(dir, config(always), OpenOptions::new().io(disk.io.clone())) {
             Ok(log) => return log,
             Err(e) => assert!(sim.is_down(), "open failed without a power loss: {e}"),
         }
@@ -173,9 +193,10 @@ fn open(sim: &SimIo, dir: &Path, always: bool) -> Log {
 }
 
 /// After a power loss: reopen and check the recovered log against the model.
-fn recover_and_check(sim: &SimIo, dir: &Path, always: bool, m: &mut Model) -> Log {
+fn recover_and_check(disk: &Disk, dir: &Path, always: bool, m: &mut Model) -> Log {
+    let sim = &disk.sim;
     sim.power_loss();
-    let log = open(sim, dir, always);
+    let log = open(disk, dir, always);
     sim.cancel_crash();
     let end = log.end_offset();
     assert!(
@@ -222,12 +243,17 @@ fn recover_and_check(sim: &SimIo, dir: &Path, always: bool, m: &mut Model) -> Lo
 }
 
 fn run(seed: u64, ops: Vec<Op>, always: bool) {
-    run_on(SimIo::new(seed).with_sector_size(64), ops, always);
+    run_on(
+        Disk::direct(SimIo::new(seed).with_sector_size(64)),
+        ops,
+        always,
+    );
 }
 
-fn run_on(sim: SimIo, ops: Vec<Op>, always: bool) {
+fn run_on(disk: Disk, ops: Vec<Op>, always: bool) {
+    let sim = &disk.sim;
     let dir = Path::new("/data/p0");
-    let mut log = Some(open(&sim, dir, always));
+    let mut log = Some(open(&disk, dir, always));
     let mut m = Model {
         records: BTreeMap::new(),
         end: 0,
@@ -365,12 +391,12 @@ fn run_on(sim: SimIo, ops: Vec<Op>, always: bool) {
         }
         if power_loss || sim.is_down() {
             drop(log.take());
-            log = Some(recover_and_check(&sim, dir, always, &mut m));
+            log = Some(recover_and_check(&disk, dir, always, &mut m));
             unacked.clear();
         }
     }
     drop(log.take());
-    log = Some(recover_and_check(&sim, dir, always, &mut m));
+    log = Some(recover_and_check(&disk, dir, always, &mut m));
     drop(log);
 }
 
@@ -392,15 +418,31 @@ proptest! {
     ) {
         run(seed, ops, always);
     }
+
+    /// The same through a file-handle cache of two descriptors: every
+    /// segment, index and checkpoint file is evicted and reopened (dirty
+    /// ones synced first) all the time, rolls rename and compactions
+    /// replace files with evicted handles, and nothing acknowledged is lost.
+    #[test]
+    fn acked_offsets_survive_simulated_power_loss_through_a_handle_cache(
+        seed in any::<u64>(),
+        ops in prop::collection::vec(op(), 1..80),
+        always in prop::bool::weighted(0.6),
+    ) {
+        let (disk, _) = Disk::cached(SimIo::new(seed).with_sector_size(64), 2);
+        run_on(disk, ops, always);
+    }
 }
 
-/// The property above proves something only if it fails for a log that
+/// The properties above prove something only if they fail for a log that
 /// does not fsync: on a disk that ignores every sync (as if the log's
 /// `sync_data` and directory fsync calls were removed), a fixed sequence
 /// of `Always` appends, each acknowledged as durable, and power losses
 /// must fail the check, for every seed, and for some seeds on the
 /// acknowledged-offsets check itself (others trip over a checkpoint the
 /// forgetful disk left damaged first). The same runs pass with real syncs.
+/// Both directly on the disk and through a handle cache of two descriptors
+/// (whose eviction syncs the forgetful disk ignores too).
 #[test]
 fn the_power_loss_test_detects_a_missing_fsync() {
     let ops: Vec<Op> = (0..8u8)
@@ -416,12 +458,27 @@ fn the_power_loss_test_detects_a_missing_fsync() {
         })
         .collect();
     let mut failures = Vec::new();
-    for seed in 0..8 {
-        let disk = || SimIo::new(seed).with_sector_size(64);
-        run_on(disk(), ops.clone(), true);
+    for (seed, cached) in (0..8).flat_map(|s| [(s, false), (s, true)]) {
+        let disk = || {
+            let sim = SimIo::new(seed).with_sector_size(64);
+            if cached {
+                let (disk, cache) = Disk::cached(sim, 2);
+                (disk, Some(cache))
+            } else {
+                (Disk::direct(sim), None)
+            }
+        };
+        let (good, cache) = disk();
+        run_on(good, ops.clone(), true);
+        if let Some(cache) = cache {
+            let stats = cache.stats();
+            assert!(stats.evictions > 20 && stats.reopens > 20, "{stats:?}");
+            assert!(stats.peak_open <= 2, "{stats:?}");
+        }
 
-        let forgetful = disk();
-        forgetful.ignore_syncs(true);
+        // Eviction syncs do not make up for the log's missing ones.
+        let (forgetful, _) = disk();
+        forgetful.sim.ignore_syncs(true);
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             run_on(forgetful, ops.clone(), true)
         }));

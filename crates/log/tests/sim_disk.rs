@@ -641,3 +641,39 @@ fn a_failed_write_or_segment_creation_fails_only_that_append() {
         .collect();
     assert_eq!(again, kept);
 }
+
+/// Logs behind one file-handle cache of a single descriptor: opening a
+/// second log evicts the first one's active segment, which has unsynced
+/// appends (`fsync.policy=never`), so the eviction fsyncs it. When that
+/// fsync fails, the first log learns it at its next fsync and fails, as if
+/// its own fsync had failed; the other log is unaffected.
+#[test]
+fn a_failed_fsync_of_an_evicted_segment_fails_its_log() {
+    let sim = SimIo::new(9);
+    let cache = streambus_log::HandleCache::new(Arc::new(sim.clone()), 1);
+    let opts = || OpenOptions::new().io(Arc::new(cache.clone()));
+    let a = Log::open_with("/data/a", config(FsyncPolicy::Never), opts()).unwrap();
+    a.append(&mut batch("a", 3, 1)).unwrap();
+    sim.fail_next(SimOp::SyncData, "/data/a/");
+    let b = Log::open_with("/data/b", config(FsyncPolicy::Never), opts()).unwrap();
+    let stats = cache.stats();
+    assert_eq!(stats.eviction_sync_failures, 1, "{stats:?}");
+    assert!(stats.peak_open <= 1, "{stats:?}");
+    b.append(&mut batch("b", 2, 1)).unwrap();
+    b.flush().unwrap();
+    // Reads of `a` still work (its segment is reopened); its fsync fails.
+    assert_eq!(values(&read_all(&a)).len(), 3);
+    let err = a.flush().unwrap_err();
+    assert!(err.to_string().contains("evicted"), "{err}");
+    assert!(a.failure().is_some_and(|r| r.contains("fsync")));
+    assert!(matches!(
+        a.append(&mut batch("refused", 1, 1)),
+        Err(LogError::Failed(_))
+    ));
+    // Reopened, it works again.
+    drop(a);
+    let a = Log::open_with("/data/a", config(FsyncPolicy::Never), opts()).unwrap();
+    a.append(&mut batch("again", 1, 1)).unwrap();
+    a.flush().unwrap();
+    assert_eq!(values(&read_all(&b)).len(), 2);
+}

@@ -129,31 +129,6 @@ fn tune_allocator() {
     }
 }
 
-/// Raises the soft open-file limit to the hard one, as servers do: every
-/// partition log and connection holds descriptors. Logs both.
-fn raise_open_file_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    let (soft, hard) = (limit.current, limit.maximum);
-    if soft.is_some() && soft != hard {
-        let raised = rustix::process::Rlimit {
-            current: hard,
-            maximum: hard,
-        };
-        if let Err(e) = setrlimit(Resource::Nofile, raised) {
-            tracing::warn!(?soft, ?hard, error = %e, "cannot raise the open-file limit");
-            return;
-        }
-    }
-    let now = getrlimit(Resource::Nofile);
-    tracing::info!(
-        soft = ?now.current,
-        hard = ?now.maximum,
-        was = ?soft,
-        "open-file limit"
-    );
-}
-
 fn serve<F, Fut>(args: &ServerArgs, f: F, rt: &tokio::runtime::Runtime) -> ExitCode
 where
     F: FnOnce(Settings) -> Fut,
@@ -170,7 +145,9 @@ where
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    raise_open_file_limit();
+    // Servers raise the soft open-file limit to the hard one at start; the
+    // storage node derives its open-file bound from it.
+    streambus_storage_node::open_files::raise_limit();
     tune_allocator();
     match rt.block_on(f(settings)) {
         Ok(()) => ExitCode::SUCCESS,

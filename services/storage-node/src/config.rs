@@ -63,32 +63,31 @@ pub struct StorageNodeConfig {
     /// partitions past it with `PARTITION_LIMIT_REACHED`). 0 = derived
     /// from the node's limits: see [`derived_max_partitions`].
     pub max_partitions: u64,
+    /// At most this many partition-log files (segments, indexes,
+    /// checkpoints) are open at once, however many partitions the node
+    /// hosts: idle ones are closed and opened again when used (see
+    /// [`streambus_log::HandleCache`]). 0 = derived: half of the process's
+    /// soft open-file limit (`RLIMIT_NOFILE`, which `streambus` raises to
+    /// the hard limit at start), leaving the rest to sockets, the
+    /// controller's Raft store in `dev` and everything else. Otherwise at
+    /// least 16 and below the soft limit.
+    pub max_open_files: u64,
 }
 
-/// Open files kept for other uses than partition logs: client and peer
-/// connections, the controller's store in `dev`, segments being read.
-pub const RESERVED_OPEN_FILES: u64 = 2_048;
 /// Memory counted per hosted partition replica (indexes, replica state).
 pub const MEMORY_PER_PARTITION: u64 = 256 * 1024;
 /// The derived partition budget is never more than this.
 pub const MAX_DERIVED_PARTITIONS: u64 = 100_000;
 
-/// The partition budget when `max_partitions` is 0: a partition's log
-/// keeps its active segment file open, so the open-file limit (soft, as
-/// raised at start) less [`RESERVED_OPEN_FILES`]; at most one partition
-/// per [`MEMORY_PER_PARTITION`] of memory; at most
-/// [`MAX_DERIVED_PARTITIONS`]; at least 1. A limit that cannot be read
-/// does not bound it.
-pub fn derived_max_partitions(open_files: Option<u64>, memory: Option<u64>) -> u64 {
-    let by_files = open_files.map_or(u64::MAX, |n| n.saturating_sub(RESERVED_OPEN_FILES));
-    let by_memory = memory.map_or(u64::MAX, |m| m / MEMORY_PER_PARTITION);
-    by_files.min(by_memory).clamp(1, MAX_DERIVED_PARTITIONS)
-}
-
-/// This process's soft open-file limit, if it can be read.
-pub fn open_file_limit() -> Option<u64> {
-    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-    limit.current
+/// The partition budget when `max_partitions` is 0: one partition per
+/// [`MEMORY_PER_PARTITION`] of memory, at most [`MAX_DERIVED_PARTITIONS`],
+/// at least 1. Open files do not bound it: the logs share a bounded
+/// file-handle cache (`max_open_files`). Memory that cannot be read does
+/// not bound it.
+pub fn derived_max_partitions(memory: Option<u64>) -> u64 {
+    memory
+        .map_or(u64::MAX, |m| m / MEMORY_PER_PARTITION)
+        .clamp(1, MAX_DERIVED_PARTITIONS)
 }
 
 impl Default for StorageNodeConfig {
@@ -113,6 +112,7 @@ impl Default for StorageNodeConfig {
             disk_min_free_bytes: 256 * 1024 * 1024,
             disk_max_used_percent: 98,
             max_partitions: 0,
+            max_open_files: 0,
         }
     }
 }
@@ -131,10 +131,7 @@ impl StorageNodeConfig {
     /// The partition budget: the setting, or derived from the limits.
     pub fn max_partitions(&self) -> u64 {
         match self.max_partitions {
-            0 => derived_max_partitions(
-                open_file_limit(),
-                streambus_service::budget::machine_memory(),
-            ),
+            0 => derived_max_partitions(streambus_service::budget::machine_memory()),
             n => n,
         }
     }
@@ -162,6 +159,13 @@ impl StorageNodeConfig {
                 "storage_node.memory_budget_bytes must be 0 (derived from the machine) or at least {} (one largest batch, and four largest fetches), got {}",
                 min.max(u64::from(self.max_fetch_bytes) * 4),
                 self.memory_budget_bytes
+            ));
+        }
+        if self.max_open_files != 0 && self.max_open_files < crate::open_files::MIN_MAX_OPEN_FILES {
+            return Err(format!(
+                "storage_node.max_open_files must be 0 (derived from the open-file limit) or at least {}, got {}",
+                crate::open_files::MIN_MAX_OPEN_FILES,
+                self.max_open_files
             ));
         }
         if !(1..=100).contains(&self.disk_max_used_percent) {
@@ -199,20 +203,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_derived_partition_budget_follows_the_tightest_limit() {
+    fn the_derived_partition_budget_follows_memory() {
         const GIB: u64 = 1 << 30;
-        // The open-file limit binds: 20,000 descriptors, 24 GiB.
-        assert_eq!(derived_max_partitions(Some(20_000), Some(24 * GIB)), 17_952);
-        // Memory binds: 1 GiB holds 4,096 partitions at 256 KiB each.
-        assert_eq!(derived_max_partitions(Some(1 << 20), Some(GIB)), 4_096);
-        // Neither readable, or both huge: the ceiling.
-        assert_eq!(derived_max_partitions(None, None), MAX_DERIVED_PARTITIONS);
+        // 1 GiB holds 4,096 partitions at 256 KiB each.
+        assert_eq!(derived_max_partitions(Some(GIB)), 4_096);
+        // 24 GiB: 98,304.
+        assert_eq!(derived_max_partitions(Some(24 * GIB)), 98_304);
+        // Unreadable, or huge: the ceiling; tiny: at least one.
+        assert_eq!(derived_max_partitions(None), MAX_DERIVED_PARTITIONS);
         assert_eq!(
-            derived_max_partitions(Some(u64::MAX), Some(u64::MAX)),
+            derived_max_partitions(Some(u64::MAX)),
             MAX_DERIVED_PARTITIONS
         );
-        // A limit below the reserve still leaves one.
-        assert_eq!(derived_max_partitions(Some(1_024), Some(GIB)), 1);
+        assert_eq!(derived_max_partitions(Some(1024)), 1);
         // A setting wins over the derivation.
         let config = StorageNodeConfig {
             max_partitions: 7,

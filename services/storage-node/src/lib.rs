@@ -12,6 +12,7 @@ pub mod disk;
 pub mod error;
 pub mod isr;
 pub mod metrics;
+pub mod open_files;
 pub mod partitions;
 pub mod replica;
 pub mod replication;
@@ -94,6 +95,25 @@ pub async fn serve_with_log_options(
             source,
         })?;
     config.validate().map_err(StorageNodeError::Config)?;
+    // Every log's files go through one bounded file-handle cache over the
+    // file system the options carry: idle partitions hold no descriptor.
+    let (soft_limit, _) = open_files::limits();
+    let max_open_files = open_files::max_open_files(config.max_open_files, soft_limit)
+        .map_err(StorageNodeError::Config)?;
+    let log_io: Arc<dyn streambus_log::io::Io> = log_options
+        .configured_io()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(streambus_log::io::StdIo));
+    let handles = streambus_log::HandleCache::new(log_io, max_open_files);
+    let log_options = log_options.io(Arc::new(handles.clone()));
+    metrics
+        .open_files_limit
+        .set(i64::try_from(max_open_files).unwrap_or(i64::MAX));
+    tracing::info!(
+        max_open_files,
+        soft_limit = ?soft_limit,
+        "partition logs keep at most this many files open"
+    );
     // Held (locked) until every log is closed, including on a fatal stop.
     let data_dir = Arc::new(std::sync::Mutex::new(DataDir::open(
         &config.data_dir,
@@ -218,17 +238,20 @@ pub async fn serve_with_log_options(
         });
     }
     {
-        // The logs count fsyncs into one node-wide counter; export it.
+        // The logs count fsyncs into one node-wide counter, and share one
+        // file-handle cache; export both.
         let partitions = partitions.clone();
         let metrics = metrics.clone();
         tasks.spawn(async move {
             let mut exported = 0;
+            let mut files = streambus_log::HandleStats::default();
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
                 tick.tick().await;
                 let now = partitions.fsyncs();
                 metrics.fsyncs.inc_by(now.saturating_sub(exported));
                 exported = now;
+                files = metrics.observe_open_files(&handles.stats(), &files);
             }
         });
     }

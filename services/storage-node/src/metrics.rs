@@ -50,6 +50,19 @@ pub struct Metrics {
     /// 1 while the disk is past its watermark (produce refused with
     /// `DISK_FULL`).
     pub disk_full: Gauge,
+    /// Partition-log files open now (the file-handle cache's descriptors);
+    /// exported every 500 ms.
+    pub open_files: Gauge,
+    /// The bound on them (`storage_node.max_open_files`, or derived).
+    pub open_files_limit: Gauge,
+    /// Files opened again after their descriptor was closed to stay within
+    /// the bound (or to keep a removed file readable).
+    pub file_reopens: Counter,
+    /// Descriptors closed to stay within the bound.
+    pub file_evictions: Counter,
+    /// Files opened while the bound was reached and every open descriptor
+    /// was in use or pinned (the cache went over its bound).
+    pub open_files_over_limit: Counter,
 }
 
 impl Metrics {
@@ -68,6 +81,26 @@ impl Metrics {
         self.disk_available_bytes
             .set(i64::try_from(usage.available).unwrap_or(i64::MAX));
         self.disk_full.set(i64::from(full));
+    }
+
+    /// Sets the open-file metrics from the file-handle cache's `now`;
+    /// `before` is what the previous call returned. Returns `now`.
+    pub fn observe_open_files(
+        &self,
+        now: &streambus_log::HandleStats,
+        before: &streambus_log::HandleStats,
+    ) -> streambus_log::HandleStats {
+        self.open_files
+            .set(i64::try_from(now.open).unwrap_or(i64::MAX));
+        self.open_files_limit
+            .set(i64::try_from(now.capacity).unwrap_or(i64::MAX));
+        self.file_reopens
+            .inc_by(now.reopens.saturating_sub(before.reopens));
+        self.file_evictions
+            .inc_by(now.evictions.saturating_sub(before.evictions));
+        self.open_files_over_limit
+            .inc_by(now.over_capacity.saturating_sub(before.over_capacity));
+        *now
     }
 
     /// Creates the metrics and registers them.
@@ -91,6 +124,11 @@ impl Metrics {
             disk_total_bytes: Gauge::default(),
             disk_available_bytes: Gauge::default(),
             disk_full: Gauge::default(),
+            open_files: Gauge::default(),
+            open_files_limit: Gauge::default(),
+            file_reopens: Counter::default(),
+            file_evictions: Counter::default(),
+            open_files_over_limit: Counter::default(),
         };
         registry.register_collector(Box::new(streambus_service::budget::BudgetCollector::new(
             "streambus_storage",
@@ -149,6 +187,31 @@ impl Metrics {
             "disk_full",
             "1 while the data directory's disk is past its watermark and produce is refused with DISK_FULL",
             m.disk_full.clone(),
+        );
+        r.register(
+            "open_files",
+            "Partition-log files open now (descriptors of the file-handle cache)",
+            m.open_files.clone(),
+        );
+        r.register(
+            "open_files_limit",
+            "The most partition-log files kept open at once (storage_node.max_open_files or derived)",
+            m.open_files_limit.clone(),
+        );
+        r.register(
+            "file_reopens",
+            "Partition-log files opened again after their descriptor was closed to stay within the limit",
+            m.file_reopens.clone(),
+        );
+        r.register(
+            "file_evictions",
+            "Partition-log file descriptors closed to stay within the open-file limit",
+            m.file_evictions.clone(),
+        );
+        r.register(
+            "open_files_over_limit",
+            "Partition-log files opened past the limit because every open one was in use or pinned",
+            m.open_files_over_limit.clone(),
         );
         r.register(
             "replicated_bytes",
