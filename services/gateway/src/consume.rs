@@ -39,6 +39,9 @@ const BUDGET_RETRY: Duration = Duration::from_millis(100);
 /// less than this fraction (1/N) of the budget is in use: the rest stays
 /// for the responses clients wait for, however many subscribers stall.
 const READ_AHEAD_SHARE: usize = 4;
+/// The shortest wait of a subscription partition for new records, however
+/// short the client's `max_wait_ms` (records arriving end it at once).
+const MIN_WAIT: Duration = Duration::from_millis(100);
 /// The smallest response a subscription asks for when memory is short.
 const MIN_CHUNK: usize = 64 * 1024;
 /// How long a subscription's first response waits in line for memory
@@ -346,7 +349,9 @@ impl ConsumeApi {
                     u32::try_from(permit.bytes()).unwrap_or(u32::MAX),
                     Duration::ZERO,
                 ),
-                None => (0, wait),
+                // One byte: a storage node that predates `wait_only`
+                // answers with at most one batch, not a megabyte.
+                None => (1, wait.max(MIN_WAIT)),
             };
             let fetched = tokio::select! {
                 r = self.fetch_once(&req.topic, partition, offset, max_bytes, max_wait, waiting) => Some(r),
@@ -363,6 +368,8 @@ impl ConsumeApi {
                 Ok(r) => r,
                 Err(e) if e.retriable() => {
                     tracing::debug!(topic = %req.topic, partition, error = %e, "subscribe fetch failed; retrying");
+                    // Neither memory nor the turn is held while pausing.
+                    drop(reserved);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -376,10 +383,13 @@ impl ConsumeApi {
                 continue;
             };
             if resp.batches.is_empty() {
-                // Nothing visible after all (truncated, or a stale high
-                // watermark): wait for records again.
+                // Nothing readable after all (truncated, a stale high
+                // watermark, or a gap compaction left below it): give the
+                // turn and the memory back, and look again after a long
+                // poll's time.
                 visible = visible.min(offset);
-                tokio::time::sleep(BUDGET_RETRY).await;
+                drop((permit, held));
+                tokio::time::sleep(wait.max(MIN_WAIT)).await;
                 continue;
             }
             let message = match self
@@ -393,6 +403,7 @@ impl ConsumeApi {
                 Err(e) if e.reason == Reason::Overloaded => {
                     // The decompression budget is spent: fetch again later.
                     tracing::debug!(topic = %req.topic, partition, error = %e, "subscribe decode deferred");
+                    drop((permit, held));
                     tokio::time::sleep(BUDGET_RETRY).await;
                     continue;
                 }

@@ -35,9 +35,9 @@ pub struct StorageNodeConfig {
     /// `memory_budget_bytes`.
     pub decompression_budget_bytes: u64,
     /// Bytes of record data the node may hold at once: fetch responses
-    /// being read for consumers and followers, and decompression. Consumer
-    /// fetches may use three quarters of it, so followers always have room
-    /// (replication before consumers). 0 = derived from the machine: 1/64
+    /// being read for consumers and followers, batches being appended, and
+    /// decompression. Consumer fetches may use half of it and appends a
+    /// quarter, so followers always have room (replication first). 0 = derived from the machine: 1/64
     /// of the memory (the cgroup limit when lower), between 256 MiB and
     /// 1 GiB.
     pub memory_budget_bytes: u64,

@@ -154,18 +154,19 @@ pub async fn serve_with_log_options(
         "storage_node.decompression_budget_bytes",
         config.decompression_budget_bytes as usize,
     );
-    // Replication before consumers: consumer fetches leave a quarter of
-    // the budget to followers.
+    // Replication before consumers and producers: consumer fetches may
+    // use half of the budget and appends a quarter, so at least a quarter
+    // is always left to followers.
     let consumer_fetches = memory.child(
-        "storage_node.memory_budget_bytes (consumer fetches: three quarters)",
-        memory.capacity() / 4 * 3,
-    );
-    // Appends waiting for the disk or the followers hold their batches:
-    // at most half of the budget, so a produce flood against a slow disk
-    // leaves room for replication and consumers.
-    let appends = memory.child(
-        "storage_node.memory_budget_bytes (appends in flight: one half)",
+        "storage_node.memory_budget_bytes (consumer fetches: one half)",
         memory.capacity() / 2,
+    );
+    // Appends being written hold their batches: a quarter of the budget
+    // (at least one largest message), so a produce flood against a slow
+    // disk leaves room for replication and consumers.
+    let appends = memory.child(
+        "storage_node.memory_budget_bytes (appends being written: one quarter)",
+        (memory.capacity() / 4).max(MAX_MESSAGE_BYTES),
     );
     for b in [&memory, &decompression, &consumer_fetches, &appends] {
         metrics.budgets.add(b);

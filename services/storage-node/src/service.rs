@@ -208,11 +208,12 @@ impl StorageApi {
         // After the leadership checks: a client with stale metadata learns
         // of the move first.
         self.disk.check_produce()?;
-        // The batch is held until the append is acknowledged. Past the
-        // budget, appends wait (the gateway's writes stay in flight, so
-        // producers are slowed by flow control), then `OVERLOADED` with
-        // nothing written.
-        let _held = self
+        // The batch is held until it is written (and fsynced, under
+        // `fsync.policy=always`), not while followers copy it: replication
+        // must find room meanwhile. Past the budget, appends wait (the
+        // gateway's writes stay in flight, so producers are slowed by flow
+        // control), then `OVERLOADED` with nothing written.
+        let held = self
             .appends
             .acquire(req.batch.len(), self.ack_timeout)
             .await?;
@@ -226,7 +227,7 @@ impl StorageApi {
         }
         // Validation decompresses a compressed batch: reserve its bound
         // first, so concurrent appends cannot expand without limit.
-        let _expansion = reserve_decompression(&self.decompression, &req.batch).await?;
+        let expansion = reserve_decompression(&self.decompression, &req.batch).await?;
         let started = Instant::now();
         let batch = match replica.config().compression_type.codec() {
             Some(codec) => apply_compression_type(&replica, req.batch, codec)
@@ -238,6 +239,7 @@ impl StorageApi {
             None => req.batch,
         };
         let result = append_in_order(&replica, &batch, epoch).await?;
+        drop((batch, expansion, held));
         let info = match result {
             Ok(info) => info,
             Err(e) => {
