@@ -611,6 +611,33 @@ impl Metadata {
                 ));
             }
         }
+        // Every replica it hosts must find a node with room under its
+        // partition budget, or the decommission could never finish.
+        let mut counts = self.replica_counts();
+        for t in self.topics.values() {
+            for p in t
+                .partitions
+                .iter()
+                .filter(|p| p.replicas.contains(&node_id))
+            {
+                let target = others
+                    .iter()
+                    .copied()
+                    .filter(|o| !p.replicas.contains(o))
+                    .filter(|o| self.has_room(*o, counts.get(o).copied().unwrap_or(0)))
+                    .min_by_key(|o| counts.get(o).copied().unwrap_or(0));
+                let Some(target) = target else {
+                    return Err(Error::new(
+                        Reason::PartitionLimitReached,
+                        format!(
+                            "cannot decommission storage node {node_id}: no other live storage node has room under its partition budget (storage_node.max_partitions) for the replica of {}/{}",
+                            t.name, p.partition
+                        ),
+                    ));
+                };
+                *counts.entry(target).or_default() += 1;
+            }
+        }
         Ok(())
     }
 
@@ -994,7 +1021,14 @@ impl Metadata {
                 continue;
             }
             match self.nodes.get(r) {
-                Some(n) if n.alive && !n.decommissioning => {}
+                Some(n) if n.alive && !n.decommissioning => {
+                    if !self.has_room(*r, self.hosted(*r)) {
+                        return Err(invalid(format!(
+                            "node {r} is at its partition budget ({})",
+                            n.max_partitions
+                        )));
+                    }
+                }
                 _ => {
                     return Err(invalid(format!(
                         "node {r} is not a live storage node that takes replicas"
@@ -1420,6 +1454,15 @@ impl Metadata {
             }
         }
         counts
+    }
+
+    /// Partition replicas node `id` hosts.
+    pub fn hosted(&self, id: u64) -> u64 {
+        self.topics
+            .values()
+            .flat_map(|t| &t.partitions)
+            .filter(|p| p.replicas.contains(&id))
+            .count() as u64
     }
 
     /// Whether node `id`, hosting `hosted` replicas, may take one more
@@ -1870,6 +1913,26 @@ mod tests {
     }
 
     #[test]
+    fn a_decommission_whose_replicas_find_no_room_is_refused() {
+        let mut m = Metadata::default();
+        register_with_budget(&mut m, 1, 1, 0);
+        register_with_budget(&mut m, 2, 2, 3);
+        // 4 partitions, RF 1: nodes 1 and 2 host 2 each.
+        let cmd = m.validate_create_topic(&create_req("t", 4, 1)).unwrap();
+        m.apply(3, &cmd, &mut Dirty::default());
+        assert_eq!(m.replica_counts(), BTreeMap::from([(1, 2), (2, 2)]));
+        // Node 2 has room for one of node 1's two replicas.
+        let e = m.check_decommission(1).unwrap_err();
+        assert_eq!(e.reason, Reason::PartitionLimitReached, "{e}");
+        assert!(
+            e.message.contains("cannot decommission storage node 1"),
+            "{e}"
+        );
+        // Node 1 has no budget: node 2's replicas fit there.
+        m.check_decommission(2).unwrap();
+    }
+
+    #[test]
     fn decommissioning_moves_replicas_only_to_nodes_with_room() {
         let mut m = Metadata::default();
         register_with_budget(&mut m, 1, 1, 0);
@@ -1891,6 +1954,15 @@ mod tests {
                 "a replica was moved to the full node 2: {step:?}"
             );
         }
+        // A change decided before node 2 filled up is refused when applied.
+        let mut onto_full = steps[0].clone();
+        let extra = onto_full.replicas.iter().position(|&r| r != 1).unwrap();
+        onto_full.replicas[extra] = 2;
+        let e = m.check_partition_change(&onto_full).unwrap_err();
+        assert!(
+            e.message.contains("node 2 is at its partition budget (2)"),
+            "{e}"
+        );
     }
 
     #[test]
