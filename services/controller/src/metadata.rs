@@ -1489,15 +1489,26 @@ impl Metadata {
         let rf = replication_factor as usize;
         let mut counts = self.replica_counts();
         let mut out = Vec::with_capacity(count as usize);
+        let rack = |id: u64| self.nodes.get(&id).map_or("", |n| n.rack.as_str());
         for i in 0..count {
             let start = self.placement_cursor.wrapping_add(u64::from(i));
-            let mut replicas = Vec::with_capacity(rf);
-            for k in 0..n {
-                let id = nodes[(start.wrapping_add(k) % n) as usize];
-                if self.has_room(id, counts.get(&id).copied().unwrap_or(0)) {
-                    replicas.push(id);
-                    if replicas.len() == rf {
-                        break;
+            let walk = (0..n).map(|k| nodes[(start.wrapping_add(k) % n) as usize]);
+            let room = |id: &u64| self.has_room(*id, counts.get(id).copied().unwrap_or(0));
+            // Plain round robin when its nodes have room (always, without
+            // budgets), so placement is what it always was.
+            let mut replicas: Vec<u64> = walk.clone().take(rf).collect();
+            if !replicas.iter().all(room) {
+                // Skip full nodes, still preferring racks the partition
+                // does not use yet, then any node with room.
+                replicas.clear();
+                for id in walk.clone().filter(room) {
+                    if replicas.len() < rf && !replicas.iter().any(|&r| rack(r) == rack(id)) {
+                        replicas.push(id);
+                    }
+                }
+                for id in walk.filter(room) {
+                    if replicas.len() < rf && !replicas.contains(&id) {
+                        replicas.push(id);
                     }
                 }
             }
@@ -1893,6 +1904,49 @@ mod tests {
         );
         assert!(!m.topics.contains_key("d"));
         assert_eq!(m.replica_counts(), before);
+    }
+
+    #[test]
+    fn skipping_a_full_node_keeps_replicas_in_different_racks() {
+        let mut m = Metadata::default();
+        for (id, rack, max) in [(1, "a", 0), (2, "b", 1), (3, "a", 0), (4, "b", 0)] {
+            m.apply(
+                id,
+                &Command::RegisterNode {
+                    node_id: id,
+                    address: format!("n{id}:1"),
+                    incarnation: id,
+                    directory_id: format!("dir-{id}"),
+                    rack: rack.into(),
+                    max_partitions: max,
+                },
+                &mut Dirty::default(),
+            );
+        }
+        assert_eq!(m.placement_order(), vec![1, 2, 3, 4]);
+        // Node 2 (rack b) takes one replica and is full.
+        let cmd = m.validate_create_topic(&create_req("x", 1, 2)).unwrap();
+        m.apply(5, &cmd, &mut Dirty::default());
+        // Every later partition spans both racks, through node 4.
+        let cmd = m.validate_create_topic(&create_req("y", 4, 2)).unwrap();
+        let CommandResponse::Topic(y) = m.apply(6, &cmd, &mut Dirty::default()) else {
+            panic!("not created");
+        };
+        for p in &y.partitions {
+            let racks: BTreeSet<&str> = p
+                .replicas
+                .iter()
+                .map(|r| m.nodes[r].rack.as_str())
+                .collect();
+            assert_eq!(
+                racks.len(),
+                2,
+                "partition {} on {:?}",
+                p.partition,
+                p.replicas
+            );
+            assert!(!p.replicas.contains(&2));
+        }
     }
 
     #[test]
