@@ -29,3 +29,4 @@ pub use error::ControllerError;
 pub use metrics::Metrics;
 pub use network::PeerDial;
 pub use server::{ServeOptions, serve, serve_with_listener, serve_with_options};
+pub use store::StoreFaults;

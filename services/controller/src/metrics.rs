@@ -26,6 +26,9 @@ pub struct Metrics {
     pub topics: Gauge,
     /// Storage nodes marked alive in the applied metadata.
     pub storage_nodes_alive: Gauge,
+    /// Times the Raft store failed a write and the controller started over
+    /// from its store on disk.
+    pub store_failures: Counter,
 }
 
 impl Metrics {
@@ -63,6 +66,11 @@ impl Metrics {
             "storage_nodes_alive",
             "Storage nodes marked alive",
             metrics.storage_nodes_alive.clone(),
+        );
+        r.register(
+            "store_failures",
+            "Times the Raft store failed a write and the controller started over from disk",
+            metrics.store_failures.clone(),
         );
         metrics
     }

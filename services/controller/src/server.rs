@@ -25,7 +25,7 @@ use crate::leases::Leases;
 use crate::metrics::Metrics;
 use crate::network::{MAX_RAFT_MESSAGE_BYTES, Network, PeerDial};
 use crate::raft_service::RaftServiceImpl;
-use crate::store::{self, Raft, StateMachineStore};
+use crate::store::{self, Raft, StateMachineStore, StoreFaults};
 
 /// Largest controller message (a full metadata snapshot of a big cluster).
 pub(crate) use streambus_cluster::MAX_METADATA_MESSAGE_BYTES;
@@ -48,6 +48,10 @@ pub struct ServeOptions {
     /// Fault tests use it to put each controller-to-controller link behind
     /// a proxy of its own; it is not a configuration key.
     pub peer_dial: Option<PeerDial>,
+    /// Failures injected into the Raft store's writes. Fault tests use it
+    /// to make the store fail as with `EMFILE` or `EIO`; it is not a
+    /// configuration key.
+    pub store_faults: Option<Arc<StoreFaults>>,
 }
 
 /// Binds `config.listen_addr` and serves until `shutdown` completes.
@@ -83,6 +87,14 @@ pub async fn serve_with_listener(
 ///
 /// Shutdown drains in order: stop accepting and end metadata watches, finish
 /// in-flight requests, stop Raft, flush the store.
+///
+/// A failed write to the Raft store (a full file-descriptor table, a disk
+/// error) stops openraft for good. The controller then reports it (an
+/// error log line, `streambus_controller_store_failures_total`, not
+/// ready), drains as for a shutdown, and starts over from what its store
+/// holds on disk, on the same listener, retrying with a growing backoff
+/// until the store takes writes again. Only a failure of the first start
+/// is returned.
 pub async fn serve_with_options(
     config: ControllerConfig,
     listener: TcpListener,
@@ -107,15 +119,110 @@ pub async fn serve_with_options(
             "advertised_addr differs from this node's peers entry; peers and clients use the peers entry"
         );
     }
-    let metrics = options.metrics.unwrap_or_default();
-    let dial = options.peer_dial.unwrap_or_else(PeerDial::direct);
+    let stop = CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stop.cancel();
+        });
+    }
+    let shared = Shared {
+        metrics: options.metrics.unwrap_or_default(),
+        dial: options.peer_dial.unwrap_or_else(PeerDial::direct),
+        faults: options.store_faults.unwrap_or_default(),
+        ready: options.ready,
+        local,
+        advertised,
+        peers,
+    };
+    // Each run serves on its own descriptor of the one socket: connections
+    // wait in its backlog while the controller starts over.
+    let listener = listener.into_std()?;
+    let mut backoff = RESTART_BACKOFF_MIN;
+    let mut first = true;
+    loop {
+        let run = match listener.try_clone() {
+            Ok(socket) => match TcpListener::from_std(socket) {
+                Ok(socket) => run(&config, &shared, socket, &stop, first).await,
+                Err(e) => Err(e.into()),
+            },
+            Err(e) => Err(e.into()),
+        };
+        let failure = match run {
+            Ok(Ended::Shutdown) => return Ok(()),
+            Ok(Ended::StoreFailed { failure, was_ready }) => {
+                if was_ready {
+                    backoff = RESTART_BACKOFF_MIN;
+                }
+                failure
+            }
+            Err(e) if first => return Err(e),
+            Err(e) => e.to_string(),
+        };
+        first = false;
+        shared.metrics.store_failures.inc();
+        tracing::error!(
+            node_id = config.node_id,
+            error = %failure,
+            retry_in_ms = backoff.as_millis() as u64,
+            "controller store failed; starting over from the store on disk"
+        );
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+    }
+}
 
+/// First wait before a controller whose store failed starts over.
+const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// Longest wait between two attempts to start over.
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// What every run of one controller shares.
+struct Shared {
+    metrics: Arc<Metrics>,
+    dial: PeerDial,
+    faults: Arc<StoreFaults>,
+    ready: Option<watch::Sender<bool>>,
+    local: std::net::SocketAddr,
+    advertised: String,
+    peers: Option<Vec<Peer>>,
+}
+
+/// How one run of the controller ended.
+enum Ended {
+    /// `shutdown` completed.
+    Shutdown,
+    /// openraft stopped on a store error.
+    StoreFailed {
+        failure: String,
+        /// Whether the run had become ready before it failed.
+        was_ready: bool,
+    },
+}
+
+/// Opens the store, starts Raft and serves on `listener` until `stop` or
+/// until openraft stops on a store error.
+async fn run(
+    config: &ControllerConfig,
+    shared: &Shared,
+    listener: TcpListener,
+    stop: &CancellationToken,
+    first: bool,
+) -> Result<Ended, ControllerError> {
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(streambus_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ControllerError::Config(format!("reflection: {e}")))?;
 
-    let (db, log_store, sm, reserve) = store::open(&config.data_dir, config.disk_reserve_bytes)?;
+    let (db, log_store, sm, reserve) = store::open(
+        &config.data_dir,
+        config.disk_reserve_bytes,
+        shared.faults.clone(),
+    )?;
     // The space reserve comes back once the disk has room again.
     let reserve_task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -137,9 +244,9 @@ pub async fn serve_with_options(
     .map_err(|e| ControllerError::Config(e.to_string()))?;
     let network = Network::new(
         Duration::from_millis(config.heartbeat_interval_ms.max(50)),
-        dial.clone(),
+        shared.dial.clone(),
     );
-    let raft = Raft::new(
+    let raft = match Raft::new(
         config.node_id,
         Arc::new(raft_config),
         network,
@@ -147,21 +254,32 @@ pub async fn serve_with_options(
         sm.clone(),
     )
     .await
-    .map_err(|e| ControllerError::Raft(e.to_string()))?;
+    {
+        Ok(raft) => raft,
+        Err(e) => {
+            reserve_task.abort();
+            return Err(ControllerError::Raft(e.to_string()));
+        }
+    };
     tracing::info!(
         node_id = config.node_id,
-        %local,
-        %advertised,
-        peers = peers.as_ref().map_or(0, Vec::len),
+        local = %shared.local,
+        advertised = %shared.advertised,
+        peers = shared.peers.as_ref().map_or(0, Vec::len),
         join = config.join,
+        restart = !first,
         "controller starting"
     );
-    if let Err(e) = bootstrap(&raft, config.node_id, peers.as_deref()).await {
+    if let Err(e) = bootstrap(&raft, config.node_id, shared.peers.as_deref()).await {
         let _ = raft.shutdown().await;
+        reserve_task.abort();
         return Err(e);
     }
 
-    let cancel = CancellationToken::new();
+    // Ends this run: on shutdown, or when openraft stops on a store error.
+    let cancel = stop.child_token();
+    let failure = Arc::new(std::sync::Mutex::new(None::<String>));
+    let became_ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let leadership = Leadership::new(
         Duration::from_millis(config.node_lease_ms),
         Duration::from_millis(config.election_timeout_min_ms),
@@ -171,8 +289,8 @@ pub async fn serve_with_options(
         config.node_id,
         raft.clone(),
         sm.clone(),
-        metrics.clone(),
-        dial,
+        shared.metrics.clone(),
+        shared.dial.clone(),
         leadership,
     );
     let leases = Arc::new(Leases::new(Duration::from_millis(config.node_lease_ms)));
@@ -194,17 +312,19 @@ pub async fn serve_with_options(
         tokio::spawn(update_metrics(
             raft.clone(),
             sm.clone(),
-            metrics.clone(),
+            shared.metrics.clone(),
             cancel.clone(),
         )),
         tokio::spawn(track_readiness(
             proposer.clone(),
             config.node_id,
             sm.clone(),
-            options.ready,
+            shared.ready.clone(),
+            became_ready.clone(),
             health_reporter,
             cancel.clone(),
         )),
+        tokio::spawn(watch_store(raft.clone(), failure.clone(), cancel.clone())),
     ];
 
     let controller =
@@ -214,17 +334,15 @@ pub async fn serve_with_options(
     let raft_service = RaftServiceServer::new(RaftServiceImpl::new(raft.clone()))
         .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
-    let stop = cancel.clone();
+    let ended = cancel.clone();
     let served = streambus_service::grpc::server()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(controller)
         .add_service(raft_service)
         .serve_with_incoming_shutdown(streambus_service::grpc::incoming(listener), async move {
-            shutdown.await;
+            ended.cancelled().await;
             tracing::info!("controller shutting down");
-            // Ends metadata watches so the graceful shutdown can finish.
-            stop.cancel();
         })
         .await;
 
@@ -238,11 +356,40 @@ pub async fn serve_with_options(
     }
     drop(raft);
     drop(sm);
-    db.flush_async().await?;
+    let flushed = db.flush_async().await;
     drop(db);
+    let failure = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(failure) = failure {
+        return Ok(Ended::StoreFailed {
+            failure,
+            was_ready: became_ready.load(std::sync::atomic::Ordering::Relaxed),
+        });
+    }
+    flushed?;
     tracing::info!(node_id = config.node_id, "controller stopped");
     served?;
-    Ok(())
+    Ok(Ended::Shutdown)
+}
+
+/// Ends the run (`cancel`) once openraft reports that it stopped on an
+/// error, recording it in `failure`.
+async fn watch_store(
+    raft: Raft,
+    failure: Arc<std::sync::Mutex<Option<String>>>,
+    cancel: CancellationToken,
+) {
+    let mut rx = raft.metrics();
+    loop {
+        if let Err(fatal) = &rx.borrow_and_update().running_state {
+            *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(fatal.to_string());
+            cancel.cancel();
+            return;
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            r = rx.changed() => if r.is_err() { return },
+        }
+    }
 }
 
 /// On an empty store, the lowest-id peer initializes the group with every
@@ -360,6 +507,7 @@ async fn track_readiness(
     node_id: u64,
     sm: StateMachineStore,
     ready: Option<watch::Sender<bool>>,
+    became_ready: Arc<std::sync::atomic::AtomicBool>,
     health: HealthReporter,
     cancel: CancellationToken,
 ) {
@@ -390,6 +538,7 @@ async fn track_readiness(
                 tx.send_replace(is_ready);
             }
             if is_ready {
+                became_ready.store(true, std::sync::atomic::Ordering::Relaxed);
                 health
                     .set_serving::<ControllerServiceServer<ControllerGrpc>>()
                     .await;

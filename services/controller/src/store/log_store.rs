@@ -26,7 +26,7 @@ type StorageResult<T> = Result<T, StorageError<u64>>;
 #[derive(Clone)]
 pub struct LogStore {
     db: sled::Db,
-    reserve: std::sync::Arc<super::Reserve>,
+    gate: std::sync::Arc<super::WriteGate>,
     logs: sled::Tree,
     meta: sled::Tree,
 }
@@ -42,11 +42,11 @@ fn decode_entry(bytes: &[u8]) -> Result<Entry<TypeConfig>, serde_json::Error> {
 impl LogStore {
     pub(crate) fn open(
         db: &sled::Db,
-        reserve: std::sync::Arc<super::Reserve>,
+        gate: std::sync::Arc<super::WriteGate>,
     ) -> Result<LogStore, ControllerError> {
         Ok(LogStore {
             db: db.clone(),
-            reserve,
+            gate,
             logs: db.open_tree("raft_log")?,
             meta: db.open_tree("raft_meta")?,
         })
@@ -136,7 +136,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> StorageResult<()> {
-        self.reserve.ensure_room();
+        self.gate
+            .begin()
+            .map_err(|e| StorageIOError::write_vote(&e))?;
         self.put_meta(VOTE, vote)
             .map_err(|e| StorageIOError::write_vote(&e))?;
         self.flush()
@@ -152,7 +154,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> StorageResult<()> {
-        self.reserve.ensure_room();
+        self.gate.begin().map_err(|e| StorageIOError::write(&e))?;
         self.put_meta(COMMITTED, &committed)
             .map_err(|e| StorageIOError::write(&e))?;
         Ok(())
@@ -170,7 +172,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        self.reserve.ensure_room();
+        self.gate
+            .begin()
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         let mut batch = sled::Batch::default();
         for entry in entries {
             let bytes = serde_json::to_vec(&entry)
@@ -194,7 +198,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> StorageResult<()> {
-        self.reserve.ensure_room();
+        self.gate
+            .begin()
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         self.remove_range(log_id.index, u64::MAX)
             .map_err(|e| StorageIOError::write_logs(&e))?;
         self.flush()
@@ -204,7 +210,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> StorageResult<()> {
-        self.reserve.ensure_room();
+        self.gate
+            .begin()
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         // Record the purge point first: a crash in between leaves entries
         // that are ignored rather than a gap that is not explained.
         self.put_meta(LAST_PURGED, &log_id)

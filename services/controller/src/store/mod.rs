@@ -2,6 +2,7 @@
 //! ([`StateMachineStore`]) live in one sled database under the controller's
 //! data directory, in separate trees.
 
+mod faults;
 mod log_store;
 mod reserve;
 mod state_machine;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 
 use openraft::BasicNode;
 
+pub use faults::StoreFaults;
 pub use log_store::LogStore;
 pub use reserve::Reserve;
 pub use state_machine::StateMachineStore;
@@ -34,11 +36,31 @@ openraft::declare_raft_types!(
 /// The controller's Raft handle.
 pub type Raft = openraft::Raft<TypeConfig>;
 
+/// What every store write does first: release the space reserve if the
+/// disk is short, then fail if a fault is injected.
+#[derive(Debug)]
+pub(crate) struct WriteGate {
+    reserve: Arc<Reserve>,
+    faults: Arc<StoreFaults>,
+}
+
+impl WriteGate {
+    pub(crate) fn begin(&self) -> std::io::Result<()> {
+        self.reserve.ensure_room();
+        self.faults.check()
+    }
+}
+
+/// Written and flushed at every open to check that the store takes writes.
+const PROBE: &[u8] = b"write_probe";
+
 /// Opens (or creates) the sled database under `dir` and both stores on it,
-/// with a space reserve of `reserve_bytes` (0 = none).
+/// with a space reserve of `reserve_bytes` (0 = none) and writes failing
+/// while `faults` says so. Fails unless a write to the store succeeds.
 pub fn open(
     dir: &Path,
     reserve_bytes: u64,
+    faults: Arc<StoreFaults>,
 ) -> Result<(sled::Db, LogStore, StateMachineStore, Arc<Reserve>), ControllerError> {
     std::fs::create_dir_all(dir).map_err(|source| ControllerError::DataDir {
         path: dir.to_path_buf(),
@@ -47,8 +69,17 @@ pub fn open(
     let reserve = Arc::new(Reserve::open(dir, reserve_bytes));
     reserve.ensure_room();
     let db = sled::Config::new().path(dir.join("raft.sled")).open()?;
-    let log = LogStore::open(&db, reserve.clone())?;
-    let sm = StateMachineStore::open(&db, reserve.clone())?;
+    let gate = Arc::new(WriteGate {
+        reserve: reserve.clone(),
+        faults,
+    });
+    // A store that cannot take a write is not opened: a controller that
+    // started over after a store failure stays down until it can.
+    gate.begin()?;
+    db.insert(PROBE, &std::process::id().to_be_bytes()[..])?;
+    db.flush()?;
+    let log = LogStore::open(&db, gate.clone())?;
+    let sm = StateMachineStore::open(&db, gate)?;
     Ok((db, log, sm, reserve))
 }
 
@@ -66,7 +97,7 @@ mod tests {
             &self,
         ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<u64>> {
             let dir = tempfile::tempdir().expect("tempdir");
-            let (_db, log, sm, _) = open(dir.path(), 0).expect("open store");
+            let (_db, log, sm, _) = open(dir.path(), 0, Arc::default()).expect("open store");
             Ok((dir, log, sm))
         }
     }
@@ -105,7 +136,7 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let before = {
-            let (_db, _log, mut sm, _) = open(dir.path(), 0).unwrap();
+            let (_db, _log, mut sm, _) = open(dir.path(), 0, Arc::default()).unwrap();
             let mut rx = sm.subscribe();
             let replies = sm
                 .apply([
@@ -125,7 +156,7 @@ mod tests {
             assert_eq!(published.topics.keys().collect::<Vec<_>>(), ["b"]);
             published
         };
-        let (_db, _log, mut sm, _) = open(dir.path(), 0).unwrap();
+        let (_db, _log, mut sm, _) = open(dir.path(), 0, Arc::default()).unwrap();
         assert_eq!(*sm.current(), *before);
         let (applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(applied.map(|l| l.index), Some(5));
@@ -137,7 +168,7 @@ mod tests {
         use openraft::storage::RaftStateMachine;
 
         let source_dir = tempfile::tempdir().unwrap();
-        let (_db, _log, mut source, _) = open(source_dir.path(), 0).unwrap();
+        let (_db, _log, mut source, _) = open(source_dir.path(), 0, Arc::default()).unwrap();
         source
             .apply([entry(1, register(1)), entry(2, create("kept"))])
             .await
@@ -151,7 +182,7 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         {
-            let (_db, _log, mut sm, _) = open(dir.path(), 0).unwrap();
+            let (_db, _log, mut sm, _) = open(dir.path(), 0, Arc::default()).unwrap();
             sm.apply([entry(1, register(9)), entry(2, create("dropped"))])
                 .await
                 .unwrap();
@@ -160,7 +191,7 @@ mod tests {
                 .unwrap();
             assert_eq!(*sm.current(), *source.current());
         }
-        let (_db, _log, mut sm, _) = open(dir.path(), 0).unwrap();
+        let (_db, _log, mut sm, _) = open(dir.path(), 0, Arc::default()).unwrap();
         assert_eq!(*sm.current(), *source.current());
         assert!(sm.current().topics.contains_key("kept"));
         assert!(!sm.current().nodes.contains_key(&9));

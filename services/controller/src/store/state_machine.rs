@@ -63,7 +63,7 @@ struct SmMeta {
 
 struct Inner {
     db: sled::Db,
-    reserve: Arc<super::Reserve>,
+    gate: Arc<super::WriteGate>,
     tree: sled::Tree,
     snapshots: sled::Tree,
     state: Mutex<SmState>,
@@ -93,7 +93,7 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> ControllerError {
 impl StateMachineStore {
     pub(crate) fn open(
         db: &sled::Db,
-        reserve: Arc<super::Reserve>,
+        gate: Arc<super::WriteGate>,
     ) -> Result<StateMachineStore, ControllerError> {
         let tree = db.open_tree("sm")?;
         let snapshots = db.open_tree("sm_snapshot")?;
@@ -116,7 +116,7 @@ impl StateMachineStore {
         Ok(StateMachineStore {
             inner: Arc::new(Inner {
                 db: db.clone(),
-                reserve,
+                gate,
                 tree,
                 snapshots,
                 state: Mutex::new(state),
@@ -185,6 +185,7 @@ impl StateMachineStore {
         meta: &SnapshotMeta<u64, BasicNode>,
         data: &[u8],
     ) -> Result<(), std::io::Error> {
+        self.inner.gate.begin()?;
         let mut batch = sled::Batch::default();
         batch.insert(SNAPSHOT_META, serde_json::to_vec(meta)?);
         batch.insert(SNAPSHOT_DATA, data);
@@ -280,7 +281,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        self.inner.reserve.ensure_room();
+        self.inner
+            .gate
+            .begin()
+            .map_err(|e| StorageIOError::write_state_machine(&e))?;
         let mut responses = Vec::new();
         let published = {
             let mut state = self.lock();
@@ -329,7 +333,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta<u64, BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
-        self.inner.reserve.ensure_room();
+        self.inner
+            .gate
+            .begin()
+            .map_err(|e| StorageIOError::write_state_machine(&e))?;
         let data = snapshot.into_inner();
         let read_err = |e: &dyn std::error::Error| {
             StorageIOError::read_snapshot(

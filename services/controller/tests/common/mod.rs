@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use streambus_cluster::ControllerClient;
-use streambus_controller::{ControllerConfig, ControllerError, Peer, serve_with_listener};
+use streambus_controller::{
+    ControllerConfig, ControllerError, Peer, ServeOptions, serve_with_options,
+};
 use streambus_proto::internal::{HeartbeatRequest, RegisterNodeRequest};
 use streambus_proto::v1::CreateTopicRequest;
 use tokio::net::TcpListener;
@@ -82,17 +84,29 @@ pub fn config(node_id: u64, data_dir: &std::path::Path, peers: Vec<Peer>) -> Con
 }
 
 pub fn start(config: ControllerConfig, listener: TcpListener) -> Controller {
+    start_with(config, listener, ServeOptions::default())
+}
+
+/// [`start`] with serve options (`ready` is set here).
+pub fn start_with(
+    config: ControllerConfig,
+    listener: TcpListener,
+    options: ServeOptions,
+) -> Controller {
     let address = listener.local_addr().unwrap().to_string();
     let (stop, stopped) = oneshot::channel::<()>();
     let (ready_tx, ready) = watch::channel(false);
     let id = config.node_id;
-    let task = tokio::spawn(serve_with_listener(
+    let task = tokio::spawn(serve_with_options(
         config,
         listener,
         async move {
             let _ = stopped.await;
         },
-        Some(ready_tx),
+        ServeOptions {
+            ready: Some(ready_tx),
+            ..options
+        },
     ));
     Controller {
         id,
