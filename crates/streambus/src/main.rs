@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use streambus::cli;
@@ -129,6 +130,23 @@ fn tune_allocator() {
     }
 }
 
+/// Once SIGINT or SIGTERM came, gives the drain `grace`, then exits the
+/// process with status 1: a supervisor (Kubernetes included) kills it soon
+/// after anyway, and an exit of our own says what did not finish. Data
+/// acknowledged under the fsync policy is on disk already; logs not closed
+/// cleanly are recovered at the next start.
+async fn exit_after_grace(grace: Duration) {
+    let signal = streambus_service::shutdown::received().await;
+    tokio::time::sleep(grace).await;
+    let message = format!(
+        "the drain after {signal} did not finish within shutdown.grace_ms ({} ms); exiting now, logs not closed are recovered at the next start",
+        grace.as_millis()
+    );
+    tracing::error!("{message}");
+    eprintln!("error: {message}");
+    std::process::exit(1);
+}
+
 fn serve<F, Fut>(args: &ServerArgs, f: F, rt: &tokio::runtime::Runtime) -> ExitCode
 where
     F: FnOnce(Settings) -> Fut,
@@ -149,6 +167,11 @@ where
     // storage node derives its open-file bound from it.
     streambus_storage_node::open_files::raise_limit();
     tune_allocator();
+    if settings.shutdown.grace_ms > 0 {
+        rt.spawn(exit_after_grace(Duration::from_millis(
+            settings.shutdown.grace_ms,
+        )));
+    }
     match rt.block_on(f(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

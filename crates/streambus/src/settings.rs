@@ -37,6 +37,24 @@ pub struct Settings {
     pub http: HttpSettings,
     /// Logging.
     pub log: LogSettings,
+    /// Draining on SIGINT/SIGTERM.
+    pub shutdown: ShutdownSettings,
+}
+
+/// Draining on SIGINT/SIGTERM.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownSettings {
+    /// How long the drain may take after the signal; past it the process
+    /// exits with status 1, leaving logs it did not close to recovery at
+    /// the next start. 0 = no limit.
+    pub grace_ms: u64,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> ShutdownSettings {
+        ShutdownSettings { grace_ms: 25_000 }
+    }
 }
 
 /// The HTTP endpoint.

@@ -263,6 +263,13 @@ struct PodParts<'a> {
 }
 
 fn pod_template(input: &Input, hash: &str, p: PodParts) -> Value {
+    // The process gives up draining before the kubelet's SIGKILL, so its
+    // exit status says whether the drain finished.
+    let mut env = p.env.clone();
+    env.push(json!({
+        "name": "STREAMBUS_SHUTDOWN__GRACE_MS",
+        "value": ((p.grace_seconds - 5).max(1) * 1000).to_string(),
+    }));
     let (command, args) = match p.node_id_var {
         // The node id is explicit config; the pod index comes from the
         // downward API and the shell adds one (ids start at 1).
@@ -281,7 +288,7 @@ fn pod_template(input: &Input, hash: &str, p: PodParts) -> Value {
         "command": command,
         "args": args,
         "envFrom": [{ "configMapRef": { "name": config_map_name(input.name) } }],
-        "env": p.env,
+        "env": env,
         "ports": [
             { "name": "grpc", "containerPort": p.grpc_port, "protocol": "TCP" },
             { "name": "http", "containerPort": HTTP_PORT, "protocol": "TCP" },

@@ -27,11 +27,15 @@ use streambus_proto::{Error, Reason};
 use tonic::{Request, Response, Status};
 
 use crate::metadata::unknown_partition;
+use futures::{StreamExt, TryStreamExt};
+
 use crate::metrics::Metrics;
 use crate::router::{self, CallPolicy, Router};
 
 /// How long offset lookups may retry through leader moves.
 const OFFSETS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Partition offset lookups one `DescribePartitionOffsets` keeps in flight.
+const OFFSETS_CONCURRENCY: usize = 64;
 
 /// Implements `streambus.v1.AdminService`.
 #[derive(Clone)]
@@ -97,7 +101,12 @@ impl AdminApi {
                 })
             }
         });
-        let partitions = futures::future::try_join_all(lookups).await?;
+        // A topic may have 10,000 partitions: a bounded number of lookups
+        // in flight, each with its own deadline from when it starts.
+        let partitions = futures::stream::iter(lookups)
+            .buffered(OFFSETS_CONCURRENCY)
+            .try_collect()
+            .await?;
         Ok(DescribePartitionOffsetsResponse { partitions })
     }
 }

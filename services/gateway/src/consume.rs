@@ -551,7 +551,7 @@ impl ConsumeService for ConsumeApi {
                 Some(p) => vec![p],
                 None => (0..count).collect(),
             };
-            Ok((topic.topic_id, partitions))
+            Ok((topic.topic_id.clone(), partitions))
         }
         .await;
         self.metrics.observe("Subscribe", started, result.is_ok());

@@ -148,12 +148,12 @@ impl MetadataCache {
 
     /// A topic's metadata; asks the controller once when the cache does not
     /// know the topic (it may have just been created).
-    pub async fn topic(&self, name: &str) -> Result<TopicMetadata, Error> {
-        if let Some(t) = find_topic(&self.current(), name) {
+    pub async fn topic(&self, name: &str) -> Result<TopicRef, Error> {
+        if let Some(t) = TopicRef::find(self.current(), name) {
             return Ok(t);
         }
         let md = self.refresh().await?;
-        find_topic(&md, name).ok_or_else(|| {
+        TopicRef::find(md, name).ok_or_else(|| {
             Error::new(
                 Reason::UnknownTopic,
                 format!("topic {name:?} does not exist"),
@@ -165,16 +165,19 @@ impl MetadataCache {
     /// leader epoch this metadata knows it by.
     pub fn leader(&self, topic: &str, partition: u32) -> Result<(String, u64), Error> {
         let md = self.current();
-        let t = find_topic(&md, topic).ok_or_else(|| {
+        let t = md.topics.iter().find(|t| t.name == topic).ok_or_else(|| {
             Error::new(
                 Reason::UnknownTopic,
                 format!("topic {topic:?} does not exist"),
             )
         })?;
+        // Partitions are listed in order; a lookup must not scan (or copy)
+        // a topic of 10,000 partitions on every call.
         let p = t
             .partitions
-            .iter()
-            .find(|p| p.partition == partition)
+            .get(partition as usize)
+            .filter(|p| p.partition == partition)
+            .or_else(|| t.partitions.iter().find(|p| p.partition == partition))
             .ok_or_else(|| unknown_partition(topic, partition, t.partitions.len()))?;
         let node = md.nodes.iter().find(|n| n.node_id == p.leader);
         match node {
@@ -198,6 +201,25 @@ pub fn unknown_partition(topic: &str, partition: u32, count: usize) -> Error {
     )
 }
 
-fn find_topic(md: &ClusterMetadata, name: &str) -> Option<TopicMetadata> {
-    md.topics.iter().find(|t| t.name == name).cloned()
+/// One topic of a metadata snapshot, without copying it: a topic may have
+/// 10,000 partitions, and requests look their topic up every time.
+#[derive(Debug, Clone)]
+pub struct TopicRef {
+    md: Arc<ClusterMetadata>,
+    index: usize,
+}
+
+impl TopicRef {
+    fn find(md: Arc<ClusterMetadata>, name: &str) -> Option<TopicRef> {
+        let index = md.topics.iter().position(|t| t.name == name)?;
+        Some(TopicRef { md, index })
+    }
+}
+
+impl std::ops::Deref for TopicRef {
+    type Target = TopicMetadata;
+
+    fn deref(&self) -> &TopicMetadata {
+        &self.md.topics[self.index]
+    }
 }
