@@ -75,11 +75,19 @@ pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// How long dialling a StreamBus peer may take.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Streams a peer may reset before the server accepted them, per
+/// connection, before the server ends the connection (a defence against
+/// rapid-reset floods). h2's default, 20, is far too low for a gateway
+/// whose requests to thousands of partitions hit their deadline together:
+/// one such burst ended the whole gateway-to-storage-node connection.
+pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 4096;
+
 /// A tonic server builder with StreamBus's transport settings: large
 /// windows, `TCP_NODELAY`, and HTTP/2 keepalive so a vanished client's
 /// connection (and whatever its streams hold) is released.
 pub fn server() -> tonic::transport::Server {
     tonic::transport::Server::builder()
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .tcp_nodelay(true)

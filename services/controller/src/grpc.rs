@@ -609,7 +609,7 @@ impl ControllerService for ControllerGrpc {
             // Already that many: a retry whose first attempt applied, or
             // nothing to do.
             return Ok(Response::new(CreatePartitionsResponse {
-                topic: metadata.topics.get(&topic).map(Metadata::describe),
+                topic: metadata.topics.get(&topic).map(|t| Metadata::describe(t)),
             }));
         };
         match self.proposer.propose(command).await.map_err(status)? {

@@ -9,6 +9,7 @@
 //! the state may change between validation and commit.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use streambus_proto::internal::{ClusterMetadata, StorageNodeInfo, TopicMetadata};
@@ -216,7 +217,7 @@ pub enum CommandResponse {
     /// membership entries).
     Ok,
     /// The topic as created.
-    Topic(Topic),
+    Topic(Arc<Topic>),
     /// A partition as changed.
     Partition(Partition),
     /// Producer ids `first..first + count`.
@@ -336,13 +337,24 @@ pub struct Dirty {
     pub nodes: BTreeSet<u64>,
 }
 
+/// Whether any partition of `topic` has a replica on `node_id`.
+fn hosts(topic: &Topic, node_id: u64) -> bool {
+    topic
+        .partitions
+        .iter()
+        .any(|p| p.replicas.contains(&node_id))
+}
+
 /// The replicated metadata.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Metadata {
     /// The last applied log index.
     pub version: u64,
-    /// Topics by name.
-    pub topics: BTreeMap<String, Topic>,
+    /// Topics by name. Shared with the snapshots published before: a
+    /// change copies only the topics it touches (`Arc::make_mut`), so
+    /// publishing metadata with 100,000 partitions after every applied
+    /// entry does not copy them all.
+    pub topics: BTreeMap<String, Arc<Topic>>,
     /// Storage nodes by id.
     pub nodes: BTreeMap<u64, StorageNode>,
     /// Where the next partition's round-robin placement starts.
@@ -549,7 +561,7 @@ impl Metadata {
                 ));
             }
         }
-        let mut after = topic.clone();
+        let mut after = Topic::clone(topic);
         if configs == topic.configs {
             return Ok((after, None));
         }
@@ -849,7 +861,7 @@ impl Metadata {
             ) {
                 Err(e) => CommandResponse::rejected(e.reason, e.message),
                 Ok(()) => {
-                    let t = self.topics.get_mut(topic).expect("checked");
+                    let t = Arc::make_mut(self.topics.get_mut(topic).expect("checked"));
                     let p = &mut t.partitions[*partition as usize];
                     p.isr = p
                         .replicas
@@ -917,7 +929,7 @@ impl Metadata {
                     );
                 }
                 if topic.configs != *configs {
-                    topic.configs.clone_from(configs);
+                    Arc::make_mut(topic).configs.clone_from(configs);
                     dirty.topics.insert(name.clone());
                 }
                 CommandResponse::Topic(topic.clone())
@@ -1079,7 +1091,7 @@ impl Metadata {
 
     /// Applies a checked [`PartitionChange`].
     fn change_partition(&mut self, c: &PartitionChange, dirty: &mut Dirty) {
-        let t = self.topics.get_mut(&c.topic).expect("checked");
+        let t = Arc::make_mut(self.topics.get_mut(&c.topic).expect("checked"));
         let p = &mut t.partitions[c.partition as usize];
         if p.leader != c.leader {
             p.leader = c.leader;
@@ -1298,7 +1310,7 @@ impl Metadata {
             Err(e) => return CommandResponse::rejected(e.reason, e.message),
         };
         let topic = self.topics.get_mut(name).expect("checked");
-        topic.partitions.extend(added);
+        Arc::make_mut(topic).partitions.extend(added);
         dirty.topics.insert(name.to_string());
         CommandResponse::Topic(topic.clone())
     }
@@ -1378,6 +1390,10 @@ impl Metadata {
     fn node_restarted(&mut self, node_id: u64, dirty: &mut Dirty) {
         let live: BTreeSet<u64> = self.alive_nodes().into_iter().collect();
         for topic in self.topics.values_mut() {
+            if !hosts(topic, node_id) {
+                continue;
+            }
+            let topic = Arc::make_mut(topic);
             let mut changed = false;
             for p in &mut topic.partitions {
                 if !p.replicas.contains(&node_id) {
@@ -1440,6 +1456,7 @@ impl Metadata {
             configs: configs.clone(),
             partitions,
         };
+        let topic = Arc::new(topic);
         self.topics.insert(name.to_string(), topic.clone());
         dirty.topics.insert(name.to_string());
         CommandResponse::Topic(topic)
@@ -1592,6 +1609,10 @@ impl Metadata {
         }
         let live: BTreeSet<u64> = self.alive_nodes().into_iter().collect();
         for topic in self.topics.values_mut() {
+            if !hosts(topic, node_id) {
+                continue;
+            }
+            let topic = Arc::make_mut(topic);
             let unclean = topic
                 .configs
                 .get(streambus_cluster::topic_config::UNCLEAN_LEADER_ELECTION)
@@ -1657,6 +1678,15 @@ impl Metadata {
     fn set_offline_replicas(&mut self, node_id: u64, offline: &ReplicaRefs, dirty: &mut Dirty) {
         let live: BTreeSet<u64> = self.alive_nodes().into_iter().collect();
         for topic in self.topics.values_mut() {
+            let reported = |p: &Partition| {
+                p.replicas.contains(&node_id)
+                    && offline.contains(&(topic.name.clone(), p.partition))
+                        != p.offline_replicas.contains(&node_id)
+            };
+            if !topic.partitions.iter().any(reported) {
+                continue;
+            }
+            let topic = Arc::make_mut(topic);
             let mut changed = false;
             for p in &mut topic.partitions {
                 if !p.replicas.contains(&node_id) {
@@ -1826,8 +1856,50 @@ mod tests {
             topic_id: Some(random_id()),
         };
         match m.apply(index, &cmd, &mut Dirty::default()) {
-            CommandResponse::Topic(t) => t,
+            CommandResponse::Topic(t) => Topic::clone(&t),
             other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_change_copies_only_the_topics_it_touches() {
+        let mut m = Metadata::default();
+        register_with_budget(&mut m, 1, 1, 0);
+        register_with_budget(&mut m, 2, 2, 0);
+        let a = create_raw(&mut m, 3, "a", 4, 1);
+        create_raw(&mut m, 4, "b", 4, 1);
+        let published = m.clone();
+        let r = m.apply(
+            5,
+            &Command::CreatePartitions {
+                name: "a".into(),
+                topic_id: a.topic_id.clone(),
+                partitions: 6,
+            },
+            &mut Dirty::default(),
+        );
+        assert!(matches!(r, CommandResponse::Topic(ref t) if t.partitions.len() == 6));
+        assert!(Arc::ptr_eq(&published.topics["b"], &m.topics["b"]));
+        assert!(!Arc::ptr_eq(&published.topics["a"], &m.topics["a"]));
+        assert_eq!(
+            published.topics["a"].partitions.len(),
+            4,
+            "published copy kept"
+        );
+        // A node's liveness copies only the topics with a replica on it.
+        let hosts_2 = |m: &Metadata, t: &str| {
+            m.topics[t]
+                .partitions
+                .iter()
+                .any(|p| p.replicas.contains(&2))
+        };
+        let before = m.clone();
+        set_alive(&mut m, 6, 2, false);
+        for t in ["a", "b"] {
+            assert_eq!(
+                !Arc::ptr_eq(&before.topics[t], &m.topics[t]),
+                hosts_2(&before, t)
+            );
         }
     }
 
@@ -2375,7 +2447,7 @@ mod tests {
             register(&mut m, 1, 1);
             let cmd = m.validate_create_topic(&create_req("t", 1, 1)).unwrap();
             match m.apply(2, &cmd, &mut Dirty::default()) {
-                CommandResponse::Topic(t) => (cmd, t.topic_id),
+                CommandResponse::Topic(t) => (cmd, t.topic_id.clone()),
                 other => panic!("unexpected {other:?}"),
             }
         };
@@ -3129,7 +3201,7 @@ mod tests {
         let CommandResponse::Topic(after) = m.apply(5, &cmd, &mut dirty) else {
             panic!("not applied");
         };
-        assert_eq!(after, preview);
+        assert_eq!(*after, preview);
         assert!(dirty.topics.contains("t"));
         assert_eq!(after.configs["retention.bytes"], "1000");
         assert_eq!(after.configs["min.insync.replicas"], "2");

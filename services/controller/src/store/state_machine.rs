@@ -225,7 +225,7 @@ fn load_state(tree: &sled::Tree) -> Result<SmState, ControllerError> {
     for item in tree.scan_prefix(TOPIC_PREFIX) {
         let (_, v) = item?;
         let topic: Topic = serde_json::from_slice(&v).map_err(|e| corrupt("topic", e))?;
-        metadata.topics.insert(topic.name.clone(), topic);
+        metadata.topics.insert(topic.name.clone(), Arc::new(topic));
     }
     for item in tree.scan_prefix(NODE_PREFIX) {
         let (_, v) = item?;
