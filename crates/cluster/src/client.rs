@@ -393,8 +393,29 @@ impl ControllerClient {
     /// The current metadata of some controller (possibly a lagging follower;
     /// compare `version`s).
     pub async fn get_metadata(&self) -> Result<ClusterMetadata, Error> {
-        self.call(|mut c| async move { c.get_metadata(self.request(GetMetadataRequest {})).await })
-            .await
+        self.call(|mut c| async move {
+            c.get_metadata(self.request(GetMetadataRequest::default()))
+                .await
+        })
+        .await
+    }
+
+    /// The metadata, or `None` when the answering controller is at version
+    /// `known` (its reply then carries no nodes or topics). A controller
+    /// that does not know the probe answers with the whole snapshot.
+    pub async fn get_metadata_if_changed(
+        &self,
+        known: u64,
+    ) -> Result<Option<ClusterMetadata>, Error> {
+        let md = self
+            .call(|mut c| async move {
+                c.get_metadata(self.request(GetMetadataRequest {
+                    known_version: known,
+                }))
+                .await
+            })
+            .await?;
+        Ok((!md.unchanged).then_some(md))
     }
 
     /// The Raft view of whichever controller answers (the known leader

@@ -198,7 +198,7 @@ fn check_controllers(
                     }
                 }
                 let Ok(Ok(md)) =
-                    tokio::time::timeout(ask, c.get_metadata(GetMetadataRequest {})).await
+                    tokio::time::timeout(ask, c.get_metadata(GetMetadataRequest::default())).await
                 else {
                     continue;
                 };

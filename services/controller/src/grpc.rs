@@ -720,10 +720,22 @@ impl ControllerService for ControllerGrpc {
 
     async fn get_metadata(
         &self,
-        _req: Request<GetMetadataRequest>,
+        req: Request<GetMetadataRequest>,
     ) -> Result<Response<ClusterMetadata>, Status> {
         self.proposer.ensure_member().map_err(status)?;
         let metadata = self.proposer.metadata();
+        let known = req.into_inner().known_version;
+        if known != 0 && known == metadata.version {
+            let (id, address) = self.proposer.leader().unwrap_or_default();
+            return Ok(Response::new(ClusterMetadata {
+                version: metadata.version,
+                controller_leader_id: id,
+                controller_leader_address: address,
+                cluster_id: metadata.cluster_id.clone(),
+                unchanged: true,
+                ..ClusterMetadata::default()
+            }));
+        }
         Ok(Response::new(self.proposer.cluster_metadata(&metadata)))
     }
 

@@ -1768,6 +1768,7 @@ impl Metadata {
             controller_leader_id: leader_id,
             controller_leader_address: leader_address.to_string(),
             cluster_id: self.cluster_id.clone(),
+            unchanged: false,
         }
     }
 }

@@ -489,7 +489,7 @@ async fn caught_up(proposer: &Proposer, node_id: u64, sm: &StateMachineStore) ->
     };
     let mut client =
         ControllerServiceClient::new(channel).max_decoding_message_size(MAX_METADATA_MESSAGE_BYTES);
-    let mut request = tonic::Request::new(GetMetadataRequest {});
+    let mut request = tonic::Request::new(GetMetadataRequest::default());
     request.set_timeout(Duration::from_secs(2));
     let Ok(reply) = client.get_metadata(request).await else {
         return false;

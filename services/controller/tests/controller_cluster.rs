@@ -425,3 +425,29 @@ async fn offline_replicas_reported_by_heartbeat_appear_in_metadata() {
     assert!(md.topics[0].partitions[1].offline_replicas.is_empty());
     c.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_metadata_probe_at_the_current_version_carries_no_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = single(dir.path(), 60_000).await;
+    let client = client(&[&c]);
+    client
+        .register_node(reg(1, "127.0.0.1:9001"))
+        .await
+        .unwrap();
+    client.create_topic(topic("probed", 2)).await.unwrap();
+    let full = client.get_metadata().await.unwrap();
+    assert_eq!(full.topics.len(), 1);
+    assert!(!full.unchanged);
+    assert_eq!(
+        client.get_metadata_if_changed(full.version).await.unwrap(),
+        None
+    );
+    let stale = client
+        .get_metadata_if_changed(full.version - 1)
+        .await
+        .unwrap()
+        .expect("a newer version comes whole");
+    assert_eq!(stale, full);
+    c.shutdown().await;
+}

@@ -74,9 +74,17 @@ impl MetadataCache {
             loop {
                 tokio::time::sleep(probe_every).await;
                 // Bounded: a hung controller must not stall the probe.
-                match tokio::time::timeout(probe_every * 2, self.controller.get_metadata()).await {
-                    Ok(Ok(md)) => {
+                // Only the version when it is the one held: a snapshot of
+                // 100,000 partitions is megabytes.
+                let known = self.current().version;
+                let probe = self.controller.get_metadata_if_changed(known);
+                match tokio::time::timeout(probe_every * 2, probe).await {
+                    Ok(Ok(Some(md))) => {
                         self.received(md);
+                        self.judge(ready, staleness);
+                    }
+                    Ok(Ok(None)) => {
+                        self.contacted();
                         self.judge(ready, staleness);
                     }
                     Ok(Err(e)) => tracing::debug!(error = %e, "controller metadata probe failed"),
@@ -115,6 +123,11 @@ impl MetadataCache {
     /// Installs a snapshot a controller just sent and records the contact.
     fn received(&self, md: ClusterMetadata) {
         self.install(md);
+        self.contacted();
+    }
+
+    /// Records that a controller answered.
+    fn contacted(&self) {
         *self.contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
 

@@ -493,7 +493,7 @@ impl Cluster {
             let mut c = ControllerServiceClient::connect(format!("http://{addr}"))
                 .await
                 .ok()?;
-            c.get_metadata(GetMetadataRequest {})
+            c.get_metadata(GetMetadataRequest::default())
                 .await
                 .ok()
                 .map(tonic::Response::into_inner)
