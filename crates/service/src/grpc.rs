@@ -82,12 +82,25 @@ pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// one such burst ended the whole gateway-to-storage-node connection.
 pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 4096;
 
+/// Streams a client remembers after resetting them, so that frames the
+/// peer had already sent for them are ignored. h2 counts a frame for a
+/// reset stream it no longer remembers as an error of its own, and closes
+/// the connection after [`MAX_LOCAL_ERROR_RESETS`] of them: with h2's
+/// defaults, a subscription to 10,000 partitions ending at once killed the
+/// gateway's connection to its storage node, and every request on it.
+pub const RESET_STREAMS_REMEMBERED: usize = 16 * 1024;
+/// Local error resets (see [`RESET_STREAMS_REMEMBERED`]) before h2 closes a
+/// connection; between StreamBus services a burst of cancelled requests
+/// is normal, not a misbehaving peer.
+pub const MAX_LOCAL_ERROR_RESETS: usize = 64 * 1024;
+
 /// A tonic server builder with StreamBus's transport settings: large
 /// windows, `TCP_NODELAY`, and HTTP/2 keepalive so a vanished client's
 /// connection (and whatever its streams hold) is released.
 pub fn server() -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .tcp_nodelay(true)
@@ -115,5 +128,7 @@ pub fn channel(address: &str) -> Result<tonic::transport::Channel, tonic::transp
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
+        .http2_max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
+        .http2_max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS)
         .connect_lazy())
 }

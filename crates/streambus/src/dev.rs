@@ -124,7 +124,7 @@ pub async fn run(
     let (stop_controller, controller_stop) = watch::channel(false);
     let (stop_http, http_stop) = watch::channel(false);
 
-    let controller = tokio::spawn(streambus_controller::serve_with_options(
+    let controller = spawn_controller(
         settings.controller.clone(),
         listeners.controller,
         wait_true(controller_stop),
@@ -133,7 +133,7 @@ pub async fn run(
             metrics: Some(Arc::new(controller_metrics)),
             ..streambus_controller::ServeOptions::default()
         },
-    ));
+    )?;
     let storage = tokio::spawn(streambus_storage_node::serve_with_listener(
         settings.storage_node.clone(),
         listeners.storage,
@@ -201,6 +201,52 @@ pub async fn run(
         .context("controller task")?
         .context("controller")?;
     Ok(())
+}
+
+/// Runs the controller on a runtime of its own, on its own thread: in one
+/// process with a storage node and a gateway, a flood of their tasks (a
+/// subscription to 10,000 partitions keeps that many fetches going) would
+/// otherwise queue the controller's Raft ticks, commits and heartbeat
+/// answers behind them, long enough for the node's lease to lapse and the
+/// gateway to call the controller gone. The operating system shares the
+/// CPU between threads; a runtime shares its workers between tasks in
+/// turn.
+fn spawn_controller(
+    config: streambus_controller::ControllerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    options: streambus_controller::ServeOptions,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    // A listener belongs to the runtime that registered it.
+    let listener = listener.into_std()?;
+    let (done, finished) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("controller".to_string())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("controller-worker")
+                .enable_all()
+                .build()
+                .context("controller runtime")
+                .and_then(|rt| {
+                    rt.block_on(async move {
+                        let listener = TcpListener::from_std(listener)?;
+                        streambus_controller::serve_with_options(
+                            config, listener, shutdown, options,
+                        )
+                        .await
+                        .map_err(anyhow::Error::from)
+                    })
+                });
+            let _ = done.send(result);
+        })
+        .context("controller thread")?;
+    Ok(tokio::spawn(async move {
+        finished
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the controller thread ended")))
+    }))
 }
 
 /// Completes when the flag turns true (or its sender is gone).
