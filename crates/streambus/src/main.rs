@@ -167,6 +167,12 @@ where
     // storage node derives its open-file bound from it.
     streambus_storage_node::open_files::raise_limit();
     tune_allocator();
+    {
+        // Handlers first: a signal that comes while the servers start is
+        // seen by the drain too, not only by the grace timer.
+        let _runtime = rt.enter();
+        streambus_service::shutdown::listen();
+    }
     if settings.shutdown.grace_ms > 0 {
         rt.spawn(exit_after_grace(Duration::from_millis(
             settings.shutdown.grace_ms,

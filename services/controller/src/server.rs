@@ -149,25 +149,32 @@ pub async fn serve_with_options(
             },
             Err(e) => Err(e.into()),
         };
-        let failure = match run {
+        match run {
             Ok(Ended::Shutdown) => return Ok(()),
-            Ok(Ended::StoreFailed { failure, was_ready }) => {
+            // Reported (logged and counted) when it was seen.
+            Ok(Ended::StoreFailed { was_ready }) => {
                 if was_ready {
                     backoff = RESTART_BACKOFF_MIN;
                 }
-                failure
+                tracing::warn!(
+                    node_id = config.node_id,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "controller drained after a store failure; starting over"
+                );
             }
             Err(e) if first => return Err(e),
-            Err(e) => e.to_string(),
-        };
+            Err(e) => {
+                shared.metrics.store_failures.inc();
+                tracing::error!(
+                    node_id = config.node_id,
+                    error = %e,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "controller cannot start over yet; the store still fails"
+                );
+            }
+        }
         first = false;
-        shared.metrics.store_failures.inc();
-        tracing::error!(
-            node_id = config.node_id,
-            error = %failure,
-            retry_in_ms = backoff.as_millis() as u64,
-            "controller store failed; starting over from the store on disk"
-        );
+        shared.metrics.is_leader.set(0);
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
             () = tokio::time::sleep(backoff) => {}
@@ -196,9 +203,8 @@ struct Shared {
 enum Ended {
     /// `shutdown` completed.
     Shutdown,
-    /// openraft stopped on a store error.
+    /// openraft stopped on a store error (already reported).
     StoreFailed {
-        failure: String,
         /// Whether the run had become ready before it failed.
         was_ready: bool,
     },
@@ -278,7 +284,7 @@ async fn run(
 
     // Ends this run: on shutdown, or when openraft stops on a store error.
     let cancel = stop.child_token();
-    let failure = Arc::new(std::sync::Mutex::new(None::<String>));
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let became_ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let leadership = Leadership::new(
         Duration::from_millis(config.node_lease_ms),
@@ -324,7 +330,13 @@ async fn run(
             health_reporter,
             cancel.clone(),
         )),
-        tokio::spawn(watch_store(raft.clone(), failure.clone(), cancel.clone())),
+        tokio::spawn(watch_store(
+            raft.clone(),
+            failed.clone(),
+            shared.metrics.clone(),
+            config.node_id,
+            cancel.clone(),
+        )),
     ];
 
     let controller =
@@ -358,10 +370,8 @@ async fn run(
     drop(sm);
     let flushed = db.flush_async().await;
     drop(db);
-    let failure = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(failure) = failure {
+    if failed.load(std::sync::atomic::Ordering::Acquire) {
         return Ok(Ended::StoreFailed {
-            failure,
             was_ready: became_ready.load(std::sync::atomic::Ordering::Relaxed),
         });
     }
@@ -372,24 +382,40 @@ async fn run(
 }
 
 /// Ends the run (`cancel`) once openraft reports that it stopped on an
-/// error, recording it in `failure`.
+/// error, or its core ended without saying why (a panic): sets `failed`,
+/// logs and counts it at once, before the drain, which waits for
+/// connections.
 async fn watch_store(
     raft: Raft,
-    failure: Arc<std::sync::Mutex<Option<String>>>,
+    failed_flag: Arc<std::sync::atomic::AtomicBool>,
+    metrics: Arc<Metrics>,
+    node_id: u64,
     cancel: CancellationToken,
 ) {
     let mut rx = raft.metrics();
-    loop {
+    let failed = loop {
         if let Err(fatal) = &rx.borrow_and_update().running_state {
-            *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(fatal.to_string());
-            cancel.cancel();
-            return;
+            break fatal.to_string();
         }
         tokio::select! {
             () = cancel.cancelled() => return,
-            r = rx.changed() => if r.is_err() { return },
+            r = rx.changed() => if r.is_err() {
+                if cancel.is_cancelled() {
+                    return;
+                }
+                break "the Raft core ended".to_string();
+            },
         }
-    }
+    };
+    metrics.store_failures.inc();
+    metrics.is_leader.set(0);
+    tracing::error!(
+        node_id,
+        error = %failed,
+        "controller Raft stopped on a store error; draining, then starting over from the store on disk"
+    );
+    failed_flag.store(true, std::sync::atomic::Ordering::Release);
+    cancel.cancel();
 }
 
 /// On an empty store, the lowest-id peer initializes the group with every
