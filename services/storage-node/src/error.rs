@@ -69,4 +69,7 @@ pub enum StorageNodeError {
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The heartbeat thread or its runtime could not start.
+    #[error("cannot start the heartbeat thread: {0}")]
+    HeartbeatThread(std::io::Error),
 }

@@ -185,22 +185,23 @@ pub async fn serve_with_log_options(
     );
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(membership_loop(
-        Membership {
-            controller: controller.clone(),
-            node_id: config.node_id,
-            incarnation,
-            rack: config.rack.clone(),
-            max_partitions,
-            lease: lease.clone(),
-            advertised: advertised.clone(),
-            interval: Duration::from_millis(config.heartbeat_interval_ms.max(10)),
-            data_dir: data_dir.clone(),
-            partitions: partitions.clone(),
-            status: status.clone(),
-        },
-        fatal_tx,
-    ));
+    let membership = Membership {
+        controllers: config.controllers.clone(),
+        node_id: config.node_id,
+        incarnation,
+        rack: config.rack.clone(),
+        max_partitions,
+        lease: lease.clone(),
+        advertised: advertised.clone(),
+        interval: Duration::from_millis(config.heartbeat_interval_ms.max(10)),
+        data_dir: data_dir.clone(),
+        partitions: partitions.clone(),
+        status: status.clone(),
+    };
+    tasks.spawn(
+        on_own_thread("heartbeat", move || membership_loop(membership, fatal_tx))
+            .map_err(StorageNodeError::HeartbeatThread)?,
+    );
     tasks.spawn(replication.clone().run());
     tasks.spawn(metadata_loop(
         controller,
@@ -453,7 +454,8 @@ async fn readiness_loop(
 }
 
 struct Membership {
-    controller: ControllerClient,
+    /// The controllers' addresses: the loop dials them from its own thread.
+    controllers: Vec<String>,
     node_id: u64,
     incarnation: u64,
     rack: String,
@@ -488,18 +490,65 @@ fn is_fatal(e: &streambus_proto::Error, conflict_since: &mut Option<std::time::I
     }
 }
 
+/// Runs the future `make` builds on a runtime and thread of its own, named
+/// `name`. The returned future ends when that future does, and stops it
+/// when dropped. Heartbeats run there: a node whose runtime is saturated
+/// with fetches and appends (a subscription to 10,000 partitions keeps as
+/// many long polls going) must still renew its lease, or the controller
+/// moves its leaderships away and an overload becomes an outage.
+fn on_own_thread<F, Fut>(
+    name: &str,
+    make: F,
+) -> std::io::Result<impl Future<Output = ()> + Send + 'static>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            runtime.block_on(async move {
+                tokio::select! {
+                    () = make() => {}
+                    _ = stopped => {}
+                }
+            });
+            let _ = done.send(());
+        })?;
+    Ok(async move {
+        let _stop = stop;
+        let _ = finished.await;
+    })
+}
+
 /// Registers with the controller, then heartbeats (reporting offline
 /// replicas); registers again when a heartbeat is refused (for example
 /// after the controller lost the lease). A refusal that means this process
 /// must not serve (another live node has its id, its data directory
 /// belongs to another cluster, or it was superseded) stops the node.
 async fn membership_loop(m: Membership, fatal: tokio::sync::oneshot::Sender<StorageNodeError>) {
+    // A client of its own: a channel's connection is driven by the runtime
+    // it was made on, and this loop runs on its own thread.
+    let controller = match ControllerClient::new(m.controllers.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = fatal.send(StorageNodeError::Config(format!(
+                "storage_node.controllers: {e}"
+            )));
+            return;
+        }
+    };
     let mut registered = false;
     let mut conflict_since = None;
     loop {
         let sent = std::time::Instant::now();
         let result = if registered {
-            m.controller
+            controller
                 .heartbeat(HeartbeatRequest {
                     node_id: m.node_id,
                     incarnation: m.incarnation,
@@ -520,7 +569,7 @@ async fn membership_loop(m: Membership, fatal: tokio::sync::oneshot::Sender<Stor
                 rack: m.rack.clone(),
                 max_partitions: m.max_partitions,
             };
-            match m.controller.register_node(req).await {
+            match controller.register_node(req).await {
                 Ok(resp) => match m
                     .data_dir
                     .lock()

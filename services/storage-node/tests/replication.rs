@@ -284,3 +284,18 @@ async fn a_follower_behind_the_leaders_log_start_starts_over_there() {
         }
     }
 }
+
+/// Heartbeats run on a thread of their own: a node whose runtime has no
+/// free worker for three leases keeps its lease, and the controller
+/// applies no liveness change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_runtime_stalls_keeps_its_lease() {
+    let c = Cluster::start(1).await;
+    let before = c.metadata().await;
+    assert!(before.nodes.iter().all(|n| n.alive));
+    c.stall_node(1, Duration::from_secs(3));
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let after = c.metadata().await;
+    assert!(after.nodes.iter().all(|n| n.alive), "{:?}", after.nodes);
+    assert_eq!(after.version, before.version, "no liveness change applied");
+}

@@ -167,6 +167,13 @@ impl Cluster {
             .unwrap();
     }
 
+    /// Blocks node `id`'s only runtime worker for `how_long`, as a node
+    /// saturated with work would, and returns at once.
+    pub fn stall_node(&self, id: u64, how_long: Duration) {
+        let runtime = self.nodes[&id].runtime.as_ref().expect("node runs");
+        runtime.spawn(async move { std::thread::sleep(how_long) });
+    }
+
     /// Kills node `id`: its tasks and connections are dropped mid-flight,
     /// nothing drains.
     pub async fn kill_node(&mut self, id: u64) {
