@@ -539,6 +539,7 @@ impl ControllerClient {
             next: 0,
             last_version: None,
             stream: None,
+            base: None,
             first_pending: false,
             backoff: MIN_BACKOFF,
         };
@@ -554,6 +555,9 @@ struct WatchState {
     next: usize,
     last_version: Option<u64>,
     stream: Option<tonic::Streaming<ClusterMetadata>>,
+    /// The metadata as of the open stream's last message, deltas merged:
+    /// the next delta applies to it.
+    base: Option<ClusterMetadata>,
     /// The stream opened without a version and its first message (the
     /// controller's current metadata, sent at once) has not come yet.
     first_pending: bool,
@@ -580,6 +584,7 @@ impl WatchState {
                     Ok(mut c) => {
                         let open = c.watch_metadata(WatchMetadataRequest {
                             min_version: self.last_version.unwrap_or(0),
+                            accept_deltas: true,
                         });
                         match tokio::time::timeout(timeout, open).await {
                             Ok(opened) => opened.map(tonic::Response::into_inner),
@@ -598,6 +603,8 @@ impl WatchState {
                 match opened {
                     Ok(stream) => {
                         self.stream = Some(stream);
+                        // A stream's first message is whole.
+                        self.base = None;
                         // Without a version yet, the controller sends its
                         // current metadata at once.
                         self.first_pending = self.last_version.is_none();
@@ -633,13 +640,31 @@ impl WatchState {
             match message {
                 Ok(Some(md)) => {
                     self.backoff = MIN_BACKOFF;
-                    if self.last_version.is_none_or(|v| md.version > v) {
-                        self.last_version = Some(md.version);
-                        return md;
+                    let md = if md.delta {
+                        let Some(mut base) = self.base.take() else {
+                            tracing::debug!(
+                                "a metadata delta came first on its stream; reconnecting"
+                            );
+                            self.stream = None;
+                            self.pause().await;
+                            continue;
+                        };
+                        merge_delta(&mut base, md);
+                        base
+                    } else {
+                        md
+                    };
+                    let newer = self.last_version.is_none_or(|v| md.version > v);
+                    let version = md.version;
+                    self.base = Some(md);
+                    if newer {
+                        self.last_version = Some(version);
+                        return self.base.clone().expect("just set");
                     }
                 }
                 Ok(None) | Err(_) => {
                     self.stream = None;
+                    self.base = None;
                     self.pause().await;
                 }
             }
@@ -647,11 +672,36 @@ impl WatchState {
     }
 }
 
+/// Applies a watch delta to the metadata as of the message before it:
+/// every field but the topics is replaced, changed topics replace theirs
+/// (topics stay sorted by name, as controllers send them), removed ones go.
+fn merge_delta(base: &mut ClusterMetadata, delta: ClusterMetadata) {
+    let removed: std::collections::HashSet<String> = delta.removed_topics.into_iter().collect();
+    if !removed.is_empty() {
+        base.topics.retain(|t| !removed.contains(&t.name));
+    }
+    for topic in delta.topics {
+        match base
+            .topics
+            .binary_search_by(|t| t.name.as_str().cmp(&topic.name))
+        {
+            Ok(i) => base.topics[i] = topic,
+            Err(i) => base.topics.insert(i, topic),
+        }
+    }
+    base.version = delta.version;
+    base.nodes = delta.nodes;
+    base.controller_leader_id = delta.controller_leader_id;
+    base.controller_leader_address = delta.controller_leader_address;
+    base.cluster_id = delta.cluster_id;
+}
+
 #[cfg(test)]
 mod tests {
     use std::pin::Pin;
     use std::task::{Context, Poll};
 
+    use streambus_proto::internal::TopicMetadata;
     use tonic::codegen::http;
 
     use super::*;
@@ -807,6 +857,7 @@ mod tests {
             next: 0,
             last_version: None,
             stream: None,
+            base: None,
             first_pending: false,
             backoff: MIN_BACKOFF,
         };
@@ -814,5 +865,47 @@ mod tests {
         // ends and `next` stays at 1.
         let _ = tokio::time::timeout(Duration::from_secs(2), state.next_metadata()).await;
         assert!(state.next >= 3, "watch opens attempted: {}", state.next);
+    }
+
+    fn topic(name: &str, partitions: u32) -> TopicMetadata {
+        TopicMetadata {
+            name: name.to_string(),
+            topic_id: format!("id-{name}"),
+            replication_factor: 1,
+            configs: Default::default(),
+            partitions: (0..partitions)
+                .map(|p| streambus_proto::v1::PartitionDescription {
+                    partition: p,
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_delta_merges_into_the_sorted_snapshot_before_it() {
+        let mut base = ClusterMetadata {
+            version: 3,
+            topics: vec![topic("a", 1), topic("c", 1), topic("e", 1)],
+            ..Default::default()
+        };
+        merge_delta(
+            &mut base,
+            ClusterMetadata {
+                version: 5,
+                topics: vec![topic("b", 2), topic("c", 4)],
+                removed_topics: vec!["e".into()],
+                delta: true,
+                cluster_id: "cl".into(),
+                ..Default::default()
+            },
+        );
+        let names: Vec<(&str, usize)> = base
+            .topics
+            .iter()
+            .map(|t| (t.name.as_str(), t.partitions.len()))
+            .collect();
+        assert_eq!(names, [("a", 1), ("b", 2), ("c", 4)]);
+        assert_eq!((base.version, base.cluster_id.as_str()), (5, "cl"));
     }
 }

@@ -490,6 +490,10 @@ struct WatchState {
     /// ends when it is not.
     contact: watch::Receiver<bool>,
     last_sent: u64,
+    /// The caller merges deltas (`WatchMetadataRequest.accept_deltas`).
+    accept_deltas: bool,
+    /// What this stream sent last: a delta is computed against it.
+    previous: Option<Arc<Metadata>>,
     first: bool,
     done: bool,
     cancel: CancellationToken,
@@ -518,7 +522,16 @@ fn watch_stream(state: WatchState) -> MetadataStream {
             if metadata.version > st.last_sent || (st.first && st.last_sent == 0) {
                 st.first = false;
                 st.last_sent = metadata.version;
-                let message = st.proposer.cluster_metadata(&metadata);
+                let message = match (&st.previous, st.accept_deltas) {
+                    (Some(before), true) => {
+                        let (id, address) = st.proposer.leader().unwrap_or_default();
+                        metadata.to_cluster_metadata_delta(before, id, &address)
+                    }
+                    _ => st.proposer.cluster_metadata(&metadata),
+                };
+                if st.accept_deltas {
+                    st.previous = Some(metadata);
+                }
                 return Some((Ok(message), st));
             }
             st.first = false;
@@ -747,11 +760,14 @@ impl ControllerService for ControllerGrpc {
     ) -> Result<Response<Self::WatchMetadataStream>, Status> {
         self.proposer.ensure_member().map_err(status)?;
         self.proposer.ensure_in_contact().map_err(status)?;
+        let req = req.into_inner();
         let state = WatchState {
             rx: self.proposer.sm.subscribe(),
             member: self.proposer.member.subscribe(),
             contact: self.proposer.contact.subscribe(),
-            last_sent: req.into_inner().min_version,
+            last_sent: req.min_version,
+            accept_deltas: req.accept_deltas,
+            previous: None,
             first: true,
             done: false,
             cancel: self.cancel.clone(),

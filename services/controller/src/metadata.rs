@@ -1741,6 +1741,42 @@ impl Metadata {
     /// The wire form, with the controller leader filled in by the caller.
     pub fn to_cluster_metadata(&self, leader_id: u64, leader_address: &str) -> ClusterMetadata {
         ClusterMetadata {
+            topics: self.topics.values().map(|t| topic_metadata(t)).collect(),
+            ..self.wire_without_topics(leader_id, leader_address)
+        }
+    }
+
+    /// The wire form of what changed since `before`: every field but the
+    /// topics whole, the topics added or changed since `before` and the
+    /// names of those deleted (`delta` set). Topics shared with `before`
+    /// (the same `Arc`) are skipped without comparing them.
+    pub fn to_cluster_metadata_delta(
+        &self,
+        before: &Metadata,
+        leader_id: u64,
+        leader_address: &str,
+    ) -> ClusterMetadata {
+        let changed = self.topics.iter().filter(|(name, t)| {
+            before
+                .topics
+                .get(*name)
+                .is_none_or(|b| !Arc::ptr_eq(b, t) && b != *t)
+        });
+        ClusterMetadata {
+            topics: changed.map(|(_, t)| topic_metadata(t)).collect(),
+            removed_topics: before
+                .topics
+                .keys()
+                .filter(|name| !self.topics.contains_key(*name))
+                .cloned()
+                .collect(),
+            delta: true,
+            ..self.wire_without_topics(leader_id, leader_address)
+        }
+    }
+
+    fn wire_without_topics(&self, leader_id: u64, leader_address: &str) -> ClusterMetadata {
+        ClusterMetadata {
             version: self.version,
             nodes: self
                 .nodes
@@ -1754,22 +1790,25 @@ impl Metadata {
                     max_partitions: n.max_partitions,
                 })
                 .collect(),
-            topics: self
-                .topics
-                .values()
-                .map(|t| TopicMetadata {
-                    name: t.name.clone(),
-                    topic_id: t.topic_id.clone(),
-                    replication_factor: t.replication_factor,
-                    configs: t.configs.clone().into_iter().collect(),
-                    partitions: t.partitions.iter().map(describe_partition).collect(),
-                })
-                .collect(),
+            topics: Vec::new(),
             controller_leader_id: leader_id,
             controller_leader_address: leader_address.to_string(),
             cluster_id: self.cluster_id.clone(),
             unchanged: false,
+            delta: false,
+            removed_topics: Vec::new(),
         }
+    }
+}
+
+/// A topic's wire form.
+fn topic_metadata(t: &Topic) -> TopicMetadata {
+    TopicMetadata {
+        name: t.name.clone(),
+        topic_id: t.topic_id.clone(),
+        replication_factor: t.replication_factor,
+        configs: t.configs.clone().into_iter().collect(),
+        partitions: t.partitions.iter().map(describe_partition).collect(),
     }
 }
 
@@ -1860,6 +1899,43 @@ mod tests {
             CommandResponse::Topic(t) => Topic::clone(&t),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_watch_delta_carries_only_changed_and_removed_topics() {
+        let mut m = Metadata::default();
+        register_with_budget(&mut m, 1, 1, 0);
+        let a = create_raw(&mut m, 2, "a", 2, 1);
+        create_raw(&mut m, 3, "b", 2, 1);
+        create_raw(&mut m, 4, "c", 1, 1);
+        let before = m.clone();
+        let grown = m.apply(
+            5,
+            &Command::CreatePartitions {
+                name: "a".into(),
+                topic_id: a.topic_id.clone(),
+                partitions: 3,
+            },
+            &mut Dirty::default(),
+        );
+        assert!(matches!(grown, CommandResponse::Topic(_)));
+        let deleted = m.apply(
+            6,
+            &Command::DeleteTopic { name: "c".into() },
+            &mut Dirty::default(),
+        );
+        assert_eq!(deleted, CommandResponse::Ok);
+        create_raw(&mut m, 7, "d", 1, 1);
+        let d = m.to_cluster_metadata_delta(&before, 1, "c1:1");
+        assert!(d.delta);
+        let names: Vec<&str> = d.topics.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["a", "d"]);
+        assert_eq!(d.topics[0].partitions.len(), 3);
+        assert_eq!(d.removed_topics, ["c"]);
+        assert_eq!((d.version, d.nodes.len()), (7, 1));
+        // Nothing changed: nothing but the whole fields.
+        let same = m.to_cluster_metadata_delta(&m, 1, "c1:1");
+        assert!(same.topics.is_empty() && same.removed_topics.is_empty());
     }
 
     #[test]

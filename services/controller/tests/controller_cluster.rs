@@ -451,3 +451,71 @@ async fn a_metadata_probe_at_the_current_version_carries_no_snapshot() {
     assert_eq!(stale, full);
     c.shutdown().await;
 }
+
+#[tokio::test]
+async fn metadata_watchers_get_deltas_that_merge_into_the_current_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = single(dir.path(), 60_000).await;
+    let client = client(&[&c]);
+    client
+        .register_node(reg(1, "127.0.0.1:9001"))
+        .await
+        .unwrap();
+    client.create_topic(topic("grows", 2)).await.unwrap();
+    client.create_topic(topic("goes", 2)).await.unwrap();
+    client.create_topic(topic("stays", 3)).await.unwrap();
+
+    let mut raw = ControllerServiceClient::connect(format!("http://{}", c.address))
+        .await
+        .unwrap();
+    let mut deltas = raw
+        .watch_metadata(streambus_proto::internal::WatchMetadataRequest {
+            min_version: 0,
+            accept_deltas: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = deltas.message().await.unwrap().unwrap();
+    assert!(!first.delta, "a stream starts with a whole snapshot");
+    assert_eq!(first.topics.len(), 3);
+    let merged = client.watch_metadata();
+    futures::pin_mut!(merged);
+    let start = merged.next().await.unwrap();
+
+    client.create_partitions("grows", 5).await.unwrap();
+    client.delete_topic("goes").await.unwrap();
+    let end = client.get_metadata().await.unwrap();
+
+    let mut changed = Vec::new();
+    let mut removed = Vec::new();
+    let mut version = first.version;
+    while version < end.version {
+        let d = tokio::time::timeout(WAIT, deltas.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(d.delta);
+        assert_eq!(d.nodes.len(), 1, "nodes are whole");
+        changed.extend(d.topics.into_iter().map(|t| t.name));
+        removed.extend(d.removed_topics);
+        version = d.version;
+    }
+    assert!(
+        changed.iter().all(|t| t == "grows"),
+        "only the changed topic: {changed:?}"
+    );
+    assert_eq!(removed, ["goes"]);
+
+    // The client merges them into what a whole snapshot holds.
+    let mut last = start;
+    while last.version < end.version {
+        last = tokio::time::timeout(WAIT, merged.next())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(last, end);
+    c.shutdown().await;
+}

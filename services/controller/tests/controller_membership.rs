@@ -225,7 +225,7 @@ async fn removing_voters_and_the_leader_keeps_the_group_writable() {
         .await
         .unwrap();
     let mut watch = raw
-        .watch_metadata(WatchMetadataRequest { min_version: 0 })
+        .watch_metadata(WatchMetadataRequest::default())
         .await
         .unwrap()
         .into_inner();
