@@ -4,6 +4,8 @@
 //! fixed overhead, the subscriptions that read get everything, and stalled
 //! ones resume where they were when they read again.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -87,23 +89,10 @@ fn start(data_dir: &Path) -> Server {
 
 /// The bytes the gateway's memory budget has reserved, from `/metrics`.
 fn gateway_memory_used(http: &str) -> u64 {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(http).unwrap();
-    write!(
-        conn,
-        "GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    conn.read_to_string(&mut body).unwrap();
-    body.lines()
-        .find_map(|l| {
-            l.strip_prefix(
-                "streambus_gateway_memory_used_bytes{budget=\"gateway.memory_budget_bytes\"} ",
-            )
-        })
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no gateway memory metric in {body}"))
+    common::metric(
+        http,
+        "streambus_gateway_memory_used_bytes{budget=\"gateway.memory_budget_bytes\"}",
+    ) as u64
 }
 
 /// Resident memory of `pid` in bytes.

@@ -106,23 +106,6 @@ impl Drop for FdWatch {
     }
 }
 
-/// The value of an unlabelled metric on the dev instance's `/metrics`.
-fn metric(http: std::net::SocketAddr, name: &str) -> f64 {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(http).unwrap();
-    write!(
-        conn,
-        "GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    conn.read_to_string(&mut body).unwrap();
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in the metrics"))
-}
-
 async fn start(dir: &std::path::Path) -> common::Dev {
     common::Dev::start_with(dir, |s| {
         s.storage_node.max_open_files = MAX_OPEN_FILES;
@@ -209,10 +192,10 @@ async fn open_files_stay_bounded_with_many_partitions() {
     // Let the metrics export (every 500 ms) catch up.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let http = dev.endpoints.http;
-    let open = metric(http, "streambus_storage_open_files");
-    let limit = metric(http, "streambus_storage_open_files_limit");
-    let reopens = metric(http, "streambus_storage_file_reopens_total");
-    let over = metric(http, "streambus_storage_open_files_over_limit_total");
+    let open = common::metric(http, "streambus_storage_open_files");
+    let limit = common::metric(http, "streambus_storage_open_files_limit");
+    let reopens = common::metric(http, "streambus_storage_file_reopens_total");
+    let over = common::metric(http, "streambus_storage_open_files_over_limit_total");
     let (max, kinds) = (watch.max(), watch.at_max());
     drop(watch);
     eprintln!(

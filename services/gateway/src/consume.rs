@@ -24,6 +24,7 @@ use tonic::{Request, Response, Status};
 use crate::decode::decode_within;
 use crate::metadata::unknown_partition;
 use crate::metrics::Metrics;
+use crate::record_watch::{RecordWatches, WATCH_WAIT, Woken};
 use crate::router::{self, CallPolicy, Router};
 
 const DEFAULT_MAX_BYTES: u32 = 1024 * 1024;
@@ -62,6 +63,8 @@ pub struct ConsumeApi {
     pub(crate) memory: MemoryBudget,
     /// Turns true when the gateway drains: subscriptions end.
     pub(crate) draining: tokio::sync::watch::Receiver<bool>,
+    /// Where caught-up subscription partitions wait for records.
+    pub(crate) watches: RecordWatches,
 }
 
 pub use crate::decode::decode;
@@ -331,6 +334,26 @@ impl ConsumeApi {
             // Caught up: wait for new records without holding memory or
             // the subscription's turn (other partitions go on meanwhile).
             let waiting = offset >= visible;
+            if waiting {
+                // On the node's watch stream; a long poll of its own only
+                // when the watch cannot answer.
+                let woken = tokio::select! {
+                    w = self.watches.wait(&req.topic, partition, offset, WATCH_WAIT) => Some(w),
+                    _ = draining.wait_for(|d| *d) => None,
+                    () = tx.closed() => return,
+                };
+                match woken {
+                    None => {
+                        let _ = tx.send((Err(draining_error()), None)).await;
+                        return;
+                    }
+                    Some(Woken::HighWatermark(hw)) => {
+                        visible = hw;
+                        continue;
+                    }
+                    Some(Woken::Route) => {}
+                }
+            }
             let reserved = if waiting {
                 None
             } else {

@@ -10,6 +10,7 @@ pub mod decode;
 pub mod metadata;
 pub mod metrics;
 pub mod produce;
+mod record_watch;
 pub mod router;
 
 use std::future::Future;
@@ -140,6 +141,7 @@ pub async fn serve_with_listener(
         producer_ids: produce::ProducerIds::default(),
     };
     let consume = consume::ConsumeApi {
+        watches: record_watch::RecordWatches::new(router.clone()),
         router,
         metrics,
         max_wait: Duration::from_millis(config.max_fetch_wait_ms),

@@ -101,6 +101,12 @@ impl Router {
         }
     }
 
+    /// How long one attempt on a storage node may take, past its own
+    /// long-poll wait (`gateway.storage_call_timeout_ms`).
+    pub fn attempt_timeout(&self) -> Duration {
+        self.attempt_timeout
+    }
+
     /// The metadata cache.
     pub fn metadata(&self) -> &MetadataCache {
         &self.metadata

@@ -14,6 +14,7 @@ pub mod isr;
 pub mod metrics;
 pub mod open_files;
 pub mod partitions;
+mod record_watch;
 pub mod replica;
 pub mod replication;
 mod service;

@@ -63,6 +63,10 @@ pub struct Metrics {
     /// Files opened while the bound was reached and every open descriptor
     /// was in use or pinned (the cache went over its bound).
     pub open_files_over_limit: Counter,
+    /// Consumer fetch requests served (`Fetch`, including long polls).
+    pub fetch_requests: Counter,
+    /// Record watches (`WatchRecords`) waiting now.
+    pub record_watches: Gauge,
 }
 
 impl Metrics {
@@ -129,6 +133,8 @@ impl Metrics {
             file_reopens: Counter::default(),
             file_evictions: Counter::default(),
             open_files_over_limit: Counter::default(),
+            fetch_requests: Counter::default(),
+            record_watches: Gauge::default(),
         };
         registry.register_collector(Box::new(streambus_service::budget::BudgetCollector::new(
             "streambus_storage",
@@ -212,6 +218,16 @@ impl Metrics {
             "open_files_over_limit",
             "Partition-log files opened past the limit because every open one was in use or pinned",
             m.open_files_over_limit.clone(),
+        );
+        r.register(
+            "fetch_requests",
+            "Consumer fetch requests served, long polls included",
+            m.fetch_requests.clone(),
+        );
+        r.register(
+            "record_watches",
+            "Record watches of subscriptions waiting for records (WatchRecords)",
+            m.record_watches.clone(),
         );
         r.register(
             "replicated_bytes",

@@ -171,6 +171,7 @@ impl Replica {
     /// becomes a follower.
     pub fn set_view(&self, view: PartitionView, now_ms: u64) {
         let mut st = self.lock();
+        let mut stepped_down = false;
         if view.leader_epoch == st.0.leader_epoch && view.partition_epoch < st.0.partition_epoch {
             // An answer that crossed newer metadata.
             return;
@@ -197,11 +198,13 @@ impl Replica {
                 }
             }
         } else {
-            if matches!(st.1, Role::Leader(_)) {
+            let was_leader = matches!(st.1, Role::Leader(_));
+            if was_leader {
                 tracing::info!(topic = %self.topic, partition = self.partition,
                     epoch = view.leader_epoch, leader = view.leader, "following partition");
             }
             st.1 = Role::Follower;
+            stepped_down = was_leader;
             false
         };
         st.0 = view;
@@ -212,6 +215,11 @@ impl Replica {
         drop(st);
         if moved && let Some(hw) = hw {
             self.publish_hw(hw);
+        }
+        if stepped_down {
+            // Wakes whoever waits on the high watermark as leader (record
+            // watches): they find this node no longer leads.
+            self.hw.send_modify(|_| {});
         }
     }
 

@@ -7,7 +7,8 @@ use streambus_proto::internal::storage_service_server::StorageService;
 use streambus_proto::internal::{
     AppendRequest, AppendResponse, DescribeNodeRequest, DescribeNodeResponse, DivergingEpoch,
     ListOffsetsRequest, ListOffsetsResponse, PartitionRef, ReplicaFetchRequest,
-    ReplicaFetchResponse, StorageFetchRequest, StorageFetchResponse, list_offsets_request,
+    ReplicaFetchResponse, StorageFetchRequest, StorageFetchResponse, WatchRecordsRequest,
+    list_offsets_request,
 };
 use streambus_proto::v1::Acks;
 use streambus_proto::{Error, Reason};
@@ -458,6 +459,7 @@ impl StorageApi {
     }
 
     async fn fetch(&self, req: StorageFetchRequest) -> Result<StorageFetchResponse, Error> {
+        self.metrics.fetch_requests.inc();
         let p = partition_ref(req.partition)?;
         let replica = self.partitions.leader_replica(&p.topic, p.partition)?;
         let wait = Duration::from_millis(u64::from(req.max_wait_ms)).min(self.max_fetch_wait);
@@ -569,6 +571,21 @@ impl StorageApi {
 
 #[tonic::async_trait]
 impl StorageService for StorageApi {
+    type WatchRecordsStream = crate::record_watch::WatchRecordsStream;
+
+    async fn watch_records(
+        &self,
+        request: Request<tonic::Streaming<WatchRecordsRequest>>,
+    ) -> Result<Response<Self::WatchRecordsStream>, Status> {
+        let watches = crate::record_watch::Watches {
+            partitions: self.partitions.clone(),
+            metrics: self.metrics.clone(),
+            max_wait: self.max_fetch_wait,
+            draining: self.draining.clone(),
+        };
+        Ok(Response::new(watches.serve(request.into_inner())))
+    }
+
     async fn append(
         &self,
         request: Request<AppendRequest>,

@@ -85,3 +85,20 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The value of an unlabelled metric on the dev instance's `/metrics`.
+pub fn metric(http: impl std::fmt::Display, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(http.to_string()).unwrap();
+    write!(
+        conn,
+        "GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    conn.read_to_string(&mut body).unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in the metrics"))
+}

@@ -345,6 +345,22 @@ impl FakeStorage {
 
 #[tonic::async_trait]
 impl StorageService for FakeStorage {
+    type WatchRecordsStream = std::pin::Pin<
+        Box<
+            dyn futures::Stream<
+                    Item = Result<streambus_proto::internal::WatchRecordsResponse, Status>,
+                > + Send,
+        >,
+    >;
+
+    /// A storage node that predates record watches.
+    async fn watch_records(
+        &self,
+        _: Request<tonic::Streaming<streambus_proto::internal::WatchRecordsRequest>>,
+    ) -> Result<Response<Self::WatchRecordsStream>, Status> {
+        Err(Status::unimplemented("fake storage"))
+    }
+
     async fn describe_node(
         &self,
         _: Request<streambus_proto::internal::DescribeNodeRequest>,
