@@ -229,6 +229,22 @@ async fn invalid_topic_config_is_refused_and_the_node_stays_up_across_restarts()
         assert!(!out.status.success());
         let err = text(&out.stderr);
         assert!(err.contains("PARTITION_OFFLINE"), "{err}");
+        // A subscription to every partition reads the one that serves:
+        // the offline one waits, it does not end the subscription (which
+        // still runs when more records come a second later).
+        let consumer = Command::new(env!("CARGO_BIN_EXE_streambus"))
+            .args(["consume", "good", "--from-beginning", "-n", "2"])
+            .env("STREAMBUS_GATEWAY", gw)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let out = streambus(gw, &["produce", "good", "--partition", "0"], Some("c\n"));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let out = finish_within(consumer, std::time::Duration::from_secs(20));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "a\nc\n");
         // The heartbeat reports it; describe shows it.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {

@@ -307,15 +307,36 @@ impl ConsumeApi {
         demand: Arc<Demand>,
         tx: mpsc::Sender<Delivery>,
     ) {
-        let resolved = match req.resume_offsets.get(&partition) {
-            Some(&offset) => Ok(offset),
-            None => self.resolve_start(&req.topic, partition, &req.start).await,
-        };
-        let mut offset = match resolved {
-            Ok(o) => o,
-            Err(e) => {
-                let _ = tx.send((Err(e.to_status()), None)).await;
-                return;
+        let mut backoff = Backoff::default();
+        let mut offset = loop {
+            let resolved = match req.resume_offsets.get(&partition) {
+                Some(&offset) => Ok(offset),
+                None => {
+                    let mut draining = self.draining.clone();
+                    let resolved = tokio::select! {
+                        r = self.resolve_start(&req.topic, partition, &req.start) => Some(r),
+                        _ = draining.wait_for(|d| *d) => None,
+                        () = tx.closed() => return,
+                    };
+                    let Some(resolved) = resolved else {
+                        let _ = tx.send((Err(draining_error()), None)).await;
+                        return;
+                    };
+                    resolved
+                }
+            };
+            match resolved {
+                Ok(o) => break o,
+                Err(e) if waits_out(&e) => {
+                    tracing::debug!(topic = %req.topic, partition, error = %e, "subscription start not resolved; retrying");
+                    if !backoff.pause(&tx).await {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send((Err(e.to_status()), None)).await;
+                    return;
+                }
             }
         };
         let wait = Duration::from_millis(u64::from(if req.max_wait_ms == 0 {
@@ -388,12 +409,17 @@ impl ConsumeApi {
                 return;
             };
             let resp = match fetched {
-                Ok(r) => r,
-                Err(e) if e.retriable() => {
+                Ok(r) => {
+                    backoff = Backoff::default();
+                    r
+                }
+                Err(e) if waits_out(&e) => {
                     tracing::debug!(topic = %req.topic, partition, error = %e, "subscribe fetch failed; retrying");
                     // Neither memory nor the turn is held while pausing.
                     drop(reserved);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if !backoff.pause(&tx).await {
+                        return;
+                    }
                     continue;
                 }
                 Err(e) => {
@@ -534,6 +560,32 @@ impl ConsumeApi {
                 _ = draining.wait_for(|d| *d) => return,
                 changed = metadata.changed() => if changed.is_err() { return },
             }
+        }
+    }
+}
+
+/// Whether a subscription partition waits an error out rather than ending
+/// the subscription: retriable errors, and a partition offline on its
+/// leader (its log is still opening, or the node keeps trying to open it).
+/// One partition of thousands must not end the others' stream; a consumer
+/// of Kafka likewise goes on retrying a partition without a leader.
+fn waits_out(e: &Error) -> bool {
+    e.retriable() || e.reason == Reason::PartitionOffline
+}
+
+/// Pauses between a subscription partition's failed attempts: 100 ms,
+/// doubling to 2 s.
+#[derive(Default)]
+struct Backoff(u32);
+
+impl Backoff {
+    /// Sleeps the next pause; false when the client went away meanwhile.
+    async fn pause(&mut self, tx: &mpsc::Sender<Delivery>) -> bool {
+        let wait = Duration::from_millis(100 << self.0.min(4)).min(Duration::from_secs(2));
+        self.0 += 1;
+        tokio::select! {
+            () = tokio::time::sleep(wait) => true,
+            () = tx.closed() => false,
         }
     }
 }

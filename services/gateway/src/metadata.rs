@@ -7,6 +7,7 @@
 //! snapshot, and not after losing the controllers for longer than the
 //! staleness bound (`gateway.metadata_staleness_ms`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +26,11 @@ pub struct MetadataCache {
     /// When a controller last answered (a watch update or a snapshot);
     /// `None` until the first snapshot was installed.
     contact: Arc<Mutex<Option<Instant>>>,
+    /// One refresh at a time: requests that find metadata stale together
+    /// (thousands of partitions of one subscription) share one.
+    refreshing: Arc<tokio::sync::Mutex<()>>,
+    /// Refreshes started.
+    refreshes: Arc<AtomicU64>,
 }
 
 impl MetadataCache {
@@ -34,6 +40,8 @@ impl MetadataCache {
             controller,
             tx: Arc::new(watch::channel(Arc::new(ClusterMetadata::default())).0),
             contact: Arc::default(),
+            refreshing: Arc::default(),
+            refreshes: Arc::default(),
         }
     }
 
@@ -153,9 +161,22 @@ impl MetadataCache {
     }
 
     /// Asks the controller for a fresh snapshot and installs it.
+    /// Callers that ask while a refresh runs wait for the next one to
+    /// start after them, or take the result of one that started after
+    /// them; only a version newer than the one held is sent in full.
     pub async fn refresh(&self) -> Result<Arc<ClusterMetadata>, Error> {
-        let md = self.controller.get_metadata().await?;
-        self.received(md);
+        let asked = self.refreshes.load(Ordering::Acquire);
+        let _one = self.refreshing.lock().await;
+        if self.refreshes.load(Ordering::Acquire) != asked {
+            // One started after this call and has finished.
+            return Ok(self.current());
+        }
+        self.refreshes.fetch_add(1, Ordering::AcqRel);
+        let known = self.current().version;
+        match self.controller.get_metadata_if_changed(known).await? {
+            Some(md) => self.received(md),
+            None => self.contacted(),
+        }
         Ok(self.current())
     }
 

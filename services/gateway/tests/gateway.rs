@@ -81,6 +81,60 @@ async fn not_leader_retry_follows_the_leader_move() {
     assert_eq!(second.last_leader_epoch.load(Ordering::SeqCst), 2);
 }
 
+/// Hundreds of requests finding their leader stale at once (every
+/// partition refuses with NOT_LEADER and no newer metadata comes) share
+/// metadata refreshes, and none of them fetches the whole snapshot again:
+/// a refresh per request, each answered with every partition, is what
+/// stalled a controller under a subscription to 10,000 partitions.
+#[tokio::test]
+async fn stale_leaders_share_metadata_refreshes() {
+    const PARTITIONS: u32 = 300;
+    let stuck = FakeStorage::start(Behaviour::NotLeader(String::new())).await;
+    let nodes = vec![(1, stuck.address())];
+    let controller =
+        FakeController::start(metadata(1, &nodes, &vec![1; PARTITIONS as usize])).await;
+    let config = GatewayConfig {
+        // No probes during the test: only the refreshes count.
+        metadata_staleness_ms: 60_000,
+        ..GatewayConfig::default()
+    };
+    let mut gw = Gateway::start(&controller, config).await;
+    gw.wait_ready().await;
+    let calls = controller.get_metadata_calls.load(Ordering::SeqCst);
+    let whole = controller.whole_snapshots.load(Ordering::SeqCst);
+    let mut client = gw.produce_client().await;
+    let started = Instant::now();
+    let resp = client
+        .produce(request(
+            (0..PARTITIONS).map(|p| batch(p, 1)).collect(),
+            Acks::All,
+            1_000,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let elapsed = started.elapsed();
+    assert_eq!(resp.results.len(), PARTITIONS as usize);
+    assert!(resp.results.iter().all(|r| r.error.is_some()));
+    let appends = stuck.appends.load(Ordering::SeqCst);
+    let refreshes = controller.get_metadata_calls.load(Ordering::SeqCst) - calls;
+    assert!(
+        appends >= 2 * PARTITIONS as usize,
+        "every partition was retried: {appends} appends"
+    );
+    // About one refresh per retry round (backoff 5 ms doubling to 500 ms
+    // in the one second): never one per request.
+    assert!(
+        refreshes <= 40,
+        "{refreshes} metadata refreshes for {appends} refused appends in {elapsed:?}"
+    );
+    assert_eq!(
+        controller.whole_snapshots.load(Ordering::SeqCst),
+        whole,
+        "a refresh of a version already held sends the whole snapshot"
+    );
+}
+
 /// An encoded batch of `n` records for partition 0 from idempotent
 /// producer 9, starting at `sequence`.
 fn idempotent_batch(sequence: i32, n: usize) -> ProduceBatch {

@@ -83,6 +83,11 @@ pub struct FakeController {
     pub addr: SocketAddr,
     md: Arc<watch::Sender<ClusterMetadata>>,
     up: Arc<watch::Sender<bool>>,
+    /// `GetMetadata` calls answered.
+    pub get_metadata_calls: Arc<AtomicUsize>,
+    /// Of those, the ones answered with the whole snapshot (the caller
+    /// did not already hold its version).
+    pub whole_snapshots: Arc<AtomicUsize>,
 }
 
 impl FakeController {
@@ -93,6 +98,8 @@ impl FakeController {
             addr,
             md: Arc::new(watch::channel(md).0),
             up: Arc::new(watch::channel(true).0),
+            get_metadata_calls: Arc::default(),
+            whole_snapshots: Arc::default(),
         };
         let svc = ControllerServiceServer::new(c.clone());
         tokio::spawn(
@@ -206,10 +213,21 @@ impl ControllerService for FakeController {
 
     async fn get_metadata(
         &self,
-        _: Request<GetMetadataRequest>,
+        request: Request<GetMetadataRequest>,
     ) -> Result<Response<ClusterMetadata>, Status> {
         self.check_up()?;
-        Ok(Response::new(self.md.borrow().clone()))
+        self.get_metadata_calls.fetch_add(1, Ordering::SeqCst);
+        let md = self.md.borrow().clone();
+        let known = request.into_inner().known_version;
+        if known != 0 && known == md.version {
+            return Ok(Response::new(ClusterMetadata {
+                version: md.version,
+                unchanged: true,
+                ..Default::default()
+            }));
+        }
+        self.whole_snapshots.fetch_add(1, Ordering::SeqCst);
+        Ok(Response::new(md))
     }
 
     type WatchMetadataStream = MdStream;
