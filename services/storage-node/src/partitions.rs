@@ -38,6 +38,10 @@ struct Offline {
     /// that opens within the wait of the call that started it is never
     /// reported offline.
     report_after: Option<Instant>,
+    /// For a new replica whose open job was started: set when the job
+    /// begins to run. Until then the open waits its turn (at most
+    /// [`OPEN_CONCURRENCY`] run at once) and is not suspected of hanging.
+    open_started: Option<Arc<std::sync::OnceLock<Instant>>>,
     /// The replica that failed, while requests still hold it: its log must
     /// be gone before the directory is opened again.
     previous: Option<Weak<Replica>>,
@@ -45,6 +49,23 @@ struct Offline {
     /// fsync the page cache cannot be trusted (the kernel may have dropped
     /// the dirty pages), so a reopened log is cut back to it.
     durable_at_failure: Option<i64>,
+}
+
+impl Offline {
+    /// A new replica on its way: its open waits its turn, or has run for
+    /// less than `io_wait` (or, with no open started yet, the wait after
+    /// the change that assigned it has not passed). Callers are told to
+    /// retry (`UNAVAILABLE`) and it is not reported offline. A replica
+    /// that failed and is being reopened stays reported.
+    fn on_its_way(&self, now: Instant, io_wait: Duration) -> bool {
+        let Some(report_after) = self.report_after.filter(|_| self.pending) else {
+            return false;
+        };
+        match self.open_started.as_ref() {
+            Some(started) => started.get().is_none_or(|t| now < *t + io_wait),
+            None => now < report_after,
+        }
+    }
 }
 
 /// Blocking work on one replica directory.
@@ -148,6 +169,9 @@ pub struct Partitions {
     closing: std::sync::atomic::AtomicBool,
     /// At most this many replicas run maintenance at once.
     maintenance: Arc<tokio::sync::Semaphore>,
+    /// At most this many replica logs open at once; the others wait
+    /// without holding a blocking thread.
+    opens: Arc<tokio::sync::Semaphore>,
     /// Signalled when a topic's configuration changed, so retention and
     /// the other maintenance run at once instead of at the next interval.
     maintenance_due: Arc<Notify>,
@@ -167,6 +191,12 @@ const OPENING: &str = "its log is still opening (slow or hung disk?)";
 
 /// How many replicas run retention, compaction and rolls at once.
 const MAINTENANCE_CONCURRENCY: usize = 4;
+
+/// How many replica logs open at once. Thousands of new partitions (one
+/// topic create) queue for it instead of filling the blocking thread pool
+/// that reads and closes also need, and an open that waits its turn is
+/// not mistaken for a hung disk.
+pub const OPEN_CONCURRENCY: usize = 64;
 
 /// The directory of a partition replica. The topic id keeps a topic that
 /// was deleted and created again apart from its predecessor.
@@ -206,6 +236,7 @@ impl Partitions {
             io_wait: DEFAULT_IO_WAIT,
             closing: std::sync::atomic::AtomicBool::new(false),
             maintenance: Arc::new(tokio::sync::Semaphore::new(MAINTENANCE_CONCURRENCY)),
+            opens: Arc::new(tokio::sync::Semaphore::new(OPEN_CONCURRENCY)),
             maintenance_due: Arc::new(Notify::new()),
             node_id,
             data_dir,
@@ -227,6 +258,12 @@ impl Partitions {
     /// Sets how long applying metadata, reopening offline replicas and
     /// maintenance wait for one replica's disk work before going on without
     /// it (default [`DEFAULT_IO_WAIT`]).
+    pub fn with_open_concurrency(mut self, opens: usize) -> Partitions {
+        self.opens = Arc::new(tokio::sync::Semaphore::new(opens.max(1)));
+        self
+    }
+
+    /// How long a change waits for the disk work it started.
     pub fn with_io_wait(mut self, wait: Duration) -> Partitions {
         self.io_wait = wait;
         self
@@ -268,7 +305,7 @@ impl Partitions {
             return Ok(r.clone());
         }
         if let Some(o) = read(&self.offline).get(&key) {
-            if o.pending && o.report_after.is_some_and(|t| Instant::now() < t) {
+            if o.on_its_way(Instant::now(), self.io_wait) {
                 // A new replica still opening, not yet reported offline: a
                 // moment, not an outage, so callers retry.
                 return Err(Error::new(
@@ -534,6 +571,7 @@ impl Partitions {
                     },
                     pending: true,
                     report_after: Some(Instant::now() + self.io_wait),
+                    open_started: None,
                     previous: None,
                     durable_at_failure: None,
                 },
@@ -582,7 +620,17 @@ impl Partitions {
         let tx = self.done_tx.clone();
         let job_done = self.job_done.clone();
         let is_open = matches!(job, Job::Open { .. });
-        tokio::task::spawn_blocking(move || {
+        let started = is_open.then(|| {
+            let cell = Arc::new(std::sync::OnceLock::new());
+            if let Some(o) = write(&self.offline).get_mut(&work.busy[&dir].key) {
+                o.open_started = Some(cell.clone());
+            }
+            cell
+        });
+        let blocking = move || {
+            if let Some(started) = started {
+                let _ = started.set(Instant::now());
+            }
             let run = std::panic::AssertUnwindSafe(|| match job {
                 Job::Open {
                     config,
@@ -612,7 +660,17 @@ impl Partitions {
             // Nobody listens any more once the node is gone.
             let _ = tx.send(Done { dir, id, outcome });
             job_done.notify_one();
-        });
+        };
+        if is_open {
+            let opens = self.opens.clone();
+            tokio::spawn(async move {
+                // Its turn first; the semaphore is never closed.
+                let _turn = opens.acquire_owned().await;
+                let _ = tokio::task::spawn_blocking(blocking).await;
+            });
+        } else {
+            tokio::task::spawn_blocking(blocking);
+        }
         Some(id)
     }
 
@@ -789,6 +847,7 @@ impl Partitions {
                 reason,
                 pending: false,
                 report_after: None,
+                open_started: None,
                 durable_at_failure: previous
                     .as_ref()
                     .and_then(Weak::upgrade)
@@ -862,7 +921,7 @@ impl Partitions {
         let now = Instant::now();
         let mut out: Vec<OfflineReplica> = read(&self.offline)
             .iter()
-            .filter(|(_, o)| o.report_after.is_none_or(|t| t <= now))
+            .filter(|(_, o)| !o.on_its_way(now, self.io_wait))
             .map(|(k, o)| OfflineReplica {
                 topic: k.0.clone(),
                 topic_id: o.topic_id.clone(),
@@ -1313,6 +1372,59 @@ mod tests {
         };
         assert_eq!(replica.config().retention_bytes, Some(1000));
         assert_eq!(replica.log.config().retention_bytes, Some(1000));
+    }
+
+    /// Opens beyond the concurrency limit wait their turn: only the one
+    /// running past the io wait is suspected (reported offline, answered
+    /// `PARTITION_OFFLINE`); the queued ones are answered `UNAVAILABLE`
+    /// (retry) and not reported. All are served once the disk answers.
+    #[tokio::test]
+    async fn queued_opens_are_not_taken_for_a_hung_disk() {
+        let tmp = tempfile::tempdir().unwrap();
+        let disk = HungDisk::default();
+        let p = Partitions::with_open_options(
+            1,
+            tmp.path().to_path_buf(),
+            OpenOptions::new().io(Arc::new(disk.clone())),
+        )
+        .with_io_wait(Duration::from_millis(100))
+        .with_open_concurrency(1);
+        disk.block("-0-");
+        let names = ["a", "b", "c"];
+        p.apply(&metadata(
+            2,
+            names
+                .iter()
+                .map(|n| topic(n, &format!("id{n}"), &[]))
+                .collect(),
+        ))
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let reported = p.offline_replicas();
+        assert_eq!(reported.len(), 1, "only the running open: {reported:?}");
+        assert_eq!(reported[0].reason, OPENING);
+        for n in names {
+            let Err(e) = p.leader_replica(n, 0) else {
+                panic!("{n} served while its open hangs");
+            };
+            let want = if n == reported[0].topic {
+                Reason::PartitionOffline
+            } else {
+                Reason::Unavailable
+            };
+            assert_eq!(e.reason, want, "{n}: {e}");
+        }
+
+        disk.release("-0-");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for n in names {
+            while p.leader_replica(n, 0).is_err() {
+                p.finish_jobs().await;
+                assert!(Instant::now() < deadline, "{n} never opened");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        assert!(p.offline_replicas().is_empty());
     }
 
     /// Per marker: whether it is blocked, and how many operations found

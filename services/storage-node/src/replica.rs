@@ -141,6 +141,36 @@ impl Replica {
         }
     }
 
+    /// The leader and leader epoch the metadata last named, and whether
+    /// this node leads, without copying the view (every replica is asked
+    /// on every replication tick).
+    pub fn leadership(&self) -> (u64, u64, bool) {
+        let st = self.lock();
+        (
+            st.0.leader,
+            st.0.leader_epoch,
+            matches!(st.1, Role::Leader(_)),
+        )
+    }
+
+    /// As leader: the committed ISR size, the replica count and the
+    /// topic's `min.insync.replicas`; `None` when following.
+    pub fn isr_health(&self) -> Option<(usize, usize, usize)> {
+        let (isr, replicas) = {
+            let st = self.lock();
+            match &st.1 {
+                Role::Leader(s) => (s.isr().len(), st.0.replicas.len()),
+                Role::Follower => return None,
+            }
+        };
+        let min = self
+            .config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .min_insync_replicas as usize;
+        Some((isr, replicas, min))
+    }
+
     /// The partition as the metadata last said.
     pub fn view(&self) -> PartitionView {
         self.lock().0.clone()

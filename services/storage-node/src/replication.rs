@@ -96,8 +96,9 @@ impl Replication {
         let node = self.partitions.node_id();
         let mut want: HashMap<PartitionKey, (Arc<Replica>, PartitionView)> = HashMap::new();
         for r in self.partitions.all() {
-            let view = r.view();
-            if view.leader != node && view.leader != 0 && !r.is_leader() {
+            let (leader, _, leading) = r.leadership();
+            if leader != node && leader != 0 && !leading {
+                let view = r.view();
                 want.insert((r.topic.clone(), r.partition), (r, view));
             }
         }
@@ -285,11 +286,10 @@ impl Replication {
                     let r = r.clone();
                     tokio::spawn(async move { this.propose(r, p).await });
                 }
-                if r.is_leader() {
+                if let Some((isr, replicas, min_isr)) = r.isr_health() {
                     led += 1;
-                    let isr = r.isr_len();
-                    under += i64::from(isr < r.view().replicas.len());
-                    below += i64::from(isr < r.config().min_insync_replicas as usize);
+                    under += i64::from(isr < replicas);
+                    below += i64::from(isr < min_isr);
                 }
             }
             self.metrics.leader_replicas.set(led);
