@@ -3,6 +3,7 @@
 //! streams for consumers.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -15,6 +16,9 @@ use streambus_client::{
 
 use super::{AckFuture, BoxFuture, Driver, Producer, Received, TIMESTAMP_HEADER, parse_timestamp};
 use crate::workload::{Acks, Codec, Durability, Workload};
+
+/// How long a new topic may take until every partition serves.
+const TOPIC_READY_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The StreamBus driver.
 #[derive(Debug, Clone)]
@@ -113,7 +117,30 @@ impl Driver for StreamBusDriver {
                 )
                 .await
                 .with_context(|| format!("creating StreamBus topic {topic}"))?;
-            Ok(())
+            // The create is answered once the controller committed it; the
+            // storage nodes open the logs after. As OMB waits for leaders,
+            // measure from when every partition serves: the first to
+            // describe all of them.
+            let client = self.connect().await?;
+            let deadline = tokio::time::Instant::now() + TOPIC_READY_TIMEOUT;
+            loop {
+                match client.partition_offsets(topic).await {
+                    Ok(p) if p.len() == workload.partitions_per_topic as usize => return Ok(()),
+                    Ok(_) | Err(_) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Ok(p) => anyhow::bail!(
+                        "topic {topic}: {} of {} partitions served after {TOPIC_READY_TIMEOUT:?}",
+                        p.len(),
+                        workload.partitions_per_topic
+                    ),
+                    Err(e) => {
+                        return Err(e).with_context(|| {
+                            format!("topic {topic} not served after {TOPIC_READY_TIMEOUT:?}")
+                        });
+                    }
+                }
+            }
         })
     }
 
