@@ -581,7 +581,7 @@ struct Backoff(u32);
 impl Backoff {
     /// Sleeps the next pause; false when the client went away meanwhile.
     async fn pause(&mut self, tx: &mpsc::Sender<Delivery>) -> bool {
-        let wait = Duration::from_millis(100 << self.0.min(4)).min(Duration::from_secs(2));
+        let wait = Duration::from_millis(100 << self.0.min(5)).min(Duration::from_secs(2));
         self.0 += 1;
         tokio::select! {
             () = tokio::time::sleep(wait) => true,

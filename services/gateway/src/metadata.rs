@@ -27,10 +27,20 @@ pub struct MetadataCache {
     /// `None` until the first snapshot was installed.
     contact: Arc<Mutex<Option<Instant>>>,
     /// One refresh at a time: requests that find metadata stale together
-    /// (thousands of partitions of one subscription) share one.
-    refreshing: Arc<tokio::sync::Mutex<()>>,
-    /// Refreshes started.
-    refreshes: Arc<AtomicU64>,
+    /// (thousands of partitions of one subscription) share one. Holds how
+    /// the last refresh that finished ended.
+    refreshing: Arc<tokio::sync::Mutex<LastRefresh>>,
+    /// Refresh requests so far (each caller takes a ticket).
+    tickets: Arc<AtomicU64>,
+}
+
+/// How the last refresh that finished (not abandoned) ended.
+#[derive(Default)]
+struct LastRefresh {
+    /// The ticket count when it started: callers with a smaller ticket
+    /// asked before it started and take its outcome.
+    started: u64,
+    error: Option<Error>,
 }
 
 impl MetadataCache {
@@ -41,7 +51,7 @@ impl MetadataCache {
             tx: Arc::new(watch::channel(Arc::new(ClusterMetadata::default())).0),
             contact: Arc::default(),
             refreshing: Arc::default(),
-            refreshes: Arc::default(),
+            tickets: Arc::default(),
         }
     }
 
@@ -161,19 +171,28 @@ impl MetadataCache {
     }
 
     /// Asks the controller for a fresh snapshot and installs it.
-    /// Callers that ask while a refresh runs wait for the next one to
-    /// start after them, or take the result of one that started after
-    /// them; only a version newer than the one held is sent in full.
+    /// Callers that ask while a refresh runs wait for it, then take the
+    /// outcome (the metadata, or the error) of a refresh that started
+    /// after they asked, or run one themselves (one abandoned midway does
+    /// not count). Only a version newer than the one held is sent in full.
     pub async fn refresh(&self) -> Result<Arc<ClusterMetadata>, Error> {
-        let asked = self.refreshes.load(Ordering::Acquire);
-        let _one = self.refreshing.lock().await;
-        if self.refreshes.load(Ordering::Acquire) != asked {
-            // One started after this call and has finished.
-            return Ok(self.current());
+        let ticket = self.tickets.fetch_add(1, Ordering::AcqRel);
+        let mut last = self.refreshing.lock().await;
+        if last.started > ticket {
+            return match &last.error {
+                None => Ok(self.current()),
+                Some(e) => Err(e.clone()),
+            };
         }
-        self.refreshes.fetch_add(1, Ordering::AcqRel);
+        // Every ticket below this was taken before this refresh started.
+        let started = self.tickets.load(Ordering::Acquire);
         let known = self.current().version;
-        match self.controller.get_metadata_if_changed(known).await? {
+        let result = self.controller.get_metadata_if_changed(known).await;
+        *last = LastRefresh {
+            started,
+            error: result.as_ref().err().cloned(),
+        };
+        match result? {
             Some(md) => self.received(md),
             None => self.contacted(),
         }

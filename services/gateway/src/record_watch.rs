@@ -53,6 +53,8 @@ struct Session {
     /// Registered watches; `None` once the stream ended (nothing more
     /// will be answered on it).
     waiters: Mutex<Option<HashMap<u64, oneshot::Sender<Woken>>>>,
+    /// The task running the stream.
+    task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl Session {
@@ -149,8 +151,39 @@ impl RecordWatches {
         let limit = wait + self.router.attempt_timeout();
         match tokio::time::timeout(limit, rx).await {
             Ok(Ok(woken)) => woken,
-            // The stream ended, or it did not answer in time.
-            Ok(Err(_)) | Err(_) => Woken::Route,
+            // The stream ended.
+            Ok(Err(_)) => Woken::Route,
+            Err(_) => {
+                // The node holds the stream open but does not answer:
+                // every watch on it goes the routed way, and the next
+                // wait opens a new stream.
+                tracing::debug!(%addr, "record watch stream stopped answering; closing it");
+                self.close(&addr, &registered.session);
+                Woken::Route
+            }
+        }
+    }
+
+    /// Ends `session` (the stream to `addr`): its waiters are answered
+    /// [`Woken::Route`], and it leaves the map unless replaced already.
+    fn close(&self, addr: &str, session: &Arc<Session>) {
+        // Dropping the senders answers every waiter.
+        session.waiters().take();
+        if let Some(task) = session
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+        let mut state = self.state();
+        if state
+            .sessions
+            .get(addr)
+            .is_some_and(|s| Arc::ptr_eq(s, session))
+        {
+            state.sessions.remove(addr);
         }
     }
 
@@ -173,9 +206,11 @@ impl RecordWatches {
         let session = Arc::new(Session {
             changes,
             waiters: Mutex::new(Some(HashMap::new())),
+            task: Mutex::new(None),
         });
         state.sessions.insert(addr.to_string(), session.clone());
-        tokio::spawn(self.clone().run(addr.to_string(), session.clone(), rx));
+        let task = tokio::spawn(self.clone().run(addr.to_string(), session.clone(), rx));
+        *session.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
         Some((session, id))
     }
 
@@ -238,15 +273,11 @@ impl RecordWatches {
                 tracing::debug!(%addr, %status, "record watch stream could not open");
             }
         }
-        // Dropping the senders answers every waiter: route.
-        session.waiters().take();
-        let mut state = self.state();
-        if state
-            .sessions
-            .get(&addr)
-            .is_some_and(|s| Arc::ptr_eq(s, &session))
-        {
-            state.sessions.remove(&addr);
-        }
+        session
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        self.close(&addr, &session);
     }
 }

@@ -135,6 +135,40 @@ async fn stale_leaders_share_metadata_refreshes() {
     );
 }
 
+/// A shared refresh that fails is not taken for a success by the callers
+/// that waited for it: they get its error, never the stale metadata as if
+/// it were fresh (and not one controller timeout each, in turn).
+#[tokio::test]
+async fn a_failed_refresh_is_not_shared_as_a_success() {
+    let controller = FakeController::start(metadata(1, &[], &[0])).await;
+    let cache = streambus_gateway::metadata::MetadataCache::new(
+        streambus_cluster::ControllerClient::new(vec![controller.addr.to_string()])
+            .unwrap()
+            .with_retry_for(Duration::from_millis(500)),
+    );
+    cache.refresh().await.unwrap();
+    controller.set_up(false);
+    let started = Instant::now();
+    let results = futures::future::join_all((0..20).map(|_| cache.refresh())).await;
+    let one = started.elapsed();
+    assert!(
+        results.iter().all(Result::is_err),
+        "{} of 20 refreshes reported success while the controller was down",
+        results.iter().filter(|r| r.is_ok()).count()
+    );
+    // Two failed refreshes at most: the first, and possibly one by a
+    // caller whose ticket came after it started.
+    let alone = Instant::now();
+    assert!(cache.refresh().await.is_err());
+    assert!(
+        one < alone.elapsed() * 3,
+        "20 waiting refreshes took {one:?}, one alone {:?}",
+        alone.elapsed()
+    );
+    controller.set_up(true);
+    assert_eq!(cache.refresh().await.unwrap().version, 1);
+}
+
 /// An encoded batch of `n` records for partition 0 from idempotent
 /// producer 9, starting at `sequence`.
 fn idempotent_batch(sequence: i32, n: usize) -> ProduceBatch {

@@ -61,8 +61,11 @@ impl Offline {
         let Some(report_after) = self.report_after.filter(|_| self.pending) else {
             return false;
         };
-        match self.open_started.as_ref() {
-            Some(started) => started.get().is_none_or(|t| now < *t + io_wait),
+        match self.open_started.as_ref().map(|s| s.get()) {
+            Some(Some(started)) => now < *started + io_wait,
+            // Waiting its turn behind other opens, for a while: behind
+            // opens that hang it would wait for good.
+            Some(None) => now < report_after + io_wait * QUEUED_OPEN_WAITS,
             None => now < report_after,
         }
     }
@@ -150,6 +153,9 @@ pub struct Partitions {
     topics: RwLock<HashMap<String, TopicInfo>>,
     nodes: RwLock<HashMap<u64, String>>,
     version: std::sync::atomic::AtomicU64,
+    /// Counts changes to the replicas served or to their leadership: the
+    /// replication tick reconciles fetch loops when it moves.
+    generation: std::sync::atomic::AtomicU64,
     /// Every log of this node counts its fsyncs here and shares one
     /// interval flusher thread.
     open_options: OpenOptions,
@@ -166,7 +172,7 @@ pub struct Partitions {
     io_wait: Duration,
     /// Set by `close_all`: replicas that finish opening are closed, not
     /// served.
-    closing: std::sync::atomic::AtomicBool,
+    closing: Arc<std::sync::atomic::AtomicBool>,
     /// At most this many replicas run maintenance at once.
     maintenance: Arc<tokio::sync::Semaphore>,
     /// At most this many replica logs open at once; the others wait
@@ -197,6 +203,11 @@ const MAINTENANCE_CONCURRENCY: usize = 4;
 /// that reads and closes also need, and an open that waits its turn is
 /// not mistaken for a hung disk.
 pub const OPEN_CONCURRENCY: usize = 64;
+
+/// How many io waits (after the change that assigned it) an open may wait
+/// for its turn before its replica is reported offline: past that, the
+/// opens ahead of it are hanging rather than queued.
+const QUEUED_OPEN_WAITS: u32 = 6;
 
 /// The directory of a partition replica. The topic id keeps a topic that
 /// was deleted and created again apart from its predecessor.
@@ -234,13 +245,14 @@ impl Partitions {
             done_tx,
             job_done: Arc::new(Notify::new()),
             io_wait: DEFAULT_IO_WAIT,
-            closing: std::sync::atomic::AtomicBool::new(false),
+            closing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             maintenance: Arc::new(tokio::sync::Semaphore::new(MAINTENANCE_CONCURRENCY)),
             opens: Arc::new(tokio::sync::Semaphore::new(OPEN_CONCURRENCY)),
             maintenance_due: Arc::new(Notify::new()),
             node_id,
             data_dir,
             replicas: RwLock::default(),
+            generation: std::sync::atomic::AtomicU64::new(0),
             offline: RwLock::default(),
             topics: RwLock::default(),
             nodes: RwLock::default(),
@@ -581,9 +593,21 @@ impl Partitions {
             }
         }
         *write(&self.topics) = topics;
+        self.changed();
         self.wait(&mut work, started).await;
+        self.changed();
         self.version
             .store(md.version, std::sync::atomic::Ordering::Release);
+    }
+
+    fn changed(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Moves whenever the replicas served or their leadership change.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Starts blocking `job` on `dir`, which must not be busy. Returns the
@@ -627,8 +651,17 @@ impl Partitions {
             }
             cell
         });
+        let closing = self.closing.clone();
         let blocking = move || {
             if let Some(started) = started {
+                if closing.load(std::sync::atomic::Ordering::Acquire) {
+                    // Its turn came after the node closed every log: the
+                    // directory may already belong to the next process.
+                    let outcome = Outcome::Opened(Err("the node is shutting down".into()));
+                    let _ = tx.send(Done { dir, id, outcome });
+                    job_done.notify_one();
+                    return;
+                }
                 let _ = started.set(Instant::now());
             }
             let run = std::panic::AssertUnwindSafe(|| match job {
@@ -740,6 +773,7 @@ impl Partitions {
                         }
                     }
                     write(&self.replicas).insert(key, Arc::new(replica));
+                    self.changed();
                     return (true, None);
                 }
                 // Deleted, moved away or failed meanwhile: not served.
@@ -870,6 +904,7 @@ impl Partitions {
             .collect();
         for (key, replica, failure) in failed {
             write(&self.replicas).remove(&key);
+            self.changed();
             self.set_offline(
                 key,
                 replica.topic_id.clone(),
@@ -1377,7 +1412,8 @@ mod tests {
     /// Opens beyond the concurrency limit wait their turn: only the one
     /// running past the io wait is suspected (reported offline, answered
     /// `PARTITION_OFFLINE`); the queued ones are answered `UNAVAILABLE`
-    /// (retry) and not reported. All are served once the disk answers.
+    /// (retry) and not reported, for a few io waits. All are served once
+    /// the disk answers.
     #[tokio::test]
     async fn queued_opens_are_not_taken_for_a_hung_disk() {
         let tmp = tempfile::tempdir().unwrap();
@@ -1414,6 +1450,10 @@ mod tests {
             };
             assert_eq!(e.reason, want, "{n}: {e}");
         }
+        // Behind an open that keeps hanging, the queued ones are reported
+        // too once they waited several io waits.
+        tokio::time::sleep(Duration::from_millis(100) * QUEUED_OPEN_WAITS).await;
+        assert_eq!(p.offline_replicas().len(), 3);
 
         disk.release("-0-");
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -20,6 +20,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::{AbortHandle, Abortable, BoxFuture};
 use futures::stream::{FuturesUnordered, Stream, StreamExt};
+use prometheus_client::metrics::gauge::Gauge;
 use streambus_proto::internal::{
     FiredWatch, RecordWatch, WatchRecordsRequest, WatchRecordsResponse,
 };
@@ -51,11 +52,11 @@ pub(crate) struct Watches {
 }
 
 /// Counts a watch in the node's gauge while it lives.
-struct Counted(Metrics);
+struct Counted(Gauge);
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.record_watches.dec();
+        self.0.dec();
     }
 }
 
@@ -166,7 +167,7 @@ impl Watches {
         let weak: Weak<Replica> = Arc::downgrade(&replica);
         drop(replica);
         self.metrics.record_watches.inc();
-        let counted = Counted(self.metrics.clone());
+        let counted = Counted(self.metrics.record_watches.clone());
         let offset = w.offset;
         async move {
             let _counted = counted;

@@ -25,6 +25,8 @@ use crate::replica::{PartitionKey, PartitionView, Replica};
 const FETCH_MAX_BYTES: u32 = 4 * 1024 * 1024;
 /// How often leaders decide about their ISR and fetchers are reconciled.
 const TICK: Duration = Duration::from_millis(100);
+/// Every this many ticks, every replica is visited.
+const FULL_TICKS: u64 = 10;
 
 /// A running fetch loop.
 struct Fetcher {
@@ -268,33 +270,62 @@ impl Replication {
     /// Every tick: leaders decide about their ISR (proposals go to the
     /// controller, one per partition at a time), and fetch loops are
     /// reconciled with the replicas (which a reopen may have replaced).
+    ///
+    /// Only replicas that lead followers are visited every tick; every
+    /// replica (and the fetch loops) every [`FULL_TICKS`] ticks, and at
+    /// the next tick whenever the replicas or their leadership changed
+    /// ([`Partitions::generation`]). Ten thousand idle single-replica
+    /// partitions then cost a scan a second, not ten.
     pub async fn run(self: Arc<Self>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        let mut reconciled = None;
+        let mut with_followers: Vec<Arc<Replica>> = Vec::new();
+        for n in 0u64.. {
             tick.tick().await;
-            self.reconcile();
+            // A change (a new leader, a new replica) is a full visit at
+            // once: it may have added a leader with followers.
+            let generation = self.partitions.generation();
+            let full = n % FULL_TICKS == 0 || reconciled != Some(generation);
+            if full {
+                reconciled = Some(generation);
+                self.reconcile();
+            }
             let now = now_ms() as u64;
+            if !full {
+                for r in &with_followers {
+                    self.tick_replica(r, now);
+                }
+                continue;
+            }
+            with_followers.clear();
             let (mut led, mut under, mut below) = (0, 0, 0);
             for r in self.partitions.all() {
-                // Appends update the replica as they finish; this also
-                // catches what no append reported, so nothing the log holds
-                // waits longer than a tick to count.
-                r.advance_high_watermark();
-                if let Some(p) = r.tick(now) {
-                    let this = self.clone();
-                    let r = r.clone();
-                    tokio::spawn(async move { this.propose(r, p).await });
-                }
+                self.tick_replica(&r, now);
                 if let Some((isr, replicas, min_isr)) = r.isr_health() {
                     led += 1;
                     under += i64::from(isr < replicas);
                     below += i64::from(isr < min_isr);
+                    if replicas > 1 {
+                        with_followers.push(r);
+                    }
                 }
             }
             self.metrics.leader_replicas.set(led);
             self.metrics.under_replicated.set(under);
             self.metrics.below_min_isr.set(below);
+        }
+    }
+
+    fn tick_replica(self: &Arc<Self>, r: &Arc<Replica>, now: u64) {
+        // Appends update the replica as they finish; this also catches what
+        // no append reported, so nothing the log holds waits longer than a
+        // scan to count.
+        r.advance_high_watermark();
+        if let Some(p) = r.tick(now) {
+            let this = self.clone();
+            let r = r.clone();
+            tokio::spawn(async move { this.propose(r, p).await });
         }
     }
 
