@@ -728,9 +728,10 @@ fn start_all(env: &Env) -> Result<(), String> {
     kubectl(env, &["apply", "-f", &node])?;
     // Ready means: the fake node Ready (kwok), the default ServiceAccount
     // made (controller-manager) and the scheduler healthy.
-    let t = wait_until(
+    let mut missing = String::new();
+    let waited = wait_until(
         "the kwok node, the default ServiceAccount and the scheduler",
-        Duration::from_secs(90),
+        Duration::from_secs(180),
         || {
             for c in COMPONENTS {
                 alive(c)?;
@@ -749,9 +750,32 @@ fn start_all(env: &Env) -> Result<(), String> {
             let sa = kubectl(env, &["get", "serviceaccount", "default", "-o", "name"]).is_ok();
             let scheduler = probe(&format!("https://127.0.0.1:{sched_port}/healthz"), &pki);
             let kcm = probe(&format!("https://127.0.0.1:{kcm_port}/healthz"), &pki);
-            Ok(node == "True" && sa && scheduler && kcm)
+            missing = [
+                (node != "True", format!("node kwok-node-0 Ready={node:?}")),
+                (!sa, "no default ServiceAccount".to_string()),
+                (!scheduler, "scheduler /healthz failing".to_string()),
+                (!kcm, "controller-manager /healthz failing".to_string()),
+            ]
+            .into_iter()
+            .filter_map(|(bad, what)| bad.then_some(what))
+            .collect::<Vec<_>>()
+            .join(", ");
+            Ok(missing.is_empty())
         },
-    )?;
+    );
+    // What was still missing, with the ends of the logs most likely to
+    // say why (they are deleted with the control plane).
+    let t = waited.map_err(|e| {
+        let logs = ["kwok", "kube-controller-manager", "kube-scheduler"]
+            .iter()
+            .map(|c| {
+                let log = d.join("logs").join(format!("{c}.log"));
+                format!("--- {c}.log (end)\n{}", crate::peer::tail(&log, 15))
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        format!("{e}: {missing}\n{logs}")
+    })?;
     eprintln!(
         "k8s: controller-manager, scheduler and kwok ready in {t:.1?}; control plane up in {:.1?} (logs in {})",
         started.elapsed(),
