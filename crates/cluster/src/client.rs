@@ -585,6 +585,7 @@ impl WatchState {
                         let open = c.watch_metadata(WatchMetadataRequest {
                             min_version: self.last_version.unwrap_or(0),
                             accept_deltas: true,
+                        accept_partition_deltas: false,
                         });
                         match tokio::time::timeout(timeout, open).await {
                             Ok(opened) => opened.map(tonic::Response::into_inner),
@@ -869,6 +870,7 @@ mod tests {
 
     fn topic(name: &str, partitions: u32) -> TopicMetadata {
         TopicMetadata {
+            partial: false,
             name: name.to_string(),
             topic_id: format!("id-{name}"),
             replication_factor: 1,

@@ -1804,6 +1804,7 @@ impl Metadata {
 /// A topic's wire form.
 fn topic_metadata(t: &Topic) -> TopicMetadata {
     TopicMetadata {
+        partial: false,
         name: t.name.clone(),
         topic_id: t.topic_id.clone(),
         replication_factor: t.replication_factor,

@@ -503,6 +503,7 @@ mod tests {
             cluster_id: "c".into(),
             nodes: vec![node(3, false), node(1, true), node(2, true)],
             topics: vec![TopicMetadata {
+                partial: false,
                 name: "t".into(),
                 topic_id: "id".into(),
                 replication_factor: 3,

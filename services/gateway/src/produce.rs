@@ -795,6 +795,7 @@ mod tests {
                 max_partitions: 0,
             }],
             topics: vec![TopicMetadata {
+                partial: false,
                 name: "t".to_string(),
                 topic_id: "id".to_string(),
                 replication_factor: 1,

@@ -1157,6 +1157,7 @@ mod tests {
 
     fn topic(name: &str, id: &str, configs: &[(&str, &str)]) -> TopicMetadata {
         TopicMetadata {
+            partial: false,
             name: name.into(),
             topic_id: id.into(),
             replication_factor: 1,

@@ -397,6 +397,7 @@ mod tests {
                 version: 1,
                 nodes: vec![node(1), node(2)],
                 topics: vec![TopicMetadata {
+                    partial: false,
                     name: "t".into(),
                     topic_id: "id".into(),
                     replication_factor: 2,

@@ -672,6 +672,7 @@ mod tests {
                     max_partitions: 0,
                 }],
                 topics: vec![TopicMetadata {
+                    partial: false,
                     name: "t".into(),
                     topic_id: "id".into(),
                     replication_factor: 1,

@@ -54,6 +54,7 @@ pub fn metadata(version: u64, nodes: &[(u64, String)], leaders: &[u64]) -> Clust
             })
             .collect(),
         topics: vec![TopicMetadata {
+            partial: false,
             name: "t".to_string(),
             topic_id: "t-id".to_string(),
             replication_factor: 1,
