@@ -46,6 +46,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::MAX_METADATA_MESSAGE_BYTES;
+use crate::view::ClusterView;
 
 /// How long one request attempt may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -533,13 +534,14 @@ impl ControllerClient {
     /// per change. Reconnects (with backoff, trying each controller in turn)
     /// whenever a stream fails, and skips snapshots not newer than the last
     /// one yielded.
-    pub fn watch_metadata(&self) -> impl Stream<Item = ClusterMetadata> + Send + 'static {
+    pub fn watch_metadata(&self) -> impl Stream<Item = ClusterView> + Send + 'static {
         let state = WatchState {
             client: self.clone(),
             next: 0,
             last_version: None,
             stream: None,
             base: None,
+            last: ClusterView::default(),
             first_pending: false,
             backoff: MIN_BACKOFF,
         };
@@ -557,7 +559,10 @@ struct WatchState {
     stream: Option<tonic::Streaming<ClusterMetadata>>,
     /// The metadata as of the open stream's last message, deltas merged:
     /// the next delta applies to it.
-    base: Option<ClusterMetadata>,
+    base: Option<ClusterView>,
+    /// The last view yielded: a new stream's first (whole) snapshot shares
+    /// what it has equal with it.
+    last: ClusterView,
     /// The stream opened without a version and its first message (the
     /// controller's current metadata, sent at once) has not come yet.
     first_pending: bool,
@@ -570,7 +575,7 @@ impl WatchState {
         self.backoff = (self.backoff * 2).min(MAX_WATCH_BACKOFF);
     }
 
-    async fn next_metadata(&mut self) -> ClusterMetadata {
+    async fn next_metadata(&mut self) -> ClusterView {
         loop {
             let Some(stream) = &mut self.stream else {
                 let addresses = &self.client.inner.addresses;
@@ -585,7 +590,7 @@ impl WatchState {
                         let open = c.watch_metadata(WatchMetadataRequest {
                             min_version: self.last_version.unwrap_or(0),
                             accept_deltas: true,
-                        accept_partition_deltas: false,
+                            accept_partition_deltas: false,
                         });
                         match tokio::time::timeout(timeout, open).await {
                             Ok(opened) => opened.map(tonic::Response::into_inner),
@@ -641,26 +646,34 @@ impl WatchState {
             match message {
                 Ok(Some(md)) => {
                     self.backoff = MIN_BACKOFF;
-                    let md = if md.delta {
-                        let Some(mut base) = self.base.take() else {
+                    let from = match (&self.base, md.delta) {
+                        (Some(base), _) => base,
+                        (None, false) => &self.last,
+                        (None, true) => {
                             tracing::debug!(
                                 "a metadata delta came first on its stream; reconnecting"
                             );
                             self.stream = None;
                             self.pause().await;
                             continue;
-                        };
-                        merge_delta(&mut base, md);
-                        base
-                    } else {
-                        md
+                        }
                     };
-                    let newer = self.last_version.is_none_or(|v| md.version > v);
-                    let version = md.version;
-                    self.base = Some(md);
+                    let view = match from.apply(md) {
+                        Ok(view) => view,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the metadata watch sent an update that does not follow the one before; reconnecting");
+                            self.stream = None;
+                            self.base = None;
+                            self.pause().await;
+                            continue;
+                        }
+                    };
+                    let newer = self.last_version.is_none_or(|v| view.version > v);
+                    self.base = Some(view.clone());
                     if newer {
-                        self.last_version = Some(version);
-                        return self.base.clone().expect("just set");
+                        self.last_version = Some(view.version);
+                        self.last = view.clone();
+                        return view;
                     }
                 }
                 Ok(None) | Err(_) => {
@@ -673,36 +686,11 @@ impl WatchState {
     }
 }
 
-/// Applies a watch delta to the metadata as of the message before it:
-/// every field but the topics is replaced, changed topics replace theirs
-/// (topics stay sorted by name, as controllers send them), removed ones go.
-fn merge_delta(base: &mut ClusterMetadata, delta: ClusterMetadata) {
-    let removed: std::collections::HashSet<String> = delta.removed_topics.into_iter().collect();
-    if !removed.is_empty() {
-        base.topics.retain(|t| !removed.contains(&t.name));
-    }
-    for topic in delta.topics {
-        match base
-            .topics
-            .binary_search_by(|t| t.name.as_str().cmp(&topic.name))
-        {
-            Ok(i) => base.topics[i] = topic,
-            Err(i) => base.topics.insert(i, topic),
-        }
-    }
-    base.version = delta.version;
-    base.nodes = delta.nodes;
-    base.controller_leader_id = delta.controller_leader_id;
-    base.controller_leader_address = delta.controller_leader_address;
-    base.cluster_id = delta.cluster_id;
-}
-
 #[cfg(test)]
 mod tests {
     use std::pin::Pin;
     use std::task::{Context, Poll};
 
-    use streambus_proto::internal::TopicMetadata;
     use tonic::codegen::http;
 
     use super::*;
@@ -859,6 +847,7 @@ mod tests {
             last_version: None,
             stream: None,
             base: None,
+            last: ClusterView::default(),
             first_pending: false,
             backoff: MIN_BACKOFF,
         };
@@ -866,48 +855,5 @@ mod tests {
         // ends and `next` stays at 1.
         let _ = tokio::time::timeout(Duration::from_secs(2), state.next_metadata()).await;
         assert!(state.next >= 3, "watch opens attempted: {}", state.next);
-    }
-
-    fn topic(name: &str, partitions: u32) -> TopicMetadata {
-        TopicMetadata {
-            partial: false,
-            name: name.to_string(),
-            topic_id: format!("id-{name}"),
-            replication_factor: 1,
-            configs: Default::default(),
-            partitions: (0..partitions)
-                .map(|p| streambus_proto::v1::PartitionDescription {
-                    partition: p,
-                    ..Default::default()
-                })
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn a_delta_merges_into_the_sorted_snapshot_before_it() {
-        let mut base = ClusterMetadata {
-            version: 3,
-            topics: vec![topic("a", 1), topic("c", 1), topic("e", 1)],
-            ..Default::default()
-        };
-        merge_delta(
-            &mut base,
-            ClusterMetadata {
-                version: 5,
-                topics: vec![topic("b", 2), topic("c", 4)],
-                removed_topics: vec!["e".into()],
-                delta: true,
-                cluster_id: "cl".into(),
-                ..Default::default()
-            },
-        );
-        let names: Vec<(&str, usize)> = base
-            .topics
-            .iter()
-            .map(|t| (t.name.as_str(), t.partitions.len()))
-            .collect();
-        assert_eq!(names, [("a", 1), ("b", 2), ("c", 4)]);
-        assert_eq!((base.version, base.cluster_id.as_str()), (5, "cl"));
     }
 }

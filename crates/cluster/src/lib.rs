@@ -7,12 +7,16 @@
 //!   defaults, validation against the partition log's own limits, and the
 //!   translation into [`streambus_log::LogConfig`]). The controller refuses
 //!   exactly what a storage node could not open.
+//! - [`view::ClusterView`]: the metadata snapshot clients hold, with
+//!   topics and partitions shared between versions.
 
 pub mod client;
 pub mod topic_config;
+pub mod view;
 
 pub use client::ControllerClient;
 pub use topic_config::TopicConfig;
+pub use view::{ClusterView, TopicView};
 
 /// Largest metadata message (a full cluster snapshot) sent or accepted
 /// between controllers and their clients.

@@ -6,10 +6,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use streambus_cluster::ControllerClient;
+use streambus_cluster::{ClusterView, ControllerClient, TopicView};
 use streambus_proto::internal::{
-    ClusterMetadata, DescribeNodeRequest, ListOffsetsRequest, PartitionRef, TopicMetadata,
-    list_offsets_request,
+    DescribeNodeRequest, ListOffsetsRequest, PartitionRef, list_offsets_request,
 };
 use streambus_proto::v1::admin_service_server::AdminService;
 use streambus_proto::v1::{
@@ -45,13 +44,13 @@ pub struct AdminApi {
 }
 
 /// The public description of a topic.
-pub fn describe(t: &TopicMetadata) -> TopicDescription {
+pub fn describe(t: &TopicView) -> TopicDescription {
     TopicDescription {
         name: t.name.clone(),
         topic_id: t.topic_id.clone(),
         replication_factor: t.replication_factor,
         configs: t.configs.clone(),
-        partitions: t.partitions.clone(),
+        partitions: t.partitions.iter().map(|p| (**p).clone()).collect(),
     }
 }
 
@@ -196,7 +195,7 @@ impl AdminApi {
 const DESCRIBE_NODE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Storage nodes and the partitions that need attention, from metadata.
-pub fn cluster_status(md: &ClusterMetadata) -> DescribeClusterResponse {
+pub fn cluster_status(md: &ClusterView) -> DescribeClusterResponse {
     let alive: HashMap<u64, bool> = md.nodes.iter().map(|n| (n.node_id, n.alive)).collect();
     let mut led: HashMap<u64, u32> = HashMap::new();
     let mut hosted: HashMap<u64, u32> = HashMap::new();
@@ -205,9 +204,8 @@ pub fn cluster_status(md: &ClusterMetadata) -> DescribeClusterResponse {
         metadata_version: md.version,
         ..DescribeClusterResponse::default()
     };
-    let mut topics: Vec<&TopicMetadata> = md.topics.iter().collect();
-    topics.sort_by(|a, b| a.name.cmp(&b.name));
-    for t in topics {
+    // By name: the map's order.
+    for t in md.topics.values() {
         let min_insync = t
             .configs
             .get("min.insync.replicas")
@@ -225,7 +223,7 @@ pub fn cluster_status(md: &ClusterMetadata) -> DescribeClusterResponse {
             }
             let status = || PartitionStatus {
                 topic: t.name.clone(),
-                partition: Some(p.clone()),
+                partition: Some((**p).clone()),
                 min_insync_replicas: min_insync,
             };
             if !leader_ok {
@@ -387,8 +385,8 @@ impl AdminService for AdminApi {
     ) -> Result<Response<ListTopicsResponse>, Status> {
         let started = Instant::now();
         let r = self.router.metadata().refresh().await.map(|md| {
-            let mut topics: Vec<_> = md.topics.iter().map(describe).collect();
-            topics.sort_by(|a, b| a.name.cmp(&b.name));
+            // By name: the map's order.
+            let topics = md.topics.values().map(|t| describe(t)).collect();
             ListTopicsResponse { topics }
         });
         observe(&self.metrics, "ListTopics", started, r)
@@ -402,7 +400,7 @@ impl AdminService for AdminApi {
         let name = request.into_inner().name;
         let r = async {
             let md = self.router.metadata().refresh().await?;
-            let t = md.topics.iter().find(|t| t.name == name).ok_or_else(|| {
+            let t = md.topic(&name).ok_or_else(|| {
                 Error::new(
                     Reason::UnknownTopic,
                     format!("topic {name:?} does not exist"),
@@ -470,7 +468,7 @@ impl AdminService for AdminApi {
 mod tests {
     use std::collections::HashMap;
 
-    use streambus_proto::internal::StorageNodeInfo;
+    use streambus_proto::internal::{ClusterMetadata, StorageNodeInfo, TopicMetadata};
     use streambus_proto::v1::PartitionDescription;
 
     use super::*;
@@ -518,7 +516,7 @@ mod tests {
             }],
             ..ClusterMetadata::default()
         };
-        let s = cluster_status(&md);
+        let s = cluster_status(&ClusterView::from_wire(md).unwrap());
         let ids = |l: &[PartitionStatus]| -> Vec<u32> {
             l.iter()
                 .map(|p| p.partition.as_ref().unwrap().partition)

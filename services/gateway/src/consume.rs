@@ -529,12 +529,7 @@ impl ConsumeApi {
         let mut metadata = self.router.metadata().subscribe();
         let mut draining = self.draining.clone();
         loop {
-            let count = match metadata
-                .borrow_and_update()
-                .topics
-                .iter()
-                .find(|t| t.name == req.topic)
-            {
+            let count = match metadata.borrow_and_update().topic(&req.topic) {
                 Some(t) if t.topic_id == topic_id => t.partitions.len() as u32,
                 _ => return,
             };

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use streambus_cluster::ControllerClient;
-use streambus_proto::internal::{ClusterMetadata, TopicMetadata};
+use streambus_cluster::{ClusterView, ControllerClient, TopicView};
+use streambus_proto::internal::ClusterMetadata;
 use streambus_proto::{Error, Reason};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -22,7 +22,7 @@ use tokio::time::Instant;
 #[derive(Clone)]
 pub struct MetadataCache {
     controller: ControllerClient,
-    tx: Arc<watch::Sender<Arc<ClusterMetadata>>>,
+    tx: Arc<watch::Sender<Arc<ClusterView>>>,
     /// When a controller last answered (a watch update or a snapshot);
     /// `None` until the first snapshot was installed.
     contact: Arc<Mutex<Option<Instant>>>,
@@ -48,7 +48,7 @@ impl MetadataCache {
     pub fn new(controller: ControllerClient) -> MetadataCache {
         MetadataCache {
             controller,
-            tx: Arc::new(watch::channel(Arc::new(ClusterMetadata::default())).0),
+            tx: Arc::new(watch::channel(Arc::new(ClusterView::default())).0),
             contact: Arc::default(),
             refreshing: Arc::default(),
             tickets: Arc::default(),
@@ -83,8 +83,9 @@ impl MetadataCache {
         let judge_every = (staleness / 10).clamp(Duration::from_millis(5), Duration::from_secs(1));
         let watch = async {
             let mut stream = std::pin::pin!(self.controller.watch_metadata());
-            while let Some(md) = stream.next().await {
-                self.received(md);
+            while let Some(view) = stream.next().await {
+                self.install(view);
+                self.contacted();
                 self.judge(ready, staleness);
             }
         };
@@ -138,9 +139,13 @@ impl MetadataCache {
         });
     }
 
-    /// Installs a snapshot a controller just sent and records the contact.
+    /// Installs a whole snapshot a controller just sent (sharing what is
+    /// unchanged with the view held) and records the contact.
     fn received(&self, md: ClusterMetadata) {
-        self.install(md);
+        match self.current().apply(md) {
+            Ok(view) => self.install(view),
+            Err(e) => tracing::warn!(error = %e, "a controller sent metadata that cannot be used"),
+        }
         self.contacted();
     }
 
@@ -149,10 +154,10 @@ impl MetadataCache {
         *self.contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
 
-    pub(crate) fn install(&self, md: ClusterMetadata) {
+    pub(crate) fn install(&self, view: ClusterView) {
         self.tx.send_if_modified(|cur| {
-            if md.version > cur.version || cur.version == 0 {
-                *cur = Arc::new(md);
+            if view.version > cur.version || cur.version == 0 {
+                *cur = Arc::new(view);
                 true
             } else {
                 false
@@ -161,12 +166,12 @@ impl MetadataCache {
     }
 
     /// The latest snapshot.
-    pub fn current(&self) -> Arc<ClusterMetadata> {
+    pub fn current(&self) -> Arc<ClusterView> {
         self.tx.borrow().clone()
     }
 
     /// Every newer snapshot installed from now on.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterMetadata>> {
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterView>> {
         self.tx.subscribe()
     }
 
@@ -175,7 +180,7 @@ impl MetadataCache {
     /// outcome (the metadata, or the error) of a refresh that started
     /// after they asked, or run one themselves (one abandoned midway does
     /// not count). Only a version newer than the one held is sent in full.
-    pub async fn refresh(&self) -> Result<Arc<ClusterMetadata>, Error> {
+    pub async fn refresh(&self) -> Result<Arc<ClusterView>, Error> {
         let ticket = self.tickets.fetch_add(1, Ordering::AcqRel);
         let mut last = self.refreshing.lock().await;
         if last.started > ticket {
@@ -202,11 +207,11 @@ impl MetadataCache {
     /// A topic's metadata; asks the controller once when the cache does not
     /// know the topic (it may have just been created).
     pub async fn topic(&self, name: &str) -> Result<TopicRef, Error> {
-        if let Some(t) = TopicRef::find(self.current(), name) {
-            return Ok(t);
+        if let Some(t) = self.current().topic(name) {
+            return Ok(t.clone());
         }
         let md = self.refresh().await?;
-        TopicRef::find(md, name).ok_or_else(|| {
+        md.topic(name).cloned().ok_or_else(|| {
             Error::new(
                 Reason::UnknownTopic,
                 format!("topic {name:?} does not exist"),
@@ -218,21 +223,16 @@ impl MetadataCache {
     /// leader epoch this metadata knows it by.
     pub fn leader(&self, topic: &str, partition: u32) -> Result<(String, u64), Error> {
         let md = self.current();
-        let t = md.topics.iter().find(|t| t.name == topic).ok_or_else(|| {
+        let t = md.topic(topic).ok_or_else(|| {
             Error::new(
                 Reason::UnknownTopic,
                 format!("topic {topic:?} does not exist"),
             )
         })?;
-        // Partitions are listed in order; a lookup must not scan (or copy)
-        // a topic of 10,000 partitions on every call.
         let p = t
-            .partitions
-            .get(partition as usize)
-            .filter(|p| p.partition == partition)
-            .or_else(|| t.partitions.iter().find(|p| p.partition == partition))
+            .partition(partition)
             .ok_or_else(|| unknown_partition(topic, partition, t.partitions.len()))?;
-        let node = md.nodes.iter().find(|n| n.node_id == p.leader);
+        let node = md.node(p.leader);
         match node {
             Some(n) if n.alive && !n.address.is_empty() => Ok((n.address.clone(), p.leader_epoch)),
             _ => Err(Error::new(
@@ -254,25 +254,6 @@ pub fn unknown_partition(topic: &str, partition: u32, count: usize) -> Error {
     )
 }
 
-/// One topic of a metadata snapshot, without copying it: a topic may have
+/// One topic of a metadata snapshot, shared, not copied: a topic may have
 /// 10,000 partitions, and requests look their topic up every time.
-#[derive(Debug, Clone)]
-pub struct TopicRef {
-    md: Arc<ClusterMetadata>,
-    index: usize,
-}
-
-impl TopicRef {
-    fn find(md: Arc<ClusterMetadata>, name: &str) -> Option<TopicRef> {
-        let index = md.topics.iter().position(|t| t.name == name)?;
-        Some(TopicRef { md, index })
-    }
-}
-
-impl std::ops::Deref for TopicRef {
-    type Target = TopicMetadata;
-
-    fn deref(&self) -> &TopicMetadata {
-        &self.md.topics[self.index]
-    }
-}
+pub type TopicRef = Arc<TopicView>;

@@ -784,35 +784,38 @@ mod tests {
         // Nothing listens there; these tests never reach a controller.
         let controller = ControllerClient::new(vec!["127.0.0.1:9".to_string()]).unwrap();
         let cache = MetadataCache::new(controller);
-        cache.install(ClusterMetadata {
-            version: 1,
-            nodes: vec![StorageNodeInfo {
-                node_id: 1,
-                address: "127.0.0.1:9".to_string(),
-                alive: true,
-                rack: String::new(),
-                decommissioning: false,
-                max_partitions: 0,
-            }],
-            topics: vec![TopicMetadata {
-                partial: false,
-                name: "t".to_string(),
-                topic_id: "id".to_string(),
-                replication_factor: 1,
-                configs: configs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect::<HashMap<_, _>>(),
-                partitions: (0..partitions)
-                    .map(|p| PartitionDescription {
-                        partition: p,
-                        leader: 1,
-                        ..Default::default()
-                    })
-                    .collect(),
-            }],
-            ..Default::default()
-        });
+        cache.install(
+            streambus_cluster::ClusterView::from_wire(ClusterMetadata {
+                version: 1,
+                nodes: vec![StorageNodeInfo {
+                    node_id: 1,
+                    address: "127.0.0.1:9".to_string(),
+                    alive: true,
+                    rack: String::new(),
+                    decommissioning: false,
+                    max_partitions: 0,
+                }],
+                topics: vec![TopicMetadata {
+                    partial: false,
+                    name: "t".to_string(),
+                    topic_id: "id".to_string(),
+                    replication_factor: 1,
+                    configs: configs
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect::<HashMap<_, _>>(),
+                    partitions: (0..partitions)
+                        .map(|p| PartitionDescription {
+                            partition: p,
+                            leader: 1,
+                            ..Default::default()
+                        })
+                        .collect(),
+                }],
+                ..Default::default()
+            })
+            .unwrap(),
+        );
         let metrics = Metrics::new(&mut Registry::default());
         ProduceApi {
             router: Router::new(cache, Duration::from_secs(1)),

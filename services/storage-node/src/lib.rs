@@ -633,7 +633,10 @@ async fn metadata_loop(
     }
     let mut stream = std::pin::pin!(controller.watch_metadata());
     while let Some(md) = stream.next().await {
-        partitions.apply(&md).await;
+        let started = std::time::Instant::now();
+        let looked_at = partitions.apply(&md).await;
+        tracing::debug!(version = md.version, partitions = looked_at,
+            elapsed_ms = started.elapsed().as_millis() as u64, "metadata applied");
         replication.reconcile();
         metrics.observe_partitions(&partitions);
         let known = md.nodes.iter().any(|n| n.node_id == node_id && n.alive);

@@ -7,8 +7,10 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use streambus_cluster::topic_config::TopicConfig;
+use streambus_cluster::view::{Changes, ClusterView, TopicView};
 use streambus_log::{Flusher, Log, OpenOptions};
-use streambus_proto::internal::{ClusterMetadata, OfflineReplica};
+use streambus_proto::internal::OfflineReplica;
+use streambus_proto::v1::PartitionDescription;
 use streambus_proto::{Error, Reason};
 use tokio::sync::{Notify, mpsc};
 
@@ -16,9 +18,44 @@ use crate::replica::{PartitionKey, PartitionView, Replica};
 
 /// What the node knows of a topic from the last metadata it applied.
 #[derive(Debug, Clone)]
-struct TopicInfo {
-    partitions: u32,
-    leaders: Vec<u64>,
+/// Which partitions one `apply` looks at.
+enum Scope {
+    /// Every partition (the first view applied).
+    All,
+    /// Those that changed since the view applied before.
+    Changed(Changes),
+}
+
+/// [`Scope`] ready for lookups.
+enum ScopeIndex {
+    All,
+    Changed {
+        whole: HashSet<String>,
+        partitions: HashSet<PartitionKey>,
+    },
+}
+
+impl Scope {
+    fn index(self) -> ScopeIndex {
+        match self {
+            Scope::All => ScopeIndex::All,
+            Scope::Changed(c) => ScopeIndex::Changed {
+                whole: c.whole_topics.into_iter().collect(),
+                partitions: c.partitions.into_iter().collect(),
+            },
+        }
+    }
+}
+
+impl ScopeIndex {
+    fn contains(&self, key: &PartitionKey) -> bool {
+        match self {
+            ScopeIndex::All => true,
+            ScopeIndex::Changed { whole, partitions } => {
+                whole.contains(&key.0) || partitions.contains(key)
+            }
+        }
+    }
 }
 
 /// An assigned replica this node cannot serve right now: its log is
@@ -150,7 +187,8 @@ pub struct Partitions {
     data_dir: PathBuf,
     replicas: RwLock<HashMap<PartitionKey, Arc<Replica>>>,
     offline: RwLock<HashMap<PartitionKey, Offline>>,
-    topics: RwLock<HashMap<String, TopicInfo>>,
+    /// The metadata applied last.
+    view: RwLock<Arc<ClusterView>>,
     nodes: RwLock<HashMap<u64, String>>,
     version: std::sync::atomic::AtomicU64,
     /// Counts changes to the replicas served or to their leadership: the
@@ -254,7 +292,7 @@ impl Partitions {
             replicas: RwLock::default(),
             generation: std::sync::atomic::AtomicU64::new(0),
             offline: RwLock::default(),
-            topics: RwLock::default(),
+            view: RwLock::default(),
             nodes: RwLock::default(),
             version: Default::default(),
         }
@@ -336,25 +374,23 @@ impl Partitions {
                 ),
             ));
         }
-        let topics = read(&self.topics);
-        let Some(info) = topics.get(topic) else {
+        let view = read(&self.view).clone();
+        let Some(info) = view.topic(topic) else {
             return Err(Error::new(
                 Reason::UnknownTopic,
                 format!("topic {topic:?} does not exist"),
             ));
         };
-        if partition >= info.partitions {
+        let Some(p) = info.partition(partition) else {
             return Err(Error::new(
                 Reason::UnknownPartition,
                 format!(
                     "topic {topic:?} has {} partitions; there is no partition {partition}",
-                    info.partitions
+                    info.partitions.len()
                 ),
             ));
-        }
-        let leader = info.leaders.get(partition as usize).copied().unwrap_or(0);
-        drop(topics);
-        Err(self.not_leader(topic, partition, leader))
+        };
+        Err(self.not_leader(topic, partition, p.leader))
     }
 
     fn not_leader(&self, topic: &str, partition: u32, leader: u64) -> Error {
@@ -411,35 +447,42 @@ impl Partitions {
     /// or the partition is listed without this node): directories this
     /// process never opened are left alone, so a lagging or empty metadata
     /// view can never delete data.
-    pub async fn apply(&self, md: &ClusterMetadata) {
+    ///
+    /// Only the partitions that changed since the view applied before are
+    /// looked at (topics and partitions shared with it are skipped); the
+    /// first view is looked at whole. Returns how many partitions were.
+    pub async fn apply(&self, md: &ClusterView) -> usize {
         let mut work = self.changes.lock().await;
         self.finish_done(&mut work);
         // The watch never goes back in version; an equal version from
         // another controller is the same state and is not re-applied.
         if md.version <= self.version() && self.version() != 0 {
-            return;
+            return 0;
         }
         *write(&self.nodes) = md
             .nodes
             .iter()
             .map(|n| (n.node_id, n.address.clone()))
             .collect();
+        // Only what changed since the view applied last is looked at:
+        // with 100,000 partitions, one leader change must not revisit
+        // them all. The first view is looked at whole.
+        let before = std::mem::replace(&mut *write(&self.view), Arc::new(md.clone()));
+        let scope = if before.version == 0 {
+            Scope::All
+        } else {
+            Scope::Changed(md.changes_since(&before))
+        };
+        let scope = scope.index();
 
         let mut wanted: HashMap<
             PartitionKey,
             (String, Result<TopicConfig, String>, PartitionView),
         > = HashMap::new();
-        let mut topics = HashMap::new();
-        for t in &md.topics {
-            let config = TopicConfig::from_map(&t.configs).map_err(|e| e.message);
-            topics.insert(
-                t.name.clone(),
-                TopicInfo {
-                    partitions: t.partitions.len() as u32,
-                    leaders: t.partitions.iter().map(|p| p.leader).collect(),
-                },
-            );
-            for p in &t.partitions {
+        let mut looked_at = 0;
+        let mut want =
+            |t: &TopicView, config: &Result<TopicConfig, String>, p: &PartitionDescription| {
+                looked_at += 1;
                 if p.replicas.contains(&self.node_id) {
                     wanted.insert(
                         (t.name.clone(), p.partition),
@@ -456,24 +499,48 @@ impl Partitions {
                         ),
                     );
                 }
+            };
+        let config_of = |t: &TopicView| TopicConfig::from_map(&t.configs).map_err(|e| e.message);
+        match &scope {
+            ScopeIndex::All => {
+                for t in md.topics.values() {
+                    let config = config_of(t);
+                    for p in &t.partitions {
+                        want(t, &config, p);
+                    }
+                }
+            }
+            ScopeIndex::Changed { whole, partitions } => {
+                for name in whole {
+                    if let Some(t) = md.topic(name) {
+                        let config = config_of(t);
+                        for p in &t.partitions {
+                            want(t, &config, p);
+                        }
+                    }
+                }
+                let mut configs: HashMap<&str, Result<TopicConfig, String>> = HashMap::new();
+                for (name, partition) in partitions {
+                    let Some(t) = md.topic(name) else { continue };
+                    let Some(p) = t.partition(*partition) else {
+                        continue;
+                    };
+                    let config = configs.entry(name.as_str()).or_insert_with(|| config_of(t));
+                    want(t, config, p);
+                }
             }
         }
         let topic_gone = |key: &PartitionKey, topic_id: &str| {
-            !md.topics
-                .iter()
-                .any(|t| t.name == key.0 && t.topic_id == topic_id)
+            md.topic(&key.0).is_none_or(|t| t.topic_id != topic_id)
         };
         // Taken out of the partition's replica set (a reassignment moved
         // the replica elsewhere): the metadata names the partition and its
         // replicas, and this node is not among them.
         let unassigned = |key: &PartitionKey, topic_id: &str| {
-            md.topics.iter().any(|t| {
-                t.name == key.0
-                    && t.topic_id == topic_id
-                    && t.partitions
-                        .iter()
-                        .any(|p| p.partition == key.1 && !p.replicas.contains(&self.node_id))
-            })
+            md.topic(&key.0)
+                .filter(|t| t.topic_id == topic_id)
+                .and_then(|t| t.partition(key.1))
+                .is_some_and(|p| !p.replicas.contains(&self.node_id))
         };
         let delete = |key: &PartitionKey, topic_id: &str| {
             topic_gone(key, topic_id) || unassigned(key, topic_id)
@@ -483,6 +550,7 @@ impl Partitions {
         // Replicas to drop: topic gone or recreated, or no longer assigned.
         let current: Vec<(PartitionKey, Arc<Replica>)> = read(&self.replicas)
             .iter()
+            .filter(|(k, _)| scope.contains(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for (key, replica) in current {
@@ -504,7 +572,10 @@ impl Partitions {
         }
         let stale: Vec<(PartitionKey, String)> = read(&self.offline)
             .iter()
-            .filter(|(k, o)| !matches!(wanted.get(*k), Some((id, _, _)) if *id == o.topic_id))
+            .filter(|(k, o)| {
+                scope.contains(k)
+                    && !matches!(wanted.get(*k), Some((id, _, _)) if *id == o.topic_id)
+            })
             .map(|(k, o)| (k.clone(), o.topic_id.clone()))
             .collect();
         for (key, topic_id) in stale {
@@ -592,12 +663,28 @@ impl Partitions {
                 started.extend(self.start(&mut work, dir, key, topic_id, Job::open(config, None)));
             }
         }
-        *write(&self.topics) = topics;
         self.changed();
         self.wait(&mut work, started).await;
         self.changed();
         self.version
             .store(md.version, std::sync::atomic::Ordering::Release);
+        looked_at
+    }
+
+    /// The metadata applied last.
+    pub fn view(&self) -> Arc<ClusterView> {
+        read(&self.view).clone()
+    }
+
+    /// Applies `md` as the watch would: on top of the view applied last,
+    /// sharing what did not change.
+    #[cfg(test)]
+    pub(crate) async fn apply_wire(
+        &self,
+        md: &streambus_proto::internal::ClusterMetadata,
+    ) -> usize {
+        let view = self.view().apply(md.clone()).expect("consistent metadata");
+        self.apply(&view).await
     }
 
     fn changed(&self) {
@@ -1149,8 +1236,7 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 mod tests {
     use std::collections::HashMap;
 
-    use streambus_proto::internal::{StorageNodeInfo, TopicMetadata};
-    use streambus_proto::v1::PartitionDescription;
+    use streambus_proto::internal::{ClusterMetadata, StorageNodeInfo, TopicMetadata};
     use streambus_record::{BatchBuilder, Record};
 
     use super::*;
@@ -1201,7 +1287,7 @@ mod tests {
         let blocked = partition_dir(tmp.path(), "b", 0, "idb");
         std::fs::write(&blocked, b"in the way").unwrap();
 
-        p.apply(&metadata(
+        p.apply_wire(&metadata(
             5,
             vec![topic("a", "ida", &[]), topic("b", "idb", &[])],
         ))
@@ -1216,7 +1302,7 @@ mod tests {
         assert!(!offline[0].reason.is_empty());
 
         // Later metadata still applies.
-        p.apply(&metadata(
+        p.apply_wire(&metadata(
             6,
             vec![
                 topic("a", "ida", &[]),
@@ -1242,7 +1328,7 @@ mod tests {
     async fn a_topic_config_the_log_refuses_takes_only_that_topic_offline() {
         let tmp = tempfile::tempdir().unwrap();
         let p = Partitions::new(1, tmp.path().to_path_buf());
-        p.apply(&metadata(
+        p.apply_wire(&metadata(
             3,
             vec![
                 topic("bad", "id1", &[("segment.bytes", "20")]),
@@ -1256,7 +1342,8 @@ mod tests {
         assert_eq!(err.reason, Reason::PartitionOffline);
         assert!(err.message.contains("segment.bytes"), "{}", err.message);
         // Deleting the bad topic clears it.
-        p.apply(&metadata(4, vec![topic("good", "id2", &[])])).await;
+        p.apply_wire(&metadata(4, vec![topic("good", "id2", &[])]))
+            .await;
         assert!(p.offline_replicas().is_empty());
         assert_eq!(
             p.leader_replica("bad", 0).err().unwrap().reason,
@@ -1268,7 +1355,7 @@ mod tests {
     async fn deleting_a_topic_removes_its_data_on_disk() {
         let tmp = tempfile::tempdir().unwrap();
         let p = Partitions::new(1, tmp.path().to_path_buf());
-        p.apply(&metadata(
+        p.apply_wire(&metadata(
             2,
             vec![topic("t", "id1", &[]), topic("keep", "id2", &[])],
         ))
@@ -1286,14 +1373,15 @@ mod tests {
         drop(replica);
         assert!(dir.exists());
 
-        p.apply(&metadata(3, vec![topic("keep", "id2", &[])])).await;
+        p.apply_wire(&metadata(3, vec![topic("keep", "id2", &[])]))
+            .await;
         assert!(!dir.exists(), "{} still exists", dir.display());
         assert!(partition_dir(tmp.path(), "keep", 0, "id2").exists());
         // A metadata view that lacks a topic this process never saw deletes
         // nothing.
         let stray = partition_dir(tmp.path(), "other", 0, "id9");
         std::fs::create_dir_all(&stray).unwrap();
-        p.apply(&metadata(4, vec![])).await;
+        p.apply_wire(&metadata(4, vec![])).await;
         assert!(stray.exists());
     }
 
@@ -1315,7 +1403,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let p = Partitions::new(1, tmp.path().to_path_buf());
         let small = [("segment.bytes", "400"), ("fsync.policy", "never")];
-        p.apply(&metadata(2, vec![topic("t", "id1", &small)])).await;
+        p.apply_wire(&metadata(2, vec![topic("t", "id1", &small)]))
+            .await;
         let replica = p.leader_replica("t", 0).unwrap();
         append_records(&replica, 30);
         let segments = replica.log.segment_count();
@@ -1330,7 +1419,7 @@ mod tests {
             ("retention.bytes", "0"),
             ("min.insync.replicas", "1"),
         ];
-        p.apply(&metadata(3, vec![topic("t", "id1", &lowered)]))
+        p.apply_wire(&metadata(3, vec![topic("t", "id1", &lowered)]))
             .await;
         let same = p.leader_replica("t", 0).unwrap();
         assert!(
@@ -1353,14 +1442,14 @@ mod tests {
     async fn a_new_fsync_policy_in_metadata_is_not_applied_to_an_open_replica() {
         let tmp = tempfile::tempdir().unwrap();
         let p = Partitions::new(1, tmp.path().to_path_buf());
-        p.apply(&metadata(
+        p.apply_wire(&metadata(
             2,
             vec![topic("t", "id1", &[("fsync.policy", "never")])],
         ))
         .await;
         let replica = p.leader_replica("t", 0).unwrap();
         append_records(&replica, 5);
-        p.apply(&metadata(
+        p.apply_wire(&metadata(
             3,
             vec![topic(
                 "t",
@@ -1389,9 +1478,10 @@ mod tests {
         )
         .with_io_wait(Duration::from_millis(100));
         disk.block("t-0-");
-        p.apply(&metadata(2, vec![topic("t", "id1", &[])])).await;
+        p.apply_wire(&metadata(2, vec![topic("t", "id1", &[])]))
+            .await;
         assert!(p.leader_replica("t", 0).is_err(), "still opening");
-        p.apply(&metadata(
+        p.apply_wire(&metadata(
             3,
             vec![topic("t", "id1", &[("retention.bytes", "1000")])],
         ))
@@ -1428,7 +1518,7 @@ mod tests {
         .with_open_concurrency(1);
         disk.block("-0-");
         let names = ["a", "b", "c"];
-        p.apply(&metadata(
+        p.apply_wire(&metadata(
             2,
             names
                 .iter()
@@ -1607,7 +1697,7 @@ mod tests {
             )
         };
 
-        tokio::time::timeout(bounded, p.apply(&md(5, &["a", "b", "d"])))
+        tokio::time::timeout(bounded, p.apply_wire(&md(5, &["a", "b", "d"])))
             .await
             .expect("metadata applies while b's and d's disks hang");
         assert_eq!(p.version(), 5);
@@ -1621,7 +1711,7 @@ mod tests {
         assert_eq!(offline, ["b", "d"]);
 
         // Later metadata, reopens and maintenance are not held up either.
-        tokio::time::timeout(bounded, p.apply(&md(6, &["a", "b", "c", "d"])))
+        tokio::time::timeout(bounded, p.apply_wire(&md(6, &["a", "b", "c", "d"])))
             .await
             .expect("later metadata applies");
         let c = p.leader_replica("c", 0).unwrap();
@@ -1636,7 +1726,7 @@ mod tests {
 
         // b is deleted while its open hangs: its directory stays until the
         // open is done, then goes; it is never served.
-        tokio::time::timeout(bounded, p.apply(&md(7, &["a", "c", "d"])))
+        tokio::time::timeout(bounded, p.apply_wire(&md(7, &["a", "c", "d"])))
             .await
             .unwrap();
         assert_eq!(
@@ -1715,17 +1805,17 @@ mod tests {
             m.topics.push(t);
             m
         };
-        p.apply(&moved(8, true)).await;
+        p.apply_wire(&moved(8, true)).await;
         p.leader_replica("e", 0)
             .unwrap()
             .log
             .append(&mut one())
             .unwrap();
         disk.block("e-0-ide");
-        tokio::time::timeout(bounded, p.apply(&moved(9, false)))
+        tokio::time::timeout(bounded, p.apply_wire(&moved(9, false)))
             .await
             .expect("metadata applies while e's close hangs");
-        tokio::time::timeout(bounded, p.apply(&moved(10, true)))
+        tokio::time::timeout(bounded, p.apply_wire(&moved(10, true)))
             .await
             .expect("metadata applies while e's close still hangs");
         // Not reported offline within the io wait: callers retry.
@@ -1753,7 +1843,7 @@ mod tests {
             OpenOptions::new().io(Arc::new(sim.clone())),
         );
         let metrics = crate::Metrics::new(&mut prometheus_client::registry::Registry::default());
-        p.apply(&metadata(
+        p.apply_wire(&metadata(
             2,
             vec![topic("t", "id1", &[("fsync.policy", "always")])],
         ))
@@ -1843,27 +1933,27 @@ mod tests {
                 .collect();
             metadata(version, vec![t])
         };
-        p.apply(&with_replicas(2, &[1], 1)).await;
+        p.apply_wire(&with_replicas(2, &[1], 1)).await;
         assert_eq!(
             p.replica("t", 0).err().unwrap().reason,
             Reason::NotLeader,
             "not hosted here"
         );
-        p.apply(&with_replicas(3, &[1, 2], 1)).await;
+        p.apply_wire(&with_replicas(3, &[1, 2], 1)).await;
         let replica = p.replica("t", 0).unwrap();
         assert!(!replica.is_leader());
         assert_eq!(replica.log.end_offset(), 0);
         let dir = replica.dir.clone();
         drop(replica);
         assert!(dir.exists());
-        p.apply(&with_replicas(4, &[1, 2], 2)).await;
+        p.apply_wire(&with_replicas(4, &[1, 2], 2)).await;
         let second = p.replica("t", 1).unwrap().dir.clone();
         assert!(second.exists());
 
         // Taken out of both replica sets: both directories go, and a fetch
         // loop still holding the replica cannot write to it any more.
         let held = p.replica("t", 0).unwrap();
-        p.apply(&with_replicas(5, &[1], 2)).await;
+        p.apply_wire(&with_replicas(5, &[1], 2)).await;
         let mut b = BatchBuilder::new(streambus_record::Compression::None);
         b.push(&Record::default());
         let batch = b.build().to_vec();
@@ -1882,7 +1972,7 @@ mod tests {
         let stray = partition_dir(tmp.path(), "t", 0, "id1");
         std::fs::create_dir_all(&stray).unwrap();
         let p = Partitions::new(2, tmp.path().to_path_buf());
-        p.apply(&with_replicas(6, &[1], 2)).await;
+        p.apply_wire(&with_replicas(6, &[1], 2)).await;
         assert!(stray.exists());
     }
 
@@ -1890,12 +1980,76 @@ mod tests {
     async fn a_recreated_topic_gets_a_fresh_directory() {
         let tmp = tempfile::tempdir().unwrap();
         let p = Partitions::new(1, tmp.path().to_path_buf());
-        p.apply(&metadata(2, vec![topic("t", "old", &[])])).await;
+        p.apply_wire(&metadata(2, vec![topic("t", "old", &[])]))
+            .await;
         let old = p.leader_replica("t", 0).unwrap().dir.clone();
-        p.apply(&metadata(3, vec![topic("t", "new", &[])])).await;
+        p.apply_wire(&metadata(3, vec![topic("t", "new", &[])]))
+            .await;
         let new = p.leader_replica("t", 0).unwrap().dir.clone();
         assert_ne!(old, new);
         assert!(!old.exists());
         assert_eq!(p.leader_replica("t", 0).unwrap().log.end_offset(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_apply_looks_only_at_the_partitions_that_changed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = Partitions::new(1, tmp.path().to_path_buf());
+        // Two partitions hosted here, 10,000 on another node.
+        let hosted = |version: u64, leader_of_1: u64| {
+            let mut t = topic("h", "h1", &[]);
+            let mut p1 = t.partitions[0].clone();
+            p1.partition = 1;
+            p1.replicas = vec![1, 2];
+            p1.leader = leader_of_1;
+            p1.leader_epoch = leader_of_1;
+            p1.partition_epoch = leader_of_1;
+            t.partitions.push(p1);
+            let mut big = topic("big", "b1", &[]);
+            big.partitions = (0..10_000)
+                .map(|i| PartitionDescription {
+                    partition: i,
+                    leader: 2,
+                    replicas: vec![2],
+                    isr: vec![2],
+                    ..PartitionDescription::default()
+                })
+                .collect();
+            let mut md = metadata(version, vec![t, big]);
+            md.nodes.push(StorageNodeInfo {
+                node_id: 2,
+                address: "127.0.0.1:2".into(),
+                alive: true,
+                ..StorageNodeInfo::default()
+            });
+            md
+        };
+        assert_eq!(
+            p.apply_wire(&hosted(2, 1)).await,
+            10_002,
+            "the first view whole"
+        );
+        assert!(p.leader_replica("h", 1).is_ok());
+        let untouched = p.leader_replica("h", 0).unwrap();
+
+        // A leader change of one partition: that one is looked at.
+        assert_eq!(p.apply_wire(&hosted(3, 2)).await, 1);
+        assert_eq!(p.replica("h", 1).unwrap().view().leader, 2);
+        assert!(p.leader_replica("h", 1).is_err());
+        assert!(Arc::ptr_eq(&untouched, &p.leader_replica("h", 0).unwrap()));
+
+        // The same metadata at a newer version: nothing to look at.
+        assert_eq!(p.apply_wire(&hosted(4, 2)).await, 0);
+
+        // The big topic deleted: only its replicas here (none) are looked
+        // at, and ours stay.
+        let mut without = hosted(5, 2);
+        without.topics.retain(|t| t.name == "h");
+        assert_eq!(p.apply_wire(&without).await, 0);
+        assert!(Arc::ptr_eq(&untouched, &p.leader_replica("h", 0).unwrap()));
+        assert_eq!(
+            p.leader_replica("big", 0).err().unwrap().reason,
+            Reason::UnknownTopic
+        );
     }
 }

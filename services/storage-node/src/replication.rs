@@ -393,7 +393,7 @@ mod tests {
             max_partitions: 0,
         };
         partitions
-            .apply(&ClusterMetadata {
+            .apply_wire(&ClusterMetadata {
                 version: 1,
                 nodes: vec![node(1), node(2)],
                 topics: vec![TopicMetadata {

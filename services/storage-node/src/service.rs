@@ -661,7 +661,7 @@ mod tests {
     ) -> StorageApi {
         let partitions = Arc::new(Partitions::new(1, dir.to_path_buf()));
         partitions
-            .apply(&ClusterMetadata {
+            .apply_wire(&ClusterMetadata {
                 version: 1,
                 nodes: vec![StorageNodeInfo {
                     node_id: 1,
