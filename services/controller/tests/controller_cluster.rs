@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use common::*;
 use futures::StreamExt;
+use streambus_proto::internal::OfflineReplica;
 use streambus_proto::internal::controller_service_client::ControllerServiceClient;
-use streambus_proto::internal::{ClusterMetadata, OfflineReplica};
 use streambus_proto::{Error, Reason};
 
 #[tokio::test]
@@ -187,7 +187,7 @@ async fn new_leader_is_elected_after_leader_shutdown_and_accepts_writes() {
             .unwrap();
         assert!(md.version > last);
         last = md.version;
-        let names: Vec<_> = md.topics.iter().map(|t| t.name.as_str()).collect();
+        let names: Vec<_> = md.topics.keys().map(String::as_str).collect();
         if names == ["after"] {
             assert_ne!(md.controller_leader_id, old_leader);
             break;
@@ -224,7 +224,7 @@ async fn watch_metadata_delivers_updates_in_version_order() {
             .unwrap();
         assert!(md.version > last, "versions only increase");
         last = md.version;
-        if let Some(t) = md.topics.iter().find(|t| t.name == "watched") {
+        if let Some(t) = md.topic("watched") {
             assert_eq!(t.partitions.len(), 4);
             assert!(md.nodes.iter().all(|n| n.alive));
             break;
@@ -248,7 +248,7 @@ async fn lapsed_storage_node_lease_is_reported_dead_until_heartbeats_resume() {
     );
     client.create_topic(topic("t", 1)).await.unwrap();
     let mut watch = Box::pin(client.watch_metadata());
-    let alive_of = |md: &ClusterMetadata| md.nodes.iter().find(|n| n.node_id == 5).map(|n| n.alive);
+    let alive_of = |md: &streambus_cluster::ClusterView| md.node(5).map(|n| n.alive);
 
     // No heartbeats: the lease lapses and the node is reported dead, still
     // leading its partition (it has no other replica).
@@ -258,7 +258,7 @@ async fn lapsed_storage_node_lease_is_reported_dead_until_heartbeats_resume() {
             .unwrap()
             .unwrap();
         if alive_of(&md) == Some(false) {
-            let p = &md.topics[0].partitions[0];
+            let p = &md.topics["t"].partitions[0];
             assert_eq!((p.leader, p.leader_epoch), (5, 0));
             break;
         }
@@ -517,6 +517,6 @@ async fn metadata_watchers_get_deltas_that_merge_into_the_current_metadata() {
             .unwrap()
             .unwrap();
     }
-    assert_eq!(last, end);
+    assert_eq!(last.to_wire(), end);
     c.shutdown().await;
 }

@@ -635,8 +635,12 @@ async fn metadata_loop(
     while let Some(md) = stream.next().await {
         let started = std::time::Instant::now();
         let looked_at = partitions.apply(&md).await;
-        tracing::debug!(version = md.version, partitions = looked_at,
-            elapsed_ms = started.elapsed().as_millis() as u64, "metadata applied");
+        tracing::debug!(
+            version = md.version,
+            partitions = looked_at,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "metadata applied"
+        );
         replication.reconcile();
         metrics.observe_partitions(&partitions);
         let known = md.nodes.iter().any(|n| n.node_id == node_id && n.alive);
