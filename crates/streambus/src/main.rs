@@ -104,11 +104,11 @@ fn main() -> ExitCode {
                 )
                 .await
             },
-            &rt,
+            rt,
         ),
-        Command::Controller(server) => serve(&server, |s| roles::run(Role::Controller, s), &rt),
-        Command::StorageNode(server) => serve(&server, |s| roles::run(Role::StorageNode, s), &rt),
-        Command::Gateway(server) => serve(&server, |s| roles::run(Role::Gateway, s), &rt),
+        Command::Controller(server) => serve(&server, |s| roles::run(Role::Controller, s), rt),
+        Command::StorageNode(server) => serve(&server, |s| roles::run(Role::StorageNode, s), rt),
+        Command::Gateway(server) => serve(&server, |s| roles::run(Role::Gateway, s), rt),
     }
 }
 
@@ -137,6 +137,7 @@ fn tune_allocator() {
 /// cleanly are recovered at the next start.
 async fn exit_after_grace(grace: Duration) {
     let signal = streambus_service::shutdown::received().await;
+    let _ = DRAIN_DEADLINE.set(std::time::Instant::now() + grace);
     tokio::time::sleep(grace).await;
     let message = format!(
         "the drain after {signal} did not finish within shutdown.grace_ms ({} ms); exiting now, logs not closed are recovered at the next start",
@@ -147,7 +148,10 @@ async fn exit_after_grace(grace: Duration) {
     std::process::exit(1);
 }
 
-fn serve<F, Fut>(args: &ServerArgs, f: F, rt: &tokio::runtime::Runtime) -> ExitCode
+/// When the grace after SIGINT or SIGTERM runs out.
+static DRAIN_DEADLINE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+fn serve<F, Fut>(args: &ServerArgs, f: F, rt: tokio::runtime::Runtime) -> ExitCode
 where
     F: FnOnce(Settings) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
@@ -178,7 +182,19 @@ where
             settings.shutdown.grace_ms,
         )));
     }
-    match rt.block_on(f(settings)) {
+    let grace = Duration::from_millis(settings.shutdown.grace_ms);
+    let served = rt.block_on(f(settings));
+    // Blocking work still running once the servers are done (a close
+    // stuck on a hung disk) holds the exit up to the grace, not beyond.
+    if grace.is_zero() {
+        drop(rt);
+    } else {
+        let left = DRAIN_DEADLINE
+            .get()
+            .map_or(grace, |d| d.saturating_duration_since(std::time::Instant::now()));
+        rt.shutdown_timeout(left);
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "exiting");
