@@ -93,8 +93,9 @@ pub async fn serve_with_listener(
 /// error log line, `streambus_controller_store_failures_total`, not
 /// ready), drains as for a shutdown, and starts over from what its store
 /// holds on disk, on the same listener, retrying with a growing backoff
-/// until the store takes writes again. Only a failure of the first start
-/// is returned.
+/// until the store takes writes again; while it waits, connections are
+/// closed as they come (clients move on to another controller). Only a
+/// failure of the first start is returned.
 pub async fn serve_with_options(
     config: ControllerConfig,
     listener: TcpListener,
@@ -175,11 +176,34 @@ pub async fn serve_with_options(
         }
         first = false;
         shared.metrics.is_leader.set(0);
+        // Until the next run, connections are closed as they come, so
+        // clients move on to another controller at once instead of
+        // waiting in the backlog until their deadline.
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
             () = tokio::time::sleep(backoff) => {}
+            () = refuse_connections(&listener) => {}
         }
         backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+    }
+}
+
+/// Accepts connections on `listener` and closes them at once, forever
+/// (or until the socket fails).
+async fn refuse_connections(listener: &std::net::TcpListener) {
+    let socket = match listener.try_clone().and_then(TcpListener::from_std) {
+        Ok(socket) => socket,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot refuse connections while the controller starts over");
+            return std::future::pending().await;
+        }
+    };
+    loop {
+        match socket.accept().await {
+            Ok((connection, _)) => drop(connection),
+            // Out of descriptors, most likely: try again shortly.
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! A controller whose Raft store fails writes (as with a full
 //! file-descriptor table or a failing disk) reports it, is not ready while
-//! it lasts, and recovers on its own once the store takes writes again,
-//! with everything it had committed.
+//! it lasts, answers (or refuses) every request at once meanwhile, and
+//! recovers on its own once the store takes writes again, with everything
+//! it had committed.
 
 mod common;
 
@@ -66,8 +67,23 @@ async fn a_failing_store_is_reported_and_recovered_from() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // Still failing: it keeps starting over and stays not ready.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Still failing: it keeps starting over and stays not ready, and
+        // every request gets an answer (an error) at once, also while it
+        // waits to start over, rather than hanging until its deadline.
+        let probes = tokio::time::Instant::now();
+        while probes.elapsed() < Duration::from_secs(4) {
+            let asked = tokio::time::Instant::now();
+            let answer = only(&c)
+                .with_attempt_timeout(Duration::from_secs(10))
+                .describe_controller()
+                .await;
+            assert!(
+                asked.elapsed() < Duration::from_millis(1500),
+                "answered after {:?}: {answer:?}",
+                asked.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
         assert!(!*c.ready.borrow(), "not ready while the store fails");
 
         faults.heal();
