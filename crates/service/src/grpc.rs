@@ -132,3 +132,111 @@ pub fn channel(address: &str) -> Result<tonic::transport::Channel, tonic::transp
         .http2_max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS)
         .connect_lazy())
 }
+
+/// How long a server's drain waits for the calls in progress once it
+/// stopped accepting connections: a client that stops reading a stream
+/// would otherwise hold the drain, and everything its service closes after
+/// it, forever.
+pub const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Splits a server's shutdown future into the one to hand to tonic's
+/// `serve_with_incoming_shutdown` and a [`DrainStart`] that knows when it
+/// completed, to bound the drain that follows with [`DrainStart::bound`].
+pub fn drain_signal(
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (
+    impl std::future::Future<Output = ()> + Send + 'static,
+    DrainStart,
+) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let signal = async move {
+        shutdown.await;
+        let _ = tx.send(());
+    };
+    (signal, DrainStart(rx))
+}
+
+/// When a server's drain began: see [`drain_signal`].
+pub struct DrainStart(tokio::sync::oneshot::Receiver<()>);
+
+impl DrainStart {
+    /// Runs `serve` (a tonic server future) to its end, but once its drain
+    /// began, for at most `limit` more: connections still open then are
+    /// left behind (closed when the process exits) and the drain counts as
+    /// done. `service` names the server in the log line that says so.
+    pub async fn bound<E>(
+        self,
+        serve: impl std::future::Future<Output = Result<(), E>>,
+        limit: std::time::Duration,
+        service: &str,
+    ) -> Result<(), E> {
+        let serve = std::pin::pin!(serve);
+        let mut serve = serve;
+        let mut started = self.0;
+        tokio::select! {
+            ended = &mut serve => return ended,
+            began = &mut started => {
+                if began.is_err() {
+                    // The server ended its shutdown future unfinished.
+                    return serve.await;
+                }
+            }
+        }
+        match tokio::time::timeout(limit, serve).await {
+            Ok(ended) => ended,
+            Err(_) => {
+                tracing::warn!(
+                    service,
+                    limit_ms = limit.as_millis() as u64,
+                    "calls still in progress after the drain limit (a client that stopped reading?); leaving their connections behind"
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_does_not_hold_the_drain_past_its_limit() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (reporter, health) = health_service();
+        set_serving(&reporter, &[]).await;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (signal, drain) = drain_signal(async move {
+            let _ = stop_rx.await;
+        });
+        let limit = Duration::from_millis(500);
+        let server = tokio::spawn(async move {
+            let serve = server()
+                .add_service(health)
+                .serve_with_incoming_shutdown(incoming(listener), signal);
+            drain.bound(serve, limit, "test").await
+        });
+        // A health watch never ends on its own: the drain waits for it.
+        let mut client = HealthClient::new(channel(&address.to_string()).unwrap());
+        let watch = client
+            .watch(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        stop_tx.send(()).unwrap();
+        let ended = tokio::time::timeout(limit * 6, server)
+            .await
+            .expect("the drain ends at its limit")
+            .unwrap();
+        assert!(ended.is_ok());
+        drop(watch);
+    }
+}

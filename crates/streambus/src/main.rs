@@ -189,9 +189,9 @@ where
     if grace.is_zero() {
         drop(rt);
     } else {
-        let left = DRAIN_DEADLINE
-            .get()
-            .map_or(grace, |d| d.saturating_duration_since(std::time::Instant::now()));
+        let left = DRAIN_DEADLINE.get().map_or(grace, |d| {
+            d.saturating_duration_since(std::time::Instant::now())
+        });
         rt.shutdown_timeout(left);
     }
     match served {

@@ -371,15 +371,18 @@ async fn run(
         .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
     let ended = cancel.clone();
-    let served = streambus_service::grpc::server()
+    let (signal, drain) = streambus_service::grpc::drain_signal(async move {
+        ended.cancelled().await;
+        tracing::info!("controller shutting down");
+    });
+    let serve = streambus_service::grpc::server()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(controller)
         .add_service(raft_service)
-        .serve_with_incoming_shutdown(streambus_service::grpc::incoming(listener), async move {
-            ended.cancelled().await;
-            tracing::info!("controller shutting down");
-        })
+        .serve_with_incoming_shutdown(streambus_service::grpc::incoming(listener), signal);
+    let served = drain
+        .bound(serve, streambus_service::grpc::DRAIN_LIMIT, "controller")
         .await;
 
     cancel.cancel();

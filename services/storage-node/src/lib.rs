@@ -324,7 +324,8 @@ pub async fn serve_with_log_options(
         .await;
         let _ = drain_tx.send(true);
     };
-    let result = streambus_service::grpc::server()
+    let (shutdown, drain) = streambus_service::grpc::drain_signal(shutdown);
+    let serve = streambus_service::grpc::server()
         .add_service(health_service)
         .add_service(streambus_service::grpc::reflection_service())
         .add_service(
@@ -332,7 +333,9 @@ pub async fn serve_with_log_options(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(streambus_service::grpc::incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(streambus_service::grpc::incoming(listener), shutdown);
+    let result = drain
+        .bound(serve, streambus_service::grpc::DRAIN_LIMIT, "storage node")
         .await;
     tasks.shutdown().await;
     replication.stop();
