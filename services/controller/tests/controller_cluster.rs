@@ -472,7 +472,7 @@ async fn metadata_watchers_get_deltas_that_merge_into_the_current_metadata() {
         .watch_metadata(streambus_proto::internal::WatchMetadataRequest {
             min_version: 0,
             accept_deltas: true,
-        accept_partition_deltas: false,
+            accept_partition_deltas: false,
         })
         .await
         .unwrap()
