@@ -98,6 +98,7 @@ impl StateMachineStore {
         let tree = db.open_tree("sm")?;
         let snapshots = db.open_tree("sm_snapshot")?;
         let mut state = load_state(&tree)?;
+        let mut rewrite_all = false;
         // A crash while installing a snapshot can leave `sm` behind the
         // snapshot that was saved first: the snapshot wins then.
         if let (Some(meta), Some(data)) =
@@ -107,13 +108,14 @@ impl StateMachineStore {
                 serde_json::from_slice(&meta).map_err(|e| corrupt("snapshot meta", e))?;
             if meta.last_log_id > state.last_applied {
                 state = serde_json::from_slice(&data).map_err(|e| corrupt("snapshot data", e))?;
+                rewrite_all = true;
             }
         }
-        let (published, _) = watch::channel(Arc::new(state.metadata.clone()));
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        Ok(StateMachineStore {
+        let (published, _) = watch::channel(Arc::new(state.metadata.clone()));
+        let store = StateMachineStore {
             inner: Arc::new(Inner {
                 db: db.clone(),
                 gate,
@@ -123,7 +125,14 @@ impl StateMachineStore {
                 published,
                 snapshot_seq: AtomicU64::new(seed),
             }),
-        })
+        };
+        // `sm` must hold the state loaded: later applies write only what
+        // they change.
+        if rewrite_all {
+            store.inner.gate.begin()?;
+            store.rewrite_all(&store.lock())?;
+        }
+        Ok(store)
     }
 
     /// The latest applied metadata.
@@ -394,5 +403,92 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             _ => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::RaftSnapshotBuilder;
+    use openraft::storage::RaftStateMachine;
+
+    use super::*;
+    use crate::metadata::Command;
+    use crate::store::open;
+
+    fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
+        Entry {
+            log_id: openraft::testing::log_id(1, 1, index),
+            payload: EntryPayload::Normal(command),
+        }
+    }
+
+    fn register(node_id: u64) -> Command {
+        Command::RegisterNode {
+            node_id,
+            address: format!("n{node_id}:7402"),
+            incarnation: 1,
+            directory_id: format!("dir-{node_id}"),
+            rack: String::new(),
+            max_partitions: 0,
+        }
+    }
+
+    fn create(name: &str, partitions: u32, replication_factor: u32) -> Command {
+        Command::CreateTopic {
+            name: name.into(),
+            partitions,
+            replication_factor,
+            configs: Default::default(),
+            topic_id: Some(format!("id-{name}")),
+        }
+    }
+
+    /// A crash after a snapshot was saved and before tree `sm` was
+    /// rewritten: the snapshot is loaded and written to `sm`, so entries
+    /// applied after it never mix with what `sm` held before.
+    #[tokio::test]
+    async fn a_saved_snapshot_newer_than_the_tree_replaces_it_at_open() {
+        let source_dir = tempfile::tempdir().unwrap();
+        let (_db, _log, mut source, _) = open(source_dir.path(), 0, Arc::default()).unwrap();
+        source
+            .apply([
+                entry(1, register(1)),
+                entry(2, create("kept", 2, 1)),
+                entry(3, create("also-kept", 1, 1)),
+            ])
+            .await
+            .unwrap();
+        let snapshot = source
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (db, _log, mut sm, _) = open(dir.path(), 0, Arc::default()).unwrap();
+            sm.apply([entry(1, register(9)), entry(2, create("dropped", 1, 1))])
+                .await
+                .unwrap();
+            let snapshots = db.open_tree("sm_snapshot").unwrap();
+            snapshots
+                .insert(SNAPSHOT_META, serde_json::to_vec(&snapshot.meta).unwrap())
+                .unwrap();
+            snapshots
+                .insert(SNAPSHOT_DATA, snapshot.snapshot.into_inner())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        {
+            let (_db, _log, mut sm, _) = open(dir.path(), 0, Arc::default()).unwrap();
+            assert_eq!(*sm.current(), *source.current());
+            sm.apply([entry(4, create("later", 1, 1))]).await.unwrap();
+        }
+        let (_db, _log, sm, _) = open(dir.path(), 0, Arc::default()).unwrap();
+        let m = sm.current();
+        assert!(!m.topics.contains_key("dropped"));
+        assert!(!m.nodes.contains_key(&9));
+        assert!(m.topics.contains_key("kept") && m.topics.contains_key("later"));
     }
 }
