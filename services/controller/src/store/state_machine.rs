@@ -156,7 +156,12 @@ impl StateMachineStore {
 
     fn persist(&self, state: &SmState, dirty: &Dirty) -> Result<(), std::io::Error> {
         let mut batch = sled::Batch::default();
-        for name in &dirty.topics {
+        // A changed partition rewrites its topic's record.
+        let topics = dirty
+            .topics
+            .iter()
+            .chain(dirty.partitions.iter().map(|(name, _)| name));
+        for name in topics.collect::<BTreeSet<_>>() {
             match state.metadata.topics.get(name) {
                 Some(topic) => batch.insert(topic_key(name), serde_json::to_vec(topic)?),
                 None => batch.remove(topic_key(name)),
