@@ -9,8 +9,10 @@
 //! - `alter_isr` / `leader_change`: applying one `AlterIsr` /
 //!   `ChangePartitions` entry to a copy that shares everything with a
 //!   published snapshot (so whatever the change copies is paid for);
-//! - `watch_delta`: the watch message for that change (computed against
-//!   the snapshot before it) and its protobuf encoding.
+//! - `watch_delta`: the watch message for the `AlterIsr` change (computed
+//!   against the snapshot before it) and its protobuf encoding, for a
+//!   watcher that accepts partition deltas; `watch_delta_whole_topics` for
+//!   one that takes changed topics whole.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -130,12 +132,19 @@ fn benches(c: &mut Criterion) {
 
     let mut after = Metadata::clone(&published);
     apply(&mut after, &alter_isr(&published));
-    g.bench_function("watch_delta", |b| {
-        b.iter(|| {
-            let delta = black_box(&after).to_cluster_metadata_delta(&published, 1, "c1:7400");
-            delta.encode_to_vec()
+    for (name, partition_deltas) in [("watch_delta", true), ("watch_delta_whole_topics", false)] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let delta = black_box(&after).to_cluster_metadata_delta(
+                    &published,
+                    1,
+                    "c1:7400",
+                    partition_deltas,
+                );
+                delta.encode_to_vec()
+            });
         });
-    });
+    }
     g.finish();
 }
 

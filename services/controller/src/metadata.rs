@@ -1797,20 +1797,61 @@ impl Metadata {
     /// topics whole, the topics added or changed since `before` and the
     /// names of those deleted (`delta` set). Topics shared with `before`
     /// (the same `Arc`) are skipped without comparing them.
+    ///
+    /// With `partition_deltas`, a changed topic that is the same
+    /// incarnation as in `before` (same id) with the same replication
+    /// factor and configuration and no fewer partitions goes out `partial`:
+    /// only its partitions added or changed since `before` (again skipped
+    /// by pointer first), in partition order. Otherwise a changed topic
+    /// goes out whole.
     pub fn to_cluster_metadata_delta(
         &self,
         before: &Metadata,
         leader_id: u64,
         leader_address: &str,
+        partition_deltas: bool,
     ) -> ClusterMetadata {
-        let changed = self.topics.iter().filter(|(name, t)| {
-            before
-                .topics
-                .get(*name)
-                .is_none_or(|b| !Arc::ptr_eq(b, t) && b != *t)
-        });
+        let mut topics = Vec::new();
+        for (name, t) in &self.topics {
+            let Some(b) = before.topics.get(name) else {
+                topics.push(topic_metadata(t));
+                continue;
+            };
+            if Arc::ptr_eq(b, t) {
+                continue;
+            }
+            let partial = partition_deltas
+                && b.topic_id == t.topic_id
+                && b.replication_factor == t.replication_factor
+                && b.configs == t.configs
+                && b.partitions.len() <= t.partitions.len();
+            if !partial {
+                if b != t {
+                    topics.push(topic_metadata(t));
+                }
+                continue;
+            }
+            let changed: Vec<PartitionDescription> = t
+                .partitions
+                .iter()
+                .enumerate()
+                .filter(|(i, p)| {
+                    b.partitions
+                        .get(*i)
+                        .is_none_or(|bp| !Arc::ptr_eq(bp, p) && bp != *p)
+                })
+                .map(|(_, p)| describe_partition(p))
+                .collect();
+            if !changed.is_empty() {
+                topics.push(TopicMetadata {
+                    partial: true,
+                    partitions: changed,
+                    ..topic_header(t)
+                });
+            }
+        }
         ClusterMetadata {
-            topics: changed.map(|(_, t)| topic_metadata(t)).collect(),
+            topics,
             removed_topics: before
                 .topics
                 .keys()
@@ -1851,12 +1892,20 @@ impl Metadata {
 /// A topic's wire form.
 fn topic_metadata(t: &Topic) -> TopicMetadata {
     TopicMetadata {
+        partitions: t.partitions.iter().map(|p| describe_partition(p)).collect(),
+        ..topic_header(t)
+    }
+}
+
+/// A topic's wire form without its partitions.
+fn topic_header(t: &Topic) -> TopicMetadata {
+    TopicMetadata {
         partial: false,
         name: t.name.clone(),
         topic_id: t.topic_id.clone(),
         replication_factor: t.replication_factor,
         configs: t.configs.clone().into_iter().collect(),
-        partitions: t.partitions.iter().map(|p| describe_partition(p)).collect(),
+        partitions: Vec::new(),
     }
 }
 
@@ -1974,7 +2023,7 @@ mod tests {
         );
         assert_eq!(deleted, CommandResponse::Ok);
         create_raw(&mut m, 7, "d", 1, 1);
-        let d = m.to_cluster_metadata_delta(&before, 1, "c1:1");
+        let d = m.to_cluster_metadata_delta(&before, 1, "c1:1", false);
         assert!(d.delta);
         let names: Vec<&str> = d.topics.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["a", "d"]);
@@ -1982,8 +2031,9 @@ mod tests {
         assert_eq!(d.removed_topics, ["c"]);
         assert_eq!((d.version, d.nodes.len()), (7, 1));
         // Nothing changed: nothing but the whole fields.
-        let same = m.to_cluster_metadata_delta(&m, 1, "c1:1");
+        let same = m.to_cluster_metadata_delta(&m, 1, "c1:1", false);
         assert!(same.topics.is_empty() && same.removed_topics.is_empty());
+        assert!(d.topics.iter().all(|t| !t.partial));
     }
 
     /// The ISR of `topic`/`partition` without its last member, as its
@@ -2154,6 +2204,101 @@ mod tests {
         assert_eq!(copied(&published, &m, "t"), [2]);
         assert!(Arc::ptr_eq(&published.topics["u"], &m.topics["u"]));
         assert_eq!(dirty.partitions, BTreeSet::from([("t".to_string(), 2)]));
+    }
+
+    #[test]
+    fn a_watch_delta_carries_only_the_changed_partitions_of_a_topic() {
+        let mut m = Metadata::default();
+        for id in 1..=3 {
+            register(&mut m, id, id);
+        }
+        let big = create_raw(&mut m, 4, "big", 100, 3);
+        create_raw(&mut m, 5, "other", 4, 3);
+
+        // One partition changes: a partial topic with that partition only.
+        let before = m.clone();
+        m.apply(6, &shrink_isr(&m, "big", 42), &mut Dirty::default());
+        let d = m.to_cluster_metadata_delta(&before, 1, "c1:1", true);
+        assert_eq!(d.topics.len(), 1);
+        let t = &d.topics[0];
+        assert!(t.partial);
+        assert_eq!(
+            (t.name.as_str(), t.topic_id.as_str()),
+            ("big", big.topic_id.as_str())
+        );
+        assert_eq!(
+            (t.replication_factor, t.configs.len()),
+            (3, big.configs.len())
+        );
+        assert_eq!(t.partitions.len(), 1);
+        assert_eq!(
+            t.partitions[0],
+            Metadata::describe_partition(&m.topics["big"].partitions[42])
+        );
+        // Without partition deltas (older watchers): the whole topic.
+        let whole = m.to_cluster_metadata_delta(&before, 1, "c1:1", false);
+        assert_eq!(whole.topics.len(), 1);
+        assert!(!whole.topics[0].partial);
+        assert_eq!(whole.topics[0], m.to_cluster_metadata(1, "c1:1").topics[0]);
+        // A value equal to the one before, in a new `Arc`, is not sent.
+        let mut same = before.clone();
+        Arc::make_mut(same.topics.get_mut("big").unwrap()).partitions[3] =
+            Arc::new(Partition::clone(&before.topics["big"].partitions[3]));
+        let d = same.to_cluster_metadata_delta(&before, 1, "c1:1", true);
+        assert!(d.topics.is_empty(), "{:?}", d.topics);
+
+        // Two changes and two added partitions, in partition order.
+        let before = m.clone();
+        m.apply(7, &move_leader(&m, "big", 60), &mut Dirty::default());
+        m.apply(8, &shrink_isr(&m, "big", 7), &mut Dirty::default());
+        m.apply(
+            9,
+            &Command::CreatePartitions {
+                name: "big".into(),
+                topic_id: big.topic_id.clone(),
+                partitions: 102,
+            },
+            &mut Dirty::default(),
+        );
+        let d = m.to_cluster_metadata_delta(&before, 1, "c1:1", true);
+        assert_eq!(d.topics.len(), 1);
+        assert!(d.topics[0].partial);
+        let numbers: Vec<u32> = d.topics[0].partitions.iter().map(|p| p.partition).collect();
+        assert_eq!(numbers, [7, 60, 100, 101]);
+
+        // A configuration change sends the topic whole.
+        let before = m.clone();
+        let (_, cmd) = m
+            .validate_alter_topic_configs("big", &kv(&[("retention.ms", "1000")]), &[])
+            .unwrap();
+        m.apply(10, &cmd.unwrap(), &mut Dirty::default());
+        m.apply(11, &shrink_isr(&m, "big", 8), &mut Dirty::default());
+        let d = m.to_cluster_metadata_delta(&before, 1, "c1:1", true);
+        assert_eq!(d.topics.len(), 1);
+        assert!(!d.topics[0].partial);
+        assert_eq!(d.topics[0].partitions.len(), 102);
+        assert_eq!(d.topics[0].configs["retention.ms"], "1000");
+
+        // So does a topic created again under the same name (a new id),
+        // even with more partitions than before.
+        let before = m.clone();
+        m.apply(
+            12,
+            &Command::DeleteTopic {
+                name: "other".into(),
+            },
+            &mut Dirty::default(),
+        );
+        let again = create_raw(&mut m, 13, "other", 5, 3);
+        let d = m.to_cluster_metadata_delta(&before, 1, "c1:1", true);
+        assert_eq!(d.topics.len(), 1);
+        let t = &d.topics[0];
+        assert!(!t.partial);
+        assert_eq!(
+            (t.topic_id.as_str(), t.partitions.len()),
+            (again.topic_id.as_str(), 5)
+        );
+        assert!(d.removed_topics.is_empty());
     }
 
     /// The snapshot and the store hold topics as JSON: partitions held in
