@@ -492,6 +492,9 @@ struct WatchState {
     last_sent: u64,
     /// The caller merges deltas (`WatchMetadataRequest.accept_deltas`).
     accept_deltas: bool,
+    /// A changed topic in a delta may list only its changed partitions
+    /// (`WatchMetadataRequest.accept_partition_deltas`).
+    accept_partition_deltas: bool,
     /// What this stream sent last: a delta is computed against it.
     previous: Option<Arc<Metadata>>,
     first: bool,
@@ -525,7 +528,12 @@ fn watch_stream(state: WatchState) -> MetadataStream {
                 let message = match (&st.previous, st.accept_deltas) {
                     (Some(before), true) => {
                         let (id, address) = st.proposer.leader().unwrap_or_default();
-                        metadata.to_cluster_metadata_delta(before, id, &address)
+                        metadata.to_cluster_metadata_delta(
+                            before,
+                            id,
+                            &address,
+                            st.accept_partition_deltas,
+                        )
                     }
                     _ => st.proposer.cluster_metadata(&metadata),
                 };
@@ -767,6 +775,7 @@ impl ControllerService for ControllerGrpc {
             contact: self.proposer.contact.subscribe(),
             last_sent: req.min_version,
             accept_deltas: req.accept_deltas,
+            accept_partition_deltas: req.accept_partition_deltas,
             previous: None,
             first: true,
             done: false,

@@ -272,8 +272,24 @@ pub struct Topic {
     pub replication_factor: u32,
     /// Effective configuration.
     pub configs: BTreeMap<String, String>,
-    /// Partitions, indexed by partition number.
-    pub partitions: Vec<Partition>,
+    /// Partitions, indexed by partition number. Each is an `Arc` shared
+    /// with the snapshots published before: a change replaces only the
+    /// partitions it changes ([`Topic::set_partition`]), so copying a topic
+    /// copies pointers, and a watch delta finds the changed partitions by
+    /// pointer.
+    pub partitions: Vec<Arc<Partition>>,
+}
+
+impl Topic {
+    /// Replaces partition `p.partition` with `p` if it differs, recording it
+    /// in `dirty`; an equal value leaves the shared one in place.
+    fn set_partition(&mut self, p: Partition, dirty: &mut Dirty) {
+        let slot = &mut self.partitions[p.partition as usize];
+        if **slot != p {
+            dirty.partitions.insert((self.name.clone(), p.partition));
+            *slot = Arc::new(p);
+        }
+    }
 }
 
 /// One partition's replica assignment and leadership.
@@ -331,18 +347,44 @@ fn is_zero(n: &u64) -> bool {
 /// What one apply touched, so the persistence layer rewrites only that.
 #[derive(Debug, Default)]
 pub struct Dirty {
-    /// Topic names created, changed or deleted.
+    /// Topics created, deleted, or changed as a whole (their configuration):
+    /// written again with every partition.
     pub topics: BTreeSet<String>,
+    /// Partitions changed or added, `(topic, partition)`: written one by one
+    /// (a topic also in `topics` is written whole anyway).
+    pub partitions: BTreeSet<(String, u32)>,
     /// Storage nodes added or changed.
     pub nodes: BTreeSet<u64>,
 }
 
-/// Whether any partition of `topic` has a replica on `node_id`.
-fn hosts(topic: &Topic, node_id: u64) -> bool {
-    topic
+/// `p` after `f`, if that changed it (`f` works on a copy).
+fn edited(p: &Partition, f: impl FnOnce(&mut Partition)) -> Option<Partition> {
+    let mut next = p.clone();
+    f(&mut next);
+    (next != *p).then_some(next)
+}
+
+/// Replaces the partitions of `topic` for which `change` returns a new
+/// value (it returns `None` for those it leaves alone). The topic is copied
+/// (a vector of partition pointers) only when one changes; the others stay
+/// shared with the snapshots published before.
+fn update_partitions(
+    topic: &mut Arc<Topic>,
+    dirty: &mut Dirty,
+    mut change: impl FnMut(&Topic, &Partition) -> Option<Partition>,
+) {
+    let changed: Vec<Partition> = topic
         .partitions
         .iter()
-        .any(|p| p.replicas.contains(&node_id))
+        .filter_map(|p| change(topic, p))
+        .collect();
+    if changed.is_empty() {
+        return;
+    }
+    let topic = Arc::make_mut(topic);
+    for p in changed {
+        topic.set_partition(p, dirty);
+    }
 }
 
 /// The replicated metadata.
@@ -861,8 +903,8 @@ impl Metadata {
             ) {
                 Err(e) => CommandResponse::rejected(e.reason, e.message),
                 Ok(()) => {
-                    let t = Arc::make_mut(self.topics.get_mut(topic).expect("checked"));
-                    let p = &mut t.partitions[*partition as usize];
+                    let t = self.topics.get_mut(topic).expect("checked");
+                    let mut p = Partition::clone(&t.partitions[*partition as usize]);
                     p.isr = p
                         .replicas
                         .iter()
@@ -870,8 +912,8 @@ impl Metadata {
                         .filter(|r| isr.contains(r))
                         .collect();
                     p.partition_epoch += 1;
-                    dirty.topics.insert(topic.clone());
-                    CommandResponse::Partition(p.clone())
+                    Arc::make_mut(t).set_partition(p.clone(), dirty);
+                    CommandResponse::Partition(p)
                 }
             },
             Command::InitCluster { cluster_id } => {
@@ -1091,8 +1133,8 @@ impl Metadata {
 
     /// Applies a checked [`PartitionChange`].
     fn change_partition(&mut self, c: &PartitionChange, dirty: &mut Dirty) {
-        let t = Arc::make_mut(self.topics.get_mut(&c.topic).expect("checked"));
-        let p = &mut t.partitions[c.partition as usize];
+        let t = self.topics.get_mut(&c.topic).expect("checked");
+        let mut p = Partition::clone(&t.partitions[c.partition as usize]);
         if p.leader != c.leader {
             p.leader = c.leader;
             p.leader_epoch += 1;
@@ -1106,7 +1148,7 @@ impl Metadata {
             .collect();
         p.offline_replicas.retain(|r| c.replicas.contains(r));
         p.partition_epoch += 1;
-        dirty.topics.insert(c.topic.clone());
+        Arc::make_mut(t).set_partition(p, dirty);
     }
 
     /// A change of `p` (of topic `t`) to `leader`, `replicas` and `isr`.
@@ -1310,8 +1352,10 @@ impl Metadata {
             Err(e) => return CommandResponse::rejected(e.reason, e.message),
         };
         let topic = self.topics.get_mut(name).expect("checked");
+        dirty
+            .partitions
+            .extend((current..partitions).map(|p| (name.to_string(), p)));
         Arc::make_mut(topic).partitions.extend(added);
-        dirty.topics.insert(name.to_string());
         CommandResponse::Topic(topic.clone())
     }
 
@@ -1390,35 +1434,31 @@ impl Metadata {
     fn node_restarted(&mut self, node_id: u64, dirty: &mut Dirty) {
         let live: BTreeSet<u64> = self.alive_nodes().into_iter().collect();
         for topic in self.topics.values_mut() {
-            if !hosts(topic, node_id) {
-                continue;
-            }
-            let topic = Arc::make_mut(topic);
-            let mut changed = false;
-            for p in &mut topic.partitions {
-                if !p.replicas.contains(&node_id) {
-                    continue;
+            update_partitions(topic, dirty, |_, p| {
+                // Only what it leads or is in sync for changes.
+                if !p.replicas.contains(&node_id)
+                    || (p.leader != node_id && !p.isr.contains(&node_id))
+                {
+                    return None;
                 }
-                let before = (p.leader, p.leader_epoch, p.isr.clone());
-                if p.leader == node_id {
-                    if let Some(&next) = p.isr.iter().find(|&&r| {
-                        r != node_id && live.contains(&r) && !p.offline_replicas.contains(&r)
-                    }) {
-                        p.leader = next;
+                edited(p, |p| {
+                    let before = (p.leader, p.leader_epoch, p.isr.clone());
+                    if p.leader == node_id {
+                        if let Some(&next) = p.isr.iter().find(|&&r| {
+                            r != node_id && live.contains(&r) && !p.offline_replicas.contains(&r)
+                        }) {
+                            p.leader = next;
+                        }
+                        p.leader_epoch += 1;
                     }
-                    p.leader_epoch += 1;
-                }
-                if p.leader != node_id && p.isr.len() > 1 {
-                    p.isr.retain(|&r| r != node_id);
-                }
-                if before != (p.leader, p.leader_epoch, p.isr.clone()) {
-                    p.partition_epoch += 1;
-                    changed = true;
-                }
-            }
-            if changed {
-                dirty.topics.insert(topic.name.clone());
-            }
+                    if p.leader != node_id && p.isr.len() > 1 {
+                        p.isr.retain(|&r| r != node_id);
+                    }
+                    if before != (p.leader, p.leader_epoch, p.isr.clone()) {
+                        p.partition_epoch += 1;
+                    }
+                })
+            });
         }
     }
 
@@ -1570,19 +1610,21 @@ impl Metadata {
         first: u32,
         count: u32,
         replication_factor: u32,
-    ) -> Result<Vec<Partition>, Error> {
+    ) -> Result<Vec<Arc<Partition>>, Error> {
         let planned = self.plan_placement(count, replication_factor)?;
         let partitions = planned
             .into_iter()
             .zip(0..)
-            .map(|(replicas, i)| Partition {
-                partition: first + i,
-                leader: replicas[0],
-                leader_epoch: 0,
-                isr: replicas.clone(),
-                replicas,
-                offline_replicas: Vec::new(),
-                partition_epoch: 0,
+            .map(|(replicas, i)| {
+                Arc::new(Partition {
+                    partition: first + i,
+                    leader: replicas[0],
+                    leader_epoch: 0,
+                    isr: replicas.clone(),
+                    replicas,
+                    offline_replicas: Vec::new(),
+                    partition_epoch: 0,
+                })
             })
             .collect::<Vec<_>>();
         self.placement_cursor = self.placement_cursor.wrapping_add(u64::from(count));
@@ -1608,67 +1650,72 @@ impl Metadata {
             dirty.nodes.insert(node_id);
         }
         let live: BTreeSet<u64> = self.alive_nodes().into_iter().collect();
+        let usable = |r: u64, p: &Partition| live.contains(&r) && !p.offline_replicas.contains(&r);
         for topic in self.topics.values_mut() {
-            if !hosts(topic, node_id) {
-                continue;
-            }
-            let topic = Arc::make_mut(topic);
             let unclean = topic
                 .configs
                 .get(streambus_cluster::topic_config::UNCLEAN_LEADER_ELECTION)
                 .is_some_and(|v| v == "true");
-            let mut changed = false;
-            for p in &mut topic.partitions {
+            update_partitions(topic, dirty, |topic, p| {
                 if !p.replicas.contains(&node_id) {
-                    continue;
+                    return None;
                 }
-                let before = (p.leader, p.isr.clone());
-                let usable =
-                    |r: u64, p: &Partition| live.contains(&r) && !p.offline_replicas.contains(&r);
-                if alive {
-                    let leader_down = p.leader != node_id && !live.contains(&p.leader);
-                    if leader_down && p.isr.contains(&node_id) {
-                        p.leader = node_id;
-                        p.leader_epoch += 1;
-                    } else if leader_down
-                        && unclean
-                        && !p.isr.iter().any(|&r| usable(r, p))
-                        && usable(node_id, p)
-                    {
-                        tracing::warn!(topic = %topic.name, partition = p.partition, node_id,
-                            "unclean leader election: records acknowledged since this replica fell behind are lost");
-                        p.leader = node_id;
-                        p.leader_epoch += 1;
-                        p.isr = vec![node_id];
-                    }
+                // Nothing changes where the node coming back finds a live
+                // leader, or the node going away neither leads nor is in
+                // sync.
+                let relevant = if alive {
+                    p.leader != node_id && !live.contains(&p.leader)
                 } else {
-                    if p.leader == node_id {
-                        if let Some(&next) = p.isr.iter().find(|&&r| r != node_id && usable(r, p)) {
-                            p.leader = next;
+                    p.leader == node_id || p.isr.contains(&node_id)
+                };
+                if !relevant {
+                    return None;
+                }
+                edited(p, |p| {
+                    let before = (p.leader, p.isr.clone());
+                    if alive {
+                        let leader_down = p.leader != node_id && !live.contains(&p.leader);
+                        if leader_down && p.isr.contains(&node_id) {
+                            p.leader = node_id;
                             p.leader_epoch += 1;
-                        } else if unclean
-                            && let Some(&next) =
-                                p.replicas.iter().find(|&&r| r != node_id && usable(r, p))
+                        } else if leader_down
+                            && unclean
+                            && !p.isr.iter().any(|&r| usable(r, p))
+                            && usable(node_id, p)
                         {
-                            tracing::warn!(topic = %topic.name, partition = p.partition, node_id = next,
+                            tracing::warn!(topic = %topic.name, partition = p.partition, node_id,
                                 "unclean leader election: records acknowledged since this replica fell behind are lost");
-                            p.leader = next;
+                            p.leader = node_id;
                             p.leader_epoch += 1;
-                            p.isr = vec![next];
+                            p.isr = vec![node_id];
+                        }
+                    } else {
+                        if p.leader == node_id {
+                            if let Some(&next) =
+                                p.isr.iter().find(|&&r| r != node_id && usable(r, p))
+                            {
+                                p.leader = next;
+                                p.leader_epoch += 1;
+                            } else if unclean
+                                && let Some(&next) =
+                                    p.replicas.iter().find(|&&r| r != node_id && usable(r, p))
+                            {
+                                tracing::warn!(topic = %topic.name, partition = p.partition, node_id = next,
+                                    "unclean leader election: records acknowledged since this replica fell behind are lost");
+                                p.leader = next;
+                                p.leader_epoch += 1;
+                                p.isr = vec![next];
+                            }
+                        }
+                        if p.isr.len() > 1 && p.isr.contains(&node_id) && p.leader != node_id {
+                            p.isr.retain(|&r| r != node_id);
                         }
                     }
-                    if p.isr.len() > 1 && p.isr.contains(&node_id) && p.leader != node_id {
-                        p.isr.retain(|&r| r != node_id);
+                    if before != (p.leader, p.isr.clone()) {
+                        p.partition_epoch += 1;
                     }
-                }
-                if before != (p.leader, p.isr.clone()) {
-                    p.partition_epoch += 1;
-                    changed = true;
-                }
-            }
-            if changed {
-                dirty.topics.insert(topic.name.clone());
-            }
+                })
+            });
         }
     }
 
@@ -1677,53 +1724,49 @@ impl Metadata {
     /// live, online ISR member with a new epoch, when there is one.
     fn set_offline_replicas(&mut self, node_id: u64, offline: &ReplicaRefs, dirty: &mut Dirty) {
         let live: BTreeSet<u64> = self.alive_nodes().into_iter().collect();
+        let mut by_topic: BTreeMap<&str, BTreeSet<u32>> = BTreeMap::new();
+        for (topic, partition) in offline {
+            by_topic.entry(topic).or_default().insert(*partition);
+        }
+        let none = BTreeSet::new();
         for topic in self.topics.values_mut() {
-            let reported = |p: &Partition| {
-                p.replicas.contains(&node_id)
-                    && offline.contains(&(topic.name.clone(), p.partition))
-                        != p.offline_replicas.contains(&node_id)
-            };
-            if !topic.partitions.iter().any(reported) {
-                continue;
-            }
-            let topic = Arc::make_mut(topic);
-            let mut changed = false;
-            for p in &mut topic.partitions {
+            let reported = by_topic.get(topic.name.as_str()).unwrap_or(&none);
+            update_partitions(topic, dirty, |_, p| {
                 if !p.replicas.contains(&node_id) {
-                    continue;
+                    return None;
                 }
-                let is_offline = offline.contains(&(topic.name.clone(), p.partition));
-                let was_offline = p.offline_replicas.contains(&node_id);
-                if is_offline == was_offline {
-                    continue;
+                let is_offline = reported.contains(&p.partition);
+                if is_offline == p.offline_replicas.contains(&node_id) {
+                    return None;
                 }
-                changed = true;
-                if is_offline {
-                    p.offline_replicas.push(node_id);
-                    p.offline_replicas.sort_unstable();
-                } else {
-                    p.offline_replicas.retain(|&r| r != node_id);
-                }
-                if is_offline
-                    && p.leader == node_id
-                    && let Some(&next) = p.isr.iter().find(|&&r| {
-                        r != node_id && live.contains(&r) && !p.offline_replicas.contains(&r)
-                    })
-                {
-                    p.leader = next;
-                    p.leader_epoch += 1;
-                }
-                // An offline replica cannot be in sync (its log is not
-                // served); the leader adds it back once it caught up.
-                if is_offline && p.leader != node_id && p.isr.contains(&node_id) && p.isr.len() > 1
-                {
-                    p.isr.retain(|&r| r != node_id);
-                }
-                p.partition_epoch += 1;
-            }
-            if changed {
-                dirty.topics.insert(topic.name.clone());
-            }
+                edited(p, |p| {
+                    if is_offline {
+                        p.offline_replicas.push(node_id);
+                        p.offline_replicas.sort_unstable();
+                    } else {
+                        p.offline_replicas.retain(|&r| r != node_id);
+                    }
+                    if is_offline
+                        && p.leader == node_id
+                        && let Some(&next) = p.isr.iter().find(|&&r| {
+                            r != node_id && live.contains(&r) && !p.offline_replicas.contains(&r)
+                        })
+                    {
+                        p.leader = next;
+                        p.leader_epoch += 1;
+                    }
+                    // An offline replica cannot be in sync (its log is not
+                    // served); the leader adds it back once it caught up.
+                    if is_offline
+                        && p.leader != node_id
+                        && p.isr.contains(&node_id)
+                        && p.isr.len() > 1
+                    {
+                        p.isr.retain(|&r| r != node_id);
+                    }
+                    p.partition_epoch += 1;
+                })
+            });
         }
     }
 
@@ -1734,7 +1777,11 @@ impl Metadata {
             topic_id: topic.topic_id.clone(),
             replication_factor: topic.replication_factor,
             configs: topic.configs.clone().into_iter().collect(),
-            partitions: topic.partitions.iter().map(describe_partition).collect(),
+            partitions: topic
+                .partitions
+                .iter()
+                .map(|p| describe_partition(p))
+                .collect(),
         }
     }
 
@@ -1750,20 +1797,61 @@ impl Metadata {
     /// topics whole, the topics added or changed since `before` and the
     /// names of those deleted (`delta` set). Topics shared with `before`
     /// (the same `Arc`) are skipped without comparing them.
+    ///
+    /// With `partition_deltas`, a changed topic that is the same
+    /// incarnation as in `before` (same id) with the same replication
+    /// factor and configuration and no fewer partitions goes out `partial`:
+    /// only its partitions added or changed since `before` (again skipped
+    /// by pointer first), in partition order. Otherwise a changed topic
+    /// goes out whole.
     pub fn to_cluster_metadata_delta(
         &self,
         before: &Metadata,
         leader_id: u64,
         leader_address: &str,
+        partition_deltas: bool,
     ) -> ClusterMetadata {
-        let changed = self.topics.iter().filter(|(name, t)| {
-            before
-                .topics
-                .get(*name)
-                .is_none_or(|b| !Arc::ptr_eq(b, t) && b != *t)
-        });
+        let mut topics = Vec::new();
+        for (name, t) in &self.topics {
+            let Some(b) = before.topics.get(name) else {
+                topics.push(topic_metadata(t));
+                continue;
+            };
+            if Arc::ptr_eq(b, t) {
+                continue;
+            }
+            let partial = partition_deltas
+                && b.topic_id == t.topic_id
+                && b.replication_factor == t.replication_factor
+                && b.configs == t.configs
+                && b.partitions.len() <= t.partitions.len();
+            if !partial {
+                if b != t {
+                    topics.push(topic_metadata(t));
+                }
+                continue;
+            }
+            let changed: Vec<PartitionDescription> = t
+                .partitions
+                .iter()
+                .enumerate()
+                .filter(|(i, p)| {
+                    b.partitions
+                        .get(*i)
+                        .is_none_or(|bp| !Arc::ptr_eq(bp, p) && bp != *p)
+                })
+                .map(|(_, p)| describe_partition(p))
+                .collect();
+            if !changed.is_empty() {
+                topics.push(TopicMetadata {
+                    partial: true,
+                    partitions: changed,
+                    ..topic_header(t)
+                });
+            }
+        }
         ClusterMetadata {
-            topics: changed.map(|(_, t)| topic_metadata(t)).collect(),
+            topics,
             removed_topics: before
                 .topics
                 .keys()
@@ -1804,12 +1892,20 @@ impl Metadata {
 /// A topic's wire form.
 fn topic_metadata(t: &Topic) -> TopicMetadata {
     TopicMetadata {
+        partitions: t.partitions.iter().map(|p| describe_partition(p)).collect(),
+        ..topic_header(t)
+    }
+}
+
+/// A topic's wire form without its partitions.
+fn topic_header(t: &Topic) -> TopicMetadata {
+    TopicMetadata {
         partial: false,
         name: t.name.clone(),
         topic_id: t.topic_id.clone(),
         replication_factor: t.replication_factor,
         configs: t.configs.clone().into_iter().collect(),
-        partitions: t.partitions.iter().map(describe_partition).collect(),
+        partitions: Vec::new(),
     }
 }
 
@@ -1927,7 +2023,7 @@ mod tests {
         );
         assert_eq!(deleted, CommandResponse::Ok);
         create_raw(&mut m, 7, "d", 1, 1);
-        let d = m.to_cluster_metadata_delta(&before, 1, "c1:1");
+        let d = m.to_cluster_metadata_delta(&before, 1, "c1:1", false);
         assert!(d.delta);
         let names: Vec<&str> = d.topics.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["a", "d"]);
@@ -1935,8 +2031,285 @@ mod tests {
         assert_eq!(d.removed_topics, ["c"]);
         assert_eq!((d.version, d.nodes.len()), (7, 1));
         // Nothing changed: nothing but the whole fields.
-        let same = m.to_cluster_metadata_delta(&m, 1, "c1:1");
+        let same = m.to_cluster_metadata_delta(&m, 1, "c1:1", false);
         assert!(same.topics.is_empty() && same.removed_topics.is_empty());
+        assert!(d.topics.iter().all(|t| !t.partial));
+    }
+
+    /// The ISR of `topic`/`partition` without its last member, as its
+    /// leader asks.
+    fn shrink_isr(m: &Metadata, topic: &str, partition: u32) -> Command {
+        let t = &m.topics[topic];
+        let p = &t.partitions[partition as usize];
+        Command::AlterIsr {
+            topic: topic.into(),
+            topic_id: t.topic_id.clone(),
+            partition,
+            leader: p.leader,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            isr: p.isr[..p.isr.len() - 1].to_vec(),
+        }
+    }
+
+    /// Leadership of `topic`/`partition` moves to its second replica.
+    fn move_leader(m: &Metadata, topic: &str, partition: u32) -> Command {
+        let t = &m.topics[topic];
+        let p = &t.partitions[partition as usize];
+        Command::ChangePartitions {
+            changes: vec![PartitionChange {
+                topic: topic.into(),
+                topic_id: t.topic_id.clone(),
+                partition,
+                partition_epoch: p.partition_epoch,
+                leader: p.replicas[1],
+                replicas: p.replicas.clone(),
+                isr: p.isr.clone(),
+            }],
+        }
+    }
+
+    /// The partitions of `topic` not shared with `before`.
+    fn copied(before: &Metadata, after: &Metadata, topic: &str) -> Vec<u32> {
+        let (b, a) = (&before.topics[topic], &after.topics[topic]);
+        a.partitions
+            .iter()
+            .filter(|p| {
+                b.partitions
+                    .get(p.partition as usize)
+                    .is_none_or(|bp| !Arc::ptr_eq(bp, p))
+            })
+            .map(|p| p.partition)
+            .collect()
+    }
+
+    #[test]
+    fn a_partition_change_copies_only_that_partition() {
+        let mut m = Metadata::default();
+        for id in 1..=3 {
+            register(&mut m, id, id);
+        }
+        create_raw(&mut m, 4, "big", 2000, 3);
+        create_raw(&mut m, 5, "other", 10, 3);
+
+        let published = m.clone();
+        let mut dirty = Dirty::default();
+        let r = m.apply(6, &shrink_isr(&m, "big", 1234), &mut dirty);
+        let CommandResponse::Partition(p) = r else {
+            panic!("not applied: {r:?}");
+        };
+        assert_eq!((p.isr.len(), p.partition_epoch), (2, 1));
+        assert_eq!(*m.topics["big"].partitions[1234], p);
+        assert_eq!(copied(&published, &m, "big"), [1234]);
+        assert!(Arc::ptr_eq(&published.topics["other"], &m.topics["other"]));
+        assert_eq!(published.topics["big"].partitions[1234].isr.len(), 3);
+        assert!(dirty.topics.is_empty());
+        assert_eq!(
+            dirty.partitions,
+            BTreeSet::from([("big".to_string(), 1234)])
+        );
+
+        // A leader change: the same.
+        let published = m.clone();
+        let mut dirty = Dirty::default();
+        let r = m.apply(7, &move_leader(&m, "big", 77), &mut dirty);
+        assert_eq!(r, CommandResponse::Changed { applied: 1 });
+        assert_eq!(m.topics["big"].partitions[77].leader_epoch, 1);
+        assert_eq!(copied(&published, &m, "big"), [77]);
+        assert!(Arc::ptr_eq(&published.topics["other"], &m.topics["other"]));
+        assert_eq!(dirty.partitions, BTreeSet::from([("big".to_string(), 77)]));
+    }
+
+    #[test]
+    fn a_node_changing_liveness_copies_only_the_partitions_that_change() {
+        let mut m = Metadata::default();
+        for id in 1..=4 {
+            register(&mut m, id, id);
+        }
+        create_raw(&mut m, 5, "t", 40, 2);
+        create_raw(&mut m, 6, "u", 1, 1); // [1]
+        let on_2: Vec<u32> = m.topics["t"]
+            .partitions
+            .iter()
+            .filter(|p| p.replicas.contains(&2))
+            .map(|p| p.partition)
+            .collect();
+        assert_eq!(on_2.len(), 20);
+
+        // Node 2 dies: the partitions it leads get a new leader, those it
+        // follows lose it from the ISR; nothing else is copied.
+        let published = m.clone();
+        let dirty = set_alive(&mut m, 7, 2, false);
+        assert_eq!(copied(&published, &m, "t"), on_2);
+        assert!(Arc::ptr_eq(&published.topics["u"], &m.topics["u"]));
+        assert!(dirty.topics.is_empty());
+        assert_eq!(dirty.partitions.len(), 20);
+        for p in on_2.iter().map(|&i| &m.topics["t"].partitions[i as usize]) {
+            assert_eq!(p.isr.len(), 1, "{p:?}");
+            assert_ne!(p.leader, 2, "{p:?}");
+        }
+
+        // It comes back out of sync: no leadership moves, nothing is
+        // copied, not even the topic.
+        let published = m.clone();
+        let dirty = set_alive(&mut m, 8, 2, true);
+        assert!(Arc::ptr_eq(&published.topics["t"], &m.topics["t"]));
+        assert!(dirty.partitions.is_empty() && dirty.topics.is_empty());
+
+        // A new incarnation of node 1 gets a new leader epoch where it
+        // leads and leaves the ISRs it follows in: only those partitions
+        // change.
+        let in_sync_1: Vec<u32> = m.topics["t"]
+            .partitions
+            .iter()
+            .filter(|p| p.leader == 1 || (p.isr.contains(&1) && p.isr.len() > 1))
+            .map(|p| p.partition)
+            .collect();
+        assert!(!in_sync_1.is_empty());
+        let published = m.clone();
+        let mut dirty = Dirty::default();
+        m.apply(
+            9,
+            &Command::RegisterNode {
+                node_id: 1,
+                address: "10.0.0.1:7500".into(),
+                incarnation: 100,
+                directory_id: "dir-1".into(),
+                rack: String::new(),
+                max_partitions: 0,
+            },
+            &mut dirty,
+        );
+        assert_eq!(copied(&published, &m, "t"), in_sync_1);
+        // And its only replica of `u` gets a new leader epoch.
+        assert_eq!(copied(&published, &m, "u"), [0]);
+        let expected: BTreeSet<(String, u32)> = in_sync_1
+            .iter()
+            .map(|&p| ("t".to_string(), p))
+            .chain([("u".to_string(), 0)])
+            .collect();
+        assert_eq!(dirty.partitions, expected);
+
+        // An offline report copies only the partition reported.
+        let published = m.clone();
+        let mut dirty = Dirty::default();
+        m.apply(
+            10,
+            &Command::SetOfflineReplicas {
+                node_id: 3,
+                replicas: vec![("t".into(), 2)],
+            },
+            &mut dirty,
+        );
+        assert_eq!(copied(&published, &m, "t"), [2]);
+        assert!(Arc::ptr_eq(&published.topics["u"], &m.topics["u"]));
+        assert_eq!(dirty.partitions, BTreeSet::from([("t".to_string(), 2)]));
+    }
+
+    #[test]
+    fn a_watch_delta_carries_only_the_changed_partitions_of_a_topic() {
+        let mut m = Metadata::default();
+        for id in 1..=3 {
+            register(&mut m, id, id);
+        }
+        let big = create_raw(&mut m, 4, "big", 100, 3);
+        create_raw(&mut m, 5, "other", 4, 3);
+
+        // One partition changes: a partial topic with that partition only.
+        let before = m.clone();
+        m.apply(6, &shrink_isr(&m, "big", 42), &mut Dirty::default());
+        let d = m.to_cluster_metadata_delta(&before, 1, "c1:1", true);
+        assert_eq!(d.topics.len(), 1);
+        let t = &d.topics[0];
+        assert!(t.partial);
+        assert_eq!(
+            (t.name.as_str(), t.topic_id.as_str()),
+            ("big", big.topic_id.as_str())
+        );
+        assert_eq!(
+            (t.replication_factor, t.configs.len()),
+            (3, big.configs.len())
+        );
+        assert_eq!(t.partitions.len(), 1);
+        assert_eq!(
+            t.partitions[0],
+            Metadata::describe_partition(&m.topics["big"].partitions[42])
+        );
+        // Without partition deltas (older watchers): the whole topic.
+        let whole = m.to_cluster_metadata_delta(&before, 1, "c1:1", false);
+        assert_eq!(whole.topics.len(), 1);
+        assert!(!whole.topics[0].partial);
+        assert_eq!(whole.topics[0], m.to_cluster_metadata(1, "c1:1").topics[0]);
+        // A value equal to the one before, in a new `Arc`, is not sent.
+        let mut same = before.clone();
+        Arc::make_mut(same.topics.get_mut("big").unwrap()).partitions[3] =
+            Arc::new(Partition::clone(&before.topics["big"].partitions[3]));
+        let d = same.to_cluster_metadata_delta(&before, 1, "c1:1", true);
+        assert!(d.topics.is_empty(), "{:?}", d.topics);
+
+        // Two changes and two added partitions, in partition order.
+        let before = m.clone();
+        m.apply(7, &move_leader(&m, "big", 60), &mut Dirty::default());
+        m.apply(8, &shrink_isr(&m, "big", 7), &mut Dirty::default());
+        m.apply(
+            9,
+            &Command::CreatePartitions {
+                name: "big".into(),
+                topic_id: big.topic_id.clone(),
+                partitions: 102,
+            },
+            &mut Dirty::default(),
+        );
+        let d = m.to_cluster_metadata_delta(&before, 1, "c1:1", true);
+        assert_eq!(d.topics.len(), 1);
+        assert!(d.topics[0].partial);
+        let numbers: Vec<u32> = d.topics[0].partitions.iter().map(|p| p.partition).collect();
+        assert_eq!(numbers, [7, 60, 100, 101]);
+
+        // A configuration change sends the topic whole.
+        let before = m.clone();
+        let (_, cmd) = m
+            .validate_alter_topic_configs("big", &kv(&[("retention.ms", "1000")]), &[])
+            .unwrap();
+        m.apply(10, &cmd.unwrap(), &mut Dirty::default());
+        m.apply(11, &shrink_isr(&m, "big", 8), &mut Dirty::default());
+        let d = m.to_cluster_metadata_delta(&before, 1, "c1:1", true);
+        assert_eq!(d.topics.len(), 1);
+        assert!(!d.topics[0].partial);
+        assert_eq!(d.topics[0].partitions.len(), 102);
+        assert_eq!(d.topics[0].configs["retention.ms"], "1000");
+
+        // So does a topic created again under the same name (a new id),
+        // even with more partitions than before.
+        let before = m.clone();
+        m.apply(
+            12,
+            &Command::DeleteTopic {
+                name: "other".into(),
+            },
+            &mut Dirty::default(),
+        );
+        let again = create_raw(&mut m, 13, "other", 5, 3);
+        let d = m.to_cluster_metadata_delta(&before, 1, "c1:1", true);
+        assert_eq!(d.topics.len(), 1);
+        let t = &d.topics[0];
+        assert!(!t.partial);
+        assert_eq!(
+            (t.topic_id.as_str(), t.partitions.len()),
+            (again.topic_id.as_str(), 5)
+        );
+        assert!(d.removed_topics.is_empty());
+    }
+
+    /// The snapshot and the store hold topics as JSON: partitions held in
+    /// `Arc`s serialize as before.
+    #[test]
+    fn topics_have_a_stable_json_form() {
+        let json = r#"{"name":"t","topic_id":"0123","replication_factor":2,"configs":{"retention.ms":"1"},"partitions":[{"partition":0,"leader":1,"leader_epoch":3,"replicas":[1,2],"isr":[1],"offline_replicas":[2],"partition_epoch":7},{"partition":1,"leader":2,"leader_epoch":0,"replicas":[2,1],"isr":[2,1],"partition_epoch":0}]}"#;
+        let topic: Topic = serde_json::from_str(json).unwrap();
+        assert_eq!(topic.partitions[0].offline_replicas, vec![2]);
+        assert_eq!(topic.partitions[1].isr, vec![2, 1]);
+        assert_eq!(serde_json::to_string(&topic).unwrap(), json);
     }
 
     #[test]
@@ -1964,20 +2337,14 @@ mod tests {
             4,
             "published copy kept"
         );
-        // A node's liveness copies only the topics with a replica on it.
-        let hosts_2 = |m: &Metadata, t: &str| {
-            m.topics[t]
-                .partitions
-                .iter()
-                .any(|p| p.replicas.contains(&2))
-        };
+        // A node's liveness copies only the topics where a partition
+        // changes: with one replica per partition, none of node 2's
+        // partitions can elect another leader, so none is copied.
         let before = m.clone();
         set_alive(&mut m, 6, 2, false);
         for t in ["a", "b"] {
-            assert_eq!(
-                !Arc::ptr_eq(&before.topics[t], &m.topics[t]),
-                hosts_2(&before, t)
-            );
+            assert!(m.topics[t].partitions.iter().any(|p| p.replicas == [2]));
+            assert!(Arc::ptr_eq(&before.topics[t], &m.topics[t]), "{t}");
         }
     }
 
@@ -2417,7 +2784,11 @@ mod tests {
 
         let dirty = set_alive(&mut m, 5, 1, false);
         assert!(dirty.nodes.contains(&1));
-        assert!(dirty.topics.contains("t"));
+        assert!(dirty.topics.is_empty());
+        assert_eq!(
+            dirty.partitions,
+            BTreeSet::from([("t".to_string(), 0), ("t".to_string(), 2)])
+        );
         let ps = &m.topics["t"].partitions;
         // Partition 0 was led by 1: node 2 takes over, epoch bumped, 1 leaves the ISR.
         assert_eq!((ps[0].leader, ps[0].leader_epoch), (2, 1));
@@ -2592,7 +2963,8 @@ mod tests {
             dirty
         };
         let dirty = report(&mut m, 4, &[("a", 1)]);
-        assert_eq!(dirty.topics, BTreeSet::from(["a".to_string()]));
+        assert!(dirty.topics.is_empty());
+        assert_eq!(dirty.partitions, BTreeSet::from([("a".to_string(), 1)]));
         assert_eq!(m.topics["a"].partitions[1].offline_replicas, vec![1]);
         assert!(m.topics["a"].partitions[0].offline_replicas.is_empty());
         let d = Metadata::describe(&m.topics["a"]);
@@ -2656,7 +3028,7 @@ mod tests {
             panic!("not applied");
         };
         assert_eq!((p.isr.clone(), p.partition_epoch), (vec![1, 3], 1));
-        assert_eq!(m.topics["t"].partitions[0], p);
+        assert_eq!(*m.topics["t"].partitions[0], p);
         // A change based on the old partition epoch is refused.
         let stale = Command::AlterIsr {
             topic: "t".into(),
@@ -2769,7 +3141,7 @@ mod tests {
             set_alive(&mut m, 4, 2, false); // ISR -> [1]
             set_alive(&mut m, 5, 1, false); // leader dead, no ISR peer
             set_alive(&mut m, 6, 2, true); // the out-of-sync replica returns
-            m.topics["t"].partitions[0].clone()
+            Partition::clone(&m.topics["t"].partitions[0])
         };
         let clean = build(false);
         assert_eq!((clean.leader, clean.isr), (1, vec![1]));

@@ -452,6 +452,114 @@ async fn a_metadata_probe_at_the_current_version_carries_no_snapshot() {
     c.shutdown().await;
 }
 
+/// A watcher that accepts partition deltas gets, for a change to one
+/// partition, that partition alone (`partial`); one that does not gets the
+/// topic whole.
+#[tokio::test]
+async fn metadata_watchers_that_accept_partition_deltas_get_only_changed_partitions() {
+    use streambus_proto::internal::{AlterPartitionRequest, WatchMetadataRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let c = single(dir.path(), 60_000).await;
+    let client = client(&[&c]);
+    for id in 1..=2 {
+        client
+            .register_node(reg(id, &format!("127.0.0.1:900{id}")))
+            .await
+            .unwrap();
+    }
+    let mut wide = topic("wide", 6);
+    wide.replication_factor = 2;
+    let wide = client.create_topic(wide).await.unwrap();
+    client.create_topic(topic("still", 2)).await.unwrap();
+
+    let raw = ControllerServiceClient::connect(format!("http://{}", c.address))
+        .await
+        .unwrap();
+    let watch = |accept_partition_deltas| {
+        let mut raw = raw.clone();
+        async move {
+            raw.watch_metadata(WatchMetadataRequest {
+                min_version: 0,
+                accept_deltas: true,
+                accept_partition_deltas,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    let mut partial = watch(true).await;
+    let mut whole = watch(false).await;
+    let first = partial.message().await.unwrap().unwrap();
+    assert!(!first.delta, "a stream starts with a whole snapshot");
+    assert!(first.topics.iter().all(|t| !t.partial));
+    assert_eq!(whole.message().await.unwrap().unwrap().topics, first.topics);
+
+    // The leader of partition 3 drops its follower from the ISR.
+    let p = wide.partitions[3].clone();
+    assert_eq!(p.isr.len(), 2);
+    let changed = client
+        .alter_partition(AlterPartitionRequest {
+            node_id: p.leader,
+            incarnation: 1,
+            topic: "wide".into(),
+            topic_id: wide.topic_id.clone(),
+            partition: 3,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            isr: vec![p.leader],
+        })
+        .await
+        .unwrap();
+    assert_eq!(changed.isr, [p.leader]);
+    let end = client.get_metadata().await.unwrap();
+
+    // Merged into the first snapshot, the partial deltas give the current
+    // metadata; they carry nothing but partition 3.
+    let mut merged = first.clone();
+    while merged.version < end.version {
+        let d = tokio::time::timeout(WAIT, partial.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(d.delta);
+        for t in d.topics {
+            assert_eq!(t.name, "wide");
+            assert!(t.partial, "{t:?}");
+            assert_eq!(t.topic_id, wide.topic_id);
+            assert_eq!(t.replication_factor, 2);
+            assert_eq!(t.configs, wide.configs);
+            let numbers: Vec<u32> = t.partitions.iter().map(|p| p.partition).collect();
+            assert_eq!(numbers, [3]);
+            let into = merged.topics.iter_mut().find(|m| m.name == t.name).unwrap();
+            into.partitions[3] = t.partitions[0].clone();
+        }
+        merged.version = d.version;
+    }
+    assert_eq!(merged.topics, end.topics);
+    let merged_wide = merged.topics.iter().find(|t| t.name == "wide").unwrap();
+    assert_eq!(merged_wide.partitions[3], changed);
+
+    // The stream that does not accept partition deltas gets the topic whole.
+    let mut version = first.version;
+    while version < end.version {
+        let d = tokio::time::timeout(WAIT, whole.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(d.delta);
+        for t in &d.topics {
+            assert!(!t.partial);
+            assert_eq!(t.partitions.len(), 6);
+        }
+        version = d.version;
+    }
+    c.shutdown().await;
+}
+
 #[tokio::test]
 async fn metadata_watchers_get_deltas_that_merge_into_the_current_metadata() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,17 +2,26 @@
 //!
 //! Tree `sm`: `meta` (last applied log id, last membership, version,
 //! placement cursor, cluster id, next producer id, removed controllers),
-//! `t/<topic name>` (one JSON topic each) and
+//! `t/<topic name>` (each topic's JSON without its partitions: name, id,
+//! replication factor, configuration),
+//! `p/<topic name>/<partition number, 4 bytes big endian>` (one JSON
+//! partition each; topic names hold no `/`, so a topic's prefix matches
+//! only its own partitions, in partition order) and
 //! `n/<node id, big endian>` (one JSON storage node each). Each apply call
-//! writes what it touched in one atomic batch. Tree `sm_snapshot` holds the
-//! latest snapshot (`meta` and `data`), flushed before openraft may purge
+//! writes what it touched in one atomic batch: a change to one partition
+//! writes that partition's key and `meta`; a created, deleted or
+//! reconfigured topic writes (or removes) its header and every partition
+//! key. Versions before this layout kept a topic's partitions in its `t/`
+//! record; such records are loaded and rewritten in this layout when the
+//! store opens. Tree `sm_snapshot` holds the latest snapshot (`meta` and
+//! `data`, the JSON of the whole state), flushed before openraft may purge
 //! the log it covers.
 //!
 //! After every apply the new [`Metadata`] is published on a
 //! `tokio::sync::watch` channel; readers (`GetMetadata`, `WatchMetadata`,
 //! the lease task) never take the state machine's lock.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,13 +36,14 @@ use tokio::sync::watch;
 
 use super::TypeConfig;
 use crate::error::ControllerError;
-use crate::metadata::{CommandResponse, Dirty, Metadata, StorageNode, Topic};
+use crate::metadata::{CommandResponse, Dirty, Metadata, Partition, StorageNode, Topic};
 
 type StorageResult<T> = Result<T, StorageError<u64>>;
 type Membership = StoredMembership<u64, BasicNode>;
 
 const META: &[u8] = b"meta";
 const TOPIC_PREFIX: &[u8] = b"t/";
+const PARTITION_PREFIX: &[u8] = b"p/";
 const NODE_PREFIX: &[u8] = b"n/";
 const SNAPSHOT_META: &[u8] = b"meta";
 const SNAPSHOT_DATA: &[u8] = b"data";
@@ -82,6 +92,62 @@ fn topic_key(name: &str) -> Vec<u8> {
     [TOPIC_PREFIX, name.as_bytes()].concat()
 }
 
+/// The prefix of every partition key of topic `name`.
+fn partition_prefix(name: &str) -> Vec<u8> {
+    [PARTITION_PREFIX, name.as_bytes(), b"/"].concat()
+}
+
+fn partition_key(name: &str, partition: u32) -> Vec<u8> {
+    [
+        PARTITION_PREFIX,
+        name.as_bytes(),
+        b"/",
+        &partition.to_be_bytes()[..],
+    ]
+    .concat()
+}
+
+/// The `t/` record: a topic without its partitions.
+#[derive(Serialize)]
+struct TopicHeader<'a> {
+    name: &'a str,
+    topic_id: &'a str,
+    replication_factor: u32,
+    configs: &'a BTreeMap<String, String>,
+}
+
+impl<'a> TopicHeader<'a> {
+    fn of(topic: &'a Topic) -> TopicHeader<'a> {
+        // Every field but the partitions (a new one fails to compile here).
+        let Topic {
+            name,
+            topic_id,
+            replication_factor,
+            configs,
+            partitions: _,
+        } = topic;
+        TopicHeader {
+            name,
+            topic_id,
+            replication_factor: *replication_factor,
+            configs,
+        }
+    }
+}
+
+/// A `t/` record as read: a header, or a whole topic as older versions
+/// wrote it.
+#[derive(Deserialize)]
+struct StoredTopic {
+    name: String,
+    topic_id: String,
+    replication_factor: u32,
+    configs: BTreeMap<String, String>,
+    /// Only in records of the older layout.
+    #[serde(default)]
+    partitions: Option<Vec<Arc<Partition>>>,
+}
+
 fn node_key(id: u64) -> Vec<u8> {
     [NODE_PREFIX, &id.to_be_bytes()[..]].concat()
 }
@@ -97,7 +163,8 @@ impl StateMachineStore {
     ) -> Result<StateMachineStore, ControllerError> {
         let tree = db.open_tree("sm")?;
         let snapshots = db.open_tree("sm_snapshot")?;
-        let mut state = load_state(&tree)?;
+        let (mut state, old_layout) = load_state(&tree)?;
+        let mut rewrite_all = false;
         // A crash while installing a snapshot can leave `sm` behind the
         // snapshot that was saved first: the snapshot wins then.
         if let (Some(meta), Some(data)) =
@@ -107,13 +174,14 @@ impl StateMachineStore {
                 serde_json::from_slice(&meta).map_err(|e| corrupt("snapshot meta", e))?;
             if meta.last_log_id > state.last_applied {
                 state = serde_json::from_slice(&data).map_err(|e| corrupt("snapshot data", e))?;
+                rewrite_all = true;
             }
         }
-        let (published, _) = watch::channel(Arc::new(state.metadata.clone()));
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        Ok(StateMachineStore {
+        let (published, _) = watch::channel(Arc::new(state.metadata.clone()));
+        let store = StateMachineStore {
             inner: Arc::new(Inner {
                 db: db.clone(),
                 gate,
@@ -123,7 +191,23 @@ impl StateMachineStore {
                 published,
                 snapshot_seq: AtomicU64::new(seed),
             }),
-        })
+        };
+        // `sm` must hold the state loaded, all in the current layout:
+        // later applies write only what they change.
+        if rewrite_all || !old_layout.is_empty() {
+            store.inner.gate.begin()?;
+            let state = store.lock();
+            if rewrite_all {
+                store.rewrite_all(&state)?;
+            } else {
+                let dirty = Dirty {
+                    topics: old_layout,
+                    ..Dirty::default()
+                };
+                store.persist(&state, &dirty)?;
+            }
+        }
+        Ok(store)
     }
 
     /// The latest applied metadata.
@@ -148,9 +232,21 @@ impl StateMachineStore {
     fn persist(&self, state: &SmState, dirty: &Dirty) -> Result<(), std::io::Error> {
         let mut batch = sled::Batch::default();
         for name in &dirty.topics {
-            match state.metadata.topics.get(name) {
-                Some(topic) => batch.insert(topic_key(name), serde_json::to_vec(topic)?),
-                None => batch.remove(topic_key(name)),
+            self.write_topic(&mut batch, name, state.metadata.topics.get(name))?;
+        }
+        for (name, partition) in &dirty.partitions {
+            // Written whole above (created, deleted or reconfigured in
+            // these entries).
+            if dirty.topics.contains(name) {
+                continue;
+            }
+            if let Some(p) = state
+                .metadata
+                .topics
+                .get(name)
+                .and_then(|t| t.partitions.get(*partition as usize))
+            {
+                batch.insert(partition_key(name, *partition), serde_json::to_vec(p)?);
             }
         }
         for id in &dirty.nodes {
@@ -163,14 +259,52 @@ impl StateMachineStore {
         Ok(())
     }
 
+    /// Adds to `batch` the writes that leave topic `name` as `topic` in the
+    /// tree: its header and every partition, or nothing of it when `None`.
+    /// Partition keys the tree holds beyond the topic's partitions (of a
+    /// deleted topic, or one created again with fewer) are removed.
+    fn write_topic(
+        &self,
+        batch: &mut sled::Batch,
+        name: &str,
+        topic: Option<&Arc<Topic>>,
+    ) -> Result<(), std::io::Error> {
+        let count = topic.map_or(0, |t| t.partitions.len());
+        let prefix = partition_prefix(name);
+        let first_stale = partition_key(name, u32::try_from(count).unwrap_or(u32::MAX));
+        let stale = if count == 0 {
+            self.inner.tree.scan_prefix(&prefix)
+        } else {
+            self.inner.tree.range(first_stale..)
+        };
+        for item in stale {
+            let (k, _) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            batch.remove(k);
+        }
+        match topic {
+            Some(t) => {
+                batch.insert(topic_key(name), serde_json::to_vec(&TopicHeader::of(t))?);
+                for p in &t.partitions {
+                    batch.insert(partition_key(name, p.partition), serde_json::to_vec(p)?);
+                }
+            }
+            None => batch.remove(topic_key(name)),
+        }
+        Ok(())
+    }
+
     fn rewrite_all(&self, state: &SmState) -> Result<(), std::io::Error> {
         let mut batch = sled::Batch::default();
         for item in self.inner.tree.iter() {
             let (k, _) = item?;
             batch.remove(k);
         }
+        // Removals and inserts of one key in a batch: the last one wins.
         for (name, topic) in &state.metadata.topics {
-            batch.insert(topic_key(name), serde_json::to_vec(topic)?);
+            self.write_topic(&mut batch, name, Some(topic))?;
         }
         for (id, node) in &state.metadata.nodes {
             batch.insert(node_key(*id), serde_json::to_vec(node)?);
@@ -207,7 +341,38 @@ fn meta_of(state: &SmState) -> SmMeta {
     }
 }
 
-fn load_state(tree: &sled::Tree) -> Result<SmState, ControllerError> {
+/// The partitions of topic `name` (in the current layout), checked to be
+/// numbered `0..n` in order.
+fn load_partitions(tree: &sled::Tree, name: &str) -> Result<Vec<Arc<Partition>>, ControllerError> {
+    let prefix = partition_prefix(name);
+    let mut partitions = Vec::new();
+    for item in tree.scan_prefix(&prefix) {
+        let (k, v) = item?;
+        let number = <[u8; 4]>::try_from(&k[prefix.len()..])
+            .map(u32::from_be_bytes)
+            .map_err(|_| corrupt("partition key", format!("{k:?}")))?;
+        let p: Partition = serde_json::from_slice(&v).map_err(|e| corrupt("partition", e))?;
+        if p.partition != number || number as usize != partitions.len() {
+            return Err(corrupt(
+                "partition",
+                format!(
+                    "topic {name:?}: found partition {} under number {number} after {} partitions",
+                    p.partition,
+                    partitions.len()
+                ),
+            ));
+        }
+        partitions.push(Arc::new(p));
+    }
+    if partitions.is_empty() {
+        return Err(corrupt("topic", format!("{name:?} has no partitions")));
+    }
+    Ok(partitions)
+}
+
+/// The state in tree `sm`, and the topics found in the older layout (their
+/// partitions in the `t/` record).
+fn load_state(tree: &sled::Tree) -> Result<(SmState, BTreeSet<String>), ControllerError> {
     let meta: SmMeta = match tree.get(META)? {
         Some(bytes) => {
             serde_json::from_slice(&bytes).map_err(|e| corrupt("state machine meta", e))?
@@ -222,9 +387,24 @@ fn load_state(tree: &sled::Tree) -> Result<SmState, ControllerError> {
         removed_controllers: meta.removed_controllers,
         ..Metadata::default()
     };
+    let mut old_layout = BTreeSet::new();
     for item in tree.scan_prefix(TOPIC_PREFIX) {
         let (_, v) = item?;
-        let topic: Topic = serde_json::from_slice(&v).map_err(|e| corrupt("topic", e))?;
+        let stored: StoredTopic = serde_json::from_slice(&v).map_err(|e| corrupt("topic", e))?;
+        let partitions = match stored.partitions {
+            Some(partitions) => {
+                old_layout.insert(stored.name.clone());
+                partitions
+            }
+            None => load_partitions(tree, &stored.name)?,
+        };
+        let topic = Topic {
+            name: stored.name,
+            topic_id: stored.topic_id,
+            replication_factor: stored.replication_factor,
+            configs: stored.configs,
+            partitions,
+        };
         metadata.topics.insert(topic.name.clone(), Arc::new(topic));
     }
     for item in tree.scan_prefix(NODE_PREFIX) {
@@ -233,11 +413,12 @@ fn load_state(tree: &sled::Tree) -> Result<SmState, ControllerError> {
             serde_json::from_slice(&v).map_err(|e| corrupt("storage node", e))?;
         metadata.nodes.insert(node.node_id, node);
     }
-    Ok(SmState {
+    let state = SmState {
         last_applied: meta.last_applied,
         last_membership: meta.last_membership,
         metadata,
-    })
+    };
+    Ok((state, old_layout))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
@@ -394,5 +575,275 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             _ => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use openraft::RaftSnapshotBuilder;
+    use openraft::storage::RaftStateMachine;
+
+    use super::*;
+    use crate::metadata::Command;
+    use crate::store::open;
+
+    fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
+        Entry {
+            log_id: openraft::testing::log_id(1, 1, index),
+            payload: EntryPayload::Normal(command),
+        }
+    }
+
+    fn register(node_id: u64) -> Command {
+        Command::RegisterNode {
+            node_id,
+            address: format!("n{node_id}:7402"),
+            incarnation: 1,
+            directory_id: format!("dir-{node_id}"),
+            rack: String::new(),
+            max_partitions: 0,
+        }
+    }
+
+    fn create(name: &str, partitions: u32, replication_factor: u32) -> Command {
+        Command::CreateTopic {
+            name: name.into(),
+            partitions,
+            replication_factor,
+            configs: Default::default(),
+            topic_id: Some(format!("id-{name}")),
+        }
+    }
+
+    /// Everything in tree `sm`.
+    fn contents(tree: &sled::Tree) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        tree.iter()
+            .map(|kv| {
+                let (k, v) = kv.unwrap();
+                (k.to_vec(), v.to_vec())
+            })
+            .collect()
+    }
+
+    /// The keys `tree` was written (inserted or removed) since `events`
+    /// subscribed.
+    fn written(events: &mut sled::Subscriber) -> BTreeSet<Vec<u8>> {
+        let mut keys = BTreeSet::new();
+        while let Ok(event) = events.next_timeout(Duration::from_millis(200)) {
+            keys.insert(event.key().to_vec());
+        }
+        keys
+    }
+
+    fn partition_keys(tree: &sled::Tree, name: &str) -> Vec<Vec<u8>> {
+        tree.scan_prefix(partition_prefix(name))
+            .map(|kv| kv.unwrap().0.to_vec())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_partition_change_writes_only_that_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = {
+            let (db, _log, mut sm, _) = open(dir.path(), 0, Arc::default()).unwrap();
+            sm.apply([
+                entry(1, register(1)),
+                entry(2, register(2)),
+                entry(3, register(3)),
+                entry(4, create("t", 8, 3)),
+                entry(5, create("u", 2, 3)),
+            ])
+            .await
+            .unwrap();
+            let tree = db.open_tree("sm").unwrap();
+            // The header holds no partitions; each partition has its key.
+            let header: serde_json::Value =
+                serde_json::from_slice(&tree.get(topic_key("t")).unwrap().unwrap()).unwrap();
+            assert!(header.get("partitions").is_none(), "{header}");
+            assert_eq!(header["topic_id"], "id-t");
+            assert_eq!(partition_keys(&tree, "t").len(), 8);
+            assert_eq!(partition_keys(&tree, "u").len(), 2);
+
+            let stored = contents(&tree);
+            let mut events = tree.watch_prefix(b"");
+            let p = sm.current().topics["t"].partitions[5].clone();
+            let replies = sm
+                .apply([entry(
+                    6,
+                    Command::AlterIsr {
+                        topic: "t".into(),
+                        topic_id: "id-t".into(),
+                        partition: 5,
+                        leader: p.leader,
+                        leader_epoch: p.leader_epoch,
+                        partition_epoch: p.partition_epoch,
+                        isr: vec![p.leader],
+                    },
+                )])
+                .await
+                .unwrap();
+            assert!(matches!(replies[0], CommandResponse::Partition(_)));
+            let key = partition_key("t", 5);
+            assert_eq!(
+                written(&mut events),
+                BTreeSet::from([META.to_vec(), key.clone()])
+            );
+            let now = contents(&tree);
+            let changed = sm.current().topics["t"].partitions[5].clone();
+            assert_eq!(changed.isr, vec![p.leader]);
+            assert_eq!(now[&key], serde_json::to_vec(&changed).unwrap());
+            for (k, v) in &stored {
+                if *k != key && k != META {
+                    assert_eq!(now.get(k), Some(v), "{:?}", String::from_utf8_lossy(k));
+                }
+            }
+            assert_eq!(now.len(), stored.len());
+            sm.current()
+        };
+        let (_db, _log, sm, _) = open(dir.path(), 0, Arc::default()).unwrap();
+        assert_eq!(*sm.current(), *before);
+    }
+
+    #[tokio::test]
+    async fn a_deleted_topic_leaves_no_partition_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, log, mut sm, _) = open(dir.path(), 0, Arc::default()).unwrap();
+        let tree = db.open_tree("sm").unwrap();
+        sm.apply([
+            entry(1, register(1)),
+            entry(2, create("t", 5, 1)),
+            entry(3, create("t.x", 2, 1)),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(partition_keys(&tree, "t").len(), 5);
+        sm.apply([entry(4, Command::DeleteTopic { name: "t".into() })])
+            .await
+            .unwrap();
+        assert!(tree.get(topic_key("t")).unwrap().is_none());
+        assert!(partition_keys(&tree, "t").is_empty());
+        assert_eq!(
+            partition_keys(&tree, "t.x").len(),
+            2,
+            "another topic's keys"
+        );
+        // Deleted and created again with fewer partitions in one batch.
+        sm.apply([entry(5, create("t", 3, 1))]).await.unwrap();
+        sm.apply([
+            entry(6, Command::DeleteTopic { name: "t".into() }),
+            entry(7, create("t", 1, 1)),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(partition_keys(&tree, "t"), [partition_key("t", 0)]);
+        let current = sm.current();
+        drop((db, tree, sm, log));
+        let (_db, _log, sm, _) = open(dir.path(), 0, Arc::default()).unwrap();
+        assert_eq!(*sm.current(), *current);
+        assert_eq!(sm.current().topics["t"].partitions.len(), 1);
+    }
+
+    /// A data directory written before partitions had keys of their own:
+    /// the topic loads, and is rewritten in the current layout at open.
+    #[tokio::test]
+    async fn a_topic_in_the_older_layout_is_loaded_and_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let current = {
+            let (db, _log, mut sm, _) = open(dir.path(), 0, Arc::default()).unwrap();
+            sm.apply([entry(1, register(1)), entry(2, create("new", 2, 1))])
+                .await
+                .unwrap();
+            let tree = db.open_tree("sm").unwrap();
+            let old = r#"{"name":"old","topic_id":"id-old","replication_factor":1,"configs":{"retention.ms":"1000"},"partitions":[{"partition":0,"leader":1,"leader_epoch":2,"replicas":[1],"isr":[1],"partition_epoch":3},{"partition":1,"leader":1,"leader_epoch":0,"replicas":[1],"isr":[1],"offline_replicas":[1],"partition_epoch":1}]}"#;
+            tree.insert(topic_key("old"), old.as_bytes()).unwrap();
+            // Never written by either layout next to an old record; the
+            // record wins.
+            tree.insert(partition_key("old", 7), &b"{}"[..]).unwrap();
+            tree.flush().unwrap();
+            sm.current()
+        };
+        let (db, log, sm, _) = open(dir.path(), 0, Arc::default()).unwrap();
+        let m = sm.current();
+        let old = &m.topics["old"];
+        assert_eq!(old.topic_id, "id-old");
+        assert_eq!(old.configs["retention.ms"], "1000");
+        assert_eq!(old.partitions.len(), 2);
+        assert_eq!(
+            (
+                old.partitions[0].leader_epoch,
+                old.partitions[0].partition_epoch
+            ),
+            (2, 3)
+        );
+        assert_eq!(old.partitions[1].offline_replicas, vec![1]);
+        assert_eq!(m.topics["new"], current.topics["new"]);
+
+        let tree = db.open_tree("sm").unwrap();
+        let header: serde_json::Value =
+            serde_json::from_slice(&tree.get(topic_key("old")).unwrap().unwrap()).unwrap();
+        assert!(header.get("partitions").is_none(), "{header}");
+        assert_eq!(
+            partition_keys(&tree, "old"),
+            [partition_key("old", 0), partition_key("old", 1)]
+        );
+        assert_eq!(
+            tree.get(partition_key("old", 1)).unwrap().unwrap(),
+            serde_json::to_vec(&old.partitions[1]).unwrap()
+        );
+        drop((db, tree, sm, log));
+        let (_db, _log, sm, _) = open(dir.path(), 0, Arc::default()).unwrap();
+        assert_eq!(*sm.current(), *m);
+    }
+
+    /// A crash after a snapshot was saved and before tree `sm` was
+    /// rewritten: the snapshot is loaded and written to `sm`, so entries
+    /// applied after it never mix with what `sm` held before.
+    #[tokio::test]
+    async fn a_saved_snapshot_newer_than_the_tree_replaces_it_at_open() {
+        let source_dir = tempfile::tempdir().unwrap();
+        let (_db, _log, mut source, _) = open(source_dir.path(), 0, Arc::default()).unwrap();
+        source
+            .apply([
+                entry(1, register(1)),
+                entry(2, create("kept", 2, 1)),
+                entry(3, create("also-kept", 1, 1)),
+            ])
+            .await
+            .unwrap();
+        let snapshot = source
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (db, _log, mut sm, _) = open(dir.path(), 0, Arc::default()).unwrap();
+            sm.apply([entry(1, register(9)), entry(2, create("dropped", 1, 1))])
+                .await
+                .unwrap();
+            let snapshots = db.open_tree("sm_snapshot").unwrap();
+            snapshots
+                .insert(SNAPSHOT_META, serde_json::to_vec(&snapshot.meta).unwrap())
+                .unwrap();
+            snapshots
+                .insert(SNAPSHOT_DATA, snapshot.snapshot.into_inner())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        {
+            let (_db, _log, mut sm, _) = open(dir.path(), 0, Arc::default()).unwrap();
+            assert_eq!(*sm.current(), *source.current());
+            sm.apply([entry(4, create("later", 1, 1))]).await.unwrap();
+        }
+        let (_db, _log, sm, _) = open(dir.path(), 0, Arc::default()).unwrap();
+        let m = sm.current();
+        assert!(!m.topics.contains_key("dropped"));
+        assert!(!m.nodes.contains_key(&9));
+        assert!(m.topics.contains_key("kept") && m.topics.contains_key("later"));
     }
 }
