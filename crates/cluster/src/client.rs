@@ -590,7 +590,7 @@ impl WatchState {
                         let open = c.watch_metadata(WatchMetadataRequest {
                             min_version: self.last_version.unwrap_or(0),
                             accept_deltas: true,
-                            accept_partition_deltas: false,
+                            accept_partition_deltas: true,
                         });
                         match tokio::time::timeout(timeout, open).await {
                             Ok(opened) => opened.map(tonic::Response::into_inner),

@@ -491,6 +491,11 @@ async fn metadata_watchers_that_accept_partition_deltas_get_only_changed_partiti
     };
     let mut partial = watch(true).await;
     let mut whole = watch(false).await;
+    let mut views = Box::pin(client.watch_metadata());
+    let first_view = tokio::time::timeout(WAIT, views.next())
+        .await
+        .unwrap()
+        .unwrap();
     let first = partial.message().await.unwrap().unwrap();
     assert!(!first.delta, "a stream starts with a whole snapshot");
     assert!(first.topics.iter().all(|t| !t.partial));
@@ -541,6 +546,29 @@ async fn metadata_watchers_that_accept_partition_deltas_get_only_changed_partiti
     assert_eq!(merged.topics, end.topics);
     let merged_wide = merged.topics.iter().find(|t| t.name == "wide").unwrap();
     assert_eq!(merged_wide.partitions[3], changed);
+
+    // The client's watch (which asks for partition deltas) merges them into
+    // a view equal to the current metadata, sharing what did not change.
+    let mut view = first_view.clone();
+    while view.version < end.version {
+        view = tokio::time::timeout(WAIT, views.next())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(view.to_wire(), end);
+    let (before, after) = (&first_view.topics["wide"], &view.topics["wide"]);
+    for i in [0, 1, 2, 4, 5] {
+        assert!(std::sync::Arc::ptr_eq(
+            &before.partitions[i],
+            &after.partitions[i]
+        ));
+    }
+    assert_eq!(*after.partitions[3], changed);
+    assert!(std::sync::Arc::ptr_eq(
+        &first_view.topics["still"],
+        &view.topics["still"]
+    ));
 
     // The stream that does not accept partition deltas gets the topic whole.
     let mut version = first.version;

@@ -143,10 +143,14 @@ impl MetadataCache {
     /// unchanged with the view held) and records the contact.
     fn received(&self, md: ClusterMetadata) {
         match self.current().apply(md) {
-            Ok(view) => self.install(view),
+            Ok(view) => {
+                self.install(view);
+                self.contacted();
+            }
+            // Not counted as contact: metadata that cannot be used is no
+            // proof of being current.
             Err(e) => tracing::warn!(error = %e, "a controller sent metadata that cannot be used"),
         }
-        self.contacted();
     }
 
     /// Records that a controller answered.

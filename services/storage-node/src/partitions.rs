@@ -165,6 +165,8 @@ struct Work {
     busy: HashMap<PathBuf, Busy>,
     done: mpsc::UnboundedReceiver<Done>,
     next_id: u64,
+    /// When `apply` last looked at every partition.
+    last_full_apply: Option<Instant>,
 }
 
 /// The replicas hosted on this node.
@@ -233,6 +235,11 @@ pub const DEFAULT_IO_WAIT: Duration = Duration::from_secs(10);
 /// Why a replica whose open is running is not served.
 const OPENING: &str = "its log is still opening (slow or hung disk?)";
 
+/// How often applying metadata looks at every partition, not only at
+/// those that changed: a replica whose state drifted from its metadata
+/// (whatever the cause) is brought back in line within this.
+const FULL_APPLY_EVERY: Duration = Duration::from_secs(60);
+
 /// How many replicas run retention, compaction and rolls at once.
 const MAINTENANCE_CONCURRENCY: usize = 4;
 
@@ -279,6 +286,7 @@ impl Partitions {
                 busy: HashMap::new(),
                 done,
                 next_id: 0,
+                last_full_apply: None,
             }),
             done_tx,
             job_done: Arc::new(Notify::new()),
@@ -450,7 +458,8 @@ impl Partitions {
     ///
     /// Only the partitions that changed since the view applied before are
     /// looked at (topics and partitions shared with it are skipped); the
-    /// first view is looked at whole. Returns how many partitions were.
+    /// first view, and one a minute, is looked at whole. Returns how many
+    /// partitions were.
     pub async fn apply(&self, md: &ClusterView) -> usize {
         let mut work = self.changes.lock().await;
         self.finish_done(&mut work);
@@ -468,7 +477,12 @@ impl Partitions {
         // with 100,000 partitions, one leader change must not revisit
         // them all. The first view is looked at whole.
         let before = std::mem::replace(&mut *write(&self.view), Arc::new(md.clone()));
-        let scope = if before.version == 0 {
+        let full = before.version == 0
+            || work
+                .last_full_apply
+                .is_none_or(|at| at.elapsed() >= FULL_APPLY_EVERY);
+        let scope = if full {
+            work.last_full_apply = Some(Instant::now());
             Scope::All
         } else {
             Scope::Changed(md.changes_since(&before))
@@ -2051,5 +2065,38 @@ mod tests {
             p.leader_replica("big", 0).err().unwrap().reason,
             Reason::UnknownTopic
         );
+    }
+
+    #[tokio::test]
+    async fn a_late_answer_from_an_older_leader_epoch_does_not_take_leadership_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = Partitions::new(1, tmp.path().to_path_buf());
+        let led_by = |version: u64, leader: u64, epoch: u64| {
+            let mut t = topic("t", "id", &[]);
+            t.partitions[0].replicas = vec![1, 2];
+            t.partitions[0].isr = vec![1, 2];
+            t.partitions[0].leader = leader;
+            t.partitions[0].leader_epoch = epoch;
+            t.partitions[0].partition_epoch = epoch;
+            metadata(version, vec![t])
+        };
+        p.apply_wire(&led_by(2, 1, 1)).await;
+        let replica = p.leader_replica("t", 0).unwrap();
+        p.apply_wire(&led_by(3, 2, 2)).await;
+        assert!(!replica.is_leader());
+        // An ISR change this node proposed as leader at epoch 1, answered
+        // after the metadata that moved the leadership on.
+        replica.set_view(
+            PartitionView {
+                leader: 1,
+                leader_epoch: 1,
+                partition_epoch: 1,
+                replicas: vec![1, 2],
+                isr: vec![1],
+            },
+            now_ms() as u64,
+        );
+        assert!(!replica.is_leader());
+        assert_eq!((replica.view().leader, replica.view().leader_epoch), (2, 2));
     }
 }

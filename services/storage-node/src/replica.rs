@@ -202,8 +202,9 @@ impl Replica {
     pub fn set_view(&self, view: PartitionView, now_ms: u64) {
         let mut st = self.lock();
         let mut stepped_down = false;
-        if view.leader_epoch == st.0.leader_epoch && view.partition_epoch < st.0.partition_epoch {
-            // An answer that crossed newer metadata.
+        if view.leader_epoch < st.0.leader_epoch || view.partition_epoch < st.0.partition_epoch {
+            // An answer or metadata that crossed newer metadata: both
+            // epochs only go up (every leader change bumps both).
             return;
         }
         let moved = if view.leader == self.node_id {

@@ -347,6 +347,9 @@ impl Replication {
             Ok(d) => {
                 // Apply at once rather than waiting for the watch: the
                 // high watermark may move on without a removed member.
+                // Metadata applied while the request ran may have moved
+                // the leadership on: compare with the view as it is now.
+                let view = replica.view();
                 if d.leader == view.leader && d.leader_epoch == view.leader_epoch {
                     replica.set_view(
                         PartitionView {
