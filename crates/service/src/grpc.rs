@@ -1,6 +1,15 @@
 //! Standard gRPC health checking and server reflection, mounted on every
 //! service.
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+
+use futures::StreamExt;
+use futures::task::AtomicWaker;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tonic::transport::server::Connected;
 pub use tonic_health::server::HealthReporter;
 
 /// Reflection over every StreamBus `.proto` (public and internal).
@@ -139,40 +148,99 @@ pub fn channel(address: &str) -> Result<tonic::transport::Channel, tonic::transp
 /// it, forever.
 pub const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long a drain waits for the connections it cut at its limit to end.
+const CUT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Splits a server's shutdown future into the one to hand to tonic's
-/// `serve_with_incoming_shutdown` and a [`DrainStart`] that knows when it
-/// completed, to bound the drain that follows with [`DrainStart::bound`].
+/// `serve_with_incoming_shutdown` and a [`Drain`] that knows when it
+/// completed: serve [`Drain::incoming`] and bound the drain that follows
+/// with [`Drain::bound`].
 pub fn drain_signal(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> (
     impl std::future::Future<Output = ()> + Send + 'static,
-    DrainStart,
+    Drain,
 ) {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let signal = async move {
         shutdown.await;
         let _ = tx.send(());
     };
-    (signal, DrainStart(rx))
+    let drain = Drain {
+        started: rx,
+        cut: Arc::new(Cut::default()),
+    };
+    (signal, drain)
 }
 
-/// When a server's drain began: see [`drain_signal`].
-pub struct DrainStart(tokio::sync::oneshot::Receiver<()>);
+/// A server's drain: when it began, and the connections to cut when it
+/// runs out of time. See [`drain_signal`].
+pub struct Drain {
+    started: tokio::sync::oneshot::Receiver<()>,
+    cut: Arc<Cut>,
+}
 
-impl DrainStart {
-    /// Runs `serve` (a tonic server future) to its end, but once its drain
-    /// began, for at most `limit` more: connections still open then are
-    /// left behind (closed when the process exits) and the drain counts as
-    /// done. `service` names the server in the log line that says so.
+/// The connections of one server, and whether they were cut.
+#[derive(Default)]
+struct Cut {
+    done: AtomicBool,
+    /// The wakers of the connections' tasks (dead ones pruned as it grows).
+    connections: Mutex<Vec<Weak<AtomicWaker>>>,
+}
+
+impl Cut {
+    fn register(&self) -> Arc<AtomicWaker> {
+        let waker = Arc::new(AtomicWaker::new());
+        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        if connections.len() >= 64 && connections.len().is_power_of_two() {
+            connections.retain(|w| w.strong_count() > 0);
+        }
+        connections.push(Arc::downgrade(&waker));
+        waker
+    }
+
+    fn cut(&self) {
+        self.done.store(true, Ordering::Release);
+        let connections =
+            std::mem::take(&mut *self.connections.lock().unwrap_or_else(|p| p.into_inner()));
+        for waker in connections.iter().filter_map(Weak::upgrade) {
+            waker.wake();
+        }
+    }
+}
+
+impl Drain {
+    /// The server's connection stream (as [`incoming`]), with connections
+    /// that [`Drain::bound`] can cut.
+    pub fn incoming(
+        &self,
+        listener: tokio::net::TcpListener,
+    ) -> impl futures::Stream<Item = Result<Cuttable<tokio::net::TcpStream>, std::io::Error>>
+    + Send
+    + 'static {
+        let cut = self.cut.clone();
+        incoming(listener).map(move |accepted| {
+            accepted.map(|io| Cuttable {
+                io,
+                waker: cut.register(),
+                cut: cut.clone(),
+            })
+        })
+    }
+
+    /// Runs `serve` (a tonic server future on [`Drain::incoming`]) to its
+    /// end, but once its drain began, for at most `limit` more: then the
+    /// connections still open are cut (their reads and writes fail, which
+    /// ends them and whatever their calls hold) and the drain counts as
+    /// done. `service` names the server in the log lines that say so.
     pub async fn bound<E>(
         self,
         serve: impl std::future::Future<Output = Result<(), E>>,
         limit: std::time::Duration,
         service: &str,
     ) -> Result<(), E> {
-        let serve = std::pin::pin!(serve);
-        let mut serve = serve;
-        let mut started = self.0;
+        let mut serve = std::pin::pin!(serve);
+        let mut started = self.started;
         tokio::select! {
             ended = &mut serve => return ended,
             began = &mut started => {
@@ -182,17 +250,109 @@ impl DrainStart {
                 }
             }
         }
-        match tokio::time::timeout(limit, serve).await {
+        if let Ok(ended) = tokio::time::timeout(limit, &mut serve).await {
+            return ended;
+        }
+        tracing::warn!(
+            service,
+            limit_ms = limit.as_millis() as u64,
+            "calls still in progress at the drain limit (a client that stopped reading?); cutting their connections"
+        );
+        self.cut.cut();
+        match tokio::time::timeout(CUT_WAIT, serve).await {
             Ok(ended) => ended,
             Err(_) => {
                 tracing::warn!(
                     service,
-                    limit_ms = limit.as_millis() as u64,
-                    "calls still in progress after the drain limit (a client that stopped reading?); leaving their connections behind"
+                    "connections still open after being cut; leaving them behind"
                 );
                 Ok(())
             }
         }
+    }
+}
+
+/// A server connection whose reads and writes fail once its server's
+/// drain cut it ([`Drain::bound`]).
+pub struct Cuttable<T> {
+    io: T,
+    waker: Arc<AtomicWaker>,
+    cut: Arc<Cut>,
+}
+
+impl<T> Cuttable<T> {
+    /// Whether the connection was cut; registers the task to be woken
+    /// when it is.
+    fn is_cut(&self, cx: &Context<'_>) -> bool {
+        self.waker.register(cx.waker());
+        self.cut.done.load(Ordering::Acquire)
+    }
+}
+
+fn cut_error() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        "connection cut at the end of the drain",
+    )
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Cuttable<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.is_cut(cx) {
+            return Poll::Ready(Err(cut_error()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Cuttable<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.is_cut(cx) {
+            return Poll::Ready(Err(cut_error()));
+        }
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.is_cut(cx) {
+            return Poll::Ready(Err(cut_error()));
+        }
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.is_cut(cx) {
+            return Poll::Ready(Err(cut_error()));
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl<T: Connected> Connected for Cuttable<T> {
+    type ConnectInfo = T::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
     }
 }
 
@@ -219,7 +379,7 @@ mod tests {
         let server = tokio::spawn(async move {
             let serve = server()
                 .add_service(health)
-                .serve_with_incoming_shutdown(incoming(listener), signal);
+                .serve_with_incoming_shutdown(drain.incoming(listener), signal);
             drain.bound(serve, limit, "test").await
         });
         // A health watch never ends on its own: the drain waits for it.
@@ -237,6 +397,14 @@ mod tests {
             .expect("the drain ends at its limit")
             .unwrap();
         assert!(ended.is_ok());
-        drop(watch);
+        // The connection was cut, not left behind: its stream fails.
+        let mut watch = watch;
+        loop {
+            match tokio::time::timeout(limit * 6, watch.message()).await {
+                Ok(Ok(Some(_))) => continue,
+                Ok(Ok(None) | Err(_)) => break,
+                Err(_) => panic!("the connection is still open"),
+            }
+        }
     }
 }

@@ -380,7 +380,7 @@ async fn run(
         .add_service(reflection)
         .add_service(controller)
         .add_service(raft_service)
-        .serve_with_incoming_shutdown(streambus_service::grpc::incoming(listener), signal);
+        .serve_with_incoming_shutdown(drain.incoming(listener), signal);
     let served = drain
         .bound(serve, streambus_service::grpc::DRAIN_LIMIT, "controller")
         .await;
