@@ -283,9 +283,12 @@ impl AdminService for AdminApi {
             .create_topic(request.into_inner())
             .await
             .map(|topic| CreateTopicResponse { topic: Some(topic) });
-        if r.is_ok() {
+        if let Ok(CreateTopicResponse { topic: Some(t) }) = &r {
             // Make the new topic visible to this gateway's produce path.
-            let _ = self.router.metadata().refresh().await;
+            self.router
+                .metadata()
+                .settle(|md| md.topic(&t.name).is_some_and(|v| v.topic_id == t.topic_id))
+                .await;
         }
         observe(&self.metrics, "CreateTopic", started, r)
     }
@@ -295,15 +298,19 @@ impl AdminService for AdminApi {
         request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
         let started = Instant::now();
+        let name = request.into_inner().name;
         let r = self
             .router
             .metadata()
             .controller()
-            .delete_topic(&request.into_inner().name)
+            .delete_topic(&name)
             .await
             .map(|()| DeleteTopicResponse {});
         if r.is_ok() {
-            let _ = self.router.metadata().refresh().await;
+            self.router
+                .metadata()
+                .settle(|md| md.topic(&name).is_none())
+                .await;
         }
         observe(&self.metrics, "DeleteTopic", started, r)
     }
@@ -323,7 +330,13 @@ impl AdminService for AdminApi {
             .map(|topic| CreatePartitionsResponse { topic: Some(topic) });
         if r.is_ok() {
             // Route to the new partitions at once.
-            let _ = self.router.metadata().refresh().await;
+            self.router
+                .metadata()
+                .settle(|md| {
+                    md.topic(&req.topic)
+                        .is_some_and(|t| t.partitions.len() >= req.partitions as usize)
+                })
+                .await;
         }
         observe(&self.metrics, "CreatePartitions", started, r)
     }
@@ -342,9 +355,17 @@ impl AdminService for AdminApi {
             .alter_topic_configs(req)
             .await
             .map(|topic| AlterTopicConfigsResponse { topic: Some(topic) });
-        if r.is_ok() && !validate_only {
+        if let Ok(AlterTopicConfigsResponse { topic: Some(t) }) = &r
+            && !validate_only
+        {
             // Checks against the new configuration (max.message.bytes) at once.
-            let _ = self.router.metadata().refresh().await;
+            self.router
+                .metadata()
+                .settle(|md| {
+                    md.topic(&t.name)
+                        .is_some_and(|v| v.topic_id == t.topic_id && v.configs == t.configs)
+                })
+                .await;
         }
         observe(&self.metrics, "AlterTopicConfigs", started, r)
     }

@@ -18,6 +18,10 @@ use streambus_proto::{Error, Reason};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+/// How long [`MetadataCache::settle`] waits for the watch before it asks
+/// the controller.
+pub const SETTLE_WAIT: Duration = Duration::from_secs(1);
+
 /// A cheap-to-clone handle on the latest metadata.
 #[derive(Clone)]
 pub struct MetadataCache {
@@ -206,6 +210,22 @@ impl MetadataCache {
             None => self.contacted(),
         }
         Ok(self.current())
+    }
+
+    /// Waits until the metadata held satisfies `holds` (after an admin
+    /// change this gateway made: the watch brings it within milliseconds),
+    /// and asks the controller for it (a refresh) only when it did not
+    /// within [`SETTLE_WAIT`]: a whole snapshot of 100,000 partitions is
+    /// megabytes, and every admin change would fetch one.
+    pub async fn settle(&self, holds: impl Fn(&ClusterView) -> bool) {
+        let mut rx = self.subscribe();
+        let settled = tokio::time::timeout(SETTLE_WAIT, async {
+            rx.wait_for(|v| holds(v)).await.is_ok()
+        })
+        .await;
+        if settled != Ok(true) {
+            let _ = self.refresh().await;
+        }
     }
 
     /// A topic's metadata; asks the controller once when the cache does not

@@ -268,10 +268,9 @@ pub async fn serve_with_log_options(
             let due = partitions.maintenance_due();
             loop {
                 tokio::select! {
-                    _ = tick.tick() => {}
-                    () = due.notified() => {}
+                    _ = tick.tick() => partitions.maintain().await,
+                    () = due.notified() => partitions.maintain_due().await,
                 }
-                partitions.maintain().await;
             }
         });
     }

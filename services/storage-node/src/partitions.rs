@@ -219,8 +219,10 @@ pub struct Partitions {
     /// without holding a blocking thread.
     opens: Arc<tokio::sync::Semaphore>,
     /// Signalled when a topic's configuration changed, so retention and
-    /// the other maintenance run at once instead of at the next interval.
+    /// the other maintenance run at once instead of at the next interval,
+    /// for the replicas queued in `due_for_maintenance`.
     maintenance_due: Arc<Notify>,
+    due_for_maintenance: std::sync::Mutex<Vec<Arc<Replica>>>,
     /// How long an in-sync follower may lag before it leaves the ISR.
     lag_max_ms: u64,
 }
@@ -295,6 +297,7 @@ impl Partitions {
             maintenance: Arc::new(tokio::sync::Semaphore::new(MAINTENANCE_CONCURRENCY)),
             opens: Arc::new(tokio::sync::Semaphore::new(OPEN_CONCURRENCY)),
             maintenance_due: Arc::new(Notify::new()),
+            due_for_maintenance: std::sync::Mutex::default(),
             node_id,
             data_dir,
             replicas: RwLock::default(),
@@ -619,7 +622,7 @@ impl Partitions {
                 match r.update_config(changed) {
                     Ok(()) => {
                         tracing::info!(topic = %key.0, partition = key.1, "topic configuration applied");
-                        self.maintenance_due.notify_one();
+                        self.maintenance_due_for(&r);
                     }
                     Err(why) => {
                         // The controller refuses such changes; metadata
@@ -851,7 +854,7 @@ impl Partitions {
                     };
                     tracing::info!(topic = %key.0, partition = key.1, dir = %dir.display(),
                         end_offset = log.end_offset(), "opened partition replica");
-                    let replica = Replica::new(
+                    let replica = Arc::new(Replica::new(
                         self.node_id,
                         key.clone(),
                         topic_id,
@@ -861,19 +864,19 @@ impl Partitions {
                         config,
                         o.view,
                         self.lag_max_ms,
-                    );
+                    ));
                     // Metadata that arrived during the open may have
                     // changed the configuration since.
                     if let Some(latest) = o.config.as_ref().filter(|c| **c != replica.config()) {
                         match replica.update_config(latest) {
-                            Ok(()) => self.maintenance_due.notify_one(),
+                            Ok(()) => self.maintenance_due_for(&replica),
                             Err(why) => {
                                 tracing::warn!(topic = %key.0, partition = key.1, reason = %why,
                                     "topic configuration change not applied: the replica keeps its configuration");
                             }
                         }
                     }
-                    write(&self.replicas).insert(key, Arc::new(replica));
+                    write(&self.replicas).insert(key, replica);
                     self.changed();
                     return (true, None);
                 }
@@ -1069,10 +1072,33 @@ impl Partitions {
         out
     }
 
-    /// Signalled when maintenance should run before its next interval (a
-    /// topic's configuration changed).
+    /// Signalled when maintenance should run before its next interval for
+    /// some replicas (their topic's configuration changed): see
+    /// [`Partitions::maintain_due`].
     pub fn maintenance_due(&self) -> Arc<Notify> {
         self.maintenance_due.clone()
+    }
+
+    /// Queues `replica` for maintenance before the next interval.
+    fn maintenance_due_for(&self, replica: &Arc<Replica>) {
+        self.due_for_maintenance
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(replica.clone());
+        self.maintenance_due.notify_one();
+    }
+
+    /// Runs maintenance (as [`Partitions::maintain`]) on the replicas
+    /// queued since the last call: a configuration change to one topic
+    /// does not visit the other 100,000 partitions.
+    pub async fn maintain_due(&self) {
+        let due = std::mem::take(
+            &mut *self
+                .due_for_maintenance
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        self.maintain_replicas(due).await;
     }
 
     /// Runs retention, compaction and age-based rolls on every replica, a
@@ -1080,8 +1106,12 @@ impl Partitions {
     /// whose maintenance from an earlier call is still running (a slow or
     /// hung disk) is skipped.
     pub async fn maintain(&self) {
+        self.maintain_replicas(self.all()).await;
+    }
+
+    async fn maintain_replicas(&self, replicas: Vec<Arc<Replica>>) {
         let mut tasks = tokio::task::JoinSet::new();
-        for r in self.all() {
+        for r in replicas {
             if r.maintenance_running
                 .swap(true, std::sync::atomic::Ordering::AcqRel)
             {
@@ -1446,7 +1476,8 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), due.notified())
             .await
             .expect("maintenance signalled");
-        p.maintain().await;
+        // For that replica: maintenance of the queued replicas applies it.
+        p.maintain_due().await;
         assert_eq!(replica.log.segment_count(), 1, "retention applied");
         assert!(replica.log.log_start_offset() > 0);
         assert_eq!(replica.log.end_offset(), 30, "the log end stays");
