@@ -1111,7 +1111,10 @@ impl Partitions {
 
     async fn maintain_replicas(&self, replicas: Vec<Arc<Replica>>) {
         let mut tasks = tokio::task::JoinSet::new();
-        for r in replicas {
+        // A log that never held a record has nothing to roll, delete or
+        // compact: tens of thousands of idle partitions cost no blocking
+        // work each interval.
+        for r in replicas.into_iter().filter(|r| r.log.end_offset() > 0) {
             if r.maintenance_running
                 .swap(true, std::sync::atomic::Ordering::AcqRel)
             {
