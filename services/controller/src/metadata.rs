@@ -1218,6 +1218,11 @@ impl Metadata {
     /// replication factor when one is removed. A partition whose new
     /// replicas cannot catch up (its leader is dead, say) waits.
     pub fn reassignment_steps(&self) -> Vec<PartitionChange> {
+        // Decided after every change and every few seconds: with no node
+        // leaving there is nothing to move, and no partition to visit.
+        if !self.nodes.values().any(|n| n.decommissioning) {
+            return Vec::new();
+        }
         let leaving = |r: &u64| self.is_decommissioning(*r);
         let mut load: BTreeMap<u64, usize> = BTreeMap::new();
         for p in self.topics.values().flat_map(|t| &t.partitions) {

@@ -25,8 +25,11 @@ use crate::replica::{PartitionKey, PartitionView, Replica};
 const FETCH_MAX_BYTES: u32 = 4 * 1024 * 1024;
 /// How often leaders decide about their ISR and fetchers are reconciled.
 const TICK: Duration = Duration::from_millis(100);
-/// Every this many ticks, every replica is visited.
-const FULL_TICKS: u64 = 10;
+/// Every this many ticks (10 s), every replica is visited. Changes visit
+/// every replica at once, appends move the high watermark themselves, and
+/// leaders with followers are visited every tick; this pass is the
+/// backstop.
+const FULL_TICKS: u64 = 100;
 
 /// A running fetch loop.
 struct Fetcher {
@@ -274,8 +277,9 @@ impl Replication {
     /// Only replicas that lead followers are visited every tick; every
     /// replica (and the fetch loops) every [`FULL_TICKS`] ticks, and at
     /// the next tick whenever the replicas or their leadership changed
-    /// ([`Partitions::generation`]). Ten thousand idle single-replica
-    /// partitions then cost a scan a second, not ten.
+    /// ([`Partitions::generation`]). A hundred thousand idle
+    /// single-replica partitions then cost a scan every 10 s, not ten a
+    /// second.
     pub async fn run(self: Arc<Self>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -293,9 +297,18 @@ impl Replication {
             }
             let now = now_ms() as u64;
             if !full {
+                // Only a leader with followers can be under-replicated or
+                // below its minimum ISR: the gauges stay current each tick.
+                let (mut under, mut below) = (0, 0);
                 for r in &with_followers {
                     self.tick_replica(r, now);
+                    if let Some((isr, replicas, min_isr)) = r.isr_health() {
+                        under += i64::from(isr < replicas);
+                        below += i64::from(isr < min_isr);
+                    }
                 }
+                self.metrics.under_replicated.set(under);
+                self.metrics.below_min_isr.set(below);
                 continue;
             }
             with_followers.clear();
