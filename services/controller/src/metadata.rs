@@ -353,6 +353,9 @@ pub struct Dirty {
     /// Partitions changed or added, `(topic, partition)`: written one by one
     /// (a topic also in `topics` is written whole anyway).
     pub partitions: BTreeSet<(String, u32)>,
+    /// Topics whose header alone changed (their configuration): the header
+    /// is written, not its partitions.
+    pub headers: BTreeSet<String>,
     /// Storage nodes added or changed.
     pub nodes: BTreeSet<u64>,
 }
@@ -972,7 +975,7 @@ impl Metadata {
                 }
                 if topic.configs != *configs {
                     Arc::make_mut(topic).configs.clone_from(configs);
-                    dirty.topics.insert(name.clone());
+                    dirty.headers.insert(name.clone());
                 }
                 CommandResponse::Topic(topic.clone())
             }
@@ -3657,7 +3660,7 @@ mod tests {
             panic!("not applied");
         };
         assert_eq!(*after, preview);
-        assert!(dirty.topics.contains("t"));
+        assert!(dirty.headers.contains("t") && dirty.topics.is_empty());
         assert_eq!(after.configs["retention.bytes"], "1000");
         assert_eq!(after.configs["min.insync.replicas"], "2");
         assert_eq!(after.configs["retention.ms"], "604800000");

@@ -249,6 +249,15 @@ impl StateMachineStore {
                 batch.insert(partition_key(name, *partition), serde_json::to_vec(p)?);
             }
         }
+        for name in &dirty.headers {
+            // Written whole above, or gone.
+            if dirty.topics.contains(name) {
+                continue;
+            }
+            if let Some(t) = state.metadata.topics.get(name) {
+                batch.insert(topic_key(name), serde_json::to_vec(&TopicHeader::of(t))?);
+            }
+        }
         for id in &dirty.nodes {
             if let Some(node) = state.metadata.nodes.get(id) {
                 batch.insert(node_key(*id), serde_json::to_vec(node)?);
@@ -701,6 +710,31 @@ mod tests {
                 }
             }
             assert_eq!(now.len(), stored.len());
+
+            // A configuration change writes the topic's header alone.
+            let base = sm.current().topics["t"].configs.clone();
+            let mut configs = base.clone();
+            configs.insert("retention.ms".into(), "1000".into());
+            let replies = sm
+                .apply([entry(
+                    7,
+                    Command::AlterTopicConfigs {
+                        name: "t".into(),
+                        topic_id: "id-t".into(),
+                        base,
+                        configs,
+                    },
+                )])
+                .await
+                .unwrap();
+            assert!(matches!(replies[0], CommandResponse::Topic(_)));
+            assert_eq!(
+                written(&mut events),
+                BTreeSet::from([META.to_vec(), topic_key("t")])
+            );
+            let header: serde_json::Value =
+                serde_json::from_slice(&tree.get(topic_key("t")).unwrap().unwrap()).unwrap();
+            assert_eq!(header["configs"]["retention.ms"], "1000");
             sm.current()
         };
         let (_db, _log, sm, _) = open(dir.path(), 0, Arc::default()).unwrap();
