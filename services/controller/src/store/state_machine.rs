@@ -4,14 +4,16 @@
 //! placement cursor, cluster id, next producer id, removed controllers),
 //! `t/<topic name>` (each topic's JSON without its partitions: name, id,
 //! replication factor, configuration),
-//! `p/<topic name>/<partition number, 4 bytes big endian>` (one JSON
-//! partition each; topic names hold no `/`, so a topic's prefix matches
-//! only its own partitions, in partition order) and
+//! `p/<topic name>/<chunk number, 4 bytes big endian>` (a JSON array of
+//! [`CHUNK`] partitions, chunk `c` holding partitions `c * CHUNK..`; topic
+//! names hold no `/`, so a topic's prefix matches only its own chunks, in
+//! order) and
 //! `n/<node id, big endian>` (one JSON storage node each). Each apply call
 //! writes what it touched in one atomic batch: a change to one partition
-//! writes that partition's key and `meta`; a created, deleted or
-//! reconfigured topic writes (or removes) its header and every partition
-//! key. Versions before this layout kept a topic's partitions in its `t/`
+//! writes its chunk and `meta`; a reconfigured topic writes its header; a
+//! created or deleted topic writes (or removes) its header and every chunk.
+//! Chunks rather than a record per partition: sled holds a few KiB of
+//! memory per record, which at 100,000 partitions was 300 MiB. Versions before this layout kept a topic's partitions in its `t/`
 //! record; such records are loaded and rewritten in this layout when the
 //! store opens. Tree `sm_snapshot` holds the latest snapshot (`meta` and
 //! `data`, the JSON of the whole state), flushed before openraft may purge
@@ -97,14 +99,24 @@ fn partition_prefix(name: &str) -> Vec<u8> {
     [PARTITION_PREFIX, name.as_bytes(), b"/"].concat()
 }
 
-fn partition_key(name: &str, partition: u32) -> Vec<u8> {
+/// Partitions per `p/` record.
+const CHUNK: usize = 256;
+
+/// The key of chunk `chunk` of topic `name`.
+fn chunk_key(name: &str, chunk: u32) -> Vec<u8> {
     [
         PARTITION_PREFIX,
         name.as_bytes(),
         b"/",
-        &partition.to_be_bytes()[..],
+        &chunk.to_be_bytes()[..],
     ]
     .concat()
+}
+
+/// Chunk `chunk` of `topic` as stored.
+fn chunk_value(topic: &Topic, chunk: usize) -> Result<Vec<u8>, serde_json::Error> {
+    let end = ((chunk + 1) * CHUNK).min(topic.partitions.len());
+    serde_json::to_vec(&topic.partitions[chunk * CHUNK..end])
 }
 
 /// The `t/` record: a topic without its partitions.
@@ -234,19 +246,18 @@ impl StateMachineStore {
         for name in &dirty.topics {
             self.write_topic(&mut batch, name, state.metadata.topics.get(name))?;
         }
-        for (name, partition) in &dirty.partitions {
-            // Written whole above (created, deleted or reconfigured in
-            // these entries).
-            if dirty.topics.contains(name) {
-                continue;
-            }
-            if let Some(p) = state
-                .metadata
-                .topics
-                .get(name)
-                .and_then(|t| t.partitions.get(*partition as usize))
+        let chunks: BTreeSet<(&String, usize)> = dirty
+            .partitions
+            .iter()
+            // Written whole above (created or deleted in these entries).
+            .filter(|(name, _)| !dirty.topics.contains(name))
+            .map(|(name, partition)| (name, *partition as usize / CHUNK))
+            .collect();
+        for (name, chunk) in chunks {
+            if let Some(t) = state.metadata.topics.get(name)
+                && chunk * CHUNK < t.partitions.len()
             {
-                batch.insert(partition_key(name, *partition), serde_json::to_vec(p)?);
+                batch.insert(chunk_key(name, chunk as u32), chunk_value(t, chunk)?);
             }
         }
         for name in &dirty.headers {
@@ -278,9 +289,9 @@ impl StateMachineStore {
         name: &str,
         topic: Option<&Arc<Topic>>,
     ) -> Result<(), std::io::Error> {
-        let count = topic.map_or(0, |t| t.partitions.len());
+        let count = topic.map_or(0, |t| t.partitions.len().div_ceil(CHUNK));
         let prefix = partition_prefix(name);
-        let first_stale = partition_key(name, u32::try_from(count).unwrap_or(u32::MAX));
+        let first_stale = chunk_key(name, u32::try_from(count).unwrap_or(u32::MAX));
         let stale = if count == 0 {
             self.inner.tree.scan_prefix(&prefix)
         } else {
@@ -296,8 +307,8 @@ impl StateMachineStore {
         match topic {
             Some(t) => {
                 batch.insert(topic_key(name), serde_json::to_vec(&TopicHeader::of(t))?);
-                for p in &t.partitions {
-                    batch.insert(partition_key(name, p.partition), serde_json::to_vec(p)?);
+                for chunk in 0..count {
+                    batch.insert(chunk_key(name, chunk as u32), chunk_value(t, chunk)?);
                 }
             }
             None => batch.remove(topic_key(name)),
@@ -357,21 +368,37 @@ fn load_partitions(tree: &sled::Tree, name: &str) -> Result<Vec<Arc<Partition>>,
     let mut partitions = Vec::new();
     for item in tree.scan_prefix(&prefix) {
         let (k, v) = item?;
-        let number = <[u8; 4]>::try_from(&k[prefix.len()..])
+        let chunk = <[u8; 4]>::try_from(&k[prefix.len()..])
             .map(u32::from_be_bytes)
             .map_err(|_| corrupt("partition key", format!("{k:?}")))?;
-        let p: Partition = serde_json::from_slice(&v).map_err(|e| corrupt("partition", e))?;
-        if p.partition != number || number as usize != partitions.len() {
+        let stored: Vec<Partition> =
+            serde_json::from_slice(&v).map_err(|e| corrupt("partitions", e))?;
+        let whole = chunk as usize * CHUNK == partitions.len()
+            && !stored.is_empty()
+            && stored.len() <= CHUNK;
+        if !whole {
             return Err(corrupt(
-                "partition",
+                "partitions",
                 format!(
-                    "topic {name:?}: found partition {} under number {number} after {} partitions",
-                    p.partition,
+                    "topic {name:?}: chunk {chunk} of {} partitions after {} partitions",
+                    stored.len(),
                     partitions.len()
                 ),
             ));
         }
-        partitions.push(Arc::new(p));
+        for p in stored {
+            if p.partition as usize != partitions.len() {
+                return Err(corrupt(
+                    "partition",
+                    format!(
+                        "topic {name:?}: found partition {} after {} partitions",
+                        p.partition,
+                        partitions.len()
+                    ),
+                ));
+            }
+            partitions.push(Arc::new(p));
+        }
     }
     if partitions.is_empty() {
         return Err(corrupt("topic", format!("{name:?} has no partitions")));
@@ -662,7 +689,7 @@ mod tests {
                 entry(1, register(1)),
                 entry(2, register(2)),
                 entry(3, register(3)),
-                entry(4, create("t", 8, 3)),
+                entry(4, create("t", 600, 3)),
                 entry(5, create("u", 2, 3)),
             ])
             .await
@@ -673,19 +700,20 @@ mod tests {
                 serde_json::from_slice(&tree.get(topic_key("t")).unwrap().unwrap()).unwrap();
             assert!(header.get("partitions").is_none(), "{header}");
             assert_eq!(header["topic_id"], "id-t");
-            assert_eq!(partition_keys(&tree, "t").len(), 8);
-            assert_eq!(partition_keys(&tree, "u").len(), 2);
+            // 600 partitions in chunks of 256.
+            assert_eq!(partition_keys(&tree, "t").len(), 3);
+            assert_eq!(partition_keys(&tree, "u").len(), 1);
 
             let stored = contents(&tree);
             let mut events = tree.watch_prefix(b"");
-            let p = sm.current().topics["t"].partitions[5].clone();
+            let p = sm.current().topics["t"].partitions[300].clone();
             let replies = sm
                 .apply([entry(
                     6,
                     Command::AlterIsr {
                         topic: "t".into(),
                         topic_id: "id-t".into(),
-                        partition: 5,
+                        partition: 300,
                         leader: p.leader,
                         leader_epoch: p.leader_epoch,
                         partition_epoch: p.partition_epoch,
@@ -695,15 +723,18 @@ mod tests {
                 .await
                 .unwrap();
             assert!(matches!(replies[0], CommandResponse::Partition(_)));
-            let key = partition_key("t", 5);
+            // Partition 300 is in chunk 1 (256..512).
+            let key = chunk_key("t", 1);
             assert_eq!(
                 written(&mut events),
                 BTreeSet::from([META.to_vec(), key.clone()])
             );
             let now = contents(&tree);
-            let changed = sm.current().topics["t"].partitions[5].clone();
+            let changed = sm.current().topics["t"].partitions[300].clone();
             assert_eq!(changed.isr, vec![p.leader]);
-            assert_eq!(now[&key], serde_json::to_vec(&changed).unwrap());
+            let chunk: Vec<Partition> = serde_json::from_slice(&now[&key]).unwrap();
+            assert_eq!(chunk.len(), 256);
+            assert_eq!(chunk[300 - 256], *changed);
             for (k, v) in &stored {
                 if *k != key && k != META {
                     assert_eq!(now.get(k), Some(v), "{:?}", String::from_utf8_lossy(k));
@@ -753,7 +784,7 @@ mod tests {
         ])
         .await
         .unwrap();
-        assert_eq!(partition_keys(&tree, "t").len(), 5);
+        assert_eq!(partition_keys(&tree, "t").len(), 1);
         sm.apply([entry(4, Command::DeleteTopic { name: "t".into() })])
             .await
             .unwrap();
@@ -761,18 +792,20 @@ mod tests {
         assert!(partition_keys(&tree, "t").is_empty());
         assert_eq!(
             partition_keys(&tree, "t.x").len(),
-            2,
+            1,
             "another topic's keys"
         );
-        // Deleted and created again with fewer partitions in one batch.
-        sm.apply([entry(5, create("t", 3, 1))]).await.unwrap();
+        // Deleted and created again with fewer partitions (and chunks) in
+        // one batch.
+        sm.apply([entry(5, create("t", 600, 1))]).await.unwrap();
+        assert_eq!(partition_keys(&tree, "t").len(), 3);
         sm.apply([
             entry(6, Command::DeleteTopic { name: "t".into() }),
             entry(7, create("t", 1, 1)),
         ])
         .await
         .unwrap();
-        assert_eq!(partition_keys(&tree, "t"), [partition_key("t", 0)]);
+        assert_eq!(partition_keys(&tree, "t"), [chunk_key("t", 0)]);
         let current = sm.current();
         drop((db, tree, sm, log));
         let (_db, _log, sm, _) = open(dir.path(), 0, Arc::default()).unwrap();
@@ -795,7 +828,7 @@ mod tests {
             tree.insert(topic_key("old"), old.as_bytes()).unwrap();
             // Never written by either layout next to an old record; the
             // record wins.
-            tree.insert(partition_key("old", 7), &b"{}"[..]).unwrap();
+            tree.insert(chunk_key("old", 7), &b"{}"[..]).unwrap();
             tree.flush().unwrap();
             sm.current()
         };
@@ -819,13 +852,10 @@ mod tests {
         let header: serde_json::Value =
             serde_json::from_slice(&tree.get(topic_key("old")).unwrap().unwrap()).unwrap();
         assert!(header.get("partitions").is_none(), "{header}");
+        assert_eq!(partition_keys(&tree, "old"), [chunk_key("old", 0)]);
         assert_eq!(
-            partition_keys(&tree, "old"),
-            [partition_key("old", 0), partition_key("old", 1)]
-        );
-        assert_eq!(
-            tree.get(partition_key("old", 1)).unwrap().unwrap(),
-            serde_json::to_vec(&old.partitions[1]).unwrap()
+            tree.get(chunk_key("old", 0)).unwrap().unwrap(),
+            serde_json::to_vec(&old.partitions).unwrap()
         );
         drop((db, tree, sm, log));
         let (_db, _log, sm, _) = open(dir.path(), 0, Arc::default()).unwrap();
