@@ -254,6 +254,36 @@ impl Cluster {
                 p.isr.len() == replication_factor as usize && p.leader != 0
             })
             .await;
+            self.wait_served(topic, p).await;
+        }
+    }
+
+    /// Waits until the node that metadata names leader serves the
+    /// partition: the controller's metadata says who leads before that
+    /// node has applied it and opened the log.
+    pub async fn wait_served(&self, topic: &str, partition: u32) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let served = match self.leader(topic, partition).await {
+                Ok((mut client, _)) => client
+                    .list_offsets(ListOffsetsRequest {
+                        partition: Some(PartitionRef {
+                            topic: topic.into(),
+                            partition,
+                        }),
+                        query: None,
+                    })
+                    .await
+                    .map_err(|s| s.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match served {
+                Ok(_) => return,
+                Err(e) if tokio::time::Instant::now() > deadline => {
+                    panic!("{topic}/{partition} is never served by its leader: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
         }
     }
 
