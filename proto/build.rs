@@ -7,6 +7,7 @@ const PROTOS: &[&str] = &[
     "streambus/v1/admin.proto",
     "streambus/v1/produce.proto",
     "streambus/v1/consume.proto",
+    "streambus/v1/group.proto",
     "streambus/internal/v1/controller.proto",
     "streambus/internal/v1/storage.proto",
     "streambus/internal/v1/raft.proto",

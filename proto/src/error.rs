@@ -127,6 +127,21 @@ reasons! {
     /// replicas on the storage nodes than their partition budgets
     /// (`storage_node.max_partitions`) allow.
     PartitionLimitReached => ("PARTITION_LIMIT_REACHED", ResourceExhausted, false),
+    /// The group has no member with this id: it left, or its session ran
+    /// out. It must rejoin (member epoch 0), owning nothing.
+    UnknownMember => ("UNKNOWN_MEMBER", FailedPrecondition, false),
+    /// The member's epoch is not its current one: another instance took
+    /// its place, or it missed a rebalance. It must rejoin.
+    FencedMemberEpoch => ("FENCED_MEMBER_EPOCH", FailedPrecondition, false),
+    /// A commit names a partition the member does not own.
+    PartitionNotAssigned => ("PARTITION_NOT_ASSIGNED", FailedPrecondition, false),
+    /// The operation needs a group without live members (setting offsets
+    /// as a tool, deleting the group).
+    GroupNotEmpty => ("GROUP_NOT_EMPTY", FailedPrecondition, false),
+    /// The group has as many members as the coordinator allows.
+    GroupFull => ("GROUP_FULL", ResourceExhausted, false),
+    /// No such group.
+    UnknownGroup => ("UNKNOWN_GROUP", NotFound, false),
 }
 
 impl fmt::Display for Reason {

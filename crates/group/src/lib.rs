@@ -28,6 +28,9 @@ pub use group::{
 
 use serde::{Deserialize, Serialize};
 
+/// The internal, compacted topic holding groups and committed offsets.
+pub const TOPIC: &str = "__groups";
+
 /// A topic partition.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Tp {

@@ -72,6 +72,20 @@ pub struct StorageNodeConfig {
     /// controller's Raft store in `dev` and everything else. Otherwise at
     /// least 16 and below the soft limit.
     pub max_open_files: u64,
+    /// Consumer groups this node coordinates (those of the `__groups`
+    /// partitions it leads): a member that sends no heartbeat for this
+    /// long is removed and its partitions go to the others.
+    pub group_session_timeout_ms: u64,
+    /// How often group members are told to heartbeat.
+    pub group_heartbeat_interval_ms: u64,
+    /// How long a member may take to release partitions moving to another
+    /// member, unless it asks for another limit when it joins.
+    pub group_rebalance_timeout_ms: u64,
+    /// Members per group.
+    pub group_max_members: u32,
+    /// An empty group and its committed offsets are deleted after this
+    /// long without members (Kafka's `offsets.retention.minutes`).
+    pub group_retention_ms: u64,
 }
 
 /// Memory counted per hosted partition replica (indexes, replica state).
@@ -113,6 +127,11 @@ impl Default for StorageNodeConfig {
             disk_max_used_percent: 98,
             max_partitions: 0,
             max_open_files: 0,
+            group_session_timeout_ms: 45_000,
+            group_heartbeat_interval_ms: 5_000,
+            group_rebalance_timeout_ms: 60_000,
+            group_max_members: 1_000,
+            group_retention_ms: 7 * 24 * 3_600_000,
         }
     }
 }
@@ -185,7 +204,46 @@ impl StorageNodeConfig {
                 ));
             }
         }
+        if !(100..=3_600_000).contains(&self.group_session_timeout_ms) {
+            return Err(format!(
+                "storage_node.group_session_timeout_ms must be between 100 and 3600000 ms, got {}",
+                self.group_session_timeout_ms
+            ));
+        }
+        if self.group_heartbeat_interval_ms < 10
+            || self.group_heartbeat_interval_ms >= self.group_session_timeout_ms
+        {
+            return Err(format!(
+                "storage_node.group_heartbeat_interval_ms must be at least 10 ms and below group_session_timeout_ms ({}), got {}",
+                self.group_session_timeout_ms, self.group_heartbeat_interval_ms
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.group_rebalance_timeout_ms) {
+            return Err(format!(
+                "storage_node.group_rebalance_timeout_ms must be between 100 and 3600000 ms, got {}",
+                self.group_rebalance_timeout_ms
+            ));
+        }
+        if self.group_max_members == 0 {
+            return Err("storage_node.group_max_members must be at least 1".into());
+        }
+        if self.group_retention_ms < 1_000 {
+            return Err(format!(
+                "storage_node.group_retention_ms must be at least 1000 ms, got {}",
+                self.group_retention_ms
+            ));
+        }
         Ok(())
+    }
+
+    /// The group coordinator's limits.
+    pub fn group_limits(&self) -> streambus_group::Limits {
+        streambus_group::Limits {
+            session_timeout_ms: self.group_session_timeout_ms,
+            heartbeat_interval_ms: self.group_heartbeat_interval_ms,
+            default_rebalance_timeout_ms: self.group_rebalance_timeout_ms,
+            max_members: self.group_max_members as usize,
+        }
     }
 
     /// The address advertised to the controller.

@@ -10,6 +10,7 @@ pub mod config;
 pub mod data_dir;
 pub mod disk;
 pub mod error;
+mod groups;
 pub mod isr;
 pub mod metrics;
 pub mod open_files;
@@ -290,6 +291,17 @@ pub async fn serve_with_log_options(
             }
         });
     }
+    let acks = service::AckWait {
+        partitions: partitions.clone(),
+        lease,
+        timeout: Duration::from_millis(config.ack_timeout_ms),
+    };
+    let groups = Arc::new(groups::Coordinator::new(
+        acks.clone(),
+        config.group_limits(),
+        Duration::from_millis(config.group_retention_ms),
+    ));
+    tasks.spawn(groups.clone().run());
     let api = service::StorageApi {
         disk,
         partitions: partitions.clone(),
@@ -301,8 +313,8 @@ pub async fn serve_with_log_options(
         consumer_fetches,
         appends,
         draining: drain_rx,
-        lease,
-        ack_timeout: Duration::from_millis(config.ack_timeout_ms),
+        acks: acks.clone(),
+        groups: groups.clone(),
     };
     tracing::info!(node_id = config.node_id, addr = %bound, %advertised, "storage node listening");
 

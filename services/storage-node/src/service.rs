@@ -10,7 +10,11 @@ use streambus_proto::internal::{
     ReplicaFetchResponse, StorageFetchRequest, StorageFetchResponse, WatchRecordsRequest,
     list_offsets_request,
 };
-use streambus_proto::v1::Acks;
+use streambus_proto::v1::{
+    Acks, CommitOffsetsRequest, CommitOffsetsResponse, DeleteGroupRequest, DeleteGroupResponse,
+    DescribeGroupRequest, FetchOffsetsRequest, FetchOffsetsResponse, GroupDescription,
+    GroupHeartbeatRequest, GroupHeartbeatResponse, ListGroupsRequest, ListGroupsResponse,
+};
 use streambus_proto::{Error, Reason};
 use tonic::{Request, Response, Status};
 
@@ -41,11 +45,21 @@ pub struct StorageApi {
     pub(crate) appends: MemoryBudget,
     /// Flips to true when the node starts draining: long polls end early.
     pub(crate) draining: tokio::sync::watch::Receiver<bool>,
+    pub(crate) acks: AckWait,
+    /// Group coordination for the `__groups` partitions this node leads.
+    pub(crate) groups: Arc<crate::groups::Coordinator>,
+}
+
+/// What `acks=all` needs: the lease and ISR checks, and waiting for the
+/// in-sync replicas.
+#[derive(Clone)]
+pub(crate) struct AckWait {
+    pub(crate) partitions: Arc<Partitions>,
     /// Until when this node's lease with the controller is certainly
     /// valid; `acks=all` appends are refused past it.
     pub(crate) lease: Arc<crate::LeaseClock>,
     /// How long an `acks=all` append waits for the in-sync replicas.
-    pub(crate) ack_timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 /// How long a fetch waits for room in the memory budget before it is
@@ -121,7 +135,7 @@ async fn apply_compression_type(
 
 /// A storage task that did not finish: cancelled because the node is
 /// shutting down (retriable, elsewhere or later), or a bug.
-fn join_error(e: tokio::task::JoinError) -> Error {
+pub(crate) fn join_error(e: tokio::task::JoinError) -> Error {
     if e.is_cancelled() {
         Error::new(
             Reason::ShuttingDown,
@@ -151,7 +165,7 @@ fn sequence_ahead(expected: i32, got: i32) -> bool {
 /// log expects, which for an unknown producer is 0) waits up to
 /// [`ORDERING_WAIT`] for appends to the log before it is appended, or
 /// refused with the log's `OutOfOrderSequence`.
-async fn append_in_order(
+pub(crate) async fn append_in_order(
     replica: &Arc<crate::replica::Replica>,
     bytes: &[u8],
     epoch: i32,
@@ -190,94 +204,12 @@ async fn append_in_order(
     }
 }
 
-impl StorageApi {
-    async fn append(&self, req: AppendRequest) -> Result<AppendResponse, Error> {
-        let p = partition_ref(req.partition)?;
-        let replica = self.partitions.leader_replica(&p.topic, p.partition)?;
-        let (leader_epoch, _) = replica.epoch_and_replicas();
-        if req.leader_epoch != 0 && req.leader_epoch != leader_epoch {
-            return Err(self.partitions.not_leader_because(
-                &p.topic,
-                p.partition,
-                replica.view().leader,
-                &format!(
-                    "leader epoch {} asked, {} current",
-                    req.leader_epoch, leader_epoch
-                ),
-            ));
-        }
-        // After the leadership checks: a client with stale metadata learns
-        // of the move first.
-        self.disk.check_produce()?;
-        // The batch is held until it is written (and fsynced, under
-        // `fsync.policy=always`), not while followers copy it: replication
-        // must find room meanwhile. Past the budget, appends wait (the
-        // gateway's writes stay in flight, so producers are slowed by flow
-        // control), then `OVERLOADED` with nothing written.
-        let held = self
-            .appends
-            .acquire(req.batch.len(), self.ack_timeout)
-            .await?;
-        let epoch = i32::try_from(leader_epoch).unwrap_or(i32::MAX);
-        let acks_all = matches!(
-            Acks::try_from(req.acks).unwrap_or(Acks::All),
-            Acks::All | Acks::Unspecified
-        );
-        if acks_all {
-            self.check_replicas(&replica, &p, false)?;
-        }
-        // Validation decompresses a compressed batch: reserve its bound
-        // first, so concurrent appends cannot expand without limit.
-        let expansion = reserve_decompression(&self.decompression, &req.batch).await?;
-        let started = Instant::now();
-        let batch = match replica.config().compression_type.codec() {
-            Some(codec) => apply_compression_type(&replica, req.batch, codec)
-                .await?
-                .map_err(|e| {
-                    self.metrics.append_errors.inc();
-                    log_error(&p.topic, p.partition, e)
-                })?,
-            None => req.batch,
-        };
-        let result = append_in_order(&replica, &batch, epoch).await?;
-        drop((batch, expansion, held));
-        let info = match result {
-            Ok(info) => info,
-            Err(e) => {
-                self.metrics.append_errors.inc();
-                return Err(log_error(&p.topic, p.partition, e));
-            }
-        };
-        if info.duplicate {
-            self.metrics.duplicate_batches.inc();
-        }
-        if acks_all {
-            // A duplicate is acknowledged once its original is replicated.
-            self.wait_replicated(&replica, &p, leader_epoch, info.last_offset + 1)
-                .await?;
-        }
-        self.metrics
-            .append_seconds
-            .observe(started.elapsed().as_secs_f64());
-        if !info.duplicate {
-            self.metrics
-                .appended_records
-                .inc_by(info.record_count as u64);
-            self.metrics.appended_bytes.inc_by(info.size as u64);
-        }
-        Ok(AppendResponse {
-            base_offset: info.base_offset,
-            last_offset: info.last_offset,
-            record_count: info.record_count as u32,
-            high_watermark: replica.high_watermark(),
-        })
-    }
-
+impl AckWait {
     /// For `acks=all`: this node's lease is valid when another replica
     /// could have been elected (a leader cut off from the controller may
     /// already have been replaced; a sole replica cannot be), and the
     /// committed ISR has at least `min.insync.replicas` members.
-    fn check_replicas(
+    pub(crate) fn check_replicas(
         &self,
         replica: &crate::replica::Replica,
         p: &PartitionRef,
@@ -314,14 +246,14 @@ impl StorageApi {
     /// Waits until the high watermark covers `target` (every in-sync
     /// replica has the batch), failing when the leadership moves, the ISR
     /// falls below `min.insync.replicas`, or the ack timeout passes.
-    async fn wait_replicated(
+    pub(crate) async fn wait_replicated(
         &self,
         replica: &crate::replica::Replica,
         p: &PartitionRef,
         leader_epoch: u64,
         target: i64,
     ) -> Result<(), Error> {
-        let deadline = tokio::time::Instant::now() + self.ack_timeout;
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let mut hw = replica.watch_high_watermark();
         loop {
             if *hw.borrow_and_update() >= target {
@@ -343,7 +275,7 @@ impl StorageApi {
                         "{}/{}: the in-sync replicas did not confirm the batch within {} ms; it may still be committed",
                         p.topic,
                         p.partition,
-                        self.ack_timeout.as_millis()
+                        self.timeout.as_millis()
                     ),
                 ));
             }
@@ -351,6 +283,91 @@ impl StorageApi {
             // move the high watermark.
             let _ = tokio::time::timeout(Duration::from_millis(50), hw.changed()).await;
         }
+    }
+}
+
+impl StorageApi {
+    async fn append(&self, req: AppendRequest) -> Result<AppendResponse, Error> {
+        let p = partition_ref(req.partition)?;
+        let replica = self.partitions.leader_replica(&p.topic, p.partition)?;
+        let (leader_epoch, _) = replica.epoch_and_replicas();
+        if req.leader_epoch != 0 && req.leader_epoch != leader_epoch {
+            return Err(self.partitions.not_leader_because(
+                &p.topic,
+                p.partition,
+                replica.view().leader,
+                &format!(
+                    "leader epoch {} asked, {} current",
+                    req.leader_epoch, leader_epoch
+                ),
+            ));
+        }
+        // After the leadership checks: a client with stale metadata learns
+        // of the move first.
+        self.disk.check_produce()?;
+        // The batch is held until it is written (and fsynced, under
+        // `fsync.policy=always`), not while followers copy it: replication
+        // must find room meanwhile. Past the budget, appends wait (the
+        // gateway's writes stay in flight, so producers are slowed by flow
+        // control), then `OVERLOADED` with nothing written.
+        let held = self
+            .appends
+            .acquire(req.batch.len(), self.acks.timeout)
+            .await?;
+        let epoch = i32::try_from(leader_epoch).unwrap_or(i32::MAX);
+        let acks_all = matches!(
+            Acks::try_from(req.acks).unwrap_or(Acks::All),
+            Acks::All | Acks::Unspecified
+        );
+        if acks_all {
+            self.acks.check_replicas(&replica, &p, false)?;
+        }
+        // Validation decompresses a compressed batch: reserve its bound
+        // first, so concurrent appends cannot expand without limit.
+        let expansion = reserve_decompression(&self.decompression, &req.batch).await?;
+        let started = Instant::now();
+        let batch = match replica.config().compression_type.codec() {
+            Some(codec) => apply_compression_type(&replica, req.batch, codec)
+                .await?
+                .map_err(|e| {
+                    self.metrics.append_errors.inc();
+                    log_error(&p.topic, p.partition, e)
+                })?,
+            None => req.batch,
+        };
+        let result = append_in_order(&replica, &batch, epoch).await?;
+        drop((batch, expansion, held));
+        let info = match result {
+            Ok(info) => info,
+            Err(e) => {
+                self.metrics.append_errors.inc();
+                return Err(log_error(&p.topic, p.partition, e));
+            }
+        };
+        if info.duplicate {
+            self.metrics.duplicate_batches.inc();
+        }
+        if acks_all {
+            // A duplicate is acknowledged once its original is replicated.
+            self.acks
+                .wait_replicated(&replica, &p, leader_epoch, info.last_offset + 1)
+                .await?;
+        }
+        self.metrics
+            .append_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if !info.duplicate {
+            self.metrics
+                .appended_records
+                .inc_by(info.record_count as u64);
+            self.metrics.appended_bytes.inc_by(info.size as u64);
+        }
+        Ok(AppendResponse {
+            base_offset: info.base_offset,
+            last_offset: info.last_offset,
+            record_count: info.record_count as u32,
+            high_watermark: replica.high_watermark(),
+        })
     }
 
     /// Serves a follower: divergence check, then whole batches from its
@@ -630,6 +647,56 @@ impl StorageService for StorageApi {
         }))
     }
 
+    async fn group_heartbeat(
+        &self,
+        request: Request<GroupHeartbeatRequest>,
+    ) -> Result<Response<GroupHeartbeatResponse>, Status> {
+        Ok(Response::new(
+            self.groups.heartbeat(request.into_inner()).await?,
+        ))
+    }
+
+    async fn commit_offsets(
+        &self,
+        request: Request<CommitOffsetsRequest>,
+    ) -> Result<Response<CommitOffsetsResponse>, Status> {
+        self.groups.commit(request.into_inner()).await?;
+        Ok(Response::new(CommitOffsetsResponse {}))
+    }
+
+    async fn fetch_offsets(
+        &self,
+        request: Request<FetchOffsetsRequest>,
+    ) -> Result<Response<FetchOffsetsResponse>, Status> {
+        let offsets = self.groups.fetch_offsets(request.into_inner()).await?;
+        Ok(Response::new(FetchOffsetsResponse { offsets }))
+    }
+
+    async fn describe_group(
+        &self,
+        request: Request<DescribeGroupRequest>,
+    ) -> Result<Response<GroupDescription>, Status> {
+        Ok(Response::new(
+            self.groups.describe(request.into_inner()).await?,
+        ))
+    }
+
+    async fn delete_group(
+        &self,
+        request: Request<DeleteGroupRequest>,
+    ) -> Result<Response<DeleteGroupResponse>, Status> {
+        self.groups.delete(request.into_inner()).await?;
+        Ok(Response::new(DeleteGroupResponse {}))
+    }
+
+    async fn list_groups(
+        &self,
+        _request: Request<ListGroupsRequest>,
+    ) -> Result<Response<ListGroupsResponse>, Status> {
+        let groups = self.groups.list().await?;
+        Ok(Response::new(ListGroupsResponse { groups }))
+    }
+
     async fn list_offsets(
         &self,
         request: Request<ListOffsetsRequest>,
@@ -689,6 +756,15 @@ mod tests {
             })
             .await;
         let mut registry = prometheus_client::registry::Registry::default();
+        let acks = AckWait {
+            partitions: partitions.clone(),
+            lease: {
+                let lease = Arc::new(crate::LeaseClock::default());
+                lease.renewed(std::time::Instant::now(), Duration::from_secs(3600));
+                lease
+            },
+            timeout: Duration::from_secs(1),
+        };
         StorageApi {
             disk: Arc::new(crate::disk::Disk::new(
                 dir,
@@ -707,12 +783,12 @@ mod tests {
             consumer_fetches: MemoryBudget::new("storage_node.memory_budget_bytes", 48 << 20),
             appends: MemoryBudget::new("storage_node.memory_budget_bytes", 32 << 20),
             draining: tokio::sync::watch::channel(false).1,
-            lease: {
-                let lease = Arc::new(crate::LeaseClock::default());
-                lease.renewed(std::time::Instant::now(), Duration::from_secs(3600));
-                lease
-            },
-            ack_timeout: Duration::from_secs(1),
+            acks: acks.clone(),
+            groups: Arc::new(crate::groups::Coordinator::new(
+                acks,
+                streambus_group::Limits::default(),
+                Duration::from_secs(7 * 24 * 3600),
+            )),
         }
     }
 
@@ -780,7 +856,7 @@ mod tests {
         let size = req.batch.len();
         // Room for exactly one batch: a second one waits for it.
         api.appends = MemoryBudget::new("storage_node.memory_budget_bytes", size);
-        api.ack_timeout = Duration::from_millis(300);
+        api.acks.timeout = Duration::from_millis(300);
         let held = api.appends.try_acquire(size).unwrap();
         let waiting = {
             let api = &api;

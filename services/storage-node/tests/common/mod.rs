@@ -138,6 +138,10 @@ impl Cluster {
             replica_fetch_wait_ms: 200,
             reopen_interval_ms: 200,
             maintenance_interval_ms: 100,
+            group_session_timeout_ms: 2_000,
+            group_heartbeat_interval_ms: 200,
+            group_rebalance_timeout_ms: 3_000,
+            group_retention_ms: 3_000,
             ..StorageNodeConfig::default()
         };
         let (ready_tx, mut ready) = watch::channel(false);
