@@ -387,6 +387,49 @@ impl StorageService for FakeStorage {
         Err(Status::unimplemented("fake storage"))
     }
 
+    // A storage node that coordinates no groups.
+    async fn group_heartbeat(
+        &self,
+        _: Request<streambus_proto::v1::GroupHeartbeatRequest>,
+    ) -> Result<Response<streambus_proto::v1::GroupHeartbeatResponse>, Status> {
+        Err(Status::unimplemented("fake storage"))
+    }
+
+    async fn commit_offsets(
+        &self,
+        _: Request<streambus_proto::v1::CommitOffsetsRequest>,
+    ) -> Result<Response<streambus_proto::v1::CommitOffsetsResponse>, Status> {
+        Err(Status::unimplemented("fake storage"))
+    }
+
+    async fn fetch_offsets(
+        &self,
+        _: Request<streambus_proto::v1::FetchOffsetsRequest>,
+    ) -> Result<Response<streambus_proto::v1::FetchOffsetsResponse>, Status> {
+        Err(Status::unimplemented("fake storage"))
+    }
+
+    async fn describe_group(
+        &self,
+        _: Request<streambus_proto::v1::DescribeGroupRequest>,
+    ) -> Result<Response<streambus_proto::v1::GroupDescription>, Status> {
+        Err(Status::unimplemented("fake storage"))
+    }
+
+    async fn delete_group(
+        &self,
+        _: Request<streambus_proto::v1::DeleteGroupRequest>,
+    ) -> Result<Response<streambus_proto::v1::DeleteGroupResponse>, Status> {
+        Err(Status::unimplemented("fake storage"))
+    }
+
+    async fn list_groups(
+        &self,
+        _: Request<streambus_proto::v1::ListGroupsRequest>,
+    ) -> Result<Response<streambus_proto::v1::ListGroupsResponse>, Status> {
+        Err(Status::unimplemented("fake storage"))
+    }
+
     async fn replica_fetch(
         &self,
         _: Request<ReplicaFetchRequest>,
