@@ -6,6 +6,7 @@ use std::time::Duration;
 use streambus_proto::v1;
 use streambus_proto::v1::admin_service_client::AdminServiceClient;
 use streambus_proto::v1::consume_service_client::ConsumeServiceClient;
+use streambus_proto::v1::group_service_client::GroupServiceClient;
 use streambus_proto::v1::produce_service_client::ProduceServiceClient;
 use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
@@ -25,6 +26,7 @@ pub struct Client {
     pub(crate) admin: AdminServiceClient<Channel>,
     pub(crate) produce: ProduceServiceClient<Channel>,
     pub(crate) consume: ConsumeServiceClient<Channel>,
+    pub(crate) group: GroupServiceClient<Channel>,
 }
 
 impl Client {
@@ -89,7 +91,9 @@ impl Client {
             produce: ProduceServiceClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_MESSAGE_SIZE),
-            consume: ConsumeServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_SIZE),
+            consume: ConsumeServiceClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_SIZE),
+            group: GroupServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_SIZE),
         }
     }
 

@@ -449,7 +449,7 @@ impl Positions {
 
 /// Decodes a response's encoded batches (or, from a gateway that sent
 /// decoded records instead, those), yielding records at or above `floor`.
-fn decode_response(
+pub(crate) fn decode_response(
     partition: u32,
     encoded: &Bytes,
     decoded: Vec<v1::ConsumedRecord>,

@@ -37,11 +37,13 @@
 mod client;
 mod consumer;
 mod error;
+mod group;
 mod producer;
 
 pub use client::Client;
 pub use consumer::{ConsumedRecord, FetchResult, StartFrom, SubscribeOptions, Subscription};
 pub use error::ClientError;
+pub use group::{GroupConsumer, GroupEvent, GroupOptions, OffsetReset, TopicPartition};
 pub use producer::{DeliveryFuture, Producer, ProducerConfig, RecordMetadata};
 pub use streambus_proto::{Error, Reason, v1};
 pub use streambus_record::{Compression, Header, Record};

@@ -19,6 +19,7 @@
 pub mod assign;
 mod group;
 pub mod store;
+pub mod wire;
 
 pub use assign::Assignor;
 pub use group::{

@@ -36,6 +36,21 @@ const OFFSETS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Partition offset lookups one `DescribePartitionOffsets` keeps in flight.
 const OFFSETS_CONCURRENCY: usize = 64;
 
+/// Refuses admin changes to the internal `__groups` topic: the gateway
+/// creates it with the settings groups need, and its partition count maps
+/// groups to partitions, so it must never change.
+fn not_internal(topic: &str) -> Result<(), Error> {
+    if topic == crate::groups::TOPIC {
+        return Err(Error::new(
+            Reason::InvalidArgument,
+            format!(
+                "topic {topic} is internal (consumer groups and their committed offsets): it is not created, deleted, grown or reconfigured through the admin API"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Implements `streambus.v1.AdminService`.
 #[derive(Clone)]
 pub struct AdminApi {
@@ -276,13 +291,17 @@ impl AdminService for AdminApi {
         request: Request<CreateTopicRequest>,
     ) -> Result<Response<CreateTopicResponse>, Status> {
         let started = Instant::now();
-        let r = self
-            .router
-            .metadata()
-            .controller()
-            .create_topic(request.into_inner())
-            .await
-            .map(|topic| CreateTopicResponse { topic: Some(topic) });
+        let req = request.into_inner();
+        let r = match not_internal(&req.name) {
+            Ok(()) => self
+                .router
+                .metadata()
+                .controller()
+                .create_topic(req)
+                .await
+                .map(|topic| CreateTopicResponse { topic: Some(topic) }),
+            Err(e) => Err(e),
+        };
         if let Ok(CreateTopicResponse { topic: Some(t) }) = &r {
             // Make the new topic visible to this gateway's produce path.
             self.router
@@ -299,13 +318,16 @@ impl AdminService for AdminApi {
     ) -> Result<Response<DeleteTopicResponse>, Status> {
         let started = Instant::now();
         let name = request.into_inner().name;
-        let r = self
-            .router
-            .metadata()
-            .controller()
-            .delete_topic(&name)
-            .await
-            .map(|()| DeleteTopicResponse {});
+        let r = match not_internal(&name) {
+            Ok(()) => self
+                .router
+                .metadata()
+                .controller()
+                .delete_topic(&name)
+                .await
+                .map(|()| DeleteTopicResponse {}),
+            Err(e) => Err(e),
+        };
         if r.is_ok() {
             self.router
                 .metadata()
@@ -321,13 +343,16 @@ impl AdminService for AdminApi {
     ) -> Result<Response<CreatePartitionsResponse>, Status> {
         let started = Instant::now();
         let req = request.into_inner();
-        let r = self
-            .router
-            .metadata()
-            .controller()
-            .create_partitions(&req.topic, req.partitions)
-            .await
-            .map(|topic| CreatePartitionsResponse { topic: Some(topic) });
+        let r = match not_internal(&req.topic) {
+            Ok(()) => self
+                .router
+                .metadata()
+                .controller()
+                .create_partitions(&req.topic, req.partitions)
+                .await
+                .map(|topic| CreatePartitionsResponse { topic: Some(topic) }),
+            Err(e) => Err(e),
+        };
         if r.is_ok() {
             // Route to the new partitions at once.
             self.router
@@ -348,13 +373,16 @@ impl AdminService for AdminApi {
         let started = Instant::now();
         let req = request.into_inner();
         let validate_only = req.validate_only;
-        let r = self
-            .router
-            .metadata()
-            .controller()
-            .alter_topic_configs(req)
-            .await
-            .map(|topic| AlterTopicConfigsResponse { topic: Some(topic) });
+        let r = match not_internal(&req.topic) {
+            Ok(()) => self
+                .router
+                .metadata()
+                .controller()
+                .alter_topic_configs(req)
+                .await
+                .map(|topic| AlterTopicConfigsResponse { topic: Some(topic) }),
+            Err(e) => Err(e),
+        };
         if let Ok(AlterTopicConfigsResponse { topic: Some(t) }) = &r
             && !validate_only
         {

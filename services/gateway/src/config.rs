@@ -55,6 +55,12 @@ pub struct GatewayConfig {
     /// How long the gateway may go without hearing from a controller
     /// before it reports itself not ready (`/readyz`, gRPC health).
     pub metadata_staleness_ms: u64,
+    /// Partitions of the internal `__groups` topic (consumer groups and
+    /// their committed offsets), when the first group call through this
+    /// gateway creates it. Fixed once created.
+    pub groups_topic_partitions: u32,
+    /// Its replication factor, at most the live storage nodes then.
+    pub groups_topic_replication_factor: u32,
 }
 
 impl Default for GatewayConfig {
@@ -74,6 +80,8 @@ impl Default for GatewayConfig {
             memory_budget_bytes: 0,
             storage_call_timeout_ms: 10_000,
             metadata_staleness_ms: 10_000,
+            groups_topic_partitions: 16,
+            groups_topic_replication_factor: 3,
         }
     }
 }
@@ -98,6 +106,14 @@ impl GatewayConfig {
             ),
             ("storage_call_timeout_ms", self.storage_call_timeout_ms),
             ("metadata_staleness_ms", self.metadata_staleness_ms),
+            (
+                "groups_topic_partitions",
+                u64::from(self.groups_topic_partitions),
+            ),
+            (
+                "groups_topic_replication_factor",
+                u64::from(self.groups_topic_replication_factor),
+            ),
         ];
         for (name, value) in positive {
             if value == 0 {

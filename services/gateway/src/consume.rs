@@ -72,16 +72,26 @@ pub use crate::decode::decode;
 /// One subscription's responses fetched but not yet taken by its client's
 /// stream (reads are driven by what the client takes: HTTP/2 flow control
 /// stops the stream from being polled while the client does not read).
-struct Demand {
+pub(crate) struct Demand {
     outstanding: watch::Sender<usize>,
     /// Responses it may have outstanding, while less than a quarter of the
     /// memory budget is used; past that, one at a time.
     limit: usize,
 }
 
+impl Demand {
+    /// A subscription's demand: at most `limit` responses outstanding.
+    pub(crate) fn new(limit: usize) -> Arc<Demand> {
+        Arc::new(Demand {
+            outstanding: watch::channel(0).0,
+            limit: limit.max(1),
+        })
+    }
+}
+
 /// Memory held by a response on its way to the client; released, and the
 /// subscription's demand counted down, when the stream takes it.
-struct Held {
+pub(crate) struct Held {
     _permits: Vec<Permit>,
     demand: Arc<Demand>,
 }
@@ -95,20 +105,32 @@ impl Drop for Held {
 }
 
 /// What a subscription's partition tasks send to its stream.
-type Delivery = (Result<SubscribeResponse, Status>, Option<Held>);
+pub(crate) type Delivery = Sent<SubscribeResponse>;
+
+/// A message for a client's stream, with the memory it holds.
+pub(crate) type Sent<T> = (Result<T, Status>, Option<Held>);
 
 /// A subscription's response stream. The memory of a response stays
 /// reserved until the stream is polled again: the HTTP/2 connection polls
 /// it for the next response only once it can send (the previous one has
 /// left its buffers), so a client that stops reading keeps exactly what is
 /// buffered for it accounted.
-struct Accounted {
-    rx: ReceiverStream<Delivery>,
+pub(crate) struct Accounted<T> {
+    rx: ReceiverStream<Sent<T>>,
     last: Option<Held>,
 }
 
-impl Stream for Accounted {
-    type Item = Result<SubscribeResponse, Status>;
+impl<T> Accounted<T> {
+    pub(crate) fn new(rx: mpsc::Receiver<Sent<T>>) -> Accounted<T> {
+        Accounted {
+            rx: ReceiverStream::new(rx),
+            last: None,
+        }
+    }
+}
+
+impl<T> Stream for Accounted<T> {
+    type Item = Result<T, Status>;
 
     fn poll_next(
         mut self: Pin<&mut Self>,
@@ -151,7 +173,7 @@ fn pref(topic: &str, partition: u32) -> Option<PartitionRef> {
 }
 
 impl ConsumeApi {
-    async fn fetch_once(
+    pub(crate) async fn fetch_once(
         &self,
         topic: &str,
         partition: u32,
@@ -299,7 +321,7 @@ impl ConsumeApi {
     /// Feeds one partition of a subscription until the client goes away or
     /// an error that retrying cannot fix. `added`: a partition the topic
     /// gained after the subscription started (its responses say so).
-    async fn follow_partition(
+    pub(crate) async fn follow_partition(
         self,
         req: SubscribeRequest,
         partition: u32,
@@ -652,10 +674,7 @@ impl ConsumeService for ConsumeApi {
                 tx.clone(),
             ));
         }
-        Ok(Response::new(Box::pin(Accounted {
-            rx: ReceiverStream::new(rx),
-            last: None,
-        })))
+        Ok(Response::new(Box::pin(Accounted::new(rx))))
     }
 
     async fn fetch(

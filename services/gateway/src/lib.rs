@@ -7,6 +7,7 @@ pub mod admin;
 pub mod config;
 pub mod consume;
 pub mod decode;
+pub mod groups;
 pub mod metadata;
 pub mod metrics;
 pub mod produce;
@@ -22,6 +23,7 @@ use prometheus_client::registry::Registry;
 use streambus_cluster::ControllerClient;
 use streambus_proto::v1::admin_service_server::AdminServiceServer;
 use streambus_proto::v1::consume_service_server::ConsumeServiceServer;
+use streambus_proto::v1::group_service_server::GroupServiceServer;
 use streambus_proto::v1::produce_service_server::ProduceServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -37,6 +39,7 @@ const SERVICES: &[&str] = &[
     "streambus.v1.AdminService",
     "streambus.v1.ProduceService",
     "streambus.v1.ConsumeService",
+    "streambus.v1.GroupService",
 ];
 
 /// Errors that stop a gateway.
@@ -150,6 +153,13 @@ pub async fn serve_with_listener(
         memory,
         draining: drain_rx.clone(),
     };
+    let groups = groups::GroupApi {
+        consume: consume.clone(),
+        metrics: consume.metrics.clone(),
+        topic_partitions: config.groups_topic_partitions,
+        topic_replication: config.groups_topic_replication_factor,
+        creating: Arc::default(),
+    };
     let (health, health_service) = streambus_service::grpc::health_service();
     let health_task = tokio::spawn(follow_readiness(health, ready_rx, drain_rx));
     tracing::info!(%addr, "gateway listening");
@@ -176,6 +186,11 @@ pub async fn serve_with_listener(
         )
         .add_service(
             ConsumeServiceServer::new(consume)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            GroupServiceServer::new(groups)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )

@@ -14,6 +14,14 @@ pub struct MethodLabels {
     pub method: &'static str,
 }
 
+/// The labels of a consumer group's partition.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupPartitionLabels {
+    pub group: String,
+    pub topic: String,
+    pub partition: u32,
+}
+
 /// Gateway metrics, registered under the `streambus_gateway` prefix.
 #[derive(Clone)]
 pub struct Metrics {
@@ -37,6 +45,13 @@ pub struct Metrics {
     /// The memory budgets, reported at every scrape
     /// (`streambus_gateway_memory_{budget,used}_bytes`, `_memory_waiters`).
     pub budgets: streambus_service::budget::Budgets,
+    /// Group members whose `ConsumeGroup` stream this gateway serves.
+    pub group_members: Gauge,
+    /// Offset commits for groups (streams and `CommitOffsets`).
+    pub group_commits: Counter,
+    /// Per partition a member here owns: records between the group's
+    /// committed offset and the partition's high watermark.
+    pub group_lag: Family<GroupPartitionLabels, Gauge>,
 }
 
 impl Metrics {
@@ -54,6 +69,9 @@ impl Metrics {
             in_flight_writes: Gauge::default(),
             in_flight_bytes: Gauge::default(),
             budgets: Default::default(),
+            group_members: Gauge::default(),
+            group_commits: Counter::default(),
+            group_lag: Family::default(),
         };
         registry.register_collector(Box::new(streambus_service::budget::BudgetCollector::new(
             "streambus_gateway",
@@ -99,6 +117,21 @@ impl Metrics {
             "in_flight_bytes",
             "Batch bytes of the appends to storage nodes in flight",
             m.in_flight_bytes.clone(),
+        );
+        r.register(
+            "group_members",
+            "Consumer group members whose ConsumeGroup stream this gateway serves",
+            m.group_members.clone(),
+        );
+        r.register(
+            "group_commits",
+            "Consumer group offset commits",
+            m.group_commits.clone(),
+        );
+        r.register(
+            "group_lag_records",
+            "Records between a consumer group's committed offset and the high watermark, per partition owned by a member served here",
+            m.group_lag.clone(),
         );
         m
     }

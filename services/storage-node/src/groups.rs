@@ -20,7 +20,7 @@
 //! - a failed append drops the shard's groups: the next call loads them
 //!   again from the log, which holds exactly what was appended.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,12 +28,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use streambus_cluster::view::ClusterView;
 use streambus_group::store::{Loader, Record, partition_for};
+use streambus_group::wire::{from_wire, to_wire};
 use streambus_group::{Committed, Group, GroupError, Heartbeat, Limits, Subscription, Tp};
 use streambus_proto::internal::PartitionRef;
 use streambus_proto::v1::{
     CommitOffsetsRequest, CommittedOffset, DeleteGroupRequest, DescribeGroupRequest,
     FetchOffsetsRequest, GroupDescription, GroupHeartbeatRequest, GroupHeartbeatResponse,
-    GroupListing, GroupMember, TopicPartitions,
+    GroupListing, GroupMember,
 };
 use streambus_proto::{Error, Reason};
 use streambus_record::{BatchBuilder, BatchIter, Compression, decode_records};
@@ -91,26 +92,6 @@ fn check_group_id(group: &str) -> Result<(), Error> {
         ));
     }
     Ok(())
-}
-
-pub(crate) fn to_wire(set: &BTreeSet<Tp>) -> Vec<TopicPartitions> {
-    let mut out: Vec<TopicPartitions> = Vec::new();
-    for tp in set {
-        match out.last_mut() {
-            Some(last) if last.topic == tp.topic => last.partitions.push(tp.partition),
-            _ => out.push(TopicPartitions {
-                topic: tp.topic.clone(),
-                partitions: vec![tp.partition],
-            }),
-        }
-    }
-    out
-}
-
-fn from_wire(list: &[TopicPartitions]) -> BTreeSet<Tp> {
-    list.iter()
-        .flat_map(|t| t.partitions.iter().map(|&p| Tp::new(t.topic.clone(), p)))
-        .collect()
 }
 
 fn committed_to_wire(tp: &Tp, c: &Committed) -> CommittedOffset {
@@ -371,6 +352,7 @@ impl Coordinator {
                 .unwrap_or(u32::MAX),
             assigned: to_wire(&response.assigned),
             revoking: to_wire(&response.revoking),
+            session_timeout_ms: u32::try_from(self.limits.session_timeout_ms).unwrap_or(u32::MAX),
         })
     }
 

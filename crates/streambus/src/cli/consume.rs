@@ -8,7 +8,10 @@ use base64::Engine;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
-use streambus_client::{ConsumedRecord, StartFrom, SubscribeOptions};
+use streambus_client::{
+    ConsumedRecord, GroupEvent, GroupOptions, OffsetReset, StartFrom, SubscribeOptions,
+    TopicPartition,
+};
 
 use super::GatewayArgs;
 
@@ -29,8 +32,17 @@ pub struct ConsumeArgs {
     #[arg(long, group = "start", value_name = "TIME", value_parser = parse_since)]
     since: Option<i64>,
     /// Read only this partition (default: every partition)
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with = "group")]
     partition: Option<u32>,
+    /// Consume as a member of this consumer group: read the partitions the
+    /// group assigns, from its committed offsets (new records only, or
+    /// with --from-beginning every stored record, where it has none), and
+    /// commit what was printed
+    #[arg(short, long, value_name = "GROUP", conflicts_with_all = ["offset", "since"])]
+    group: Option<String>,
+    /// With --group: commit this often (and when exiting)
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    commit_interval: Duration,
     /// Exit after printing N records
     #[arg(short = 'n', long, value_name = "N")]
     max_messages: Option<u64>,
@@ -50,6 +62,9 @@ enum Format {
 }
 
 pub(super) async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
+    if let Some(group) = args.group.clone() {
+        return run_group(args, group).await;
+    }
     let start = match (args.from_beginning, args.offset, args.since) {
         (true, _, _) => StartFrom::Earliest,
         (_, Some(offset), _) => StartFrom::Offset(offset),
@@ -106,6 +121,80 @@ pub(super) async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `consume TOPIC --group G`: a group member printing its records. It
+/// leaves the group (committing what it printed) after `-n` records or on
+/// Ctrl-C; killed, the group reassigns its partitions after its session
+/// timeout, from the last commit.
+async fn run_group(args: ConsumeArgs, group: String) -> anyhow::Result<ExitCode> {
+    if args.max_messages == Some(0) {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let client = args.gateway.connect().await?;
+    let mut consumer = client
+        .group_consumer(GroupOptions {
+            reset: if args.from_beginning {
+                OffsetReset::Earliest
+            } else {
+                OffsetReset::Latest
+            },
+            auto_commit_interval: args.commit_interval.max(Duration::from_millis(1)),
+            client_id: "streambus-cli".into(),
+            ..GroupOptions::new(group, &[args.topic.as_str()])
+        })
+        .await?;
+    let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout());
+    let mut printed = 0u64;
+    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        let next = tokio::select! {
+            n = consumer.next() => n,
+            _ = &mut interrupted => break,
+        };
+        let Some(event) = next else {
+            anyhow::bail!("the group consumer ended unexpectedly");
+        };
+        match event? {
+            GroupEvent::Record(tp, record) => {
+                match args.format {
+                    Format::Text => {
+                        out.write_all(record.value.as_deref().unwrap_or_default())?;
+                        out.write_all(b"\n")?;
+                    }
+                    Format::Json => {
+                        serde_json::to_writer(&mut out, &JsonRecord::new(&tp.topic, &record))?;
+                        out.write_all(b"\n")?;
+                    }
+                }
+                printed += 1;
+                // What is printed is flushed before its position can be
+                // committed.
+                out.flush()?;
+                if args.max_messages == Some(printed) {
+                    break;
+                }
+            }
+            GroupEvent::Assigned(tps) => eprintln!("streambus consume: assigned {}", list(&tps)),
+            GroupEvent::Revoked(tps) => eprintln!("streambus consume: revoked {}", list(&tps)),
+            GroupEvent::Lost(tps) => {
+                eprintln!(
+                    "streambus consume: lost {} (removed from the group; joining again)",
+                    list(&tps)
+                )
+            }
+        }
+    }
+    out.flush()?;
+    consumer.close().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(tps: &[TopicPartition]) -> String {
+    tps.iter()
+        .map(TopicPartition::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A record as `--format json` prints it.
@@ -175,7 +264,7 @@ impl<'a> JsonRecord<'a> {
 /// Parses `--since`: RFC 3339 (with `Z` or a `±HH:MM` offset), a duration
 /// ago (`10m`), or milliseconds since the Unix epoch. Returns ms since the
 /// epoch.
-fn parse_since(s: &str) -> Result<i64, String> {
+pub(super) fn parse_since(s: &str) -> Result<i64, String> {
     parse_since_at(s, SystemTime::now())
 }
 

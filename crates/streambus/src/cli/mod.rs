@@ -1,8 +1,9 @@
 //! The client commands of the `streambus` binary: `topic`, `produce`,
-//! `consume` and `cluster`, built on the SDK (`streambus-client`). See `docs/cli.md`.
+//! `consume`, `group` and `cluster`, built on the SDK (`streambus-client`). See `docs/cli.md`.
 
 mod cluster;
 mod consume;
+mod group;
 mod output;
 mod produce;
 mod topic;
@@ -13,6 +14,7 @@ use streambus_client::{Client, ClientError};
 
 pub use cluster::ClusterArgs;
 pub use consume::ConsumeArgs;
+pub use group::GroupArgs;
 pub use produce::ProduceArgs;
 pub use topic::TopicArgs;
 
@@ -23,8 +25,11 @@ pub enum ClientCommand {
     Topic(TopicArgs),
     /// Write records read from stdin, one per line
     Produce(ProduceArgs),
-    /// Print records of a topic, one per line
+    /// Print records of a topic, one per line (alone, or as a member of a
+    /// consumer group)
     Consume(ConsumeArgs),
+    /// List, describe and delete consumer groups; reset their offsets
+    Group(GroupArgs),
     /// Show the cluster's controllers, storage nodes and partition health;
     /// add and remove controllers; decommission storage nodes
     Cluster(ClusterArgs),
@@ -58,6 +63,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
         ClientCommand::Topic(args) => topic::run(args).await,
         ClientCommand::Produce(args) => produce::run(args).await,
         ClientCommand::Consume(args) => consume::run(args).await,
+        ClientCommand::Group(args) => group::run(args).await,
         ClientCommand::Cluster(args) => cluster::run(args).await,
     };
     match result {
