@@ -137,6 +137,9 @@ pub struct GroupConsumer {
     revoked: BTreeSet<TopicPartition>,
     /// The next offset of each owned partition, as handed out.
     positions: Arc<Mutex<HashMap<TopicPartition, i64>>>,
+    /// The next offset of each owned partition, as received (records
+    /// below it that come again, after a resumed stream, are skipped).
+    received: HashMap<TopicPartition, i64>,
     buffered: VecDeque<GroupEvent>,
     commits: HashMap<u64, Option<Error>>,
     next_commit: u64,
@@ -222,6 +225,7 @@ impl Client {
             assigned: BTreeSet::new(),
             revoked: BTreeSet::new(),
             positions: Arc::default(),
+            received: HashMap::new(),
             buffered: VecDeque::new(),
             commits: HashMap::new(),
             next_commit: 1,
@@ -491,6 +495,9 @@ impl GroupConsumer {
                         positions.remove(tp);
                     }
                 }
+                for tp in &lost {
+                    self.received.remove(tp);
+                }
                 if !revoked.is_empty() {
                     self.revoked.extend(revoked.iter().cloned());
                     self.emit(GroupEvent::Revoked(revoked));
@@ -518,7 +525,12 @@ impl GroupConsumer {
                 if !self.assigned.contains(&tp) {
                     return Ok(());
                 }
-                let floor = self.lock_positions().get(&tp).copied().unwrap_or(i64::MIN);
+                let handed = self.lock_positions().get(&tp).copied();
+                let floor = handed
+                    .into_iter()
+                    .chain(self.received.get(&tp).copied())
+                    .max()
+                    .unwrap_or(i64::MIN);
                 let mut records = Vec::new();
                 decode_response(
                     tp.partition,
@@ -527,9 +539,12 @@ impl GroupConsumer {
                     floor,
                     &mut |rec| records.push(rec),
                 )?;
+                let mut next = floor.max(r.next_offset);
                 for rec in records {
+                    next = next.max(rec.offset + 1);
                     self.buffered.push_back(GroupEvent::Record(tp.clone(), rec));
                 }
+                self.received.insert(tp, next);
             }
             Some(v1::consume_group_response::Response::Committed(c)) => {
                 self.commits
@@ -550,6 +565,11 @@ impl GroupConsumer {
             self.assigned.clear();
             self.revoked.clear();
             self.lock_positions().clear();
+            self.received.clear();
+            // Records of the lost partitions not yet handed out are not
+            // this member's to hand out any more.
+            self.buffered
+                .retain(|e| !matches!(e, GroupEvent::Record(..)));
             self.epoch = 0;
             if !lost.is_empty() {
                 self.emit(GroupEvent::Lost(lost));
@@ -617,6 +637,9 @@ impl GroupConsumer {
                 for tp in &released {
                     positions.remove(tp);
                 }
+            }
+            for tp in &released {
+                self.received.remove(tp);
             }
             if let Err(e) = sent {
                 tracing::debug!(error = %e, "release not sent; the resumed stream reports ownership");

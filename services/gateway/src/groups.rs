@@ -545,6 +545,8 @@ struct Member {
     last_heard: Instant,
     /// Messages for the client, sent as its stream has room.
     outbox: VecDeque<Sent<ConsumeGroupResponse>>,
+    /// Silent for a session: nothing is read for it (see `suspend`).
+    suspended: bool,
 }
 
 impl Member {
@@ -815,6 +817,38 @@ impl Member {
     /// A request from the client.
     async fn handle(&mut self, req: ConsumeGroupRequest) -> Result<bool, End> {
         self.last_heard = Instant::now();
+        if self.suspended {
+            // Heard from again: ask the coordinator before reading on (its
+            // session may have ended meanwhile).
+            self.suspended = false;
+            self.handle_request(req).await?;
+            return Ok(true);
+        }
+        self.handle_request(req).await
+    }
+
+    /// The client has been silent for a whole session: its membership may
+    /// be gone (the coordinator removes it about now), and partitions may
+    /// already be someone else's. Nothing more is read or sent for it
+    /// until it speaks again and a heartbeat confirms it is still a member.
+    fn suspend(&mut self) {
+        tracing::info!(group = %self.join.group, member = %self.member_id, "group member silent for its session; its partitions are no longer read");
+        self.suspended = true;
+        let running: Vec<Tp> = self.readers.keys().cloned().collect();
+        for tp in running {
+            self.stop(&tp);
+        }
+        self.outbox.retain(|(m, _)| {
+            !matches!(
+                m,
+                Ok(ConsumeGroupResponse {
+                    response: Some(consume_group_response::Response::Records(_))
+                })
+            )
+        });
+    }
+
+    async fn handle_request(&mut self, req: ConsumeGroupRequest) -> Result<bool, End> {
         match req.request {
             None => {}
             Some(consume_group_request::Request::Join(_)) => {
@@ -924,6 +958,7 @@ impl Member {
         let mut commit_at = Instant::now() + auto_commit;
         let end = loop {
             let want_beat = self.last_heard.elapsed() < self.session_timeout;
+            let silent_until = self.last_heard + self.session_timeout;
             tokio::select! {
                 biased;
                 _ = async { draining.wait_for(|d| *d).await.is_ok() } => break End::Quiet,
@@ -948,7 +983,8 @@ impl Member {
                         break end;
                     }
                 }
-                () = tokio::time::sleep_until(commit_at), if !auto_commit.is_zero() => {
+                () = tokio::time::sleep_until(silent_until), if !self.suspended => self.suspend(),
+                () = tokio::time::sleep_until(commit_at), if !auto_commit.is_zero() && !self.suspended => {
                     commit_at = Instant::now() + auto_commit;
                     if let Err(e) = self.commit(None).await {
                         if fenced(&e) {
@@ -1067,6 +1103,7 @@ impl GroupApi {
             committed: HashMap::new(),
             last_heard: Instant::now(),
             outbox: VecDeque::new(),
+            suspended: false,
             join,
         };
         // The first answer always goes to the client.

@@ -134,6 +134,11 @@ impl Cluster {
     /// `controllers` controllers (one Raft group), three storage nodes and
     /// `gateways` gateways, all ready.
     pub fn start(controllers: u64, gateways: usize) -> Cluster {
+        Cluster::start_with(controllers, gateways, &[])
+    }
+
+    /// [`Cluster::start`], the storage nodes also given `node_settings`.
+    pub fn start_with(controllers: u64, gateways: usize, node_settings: &[String]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path();
         let addrs: Vec<(u64, String)> = (1..=controllers)
@@ -180,7 +185,10 @@ impl Cluster {
                     "storage_node.heartbeat_interval_ms=200".into(),
                     "storage_node.replica_lag_time_max_ms=3000".into(),
                     "storage_node.replica_fetch_wait_ms=200".into(),
-                ],
+                ]
+                .into_iter()
+                .chain(node_settings.iter().cloned())
+                .collect::<Vec<String>>(),
             );
             n.start();
             nodes.insert(id, n);
