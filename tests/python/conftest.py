@@ -24,8 +24,8 @@ PUBLIC_PROTOS = sorted(
 
 @pytest.fixture(scope="session")
 def pb():
-    """The generated modules: pb.admin, pb.produce, pb.consume, pb.common and
-    the *_grpc stubs."""
+    """The generated modules: pb.admin, pb.produce, pb.consume, pb.group,
+    pb.common and the *_grpc stubs."""
     out = tempfile.mkdtemp(prefix="streambus-pb-")
     cmd = [
         sys.executable,
@@ -41,12 +41,14 @@ def pb():
     from streambus.v1 import admin_pb2, admin_pb2_grpc  # noqa: E402
     from streambus.v1 import common_pb2  # noqa: E402
     from streambus.v1 import consume_pb2, consume_pb2_grpc  # noqa: E402
+    from streambus.v1 import group_pb2, group_pb2_grpc  # noqa: E402
     from streambus.v1 import produce_pb2, produce_pb2_grpc  # noqa: E402
 
     class Modules:
         admin, admin_grpc = admin_pb2, admin_pb2_grpc
         common = common_pb2
         consume, consume_grpc = consume_pb2, consume_pb2_grpc
+        group, group_grpc = group_pb2, group_pb2_grpc
         produce, produce_grpc = produce_pb2, produce_pb2_grpc
 
     return Modules
@@ -86,5 +88,6 @@ def stubs(channel, pb):
         admin = pb.admin_grpc.AdminServiceStub(channel)
         produce = pb.produce_grpc.ProduceServiceStub(channel)
         consume = pb.consume_grpc.ConsumeServiceStub(channel)
+        group = pb.group_grpc.GroupServiceStub(channel)
 
     return Stubs
