@@ -2,9 +2,10 @@
 //! records of the partitions the group assigns to this member, with
 //! assignment changes in between; and the group admin calls.
 //!
-//! The consumer runs over one `ConsumeGroup` stream. It reports the
-//! position of every record it hands out (the next offset) in the
-//! background, at least every heartbeat interval, which also keeps the
+//! The consumer runs over one `ConsumeGroup` stream. A record counts as
+//! processed once `next` is called again (or `commit`, or `close`), as
+//! with Kafka's `poll`; the consumer reports the positions processed (the
+//! next offsets) in the background, at least every heartbeat interval, which also keeps the
 //! member alive: a process that stops (paused, or cut off) loses its
 //! partitions after the group's session timeout. With auto-commit (the
 //! default, every 5 seconds) the gateway commits those positions, and
@@ -133,8 +134,13 @@ pub struct GroupConsumer {
     responses: Option<Streaming<v1::ConsumeGroupResponse>>,
     keepalive: Option<tokio::task::JoinHandle<()>>,
     assigned: BTreeSet<TopicPartition>,
-    /// Announced revoked, released at the next `next`.
+    /// Revoked, the event not yet yielded: still owned.
     revoked: BTreeSet<TopicPartition>,
+    /// Revoked and yielded: released at the next `next`.
+    to_release: BTreeSet<TopicPartition>,
+    /// The position of the record handed out last: it counts as processed
+    /// at the next `next` (or `commit`, or `close`).
+    pending: Option<(TopicPartition, i64)>,
     /// The next offset of each owned partition, as handed out.
     positions: Arc<Mutex<HashMap<TopicPartition, i64>>>,
     /// The next offset of each owned partition, as received (records
@@ -183,6 +189,21 @@ fn from_list(list: &[v1::TopicPartitions]) -> BTreeSet<TopicPartition> {
         .collect()
 }
 
+/// A random member id: 128 bits, hex.
+fn new_member_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let half = || {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.finish()
+    };
+    format!("{:016x}{:016x}", half(), half())
+}
+
 fn offset_list(positions: &HashMap<TopicPartition, i64>) -> Vec<v1::OffsetCommit> {
     positions
         .iter()
@@ -216,7 +237,9 @@ impl Client {
         let mut consumer = GroupConsumer {
             client: self.group.clone(),
             options,
-            member_id: String::new(),
+            // Chosen here, once: a join retried after a lost answer is the
+            // same member, not a second one holding partitions.
+            member_id: new_member_id(),
             epoch: 0,
             interval: Duration::from_secs(1),
             requests: mpsc::channel(1).0,
@@ -224,6 +247,8 @@ impl Client {
             keepalive: None,
             assigned: BTreeSet::new(),
             revoked: BTreeSet::new(),
+            to_release: BTreeSet::new(),
+            pending: None,
             positions: Arc::default(),
             received: HashMap::new(),
             buffered: VecDeque::new(),
@@ -347,8 +372,27 @@ impl GroupConsumer {
         self.positions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The positions of the partitions still owned.
     fn position_list(&self) -> Vec<v1::OffsetCommit> {
-        offset_list(&self.lock_positions())
+        let positions = self.lock_positions();
+        let owned: HashMap<TopicPartition, i64> = positions
+            .iter()
+            .filter(|(tp, _)| self.owns(tp))
+            .map(|(tp, o)| (tp.clone(), *o))
+            .collect();
+        offset_list(&owned)
+    }
+
+    /// Assigned, or revoked and not released yet.
+    fn owns(&self, tp: &TopicPartition) -> bool {
+        self.assigned.contains(tp) || self.revoked.contains(tp) || self.to_release.contains(tp)
+    }
+
+    /// The record handed out last was processed.
+    fn settle_pending(&mut self) {
+        if let Some((tp, offset)) = self.pending.take() {
+            self.lock_positions().insert(tp, offset);
+        }
     }
 
     /// Opens a stream: joins, or resumes the membership it has.
@@ -511,8 +555,8 @@ impl GroupConsumer {
                 // Revocations the client cannot have seen (a resumed
                 // stream, before any records): released at the next call.
                 for tp in revoking {
-                    if !self.revoked.contains(&tp) && !self.assigned.contains(&tp) {
-                        self.revoked.insert(tp);
+                    if !self.owns(&tp) {
+                        self.to_release.insert(tp);
                     }
                 }
             }
@@ -560,10 +604,20 @@ impl GroupConsumer {
     async fn recover(&mut self, status: tonic::Status) -> Result<(), ClientError> {
         let e = Error::from_status(&status);
         if fenced(&e) {
-            let lost: Vec<TopicPartition> = self.assigned.union(&self.revoked).cloned().collect();
+            let lost: Vec<TopicPartition> = self
+                .assigned
+                .iter()
+                .chain(&self.revoked)
+                .chain(&self.to_release)
+                .cloned()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
             tracing::info!(group = %self.options.group, error = %e, "removed from the group; joining again");
             self.assigned.clear();
             self.revoked.clear();
+            self.to_release.clear();
+            self.pending = None;
             self.lock_positions().clear();
             self.received.clear();
             // Records of the lost partitions not yet handed out are not
@@ -615,9 +669,10 @@ impl GroupConsumer {
     /// The next record or assignment change. Ends only with an error that
     /// retrying cannot fix.
     pub async fn next(&mut self) -> Option<Result<GroupEvent, ClientError>> {
-        if !self.revoked.is_empty() {
-            let released: BTreeSet<TopicPartition> = std::mem::take(&mut self.revoked);
+        self.settle_pending();
+        if !self.to_release.is_empty() {
             let offsets = self.position_list();
+            let released: BTreeSet<TopicPartition> = std::mem::take(&mut self.to_release);
             let sent = async {
                 // With auto-commit the gateway commits these first.
                 self.send(v1::consume_group_request::Request::Positions(
@@ -647,8 +702,20 @@ impl GroupConsumer {
         }
         loop {
             if let Some(event) = self.buffered.pop_front() {
-                if let GroupEvent::Record(tp, r) = &event {
-                    self.lock_positions().insert(tp.clone(), r.offset + 1);
+                match &event {
+                    // Of a partition lost meanwhile: not this member's.
+                    GroupEvent::Record(tp, _) if !self.owns(tp) => continue,
+                    GroupEvent::Record(tp, r) => {
+                        self.pending = Some((tp.clone(), r.offset + 1));
+                    }
+                    GroupEvent::Revoked(tps) => {
+                        for tp in tps {
+                            if self.revoked.remove(tp) {
+                                self.to_release.insert(tp.clone());
+                            }
+                        }
+                    }
+                    _ => {}
                 }
                 return Some(Ok(event));
             }
@@ -658,12 +725,14 @@ impl GroupConsumer {
         }
     }
 
-    /// Commits the positions of the records handed out so far (those of
+    /// Commits the positions of the records handed out so far, the last
+    /// one included (those of
     /// partitions still owned) and waits for the answer. A member that was
     /// removed from the group gets `UNKNOWN_MEMBER` or
     /// `FENCED_MEMBER_EPOCH`: what it processed since its last commit will
     /// be read again by the partitions' new owners.
     pub async fn commit(&mut self) -> Result<(), ClientError> {
+        self.settle_pending();
         let id = self.next_commit;
         self.next_commit += 1;
         let offsets = self.position_list();
@@ -710,6 +779,7 @@ impl GroupConsumer {
         if let Some(k) = self.keepalive.take() {
             k.abort();
         }
+        self.settle_pending();
         let offsets = self.position_list();
         self.send(v1::consume_group_request::Request::Positions(
             v1::GroupOffsets { offsets },

@@ -621,8 +621,8 @@ impl Group {
         }
     }
 
-    /// Checks a commit: from a member, at its current epoch, for
-    /// partitions it owns; or, with no member id, to a group without
+    /// Checks a commit: from a member, at its current epoch (or the one
+    /// before), for partitions it owns; or, with no member id, to a group without
     /// members (tools setting offsets). Applying it is `commit`'s job.
     pub fn check_commit<'a>(
         &self,
@@ -643,7 +643,9 @@ impl Group {
             .members
             .get(member_id)
             .ok_or_else(|| GroupError::UnknownMember(member_id.to_string()))?;
-        if member_epoch != m.epoch as i64 {
+        // The epoch before is accepted too: a member whose heartbeat answer
+        // was lost commits with it (what it commits must still be its own).
+        if member_epoch != m.epoch as i64 && member_epoch != m.previous_epoch as i64 {
             return Err(GroupError::FencedEpoch {
                 member: member_id.to_string(),
                 sent: member_epoch,

@@ -254,7 +254,16 @@ async fn bad_group_requests_get_clear_errors() {
 
     // The internal topic is not the admin API's to change.
     client.describe_group("nobody").await.unwrap();
+    let producer = client.producer(ProducerConfig::default());
+    let forged = producer
+        .send("__groups", Record::default(), None)
+        .await
+        .unwrap()
+        .await
+        .unwrap_err();
+    producer.close().await;
     for e in [
+        forged,
         client.delete_topic("__groups").await.unwrap_err(),
         client.create_partitions("__groups", 100).await.unwrap_err(),
     ] {

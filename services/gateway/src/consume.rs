@@ -267,7 +267,7 @@ impl ConsumeApi {
         }
     }
 
-    async fn resolve_start(
+    pub(crate) async fn resolve_start(
         &self,
         topic: &str,
         partition: u32,

@@ -56,6 +56,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long `ConsumeGroup` waits for its `join`.
 const JOIN_WAIT: Duration = Duration::from_secs(10);
+/// Messages waiting for a client before its requests are no longer read
+/// (a client that sends but does not read cannot grow them without bound).
+const OUTBOX_LIMIT: usize = 64;
 /// Partition lookups a `DescribeGroup` or `ResetOffsets` keeps in flight.
 const LOOKUPS: usize = 32;
 
@@ -547,6 +550,8 @@ struct Member {
     outbox: VecDeque<Sent<ConsumeGroupResponse>>,
     /// Silent for a session: nothing is read for it (see `suspend`).
     suspended: bool,
+    /// When a heartbeat last succeeded.
+    last_beat: Instant,
 }
 
 impl Member {
@@ -659,27 +664,51 @@ impl Member {
             }
         }
         for tp in partitions {
-            let from = self
+            let mut from = self
                 .positions
                 .get(&tp)
                 .or_else(|| self.committed.get(&tp))
                 .copied();
+            if from.is_none() {
+                // Where `auto_offset_reset` says, resolved now and kept as
+                // the position: committed like one, so the partition's next
+                // owner starts here too, not at a later "latest".
+                let start = Some(self.start_position());
+                match self
+                    .api
+                    .consume
+                    .resolve_start(&tp.topic, tp.partition, &start)
+                    .await
+                {
+                    Ok(offset) => {
+                        self.positions.insert(tp.clone(), offset);
+                        from = Some(offset);
+                    }
+                    Err(e) => {
+                        tracing::debug!(partition = %tp, error = %e, "start offset not resolved; the reader resolves it");
+                    }
+                }
+            }
             self.spawn_reader(tp, from);
         }
         Ok(())
     }
 
+    /// Where a partition without a committed offset starts.
+    fn start_position(&self) -> StartPosition {
+        StartPosition {
+            position: Some(match self.join.auto_offset_reset.as_str() {
+                "earliest" => start_position::Position::Earliest(Empty {}),
+                _ => start_position::Position::Latest(Empty {}),
+            }),
+        }
+    }
+
     fn spawn_reader(&mut self, tp: Tp, from: Option<i64>) {
-        let start = match self.join.auto_offset_reset.as_str() {
-            "earliest" => start_position::Position::Earliest(Empty {}),
-            _ => start_position::Position::Latest(Empty {}),
-        };
         let req = SubscribeRequest {
             topic: tp.topic.clone(),
             partition: Some(tp.partition),
-            start: Some(StartPosition {
-                position: Some(start),
-            }),
+            start: Some(self.start_position()),
             max_bytes: self.join.max_bytes,
             max_wait_ms: self.join.max_wait_ms,
             encoded: self.join.encoded,
@@ -817,22 +846,25 @@ impl Member {
     /// A request from the client.
     async fn handle(&mut self, req: ConsumeGroupRequest) -> Result<bool, End> {
         self.last_heard = Instant::now();
-        if self.suspended {
-            // Heard from again: ask the coordinator before reading on (its
-            // session may have ended meanwhile).
-            self.suspended = false;
-            self.handle_request(req).await?;
-            return Ok(true);
-        }
-        self.handle_request(req).await
+        let beat_now = self.handle_request(req).await?;
+        // Heard from again while suspended: ask the coordinator at once.
+        Ok(beat_now || self.suspended)
     }
 
-    /// The client has been silent for a whole session: its membership may
-    /// be gone (the coordinator removes it about now), and partitions may
-    /// already be someone else's. Nothing more is read or sent for it
-    /// until it speaks again and a heartbeat confirms it is still a member.
+    /// How long after the client's last request the gateway still
+    /// heartbeats for it: two heartbeat intervals (the client sends at
+    /// least one per interval), at most the session.
+    fn heard_window(&self) -> Duration {
+        (self.interval * 2 + Duration::from_millis(500)).min(self.session_timeout)
+    }
+
+    /// The membership may be gone: the client has been silent, or the
+    /// coordinator unreachable, for a whole session (the coordinator
+    /// removes the member about now), so its partitions may already be
+    /// someone else's. Nothing more is read or sent for it until a
+    /// heartbeat confirms it is still a member.
     fn suspend(&mut self) {
-        tracing::info!(group = %self.join.group, member = %self.member_id, "group member silent for its session; its partitions are no longer read");
+        tracing::info!(group = %self.join.group, member = %self.member_id, "group member silent or coordinator unreachable for a session; its partitions are no longer read");
         self.suspended = true;
         let running: Vec<Tp> = self.readers.keys().cloned().collect();
         for tp in running {
@@ -892,13 +924,20 @@ impl Member {
                     .intersection(&self.revoking)
                     .cloned()
                     .collect();
-                if self.join.auto_commit_interval_ms > 0 {
-                    // Their progress goes with them.
+                {
+                    // Their progress goes with them: with auto-commit, the
+                    // positions reported; else only where nothing was ever
+                    // committed, the start position resolved here.
+                    let auto = self.join.auto_commit_interval_ms > 0;
                     let pending: Vec<OffsetCommit> = self
                         .positions
                         .iter()
                         .filter(|(tp, o)| {
-                            released.contains(*tp) && self.committed.get(*tp) != Some(*o)
+                            released.contains(*tp)
+                                && match self.committed.get(*tp) {
+                                    None => true,
+                                    Some(c) => auto && c != *o,
+                                }
                         })
                         .map(|(tp, &offset)| OffsetCommit {
                             topic: tp.topic.clone(),
@@ -915,8 +954,12 @@ impl Member {
                 return Ok(true);
             }
             Some(consume_group_request::Request::Leave(_)) => {
-                if self.join.auto_commit_interval_ms > 0 {
-                    self.commit(None).await.map_err(End::Error)?;
+                if self.join.auto_commit_interval_ms > 0
+                    && let Err(e) = self.commit(None).await
+                {
+                    // Leaving anyway: the partitions go to the others now,
+                    // from the last commit.
+                    tracing::info!(group = %self.join.group, error = %e, "commit before leaving failed");
                 }
                 let mut leave = self.heartbeat_request();
                 leave.member_epoch = -1;
@@ -936,7 +979,11 @@ impl Member {
             .heartbeat(self.heartbeat_request(), HEARTBEAT_TIMEOUT)
             .await
         {
-            Ok(resp) => self.apply(resp).await.map_err(End::Error),
+            Ok(resp) => {
+                self.last_beat = Instant::now();
+                self.suspended = false;
+                self.apply(resp).await.map_err(End::Error)
+            }
             Err(e) if fenced(&e) || !e.retriable() => Err(End::Error(e)),
             // The coordinator moves or is loading: the next beat tries
             // again, well within the session.
@@ -957,8 +1004,8 @@ impl Member {
         let auto_commit = Duration::from_millis(u64::from(self.join.auto_commit_interval_ms));
         let mut commit_at = Instant::now() + auto_commit;
         let end = loop {
-            let want_beat = self.last_heard.elapsed() < self.session_timeout;
-            let silent_until = self.last_heard + self.session_timeout;
+            let want_beat = self.last_heard.elapsed() < self.heard_window();
+            let silent_until = self.last_heard.min(self.last_beat) + self.session_timeout;
             tokio::select! {
                 biased;
                 _ = async { draining.wait_for(|d| *d).await.is_ok() } => break End::Quiet,
@@ -967,7 +1014,7 @@ impl Member {
                     let Ok(permit) = permit else { break End::Quiet };
                     permit.send(self.outbox.pop_front().expect("not empty"));
                 }
-                msg = requests.message() => match msg {
+                msg = requests.message(), if self.outbox.len() < OUTBOX_LIMIT => match msg {
                     Ok(Some(req)) => match self.handle(req).await {
                         Ok(true) => beat_at = Instant::now(),
                         Ok(false) => {}
@@ -1104,6 +1151,7 @@ impl GroupApi {
             last_heard: Instant::now(),
             outbox: VecDeque::new(),
             suspended: false,
+            last_beat: Instant::now(),
             join,
         };
         // The first answer always goes to the client.

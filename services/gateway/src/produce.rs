@@ -336,6 +336,15 @@ impl ProduceApi {
         if batch.topic.is_empty() {
             return Err(Error::new(Reason::InvalidArgument, "topic is required"));
         }
+        if batch.topic == crate::groups::TOPIC {
+            return Err(Error::new(
+                Reason::InvalidArgument,
+                format!(
+                    "topic {} is internal: group coordinators write it, producers do not",
+                    batch.topic
+                ),
+            ));
+        }
         let topic = self.router.metadata().topic(&batch.topic).await?;
         let partitions = topic.partitions.len() as u32;
         let max_bytes = topic

@@ -50,6 +50,9 @@ pub use streambus_group::TOPIC;
 /// topic changes, leadership.
 const TICK: Duration = Duration::from_millis(200);
 
+/// Records per append are cut into batches of about this size.
+const BATCH_BYTES: usize = 256 * 1024;
+
 /// Group ids: what Kafka allows, bounded.
 const MAX_GROUP_LEN: usize = 255;
 
@@ -116,6 +119,9 @@ struct Shard {
     written: AtomicI64,
     /// The metadata version the groups last saw.
     seen_version: AtomicI64,
+    /// The shard this one replaced (the same partition at an earlier
+    /// leader epoch): its appends in progress finish before this one loads.
+    previous: Mutex<Option<Arc<Shard>>>,
 }
 
 impl Shard {
@@ -174,7 +180,7 @@ impl Coordinator {
                 Some(s) if s.leader_epoch == leader_epoch && Arc::ptr_eq(&s.replica, &replica) => {
                     s.clone()
                 }
-                _ => {
+                old => {
                     let s = Arc::new(Shard {
                         partition,
                         leader_epoch,
@@ -182,6 +188,7 @@ impl Coordinator {
                         groups: tokio::sync::Mutex::new(None),
                         written: AtomicI64::new(0),
                         seen_version: AtomicI64::new(-1),
+                        previous: Mutex::new(old.cloned()),
                     });
                     shards.insert(partition, s.clone());
                     s
@@ -198,6 +205,17 @@ impl Coordinator {
         slot: &'a mut Option<HashMap<String, Group>>,
     ) -> Result<&'a mut HashMap<String, Group>, Error> {
         if slot.is_none() {
+            let previous = shard
+                .previous
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(previous) = previous {
+                // An append it started (it checked the leader epoch just
+                // before the epoch moved) lands before this reads the log;
+                // any later one of it sees the new epoch and is refused.
+                drop(previous.groups.lock().await);
+            }
             let replica = shard.replica.clone();
             let limits = self.limits.clone();
             let partition = shard.partition;
@@ -244,21 +262,13 @@ impl Coordinator {
         }
     }
 
-    async fn append(&self, shard: &Shard, records: &[Record]) -> Result<i64, Error> {
-        let mut batch = BatchBuilder::new(Compression::None);
-        let ts = now_ms() as i64;
-        for r in records {
-            let (key, value) = r.encode();
-            batch.push(&streambus_record::Record {
-                key: Some(Bytes::from(key)),
-                value: value.map(Bytes::from),
-                headers: Vec::new(),
-                timestamp_ms: ts,
-            });
-        }
-        let batch = batch
-            .try_build()
-            .map_err(|e| Error::new(Reason::Internal, format!("encoding group records: {e}")))?;
+    /// Whether this node may still change and answer for the shard: it
+    /// leads the partition at the shard's epoch, its lease holds, and the
+    /// ISR has `min.insync.replicas`. Checked before any change (so a
+    /// refused change leaves nothing to undo) and before any answer (a
+    /// coordinator cut off from the cluster must not answer from what it
+    /// holds: a new one may already have moved the group on).
+    fn writable(&self, shard: &Shard) -> Result<(), Error> {
         let replica = &shard.replica;
         let (epoch, _) = replica.epoch_and_replicas();
         if epoch != shard.leader_epoch || !replica.is_leader() {
@@ -269,25 +279,85 @@ impl Coordinator {
                 "the groups partition's leadership moved",
             ));
         }
-        self.acks.check_replicas(replica, &shard.pref(), false)?;
-        let info = append_in_order(replica, &batch, i32::try_from(epoch).unwrap_or(i32::MAX))
-            .await?
-            .map_err(|e| log_error(TOPIC, shard.partition, e))?;
-        Ok(info.last_offset + 1)
+        self.acks.check_replicas(replica, &shard.pref(), false)
     }
 
-    /// Waits until everything written to the shard is replicated.
+    async fn append(&self, shard: &Shard, records: &[Record]) -> Result<i64, Error> {
+        let ts = now_ms() as i64;
+        let mut next = 0;
+        let mut rest = records;
+        while !rest.is_empty() {
+            // Batches of at most about BATCH_BYTES, so a tick writing many
+            // groups stays within the topic's batch limit.
+            let mut batch = BatchBuilder::new(Compression::None);
+            let mut taken = 0;
+            for r in rest {
+                if taken > 0 && batch.estimated_size() >= BATCH_BYTES {
+                    break;
+                }
+                let (key, value) = r.encode();
+                batch.push(&streambus_record::Record {
+                    key: Some(Bytes::from(key)),
+                    value: value.map(Bytes::from),
+                    headers: Vec::new(),
+                    timestamp_ms: ts,
+                });
+                taken += 1;
+            }
+            rest = &rest[taken..];
+            let batch = batch.try_build().map_err(|e| {
+                Error::new(Reason::Internal, format!("encoding group records: {e}"))
+            })?;
+            self.writable(shard)?;
+            let epoch = i32::try_from(shard.leader_epoch).unwrap_or(i32::MAX);
+            let info = append_in_order(&shard.replica, &batch, epoch)
+                .await?
+                .map_err(|e| log_error(TOPIC, shard.partition, e))?;
+            next = info.last_offset + 1;
+        }
+        Ok(next)
+    }
+
+    /// Waits until everything written to the shard is replicated, and
+    /// checks that this node may still answer for it.
     async fn settled(&self, shard: &Shard) -> Result<(), Error> {
         let target = shard.written.load(Ordering::Acquire);
-        if shard.replica.high_watermark() >= target {
-            return Ok(());
+        if shard.replica.high_watermark() < target {
+            self.acks
+                .wait_replicated(&shard.replica, &shard.pref(), shard.leader_epoch, target)
+                .await?;
         }
-        self.acks
-            .wait_replicated(&shard.replica, &shard.pref(), shard.leader_epoch, target)
-            .await
+        self.writable(shard)
     }
 
+    /// A member's heartbeat. Changes run to completion on a task of their
+    /// own: a caller that goes away mid-change cannot leave the groups in
+    /// memory ahead of the log.
     pub async fn heartbeat(
+        self: &Arc<Self>,
+        req: GroupHeartbeatRequest,
+    ) -> Result<GroupHeartbeatResponse, Error> {
+        let this = self.clone();
+        tokio::spawn(async move { this.heartbeat_inner(req).await })
+            .await
+            .map_err(join_error)?
+    }
+
+    pub async fn commit(self: &Arc<Self>, req: CommitOffsetsRequest) -> Result<(), Error> {
+        let this = self.clone();
+        tokio::spawn(async move { this.commit_inner(req).await })
+            .await
+            .map_err(join_error)?
+    }
+
+    pub async fn delete(self: &Arc<Self>, req: DeleteGroupRequest) -> Result<(), Error> {
+        let this = self.clone();
+        tokio::spawn(async move { this.delete_inner(req).await })
+            .await
+            .map_err(join_error)?
+    }
+
+    async fn heartbeat_inner(
         &self,
         req: GroupHeartbeatRequest,
     ) -> Result<GroupHeartbeatResponse, Error> {
@@ -325,6 +395,7 @@ impl Coordinator {
         let shard = self.shard_for(&req.group).await?;
         let response = {
             let mut slot = shard.groups.lock().await;
+            self.writable(&shard)?;
             let groups = self.loaded(&shard, &mut slot).await?;
             let view = self.partitions().view();
             let now = now_ms();
@@ -356,7 +427,7 @@ impl Coordinator {
         })
     }
 
-    pub async fn commit(&self, req: CommitOffsetsRequest) -> Result<(), Error> {
+    async fn commit_inner(&self, req: CommitOffsetsRequest) -> Result<(), Error> {
         let shard = self.shard_for(&req.group).await?;
         let view = self.partitions().view();
         let mut offsets = Vec::with_capacity(req.offsets.len());
@@ -394,6 +465,7 @@ impl Coordinator {
         }
         {
             let mut slot = shard.groups.lock().await;
+            self.writable(&shard)?;
             let groups = self.loaded(&shard, &mut slot).await?;
             let fresh = !groups.contains_key(&req.group);
             let group = match groups.get_mut(&req.group) {
@@ -468,10 +540,11 @@ impl Coordinator {
         Ok(out)
     }
 
-    pub async fn delete(&self, req: DeleteGroupRequest) -> Result<(), Error> {
+    async fn delete_inner(&self, req: DeleteGroupRequest) -> Result<(), Error> {
         let shard = self.shard_for(&req.group).await?;
         {
             let mut slot = shard.groups.lock().await;
+            self.writable(&shard)?;
             let groups = self.loaded(&shard, &mut slot).await?;
             let group = groups.get(&req.group).ok_or_else(|| {
                 Error::new(
@@ -558,6 +631,7 @@ impl Coordinator {
 
     async fn tick_shard(&self, shard: &Shard) -> Result<(), Error> {
         let mut slot = shard.groups.lock().await;
+        self.writable(shard)?;
         let groups = self.loaded(shard, &mut slot).await?;
         let now = now_ms();
         let view = self.partitions().view();
@@ -599,7 +673,12 @@ impl Coordinator {
                 records.extend(tombstones(&g));
             }
         }
-        self.write(shard, &mut slot, &records).await
+        let written = self.write(shard, &mut slot, &records).await;
+        if written.is_err() {
+            // The groups are loaded again: they follow the topics again too.
+            shard.seen_version.store(-1, Ordering::Release);
+        }
+        written
     }
 }
 

@@ -267,7 +267,7 @@ async fn a_silent_member_is_removed_and_then_fenced() {
     assert_eq!(e.reason, Reason::UnknownMember, "{e}");
     // a commits at a stale epoch: fenced.
     let mut stale = commit("g", &a, &bt, bp, 5);
-    stale.member_epoch -= 1;
+    stale.member_epoch -= 2;
     let e = call!(cluster, "g", |c| c.commit_offsets(stale.clone())).unwrap_err();
     assert_eq!(e.reason, Reason::FencedMemberEpoch, "{e}");
     call!(cluster, "g", |c| c

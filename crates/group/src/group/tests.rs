@@ -278,9 +278,15 @@ fn a_heartbeat_or_commit_at_an_old_epoch_is_fenced() {
         matches!(stale, Err(GroupError::FencedEpoch { sent, current, .. }) if sent == epoch - 2 && current as i64 == epoch)
     );
     assert!(matches!(
-        s.group.check_commit("a", epoch - 1, &owned),
+        s.group.check_commit("a", epoch - 2, &owned),
         Err(GroupError::FencedEpoch { .. })
     ));
+    assert!(matches!(
+        s.group.check_commit("a", epoch + 1, &owned),
+        Err(GroupError::FencedEpoch { .. })
+    ));
+    // The epoch before: an answer moving it on may have been lost.
+    assert_eq!(s.group.check_commit("a", epoch - 1, &owned), Ok(()));
     assert_eq!(s.group.check_commit("a", epoch, &owned), Ok(()));
 }
 
