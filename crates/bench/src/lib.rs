@@ -17,6 +17,7 @@
 //! See `docs/bench-tool.md`.
 
 pub mod driver;
+pub mod groups;
 pub mod machine;
 pub mod procfs;
 pub mod progress;

@@ -65,6 +65,41 @@ enum Command {
     /// concurrent subscribers, half of them stalled, and the throughput of
     /// the others against the same readers without stalled subscribers.
     Subscribers(SubscribersArgs),
+    /// Consumer groups: offset commits per second across many groups, the
+    /// rebalance when one of three members leaves, and a group member's
+    /// read throughput against a plain subscription's.
+    Groups(GroupsArgs),
+}
+
+#[derive(Debug, Args)]
+struct GroupsArgs {
+    /// The StreamBus gateway.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    gateway: String,
+    /// Groups committing in the commit phase.
+    #[arg(long, default_value_t = 1000)]
+    groups: usize,
+    /// Commits in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// How long the commit phase runs.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    commit_duration: Duration,
+    /// Records read in each throughput round.
+    #[arg(long, default_value_t = 500_000)]
+    records: usize,
+    /// Payload bytes per record.
+    #[arg(long, default_value_t = 1024)]
+    record_bytes: usize,
+    /// Partitions of the commit and throughput topics.
+    #[arg(long, default_value_t = 12)]
+    partitions: u32,
+    /// Rounds of the rebalance and throughput phases (medians reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Writes the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 /// One flag value holding a list (`10,100,1000`): clap's derive takes a
@@ -313,6 +348,7 @@ fn main() -> ExitCode {
         } => table_command(&title, markdown, json, &reports),
         Command::Workload { workload } => workload.resolve().map(|w| print!("{}", w.to_toml())),
         Command::Subscribers(args) => subscribers_command(args),
+        Command::Groups(args) => groups_command(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -385,6 +421,29 @@ fn table_command(
     }
     if let Some(path) = json {
         std::fs::write(&path, serde_json::to_string_pretty(&value)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn groups_command(a: GroupsArgs) -> anyhow::Result<()> {
+    let options = streambus_bench::groups::Options {
+        gateway: a.gateway,
+        groups: a.groups.max(1),
+        concurrency: a.concurrency.max(1),
+        commit_duration: a.commit_duration,
+        records: a.records,
+        record_bytes: a.record_bytes,
+        partitions: a.partitions.max(1),
+        rounds: a.rounds.max(1),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(streambus_bench::groups::run(options))?;
+    print!("{}", report.markdown());
+    if let Some(path) = a.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
