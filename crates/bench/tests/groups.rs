@@ -49,7 +49,10 @@ async fn groups_measures_commits_rebalances_and_group_throughput() {
     })
     .await
     .unwrap();
-    assert!(report.commits > 0 && report.commits_per_second > 0.0, "{report:?}");
+    assert!(
+        report.commits > 0 && report.commits_per_second > 0.0,
+        "{report:?}"
+    );
     assert!(report.commit_p99_ms >= report.commit_p50_ms);
     assert_eq!(report.rebalance_ms.len(), 1);
     assert!(report.rebalance_median_ms > 0.0);

@@ -150,6 +150,51 @@ async fn members_share_partitions_hand_them_over_and_resume_from_commits() {
     assert_eq!(described.total_lag, 0, "{described:?}");
     assert_eq!(described.partitions.len(), 12);
 
+    // Lag, as the gateway exports it for the partitions its members own:
+    // records produced and not yet processed (the members do not read on
+    // meanwhile), and how old the first of them is.
+    let lag = |name: &str| {
+        common::metric_samples(dev.endpoints.http, name)
+            .into_iter()
+            .filter(|(labels, _)| labels.contains("group=\"g\""))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(lag("streambus_gateway_group_lag_records").len(), 12);
+    assert!(
+        lag("streambus_gateway_group_lag_records")
+            .iter()
+            .all(|(_, v)| *v == 0.0)
+    );
+    produce(&client, "orders", 600, 720).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while lag("streambus_gateway_group_lag_records")
+        .iter()
+        .map(|(_, v)| v)
+        .sum::<f64>()
+        != 120.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            lag("streambus_gateway_group_lag_records")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        lag("streambus_gateway_group_lag_seconds")
+            .iter()
+            .any(|(_, v)| *v > 0.0)
+    );
+    assert_eq!(
+        common::metric(dev.endpoints.http, "streambus_gateway_group_members"),
+        3.0
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while (600..720).any(|v| !members.iter().any(|(_, s)| s.values.contains_key(&v))) {
+        take_events(&mut members, Duration::from_millis(20)).await;
+        assert!(tokio::time::Instant::now() < deadline, "records missing");
+    }
+
     // One leaves: the other two take its partitions over, six each, and
     // read what comes next.
     let (leaving, _) = members.pop().unwrap();
@@ -166,9 +211,9 @@ async fn members_share_partitions_hand_them_over_and_resume_from_commits() {
             "never 6 each: {counts:?}"
         );
     }
-    produce(&client, "orders", 600, 900).await;
+    produce(&client, "orders", 720, 900).await;
     let deadline = tokio::time::Instant::now() + WAIT;
-    while (600..900).any(|v| !members.iter().any(|(_, s)| s.values.contains_key(&v))) {
+    while (720..900).any(|v| !members.iter().any(|(_, s)| s.values.contains_key(&v))) {
         take_events(&mut members, Duration::from_millis(20)).await;
         assert!(
             tokio::time::Instant::now() < deadline,

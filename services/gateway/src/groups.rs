@@ -59,6 +59,8 @@ const JOIN_WAIT: Duration = Duration::from_secs(10);
 /// Messages waiting for a client before its requests are no longer read
 /// (a client that sends but does not read cannot grow them without bound).
 const OUTBOX_LIMIT: usize = 64;
+/// Batch timestamps kept per partition for the lag in time.
+const MAX_STAMPS: usize = 4096;
 /// Partition lookups a `DescribeGroup` or `ResetOffsets` keeps in flight.
 const LOOKUPS: usize = 32;
 
@@ -541,6 +543,9 @@ struct Member {
     demand: Arc<Demand>,
     /// Each owned partition's high watermark, as last fetched.
     high_watermarks: HashMap<Tp, i64>,
+    /// Each owned partition's delivered batches: first offset -> first
+    /// timestamp (for the lag in time).
+    stamps: HashMap<Tp, BTreeMap<i64, i64>>,
     /// The next offsets the client reported processed.
     positions: HashMap<Tp, i64>,
     /// The offsets known committed.
@@ -608,7 +613,8 @@ impl Member {
             .collect();
         for tp in lost {
             self.high_watermarks.remove(&tp);
-            self.api.metrics.group_lag.remove(&self.lag_labels(&tp));
+            self.stamps.remove(&tp);
+            self.api.metrics.forget_lag(&self.lag_labels(&tp));
         }
         let new: Vec<Tp> = assigned
             .iter()
@@ -746,14 +752,56 @@ impl Member {
 
     /// Sets the lag gauge of a partition: records between its committed
     /// offset and its high watermark.
-    fn observe_lag(&self, tp: &Tp) {
-        if let Some(&hw) = self.high_watermarks.get(tp) {
-            let committed = self.committed.get(tp).copied().unwrap_or(0);
+    fn observe_lag(&mut self, tp: &Tp) {
+        let Some(&hw) = self.high_watermarks.get(tp) else {
+            return;
+        };
+        let committed = self.committed.get(tp).copied().unwrap_or(0);
+        let lag = (hw - committed).max(0);
+        let labels = self.lag_labels(tp);
+        self.api.metrics.group_lag.get_or_create(&labels).set(lag);
+        let stamps = self.stamps.entry(tp.clone()).or_default();
+        // The batch holding the first uncommitted record: the last one
+        // starting at or before it (else the first after it).
+        let stamp = stamps
+            .range(..=committed)
+            .next_back()
+            .or_else(|| stamps.range(committed..).next())
+            .map(|(&offset, &ts)| (offset, ts));
+        if let Some((offset, _)) = stamp {
+            // Older batches are behind the commit for good.
+            *stamps = stamps.split_off(&offset);
+        }
+        let seconds = match stamp {
+            _ if lag == 0 => Some(0.0),
+            Some((_, ts)) if ts >= 0 => Some(((now_ms() - ts).max(0)) as f64 / 1000.0),
+            _ => None,
+        };
+        if let Some(seconds) = seconds {
             self.api
                 .metrics
-                .group_lag
-                .get_or_create(&self.lag_labels(tp))
-                .set((hw - committed).max(0));
+                .group_lag_seconds
+                .get_or_create(&labels)
+                .set(seconds);
+        }
+    }
+
+    /// Notes the first offset and timestamp of each batch delivered, for
+    /// the lag in time.
+    fn stamp(&mut self, tp: &Tp, r: &streambus_proto::v1::SubscribeResponse) {
+        let stamps = self.stamps.entry(tp.clone()).or_default();
+        for (header, _) in streambus_record::BatchIter::new(&r.encoded_batches).flatten() {
+            if !header.is_control() {
+                stamps.insert(header.base_offset, header.first_timestamp);
+            }
+        }
+        if let Some(first) = r.records.first() {
+            stamps.insert(first.offset, first.timestamp_ms);
+        }
+        // Bounded: a member far behind keeps the oldest (the ones its lag
+        // is measured from) and drops the newest.
+        while stamps.len() > MAX_STAMPS {
+            stamps.pop_last();
         }
     }
 
@@ -762,6 +810,7 @@ impl Member {
         match item {
             Ok(r) => {
                 self.high_watermarks.insert(tp.clone(), r.high_watermark);
+                self.stamp(&tp, &r);
                 self.observe_lag(&tp);
                 self.outbox.push_back((
                     Ok(ConsumeGroupResponse {
@@ -1049,7 +1098,7 @@ impl Member {
         };
         for (tp, reader) in self.readers.drain() {
             reader.abort();
-            self.api.metrics.group_lag.remove(&GroupPartitionLabels {
+            self.api.metrics.forget_lag(&GroupPartitionLabels {
                 group: self.join.group.clone(),
                 topic: tp.topic,
                 partition: tp.partition,
@@ -1146,6 +1195,7 @@ impl GroupApi {
             inbound: tokio_stream::StreamMap::new(),
             demand: Demand::new(buffer * 16),
             high_watermarks: HashMap::new(),
+            stamps: HashMap::new(),
             positions,
             committed: HashMap::new(),
             last_heard: Instant::now(),

@@ -52,6 +52,18 @@ pub struct Metrics {
     /// Per partition a member here owns: records between the group's
     /// committed offset and the partition's high watermark.
     pub group_lag: Family<GroupPartitionLabels, Gauge>,
+    /// The same partitions: how long ago the first record not yet
+    /// committed was produced (by its batch's first timestamp); 0 without
+    /// lag.
+    pub group_lag_seconds: Family<GroupPartitionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
+impl Metrics {
+    /// Drops a partition's lag series (it left the member's assignment).
+    pub fn forget_lag(&self, labels: &GroupPartitionLabels) {
+        self.group_lag.remove(labels);
+        self.group_lag_seconds.remove(labels);
+    }
 }
 
 impl Metrics {
@@ -72,6 +84,7 @@ impl Metrics {
             group_members: Gauge::default(),
             group_commits: Counter::default(),
             group_lag: Family::default(),
+            group_lag_seconds: Family::default(),
         };
         registry.register_collector(Box::new(streambus_service::budget::BudgetCollector::new(
             "streambus_gateway",
@@ -132,6 +145,11 @@ impl Metrics {
             "group_lag_records",
             "Records between a consumer group's committed offset and the high watermark, per partition owned by a member served here",
             m.group_lag.clone(),
+        );
+        r.register(
+            "group_lag_seconds",
+            "How long ago the first record a consumer group has not committed was produced, per partition owned by a member served here",
+            m.group_lag_seconds.clone(),
         );
         m
     }

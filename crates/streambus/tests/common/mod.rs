@@ -102,3 +102,24 @@ pub fn metric(http: impl std::fmt::Display, name: &str) -> f64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {name} in the metrics"))
 }
+
+/// Every sample of a labelled metric on the dev instance's `/metrics`:
+/// (labels, value).
+pub fn metric_samples(http: impl std::fmt::Display, name: &str) -> Vec<(String, f64)> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(http.to_string()).unwrap();
+    write!(
+        conn,
+        "GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    conn.read_to_string(&mut body).unwrap();
+    body.lines()
+        .filter_map(|l| l.strip_prefix(&format!("{name}{{")))
+        .filter_map(|l| {
+            let (labels, value) = l.rsplit_once("} ")?;
+            Some((labels.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
