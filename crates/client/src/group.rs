@@ -570,9 +570,12 @@ impl GroupConsumer {
                     return Ok(());
                 }
                 let handed = self.lock_positions().get(&tp).copied();
+                // Batches come whole: records below where the gateway read
+                // from are not this member's to process.
                 let floor = handed
                     .into_iter()
                     .chain(self.received.get(&tp).copied())
+                    .chain((r.fetch_offset >= 0).then_some(r.fetch_offset))
                     .max()
                     .unwrap_or(i64::MIN);
                 let mut records = Vec::new();

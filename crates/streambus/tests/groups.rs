@@ -380,3 +380,159 @@ async fn bad_group_requests_get_clear_errors() {
     c.close().await.unwrap();
     dev.stop().await;
 }
+
+/// Runs the `streambus` CLI against the dev instance: (exit ok, stdout,
+/// stderr).
+fn cli(gateway: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_streambus"))
+        .args(args)
+        .env("STREAMBUS_GATEWAY", gateway)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_consumes_as_a_group_and_manages_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = common::Dev::start(dir.path()).await;
+    let gw = dev.gateway();
+    let client = Client::connect(gw.clone()).await.unwrap();
+    client
+        .create_topic("cli-orders", 3, 1, HashMap::new())
+        .await
+        .unwrap();
+    produce(&client, "cli-orders", 0, 30).await;
+
+    // A member reads 20 records, commits and leaves; the next one reads the
+    // 10 after them.
+    let gw2 = gw.clone();
+    let (ok, first, err) = tokio::task::spawn_blocking(move || {
+        cli(
+            &gw2,
+            &[
+                "consume",
+                "cli-orders",
+                "--group",
+                "billing",
+                "--from-beginning",
+                "-n",
+                "20",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(first.lines().count(), 20);
+    assert!(err.contains("assigned cli-orders/"), "{err}");
+    let gw2 = gw.clone();
+    let (ok, rest, err) = tokio::task::spawn_blocking(move || {
+        cli(
+            &gw2,
+            &["consume", "cli-orders", "--group", "billing", "-n", "10"],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let all: BTreeSet<usize> = first
+        .lines()
+        .chain(rest.lines())
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(all, (0..30).collect());
+
+    let run = |args: &'static [&'static str]| {
+        let gw = gw.clone();
+        tokio::task::spawn_blocking(move || cli(&gw, args))
+    };
+    let (ok, out, _) = run(&["group", "list"]).await.unwrap();
+    assert!(ok);
+    assert!(out.starts_with("GROUP"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("billing") && l.contains("empty")),
+        "{out}"
+    );
+    let (ok, out, _) = run(&["group", "describe", "billing"]).await.unwrap();
+    assert!(ok);
+    assert!(out.contains("state:     empty"), "{out}");
+    assert!(out.contains("total lag: 0"), "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("cli-orders")).count(),
+        3,
+        "{out}"
+    );
+
+    // The plan, then its execution.
+    let (ok, out, _) = run(&[
+        "group",
+        "reset-offsets",
+        "billing",
+        "--topic",
+        "cli-orders",
+        "--to-earliest",
+    ])
+    .await
+    .unwrap();
+    assert!(ok);
+    assert!(out.contains("dry run"), "{out}");
+    let (ok, _, _) = run(&["group", "describe", "billing"]).await.unwrap();
+    assert!(ok);
+    let (ok, out, err) = run(&[
+        "group",
+        "reset-offsets",
+        "billing",
+        "--topic",
+        "cli-orders",
+        "--shift-by",
+        "-2",
+        "--execute",
+    ])
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert!(out.contains("committed the new offsets"), "{out}");
+    let d = client.describe_group("billing").await.unwrap();
+    assert_eq!(d.total_lag, 6, "{d:?}");
+
+    // Errors: an unknown group, reset with nowhere to go, a live member.
+    let (ok, _, err) = run(&["group", "describe", "nobody"]).await.unwrap();
+    assert!(!ok);
+    assert!(err.contains("UNKNOWN_GROUP"), "{err}");
+    let (ok, _, err) = run(&["group", "reset-offsets", "billing", "--topic", "cli-orders"])
+        .await
+        .unwrap();
+    assert!(!ok, "{err}");
+    let mut live = client
+        .group_consumer(GroupOptions::new("billing", &["cli-orders"]))
+        .await
+        .unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), live.next()).await;
+    let (ok, _, err) = run(&[
+        "group",
+        "reset-offsets",
+        "billing",
+        "--topic",
+        "cli-orders",
+        "--to-latest",
+        "--execute",
+    ])
+    .await
+    .unwrap();
+    assert!(!ok);
+    assert!(err.contains("GROUP_NOT_EMPTY"), "{err}");
+    let (ok, _, err) = run(&["group", "delete", "billing"]).await.unwrap();
+    assert!(!ok);
+    assert!(err.contains("GROUP_NOT_EMPTY"), "{err}");
+    live.close().await.unwrap();
+    let (ok, out, err) = run(&["group", "delete", "billing"]).await.unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(out, "deleted group billing\n");
+    dev.stop().await;
+}

@@ -543,6 +543,9 @@ struct Member {
     demand: Arc<Demand>,
     /// Each owned partition's high watermark, as last fetched.
     high_watermarks: HashMap<Tp, i64>,
+    /// Where each reader's next response starts (its start, then the last
+    /// response's next offset); -1 when the reader resolved its start.
+    fetch_offsets: HashMap<Tp, i64>,
     /// Each owned partition's delivered batches: first offset -> first
     /// timestamp (for the lag in time).
     stamps: HashMap<Tp, BTreeMap<i64, i64>>,
@@ -711,6 +714,7 @@ impl Member {
     }
 
     fn spawn_reader(&mut self, tp: Tp, from: Option<i64>) {
+        self.fetch_offsets.insert(tp.clone(), from.unwrap_or(-1));
         let req = SubscribeRequest {
             topic: tp.topic.clone(),
             partition: Some(tp.partition),
@@ -740,6 +744,7 @@ impl Member {
             h.abort();
         }
         self.inbound.remove(tp);
+        self.fetch_offsets.remove(tp);
     }
 
     fn lag_labels(&self, tp: &Tp) -> GroupPartitionLabels {
@@ -809,6 +814,10 @@ impl Member {
     fn deliver(&mut self, tp: Tp, (item, held): Delivery) -> Result<(), End> {
         match item {
             Ok(r) => {
+                let fetch_offset = self
+                    .fetch_offsets
+                    .insert(tp.clone(), r.next_offset)
+                    .unwrap_or(-1);
                 self.high_watermarks.insert(tp.clone(), r.high_watermark);
                 self.stamp(&tp, &r);
                 self.observe_lag(&tp);
@@ -821,6 +830,7 @@ impl Member {
                             encoded_batches: r.encoded_batches,
                             high_watermark: r.high_watermark,
                             next_offset: r.next_offset,
+                            fetch_offset,
                         })),
                     }),
                     held,
@@ -1195,6 +1205,7 @@ impl GroupApi {
             inbound: tokio_stream::StreamMap::new(),
             demand: Demand::new(buffer * 16),
             high_watermarks: HashMap::new(),
+            fetch_offsets: HashMap::new(),
             stamps: HashMap::new(),
             positions,
             committed: HashMap::new(),
