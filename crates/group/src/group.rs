@@ -50,7 +50,7 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             session_timeout_ms: 45_000,
-            heartbeat_interval_ms: 5_000,
+            heartbeat_interval_ms: 1_000,
             default_rebalance_timeout_ms: 60_000,
             max_members: 1_000,
         }

@@ -128,7 +128,7 @@ impl Default for StorageNodeConfig {
             max_partitions: 0,
             max_open_files: 0,
             group_session_timeout_ms: 45_000,
-            group_heartbeat_interval_ms: 5_000,
+            group_heartbeat_interval_ms: 1_000,
             group_rebalance_timeout_ms: 60_000,
             group_max_members: 1_000,
             group_retention_ms: 7 * 24 * 3_600_000,

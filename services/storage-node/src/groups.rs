@@ -50,6 +50,9 @@ pub use streambus_group::TOPIC;
 /// topic changes, leadership.
 const TICK: Duration = Duration::from_millis(200);
 
+/// The heartbeat interval members of a group that is not stable are told.
+const RECONCILE_HEARTBEAT_MS: u64 = 250;
+
 /// Records per append are cut into batches of about this size.
 const BATCH_BYTES: usize = 256 * 1024;
 
@@ -403,6 +406,7 @@ impl Coordinator {
                 .entry(req.group.clone())
                 .or_insert_with(|| Group::new(req.group.clone(), now));
             let result = group.heartbeat(hb, now, &ViewTopics(&view), &self.limits);
+            let reconciling = group.state() != streambus_group::GroupState::Stable;
             let records = if group.take_dirty() {
                 vec![Record::group(group)]
             } else {
@@ -413,7 +417,15 @@ impl Coordinator {
                 groups.remove(&req.group);
             }
             self.write(&shard, &mut slot, &records).await?;
-            result.map_err(group_error)?
+            let mut response = result.map_err(group_error)?;
+            if reconciling {
+                // Partitions are moving: every member beats often until
+                // they have, so a handover takes a few of these, not a few
+                // heartbeat intervals.
+                response.heartbeat_interval_ms =
+                    response.heartbeat_interval_ms.min(RECONCILE_HEARTBEAT_MS);
+            }
+            response
         };
         self.settled(&shard).await?;
         Ok(GroupHeartbeatResponse {
