@@ -269,6 +269,7 @@ fn run_system(
             let _ = std::fs::remove_dir_all(&data);
             let (mut child, gateway) = start_streambus(&data)?;
             args.extend(["--streambus".into(), gateway]);
+            args.extend(["--server-pid".into(), child.id().to_string()]);
             let result = run_bench(bench_bin, &args);
             crate::devproc::stop(&mut child);
             let _ = std::fs::remove_dir_all(&data);
@@ -277,6 +278,9 @@ fn run_system(
         "kafka" => {
             peer::kafka::start()?;
             args.extend(["--kafka".into(), peer::KAFKA_ADDR.into()]);
+            if let Some(pid) = peer::server_pid("kafka") {
+                args.extend(["--server-pid".into(), pid.to_string()]);
+            }
             let result = run_bench(bench_bin, &args);
             peer::kafka::stop()?;
             result
@@ -289,6 +293,9 @@ fn run_system(
                 "--nats-monitor".into(),
                 peer::NATS_MONITOR_ADDR.into(),
             ]);
+            if let Some(pid) = peer::server_pid("nats") {
+                args.extend(["--server-pid".into(), pid.to_string()]);
+            }
             let result = run_bench(bench_bin, &args);
             peer::nats::stop()?;
             result

@@ -128,8 +128,14 @@ pub fn main(args: &[String]) -> Result<(), String> {
     }
 }
 
+/// The pid of the peer server `name` (`kafka`, `nats`; a single Kafka
+/// broker) started by xtask, while it runs.
+pub(crate) fn server_pid(name: &str) -> Option<u32> {
+    read_pid(&peer_dir(name).join(format!("{name}.pid")))
+}
+
 fn status(name: &str, addr: &str) {
-    let pid = read_pid(&peer_dir(name).join(format!("{name}.pid")));
+    let pid = server_pid(name);
     match (listening(addr), pid) {
         (true, Some(pid)) => eprintln!("{name}: running at {addr} (pid {pid})"),
         (true, None) => eprintln!("{name}: something listens at {addr}, not started by xtask"),

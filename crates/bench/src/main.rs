@@ -37,6 +37,10 @@ enum Command {
         /// Writes the JSON report here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// The server's process id: its CPU time is measured beside this
+        /// process's own (CPU seconds per million messages).
+        #[arg(long)]
+        server_pid: Option<u32>,
         #[command(flatten)]
         endpoints: EndpointArgs,
     },
@@ -338,8 +342,9 @@ fn main() -> ExitCode {
             driver,
             workload,
             json,
+            server_pid,
             endpoints,
-        } => run(&driver, &workload, json, endpoints),
+        } => run(&driver, &workload, json, server_pid, endpoints),
         Command::Table {
             title,
             markdown,
@@ -363,6 +368,7 @@ fn run(
     driver: &str,
     workload: &WorkloadArgs,
     json: Option<PathBuf>,
+    server_pid: Option<u32>,
     e: EndpointArgs,
 ) -> anyhow::Result<()> {
     let workload = workload.resolve()?;
@@ -376,7 +382,11 @@ fn run(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let report = runtime.block_on(runner::run(driver, &workload, RunOptions::default()))?;
+    let options = RunOptions {
+        quiet: false,
+        server_pid,
+    };
+    let report = runtime.block_on(runner::run(driver, &workload, options))?;
     println!();
     for line in report.results.summary_lines() {
         println!("{line}");

@@ -49,9 +49,18 @@ pub struct IntervalLine {
     pub publish_delay: Option<Summary>,
     /// End-to-end latency in this interval.
     pub end_to_end_latency: Summary,
+    /// CPU spent in this interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuUse>,
 }
 
 impl IntervalLine {
+    /// The same line with the CPU spent in its interval.
+    pub fn with_cpu(mut self, cpu: Option<CpuUse>) -> IntervalLine {
+        self.cpu = cpu;
+        self
+    }
+
     /// Figures between the counters `before` and `after`, `dt` apart.
     pub fn new(
         elapsed: Duration,
@@ -77,6 +86,7 @@ impl IntervalLine {
             publish_latency: latencies.publish.summary(),
             publish_delay: (workload.producer_rate > 0).then(|| latencies.publish_delay.summary()),
             end_to_end_latency: latencies.end_to_end.summary(),
+            cpu: None,
         }
     }
 }
@@ -103,7 +113,64 @@ impl fmt::Display for IntervalLine {
         if let Some(d) = &self.publish_delay {
             write!(f, " | delay ms p99 {:.2} max {:.2}", d.p99_ms, d.max_ms)?;
         }
+        if let Some(c) = &self.cpu {
+            write!(f, " | cpu s/1M msgs client {:.2}", c.client_s_per_million)?;
+            if let Some(s) = c.server_s_per_million {
+                write!(f, " server {s:.2}")?;
+            }
+        }
         Ok(())
+    }
+}
+
+/// CPU time spent in a window, by the benchmark process (its clients) and
+/// by the server process when its pid was given, and per million messages
+/// acknowledged in the window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct CpuUse {
+    /// User plus system CPU seconds of the benchmark process.
+    pub client_s: f64,
+    /// Of the server process (`--server-pid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_s: Option<f64>,
+    /// `client_s` per million messages acknowledged.
+    pub client_s_per_million: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_s_per_million: Option<f64>,
+}
+
+/// CPU seconds so far of the benchmark process and of the server.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuSample {
+    pub client_s: f64,
+    pub server_s: Option<f64>,
+}
+
+impl CpuUse {
+    /// The CPU spent between two samples over `messages` acknowledged;
+    /// `None` without messages.
+    pub fn between(before: CpuSample, after: CpuSample, messages: u64) -> Option<CpuUse> {
+        if messages == 0 {
+            return None;
+        }
+        let millions = messages as f64 / 1e6;
+        let client_s = (after.client_s - before.client_s).max(0.0);
+        let server_s = before
+            .server_s
+            .zip(after.server_s)
+            .map(|(b, a)| (a - b).max(0.0));
+        Some(CpuUse {
+            client_s,
+            server_s,
+            client_s_per_million: client_s / millions,
+            server_s_per_million: server_s.map(|s| s / millions),
+        })
+    }
+
+    /// Client plus server per million messages (client only without a
+    /// server pid).
+    pub fn total_s_per_million(&self) -> f64 {
+        self.client_s_per_million + self.server_s_per_million.unwrap_or(0.0)
     }
 }
 
@@ -134,6 +201,9 @@ pub struct Results {
     pub publish_delay: Option<SummaryOut>,
     /// Timestamp header to receipt by a consumer.
     pub end_to_end_latency: SummaryOut,
+    /// CPU spent in the measured phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuUse>,
 }
 
 /// A [`Summary`] as stored in reports (deserialisable for `table`).
@@ -206,7 +276,14 @@ impl Results {
             publish_delay: (workload.producer_rate > 0)
                 .then(|| latencies.publish_delay.summary().into()),
             end_to_end_latency: latencies.end_to_end.summary().into(),
+            cpu: None,
         }
+    }
+
+    /// The same results with the CPU spent in the measured phase.
+    pub fn with_cpu(mut self, cpu: Option<CpuUse>) -> Results {
+        self.cpu = cpu;
+        self
     }
 
     /// The closing lines, in the style of `kafka-producer-perf-test`.
@@ -245,6 +322,22 @@ impl Results {
                 d.p50_ms, d.p99_ms, d.p99_9_ms, d.max_ms
             )),
             None => lines.push("publish delay: not applicable at max rate (no schedule).".to_string()),
+        }
+        if let Some(c) = &self.cpu {
+            lines.push(match (c.server_s, c.server_s_per_million) {
+                (Some(s), Some(per)) => format!(
+                    "cpu: client {:.2} s ({:.2} s per million messages), server {:.2} s ({:.2} s per million messages), together {:.2} s per million messages.",
+                    c.client_s,
+                    c.client_s_per_million,
+                    s,
+                    per,
+                    c.total_s_per_million()
+                ),
+                _ => format!(
+                    "cpu: client {:.2} s ({:.2} s per million messages); server not measured (--server-pid).",
+                    c.client_s, c.client_s_per_million
+                ),
+            });
         }
         if self.measured.failed > 0 || self.backlog_at_end != 0 {
             lines.push(format!(
@@ -322,6 +415,39 @@ pub struct StoredReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_per_million_messages_comes_from_the_two_samples() {
+        let before = CpuSample {
+            client_s: 1.0,
+            server_s: Some(10.0),
+        };
+        let after = CpuSample {
+            client_s: 3.0,
+            server_s: Some(14.0),
+        };
+        let c = CpuUse::between(before, after, 500_000).unwrap();
+        assert_eq!(c.client_s, 2.0);
+        assert_eq!(c.server_s, Some(4.0));
+        assert_eq!(c.client_s_per_million, 4.0);
+        assert_eq!(c.server_s_per_million, Some(8.0));
+        assert_eq!(c.total_s_per_million(), 12.0);
+        assert_eq!(CpuUse::between(before, after, 0), None);
+        let alone = CpuUse::between(
+            CpuSample {
+                client_s: 0.0,
+                server_s: None,
+            },
+            CpuSample {
+                client_s: 1.0,
+                server_s: Some(5.0),
+            },
+            1_000_000,
+        )
+        .unwrap();
+        assert_eq!(alone.server_s_per_million, None);
+        assert_eq!(alone.total_s_per_million(), 1.0);
+    }
     use crate::stats::Latency;
 
     #[test]

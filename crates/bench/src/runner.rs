@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use anyhow::Context as _;
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
@@ -19,9 +20,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::driver::{AckFuture, Driver, Producer};
+use crate::procfs::Process;
 use crate::progress::Progress;
 use crate::rate::{Pacer, publish_delay};
-use crate::report::{Counts, IntervalLine, Report, Results};
+use crate::report::{Counts, CpuSample, CpuUse, IntervalLine, Report, Results};
 use crate::stats::{Latencies, Metric, TaskRecorder};
 use crate::workload::{KeyDistribution, Workload};
 
@@ -33,11 +35,51 @@ pub fn wall_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// How a run prints.
+/// How a run prints, and what else it measures.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RunOptions {
     /// Print nothing while running (tests).
     pub quiet: bool,
+    /// The server process whose CPU time is measured beside the benchmark
+    /// process's own (any system: StreamBus, Kafka, NATS).
+    pub server_pid: Option<u32>,
+}
+
+/// Reads the CPU time of this process and of the server.
+struct CpuMeter {
+    client: Option<Process>,
+    server: Option<Process>,
+}
+
+impl CpuMeter {
+    fn new(server_pid: Option<u32>) -> anyhow::Result<CpuMeter> {
+        Ok(CpuMeter {
+            client: Process::current().ok(),
+            server: server_pid
+                .map(|pid| {
+                    Process::open(pid)
+                        .with_context(|| format!("the server process (--server-pid {pid})"))
+                })
+                .transpose()?,
+        })
+    }
+
+    /// `None` where `/proc` cannot tell (not Linux).
+    fn sample(&self) -> Option<CpuSample> {
+        let client_s = self.client.as_ref()?.cpu_seconds().ok()?;
+        Some(CpuSample {
+            client_s,
+            server_s: self.server.as_ref().and_then(|p| p.cpu_seconds().ok()),
+        })
+    }
+}
+
+fn cpu_between(
+    before: Option<CpuSample>,
+    after: Option<CpuSample>,
+    messages: u64,
+) -> Option<CpuUse> {
+    CpuUse::between(before?, after?, messages)
 }
 
 /// Counters shared by every task.
@@ -182,13 +224,16 @@ async fn run_on_topics(
     let end = warm_end + workload.duration;
     let mut progress = Progress::new(workload.warmup + workload.duration, options.quiet);
     let mut intervals = Vec::new();
-    let mut last = (start, shared.counters.snapshot());
+    let cpu = CpuMeter::new(options.server_pid)?;
+    let mut last = (start, shared.counters.snapshot(), cpu.sample());
     let mut next_report = start + workload.report_interval;
     let mut next_tick = start + Duration::from_secs(1);
     let mut at_warm_end = None;
+    let mut cpu_at_warm_end = None;
     if workload.warmup.is_zero() {
         shared.measuring.store(true, Ordering::Relaxed);
         at_warm_end = Some(shared.counters.snapshot());
+        cpu_at_warm_end = cpu.sample();
     }
     loop {
         let wake = [next_report, next_tick, end]
@@ -200,10 +245,12 @@ async fn run_on_topics(
         let now = Instant::now();
         if at_warm_end.is_none() && now >= warm_end {
             at_warm_end = Some(shared.counters.snapshot());
+            cpu_at_warm_end = cpu.sample();
             shared.measuring.store(true, Ordering::Relaxed);
         }
         if now >= next_report || now >= end {
             let counts = shared.counters.snapshot();
+            let cpu_now = cpu.sample();
             let mut merged = Latencies::default();
             for r in &recorders {
                 r.drain_interval(&mut merged);
@@ -216,10 +263,11 @@ async fn run_on_topics(
                 workload,
                 &merged,
                 now <= warm_end,
-            );
+            )
+            .with_cpu(cpu_between(last.2, cpu_now, counts.acked - last.1.acked));
             progress.println(&line.to_string());
             intervals.push(line);
-            last = (now, counts);
+            last = (now, counts, cpu_now);
             next_report += workload.report_interval;
         }
         if now >= next_tick {
@@ -244,6 +292,11 @@ async fn run_on_topics(
     let measured = end.saturating_duration_since(warm_end.max(start));
     let at_warm_end = at_warm_end.unwrap_or_default();
     let at_end = shared.counters.snapshot();
+    let cpu_used = cpu_between(
+        cpu_at_warm_end,
+        cpu.sample(),
+        at_end.acked - at_warm_end.acked,
+    );
     shared.measuring.store(false, Ordering::Relaxed);
     progress.finish();
 
@@ -290,7 +343,8 @@ async fn run_on_topics(
         r.merge_total(&mut total);
     }
     let finished = shared.counters.snapshot();
-    let results = Results::new(workload, measured, &at_warm_end, &at_end, &finished, &total);
+    let results = Results::new(workload, measured, &at_warm_end, &at_end, &finished, &total)
+        .with_cpu(cpu_used);
     let errors = shared
         .errors
         .lock()

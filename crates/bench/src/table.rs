@@ -72,6 +72,26 @@ const ROWS: &[Row] = &[
         value: |r| latency(&r.results.end_to_end_latency, |s| s.p99_9_ms),
     },
     Row {
+        label: "client CPU s per million messages",
+        higher_is_better: false,
+        value: |r| r.results.cpu.map(|c| c.client_s_per_million),
+    },
+    Row {
+        label: "server CPU s per million messages",
+        higher_is_better: false,
+        value: |r| r.results.cpu.and_then(|c| c.server_s_per_million),
+    },
+    Row {
+        label: "client + server CPU s per million messages",
+        higher_is_better: false,
+        value: |r| {
+            r.results
+                .cpu
+                .filter(|c| c.server_s_per_million.is_some())
+                .map(|c| c.total_s_per_million())
+        },
+    },
+    Row {
         label: "publish delay p99 (ms)",
         higher_is_better: false,
         value: |r| {
@@ -237,6 +257,14 @@ mod tests {
                 publish_latency: lat,
                 publish_delay: None,
                 end_to_end_latency: lat,
+                // Client and server CPU per million: rate-derived, so the
+                // systems differ; NATS without a server pid.
+                cpu: Some(crate::report::CpuUse {
+                    client_s: 1.0,
+                    server_s: (driver != "nats").then_some(2.0),
+                    client_s_per_million: 1e6 / rate,
+                    server_s_per_million: (driver != "nats").then_some(2e6 / rate),
+                }),
             },
             errors: Vec::new(),
         }
@@ -250,6 +278,10 @@ mod tests {
             report("nats", 50_000.0, 2.0),
         ];
         let (md, json) = compare("max rate", &reports);
+        assert!(
+            md.contains("| client + server CPU s per million messages | 20.0 | 30.0 |"),
+            "{md}"
+        );
         assert!(md.contains("| metric | StreamBus | Kafka | NATS JetStream | StreamBus / Kafka | NATS JetStream / Kafka |"), "{md}");
         assert!(
             md.contains(

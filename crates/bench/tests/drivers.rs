@@ -96,9 +96,16 @@ async fn streambus_driver_measures_a_fixed_rate_and_a_max_rate_run() {
         Arc::from(driver::build("streambus", &endpoints).unwrap());
 
     let fixed = short(2_000, Durability::Fsync);
-    let report = runner::run(driver.clone(), &fixed, RunOptions { quiet: true })
-        .await
-        .unwrap();
+    let report = runner::run(
+        driver.clone(),
+        &fixed,
+        RunOptions {
+            quiet: true,
+            server_pid: None,
+        },
+    )
+    .await
+    .unwrap();
     assert_complete(&report, "fixed rate");
     let r = &report.results;
     // 2 000 msg/s for 1 s of warm-up and 2 measured seconds: the schedule
@@ -124,11 +131,38 @@ async fn streambus_driver_measures_a_fixed_rate_and_a_max_rate_run() {
         durability: Durability::PageCache,
         ..short(0, Durability::PageCache)
     };
-    let report = runner::run(driver, &max, RunOptions { quiet: true })
-        .await
-        .unwrap();
+    // The server runs in this process: measured as "the server" too, its
+    // figures are there (not their split).
+    let options = RunOptions {
+        quiet: true,
+        server_pid: Some(std::process::id()),
+    };
+    let report = runner::run(driver, &max, options).await.unwrap();
     assert_complete(&report, "max rate");
     assert!(report.results.publish_delay.is_none());
+    let cpu = report.results.cpu.expect("CPU per message measured");
+    assert!(
+        cpu.client_s > 0.0 && cpu.client_s_per_million > 0.0,
+        "{cpu:?}"
+    );
+    assert!(cpu.server_s_per_million.is_some_and(|s| s > 0.0), "{cpu:?}");
+    assert!(
+        report
+            .intervals
+            .iter()
+            .filter(|l| !l.warmup)
+            .all(|l| l.cpu.is_some()),
+        "every measured interval carries its CPU"
+    );
+    assert!(
+        report
+            .results
+            .summary_lines()
+            .iter()
+            .any(|l| l.starts_with("cpu: client")),
+        "{:?}",
+        report.results.summary_lines()
+    );
     assert_eq!(report.settings["topic_configs"]["fsync.policy"], "never");
 
     stop_tx.send(()).unwrap();
@@ -152,7 +186,10 @@ async fn kafka_driver_against_a_local_peer() {
     let report = runner::run(
         driver,
         &short(2_000, Durability::Fsync),
-        RunOptions { quiet: true },
+        RunOptions {
+            quiet: true,
+            server_pid: None,
+        },
     )
     .await
     .unwrap();
@@ -181,7 +218,10 @@ async fn nats_driver_against_a_local_peer() {
         match runner::run(
             driver.clone(),
             &short(2_000, durability),
-            RunOptions { quiet: true },
+            RunOptions {
+                quiet: true,
+                server_pid: None,
+            },
         )
         .await
         {
