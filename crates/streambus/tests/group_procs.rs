@@ -205,8 +205,11 @@ async fn members_share_fail_over_are_fenced_and_resume_from_commits() {
     // session timeout (and a heartbeat or two).
     members[2].kill();
     let moved = wait_counts(&client, "g", &[6, 6]).await;
+    // The session (4 s), then a heartbeat or two of the others; the rest
+    // is room for a loaded 2-core machine running two clusters at once.
+    eprintln!("partitions of the killed member moved after {moved:?}");
     assert!(
-        moved < Duration::from_millis(SESSION_MS + 3_000),
+        moved < Duration::from_millis(SESSION_MS + 6_000),
         "partitions moved after {moved:?}"
     );
     produce(&client, "work", 3_000..6_000).await;
