@@ -11,7 +11,7 @@ use crate::header::{
 use crate::records::{
     DecodedRecord, Header, check_frame, check_timestamp, decoded, open_batch, walk_records,
 };
-use crate::varint::{put_varint, put_varlong};
+use crate::varint::{put_varint, put_varlong, varint_len, varlong_len};
 
 /// A record to be appended: key, value, headers and a CreateTime timestamp.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -44,8 +44,9 @@ pub struct BatchBuilder {
     producer_id: i64,
     producer_epoch: i16,
     base_sequence: i32,
-    records: Vec<u8>,
-    scratch: Vec<u8>,
+    /// `HEADER_SIZE` bytes left for the header, then the encoded records:
+    /// an uncompressed batch is finished in place, without a copy.
+    buf: Vec<u8>,
     count: i32,
     base_timestamp: i64,
     max_timestamp: i64,
@@ -56,13 +57,21 @@ pub struct BatchBuilder {
 impl BatchBuilder {
     /// Starts an empty batch using `compression` for the records section.
     pub fn new(compression: Compression) -> BatchBuilder {
+        BatchBuilder::with_capacity(compression, 0)
+    }
+
+    /// Starts an empty batch whose buffer holds `bytes` of encoded batch
+    /// (header included) before it grows: a producer that knows about how
+    /// large its batches get saves the copies of a growing buffer.
+    pub fn with_capacity(compression: Compression, bytes: usize) -> BatchBuilder {
+        let mut buf = Vec::with_capacity(bytes.max(HEADER_SIZE));
+        buf.resize(HEADER_SIZE, 0);
         BatchBuilder {
             compression,
             producer_id: NO_PRODUCER_ID,
             producer_epoch: -1,
             base_sequence: -1,
-            records: Vec::new(),
-            scratch: Vec::new(),
+            buf,
             count: 0,
             base_timestamp: NO_TIMESTAMP,
             max_timestamp: NO_TIMESTAMP,
@@ -120,21 +129,23 @@ impl BatchBuilder {
     }
 
     fn encode(&mut self, record: &Record, timestamp_delta: i64) {
-        let mut headers = Vec::new();
-        put_varint(&mut headers, record.headers.len() as i32);
+        let headers_len = varint_len(record.headers.len() as i32)
+            + record
+                .headers
+                .iter()
+                .map(|h| bytes_len(Some(h.key.as_bytes())) + bytes_len(h.value.as_deref()))
+                .sum::<usize>();
+        let out = &mut self.buf;
+        let key = record.key.as_deref();
+        let value = record.value.as_deref();
+        let body = record_body_len(timestamp_delta, self.count, key, value, headers_len);
+        out.reserve(varint_len(body as i32) + body);
+        put_record_start(out, body, timestamp_delta, self.count, key, value);
+        put_varint(out, record.headers.len() as i32);
         for h in &record.headers {
-            put_bytes(&mut headers, Some(h.key.as_bytes()));
-            put_bytes(&mut headers, h.value.as_deref());
+            put_bytes(out, Some(h.key.as_bytes()));
+            put_bytes(out, h.value.as_deref());
         }
-        encode_record(
-            &mut self.records,
-            &mut self.scratch,
-            timestamp_delta,
-            self.count,
-            record.key.as_deref(),
-            record.value.as_deref(),
-            &headers,
-        );
         self.count += 1;
     }
 
@@ -151,7 +162,7 @@ impl BatchBuilder {
     /// Size of the batch if built without compression (an upper bound for
     /// compressible data), in bytes.
     pub fn estimated_size(&self) -> usize {
-        HEADER_SIZE + self.records.len()
+        self.buf.len()
     }
 
     /// Encodes the batch, or returns why a pushed record was refused (see
@@ -171,7 +182,29 @@ impl BatchBuilder {
     /// [`RecordError::InvalidTimestamps`], as the first timestamp is then
     /// written as `i64::MIN`).
     pub fn build(&self) -> Bytes {
-        let header = Frame {
+        Bytes::from(
+            self.frame()
+                .encode(0, -1, self.compression, &self.buf[HEADER_SIZE..]),
+        )
+    }
+
+    /// Like [`BatchBuilder::build`], consuming the builder: without
+    /// compression the header is written in front of the records already
+    /// in the buffer, so the batch is not copied.
+    pub fn finish(mut self) -> Bytes {
+        if self.compression != Compression::None {
+            return self.build();
+        }
+        let frame = self.frame();
+        let records = self.buf.len() - HEADER_SIZE;
+        frame.put_header(&mut self.buf[..HEADER_SIZE], 0, -1, records);
+        let crc = compute_crc(&self.buf);
+        self.buf[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        Bytes::from(self.buf)
+    }
+
+    fn frame(&self) -> Frame {
+        Frame {
             attributes: i16::from(self.compression.codec_id()),
             last_offset_delta: (self.count - 1).max(0),
             first_timestamp: if self.error.is_some() {
@@ -184,9 +217,48 @@ impl BatchBuilder {
             producer_epoch: self.producer_epoch,
             base_sequence: self.base_sequence,
             record_count: self.count,
-        };
-        Bytes::from(header.encode(0, -1, self.compression, &self.records))
+        }
     }
+}
+
+/// Bytes `put_bytes(b)` writes.
+fn bytes_len(b: Option<&[u8]>) -> usize {
+    match b {
+        None => 1,
+        Some(b) => varint_len(b.len() as i32) + b.len(),
+    }
+}
+
+/// Length of a record's body (what its length prefix counts).
+fn record_body_len(
+    timestamp_delta: i64,
+    offset_delta: i32,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers_len: usize,
+) -> usize {
+    1 + varlong_len(timestamp_delta)
+        + varint_len(offset_delta)
+        + bytes_len(key)
+        + bytes_len(value)
+        + headers_len
+}
+
+/// Writes a record's length prefix and its body up to the headers.
+fn put_record_start(
+    out: &mut Vec<u8>,
+    body: usize,
+    timestamp_delta: i64,
+    offset_delta: i32,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+) {
+    put_varint(out, body as i32);
+    out.push(0); // record attributes: unused
+    put_varlong(out, timestamp_delta);
+    put_varint(out, offset_delta);
+    put_bytes(out, key);
+    put_bytes(out, value);
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
@@ -203,22 +275,15 @@ fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
 /// already encoded `headersCount` + headers.
 fn encode_record(
     out: &mut Vec<u8>,
-    scratch: &mut Vec<u8>,
     timestamp_delta: i64,
     offset_delta: i32,
     key: Option<&[u8]>,
     value: Option<&[u8]>,
     headers: &[u8],
 ) {
-    scratch.clear();
-    scratch.push(0); // record attributes: unused
-    put_varlong(scratch, timestamp_delta);
-    put_varint(scratch, offset_delta);
-    put_bytes(scratch, key);
-    put_bytes(scratch, value);
-    scratch.extend_from_slice(headers);
-    put_varint(out, scratch.len() as i32);
-    out.extend_from_slice(scratch);
+    let body = record_body_len(timestamp_delta, offset_delta, key, value, headers.len());
+    put_record_start(out, body, timestamp_delta, offset_delta, key, value);
+    out.extend_from_slice(headers);
 }
 
 /// Header fields a builder chooses (the rest are fixed or assigned later).
@@ -260,25 +325,37 @@ impl Frame {
             c => Some(compress(c, records)),
         };
         let body: &[u8] = body.as_deref().unwrap_or(records);
-        let mut out = Vec::with_capacity(HEADER_SIZE + body.len());
-        out.extend_from_slice(&base_offset.to_be_bytes());
-        out.extend_from_slice(&((HEADER_SIZE - LOG_OVERHEAD + body.len()) as i32).to_be_bytes());
-        out.extend_from_slice(&leader_epoch.to_be_bytes());
-        out.push(MAGIC as u8);
-        out.extend_from_slice(&0u32.to_be_bytes());
-        out.extend_from_slice(&self.attributes.to_be_bytes());
-        out.extend_from_slice(&self.last_offset_delta.to_be_bytes());
-        out.extend_from_slice(&self.first_timestamp.to_be_bytes());
-        out.extend_from_slice(&self.max_timestamp.to_be_bytes());
-        out.extend_from_slice(&self.producer_id.to_be_bytes());
-        out.extend_from_slice(&self.producer_epoch.to_be_bytes());
-        out.extend_from_slice(&self.base_sequence.to_be_bytes());
-        out.extend_from_slice(&self.record_count.to_be_bytes());
-        debug_assert_eq!(out.len(), HEADER_SIZE);
+        let mut out = vec![0; HEADER_SIZE];
+        out.reserve_exact(body.len());
+        self.put_header(&mut out, base_offset, leader_epoch, body.len());
         out.extend_from_slice(body);
         let crc = compute_crc(&out);
         out[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
         out
+    }
+
+    /// Fills `HEADER_SIZE` bytes with the header of a batch whose records
+    /// section is `body_len` bytes, CRC left 0.
+    fn put_header(&self, out: &mut [u8], base_offset: i64, leader_epoch: i32, body_len: usize) {
+        let mut at = 0;
+        let mut put = |bytes: &[u8]| {
+            out[at..at + bytes.len()].copy_from_slice(bytes);
+            at += bytes.len();
+        };
+        put(&base_offset.to_be_bytes());
+        put(&((HEADER_SIZE - LOG_OVERHEAD + body_len) as i32).to_be_bytes());
+        put(&leader_epoch.to_be_bytes());
+        put(&[MAGIC as u8]);
+        put(&0u32.to_be_bytes());
+        put(&self.attributes.to_be_bytes());
+        put(&self.last_offset_delta.to_be_bytes());
+        put(&self.first_timestamp.to_be_bytes());
+        put(&self.max_timestamp.to_be_bytes());
+        put(&self.producer_id.to_be_bytes());
+        put(&self.producer_epoch.to_be_bytes());
+        put(&self.base_sequence.to_be_bytes());
+        put(&self.record_count.to_be_bytes());
+        debug_assert_eq!(at, HEADER_SIZE);
     }
 }
 
@@ -324,7 +401,6 @@ pub fn retain_records(
         )
     };
     let mut records = Vec::with_capacity(section.len());
-    let mut scratch = Vec::new();
     for (rec, ts) in &kept {
         let delta = if log_append_time {
             rec.timestamp_delta
@@ -337,7 +413,6 @@ pub fn retain_records(
         };
         encode_record(
             &mut records,
-            &mut scratch,
             delta,
             rec.offset_delta,
             rec.key.clone().map(|r| &section[r]),

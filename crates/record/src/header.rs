@@ -291,6 +291,20 @@ pub fn set_partition_leader_epoch(buf: &mut [u8], epoch: i32) {
     buf[PARTITION_LEADER_EPOCH..PARTITION_LEADER_EPOCH + 4].copy_from_slice(&epoch.to_be_bytes());
 }
 
+/// Rewrites the idempotent producer fields (producer id, epoch and base
+/// sequence) of a whole batch in place and recomputes its CRC, which covers
+/// them.
+///
+/// # Panics
+/// If `buf` is shorter than a batch header.
+pub fn set_producer(buf: &mut [u8], producer_id: i64, epoch: i16, base_sequence: i32) {
+    buf[PRODUCER_ID..PRODUCER_ID + 8].copy_from_slice(&producer_id.to_be_bytes());
+    buf[PRODUCER_EPOCH..PRODUCER_EPOCH + 2].copy_from_slice(&epoch.to_be_bytes());
+    buf[BASE_SEQUENCE..BASE_SEQUENCE + 4].copy_from_slice(&base_sequence.to_be_bytes());
+    let crc = compute_crc(buf);
+    buf[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// CRC32C (Castagnoli) of the bytes the batch CRC covers (`attributes`..end).
 pub fn compute_crc(batch: &[u8]) -> u32 {
     crc32c::crc32c(&batch[ATTRIBUTES..])

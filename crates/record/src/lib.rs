@@ -33,10 +33,13 @@ pub use error::RecordError;
 pub use header::{
     ATTR_COMPRESSION_MASK, ATTR_CONTROL, ATTR_LOG_APPEND_TIME, ATTR_TRANSACTIONAL, BatchHeader,
     Compression, HEADER_SIZE, LOG_OVERHEAD, MAGIC, NO_PRODUCER_ID, NO_TIMESTAMP, PRODUCER_WINDOW,
-    compute_crc, sequence_add, set_base_offset, set_partition_leader_epoch,
+    compute_crc, sequence_add, set_base_offset, set_partition_leader_epoch, set_producer,
 };
 pub use iter::BatchIter;
-pub use records::{DecodedRecord, Header, decode_records, timestamp_in_range, validate_batch};
+pub use records::{
+    DecodedRecord, Header, decode_records, decode_shared_records, timestamp_in_range,
+    validate_batch,
+};
 pub use varint::{get_varint, get_varlong, put_varint, put_varlong};
 
 #[cfg(test)]

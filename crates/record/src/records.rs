@@ -228,11 +228,24 @@ pub(crate) fn check_frame(buf: &[u8]) -> Result<BatchHeader, RecordError> {
 }
 
 pub(crate) fn open_batch(buf: &[u8]) -> Result<CheckedBatch, RecordError> {
+    open_batch_with(buf, Bytes::copy_from_slice)
+}
+
+/// [`open_batch`] of a shared buffer: an uncompressed records section is
+/// a slice of it, not a copy.
+pub(crate) fn open_shared_batch(buf: &Bytes) -> Result<CheckedBatch, RecordError> {
+    open_batch_with(buf, |body| buf.slice_ref(body))
+}
+
+fn open_batch_with(
+    buf: &[u8],
+    uncompressed: impl FnOnce(&[u8]) -> Bytes,
+) -> Result<CheckedBatch, RecordError> {
     let header = check_frame(buf)?;
     let compression = header.compression()?;
     let body = &buf[HEADER_SIZE..];
     let section = match compression {
-        Compression::None => Bytes::copy_from_slice(body),
+        Compression::None => uncompressed(body),
         c => Bytes::from(decompress(c, body)?),
     };
     Ok(CheckedBatch {
@@ -337,7 +350,17 @@ pub fn validate_batch(buf: &[u8]) -> Result<BatchHeader, RecordError> {
 /// Decodes every record of one complete batch (validated as by
 /// [`validate_batch`]). Key, value and header values share one buffer.
 pub fn decode_records(batch: &[u8]) -> Result<Vec<DecodedRecord>, RecordError> {
-    let checked = open_batch(batch)?;
+    decode_checked(open_batch(batch)?)
+}
+
+/// [`decode_records`] of a batch in a shared buffer (as received from the
+/// network): the keys and values of an uncompressed batch are slices of
+/// `batch`, so nothing is copied.
+pub fn decode_shared_records(batch: &Bytes) -> Result<Vec<DecodedRecord>, RecordError> {
+    decode_checked(open_shared_batch(batch)?)
+}
+
+fn decode_checked(checked: CheckedBatch) -> Result<Vec<DecodedRecord>, RecordError> {
     let header = checked.header;
     let section = &checked.section;
     // `recordCount` is the sender's claim: reserve no more than the section

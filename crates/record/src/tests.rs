@@ -428,3 +428,67 @@ fn retain_records_refuses_a_timestamp_delta_that_does_not_fit() {
         .collect();
     assert_eq!(got, [0, i64::MAX]);
 }
+
+#[test]
+fn finish_writes_the_same_batch_as_build_without_copying_records() {
+    let big = "v".repeat(20_000);
+    let mut records = Vec::new();
+    for (i, len) in [0usize, 1, 127, 128, 16_383, 16_384]
+        .into_iter()
+        .enumerate()
+    {
+        let mut r = rec(Some("k"), Some(&big[..len]), 1_700_000_000_000 + i as i64);
+        r.headers.push(Header {
+            key: format!("h{i}"),
+            value: (i % 2 == 0).then(|| Bytes::from(big[..len.min(300)].to_string())),
+        });
+        records.push(r);
+    }
+    records.push(Record {
+        key: None,
+        value: None,
+        headers: Vec::new(),
+        timestamp_ms: 1_700_000_000_000,
+    });
+    for compression in [Compression::None, Compression::Lz4] {
+        for capacity in [0, 64, 1 << 20] {
+            let mut b = BatchBuilder::with_capacity(compression, capacity).with_producer(7, 1, 42);
+            for r in &records {
+                b.push(r);
+            }
+            let built = b.build();
+            let estimated = b.estimated_size();
+            let finished = b.finish();
+            assert_eq!(built, finished, "{compression:?} capacity {capacity}");
+            if compression == Compression::None {
+                assert_eq!(finished.len(), estimated);
+            }
+            let header = validate_batch(&finished).unwrap();
+            assert_eq!((header.producer_id, header.base_sequence), (7, 42));
+            let decoded = decode_records(&finished).unwrap();
+            assert_eq!(decoded.len(), records.len());
+            for (d, r) in decoded.iter().zip(&records) {
+                assert_eq!(d.value, r.value);
+                assert_eq!(d.headers, r.headers);
+                assert_eq!(d.timestamp_ms, r.timestamp_ms);
+            }
+        }
+    }
+}
+
+#[test]
+fn set_producer_restamps_a_built_batch() {
+    let mut b = BatchBuilder::new(Compression::None);
+    b.push(&rec(Some("k"), Some("v"), 1_700_000_000_000));
+    let mut bytes = b.build().to_vec();
+    set_producer(&mut bytes, 9, 3, 1_000);
+    let header = validate_batch(&bytes).unwrap();
+    assert_eq!(
+        (
+            header.producer_id,
+            header.producer_epoch,
+            header.base_sequence
+        ),
+        (9, 3, 1_000)
+    );
+}

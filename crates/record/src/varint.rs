@@ -22,15 +22,18 @@ fn put_unsigned(out: &mut Vec<u8>, mut v: u64) {
 }
 
 /// Number of bytes `put_varint(v)` writes.
-#[cfg(test)]
-fn varint_len(v: i32) -> usize {
-    let mut u = ((v << 1) ^ (v >> 31)) as u32;
-    let mut n = 1;
-    while u >= 0x80 {
-        u >>= 7;
-        n += 1;
-    }
-    n
+pub(crate) fn varint_len(v: i32) -> usize {
+    unsigned_len(((v << 1) ^ (v >> 31)) as u32 as u64)
+}
+
+/// Number of bytes `put_varlong(v)` writes.
+pub(crate) fn varlong_len(v: i64) -> usize {
+    unsigned_len(((v << 1) ^ (v >> 63)) as u64)
+}
+
+fn unsigned_len(v: u64) -> usize {
+    // 7 bits a byte; 0 still takes one.
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 fn get_unsigned(buf: &[u8], pos: &mut usize, max_bytes: usize) -> Result<u64, RecordError> {
@@ -83,9 +86,10 @@ mod tests {
             assert_eq!(get_varint(&out, &mut pos).unwrap(), v);
             assert_eq!(pos, out.len());
         }
-        for v in [0i64, -1, 1 << 40, i64::MAX, i64::MIN] {
+        for v in [0i64, -1, 63, -64, 64, 1 << 40, i64::MAX, i64::MIN] {
             let mut out = Vec::new();
             put_varlong(&mut out, v);
+            assert_eq!(out.len(), varlong_len(v));
             let mut pos = 0;
             assert_eq!(get_varlong(&out, &mut pos).unwrap(), v);
         }
