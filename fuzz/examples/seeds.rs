@@ -231,7 +231,7 @@ fn log_seeds() {
     use log_recovery::{CLEAN, CRASH_REOPEN, FIX_CRC, SMALL_SEGMENTS};
     log_seed("one-segment-clean", CLEAN, 1 << 20, true, |log| {
         for i in 0..6 {
-            log.append(&mut log_batch(
+            log.append(&log_batch(
                 &format!("b{i}"),
                 3,
                 1000 * i,
@@ -252,7 +252,7 @@ fn log_seeds() {
                 } else {
                     Compression::None
                 };
-                log.append(&mut log_batch(&format!("b{i}"), 2, 1000 * i, codec))
+                log.append(&log_batch(&format!("b{i}"), 2, 1000 * i, codec))
                     .unwrap();
             }
         },
@@ -268,7 +268,7 @@ fn log_seeds() {
     });
     log_seed("retention-checkpoint", FIX_CRC | 0x20, 400, true, |log| {
         for i in 0..14 {
-            log.append(&mut log_batch(&format!("b{i}"), 2, i, Compression::None))
+            log.append(&log_batch(&format!("b{i}"), 2, i, Compression::None))
                 .unwrap();
         }
         // Retention by time deletes the old sealed segments and writes
@@ -277,7 +277,7 @@ fn log_seeds() {
     });
     log_seed("compacted", SMALL_SEGMENTS | CLEAN, 600, true, |log| {
         for i in 0..10 {
-            log.append(&mut log_batch(&format!("b{i}"), 3, i, Compression::None))
+            log.append(&log_batch(&format!("b{i}"), 3, i, Compression::None))
                 .unwrap();
         }
         log.compact(1_000_000).unwrap();
@@ -320,8 +320,8 @@ fn segment_path(dir: &Path, base: u32, ext: &str) -> PathBuf {
 /// epoch.
 fn fill_with_epochs(log: &Log, n: i64, epoch_of: impl Fn(i64) -> i32) {
     for i in 0..n {
-        let mut b = log_batch(&format!("e{i}"), 2, 100 * i, Compression::None);
-        log.append_with_epoch(&mut b, epoch_of(i)).unwrap();
+        let b = log_batch(&format!("e{i}"), 2, 100 * i, Compression::None);
+        log.append_with_epoch(&b, epoch_of(i)).unwrap();
     }
 }
 
@@ -413,7 +413,7 @@ fn interrupted_log_seeds() {
     };
     let fill = |log: &Log| {
         for i in 0..10 {
-            log.append(&mut log_batch(&format!("c{i}"), 3, i, Compression::None))
+            log.append(&log_batch(&format!("c{i}"), 3, i, Compression::None))
                 .unwrap();
         }
     };

@@ -585,13 +585,13 @@ fn check_dir(input: &Input, written: &Written, dir: &Path) {
     let (start, end) = (log.log_start_offset(), log.end_offset());
     let mut epochs = check_epochs(&log);
     let latest = log.latest_epoch();
-    let mut batch = new_batch(end);
+    let batch = new_batch(end);
     let with_epoch = latest.is_some() || written.epoch_file;
     let epoch = latest.map_or(0, |l| l.saturating_add(1));
     let appended = if with_epoch {
-        log.append_with_epoch(&mut batch, epoch)
+        log.append_with_epoch(&batch, epoch)
     } else {
-        log.append(&mut batch)
+        log.append(&batch)
     };
     let new_end = match appended {
         Ok(info) => {
@@ -612,9 +612,15 @@ fn check_dir(input: &Input, written: &Written, dir: &Path) {
     );
     if new_end > end {
         let r = log.read(end, 1, None).expect("read of the appended batch");
+        // As written: at the end offset, with the epoch if given.
+        let mut stored = batch.clone();
+        streambus_record::set_base_offset(&mut stored, end);
+        if with_epoch {
+            streambus_record::set_partition_leader_epoch(&mut stored, epoch);
+        }
         assert_eq!(
             &r.data[..],
-            &batch[..],
+            &stored[..],
             "appended batch reads back differently"
         );
         assert_eq!(r.next_offset, end + 1);

@@ -88,8 +88,8 @@ fn exercise_log(config: &TopicConfig) {
     }
     let batch = b.build().to_vec();
     if batch.len() <= config.max_message_bytes as usize {
-        log.append(&mut batch.clone()).expect("append");
-        log.append(&mut batch.clone()).expect("append");
+        log.append(&batch).expect("append");
+        log.append(&batch).expect("append");
     }
     // Any clock value, however far off, is handled without an error or a
     // panic, and never moves the log end or puts the start past it.

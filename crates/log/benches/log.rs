@@ -74,10 +74,10 @@ fn append_config() -> LogConfig {
 fn log_appends(batch: &[u8], n: u64) -> Duration {
     let dir = scratch();
     let log = Log::open(dir.path(), append_config()).unwrap();
-    let mut buf = batch.to_vec();
+    let buf = batch.to_vec();
     let start = Instant::now();
     for _ in 0..n {
-        black_box(log.append(&mut buf).unwrap());
+        black_box(log.append(&buf).unwrap());
     }
     start.elapsed()
 }
@@ -104,9 +104,9 @@ fn sealed_segment() -> (tempfile::TempDir, Log, PathBuf, i64) {
         ..LogConfig::default()
     };
     let log = Log::open(dir.path(), config).unwrap();
-    let mut b = batch(16 << 10);
+    let b = batch(16 << 10);
     while log.segment_count() < 2 {
-        log.append(&mut b).unwrap();
+        log.append(&b).unwrap();
     }
     log.flush().unwrap();
     let path = dir.path().join(format!("{:020}.log", 0));
@@ -162,7 +162,7 @@ fn ratio_report() {
         let log = Log::open(log_dir.path(), append_config()).unwrap();
         let raw_dir = scratch();
         let mut raw = File::create(raw_dir.path().join("raw.log")).unwrap();
-        let mut buf = b.clone();
+        let buf = b.clone();
         // Alternate single appends: the disk is shared with other work, so
         // both sides must see the same conditions.
         let block = 1;
@@ -177,7 +177,7 @@ fn ratio_report() {
             t_raw += t.elapsed();
             let t = Instant::now();
             for _ in 0..block {
-                black_box(log.append(&mut buf).unwrap());
+                black_box(log.append(&buf).unwrap());
             }
             t_log += t.elapsed();
         }

@@ -762,6 +762,9 @@ impl IoFile for CachedFile {
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
         self.with(Use::Write, |f| f.write_all_at(buf, pos))
     }
+    fn write_all_parts_at(&self, head: &[u8], tail: &[u8], pos: u64) -> io::Result<()> {
+        self.with(Use::Write, |f| f.write_all_parts_at(head, tail, pos))
+    }
     fn len(&self) -> io::Result<u64> {
         self.with(Use::Read, |f| f.len())
     }

@@ -39,6 +39,13 @@ pub trait IoFile: Send + Sync + fmt::Debug {
     fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()>;
     /// Writes all of `buf` at `pos`, extending the file if needed.
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()>;
+    /// Writes `head` then `tail` at `pos`, as one write where the file
+    /// system allows (`pwritev`): a batch whose header was stamped apart
+    /// from its shared bytes is written without being copied.
+    fn write_all_parts_at(&self, head: &[u8], tail: &[u8], pos: u64) -> io::Result<()> {
+        self.write_all_at(head, pos)?;
+        self.write_all_at(tail, pos + head.len() as u64)
+    }
     /// Current length of the file.
     fn len(&self) -> io::Result<u64>;
     /// Whether the file is empty.
@@ -80,6 +87,46 @@ impl IoFile for std::fs::File {
     }
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
         std::os::unix::fs::FileExt::write_all_at(self, buf, pos)
+    }
+    fn write_all_parts_at(&self, head: &[u8], tail: &[u8], pos: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let (mut head, mut tail, mut pos) = (head, tail, pos);
+        while !head.is_empty() {
+            let iov = [
+                libc::iovec {
+                    iov_base: head.as_ptr() as *mut libc::c_void,
+                    iov_len: head.len(),
+                },
+                libc::iovec {
+                    iov_base: tail.as_ptr() as *mut libc::c_void,
+                    iov_len: tail.len(),
+                },
+            ];
+            let offset = libc::off_t::try_from(pos)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+            // SAFETY: both iovecs point into live slices of the lengths
+            // given, which pwritev only reads.
+            let n = unsafe { libc::pwritev(self.as_raw_fd(), iov.as_ptr(), 2, offset) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            let n = n as usize;
+            pos += n as u64;
+            if n < head.len() {
+                head = &head[n..];
+            } else {
+                tail = &tail[n - head.len()..];
+                head = &[];
+            }
+        }
+        self.write_all_at(tail, pos)
     }
     fn len(&self) -> io::Result<u64> {
         Ok(self.metadata()?.len())

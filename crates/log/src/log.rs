@@ -210,9 +210,12 @@ impl Drop for Reservation<'_> {
 /// The batches of one append and how they get their offsets.
 enum Batches<'a> {
     /// One producer batch: offsets assigned from the end offset, the leader
-    /// epoch stamped if given.
+    /// epoch stamped if given. The batch's bytes are not changed: the
+    /// fields the log stamps are in `head`, a copy of its first bytes,
+    /// written in front of the rest.
     Assign {
-        batch: &'a mut [u8],
+        batch: &'a [u8],
+        head: [u8; STAMPED],
         header: BatchHeader,
         epoch: Option<i32>,
     },
@@ -278,20 +281,26 @@ impl Batches<'_> {
     /// Gives batch `i` its offsets for the end offset `end` (stamping a
     /// producer batch; checking a kept one starts there) and returns its
     /// bytes and final header.
-    fn place(&mut self, i: usize, end: i64) -> Result<(&[u8], BatchHeader), LogError> {
+    fn place(&mut self, i: usize, end: i64) -> Result<(Placed<'_>, BatchHeader), LogError> {
         match self {
             Batches::Assign {
                 batch,
+                head,
                 header,
                 epoch,
             } => {
-                set_base_offset(batch, end);
+                head.copy_from_slice(&batch[..STAMPED]);
+                set_base_offset(head, end);
                 header.base_offset = end;
                 if let Some(epoch) = *epoch {
-                    set_partition_leader_epoch(batch, epoch);
+                    set_partition_leader_epoch(head, epoch);
                     header.partition_leader_epoch = epoch;
                 }
-                Ok((&**batch, *header))
+                let placed = Placed {
+                    head: &head[..],
+                    tail: &batch[STAMPED..],
+                };
+                Ok((placed, *header))
             }
             Batches::Keep { data, batches } => {
                 let (pos, h) = batches[i];
@@ -301,9 +310,31 @@ impl Batches<'_> {
                         got: h.base_offset,
                     });
                 }
-                Ok((&data[pos..pos + h.total_size()], h))
+                let placed = Placed {
+                    head: &data[pos..pos + h.total_size()],
+                    tail: &[],
+                };
+                Ok((placed, h))
             }
         }
+    }
+}
+
+/// The leading bytes of a batch header the log stamps on append:
+/// `baseOffset`, `batchLength` and `partitionLeaderEpoch`, none of them
+/// covered by the CRC.
+const STAMPED: usize = 16;
+
+/// A batch as it is written: `head` then `tail`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Placed<'a> {
+    pub head: &'a [u8],
+    pub tail: &'a [u8],
+}
+
+impl Placed<'_> {
+    pub fn len(&self) -> usize {
+        self.head.len() + self.tail.len()
     }
 }
 
@@ -545,9 +576,10 @@ impl Log {
         Ok(Log { shared, flusher })
     }
 
-    /// Appends a producer batch: validates it, assigns offsets (rewrites
-    /// `baseOffset` in `batch`; the CRC does not cover it) and writes it
-    /// with one positional write. With [`FsyncPolicy::Always`] it returns
+    /// Appends a producer batch: validates it, assigns offsets (the
+    /// `baseOffset` written is the batch's first offset; the CRC does not
+    /// cover it, and `batch` itself is not changed) and writes it with one
+    /// positional write. With [`FsyncPolicy::Always`] it returns
     /// only once the batch is durable; concurrent appenders share one
     /// `fdatasync` (group commit).
     ///
@@ -556,7 +588,7 @@ impl Log {
     /// producer's clock); the time index stays monotonic. The leader-epoch
     /// cache gets no entry for the batch (only entries a failed write left
     /// at the end offset are dropped, since they would claim it).
-    pub fn append(&self, batch: &mut [u8]) -> Result<AppendInfo, LogError> {
+    pub fn append(&self, batch: &[u8]) -> Result<AppendInfo, LogError> {
         self.append_inner(batch, None)
     }
 
@@ -568,13 +600,13 @@ impl Log {
     /// never appends with an older epoch).
     pub fn append_with_epoch(
         &self,
-        batch: &mut [u8],
+        batch: &[u8],
         leader_epoch: i32,
     ) -> Result<AppendInfo, LogError> {
         self.append_inner(batch, Some(leader_epoch))
     }
 
-    fn append_inner(&self, batch: &mut [u8], epoch: Option<i32>) -> Result<AppendInfo, LogError> {
+    fn append_inner(&self, batch: &[u8], epoch: Option<i32>) -> Result<AppendInfo, LogError> {
         let max = self.shared.config().max_batch_bytes as usize;
         if batch.len() > max {
             return Err(LogError::BatchTooLarge {
@@ -591,6 +623,7 @@ impl Log {
         }
         let done = self.append_batches(Batches::Assign {
             batch,
+            head: [0; STAMPED],
             header,
             epoch,
         })?;

@@ -9,6 +9,7 @@ use crate::LogError;
 use crate::error::IoContext;
 use crate::index::{IndexWriter, OffsetIndex, TimeIndex};
 use crate::io::{Disk, IoFile, OpenMode};
+use crate::log::Placed;
 
 /// `{base:020}.{ext}` in `dir`.
 pub(crate) fn segment_file(dir: &Path, base: i64, ext: &str) -> PathBuf {
@@ -84,12 +85,18 @@ impl Segment {
     /// batch, so the caller must fail the log).
     pub fn append(
         &mut self,
-        batch: &[u8],
+        batch: Placed<'_>,
         header: &BatchHeader,
         interval: u32,
         now_ms: i64,
     ) -> Result<(), LogError> {
-        if let Err(e) = self.file.write_all_at(batch, self.size) {
+        let written = if batch.tail.is_empty() {
+            self.file.write_all_at(batch.head, self.size)
+        } else {
+            self.file
+                .write_all_parts_at(batch.head, batch.tail, self.size)
+        };
+        if let Err(e) = written {
             // Drop whatever part of the batch reached the file.
             if let Err(cut) = self.file.set_len(self.size) {
                 return Err(LogError::Failed(format!(

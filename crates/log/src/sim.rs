@@ -527,12 +527,18 @@ impl IoFile for SimFile {
         })
     }
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        self.write_all_parts_at(buf, &[], pos)
+    }
+    fn write_all_parts_at(&self, head: &[u8], tail: &[u8], pos: u64) -> io::Result<()> {
+        // One write, as `pwritev` is one system call.
         self.with(SimOp::Write, true, |i| {
-            let end = pos as usize + buf.len();
+            let mid = pos as usize + head.len();
+            let end = mid + tail.len();
             if i.current.len() < end {
                 i.current.resize(end, 0);
             }
-            i.current[pos as usize..end].copy_from_slice(buf);
+            i.current[pos as usize..mid].copy_from_slice(head);
+            i.current[mid..end].copy_from_slice(tail);
             Ok(())
         })
     }

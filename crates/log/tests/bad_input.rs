@@ -15,7 +15,7 @@ fn recrc(b: &mut [u8]) {
 fn open() -> (tempfile::TempDir, Log) {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), small_config()).unwrap();
-    log.append(&mut batch("ok", 1, 1)).unwrap();
+    log.append(&batch("ok", 1, 1)).unwrap();
     (dir, log)
 }
 
@@ -35,10 +35,10 @@ fn oversized_batch_is_rejected() {
         },
     )
     .unwrap();
-    let mut b = batch(&"x".repeat(300), 1, 1);
+    let b = batch(&"x".repeat(300), 1, 1);
     let size = b.len();
     assert!(
-        matches!(log.append(&mut b), Err(LogError::BatchTooLarge { size: s, max: 200 }) if s == size)
+        matches!(log.append(&b), Err(LogError::BatchTooLarge { size: s, max: 200 }) if s == size)
     );
     assert_eq!(log.end_offset(), 0);
 }
@@ -50,7 +50,7 @@ fn batch_with_bad_crc_is_rejected() {
     let n = b.len();
     b[n - 3] ^= 1;
     assert!(matches!(
-        log.append(&mut b),
+        log.append(&b),
         Err(LogError::InvalidBatch(RecordError::BadCrc { .. }))
     ));
     assert_unchanged(&log);
@@ -61,10 +61,10 @@ fn truncated_batch_is_rejected() {
     let (_d, log) = open();
     let b = batch("payload", 2, 1);
     for cut in [0, 30, 61, b.len() - 1] {
-        let mut t = b[..cut].to_vec();
+        let t = b[..cut].to_vec();
         assert!(
             matches!(
-                log.append(&mut t),
+                log.append(&t),
                 Err(LogError::InvalidBatch(RecordError::Truncated { .. }))
             ),
             "cut {cut}"
@@ -79,7 +79,7 @@ fn wrong_magic_is_rejected() {
     let mut b = batch("payload", 2, 1);
     b[16] = 1;
     assert!(matches!(
-        log.append(&mut b),
+        log.append(&b),
         Err(LogError::InvalidBatch(RecordError::BadMagic(1)))
     ));
     assert_unchanged(&log);
@@ -91,14 +91,14 @@ fn length_mismatch_is_rejected() {
     let mut b = batch("payload", 2, 1);
     b.extend_from_slice(&[0, 0, 0]);
     assert!(matches!(
-        log.append(&mut b),
+        log.append(&b),
         Err(LogError::InvalidBatch(RecordError::LengthMismatch { .. }))
     ));
     // Two batches in one append are also a length mismatch.
     let mut two = batch("a", 1, 1);
     two.extend_from_slice(&batch("b", 1, 1));
     assert!(matches!(
-        log.append(&mut two),
+        log.append(&two),
         Err(LogError::InvalidBatch(RecordError::LengthMismatch { .. }))
     ));
     assert_unchanged(&log);
@@ -111,7 +111,7 @@ fn record_count_mismatch_is_rejected() {
     b[57..61].copy_from_slice(&5i32.to_be_bytes());
     recrc(&mut b);
     assert!(matches!(
-        log.append(&mut b),
+        log.append(&b),
         Err(LogError::InvalidBatch(RecordError::RecordCountMismatch {
             declared: 5,
             actual: 2
@@ -127,7 +127,7 @@ fn last_offset_delta_not_matching_the_records_is_rejected() {
     b[23..27].copy_from_slice(&10i32.to_be_bytes());
     recrc(&mut b);
     assert!(matches!(
-        log.append(&mut b),
+        log.append(&b),
         Err(LogError::InvalidBatch(RecordError::Malformed(_)))
     ));
     assert_unchanged(&log);
@@ -140,7 +140,7 @@ fn max_timestamp_before_first_timestamp_is_rejected() {
     b[35..43].copy_from_slice(&999i64.to_be_bytes());
     recrc(&mut b);
     assert!(matches!(
-        log.append(&mut b),
+        log.append(&b),
         Err(LogError::InvalidBatch(RecordError::InvalidTimestamps(_)))
     ));
     assert_unchanged(&log);
@@ -153,7 +153,7 @@ fn unsupported_compression_is_rejected() {
     b[22] = 5; // no codec has id 5
     recrc(&mut b);
     assert!(matches!(
-        log.append(&mut b),
+        log.append(&b),
         Err(LogError::InvalidBatch(RecordError::UnsupportedCompression(
             5
         )))
@@ -216,7 +216,7 @@ fn appends_whose_offsets_would_pass_i64_max_are_refused() {
     .unwrap();
     let log = Log::open(dir.path(), small_config()).unwrap();
     assert_eq!(log.end_offset(), i64::MAX);
-    let err = log.append(&mut batch("x", 1, 1)).unwrap_err();
+    let err = log.append(&batch("x", 1, 1)).unwrap_err();
     assert!(
         matches!(
             err,
@@ -227,7 +227,7 @@ fn appends_whose_offsets_would_pass_i64_max_are_refused() {
         ),
         "{err}"
     );
-    let err = log.append_with_epoch(&mut batch("x", 1, 1), 3).unwrap_err();
+    let err = log.append_with_epoch(&batch("x", 1, 1), 3).unwrap_err();
     assert!(matches!(err, LogError::OffsetOverflow { .. }), "{err}");
     assert_eq!(log.end_offset(), i64::MAX);
     assert_eq!(log.epoch_entries(), []);
@@ -239,14 +239,14 @@ fn appends_whose_offsets_would_pass_i64_max_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), small_config()).unwrap();
     log.reset_to(i64::MAX - 3).unwrap();
-    log.append(&mut batch("a", 2, 1)).unwrap();
-    let err = log.append(&mut batch("b", 2, 1)).unwrap_err();
+    log.append(&batch("a", 2, 1)).unwrap();
+    let err = log.append(&batch("b", 2, 1)).unwrap_err();
     assert!(
         matches!(err, LogError::OffsetOverflow { end, count: 2 } if end == i64::MAX - 1),
         "{err}"
     );
     assert_eq!(
-        log.append(&mut batch("c", 1, 1)).unwrap().base_offset,
+        log.append(&batch("c", 1, 1)).unwrap().base_offset,
         i64::MAX - 1
     );
     assert_eq!(log.end_offset(), i64::MAX);

@@ -65,7 +65,7 @@ fn many_interval_logs_share_one_flusher_thread() {
     );
     assert_eq!(Flusher::global().unwrap().registered(), 500);
     for log in &logs[..20] {
-        log.append(&mut batch("x", 1, 1)).unwrap();
+        log.append(&batch("x", 1, 1)).unwrap();
         assert_eq!(log.durable_offset(), 0);
     }
     // Each becomes durable within about its interval (generous bound for a
@@ -76,7 +76,7 @@ fn many_interval_logs_share_one_flusher_thread() {
     // And stays within it for later appends, round after round.
     let log = &logs[0];
     for i in 0..3 {
-        log.append(&mut batch(&format!("again{i}"), 1, 1)).unwrap();
+        log.append(&batch(&format!("again{i}"), 1, 1)).unwrap();
         wait_durable(log, Duration::from_secs(5));
     }
     // Dropped logs unregister.
@@ -103,7 +103,7 @@ fn many_interval_logs_share_one_flusher_thread() {
     assert_eq!(threads(), before + 1);
     assert_eq!(flusher.registered(), 50);
     assert_eq!(Flusher::global().unwrap().registered(), 0);
-    logs[7].append(&mut batch("y", 1, 1)).unwrap();
+    logs[7].append(&batch("y", 1, 1)).unwrap();
     wait_durable(&logs[7], Duration::from_secs(5));
     drop(logs);
     drop(flusher);

@@ -13,10 +13,10 @@ use streambus_record::{BatchHeader, BatchIter, Compression};
 fn append_assigns_offsets_and_read_returns_the_bytes_written() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();
-    let mut a = batch("a", 3, 10);
-    let mut b = batch("b", 2, 20);
-    let ia = log.append(&mut a).unwrap();
-    let ib = log.append_with_epoch(&mut b, 7).unwrap();
+    let a = batch("a", 3, 10);
+    let b = batch("b", 2, 20);
+    let ia = log.append(&a).unwrap();
+    let ib = log.append_with_epoch(&b, 7).unwrap();
     assert_eq!((ia.base_offset, ia.last_offset, ia.record_count), (0, 2, 3));
     assert_eq!(
         (ib.base_offset, ib.last_offset, ib.max_timestamp),
@@ -25,15 +25,25 @@ fn append_assigns_offsets_and_read_returns_the_bytes_written() {
     assert_eq!(log.end_offset(), 5);
     assert_eq!(log.durable_offset(), 5, "fsync always: durable on return");
     let r = log.read(0, 1 << 20, None).unwrap();
+    // The log writes its offsets and epoch into the header it writes, and
+    // leaves the caller's batch as it was.
+    assert_eq!(BatchHeader::parse(&b).unwrap().base_offset, 0);
+    let mut stamped = b.clone();
+    streambus_record::set_base_offset(&mut stamped, 3);
+    streambus_record::set_partition_leader_epoch(&mut stamped, 7);
     let mut expected = a.clone();
-    expected.extend_from_slice(&b);
+    expected.extend_from_slice(&stamped);
     assert_eq!(
         &r.data[..],
         &expected[..],
         "bytes on disk are the appended bytes"
     );
     assert_eq!((r.next_offset, r.log_start_offset, r.end_offset), (5, 0, 5));
-    assert_eq!(BatchHeader::parse(&b).unwrap().partition_leader_epoch, 7);
+    assert_eq!(
+        BatchHeader::parse(&stamped).unwrap().partition_leader_epoch,
+        7
+    );
+    assert_eq!(BatchHeader::parse(&b).unwrap().partition_leader_epoch, -1);
     assert_eq!(
         values(&read_all(&log)),
         vec![
@@ -51,7 +61,7 @@ fn read_from_the_middle_of_a_batch_returns_that_whole_batch() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), small_config()).unwrap();
     for i in 0..20 {
-        log.append(&mut batch(&format!("b{i}"), 3, i)).unwrap();
+        log.append(&batch(&format!("b{i}"), 3, i)).unwrap();
     }
     for offset in [0, 1, 2, 31, 44, 59] {
         let r = log.read(offset, 1, None).unwrap();
@@ -72,7 +82,7 @@ fn read_respects_max_bytes_and_the_upper_bound() {
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();
     let size = batch("x", 2, 1).len();
     for _ in 0..10 {
-        log.append(&mut batch("x", 2, 1)).unwrap();
+        log.append(&batch("x", 2, 1)).unwrap();
     }
     let r = log.read(0, 3 * size + 5, None).unwrap();
     assert_eq!(r.data.len(), 3 * size);
@@ -92,7 +102,7 @@ fn reading_at_the_end_is_empty_and_beyond_or_below_are_distinct_errors() {
     let log = Log::open(dir.path(), small_config()).unwrap();
     let r = log.read(0, 100, None).unwrap();
     assert!(r.data.is_empty());
-    log.append(&mut batch("a", 2, 1)).unwrap();
+    log.append(&batch("a", 2, 1)).unwrap();
     let r = log.read(2, 100, None).unwrap();
     assert!(r.data.is_empty());
     assert_eq!(r.next_offset, 2);
@@ -114,7 +124,7 @@ fn segments_roll_by_size_with_kafka_file_names() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), small_config()).unwrap();
     for i in 0..40 {
-        log.append(&mut batch("v", 2, i)).unwrap();
+        log.append(&batch("v", 2, i)).unwrap();
     }
     assert!(log.segment_count() > 3);
     let files = log_files(dir.path());
@@ -139,9 +149,9 @@ fn segments_roll_by_size_with_kafka_file_names() {
 fn a_batch_larger_than_a_segment_gets_a_segment_of_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), small_config()).unwrap();
-    log.append(&mut batch("small", 1, 1)).unwrap();
-    log.append(&mut batch(&"x".repeat(2000), 1, 1)).unwrap();
-    log.append(&mut batch("small", 1, 1)).unwrap();
+    log.append(&batch("small", 1, 1)).unwrap();
+    log.append(&batch(&"x".repeat(2000), 1, 1)).unwrap();
+    log.append(&batch("small", 1, 1)).unwrap();
     assert_eq!(log.segment_count(), 3);
     assert_eq!(read_all(&log).len(), 3);
 }
@@ -162,11 +172,11 @@ fn segments_roll_by_age() {
         !log.roll_if_due(now + 120_000).unwrap(),
         "empty segment does not roll"
     );
-    log.append(&mut batch("a", 1, 1)).unwrap();
+    log.append(&batch("a", 1, 1)).unwrap();
     assert!(!log.roll_if_due(now).unwrap());
     assert!(log.roll_if_due(now + 120_000).unwrap());
     assert_eq!(log.segment_count(), 2);
-    log.append(&mut batch("b", 1, 1)).unwrap();
+    log.append(&batch("b", 1, 1)).unwrap();
     assert_eq!(
         values(&read_all(&log)),
         vec![(0, "a-0".into()), (1, "b-0".into())]
@@ -182,7 +192,7 @@ fn offset_for_timestamp_finds_the_first_record_at_or_after() {
             record(None, Some("a"), i * 100),
             record(None, Some("b"), i * 100 + 50),
         ];
-        log.append(&mut batch_of(Compression::None, &recs)).unwrap();
+        log.append(&batch_of(Compression::None, &recs)).unwrap();
     }
     assert!(log.segment_count() > 2);
     assert_eq!(log.offset_for_timestamp(-5).unwrap(), Some(0));
@@ -198,9 +208,9 @@ fn offset_for_timestamp_finds_the_first_record_at_or_after() {
 fn timestamps_going_backwards_between_batches_are_accepted_and_lookup_stays_monotonic() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), small_config()).unwrap();
-    log.append(&mut batch("new", 1, 1000)).unwrap();
-    log.append(&mut batch("old", 1, 500)).unwrap();
-    log.append(&mut batch("newer", 1, 2000)).unwrap();
+    log.append(&batch("new", 1, 1000)).unwrap();
+    log.append(&batch("old", 1, 500)).unwrap();
+    log.append(&batch("newer", 1, 2000)).unwrap();
     // First batch whose max timestamp reaches 600 is the first one.
     assert_eq!(log.offset_for_timestamp(600).unwrap(), Some(0));
     assert_eq!(log.offset_for_timestamp(1500).unwrap(), Some(2));
@@ -220,7 +230,7 @@ fn concurrent_appenders_share_fsyncs_and_all_are_durable() {
             let log = log.clone();
             std::thread::spawn(move || {
                 for i in 0..50 {
-                    let info = log.append(&mut batch(&format!("t{t}-{i}"), 4, i)).unwrap();
+                    let info = log.append(&batch(&format!("t{t}-{i}"), 4, i)).unwrap();
                     assert!(
                         log.durable_offset() > info.last_offset,
                         "acknowledged only when durable"
@@ -250,7 +260,7 @@ fn never_policy_reports_durability_only_after_flush() {
         },
     )
     .unwrap();
-    log.append(&mut batch("a", 5, 1)).unwrap();
+    log.append(&batch("a", 5, 1)).unwrap();
     assert_eq!((log.end_offset(), log.durable_offset()), (5, 0));
     log.flush().unwrap();
     assert_eq!(log.durable_offset(), 5);
@@ -264,7 +274,7 @@ fn interval_policy_syncs_in_the_background() {
         ..LogConfig::default()
     };
     let log = Log::open(dir.path(), config).unwrap();
-    log.append(&mut batch("a", 5, 1)).unwrap();
+    log.append(&batch("a", 5, 1)).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while log.durable_offset() < 5 {
         assert!(std::time::Instant::now() < deadline, "flusher did not sync");
@@ -277,7 +287,7 @@ fn data_survives_close_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), small_config()).unwrap();
     for i in 0..30 {
-        log.append(&mut batch(&format!("v{i}"), 2, i)).unwrap();
+        log.append(&batch(&format!("v{i}"), 2, i)).unwrap();
     }
     let before = read_all(&log);
     let segments = log.segment_count();
@@ -288,7 +298,7 @@ fn data_survives_close_and_reopen() {
     assert_eq!(read_all(&log), before);
     assert_eq!(log.segment_count(), segments);
     assert_eq!((log.end_offset(), log.durable_offset()), (60, 60));
-    log.append(&mut batch("after", 1, 99)).unwrap();
+    log.append(&batch("after", 1, 99)).unwrap();
     assert_eq!(read_all(&log).last().unwrap().offset, 60);
     drop(log);
     let log = Log::open(dir.path(), small_config()).unwrap();
@@ -312,8 +322,8 @@ fn lz4_batches_are_stored_and_served_compressed() {
             )
         })
         .collect();
-    let mut b = batch_of(Compression::Lz4, &recs);
-    let info = log.append(&mut b).unwrap();
+    let b = batch_of(Compression::Lz4, &recs);
+    let info = log.append(&b).unwrap();
     assert!(info.size < 100 * 100);
     let all = read_all(&log);
     assert_eq!(all.len(), 100);

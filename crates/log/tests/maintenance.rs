@@ -20,7 +20,7 @@ fn retention_by_time_deletes_old_sealed_segments_and_survives_restart() {
     let config = retention_config(Some(1000), None);
     let log = Log::open(dir.path(), config).unwrap();
     for i in 0..40 {
-        log.append(&mut batch("v", 2, i * 100)).unwrap();
+        log.append(&batch("v", 2, i * 100)).unwrap();
     }
     let segments = log.segment_count();
     let out = log.apply_retention(3000).unwrap();
@@ -55,7 +55,7 @@ fn retention_never_deletes_the_active_segment() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), retention_config(Some(1), Some(0))).unwrap();
     for i in 0..40 {
-        log.append(&mut batch("v", 2, i)).unwrap();
+        log.append(&batch("v", 2, i)).unwrap();
     }
     log.apply_retention(i64::MAX / 2).unwrap();
     assert_eq!(log.segment_count(), 1);
@@ -68,7 +68,7 @@ fn retention_by_size_keeps_at_least_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), retention_config(None, Some(3000))).unwrap();
     for i in 0..100 {
-        log.append(&mut batch("v", 2, i)).unwrap();
+        log.append(&batch("v", 2, i)).unwrap();
     }
     let before = log.size_bytes();
     let out = log.apply_retention(0).unwrap();
@@ -87,7 +87,7 @@ fn retention_does_nothing_under_the_compact_policy() {
     };
     let log = Log::open(dir.path(), config).unwrap();
     for i in 0..40 {
-        log.append(&mut batch("v", 2, i)).unwrap();
+        log.append(&batch("v", 2, i)).unwrap();
     }
     assert_eq!(log.apply_retention(1_000_000).unwrap().segments_deleted, 0);
 }
@@ -97,12 +97,12 @@ fn truncate_inside_a_batch_drops_the_whole_batch() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), small_config()).unwrap();
     for i in 0..5 {
-        log.append(&mut batch(&format!("b{i}"), 3, i)).unwrap();
+        log.append(&batch(&format!("b{i}"), 3, i)).unwrap();
     }
     log.truncate_to(10).unwrap();
     assert_eq!(log.end_offset(), 9);
     assert_eq!(log.durable_offset(), 9);
-    log.append(&mut batch("new", 1, 9)).unwrap();
+    log.append(&batch("new", 1, 9)).unwrap();
     let v = values(&read_all(&log));
     assert_eq!(v.len(), 10);
     assert_eq!(v[9], (9, "new-0".to_string()));
@@ -113,14 +113,14 @@ fn truncate_into_sealed_segments_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), small_config()).unwrap();
     for i in 0..40 {
-        log.append(&mut batch(&format!("b{i}"), 2, i)).unwrap();
+        log.append(&batch(&format!("b{i}"), 2, i)).unwrap();
     }
     let before = values(&read_all(&log));
     assert!(log.segment_count() >= 3);
     log.truncate_to(13).unwrap();
     assert_eq!(log.end_offset(), 12);
     assert_eq!(values(&read_all(&log)), before[..12]);
-    log.append(&mut batch("again", 2, 100)).unwrap();
+    log.append(&batch("again", 2, 100)).unwrap();
     drop(log);
     let log = Log::open(dir.path(), small_config()).unwrap();
     let v = values(&read_all(&log));
@@ -133,7 +133,7 @@ fn truncate_into_sealed_segments_and_reopen() {
 fn truncate_out_of_range_is_an_error_and_to_the_end_is_a_no_op() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), small_config()).unwrap();
-    log.append(&mut batch("a", 2, 1)).unwrap();
+    log.append(&batch("a", 2, 1)).unwrap();
     assert!(matches!(
         log.truncate_to(3),
         Err(LogError::OffsetAboveEnd { .. })
@@ -175,7 +175,7 @@ fn compaction_keeps_the_latest_record_per_key_with_offsets_preserved() {
         } else {
             Compression::Lz4
         };
-        log.append(&mut batch_of(compression, &recs)).unwrap();
+        log.append(&batch_of(compression, &recs)).unwrap();
     }
     let all = read_all(&log);
     for r in &all {
@@ -205,25 +205,25 @@ fn compaction_keeps_the_latest_record_per_key_with_offsets_preserved() {
     drop(log);
     let log = Log::open(dir.path(), compact_config()).unwrap();
     assert_eq!(read_all(&log), after);
-    assert_eq!(log.append(&mut batch("n", 1, 99)).unwrap().base_offset, end);
+    assert_eq!(log.append(&batch("n", 1, 99)).unwrap().base_offset, end);
 }
 
 #[test]
 fn tombstones_are_removed_only_after_the_grace_period() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), compact_config()).unwrap();
-    log.append(&mut batch_of(
+    log.append(&batch_of(
         Compression::None,
         &[record(Some("a"), Some("1"), 100)],
     ))
     .unwrap();
-    log.append(&mut batch_of(
+    log.append(&batch_of(
         Compression::None,
         &[record(Some("a"), None, 200)],
     ))
     .unwrap();
     for i in 0..30 {
-        log.append(&mut batch_of(
+        log.append(&batch_of(
             Compression::None,
             &[record(Some("filler"), Some(&"f".repeat(50)), i)],
         ))
@@ -250,7 +250,7 @@ fn truncate_into_a_compacted_segment_keeps_the_log_consistent() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), compact_config()).unwrap();
     for i in 0..40 {
-        log.append(&mut batch_of(
+        log.append(&batch_of(
             Compression::None,
             &[record(Some(&format!("k{}", i % 3)), Some("v"), i)],
         ))
@@ -259,7 +259,7 @@ fn truncate_into_a_compacted_segment_keeps_the_log_consistent() {
     log.compact(0).unwrap();
     log.truncate_to(20).unwrap();
     assert_eq!(log.end_offset(), 20);
-    log.append(&mut batch("x", 1, 1)).unwrap();
+    log.append(&batch("x", 1, 1)).unwrap();
     drop(log);
     let log = Log::open(dir.path(), compact_config()).unwrap();
     let v = read_all(&log);
@@ -272,7 +272,7 @@ fn lowered_retention_on_an_open_log_applies_at_the_next_maintenance() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), retention_config(None, None)).unwrap();
     for i in 0..40 {
-        log.append(&mut batch("v", 2, i * 100)).unwrap();
+        log.append(&batch("v", 2, i * 100)).unwrap();
     }
     let segments = log.segment_count();
     assert!(segments > 2);
@@ -299,7 +299,7 @@ fn a_smaller_segment_size_on_an_open_log_rolls_at_the_next_append() {
     };
     let log = Log::open(dir.path(), big).unwrap();
     for i in 0..10 {
-        log.append(&mut batch("v", 2, i)).unwrap();
+        log.append(&batch("v", 2, i)).unwrap();
     }
     assert_eq!(log.segment_count(), 1);
     log.update_config(LogConfig {
@@ -307,7 +307,7 @@ fn a_smaller_segment_size_on_an_open_log_rolls_at_the_next_append() {
         ..big
     })
     .unwrap();
-    log.append(&mut batch("v", 2, 10)).unwrap();
+    log.append(&batch("v", 2, 10)).unwrap();
     assert_eq!(log.segment_count(), 2, "the next append rolled");
     let values = values(&read_all(&log));
     assert_eq!(values.len(), 22, "nothing lost across the change");

@@ -223,8 +223,8 @@ fn run(ops: Vec<Op>, always: bool, cache: Option<usize>) {
                         timestamp_ms: *ts,
                     });
                 }
-                let mut bytes = b.build().to_vec();
-                let info = l.append(&mut bytes).unwrap();
+                let bytes = b.build().to_vec();
+                let info = l.append(&bytes).unwrap();
                 assert_eq!(info.base_offset, m.end);
                 let last = m.end + records.len() as i64 - 1;
                 for (i, (k, v, ts)) in records.into_iter().enumerate() {

@@ -288,16 +288,20 @@ fn run_on(disk: Disk, ops: Vec<Op>, always: bool) {
                         timestamp_ms: 1,
                     });
                 }
-                let mut bytes = b.build().to_vec();
-                let res = l.append_with_epoch(&mut bytes, m.epoch);
+                let bytes = b.build().to_vec();
+                let res = l.append_with_epoch(&bytes, m.epoch);
                 // Written (maybe) even if the call failed afterwards, e.g.
                 // the fsync under `Always`: it may survive or not.
                 if res.is_ok() || l.end_offset() > m.end {
                     for r in recs {
                         m.records.insert(r.offset, r);
                     }
+                    // As the log writes it: at its offset, with the epoch.
+                    let mut stored = bytes;
+                    streambus_record::set_base_offset(&mut stored, m.end);
+                    streambus_record::set_partition_leader_epoch(&mut stored, m.epoch);
                     m.end += records.len() as i64;
-                    unacked.insert(m.end - records.len() as i64, bytes);
+                    unacked.insert(m.end - records.len() as i64, stored);
                 }
                 if let Ok(info) = &res {
                     assert_eq!(info.base_offset, m.end - records.len() as i64);

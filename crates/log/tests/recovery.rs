@@ -13,8 +13,7 @@ use streambus_log::{Log, LogError};
 fn fill(dir: &Path, batches: usize) -> Vec<(i64, String)> {
     let log = Log::open(dir, small_config()).unwrap();
     for i in 0..batches {
-        log.append(&mut batch(&format!("v{i}"), 2, i as i64))
-            .unwrap();
+        log.append(&batch(&format!("v{i}"), 2, i as i64)).unwrap();
     }
     log.flush().unwrap();
     values(&read_all(&log))
@@ -51,7 +50,7 @@ fn torn_tail_is_truncated_on_reopen() {
         "only the torn batch is lost"
     );
     assert_eq!(log.end_offset(), before.len() as i64 - 2);
-    log.append(&mut batch("next", 1, 1)).unwrap();
+    log.append(&batch("next", 1, 1)).unwrap();
     assert_eq!(
         read_all(&log).last().unwrap().offset,
         before.len() as i64 - 2
@@ -245,7 +244,7 @@ fn checkpoint_above_the_end_is_lowered_durably_and_keeps_later_appends_visible()
         format!("0\n{end}\n"),
         "the lowered log start is on disk"
     );
-    log.append(&mut batch("acked", 1, 1)).unwrap();
+    log.append(&batch("acked", 1, 1)).unwrap();
     log.close().unwrap();
     for _ in 0..2 {
         let log = Log::open(dir.path(), small_config()).unwrap();
@@ -264,7 +263,7 @@ fn damage_in_the_active_segment_after_a_clean_shutdown_is_an_error_on_every_open
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), small_config()).unwrap();
     for i in 0..6 {
-        log.append(&mut batch(&format!("v{i}"), 2, i)).unwrap();
+        log.append(&batch(&format!("v{i}"), 2, i)).unwrap();
     }
     assert_eq!(log.segment_count(), 1);
     log.close().unwrap();
@@ -304,7 +303,7 @@ fn clean_shutdown_reopens_agree_on_offsets_and_data() {
         let end = before.len() as i64 + i;
         assert_eq!((log.log_start_offset(), log.end_offset()), (0, end));
         assert_eq!(values(&read_all(&log))[..before.len()], before[..]);
-        log.append(&mut batch("more", 1, 1)).unwrap();
+        log.append(&batch("more", 1, 1)).unwrap();
         log.close().unwrap();
     }
 }

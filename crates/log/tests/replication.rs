@@ -75,10 +75,10 @@ fn replicate(leader: &Log, follower: &Log, max_bytes: usize) {
 /// A leader log with batches of epochs 1, 1, 2, 2, 2, 5, ... across several
 /// segments, some appended without an epoch before the first one.
 fn fill_leader(log: &Log, batches: usize) {
-    log.append(&mut batch("plain", 2, 1)).unwrap();
+    log.append(&batch("plain", 2, 1)).unwrap();
     for i in 0..batches {
         let epoch = [1, 1, 2, 2, 2, 5, 5, 8][i * 8 / batches.max(1)];
-        log.append_with_epoch(&mut batch(&format!("b{i}"), 1 + i % 4, i as i64), epoch)
+        log.append_with_epoch(&batch(&format!("b{i}"), 1 + i % 4, i as i64), epoch)
             .unwrap();
     }
 }
@@ -135,9 +135,7 @@ fn replicated_append_copies_the_leader_byte_for_byte() {
     assert_eq!(raw(&follower), bytes);
     assert_eq!(follower.epoch_entries(), leader.epoch_entries());
     // And the follower can take over as leader with a newer epoch.
-    let info = follower
-        .append_with_epoch(&mut batch("new", 1, 1), 9)
-        .unwrap();
+    let info = follower.append_with_epoch(&batch("new", 1, 1), 9).unwrap();
     assert_eq!(
         follower.epoch_entries().last(),
         Some(&(9, info.base_offset))
@@ -221,8 +219,8 @@ fn replicated_append_refuses_corrupt_truncated_or_oversized_batches() {
     assert_eq!(follower.end_offset(), 0);
     // Larger than the follower's max_batch_bytes: still copied (that limit
     // bounds producers; every batch stays within MAX_BATCH_BYTES).
-    let mut big = batch(&"x".repeat(300), 1, 1);
-    leader.append_with_epoch(&mut big, 9).unwrap();
+    let big = batch(&"x".repeat(300), 1, 1);
+    leader.append_with_epoch(&big, 9).unwrap();
     follower.append_replicated(&all).unwrap();
     let r = leader.read(follower.end_offset(), 1 << 20, None).unwrap();
     assert!(r.data.len() > 200);
@@ -252,8 +250,8 @@ fn replicated_append_accepts_compacted_batches_with_offset_gaps() {
         (10, 14, 2)
     );
     let follower = Log::open(dirs.1.path(), small_config()).unwrap();
-    let mut first = batch("first", 10, 1);
-    follower.append(&mut first).unwrap();
+    let first = batch("first", 10, 1);
+    follower.append(&first).unwrap();
     let info = follower.append_replicated(&compacted).unwrap();
     assert_eq!((info.base_offset, info.last_offset), (10, 14));
     assert_eq!(follower.end_offset(), 15);
@@ -263,7 +261,7 @@ fn replicated_append_accepts_compacted_batches_with_offset_gaps() {
     let offsets: Vec<i64> = read_all(&follower).iter().map(|r| r.offset).collect();
     assert_eq!(offsets[10..], [11, 14, 15]);
     // A producer append still refuses such a batch.
-    let err = follower.append(&mut compacted.to_vec()).unwrap_err();
+    let err = follower.append(&compacted).unwrap_err();
     assert!(matches!(err, LogError::InvalidBatch(_)), "{err}");
 
     // A whole compacted leader log (gaps inside batches) replicates too.
@@ -282,9 +280,7 @@ fn replicated_append_accepts_compacted_batches_with_offset_gaps() {
                 record(Some(key), Some(&format!("v{i}b")), 1),
             ],
         );
-        leader
-            .append_with_epoch(&mut b.clone(), 1 + i / 10)
-            .unwrap();
+        leader.append_with_epoch(&b.clone(), 1 + i / 10).unwrap();
     }
     assert!(leader.compact(10).unwrap().records_removed > 0);
     let follower = Log::open(dirs.1.path().join("second"), config).unwrap();
@@ -300,24 +296,22 @@ fn epoch_changes_make_cache_entries_and_older_epochs_are_refused() {
     let log = Log::open(dir.path(), small_config()).unwrap();
     let file = dir.path().join(EPOCH_FILE);
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "0\n0\n");
-    log.append(&mut batch("plain", 1, 1)).unwrap();
+    log.append(&batch("plain", 1, 1)).unwrap();
     assert_eq!((log.latest_epoch(), log.epoch_entries()), (None, vec![]));
-    log.append_with_epoch(&mut batch("a", 2, 1), 0).unwrap();
-    log.append_with_epoch(&mut batch("b", 2, 1), 0).unwrap();
+    log.append_with_epoch(&batch("a", 2, 1), 0).unwrap();
+    log.append_with_epoch(&batch("b", 2, 1), 0).unwrap();
     assert_eq!(log.epoch_entries(), vec![(0, 1)]);
-    let info = log.append_with_epoch(&mut batch("c", 3, 1), 3).unwrap();
+    let info = log.append_with_epoch(&batch("c", 3, 1), 3).unwrap();
     assert_eq!(info.base_offset, 5);
-    log.append_with_epoch(&mut batch("d", 1, 1), 3).unwrap();
+    log.append_with_epoch(&batch("d", 1, 1), 3).unwrap();
     // Plain appends leave the cache alone.
-    log.append(&mut batch("plain", 1, 1)).unwrap();
+    log.append(&batch("plain", 1, 1)).unwrap();
     assert_eq!(log.epoch_entries(), vec![(0, 1), (3, 5)]);
     assert_eq!(log.latest_epoch(), Some(3));
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "0\n2\n0 1\n3 5\n");
     // An older epoch is refused and writes nothing.
     let end = log.end_offset();
-    let err = log
-        .append_with_epoch(&mut batch("old", 1, 1), 2)
-        .unwrap_err();
+    let err = log.append_with_epoch(&batch("old", 1, 1), 2).unwrap_err();
     assert!(
         matches!(
             err,
@@ -372,10 +366,10 @@ fn end_offset_for_epoch_answers_offsets_for_leader_epoch() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), small_config()).unwrap();
     assert_eq!(log.end_offset_for_epoch(0), None, "empty cache");
-    log.append(&mut batch("plain", 2, 1)).unwrap();
+    log.append(&batch("plain", 2, 1)).unwrap();
     assert_eq!(log.end_offset_for_epoch(3), None, "still empty");
     for (epoch, n) in [(2, 8), (4, 10), (7, 5)] {
-        log.append_with_epoch(&mut batch("e", n, 1), epoch).unwrap();
+        log.append_with_epoch(&batch("e", n, 1), epoch).unwrap();
     }
     assert_eq!(log.epoch_entries(), vec![(2, 2), (4, 10), (7, 20)]);
     assert_eq!(log.end_offset(), 25);
@@ -404,7 +398,7 @@ fn truncation_drops_the_entries_of_removed_batches() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), small_config()).unwrap();
     for (epoch, n) in [(1, 5), (2, 5), (3, 5), (3, 5), (4, 5)] {
-        log.append_with_epoch(&mut batch("e", n, 1), epoch).unwrap();
+        log.append_with_epoch(&batch("e", n, 1), epoch).unwrap();
     }
     assert_eq!(log.epoch_entries(), vec![(1, 0), (2, 5), (3, 10), (4, 20)]);
     log.truncate_to(20).unwrap();
@@ -422,13 +416,13 @@ fn truncation_drops_the_entries_of_removed_batches() {
     let log = Log::open(dir.path(), small_config()).unwrap();
     assert_eq!(log.epoch_entries(), vec![(1, 0), (2, 5)]);
     // The divergent epoch 3 can be replaced by the new leader's epoch 5.
-    log.append_with_epoch(&mut batch("new", 2, 1), 5).unwrap();
+    log.append_with_epoch(&batch("new", 2, 1), 5).unwrap();
     assert_eq!(log.epoch_entries(), vec![(1, 0), (2, 5), (5, 10)]);
     log.truncate_to(0).unwrap();
     assert_eq!(log.epoch_entries(), vec![]);
     assert_eq!(log.latest_epoch(), None);
     // Afterwards any epoch may start again.
-    log.append_with_epoch(&mut batch("again", 1, 1), 0).unwrap();
+    log.append_with_epoch(&batch("again", 1, 1), 0).unwrap();
     assert_eq!(log.epoch_entries(), vec![(0, 0)]);
 }
 
@@ -441,7 +435,7 @@ fn retention_drops_entries_below_the_log_start() {
     };
     let log = Log::open(dir.path(), config).unwrap();
     for i in 0..60 {
-        log.append_with_epoch(&mut batch(&format!("b{i}"), 2, i), 1 + i as i32 / 6)
+        log.append_with_epoch(&batch(&format!("b{i}"), 2, i), 1 + i as i32 / 6)
             .unwrap();
     }
     let before = log.epoch_entries();
@@ -477,7 +471,7 @@ fn the_epoch_cache_survives_reopen_and_crash() {
     };
     let log = open().unwrap();
     for (epoch, n) in [(3, 4), (3, 2), (6, 1), (10, 3)] {
-        log.append_with_epoch(&mut batch("e", n, 1), epoch).unwrap();
+        log.append_with_epoch(&batch("e", n, 1), epoch).unwrap();
     }
     let entries = vec![(3, 0), (6, 6), (10, 7)];
     assert_eq!(log.epoch_entries(), entries);
@@ -496,8 +490,7 @@ fn the_epoch_cache_survives_reopen_and_crash() {
 fn crash_setup(sim: &SimIo, fsync: FsyncPolicy) -> Log {
     let log = sim_open(sim, fsync).unwrap();
     for epoch in [1, 1, 2] {
-        log.append_with_epoch(&mut batch("setup", 3, 1), epoch)
-            .unwrap();
+        log.append_with_epoch(&batch("setup", 3, 1), epoch).unwrap();
     }
     log.flush().unwrap();
     log
@@ -541,7 +534,7 @@ fn a_crash_between_an_epoch_entry_and_its_batch_drops_the_entry_on_open() {
                 if replicated {
                     log.append_replicated(&replicated_batches()).map(drop)
                 } else {
-                    log.append_with_epoch(&mut batch("new", 3, 2), 4).map(drop)
+                    log.append_with_epoch(&batch("new", 3, 2), 4).map(drop)
                 }
             };
             // The number of I/O steps without a crash.
@@ -597,9 +590,7 @@ fn an_entry_left_by_a_failed_write_never_claims_a_later_batch() {
     let sim = SimIo::new(12);
     let log = crash_setup(&sim, FsyncPolicy::Never);
     sim.fail_next(SimOp::Write, ".log");
-    let err = log
-        .append_with_epoch(&mut batch("lost", 2, 1), 4)
-        .unwrap_err();
+    let err = log.append_with_epoch(&batch("lost", 2, 1), 4).unwrap_err();
     assert!(matches!(err, LogError::Io { .. }), "{err}");
     assert!(log.failure().is_none(), "the failed write was undone");
     // The entry (4, 9) was made durable before the write; it describes no
@@ -608,8 +599,8 @@ fn an_entry_left_by_a_failed_write_never_claims_a_later_batch() {
     assert_eq!(log.latest_epoch(), Some(2));
     // The old leader's epoch 2 may still append at offset 9 then, and the
     // stale entry must not claim that batch.
-    log.append_with_epoch(&mut batch("two", 2, 1), 2).unwrap();
-    log.append(&mut batch("plain", 1, 1)).unwrap();
+    log.append_with_epoch(&batch("two", 2, 1), 2).unwrap();
+    log.append(&batch("plain", 1, 1)).unwrap();
     assert_eq!(log.epoch_entries(), vec![(1, 0), (2, 6)]);
     log.flush().unwrap();
     drop(log);
@@ -627,9 +618,9 @@ fn a_missing_epoch_checkpoint_is_rebuilt_from_the_batch_headers() {
         ..small_config()
     };
     let log = Log::open(dir.path(), config).unwrap();
-    log.append(&mut batch("plain", 2, 1)).unwrap();
+    log.append(&batch("plain", 2, 1)).unwrap();
     for i in 0..60 {
-        log.append_with_epoch(&mut batch(&format!("b{i}"), 2, i), 1 + i as i32 / 7)
+        log.append_with_epoch(&batch(&format!("b{i}"), 2, i), 1 + i as i32 / 7)
             .unwrap();
     }
     let file = dir.path().join(EPOCH_FILE);
@@ -709,7 +700,7 @@ fn concurrent_appends_across_a_leader_change_keep_the_cache_exact() {
                 let mut refused = 0;
                 for i in 0..40 {
                     let epoch = (i / 10) * 2 + t % 2;
-                    match log.append_with_epoch(&mut batch(&format!("t{t}-{i}"), 1, 1), epoch) {
+                    match log.append_with_epoch(&batch(&format!("t{t}-{i}"), 1, 1), epoch) {
                         Ok(_) => {}
                         Err(LogError::StaleLeaderEpoch { .. }) => refused += 1,
                         Err(e) => panic!("{e}"),
@@ -746,7 +737,7 @@ fn reads_go_on_and_appends_wait_while_an_epoch_entry_is_made_durable() {
     })));
     let leader_change = {
         let log = log.clone();
-        std::thread::spawn(move || log.append_with_epoch(&mut batch("new", 2, 1), 3).unwrap())
+        std::thread::spawn(move || log.append_with_epoch(&batch("new", 2, 1), 3).unwrap())
     };
     entered
         .recv_timeout(Duration::from_secs(20))
@@ -762,7 +753,7 @@ fn reads_go_on_and_appends_wait_while_an_epoch_entry_is_made_durable() {
         let log = log.clone();
         std::thread::spawn(move || {
             done_tx
-                .send(log.append_with_epoch(&mut batch("old", 1, 1), 2))
+                .send(log.append_with_epoch(&batch("old", 1, 1), 2))
                 .unwrap()
         });
     }
@@ -804,7 +795,7 @@ fn reset_to_empties_the_log_and_starts_it_at_the_offset() {
     let sim = SimIo::new(21);
     let log = crash_setup(&sim, FsyncPolicy::Always);
     for _ in 0..5 {
-        log.append_with_epoch(&mut batch("more", 3, 1), 2).unwrap();
+        log.append_with_epoch(&batch("more", 3, 1), 2).unwrap();
     }
     assert_eq!(log.end_offset(), 24);
     assert!(log.segment_count() > 1);
@@ -914,7 +905,7 @@ fn a_follower_copies_batches_above_a_lowered_batch_limit() {
     assert_eq!(raw(&follower), raw(&leader));
     // A producer's batch is held to the new limit.
     assert!(matches!(
-        leader.append(&mut batch("big", 2, 1)),
+        leader.append(&batch("big", 2, 1)),
         Err(LogError::BatchTooLarge { .. })
     ));
 }

@@ -18,8 +18,7 @@ use streambus_record::BatchHeader;
 fn fill(dir: &Path, config: &LogConfig) {
     let log = Log::open(dir, *config).unwrap();
     for i in 0..40 {
-        log.append(&mut batch(&format!("v{i}"), 2, i as i64))
-            .unwrap();
+        log.append(&batch(&format!("v{i}"), 2, i as i64)).unwrap();
     }
     log.close().unwrap();
 }

@@ -69,7 +69,7 @@ fn concurrent_appenders_under_always_share_fsyncs() {
             let log = log.clone();
             std::thread::spawn(move || {
                 for i in 0..APPENDS {
-                    let info = log.append(&mut batch(&format!("t{t}-{i}"), 1, 1)).unwrap();
+                    let info = log.append(&batch(&format!("t{t}-{i}"), 1, 1)).unwrap();
                     assert!(log.durable_offset() > info.last_offset);
                 }
             })
@@ -107,8 +107,8 @@ fn one_fsync_counter_serves_many_logs() {
     let a = Log::open_with("/data/a", config(FsyncPolicy::Never), opts()).unwrap();
     let b = Log::open_with("/data/b", config(FsyncPolicy::Never), opts()).unwrap();
     let start = counter.load(Ordering::Relaxed);
-    a.append(&mut batch("a", 1, 1)).unwrap();
-    b.append(&mut batch("b", 1, 1)).unwrap();
+    a.append(&batch("a", 1, 1)).unwrap();
+    b.append(&batch("b", 1, 1)).unwrap();
     assert_eq!(
         counter.load(Ordering::Relaxed),
         start,
@@ -152,7 +152,7 @@ fn appends_and_reads_proceed_while_a_roll_fsyncs_the_sealed_segment() {
     let sim = SimIo::new(3);
     let gate = gate(&sim, "00000000000000000000.log");
     let log = Arc::new(open(&sim, config(FsyncPolicy::Never)).unwrap());
-    log.append(&mut batch("first", 3, 1)).unwrap();
+    log.append(&batch("first", 3, 1)).unwrap();
     gate.armed.store(true, Ordering::SeqCst);
     // Fill the first segment until an append rolls; that append blocks in
     // the fsync of the sealed segment.
@@ -160,7 +160,7 @@ fn appends_and_reads_proceed_while_a_roll_fsyncs_the_sealed_segment() {
         let log = log.clone();
         std::thread::spawn(move || {
             while log.segment_count() < 2 {
-                log.append(&mut batch("fill", 3, 1)).unwrap();
+                log.append(&batch("fill", 3, 1)).unwrap();
             }
         })
     };
@@ -180,7 +180,7 @@ fn appends_and_reads_proceed_while_a_roll_fsyncs_the_sealed_segment() {
         std::thread::spawn(move || {
             let r = log.read(0, 1 << 20, None).unwrap();
             assert!(!r.data.is_empty());
-            let info = log.append(&mut batch("during-roll", 2, 1)).unwrap();
+            let info = log.append(&batch("during-roll", 2, 1)).unwrap();
             let r = log.read(info.base_offset, 1 << 20, None).unwrap();
             let (h, _) = BatchIter::new(&r.data).next().unwrap().unwrap();
             assert_eq!(h.base_offset, info.base_offset);
@@ -258,7 +258,7 @@ fn appends_and_reads_proceed_while_compaction_fsyncs_the_cleaned_segment() {
                 record(Some("same"), Some(&format!("v{i}b")), 1),
             ],
         );
-        log.append(&mut b.clone()).unwrap();
+        log.append(&b.clone()).unwrap();
     }
     assert!(log.segment_count() >= 3);
     let compaction = {
@@ -287,7 +287,7 @@ fn appends_and_reads_proceed_while_compaction_fsyncs_the_cleaned_segment() {
             std::thread::spawn(move || {
                 let first = log.read(0, 1 << 20, None).unwrap();
                 assert!(!first.data.is_empty());
-                let info = log.append(&mut batch(&tag, 2, 1)).unwrap();
+                let info = log.append(&batch(&tag, 2, 1)).unwrap();
                 let r = log.read(info.base_offset, 1 << 20, None).unwrap();
                 let (h, _) = BatchIter::new(&r.data).next().unwrap().unwrap();
                 assert_eq!(h.base_offset, info.base_offset);
@@ -345,7 +345,7 @@ fn build_compacted_log(sim: &SimIo) -> Log {
                 record(Some(key), Some(&format!("v{i}b")), 1),
             ],
         );
-        log.append(&mut b.clone()).unwrap();
+        log.append(&b.clone()).unwrap();
     }
     let outcome = log.compact(10).unwrap();
     assert!(outcome.records_removed > 0);
@@ -406,7 +406,7 @@ fn truncation_is_crash_safe_at_every_io_step() {
             // truncated log.
             log.truncate_to(cut.min(log.end_offset())).unwrap();
             assert_eq!(snapshot(&log), truncated);
-            let info = log.append(&mut batch("after", 1, 1)).unwrap();
+            let info = log.append(&batch("after", 1, 1)).unwrap();
             assert_eq!(info.base_offset, truncated.1);
             drop(log);
             sim.crash();
@@ -455,7 +455,7 @@ fn creating_the_log_directory_syncs_its_parents() {
             OpenOptions::new().io(Arc::new(sim.clone())),
         )
         .unwrap();
-        log.append(&mut batch("x", 1, 1)).unwrap();
+        log.append(&batch("x", 1, 1)).unwrap();
         drop(log);
         sim.crash();
         let names = sim.list(Path::new("/srv/streambus/topic-3"));
@@ -495,7 +495,7 @@ fn unreadable_or_corrupt_checkpoint_is_an_error_not_absent() {
     )
     .unwrap();
     for i in 0..10 {
-        log.append(&mut batch(&format!("b{i}"), 3, 1)).unwrap();
+        log.append(&batch(&format!("b{i}"), 3, 1)).unwrap();
     }
     assert!(log.apply_retention(0).unwrap().segments_deleted > 0);
     let start = log.log_start_offset();
@@ -526,27 +526,27 @@ fn unreadable_or_corrupt_checkpoint_is_an_error_not_absent() {
 fn a_failed_write_is_undone_and_a_failed_undo_fails_the_log() {
     let sim = SimIo::new(5);
     let log = open(&sim, config(FsyncPolicy::Never)).unwrap();
-    log.append(&mut batch("a", 1, 1)).unwrap();
+    log.append(&batch("a", 1, 1)).unwrap();
     let size = log.size_bytes();
     // The write fails, the partial batch is cut off, the log goes on.
     sim.fail_next(SimOp::Write, ".log");
     assert!(matches!(
-        log.append(&mut batch("b", 1, 1)),
+        log.append(&batch("b", 1, 1)),
         Err(LogError::Io { .. })
     ));
     assert_eq!(log.failure(), None);
     assert_eq!(log.size_bytes(), size);
     let seg = dir().join("00000000000000000000.log");
     assert_eq!(sim.contents(&seg).unwrap().len() as u64, size);
-    assert_eq!(log.append(&mut batch("c", 1, 1)).unwrap().base_offset, 1);
+    assert_eq!(log.append(&batch("c", 1, 1)).unwrap().base_offset, 1);
     // The write fails and cutting it off fails too: the file may hold a
     // partial batch, so the log is failed.
     sim.fail_next(SimOp::Write, ".log");
     sim.fail_next(SimOp::SetLen, ".log");
-    assert!(log.append(&mut batch("d", 1, 1)).is_err());
+    assert!(log.append(&batch("d", 1, 1)).is_err());
     assert!(log.failure().is_some());
     assert!(matches!(
-        log.append(&mut batch("e", 1, 1)),
+        log.append(&batch("e", 1, 1)),
         Err(LogError::Failed(_))
     ));
     drop(log);
@@ -563,16 +563,16 @@ fn a_failed_fsync_fails_the_log_until_it_is_reopened() {
         let sim = SimIo::new(6).with_sector_size(16);
         let log = open(&sim, config(FsyncPolicy::Always)).unwrap();
         for i in 0..5 {
-            log.append(&mut batch(&format!("acked{i}"), 2, 1)).unwrap();
+            log.append(&batch(&format!("acked{i}"), 2, 1)).unwrap();
         }
         let acked = values(&read_all(&log));
         sim.fail_next(SimOp::SyncData, ".log");
-        let err = log.append(&mut batch("unacked", 2, 1)).unwrap_err();
+        let err = log.append(&batch("unacked", 2, 1)).unwrap_err();
         assert!(matches!(err, LogError::Io { .. }), "{err}");
         let reason = log.failure().expect("the log is failed");
         assert!(reason.contains("fsync"), "{reason}");
         assert!(matches!(
-            log.append(&mut batch("refused", 1, 1)),
+            log.append(&batch("refused", 1, 1)),
             Err(LogError::Failed(_))
         ));
         assert!(matches!(log.flush(), Err(LogError::Failed(_))));
@@ -591,7 +591,7 @@ fn a_failed_fsync_fails_the_log_until_it_is_reopened() {
             rest.is_empty() || rest == [(10, "unacked-0".into()), (11, "unacked-1".into())],
             "the unacknowledged batch is there whole or not at all: {rest:?}"
         );
-        let info = log.append(&mut batch("again", 1, 1)).unwrap();
+        let info = log.append(&batch("again", 1, 1)).unwrap();
         assert_eq!(info.base_offset, got.len() as i64);
         assert_eq!(log.durable_offset(), info.last_offset + 1);
     }
@@ -604,11 +604,11 @@ fn a_failed_fsync_fails_the_log_until_it_is_reopened() {
 fn a_failed_write_or_segment_creation_fails_only_that_append() {
     let sim = SimIo::new(7);
     let log = open(&sim, config(FsyncPolicy::Always)).unwrap();
-    log.append(&mut batch("a", 2, 1)).unwrap();
+    log.append(&batch("a", 2, 1)).unwrap();
     let end = log.end_offset();
 
     sim.fail_next(SimOp::Write, ".log");
-    assert!(log.append(&mut batch("b", 2, 2)).is_err());
+    assert!(log.append(&batch("b", 2, 2)).is_err());
     assert_eq!(log.failure(), None);
     assert_eq!(log.end_offset(), end);
 
@@ -616,14 +616,14 @@ fn a_failed_write_or_segment_creation_fails_only_that_append() {
     // the new segment fail.
     while log.segment_count() == 1 {
         sim.fail_next(SimOp::Open, ".rolling");
-        match log.append(&mut batch("c", 2, 3)) {
+        match log.append(&batch("c", 2, 3)) {
             Ok(_) => {
                 // It fitted: no roll was attempted; the fault is unused.
                 sim.clear_faults();
             }
             Err(_) => {
                 assert_eq!(log.failure(), None, "a failed roll must not fail the log");
-                log.append(&mut batch("d", 2, 4)).unwrap();
+                log.append(&batch("d", 2, 4)).unwrap();
             }
         }
     }
@@ -653,13 +653,13 @@ fn a_failed_fsync_of_an_evicted_segment_fails_its_log() {
     let cache = streambus_log::HandleCache::new(Arc::new(sim.clone()), 1);
     let opts = || OpenOptions::new().io(Arc::new(cache.clone()));
     let a = Log::open_with("/data/a", config(FsyncPolicy::Never), opts()).unwrap();
-    a.append(&mut batch("a", 3, 1)).unwrap();
+    a.append(&batch("a", 3, 1)).unwrap();
     sim.fail_next(SimOp::SyncData, "/data/a/");
     let b = Log::open_with("/data/b", config(FsyncPolicy::Never), opts()).unwrap();
     let stats = cache.stats();
     assert_eq!(stats.eviction_sync_failures, 1, "{stats:?}");
     assert!(stats.peak_open <= 1, "{stats:?}");
-    b.append(&mut batch("b", 2, 1)).unwrap();
+    b.append(&batch("b", 2, 1)).unwrap();
     b.flush().unwrap();
     // Reads of `a` still work (its segment is reopened); its fsync fails.
     assert_eq!(values(&read_all(&a)).len(), 3);
@@ -667,13 +667,13 @@ fn a_failed_fsync_of_an_evicted_segment_fails_its_log() {
     assert!(err.to_string().contains("evicted"), "{err}");
     assert!(a.failure().is_some_and(|r| r.contains("fsync")));
     assert!(matches!(
-        a.append(&mut batch("refused", 1, 1)),
+        a.append(&batch("refused", 1, 1)),
         Err(LogError::Failed(_))
     ));
     // Reopened, it works again.
     drop(a);
     let a = Log::open_with("/data/a", config(FsyncPolicy::Never), opts()).unwrap();
-    a.append(&mut batch("again", 1, 1)).unwrap();
+    a.append(&batch("again", 1, 1)).unwrap();
     a.flush().unwrap();
     assert_eq!(values(&read_all(&b)).len(), 2);
 }

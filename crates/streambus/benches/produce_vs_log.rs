@@ -68,8 +68,8 @@ fn log_baseline(
             let batch = batch.clone();
             s.spawn(move || {
                 for _ in 0..batches {
-                    let mut b = batch.to_vec();
-                    log.append(&mut b).expect("append");
+                    let b = batch.to_vec();
+                    log.append(&b).expect("append");
                 }
             });
         }

@@ -1414,8 +1414,8 @@ mod tests {
             timestamp_ms: 1,
             ..Record::default()
         });
-        let mut batch = b.build().to_vec();
-        replica.log.append(&mut batch).unwrap();
+        let batch = b.build().to_vec();
+        replica.log.append(&batch).unwrap();
         let dir = replica.dir.clone();
         drop(replica);
         assert!(dir.exists());
@@ -1440,8 +1440,8 @@ mod tests {
                 timestamp_ms: now_ms() + i,
                 ..Record::default()
             });
-            let mut batch = b.build().to_vec();
-            replica.log.append(&mut batch).unwrap();
+            let batch = b.build().to_vec();
+            replica.log.append(&batch).unwrap();
         }
     }
 
@@ -1812,8 +1812,8 @@ mod tests {
             });
             b.build().to_vec()
         };
-        c.log.append(&mut one()).unwrap();
-        d.log.append(&mut one()).unwrap();
+        c.log.append(&one()).unwrap();
+        d.log.append(&one()).unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
         let hung_before = disk.hung("d-0-idd");
         disk.block("d-0-idd");
@@ -1857,7 +1857,7 @@ mod tests {
         p.leader_replica("e", 0)
             .unwrap()
             .log
-            .append(&mut one())
+            .append(&one())
             .unwrap();
         disk.block("e-0-ide");
         tokio::time::timeout(bounded, p.apply_wire(&moved(9, false)))
@@ -1911,10 +1911,10 @@ mod tests {
             b.build().to_vec()
         };
         let replica = p.leader_replica("t", 0).unwrap();
-        replica.log.append(&mut batch()).unwrap();
+        replica.log.append(&batch()).unwrap();
         assert!(p.fsyncs() > 0);
         sim.fail_next(SimOp::SyncData, "t-0-id1");
-        replica.log.append(&mut batch()).unwrap_err();
+        replica.log.append(&batch()).unwrap_err();
         // The second batch was written but its fsync failed: only the
         // first is durable.
         let durable_at_failure = replica.log.durable_offset();
@@ -1950,7 +1950,7 @@ mod tests {
         assert_eq!(replica.log.end_offset(), durable_at_failure);
         assert_eq!(replica.log.durable_offset(), durable_at_failure);
         assert_eq!(
-            replica.log.append(&mut batch()).unwrap().base_offset,
+            replica.log.append(&batch()).unwrap().base_offset,
             durable_at_failure
         );
         metrics.observe_partitions(&p);

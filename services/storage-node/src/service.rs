@@ -167,7 +167,7 @@ fn sequence_ahead(expected: i32, got: i32) -> bool {
 /// refused with the log's `OutOfOrderSequence`.
 pub(crate) async fn append_in_order(
     replica: &Arc<crate::replica::Replica>,
-    bytes: &[u8],
+    bytes: &bytes::Bytes,
     epoch: i32,
 ) -> Result<Result<streambus_log::AppendInfo, streambus_log::LogError>, Error> {
     let deadline = tokio::time::Instant::now() + ORDERING_WAIT;
@@ -175,14 +175,16 @@ pub(crate) async fn append_in_order(
         // Subscribed before the attempt, so an append landing meanwhile
         // is not missed.
         let mut end = replica.watch_end();
-        let mut batch = bytes.to_vec();
+        // Shared with the request, not copied: the log stamps offsets and
+        // epoch in a header of its own.
+        let batch = bytes.clone();
         let log_replica = replica.clone();
         // The replica learns of the append on the blocking thread: a caller
         // that gives up (its deadline passed) drops this future, and the
         // append must still move the log end the followers wait for and
         // the leader's own offset in the high watermark.
         let result = tokio::task::spawn_blocking(move || {
-            let result = log_replica.log.append_with_epoch(&mut batch, epoch);
+            let result = log_replica.log.append_with_epoch(&batch, epoch);
             log_replica.advance_high_watermark();
             result
         })
