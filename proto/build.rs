@@ -23,6 +23,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("streambus_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
-    tonic_prost_build::configure().bytes(".").compile_fds(fds)?;
+    // Every service and client encodes with `crate::codec::SizedCodec`.
+    tonic_prost_build::configure()
+        .bytes(".")
+        .codec_path("crate::codec::SizedCodec")
+        .compile_fds(fds)?;
     Ok(())
 }

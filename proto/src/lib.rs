@@ -2,6 +2,7 @@
 //! `proto/streambus`, plus the closed set of error reasons shared by every
 //! service and client ([`error`]).
 
+pub mod codec;
 pub mod error;
 pub mod partitioner;
 
