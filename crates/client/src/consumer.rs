@@ -21,7 +21,7 @@ use bytes::Bytes;
 use futures::Stream;
 use streambus_proto::v1;
 use streambus_proto::v1::consume_service_client::ConsumeServiceClient;
-use streambus_record::{BatchIter, Header, decode_records};
+use streambus_record::{BatchIter, Header, decode_shared_records};
 use tokio::sync::watch;
 use tonic::Streaming;
 use tonic::transport::Channel;
@@ -461,7 +461,7 @@ pub(crate) fn decode_response(
         if header.is_control() || header.next_offset() <= floor {
             continue;
         }
-        for r in decode_records(bytes)? {
+        for r in decode_shared_records(&encoded.slice_ref(bytes))? {
             if r.offset >= floor {
                 yield_record(ConsumedRecord {
                     partition,

@@ -34,6 +34,9 @@
 //!
 //! See `docs/sdk.md` for the producer's batching, ordering and retry rules.
 
+#[cfg(feature = "bench-internals")]
+#[doc(hidden)]
+pub mod bench_internals;
 mod client;
 mod consumer;
 mod error;

@@ -79,10 +79,13 @@ impl ProducerIds {
     }
 }
 
-/// One append to one partition.
-struct PartitionWrite {
-    partition: u32,
-    batch: Bytes,
+/// One append to one partition: what planning a produce batch gives.
+#[derive(Debug)]
+pub struct PartitionWrite {
+    /// The partition.
+    pub partition: u32,
+    /// A RecordBatch v2 for it.
+    pub batch: Bytes,
 }
 
 /// The gateway-wide limit on appends in flight to storage nodes: a count
@@ -321,6 +324,118 @@ fn to_record(r: streambus_proto::v1::Record, now: i64) -> streambus_record::Reco
     }
 }
 
+/// Checks a client-encoded batch for `partition` (the SDK's path): its
+/// size against `max.message.bytes` and its header. The records are
+/// validated by the storage node, which decodes the batch anyway.
+pub fn check_encoded(
+    partition: u32,
+    encoded: Bytes,
+    max_bytes: usize,
+) -> Result<PartitionWrite, Error> {
+    if encoded.len() > max_bytes {
+        return Err(Error::new(
+            Reason::RecordTooLarge,
+            format!(
+                "encoded batch of {} bytes exceeds max.message.bytes {max_bytes}",
+                encoded.len()
+            ),
+        ));
+    }
+    let header = BatchHeader::parse(&encoded)
+        .map_err(|e| Error::new(Reason::CorruptBatch, format!("invalid encoded batch: {e}")))?;
+    if header.total_size() != encoded.len() {
+        return Err(Error::new(
+            Reason::CorruptBatch,
+            format!(
+                "encoded batch declares {} bytes but carries {}",
+                header.total_size(),
+                encoded.len()
+            ),
+        ));
+    }
+    Ok(PartitionWrite {
+        partition,
+        batch: encoded,
+    })
+}
+
+/// Splits records sent one by one (the gRPC path of clients without an
+/// SDK) into one batch per partition, or several where a partition's
+/// records exceed `max_bytes`: to `partition` if given, else by the key's
+/// hash among `partitions`, keyless records to `keyless`. A timestamp of 0
+/// becomes `now_ms`.
+pub fn plan_records(
+    topic: &str,
+    partition: Option<u32>,
+    partitions: u32,
+    keyless: u32,
+    max_bytes: usize,
+    records: Vec<streambus_proto::v1::Record>,
+    now_ms: i64,
+) -> Result<Vec<PartitionWrite>, Error> {
+    if records.is_empty() {
+        return Err(Error::new(Reason::InvalidArgument, "batch has no records"));
+    }
+    for r in &records {
+        let size = record_size(r) + HEADER_SIZE;
+        if size > max_bytes {
+            return Err(Error::new(
+                Reason::RecordTooLarge,
+                format!("a record of about {size} bytes exceeds max.message.bytes {max_bytes}"),
+            ));
+        }
+    }
+    // Group by partition: explicit, by key hash, or one rotating
+    // partition for this batch's keyless records.
+    let mut groups: Vec<(u32, Vec<streambus_proto::v1::Record>)> = Vec::new();
+    let mut index: HashMap<u32, usize> = HashMap::new();
+    for r in records {
+        let p = match (partition, &r.key) {
+            (Some(p), _) => p,
+            (None, Some(k)) => partition_for_key(k, partitions),
+            (None, None) => keyless,
+        };
+        let i = *index.entry(p).or_insert_with(|| {
+            groups.push((p, Vec::new()));
+            groups.len() - 1
+        });
+        groups[i].1.push(r);
+    }
+    let mut writes = Vec::new();
+    for (partition, records) in groups {
+        let total: usize = records.iter().map(record_size).sum();
+        let capacity = (HEADER_SIZE + total).min(max_bytes);
+        let mut builder = BatchBuilder::with_capacity(Compression::None, capacity);
+        let mut size = HEADER_SIZE;
+        for r in records {
+            let rs = record_size(&r);
+            if !builder.is_empty() && size + rs > max_bytes {
+                let full = std::mem::replace(
+                    &mut builder,
+                    BatchBuilder::with_capacity(Compression::None, capacity),
+                );
+                writes.push(PartitionWrite {
+                    partition,
+                    batch: full.finish(),
+                });
+                size = HEADER_SIZE;
+            }
+            size += rs;
+            // A timestamp out of range (or too far from the batch's first)
+            // is the producer's mistake, refused before anything is
+            // written.
+            builder.try_push(&to_record(r, now_ms)).map_err(|e| {
+                Error::new(Reason::InvalidArgument, format!("{topic}/{partition}: {e}"))
+            })?;
+        }
+        writes.push(PartitionWrite {
+            partition,
+            batch: builder.finish(),
+        });
+    }
+    Ok(writes)
+}
+
 impl ProduceApi {
     fn deadline(&self, timeout_ms: u32) -> tokio::time::Instant {
         let timeout = if timeout_ms == 0 {
@@ -358,7 +473,18 @@ impl ProduceApi {
             return Err(unknown_partition(&batch.topic, p, partitions as usize));
         }
 
-        if !batch.encoded_batch.is_empty() {
+        let writes = if batch.encoded_batch.is_empty() {
+            let keyless = self.keyless.fetch_add(1, Ordering::Relaxed) % partitions;
+            plan_records(
+                &batch.topic,
+                batch.partition,
+                partitions,
+                keyless,
+                max_bytes,
+                batch.records,
+                now_ms(),
+            )?
+        } else {
             let Some(partition) = batch.partition else {
                 return Err(Error::new(
                     Reason::InvalidArgument,
@@ -371,97 +497,8 @@ impl ProduceApi {
                     "a batch carries either records or an encoded batch, not both",
                 ));
             }
-            if batch.encoded_batch.len() > max_bytes {
-                return Err(Error::new(
-                    Reason::RecordTooLarge,
-                    format!(
-                        "encoded batch of {} bytes exceeds max.message.bytes {max_bytes}",
-                        batch.encoded_batch.len()
-                    ),
-                ));
-            }
-            let header = BatchHeader::parse(&batch.encoded_batch).map_err(|e| {
-                Error::new(Reason::CorruptBatch, format!("invalid encoded batch: {e}"))
-            })?;
-            if header.total_size() != batch.encoded_batch.len() {
-                return Err(Error::new(
-                    Reason::CorruptBatch,
-                    format!(
-                        "encoded batch declares {} bytes but carries {}",
-                        header.total_size(),
-                        batch.encoded_batch.len()
-                    ),
-                ));
-            }
-            return Ok((
-                batch.topic,
-                vec![PartitionWrite {
-                    partition,
-                    batch: batch.encoded_batch,
-                }],
-            ));
-        }
-
-        if batch.records.is_empty() {
-            return Err(Error::new(Reason::InvalidArgument, "batch has no records"));
-        }
-        for r in &batch.records {
-            let size = record_size(r) + HEADER_SIZE;
-            if size > max_bytes {
-                return Err(Error::new(
-                    Reason::RecordTooLarge,
-                    format!("a record of about {size} bytes exceeds max.message.bytes {max_bytes}"),
-                ));
-            }
-        }
-        // Group by partition: explicit, by key hash, or one rotating
-        // partition for this batch's keyless records.
-        let keyless = self.keyless.fetch_add(1, Ordering::Relaxed) % partitions;
-        let mut groups: Vec<(u32, Vec<streambus_proto::v1::Record>)> = Vec::new();
-        let mut index: HashMap<u32, usize> = HashMap::new();
-        for r in batch.records {
-            let p = match (batch.partition, &r.key) {
-                (Some(p), _) => p,
-                (None, Some(k)) => partition_for_key(k, partitions),
-                (None, None) => keyless,
-            };
-            let i = *index.entry(p).or_insert_with(|| {
-                groups.push((p, Vec::new()));
-                groups.len() - 1
-            });
-            groups[i].1.push(r);
-        }
-        let now = now_ms();
-        let mut writes = Vec::new();
-        for (partition, records) in groups {
-            let mut builder = BatchBuilder::new(Compression::None);
-            let mut size = HEADER_SIZE;
-            for r in records {
-                let rs = record_size(&r);
-                if !builder.is_empty() && size + rs > max_bytes {
-                    writes.push(PartitionWrite {
-                        partition,
-                        batch: builder.build(),
-                    });
-                    builder = BatchBuilder::new(Compression::None);
-                    size = HEADER_SIZE;
-                }
-                size += rs;
-                // A timestamp out of range (or too far from the batch's
-                // first) is the producer's mistake, refused before anything
-                // is written.
-                builder.try_push(&to_record(r, now)).map_err(|e| {
-                    Error::new(
-                        Reason::InvalidArgument,
-                        format!("{}/{partition}: {e}", batch.topic),
-                    )
-                })?;
-            }
-            writes.push(PartitionWrite {
-                partition,
-                batch: builder.build(),
-            });
-        }
+            vec![check_encoded(partition, batch.encoded_batch, max_bytes)?]
+        };
         Ok((batch.topic, writes))
     }
 

@@ -79,6 +79,8 @@ struct PartitionQueue {
     queued: VecDeque<Batch>,
     /// Ids of the batches in flight.
     in_flight: BTreeSet<u64>,
+    /// Size of the last batch sealed, what the next one's buffer starts at.
+    last_batch_bytes: usize,
     /// The producer id the batches in flight carry.
     in_flight_producer: Option<i64>,
     /// Whether the batch in flight is a retry (it is then the only one).
@@ -115,11 +117,15 @@ impl Batch {
         self.producer_id.is_some()
     }
 
-    /// The encoded RecordBatch v2, built on first use and kept for retries.
+    /// The encoded RecordBatch v2, built on first use (from the builder's
+    /// buffer, without copying it) and kept for retries.
     pub fn encoded(&mut self) -> Bytes {
-        self.encoded
-            .get_or_insert_with(|| self.builder.build())
-            .clone()
+        if self.encoded.is_none() {
+            let builder =
+                std::mem::replace(&mut self.builder, BatchBuilder::new(Compression::None));
+            self.encoded = Some(builder.finish());
+        }
+        self.encoded.clone().expect("set above")
     }
 
     /// Number of records.
@@ -271,6 +277,10 @@ impl Accumulator {
             tq.rotate_sticky(partition);
         }
         let q = tq.partitions.entry(partition).or_default();
+        // Sized like the partition's last batch (a little more), so a
+        // batch's buffer rarely grows, and never past twice the limit.
+        let capacity =
+            (q.last_batch_bytes + q.last_batch_bytes / 8).min(2 * limits.max_batch_bytes);
         let batch = q.open.get_or_insert_with(|| {
             wake = true;
             let id = self.next_batch_id;
@@ -280,7 +290,7 @@ impl Accumulator {
                 id,
                 topic: name,
                 partition,
-                builder: BatchBuilder::new(limits.compression),
+                builder: BatchBuilder::with_capacity(limits.compression, capacity),
                 encoded: None,
                 deliveries: Vec::new(),
                 permit: None,
@@ -350,6 +360,7 @@ impl Accumulator {
                             break;
                         }
                         let batch = q.open.take().expect("open exists");
+                        q.last_batch_bytes = batch.builder.estimated_size();
                         q.send(batch, producer, out);
                         sealed.push(partition);
                     } else {
@@ -438,7 +449,6 @@ impl Accumulator {
             if batch.producer_id.is_some() && batch.producer_id == producer.map(|(id, _)| id) {
                 self.producer = None;
             }
-            batch.encoded = None;
             batch.producer_id = None;
         }
         self.fail_or_retry(batch, error, true, now);
@@ -565,12 +575,25 @@ impl PartitionQueue {
         };
         let records = batch.deliveries.len() as i32;
         self.sequence = Some((id, seq_add(seq, records)));
-        let builder = std::mem::replace(&mut batch.builder, BatchBuilder::new(Compression::None));
-        batch.builder = builder.with_producer(id, epoch, seq);
+        match &mut batch.encoded {
+            // Encoded before, under another producer id or none: the bytes
+            // are stamped again.
+            Some(encoded) => {
+                let mut bytes = encoded.to_vec();
+                streambus_record::set_producer(&mut bytes, id, epoch, seq);
+                *encoded = Bytes::from(bytes);
+            }
+            None => {
+                let builder =
+                    std::mem::replace(&mut batch.builder, BatchBuilder::new(Compression::None));
+                batch.builder = builder.with_producer(id, epoch, seq);
+            }
+        }
     }
 
     fn seal(&mut self) {
         if let Some(batch) = self.open.take() {
+            self.last_batch_bytes = batch.builder.estimated_size();
             self.queued.push_back(batch);
         }
     }

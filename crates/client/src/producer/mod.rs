@@ -13,7 +13,7 @@
 //! after the batches before it. A partition at its limit keeps filling its
 //! next batch, so batches grow with load.
 
-mod accumulator;
+pub(crate) mod accumulator;
 mod sender;
 
 use std::collections::HashMap;
@@ -110,7 +110,7 @@ pub struct RecordMetadata {
 #[derive(Debug)]
 #[must_use = "a delivery future tells whether the record was written"]
 pub struct DeliveryFuture {
-    rx: oneshot::Receiver<Result<RecordMetadata, ClientError>>,
+    pub(crate) rx: oneshot::Receiver<Result<RecordMetadata, ClientError>>,
 }
 
 impl Future for DeliveryFuture {
@@ -222,7 +222,7 @@ impl Shared {
 
 /// Locks a mutex; a panic while holding one of the producer's locks leaves
 /// consistent state (every update is a single step), so poisoning is ignored.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
