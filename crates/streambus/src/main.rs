@@ -112,20 +112,41 @@ fn main() -> ExitCode {
     }
 }
 
-/// Gives allocations of 128 KiB and more (fetch responses, read buffers,
-/// encoded messages) their own mappings, returned to the system when
-/// freed. By default glibc raises that threshold as large blocks are
-/// freed, after which they are carved from per-thread heaps that stay
-/// resident: a burst of a thousand subscribers left the process holding
-/// a gigabyte it had freed (docs/benchmarks.md).
+/// Tunes glibc's allocator for the servers.
+///
+/// Allocations below 4 MiB (produce batches, fetch responses, read
+/// buffers, tonic's encode and decode buffers) come from the heap, where
+/// freed blocks are reused: given their own mappings, every such buffer
+/// cost a fresh `mmap`, a page fault per 4 KiB touched and an `munmap`, a
+/// quarter of the server's CPU at the maximum produce rate
+/// (docs/benchmarks.md). The threshold is pinned because glibc's dynamic
+/// one rises to 32 MiB. What freed blocks leave resident in the heaps is
+/// given back every second by `malloc_trim`, which releases free pages
+/// anywhere in them: without it a burst of a thousand subscribers left the
+/// process holding a gigabyte it had freed.
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: mallopt only changes allocator parameters; called before
         // the servers start, with a valid parameter and value.
-        let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024) };
+        let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024) };
         if ok != 1 {
             tracing::warn!("cannot set the allocator's mmap threshold");
+        }
+        let trim = std::thread::Builder::new()
+            .name("malloc-trim".into())
+            .spawn(|| {
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                    let started = std::time::Instant::now();
+                    // SAFETY: malloc_trim only returns free memory to the
+                    // system; it takes the allocator's own locks.
+                    unsafe { libc::malloc_trim(0) };
+                    tracing::trace!(took = ?started.elapsed(), "malloc_trim");
+                }
+            });
+        if let Err(e) = trim {
+            tracing::warn!("cannot start the allocator's trim thread: {e}");
         }
     }
 }
