@@ -24,14 +24,11 @@ use bytes::Bytes;
 use streambus_proto::partitioner::partition_for_key;
 use streambus_proto::{Error, Reason};
 use streambus_record::{BatchBuilder, Compression, Record, sequence_add as seq_add};
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-use super::RecordMetadata;
+use super::outcome::{BatchOutcome, Delivery};
 use crate::ClientError;
-
-/// Resolves one record's delivery future.
-pub(crate) type Delivery = oneshot::Sender<Result<RecordMetadata, ClientError>>;
 
 /// The settings the accumulator needs.
 #[derive(Debug, Clone)]
@@ -98,7 +95,10 @@ pub(crate) struct Batch {
     pub partition: u32,
     builder: BatchBuilder,
     encoded: Option<Bytes>,
-    deliveries: Vec<Delivery>,
+    /// Records appended.
+    records: u32,
+    /// Shared with the records' delivery futures.
+    outcome: Arc<BatchOutcome>,
     permit: Option<OwnedSemaphorePermit>,
     created: Instant,
     /// When the batch fails if not acknowledged yet.
@@ -131,29 +131,22 @@ impl Batch {
     /// Number of records.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.deliveries.len()
+        self.records as usize
     }
 
     /// Resolves every record's delivery: offsets from `base_offset`
     /// (`-1` when the server assigns none, as with `acks=none`), or the error.
     fn resolve(self, result: Result<i64, Error>) {
-        let partition = self.partition;
-        for (i, delivery) in self.deliveries.into_iter().enumerate() {
-            let outcome = match &result {
-                Ok(base) if *base >= 0 => Ok(RecordMetadata {
-                    partition,
-                    offset: base + i as i64,
-                }),
-                Ok(_) => Ok(RecordMetadata {
-                    partition,
-                    offset: -1,
-                }),
-                Err(e) => Err(ClientError::Server(e.clone())),
-            };
-            // The caller may have dropped its delivery future.
-            let _ = delivery.send(outcome);
-        }
-        drop(self.permit);
+        self.outcome.resolve(result);
+        // The permit goes with the batch.
+    }
+}
+
+impl Drop for Batch {
+    /// A batch dropped unresolved (the producer's task ended) fails its
+    /// records with [`ClientError::Closed`].
+    fn drop(&mut self) {
+        self.outcome.close();
     }
 }
 
@@ -221,7 +214,7 @@ impl Accumulator {
         record: &Record,
         permit: Option<OwnedSemaphorePermit>,
         now: Instant,
-    ) -> Result<(oneshot::Receiver<Result<RecordMetadata, ClientError>>, bool), ClientError> {
+    ) -> Result<(Delivery, bool), ClientError> {
         if self.closed {
             return Err(ClientError::Closed);
         }
@@ -292,7 +285,8 @@ impl Accumulator {
                 partition,
                 builder: BatchBuilder::with_capacity(limits.compression, capacity),
                 encoded: None,
-                deliveries: Vec::new(),
+                records: 0,
+                outcome: BatchOutcome::new(partition),
                 permit: None,
                 created: now,
                 deadline: now + limits.delivery_timeout,
@@ -301,9 +295,9 @@ impl Accumulator {
                 producer_id: None,
             }
         });
-        let (tx, rx) = oneshot::channel();
+        let delivery = batch.outcome.delivery(batch.records);
         batch.builder.push(record);
-        batch.deliveries.push(tx);
+        batch.records += 1;
         match (&mut batch.permit, permit) {
             (Some(held), Some(permit)) => held.merge(permit),
             (held @ None, permit) => *held = permit,
@@ -314,7 +308,7 @@ impl Accumulator {
             wake = true;
             tq.rotate_sticky(partition);
         }
-        Ok((rx, wake))
+        Ok((delivery, wake))
     }
 
     /// Moves batches ready to go into `out`, at most `max` of them: the head
@@ -573,7 +567,7 @@ impl PartitionQueue {
             Some((pid, seq)) if pid == id => seq,
             _ => 0,
         };
-        let records = batch.deliveries.len() as i32;
+        let records = batch.records as i32;
         self.sequence = Some((id, seq_add(seq, records)));
         match &mut batch.encoded {
             // Encoded before, under another producer id or none: the bytes
@@ -898,7 +892,7 @@ mod tests {
         assert!(acc.completed_below(id));
         assert!(acc.is_idle());
         for (i, rx) in receivers.into_iter().enumerate() {
-            let md = rx.await.unwrap().unwrap();
+            let md = rx.await.unwrap();
             assert_eq!(md.partition, 2);
             assert_eq!(md.offset, 40 + i as i64);
         }
@@ -932,8 +926,8 @@ mod tests {
             .pop()
             .unwrap();
         acc.complete(next, Ok(1));
-        assert_eq!(rx1.await.unwrap().unwrap().offset, 0);
-        assert_eq!(rx2.await.unwrap().unwrap().offset, 1);
+        assert_eq!(rx1.await.unwrap().offset, 0);
+        assert_eq!(rx2.await.unwrap().offset, 1);
     }
 
     #[tokio::test]
@@ -945,7 +939,7 @@ mod tests {
             .unwrap();
         let batch = drain(&mut acc, now + Duration::from_secs(1)).pop().unwrap();
         acc.fail_or_retry(batch, Error::new(Reason::UnknownTopic, "gone"), false, now);
-        let err = rx.await.unwrap().unwrap_err();
+        let err = rx.await.unwrap_err();
         assert_eq!(err.reason(), Some(Reason::UnknownTopic));
         assert!(acc.is_idle());
     }
@@ -960,7 +954,7 @@ mod tests {
         let batch = drain(&mut acc, now + Duration::from_secs(1)).pop().unwrap();
         let late = now + Duration::from_secs(30);
         acc.fail_or_retry(batch, Error::new(Reason::Unavailable, "down"), true, late);
-        let err = rx.await.unwrap().unwrap_err();
+        let err = rx.await.unwrap_err();
         assert_eq!(err.reason(), Some(Reason::Timeout));
         assert!(err.to_string().contains("down"), "{err}");
     }
@@ -977,10 +971,7 @@ mod tests {
         let ready = acc.ready(now + Duration::from_secs(31), 10, &mut out);
         assert!(out.is_empty());
         assert_eq!(ready.expired, 1);
-        assert_eq!(
-            rx.await.unwrap().unwrap_err().reason(),
-            Some(Reason::Timeout)
-        );
+        assert_eq!(rx.await.unwrap_err().reason(), Some(Reason::Timeout));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! next batch, so batches grow with load.
 
 pub(crate) mod accumulator;
+mod outcome;
 mod sender;
 
 use std::collections::HashMap;
@@ -25,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use streambus_proto::{Error, Reason, v1};
 use streambus_record::{Compression, Record};
-use tokio::sync::{Notify, Semaphore, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -110,16 +111,14 @@ pub struct RecordMetadata {
 #[derive(Debug)]
 #[must_use = "a delivery future tells whether the record was written"]
 pub struct DeliveryFuture {
-    pub(crate) rx: oneshot::Receiver<Result<RecordMetadata, ClientError>>,
+    pub(crate) rx: outcome::Delivery,
 }
 
 impl Future for DeliveryFuture {
     type Output = Result<RecordMetadata, ClientError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(ClientError::Closed)))
+        Pin::new(&mut self.rx).poll(cx)
     }
 }
 
