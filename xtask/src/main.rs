@@ -5,6 +5,7 @@ mod chaos;
 mod clients;
 mod cluster;
 mod devproc;
+mod iggy;
 mod k8s;
 mod peer;
 mod python;
@@ -25,8 +26,9 @@ commands:
   clients-test   only the client tests (tests/clients and the Rust SDK's example):
                  clients-test [go|java|node|rust|grpcurl]... (all when none is named;
                  docs/clients.md)
-  peer           install and run a local Kafka or NATS JetStream to compare with:
+  peer           install and run a local Kafka, NATS JetStream or Apache Iggy to compare with:
                  peer <kafka|nats> [install|start|stop|status] [--durability fsync|page-cache]
+                 peer iggy install --src DIR | start | stop | status | bench [--durability ...]
   bench          bench compare [options]: one workload against StreamBus, Kafka and
                  NATS JetStream back to back, a side-by-side table (docs/bench-tool.md)
   cluster        a multi-process cluster on 127.0.0.1 for fault drills:

@@ -40,6 +40,9 @@ pub const NATS_ADDR: &str = "127.0.0.1:4222";
 pub const NATS_MONITOR_ADDR: &str = "127.0.0.1:8222";
 
 const USAGE: &str = "usage: cargo xtask peer <kafka|nats> [install|start|stop|status] [--durability fsync|page-cache] [--brokers 1|3]
+       cargo xtask peer iggy install --src DIR
+       cargo xtask peer iggy [start|stop|status]
+       cargo xtask peer iggy bench [--durability fsync|page-cache] [--total 3GB]
 
   install   fetch the server (Maven Central / apt / Go module proxy) if missing
   start     install, then start it in the background if not running (default)
@@ -52,7 +55,13 @@ three combined broker+controller nodes (a KRaft quorum of three) on
 127.0.0.1:9092, :9094 and :9096 (controllers on :9093, :9095, :9097),
 for replication factor 3; `stop` stops whichever ran. NATS's fsync is a
 server setting: `--durability fsync` (default) runs it with
-`sync_interval: always`, `page-cache` with NATS's default.";
+`sync_interval: always`, `page-cache` with NATS's default.
+
+Apache Iggy is built from a checkout of its repository (`--src`; no
+registry serves its server); `bench` runs its own `iggy-bench` with one
+producer over 16 partitions (1 KiB messages, batches of 250) and prints
+the CPU seconds per million messages of the client and of the server.
+Its durability is a topic setting (`--enforce-fsync`).";
 
 /// Whether acknowledged writes are fsynced (NATS server setting).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +95,8 @@ impl Durability {
 pub fn main(args: &[String]) -> Result<(), String> {
     let mut durability = Durability::Fsync;
     let mut brokers = 1u32;
+    let mut src: Option<PathBuf> = None;
+    let mut total = "3GB".to_string();
     let mut words = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -100,6 +111,8 @@ pub fn main(args: &[String]) -> Result<(), String> {
                     _ => return Err("--brokers takes 1 or 3".into()),
                 }
             }
+            "--src" => src = Some(PathBuf::from(it.next().ok_or("--src needs a directory")?)),
+            "--total" => total = it.next().ok_or("--total needs a size")?.clone(),
             other => words.push(other),
         }
     }
@@ -124,6 +137,19 @@ pub fn main(args: &[String]) -> Result<(), String> {
             }
             Ok(())
         }
+        (Some("iggy"), "install") => match &src {
+            Some(src) => crate::iggy::install(src).map(|_| ()),
+            None => {
+                Err("iggy install needs --src DIR (a checkout of github.com/apache/iggy)".into())
+            }
+        },
+        (Some("iggy"), "start") => crate::iggy::start(),
+        (Some("iggy"), "stop") => crate::iggy::stop(),
+        (Some("iggy"), "status") => {
+            crate::iggy::status();
+            Ok(())
+        }
+        (Some("iggy"), "bench") => crate::iggy::bench(durability, &total),
         _ => Err(USAGE.to_string()),
     }
 }
@@ -134,7 +160,7 @@ pub(crate) fn server_pid(name: &str) -> Option<u32> {
     read_pid(&peer_dir(name).join(format!("{name}.pid")))
 }
 
-fn status(name: &str, addr: &str) {
+pub(crate) fn status(name: &str, addr: &str) {
     let pid = server_pid(name);
     match (listening(addr), pid) {
         (true, Some(pid)) => eprintln!("{name}: running at {addr} (pid {pid})"),
@@ -173,7 +199,7 @@ fn have(program: &str) -> bool {
 
 /// `apt-get install -y <packages>` (root on these machines), with one
 /// `apt-get update` first.
-fn apt_install(packages: &[&str]) -> Result<(), String> {
+pub(crate) fn apt_install(packages: &[&str]) -> Result<(), String> {
     sh("apt-get", &["update", "-q"])?;
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend_from_slice(packages);
@@ -187,7 +213,7 @@ pub(crate) fn read_pid(path: &Path) -> Option<u32> {
 
 /// Starts `cmd` in its own process group, output to `log`, pid to
 /// `pid_file`, and waits until `addr` accepts connections.
-fn spawn_server(
+pub(crate) fn spawn_server(
     name: &str,
     cmd: Command,
     log: &Path,

@@ -432,6 +432,9 @@ fn with_settings(endpoint: Endpoint) -> Endpoint {
         // for window updates; still a hard bound.
         .initial_stream_window_size(2 * 1024 * 1024)
         .initial_connection_window_size(8 * 1024 * 1024)
+        // Fetched batches arrive in frames of up to 256 KiB rather than
+        // h2's default 16 KiB.
+        .max_frame_size(256 * 1024)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true)
 }

@@ -75,6 +75,10 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 pub const STREAM_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
 /// HTTP/2 connection flow-control window (shared by a connection's streams).
 pub const CONNECTION_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+/// The largest HTTP/2 frame a StreamBus server or internal client accepts
+/// (`SETTINGS_MAX_FRAME_SIZE`; h2's default is 16 KiB): a 256 KiB batch
+/// crosses a hop as one DATA frame rather than sixteen (docs/benchmarks.md).
+pub const MAX_FRAME_BYTES: u32 = 256 * 1024;
 
 /// How often an idle HTTP/2 connection is pinged, by clients and servers.
 pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -112,6 +116,7 @@ pub fn server() -> tonic::transport::Server {
         .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
@@ -134,6 +139,7 @@ pub fn channel(address: &str) -> Result<tonic::transport::Channel, tonic::transp
         .tcp_nodelay(true)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
