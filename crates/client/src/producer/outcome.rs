@@ -128,3 +128,84 @@ impl Future for Delivery {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    use streambus_proto::Reason;
+
+    use super::*;
+
+    /// Counts its wake-ups.
+    struct Counter(AtomicUsize);
+
+    impl Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn poll(d: &mut Delivery, waker: &Waker) -> Poll<Result<RecordMetadata, ClientError>> {
+        Pin::new(d).poll(&mut Context::from_waker(waker))
+    }
+
+    #[test]
+    fn every_waiting_record_is_woken_once_with_its_own_offset() {
+        let outcome = BatchOutcome::new(3);
+        let counter = Arc::new(Counter(AtomicUsize::new(0)));
+        let waker = Waker::from(counter.clone());
+        let mut deliveries: Vec<Delivery> = (0..3).map(|i| outcome.delivery(i)).collect();
+        for d in &mut deliveries {
+            assert!(poll(d, &waker).is_pending());
+            // Polled again with the same waker: still one slot each.
+            assert!(poll(d, &waker).is_pending());
+        }
+        assert_eq!(lock(&outcome.state).wakers.len(), 3);
+        outcome.resolve(Ok(100));
+        assert_eq!(counter.0.load(Ordering::SeqCst), 3);
+        for (i, d) in deliveries.iter_mut().enumerate() {
+            let Poll::Ready(Ok(md)) = poll(d, &waker) else {
+                panic!("record {i} not resolved");
+            };
+            assert_eq!((md.partition, md.offset), (3, 100 + i as i64));
+        }
+        // A later resolution changes nothing.
+        outcome.resolve(Err(Error::new(Reason::Timeout, "late")));
+        assert!(matches!(
+            poll(&mut deliveries[0], &waker),
+            Poll::Ready(Ok(_))
+        ));
+    }
+
+    #[test]
+    fn failures_and_closing_reach_every_record() {
+        let waker = Waker::from(Arc::new(Counter(AtomicUsize::new(0))));
+        let failed = BatchOutcome::new(0);
+        let mut d = failed.delivery(0);
+        failed.resolve(Err(Error::new(Reason::UnknownTopic, "gone")));
+        let Poll::Ready(Err(e)) = poll(&mut d, &waker) else {
+            panic!("not failed");
+        };
+        assert_eq!(e.reason(), Some(Reason::UnknownTopic));
+
+        let closed = BatchOutcome::new(0);
+        let mut d = closed.delivery(0);
+        assert!(poll(&mut d, &waker).is_pending());
+        closed.close();
+        assert!(matches!(
+            poll(&mut d, &waker),
+            Poll::Ready(Err(ClientError::Closed))
+        ));
+
+        // Without acks the server assigns no offsets.
+        let unacked = BatchOutcome::new(1);
+        let mut d = unacked.delivery(5);
+        unacked.resolve(Ok(-1));
+        let Poll::Ready(Ok(md)) = poll(&mut d, &waker) else {
+            panic!("not resolved");
+        };
+        assert_eq!(md.offset, -1);
+    }
+}
