@@ -7,7 +7,10 @@
 //! under the producer's lock, batch sealing, encoding each batch as it is
 //! sent, acknowledging it and resolving every record's delivery), keyless
 //! and keyed. `encode_only` is the floor: the same records pushed into
-//! 256 KiB batches with `BatchBuilder` alone. Throughput is in records.
+//! 256 KiB batches with `BatchBuilder` alone. `keyed_2_threads` sends
+//! 1,000 keyed records from each of two threads at once through one core,
+//! as two tasks sharing a producer do (thread start included). Throughput
+//! is in records.
 
 use std::hint::black_box;
 
@@ -57,16 +60,49 @@ fn producer(c: &mut Criterion) {
         })
     });
     for (name, input) in [("keyless", &keyless), ("keyed", &keyed)] {
-        let mut core = ProducerCore::new(MAX_BATCH);
+        let core = ProducerCore::new(MAX_BATCH);
         group.bench_function(name, |b| {
             b.iter(|| {
-                for r in input.iter() {
-                    core.send("bench", PARTITIONS, r);
-                }
-                black_box(core.flush())
+                let pending = input
+                    .iter()
+                    .map(|r| core.send("bench", PARTITIONS, r))
+                    .collect();
+                black_box(core.flush(pending))
             })
         });
     }
+    group.throughput(Throughput::Elements(2 * RECORDS as u64));
+    let other: Vec<Record> = keyed
+        .iter()
+        .map(|r| Record {
+            key: r.key.as_ref().map(|k| Bytes::from(format!("other-{k:?}"))),
+            ..r.clone()
+        })
+        .collect();
+    let core = ProducerCore::new(MAX_BATCH);
+    group.bench_function("keyed_2_threads", |b| {
+        b.iter(|| {
+            let pending: Vec<_> = std::thread::scope(|s| {
+                let threads: Vec<_> = [&keyed, &other]
+                    .into_iter()
+                    .map(|input| {
+                        let core = &core;
+                        s.spawn(move || {
+                            input
+                                .iter()
+                                .map(|r| core.send("bench", PARTITIONS, r))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                threads
+                    .into_iter()
+                    .flat_map(|t| t.join().expect("sender thread"))
+                    .collect()
+            });
+            black_box(core.flush(pending))
+        })
+    });
     group.finish();
 }
 

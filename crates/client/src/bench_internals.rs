@@ -2,24 +2,23 @@
 //! (`cargo bench -p streambus-client --features bench-internals`). Not part
 //! of the SDK's API: nothing outside the benchmarks enables the feature.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use streambus_record::{Compression, Record};
 use tokio::time::Instant;
 
 use crate::producer::accumulator::{Accumulator, Limits};
-use crate::producer::lock;
 use crate::{DeliveryFuture, RecordMetadata};
 
 /// The work [`crate::Producer::send`] and its sender task do per record,
-/// without the network: partition, append to the partition's batch under
-/// the producer's lock, seal full batches, encode them as they would be
-/// sent, acknowledge them, and resolve every record's delivery.
+/// without the network: partition, append to the partition's batch, seal
+/// full batches, encode them as they would be sent, acknowledge them, and
+/// resolve every record's delivery. Shared by reference between threads,
+/// as a producer's clones are.
 pub struct ProducerCore {
-    acc: Mutex<Accumulator>,
-    pending: Vec<DeliveryFuture>,
-    next_offset: i64,
+    acc: Accumulator,
+    next_offset: AtomicI64,
 }
 
 impl ProducerCore {
@@ -27,7 +26,7 @@ impl ProducerCore {
     /// idempotence off: no producer id to wait for).
     pub fn new(max_batch_bytes: usize) -> ProducerCore {
         ProducerCore {
-            acc: Mutex::new(Accumulator::new(Limits {
+            acc: Accumulator::new(Limits {
                 linger: Duration::ZERO,
                 max_batch_bytes,
                 compression: Compression::None,
@@ -36,30 +35,30 @@ impl ProducerCore {
                 retry_backoff: Duration::from_millis(100),
                 idempotence: false,
                 max_in_flight_per_partition: 1,
-            })),
-            pending: Vec::new(),
-            next_offset: 0,
+            }),
+            next_offset: AtomicI64::new(0),
         }
     }
 
     /// Appends `record` to `topic` (keyed records by the key's partition
     /// among `partitions`, keyless ones sticky), as `send` does.
-    pub fn send(&mut self, topic: &str, partitions: u32, record: &Record) {
-        let (rx, _wake) = lock(&self.acc)
+    pub fn send(&self, topic: &str, partitions: u32, record: &Record) -> DeliveryFuture {
+        let (rx, _wake) = self
+            .acc
             .append(topic, None, partitions, record, None, Instant::now())
             .expect("the core is open");
-        self.pending.push(DeliveryFuture { rx });
+        DeliveryFuture { rx }
     }
 
     /// Sends everything buffered as the sender task would (encoding each
-    /// batch), acknowledges it, and waits for every record's delivery.
-    /// Returns the records acknowledged.
-    pub fn flush(&mut self) -> usize {
-        lock(&self.acc).seal_all();
+    /// batch), acknowledges it, and waits for `pending`. Returns the
+    /// records acknowledged.
+    pub fn flush(&self, pending: Vec<DeliveryFuture>) -> usize {
+        self.acc.seal_all();
         let mut bytes = 0;
         loop {
             let mut batches = Vec::new();
-            lock(&self.acc).ready(Instant::now(), usize::MAX, &mut batches);
+            self.acc.ready(Instant::now(), usize::MAX, &mut batches);
             if batches.is_empty() {
                 break;
             }
@@ -69,14 +68,15 @@ impl ProducerCore {
                 let records = streambus_record::BatchHeader::parse(&encoded)
                     .expect("the accumulator builds valid batches")
                     .record_count;
-                let base = self.next_offset;
-                self.next_offset += i64::from(records);
-                lock(&self.acc).complete(batch, Ok(base));
+                let base = self
+                    .next_offset
+                    .fetch_add(i64::from(records), Ordering::Relaxed);
+                self.acc.complete(batch, Ok(base));
             }
         }
         std::hint::black_box(bytes);
-        let n = self.pending.len();
-        for delivery in self.pending.drain(..) {
+        let n = pending.len();
+        for delivery in pending {
             let written: RecordMetadata =
                 futures::executor::block_on(delivery).expect("acknowledged");
             std::hint::black_box(written);

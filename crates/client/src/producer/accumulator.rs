@@ -13,11 +13,22 @@
 //!   deliveries are resolved, so `flush` can wait for a prefix of ids;
 //! - a partition's batches are `open` (taking records), then `queued`
 //!   (sealed, waiting for the partition to be free), then in flight.
+//!
+//! Locking: the accumulator is shared by the producer's handles and its
+//! sender task, and no lock covers the whole producer. A record takes read
+//! locks on the topic map and the topic's partition map (written only when
+//! a topic or partition is first seen) and the lock of its own partition,
+//! so records for different partitions never wait for each other. Batch
+//! ids come from one atomic counter, taken under the partition's lock, so
+//! they increase within a partition. The producer id is the sender's: it
+//! is read once per [`Accumulator::ready`] and changed only by the sender.
+//! Lock order: topics, partitions, one partition, then the producer id.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,6 +38,7 @@ use streambus_record::{BatchBuilder, Compression, Record, sequence_add as seq_ad
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
+use super::lock;
 use super::outcome::{BatchOutcome, Delivery};
 use crate::ClientError;
 
@@ -49,25 +61,30 @@ pub(crate) struct Limits {
 #[derive(Debug)]
 pub(crate) struct Accumulator {
     limits: Limits,
-    topics: HashMap<String, TopicQueues>,
-    next_batch_id: u64,
-    incomplete: BTreeSet<u64>,
-    closed: bool,
+    topics: RwLock<HashMap<Arc<str>, TopicQueues>>,
+    next_batch_id: AtomicU64,
+    /// Batches opened and not yet resolved, in every partition.
+    incomplete: AtomicUsize,
+    closed: AtomicBool,
     random: RandomState,
     /// With idempotence: the producer id and epoch new batches are stamped
     /// with; `None` until the sender obtained one, and again after a batch
     /// failed in a way that leaves its partition's sequence uncertain.
-    producer: Option<(i64, i16)>,
+    producer: Mutex<Option<(i64, i16)>>,
 }
+
+/// No sticky partition chosen yet.
+const NO_STICKY: u32 = u32::MAX;
 
 #[derive(Debug)]
 struct TopicQueues {
     name: Arc<str>,
-    partitions: BTreeMap<u32, PartitionQueue>,
-    /// Where keyless records go until that partition's batch is sealed.
-    sticky: Option<u32>,
+    partitions: RwLock<BTreeMap<u32, Mutex<PartitionQueue>>>,
+    /// Where keyless records go until that partition's batch is sealed
+    /// ([`NO_STICKY`] before the first).
+    sticky: AtomicU32,
     /// Partition count last used for keyless records.
-    partition_count: u32,
+    partition_count: AtomicU32,
 }
 
 #[derive(Debug, Default)]
@@ -76,6 +93,8 @@ struct PartitionQueue {
     queued: VecDeque<Batch>,
     /// Ids of the batches in flight.
     in_flight: BTreeSet<u64>,
+    /// Ids of the batches opened and not yet resolved.
+    incomplete: BTreeSet<u64>,
     /// Size of the last batch sealed, what the next one's buffer starts at.
     last_batch_bytes: usize,
     /// The producer id the batches in flight carry.
@@ -180,23 +199,23 @@ impl Accumulator {
     pub fn new(limits: Limits) -> Accumulator {
         Accumulator {
             limits,
-            topics: HashMap::new(),
-            next_batch_id: 0,
-            incomplete: BTreeSet::new(),
-            closed: false,
+            topics: RwLock::new(HashMap::new()),
+            next_batch_id: AtomicU64::new(0),
+            incomplete: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
             random: RandomState::new(),
-            producer: None,
+            producer: Mutex::new(None),
         }
     }
 
     /// Whether batches wait for a producer id before they can be sent.
     pub fn needs_producer(&self) -> bool {
-        self.limits.idempotence && self.producer.is_none()
+        self.limits.idempotence && lock(&self.producer).is_none()
     }
 
     /// The producer id and epoch to stamp new batches with.
-    pub fn set_producer(&mut self, producer_id: i64, epoch: i16) {
-        self.producer = Some((producer_id, epoch));
+    pub fn set_producer(&self, producer_id: i64, epoch: i16) {
+        *lock(&self.producer) = Some((producer_id, epoch));
     }
 
     /// Appends `record` for `topic`.
@@ -207,7 +226,7 @@ impl Accumulator {
     /// the delivery receiver and whether the sender should look at the
     /// queues again (a batch was opened or sealed).
     pub fn append(
-        &mut self,
+        &self,
         topic: &str,
         partition: Option<u32>,
         partitions: u32,
@@ -215,150 +234,150 @@ impl Accumulator {
         permit: Option<OwnedSemaphorePermit>,
         now: Instant,
     ) -> Result<(Delivery, bool), ClientError> {
-        if self.closed {
+        if self.closed.load(Ordering::Acquire) {
             return Err(ClientError::Closed);
         }
         let size = record_size(record);
-        let limits = self.limits.clone();
-        if !self.topics.contains_key(topic) {
-            let seed = self.random.hash_one(topic);
-            self.topics.insert(
-                topic.to_string(),
-                TopicQueues {
-                    name: Arc::from(topic),
-                    partitions: BTreeMap::new(),
-                    sticky: None,
-                    partition_count: 0,
-                },
-            );
-            let tq = self.topics.get_mut(topic).expect("just inserted");
-            tq.sticky = (partitions > 0).then(|| (seed % u64::from(partitions)) as u32);
-        }
-        let tq = self.topics.get_mut(topic).expect("inserted above");
+        let max_batch_bytes = self.limits.max_batch_bytes;
+        let full = |q: &PartitionQueue| {
+            q.open.as_ref().is_some_and(|b| {
+                !b.builder.is_empty() && b.builder.estimated_size() + size > max_batch_bytes
+            })
+        };
+        let topics = self.topic(topic, partitions);
+        let tq = topics.get(topic).expect("the topic was added");
         let mut wake = false;
         let partition = match (partition, &record.key) {
             (Some(p), _) => p,
             (None, Some(key)) => partition_for_key(key, partitions.max(1)),
             (None, None) => {
                 let count = partitions.max(1);
-                if tq.partition_count != count {
-                    tq.partition_count = count;
-                    tq.sticky = tq.sticky.map(|p| p % count);
+                if tq.partition_count.swap(count, Ordering::Relaxed) != count {
+                    let sticky = tq.sticky.load(Ordering::Relaxed);
+                    if sticky != NO_STICKY {
+                        tq.sticky.store(sticky % count, Ordering::Relaxed);
+                    }
                 }
-                let sticky = *tq.sticky.get_or_insert(0);
+                let _ =
+                    tq.sticky
+                        .compare_exchange(NO_STICKY, 0, Ordering::Relaxed, Ordering::Relaxed);
+                let sticky = tq.sticky.load(Ordering::Relaxed);
                 // A full sticky batch is sealed now, so this record starts
                 // the next partition's batch rather than a nearly empty one.
-                let q = tq.partitions.entry(sticky).or_default();
-                if q.open.as_ref().is_some_and(|b| {
-                    !b.builder.is_empty()
-                        && b.builder.estimated_size() + size > limits.max_batch_bytes
-                }) {
-                    q.seal();
+                let sealed = tq.with_partition(sticky, |q| {
+                    let full = full(q);
+                    if full {
+                        q.seal();
+                    }
+                    full
+                });
+                if sealed {
                     wake = true;
                     tq.rotate_sticky(sticky);
                 }
-                tq.sticky.expect("set above")
+                tq.sticky.load(Ordering::Relaxed)
             }
         };
-        let name = tq.name.clone();
-        let q = tq.partitions.entry(partition).or_default();
-        if q.open.as_ref().is_some_and(|b| {
-            !b.builder.is_empty() && b.builder.estimated_size() + size > limits.max_batch_bytes
-        }) {
-            q.seal();
-            wake = true;
-            tq.rotate_sticky(partition);
-        }
-        let q = tq.partitions.entry(partition).or_default();
-        // Sized like the partition's last batch (a little more), so a
-        // batch's buffer rarely grows, and never past twice the limit.
-        let capacity =
-            (q.last_batch_bytes + q.last_batch_bytes / 8).min(2 * limits.max_batch_bytes);
-        let batch = q.open.get_or_insert_with(|| {
-            wake = true;
-            let id = self.next_batch_id;
-            self.next_batch_id += 1;
-            self.incomplete.insert(id);
-            Batch {
-                id,
-                topic: name,
-                partition,
-                builder: BatchBuilder::with_capacity(limits.compression, capacity),
-                encoded: None,
-                records: 0,
-                outcome: BatchOutcome::new(partition),
-                permit: None,
-                created: now,
-                deadline: now + limits.delivery_timeout,
-                attempts: 0,
-                retry_at: None,
-                producer_id: None,
+        let (delivery, sealed) = tq.with_partition(partition, |q| {
+            // Checked again under the partition's lock: `close` seals every
+            // partition after setting the flag, so a record either lands in
+            // a batch it seals or is refused.
+            if self.closed.load(Ordering::Acquire) {
+                return Err(ClientError::Closed);
             }
-        });
-        let delivery = batch.outcome.delivery(batch.records);
-        batch.builder.push(record);
-        batch.records += 1;
-        match (&mut batch.permit, permit) {
-            (Some(held), Some(permit)) => held.merge(permit),
-            (held @ None, permit) => *held = permit,
-            (Some(_), None) => {}
-        }
-        if batch.builder.estimated_size() >= limits.max_batch_bytes {
-            q.seal();
+            let mut sealed = false;
+            if full(q) {
+                q.seal();
+                sealed = true;
+            }
+            // Sized like the partition's last batch (a little more), so a
+            // batch's buffer rarely grows, and never past twice the limit.
+            let capacity = (q.last_batch_bytes + q.last_batch_bytes / 8).min(2 * max_batch_bytes);
+            if q.open.is_none() {
+                wake = true;
+                let id = self.next_batch_id.fetch_add(1, Ordering::Relaxed);
+                self.incomplete.fetch_add(1, Ordering::Relaxed);
+                q.incomplete.insert(id);
+                q.open = Some(Batch {
+                    id,
+                    topic: tq.name.clone(),
+                    partition,
+                    builder: BatchBuilder::with_capacity(self.limits.compression, capacity),
+                    encoded: None,
+                    records: 0,
+                    outcome: BatchOutcome::new(partition),
+                    permit: None,
+                    created: now,
+                    deadline: now + self.limits.delivery_timeout,
+                    attempts: 0,
+                    retry_at: None,
+                    producer_id: None,
+                });
+            }
+            let batch = q.open.as_mut().expect("opened above");
+            let delivery = batch.outcome.delivery(batch.records);
+            batch.builder.push(record);
+            batch.records += 1;
+            match (&mut batch.permit, permit) {
+                (Some(held), Some(permit)) => held.merge(permit),
+                (held @ None, permit) => *held = permit,
+                (Some(_), None) => {}
+            }
+            if batch.builder.estimated_size() >= max_batch_bytes {
+                q.seal();
+                sealed = true;
+            }
+            Ok((delivery, sealed))
+        })?;
+        if sealed {
             wake = true;
             tq.rotate_sticky(partition);
         }
         Ok((delivery, wake))
     }
 
-    /// Moves batches ready to go into `out`, at most `max` of them: the head
-    /// of each free partition's queue once its retry backoff has passed, or
-    /// its open batch once `linger` has passed. Batches whose delivery
-    /// timeout passed while queued are failed.
-    pub fn ready(&mut self, now: Instant, max: usize, out: &mut Vec<Batch>) -> Ready {
-        let linger = self.limits.linger;
-        let mut ready = Ready::default();
-        let mut expired = Vec::new();
-        let producer = self.producer;
-        // With idempotence nothing goes out before there is a producer id.
-        let max = if self.needs_producer() { 0 } else { max };
-        let per_partition = if self.limits.idempotence {
-            self.limits.max_in_flight_per_partition.max(1)
-        } else {
-            1
-        };
-        for tq in self.topics.values_mut() {
+    /// The topic map, read-locked, with `topic` in it (added on first use,
+    /// its sticky partition chosen at random among `partitions`).
+    fn topic(
+        &self,
+        topic: &str,
+        partitions: u32,
+    ) -> RwLockReadGuard<'_, HashMap<Arc<str>, TopicQueues>> {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        if topics.contains_key(topic) {
+            return topics;
+        }
+        drop(topics);
+        let seed = self.random.hash_one(topic);
+        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        topics
+            .entry(Arc::from(topic))
+            .or_insert_with(|| TopicQueues {
+                name: Arc::from(topic),
+                partitions: RwLock::new(BTreeMap::new()),
+                sticky: AtomicU32::new(if partitions > 0 {
+                    (seed % u64::from(partitions)) as u32
+                } else {
+                    NO_STICKY
+                }),
+                partition_count: AtomicU32::new(0),
+            });
+        drop(topics);
+        self.topics.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on every partition queue, topic by topic, under each
+    /// partition's lock in turn; then rotates the sticky partition away from
+    /// those for which `f` returned true (it sealed their open batch).
+    fn each_partition(&self, mut f: impl FnMut(u32, &mut PartitionQueue) -> bool) {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        for tq in topics.values() {
             let mut sealed = Vec::new();
-            for (&partition, q) in tq.partitions.iter_mut() {
-                while q.queued.front().is_some_and(|b| b.deadline <= now) {
-                    expired.extend(q.queued.pop_front());
-                }
-                while out.len() < max && q.may_send(per_partition, producer) {
-                    if let Some(head) = q.queued.front() {
-                        if let Some(at) = head.retry_at.filter(|at| *at > now) {
-                            ready.next_wake = earliest(ready.next_wake, at);
-                            break;
-                        }
-                        let retry = head.attempts > 0;
-                        if retry && !q.in_flight.is_empty() {
-                            // Waits for the batches before it to end.
-                            break;
-                        }
-                        let batch = q.queued.pop_front().expect("head exists");
-                        q.retry_in_flight = retry;
-                        q.send(batch, producer, out);
-                    } else if let Some(open) = &q.open {
-                        let due = open.created + linger;
-                        if due > now {
-                            ready.next_wake = earliest(ready.next_wake, due);
-                            break;
-                        }
-                        let batch = q.open.take().expect("open exists");
-                        q.last_batch_bytes = batch.builder.estimated_size();
-                        q.send(batch, producer, out);
+            {
+                let partitions = tq.partitions.read().unwrap_or_else(|e| e.into_inner());
+                for (&partition, q) in partitions.iter() {
+                    if f(partition, &mut lock(q)) {
                         sealed.push(partition);
-                    } else {
-                        break;
                     }
                 }
             }
@@ -366,6 +385,63 @@ impl Accumulator {
                 tq.rotate_sticky(partition);
             }
         }
+    }
+
+    /// Moves batches ready to go into `out`, at most `max` of them: the head
+    /// of each free partition's queue once its retry backoff has passed, or
+    /// its open batch once `linger` has passed. Batches whose delivery
+    /// timeout passed while queued are failed.
+    pub fn ready(&self, now: Instant, max: usize, out: &mut Vec<Batch>) -> Ready {
+        let linger = self.limits.linger;
+        let mut ready = Ready::default();
+        let mut expired = Vec::new();
+        let producer = *lock(&self.producer);
+        // With idempotence nothing goes out before there is a producer id.
+        let max = if self.limits.idempotence && producer.is_none() {
+            0
+        } else {
+            max
+        };
+        let per_partition = if self.limits.idempotence {
+            self.limits.max_in_flight_per_partition.max(1)
+        } else {
+            1
+        };
+        self.each_partition(|_, q| {
+            let mut sealed = false;
+            while q.queued.front().is_some_and(|b| b.deadline <= now) {
+                expired.extend(q.queued.pop_front());
+            }
+            while out.len() < max && q.may_send(per_partition, producer) {
+                if let Some(head) = q.queued.front() {
+                    if let Some(at) = head.retry_at.filter(|at| *at > now) {
+                        ready.next_wake = earliest(ready.next_wake, at);
+                        break;
+                    }
+                    let retry = head.attempts > 0;
+                    if retry && !q.in_flight.is_empty() {
+                        // Waits for the batches before it to end.
+                        break;
+                    }
+                    let batch = q.queued.pop_front().expect("head exists");
+                    q.retry_in_flight = retry;
+                    q.send(batch, producer, out);
+                } else if let Some(open) = &q.open {
+                    let due = open.created + linger;
+                    if due > now {
+                        ready.next_wake = earliest(ready.next_wake, due);
+                        break;
+                    }
+                    let batch = q.open.take().expect("open exists");
+                    q.last_batch_bytes = batch.builder.estimated_size();
+                    q.send(batch, producer, out);
+                    sealed = true;
+                } else {
+                    break;
+                }
+            }
+            sealed
+        });
         ready.expired = expired.len();
         for batch in expired {
             let timeout = self.limits.delivery_timeout;
@@ -381,14 +457,14 @@ impl Accumulator {
     }
 
     /// Resolves a batch the sender took: `Ok(base_offset)` or an error.
-    pub fn complete(&mut self, batch: Batch, result: Result<i64, Error>) {
+    pub fn complete(&self, batch: Batch, result: Result<i64, Error>) {
         self.finish(batch, result);
     }
 
     /// A batch the sender took failed with `error`: it goes back to the
     /// head of its partition's queue if `retriable` and the retry budget
     /// and delivery timeout allow, else its records fail.
-    pub fn fail_or_retry(&mut self, mut batch: Batch, error: Error, retriable: bool, now: Instant) {
+    pub fn fail_or_retry(&self, mut batch: Batch, error: Error, retriable: bool, now: Instant) {
         let retry_at = now + self.limits.retry_backoff;
         if !retriable {
             return self.finish(batch, Err(error));
@@ -412,14 +488,17 @@ impl Accumulator {
             "retrying produce batch"
         );
         batch.retry_at = Some(retry_at);
-        match self.queue(&batch.topic, batch.partition) {
-            Some(q) => {
-                q.landed(batch.id);
-                // Before every later batch of the partition.
-                let at = q.queued.partition_point(|b| b.id < batch.id);
-                q.queued.insert(at, batch);
-            }
-            None => self.finish(batch, Err(error)),
+        let (topic, partition) = (batch.topic.clone(), batch.partition);
+        let mut batch = Some(batch);
+        let _ = self.with_queue(&topic, partition, |q| {
+            let batch = batch.take().expect("not queued yet");
+            q.landed(batch.id);
+            // Before every later batch of the partition.
+            let at = q.queued.partition_point(|b| b.id < batch.id);
+            q.queued.insert(at, batch);
+        });
+        if let Some(batch) = batch {
+            self.finish(batch, Err(error));
         }
     }
 
@@ -431,17 +510,20 @@ impl Accumulator {
     /// partition's sequence under this producer id is broken for good: the
     /// batch is stamped afresh under a new producer id and retried (its
     /// records are not in the log, so this writes them once).
-    pub fn out_of_order(&mut self, mut batch: Batch, error: Error, now: Instant) {
-        let producer = self.producer;
-        let Some(q) = self.queue(&batch.topic, batch.partition) else {
+    pub fn out_of_order(&self, mut batch: Batch, error: Error, now: Instant) {
+        let (topic, partition, id) = (batch.topic.clone(), batch.partition, batch.id);
+        let earlier = self.with_queue(&topic, partition, |q| {
+            q.landed(id);
+            q.in_flight.first().is_some_and(|first| *first < id)
+                || q.queued.front().is_some_and(|b| b.id < id)
+        });
+        let Ok(earlier) = earlier else {
             return self.finish(batch, Err(error));
         };
-        q.landed(batch.id);
-        let earlier = q.in_flight.first().is_some_and(|id| *id < batch.id)
-            || q.queued.front().is_some_and(|b| b.id < batch.id);
         if !earlier {
+            let mut producer = lock(&self.producer);
             if batch.producer_id.is_some() && batch.producer_id == producer.map(|(id, _)| id) {
-                self.producer = None;
+                *producer = None;
             }
             batch.producer_id = None;
         }
@@ -449,14 +531,13 @@ impl Accumulator {
     }
 
     /// Fails every batch not in flight (open or queued) with `error`.
-    pub fn fail_unsent(&mut self, error: Error) {
+    pub fn fail_unsent(&self, error: Error) {
         let mut failed = Vec::new();
-        for tq in self.topics.values_mut() {
-            for q in tq.partitions.values_mut() {
-                failed.extend(q.open.take());
-                failed.extend(q.queued.drain(..));
-            }
-        }
+        self.each_partition(|_, q| {
+            failed.extend(q.open.take());
+            failed.extend(q.queued.drain(..));
+            false
+        });
         for batch in failed {
             self.finish(batch, Err(error.clone()));
         }
@@ -465,57 +546,87 @@ impl Accumulator {
     /// Seals every open batch so it is sent without waiting for `linger`.
     /// Returns an id: once [`Accumulator::completed_below`] holds for it,
     /// every record appended before this call is resolved.
-    pub fn seal_all(&mut self) -> u64 {
-        for tq in self.topics.values_mut() {
-            let mut sealed = Vec::new();
-            for (&partition, q) in tq.partitions.iter_mut() {
-                if q.open.is_some() {
-                    q.seal();
-                    sealed.push(partition);
-                }
-            }
-            for partition in sealed {
-                tq.rotate_sticky(partition);
-            }
-        }
-        self.next_batch_id
+    pub fn seal_all(&self) -> u64 {
+        // Read first: a batch opened before this call has a lower id and is
+        // sealed below; one opened meanwhile is not waited for.
+        let target = self.next_batch_id.load(Ordering::Relaxed);
+        self.each_partition(|_, q| {
+            let open = q.open.is_some();
+            q.seal();
+            open
+        });
+        target
     }
 
     /// Whether every batch with an id below `id` is resolved.
     pub fn completed_below(&self, id: u64) -> bool {
-        self.incomplete.first().is_none_or(|first| *first >= id)
+        let mut done = true;
+        self.each_partition(|_, q| {
+            done &= q.incomplete.first().is_none_or(|first| *first >= id);
+            false
+        });
+        done
     }
 
     /// Stops accepting records and seals what is open.
-    pub fn close(&mut self) {
-        self.closed = true;
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
         self.seal_all();
     }
 
-    pub fn is_closed(&self) -> bool {
-        self.closed
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Whether no record is pending.
     pub fn is_idle(&self) -> bool {
-        self.incomplete.is_empty()
+        self.incomplete.load(Ordering::Acquire) == 0
     }
 
-    fn queue(&mut self, topic: &str, partition: u32) -> Option<&mut PartitionQueue> {
-        self.topics.get_mut(topic)?.partitions.get_mut(&partition)
-    }
-
-    fn finish(&mut self, batch: Batch, result: Result<i64, Error>) {
-        if let Some(q) = self.queue(&batch.topic, batch.partition) {
-            q.landed(batch.id);
+    /// Whether the accumulator is closed and no record is pending, for good:
+    /// once closed, every partition's lock is taken once, so an append
+    /// that read the flag before `close` set it has finished and its batch
+    /// is counted (any later one reads the flag and is refused).
+    pub fn is_drained(&self) -> bool {
+        if !self.is_closed() {
+            return false;
         }
+        self.each_partition(|_, _| false);
+        self.is_idle()
+    }
+
+    /// Runs `f` on the queue of (`topic`, `partition`) under its lock;
+    /// `Err(f)` if there is no such queue.
+    fn with_queue<R, F: FnOnce(&mut PartitionQueue) -> R>(
+        &self,
+        topic: &str,
+        partition: u32,
+        f: F,
+    ) -> Result<R, F> {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        let Some(tq) = topics.get(topic) else {
+            return Err(f);
+        };
+        let partitions = tq.partitions.read().unwrap_or_else(|e| e.into_inner());
+        match partitions.get(&partition) {
+            Some(q) => Ok(f(&mut lock(q))),
+            None => Err(f),
+        }
+    }
+
+    fn finish(&self, batch: Batch, result: Result<i64, Error>) {
+        let id = batch.id;
+        let _ = self.with_queue(&batch.topic, batch.partition, |q| {
+            q.landed(id);
+            q.incomplete.remove(&id);
+        });
         if result.is_err() && batch.stamped() {
             // Whether the partition has the batch is unknown (or it broke
             // the sequence): later batches go under a new producer id, so
             // they neither wait for this one nor are taken for it.
-            self.producer = None;
+            *lock(&self.producer) = None;
         }
-        self.incomplete.remove(&batch.id);
+        self.incomplete.fetch_sub(1, Ordering::AcqRel);
         batch.resolve(result);
     }
 }
@@ -594,10 +705,30 @@ impl PartitionQueue {
 }
 
 impl TopicQueues {
+    /// Runs `f` on `partition`'s queue under its lock, adding the queue on
+    /// first use.
+    fn with_partition<R>(&self, partition: u32, f: impl FnOnce(&mut PartitionQueue) -> R) -> R {
+        {
+            let partitions = self.partitions.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(q) = partitions.get(&partition) {
+                return f(&mut lock(q));
+            }
+        }
+        let mut partitions = self.partitions.write().unwrap_or_else(|e| e.into_inner());
+        let q = partitions.entry(partition).or_default();
+        f(q.get_mut().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Keyless records move on once the sticky partition's batch is sealed.
-    fn rotate_sticky(&mut self, sealed: u32) {
-        if self.sticky == Some(sealed) && self.partition_count > 0 {
-            self.sticky = Some((sealed + 1) % self.partition_count);
+    fn rotate_sticky(&self, sealed: u32) {
+        let count = self.partition_count.load(Ordering::Relaxed);
+        if count > 0 {
+            let _ = self.sticky.compare_exchange(
+                sealed,
+                (sealed + 1) % count,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         }
     }
 }
@@ -621,7 +752,7 @@ mod tests {
 
     /// An idempotent accumulator with producer 1 and `per_partition`.
     fn idempotent(per_partition: usize) -> Accumulator {
-        let mut acc = Accumulator::new(Limits {
+        let acc = Accumulator::new(Limits {
             idempotence: true,
             max_in_flight_per_partition: per_partition,
             ..limits()
@@ -631,7 +762,7 @@ mod tests {
     }
 
     /// Appends one sealed batch holding `value` to partition 0.
-    fn sealed(acc: &mut Accumulator, value: &str, now: Instant) {
+    fn sealed(acc: &Accumulator, value: &str, now: Instant) {
         acc.append("t", Some(0), 0, &record(None, value), None, now)
             .unwrap();
         acc.seal_all();
@@ -649,18 +780,18 @@ mod tests {
 
     #[test]
     fn an_idempotent_partition_pipelines_up_to_its_limit() {
-        let mut acc = idempotent(3);
+        let acc = idempotent(3);
         let now = Instant::now();
         for i in 0..5 {
-            sealed(&mut acc, &format!("b{i}"), now);
+            sealed(&acc, &format!("b{i}"), now);
         }
-        let mut first = drain(&mut acc, now);
+        let mut first = drain(&acc, now);
         assert_eq!(first.len(), 3, "three of partition 0 at once");
         let sequences: Vec<i32> = first.iter_mut().map(|b| producer_of(b).1).collect();
         assert_eq!(sequences, vec![0, 1, 2]);
-        assert!(drain(&mut acc, now).is_empty());
+        assert!(drain(&acc, now).is_empty());
         acc.complete(first.remove(0), Ok(0));
-        let mut next = drain(&mut acc, now);
+        let mut next = drain(&acc, now);
         assert_eq!(next.len(), 1);
         assert_eq!(value_of(&mut next[0]), "b3");
         assert_eq!(producer_of(&mut next[0]), (1, 3));
@@ -668,23 +799,23 @@ mod tests {
 
     #[test]
     fn without_idempotence_a_partition_keeps_one_batch_in_flight() {
-        let mut acc = Accumulator::new(limits());
+        let acc = Accumulator::new(limits());
         let now = Instant::now();
         for i in 0..3 {
-            sealed(&mut acc, &format!("b{i}"), now);
+            sealed(&acc, &format!("b{i}"), now);
         }
-        assert_eq!(drain(&mut acc, now).len(), 1);
-        assert!(drain(&mut acc, now).is_empty());
+        assert_eq!(drain(&acc, now).len(), 1);
+        assert!(drain(&acc, now).is_empty());
     }
 
     #[test]
     fn retries_go_alone_and_in_order_after_the_batches_before_them() {
-        let mut acc = idempotent(5);
+        let acc = idempotent(5);
         let now = Instant::now();
         for i in 0..3 {
-            sealed(&mut acc, &format!("b{i}"), now);
+            sealed(&acc, &format!("b{i}"), now);
         }
-        let mut batches = drain(&mut acc, now).into_iter();
+        let mut batches = drain(&acc, now).into_iter();
         let (a, b, c) = (
             batches.next().unwrap(),
             batches.next().unwrap(),
@@ -698,28 +829,28 @@ mod tests {
         acc.fail_or_retry(a, moved, true, now);
         acc.out_of_order(b, gap, now);
         // A fresh batch does not overtake the retries.
-        sealed(&mut acc, "b3", now);
+        sealed(&acc, "b3", now);
         let later = now + Duration::from_millis(100);
         for expected in ["b0", "b1", "b2"] {
-            let mut out = drain(&mut acc, later);
+            let mut out = drain(&acc, later);
             assert_eq!(out.len(), 1, "a retry goes alone");
             assert_eq!(value_of(&mut out[0]), expected);
             assert!(out[0].attempts >= 2);
-            assert!(drain(&mut acc, later).is_empty());
+            assert!(drain(&acc, later).is_empty());
             acc.complete(out.pop().unwrap(), Ok(0));
         }
-        let mut out = drain(&mut acc, later);
+        let mut out = drain(&acc, later);
         assert_eq!(value_of(&mut out[0]), "b3");
         assert_eq!(producer_of(&mut out[0]), (1, 3), "the sequence went on");
     }
 
     #[test]
     fn out_of_order_with_nothing_before_it_is_stamped_again_under_a_new_producer_id() {
-        let mut acc = idempotent(5);
+        let acc = idempotent(5);
         let now = Instant::now();
-        sealed(&mut acc, "b0", now);
-        sealed(&mut acc, "b1", now);
-        let mut batches = drain(&mut acc, now).into_iter();
+        sealed(&acc, "b0", now);
+        sealed(&acc, "b1", now);
+        let mut batches = drain(&acc, now).into_iter();
         let (a, b) = (batches.next().unwrap(), batches.next().unwrap());
         // The first batch fails for good; the second was refused for the
         // gap, so its records are not in the log.
@@ -727,9 +858,9 @@ mod tests {
         acc.out_of_order(b, Error::new(Reason::OutOfOrderSequence, "gap"), now);
         let later = now + Duration::from_millis(100);
         assert!(acc.needs_producer(), "the old sequence is broken");
-        assert!(drain(&mut acc, later).is_empty());
+        assert!(drain(&acc, later).is_empty());
         acc.set_producer(2, 0);
-        let mut out = drain(&mut acc, later);
+        let mut out = drain(&acc, later);
         assert_eq!(out.len(), 1);
         assert_eq!(value_of(&mut out[0]), "b1");
         assert_eq!(producer_of(&mut out[0]), (2, 0));
@@ -737,16 +868,16 @@ mod tests {
 
     #[test]
     fn batches_under_a_new_producer_id_wait_for_those_under_the_old_one() {
-        let mut acc = idempotent(5);
+        let acc = idempotent(5);
         let now = Instant::now();
-        sealed(&mut acc, "b0", now);
-        let old = drain(&mut acc, now).pop().unwrap();
+        sealed(&acc, "b0", now);
+        let old = drain(&acc, now).pop().unwrap();
         // Another partition's failure replaced the producer id.
         acc.set_producer(2, 0);
-        sealed(&mut acc, "b1", now);
-        assert!(drain(&mut acc, now).is_empty());
+        sealed(&acc, "b1", now);
+        assert!(drain(&acc, now).is_empty());
         acc.complete(old, Ok(0));
-        let mut out = drain(&mut acc, now);
+        let mut out = drain(&acc, now);
         assert_eq!(producer_of(&mut out[0]), (2, 0));
     }
 
@@ -759,22 +890,161 @@ mod tests {
         }
     }
 
-    fn drain(acc: &mut Accumulator, now: Instant) -> Vec<Batch> {
+    fn drain(acc: &Accumulator, now: Instant) -> Vec<Batch> {
         let mut out = Vec::new();
         acc.ready(now, usize::MAX, &mut out);
         out
     }
 
     #[test]
+    fn records_appended_from_many_threads_keep_each_threads_order_per_partition() {
+        const THREADS: usize = 4;
+        const PER_THREAD: usize = 500;
+        let acc = Accumulator::new(Limits {
+            max_batch_bytes: 600,
+            ..limits()
+        });
+        let now = Instant::now();
+        let deliveries: Vec<Vec<(usize, Delivery)>> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let acc = &acc;
+                    s.spawn(move || {
+                        (0..PER_THREAD)
+                            .map(|i| {
+                                let partition = (t % 2) as u32;
+                                let value = format!("{t}-{i}");
+                                let (delivery, _) = acc
+                                    .append(
+                                        "t",
+                                        Some(partition),
+                                        0,
+                                        &record(None, &value),
+                                        None,
+                                        now,
+                                    )
+                                    .unwrap();
+                                (i, delivery)
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        // Sent and acknowledged batch by batch, as the sender does.
+        acc.seal_all();
+        let mut logs: HashMap<u32, Vec<String>> = HashMap::new();
+        while !acc.is_idle() {
+            let mut out = Vec::new();
+            acc.ready(now, usize::MAX, &mut out);
+            assert!(!out.is_empty(), "pending batches are sendable");
+            for mut batch in out {
+                let log = logs.entry(batch.partition).or_default();
+                let base = log.len() as i64;
+                for r in streambus_record::decode_records(&batch.encoded()).unwrap() {
+                    log.push(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
+                }
+                acc.complete(batch, Ok(base));
+            }
+        }
+        assert_eq!(
+            logs.values().map(Vec::len).sum::<usize>(),
+            THREADS * PER_THREAD
+        );
+        for (partition, log) in &logs {
+            let mut next = [0usize; THREADS];
+            for value in log {
+                let (t, i) = value.split_once('-').unwrap();
+                let (t, i): (usize, usize) = (t.parse().unwrap(), i.parse().unwrap());
+                assert_eq!(
+                    t % 2,
+                    *partition as usize,
+                    "{value} in partition {partition}"
+                );
+                assert_eq!(
+                    i, next[t],
+                    "thread {t}'s records in order in partition {partition}"
+                );
+                next[t] += 1;
+            }
+        }
+        // Each delivery names the offset its record got.
+        for (t, records) in deliveries.into_iter().enumerate() {
+            for (i, delivery) in records {
+                let written = futures::executor::block_on(delivery).unwrap();
+                let log = &logs[&written.partition];
+                assert_eq!(log[written.offset as usize], format!("{t}-{i}"));
+            }
+        }
+    }
+
+    #[test]
+    fn a_record_racing_close_is_refused_or_delivered() {
+        let acc = Accumulator::new(limits());
+        let now = Instant::now();
+        let stop = AtomicBool::new(false);
+        let accepted: Vec<Delivery> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..2u32)
+                .map(|t| {
+                    let (acc, stop) = (&acc, &stop);
+                    s.spawn(move || {
+                        let mut accepted = Vec::new();
+                        let mut i = 0u32;
+                        while !stop.load(Ordering::Relaxed) {
+                            // New partitions too, so the race covers a
+                            // partition added while `close` seals.
+                            let partition = Some(t * 1000 + i % 50);
+                            match acc.append("t", partition, 0, &record(None, "v"), None, now) {
+                                Ok((delivery, _)) => accepted.push(delivery),
+                                Err(ClientError::Closed) => break,
+                                Err(e) => panic!("{e}"),
+                            }
+                            i += 1;
+                        }
+                        accepted
+                    })
+                })
+                .collect();
+            std::thread::sleep(Duration::from_millis(20));
+            acc.close();
+            stop.store(true, Ordering::Relaxed);
+            threads
+                .into_iter()
+                .flat_map(|t| t.join().unwrap())
+                .collect()
+        });
+        assert!(!accepted.is_empty());
+        // Drained is when the sender stops: every accepted record must have
+        // been sendable before that.
+        let later = now + Duration::from_secs(1);
+        while !acc.is_drained() {
+            let mut out = Vec::new();
+            acc.ready(later, usize::MAX, &mut out);
+            assert!(!out.is_empty(), "pending batches are sendable");
+            for batch in out {
+                acc.complete(batch, Ok(0));
+            }
+        }
+        for delivery in accepted {
+            futures::executor::block_on(delivery).expect("an accepted record is delivered");
+        }
+        assert!(matches!(
+            acc.append("t", Some(0), 0, &record(None, "v"), None, now),
+            Err(ClientError::Closed)
+        ));
+    }
+
+    #[test]
     fn keyed_records_follow_the_kafka_partitioner() {
-        let mut acc = Accumulator::new(limits());
+        let acc = Accumulator::new(limits());
         let now = Instant::now();
         for i in 0..50 {
             let key = format!("key-{i}");
             acc.append("t", None, 6, &record(Some(&key), "v"), None, now)
                 .unwrap();
         }
-        let batches = drain(&mut acc, now + Duration::from_millis(5));
+        let batches = drain(&acc, now + Duration::from_millis(5));
         let total: usize = batches.iter().map(Batch::len).sum();
         assert_eq!(total, 50);
         for mut batch in batches {
@@ -787,18 +1057,18 @@ mod tests {
 
     #[test]
     fn explicit_partition_wins_over_the_key() {
-        let mut acc = Accumulator::new(limits());
+        let acc = Accumulator::new(limits());
         let now = Instant::now();
         acc.append("t", Some(5), 0, &record(Some("k"), "v"), None, now)
             .unwrap();
-        let batches = drain(&mut acc, now + Duration::from_secs(1));
+        let batches = drain(&acc, now + Duration::from_secs(1));
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0].partition, 5);
     }
 
     #[test]
     fn keyless_records_stick_to_one_partition_until_its_batch_is_full() {
-        let mut acc = Accumulator::new(limits());
+        let acc = Accumulator::new(limits());
         let now = Instant::now();
         // ~100 bytes each: about ten per 1 KiB batch.
         let value = "x".repeat(80);
@@ -806,7 +1076,7 @@ mod tests {
             acc.append("t", None, 4, &record(None, &value), None, now)
                 .unwrap();
         }
-        let batches = drain(&mut acc, now + Duration::from_secs(1));
+        let batches = drain(&acc, now + Duration::from_secs(1));
         // Sealed batches wait behind each other per partition, so one batch
         // per partition is handed out at a time; all four partitions used.
         let partitions: BTreeSet<u32> = batches.iter().map(|b| b.partition).collect();
@@ -819,7 +1089,7 @@ mod tests {
 
     #[test]
     fn open_batch_waits_for_linger() {
-        let mut acc = Accumulator::new(limits());
+        let acc = Accumulator::new(limits());
         let now = Instant::now();
         let (_, wake) = acc
             .append("t", Some(0), 0, &record(None, "v"), None, now)
@@ -833,14 +1103,14 @@ mod tests {
         let ready = acc.ready(now + Duration::from_millis(1), 10, &mut out);
         assert!(out.is_empty());
         assert_eq!(ready.next_wake, Some(now + Duration::from_millis(5)));
-        let out = drain(&mut acc, now + Duration::from_millis(5));
+        let out = drain(&acc, now + Duration::from_millis(5));
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].len(), 2);
     }
 
     #[test]
     fn one_batch_in_flight_per_partition() {
-        let mut acc = Accumulator::new(limits());
+        let acc = Accumulator::new(limits());
         let now = Instant::now();
         let value = "x".repeat(600);
         for _ in 0..3 {
@@ -850,20 +1120,20 @@ mod tests {
         acc.append("t", Some(1), 0, &record(None, "v"), None, now)
             .unwrap();
         let later = now + Duration::from_secs(1);
-        let first = drain(&mut acc, later);
+        let first = drain(&acc, later);
         assert_eq!(first.len(), 2, "one batch of each partition");
-        assert!(drain(&mut acc, later).is_empty());
+        assert!(drain(&acc, later).is_empty());
         for batch in first {
             acc.complete(batch, Ok(0));
         }
-        let second = drain(&mut acc, later);
+        let second = drain(&acc, later);
         assert_eq!(second.len(), 1);
         assert_eq!(second[0].partition, 0);
     }
 
     #[test]
     fn max_limits_batches_handed_out() {
-        let mut acc = Accumulator::new(limits());
+        let acc = Accumulator::new(limits());
         let now = Instant::now();
         for p in 0..5 {
             acc.append("t", Some(p), 0, &record(None, "v"), None, now)
@@ -876,7 +1146,7 @@ mod tests {
 
     #[tokio::test]
     async fn offsets_are_assigned_from_the_base_offset() {
-        let mut acc = Accumulator::new(limits());
+        let acc = Accumulator::new(limits());
         let now = Instant::now();
         let mut receivers = Vec::new();
         for _ in 0..3 {
@@ -887,7 +1157,7 @@ mod tests {
         }
         let id = acc.seal_all();
         assert!(!acc.completed_below(id));
-        let batch = drain(&mut acc, now).pop().unwrap();
+        let batch = drain(&acc, now).pop().unwrap();
         acc.complete(batch, Ok(40));
         assert!(acc.completed_below(id));
         assert!(acc.is_idle());
@@ -900,7 +1170,7 @@ mod tests {
 
     #[tokio::test]
     async fn retriable_failure_is_retried_first_after_the_backoff() {
-        let mut acc = Accumulator::new(limits());
+        let acc = Accumulator::new(limits());
         let now = Instant::now();
         let (rx1, _) = acc
             .append("t", Some(0), 0, &record(None, "first"), None, now)
@@ -910,21 +1180,19 @@ mod tests {
             .append("t", Some(0), 0, &record(None, "second"), None, now)
             .unwrap();
         acc.seal_all();
-        let batch = drain(&mut acc, now).pop().unwrap();
+        let batch = drain(&acc, now).pop().unwrap();
         let unavailable = Error::new(Reason::NotLeader, "moved");
         acc.fail_or_retry(batch, unavailable, true, now);
         // Nothing goes until the backoff passed, and then the failed batch
         // goes before the later one.
-        assert!(drain(&mut acc, now + Duration::from_millis(50)).is_empty());
-        let mut retry = drain(&mut acc, now + Duration::from_millis(100));
+        assert!(drain(&acc, now + Duration::from_millis(50)).is_empty());
+        let mut retry = drain(&acc, now + Duration::from_millis(100));
         assert_eq!(retry.len(), 1);
         assert_eq!(retry[0].attempts, 2);
         let decoded = streambus_record::decode_records(&retry[0].encoded()).unwrap();
         assert_eq!(decoded[0].value.as_deref(), Some(&b"first"[..]));
         acc.complete(retry.pop().unwrap(), Ok(0));
-        let next = drain(&mut acc, now + Duration::from_millis(100))
-            .pop()
-            .unwrap();
+        let next = drain(&acc, now + Duration::from_millis(100)).pop().unwrap();
         acc.complete(next, Ok(1));
         assert_eq!(rx1.await.unwrap().offset, 0);
         assert_eq!(rx2.await.unwrap().offset, 1);
@@ -932,12 +1200,12 @@ mod tests {
 
     #[tokio::test]
     async fn non_retriable_failure_fails_the_records() {
-        let mut acc = Accumulator::new(limits());
+        let acc = Accumulator::new(limits());
         let now = Instant::now();
         let (rx, _) = acc
             .append("t", Some(0), 0, &record(None, "v"), None, now)
             .unwrap();
-        let batch = drain(&mut acc, now + Duration::from_secs(1)).pop().unwrap();
+        let batch = drain(&acc, now + Duration::from_secs(1)).pop().unwrap();
         acc.fail_or_retry(batch, Error::new(Reason::UnknownTopic, "gone"), false, now);
         let err = rx.await.unwrap_err();
         assert_eq!(err.reason(), Some(Reason::UnknownTopic));
@@ -946,12 +1214,12 @@ mod tests {
 
     #[tokio::test]
     async fn retries_stop_at_the_delivery_timeout() {
-        let mut acc = Accumulator::new(limits());
+        let acc = Accumulator::new(limits());
         let now = Instant::now();
         let (rx, _) = acc
             .append("t", Some(0), 0, &record(None, "v"), None, now)
             .unwrap();
-        let batch = drain(&mut acc, now + Duration::from_secs(1)).pop().unwrap();
+        let batch = drain(&acc, now + Duration::from_secs(1)).pop().unwrap();
         let late = now + Duration::from_secs(30);
         acc.fail_or_retry(batch, Error::new(Reason::Unavailable, "down"), true, late);
         let err = rx.await.unwrap_err();
@@ -961,7 +1229,7 @@ mod tests {
 
     #[tokio::test]
     async fn queued_batches_expire_at_the_delivery_timeout() {
-        let mut acc = Accumulator::new(limits());
+        let acc = Accumulator::new(limits());
         let now = Instant::now();
         let (rx, _) = acc
             .append("t", Some(0), 0, &record(None, "v"), None, now)
@@ -976,7 +1244,7 @@ mod tests {
 
     #[test]
     fn closed_accumulator_rejects_records() {
-        let mut acc = Accumulator::new(limits());
+        let acc = Accumulator::new(limits());
         acc.close();
         let err = acc
             .append("t", Some(0), 0, &record(None, "v"), None, Instant::now())
@@ -986,7 +1254,7 @@ mod tests {
 
     #[test]
     fn oversized_record_gets_a_batch_of_its_own() {
-        let mut acc = Accumulator::new(limits());
+        let acc = Accumulator::new(limits());
         let now = Instant::now();
         acc.append("t", Some(0), 0, &record(None, "small"), None, now)
             .unwrap();
@@ -996,7 +1264,7 @@ mod tests {
             .unwrap();
         acc.seal_all();
         let mut sizes = Vec::new();
-        while let Some(batch) = drain(&mut acc, now).pop() {
+        while let Some(batch) = drain(&acc, now).pop() {
             sizes.push(batch.len());
             acc.complete(batch, Ok(0));
         }
@@ -1009,7 +1277,7 @@ mod tests {
 
     #[test]
     fn idempotent_batches_wait_for_a_producer_id_then_carry_sequences() {
-        let mut acc = Accumulator::new(Limits {
+        let acc = Accumulator::new(Limits {
             idempotence: true,
             linger: Duration::ZERO,
             ..limits()
@@ -1024,12 +1292,9 @@ mod tests {
             .append("t", Some(1), 2, &record(None, "b"), None, now)
             .unwrap();
         assert!(acc.needs_producer());
-        assert!(
-            drain(&mut acc, now).is_empty(),
-            "nothing before a producer id"
-        );
+        assert!(drain(&acc, now).is_empty(), "nothing before a producer id");
         acc.set_producer(42, 0);
-        let mut batches = drain(&mut acc, now);
+        let mut batches = drain(&acc, now);
         assert_eq!(batches.len(), 2);
         let h: Vec<_> = batches.iter_mut().map(header).collect();
         assert_eq!(
@@ -1044,14 +1309,14 @@ mod tests {
         let first = p0.encoded();
         acc.fail_or_retry(p0, Error::new(Reason::NotLeader, "moved"), true, now);
         let later = now + Duration::from_secs(1);
-        let mut retried = drain(&mut acc, later);
+        let mut retried = drain(&acc, later);
         assert_eq!(retried.len(), 1);
         assert_eq!(retried[0].encoded(), first);
         acc.complete(retried.remove(0), Ok(0));
         let _ = acc
             .append("t", Some(0), 2, &record(None, "c"), None, later)
             .unwrap();
-        let mut next = drain(&mut acc, later);
+        let mut next = drain(&acc, later);
         assert_eq!(header(&mut next[0]).base_sequence, 3);
         assert!(!acc.needs_producer());
 
@@ -1067,16 +1332,16 @@ mod tests {
         let _ = acc
             .append("t", Some(0), 2, &record(None, "d"), None, later)
             .unwrap();
-        assert!(drain(&mut acc, later).is_empty());
+        assert!(drain(&acc, later).is_empty());
         acc.set_producer(43, 0);
-        let mut next = drain(&mut acc, later);
+        let mut next = drain(&acc, later);
         let h = header(&mut next[0]);
         assert_eq!((h.producer_id, h.base_sequence), (43, 0));
     }
 
     #[test]
     fn without_idempotence_batches_carry_no_producer() {
-        let mut acc = Accumulator::new(Limits {
+        let acc = Accumulator::new(Limits {
             linger: Duration::ZERO,
             ..limits()
         });
@@ -1085,7 +1350,7 @@ mod tests {
             .append("t", Some(0), 1, &record(None, "x"), None, now)
             .unwrap();
         assert!(!acc.needs_producer());
-        let mut batches = drain(&mut acc, now);
+        let mut batches = drain(&acc, now);
         assert_eq!(header(&mut batches[0]).producer_id, -1);
     }
 }

@@ -20,7 +20,8 @@ mod sender;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -148,46 +149,66 @@ impl Drop for Inner {
 #[derive(Debug)]
 pub(crate) struct Shared {
     config: ProducerConfig,
-    acc: Mutex<Accumulator>,
+    /// Locks per partition inside, none for the whole producer.
+    acc: Accumulator,
     /// Wakes the sender: a batch was opened or sealed, or the producer closed.
     wake: Notify,
     /// Bumped whenever batches complete, for `flush`.
     progress: watch::Sender<()>,
     buffer: Arc<Semaphore>,
-    partition_counts: Mutex<HashMap<String, PartitionCount>>,
+    /// Read on every record, written when a topic is first described or
+    /// forgotten.
+    partition_counts: RwLock<HashMap<String, PartitionCount>>,
+    /// What `PartitionCount::described_ms` counts from.
+    started: Instant,
     client: Client,
 }
 
 /// A topic's partition count as last described.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct PartitionCount {
-    count: u32,
-    described: Instant,
+    count: AtomicU32,
+    /// When, in milliseconds since [`Shared::started`].
+    described_ms: AtomicU64,
     /// A background lookup is under way.
-    refreshing: bool,
+    refreshing: AtomicBool,
 }
 
 impl Shared {
     fn close(&self) {
-        lock(&self.acc).close();
+        self.acc.close();
         self.buffer.close();
         self.wake.notify_one();
     }
 
     /// Forgets a topic's partition count so the next record refreshes it.
     fn forget_topic(&self, topic: &str) {
-        lock(&self.partition_counts).remove(topic);
+        write(&self.partition_counts).remove(topic);
     }
 
     fn set_partition_count(&self, topic: &str, count: u32) {
-        lock(&self.partition_counts).insert(
+        let now = self.now_ms();
+        if let Some(c) = read(&self.partition_counts).get(topic) {
+            c.count.store(count, Ordering::Relaxed);
+            c.described_ms.store(now, Ordering::Relaxed);
+            c.refreshing.store(false, Ordering::Relaxed);
+            return;
+        }
+        write(&self.partition_counts).insert(
             topic.to_string(),
             PartitionCount {
-                count,
-                described: Instant::now(),
-                refreshing: false,
+                count: AtomicU32::new(count),
+                described_ms: AtomicU64::new(now),
+                refreshing: AtomicBool::new(false),
             },
         );
+    }
+
+    /// Milliseconds since the producer started.
+    fn now_ms(&self) -> u64 {
+        Instant::now()
+            .saturating_duration_since(self.started)
+            .as_millis() as u64
     }
 
     /// Looks a topic's partition count up again, in the background; until
@@ -209,9 +230,9 @@ impl Shared {
                 other => {
                     tracing::debug!(%topic, result = ?other.err(), "partition count refresh failed");
                     // Keep the count; look again after another max age.
-                    if let Some(c) = lock(&shared.partition_counts).get_mut(&topic) {
-                        c.described = Instant::now();
-                        c.refreshing = false;
+                    if let Some(c) = read(&shared.partition_counts).get(&topic) {
+                        c.described_ms.store(shared.now_ms(), Ordering::Relaxed);
+                        c.refreshing.store(false, Ordering::Relaxed);
                     }
                 }
             }
@@ -223,6 +244,14 @@ impl Shared {
 /// consistent state (every update is a single step), so poisoning is ignored.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Client {
@@ -245,11 +274,12 @@ impl Client {
             .max_buffered_bytes
             .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         let shared = Arc::new(Shared {
-            acc: Mutex::new(Accumulator::new(limits)),
+            acc: Accumulator::new(limits),
             wake: Notify::new(),
             progress: watch::Sender::new(()),
             buffer: Arc::new(Semaphore::new(buffer)),
-            partition_counts: Mutex::new(HashMap::new()),
+            partition_counts: RwLock::new(HashMap::new()),
+            started: Instant::now(),
             client: self.clone(),
             config: ProducerConfig {
                 max_in_flight: config.max_in_flight.max(1),
@@ -303,7 +333,7 @@ impl Producer {
             .acquire_many_owned(size)
             .await
             .map_err(|_| ClientError::Closed)?;
-        let (rx, wake) = lock(&shared.acc).append(
+        let (rx, wake) = shared.acc.append(
             topic,
             partition,
             partitions,
@@ -332,9 +362,9 @@ impl Producer {
     pub async fn flush(&self) {
         let shared = &self.inner.shared;
         let mut progress = shared.progress.subscribe();
-        let target = lock(&shared.acc).seal_all();
+        let target = shared.acc.seal_all();
         shared.wake.notify_one();
-        while !lock(&shared.acc).completed_below(target) {
+        while !shared.acc.completed_below(target) {
             if progress.changed().await.is_err() {
                 return;
             }
@@ -358,15 +388,16 @@ impl Producer {
     /// `metadata_max_age`.
     async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
         let shared = &self.inner.shared;
-        let cached = {
-            let mut counts = lock(&shared.partition_counts);
-            counts.get_mut(topic).map(|c| {
-                let stale =
-                    !c.refreshing && c.described.elapsed() >= shared.config.metadata_max_age;
-                c.refreshing |= stale;
-                (c.count, stale)
-            })
-        };
+        let cached = read(&shared.partition_counts).get(topic).map(|c| {
+            let age = shared
+                .now_ms()
+                .saturating_sub(c.described_ms.load(Ordering::Relaxed));
+            let stale = u128::from(age) >= shared.config.metadata_max_age.as_millis()
+                && c.refreshing
+                    .compare_exchange(false, true, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok();
+            (c.count.load(Ordering::Relaxed), stale)
+        });
         if let Some((n, stale)) = cached {
             if stale {
                 shared.refresh_partition_count(topic);

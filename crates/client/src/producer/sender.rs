@@ -16,8 +16,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
+use super::Shared;
 use super::accumulator::Batch;
-use super::{Shared, lock};
 
 /// How long opening the stream may take before it counts as broken.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,23 +65,21 @@ impl Sender {
         loop {
             let now = Instant::now();
             self.expire_in_flight(now);
-            let needs_producer = {
-                let acc = lock(&self.shared.acc);
-                acc.needs_producer() && !acc.is_idle()
-            };
+            let acc = &self.shared.acc;
+            let needs_producer = acc.needs_producer() && !acc.is_idle();
             if needs_producer && self.init_at.is_none_or(|t| t <= now) {
                 self.init_producer().await;
             }
             let may_send = self.stream.is_some() || self.reopen_at.is_none_or(|t| t <= now);
             let (ready, done) = {
-                let mut acc = lock(&self.shared.acc);
+                let acc = &self.shared.acc;
                 let ready = if may_send {
                     let room = max_in_flight.saturating_sub(self.in_flight.len());
                     acc.ready(now, room, &mut batches)
                 } else {
                     Default::default()
                 };
-                (ready, acc.is_closed() && acc.is_idle())
+                (ready, acc.is_drained())
             };
             if ready.expired > 0 {
                 self.shared.progress.send_replace(());
@@ -139,7 +137,7 @@ impl Sender {
                 let r = r.into_inner();
                 let epoch = i16::try_from(r.producer_epoch).unwrap_or(i16::MAX);
                 tracing::debug!(producer_id = r.producer_id, epoch, "idempotent producer id");
-                lock(&self.shared.acc).set_producer(r.producer_id, epoch);
+                self.shared.acc.set_producer(r.producer_id, epoch);
                 self.init_at = None;
                 return;
             }
@@ -152,7 +150,7 @@ impl Sender {
             return;
         }
         tracing::warn!(error = %error, "the gateway gives no producer id (idempotence is on)");
-        lock(&self.shared.acc).fail_unsent(Error::new(
+        self.shared.acc.fail_unsent(Error::new(
             error.reason,
             format!(
                 "cannot get an idempotent producer id (turn idempotence off for this gateway): {}",
@@ -246,7 +244,7 @@ impl Sender {
         };
         let result = response.result.unwrap_or_default();
         let now = Instant::now();
-        let mut acc = lock(&self.shared.acc);
+        let acc = &self.shared.acc;
         match result.error {
             Some(detail) => {
                 let error = Error::from_detail(&detail);
@@ -272,7 +270,6 @@ impl Sender {
                 acc.complete(batch, Ok(base_offset));
             }
         }
-        drop(acc);
         self.shared.progress.send_replace(());
     }
 
@@ -285,13 +282,12 @@ impl Sender {
         self.stream = None;
         self.reopen_at = Some(Instant::now() + self.shared.config.retry_backoff);
         let now = Instant::now();
-        let mut acc = lock(&self.shared.acc);
+        let acc = &self.shared.acc;
         let mut batches: Vec<Batch> = self.in_flight.drain().map(|(_, b)| b).collect();
         batches.sort_by_key(|b| b.id);
         for batch in batches {
             acc.fail_or_retry(batch, error.clone(), retriable, now);
         }
-        drop(acc);
         self.shared.progress.send_replace(());
     }
 
@@ -308,7 +304,7 @@ impl Sender {
             return;
         }
         let timeout = self.shared.config.delivery_timeout;
-        let mut acc = lock(&self.shared.acc);
+        let acc = &self.shared.acc;
         for sequence in expired {
             let batch = self.in_flight.remove(&sequence).expect("listed above");
             let error = Error::new(
@@ -317,7 +313,6 @@ impl Sender {
             );
             acc.complete(batch, Err(error));
         }
-        drop(acc);
         self.shared.progress.send_replace(());
     }
 }
