@@ -84,3 +84,14 @@ impl ProducerCore {
         n
     }
 }
+
+/// Decodes a response's encoded batches of `partition` as a subscription
+/// does, into the batches [`crate::Subscription::next_batch`] returns.
+pub fn decode_batches(
+    partition: u32,
+    encoded: &bytes::Bytes,
+) -> Result<Vec<crate::ConsumedBatch>, crate::ClientError> {
+    let mut out = std::collections::VecDeque::new();
+    crate::batch::decode_batches(partition, encoded, Vec::new(), i64::MIN, &mut out)?;
+    Ok(out.into())
+}

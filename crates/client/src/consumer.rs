@@ -21,11 +21,12 @@ use bytes::Bytes;
 use futures::Stream;
 use streambus_proto::v1;
 use streambus_proto::v1::consume_service_client::ConsumeServiceClient;
-use streambus_record::{BatchIter, Header, decode_shared_records};
+use streambus_record::Header;
 use tokio::sync::watch;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
+use crate::batch::{ConsumedBatch, decode_batches};
 use crate::{Client, ClientError};
 
 /// Where a subscription starts, in each partition it reads.
@@ -158,6 +159,7 @@ impl Client {
             request,
             state: State::Streaming(Box::new(responses)),
             buffered: VecDeque::new(),
+            buffered_records: 0,
             positions,
             failures: 0,
             reconnects: watch::channel(Reconnects::default()).0,
@@ -215,7 +217,9 @@ pub struct Subscription {
     /// What was asked; resubscriptions add the positions reached.
     request: v1::SubscribeRequest,
     state: State,
-    buffered: VecDeque<ConsumedRecord>,
+    buffered: VecDeque<ConsumedBatch>,
+    /// Records in `buffered`.
+    buffered_records: usize,
     positions: Positions,
     /// Failed attempts since the last response (for the backoff).
     failures: u32,
@@ -236,7 +240,7 @@ impl std::fmt::Debug for Subscription {
         f.debug_struct("Subscription")
             .field("topic", &self.request.topic)
             .field("positions", &self.positions.next)
-            .field("buffered", &self.buffered.len())
+            .field("buffered", &self.buffered_records)
             .finish_non_exhaustive()
     }
 }
@@ -308,7 +312,71 @@ impl Subscription {
     /// Records decoded and not yet yielded; when 0, the next poll may wait
     /// for the network (callers buffering output can flush then).
     pub fn buffered_len(&self) -> usize {
-        self.buffered.len()
+        self.buffered_records
+    }
+
+    /// The next batch of records: records of one partition, in offset
+    /// order, borrowed from the response they came in (see
+    /// [`ConsumedBatch::records`]), so reading them allocates nothing per
+    /// record. `None` once the subscription ended; an error ends it, as
+    /// with the record stream. Records already taken one at a time are
+    /// not repeated. Mixes with the stream: both advance the same position.
+    pub async fn next_batch(&mut self) -> Option<Result<ConsumedBatch, ClientError>> {
+        match std::future::poll_fn(|cx| self.poll_fill(cx)).await {
+            Some(Ok(())) => {
+                let batch = self.buffered.pop_front().expect("filled");
+                self.buffered_records -= batch.len();
+                Some(Ok(batch))
+            }
+            Some(Err(e)) => Some(Err(e)),
+            None => None,
+        }
+    }
+
+    /// Waits until a record is buffered (`Some(Ok(()))`), the subscription
+    /// ended (`None`), or failed for good.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<(), ClientError>>> {
+        loop {
+            if !self.buffered.is_empty() {
+                return Poll::Ready(Some(Ok(())));
+            }
+            match &mut self.state {
+                State::Done => return Poll::Ready(None),
+                State::Resubscribing(fut) => match ready!(fut.as_mut().poll(cx)) {
+                    Ok(stream) => self.state = State::Streaming(Box::new(stream)),
+                    Err(status) if resumable(&status) => self.resubscribe(status.to_string()),
+                    Err(status) => {
+                        self.state = State::Done;
+                        return Poll::Ready(Some(Err(status.into())));
+                    }
+                },
+                State::Streaming(responses) => {
+                    match ready!(Pin::new(&mut **responses).poll_next(cx)) {
+                        Some(Ok(response)) => {
+                            self.failures = 0;
+                            match self.positions.absorb(response, &mut self.buffered) {
+                                Ok(added) => self.buffered_records += added,
+                                Err(e) => {
+                                    self.state = State::Done;
+                                    return Poll::Ready(Some(Err(e)));
+                                }
+                            }
+                        }
+                        Some(Err(status)) if resumable(&status) => {
+                            self.resubscribe(
+                                streambus_proto::Error::from_status(&status).to_string(),
+                            );
+                        }
+                        Some(Err(status)) => {
+                            self.state = State::Done;
+                            return Poll::Ready(Some(Err(status.into())));
+                        }
+                        // A subscription has no end: the gateway went away.
+                        None => self.resubscribe("the gateway ended the stream".into()),
+                    }
+                }
+            }
+        }
     }
 
     /// Watches reconnections (e.g. to tell a user the gateway went away).
@@ -340,43 +408,18 @@ impl Stream for Subscription {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        loop {
-            if let Some(record) = this.buffered.pop_front() {
-                return Poll::Ready(Some(Ok(record)));
-            }
-            match &mut this.state {
-                State::Done => return Poll::Ready(None),
-                State::Resubscribing(fut) => match ready!(fut.as_mut().poll(cx)) {
-                    Ok(stream) => this.state = State::Streaming(Box::new(stream)),
-                    Err(status) if resumable(&status) => this.resubscribe(status.to_string()),
-                    Err(status) => {
-                        this.state = State::Done;
-                        return Poll::Ready(Some(Err(status.into())));
-                    }
-                },
-                State::Streaming(responses) => {
-                    match ready!(Pin::new(&mut **responses).poll_next(cx)) {
-                        Some(Ok(response)) => {
-                            this.failures = 0;
-                            if let Err(e) = this.positions.absorb(response, &mut this.buffered) {
-                                this.state = State::Done;
-                                return Poll::Ready(Some(Err(e)));
-                            }
-                        }
-                        Some(Err(status)) if resumable(&status) => {
-                            this.resubscribe(
-                                streambus_proto::Error::from_status(&status).to_string(),
-                            );
-                        }
-                        Some(Err(status)) => {
-                            this.state = State::Done;
-                            return Poll::Ready(Some(Err(status.into())));
-                        }
-                        // A subscription has no end: the gateway went away.
-                        None => this.resubscribe("the gateway ended the stream".into()),
-                    }
+        match ready!(this.poll_fill(cx)) {
+            Some(Ok(())) => {
+                let front = this.buffered.front_mut().expect("filled");
+                let record = front.pop_front().expect("buffered batches are not empty");
+                if front.is_empty() {
+                    this.buffered.pop_front();
                 }
+                this.buffered_records -= 1;
+                Poll::Ready(Some(Ok(record)))
             }
+            Some(Err(e)) => Poll::Ready(Some(Err(e))),
+            None => Poll::Ready(None),
         }
     }
 }
@@ -400,12 +443,13 @@ impl Positions {
         }
     }
 
-    /// Decodes one response into `out`, skipping records below the position.
+    /// Decodes one response into batches appended to `out`, skipping
+    /// records below the position; returns the records added.
     fn absorb(
         &mut self,
         response: v1::SubscribeResponse,
-        out: &mut VecDeque<ConsumedRecord>,
-    ) -> Result<(), ClientError> {
+        out: &mut VecDeque<ConsumedBatch>,
+    ) -> Result<usize, ClientError> {
         let partition = response.partition;
         // A partition added after subscribing is read from its log start,
         // whatever the start position says.
@@ -425,25 +469,32 @@ impl Positions {
             _ => None,
         };
         let mut next = floor.max(response.next_offset);
-        decode_response(
+        let mut batches = VecDeque::new();
+        decode_batches(
             partition,
             &response.encoded_batches,
             response.records,
             floor,
-            &mut |record| {
-                if since.is_some_and(|ms| record.timestamp_ms < ms) {
-                    return;
-                }
-                since = None;
-                next = next.max(record.offset + 1);
-                out.push_back(record);
-            },
+            &mut batches,
         )?;
+        let mut added = 0;
+        for mut batch in batches {
+            if let Some(ms) = since {
+                batch.skip_until(|r| r.timestamp_ms >= ms);
+            }
+            let Some(last) = batch.last_offset() else {
+                continue;
+            };
+            since = None;
+            next = next.max(last + 1);
+            added += batch.len();
+            out.push_back(batch);
+        }
         if since.is_none() {
             self.started.insert(partition);
         }
         self.next.insert(partition, next);
-        Ok(())
+        Ok(added)
     }
 }
 
@@ -456,42 +507,10 @@ pub(crate) fn decode_response(
     floor: i64,
     yield_record: &mut dyn FnMut(ConsumedRecord),
 ) -> Result<(), ClientError> {
-    for batch in BatchIter::new(encoded) {
-        let (header, bytes) = batch?;
-        if header.is_control() || header.next_offset() <= floor {
-            continue;
-        }
-        for r in decode_shared_records(&encoded.slice_ref(bytes))? {
-            if r.offset >= floor {
-                yield_record(ConsumedRecord {
-                    partition,
-                    offset: r.offset,
-                    timestamp_ms: r.timestamp_ms,
-                    key: r.key,
-                    value: r.value,
-                    headers: r.headers,
-                });
-            }
-        }
-    }
-    for r in decoded {
-        if r.offset >= floor {
-            yield_record(ConsumedRecord {
-                partition,
-                offset: r.offset,
-                timestamp_ms: r.timestamp_ms,
-                key: r.key,
-                value: r.value,
-                headers: r
-                    .headers
-                    .into_iter()
-                    .map(|h| Header {
-                        key: h.key,
-                        value: h.value,
-                    })
-                    .collect(),
-            });
-        }
+    let mut batches = VecDeque::new();
+    decode_batches(partition, encoded, decoded, floor, &mut batches)?;
+    for record in batches.into_iter().flatten() {
+        yield_record(record);
     }
     Ok(())
 }
@@ -579,8 +598,12 @@ mod tests {
         }
     }
 
-    fn offsets(out: &VecDeque<ConsumedRecord>) -> Vec<i64> {
-        out.iter().map(|r| r.offset).collect()
+    fn records(out: &VecDeque<ConsumedBatch>) -> Vec<ConsumedRecord> {
+        out.iter().cloned().flatten().collect()
+    }
+
+    fn offsets(out: &VecDeque<ConsumedBatch>) -> Vec<i64> {
+        records(out).iter().map(|r| r.offset).collect()
     }
 
     #[test]
@@ -590,8 +613,8 @@ mod tests {
         let resp = response(0, &[batch(10, &[1, 1, 1, 1]), batch(14, &[1, 1])], 16);
         positions.absorb(resp, &mut out).unwrap();
         assert_eq!(offsets(&out), vec![12, 13, 14, 15]);
-        assert_eq!(out[0].value.as_deref(), Some(&b"v12"[..]));
-        assert_eq!(out[0].headers[0].key, "h");
+        assert_eq!(records(&out)[0].value.as_deref(), Some(&b"v12"[..]));
+        assert_eq!(records(&out)[0].headers[0].key, "h");
         // A later response repeating a batch does not yield it twice.
         out.clear();
         let resp = response(0, &[batch(14, &[1, 1]), batch(16, &[1])], 17);

@@ -34,6 +34,7 @@
 //!
 //! See `docs/sdk.md` for the producer's batching, ordering and retry rules.
 
+mod batch;
 #[cfg(feature = "bench-internals")]
 #[doc(hidden)]
 pub mod bench_internals;
@@ -43,10 +44,11 @@ mod error;
 mod group;
 mod producer;
 
+pub use batch::{ConsumedBatch, HeaderRefs, IntoRecords, RecordRef, RecordRefs};
 pub use client::Client;
 pub use consumer::{ConsumedRecord, FetchResult, StartFrom, SubscribeOptions, Subscription};
 pub use error::ClientError;
 pub use group::{GroupConsumer, GroupEvent, GroupOptions, OffsetReset, TopicPartition};
 pub use producer::{DeliveryFuture, Producer, ProducerConfig, RecordMetadata};
 pub use streambus_proto::{Error, Reason, v1};
-pub use streambus_record::{Compression, Header, Record};
+pub use streambus_record::{Compression, Header, HeaderView, Record};

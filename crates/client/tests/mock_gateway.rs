@@ -858,3 +858,86 @@ async fn a_drained_subscription_resumes_where_it_was_without_gap_or_duplicate() 
     assert!(!resumes[1].is_empty(), "{resumes:?}");
     producer.close().await;
 }
+
+/// `next_batch` lends a partition's records in place, takes up where
+/// records taken one at a time stopped, and resumes through a draining
+/// gateway like the record stream.
+#[tokio::test]
+async fn batches_are_lent_in_place_and_share_the_position_with_the_stream() {
+    let (mock, addr) = start().await;
+    let client = Client::connect(addr.to_string()).await.unwrap();
+    client
+        .create_topic("t", 2, 1, HashMap::new())
+        .await
+        .unwrap();
+    let producer = client.producer(ProducerConfig::default());
+    let send = async |round: u32| {
+        for i in round * 20..(round + 1) * 20 {
+            let mut r = record(Some(format!("k{i}")), format!("v{i}"));
+            r.headers.push(streambus_client::Header {
+                key: "n".into(),
+                value: Some(Bytes::from(i.to_string())),
+            });
+            drop(producer.send("t", r, Some(i % 2)).await.unwrap());
+        }
+        // Each round is its own stored batch per partition.
+        producer.flush().await;
+    };
+    send(0).await;
+    send(1).await;
+    // The first stream ends with SHUTTING_DOWN before its second response.
+    mock.state.lock().unwrap().drain_subscription_after = Some(1);
+    let mut sub = client
+        .subscribe(SubscribeOptions {
+            partition: Some(0),
+            start: StartFrom::Offset(3),
+            ..SubscribeOptions::new("t")
+        })
+        .await
+        .unwrap();
+    let first = sub.next().await.unwrap().unwrap();
+    assert_eq!(
+        (first.offset, first.value.as_deref()),
+        (3, Some(&b"v6"[..]))
+    );
+    let mut offsets = vec![first.offset];
+    while offsets.len() < 27 {
+        if offsets.len() == 17 {
+            // Rounds 0 and 1 are read: round 2 comes after the drain.
+            send(2).await;
+        }
+        let batch = tokio::time::timeout(Duration::from_secs(10), sub.next_batch())
+            .await
+            .expect("the subscription goes on")
+            .unwrap()
+            .unwrap();
+        assert_eq!(batch.partition(), 0);
+        assert!(!batch.is_empty());
+        assert_eq!(batch.records().len(), batch.len());
+        for r in batch.records() {
+            // Partition 0 holds the even records: offset o is record 2o.
+            let i = r.offset * 2;
+            assert_eq!(r.partition, 0);
+            assert_eq!(r.key, Some(format!("k{i}").as_bytes()));
+            assert_eq!(r.value, Some(format!("v{i}").as_bytes()));
+            let headers: Vec<_> = r.headers().collect();
+            assert_eq!(headers.len(), 1);
+            assert_eq!(headers[0].key_str(), "n");
+            assert_eq!(headers[0].value, Some(i.to_string().as_bytes()));
+            let owned = r.to_owned();
+            assert_eq!(owned.offset, r.offset);
+            assert_eq!(owned.value.as_deref(), r.value);
+            assert_eq!(owned.headers[0].key, "n");
+            offsets.push(r.offset);
+        }
+        assert_eq!(batch.last_offset(), offsets.last().copied());
+        let lent = batch.len();
+        let owned: Vec<_> = batch.into_iter().collect();
+        assert_eq!(owned.len(), lent);
+        assert_eq!(owned.last().map(|r| r.offset), offsets.last().copied());
+    }
+    assert_eq!(offsets, (3..30).collect::<Vec<_>>(), "no gap, no duplicate");
+    assert_eq!(sub.reconnects().borrow().count, 1, "resumed once");
+    assert_eq!(sub.buffered_len(), 0);
+    producer.close().await;
+}

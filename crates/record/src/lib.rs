@@ -23,6 +23,7 @@ mod header;
 mod iter;
 mod records;
 mod varint;
+mod view;
 
 pub use builder::{BatchBuilder, Record, recompress, retain_records};
 pub use codec::{
@@ -41,6 +42,7 @@ pub use records::{
     validate_batch,
 };
 pub use varint::{get_varint, get_varlong, put_varint, put_varlong};
+pub use view::{HeaderView, HeaderViews, RecordView, RecordsView};
 
 #[cfg(test)]
 mod codec_tests;

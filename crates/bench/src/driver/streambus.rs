@@ -195,18 +195,30 @@ impl Driver for StreamBusDriver {
                     })
                     .await
                     .with_context(|| format!("subscribing to {topic}"))?;
-                streams.push(sub.map(|r| {
-                    let r = r?;
-                    let sent_us = r
-                        .headers
-                        .iter()
-                        .find(|h| h.key == TIMESTAMP_HEADER)
-                        .and_then(|h| h.value.as_deref())
-                        .and_then(parse_timestamp);
-                    Ok(Received {
-                        sent_us,
-                        bytes: r.value.as_ref().map_or(0, Bytes::len),
-                    })
+                // Records are read in place, a batch at a time.
+                let batches = stream::unfold(sub, |mut sub| async move {
+                    let batch = sub.next_batch().await?;
+                    Some((batch, sub))
+                });
+                streams.push(batches.boxed().flat_map(|batch| {
+                    let received: Vec<anyhow::Result<Received>> = match batch {
+                        Ok(batch) => batch
+                            .records()
+                            .map(|r| {
+                                let sent_us = r
+                                    .headers()
+                                    .find(|h| h.key == TIMESTAMP_HEADER.as_bytes())
+                                    .and_then(|h| h.value)
+                                    .and_then(parse_timestamp);
+                                Ok(Received {
+                                    sent_us,
+                                    bytes: r.value.map_or(0, <[u8]>::len),
+                                })
+                            })
+                            .collect(),
+                        Err(e) => vec![Err(e.into())],
+                    };
+                    stream::iter(received)
                 }));
             }
             Ok(stream::select_all(streams).boxed())
