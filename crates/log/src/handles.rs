@@ -759,6 +759,9 @@ impl IoFile for CachedFile {
     fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
         self.with(Use::Read, |f| f.read_exact_at(buf, pos))
     }
+    fn read_vec_at(&self, len: usize, pos: u64) -> io::Result<Vec<u8>> {
+        self.with(Use::Read, |f| f.read_vec_at(len, pos))
+    }
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
         self.with(Use::Write, |f| f.write_all_at(buf, pos))
     }

@@ -37,6 +37,13 @@ pub trait IoFile: Send + Sync + fmt::Debug {
     /// Reads exactly `buf.len()` bytes at `pos` (`UnexpectedEof` if the file
     /// is shorter).
     fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()>;
+    /// Reads exactly `len` bytes at `pos` into a new buffer. The real file
+    /// system reads into the buffer without zeroing it first.
+    fn read_vec_at(&self, len: usize, pos: u64) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.read_exact_at(&mut buf, pos)?;
+        Ok(buf)
+    }
     /// Writes all of `buf` at `pos`, extending the file if needed.
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()>;
     /// Writes `head` then `tail` at `pos`, as one write where the file
@@ -81,9 +88,60 @@ pub trait Io: Send + Sync + fmt::Debug {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StdIo;
 
+/// A file position as the system calls take it.
+fn file_offset(pos: u64) -> io::Result<libc::off_t> {
+    libc::off_t::try_from(pos)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))
+}
+
+/// The byte count a read or write system call returned; `None` when it was
+/// interrupted before any transfer (to be tried again).
+fn syscall_result(n: isize) -> io::Result<Option<usize>> {
+    if n >= 0 {
+        return Ok(Some(n as usize));
+    }
+    let e = io::Error::last_os_error();
+    if e.kind() == io::ErrorKind::Interrupted {
+        return Ok(None);
+    }
+    Err(e)
+}
+
 impl IoFile for std::fs::File {
     fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
         std::os::unix::fs::FileExt::read_exact_at(self, buf, pos)
+    }
+    fn read_vec_at(&self, len: usize, pos: u64) -> io::Result<Vec<u8>> {
+        use std::os::fd::AsRawFd;
+        let mut buf: Vec<u8> = Vec::with_capacity(len);
+        let mut done = 0;
+        while done < len {
+            let offset = file_offset(pos + done as u64)?;
+            // SAFETY: the pointer is `done` bytes into the buffer's
+            // allocation of `len` bytes, and pread writes at most the
+            // `len - done` bytes that remain of it.
+            let n = unsafe {
+                libc::pread(
+                    self.as_raw_fd(),
+                    buf.as_mut_ptr().add(done).cast::<libc::c_void>(),
+                    len - done,
+                    offset,
+                )
+            };
+            let Some(n) = syscall_result(n)? else {
+                continue;
+            };
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "failed to fill whole buffer",
+                ));
+            }
+            done += n;
+        }
+        // SAFETY: pread initialised all `len` bytes above.
+        unsafe { buf.set_len(len) };
+        Ok(buf)
     }
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
         std::os::unix::fs::FileExt::write_all_at(self, buf, pos)
@@ -102,22 +160,16 @@ impl IoFile for std::fs::File {
                     iov_len: tail.len(),
                 },
             ];
-            let offset = libc::off_t::try_from(pos)
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+            let offset = file_offset(pos)?;
             // SAFETY: both iovecs point into live slices of the lengths
             // given, which pwritev only reads.
             let n = unsafe { libc::pwritev(self.as_raw_fd(), iov.as_ptr(), 2, offset) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
+            let Some(n) = syscall_result(n)? else {
+                continue;
+            };
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
-            let n = n as usize;
             pos += n as u64;
             if n < head.len() {
                 head = &head[n..];
@@ -312,5 +364,27 @@ impl Disk {
         f.write_all_at(bytes, 0)
             .ctx(|| format!("write {}", path.display()))?;
         self.sync_file(&*f, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vector_read_returns_the_bytes_at_its_position_or_eof() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let file = StdIo.open(&path, OpenMode::Read).unwrap();
+        assert_eq!(
+            file.read_vec_at(1000, 12_345).unwrap(),
+            &bytes[12_345..13_345]
+        );
+        assert_eq!(file.read_vec_at(100_000, 0).unwrap(), bytes);
+        assert!(file.read_vec_at(0, 100_000).unwrap().is_empty());
+        let past = file.read_vec_at(10, 99_995).unwrap_err();
+        assert_eq!(past.kind(), io::ErrorKind::UnexpectedEof);
     }
 }

@@ -93,6 +93,12 @@ impl SegmentView {
             .read_exact_at(buf, pos)
             .ctx(|| format!("read {} at {pos}", self.path.display()))
     }
+
+    fn read_vec(&self, len: usize, pos: u64) -> Result<Vec<u8>, LogError> {
+        self.file
+            .read_vec_at(len, pos)
+            .ctx(|| format!("read {} at {pos}", self.path.display()))
+    }
 }
 
 /// Next segment after the one with base `base`, positioned at its start.
@@ -161,8 +167,7 @@ impl Log {
         } else {
             (max_bytes as u64).min(view.size - pos) as usize
         };
-        let mut buf = vec![0u8; len];
-        view.read_exact(&mut buf, pos)?;
+        let mut buf = view.read_vec(len, pos)?;
         let mut keep = 0;
         let mut next_offset = offset;
         for item in BatchIter::new(&buf) {
