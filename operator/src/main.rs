@@ -110,7 +110,7 @@ fn main() -> ExitCode {
         }
         Command::Run(a) => a,
     };
-    telemetry::init(a.log_format, &a.log_level);
+    telemetry::init(a.log_format, &a.log_level, None);
     let external_clusters: BTreeMap<String, String> = a.external_clusters.into_iter().collect();
     let options = Options {
         settings: Settings {

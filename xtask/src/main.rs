@@ -7,6 +7,7 @@ mod cluster;
 mod devproc;
 mod iggy;
 mod k8s;
+mod observability;
 mod peer;
 mod python;
 mod setup;
@@ -16,7 +17,7 @@ use std::process::{Command, ExitCode};
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  ci             everything CI checks: installs missing tools (setup), fmt,
+  ci             everything CI checks: installs missing tools (setup, Jaeger), fmt,
                  clippy -D warnings, all Rust tests, the Python gRPC test and
                  the Go, Java, Node.js, Rust and grpcurl client tests against one real
                  `streambus dev`, then `k8s test` (the chart and the operator
@@ -26,9 +27,11 @@ commands:
   clients-test   only the client tests (tests/clients and the Rust SDK's example):
                  clients-test [go|java|node|rust|grpcurl]... (all when none is named;
                  docs/clients.md)
-  peer           install and run a local Kafka, NATS JetStream or Apache Iggy to compare with:
+  peer           install and run a local Kafka, NATS JetStream or Apache Iggy to compare with,
+                 or Jaeger to send traces to:
                  peer <kafka|nats> [install|start|stop|status] [--durability fsync|page-cache]
                  peer iggy install --src DIR | start | stop | status | bench [--durability ...]
+                 peer jaeger [install|start|stop|status] (docs/observability.md)
   bench          bench compare [options]: one workload against StreamBus, Kafka and
                  NATS JetStream back to back, a side-by-side table (docs/bench-tool.md)
   cluster        a multi-process cluster on 127.0.0.1 for fault drills:
@@ -101,6 +104,8 @@ pub fn cache_root() -> Result<std::path::PathBuf, String> {
 
 fn ci() -> Result<(), String> {
     setup::run_setup()?;
+    // The tracing test exports to a real Jaeger.
+    observability::install_jaeger()?;
     run("cargo", &["fmt", "--all", "--check"])?;
     run(
         "cargo",

@@ -43,6 +43,7 @@ const USAGE: &str = "usage: cargo xtask peer <kafka|nats> [install|start|stop|st
        cargo xtask peer iggy install --src DIR
        cargo xtask peer iggy [start|stop|status]
        cargo xtask peer iggy bench [--durability fsync|page-cache] [--total 3GB]
+       cargo xtask peer jaeger [install|start|stop|status]
 
   install   fetch the server (Maven Central / apt / Go module proxy) if missing
   start     install, then start it in the background if not running (default)
@@ -150,6 +151,13 @@ pub fn main(args: &[String]) -> Result<(), String> {
             Ok(())
         }
         (Some("iggy"), "bench") => crate::iggy::bench(durability, &total),
+        (Some("jaeger"), "install") => crate::observability::install_jaeger().map(|_| ()),
+        (Some("jaeger"), "start") => crate::observability::start_jaeger(),
+        (Some("jaeger"), "stop") => crate::observability::stop_jaeger(),
+        (Some("jaeger"), "status") => {
+            crate::observability::status_jaeger();
+            Ok(())
+        }
         _ => Err(USAGE.to_string()),
     }
 }

@@ -77,6 +77,8 @@ struct Inner {
 fn request_for<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     let mut req = tonic::Request::new(message);
     req.set_timeout(timeout);
+    // A metadata change made for a traced request joins its trace.
+    streambus_service::trace::inject(&mut req);
     req
 }
 

@@ -109,8 +109,11 @@ pub const MAX_LOCAL_ERROR_RESETS: usize = 64 * 1024;
 
 /// A tonic server builder with StreamBus's transport settings: large
 /// windows, `TCP_NODELAY`, and HTTP/2 keepalive so a vanished client's
-/// connection (and whatever its streams hold) is released.
-pub fn server() -> tonic::transport::Server {
+/// connection (and whatever its streams hold) is released; and a server
+/// span per call when tracing is on ([`crate::trace::ServerLayer`]).
+pub fn server() -> tonic::transport::Server<
+    tower::layer::util::Stack<crate::trace::ServerLayer, tower::layer::util::Identity>,
+> {
     tonic::transport::Server::builder()
         .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
         .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
@@ -120,6 +123,7 @@ pub fn server() -> tonic::transport::Server {
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .layer(crate::trace::ServerLayer)
 }
 
 /// A lazily connecting channel to a StreamBus service at `address`

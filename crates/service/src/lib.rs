@@ -7,5 +7,6 @@ pub mod grpc;
 pub mod http;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;
 
 pub use http::{HttpState, Readiness};

@@ -1,4 +1,5 @@
-//! Logging to stdout: human-readable by default, JSON when asked.
+//! Logging to stdout: human-readable by default, JSON when asked; spans
+//! exported over OTLP when tracing is on.
 
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -31,21 +32,29 @@ fn colours(stdout_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bo
 
 /// Installs the global subscriber. `filter` is an `EnvFilter` directive
 /// such as `info` or `streambus_gateway=debug,info`; `RUST_LOG` wins when set.
-pub fn init(format: LogFormat, filter: &str) {
+/// With `tracer`, spans are exported too (see [`crate::trace`]), and log
+/// lines inside a traced span carry its `trace_id` and `span_id`.
+pub fn init(format: LogFormat, filter: &str, tracer: Option<&crate::trace::Tracer>) {
     use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
     let ansi = colours(
         std::io::stdout().is_terminal(),
         std::env::var_os("NO_COLOR"),
     );
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracer.map(|t| t.layer()));
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(std::io::stdout);
     let result = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => registry.with(fmt).try_init(),
+        LogFormat::Json => registry
+            .with(fmt.json().flatten_event(true).with_current_span(true))
+            .try_init(),
     };
     // Already installed (tests, or several roles in one process): keep it.
     let _ = result;

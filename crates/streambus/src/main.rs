@@ -56,10 +56,20 @@ impl ServerArgs {
     }
 }
 
-fn init_logging(settings: &Settings) -> Result<(), String> {
+/// Installs logging, and tracing when it is configured (within the
+/// runtime: the span exporter's channel lives on it).
+fn init_logging(
+    settings: &Settings,
+    service: &str,
+) -> Result<Option<streambus_service::trace::Tracer>, String> {
+    use streambus_service::trace;
     let format = settings.log.format.parse()?;
-    streambus_service::telemetry::init(format, &settings.log.level);
-    Ok(())
+    let config = trace::resolve(&settings.tracing.to_trace_settings(), service, |name| {
+        std::env::var(name).ok()
+    })?;
+    let tracer = config.map(|c| trace::Tracer::start(&c)).transpose()?;
+    streambus_service::telemetry::init(format, &settings.log.level, tracer.as_ref());
+    Ok(tracer)
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -87,6 +97,7 @@ fn main() -> ExitCode {
         },
         Command::Dev { server, data_dir } => serve(
             &server,
+            "streambus",
             |settings| async move {
                 let listeners = DevListeners::bind(&settings).await?;
                 dev::run(
@@ -106,9 +117,24 @@ fn main() -> ExitCode {
             },
             rt,
         ),
-        Command::Controller(server) => serve(&server, |s| roles::run(Role::Controller, s), rt),
-        Command::StorageNode(server) => serve(&server, |s| roles::run(Role::StorageNode, s), rt),
-        Command::Gateway(server) => serve(&server, |s| roles::run(Role::Gateway, s), rt),
+        Command::Controller(server) => serve(
+            &server,
+            "streambus-controller",
+            |s| roles::run(Role::Controller, s),
+            rt,
+        ),
+        Command::StorageNode(server) => serve(
+            &server,
+            "streambus-storage-node",
+            |s| roles::run(Role::StorageNode, s),
+            rt,
+        ),
+        Command::Gateway(server) => serve(
+            &server,
+            "streambus-gateway",
+            |s| roles::run(Role::Gateway, s),
+            rt,
+        ),
     }
 }
 
@@ -172,7 +198,7 @@ async fn exit_after_grace(grace: Duration) {
 /// When the grace after SIGINT or SIGTERM runs out.
 static DRAIN_DEADLINE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
-fn serve<F, Fut>(args: &ServerArgs, f: F, rt: tokio::runtime::Runtime) -> ExitCode
+fn serve<F, Fut>(args: &ServerArgs, service: &str, f: F, rt: tokio::runtime::Runtime) -> ExitCode
 where
     F: FnOnce(Settings) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
@@ -184,10 +210,16 @@ where
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = init_logging(&settings) {
-        eprintln!("error: {e}");
-        return ExitCode::from(2);
-    }
+    let tracer = {
+        let _runtime = rt.enter();
+        match init_logging(&settings, service) {
+            Ok(tracer) => tracer,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
     // Servers raise the soft open-file limit to the hard one at start; the
     // storage node derives its open-file bound from it.
     streambus_storage_node::open_files::raise_limit();
@@ -205,6 +237,10 @@ where
     }
     let grace = Duration::from_millis(settings.shutdown.grace_ms);
     let served = rt.block_on(f(settings));
+    if let Some(tracer) = tracer {
+        // While the runtime still runs the exporter's connection.
+        tracer.shutdown();
+    }
     // Blocking work still running once the servers are done (a close
     // stuck on a hung disk) holds the exit up to the grace, not beyond.
     if grace.is_zero() {

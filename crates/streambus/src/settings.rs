@@ -37,6 +37,8 @@ pub struct Settings {
     pub http: HttpSettings,
     /// Logging.
     pub log: LogSettings,
+    /// Distributed tracing (OpenTelemetry over OTLP/gRPC); off by default.
+    pub tracing: TracingSettings,
     /// Draining on SIGINT/SIGTERM.
     pub shutdown: ShutdownSettings,
 }
@@ -88,6 +90,37 @@ impl Default for LogSettings {
         LogSettings {
             format: "text".to_string(),
             level: "info,openraft=warn".to_string(),
+        }
+    }
+}
+
+/// Distributed tracing. The standard `OTEL_*` environment variables
+/// (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`,
+/// `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`) win over these.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingSettings {
+    /// OTLP/gRPC endpoint spans are exported to, e.g.
+    /// `http://127.0.0.1:4317`; empty = tracing off.
+    pub otlp_endpoint: String,
+    /// `service.name` of the spans; empty = `streambus-controller`,
+    /// `streambus-storage-node`, `streambus-gateway` (`streambus` in `dev`).
+    pub service_name: String,
+    /// The sampler, by its `OTEL_TRACES_SAMPLER` name; empty =
+    /// `parentbased_always_on`.
+    pub sampler: String,
+    /// The ratio of the `traceidratio` samplers, 0 to 1.
+    pub sampler_arg: Option<f64>,
+}
+
+impl TracingSettings {
+    /// The settings as the tracing module takes them.
+    pub fn to_trace_settings(&self) -> streambus_service::trace::TraceSettings {
+        streambus_service::trace::TraceSettings {
+            otlp_endpoint: self.otlp_endpoint.clone(),
+            service_name: self.service_name.clone(),
+            sampler: self.sampler.clone(),
+            sampler_arg: self.sampler_arg,
         }
     }
 }

@@ -59,6 +59,7 @@ async fn unread_produce_stream_is_not_read_without_bound() {
                     timestamp_ms: 0,
                 }],
                 encoded_batch: Bytes::new(),
+                traceparent: String::new(),
             }),
             acks: 0,
         }

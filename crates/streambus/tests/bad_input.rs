@@ -124,6 +124,7 @@ async fn bad_requests_get_documented_reasons_and_the_server_keeps_serving() {
             partition: None,
             records: vec![record(b"x")],
             encoded_batch: Bytes::new(),
+            traceparent: String::new(),
         },
     )
     .await
@@ -136,6 +137,7 @@ async fn bad_requests_get_documented_reasons_and_the_server_keeps_serving() {
             partition: Some(9),
             records: vec![record(b"x")],
             encoded_batch: Bytes::new(),
+            traceparent: String::new(),
         },
     )
     .await
@@ -148,6 +150,7 @@ async fn bad_requests_get_documented_reasons_and_the_server_keeps_serving() {
             partition: Some(0),
             records: vec![record(&vec![7u8; 2 * 1024 * 1024])],
             encoded_batch: Bytes::new(),
+            traceparent: String::new(),
         },
     )
     .await
@@ -171,6 +174,7 @@ async fn bad_requests_get_documented_reasons_and_the_server_keeps_serving() {
             partition: Some(0),
             records: vec![],
             encoded_batch: Bytes::from(corrupt),
+            traceparent: String::new(),
         },
     )
     .await
@@ -183,6 +187,7 @@ async fn bad_requests_get_documented_reasons_and_the_server_keeps_serving() {
             partition: Some(0),
             records: vec![],
             encoded_batch: Bytes::from_static(b"definitely not a record batch"),
+            traceparent: String::new(),
         },
     )
     .await
@@ -195,6 +200,7 @@ async fn bad_requests_get_documented_reasons_and_the_server_keeps_serving() {
             partition: Some(0),
             records: vec![],
             encoded_batch: Bytes::new(),
+            traceparent: String::new(),
         },
     )
     .await
@@ -209,6 +215,7 @@ async fn bad_requests_get_documented_reasons_and_the_server_keeps_serving() {
             partition: Some(0),
             records: vec![record(b"a"), record(b"b")],
             encoded_batch: Bytes::new(),
+            traceparent: String::new(),
         },
     )
     .await

@@ -290,7 +290,7 @@ async fn random_kills_and_partitions_lose_duplicate_and_reorder_nothing() {
         .unwrap_or(45);
     println!("chaos seed {seed}, {seconds} s (rerun: cargo xtask chaos --seed {seed})");
     // Silent unless RUST_LOG asks.
-    streambus_service::telemetry::init(streambus_service::telemetry::LogFormat::Text, "off");
+    streambus_service::telemetry::init(streambus_service::telemetry::LogFormat::Text, "off", None);
     let mut rng = Rng::seeded(seed);
 
     let mut cluster = Cluster::start_with(3, 3).await;

@@ -185,6 +185,7 @@ async fn a_topics_compression_type_recompresses_and_can_be_altered() {
                     partition: Some(0),
                     records,
                     encoded_batch: batch,
+                    traceparent: String::new(),
                 }],
                 acks: v1::Acks::All as i32,
                 timeout_ms: 0,

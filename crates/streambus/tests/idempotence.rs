@@ -35,6 +35,7 @@ async fn produce(
                 partition: Some(0),
                 records: vec![],
                 encoded_batch: encoded,
+                traceparent: String::new(),
             }],
             acks: v1::Acks::All as i32,
             timeout_ms: 0,

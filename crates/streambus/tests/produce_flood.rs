@@ -174,6 +174,7 @@ async fn a_produce_flood_against_a_slow_disk_stays_within_the_budgets() {
                     partition: Some(s as u32 % PARTITIONS),
                     records: (0..RECORDS).map(|i| record(s, b, i)).collect(),
                     encoded_batch: Bytes::new(),
+                    traceparent: String::new(),
                 }),
                 acks: Acks::All as i32,
             });

@@ -38,6 +38,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::leadership::Leadership;
 use crate::leases::Leases;
@@ -361,7 +362,18 @@ impl Proposer {
     /// Proposes `command` and waits until it is applied here.
     pub(crate) async fn propose(&self, command: Command) -> Result<CommandResponse, Error> {
         self.metrics.raft_proposals.inc();
-        let outcome = tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.client_write(command)).await;
+        let write = tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.client_write(command));
+        let outcome = if streambus_service::trace::in_trace() {
+            // Committed by a quorum and applied here.
+            write
+                .instrument(tracing::info_span!(
+                    "metadata commit",
+                    streambus.node_id = self.node_id
+                ))
+                .await
+        } else {
+            write.await
+        };
         let raft_error = match outcome {
             // Committed and applied; the state machine may still have rejected it.
             Ok(Ok(response)) => return response.data.into_result(),

@@ -27,6 +27,7 @@ use streambus_service::budget::{MemoryBudget, Permit};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::metadata::unknown_partition;
 use crate::metrics::Metrics;
@@ -562,6 +563,8 @@ impl ProduceApi {
         deadline: tokio::time::Instant,
         sequencer: &mut Sequencer,
     ) -> Started {
+        // The batch's own trace context wins over the call's.
+        let parent = streambus_service::trace::context_of(&batch.traceparent);
         let (topic, writes) = match self.plan(batch).await {
             Ok(planned) => planned,
             Err(e) => return Started::failed(e),
@@ -583,18 +586,22 @@ impl ProduceApi {
             let (prev, signals) = sequencer.enqueue(&topic, w.partition, is_idempotent(&w.batch));
             let api = self.clone();
             let topic = topic.clone();
-            started.handles.push(tokio::spawn(async move {
-                if let Some(prev) = prev {
-                    let _ = prev.await;
+            let span = publish_span(&topic, &w, parent.clone());
+            started.handles.push(tokio::spawn(
+                async move {
+                    if let Some(prev) = prev {
+                        let _ = prev.await;
+                    }
+                    let partition = w.partition;
+                    let Signals { sent, done } = signals;
+                    drop(sent);
+                    let r = api.write(&topic, w, acks, deadline).await;
+                    drop(done);
+                    drop(permit);
+                    (partition, r)
                 }
-                let partition = w.partition;
-                let Signals { sent, done } = signals;
-                drop(sent);
-                let r = api.write(&topic, w, acks, deadline).await;
-                drop(done);
-                drop(permit);
-                (partition, r)
-            }));
+                .instrument(span),
+            ));
         }
         started
     }
@@ -613,6 +620,33 @@ impl ProduceApi {
         }
         Ok(())
     }
+}
+
+/// With tracing on, the span of one partition's write of a produced batch:
+/// a child of the batch's trace context if it has one, else of the call's
+/// span. A disabled span otherwise.
+fn publish_span(
+    topic: &str,
+    write: &PartitionWrite,
+    parent: Option<streambus_service::trace::Parent>,
+) -> tracing::Span {
+    if !streambus_service::trace::enabled() {
+        return tracing::Span::none();
+    }
+    let records = BatchHeader::parse(&write.batch).map_or(0, |h| h.record_count);
+    let span = tracing::info_span!(
+        "publish",
+        otel.name = %format_args!("publish {topic}"),
+        otel.kind = "producer",
+        messaging.system = "streambus",
+        messaging.operation.type = "send",
+        messaging.destination.name = %topic,
+        messaging.destination.partition.id = write.partition,
+        messaging.batch.message_count = records,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    streambus_service::trace::with_parent(span, parent)
 }
 
 fn acks_of(value: i32) -> Acks {
@@ -892,6 +926,7 @@ mod tests {
             partition: None,
             records,
             encoded_batch: Bytes::new(),
+            traceparent: String::new(),
         }
     }
 
@@ -1048,6 +1083,7 @@ mod tests {
             partition,
             records,
             encoded_batch: bytes,
+            traceparent: String::new(),
         };
         // No partition.
         let e = plan_err(&api, with(None, encoded(1), vec![])).await;

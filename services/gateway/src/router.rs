@@ -76,6 +76,8 @@ impl CallPolicy {
 pub fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     r.set_timeout(timeout);
+    // The storage node's spans continue the current trace, if any.
+    streambus_service::trace::inject(&mut r);
     r
 }
 

@@ -33,6 +33,7 @@ fn batch(partition: u32, n: usize) -> ProduceBatch {
         partition: Some(partition),
         records: records(n, 100),
         encoded_batch: Bytes::new(),
+        traceparent: String::new(),
     }
 }
 
@@ -186,6 +187,7 @@ fn idempotent_batch(sequence: i32, n: usize) -> ProduceBatch {
         partition: Some(0),
         records: Vec::new(),
         encoded_batch: builder.build(),
+        traceparent: String::new(),
     }
 }
 

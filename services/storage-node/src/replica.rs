@@ -54,7 +54,14 @@ pub struct Replica {
     retired: std::sync::atomic::AtomicBool,
     /// Retention, compaction or a roll is running on this replica.
     pub(crate) maintenance_running: std::sync::atomic::AtomicBool,
+    /// With tracing on, as leader: the `traceparent` of the append span of
+    /// recent traced batches, by base offset, handed to followers with the
+    /// batches (at most [`TRACED_BATCHES`]).
+    traces: Mutex<std::collections::BTreeMap<i64, String>>,
 }
+
+/// Traced batches a leader remembers for its followers.
+const TRACED_BATCHES: usize = 256;
 
 impl Replica {
     /// Wraps an opened log.
@@ -86,9 +93,39 @@ impl Replica {
             end: watch::channel(end).0,
             retired: std::sync::atomic::AtomicBool::new(false),
             maintenance_running: std::sync::atomic::AtomicBool::new(false),
+            traces: Mutex::new(std::collections::BTreeMap::new()),
         };
         r.set_view(view, crate::partitions::now_ms() as u64);
         r
+    }
+
+    /// As leader, with tracing on: remembers the `traceparent` of the
+    /// append span of the batch at `base_offset` for the followers.
+    pub fn note_trace(&self, base_offset: i64, traceparent: String) {
+        let mut traces = self.traces.lock().unwrap_or_else(|p| p.into_inner());
+        traces.insert(base_offset, traceparent);
+        while traces.len() > TRACED_BATCHES {
+            traces.pop_first();
+        }
+    }
+
+    /// The traced batches with a base offset in `from..to`, for a follower
+    /// fetching that range. Those below the high watermark are forgotten
+    /// once handed out: every in-sync follower has them.
+    pub fn traces_in(&self, from: i64, to: i64) -> Vec<(i64, String)> {
+        let mut traces = self.traces.lock().unwrap_or_else(|p| p.into_inner());
+        if traces.is_empty() {
+            return Vec::new();
+        }
+        let found = traces
+            .range(from..to)
+            .map(|(o, t)| (*o, t.clone()))
+            .collect();
+        let hw = self.high_watermark();
+        while traces.first_key_value().is_some_and(|(o, _)| *o < hw) {
+            traces.pop_first();
+        }
+        found
     }
 
     fn lock(&self) -> MutexGuard<'_, (PartitionView, Role)> {

@@ -237,7 +237,7 @@ impl Replication {
             return Ok(());
         }
         if !response.batches.is_empty() {
-            self.append_fetched(replica, epoch, response.batches)
+            self.append_fetched(replica, epoch, response.batches, &response.traces)
                 .await?;
         }
         replica.follow_high_watermark(response.high_watermark);
@@ -253,9 +253,31 @@ impl Replication {
         replica: &Arc<Replica>,
         epoch: u64,
         batches: bytes::Bytes,
+        traces: &[streambus_proto::internal::BatchTrace],
     ) -> Result<(), Error> {
         let _expansion =
             crate::service::reserve_decompression(&self.decompression, &batches).await?;
+        // A span for each traced batch, a child of the leader's append of
+        // it, for as long as the follower's append (and fsync) takes.
+        let _spans: Vec<tracing::Span> = traces
+            .iter()
+            .filter_map(|t| {
+                let parent = streambus_service::trace::context_of(&t.traceparent)?;
+                let span = tracing::info_span!(
+                    parent: None,
+                    "replicate",
+                    otel.name = %format_args!("replicate {}", replica.topic),
+                    messaging.system = "streambus",
+                    messaging.destination.name = %replica.topic,
+                    messaging.destination.partition.id = replica.partition,
+                    streambus.node_id = replica.node_id,
+                    streambus.base_offset = t.base_offset,
+                    trace_id = tracing::field::Empty,
+                    span_id = tracing::field::Empty,
+                );
+                Some(streambus_service::trace::with_parent(span, Some(parent)))
+            })
+            .collect();
         let r = replica.clone();
         // The replica learns of the append on the blocking thread, even if
         // this fetch loop is aborted meanwhile.
@@ -455,7 +477,7 @@ mod tests {
         // refused retriably, and writes nothing.
         let held = budget.try_acquire(1 << 20).unwrap();
         let err = replication
-            .append_fetched(&replica, 3, batch.clone())
+            .append_fetched(&replica, 3, batch.clone(), &[])
             .await
             .unwrap_err();
         assert_eq!(err.reason, Reason::Overloaded, "{err}");
@@ -469,7 +491,7 @@ mod tests {
 
         drop(held);
         replication
-            .append_fetched(&replica, 3, batch)
+            .append_fetched(&replica, 3, batch, &[])
             .await
             .unwrap();
         assert_eq!(replica.log.end_offset(), 100);

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use streambus_proto::internal::storage_service_server::StorageService;
 use streambus_proto::internal::{
-    AppendRequest, AppendResponse, DescribeNodeRequest, DescribeNodeResponse, DivergingEpoch,
-    ListOffsetsRequest, ListOffsetsResponse, PartitionRef, ReplicaFetchRequest,
+    AppendRequest, AppendResponse, BatchTrace, DescribeNodeRequest, DescribeNodeResponse,
+    DivergingEpoch, ListOffsetsRequest, ListOffsetsResponse, PartitionRef, ReplicaFetchRequest,
     ReplicaFetchResponse, StorageFetchRequest, StorageFetchResponse, WatchRecordsRequest,
     list_offsets_request,
 };
@@ -20,6 +20,8 @@ use tonic::{Request, Response, Status};
 
 use streambus_record::decompressed_bound;
 use streambus_service::budget::{MemoryBudget, Permit};
+use streambus_service::trace;
+use tracing::Instrument;
 
 use crate::error::log_error;
 use crate::metrics::Metrics;
@@ -183,7 +185,20 @@ pub(crate) async fn append_in_order(
         // that gives up (its deadline passed) drops this future, and the
         // append must still move the log end the followers wait for and
         // the leader's own offset in the high watermark.
+        let parent = tracing::Span::current();
         let result = tokio::task::spawn_blocking(move || {
+            // The write and, under `fsync.policy=always`, its fsync.
+            let _span = (!parent.is_none() && trace::enabled()).then(|| {
+                tracing::info_span!(
+                    parent: &parent,
+                    "log append",
+                    streambus.fsync = matches!(
+                        log_replica.config().fsync_policy,
+                        streambus_cluster::topic_config::FsyncSetting::Always
+                    ),
+                )
+                .entered()
+            });
             let result = log_replica.log.append_with_epoch(&batch, epoch);
             log_replica.advance_high_watermark();
             result
@@ -349,11 +364,24 @@ impl StorageApi {
         if info.duplicate {
             self.metrics.duplicate_batches.inc();
         }
+        let traced = trace::in_trace();
+        if traced
+            && !info.duplicate
+            && let Some(traceparent) = trace::current_traceparent()
+        {
+            replica.note_trace(info.base_offset, traceparent);
+        }
         if acks_all {
             // A duplicate is acknowledged once its original is replicated.
-            self.acks
-                .wait_replicated(&replica, &p, leader_epoch, info.last_offset + 1)
-                .await?;
+            let wait = self
+                .acks
+                .wait_replicated(&replica, &p, leader_epoch, info.last_offset + 1);
+            if traced {
+                wait.instrument(tracing::info_span!("await replication"))
+                    .await?;
+            } else {
+                wait.await?;
+            }
         }
         self.metrics
             .append_seconds
@@ -417,6 +445,7 @@ impl StorageApi {
                 log_start_offset: log.log_start_offset(),
                 log_end_offset: log.end_offset(),
                 diverging,
+                traces: Vec::new(),
             };
         let offset = req.fetch_offset;
         if req.last_fetched_epoch >= 0 {
@@ -464,7 +493,18 @@ impl StorageApi {
                     .map_err(join_error)?
                     .map_err(|e| log_error(&p.topic, p.partition, e))?;
                 self.metrics.replicated_bytes.inc_by(read.data.len() as u64);
-                return Ok(response(read.data, None));
+                let mut fetched = response(read.data, None);
+                if streambus_service::trace::enabled() {
+                    fetched.traces = replica
+                        .traces_in(offset, read.next_offset)
+                        .into_iter()
+                        .map(|(base_offset, traceparent)| BatchTrace {
+                            base_offset,
+                            traceparent,
+                        })
+                        .collect();
+                }
+                return Ok(fetched);
             }
             let mut draining = self.draining.clone();
             let changed = tokio::select! {
@@ -609,7 +649,29 @@ impl StorageService for StorageApi {
         &self,
         request: Request<AppendRequest>,
     ) -> Result<Response<AppendResponse>, Status> {
-        Ok(Response::new(self.append(request.into_inner()).await?))
+        let req = request.into_inner();
+        // Spans only inside a sampled trace the call carried.
+        if !trace::in_trace() {
+            return Ok(Response::new(self.append(req).await?));
+        }
+        let (topic, partition) = req
+            .partition
+            .as_ref()
+            .map_or(("", 0), |p| (p.topic.as_str(), p.partition));
+        let span = trace::with_parent(
+            tracing::info_span!(
+                "append",
+                otel.name = %format_args!("append {topic}"),
+                messaging.system = "streambus",
+                messaging.destination.name = %topic,
+                messaging.destination.partition.id = partition,
+                messaging.message.body.size = req.batch.len(),
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty,
+            ),
+            None,
+        );
+        Ok(Response::new(self.append(req).instrument(span).await?))
     }
 
     async fn fetch(

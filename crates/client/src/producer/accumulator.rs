@@ -127,6 +127,10 @@ pub(crate) struct Batch {
     retry_at: Option<Instant>,
     /// The producer id it is stamped with.
     producer_id: Option<i64>,
+    /// The `traceparent` header of its first record that has one: the
+    /// gateway's and storage nodes' spans for the batch continue that
+    /// trace.
+    pub traceparent: Option<String>,
 }
 
 impl Batch {
@@ -189,6 +193,17 @@ pub(crate) fn record_size(record: &Record) -> usize {
         + record.value.as_ref().map_or(0, Bytes::len)
         + headers
         + 21
+}
+
+/// The record's W3C `traceparent` header, if it has one.
+fn traceparent_of(record: &Record) -> Option<String> {
+    let value = record
+        .headers
+        .iter()
+        .find(|h| h.key == "traceparent")?
+        .value
+        .as_ref()?;
+    std::str::from_utf8(value).ok().map(str::to_string)
 }
 
 fn earliest(a: Option<Instant>, b: Instant) -> Option<Instant> {
@@ -312,10 +327,14 @@ impl Accumulator {
                     attempts: 0,
                     retry_at: None,
                     producer_id: None,
+                    traceparent: None,
                 });
             }
             let batch = q.open.as_mut().expect("opened above");
             let delivery = batch.outcome.delivery(batch.records);
+            if batch.traceparent.is_none() && !record.headers.is_empty() {
+                batch.traceparent = traceparent_of(record);
+            }
             batch.builder.push(record);
             batch.records += 1;
             match (&mut batch.permit, permit) {
@@ -1033,6 +1052,33 @@ mod tests {
             acc.append("t", Some(0), 0, &record(None, "v"), None, now),
             Err(ClientError::Closed)
         ));
+    }
+
+    #[test]
+    fn a_batch_carries_the_first_traceparent_among_its_records() {
+        let acc = Accumulator::new(limits());
+        let now = Instant::now();
+        let traced = |value: &str| {
+            let mut r = record(None, "v");
+            r.headers.push(streambus_record::Header {
+                key: "traceparent".into(),
+                value: Some(Bytes::copy_from_slice(value.as_bytes())),
+            });
+            r
+        };
+        acc.append("t", Some(0), 0, &record(None, "v"), None, now)
+            .unwrap();
+        for value in ["00-a-b-01", "00-c-d-01"] {
+            acc.append("t", Some(0), 0, &traced(value), None, now)
+                .unwrap();
+        }
+        acc.append("t", Some(1), 0, &record(None, "v"), None, now)
+            .unwrap();
+        acc.seal_all();
+        let mut batches = drain(&acc, now);
+        batches.sort_by_key(|b| b.partition);
+        assert_eq!(batches[0].traceparent.as_deref(), Some("00-a-b-01"));
+        assert_eq!(batches[1].traceparent, None);
     }
 
     #[test]

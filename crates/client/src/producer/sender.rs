@@ -174,6 +174,7 @@ impl Sender {
                     partition: Some(batch.partition),
                     records: Vec::new(),
                     encoded_batch: batch.encoded(),
+                    traceparent: batch.traceparent.clone().unwrap_or_default(),
                 }),
                 acks,
             });

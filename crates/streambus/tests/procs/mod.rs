@@ -139,6 +139,16 @@ impl Cluster {
 
     /// [`Cluster::start`], the storage nodes also given `node_settings`.
     pub fn start_with(controllers: u64, gateways: usize, node_settings: &[String]) -> Cluster {
+        Cluster::start_configured(controllers, gateways, node_settings, &[])
+    }
+
+    /// [`Cluster::start_with`], every process also given `common`.
+    pub fn start_configured(
+        controllers: u64,
+        gateways: usize,
+        node_settings: &[String],
+        common: &[String],
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path();
         let addrs: Vec<(u64, String)> = (1..=controllers)
@@ -161,6 +171,7 @@ impl Cluster {
             if controllers > 1 {
                 settings.push(format!("controller.peers={}", peers.join(",")));
             }
+            settings.extend(common.iter().cloned());
             let mut c = Proc::new(path, &format!("controller-{id}"), "controller", &settings);
             c.start();
             cs.insert(*id, c);
@@ -188,6 +199,7 @@ impl Cluster {
                 ]
                 .into_iter()
                 .chain(node_settings.iter().cloned())
+                .chain(common.iter().cloned())
                 .collect::<Vec<String>>(),
             );
             n.start();
@@ -207,7 +219,10 @@ impl Cluster {
                 &[
                     format!("gateway.listen_addr={addr}"),
                     format!("gateway.controllers={all}"),
-                ],
+                ]
+                .into_iter()
+                .chain(common.iter().cloned())
+                .collect::<Vec<String>>(),
             );
             g.start();
             gws.push(g);
