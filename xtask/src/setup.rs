@@ -2,7 +2,9 @@
 //! rustfmt and clippy components, a C toolchain (librdkafka and ring are
 //! built from source), Python 3 with `venv` (the Python gRPC test), and a
 //! JDK 17 with Maven and Node.js with npm (the client tests,
-//! `clients.rs`). Nothing is installed when everything is already there.
+//! `clients.rs`), and Prometheus's `promtool` (the alert rules' tests; no
+//! service is started). Nothing is installed when everything is already
+//! there.
 //! Go is not: Debian's is older than the Go module and the Kubernetes
 //! build need (`clients.rs` and `k8s.rs` say which version).
 
@@ -45,7 +47,44 @@ fn missing_debian_packages() -> Vec<&'static str> {
     if !succeeds("npm", &["--version"]) {
         missing.push("npm");
     }
+    // promtool checks and unit-tests the alert rules.
+    if !succeeds("promtool", &["--version"]) {
+        missing.push("prometheus");
+    }
     missing
+}
+
+/// Debian starts the services of the packages it installs: none may start
+/// here (Prometheus's would listen on every interface). `policy-rc.d`
+/// answering 101 forbids it; one already there is left as it is.
+struct NoServiceStarts {
+    added: bool,
+}
+
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+impl NoServiceStarts {
+    fn new(sudo: &[&str]) -> Result<NoServiceStarts, String> {
+        if std::path::Path::new(POLICY_RC_D).exists() {
+            return Ok(NoServiceStarts { added: false });
+        }
+        let script =
+            format!("printf '#!/bin/sh\\nexit 101\\n' > {POLICY_RC_D} && chmod 755 {POLICY_RC_D}");
+        let mut args: Vec<&str> = sudo.to_vec();
+        args.extend(["sh", "-c", &script]);
+        run(args[0], &args[1..])?;
+        Ok(NoServiceStarts { added: true })
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if self.added {
+            let _ = std::fs::remove_file(POLICY_RC_D).or_else(|_| {
+                run("sudo", &["rm", "-f", POLICY_RC_D]).map_err(std::io::Error::other)
+            });
+        }
+    }
 }
 
 /// Makes sure every tool the test suite uses is present.
@@ -81,6 +120,7 @@ pub fn run_setup() -> Result<(), String> {
         run(full[0], &full[1..])
     };
     apt(&["update", "-q"])?;
+    let _no_services = NoServiceStarts::new(sudo)?;
     let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
     install.extend(missing);
     apt(&install)

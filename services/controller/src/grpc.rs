@@ -362,6 +362,7 @@ impl Proposer {
     /// Proposes `command` and waits until it is applied here.
     pub(crate) async fn propose(&self, command: Command) -> Result<CommandResponse, Error> {
         self.metrics.raft_proposals.inc();
+        let started = std::time::Instant::now();
         let write = tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.client_write(command));
         let outcome = if streambus_service::trace::in_trace() {
             // Committed by a quorum and applied here.
@@ -376,7 +377,12 @@ impl Proposer {
         };
         let raft_error = match outcome {
             // Committed and applied; the state machine may still have rejected it.
-            Ok(Ok(response)) => return response.data.into_result(),
+            Ok(Ok(response)) => {
+                self.metrics
+                    .raft_commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                return response.data.into_result();
+            }
             Err(_) => Error::new(
                 Reason::Timeout,
                 "the metadata change was not committed in time; it may still be applied",

@@ -6,10 +6,11 @@
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Controller metrics (prefix `streambus_controller_`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     /// Commands proposed to Raft by this controller.
     pub raft_proposals: Counter,
@@ -29,6 +30,36 @@ pub struct Metrics {
     /// Times the Raft store failed a write and the controller started over
     /// from its store on disk.
     pub store_failures: Counter,
+    /// Times this controller saw the Raft leader change (a new leader, or
+    /// none).
+    pub leader_changes: Counter,
+    /// Time from proposing a metadata change to its being committed and
+    /// applied here, for the changes this controller proposed.
+    pub raft_commit_seconds: Histogram,
+    /// Partitions without a serving leader in the applied metadata: the
+    /// leader's node is not alive, or reports the partition offline.
+    pub offline_partitions: Gauge,
+    /// Partitions whose in-sync replicas are fewer than their replicas.
+    pub under_replicated_partitions: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            raft_proposals: Counter::default(),
+            raft_proposal_failures: Counter::default(),
+            raft_term: Gauge::default(),
+            is_leader: Gauge::default(),
+            metadata_version: Gauge::default(),
+            topics: Gauge::default(),
+            storage_nodes_alive: Gauge::default(),
+            store_failures: Counter::default(),
+            leader_changes: Counter::default(),
+            raft_commit_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+            offline_partitions: Gauge::default(),
+            under_replicated_partitions: Gauge::default(),
+        }
+    }
 }
 
 impl Metrics {
@@ -72,7 +103,45 @@ impl Metrics {
             "Times the Raft store failed a write and the controller started over from disk",
             metrics.store_failures.clone(),
         );
+        r.register(
+            "leader_changes",
+            "Times this controller saw the Raft leader change",
+            metrics.leader_changes.clone(),
+        );
+        r.register(
+            "raft_commit_seconds",
+            "Time from proposing a metadata change to its being committed and applied",
+            metrics.raft_commit_seconds.clone(),
+        );
+        r.register(
+            "offline_partitions",
+            "Partitions without a serving leader (leader node not alive, or reporting the partition offline)",
+            metrics.offline_partitions.clone(),
+        );
+        r.register(
+            "under_replicated_partitions",
+            "Partitions with fewer in-sync replicas than replicas",
+            metrics.under_replicated_partitions.clone(),
+        );
         metrics
+    }
+
+    /// Sets the partition health gauges from the applied metadata.
+    pub fn observe_partitions(&self, md: &crate::metadata::Metadata) {
+        let alive: std::collections::HashSet<u64> = md.alive_nodes().into_iter().collect();
+        let (mut offline, mut under) = (0i64, 0i64);
+        for topic in md.topics.values() {
+            for p in topic.partitions.iter() {
+                if !alive.contains(&p.leader) || p.offline_replicas.contains(&p.leader) {
+                    offline += 1;
+                }
+                if p.isr.len() < p.replicas.len() {
+                    under += 1;
+                }
+            }
+        }
+        self.offline_partitions.set(offline);
+        self.under_replicated_partitions.set(under);
     }
 }
 

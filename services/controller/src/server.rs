@@ -499,6 +499,11 @@ async fn update_metrics(
 ) {
     let mut raft_rx = raft.metrics();
     let mut sm_rx = sm.subscribe();
+    let mut leader = None;
+    // Partition health walks every partition: at most once a second, not
+    // on every applied entry.
+    let mut health = tokio::time::interval(Duration::from_secs(1));
+    health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         {
             let m = raft_rx.borrow_and_update();
@@ -506,6 +511,12 @@ async fn update_metrics(
             metrics
                 .is_leader
                 .set(i64::from(m.state == ServerState::Leader));
+            if m.current_leader != leader {
+                if leader.is_some() || m.current_leader.is_some() {
+                    metrics.leader_changes.inc();
+                }
+                leader = m.current_leader;
+            }
         }
         {
             let md = sm_rx.borrow_and_update();
@@ -519,6 +530,7 @@ async fn update_metrics(
             () = cancel.cancelled() => return,
             r = raft_rx.changed() => if r.is_err() { return },
             r = sm_rx.changed() => if r.is_err() { return },
+            _ = health.tick() => metrics.observe_partitions(&sm_rx.borrow()),
         }
     }
 }

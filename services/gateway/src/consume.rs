@@ -507,9 +507,7 @@ impl ConsumeApi {
         offset: i64,
         resp: &StorageFetchResponse,
     ) -> Result<SubscribeResponse, Error> {
-        self.metrics
-            .consumed_bytes
-            .inc_by(resp.batches.len() as u64);
+        self.metrics.consumed(&req.topic, resp.batches.len() as u64);
         let (records, encoded, next_offset) = if req.encoded {
             let count: i64 = streambus_record::BatchIter::new(&resp.batches)
                 .filter_map(Result::ok)
@@ -731,9 +729,7 @@ impl ConsumeService for ConsumeApi {
                     d.truncated_at.unwrap_or(resp.next_offset),
                 )
             };
-            self.metrics
-                .consumed_bytes
-                .inc_by(resp.batches.len() as u64);
+            self.metrics.consumed(&req.topic, resp.batches.len() as u64);
             if !req.encoded {
                 self.metrics.consumed_records.inc_by(records.len() as u64);
             }

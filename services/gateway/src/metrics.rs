@@ -14,6 +14,12 @@ pub struct MethodLabels {
     pub method: &'static str,
 }
 
+/// The labels of per-topic metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    pub topic: String,
+}
+
 /// The labels of a consumer group's partition.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GroupPartitionLabels {
@@ -33,6 +39,10 @@ pub struct Metrics {
     pub consumed_records: Counter,
     /// Batch bytes sent to consumers.
     pub consumed_bytes: Counter,
+    /// Batch bytes acknowledged to producers, per topic.
+    pub topic_produced_bytes: Family<TopicLabels, Counter>,
+    /// Batch bytes sent to consumers, per topic.
+    pub topic_consumed_bytes: Family<TopicLabels, Counter>,
     /// Request latency by method (produce batches count one each on
     /// streams).
     pub request_seconds: Family<MethodLabels, Histogram>,
@@ -74,6 +84,8 @@ impl Metrics {
             produced_bytes: Counter::default(),
             consumed_records: Counter::default(),
             consumed_bytes: Counter::default(),
+            topic_produced_bytes: Family::default(),
+            topic_consumed_bytes: Family::default(),
             request_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
             }),
@@ -110,6 +122,16 @@ impl Metrics {
             "consumed_bytes",
             "Batch bytes sent to consumers",
             m.consumed_bytes.clone(),
+        );
+        r.register(
+            "topic_produced_bytes",
+            "Batch bytes acknowledged to producers, per topic",
+            m.topic_produced_bytes.clone(),
+        );
+        r.register(
+            "topic_consumed_bytes",
+            "Batch bytes sent to consumers, per topic",
+            m.topic_consumed_bytes.clone(),
         );
         r.register(
             "request_seconds",
@@ -152,6 +174,26 @@ impl Metrics {
             m.group_lag_seconds.clone(),
         );
         m
+    }
+
+    /// Counts `bytes` produced to `topic`.
+    pub fn produced(&self, topic: &str, bytes: u64) {
+        self.produced_bytes.inc_by(bytes);
+        self.topic_produced_bytes
+            .get_or_create(&TopicLabels {
+                topic: topic.to_string(),
+            })
+            .inc_by(bytes);
+    }
+
+    /// Counts `bytes` sent to consumers of `topic`.
+    pub fn consumed(&self, topic: &str, bytes: u64) {
+        self.consumed_bytes.inc_by(bytes);
+        self.topic_consumed_bytes
+            .get_or_create(&TopicLabels {
+                topic: topic.to_string(),
+            })
+            .inc_by(bytes);
     }
 
     /// Records one request's outcome.

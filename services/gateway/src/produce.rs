@@ -545,7 +545,7 @@ impl ProduceApi {
         self.metrics
             .produced_records
             .inc_by(u64::from(resp.record_count));
-        self.metrics.produced_bytes.inc_by(bytes);
+        self.metrics.produced(topic, bytes);
         Ok(PartitionAck {
             partition: write.partition,
             base_offset: resp.base_offset,

@@ -134,6 +134,7 @@ pub async fn serve_with_log_options(
         Partitions::with_open_options(config.node_id, config.data_dir.clone(), log_options)
             .with_replica_lag(config.replica_lag_time_max_ms),
     );
+    metrics.partitions.set(&partitions);
     let max_partitions = config.max_partitions();
     metrics.max_partitions.set(max_partitions as i64);
     tracing::info!(max_partitions, "storage node partition budget");

@@ -1,5 +1,9 @@
 //! Storage node metrics.
 
+use std::sync::{Arc, OnceLock, Weak};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -67,6 +71,73 @@ pub struct Metrics {
     pub fetch_requests: Counter,
     /// Record watches (`WatchRecords`) waiting now.
     pub record_watches: Gauge,
+    /// The hosted replicas whose offsets each scrape reports
+    /// (`streambus_storage_partition_log_end_offset`, `_high_watermark`).
+    pub partitions: PartitionOffsets,
+}
+
+/// Reports every hosted replica's log end offset and high watermark at
+/// each scrape, labelled by topic, partition and role; set once the
+/// node's replicas exist ([`PartitionOffsets::set`]).
+#[derive(Clone, Default)]
+pub struct PartitionOffsets {
+    source: Arc<OnceLock<Weak<crate::partitions::Partitions>>>,
+}
+
+impl PartitionOffsets {
+    /// The replicas to report.
+    pub fn set(&self, partitions: &Arc<crate::partitions::Partitions>) {
+        let _ = self.source.set(Arc::downgrade(partitions));
+    }
+}
+
+impl std::fmt::Debug for PartitionOffsets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionOffsets").finish_non_exhaustive()
+    }
+}
+
+impl Collector for PartitionOffsets {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(partitions) = self.source.get().and_then(Weak::upgrade) else {
+            return Ok(());
+        };
+        let mut replicas = partitions.all();
+        replicas.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        type Read = fn(&crate::replica::Replica) -> i64;
+        let series: [(&str, &str, Read); 2] = [
+            (
+                "streambus_storage_partition_log_end_offset",
+                "The offset the next record appended to this replica gets",
+                |r| r.log.end_offset(),
+            ),
+            (
+                "streambus_storage_partition_high_watermark",
+                "The offset below which this replica's records are committed (visible to consumers)",
+                crate::replica::Replica::high_watermark,
+            ),
+        ];
+        for (name, help, read) in series {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for r in &replicas {
+                let partition = r.partition.to_string();
+                let role = if r.is_leader() { "leader" } else { "follower" };
+                let labels = [
+                    ("topic", r.topic.as_str()),
+                    ("partition", partition.as_str()),
+                    ("role", role),
+                ];
+                let gauge = prometheus_client::metrics::gauge::ConstGauge::new(read(r));
+                gauge.encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Metrics {
@@ -135,7 +206,9 @@ impl Metrics {
             open_files_over_limit: Counter::default(),
             fetch_requests: Counter::default(),
             record_watches: Gauge::default(),
+            partitions: PartitionOffsets::default(),
         };
+        registry.register_collector(Box::new(m.partitions.clone()));
         registry.register_collector(Box::new(streambus_service::budget::BudgetCollector::new(
             "streambus_storage",
             m.budgets.clone(),
