@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use procs::Cluster;
-use streambus_client::{Client, ProducerConfig, Record};
+use streambus_client::{Client, GroupEvent, GroupOptions, OffsetReset, ProducerConfig, Record};
 
 /// The `/metrics` text of the process whose HTTP endpoint is `http`.
 fn scrape(http: &str) -> String {
@@ -48,7 +48,7 @@ fn wait_for(http: &str, what: &str, f: impl Fn(&str) -> bool) -> String {
 fn offsets_and_partition_health_are_exported() {
     let mut cluster = Cluster::start(1, 1);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
+    let _member = rt.block_on(async {
         let client = Client::connect(cluster.gateway_addrs[0].as_str())
             .await
             .unwrap();
@@ -82,6 +82,33 @@ fn offsets_and_partition_health_are_exported() {
         producer.close().await;
         let fetched = client.fetch("solo", 0, 0, 0, Duration::ZERO).await.unwrap();
         assert_eq!(fetched.records.len(), 3);
+        // A failed call, counted in request_errors.
+        assert!(
+            client
+                .fetch("missing", 0, 0, 0, Duration::ZERO)
+                .await
+                .is_err()
+        );
+        // A group member that read part of solo: its lag is exported.
+        let mut member = client
+            .group_consumer(GroupOptions {
+                reset: OffsetReset::Earliest,
+                auto_commit_interval: Duration::from_millis(200),
+                ..GroupOptions::new("g", &["solo"])
+            })
+            .await
+            .unwrap();
+        let mut read = 0;
+        while read < 3 {
+            let event = tokio::time::timeout(Duration::from_secs(30), member.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            read += usize::from(matches!(event, GroupEvent::Record(..)));
+        }
+        member.commit().await.unwrap();
+        (client, member)
     });
 
     // Bytes in and out per topic, on the gateway.
@@ -128,6 +155,18 @@ fn offsets_and_partition_health_are_exported() {
     }
     assert_eq!(solo, HashMap::from([(0, 3.0), (1, 1.0), (2, 2.0)]));
 
+    // Every metric the dashboard names is in a scrape of some process.
+    wait_for(&cluster.gateways[0].http, "group lag exported", |t| {
+        t.contains("streambus_gateway_group_lag_records{")
+            && t.contains("streambus_gateway_group_lag_seconds{")
+            && t.contains("streambus_gateway_request_errors_total{")
+    });
+    let mut scraped = scrape(&cluster.controllers[&1].http);
+    for p in cluster.nodes.values().chain(&cluster.gateways) {
+        scraped.push_str(&scrape(&p.http));
+    }
+    check_dashboard(&scraped, cluster.dir.path());
+
     let controller = cluster.controllers[&1].http.clone();
     let text = wait_for(&controller, "health observed", |t| {
         sample(t, "streambus_controller_offline_partitions") == Some(0.0)
@@ -153,8 +192,11 @@ fn offsets_and_partition_health_are_exported() {
         sample(t, "streambus_controller_offline_partitions") == Some(led_by_3 as f64)
     });
     let text = wait_for(&controller, "triple under-replicated", |t| {
-        sample(t, "streambus_controller_under_replicated_partitions") == Some(1.0)
+        // triple, and the partitions of the group offsets topic that node
+        // 3 held.
+        sample(t, "streambus_controller_under_replicated_partitions").is_some_and(|n| n >= 1.0)
     });
+    let under = sample(&text, "streambus_controller_under_replicated_partitions").unwrap();
 
     // The alert rules fire on what the scrape shows, held for 10 minutes.
     let held = |series: &str| -> String {
@@ -190,7 +232,7 @@ fn offsets_and_partition_health_are_exported() {
         under = alert(
             "StreamBusUnderReplicatedPartitions",
             "warning",
-            "1 StreamBus partitions have fewer in-sync replicas than replicas".into(),
+            format!("{under} StreamBus partitions have fewer in-sync replicas than replicas"),
         ),
     );
     let file = cluster.dir.path().join("alerts_test.yml");
@@ -206,6 +248,74 @@ fn offsets_and_partition_health_are_exported() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Checks `deploy/observability/grafana-dashboard.json`: it parses, every
+/// panel query parses as PromQL (`promtool check rules` on a recording
+/// rule per query), and every metric a query names is in `scraped` (the
+/// text of a scrape of every role), as a sample or a declared family.
+fn check_dashboard(scraped: &str, dir: &std::path::Path) {
+    let path = alerts_file().with_file_name("grafana-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect();
+    assert!(exprs.len() >= 20, "{} queries", exprs.len());
+    let rules: String = exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| format!("      - record: dashboard_query_{i}\n        expr: {e:?}\n"))
+        .collect();
+    let file = dir.join("dashboard_rules.yml");
+    std::fs::write(
+        &file,
+        format!("groups:\n  - name: dashboard\n    rules:\n{rules}"),
+    )
+    .unwrap();
+    let out = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool runs (cargo xtask setup installs it)");
+    assert!(
+        out.status.success(),
+        "dashboard queries:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut names = std::collections::HashSet::new();
+    for line in scraped.lines() {
+        let name = match line.strip_prefix("# TYPE ") {
+            Some(rest) => rest.split_whitespace().next(),
+            None if line.starts_with('#') => None,
+            None => line.split(['{', ' ']).next(),
+        };
+        names.extend(name.filter(|n| !n.is_empty()).map(str::to_string));
+    }
+    for expr in &exprs {
+        let mut rest = expr.as_str();
+        while let Some(at) = rest.find("streambus_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            // A family without samples yet is declared by its base name.
+            let declared = names.contains(&name)
+                || ["_total", "_bucket", "_count", "_sum"]
+                    .iter()
+                    .any(|suffix| name.strip_suffix(suffix).is_some_and(|b| names.contains(b)));
+            assert!(
+                declared,
+                "the dashboard's {name} (in {expr}) is in no scrape"
+            );
+            rest = &rest[at + name.len()..];
+        }
+    }
 }
 
 fn alerts_file() -> std::path::PathBuf {
