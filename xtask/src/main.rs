@@ -104,7 +104,8 @@ pub fn cache_root() -> Result<std::path::PathBuf, String> {
 
 fn ci() -> Result<(), String> {
     setup::run_setup()?;
-    // The tracing test exports to a real Jaeger.
+    // The observability test exports to a real Jaeger (and Prometheus,
+    // from setup's Debian packages).
     observability::install_jaeger()?;
     run("cargo", &["fmt", "--all", "--check"])?;
     run(

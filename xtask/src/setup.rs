@@ -2,8 +2,8 @@
 //! rustfmt and clippy components, a C toolchain (librdkafka and ring are
 //! built from source), Python 3 with `venv` (the Python gRPC test), and a
 //! JDK 17 with Maven and Node.js with npm (the client tests,
-//! `clients.rs`), and Prometheus's `promtool` (the alert rules' tests; no
-//! service is started). Nothing is installed when everything is already
+//! `clients.rs`), and Prometheus with `promtool` (the alert rules' tests
+//! and the observability test's scraper; no service is started). Nothing is installed when everything is already
 //! there.
 //! Go is not: Debian's is older than the Go module and the Kubernetes
 //! build need (`clients.rs` and `k8s.rs` say which version).
@@ -47,8 +47,9 @@ fn missing_debian_packages() -> Vec<&'static str> {
     if !succeeds("npm", &["--version"]) {
         missing.push("npm");
     }
-    // promtool checks and unit-tests the alert rules.
-    if !succeeds("promtool", &["--version"]) {
+    // promtool checks and unit-tests the alert rules; the observability
+    // test runs a Prometheus of its own.
+    if !succeeds("promtool", &["--version"]) || !succeeds("prometheus", &["--version"]) {
         missing.push("prometheus");
     }
     missing

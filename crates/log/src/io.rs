@@ -14,10 +14,11 @@ use std::fmt;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use crate::LogError;
 use crate::error::IoContext;
+use crate::fsync_stats::FsyncStats;
 
 /// How [`Io::open`] opens a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -278,13 +279,13 @@ fn create_dir_all_with(
     Ok(())
 }
 
-/// The log's handle on its file system: the [`Io`] plus the fsync counter.
-/// All helpers attach the path to errors.
+/// The log's handle on its file system: the [`Io`] plus the fsync
+/// statistics. All helpers attach the path to errors.
 #[derive(Debug, Clone)]
 pub(crate) struct Disk {
     pub io: Arc<dyn Io>,
-    /// Incremented before every data or directory fsync.
-    pub fsyncs: Arc<AtomicU64>,
+    /// Every data or directory fsync is recorded here once it returns.
+    pub fsyncs: Arc<FsyncStats>,
 }
 
 impl Disk {
@@ -296,17 +297,19 @@ impl Disk {
 
     /// `fdatasync` of `file` (named `path` in errors), counted.
     pub fn sync_file(&self, file: &dyn IoFile, path: &Path) -> Result<(), LogError> {
-        self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        file.sync_data().ctx(|| format!("fsync {}", path.display()))
+        let started = Instant::now();
+        let synced = file.sync_data();
+        self.fsyncs.record(started.elapsed());
+        synced.ctx(|| format!("fsync {}", path.display()))
     }
 
     /// Fsyncs a directory so created, renamed and deleted entries are
     /// durable, counted.
     pub fn sync_dir(&self, dir: &Path) -> Result<(), LogError> {
-        self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        self.io
-            .sync_dir(dir)
-            .ctx(|| format!("fsync directory {}", dir.display()))
+        let started = Instant::now();
+        let synced = self.io.sync_dir(dir);
+        self.fsyncs.record(started.elapsed());
+        synced.ctx(|| format!("fsync directory {}", dir.display()))
     }
 
     /// Creates `dir` and any missing parents, fsyncing (counted) the

@@ -27,6 +27,7 @@ mod compaction;
 mod config;
 mod epoch;
 mod error;
+mod fsync_stats;
 pub mod handles;
 mod index;
 pub mod io;
@@ -47,6 +48,7 @@ pub use config::{
     MIN_SEGMENT_BYTES,
 };
 pub use error::LogError;
+pub use fsync_stats::{FSYNC_BUCKETS_SECONDS, FsyncSnapshot, FsyncStats};
 pub use handles::{HandleCache, HandleStats};
 pub use log::{AppendInfo, Log, OpenOptions, ReplicatedAppendInfo};
 pub use producer::{PRODUCER_EXPIRY_MS, PRODUCER_WINDOW};

@@ -1,7 +1,7 @@
 //! The [`Log`] type: open, append, roll, flush, close.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -11,6 +11,7 @@ use streambus_record::{
 };
 
 use crate::epoch::{self, EpochCache};
+use crate::fsync_stats::FsyncStats;
 use crate::io::{Disk, Io, IoFile, OpenMode, StdIo};
 use crate::producer::{ProducerState, SequenceCheck};
 use crate::recovery::{CLEAN_SHUTDOWN_FILE, recover};
@@ -19,13 +20,13 @@ use crate::sync::{Flusher, SyncState};
 use crate::{FsyncPolicy, LogConfig, LogError};
 
 /// How [`Log::open_with`] opens a log: which file system, which fsync
-/// counter, which interval flusher. `OpenOptions::default()` is what
-/// [`Log::open`] uses: the real file system, a counter of its own and the
+/// statistics, which interval flusher. `OpenOptions::default()` is what
+/// [`Log::open`] uses: the real file system, statistics of its own and the
 /// process-wide flusher.
 #[derive(Debug, Clone, Default)]
 pub struct OpenOptions {
     io: Option<Arc<dyn Io>>,
-    fsync_counter: Option<Arc<AtomicU64>>,
+    fsync_stats: Option<Arc<FsyncStats>>,
     flusher: Option<Flusher>,
 }
 
@@ -48,10 +49,11 @@ impl OpenOptions {
         self.io.as_ref()
     }
 
-    /// Counts every data and directory fsync of the log into `counter`
-    /// (share one counter between many logs for a per-node metric).
-    pub fn fsync_counter(mut self, counter: Arc<AtomicU64>) -> OpenOptions {
-        self.fsync_counter = Some(counter);
+    /// Records every data and directory fsync of the log, and how long it
+    /// took, in `stats` (share them between many logs for per-node
+    /// metrics).
+    pub fn fsync_stats(mut self, stats: Arc<FsyncStats>) -> OpenOptions {
+        self.fsync_stats = Some(stats);
         self
     }
 
@@ -519,7 +521,7 @@ impl Log {
         Log::open_with(dir, config, OpenOptions::default())
     }
 
-    /// Like [`Log::open`], with the file system, fsync counter and flusher
+    /// Like [`Log::open`], with the file system, fsync statistics and flusher
     /// given in `options`.
     pub fn open_with(
         dir: impl AsRef<Path>,
@@ -529,7 +531,7 @@ impl Log {
         config.validate()?;
         let disk = Disk {
             io: options.io.unwrap_or_else(|| Arc::new(StdIo)),
-            fsyncs: options.fsync_counter.unwrap_or_default(),
+            fsyncs: options.fsync_stats.unwrap_or_default(),
         };
         let dir = dir.as_ref().to_path_buf();
         let recovered = recover(&disk, &dir, &config, now_ms())?;
@@ -942,10 +944,10 @@ impl Log {
         Ok(())
     }
 
-    /// Fsyncs (data and directory) counted so far by this log's counter
-    /// (shared with other logs if one was given in [`OpenOptions`]).
+    /// Fsyncs (data and directory) recorded so far in this log's
+    /// statistics (shared with other logs if given in [`OpenOptions`]).
     pub fn fsyncs(&self) -> u64 {
-        self.shared.disk.fsyncs.load(Ordering::Relaxed)
+        self.shared.disk.fsyncs.count()
     }
 
     /// Rolls the active segment if it is older than `segment_ms` (measured

@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,7 +14,9 @@ use std::time::Duration;
 use common::*;
 use streambus_log::io::Io;
 use streambus_log::sim::{SimIo, SimOp};
-use streambus_log::{CleanupPolicy, FsyncPolicy, Log, LogConfig, LogError, OpenOptions};
+use streambus_log::{
+    CleanupPolicy, FsyncPolicy, FsyncStats, Log, LogConfig, LogError, OpenOptions,
+};
 use streambus_record::{BatchIter, Compression};
 
 const DIR: &str = "/data/topic-0";
@@ -48,7 +50,7 @@ fn concurrent_appenders_under_always_share_fsyncs() {
             std::thread::sleep(Duration::from_millis(3));
         }
     })));
-    let counter = Arc::new(AtomicU64::new(0));
+    let counter = Arc::new(FsyncStats::default());
     let log = Arc::new(
         Log::open_with(
             dir(),
@@ -58,11 +60,11 @@ fn concurrent_appenders_under_always_share_fsyncs() {
             },
             OpenOptions::new()
                 .io(Arc::new(sim.clone()))
-                .fsync_counter(counter.clone()),
+                .fsync_stats(counter.clone()),
         )
         .unwrap(),
     );
-    let before = counter.load(Ordering::Relaxed);
+    let before = counter.count();
     assert!(before > 0, "opening fsyncs the new segment's directory");
     let handles: Vec<_> = (0..THREADS)
         .map(|t| {
@@ -78,11 +80,11 @@ fn concurrent_appenders_under_always_share_fsyncs() {
     for h in handles {
         h.join().unwrap();
     }
-    let fsyncs = counter.load(Ordering::Relaxed) - before;
+    let fsyncs = counter.count() - before;
     let total = (THREADS * APPENDS) as u64;
     assert_eq!(log.end_offset(), total as i64);
     assert_eq!(log.durable_offset(), total as i64);
-    assert_eq!(log.fsyncs(), counter.load(Ordering::Relaxed));
+    assert_eq!(log.fsyncs(), counter.count());
     // Without sharing there would be one fsync per append.
     assert!(
         fsyncs <= total / 2,
@@ -98,26 +100,26 @@ fn concurrent_appenders_under_always_share_fsyncs() {
 #[test]
 fn one_fsync_counter_serves_many_logs() {
     let sim = SimIo::new(2);
-    let counter = Arc::new(AtomicU64::new(0));
+    let counter = Arc::new(FsyncStats::default());
     let opts = || {
         OpenOptions::new()
             .io(Arc::new(sim.clone()))
-            .fsync_counter(counter.clone())
+            .fsync_stats(counter.clone())
     };
     let a = Log::open_with("/data/a", config(FsyncPolicy::Never), opts()).unwrap();
     let b = Log::open_with("/data/b", config(FsyncPolicy::Never), opts()).unwrap();
-    let start = counter.load(Ordering::Relaxed);
+    let start = counter.count();
     a.append(&batch("a", 1, 1)).unwrap();
     b.append(&batch("b", 1, 1)).unwrap();
-    assert_eq!(
-        counter.load(Ordering::Relaxed),
-        start,
-        "Never does not sync"
-    );
+    assert_eq!(counter.count(), start, "Never does not sync");
     a.flush().unwrap();
     b.flush().unwrap();
-    assert_eq!(counter.load(Ordering::Relaxed), start + 2);
+    assert_eq!(counter.count(), start + 2);
     assert_eq!(a.fsyncs(), b.fsyncs());
+    // Every fsync is in the latency histogram too.
+    let snapshot = counter.snapshot();
+    assert_eq!(snapshot.count, start + 2);
+    assert_eq!(snapshot.buckets.iter().map(|b| b.1).sum::<u64>(), start + 2);
 }
 
 /// A sync hook that blocks the first sync of `target` until released.

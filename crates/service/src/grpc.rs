@@ -179,6 +179,7 @@ pub fn drain_signal(
     let drain = Drain {
         started: rx,
         cut: Arc::new(Cut::default()),
+        connections: Connections::default(),
     };
     (signal, drain)
 }
@@ -188,6 +189,35 @@ pub fn drain_signal(
 pub struct Drain {
     started: tokio::sync::oneshot::Receiver<()>,
     cut: Arc<Cut>,
+    connections: Connections,
+}
+
+/// A server's connection counts, for its metrics: the connections open now
+/// and those accepted since the process started.
+#[derive(Clone, Debug, Default)]
+pub struct Connections {
+    /// Client connections open now.
+    pub open: prometheus_client::metrics::gauge::Gauge,
+    /// Client connections accepted so far.
+    pub accepted: prometheus_client::metrics::counter::Counter,
+}
+
+impl Connections {
+    /// Registers them as `<prefix>_connections` and
+    /// `<prefix>_connections_accepted_total`.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry, prefix: &str) {
+        let r = registry.sub_registry_with_prefix(prefix);
+        r.register(
+            "connections",
+            "Connections open on the gRPC listener",
+            self.open.clone(),
+        );
+        r.register(
+            "connections_accepted",
+            "Connections accepted by the gRPC listener",
+            self.accepted.clone(),
+        );
+    }
 }
 
 /// The connections of one server, and whether they were cut.
@@ -220,8 +250,14 @@ impl Cut {
 }
 
 impl Drain {
+    /// Counts the server's connections in `connections`.
+    pub fn count_connections(mut self, connections: Connections) -> Drain {
+        self.connections = connections;
+        self
+    }
+
     /// The server's connection stream (as [`incoming`]), with connections
-    /// that [`Drain::bound`] can cut.
+    /// that [`Drain::bound`] can cut, each counted while open.
     pub fn incoming(
         &self,
         listener: tokio::net::TcpListener,
@@ -229,11 +265,17 @@ impl Drain {
     + Send
     + 'static {
         let cut = self.cut.clone();
+        let connections = self.connections.clone();
         incoming(listener).map(move |accepted| {
-            accepted.map(|io| Cuttable {
-                io,
-                waker: cut.register(),
-                cut: cut.clone(),
+            accepted.map(|io| {
+                connections.accepted.inc();
+                connections.open.inc();
+                Cuttable {
+                    io,
+                    waker: cut.register(),
+                    cut: cut.clone(),
+                    open: connections.open.clone(),
+                }
             })
         })
     }
@@ -288,6 +330,14 @@ pub struct Cuttable<T> {
     io: T,
     waker: Arc<AtomicWaker>,
     cut: Arc<Cut>,
+    /// The open-connections gauge this connection counts in.
+    open: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl<T> Drop for Cuttable<T> {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
 }
 
 impl<T> Cuttable<T> {

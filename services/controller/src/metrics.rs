@@ -41,6 +41,9 @@ pub struct Metrics {
     pub offline_partitions: Gauge,
     /// Partitions whose in-sync replicas are fewer than their replicas.
     pub under_replicated_partitions: Gauge,
+    /// Connections to the controller's gRPC listener (clients, storage
+    /// nodes, gateways and other controllers).
+    pub connections: streambus_service::grpc::Connections,
 }
 
 impl Default for Metrics {
@@ -58,6 +61,7 @@ impl Default for Metrics {
             raft_commit_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             offline_partitions: Gauge::default(),
             under_replicated_partitions: Gauge::default(),
+            connections: Default::default(),
         }
     }
 }
@@ -66,6 +70,9 @@ impl Metrics {
     /// Creates the metrics and registers them under `streambus_controller_`.
     pub fn new(registry: &mut Registry) -> Metrics {
         let metrics = Metrics::default();
+        metrics
+            .connections
+            .register(registry, "streambus_controller");
         let r = registry.sub_registry_with_prefix("streambus_controller");
         r.register(
             "raft_proposals",

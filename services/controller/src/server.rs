@@ -375,6 +375,7 @@ async fn run(
         ended.cancelled().await;
         tracing::info!("controller shutting down");
     });
+    let drain = drain.count_connections(shared.metrics.connections.clone());
     let serve = streambus_service::grpc::server()
         .add_service(health_service)
         .add_service(reflection)

@@ -100,7 +100,7 @@ impl AdminApi {
                     .call(
                         &topic,
                         partition,
-                        CallPolicy::read(deadline),
+                        CallPolicy::read("ListOffsets", deadline),
                         |mut c, t, _| {
                             let request = request.clone();
                             async move { c.list_offsets(router::request(request, t)).await }

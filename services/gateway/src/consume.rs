@@ -195,7 +195,7 @@ impl ConsumeApi {
         };
         let wait = Duration::from_millis(u64::from(request.max_wait_ms));
         let deadline = tokio::time::Instant::now() + wait + LOOKUP_TIMEOUT;
-        let policy = CallPolicy::read(deadline).with_server_wait(wait);
+        let policy = CallPolicy::read("Fetch", deadline).with_server_wait(wait);
         self.router
             .call(topic, partition, policy, |mut c, t, _| {
                 let request = request.clone();
@@ -303,7 +303,7 @@ impl ConsumeApi {
             .call(
                 topic,
                 partition,
-                CallPolicy::read(deadline),
+                CallPolicy::read("ListOffsets", deadline),
                 |mut c, t, _| {
                     let request = request.clone();
                     async move { c.list_offsets(router::request(request, t)).await }

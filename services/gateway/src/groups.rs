@@ -153,6 +153,7 @@ impl GroupApi {
     /// Runs `call` on the coordinator of `group`, through its moves.
     async fn on_coordinator<T, F, Fut>(
         &self,
+        method: &'static str,
         group: &str,
         timeout: Duration,
         call: F,
@@ -177,7 +178,7 @@ impl GroupApi {
             .call(
                 TOPIC,
                 partition_for(group, count),
-                CallPolicy::read(deadline),
+                CallPolicy::read(method, deadline),
                 |c, t, _| call(c, t),
             )
             .await
@@ -189,7 +190,7 @@ impl GroupApi {
         timeout: Duration,
     ) -> Result<GroupHeartbeatResponse, Error> {
         let group = req.group.clone();
-        self.on_coordinator(&group, timeout, |mut c, t| {
+        self.on_coordinator("GroupHeartbeat", &group, timeout, |mut c, t| {
             let req = req.clone();
             async move { c.group_heartbeat(router::request(req, t)).await }
         })
@@ -221,7 +222,7 @@ impl GroupApi {
     async fn commit(&self, req: CommitOffsetsRequest) -> Result<(), Error> {
         self.check_partitions(&req.offsets).await?;
         let group = req.group.clone();
-        self.on_coordinator(&group, CALL_TIMEOUT, |mut c, t| {
+        self.on_coordinator("CommitOffsets", &group, CALL_TIMEOUT, |mut c, t| {
             let req = req.clone();
             async move { c.commit_offsets(router::request(req, t)).await }
         })
@@ -232,7 +233,7 @@ impl GroupApi {
 
     async fn fetch_offsets(&self, req: FetchOffsetsRequest) -> Result<FetchOffsetsResponse, Error> {
         let group = req.group.clone();
-        self.on_coordinator(&group, CALL_TIMEOUT, |mut c, t| {
+        self.on_coordinator("FetchOffsets", &group, CALL_TIMEOUT, |mut c, t| {
             let req = req.clone();
             async move { c.fetch_offsets(router::request(req, t)).await }
         })
@@ -243,7 +244,7 @@ impl GroupApi {
         let req = DescribeGroupRequest {
             group: group.to_string(),
         };
-        self.on_coordinator(group, CALL_TIMEOUT, |mut c, t| {
+        self.on_coordinator("DescribeGroup", group, CALL_TIMEOUT, |mut c, t| {
             let req = req.clone();
             async move { c.describe_group(router::request(req, t)).await }
         })
@@ -266,7 +267,7 @@ impl GroupApi {
             .call(
                 &tp.topic,
                 tp.partition,
-                CallPolicy::read(deadline),
+                CallPolicy::read("ListOffsets", deadline),
                 |mut c, t, _| {
                     let request = request.clone();
                     async move { c.list_offsets(router::request(request, t)).await }
@@ -1301,7 +1302,7 @@ impl GroupService for GroupApi {
         let req = request.into_inner();
         let group = req.group.clone();
         let r = self
-            .on_coordinator(&group, CALL_TIMEOUT, |mut c, t| {
+            .on_coordinator("DeleteGroup", &group, CALL_TIMEOUT, |mut c, t| {
                 let req = req.clone();
                 async move { c.delete_group(router::request(req, t)).await }
             })

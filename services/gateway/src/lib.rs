@@ -105,7 +105,12 @@ pub async fn serve_with_listener(
             .clone()
             .run(ready, Duration::from_millis(config.metadata_staleness_ms)),
     );
-    let router = router::Router::new(cache, Duration::from_millis(config.storage_call_timeout_ms));
+    let connections = metrics.connections.clone();
+    let router = router::Router::new(
+        cache,
+        Duration::from_millis(config.storage_call_timeout_ms),
+        metrics.storage_request_seconds.clone(),
+    );
     let (drain_tx, drain_rx) = watch::channel(false);
 
     let memory = MemoryBudget::new("gateway.memory_budget_bytes", config.memory_budget());
@@ -171,6 +176,7 @@ pub async fn serve_with_listener(
         let _ = health_task.await;
     };
     let (shutdown, drain) = streambus_service::grpc::drain_signal(shutdown);
+    let drain = drain.count_connections(connections);
     let serve = streambus_service::grpc::server()
         .add_service(health_service)
         .add_service(streambus_service::grpc::reflection_service())

@@ -48,6 +48,9 @@ pub struct Metrics {
     pub request_seconds: Family<MethodLabels, Histogram>,
     /// Failed requests by method.
     pub request_errors: Family<MethodLabels, Counter>,
+    /// Every attempt of a request to a storage node, by its method and
+    /// the node's address (long-poll fetches include their wait).
+    pub storage_request_seconds: Family<crate::router::HopLabels, Histogram>,
     /// Appends to storage nodes in flight now (every acks mode).
     pub in_flight_writes: Gauge,
     /// Batch bytes of the appends in flight now.
@@ -55,6 +58,9 @@ pub struct Metrics {
     /// The memory budgets, reported at every scrape
     /// (`streambus_gateway_memory_{budget,used}_bytes`, `_memory_waiters`).
     pub budgets: streambus_service::budget::Budgets,
+    /// Client connections (`streambus_gateway_connections`,
+    /// `_connections_accepted_total`).
+    pub connections: streambus_service::grpc::Connections,
     /// Group members whose `ConsumeGroup` stream this gateway serves.
     pub group_members: Gauge,
     /// Offset commits for groups (streams and `CommitOffsets`).
@@ -90,9 +96,13 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
             }),
             request_errors: Family::default(),
+            storage_request_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+            }),
             in_flight_writes: Gauge::default(),
             in_flight_bytes: Gauge::default(),
             budgets: Default::default(),
+            connections: Default::default(),
             group_members: Gauge::default(),
             group_commits: Counter::default(),
             group_lag: Family::default(),
@@ -102,6 +112,7 @@ impl Metrics {
             "streambus_gateway",
             m.budgets.clone(),
         )));
+        m.connections.register(registry, "streambus_gateway");
         let r = registry.sub_registry_with_prefix("streambus_gateway");
         r.register(
             "produced_records",
@@ -142,6 +153,11 @@ impl Metrics {
             "request_errors",
             "Failed requests by method",
             m.request_errors.clone(),
+        );
+        r.register(
+            "storage_request_seconds",
+            "Latency of each attempt of a request to a storage node, by method and node (long-poll fetches include their wait)",
+            m.storage_request_seconds.clone(),
         );
         r.register(
             "in_flight_writes",

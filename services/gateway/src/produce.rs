@@ -527,7 +527,7 @@ impl ProduceApi {
         let idempotent = is_idempotent(&request.batch);
         let policy = CallPolicy {
             retry_timeouts: idempotent,
-            ..CallPolicy::write(deadline)
+            ..CallPolicy::write("Append", deadline)
         };
         let resp = self
             .router
@@ -898,7 +898,11 @@ mod tests {
         );
         let metrics = Metrics::new(&mut Registry::default());
         ProduceApi {
-            router: Router::new(cache, Duration::from_secs(1)),
+            router: Router::new(
+                cache,
+                Duration::from_secs(1),
+                metrics.storage_request_seconds.clone(),
+            ),
             metrics: metrics.clone(),
             default_timeout: Duration::from_secs(1),
             max_in_flight: 4,

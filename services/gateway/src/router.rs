@@ -18,6 +18,10 @@ use streambus_proto::{Error, Reason};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+
 use crate::metadata::MetadataCache;
 
 /// Routes partition requests to their leaders.
@@ -26,11 +30,24 @@ pub struct Router {
     metadata: MetadataCache,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     attempt_timeout: Duration,
+    /// Every attempt's latency, by method and storage node.
+    hops: Family<HopLabels, Histogram>,
+}
+
+/// The labels of the gateway-to-storage-node latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HopLabels {
+    /// The storage node's `StorageService` method.
+    pub method: &'static str,
+    /// The storage node's address.
+    pub storage_node: String,
 }
 
 /// How one routed request may be attempted.
 #[derive(Debug, Clone, Copy)]
 pub struct CallPolicy {
+    /// The storage node's method, for the latency metric.
+    pub method: &'static str,
     /// When the whole request (every attempt and pause) must be done.
     pub deadline: Instant,
     /// How long the storage node may legitimately hold one attempt on
@@ -43,18 +60,21 @@ pub struct CallPolicy {
 }
 
 impl CallPolicy {
-    /// A read (safe to repeat) that must finish by `deadline`.
-    pub fn read(deadline: Instant) -> CallPolicy {
+    /// A read (safe to repeat) of `method` that must finish by `deadline`.
+    pub fn read(method: &'static str, deadline: Instant) -> CallPolicy {
         CallPolicy {
+            method,
             deadline,
             server_wait: Duration::ZERO,
             retry_timeouts: true,
         }
     }
 
-    /// A write that must finish by `deadline`; a timed-out attempt ends it.
-    pub fn write(deadline: Instant) -> CallPolicy {
+    /// A write of `method` that must finish by `deadline`; a timed-out
+    /// attempt ends it.
+    pub fn write(method: &'static str, deadline: Instant) -> CallPolicy {
         CallPolicy {
+            method,
             deadline,
             server_wait: Duration::ZERO,
             retry_timeouts: false,
@@ -94,12 +114,18 @@ fn should_retry(e: &Error) -> bool {
 
 impl Router {
     /// A router over `metadata`; one attempt on a storage node may take
-    /// `attempt_timeout` (plus the call's own server wait).
-    pub fn new(metadata: MetadataCache, attempt_timeout: Duration) -> Router {
+    /// `attempt_timeout` (plus the call's own server wait). Every attempt's
+    /// latency is observed in `hops`.
+    pub fn new(
+        metadata: MetadataCache,
+        attempt_timeout: Duration,
+        hops: Family<HopLabels, Histogram>,
+    ) -> Router {
         Router {
             metadata,
             channels: Arc::default(),
             attempt_timeout,
+            hops,
         }
     }
 
@@ -161,7 +187,15 @@ impl Router {
                     let own = self.attempt_timeout + policy.server_wait;
                     let timeout = own.min(left);
                     let sent = Instant::now();
-                    match tokio::time::timeout(timeout, call(client, timeout, leader_epoch)).await {
+                    let answered =
+                        tokio::time::timeout(timeout, call(client, timeout, leader_epoch)).await;
+                    self.hops
+                        .get_or_create(&HopLabels {
+                            method: policy.method,
+                            storage_node: addr.clone(),
+                        })
+                        .observe(sent.elapsed().as_secs_f64());
+                    match answered {
                         Ok(Ok(r)) => Ok(r.into_inner()),
                         // The storage node gave up on the attempt's
                         // `grpc-timeout` (tonic reports that as CANCELLED)

@@ -135,6 +135,7 @@ pub async fn serve_with_log_options(
             .with_replica_lag(config.replica_lag_time_max_ms),
     );
     metrics.partitions.set(&partitions);
+    metrics.fsync_latency.set(partitions.fsync_stats());
     let max_partitions = config.max_partitions();
     metrics.max_partitions.set(max_partitions as i64);
     tracing::info!(max_partitions, "storage node partition budget");
@@ -303,6 +304,7 @@ pub async fn serve_with_log_options(
         Duration::from_millis(config.group_retention_ms),
     ));
     tasks.spawn(groups.clone().run());
+    let connections = metrics.connections.clone();
     let api = service::StorageApi {
         disk,
         partitions: partitions.clone(),
@@ -337,6 +339,7 @@ pub async fn serve_with_log_options(
         let _ = drain_tx.send(true);
     };
     let (shutdown, drain) = streambus_service::grpc::drain_signal(shutdown);
+    let drain = drain.count_connections(connections);
     let serve = streambus_service::grpc::server()
         .add_service(health_service)
         .add_service(streambus_service::grpc::reflection_service())

@@ -3,8 +3,9 @@
 use std::sync::{Arc, OnceLock, Weak};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -74,6 +75,65 @@ pub struct Metrics {
     /// The hosted replicas whose offsets each scrape reports
     /// (`streambus_storage_partition_log_end_offset`, `_high_watermark`).
     pub partitions: PartitionOffsets,
+    /// Connections to the node's gRPC listener
+    /// (`streambus_storage_connections`, `_connections_accepted_total`).
+    pub connections: streambus_service::grpc::Connections,
+    /// The logs' fsync latency, read at each scrape
+    /// (`streambus_storage_fsync_seconds`).
+    pub fsync_latency: FsyncLatency,
+    /// Time to read and answer fetches that return records, from when
+    /// their records were visible (a long poll's wait before that is not
+    /// counted), by kind (`consumer`, `follower`).
+    pub fetch_seconds: Family<FetchLabels, Histogram>,
+}
+
+/// The labels of fetch latency.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FetchLabels {
+    /// `consumer` (`Fetch`) or `follower` (`ReplicaFetch`).
+    pub kind: &'static str,
+}
+
+/// Reports the node's fsync latency histogram at each scrape, from the
+/// statistics every log records into ([`FsyncLatency::set`]).
+#[derive(Clone, Default)]
+pub struct FsyncLatency {
+    source: Arc<OnceLock<Arc<streambus_log::FsyncStats>>>,
+}
+
+impl FsyncLatency {
+    /// The statistics to report.
+    pub fn set(&self, stats: Arc<streambus_log::FsyncStats>) {
+        let _ = self.source.set(stats);
+    }
+}
+
+impl std::fmt::Debug for FsyncLatency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsyncLatency").finish_non_exhaustive()
+    }
+}
+
+impl Collector for FsyncLatency {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(stats) = self.source.get() else {
+            return Ok(());
+        };
+        let s = stats.snapshot();
+        let metric = encoder.encode_descriptor(
+            "streambus_storage_fsync_seconds",
+            "Latency of the partition logs' fsyncs (data and directories, failed ones included)",
+            None,
+            prometheus_client::metrics::MetricType::Histogram,
+        )?;
+        let mut metric = metric;
+        metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            s.sum_seconds,
+            s.count,
+            &s.buckets,
+            None,
+        )
+    }
 }
 
 /// Reports every hosted replica's log end offset and high watermark at
@@ -141,6 +201,14 @@ impl Collector for PartitionOffsets {
 }
 
 impl Metrics {
+    /// Records a fetch of `kind` answered with records, read since
+    /// `started`.
+    pub fn observe_fetch(&self, kind: &'static str, started: std::time::Instant) {
+        self.fetch_seconds
+            .get_or_create(&FetchLabels { kind })
+            .observe(started.elapsed().as_secs_f64());
+    }
+
     /// Sets the replica gauges from what `partitions` hosts now: replicas
     /// served, and assigned replicas reported offline.
     pub fn observe_partitions(&self, partitions: &crate::partitions::Partitions) {
@@ -207,12 +275,19 @@ impl Metrics {
             fetch_requests: Counter::default(),
             record_watches: Gauge::default(),
             partitions: PartitionOffsets::default(),
+            fsync_latency: FsyncLatency::default(),
+            connections: Default::default(),
+            fetch_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+            }),
         };
         registry.register_collector(Box::new(m.partitions.clone()));
+        registry.register_collector(Box::new(m.fsync_latency.clone()));
         registry.register_collector(Box::new(streambus_service::budget::BudgetCollector::new(
             "streambus_storage",
             m.budgets.clone(),
         )));
+        m.connections.register(registry, "streambus_storage");
         let r = registry.sub_registry_with_prefix("streambus_storage");
         r.register(
             "appended_records",
@@ -291,6 +366,11 @@ impl Metrics {
             "open_files_over_limit",
             "Partition-log files opened past the limit because every open one was in use or pinned",
             m.open_files_over_limit.clone(),
+        );
+        r.register(
+            "fetch_seconds",
+            "Time to read and answer fetches that return records, from when they were visible (long-poll waits excluded), by kind (consumer, follower)",
+            m.fetch_seconds.clone(),
         );
         r.register(
             "fetch_requests",

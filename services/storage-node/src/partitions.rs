@@ -196,10 +196,10 @@ pub struct Partitions {
     /// Counts changes to the replicas served or to their leadership: the
     /// replication tick reconciles fetch loops when it moves.
     generation: std::sync::atomic::AtomicU64,
-    /// Every log of this node counts its fsyncs here and shares one
+    /// Every log of this node records its fsyncs here and shares one
     /// interval flusher thread.
     open_options: OpenOptions,
-    fsyncs: Arc<std::sync::atomic::AtomicU64>,
+    fsyncs: Arc<streambus_log::FsyncStats>,
     /// Serialises `apply`, `reopen_offline`, `finish_jobs` and `close_all`
     /// and owns the jobs in progress: every decision about a directory is
     /// taken under it, so a directory is never opened twice or opened
@@ -269,11 +269,11 @@ impl Partitions {
     }
 
     /// Like [`Partitions::new`], opening every log with `options` (for
-    /// example another file system); the node's fsync counter and flusher
+    /// example another file system); the node's fsync statistics and flusher
     /// are added to them.
     pub fn with_open_options(node_id: u64, data_dir: PathBuf, options: OpenOptions) -> Partitions {
-        let fsyncs = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let mut open_options = options.fsync_counter(fsyncs.clone());
+        let fsyncs = Arc::new(streambus_log::FsyncStats::default());
+        let mut open_options = options.fsync_stats(fsyncs.clone());
         match Flusher::new() {
             Ok(flusher) => open_options = open_options.flusher(flusher),
             // Logs fall back to the process-wide flusher.
@@ -342,7 +342,13 @@ impl Partitions {
 
     /// Fsyncs (data and directory) by every log of this node so far.
     pub fn fsyncs(&self) -> u64 {
-        self.fsyncs.load(std::sync::atomic::Ordering::Relaxed)
+        self.fsyncs.count()
+    }
+
+    /// The fsync count and latency histogram every log of this node
+    /// records into.
+    pub fn fsync_stats(&self) -> Arc<streambus_log::FsyncStats> {
+        self.fsyncs.clone()
     }
 
     /// The metadata version last applied.

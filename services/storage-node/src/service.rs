@@ -486,6 +486,7 @@ impl StorageApi {
             let end = *end_rx.borrow_and_update();
             if offset < end {
                 let max_bytes = req.max_bytes.clamp(1, self.max_fetch_bytes) as usize;
+                let started = std::time::Instant::now();
                 let _permit = self.memory.acquire(max_bytes, FETCH_MEMORY_WAIT).await?;
                 let r = replica.clone();
                 let read = tokio::task::spawn_blocking(move || r.log.read(offset, max_bytes, None))
@@ -493,6 +494,7 @@ impl StorageApi {
                     .map_err(join_error)?
                     .map_err(|e| log_error(&p.topic, p.partition, e))?;
                 self.metrics.replicated_bytes.inc_by(read.data.len() as u64);
+                self.metrics.observe_fetch("follower", started);
                 let mut fetched = response(read.data, None);
                 if streambus_service::trace::enabled() {
                     fetched.traces = replica
@@ -560,6 +562,7 @@ impl StorageApi {
             if offset < hw {
                 // Held while the response is read and returned; the
                 // gateway retries an OVERLOADED subscription fetch.
+                let started = std::time::Instant::now();
                 let _permit = self
                     .consumer_fetches
                     .acquire(max_bytes, FETCH_MEMORY_WAIT)
@@ -572,6 +575,7 @@ impl StorageApi {
                         .map_err(|e| log_error(&p.topic, p.partition, e))?;
                 if !read.data.is_empty() {
                     self.metrics.fetched_bytes.inc_by(read.data.len() as u64);
+                    self.metrics.observe_fetch("consumer", started);
                     return Ok(StorageFetchResponse {
                         batches: read.data,
                         high_watermark: hw,

@@ -1,8 +1,12 @@
-//! Traces end to end against a real Jaeger (built by `cargo xtask peer
-//! jaeger install`, which `cargo xtask ci` runs): a cluster of separate
-//! processes (a controller, three storage nodes, a gateway) exports its
-//! spans over OTLP/gRPC, a traced client produces and consumes, and the
-//! trace Jaeger assembles is checked span by span.
+//! Traces and metrics end to end against a real Jaeger (built by `cargo
+//! xtask peer jaeger install`, which `cargo xtask ci` runs) and a real
+//! Prometheus (Debian's, installed by `cargo xtask setup`): a cluster of
+//! separate processes (a controller, three storage nodes, a gateway)
+//! exports its spans over OTLP/gRPC and is scraped by Prometheus with the
+//! project's alert rules loaded; a traced client produces and consumes, the
+//! trace Jaeger assembles is checked span by span, Prometheus's HTTP API is
+//! asked for series from every service, and a stopped storage node makes
+//! the under-replicated alert go pending.
 
 mod procs;
 
@@ -93,37 +97,23 @@ impl Jaeger {
 
     /// GETs `path` from the query API: the JSON body of a 200 answer.
     fn get(&self, path: &str) -> Option<Value> {
-        let mut s = TcpStream::connect(&self.query).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        // HTTP/1.0: the body comes whole, not chunked, until the close.
-        write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.query).ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        let (head, body) = out.split_once("\r\n\r\n")?;
-        if head.split_whitespace().nth(1) != Some("200") {
-            return None;
-        }
-        serde_json::from_str(body).ok()
+        get_json(&self.query, path)
     }
 
     /// The spans of trace `id` once `done` holds for them (spans arrive
     /// from each process's exporter within its batch delay).
     fn trace(&self, id: &str, done: impl Fn(&[SpanInfo]) -> bool) -> Vec<SpanInfo> {
-        let deadline = Instant::now() + Duration::from_secs(45);
-        loop {
+        poll(&format!("trace {id} complete"), || {
             let spans = self
                 .get(&format!("/api/traces/{id}"))
                 .map(|v| spans_of(&v))
                 .unwrap_or_default();
             if done(&spans) {
-                return spans;
+                Ok(spans)
+            } else {
+                Err(format!("{spans:#?}"))
             }
-            assert!(
-                Instant::now() < deadline,
-                "trace {id} incomplete after 45 s: {spans:#?}"
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        })
     }
 }
 
@@ -132,6 +122,172 @@ impl Drop for Jaeger {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// GETs `path` from the HTTP server at `addr`: the JSON body of a 200
+/// answer.
+fn get_json(addr: &str, path: &str) -> Option<Value> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    // HTTP/1.0: the body comes whole, not chunked, until the close.
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    if head.split_whitespace().nth(1) != Some("200") {
+        return None;
+    }
+    serde_json::from_str(body).ok()
+}
+
+/// Percent-encodes `s` for a URL's query string.
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A real Prometheus server on 127.0.0.1 scraping the cluster every second,
+/// with `deploy/observability/alerts.yml` loaded.
+struct Prometheus {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+}
+
+impl Prometheus {
+    /// Starts it on `jobs`: (job name, the `host:port` of each target's
+    /// `/metrics`).
+    fn start(dir: &std::path::Path, jobs: &[(&str, Vec<String>)]) -> Prometheus {
+        let binary = Command::new("prometheus").arg("--version").output();
+        assert!(
+            binary.is_ok_and(|o| o.status.success()),
+            "`prometheus` is missing: run `cargo xtask setup` (cargo xtask ci does)"
+        );
+        let rules =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/observability/alerts.yml");
+        let mut config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n",
+            rules.display()
+        );
+        for (job, targets) in jobs {
+            let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+            config.push_str(&format!(
+                "  - job_name: {job}\n    static_configs:\n      - targets: [{}]\n",
+                targets.join(", ")
+            ));
+        }
+        let config_file = dir.join("prometheus.yml");
+        std::fs::write(&config_file, config).unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let log = dir.join("prometheus.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config_file.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("prometheus-data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("prometheus starts");
+        Prometheus { child, addr, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The `data` of a successful API answer at `path`.
+    fn api(&self, path: &str) -> Option<Value> {
+        let v = get_json(&self.addr, path)?;
+        (v["status"] == "success").then(|| v["data"].clone())
+    }
+
+    /// The result vector of the instant query `promql`.
+    fn query(&self, promql: &str) -> Vec<Value> {
+        self.api(&format!("/api/v1/query?query={}", url_encode(promql)))
+            .and_then(|d| d["result"].as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    /// Waits until every target is scraped successfully.
+    fn wait_targets_up(&self, count: usize) -> Vec<Value> {
+        poll("every target up", || {
+            let targets = self
+                .api("/api/v1/targets?state=active")
+                .and_then(|d| d["activeTargets"].as_array().cloned())
+                .unwrap_or_default();
+            if targets.len() == count && targets.iter().all(|t| t["health"] == "up") {
+                Ok(targets)
+            } else {
+                Err(format!("{targets:#?}\nlog:\n{}", self.log()))
+            }
+        })
+    }
+
+    /// Polls `promql` until `done` holds for its result vector.
+    fn wait_for(&self, promql: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        poll(promql, || {
+            let result = self.query(promql);
+            if done(&result) {
+                Ok(result)
+            } else {
+                Err(format!("{result:#?}"))
+            }
+        })
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Calls `attempt` every 250 ms until it succeeds, for at most 45 s; then
+/// fails naming `what` and the last attempt's error.
+fn poll<T>(what: &str, mut attempt: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        match attempt() {
+            Ok(v) => return v,
+            Err(e) => assert!(Instant::now() < deadline, "not {what} after 45 s: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A sample's value as a number.
+fn value(sample: &Value) -> f64 {
+    sample["value"][1]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// The samples' `instance` labels, sorted.
+fn instances(samples: &[Value]) -> Vec<String> {
+    let mut out: Vec<String> = samples
+        .iter()
+        .map(|s| {
+            s["metric"]["instance"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// One span as Jaeger's query API shows it.
@@ -206,14 +362,33 @@ fn traceparent(cx: &opentelemetry::Context) -> String {
 }
 
 #[test]
-fn produce_and_consume_are_traced_through_gateway_leader_follower_and_controller() {
+fn traces_and_metrics_of_every_service_reach_jaeger_and_prometheus() {
     let dir = tempfile::tempdir().unwrap();
     let jaeger = Jaeger::start(dir.path());
-    let cluster = Cluster::start_configured(
+    let mut cluster = Cluster::start_configured(
         1,
         1,
         &[],
         &[format!("tracing.otlp_endpoint=http://{}", jaeger.otlp)],
+    );
+    let node_http: Vec<String> = cluster.nodes.values().map(|n| n.http.clone()).collect();
+    let prometheus = Prometheus::start(
+        dir.path(),
+        &[
+            (
+                "streambus-controller",
+                cluster
+                    .controllers
+                    .values()
+                    .map(|c| c.http.clone())
+                    .collect(),
+            ),
+            ("streambus-storage-node", node_http.clone()),
+            (
+                "streambus-gateway",
+                cluster.gateways.iter().map(|g| g.http.clone()).collect(),
+            ),
+        ],
     );
     let gateway = cluster.gateway_addrs[0].clone();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -365,25 +540,21 @@ fn produce_and_consume_are_traced_through_gateway_leader_follower_and_controller
 
     // The topic's creation: gateway → controller → the Raft commit, in
     // the client's trace.
-    let deadline = Instant::now() + Duration::from_secs(45);
-    let create_trace = loop {
+    let create_trace = poll("the create trace complete", || {
         let found = jaeger
             .get("/api/traces?service=tracing-test-client&operation=create%20topic&limit=5")
             .map(|v| spans_of(&v))
             .unwrap_or_default();
-        if found.iter().any(|s| s.name == "metadata commit")
+        let complete = found.iter().any(|s| s.name == "metadata commit")
             && found
                 .iter()
-                .any(|s| s.name == "streambus.v1.AdminService/CreateTopic")
-        {
-            break found;
+                .any(|s| s.name == "streambus.v1.AdminService/CreateTopic");
+        if complete {
+            Ok(found)
+        } else {
+            Err(format!("{found:#?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "create trace incomplete: {found:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    });
     let commit = one(&create_trace, "metadata commit");
     assert_eq!(commit.service, "streambus-controller");
     let controller_rpc = one(
@@ -395,5 +566,161 @@ fn produce_and_consume_are_traced_through_gateway_leader_follower_and_controller
     assert_eq!(gateway_rpc.service, "streambus-gateway");
     assert_eq!(controller_rpc.parents, vec![gateway_rpc.id.clone()]);
     assert_eq!(gateway_rpc.parents, vec![create_id]);
+
+    check_prometheus(&prometheus, &mut cluster, &node_http);
     drop(cluster);
+}
+
+/// Prometheus scraped every service: their series answer queries, with the
+/// traced topic's record in them; the alert rules loaded and evaluate, and
+/// stopping a storage node that holds a replica of the topic makes the
+/// under-replicated alert pending.
+fn check_prometheus(prometheus: &Prometheus, cluster: &mut Cluster, node_http: &[String]) {
+    let targets = prometheus.wait_targets_up(5);
+    let mut jobs: Vec<&str> = targets
+        .iter()
+        .map(|t| t["labels"]["job"].as_str().unwrap_or_default())
+        .collect();
+    jobs.sort();
+    assert_eq!(
+        jobs,
+        [
+            "streambus-controller",
+            "streambus-gateway",
+            "streambus-storage-node",
+            "streambus-storage-node",
+            "streambus-storage-node"
+        ]
+    );
+    let mut all_nodes = node_http.to_vec();
+    all_nodes.sort();
+
+    // Every service's own series.
+    let leader = prometheus.wait_for("streambus_controller_is_leader", |r| {
+        r.len() == 1 && value(&r[0]) == 1.0
+    });
+    assert_eq!(leader[0]["metric"]["job"], "streambus-controller");
+    prometheus.wait_for("streambus_controller_connections", |r| {
+        r.len() == 1 && value(&r[0]) >= 4.0
+    });
+    prometheus.wait_for("streambus_controller_raft_commit_seconds_count", |r| {
+        r.len() == 1 && value(&r[0]) >= 1.0
+    });
+    let fsyncs = prometheus.wait_for("streambus_storage_fsync_seconds_count", |r| {
+        r.len() == 3 && r.iter().map(value).sum::<f64>() > 0.0
+    });
+    assert_eq!(instances(&fsyncs), all_nodes);
+    let connections = prometheus.wait_for("streambus_storage_connections", |r| {
+        r.len() == 3 && r.iter().map(value).sum::<f64>() >= 1.0
+    });
+    assert_eq!(instances(&connections), all_nodes);
+    // A histogram: its +Inf bucket holds every fsync counted.
+    prometheus.wait_for(
+        r#"sum(streambus_storage_fsync_seconds_bucket{le="+Inf"}) - sum(streambus_storage_fsync_seconds_count)"#,
+        |r| r.len() == 1 && value(&r[0]) == 0.0,
+    );
+    prometheus.wait_for(r#"sum(streambus_storage_fsync_seconds_sum)"#, |r| {
+        r.len() == 1 && value(&r[0]) > 0.0
+    });
+
+    // The traced topic's record, on its leader and its follower.
+    let offsets = prometheus.wait_for(
+        r#"streambus_storage_partition_log_end_offset{topic="traced"}"#,
+        |r| r.len() == 2 && r.iter().all(|s| value(s) == 1.0),
+    );
+    let mut roles: Vec<&str> = offsets
+        .iter()
+        .map(|s| s["metric"]["role"].as_str().unwrap_or_default())
+        .collect();
+    roles.sort();
+    assert_eq!(roles, ["follower", "leader"]);
+    prometheus.wait_for(
+        r#"streambus_storage_partition_high_watermark{topic="traced",role="leader"}"#,
+        |r| r.len() == 1 && value(&r[0]) == 1.0,
+    );
+    prometheus.wait_for(
+        r#"sum(streambus_storage_fetch_seconds_count{kind="follower"})"#,
+        |r| r.len() == 1 && value(&r[0]) >= 1.0,
+    );
+    prometheus.wait_for(
+        r#"streambus_gateway_topic_produced_bytes_total{topic="traced"}"#,
+        |r| r.len() == 1 && value(&r[0]) > 0.0,
+    );
+    prometheus.wait_for(
+        r#"streambus_gateway_topic_consumed_bytes_total{topic="traced"}"#,
+        |r| r.len() == 1 && value(&r[0]) > 0.0,
+    );
+    let append = prometheus.wait_for(
+        r#"streambus_gateway_storage_request_seconds_count{method="Append"}"#,
+        |r| r.len() == 1 && value(&r[0]) >= 1.0,
+    );
+    let append_node = append[0]["metric"]["storage_node"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    prometheus.wait_for("streambus_gateway_connections_accepted_total", |r| {
+        r.len() == 1 && value(&r[0]) >= 1.0
+    });
+
+    // The alert rules loaded and evaluate without errors.
+    poll("every alert rule evaluated healthy", || {
+        let rules: Vec<Value> = prometheus
+            .api("/api/v1/rules")
+            .and_then(|d| d["groups"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .collect();
+        let healthy = rules.len() >= 7
+            && rules
+                .iter()
+                .all(|r| r["health"] == "ok" && r["lastEvaluation"] != "0001-01-01T00:00:00Z");
+        if healthy {
+            Ok(())
+        } else {
+            Err(format!("{rules:#?}"))
+        }
+    });
+
+    // Stop the follower's storage node: the partition is under-replicated
+    // and the alert is pending (it fires after its `for`).
+    let follower = offsets
+        .iter()
+        .find(|s| s["metric"]["role"] == "follower")
+        .and_then(|s| s["metric"]["instance"].as_str())
+        .unwrap()
+        .to_string();
+    let (_, node) = cluster
+        .nodes
+        .iter_mut()
+        .find(|(_, n)| n.http == follower)
+        .expect("the follower is a cluster node");
+    assert!(
+        !append_node.is_empty(),
+        "the Append hop names its storage node"
+    );
+    node.kill();
+    poll(
+        "a pending under-replicated alert after a follower stopped",
+        || {
+            let alerts = prometheus
+                .api("/api/v1/alerts")
+                .and_then(|d| d["alerts"].as_array().cloned())
+                .unwrap_or_default();
+            let pending = alerts.iter().any(|a| {
+                a["labels"]["alertname"] == "StreamBusUnderReplicatedPartitions"
+                    && a["state"] == "pending"
+                    && a["value"].as_str().and_then(|v| v.parse::<f64>().ok()) == Some(1.0)
+            });
+            if pending {
+                Ok(())
+            } else {
+                Err(format!("{alerts:#?}"))
+            }
+        },
+    );
+    // The dead node's target is down.
+    prometheus.wait_for(&format!(r#"up{{instance="{follower}"}}"#), |r| {
+        r.len() == 1 && value(&r[0]) == 0.0
+    });
 }
