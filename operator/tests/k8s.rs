@@ -462,6 +462,7 @@ fn chart_and_operator_on_a_real_api_server() {
         "{}",
         text(&bad.stderr)
     );
+    let pod_monitor_selector = monitoring_renders_the_deploy_files(&env);
     env.helm(&[
         "install",
         &env.release,
@@ -483,7 +484,27 @@ fn chart_and_operator_on_a_real_api_server() {
         "120s",
         "--set",
         &format!("operator.externalClusters.dev={}", env.gateway),
+        "--set",
+        "monitoring.grafanaDashboard.enabled=true",
     ]);
+    // The dashboard's ConfigMap, labelled for Grafana's sidecar.
+    let dashboards = env.kubectl(&[
+        "get",
+        "configmap",
+        "-l",
+        &format!(
+            "app.kubernetes.io/instance={},grafana_dashboard=1",
+            env.release
+        ),
+        "-o",
+        "json",
+    ]);
+    let dashboards: Value = serde_json::from_str(&dashboards).unwrap();
+    assert_eq!(dashboards["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        dashboards["items"][0]["data"]["streambus.json"],
+        deploy_file("grafana-dashboard.json")
+    );
     let sa = &format!("{}-streambus-operator", env.release);
     assert_eq!(
         env.kubectl(&[
@@ -741,6 +762,33 @@ fn chart_and_operator_on_a_real_api_server() {
 
     cluster_objects_become_ready(&env);
     eprintln!("cluster checked in {:.1?}", started.elapsed());
+    // The chart's PodMonitor selects every pod of the cluster.
+    let pods = env.kubectl(&["get", "pods", "-l", &pod_monitor_selector, "-o", "name"]);
+    let mut roles: Vec<&str> = pods
+        .lines()
+        .map(|p| {
+            let name = p.trim_start_matches("pod/");
+            ["controller", "storage", "gateway"]
+                .into_iter()
+                .find(|r| name.starts_with(&format!("demo-{r}")))
+                .unwrap_or(name)
+        })
+        .collect();
+    roles.sort();
+    assert_eq!(
+        roles,
+        [
+            "controller",
+            "controller",
+            "controller",
+            "gateway",
+            "gateway",
+            "storage",
+            "storage",
+            "storage"
+        ],
+        "{pod_monitor_selector}: {pods}"
+    );
 
     // The operator's own objects go with the release; CRDs and resources stay.
     env.kubectl(&[
@@ -763,7 +811,13 @@ fn chart_and_operator_on_a_real_api_server() {
         "60s",
     ]);
     let instance = format!("app.kubernetes.io/instance={}", env.release);
-    for kind in ["deployment", "serviceaccount", "role", "rolebinding"] {
+    for kind in [
+        "deployment",
+        "serviceaccount",
+        "role",
+        "rolebinding",
+        "configmap",
+    ] {
         let left = env.kubectl(&["get", kind, "-l", &instance, "-o", "name"]);
         assert!(left.trim().is_empty(), "{kind} left behind: {left}");
     }
@@ -788,6 +842,69 @@ fn chart_and_operator_on_a_real_api_server() {
 /// right specs, kwok makes the pods ready, the status turns Ready with the
 /// right counts; then gated rolling restarts and a scale-in, decided with
 /// the real multi-node StreamBus cluster standing in for it.
+/// A file of `deploy/observability/`, as text.
+fn deploy_file(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/observability")
+            .join(name),
+    )
+    .unwrap()
+}
+
+/// Renders the chart with all its monitoring objects: the PrometheusRule
+/// holds exactly the groups of `deploy/observability/alerts.yml` and the
+/// labels asked for, the dashboard ConfigMap exactly the dashboard's JSON,
+/// and the PodMonitor scrapes the `http` port. Returns the PodMonitor's
+/// selector as a `kubectl -l` argument.
+fn monitoring_renders_the_deploy_files(env: &Env) -> String {
+    let rendered = env.helm(&[
+        "template",
+        &env.release,
+        chart().to_str().unwrap(),
+        "--show-only",
+        "templates/monitoring.yaml",
+        "--set",
+        "monitoring.prometheusRule.enabled=true",
+        "--set",
+        "monitoring.podMonitor.enabled=true",
+        "--set",
+        "monitoring.grafanaDashboard.enabled=true",
+        "--set-string",
+        "monitoring.prometheusRule.labels.release=prometheus",
+    ]);
+    let docs: Vec<Value> = rendered
+        .split("\n---")
+        .filter_map(|d| serde_yaml::from_str::<Option<Value>>(d).unwrap())
+        .collect();
+    let kind = |k: &str| -> &Value {
+        docs.iter()
+            .find(|d| d["kind"] == k)
+            .unwrap_or_else(|| panic!("no {k} in {rendered}"))
+    };
+    let rule = kind("PrometheusRule");
+    let alerts: Value = serde_yaml::from_str(&deploy_file("alerts.yml")).unwrap();
+    assert_eq!(rule["spec"], alerts);
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(
+        kind("ConfigMap")["data"]["streambus.json"],
+        deploy_file("grafana-dashboard.json")
+    );
+    let monitor = kind("PodMonitor");
+    assert_eq!(monitor["spec"]["podMetricsEndpoints"][0]["port"], "http");
+    assert_eq!(
+        monitor["spec"]["podMetricsEndpoints"][0]["path"],
+        "/metrics"
+    );
+    monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn cluster_objects_become_ready(env: &Env) {
     // Static volumes for the claims (the test control plane has no
     // provisioner): 3 controllers + 3 storage nodes.

@@ -381,3 +381,18 @@ fn the_alert_rules_are_valid_and_the_prometheus_rule_holds_the_same() {
         );
     }
 }
+
+/// The Helm chart installs the rules and the dashboard from copies of its
+/// own (a chart reads only files inside it); they must not drift.
+#[test]
+fn the_chart_ships_the_alert_rules_and_dashboard_unchanged() {
+    let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../helm/streambus/files");
+    for name in ["alerts.yml", "grafana-dashboard.json"] {
+        let deployed = std::fs::read_to_string(alerts_file().with_file_name(name)).unwrap();
+        let shipped = std::fs::read_to_string(chart.join(name)).unwrap();
+        assert!(
+            deployed == shipped,
+            "helm/streambus/files/{name} differs from deploy/observability/{name}: copy it over"
+        );
+    }
+}
