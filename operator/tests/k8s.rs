@@ -760,35 +760,8 @@ fn chart_and_operator_on_a_real_api_server() {
     assert!(env.describe("legacy").is_some(), "legacy is retained");
     eprintln!("topics checked in {:.1?}", started.elapsed());
 
-    cluster_objects_become_ready(&env);
+    cluster_objects_become_ready(&env, &pod_monitor_selector);
     eprintln!("cluster checked in {:.1?}", started.elapsed());
-    // The chart's PodMonitor selects every pod of the cluster.
-    let pods = env.kubectl(&["get", "pods", "-l", &pod_monitor_selector, "-o", "name"]);
-    let mut roles: Vec<&str> = pods
-        .lines()
-        .map(|p| {
-            let name = p.trim_start_matches("pod/");
-            ["controller", "storage", "gateway"]
-                .into_iter()
-                .find(|r| name.starts_with(&format!("demo-{r}")))
-                .unwrap_or(name)
-        })
-        .collect();
-    roles.sort();
-    assert_eq!(
-        roles,
-        [
-            "controller",
-            "controller",
-            "controller",
-            "gateway",
-            "gateway",
-            "storage",
-            "storage",
-            "storage"
-        ],
-        "{pod_monitor_selector}: {pods}"
-    );
 
     // The operator's own objects go with the release; CRDs and resources stay.
     env.kubectl(&[
@@ -905,7 +878,7 @@ fn monitoring_renders_the_deploy_files(env: &Env) -> String {
         .join(",")
 }
 
-fn cluster_objects_become_ready(env: &Env) {
+fn cluster_objects_become_ready(env: &Env, pod_monitor_selector: &str) {
     // Static volumes for the claims (the test control plane has no
     // provisioner): 3 controllers + 3 storage nodes.
     for i in 0..6 {
@@ -1028,6 +1001,34 @@ fn cluster_objects_become_ready(env: &Env) {
             .take(5)
             .eq(["demo", "3/3", "3/3", "2/2", "True"])),
         "{table}"
+    );
+
+    // The chart's PodMonitor selects every pod of the cluster.
+    let pods = env.kubectl(&["get", "pods", "-l", &pod_monitor_selector, "-o", "name"]);
+    let mut roles: Vec<&str> = pods
+        .lines()
+        .map(|p| {
+            let name = p.trim_start_matches("pod/");
+            ["controller", "storage", "gateway"]
+                .into_iter()
+                .find(|r| name.starts_with(&format!("demo-{r}")))
+                .unwrap_or(name)
+        })
+        .collect();
+    roles.sort();
+    assert_eq!(
+        roles,
+        [
+            "controller",
+            "controller",
+            "controller",
+            "gateway",
+            "gateway",
+            "storage",
+            "storage",
+            "storage"
+        ],
+        "{pod_monitor_selector}: {pods}"
     );
 
     rolls_only_with_streambus_consent(env);
