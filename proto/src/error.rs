@@ -283,7 +283,20 @@ impl Error {
             Code::Unavailable | Code::Cancelled | Code::Unknown => Reason::Unavailable,
             _ => Reason::Internal,
         };
-        Error::new(reason, status.message().to_string())
+        // A status the client's transport made (the connection failed)
+        // carries the cause as its source: say it, the TLS alert of a
+        // refused certificate, say, rather than only "transport error".
+        let mut message = status.message().to_string();
+        let mut source = std::error::Error::source(status);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !message.contains(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
+            source = cause.source();
+        }
+        Error::new(reason, message)
     }
 }
 

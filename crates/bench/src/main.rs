@@ -243,6 +243,15 @@ struct EndpointArgs {
         default_value = "127.0.0.1:7400"
     )]
     streambus: String,
+    /// CA (PEM) of a StreamBus gateway on TLS; turns TLS on
+    #[arg(long, value_name = "FILE")]
+    streambus_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a StreamBus gateway that asks for one
+    #[arg(long, value_name = "FILE", requires = "streambus_tls_key")]
+    streambus_tls_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM)
+    #[arg(long, value_name = "FILE", requires = "streambus_tls_cert")]
+    streambus_tls_key: Option<PathBuf>,
     /// Kafka bootstrap servers.
     #[arg(long, env = "STREAMBUS_BENCH_KAFKA", default_value = "127.0.0.1:9092")]
     kafka: String,
@@ -372,8 +381,18 @@ fn run(
     e: EndpointArgs,
 ) -> anyhow::Result<()> {
     let workload = workload.resolve()?;
+    let streambus_tls = if e.streambus_tls_ca.is_some() || e.streambus_tls_cert.is_some() {
+        Some(streambus_client::TlsOptions::from_files(
+            e.streambus_tls_ca.as_deref(),
+            e.streambus_tls_cert.as_deref(),
+            e.streambus_tls_key.as_deref(),
+        )?)
+    } else {
+        None
+    };
     let endpoints = Endpoints {
         streambus: e.streambus,
+        streambus_tls,
         kafka: e.kafka,
         nats: e.nats,
         nats_monitor: e.nats_monitor,

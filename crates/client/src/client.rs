@@ -9,7 +9,7 @@ use streambus_proto::v1::consume_service_client::ConsumeServiceClient;
 use streambus_proto::v1::group_service_client::GroupServiceClient;
 use streambus_proto::v1::produce_service_client::ProduceServiceClient;
 use tonic::transport::channel::Change;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::ClientError;
 
@@ -37,10 +37,22 @@ impl Client {
     /// load balancing), and names are resolved again every 30 seconds.
     ///
     /// Fails if no gateway can be reached within 5 seconds.
+    ///
+    /// An `https://` address connects over TLS, trusting the system's root
+    /// certificates; [`Client::connect_with`] takes a CA and a client
+    /// certificate.
     pub async fn connect(addr: impl Into<String>) -> Result<Client, ClientError> {
+        Client::connect_with(addr, ConnectOptions::default()).await
+    }
+
+    /// [`Client::connect`] with `options` (TLS).
+    pub async fn connect_with(
+        addr: impl Into<String>,
+        options: ConnectOptions,
+    ) -> Result<Client, ClientError> {
         let addr = addr.into();
-        let targets = targets(&addr)?;
-        let resolved = resolve(&targets).await;
+        let targets = targets(&addr, options.tls.as_ref())?;
+        let resolved = resolve(&targets, options.tls.as_ref()).await;
         if resolved.len() <= 1 && targets.len() == 1 {
             let (uri, endpoint) = &targets[0];
             let channel =
@@ -73,13 +85,21 @@ impl Client {
             return Err(ClientError::Connect { addr, cause });
         }
         let (channel, changes) = Channel::balance_channel(64);
-        tokio::spawn(follow_addresses(targets, resolved, changes));
+        tokio::spawn(follow_addresses(targets, resolved, changes, options.tls));
         Ok(Client::from_channel(channel))
     }
 
     /// Like [`Client::connect`], but connects on first use.
     pub fn connect_lazy(addr: impl Into<String>) -> Result<Client, ClientError> {
-        let (_, endpoint) = endpoint(addr.into())?;
+        Client::connect_lazy_with(addr, ConnectOptions::default())
+    }
+
+    /// Like [`Client::connect_with`], but connects on first use.
+    pub fn connect_lazy_with(
+        addr: impl Into<String>,
+        options: ConnectOptions,
+    ) -> Result<Client, ClientError> {
+        let (_, endpoint) = endpoint(addr.into(), options.tls.as_ref())?;
         Ok(Client::from_channel(endpoint.connect_lazy()))
     }
 
@@ -329,11 +349,76 @@ fn unreached(s: &tonic::Status) -> bool {
             .is_none()
 }
 
+/// How a [`Client`] connects.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// TLS to the gateways; `None`: TLS only for `https://` addresses, with
+    /// the system's root certificates.
+    pub tls: Option<TlsOptions>,
+}
+
+/// TLS to the gateways.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// The CA certificates (PEM) the gateway's certificate must chain to;
+    /// `None`: the system's root certificates.
+    pub ca_pem: Option<Vec<u8>>,
+    /// A client certificate and its key (PEM), for gateways that ask for
+    /// one (`tls.client_auth`).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name the gateway's certificate must be valid for; `None`: the
+    /// host of the address dialled.
+    pub server_name: Option<String>,
+}
+
+impl TlsOptions {
+    /// Reads the CA and the client certificate and key from PEM files.
+    pub fn from_files(
+        ca: Option<&std::path::Path>,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+    ) -> Result<TlsOptions, ClientError> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| ClientError::InvalidTls {
+                message: format!("{}: {e}", p.display()),
+            })
+        };
+        let identity = match (cert, key) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            (None, None) => None,
+            _ => {
+                return Err(ClientError::InvalidTls {
+                    message: "a client certificate needs both its file and its key's".into(),
+                });
+            }
+        };
+        Ok(TlsOptions {
+            ca_pem: ca.map(read).transpose()?,
+            identity,
+            server_name: None,
+        })
+    }
+
+    /// The tonic configuration, checking the certificate against `host`.
+    fn config(&self, host: &str) -> ClientTlsConfig {
+        let mut config = ClientTlsConfig::new()
+            .domain_name(self.server_name.clone().unwrap_or_else(|| host.to_string()));
+        config = match &self.ca_pem {
+            Some(ca) => config.ca_certificate(Certificate::from_pem(ca)),
+            None => config.with_native_roots(),
+        };
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        config
+    }
+}
+
 /// How often gateway names are resolved again.
 const RESOLVE_EVERY: Duration = Duration::from_secs(30);
 
 /// Every comma-separated address of `addr`, as (URI, endpoint).
-fn targets(addr: &str) -> Result<Vec<(String, Endpoint)>, ClientError> {
+fn targets(addr: &str, tls: Option<&TlsOptions>) -> Result<Vec<(String, Endpoint)>, ClientError> {
     let parts: Vec<&str> = addr
         .split(',')
         .map(str::trim)
@@ -345,11 +430,17 @@ fn targets(addr: &str) -> Result<Vec<(String, Endpoint)>, ClientError> {
             message: "no gateway address".into(),
         });
     }
-    parts.into_iter().map(|p| endpoint(p.to_string())).collect()
+    parts
+        .into_iter()
+        .map(|p| endpoint(p.to_string(), tls))
+        .collect()
 }
 
 /// The socket addresses the targets resolve to now, each as an endpoint.
-async fn resolve(targets: &[(String, Endpoint)]) -> HashMap<std::net::SocketAddr, Endpoint> {
+async fn resolve(
+    targets: &[(String, Endpoint)],
+    tls: Option<&TlsOptions>,
+) -> HashMap<std::net::SocketAddr, Endpoint> {
     let mut out = HashMap::new();
     for (uri, endpoint) in targets {
         let Some(authority) = endpoint.uri().authority() else {
@@ -361,11 +452,28 @@ async fn resolve(targets: &[(String, Endpoint)]) -> HashMap<std::net::SocketAddr
         };
         match tokio::net::lookup_host(host_port).await {
             Ok(addrs) => {
+                let secure = endpoint.uri().scheme_str() == Some("https");
                 for a in addrs {
-                    let e = Endpoint::from_shared(format!("http://{a}"))
-                        .map(with_settings)
-                        .expect("a socket address is a valid URI");
-                    out.insert(a, e);
+                    let e = if secure {
+                        // Dialled by address, verified by the name given.
+                        let host = authority
+                            .host()
+                            .trim_start_matches('[')
+                            .trim_end_matches(']');
+                        let config = tls.cloned().unwrap_or_default().config(host);
+                        Endpoint::from_shared(format!("https://{a}"))
+                            .and_then(|e| e.tls_config(config))
+                    } else {
+                        Endpoint::from_shared(format!("http://{a}"))
+                    };
+                    match e {
+                        Ok(e) => {
+                            out.insert(a, with_settings(e));
+                        }
+                        Err(e) => {
+                            tracing::debug!(%uri, error = %e, "cannot set up gateway endpoint")
+                        }
+                    }
                 }
             }
             Err(e) => tracing::debug!(%uri, error = %e, "cannot resolve gateway address"),
@@ -380,6 +488,7 @@ async fn follow_addresses(
     targets: Vec<(String, Endpoint)>,
     mut current: HashMap<std::net::SocketAddr, Endpoint>,
     changes: tokio::sync::mpsc::Sender<Change<std::net::SocketAddr, Endpoint>>,
+    tls: Option<TlsOptions>,
 ) {
     for (a, e) in &current {
         if changes.send(Change::Insert(*a, e.clone())).await.is_err() {
@@ -388,7 +497,7 @@ async fn follow_addresses(
     }
     loop {
         tokio::time::sleep(RESOLVE_EVERY).await;
-        let now = resolve(&targets).await;
+        let now = resolve(&targets, tls.as_ref()).await;
         if now.is_empty() {
             // A resolver outage is no reason to forget every gateway.
             continue;
@@ -409,17 +518,33 @@ async fn follow_addresses(
     }
 }
 
-/// Normalises `addr` to a URI and builds the endpoint.
-fn endpoint(addr: String) -> Result<(String, Endpoint), ClientError> {
-    let uri = if addr.contains("://") {
-        addr.clone()
-    } else {
-        format!("http://{addr}")
+/// Normalises `addr` to a URI (`https` with `tls`) and builds the
+/// endpoint.
+fn endpoint(addr: String, tls: Option<&TlsOptions>) -> Result<(String, Endpoint), ClientError> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let uri = match addr.split_once("://") {
+        Some(("http", rest)) if tls.is_some() => format!("https://{rest}"),
+        Some(_) => addr.clone(),
+        None => format!("{scheme}://{addr}"),
     };
-    let endpoint = Endpoint::from_shared(uri.clone()).map_err(|e| ClientError::InvalidAddress {
-        addr,
-        message: e.to_string(),
-    })?;
+    let invalid = |message: String| ClientError::InvalidAddress {
+        addr: addr.clone(),
+        message,
+    };
+    let mut endpoint = Endpoint::from_shared(uri.clone()).map_err(|e| invalid(e.to_string()))?;
+    if endpoint.uri().scheme_str() == Some("https") {
+        let host = endpoint
+            .uri()
+            .host()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let config = tls.cloned().unwrap_or_default().config(&host);
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|e| invalid(format!("TLS: {e}")))?;
+    }
     Ok((uri, with_settings(endpoint)))
 }
 
@@ -445,15 +570,18 @@ mod tests {
 
     #[test]
     fn bare_host_port_gets_an_http_scheme() {
-        let (uri, _) = endpoint("127.0.0.1:7400".to_string()).unwrap();
+        let (uri, _) = endpoint("127.0.0.1:7400".to_string(), None).unwrap();
         assert_eq!(uri, "http://127.0.0.1:7400");
-        let (uri, _) = endpoint("http://gw:7400".to_string()).unwrap();
+        let (uri, _) =
+            endpoint("127.0.0.1:7400".to_string(), Some(&TlsOptions::default())).unwrap();
+        assert_eq!(uri, "https://127.0.0.1:7400");
+        let (uri, _) = endpoint("http://gw:7400".to_string(), None).unwrap();
         assert_eq!(uri, "http://gw:7400");
     }
 
     #[test]
     fn garbage_address_is_rejected() {
-        let err = endpoint("not a uri".to_string()).unwrap_err();
+        let err = endpoint("not a uri".to_string(), None).unwrap_err();
         assert!(matches!(err, ClientError::InvalidAddress { .. }), "{err}");
     }
 }

@@ -23,6 +23,13 @@ pub enum ClientError {
         /// The transport failure.
         cause: tonic::transport::Error,
     },
+    /// TLS options that cannot be used (a file that cannot be read, a
+    /// certificate without its key).
+    #[error("TLS: {message}")]
+    InvalidTls {
+        /// What is wrong.
+        message: String,
+    },
     /// The address given to [`crate::Client::connect`] is not a valid URI.
     #[error("invalid gateway address {addr:?}: {message}")]
     InvalidAddress {

@@ -45,7 +45,7 @@ mod group;
 mod producer;
 
 pub use batch::{ConsumedBatch, HeaderRefs, IntoRecords, RecordRef, RecordRefs};
-pub use client::Client;
+pub use client::{Client, ConnectOptions, TlsOptions};
 pub use consumer::{ConsumedRecord, FetchResult, StartFrom, SubscribeOptions, Subscription};
 pub use error::ClientError;
 pub use group::{GroupConsumer, GroupEvent, GroupOptions, OffsetReset, TopicPartition};

@@ -132,12 +132,66 @@ pub fn server() -> tonic::transport::Server<
 /// and HTTP/2 keepalive (also while idle), so a half-open connection fails
 /// its calls within [`KEEPALIVE_INTERVAL`] + [`KEEPALIVE_TIMEOUT`] instead of
 /// hanging them. Nothing is dialled until the first call.
+///
+/// When the process has TLS ([`crate::tls::install`]), the connection is
+/// TLS as a cluster peer: the server must present a certificate from the
+/// cluster CA valid for the address's host, and this process presents its
+/// own (the files as they are when the connection is made).
 pub fn channel(address: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    channel_with(address, crate::tls::installed().cloned())
+}
+
+/// [`channel`] with `tls` rather than the process's setup.
+pub fn channel_with(
+    address: &str,
+    tls: Option<Arc<crate::tls::Tls>>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let uri = if address.contains("://") {
         address.to_string()
     } else {
         format!("http://{address}")
     };
+    let endpoint = endpoint(uri)?;
+    Ok(match tls {
+        None => endpoint.connect_lazy(),
+        Some(tls) => endpoint.connect_with_connector_lazy(TlsConnector { tls }),
+    })
+}
+
+/// Dials a StreamBus peer over TLS with the current client configuration.
+#[derive(Clone)]
+struct TlsConnector {
+    tls: Arc<crate::tls::Tls>,
+}
+
+impl tower::Service<http::Uri> for TlsConnector {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = std::io::Error;
+    type Future = futures::future::BoxFuture<'static, std::io::Result<Self::Response>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let host = uri.host().ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("no host in {uri}"),
+                )
+            })?;
+            let port = uri.port_u16().unwrap_or(443);
+            let stream = crate::tls::connect(&tls, host, port).await?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
+    }
+}
+
+/// The endpoint at `uri` with the transport settings of every internal
+/// connection (see [`channel`]).
+fn endpoint(uri: String) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
     Ok(tonic::transport::Endpoint::from_shared(uri)?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
@@ -148,8 +202,7 @@ pub fn channel(address: &str) -> Result<tonic::transport::Channel, tonic::transp
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
         .http2_max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
-        .http2_max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS)
-        .connect_lazy())
+        .http2_max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS))
 }
 
 /// How long a server's drain waits for the calls in progress once it
@@ -198,13 +251,17 @@ pub struct Drain {
 pub struct Connections {
     /// Client connections open now.
     pub open: prometheus_client::metrics::gauge::Gauge,
-    /// Client connections accepted so far.
+    /// Client connections accepted so far (TLS: handshake completed).
     pub accepted: prometheus_client::metrics::counter::Counter,
+    /// TLS handshakes that failed or timed out (a client without a
+    /// certificate the listener accepts, say).
+    pub handshake_failures: prometheus_client::metrics::counter::Counter,
 }
 
 impl Connections {
-    /// Registers them as `<prefix>_connections` and
-    /// `<prefix>_connections_accepted_total`.
+    /// Registers them as `<prefix>_connections`,
+    /// `<prefix>_connections_accepted_total` and
+    /// `<prefix>_tls_handshake_failures_total`.
     pub fn register(&self, registry: &mut prometheus_client::registry::Registry, prefix: &str) {
         let r = registry.sub_registry_with_prefix(prefix);
         r.register(
@@ -216,6 +273,11 @@ impl Connections {
             "connections_accepted",
             "Connections accepted by the gRPC listener",
             self.accepted.clone(),
+        );
+        r.register(
+            "tls_handshake_failures",
+            "TLS handshakes on the gRPC listener that failed or timed out",
+            self.handshake_failures.clone(),
         );
     }
 }
@@ -257,16 +319,41 @@ impl Drain {
     }
 
     /// The server's connection stream (as [`incoming`]), with connections
-    /// that [`Drain::bound`] can cut, each counted while open.
+    /// that [`Drain::bound`] can cut, each counted while open; over TLS
+    /// for a listener of `exposure` when the process has TLS
+    /// ([`crate::tls::install`]).
     pub fn incoming(
         &self,
         listener: tokio::net::TcpListener,
-    ) -> impl futures::Stream<Item = Result<Cuttable<tokio::net::TcpStream>, std::io::Error>>
-    + Send
-    + 'static {
+        exposure: crate::tls::Exposure,
+    ) -> impl futures::Stream<Item = Result<Cuttable<Conn>, std::io::Error>> + Send + 'static {
+        self.incoming_with(listener, crate::tls::installed().cloned(), exposure)
+    }
+
+    /// [`Drain::incoming`] with `tls` rather than the process's setup.
+    pub fn incoming_with(
+        &self,
+        listener: tokio::net::TcpListener,
+        tls: Option<Arc<crate::tls::Tls>>,
+        exposure: crate::tls::Exposure,
+    ) -> impl futures::Stream<Item = Result<Cuttable<Conn>, std::io::Error>> + Send + 'static {
         let cut = self.cut.clone();
         let connections = self.connections.clone();
-        incoming(listener).map(move |accepted| {
+        let conns: futures::stream::BoxStream<'static, std::io::Result<Conn>> = match tls {
+            None => incoming(listener)
+                .map(|accepted| accepted.map(Conn::Plain))
+                .boxed(),
+            Some(tls) => TlsIncoming {
+                tcp: incoming(listener),
+                tcp_done: false,
+                handshakes: futures::stream::FuturesUnordered::new(),
+                tls,
+                exposure,
+                failures: connections.handshake_failures.clone(),
+            }
+            .boxed(),
+        };
+        conns.map(move |accepted| {
             accepted.map(|io| {
                 connections.accepted.inc();
                 connections.open.inc();
@@ -408,6 +495,190 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Cuttable<T> {
     }
 }
 
+/// An accepted connection: plain TCP, or TLS over it.
+pub enum Conn {
+    /// Without TLS.
+    Plain(tokio::net::TcpStream),
+    /// After a completed TLS handshake.
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+/// What a call knows about its connection (in its request's extensions).
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub remote_addr: Option<std::net::SocketAddr>,
+    /// The certificate chain the client presented over TLS, leaf first.
+    pub peer_certificates: Option<Arc<[rustls::pki_types::CertificateDer<'static>]>>,
+}
+
+impl Connected for Conn {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        match self {
+            Conn::Plain(s) => ConnInfo {
+                remote_addr: s.peer_addr().ok(),
+                peer_certificates: None,
+            },
+            Conn::Tls(s) => {
+                let (tcp, session) = s.get_ref();
+                ConnInfo {
+                    remote_addr: tcp.peer_addr().ok(),
+                    peer_certificates: session
+                        .peer_certificates()
+                        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect()),
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Plain(s) => s.is_write_vectored(),
+            Conn::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+type Handshake = futures::future::BoxFuture<'static, Option<Conn>>;
+
+/// Accepted TCP connections, handed on once their TLS handshake completed
+/// (many handshake at once; one that fails or times out is dropped and
+/// counted). Everything lives in the stream: dropping it (the server
+/// ended) drops the listener and the handshakes in progress.
+struct TlsIncoming {
+    tcp: tonic::transport::server::TcpIncoming,
+    tcp_done: bool,
+    handshakes: futures::stream::FuturesUnordered<Handshake>,
+    tls: Arc<crate::tls::Tls>,
+    exposure: crate::tls::Exposure,
+    failures: prometheus_client::metrics::counter::Counter,
+}
+
+impl TlsIncoming {
+    fn handshake(&self, tcp: tokio::net::TcpStream) -> Handshake {
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.server_config(self.exposure));
+        let failures = self.failures.clone();
+        Box::pin(async move {
+            let peer = tcp.peer_addr().ok();
+            let accept = acceptor.accept(tcp).into_fallible();
+            match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, accept).await {
+                Ok(Ok(s)) => Some(Conn::Tls(Box::new(s))),
+                Ok(Err((e, tcp))) => {
+                    failures.inc();
+                    tracing::debug!(?peer, error = %e, "TLS handshake failed");
+                    linger(tcp).await;
+                    None
+                }
+                Err(_) => {
+                    failures.inc();
+                    tracing::debug!(?peer, "TLS handshake timed out");
+                    None
+                }
+            }
+        })
+    }
+}
+
+/// Closes a connection whose handshake failed so that the client reads
+/// the TLS alert saying why (a missing or untrusted certificate): the
+/// alert is written, then the connection is shut down for writing and what
+/// the client sent meanwhile is read away (for at most a second). Closing
+/// a socket with unread data sends a reset, which can overtake the alert.
+async fn linger(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if tcp.shutdown().await.is_err() {
+        return;
+    }
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        while let Ok(n) = tcp.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+impl futures::Stream for TlsIncoming {
+    type Item = std::io::Result<Conn>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        while !self.tcp_done {
+            match Pin::new(&mut self.tcp).poll_next(cx) {
+                Poll::Ready(Some(Ok(tcp))) => {
+                    let handshake = self.handshake(tcp);
+                    self.handshakes.push(handshake);
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => self.tcp_done = true,
+                Poll::Pending => break,
+            }
+        }
+        loop {
+            match Pin::new(&mut self.handshakes).poll_next(cx) {
+                Poll::Ready(Some(Some(conn))) => return Poll::Ready(Some(Ok(conn))),
+                Poll::Ready(Some(None)) => continue,
+                Poll::Ready(None) if self.tcp_done => return Poll::Ready(None),
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
 impl<T: Connected> Connected for Cuttable<T> {
     type ConnectInfo = T::ConnectInfo;
 
@@ -437,9 +708,10 @@ mod tests {
         });
         let limit = Duration::from_millis(500);
         let server = tokio::spawn(async move {
-            let serve = server()
-                .add_service(health)
-                .serve_with_incoming_shutdown(drain.incoming(listener), signal);
+            let serve = server().add_service(health).serve_with_incoming_shutdown(
+                drain.incoming(listener, crate::tls::Exposure::Internal),
+                signal,
+            );
             drain.bound(serve, limit, "test").await
         });
         // A health watch never ends on its own: the drain waits for it.

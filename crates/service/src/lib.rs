@@ -3,10 +3,12 @@
 //! shutdown signals.
 
 pub mod budget;
+pub mod certs;
 pub mod grpc;
 pub mod http;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 pub mod trace;
 
 pub use http::{HttpState, Readiness};

@@ -44,9 +44,13 @@ impl DevListeners {
     /// Binds the addresses in `settings`.
     pub async fn bind(settings: &Settings) -> anyhow::Result<DevListeners> {
         async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-            TcpListener::bind(addr)
+            let listener = TcpListener::bind(addr)
                 .await
-                .with_context(|| format!("cannot bind the {what} address {addr}"))
+                .with_context(|| format!("cannot bind the {what} address {addr}"))?;
+            if what != "http" {
+                streambus_service::tls::warn_if_exposed(addr, what);
+            }
+            Ok(listener)
         }
         Ok(DevListeners {
             controller: bind(settings.controller.listen_addr, "controller").await?,

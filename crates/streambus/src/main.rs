@@ -72,6 +72,25 @@ fn init_logging(
     Ok(tracer)
 }
 
+/// Loads the TLS files when `[tls]` is configured and makes them the
+/// process's TLS, reloaded as they change (within the runtime: the reload
+/// task lives on it).
+fn init_tls(settings: &Settings) -> Result<(), String> {
+    use streambus_service::tls;
+    let Some(files) = settings.tls.to_files()? else {
+        return Ok(());
+    };
+    let loaded = tls::Tls::load(files).map_err(|e| e.to_string())?;
+    loaded.watch();
+    tls::install(loaded).map_err(|e| e.to_string())?;
+    tracing::info!(
+        cert = %settings.tls.cert_file,
+        client_auth = %settings.tls.client_auth,
+        "TLS on every gRPC listener and internal connection"
+    );
+    Ok(())
+}
+
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -220,6 +239,13 @@ where
             }
         }
     };
+    if let Err(e) = {
+        let _runtime = rt.enter();
+        init_tls(&settings)
+    } {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     // Servers raise the soft open-file limit to the hard one at start; the
     // storage node derives its open-file bound from it.
     streambus_storage_node::open_files::raise_limit();

@@ -50,6 +50,7 @@ pub async fn run(role: Role, settings: Settings) -> anyhow::Result<()> {
                 .with_context(|| {
                     format!("cannot bind the controller address {}", config.listen_addr)
                 })?;
+            streambus_service::tls::warn_if_exposed(config.listen_addr, "controller");
             let stopped = stopped.clone();
             tokio::spawn(async move {
                 let options = streambus_controller::ServeOptions {
@@ -79,6 +80,7 @@ pub async fn run(role: Role, settings: Settings) -> anyhow::Result<()> {
                         config.listen_addr
                     )
                 })?;
+            streambus_service::tls::warn_if_exposed(config.listen_addr, "storage node");
             let stopped = stopped.clone();
             tokio::spawn(async move {
                 streambus_storage_node::serve_with_listener(
@@ -101,6 +103,7 @@ pub async fn run(role: Role, settings: Settings) -> anyhow::Result<()> {
                 .with_context(|| {
                     format!("cannot bind the gateway address {}", config.listen_addr)
                 })?;
+            streambus_service::tls::warn_if_exposed(config.listen_addr, "gateway");
             let stopped = stopped.clone();
             tokio::spawn(async move {
                 streambus_gateway::serve_with_listener(

@@ -39,6 +39,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// Distributed tracing (OpenTelemetry over OTLP/gRPC); off by default.
     pub tracing: TracingSettings,
+    /// TLS on every gRPC listener and internal connection; off by default.
+    pub tls: TlsSettings,
     /// Draining on SIGINT/SIGTERM.
     pub shutdown: ShutdownSettings,
 }
@@ -122,6 +124,85 @@ impl TracingSettings {
             sampler: self.sampler.clone(),
             sampler_arg: self.sampler_arg,
         }
+    }
+}
+
+/// TLS for the process's gRPC listeners and its connections to other
+/// StreamBus services. Off while `cert_file` is empty.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// This process's certificate chain (PEM). It must be valid for the
+    /// names peers dial it by and allow both server and client
+    /// authentication (internal calls present it).
+    pub cert_file: String,
+    /// Its private key (PEM).
+    pub key_file: String,
+    /// The cluster CA (PEM): controllers and storage nodes accept only
+    /// clients with a certificate it signed, and every internal connection
+    /// trusts only servers it signed.
+    pub ca_file: String,
+    /// Client certificates at the gateway: `none`, `optional` or
+    /// `required`.
+    pub client_auth: String,
+    /// The CA of client certificates at the gateway (PEM); empty: `ca_file`.
+    pub client_ca_file: String,
+}
+
+impl Default for TlsSettings {
+    fn default() -> TlsSettings {
+        TlsSettings {
+            cert_file: String::new(),
+            key_file: String::new(),
+            ca_file: String::new(),
+            client_auth: "none".into(),
+            client_ca_file: String::new(),
+        }
+    }
+}
+
+impl TlsSettings {
+    /// The files to load, or `None` when TLS is off; an error names the
+    /// setting that is missing or wrong.
+    pub fn to_files(&self) -> Result<Option<streambus_service::tls::TlsFiles>, String> {
+        if self.cert_file.is_empty() {
+            let set: Vec<&str> = [
+                ("tls.key_file", &self.key_file),
+                ("tls.ca_file", &self.ca_file),
+                ("tls.client_ca_file", &self.client_ca_file),
+            ]
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, _)| k)
+            .collect();
+            if !set.is_empty() {
+                return Err(format!(
+                    "{} set without tls.cert_file: TLS needs a certificate",
+                    set.join(", ")
+                ));
+            }
+            return Ok(None);
+        }
+        for (key, value) in [
+            ("tls.key_file", &self.key_file),
+            ("tls.ca_file", &self.ca_file),
+        ] {
+            if value.is_empty() {
+                return Err(format!("{key} is required with tls.cert_file"));
+            }
+        }
+        let client_auth = self
+            .client_auth
+            .parse()
+            .map_err(|e| format!("tls.client_auth: {e}"))?;
+        Ok(Some(streambus_service::tls::TlsFiles {
+            cert: self.cert_file.clone().into(),
+            key: self.key_file.clone().into(),
+            ca: self.ca_file.clone().into(),
+            client_auth,
+            client_ca: (!self.client_ca_file.is_empty())
+                .then(|| self.client_ca_file.clone().into()),
+        }))
     }
 }
 

@@ -381,7 +381,10 @@ async fn run(
         .add_service(reflection)
         .add_service(controller)
         .add_service(raft_service)
-        .serve_with_incoming_shutdown(drain.incoming(listener), signal);
+        .serve_with_incoming_shutdown(
+            drain.incoming(listener, streambus_service::tls::Exposure::Internal),
+            signal,
+        );
     let served = drain
         .bound(serve, streambus_service::grpc::DRAIN_LIMIT, "controller")
         .await;

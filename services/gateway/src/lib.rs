@@ -200,7 +200,10 @@ pub async fn serve_with_listener(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(drain.incoming(listener), shutdown);
+        .serve_with_incoming_shutdown(
+            drain.incoming(listener, streambus_service::tls::Exposure::Public),
+            shutdown,
+        );
     let result = drain
         .bound(serve, streambus_service::grpc::DRAIN_LIMIT, "gateway")
         .await;

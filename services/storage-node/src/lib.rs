@@ -348,7 +348,10 @@ pub async fn serve_with_log_options(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(drain.incoming(listener), shutdown);
+        .serve_with_incoming_shutdown(
+            drain.incoming(listener, streambus_service::tls::Exposure::Internal),
+            shutdown,
+        );
     let result = drain
         .bound(serve, streambus_service::grpc::DRAIN_LIMIT, "storage node")
         .await;

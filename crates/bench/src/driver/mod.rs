@@ -102,7 +102,10 @@ pub trait Producer: Send {
 /// Builds the driver called `name` from the addresses given.
 pub fn build(name: &str, endpoints: &Endpoints) -> anyhow::Result<Box<dyn Driver>> {
     match name {
-        "streambus" => Ok(Box::new(StreamBusDriver::new(&endpoints.streambus))),
+        "streambus" => Ok(Box::new(StreamBusDriver::new(
+            &endpoints.streambus,
+            endpoints.streambus_tls.clone(),
+        ))),
         "kafka" => Ok(Box::new(KafkaDriver::new(&endpoints.kafka))),
         "nats" => Ok(Box::new(NatsDriver::new(
             &endpoints.nats,
@@ -117,6 +120,8 @@ pub fn build(name: &str, endpoints: &Endpoints) -> anyhow::Result<Box<dyn Driver
 pub struct Endpoints {
     /// StreamBus gateway, `host:port`.
     pub streambus: String,
+    /// TLS to the StreamBus gateway, if any.
+    pub streambus_tls: Option<streambus_client::TlsOptions>,
     /// Kafka bootstrap servers.
     pub kafka: String,
     /// NATS server, `host:port`.
@@ -129,6 +134,7 @@ impl Default for Endpoints {
     fn default() -> Endpoints {
         Endpoints {
             streambus: "127.0.0.1:7400".to_string(),
+            streambus_tls: None,
             kafka: "127.0.0.1:9092".to_string(),
             nats: "127.0.0.1:4222".to_string(),
             nats_monitor: "127.0.0.1:8222".to_string(),

@@ -11,7 +11,8 @@ use futures::stream::{self, BoxStream};
 use futures::{FutureExt, StreamExt};
 use serde_json::json;
 use streambus_client::{
-    Client, Compression, Header, ProducerConfig, Record, StartFrom, SubscribeOptions, v1,
+    Client, Compression, ConnectOptions, Header, ProducerConfig, Record, StartFrom,
+    SubscribeOptions, TlsOptions, v1,
 };
 
 use super::{AckFuture, BoxFuture, Driver, Producer, Received, TIMESTAMP_HEADER, parse_timestamp};
@@ -24,18 +25,24 @@ const TOPIC_READY_TIMEOUT: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone)]
 pub struct StreamBusDriver {
     gateway: String,
+    tls: Option<TlsOptions>,
 }
 
 impl StreamBusDriver {
-    /// Talks to the gateway at `gateway` (`host:port`).
-    pub fn new(gateway: &str) -> StreamBusDriver {
+    /// Talks to the gateway at `gateway` (`host:port`), over TLS with
+    /// `tls`.
+    pub fn new(gateway: &str, tls: Option<TlsOptions>) -> StreamBusDriver {
         StreamBusDriver {
             gateway: gateway.to_string(),
+            tls,
         }
     }
 
     async fn connect(&self) -> anyhow::Result<Client> {
-        Client::connect(self.gateway.clone())
+        let options = ConnectOptions {
+            tls: self.tls.clone(),
+        };
+        Client::connect_with(self.gateway.clone(), options)
             .await
             .with_context(|| format!("no StreamBus gateway at {}", self.gateway))
     }

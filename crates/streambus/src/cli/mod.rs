@@ -6,16 +6,18 @@ mod consume;
 mod group;
 mod output;
 mod produce;
+mod tls;
 mod topic;
 
 use std::process::ExitCode;
 
-use streambus_client::{Client, ClientError};
+use streambus_client::{Client, ClientError, ConnectOptions, TlsOptions};
 
 pub use cluster::ClusterArgs;
 pub use consume::ConsumeArgs;
 pub use group::GroupArgs;
 pub use produce::ProduceArgs;
+pub use tls::TlsArgs;
 pub use topic::TopicArgs;
 
 /// The client subcommands, to be flattened into the binary's command enum.
@@ -33,6 +35,8 @@ pub enum ClientCommand {
     /// Show the cluster's controllers, storage nodes and partition health;
     /// add and remove controllers; decommission storage nodes
     Cluster(ClusterArgs),
+    /// Generate a CA and certificates for TLS (development and tests)
+    Tls(TlsArgs),
 }
 
 /// Where the gateway is; shared by every client command.
@@ -46,11 +50,52 @@ pub struct GatewayArgs {
         global = true
     )]
     pub gateway: String,
+    /// Connect over TLS (implied by the other --tls options and by an
+    /// https:// address); without --tls-ca the system's roots are trusted
+    #[arg(long, env = "STREAMBUS_TLS", global = true)]
+    pub tls: bool,
+    /// CA certificate (PEM) the gateway's certificate must chain to
+    #[arg(long, env = "STREAMBUS_TLS_CA", global = true, value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for a gateway that asks for one
+    #[arg(long, env = "STREAMBUS_TLS_CERT", global = true, value_name = "FILE")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The client certificate's key (PEM)
+    #[arg(long, env = "STREAMBUS_TLS_KEY", global = true, value_name = "FILE")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// The name the gateway's certificate must be valid for (default: the
+    /// address's host)
+    #[arg(
+        long,
+        env = "STREAMBUS_TLS_SERVER_NAME",
+        global = true,
+        value_name = "NAME"
+    )]
+    pub tls_server_name: Option<String>,
 }
 
 impl GatewayArgs {
     async fn connect(&self) -> Result<Client, ClientError> {
-        Client::connect(self.gateway.clone()).await
+        Client::connect_with(self.gateway.clone(), self.options()?).await
+    }
+
+    /// The connection options the flags ask for.
+    fn options(&self) -> Result<ConnectOptions, ClientError> {
+        let wanted = self.tls
+            || self.tls_ca.is_some()
+            || self.tls_cert.is_some()
+            || self.tls_key.is_some()
+            || self.tls_server_name.is_some();
+        if !wanted {
+            return Ok(ConnectOptions::default());
+        }
+        let mut tls = TlsOptions::from_files(
+            self.tls_ca.as_deref(),
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+        )?;
+        tls.server_name = self.tls_server_name.clone();
+        Ok(ConnectOptions { tls: Some(tls) })
     }
 }
 
@@ -65,6 +110,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
         ClientCommand::Consume(args) => consume::run(args).await,
         ClientCommand::Group(args) => group::run(args).await,
         ClientCommand::Cluster(args) => cluster::run(args).await,
+        ClientCommand::Tls(args) => tls::run(args),
     };
     match result {
         Ok(code) => Ok(code),

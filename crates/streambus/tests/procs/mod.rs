@@ -48,6 +48,14 @@ impl Proc {
         }
     }
 
+    /// The value the process was given for `key` with `--set`.
+    pub fn setting(&self, key: &str) -> Option<&str> {
+        self.args
+            .iter()
+            .filter_map(|a| a.strip_prefix(key)?.strip_prefix('='))
+            .next_back()
+    }
+
     pub fn start(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)

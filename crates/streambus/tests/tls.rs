@@ -1,0 +1,276 @@
+//! TLS end to end on separate processes: certificates from `streambus tls
+//! generate`, a controller, three storage nodes and a gateway talking
+//! mutual TLS to each other, and clients (the CLI and the SDK) let in or
+//! refused at the gateway and at a storage node.
+
+mod procs;
+
+use std::error::Error as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use procs::Cluster;
+use streambus_client::{
+    Client, ConnectOptions, ProducerConfig, Record, StartFrom, SubscribeOptions, TlsOptions,
+};
+
+fn streambus(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_streambus"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The CLI's TLS flags for `client`'s certificate (or none).
+fn tls_flags(certs: &Path, client: Option<&str>) -> Vec<String> {
+    let mut flags = vec![
+        "--tls-ca".to_string(),
+        certs.join("ca.pem").display().to_string(),
+    ];
+    if let Some(c) = client {
+        flags.extend([
+            "--tls-cert".to_string(),
+            certs.join(format!("client-{c}.pem")).display().to_string(),
+            "--tls-key".to_string(),
+            certs
+                .join(format!("client-{c}-key.pem"))
+                .display()
+                .to_string(),
+        ]);
+    }
+    flags
+}
+
+fn cli(gateway: &str, certs: &Path, client: Option<&str>, args: &[&str]) -> Output {
+    let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    all.extend(["--gateway".to_string(), gateway.to_string()]);
+    all.extend(tls_flags(certs, client));
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    streambus(&all)
+}
+
+/// The command failed as a refused TLS connection does: the server's
+/// `alert`, or the connection closed before the client read it.
+fn refused(out: &Output, alert: &str) {
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("error: UNAVAILABLE")
+            && (stderr.contains(alert) || stderr.contains("connection closed")),
+        "{stderr}"
+    );
+}
+
+/// Alice's TLS options: the cluster CA, her client certificate.
+fn alice(certs: &Path) -> TlsOptions {
+    TlsOptions::from_files(
+        Some(&certs.join("ca.pem")),
+        Some(&certs.join("client-alice.pem")),
+        Some(&certs.join("client-alice-key.pem")),
+    )
+    .unwrap()
+}
+
+fn scrape(http: &str, metric: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(http).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {http}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.lines()
+        .find_map(|l| l.strip_prefix(metric)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_tls_cluster_serves_its_clients_and_refuses_everyone_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs: PathBuf = dir.path().join("certs");
+    let out = streambus(&[
+        "tls",
+        "generate",
+        "--out",
+        certs.to_str().unwrap(),
+        "--hosts",
+        "127.0.0.1,localhost",
+        "--clients",
+        "alice",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for f in [
+        "ca.pem",
+        "node-key.pem",
+        "client-ca.pem",
+        "client-alice.pem",
+    ] {
+        assert!(text(&out.stdout).contains(f), "{}", text(&out.stdout));
+    }
+    // Files are not overwritten by accident.
+    let again = streambus(&["tls", "generate", "--out", certs.to_str().unwrap()]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("--force"),
+        "{}",
+        text(&again.stderr)
+    );
+
+    let file = |name: &str| certs.join(name).display().to_string();
+    let cluster = Cluster::start_configured(
+        1,
+        1,
+        &[],
+        &[
+            format!("tls.cert_file={}", file("node.pem")),
+            format!("tls.key_file={}", file("node-key.pem")),
+            format!("tls.ca_file={}", file("ca.pem")),
+            "tls.client_auth=required".into(),
+            format!("tls.client_ca_file={}", file("client-ca.pem")),
+        ],
+    );
+    let gateway = cluster.gateway_addrs[0].clone();
+
+    // The CLI with alice's certificate: the whole path (gateway →
+    // controller, gateway → storage nodes → followers) runs over mutual TLS.
+    let out = cli(
+        &gateway,
+        &certs,
+        Some("alice"),
+        &["topic", "create", "secure", "-p", "2", "-r", "3"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let tls = alice(&certs);
+        let client = Client::connect_with(gateway.as_str(), ConnectOptions { tls: Some(tls) })
+            .await
+            .unwrap();
+        let producer = client.producer(ProducerConfig::default());
+        let mut deliveries = Vec::new();
+        for i in 0..100 {
+            let record = Record {
+                key: Some(Bytes::from(format!("k{i}"))),
+                value: Some(Bytes::from(format!("v{i}"))),
+                headers: vec![],
+                timestamp_ms: 0,
+            };
+            deliveries.push(producer.send("secure", record, None).await.unwrap());
+        }
+        producer.flush().await;
+        for d in deliveries {
+            d.await.expect("acknowledged");
+        }
+        producer.close().await;
+        let mut sub = client
+            .subscribe(SubscribeOptions {
+                start: StartFrom::Earliest,
+                ..SubscribeOptions::new("secure")
+            })
+            .await
+            .unwrap();
+        let mut seen = 0;
+        while seen < 100 {
+            let r = tokio::time::timeout(Duration::from_secs(20), sub.next())
+                .await
+                .expect("records arrive")
+                .unwrap()
+                .unwrap();
+            assert!(r.value.unwrap().starts_with(b"v"));
+            seen += 1;
+        }
+    });
+    let out = cli(
+        &gateway,
+        &certs,
+        Some("alice"),
+        &["consume", "secure", "--from-beginning", "-n", "3"],
+    );
+    assert!(
+        out.status.success(),
+        "{}\nstdout: {}\nlogs: {}",
+        text(&out.stderr),
+        text(&out.stdout),
+        std::fs::read_to_string(&cluster.gateways[0].log).unwrap_or_default()
+    );
+    assert_eq!(
+        text(&out.stdout).lines().count(),
+        3,
+        "{}",
+        text(&out.stdout)
+    );
+
+    // Refused at the gateway. Under TLS 1.3 the server refuses a client
+    // certificate after the client finished its handshake: the client
+    // reads the alert saying why, or (when its HTTP/2 layer sees the
+    // connection end first) only that the connection closed.
+    let out = cli(&gateway, &certs, None, &["topic", "list"]);
+    refused(&out, "CertificateRequired");
+    let out = streambus(&["topic", "list", "--gateway", &gateway]);
+    assert!(!out.status.success(), "plaintext: {}", text(&out.stdout));
+    let out = cli(&gateway, &certs, Some("nobody"), &["topic", "list"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("client-nobody.pem"),
+        "a missing file is named: {}",
+        text(&out.stderr)
+    );
+    assert!(
+        scrape(
+            &cluster.gateways[0].http,
+            "streambus_gateway_tls_handshake_failures_total"
+        ) >= 2.0
+    );
+
+    // A storage node admits cluster peers only: alice's certificate (from
+    // the client CA) does not open it, so she cannot append behind the
+    // gateway's back.
+    let node = cluster.nodes.values().next().unwrap();
+    let storage = node
+        .setting("storage_node.listen_addr")
+        .unwrap()
+        .to_string();
+    let out = cli(&storage, &certs, Some("alice"), &["topic", "list"]);
+    refused(&out, "UnknownCA");
+    rt.block_on(async {
+        use streambus_proto::internal::storage_service_client::StorageServiceClient;
+        let tls = alice(&certs);
+        let config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(
+                tls.ca_pem.as_ref().unwrap(),
+            ))
+            .identity(tonic::transport::Identity::from_pem(
+                &tls.identity.as_ref().unwrap().0,
+                &tls.identity.as_ref().unwrap().1,
+            ))
+            .domain_name("127.0.0.1");
+        let channel = tonic::transport::Endpoint::from_shared(format!("https://{storage}"))
+            .unwrap()
+            .tls_config(config)
+            .unwrap()
+            .connect_lazy();
+        let refused = StorageServiceClient::new(channel)
+            .append(streambus_proto::internal::AppendRequest::default())
+            .await
+            .expect_err("a client that is not a cluster peer cannot append");
+        // The connection failed (TLS 1.3: the client may see the server's
+        // alert or only the connection it closed), not the call.
+        assert!(
+            matches!(
+                refused.code(),
+                tonic::Code::Unknown | tonic::Code::Unavailable | tonic::Code::Cancelled
+            ) && refused.source().is_some(),
+            "{refused:?}"
+        );
+    });
+    assert!(
+        scrape(&node.http, "streambus_storage_tls_handshake_failures_total") >= 2.0,
+        "the storage node counted both refused handshakes"
+    );
+    drop(cluster);
+}
