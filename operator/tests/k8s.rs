@@ -1004,7 +1004,7 @@ fn cluster_objects_become_ready(env: &Env, pod_monitor_selector: &str) {
     );
 
     // The chart's PodMonitor selects every pod of the cluster.
-    let pods = env.kubectl(&["get", "pods", "-l", &pod_monitor_selector, "-o", "name"]);
+    let pods = env.kubectl(&["get", "pods", "-l", pod_monitor_selector, "-o", "name"]);
     let mut roles: Vec<&str> = pods
         .lines()
         .map(|p| {
