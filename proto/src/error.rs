@@ -142,6 +142,10 @@ reasons! {
     GroupFull => ("GROUP_FULL", ResourceExhausted, false),
     /// No such group.
     UnknownGroup => ("UNKNOWN_GROUP", NotFound, false),
+    /// The gateway requires authentication and the call carried no
+    /// credentials it accepts: no client certificate or token, a token it
+    /// does not know, or a method it does not use.
+    Unauthenticated => ("UNAUTHENTICATED", Unauthenticated, false),
 }
 
 impl fmt::Display for Reason {
@@ -280,6 +284,7 @@ impl Error {
             Code::ResourceExhausted => Reason::Overloaded,
             Code::Unimplemented => Reason::Unsupported,
             Code::DataLoss => Reason::CorruptLog,
+            Code::Unauthenticated => Reason::Unauthenticated,
             Code::Unavailable | Code::Cancelled | Code::Unknown => Reason::Unavailable,
             _ => Reason::Internal,
         };

@@ -23,10 +23,52 @@ pub(crate) const MAX_MESSAGE_SIZE: usize = 256 * 1024 * 1024;
 /// itself after failures.
 #[derive(Debug, Clone)]
 pub struct Client {
-    pub(crate) admin: AdminServiceClient<Channel>,
-    pub(crate) produce: ProduceServiceClient<Channel>,
-    pub(crate) consume: ConsumeServiceClient<Channel>,
-    pub(crate) group: GroupServiceClient<Channel>,
+    pub(crate) admin: AdminServiceClient<Transport>,
+    pub(crate) produce: ProduceServiceClient<Transport>,
+    pub(crate) consume: ConsumeServiceClient<Transport>,
+    pub(crate) group: GroupServiceClient<Transport>,
+}
+
+/// The channel every call goes through: the gateway connection, with the
+/// client's credentials added to each call.
+pub(crate) type Transport = tonic::service::interceptor::InterceptedService<Channel, Credentials>;
+
+/// Adds `authorization: Bearer TOKEN` to every call when a token is set.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+impl Credentials {
+    /// The credentials `options` name; an invalid token is an error.
+    fn of(options: &ConnectOptions) -> Result<Credentials, ClientError> {
+        let Some(token) = &options.token else {
+            return Ok(Credentials::default());
+        };
+        let value =
+            format!("Bearer {}", token.trim())
+                .parse()
+                .map_err(|_| ClientError::InvalidTls {
+                    message: "the token has characters a header cannot carry".into(),
+                })?;
+        Ok(Credentials {
+            authorization: Some(value),
+        })
+    }
 }
 
 impl Client {
@@ -51,6 +93,7 @@ impl Client {
         options: ConnectOptions,
     ) -> Result<Client, ClientError> {
         let addr = addr.into();
+        let credentials = Credentials::of(&options)?;
         let targets = targets(&addr, options.tls.as_ref())?;
         let resolved = resolve(&targets, options.tls.as_ref()).await;
         if resolved.len() <= 1 && targets.len() == 1 {
@@ -64,7 +107,7 @@ impl Client {
                         addr: uri.clone(),
                         cause,
                     })?;
-            return Ok(Client::from_channel(channel));
+            return Ok(Client::with_credentials(channel, credentials));
         }
         // Reachable at all? One gateway answering is enough.
         let mut last = None;
@@ -86,7 +129,7 @@ impl Client {
         }
         let (channel, changes) = Channel::balance_channel(64);
         tokio::spawn(follow_addresses(targets, resolved, changes, options.tls));
-        Ok(Client::from_channel(channel))
+        Ok(Client::with_credentials(channel, credentials))
     }
 
     /// Like [`Client::connect`], but connects on first use.
@@ -99,21 +142,30 @@ impl Client {
         addr: impl Into<String>,
         options: ConnectOptions,
     ) -> Result<Client, ClientError> {
+        let credentials = Credentials::of(&options)?;
         let (_, endpoint) = endpoint(addr.into(), options.tls.as_ref())?;
-        Ok(Client::from_channel(endpoint.connect_lazy()))
+        Ok(Client::with_credentials(
+            endpoint.connect_lazy(),
+            credentials,
+        ))
     }
 
     /// Wraps an existing tonic channel.
     pub fn from_channel(channel: Channel) -> Client {
+        Client::with_credentials(channel, Credentials::default())
+    }
+
+    fn with_credentials(channel: Channel, credentials: Credentials) -> Client {
+        let transport = Transport::new(channel, credentials);
         Client {
-            admin: AdminServiceClient::new(channel.clone())
+            admin: AdminServiceClient::new(transport.clone())
                 .max_decoding_message_size(MAX_MESSAGE_SIZE),
-            produce: ProduceServiceClient::new(channel.clone())
+            produce: ProduceServiceClient::new(transport.clone())
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_MESSAGE_SIZE),
-            consume: ConsumeServiceClient::new(channel.clone())
+            consume: ConsumeServiceClient::new(transport.clone())
                 .max_decoding_message_size(MAX_MESSAGE_SIZE),
-            group: GroupServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_SIZE),
+            group: GroupServiceClient::new(transport).max_decoding_message_size(MAX_MESSAGE_SIZE),
         }
     }
 
@@ -122,7 +174,7 @@ impl Client {
     /// may still pick its old connection.
     async fn admin_call<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
     where
-        F: Fn(AdminServiceClient<Channel>) -> Fut,
+        F: Fn(AdminServiceClient<Transport>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let mut attempt = 0u32;
@@ -355,6 +407,10 @@ pub struct ConnectOptions {
     /// TLS to the gateways; `None`: TLS only for `https://` addresses, with
     /// the system's root certificates.
     pub tls: Option<TlsOptions>,
+    /// A bearer token sent with every call (`authorization: Bearer
+    /// TOKEN`), for gateways that authenticate with tokens. Use it over
+    /// TLS: anyone who sees it can use it.
+    pub token: Option<String>,
 }
 
 /// TLS to the gateways.

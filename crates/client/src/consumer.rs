@@ -17,6 +17,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use crate::client::Transport;
 use bytes::Bytes;
 use futures::Stream;
 use streambus_proto::v1;
@@ -24,7 +25,6 @@ use streambus_proto::v1::consume_service_client::ConsumeServiceClient;
 use streambus_record::Header;
 use tokio::sync::watch;
 use tonic::Streaming;
-use tonic::transport::Channel;
 
 use crate::batch::{ConsumedBatch, decode_batches};
 use crate::{Client, ClientError};
@@ -213,7 +213,7 @@ impl Client {
 /// module docs) and ends only with a non-retriable error, which it yields
 /// last.
 pub struct Subscription {
-    consume: ConsumeServiceClient<Channel>,
+    consume: ConsumeServiceClient<Transport>,
     /// What was asked; resubscriptions add the positions reached.
     request: v1::SubscribeRequest,
     state: State,

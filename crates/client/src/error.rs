@@ -30,6 +30,9 @@ pub enum ClientError {
         /// What is wrong.
         message: String,
     },
+    /// The token given cannot be sent in a header.
+    #[error("the token has characters an HTTP header cannot carry")]
+    InvalidToken,
     /// The address given to [`crate::Client::connect`] is not a valid URI.
     #[error("invalid gateway address {addr:?}: {message}")]
     InvalidAddress {

@@ -24,13 +24,13 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::client::Transport;
 use streambus_proto::v1;
 use streambus_proto::v1::group_service_client::GroupServiceClient;
 use streambus_proto::{Error, Reason};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
-use tonic::transport::Channel;
 
 use crate::consumer::{decode_response, resubscribe_backoff, resumable};
 use crate::{Client, ClientError, ConsumedRecord};
@@ -125,7 +125,7 @@ type Callback = Box<dyn FnMut(&GroupEvent) + Send>;
 /// leaving (the group notices after its session timeout); call
 /// [`GroupConsumer::close`] to leave at once.
 pub struct GroupConsumer {
-    client: GroupServiceClient<Channel>,
+    client: GroupServiceClient<Transport>,
     options: GroupOptions,
     member_id: String,
     epoch: i64,

@@ -68,6 +68,19 @@ fn refused(out: &Output, alert: &str) {
     );
 }
 
+/// Every process's TLS settings, with the files of `streambus tls
+/// generate` in `certs` and the gateway's `client_auth`.
+fn tls_settings(certs: &Path, client_auth: &str) -> Vec<String> {
+    let file = |name: &str| certs.join(name).display().to_string();
+    vec![
+        format!("tls.cert_file={}", file("node.pem")),
+        format!("tls.key_file={}", file("node-key.pem")),
+        format!("tls.ca_file={}", file("ca.pem")),
+        format!("tls.client_auth={client_auth}"),
+        format!("tls.client_ca_file={}", file("client-ca.pem")),
+    ]
+}
+
 /// Alice's TLS options: the cluster CA, her client certificate.
 fn alice(certs: &Path) -> TlsOptions {
     TlsOptions::from_files(
@@ -121,19 +134,7 @@ fn a_tls_cluster_serves_its_clients_and_refuses_everyone_else() {
         text(&again.stderr)
     );
 
-    let file = |name: &str| certs.join(name).display().to_string();
-    let cluster = Cluster::start_configured(
-        1,
-        1,
-        &[],
-        &[
-            format!("tls.cert_file={}", file("node.pem")),
-            format!("tls.key_file={}", file("node-key.pem")),
-            format!("tls.ca_file={}", file("ca.pem")),
-            "tls.client_auth=required".into(),
-            format!("tls.client_ca_file={}", file("client-ca.pem")),
-        ],
-    );
+    let cluster = Cluster::start_configured(1, 1, &[], &tls_settings(&certs, "required"));
     let gateway = cluster.gateway_addrs[0].clone();
 
     // The CLI with alice's certificate: the whole path (gateway →
@@ -148,7 +149,11 @@ fn a_tls_cluster_serves_its_clients_and_refuses_everyone_else() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let tls = alice(&certs);
-        let client = Client::connect_with(gateway.as_str(), ConnectOptions { tls: Some(tls) })
+        let options = ConnectOptions {
+            tls: Some(tls),
+            ..ConnectOptions::default()
+        };
+        let client = Client::connect_with(gateway.as_str(), options)
             .await
             .unwrap();
         let producer = client.producer(ProducerConfig::default());
@@ -273,4 +278,166 @@ fn a_tls_cluster_serves_its_clients_and_refuses_everyone_else() {
         "the storage node counted both refused handshakes"
     );
     drop(cluster);
+}
+
+/// Waits until `cond` holds, for at most 20 s.
+fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not {what} after 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn clients_authenticate_with_a_certificate_or_a_token_and_admin_changes_are_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs: PathBuf = dir.path().join("certs");
+    let out = streambus(&[
+        "tls",
+        "generate",
+        "--out",
+        certs.to_str().unwrap(),
+        "--clients",
+        "alice",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let tokens = dir.path().join("tokens");
+    let bob_token = "bob-token-0123456789abcdef";
+    std::fs::write(&tokens, format!("# name token\nbob {bob_token}\n")).unwrap();
+    let mut settings = tls_settings(&certs, "optional");
+    settings.extend([
+        "gateway.auth.mtls=true".to_string(),
+        format!("gateway.auth.token_file={}", tokens.display()),
+    ]);
+    let cluster = Cluster::start_configured(1, 1, &[], &settings);
+    let gateway = cluster.gateway_addrs[0].clone();
+    let with_token = |token: &str, args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend(tls_flags(&certs, None));
+        all.extend([
+            "--gateway".into(),
+            gateway.clone(),
+            "--token".into(),
+            token.into(),
+        ]);
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        streambus(&all)
+    };
+
+    // Alice by her certificate, Bob by his token.
+    let out = cli(
+        &gateway,
+        &certs,
+        Some("alice"),
+        &["topic", "create", "alices", "-r", "3"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = with_token(bob_token, &["topic", "create", "bobs", "-p", "2"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = with_token(bob_token, &["topic", "delete", "alices"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    rt_produce_with_token(&gateway, &certs, bob_token);
+
+    // No credentials, or a token the gateway does not know: refused with
+    // UNAUTHENTICATED, saying what it takes.
+    let out = cli(&gateway, &certs, None, &["topic", "list"]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("error: UNAUTHENTICATED")
+            && stderr.contains("a client certificate or a bearer token"),
+        "{stderr}"
+    );
+    let out = with_token("not-a-token-anyone-has-0000", &["topic", "list"]);
+    assert!(
+        text(&out.stderr).starts_with("error: UNAUTHENTICATED: the bearer token is not valid"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The token file is read again: a rotated token works, the old one no
+    // longer does.
+    let rotated = "bob-rotated-token-fedcba9876543210";
+    std::fs::write(&tokens, format!("bob {rotated}\n")).unwrap();
+    eventually("the rotated token accepted", || {
+        with_token(rotated, &["topic", "list"]).status.success()
+    });
+    let out = with_token(bob_token, &["topic", "list"]);
+    assert!(
+        text(&out.stderr).starts_with("error: UNAUTHENTICATED"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Every admin change is in the audit log: who, what, how it ended.
+    let log = std::fs::read_to_string(&cluster.gateways[0].log).unwrap();
+    let audit: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("streambus::audit"))
+        .collect();
+    let find = |principal: &str, action: &str, resource: &str| {
+        audit.iter().any(|l| {
+            l.contains(&format!("principal={principal}"))
+                && l.contains(action)
+                && l.contains(resource)
+                && l.contains("result=\"ok\"")
+        })
+    };
+    assert!(
+        find("User:alice", "CreateTopic", "topic:alices"),
+        "{audit:#?}"
+    );
+    assert!(find("User:bob", "CreateTopic", "topic:bobs"), "{audit:#?}");
+    assert!(
+        find("User:bob", "DeleteTopic", "topic:alices"),
+        "{audit:#?}"
+    );
+    assert_eq!(
+        audit.len(),
+        3,
+        "reads and produce are not audited: {audit:#?}"
+    );
+    drop(cluster);
+}
+
+/// Produces and reads back a record as Bob, with his token over TLS
+/// without a client certificate.
+fn rt_produce_with_token(gateway: &str, certs: &Path, token: &str) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let options = ConnectOptions {
+            tls: Some(TlsOptions::from_files(Some(&certs.join("ca.pem")), None, None).unwrap()),
+            token: Some(token.to_string()),
+        };
+        let client = Client::connect_with(gateway, options).await.unwrap();
+        let producer = client.producer(ProducerConfig::default());
+        let record = Record {
+            key: None,
+            value: Some(Bytes::from("from bob")),
+            headers: vec![],
+            timestamp_ms: 0,
+        };
+        producer
+            .send_and_wait("bobs", record, Some(0))
+            .await
+            .unwrap();
+        producer.close().await;
+        let mut sub = client
+            .subscribe(SubscribeOptions {
+                start: StartFrom::Earliest,
+                ..SubscribeOptions::new("bobs")
+            })
+            .await
+            .unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(20), sub.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.value.as_deref(), Some(&b"from bob"[..]));
+    });
 }

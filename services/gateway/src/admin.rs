@@ -25,6 +25,7 @@ use streambus_proto::v1::{
 use streambus_proto::{Error, Reason};
 use tonic::{Request, Response, Status};
 
+use crate::auth::{audit, principal_of};
 use crate::metadata::unknown_partition;
 use futures::{StreamExt, TryStreamExt};
 
@@ -284,6 +285,14 @@ fn observe<T>(
     }
 }
 
+/// A configuration map in key order, for the audit line.
+fn sorted(configs: &HashMap<String, String>) -> std::collections::BTreeMap<&str, &str> {
+    configs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
 #[tonic::async_trait]
 impl AdminService for AdminApi {
     async fn create_topic(
@@ -291,7 +300,17 @@ impl AdminService for AdminApi {
         request: Request<CreateTopicRequest>,
     ) -> Result<Response<CreateTopicResponse>, Status> {
         let started = Instant::now();
+        let principal = principal_of(&request);
         let req = request.into_inner();
+        let (resource, detail) = (
+            format!("topic:{}", req.name),
+            format!(
+                "partitions={} replication_factor={} configs={:?}",
+                req.partitions,
+                req.replication_factor,
+                sorted(&req.configs)
+            ),
+        );
         let r = match not_internal(&req.name) {
             Ok(()) => self
                 .router
@@ -309,6 +328,7 @@ impl AdminService for AdminApi {
                 .settle(|md| md.topic(&t.name).is_some_and(|v| v.topic_id == t.topic_id))
                 .await;
         }
+        audit(&principal, "CreateTopic", &resource, &detail, &r);
         observe(&self.metrics, "CreateTopic", started, r)
     }
 
@@ -317,6 +337,7 @@ impl AdminService for AdminApi {
         request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
         let started = Instant::now();
+        let principal = principal_of(&request);
         let name = request.into_inner().name;
         let r = match not_internal(&name) {
             Ok(()) => self
@@ -334,6 +355,7 @@ impl AdminService for AdminApi {
                 .settle(|md| md.topic(&name).is_none())
                 .await;
         }
+        audit(&principal, "DeleteTopic", &format!("topic:{name}"), "", &r);
         observe(&self.metrics, "DeleteTopic", started, r)
     }
 
@@ -342,6 +364,7 @@ impl AdminService for AdminApi {
         request: Request<CreatePartitionsRequest>,
     ) -> Result<Response<CreatePartitionsResponse>, Status> {
         let started = Instant::now();
+        let principal = principal_of(&request);
         let req = request.into_inner();
         let r = match not_internal(&req.topic) {
             Ok(()) => self
@@ -363,6 +386,13 @@ impl AdminService for AdminApi {
                 })
                 .await;
         }
+        audit(
+            &principal,
+            "CreatePartitions",
+            &format!("topic:{}", req.topic),
+            &format!("partitions={}", req.partitions),
+            &r,
+        );
         observe(&self.metrics, "CreatePartitions", started, r)
     }
 
@@ -371,8 +401,10 @@ impl AdminService for AdminApi {
         request: Request<AlterTopicConfigsRequest>,
     ) -> Result<Response<AlterTopicConfigsResponse>, Status> {
         let started = Instant::now();
+        let principal = principal_of(&request);
         let req = request.into_inner();
         let validate_only = req.validate_only;
+        let (resource, detail) = (format!("topic:{}", req.topic), format!("{req:?}"));
         let r = match not_internal(&req.topic) {
             Ok(()) => self
                 .router
@@ -395,6 +427,9 @@ impl AdminService for AdminApi {
                 })
                 .await;
         }
+        if !validate_only {
+            audit(&principal, "AlterTopicConfigs", &resource, &detail, &r);
+        }
         observe(&self.metrics, "AlterTopicConfigs", started, r)
     }
 
@@ -403,13 +438,22 @@ impl AdminService for AdminApi {
         request: Request<DecommissionStorageNodeRequest>,
     ) -> Result<Response<DecommissionStorageNodeResponse>, Status> {
         let started = Instant::now();
+        let principal = principal_of(&request);
+        let node_id = request.into_inner().node_id;
         let r = self
             .router
             .metadata()
             .controller()
-            .decommission_node(request.into_inner().node_id)
+            .decommission_node(node_id)
             .await
             .map(|node| DecommissionStorageNodeResponse { node: Some(node) });
+        audit(
+            &principal,
+            "DecommissionStorageNode",
+            &format!("storage-node:{node_id}"),
+            "",
+            &r,
+        );
         observe(&self.metrics, "DecommissionStorageNode", started, r)
     }
 
@@ -418,13 +462,22 @@ impl AdminService for AdminApi {
         request: Request<RecommissionStorageNodeRequest>,
     ) -> Result<Response<RecommissionStorageNodeResponse>, Status> {
         let started = Instant::now();
+        let principal = principal_of(&request);
+        let node_id = request.into_inner().node_id;
         let r = self
             .router
             .metadata()
             .controller()
-            .recommission_node(request.into_inner().node_id)
+            .recommission_node(node_id)
             .await
             .map(|node| RecommissionStorageNodeResponse { node: Some(node) });
+        audit(
+            &principal,
+            "RecommissionStorageNode",
+            &format!("storage-node:{node_id}"),
+            "",
+            &r,
+        );
         observe(&self.metrics, "RecommissionStorageNode", started, r)
     }
 
@@ -486,6 +539,7 @@ impl AdminService for AdminApi {
         request: Request<AddControllerRequest>,
     ) -> Result<Response<AddControllerResponse>, Status> {
         let started = Instant::now();
+        let principal = principal_of(&request);
         let AddControllerRequest { node_id, address } = request.into_inner();
         let r = self
             .router
@@ -494,6 +548,13 @@ impl AdminService for AdminApi {
             .add_controller(node_id, &address)
             .await
             .map(|members| AddControllerResponse { members });
+        audit(
+            &principal,
+            "AddController",
+            &format!("controller:{node_id}"),
+            &format!("address={address}"),
+            &r,
+        );
         observe(&self.metrics, "AddController", started, r)
     }
 
@@ -502,13 +563,22 @@ impl AdminService for AdminApi {
         request: Request<RemoveControllerRequest>,
     ) -> Result<Response<RemoveControllerResponse>, Status> {
         let started = Instant::now();
+        let principal = principal_of(&request);
+        let node_id = request.into_inner().node_id;
         let r = self
             .router
             .metadata()
             .controller()
-            .remove_controller(request.into_inner().node_id)
+            .remove_controller(node_id)
             .await
             .map(|members| RemoveControllerResponse { members });
+        audit(
+            &principal,
+            "RemoveController",
+            &format!("controller:{node_id}"),
+            "",
+            &r,
+        );
         observe(&self.metrics, "RemoveController", started, r)
     }
 }

@@ -61,6 +61,34 @@ pub struct GatewayConfig {
     pub groups_topic_partitions: u32,
     /// Its replication factor, at most the live storage nodes then.
     pub groups_topic_replication_factor: u32,
+    /// How clients authenticate (docs/security.md#authentication).
+    pub auth: AuthConfig,
+}
+
+/// How clients authenticate to the gateway. With no method on, every
+/// client is `User:ANONYMOUS`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// A verified client certificate (`tls.client_auth` `optional` or
+    /// `required`) authenticates its holder as `User:<common name>` (or its
+    /// first URI, then DNS subject alternative name without one).
+    pub mtls: bool,
+    /// A file of bearer tokens, one `NAME TOKEN` per line (`#` comments):
+    /// a call with `authorization: Bearer TOKEN` is `User:NAME`. Read
+    /// again when it changes.
+    pub token_file: String,
+    /// With a method on, let calls without credentials in as
+    /// `User:ANONYMOUS` (refused with `UNAUTHENTICATED` otherwise).
+    /// Credentials that do not verify are refused either way.
+    pub allow_anonymous: bool,
+}
+
+impl AuthConfig {
+    /// Whether any method is on.
+    pub fn enabled(&self) -> bool {
+        self.mtls || !self.token_file.is_empty()
+    }
 }
 
 impl Default for GatewayConfig {
@@ -82,6 +110,7 @@ impl Default for GatewayConfig {
             metadata_staleness_ms: 10_000,
             groups_topic_partitions: 16,
             groups_topic_replication_factor: 3,
+            auth: AuthConfig::default(),
         }
     }
 }

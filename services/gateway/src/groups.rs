@@ -1299,6 +1299,7 @@ impl GroupService for GroupApi {
         request: Request<DeleteGroupRequest>,
     ) -> Result<Response<DeleteGroupResponse>, Status> {
         let started = std::time::Instant::now();
+        let principal = crate::auth::principal_of(&request);
         let req = request.into_inner();
         let group = req.group.clone();
         let r = self
@@ -1307,6 +1308,7 @@ impl GroupService for GroupApi {
                 async move { c.delete_group(router::request(req, t)).await }
             })
             .await;
+        crate::auth::audit(&principal, "DeleteGroup", &format!("group:{group}"), "", &r);
         self.metrics.observe("DeleteGroup", started, r.is_ok());
         Ok(Response::new(r?))
     }
@@ -1316,7 +1318,11 @@ impl GroupService for GroupApi {
         request: Request<ResetOffsetsRequest>,
     ) -> Result<Response<ResetOffsetsResponse>, Status> {
         let started = std::time::Instant::now();
-        let r = self.reset(request.into_inner()).await;
+        let principal = crate::auth::principal_of(&request);
+        let req = request.into_inner();
+        let (resource, detail) = (format!("group:{}", req.group), format!("{req:?}"));
+        let r = self.reset(req).await;
+        crate::auth::audit(&principal, "ResetOffsets", &resource, &detail, &r);
         self.metrics.observe("ResetOffsets", started, r.is_ok());
         Ok(Response::new(r?))
     }

@@ -4,6 +4,7 @@
 //! through leader moves. Run as many as you like.
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod consume;
 pub mod decode;
@@ -95,6 +96,19 @@ pub async fn serve_with_listener(
         source,
     })?;
     config.validate().map_err(GatewayError::Config)?;
+    let auth = auth::Authenticator::new(&config.auth).map_err(GatewayError::Config)?;
+    if config.auth.mtls {
+        let asks = streambus_service::tls::installed()
+            .is_some_and(|t| t.files().client_auth != streambus_service::tls::ClientAuth::None);
+        if !asks {
+            return Err(GatewayError::Config(
+                "gateway.auth.mtls needs TLS with client certificates: tls.cert_file and tls.client_auth optional or required".into(),
+            ));
+        }
+    }
+    if let Some(auth) = &auth {
+        auth.watch();
+    }
     let controller = ControllerClient::new(config.controllers.clone())
         .map_err(|e| GatewayError::Config(format!("gateway.controllers: {e}")))?;
     let cache = metadata::MetadataCache::new(controller);
@@ -178,6 +192,7 @@ pub async fn serve_with_listener(
     let (shutdown, drain) = streambus_service::grpc::drain_signal(shutdown);
     let drain = drain.count_connections(connections);
     let serve = streambus_service::grpc::server()
+        .layer(auth::AuthLayer::new(auth))
         .add_service(health_service)
         .add_service(streambus_service::grpc::reflection_service())
         .add_service(

@@ -41,6 +41,7 @@ impl StreamBusDriver {
     async fn connect(&self) -> anyhow::Result<Client> {
         let options = ConnectOptions {
             tls: self.tls.clone(),
+            ..ConnectOptions::default()
         };
         Client::connect_with(self.gateway.clone(), options)
             .await

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::client::Transport;
 use futures::StreamExt;
 use streambus_proto::v1::produce_service_client::ProduceServiceClient;
 use streambus_proto::v1::{self, ProduceStreamRequest, ProduceStreamResponse};
@@ -14,7 +15,6 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
-use tonic::transport::Channel;
 
 use super::Shared;
 use super::accumulator::Batch;
@@ -34,7 +34,7 @@ enum Event {
 
 struct Sender {
     shared: Arc<Shared>,
-    client: ProduceServiceClient<Channel>,
+    client: ProduceServiceClient<Transport>,
     stream: Option<Stream>,
     in_flight: HashMap<u64, Batch>,
     next_sequence: u64,
@@ -44,7 +44,7 @@ struct Sender {
     init_at: Option<Instant>,
 }
 
-pub(crate) async fn run(shared: Arc<Shared>, client: ProduceServiceClient<Channel>) {
+pub(crate) async fn run(shared: Arc<Shared>, client: ProduceServiceClient<Transport>) {
     let mut sender = Sender {
         shared,
         client,

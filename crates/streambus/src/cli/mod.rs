@@ -72,6 +72,10 @@ pub struct GatewayArgs {
         value_name = "NAME"
     )]
     pub tls_server_name: Option<String>,
+    /// Bearer token for a gateway that authenticates with tokens (send it
+    /// over TLS only)
+    #[arg(long, env = "STREAMBUS_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 impl GatewayArgs {
@@ -81,13 +85,14 @@ impl GatewayArgs {
 
     /// The connection options the flags ask for.
     fn options(&self) -> Result<ConnectOptions, ClientError> {
+        let token = self.token.clone().filter(|t| !t.is_empty());
         let wanted = self.tls
             || self.tls_ca.is_some()
             || self.tls_cert.is_some()
             || self.tls_key.is_some()
             || self.tls_server_name.is_some();
         if !wanted {
-            return Ok(ConnectOptions::default());
+            return Ok(ConnectOptions { tls: None, token });
         }
         let mut tls = TlsOptions::from_files(
             self.tls_ca.as_deref(),
@@ -95,7 +100,10 @@ impl GatewayArgs {
             self.tls_key.as_deref(),
         )?;
         tls.server_name = self.tls_server_name.clone();
-        Ok(ConnectOptions { tls: Some(tls) })
+        Ok(ConnectOptions {
+            tls: Some(tls),
+            token,
+        })
     }
 }
 
