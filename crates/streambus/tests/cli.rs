@@ -9,6 +9,10 @@ fn streambus(gateway: &str, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_streambus"))
         .args(args)
         .env("STREAMBUS_GATEWAY", gateway)
+        .env(
+            "STREAMBUS_CLIENT_CONFIG",
+            "/nonexistent/streambus-client.toml",
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -235,6 +239,10 @@ async fn invalid_topic_config_is_refused_and_the_node_stays_up_across_restarts()
         let consumer = Command::new(env!("CARGO_BIN_EXE_streambus"))
             .args(["consume", "good", "--from-beginning", "-n", "2"])
             .env("STREAMBUS_GATEWAY", gw)
+            .env(
+                "STREAMBUS_CLIENT_CONFIG",
+                "/nonexistent/streambus-client.toml",
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -299,6 +307,10 @@ async fn topic_alter_adds_partitions_that_a_running_consumer_reads() {
                 "json",
             ])
             .env("STREAMBUS_GATEWAY", gw)
+            .env(
+                "STREAMBUS_CLIENT_CONFIG",
+                "/nonexistent/streambus-client.toml",
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -13,6 +13,10 @@ fn streambus(gateway: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_streambus"))
         .args(args)
         .env("STREAMBUS_GATEWAY", gateway)
+        .env(
+            "STREAMBUS_CLIENT_CONFIG",
+            "/nonexistent/streambus-client.toml",
+        )
         .stdin(Stdio::null())
         .output()
         .unwrap()

@@ -341,6 +341,10 @@ async fn a_decommissioned_storage_node_is_emptied_without_losing_a_record() {
     let cli = Command::new(env!("CARGO_BIN_EXE_streambus"))
         .args(["cluster", "decommission", "1", "--wait"])
         .env("STREAMBUS_GATEWAY", &gateway)
+        .env(
+            "STREAMBUS_CLIENT_CONFIG",
+            "/nonexistent/streambus-client.toml",
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -395,6 +399,10 @@ async fn a_decommissioned_storage_node_is_emptied_without_losing_a_record() {
     let text = std::process::Command::new(env!("CARGO_BIN_EXE_streambus"))
         .args(["cluster", "status"])
         .env("STREAMBUS_GATEWAY", &gateway)
+        .env(
+            "STREAMBUS_CLIENT_CONFIG",
+            "/nonexistent/streambus-client.toml",
+        )
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&text.stdout).into_owned();
@@ -429,6 +437,10 @@ async fn a_decommissioned_storage_node_is_emptied_without_losing_a_record() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_streambus"))
         .args(["cluster", "recommission", "1"])
         .env("STREAMBUS_GATEWAY", &gateway)
+        .env(
+            "STREAMBUS_CLIENT_CONFIG",
+            "/nonexistent/streambus-client.toml",
+        )
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");

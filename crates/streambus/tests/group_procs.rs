@@ -76,6 +76,10 @@ impl Member {
                 "200ms",
             ])
             .env("STREAMBUS_GATEWAY", gateways)
+            .env(
+                "STREAMBUS_CLIENT_CONFIG",
+                "/nonexistent/streambus-client.toml",
+            )
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out).unwrap())
             .stderr(std::fs::File::create(&err).unwrap())

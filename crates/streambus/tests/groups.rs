@@ -387,6 +387,10 @@ fn cli(gateway: &str, args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_streambus"))
         .args(args)
         .env("STREAMBUS_GATEWAY", gateway)
+        .env(
+            "STREAMBUS_CLIENT_CONFIG",
+            "/nonexistent/streambus-client.toml",
+        )
         .output()
         .unwrap();
     (

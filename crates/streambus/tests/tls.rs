@@ -18,8 +18,19 @@ use streambus_client::{
 };
 
 fn streambus(args: &[&str]) -> Output {
+    streambus_with(args, &[])
+}
+
+/// The CLI with `env` set, and no client configuration file unless `env`
+/// names one.
+fn streambus_with(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_streambus"))
         .args(args)
+        .env(
+            "STREAMBUS_CLIENT_CONFIG",
+            "/nonexistent/streambus-client.toml",
+        )
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
@@ -230,6 +241,38 @@ fn a_tls_cluster_serves_its_clients_and_refuses_everyone_else() {
             &cluster.gateways[0].http,
             "streambus_gateway_tls_handshake_failures_total"
         ) >= 2.0
+    );
+
+    // A context keeps the gateway and Alice's files under a name.
+    let config = dir.path().join("client.toml");
+    let config = config.to_str().unwrap();
+    let env = [("STREAMBUS_CLIENT_CONFIG", config)];
+    let mut set: Vec<String> = ["context", "set", "secure", "--gateway", gateway.as_str()]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    set.extend(tls_flags(&certs, Some("alice")));
+    let set: Vec<&str> = set.iter().map(String::as_str).collect();
+    let out = streambus_with(&set, &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = streambus_with(&["topic", "list"], &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("secure"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = streambus_with(&["context", "list"], &env);
+    assert!(
+        text(&out.stdout).contains(&format!("*        secure  {gateway}")),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = streambus_with(&["topic", "list", "--context", "other"], &env);
+    assert!(
+        text(&out.stderr).contains("no context \"other\""),
+        "{}",
+        text(&out.stderr)
     );
 
     // A storage node admits cluster peers only: alice's certificate (from

@@ -3,6 +3,7 @@
 
 mod cluster;
 mod consume;
+mod context;
 mod group;
 mod output;
 mod produce;
@@ -11,10 +12,12 @@ mod topic;
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use streambus_client::{Client, ClientError, ConnectOptions, TlsOptions};
 
 pub use cluster::ClusterArgs;
 pub use consume::ConsumeArgs;
+pub use context::ContextArgs;
 pub use group::GroupArgs;
 pub use produce::ProduceArgs;
 pub use tls::TlsArgs;
@@ -37,19 +40,22 @@ pub enum ClientCommand {
     Cluster(ClusterArgs),
     /// Generate a CA and certificates for TLS (development and tests)
     Tls(TlsArgs),
+    /// Named connection contexts (gateway, TLS, token) in the client
+    /// configuration file
+    Context(ContextArgs),
 }
 
 /// Where the gateway is; shared by every client command.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayArgs {
-    /// Gateway address: host:port or http://host:port; several separated by commas
-    #[arg(
-        long,
-        env = "STREAMBUS_GATEWAY",
-        default_value = "127.0.0.1:7400",
-        global = true
-    )]
-    pub gateway: String,
+    /// Gateway address: host:port or http://host:port; several separated
+    /// by commas [default: the context's, else 127.0.0.1:7400]
+    #[arg(long, env = "STREAMBUS_GATEWAY", global = true)]
+    pub gateway: Option<String>,
+    /// The context of the client configuration file to use [default: its
+    /// current context]
+    #[arg(long, env = "STREAMBUS_CONTEXT", global = true)]
+    pub context: Option<String>,
     /// Connect over TLS (implied by the other --tls options and by an
     /// https:// address); without --tls-ca the system's roots are trusted
     #[arg(long, env = "STREAMBUS_TLS", global = true)]
@@ -79,8 +85,40 @@ pub struct GatewayArgs {
 }
 
 impl GatewayArgs {
-    async fn connect(&self) -> Result<Client, ClientError> {
-        Client::connect_with(self.gateway.clone(), self.options()?).await
+    async fn connect(&self) -> anyhow::Result<Client> {
+        let resolved = self.resolve()?;
+        let gateway = resolved
+            .gateway
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1:7400".to_string());
+        Ok(Client::connect_with(gateway, resolved.options()?).await?)
+    }
+
+    /// These flags over the selected context of the client configuration
+    /// file (flags and environment variables win).
+    fn resolve(&self) -> anyhow::Result<GatewayArgs> {
+        let mut out = self.clone();
+        let Some(path) = context::path() else {
+            return Ok(out);
+        };
+        let config = context::load(&path)?;
+        let Some(c) = config.select(self.context.as_deref(), &path)? else {
+            return Ok(out);
+        };
+        out.gateway = out.gateway.or_else(|| c.gateway.clone());
+        out.tls = out.tls || c.tls.unwrap_or(false);
+        out.tls_ca = out.tls_ca.or_else(|| c.tls_ca.clone());
+        out.tls_cert = out.tls_cert.or_else(|| c.tls_cert.clone());
+        out.tls_key = out.tls_key.or_else(|| c.tls_key.clone());
+        out.tls_server_name = out.tls_server_name.or_else(|| c.tls_server_name.clone());
+        if out.token.is_none()
+            && let Some(file) = &c.token_file
+        {
+            let token = std::fs::read_to_string(file)
+                .with_context(|| format!("the context's token file {}", file.display()))?;
+            out.token = Some(token.trim().to_string());
+        }
+        Ok(out)
     }
 
     /// The connection options the flags ask for.
@@ -119,6 +157,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
         ClientCommand::Group(args) => group::run(args).await,
         ClientCommand::Cluster(args) => cluster::run(args).await,
         ClientCommand::Tls(args) => tls::run(args),
+        ClientCommand::Context(args) => context::run(args),
     };
     match result {
         Ok(code) => Ok(code),
