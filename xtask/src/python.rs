@@ -42,6 +42,11 @@ pub fn test(venv: &Path, gateway: &str) -> Result<(), String> {
         .args(["-m", "pytest", "-q", "tests/python"])
         .current_dir(crate::peer::root())
         .env("STREAMBUS_GATEWAY", gateway)
+        // The TLS tests start a `streambus dev` of their own.
+        .env(
+            "STREAMBUS_BIN",
+            crate::devproc::target_dir().join("debug/streambus"),
+        )
         .status();
     match status {
         Ok(s) if s.success() => Ok(()),
