@@ -146,6 +146,10 @@ reasons! {
     /// credentials it accepts: no client certificate or token, a token it
     /// does not know, or a method it does not use.
     Unauthenticated => ("UNAUTHENTICATED", Unauthenticated, false),
+    /// The caller's principal may not do this: no ACL allows the
+    /// operation on the resource, or one denies it. The message names the
+    /// principal, the operation and the resource.
+    PermissionDenied => ("PERMISSION_DENIED", PermissionDenied, false),
 }
 
 impl fmt::Display for Reason {
@@ -285,6 +289,7 @@ impl Error {
             Code::Unimplemented => Reason::Unsupported,
             Code::DataLoss => Reason::CorruptLog,
             Code::Unauthenticated => Reason::Unauthenticated,
+            Code::PermissionDenied => Reason::PermissionDenied,
             Code::Unavailable | Code::Cancelled | Code::Unknown => Reason::Unavailable,
             _ => Reason::Internal,
         };

@@ -346,6 +346,11 @@ impl Acls {
         self.entries.iter().filter(|a| filter.matches(a)).collect()
     }
 
+    /// Every ACL, in a stable order.
+    pub fn iter(&self) -> impl Iterator<Item = &Acl> {
+        self.entries.iter()
+    }
+
     /// How many there are.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -416,6 +421,36 @@ impl<'a> Authorizer<'a> {
             }
         }
         allowed_by.map_or(Decision::NoAclAllows, Decision::AllowedBy)
+    }
+
+    /// Whether `principal` may do `operation` to some resource of
+    /// `resource_type` (Kafka's "by resource type" check, for calls that
+    /// name no resource, such as asking for an idempotent producer id):
+    /// an allow covers it on some pattern, and no deny covers it on every
+    /// name (a literal `*`).
+    pub fn authorize_any(
+        &self,
+        principal: &str,
+        operation: Operation,
+        resource_type: ResourceType,
+    ) -> bool {
+        if self.superusers.contains(principal) {
+            return true;
+        }
+        let relevant = || {
+            self.acls
+                .entries
+                .iter()
+                .filter(|a| a.applies_to(principal) && a.pattern.resource_type == resource_type)
+        };
+        let denied_everywhere = relevant().any(|a| {
+            a.permission == Permission::Deny
+                && a.denies(operation)
+                && a.pattern.pattern_type == PatternType::Literal
+                && a.pattern.name == "*"
+        });
+        !denied_everywhere
+            && relevant().any(|a| a.permission == Permission::Allow && a.allows(operation))
     }
 }
 

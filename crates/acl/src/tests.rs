@@ -311,3 +311,30 @@ fn acls_are_a_set_listed_and_removed_by_filter() {
     assert_eq!(a.remove(&AclFilter::default()).len(), 2);
     assert!(a.is_empty());
 }
+
+#[test]
+fn some_resource_of_a_type_is_enough_unless_every_name_is_denied() {
+    let mut a = Acls::default();
+    a.add(acl(
+        "User:alice",
+        "topic",
+        "prefixed",
+        "orders.",
+        "write",
+        "allow",
+    ))
+    .unwrap();
+    a.add(acl("User:carol", "topic", "literal", "t", "write", "allow"))
+        .unwrap();
+    a.add(acl("User:carol", "topic", "literal", "*", "all", "deny"))
+        .unwrap();
+    let su = BTreeSet::from(["User:root".to_string()]);
+    let z = Authorizer::new(&a, &su);
+    assert!(z.authorize_any("User:alice", Operation::Write, ResourceType::Topic));
+    assert!(z.authorize_any("User:alice", Operation::Describe, ResourceType::Topic));
+    assert!(!z.authorize_any("User:alice", Operation::Read, ResourceType::Topic));
+    assert!(!z.authorize_any("User:alice", Operation::Write, ResourceType::Group));
+    assert!(!z.authorize_any("User:bob", Operation::Write, ResourceType::Topic));
+    assert!(!z.authorize_any("User:carol", Operation::Write, ResourceType::Topic));
+    assert!(z.authorize_any("User:root", Operation::Write, ResourceType::Topic));
+}

@@ -300,6 +300,50 @@ impl Client {
         Ok(())
     }
 
+    /// Adds ACLs (needs alter on the cluster); how many were new.
+    pub async fn create_acls(&self, acls: Vec<v1::AclBinding>) -> Result<u32, ClientError> {
+        Ok(self
+            .admin_call(|mut admin| {
+                let request = v1::CreateAclsRequest { acls: acls.clone() };
+                async move { admin.create_acls(request).await }
+            })
+            .await?
+            .created)
+    }
+
+    /// The ACLs `filter` selects (needs describe on the cluster).
+    pub async fn describe_acls(
+        &self,
+        filter: v1::AclBindingFilter,
+    ) -> Result<Vec<v1::AclBinding>, ClientError> {
+        Ok(self
+            .admin_call(|mut admin| {
+                let request = v1::DescribeAclsRequest {
+                    filter: Some(filter.clone()),
+                };
+                async move { admin.describe_acls(request).await }
+            })
+            .await?
+            .acls)
+    }
+
+    /// Removes the ACLs the filters select (needs alter on the cluster);
+    /// those removed.
+    pub async fn delete_acls(
+        &self,
+        filters: Vec<v1::AclBindingFilter>,
+    ) -> Result<Vec<v1::AclBinding>, ClientError> {
+        Ok(self
+            .admin_call(|mut admin| {
+                let request = v1::DeleteAclsRequest {
+                    filters: filters.clone(),
+                };
+                async move { admin.delete_acls(request).await }
+            })
+            .await?
+            .acls)
+    }
+
     /// Every topic, as the gateway lists them.
     pub async fn list_topics(&self) -> Result<Vec<v1::TopicDescription>, ClientError> {
         Ok(self

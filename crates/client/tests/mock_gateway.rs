@@ -122,6 +122,27 @@ impl AdminService for Mock {
         }))
     }
 
+    async fn create_acls(
+        &self,
+        _: Request<v1::CreateAclsRequest>,
+    ) -> Result<Response<v1::CreateAclsResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+
+    async fn describe_acls(
+        &self,
+        _: Request<v1::DescribeAclsRequest>,
+    ) -> Result<Response<v1::DescribeAclsResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+
+    async fn delete_acls(
+        &self,
+        _: Request<v1::DeleteAclsRequest>,
+    ) -> Result<Response<v1::DeleteAclsResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+
     async fn delete_topic(
         &self,
         _: Request<v1::DeleteTopicRequest>,

@@ -36,10 +36,10 @@ use streambus_proto::internal::{
     WatchMetadataRequest,
 };
 use streambus_proto::v1::{
-    AddControllerRequest, AlterTopicConfigsRequest, ControllerMember, ControllerStatus,
-    CreatePartitionsRequest, CreateTopicRequest, DecommissionStorageNodeRequest,
-    DeleteTopicRequest, PartitionDescription, RecommissionStorageNodeRequest,
-    RemoveControllerRequest, StorageNodeStatus, TopicDescription,
+    AclBinding, AclBindingFilter, AddControllerRequest, AlterTopicConfigsRequest, ControllerMember,
+    ControllerStatus, CreateAclsRequest, CreatePartitionsRequest, CreateTopicRequest,
+    DecommissionStorageNodeRequest, DeleteAclsRequest, DeleteTopicRequest, PartitionDescription,
+    RecommissionStorageNodeRequest, RemoveControllerRequest, StorageNodeStatus, TopicDescription,
 };
 use streambus_proto::{Error, Reason};
 use tokio::time::Instant;
@@ -379,6 +379,34 @@ impl ControllerClient {
         response
             .node
             .ok_or_else(|| Error::new(Reason::Internal, "controller returned no node"))
+    }
+
+    /// Adds ACLs; how many were new.
+    pub async fn create_acls(&self, acls: Vec<AclBinding>) -> Result<u32, Error> {
+        let response = self
+            .call(|mut c| {
+                let req = self.request(CreateAclsRequest { acls: acls.clone() });
+                async move { c.create_acls(req).await }
+            })
+            .await?;
+        Ok(response.created)
+    }
+
+    /// Removes the ACLs the filters select; those removed. A retry after
+    /// a lost answer may find them gone already and return fewer.
+    pub async fn delete_acls(
+        &self,
+        filters: Vec<AclBindingFilter>,
+    ) -> Result<Vec<AclBinding>, Error> {
+        let response = self
+            .call(|mut c| {
+                let req = self.request(DeleteAclsRequest {
+                    filters: filters.clone(),
+                });
+                async move { c.delete_acls(req).await }
+            })
+            .await?;
+        Ok(response.acls)
     }
 
     /// Deletes a topic.

@@ -7,9 +7,11 @@
 //!   defaults, validation against the partition log's own limits, and the
 //!   translation into [`streambus_log::LogConfig`]). The controller refuses
 //!   exactly what a storage node could not open.
+//! - [`acl_wire`]: ACLs between their model and their wire form.
 //! - [`view::ClusterView`]: the metadata snapshot clients hold, with
 //!   topics and partitions shared between versions.
 
+pub mod acl_wire;
 pub mod client;
 pub mod topic_config;
 pub mod view;

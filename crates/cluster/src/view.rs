@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use streambus_acl::Acls;
 use streambus_proto::internal::{ClusterMetadata, StorageNodeInfo, TopicMetadata};
 use streambus_proto::v1::PartitionDescription;
 
@@ -39,6 +40,8 @@ pub struct ClusterView {
     pub controller_leader_address: String,
     /// The cluster id; empty until the cluster is initialized.
     pub cluster_id: String,
+    /// The cluster's ACLs. Kept (the same `Arc`) while they do not change.
+    pub acls: Arc<Acls>,
 }
 
 /// One topic of a [`ClusterView`].
@@ -249,6 +252,28 @@ impl ClusterView {
         } else {
             Arc::new(md.nodes)
         };
+        let acls = if md.acls_unchanged {
+            if !md.delta {
+                return Err(Inconsistent(
+                    "a whole snapshot says its ACLs are unchanged".into(),
+                ));
+            }
+            self.acls.clone()
+        } else {
+            let mut acls = Acls::default();
+            for b in &md.acls {
+                // An ACL this version cannot read (a newer controller's)
+                // is not skipped: it may be a deny.
+                let acl = crate::acl_wire::from_wire(b)
+                    .map_err(|e| Inconsistent(format!("an ACL that cannot be read: {e}")))?;
+                acls.add(acl).ok();
+            }
+            if acls == *self.acls {
+                self.acls.clone()
+            } else {
+                Arc::new(acls)
+            }
+        };
         Ok(ClusterView {
             version: md.version,
             nodes,
@@ -256,6 +281,7 @@ impl ClusterView {
             controller_leader_id: md.controller_leader_id,
             controller_leader_address: md.controller_leader_address,
             cluster_id: md.cluster_id,
+            acls,
         })
     }
 
@@ -307,6 +333,7 @@ impl ClusterView {
             controller_leader_id: self.controller_leader_id,
             controller_leader_address: self.controller_leader_address.clone(),
             cluster_id: self.cluster_id.clone(),
+            acls: self.acls.iter().map(crate::acl_wire::to_wire).collect(),
             ..ClusterMetadata::default()
         }
     }
@@ -361,6 +388,50 @@ mod tests {
             .values()
             .map(|t| (t.name.as_str(), t.partitions.len()))
             .collect()
+    }
+
+    #[test]
+    fn acls_are_kept_while_unchanged_and_an_unreadable_one_is_inconsistent() {
+        use streambus_proto::v1::{
+            AclBinding, AclOperation, AclPatternType, AclPermission, AclResourceType,
+        };
+        let deny = AclBinding {
+            principal: "User:eve".into(),
+            resource_type: AclResourceType::Topic as i32,
+            pattern_type: AclPatternType::Literal as i32,
+            resource_name: "*".into(),
+            operation: AclOperation::All as i32,
+            permission: AclPermission::Deny as i32,
+        };
+        let mut md = whole(1, vec![]);
+        md.acls = vec![deny.clone()];
+        let v1 = ClusterView::from_wire(md).unwrap();
+        assert_eq!(v1.acls.len(), 1);
+        assert_eq!(v1.to_wire().acls, vec![deny.clone()]);
+
+        let mut unchanged = delta(2, vec![topic("a", 1)], &[]);
+        unchanged.acls_unchanged = true;
+        let v2 = v1.apply(unchanged.clone()).unwrap();
+        assert!(Arc::ptr_eq(&v1.acls, &v2.acls));
+        // The same ACLs in a whole snapshot: still the same `Arc`.
+        let mut again = whole(3, vec![]);
+        again.acls = vec![deny.clone()];
+        assert!(Arc::ptr_eq(&v2.apply(again).unwrap().acls, &v1.acls));
+        // No ACLs in a delta that does not say unchanged: none left.
+        assert!(v2.apply(delta(4, vec![], &[])).unwrap().acls.is_empty());
+
+        // A whole snapshot cannot refer to ACLs before it.
+        let mut bad = whole(5, vec![]);
+        bad.acls_unchanged = true;
+        assert!(v2.apply(bad).is_err());
+        // A deny this version cannot read is not skipped.
+        let mut unknown = whole(5, vec![]);
+        unknown.acls = vec![AclBinding {
+            operation: 42,
+            ..deny
+        }];
+        let e = v2.apply(unknown).unwrap_err();
+        assert!(e.0.contains("unknown ACL operation 42"), "{e}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ const LIST_KEYS: &[&str] = &[
     "storage_node.controllers",
     "gateway.controllers",
     "controller.peers",
+    "gateway.auth.superusers",
 ];
 
 /// Everything one `streambus` process can be configured with.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use procs::Cluster;
+use procs::{Cluster, eventually};
 use streambus_client::{
     Client, ConnectOptions, ProducerConfig, Record, StartFrom, SubscribeOptions, TlsOptions,
 };
@@ -324,17 +324,6 @@ fn a_tls_cluster_serves_its_clients_and_refuses_everyone_else() {
 }
 
 /// Waits until `cond` holds, for at most 20 s.
-fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not {what} after 20 s"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn clients_authenticate_with_a_certificate_or_a_token_and_admin_changes_are_audited() {
     let dir = tempfile::tempdir().unwrap();

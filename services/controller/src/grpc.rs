@@ -27,11 +27,12 @@ use streambus_proto::internal::{
 };
 use streambus_proto::v1::{
     AddControllerRequest, AddControllerResponse, AlterTopicConfigsRequest,
-    AlterTopicConfigsResponse, ControllerMember, ControllerStatus, CreatePartitionsRequest,
-    CreatePartitionsResponse, CreateTopicRequest, CreateTopicResponse,
-    DecommissionStorageNodeRequest, DecommissionStorageNodeResponse, DeleteTopicRequest,
-    DeleteTopicResponse, RecommissionStorageNodeRequest, RecommissionStorageNodeResponse,
-    RemoveControllerRequest, RemoveControllerResponse,
+    AlterTopicConfigsResponse, ControllerMember, ControllerStatus, CreateAclsRequest,
+    CreateAclsResponse, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicRequest,
+    CreateTopicResponse, DecommissionStorageNodeRequest, DecommissionStorageNodeResponse,
+    DeleteAclsRequest, DeleteAclsResponse, DeleteTopicRequest, DeleteTopicResponse,
+    RecommissionStorageNodeRequest, RecommissionStorageNodeResponse, RemoveControllerRequest,
+    RemoveControllerResponse,
 };
 use streambus_proto::{Error, Reason};
 use tokio::sync::watch;
@@ -50,6 +51,8 @@ use crate::store::{Raft, StateMachineStore};
 
 /// How long a proposal may take before the caller gets `TIMEOUT`.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most ACLs (or ACL filters) one request carries.
+pub const MAX_ACLS_PER_REQUEST: usize = 1000;
 
 /// Proposes commands to Raft and answers leadership questions.
 #[derive(Clone)]
@@ -755,6 +758,79 @@ impl ControllerService for ControllerGrpc {
         let node = self.proposer.metadata().node_status(node_id);
         tracing::info!(node_id, "storage node recommissioned");
         Ok(Response::new(RecommissionStorageNodeResponse { node }))
+    }
+
+    async fn create_acls(
+        &self,
+        req: Request<CreateAclsRequest>,
+    ) -> Result<Response<CreateAclsResponse>, Status> {
+        let req = req.into_inner();
+        if req.acls.len() > MAX_ACLS_PER_REQUEST {
+            return Err(status(Error::new(
+                Reason::InvalidArgument,
+                format!(
+                    "{} ACLs in one request; at most {MAX_ACLS_PER_REQUEST}",
+                    req.acls.len()
+                ),
+            )));
+        }
+        let acls = req
+            .acls
+            .iter()
+            .map(streambus_cluster::acl_wire::from_wire)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(status)?;
+        self.proposer.ensure_leader().map_err(status)?;
+        match self.proposer.propose(Command::CreateAcls { acls }).await {
+            Ok(CommandResponse::Changed { applied }) => {
+                tracing::info!(created = applied, "ACLs created");
+                Ok(Response::new(CreateAclsResponse { created: applied }))
+            }
+            Ok(other) => Err(status(Error::new(
+                Reason::Internal,
+                format!("unexpected create ACLs response {other:?}"),
+            ))),
+            Err(e) => Err(status(e)),
+        }
+    }
+
+    async fn delete_acls(
+        &self,
+        req: Request<DeleteAclsRequest>,
+    ) -> Result<Response<DeleteAclsResponse>, Status> {
+        let req = req.into_inner();
+        if req.filters.is_empty() || req.filters.len() > MAX_ACLS_PER_REQUEST {
+            return Err(status(Error::new(
+                Reason::InvalidArgument,
+                format!(
+                    "{} ACL filters; 1 to {MAX_ACLS_PER_REQUEST} (an empty filter selects every ACL)",
+                    req.filters.len()
+                ),
+            )));
+        }
+        let filters = req
+            .filters
+            .iter()
+            .map(streambus_cluster::acl_wire::filter_from_wire)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(status)?;
+        self.proposer.ensure_leader().map_err(status)?;
+        match self.proposer.propose(Command::DeleteAcls { filters }).await {
+            Ok(CommandResponse::AclsRemoved { acls }) => {
+                tracing::info!(deleted = acls.len(), "ACLs deleted");
+                Ok(Response::new(DeleteAclsResponse {
+                    acls: acls
+                        .iter()
+                        .map(streambus_cluster::acl_wire::to_wire)
+                        .collect(),
+                }))
+            }
+            Ok(other) => Err(status(Error::new(
+                Reason::Internal,
+                format!("unexpected delete ACLs response {other:?}"),
+            ))),
+            Err(e) => Err(status(e)),
+        }
     }
 
     async fn get_metadata(

@@ -18,6 +18,7 @@ use streambus_proto::v1::{
 };
 use streambus_proto::{Error, Reason};
 
+use streambus_acl::{Acl, AclFilter, Acls};
 use streambus_cluster::topic_config::{FSYNC_INTERVAL_MS, FSYNC_POLICY, TopicConfig};
 
 /// Most partitions one topic may have.
@@ -181,6 +182,16 @@ pub enum Command {
         /// The changes, at most one per partition.
         changes: Vec<PartitionChange>,
     },
+    /// Adds ACLs (checked before proposing and again when applied).
+    CreateAcls {
+        /// The ACLs; one that is there already is kept once.
+        acls: Vec<Acl>,
+    },
+    /// Removes every ACL one of the filters selects.
+    DeleteAcls {
+        /// The filters.
+        filters: Vec<AclFilter>,
+    },
 }
 
 /// One partition's new leader, replicas and ISR, based on a partition
@@ -231,6 +242,11 @@ pub enum CommandResponse {
     Changed {
         /// Applied changes (the others were stale or no longer valid).
         applied: u32,
+    },
+    /// The ACLs a `DeleteAcls` entry removed.
+    AclsRemoved {
+        /// The removed ACLs.
+        acls: Vec<Acl>,
     },
     /// Not applied: the state did not allow it.
     Rejected {
@@ -358,6 +374,8 @@ pub struct Dirty {
     pub headers: BTreeSet<String>,
     /// Storage nodes added or changed.
     pub nodes: BTreeSet<u64>,
+    /// The ACLs changed.
+    pub acls: bool,
 }
 
 /// `p` after `f`, if that changed it (`f` works on a copy).
@@ -414,6 +432,14 @@ pub struct Metadata {
     /// controller that finds itself here serves no metadata.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub removed_controllers: BTreeSet<u64>,
+    /// The ACLs. Shared with the snapshots published before until they
+    /// change, so a watch delta tells by pointer whether to send them.
+    #[serde(default, skip_serializing_if = "acls_empty")]
+    pub acls: Arc<Acls>,
+}
+
+fn acls_empty(acls: &Arc<Acls>) -> bool {
+    acls.is_empty()
 }
 
 pub use streambus_cluster::random_id;
@@ -978,6 +1004,39 @@ impl Metadata {
                     dirty.headers.insert(name.clone());
                 }
                 CommandResponse::Topic(topic.clone())
+            }
+            Command::CreateAcls { acls } => {
+                if let Some((acl, e)) = acls.iter().find_map(|a| a.validate().err().map(|e| (a, e)))
+                {
+                    return CommandResponse::rejected(
+                        Reason::InvalidArgument,
+                        format!("ACL {acl}: {e}"),
+                    );
+                }
+                let mut next = Acls::clone(&self.acls);
+                let mut applied = 0;
+                for acl in acls {
+                    if next.add(acl.clone()).unwrap_or(false) {
+                        applied += 1;
+                    }
+                }
+                if applied > 0 {
+                    self.acls = Arc::new(next);
+                    dirty.acls = true;
+                }
+                CommandResponse::Changed { applied }
+            }
+            Command::DeleteAcls { filters } => {
+                let mut next = Acls::clone(&self.acls);
+                let mut removed = Vec::new();
+                for f in filters {
+                    removed.extend(next.remove(f));
+                }
+                if !removed.is_empty() {
+                    self.acls = Arc::new(next);
+                    dirty.acls = true;
+                }
+                CommandResponse::AclsRemoved { acls: removed }
             }
             Command::DecommissionNode { node_id } => {
                 if let Err(e) = self.check_decommission(*node_id) {
@@ -1797,7 +1856,7 @@ impl Metadata {
     pub fn to_cluster_metadata(&self, leader_id: u64, leader_address: &str) -> ClusterMetadata {
         ClusterMetadata {
             topics: self.topics.values().map(|t| topic_metadata(t)).collect(),
-            ..self.wire_without_topics(leader_id, leader_address)
+            ..self.wire_without_topics(leader_id, leader_address, None)
         }
     }
 
@@ -1867,12 +1926,29 @@ impl Metadata {
                 .cloned()
                 .collect(),
             delta: true,
-            ..self.wire_without_topics(leader_id, leader_address)
+            ..self.wire_without_topics(leader_id, leader_address, Some(before))
         }
     }
 
-    fn wire_without_topics(&self, leader_id: u64, leader_address: &str) -> ClusterMetadata {
+    /// Every field but the topics; the ACLs left out (`acls_unchanged`)
+    /// when `before` has the same ones.
+    fn wire_without_topics(
+        &self,
+        leader_id: u64,
+        leader_address: &str,
+        before: Option<&Metadata>,
+    ) -> ClusterMetadata {
+        let acls_unchanged = before.is_some_and(|b| Arc::ptr_eq(&b.acls, &self.acls));
         ClusterMetadata {
+            acls: if acls_unchanged {
+                Vec::new()
+            } else {
+                self.acls
+                    .iter()
+                    .map(streambus_cluster::acl_wire::to_wire)
+                    .collect()
+            },
+            acls_unchanged,
             version: self.version,
             nodes: self
                 .nodes
@@ -2004,6 +2080,102 @@ mod tests {
             CommandResponse::Topic(t) => Topic::clone(&t),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn acls_are_added_once_removed_by_filter_and_sent_only_when_changed() {
+        use streambus_acl::{
+            Acl, AclFilter, Operation, PatternType, Permission, ResourcePattern, ResourceType,
+        };
+        let acl = |principal: &str, permission| Acl {
+            principal: principal.into(),
+            pattern: ResourcePattern {
+                resource_type: ResourceType::Topic,
+                pattern_type: PatternType::Prefixed,
+                name: "orders.".into(),
+            },
+            operation: Operation::Read,
+            permission,
+        };
+        let mut m = Metadata::default();
+        let mut dirty = Dirty::default();
+        let created = m.apply(
+            1,
+            &Command::CreateAcls {
+                acls: vec![
+                    acl("User:a", Permission::Allow),
+                    acl("User:b", Permission::Deny),
+                ],
+            },
+            &mut dirty,
+        );
+        assert_eq!(created, CommandResponse::Changed { applied: 2 });
+        assert!(dirty.acls);
+        let before = m.clone();
+        let wire = m.to_cluster_metadata(1, "c1:1");
+        assert_eq!(wire.acls.len(), 2);
+        assert!(!wire.acls_unchanged);
+
+        // Adding one that is there changes nothing, and a delta leaves
+        // the ACLs out.
+        let mut dirty = Dirty::default();
+        let again = m.apply(
+            2,
+            &Command::CreateAcls {
+                acls: vec![acl("User:a", Permission::Allow)],
+            },
+            &mut dirty,
+        );
+        assert_eq!(again, CommandResponse::Changed { applied: 0 });
+        assert!(!dirty.acls);
+        let d = m.to_cluster_metadata_delta(&before, 1, "c1:1", true);
+        assert!(d.acls_unchanged && d.acls.is_empty());
+
+        // An invalid ACL is refused at apply too, and adds nothing.
+        let mut bad = acl("alice", Permission::Allow);
+        bad.principal = "alice".into();
+        let refused = m.apply(
+            3,
+            &Command::CreateAcls {
+                acls: vec![acl("User:c", Permission::Allow), bad],
+            },
+            &mut Dirty::default(),
+        );
+        assert!(
+            matches!(refused, CommandResponse::Rejected { ref reason, .. } if reason == "INVALID_ARGUMENT")
+        );
+        assert_eq!(m.acls.len(), 2);
+
+        let mut dirty = Dirty::default();
+        let removed = m.apply(
+            4,
+            &Command::DeleteAcls {
+                filters: vec![AclFilter {
+                    permission: Some(Permission::Deny),
+                    ..AclFilter::default()
+                }],
+            },
+            &mut dirty,
+        );
+        assert_eq!(
+            removed,
+            CommandResponse::AclsRemoved {
+                acls: vec![acl("User:b", Permission::Deny)]
+            }
+        );
+        assert!(dirty.acls);
+        let d = m.to_cluster_metadata_delta(&before, 1, "c1:1", true);
+        assert!(!d.acls_unchanged);
+        assert_eq!(
+            d.acls,
+            vec![streambus_cluster::acl_wire::to_wire(&acl(
+                "User:a",
+                Permission::Allow
+            ))]
+        );
+        // Through the JSON of the Raft log and snapshots.
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(serde_json::from_str::<Metadata>(&json).unwrap(), m);
     }
 
     #[test]

@@ -13,21 +13,25 @@ use streambus_proto::internal::{
 use streambus_proto::v1::admin_service_server::AdminService;
 use streambus_proto::v1::{
     AddControllerRequest, AddControllerResponse, AlterTopicConfigsRequest,
-    AlterTopicConfigsResponse, ControllerStatus, CreatePartitionsRequest, CreatePartitionsResponse,
-    CreateTopicRequest, CreateTopicResponse, DecommissionStorageNodeRequest,
-    DecommissionStorageNodeResponse, DeleteTopicRequest, DeleteTopicResponse,
-    DescribeClusterRequest, DescribeClusterResponse, DescribePartitionOffsetsRequest,
-    DescribePartitionOffsetsResponse, DescribeTopicRequest, DescribeTopicResponse,
-    ListTopicsRequest, ListTopicsResponse, PartitionOffsets, PartitionStatus,
-    RecommissionStorageNodeRequest, RecommissionStorageNodeResponse, RemoveControllerRequest,
-    RemoveControllerResponse, StorageNodeStatus, TopicDescription,
+    AlterTopicConfigsResponse, ControllerStatus, CreateAclsRequest, CreateAclsResponse,
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicRequest, CreateTopicResponse,
+    DecommissionStorageNodeRequest, DecommissionStorageNodeResponse, DeleteAclsRequest,
+    DeleteAclsResponse, DeleteTopicRequest, DeleteTopicResponse, DescribeAclsRequest,
+    DescribeAclsResponse, DescribeClusterRequest, DescribeClusterResponse,
+    DescribePartitionOffsetsRequest, DescribePartitionOffsetsResponse, DescribeTopicRequest,
+    DescribeTopicResponse, ListTopicsRequest, ListTopicsResponse, PartitionOffsets,
+    PartitionStatus, RecommissionStorageNodeRequest, RecommissionStorageNodeResponse,
+    RemoveControllerRequest, RemoveControllerResponse, StorageNodeStatus, TopicDescription,
 };
 use streambus_proto::{Error, Reason};
 use tonic::{Request, Response, Status};
 
-use crate::auth::{audit, principal_of};
+use crate::auth::{Principal, audit, principal_of};
+use crate::authz::Authz;
 use crate::metadata::unknown_partition;
 use futures::{StreamExt, TryStreamExt};
+use streambus_acl::{AclFilter, Operation, ResourceType};
+use streambus_cluster::acl_wire;
 
 use crate::metrics::Metrics;
 use crate::router::{self, CallPolicy, Router};
@@ -57,6 +61,7 @@ fn not_internal(topic: &str) -> Result<(), Error> {
 pub struct AdminApi {
     pub(crate) router: Router,
     pub(crate) metrics: Metrics,
+    pub(crate) authz: Authz,
 }
 
 /// The public description of a topic.
@@ -71,6 +76,20 @@ pub fn describe(t: &TopicView) -> TopicDescription {
 }
 
 impl AdminApi {
+    /// Creating a topic needs create on the cluster or on the topic.
+    fn may_create(&self, principal: &Principal, topic: &str) -> Result<(), Error> {
+        if self.authz.allowed(
+            principal,
+            Operation::Create,
+            ResourceType::Cluster,
+            streambus_acl::CLUSTER_NAME,
+        ) {
+            return Ok(());
+        }
+        self.authz
+            .check(principal, Operation::Create, ResourceType::Topic, topic)
+    }
+
     async fn offsets(
         &self,
         req: DescribePartitionOffsetsRequest,
@@ -311,7 +330,8 @@ impl AdminService for AdminApi {
                 sorted(&req.configs)
             ),
         );
-        let r = match not_internal(&req.name) {
+        let r = match not_internal(&req.name).and_then(|()| self.may_create(&principal, &req.name))
+        {
             Ok(()) => self
                 .router
                 .metadata()
@@ -339,7 +359,10 @@ impl AdminService for AdminApi {
         let started = Instant::now();
         let principal = principal_of(&request);
         let name = request.into_inner().name;
-        let r = match not_internal(&name) {
+        let r = match not_internal(&name).and_then(|()| {
+            self.authz
+                .check(&principal, Operation::Delete, ResourceType::Topic, &name)
+        }) {
             Ok(()) => self
                 .router
                 .metadata()
@@ -366,7 +389,14 @@ impl AdminService for AdminApi {
         let started = Instant::now();
         let principal = principal_of(&request);
         let req = request.into_inner();
-        let r = match not_internal(&req.topic) {
+        let r = match not_internal(&req.topic).and_then(|()| {
+            self.authz.check(
+                &principal,
+                Operation::Alter,
+                ResourceType::Topic,
+                &req.topic,
+            )
+        }) {
             Ok(()) => self
                 .router
                 .metadata()
@@ -405,7 +435,14 @@ impl AdminService for AdminApi {
         let req = request.into_inner();
         let validate_only = req.validate_only;
         let (resource, detail) = (format!("topic:{}", req.topic), format!("{req:?}"));
-        let r = match not_internal(&req.topic) {
+        let r = match not_internal(&req.topic).and_then(|()| {
+            self.authz.check(
+                &principal,
+                Operation::Alter,
+                ResourceType::Topic,
+                &req.topic,
+            )
+        }) {
             Ok(()) => self
                 .router
                 .metadata()
@@ -440,13 +477,17 @@ impl AdminService for AdminApi {
         let started = Instant::now();
         let principal = principal_of(&request);
         let node_id = request.into_inner().node_id;
-        let r = self
-            .router
-            .metadata()
-            .controller()
-            .decommission_node(node_id)
-            .await
-            .map(|node| DecommissionStorageNodeResponse { node: Some(node) });
+        let r = match self.authz.check_cluster(&principal, Operation::Alter) {
+            Ok(()) => {
+                self.router
+                    .metadata()
+                    .controller()
+                    .decommission_node(node_id)
+                    .await
+            }
+            Err(e) => Err(e),
+        }
+        .map(|node| DecommissionStorageNodeResponse { node: Some(node) });
         audit(
             &principal,
             "DecommissionStorageNode",
@@ -464,13 +505,17 @@ impl AdminService for AdminApi {
         let started = Instant::now();
         let principal = principal_of(&request);
         let node_id = request.into_inner().node_id;
-        let r = self
-            .router
-            .metadata()
-            .controller()
-            .recommission_node(node_id)
-            .await
-            .map(|node| RecommissionStorageNodeResponse { node: Some(node) });
+        let r = match self.authz.check_cluster(&principal, Operation::Alter) {
+            Ok(()) => {
+                self.router
+                    .metadata()
+                    .controller()
+                    .recommission_node(node_id)
+                    .await
+            }
+            Err(e) => Err(e),
+        }
+        .map(|node| RecommissionStorageNodeResponse { node: Some(node) });
         audit(
             &principal,
             "RecommissionStorageNode",
@@ -483,12 +528,25 @@ impl AdminService for AdminApi {
 
     async fn list_topics(
         &self,
-        _request: Request<ListTopicsRequest>,
+        request: Request<ListTopicsRequest>,
     ) -> Result<Response<ListTopicsResponse>, Status> {
         let started = Instant::now();
+        let principal = principal_of(&request);
         let r = self.router.metadata().refresh().await.map(|md| {
-            // By name: the map's order.
-            let topics = md.topics.values().map(|t| describe(t)).collect();
+            // By name: the map's order. Only what the caller may describe.
+            let topics = md
+                .topics
+                .values()
+                .filter(|t| {
+                    self.authz.allowed(
+                        &principal,
+                        Operation::Describe,
+                        ResourceType::Topic,
+                        &t.name,
+                    )
+                })
+                .map(|t| describe(t))
+                .collect();
             ListTopicsResponse { topics }
         });
         observe(&self.metrics, "ListTopics", started, r)
@@ -499,8 +557,11 @@ impl AdminService for AdminApi {
         request: Request<DescribeTopicRequest>,
     ) -> Result<Response<DescribeTopicResponse>, Status> {
         let started = Instant::now();
+        let principal = principal_of(&request);
         let name = request.into_inner().name;
         let r = async {
+            self.authz
+                .check(&principal, Operation::Describe, ResourceType::Topic, &name)?;
             let md = self.router.metadata().refresh().await?;
             let t = md.topic(&name).ok_or_else(|| {
                 Error::new(
@@ -521,16 +582,32 @@ impl AdminService for AdminApi {
         request: Request<DescribePartitionOffsetsRequest>,
     ) -> Result<Response<DescribePartitionOffsetsResponse>, Status> {
         let started = Instant::now();
-        let r = self.offsets(request.into_inner()).await;
+        let principal = principal_of(&request);
+        let req = request.into_inner();
+        let r = match self.authz.check(
+            &principal,
+            Operation::Describe,
+            ResourceType::Topic,
+            &req.topic,
+        ) {
+            Ok(()) => self.offsets(req).await,
+            Err(e) => Err(e),
+        };
         observe(&self.metrics, "DescribePartitionOffsets", started, r)
     }
 
     async fn describe_cluster(
         &self,
-        _request: Request<DescribeClusterRequest>,
+        request: Request<DescribeClusterRequest>,
     ) -> Result<Response<DescribeClusterResponse>, Status> {
         let started = Instant::now();
-        let r = self.describe_cluster().await;
+        let r = match self
+            .authz
+            .check_cluster(&principal_of(&request), Operation::Describe)
+        {
+            Ok(()) => self.describe_cluster().await,
+            Err(e) => Err(e),
+        };
         observe(&self.metrics, "DescribeCluster", started, r)
     }
 
@@ -541,13 +618,17 @@ impl AdminService for AdminApi {
         let started = Instant::now();
         let principal = principal_of(&request);
         let AddControllerRequest { node_id, address } = request.into_inner();
-        let r = self
-            .router
-            .metadata()
-            .controller()
-            .add_controller(node_id, &address)
-            .await
-            .map(|members| AddControllerResponse { members });
+        let r = match self.authz.check_cluster(&principal, Operation::Alter) {
+            Ok(()) => {
+                self.router
+                    .metadata()
+                    .controller()
+                    .add_controller(node_id, &address)
+                    .await
+            }
+            Err(e) => Err(e),
+        }
+        .map(|members| AddControllerResponse { members });
         audit(
             &principal,
             "AddController",
@@ -558,6 +639,115 @@ impl AdminService for AdminApi {
         observe(&self.metrics, "AddController", started, r)
     }
 
+    async fn create_acls(
+        &self,
+        request: Request<CreateAclsRequest>,
+    ) -> Result<Response<CreateAclsResponse>, Status> {
+        let started = Instant::now();
+        let principal = principal_of(&request);
+        let req = request.into_inner();
+        let detail = req
+            .acls
+            .iter()
+            .map(|b| match acl_wire::from_wire(b) {
+                Ok(acl) => acl.to_string(),
+                Err(_) => format!("{b:?}"),
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let r = async {
+            self.authz.check_cluster(&principal, Operation::Alter)?;
+            let acls = req
+                .acls
+                .iter()
+                .map(acl_wire::from_wire)
+                .collect::<Result<Vec<_>, _>>()?;
+            let created = self
+                .router
+                .metadata()
+                .controller()
+                .create_acls(req.acls)
+                .await?;
+            // This gateway enforces them from the next call on.
+            self.router
+                .metadata()
+                .settle(|md| {
+                    let held = md.acls.list(&AclFilter::default());
+                    acls.iter().all(|a| held.contains(&a))
+                })
+                .await;
+            Ok(CreateAclsResponse { created })
+        }
+        .await;
+        audit(&principal, "CreateAcls", "cluster", &detail, &r);
+        observe(&self.metrics, "CreateAcls", started, r)
+    }
+
+    async fn describe_acls(
+        &self,
+        request: Request<DescribeAclsRequest>,
+    ) -> Result<Response<DescribeAclsResponse>, Status> {
+        let started = Instant::now();
+        let principal = principal_of(&request);
+        let req = request.into_inner();
+        let r = async {
+            self.authz.check_cluster(&principal, Operation::Describe)?;
+            let filter = acl_wire::filter_from_wire(&req.filter.unwrap_or_default())?;
+            let md = self.router.metadata().refresh().await?;
+            Ok(DescribeAclsResponse {
+                acls: md
+                    .acls
+                    .list(&filter)
+                    .into_iter()
+                    .map(acl_wire::to_wire)
+                    .collect(),
+            })
+        }
+        .await;
+        observe(&self.metrics, "DescribeAcls", started, r)
+    }
+
+    async fn delete_acls(
+        &self,
+        request: Request<DeleteAclsRequest>,
+    ) -> Result<Response<DeleteAclsResponse>, Status> {
+        let started = Instant::now();
+        let principal = principal_of(&request);
+        let req = request.into_inner();
+        let detail = format!("filters={:?}", req.filters);
+        let r = async {
+            self.authz.check_cluster(&principal, Operation::Alter)?;
+            for f in &req.filters {
+                acl_wire::filter_from_wire(f)?;
+            }
+            let removed = self
+                .router
+                .metadata()
+                .controller()
+                .delete_acls(req.filters)
+                .await?;
+            let gone = removed
+                .iter()
+                .map(acl_wire::from_wire)
+                .collect::<Result<Vec<_>, _>>()?;
+            self.router
+                .metadata()
+                .settle(|md| {
+                    let held = md.acls.list(&AclFilter::default());
+                    gone.iter().all(|a| !held.contains(&a))
+                })
+                .await;
+            Ok(DeleteAclsResponse { acls: removed })
+        }
+        .await;
+        let detail = match &r {
+            Ok(d) => format!("{detail} removed={}", d.acls.len()),
+            Err(_) => detail,
+        };
+        audit(&principal, "DeleteAcls", "cluster", &detail, &r);
+        observe(&self.metrics, "DeleteAcls", started, r)
+    }
+
     async fn remove_controller(
         &self,
         request: Request<RemoveControllerRequest>,
@@ -565,13 +755,17 @@ impl AdminService for AdminApi {
         let started = Instant::now();
         let principal = principal_of(&request);
         let node_id = request.into_inner().node_id;
-        let r = self
-            .router
-            .metadata()
-            .controller()
-            .remove_controller(node_id)
-            .await
-            .map(|members| RemoveControllerResponse { members });
+        let r = match self.authz.check_cluster(&principal, Operation::Alter) {
+            Ok(()) => {
+                self.router
+                    .metadata()
+                    .controller()
+                    .remove_controller(node_id)
+                    .await
+            }
+            Err(e) => Err(e),
+        }
+        .map(|members| RemoveControllerResponse { members });
         audit(
             &principal,
             "RemoveController",

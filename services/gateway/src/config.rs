@@ -82,6 +82,13 @@ pub struct AuthConfig {
     /// `User:ANONYMOUS` (refused with `UNAUTHENTICATED` otherwise).
     /// Credentials that do not verify are refused either way.
     pub allow_anonymous: bool,
+    /// Enforce the cluster's ACLs on every call: a call no ACL allows is
+    /// refused with `PERMISSION_DENIED`. Off: every principal may do
+    /// everything.
+    pub acls: bool,
+    /// Principals (`User:<name>`) allowed everything, whatever the ACLs
+    /// say.
+    pub superusers: Vec<String>,
 }
 
 impl AuthConfig {
@@ -118,6 +125,15 @@ impl Default for GatewayConfig {
 impl GatewayConfig {
     /// Checks the settings that have no usable zero or minimum.
     pub fn validate(&self) -> Result<(), String> {
+        for s in &self.auth.superusers {
+            if s.strip_prefix("User:")
+                .is_none_or(|n| n.is_empty() || n == "*")
+            {
+                return Err(format!(
+                    "gateway.auth.superusers: {s:?} is not a principal (User:<name>)"
+                ));
+            }
+        }
         let positive = [
             ("max_in_flight_writes", self.max_in_flight_writes as u64),
             ("max_in_flight_bytes", self.max_in_flight_bytes as u64),

@@ -21,11 +21,14 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Principal, principal_of};
+use crate::authz::Authz;
 use crate::decode::decode_within;
 use crate::metadata::unknown_partition;
 use crate::metrics::Metrics;
 use crate::record_watch::{RecordWatches, WATCH_WAIT, Woken};
 use crate::router::{self, CallPolicy, Router};
+use streambus_acl::{Operation, ResourceType};
 
 const DEFAULT_MAX_BYTES: u32 = 1024 * 1024;
 const DEFAULT_SUBSCRIBE_WAIT_MS: u32 = 500;
@@ -65,6 +68,7 @@ pub struct ConsumeApi {
     pub(crate) draining: tokio::sync::watch::Receiver<bool>,
     /// Where caught-up subscription partitions wait for records.
     pub(crate) watches: RecordWatches,
+    pub(crate) authz: Authz,
 }
 
 pub use crate::decode::decode;
@@ -324,6 +328,7 @@ impl ConsumeApi {
     pub(crate) async fn follow_partition(
         self,
         req: SubscribeRequest,
+        principal: Principal,
         partition: u32,
         added: bool,
         demand: Arc<Demand>,
@@ -419,6 +424,15 @@ impl ConsumeApi {
                 // answers with at most one batch, not a megabyte.
                 None => (1, wait.max(MIN_WAIT)),
             };
+            // Every read is checked: an ACL removed while the
+            // subscription runs stops it.
+            if let Err(e) =
+                self.authz
+                    .check(&principal, Operation::Read, ResourceType::Topic, &req.topic)
+            {
+                let _ = tx.send((Err(e.to_status()), None)).await;
+                return;
+            }
             let fetched = tokio::select! {
                 r = self.fetch_once(&req.topic, partition, offset, max_bytes, max_wait, waiting) => Some(r),
                 _ = draining.wait_for(|d| *d) => None,
@@ -541,6 +555,7 @@ impl ConsumeApi {
     async fn follow_new_partitions(
         self,
         req: SubscribeRequest,
+        principal: Principal,
         topic_id: String,
         mut known: u32,
         demand: Arc<Demand>,
@@ -563,6 +578,7 @@ impl ConsumeApi {
                 };
                 tokio::spawn(self.clone().follow_partition(
                     from_start,
+                    principal.clone(),
                     partition,
                     true,
                     demand.clone(),
@@ -627,11 +643,14 @@ impl ConsumeService for ConsumeApi {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let started = Instant::now();
+        let principal = principal_of(&request);
         let req = request.into_inner();
         let result = async {
             if req.topic.is_empty() {
                 return Err(Error::new(Reason::InvalidArgument, "topic is required"));
             }
+            self.authz
+                .check(&principal, Operation::Read, ResourceType::Topic, &req.topic)?;
             let topic = self.router.metadata().topic(&req.topic).await?;
             let count = topic.partitions.len() as u32;
             let partitions: Vec<u32> = match req.partition {
@@ -657,6 +676,7 @@ impl ConsumeService for ConsumeApi {
             let known = partitions.len() as u32;
             tokio::spawn(self.clone().follow_new_partitions(
                 req.clone(),
+                principal.clone(),
                 topic_id,
                 known,
                 demand.clone(),
@@ -666,6 +686,7 @@ impl ConsumeService for ConsumeApi {
         for p in partitions {
             tokio::spawn(self.clone().follow_partition(
                 req.clone(),
+                principal.clone(),
                 p,
                 false,
                 demand.clone(),
@@ -680,11 +701,14 @@ impl ConsumeService for ConsumeApi {
         request: Request<FetchRequest>,
     ) -> Result<Response<FetchResponse>, Status> {
         let started = Instant::now();
+        let principal = principal_of(&request);
         let req = request.into_inner();
         let result = async {
             if req.topic.is_empty() {
                 return Err(Error::new(Reason::InvalidArgument, "topic is required"));
             }
+            self.authz
+                .check(&principal, Operation::Read, ResourceType::Topic, &req.topic)?;
             if req.offset < 0 {
                 return Err(Error::new(
                     Reason::OffsetOutOfRange,

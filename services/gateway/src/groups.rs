@@ -43,9 +43,11 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{Principal, principal_of};
 use crate::consume::{Accounted, ConsumeApi, Delivery, Demand, Sent, draining_error};
 use crate::metrics::{GroupPartitionLabels, Metrics};
 use crate::router::{self, CallPolicy};
+use streambus_acl::{Operation, ResourceType};
 
 pub use streambus_group::TOPIC;
 
@@ -75,6 +77,30 @@ pub struct GroupApi {
     pub(crate) topic_replication: u32,
     /// One creation of the topic at a time.
     pub(crate) creating: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl GroupApi {
+    /// Whether `principal` may do `operation` to `group`, and the same to
+    /// each of `topics` (read and describe are what groups do to topics).
+    fn may<'a>(
+        &self,
+        principal: &Principal,
+        operation: Operation,
+        group: &str,
+        topics: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), Error> {
+        let authz = &self.consume.authz;
+        if !authz.enabled() {
+            return Ok(());
+        }
+        authz.check(principal, operation, ResourceType::Group, group)?;
+        for topic in topics {
+            if !topic.is_empty() {
+                authz.check(principal, operation, ResourceType::Topic, topic)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn pref(tp: &Tp) -> Option<PartitionRef> {
@@ -525,6 +551,8 @@ enum End {
 /// One `ConsumeGroup` stream: a member of its group.
 struct Member {
     api: GroupApi,
+    /// Who joined: every partition reader checks its reads as them.
+    principal: Principal,
     join: JoinGroup,
     member_id: String,
     epoch: i64,
@@ -730,6 +758,7 @@ impl Member {
             .insert(tp.clone(), tokio_stream::wrappers::ReceiverStream::new(rx));
         let reader = self.api.consume.clone().follow_partition(
             req,
+            self.principal.clone(),
             tp.partition,
             false,
             self.demand.clone(),
@@ -1141,6 +1170,7 @@ fn fenced(e: &Error) -> bool {
 impl GroupApi {
     async fn consume_group(
         &self,
+        principal: Principal,
         mut requests: Streaming<ConsumeGroupRequest>,
     ) -> Result<ConsumeGroupResponses, Error> {
         let first = tokio::time::timeout(JOIN_WAIT, requests.message())
@@ -1154,6 +1184,12 @@ impl GroupApi {
         if join.group.is_empty() {
             return Err(invalid("group is required"));
         }
+        self.may(
+            &principal,
+            Operation::Read,
+            &join.group,
+            join.topics.iter().map(String::as_str),
+        )?;
         if !matches!(join.auto_offset_reset.as_str(), "" | "latest" | "earliest") {
             return Err(invalid(format!(
                 "auto_offset_reset {:?}: latest or earliest",
@@ -1195,6 +1231,7 @@ impl GroupApi {
         let (tx, rx) = mpsc::channel(buffer);
         let mut member = Member {
             api: self.clone(),
+            principal,
             member_id,
             epoch: if resuming { join.member_epoch } else { 0 },
             interval: Duration::from_secs(1),
@@ -1238,7 +1275,8 @@ impl GroupService for GroupApi {
         request: Request<Streaming<ConsumeGroupRequest>>,
     ) -> Result<Response<Self::ConsumeGroupStream>, Status> {
         let started = std::time::Instant::now();
-        let r = GroupApi::consume_group(self, request.into_inner()).await;
+        let principal = principal_of(&request);
+        let r = GroupApi::consume_group(self, principal, request.into_inner()).await;
         self.metrics.observe("ConsumeGroup", started, r.is_ok());
         Ok(Response::new(r?))
     }
@@ -1248,7 +1286,17 @@ impl GroupService for GroupApi {
         request: Request<GroupHeartbeatRequest>,
     ) -> Result<Response<GroupHeartbeatResponse>, Status> {
         let started = std::time::Instant::now();
-        let r = GroupApi::heartbeat(self, request.into_inner(), CALL_TIMEOUT).await;
+        let principal = principal_of(&request);
+        let req = request.into_inner();
+        let r = match self.may(
+            &principal,
+            Operation::Read,
+            &req.group,
+            req.topics.iter().map(String::as_str),
+        ) {
+            Ok(()) => GroupApi::heartbeat(self, req, CALL_TIMEOUT).await,
+            Err(e) => Err(e),
+        };
         self.metrics.observe("GroupHeartbeat", started, r.is_ok());
         Ok(Response::new(r?))
     }
@@ -1258,7 +1306,13 @@ impl GroupService for GroupApi {
         request: Request<CommitOffsetsRequest>,
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
         let started = std::time::Instant::now();
-        let r = self.commit(request.into_inner()).await;
+        let principal = principal_of(&request);
+        let req = request.into_inner();
+        let topics: BTreeSet<&str> = req.offsets.iter().map(|o| o.topic.as_str()).collect();
+        let r = match self.may(&principal, Operation::Read, &req.group, topics) {
+            Ok(()) => self.commit(req).await,
+            Err(e) => Err(e),
+        };
         self.metrics.observe("CommitOffsets", started, r.is_ok());
         r?;
         Ok(Response::new(CommitOffsetsResponse {}))
@@ -1269,17 +1323,36 @@ impl GroupService for GroupApi {
         request: Request<FetchOffsetsRequest>,
     ) -> Result<Response<FetchOffsetsResponse>, Status> {
         let started = std::time::Instant::now();
-        let r = GroupApi::fetch_offsets(self, request.into_inner()).await;
+        let principal = principal_of(&request);
+        let req = request.into_inner();
+        let topics: BTreeSet<&str> = req.partitions.iter().map(|t| t.topic.as_str()).collect();
+        let r = match self.may(&principal, Operation::Describe, &req.group, topics) {
+            Ok(()) => GroupApi::fetch_offsets(self, req).await,
+            Err(e) => Err(e),
+        };
         self.metrics.observe("FetchOffsets", started, r.is_ok());
         Ok(Response::new(r?))
     }
 
     async fn list_groups(
         &self,
-        _request: Request<ListGroupsRequest>,
+        request: Request<ListGroupsRequest>,
     ) -> Result<Response<ListGroupsResponse>, Status> {
         let started = std::time::Instant::now();
-        let r = self.list().await;
+        let principal = principal_of(&request);
+        let authz = &self.consume.authz;
+        // Only the groups the caller may describe.
+        let r = self.list().await.map(|mut l| {
+            l.groups.retain(|g| {
+                authz.allowed(
+                    &principal,
+                    Operation::Describe,
+                    ResourceType::Group,
+                    &g.group,
+                )
+            });
+            l
+        });
         self.metrics.observe("ListGroups", started, r.is_ok());
         Ok(Response::new(r?))
     }
@@ -1289,7 +1362,12 @@ impl GroupService for GroupApi {
         request: Request<DescribeGroupRequest>,
     ) -> Result<Response<DescribeGroupResponse>, Status> {
         let started = std::time::Instant::now();
-        let r = self.describe(&request.into_inner().group).await;
+        let principal = principal_of(&request);
+        let group = request.into_inner().group;
+        let r = match self.may(&principal, Operation::Describe, &group, []) {
+            Ok(()) => self.describe(&group).await,
+            Err(e) => Err(e),
+        };
         self.metrics.observe("DescribeGroup", started, r.is_ok());
         Ok(Response::new(r?))
     }
@@ -1302,12 +1380,16 @@ impl GroupService for GroupApi {
         let principal = crate::auth::principal_of(&request);
         let req = request.into_inner();
         let group = req.group.clone();
-        let r = self
-            .on_coordinator("DeleteGroup", &group, CALL_TIMEOUT, |mut c, t| {
-                let req = req.clone();
-                async move { c.delete_group(router::request(req, t)).await }
-            })
-            .await;
+        let r = match self.may(&principal, Operation::Delete, &group, []) {
+            Ok(()) => {
+                self.on_coordinator("DeleteGroup", &group, CALL_TIMEOUT, |mut c, t| {
+                    let req = req.clone();
+                    async move { c.delete_group(router::request(req, t)).await }
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        };
         crate::auth::audit(&principal, "DeleteGroup", &format!("group:{group}"), "", &r);
         self.metrics.observe("DeleteGroup", started, r.is_ok());
         Ok(Response::new(r?))
@@ -1321,7 +1403,15 @@ impl GroupService for GroupApi {
         let principal = crate::auth::principal_of(&request);
         let req = request.into_inner();
         let (resource, detail) = (format!("group:{}", req.group), format!("{req:?}"));
-        let r = self.reset(req).await;
+        let r = match self.may(
+            &principal,
+            Operation::Read,
+            &req.group,
+            [req.topic.as_str()],
+        ) {
+            Ok(()) => self.reset(req).await,
+            Err(e) => Err(e),
+        };
         crate::auth::audit(&principal, "ResetOffsets", &resource, &detail, &r);
         self.metrics.observe("ResetOffsets", started, r.is_ok());
         Ok(Response::new(r?))

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod authz;
 pub mod config;
 pub mod consume;
 pub mod decode;
@@ -112,6 +113,15 @@ pub async fn serve_with_listener(
     let controller = ControllerClient::new(config.controllers.clone())
         .map_err(|e| GatewayError::Config(format!("gateway.controllers: {e}")))?;
     let cache = metadata::MetadataCache::new(controller);
+    let authz = if config.auth.acls {
+        tracing::info!(superusers = config.auth.superusers.len(), "enforcing ACLs");
+        authz::Authz::enforce(
+            cache.clone(),
+            config.auth.superusers.iter().cloned().collect(),
+        )
+    } else {
+        authz::Authz::off()
+    };
     let ready = ready.unwrap_or_else(|| watch::channel(false).0);
     let ready_rx = ready.subscribe();
     let metadata_task = tokio::spawn(
@@ -144,6 +154,7 @@ pub async fn serve_with_listener(
     let admin = admin::AdminApi {
         router: router.clone(),
         metrics: metrics.clone(),
+        authz: authz.clone(),
     };
     let produce = produce::ProduceApi {
         router: router.clone(),
@@ -161,6 +172,7 @@ pub async fn serve_with_listener(
         keyless: Arc::new(AtomicU32::new(0)),
         draining: drain_rx.clone(),
         producer_ids: produce::ProducerIds::default(),
+        authz: authz.clone(),
     };
     let consume = consume::ConsumeApi {
         watches: record_watch::RecordWatches::new(router.clone()),
@@ -171,6 +183,7 @@ pub async fn serve_with_listener(
         budget: decompression,
         memory,
         draining: drain_rx.clone(),
+        authz,
     };
     let groups = groups::GroupApi {
         consume: consume.clone(),

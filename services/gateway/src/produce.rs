@@ -29,9 +29,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use crate::auth::{Principal, principal_of};
+use crate::authz::Authz;
 use crate::metadata::unknown_partition;
 use crate::metrics::Metrics;
 use crate::router::{self, CallPolicy, Router};
+use streambus_acl::{Operation, ResourceType};
 
 /// Default `max.message.bytes` when a topic does not say.
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024 + 12;
@@ -54,6 +57,7 @@ pub struct ProduceApi {
     pub(crate) draining: tokio::sync::watch::Receiver<bool>,
     /// Producer ids for `InitProducer`.
     pub(crate) producer_ids: ProducerIds,
+    pub(crate) authz: Authz,
 }
 
 /// How many producer ids the gateway takes from the controller at a time.
@@ -562,7 +566,18 @@ impl ProduceApi {
         acks: Acks,
         deadline: tokio::time::Instant,
         sequencer: &mut Sequencer,
+        principal: &Principal,
     ) -> Started {
+        if !batch.topic.is_empty()
+            && let Err(e) = self.authz.check(
+                principal,
+                Operation::Write,
+                ResourceType::Topic,
+                &batch.topic,
+            )
+        {
+            return Started::failed(e);
+        }
         // The batch's own trace context wins over the call's.
         let parent = streambus_service::trace::context_of(&batch.traceparent);
         let (topic, writes) = match self.plan(batch).await {
@@ -667,6 +682,7 @@ impl ProduceService for ProduceApi {
         request: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
         let started = Instant::now();
+        let principal = principal_of(&request);
         let req = request.into_inner();
         let records: usize = req.batches.iter().map(|b| b.records.len()).sum();
         let checked = if req.batches.is_empty() {
@@ -696,7 +712,7 @@ impl ProduceService for ProduceApi {
         let mut pending = Vec::with_capacity(req.batches.len());
         for batch in req.batches {
             pending.push(
-                self.start_batch(batch, acks, deadline, &mut sequencer)
+                self.start_batch(batch, acks, deadline, &mut sequencer, &principal)
                     .await,
             );
         }
@@ -716,17 +732,26 @@ impl ProduceService for ProduceApi {
 
     async fn init_producer(
         &self,
-        _request: Request<InitProducerRequest>,
+        request: Request<InitProducerRequest>,
     ) -> Result<Response<InitProducerResponse>, Status> {
         let started = Instant::now();
-        let r = self
-            .producer_ids
-            .next(self.router.metadata().controller())
-            .await
-            .map(|producer_id| InitProducerResponse {
-                producer_id,
-                producer_epoch: 0,
-            });
+        // Any topic it may write: the id is only useful for writing, and
+        // every write is checked on its own topic.
+        let r = match self.authz.check_any(
+            &principal_of(&request),
+            Operation::Write,
+            ResourceType::Topic,
+        ) {
+            Ok(()) => self
+                .producer_ids
+                .next(self.router.metadata().controller())
+                .await
+                .map(|producer_id| InitProducerResponse {
+                    producer_id,
+                    producer_epoch: 0,
+                }),
+            Err(e) => Err(e),
+        };
         self.metrics.observe("InitProducer", started, r.is_ok());
         Ok(Response::new(r?))
     }
@@ -737,6 +762,7 @@ impl ProduceService for ProduceApi {
         &self,
         request: Request<Streaming<ProduceStreamRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        let principal = principal_of(&request);
         let mut inbound = request.into_inner();
         let api = self.clone();
         let limit = Arc::new(Semaphore::new(self.max_in_flight.max(1)));
@@ -776,8 +802,9 @@ impl ProduceService for ProduceApi {
                             let deadline = api.deadline(0);
                             // Waits for gateway-wide in-flight room: the
                             // stream is not read meanwhile.
-                            let writes =
-                                api.start_batch(batch, acks, deadline, &mut sequencer).await;
+                            let writes = api
+                                .start_batch(batch, acks, deadline, &mut sequencer, &principal)
+                                .await;
                             let tx = tx.clone();
                             let metrics = api.metrics.clone();
                             tokio::spawn(async move {
@@ -912,6 +939,7 @@ mod tests {
             keyless: Arc::new(AtomicU32::new(0)),
             draining: tokio::sync::watch::channel(false).1,
             producer_ids: ProducerIds::default(),
+            authz: Authz::off(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The client commands of the `streambus` binary: `topic`, `produce`,
-//! `consume`, `group` and `cluster`, built on the SDK (`streambus-client`). See `docs/cli.md`.
+//! `consume`, `group`, `cluster` and `acl`, built on the SDK (`streambus-client`). See `docs/cli.md`.
 
+mod acl;
 mod cluster;
 mod consume;
 mod context;
@@ -15,6 +16,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use streambus_client::{Client, ClientError, ConnectOptions, TlsOptions};
 
+pub use acl::AclArgs;
 pub use cluster::ClusterArgs;
 pub use consume::ConsumeArgs;
 pub use context::ContextArgs;
@@ -38,6 +40,9 @@ pub enum ClientCommand {
     /// Show the cluster's controllers, storage nodes and partition health;
     /// add and remove controllers; decommission storage nodes
     Cluster(ClusterArgs),
+    /// Create, list and delete ACLs (who may do what to which topics,
+    /// groups and the cluster)
+    Acl(AclArgs),
     /// Generate a CA and certificates for TLS (development and tests)
     Tls(TlsArgs),
     /// Named connection contexts (gateway, TLS, token) in the client
@@ -156,6 +161,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
         ClientCommand::Consume(args) => consume::run(args).await,
         ClientCommand::Group(args) => group::run(args).await,
         ClientCommand::Cluster(args) => cluster::run(args).await,
+        ClientCommand::Acl(args) => acl::run(args).await,
         ClientCommand::Tls(args) => tls::run(args),
         ClientCommand::Context(args) => context::run(args),
     };

@@ -117,6 +117,16 @@ impl Drop for Proc {
     }
 }
 
+/// Waits until `cond` holds, checking every 200 ms; fails naming `what`
+/// after 20 s.
+pub fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "not {what} after 20 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 pub fn http_status(addr: &str, path: &str) -> Option<u16> {
     let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;

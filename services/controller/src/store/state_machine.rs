@@ -8,7 +8,9 @@
 //! [`CHUNK`] partitions, chunk `c` holding partitions `c * CHUNK..`; topic
 //! names hold no `/`, so a topic's prefix matches only its own chunks, in
 //! order) and
-//! `n/<node id, big endian>` (one JSON storage node each). Each apply call
+//! `n/<node id, big endian>` (one JSON storage node each) and `acls` (the
+//! JSON array of every ACL, written whole when they change: they change
+//! rarely and are read together). Each apply call
 //! writes what it touched in one atomic batch: a change to one partition
 //! writes its chunk and `meta`; a reconfigured topic writes its header; a
 //! created or deleted topic writes (or removes) its header and every chunk.
@@ -36,6 +38,8 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use streambus_acl::Acls;
+
 use super::TypeConfig;
 use crate::error::ControllerError;
 use crate::metadata::{CommandResponse, Dirty, Metadata, Partition, StorageNode, Topic};
@@ -47,6 +51,7 @@ const META: &[u8] = b"meta";
 const TOPIC_PREFIX: &[u8] = b"t/";
 const PARTITION_PREFIX: &[u8] = b"p/";
 const NODE_PREFIX: &[u8] = b"n/";
+const ACLS: &[u8] = b"acls";
 const SNAPSHOT_META: &[u8] = b"meta";
 const SNAPSHOT_DATA: &[u8] = b"data";
 
@@ -274,6 +279,9 @@ impl StateMachineStore {
                 batch.insert(node_key(*id), serde_json::to_vec(node)?);
             }
         }
+        if dirty.acls {
+            write_acls(&mut batch, &state.metadata.acls)?;
+        }
         batch.insert(META, serde_json::to_vec(&meta_of(state))?);
         self.inner.tree.apply_batch(batch)?;
         Ok(())
@@ -329,6 +337,7 @@ impl StateMachineStore {
         for (id, node) in &state.metadata.nodes {
             batch.insert(node_key(*id), serde_json::to_vec(node)?);
         }
+        write_acls(&mut batch, &state.metadata.acls)?;
         batch.insert(META, serde_json::to_vec(&meta_of(state))?);
         self.inner.tree.apply_batch(batch)?;
         Ok(())
@@ -347,6 +356,15 @@ impl StateMachineStore {
         self.inner.db.flush_async().await?;
         Ok(())
     }
+}
+
+fn write_acls(batch: &mut sled::Batch, acls: &Acls) -> Result<(), std::io::Error> {
+    if acls.is_empty() {
+        batch.remove(ACLS);
+    } else {
+        batch.insert(ACLS, serde_json::to_vec(acls)?);
+    }
+    Ok(())
 }
 
 fn meta_of(state: &SmState) -> SmMeta {
@@ -448,6 +466,10 @@ fn load_state(tree: &sled::Tree) -> Result<(SmState, BTreeSet<String>), Controll
         let node: StorageNode =
             serde_json::from_slice(&v).map_err(|e| corrupt("storage node", e))?;
         metadata.nodes.insert(node.node_id, node);
+    }
+    if let Some(v) = tree.get(ACLS)? {
+        let acls: Acls = serde_json::from_slice(&v).map_err(|e| corrupt("ACLs", e))?;
+        metadata.acls = Arc::new(acls);
     }
     let state = SmState {
         last_applied: meta.last_applied,
@@ -909,5 +931,93 @@ mod tests {
         assert!(!m.topics.contains_key("dropped"));
         assert!(!m.nodes.contains_key(&9));
         assert!(m.topics.contains_key("kept") && m.topics.contains_key("later"));
+    }
+
+    fn acl(
+        principal: &str,
+        topic: &str,
+        operation: streambus_acl::Operation,
+    ) -> streambus_acl::Acl {
+        streambus_acl::Acl {
+            principal: principal.into(),
+            pattern: streambus_acl::ResourcePattern {
+                resource_type: streambus_acl::ResourceType::Topic,
+                pattern_type: streambus_acl::PatternType::Literal,
+                name: topic.into(),
+            },
+            operation,
+            permission: streambus_acl::Permission::Allow,
+        }
+    }
+
+    #[tokio::test]
+    async fn acls_survive_a_restart_and_a_snapshot_and_only_their_change_writes_them() {
+        use streambus_acl::Operation::{Read, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let a = acl("User:alice", "orders", Read);
+        let b = acl("User:bob", "orders", Write);
+        let snapshot = {
+            let (db, _log, mut sm, _) = open(dir.path(), 0, Arc::default()).unwrap();
+            let tree = db.open_tree("sm").unwrap();
+            let mut events = tree.watch_prefix(b"");
+            let responses = sm
+                .apply([
+                    entry(1, register(1)),
+                    entry(
+                        2,
+                        Command::CreateAcls {
+                            acls: vec![a.clone(), b.clone(), a.clone()],
+                        },
+                    ),
+                ])
+                .await
+                .unwrap();
+            assert_eq!(responses[1], CommandResponse::Changed { applied: 2 });
+            assert!(written(&mut events).contains(ACLS));
+            // A change that is not about ACLs leaves their record alone.
+            sm.apply([entry(3, create("t", 1, 1))]).await.unwrap();
+            assert!(!written(&mut events).contains(ACLS));
+            sm.get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap()
+        };
+        {
+            let (_db, _log, mut sm, _) = open(dir.path(), 0, Arc::default()).unwrap();
+            assert_eq!(
+                sm.current().acls.iter().cloned().collect::<Vec<_>>(),
+                vec![a.clone(), b.clone()]
+            );
+            let removed = sm
+                .apply([entry(
+                    4,
+                    Command::DeleteAcls {
+                        filters: vec![streambus_acl::AclFilter {
+                            principal: Some("User:alice".into()),
+                            ..Default::default()
+                        }],
+                    },
+                )])
+                .await
+                .unwrap();
+            assert_eq!(
+                removed[0],
+                CommandResponse::AclsRemoved {
+                    acls: vec![a.clone()]
+                }
+            );
+        }
+        let (_db, _log, sm, _) = open(dir.path(), 0, Arc::default()).unwrap();
+        assert_eq!(sm.current().acls.iter().collect::<Vec<_>>(), vec![&b]);
+
+        // A controller rebuilt from the snapshot has both.
+        let other = tempfile::tempdir().unwrap();
+        let (_db, _log, mut rebuilt, _) = open(other.path(), 0, Arc::default()).unwrap();
+        rebuilt
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(rebuilt.current().acls.len(), 2);
     }
 }

@@ -198,6 +198,20 @@ impl ControllerService for FakeController {
         Err(Status::unimplemented("fake controller"))
     }
 
+    async fn create_acls(
+        &self,
+        _: Request<streambus_proto::v1::CreateAclsRequest>,
+    ) -> Result<Response<streambus_proto::v1::CreateAclsResponse>, Status> {
+        Err(Status::unimplemented("fake controller"))
+    }
+
+    async fn delete_acls(
+        &self,
+        _: Request<streambus_proto::v1::DeleteAclsRequest>,
+    ) -> Result<Response<streambus_proto::v1::DeleteAclsResponse>, Status> {
+        Err(Status::unimplemented("fake controller"))
+    }
+
     async fn decommission_node(
         &self,
         _: Request<streambus_proto::v1::DecommissionStorageNodeRequest>,
