@@ -1,7 +1,8 @@
-"""TLS and authentication from a non-Rust client: a `streambus dev` of its
-own on TLS, with client certificates (mTLS) and bearer tokens accepted at
-the gateway, and the Python gRPC client connecting with a token or a
-certificate, or refused without credentials.
+"""TLS, authentication and ACLs from a non-Rust client: a `streambus dev`
+of its own on TLS, with client certificates (mTLS) and bearer tokens
+accepted at the gateway and ACLs enforced, and the Python gRPC client
+connecting with a token (a superuser) or a certificate (`User:py`, allowed
+only what its ACLs say), or refused without credentials.
 
 The binary comes from `STREAMBUS_BIN` (`cargo xtask python-test` and
 `cargo xtask ci` set it).
@@ -54,6 +55,8 @@ def secure_dev(tmp_path_factory):
         "tls.client_ca_file": certs / "client-ca.pem",
         "gateway.auth.mtls": "true",
         "gateway.auth.token_file": tokens,
+        "gateway.auth.acls": "true",
+        "gateway.auth.superusers": "User:python",
     }
     args = [binary, "dev", "--data-dir", str(work / "data")]
     for key, value in settings.items():
@@ -130,6 +133,82 @@ def test_a_client_certificate_authenticates_without_a_token(secure_dev, pb):
     with secure_channel(gateway, certs, identity="py") as ch:
         admin = pb.admin_grpc.AdminServiceStub(ch)
         admin.ListTopics(pb.admin.ListTopicsRequest(), timeout=10)
+
+
+def test_acls_refuse_what_they_do_not_allow(secure_dev, pb):
+    gateway, certs = secure_dev
+    name = f"guarded-{uuid.uuid4().hex[:8]}"
+    with secure_channel(gateway, certs) as ch:
+        admin = pb.admin_grpc.AdminServiceStub(ch)
+        admin.CreateTopic(
+            pb.admin.CreateTopicRequest(name=name, partitions=1, replication_factor=1),
+            timeout=30,
+            metadata=bearer(TOKEN),
+        )
+    with secure_channel(gateway, certs, identity="py") as ch:
+        admin = pb.admin_grpc.AdminServiceStub(ch)
+        produce = pb.produce_grpc.ProduceServiceStub(ch)
+        # No ACL names User:py: it sees no topic, and is refused the rest.
+        topics = admin.ListTopics(pb.admin.ListTopicsRequest(), timeout=10)
+        assert name not in [t.name for t in topics.topics]
+        for call, request in [
+            (admin.DescribeTopic, pb.admin.DescribeTopicRequest(name=name)),
+            (admin.DeleteTopic, pb.admin.DeleteTopicRequest(name=name)),
+            (admin.DescribeAcls, pb.admin.DescribeAclsRequest()),
+        ]:
+            with pytest.raises(grpc.RpcError) as info:
+                call(request, timeout=10)
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert reason(info.value) == "PERMISSION_DENIED"
+            assert "User:py may not" in info.value.details()
+        result = produce.Produce(
+            pb.produce.ProduceRequest(
+                batches=[
+                    pb.produce.ProduceBatch(topic=name, records=[pb.common.Record(value=b"x")])
+                ],
+                acks=pb.common.ACKS_ALL,
+            ),
+            timeout=30,
+        ).results[0]
+        assert result.error.reason == "PERMISSION_DENIED", result
+        assert f'User:py may not write topic "{name}"' in result.error.message
+
+        # The superuser lets User:py write this topic, and only that.
+        with secure_channel(gateway, certs) as su:
+            pb_admin = pb.admin_grpc.AdminServiceStub(su)
+            created = pb_admin.CreateAcls(
+                pb.admin.CreateAclsRequest(
+                    acls=[
+                        pb.admin.AclBinding(
+                            principal="User:py",
+                            resource_type=pb.admin.ACL_RESOURCE_TYPE_TOPIC,
+                            pattern_type=pb.admin.ACL_PATTERN_TYPE_LITERAL,
+                            resource_name=name,
+                            operation=pb.admin.ACL_OPERATION_WRITE,
+                            permission=pb.admin.ACL_PERMISSION_ALLOW,
+                        )
+                    ]
+                ),
+                timeout=30,
+                metadata=bearer(TOKEN),
+            )
+            assert created.created == 1
+        result = produce.Produce(
+            pb.produce.ProduceRequest(
+                batches=[
+                    pb.produce.ProduceBatch(topic=name, records=[pb.common.Record(value=b"x")])
+                ],
+                acks=pb.common.ACKS_ALL,
+            ),
+            timeout=30,
+        ).results[0]
+        assert not result.HasField("error"), result.error
+        # Write implies describe, not delete.
+        topics = admin.ListTopics(pb.admin.ListTopicsRequest(), timeout=10)
+        assert [t.name for t in topics.topics] == [name]
+        with pytest.raises(grpc.RpcError) as info:
+            admin.DeleteTopic(pb.admin.DeleteTopicRequest(name=name), timeout=10)
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_calls_without_valid_credentials_are_refused(secure_dev, pb):
