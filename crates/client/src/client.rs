@@ -344,6 +344,41 @@ impl Client {
             .acls)
     }
 
+    /// Sets principals' quotas (replacing theirs) and removes others'
+    /// (needs alter on the cluster).
+    pub async fn alter_client_quotas(
+        &self,
+        set: Vec<v1::ClientQuota>,
+        remove: Vec<String>,
+    ) -> Result<(), ClientError> {
+        self.admin_call(|mut admin| {
+            let request = v1::AlterClientQuotasRequest {
+                set: set.clone(),
+                remove: remove.clone(),
+            };
+            async move { admin.alter_client_quotas(request).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The quotas set: `principal`'s, or every one when empty (needs
+    /// describe on the cluster).
+    pub async fn describe_client_quotas(
+        &self,
+        principal: &str,
+    ) -> Result<Vec<v1::ClientQuota>, ClientError> {
+        Ok(self
+            .admin_call(|mut admin| {
+                let request = v1::DescribeClientQuotasRequest {
+                    principal: principal.to_string(),
+                };
+                async move { admin.describe_client_quotas(request).await }
+            })
+            .await?
+            .quotas)
+    }
+
     /// Every topic, as the gateway lists them.
     pub async fn list_topics(&self) -> Result<Vec<v1::TopicDescription>, ClientError> {
         Ok(self

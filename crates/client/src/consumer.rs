@@ -595,6 +595,7 @@ mod tests {
             high_watermark: next_offset,
             next_offset,
             new_partition: false,
+            throttle_time_ms: 0,
         }
     }
 

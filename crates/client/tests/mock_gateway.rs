@@ -122,6 +122,20 @@ impl AdminService for Mock {
         }))
     }
 
+    async fn alter_client_quotas(
+        &self,
+        _: Request<v1::AlterClientQuotasRequest>,
+    ) -> Result<Response<v1::AlterClientQuotasResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+
+    async fn describe_client_quotas(
+        &self,
+        _: Request<v1::DescribeClientQuotasRequest>,
+    ) -> Result<Response<v1::DescribeClientQuotasResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+
     async fn create_acls(
         &self,
         _: Request<v1::CreateAclsRequest>,
@@ -359,6 +373,7 @@ impl ProduceService for Mock {
                 let response = v1::ProduceStreamResponse {
                     sequence: request.sequence,
                     result: Some(result),
+                    throttle_time_ms: 0,
                 };
                 if tx.send(Ok(response)).await.is_err() {
                     return;
@@ -423,6 +438,7 @@ impl ConsumeService for Mock {
                         high_watermark: end,
                         next_offset: end,
                         new_partition: false,
+                        throttle_time_ms: 0,
                     };
                     if drain_after == Some(0) {
                         let _ = tx
@@ -455,6 +471,7 @@ impl ConsumeService for Mock {
             high_watermark: end,
             log_start_offset: 0,
             next_offset: end,
+            throttle_time_ms: 0,
         }))
     }
 }

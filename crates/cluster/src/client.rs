@@ -36,10 +36,11 @@ use streambus_proto::internal::{
     WatchMetadataRequest,
 };
 use streambus_proto::v1::{
-    AclBinding, AclBindingFilter, AddControllerRequest, AlterTopicConfigsRequest, ControllerMember,
-    ControllerStatus, CreateAclsRequest, CreatePartitionsRequest, CreateTopicRequest,
-    DecommissionStorageNodeRequest, DeleteAclsRequest, DeleteTopicRequest, PartitionDescription,
-    RecommissionStorageNodeRequest, RemoveControllerRequest, StorageNodeStatus, TopicDescription,
+    AclBinding, AclBindingFilter, AddControllerRequest, AlterClientQuotasRequest,
+    AlterTopicConfigsRequest, ClientQuota, ControllerMember, ControllerStatus, CreateAclsRequest,
+    CreatePartitionsRequest, CreateTopicRequest, DecommissionStorageNodeRequest, DeleteAclsRequest,
+    DeleteTopicRequest, PartitionDescription, RecommissionStorageNodeRequest,
+    RemoveControllerRequest, StorageNodeStatus, TopicDescription,
 };
 use streambus_proto::{Error, Reason};
 use tokio::time::Instant;
@@ -407,6 +408,23 @@ impl ControllerClient {
             })
             .await?;
         Ok(response.acls)
+    }
+
+    /// Sets principals' quotas and removes others'.
+    pub async fn alter_client_quotas(
+        &self,
+        set: Vec<ClientQuota>,
+        remove: Vec<String>,
+    ) -> Result<(), Error> {
+        self.call(|mut c| {
+            let req = self.request(AlterClientQuotasRequest {
+                set: set.clone(),
+                remove: remove.clone(),
+            });
+            async move { c.alter_client_quotas(req).await }
+        })
+        .await?;
+        Ok(())
     }
 
     /// Deletes a topic.

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use streambus_acl::Acls;
 use streambus_proto::internal::{ClusterMetadata, StorageNodeInfo, TopicMetadata};
-use streambus_proto::v1::PartitionDescription;
+use streambus_proto::v1::{ClientQuota, PartitionDescription};
 
 /// A snapshot of the cluster metadata with shared topics and partitions.
 #[derive(Debug, Clone, Default)]
@@ -42,6 +42,8 @@ pub struct ClusterView {
     pub cluster_id: String,
     /// The cluster's ACLs. Kept (the same `Arc`) while they do not change.
     pub acls: Arc<Acls>,
+    /// Quotas by principal (`User:*`: the default). Kept while unchanged.
+    pub quotas: Arc<BTreeMap<String, ClientQuota>>,
 }
 
 /// One topic of a [`ClusterView`].
@@ -274,7 +276,27 @@ impl ClusterView {
                 Arc::new(acls)
             }
         };
+        let quotas = if md.quotas_unchanged {
+            if !md.delta {
+                return Err(Inconsistent(
+                    "a whole snapshot says its quotas are unchanged".into(),
+                ));
+            }
+            self.quotas.clone()
+        } else {
+            let quotas: BTreeMap<String, ClientQuota> = md
+                .quotas
+                .into_iter()
+                .map(|q| (q.principal.clone(), q))
+                .collect();
+            if quotas == *self.quotas {
+                self.quotas.clone()
+            } else {
+                Arc::new(quotas)
+            }
+        };
         Ok(ClusterView {
+            quotas,
             version: md.version,
             nodes,
             topics: Arc::new(topics),
@@ -334,6 +356,7 @@ impl ClusterView {
             controller_leader_address: self.controller_leader_address.clone(),
             cluster_id: self.cluster_id.clone(),
             acls: self.acls.iter().map(crate::acl_wire::to_wire).collect(),
+            quotas: self.quotas.values().cloned().collect(),
             ..ClusterMetadata::default()
         }
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use procs::{Cluster, eventually};
+use procs::{Cluster, eventually, scrape};
 use streambus_client::{
     Client, ConnectOptions, ProducerConfig, Record, StartFrom, SubscribeOptions, TlsOptions,
 };
@@ -100,17 +100,6 @@ fn alice(certs: &Path) -> TlsOptions {
         Some(&certs.join("client-alice-key.pem")),
     )
     .unwrap()
-}
-
-fn scrape(http: &str, metric: &str) -> f64 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(http).unwrap();
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: {http}\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.lines()
-        .find_map(|l| l.strip_prefix(metric)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[test]

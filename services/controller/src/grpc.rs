@@ -26,13 +26,13 @@ use streambus_proto::internal::{
     WatchMetadataRequest,
 };
 use streambus_proto::v1::{
-    AddControllerRequest, AddControllerResponse, AlterTopicConfigsRequest,
-    AlterTopicConfigsResponse, ControllerMember, ControllerStatus, CreateAclsRequest,
-    CreateAclsResponse, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicRequest,
-    CreateTopicResponse, DecommissionStorageNodeRequest, DecommissionStorageNodeResponse,
-    DeleteAclsRequest, DeleteAclsResponse, DeleteTopicRequest, DeleteTopicResponse,
-    RecommissionStorageNodeRequest, RecommissionStorageNodeResponse, RemoveControllerRequest,
-    RemoveControllerResponse,
+    AddControllerRequest, AddControllerResponse, AlterClientQuotasRequest,
+    AlterClientQuotasResponse, AlterTopicConfigsRequest, AlterTopicConfigsResponse,
+    ControllerMember, ControllerStatus, CreateAclsRequest, CreateAclsResponse,
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicRequest, CreateTopicResponse,
+    DecommissionStorageNodeRequest, DecommissionStorageNodeResponse, DeleteAclsRequest,
+    DeleteAclsResponse, DeleteTopicRequest, DeleteTopicResponse, RecommissionStorageNodeRequest,
+    RecommissionStorageNodeResponse, RemoveControllerRequest, RemoveControllerResponse,
 };
 use streambus_proto::{Error, Reason};
 use tokio::sync::watch;
@@ -44,7 +44,7 @@ use tracing::Instrument;
 use crate::leadership::Leadership;
 use crate::leases::Leases;
 use crate::membership::MembershipChanges;
-use crate::metadata::{Command, CommandResponse, Metadata, ReplicaRefs};
+use crate::metadata::{Command, CommandResponse, Metadata, QuotaRates, ReplicaRefs};
 use crate::metrics::Metrics;
 use crate::network::PeerDial;
 use crate::store::{Raft, StateMachineStore};
@@ -831,6 +831,46 @@ impl ControllerService for ControllerGrpc {
             ))),
             Err(e) => Err(status(e)),
         }
+    }
+
+    async fn alter_client_quotas(
+        &self,
+        req: Request<AlterClientQuotasRequest>,
+    ) -> Result<Response<AlterClientQuotasResponse>, Status> {
+        let req = req.into_inner();
+        if req.set.len() + req.remove.len() > MAX_ACLS_PER_REQUEST {
+            return Err(status(Error::new(
+                Reason::InvalidArgument,
+                format!("more than {MAX_ACLS_PER_REQUEST} quota changes in one request"),
+            )));
+        }
+        let set: Vec<(String, QuotaRates)> = req
+            .set
+            .into_iter()
+            .map(|q| {
+                (
+                    q.principal,
+                    QuotaRates {
+                        produce_bytes_per_second: q.produce_bytes_per_second,
+                        consume_bytes_per_second: q.consume_bytes_per_second,
+                        requests_per_second: q.requests_per_second,
+                    },
+                )
+            })
+            .collect();
+        for p in set.iter().map(|(p, _)| p).chain(&req.remove) {
+            crate::metadata::validate_quota_principal(p).map_err(status)?;
+        }
+        self.proposer.ensure_leader().map_err(status)?;
+        self.proposer
+            .propose(Command::AlterQuotas {
+                set,
+                remove: req.remove,
+            })
+            .await
+            .map_err(status)?;
+        tracing::info!("client quotas changed");
+        Ok(Response::new(AlterClientQuotasResponse {}))
     }
 
     async fn get_metadata(

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use streambus_proto::internal::{ClusterMetadata, StorageNodeInfo, TopicMetadata};
 use streambus_proto::v1::{
-    CreateTopicRequest, PartitionDescription, StorageNodeStatus, TopicDescription,
+    ClientQuota, CreateTopicRequest, PartitionDescription, StorageNodeStatus, TopicDescription,
 };
 use streambus_proto::{Error, Reason};
 
@@ -192,6 +192,38 @@ pub enum Command {
         /// The filters.
         filters: Vec<AclFilter>,
     },
+    /// Sets principals' quotas (replacing theirs) and removes others'.
+    AlterQuotas {
+        /// Principal and its new rates.
+        set: Vec<(String, QuotaRates)>,
+        /// Principals whose quotas go.
+        remove: Vec<String>,
+    },
+}
+
+/// The rates a principal is held to at each gateway; 0 = no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaRates {
+    /// Record batch bytes produced per second.
+    #[serde(default)]
+    pub produce_bytes_per_second: u64,
+    /// Record batch bytes consumed per second.
+    #[serde(default)]
+    pub consume_bytes_per_second: u64,
+    /// Calls per second.
+    #[serde(default)]
+    pub requests_per_second: u64,
+}
+
+/// Checks a quota's principal: `User:<name>` or `User:*` (the default).
+pub fn validate_quota_principal(principal: &str) -> Result<(), Error> {
+    match principal.strip_prefix("User:") {
+        Some(name) if !name.is_empty() && !name.chars().any(char::is_whitespace) => Ok(()),
+        _ => Err(Error::new(
+            Reason::InvalidArgument,
+            format!("quota principal {principal:?}: expected User:<name> or User:* (the default)"),
+        )),
+    }
 }
 
 /// One partition's new leader, replicas and ISR, based on a partition
@@ -376,6 +408,8 @@ pub struct Dirty {
     pub nodes: BTreeSet<u64>,
     /// The ACLs changed.
     pub acls: bool,
+    /// The quotas changed.
+    pub quotas: bool,
 }
 
 /// `p` after `f`, if that changed it (`f` works on a copy).
@@ -436,6 +470,13 @@ pub struct Metadata {
     /// change, so a watch delta tells by pointer whether to send them.
     #[serde(default, skip_serializing_if = "acls_empty")]
     pub acls: Arc<Acls>,
+    /// Quotas by principal; shared like the ACLs.
+    #[serde(default, skip_serializing_if = "quotas_empty")]
+    pub quotas: Arc<BTreeMap<String, QuotaRates>>,
+}
+
+fn quotas_empty(q: &Arc<BTreeMap<String, QuotaRates>>) -> bool {
+    q.is_empty()
 }
 
 fn acls_empty(acls: &Arc<Acls>) -> bool {
@@ -1025,6 +1066,28 @@ impl Metadata {
                     dirty.acls = true;
                 }
                 CommandResponse::Changed { applied }
+            }
+            Command::AlterQuotas { set, remove } => {
+                if let Some(e) = set
+                    .iter()
+                    .map(|(p, _)| p)
+                    .chain(remove)
+                    .find_map(|p| validate_quota_principal(p).err())
+                {
+                    return CommandResponse::rejected(e.reason, e.message);
+                }
+                let mut next = (*self.quotas).clone();
+                for p in remove {
+                    next.remove(p);
+                }
+                for (p, rates) in set {
+                    next.insert(p.clone(), *rates);
+                }
+                if next != *self.quotas {
+                    self.quotas = Arc::new(next);
+                    dirty.quotas = true;
+                }
+                CommandResponse::Ok
             }
             Command::DeleteAcls { filters } => {
                 let mut next = Acls::clone(&self.acls);
@@ -1939,7 +2002,22 @@ impl Metadata {
         before: Option<&Metadata>,
     ) -> ClusterMetadata {
         let acls_unchanged = before.is_some_and(|b| Arc::ptr_eq(&b.acls, &self.acls));
+        let quotas_unchanged = before.is_some_and(|b| Arc::ptr_eq(&b.quotas, &self.quotas));
         ClusterMetadata {
+            quotas: if quotas_unchanged {
+                Vec::new()
+            } else {
+                self.quotas
+                    .iter()
+                    .map(|(principal, r)| ClientQuota {
+                        principal: principal.clone(),
+                        produce_bytes_per_second: r.produce_bytes_per_second,
+                        consume_bytes_per_second: r.consume_bytes_per_second,
+                        requests_per_second: r.requests_per_second,
+                    })
+                    .collect()
+            },
+            quotas_unchanged,
             acls: if acls_unchanged {
                 Vec::new()
             } else {
@@ -2080,6 +2158,61 @@ mod tests {
             CommandResponse::Topic(t) => Topic::clone(&t),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn quotas_are_set_replaced_removed_and_sent_only_when_changed() {
+        let rates = |p| QuotaRates {
+            produce_bytes_per_second: p,
+            ..QuotaRates::default()
+        };
+        let mut m = Metadata::default();
+        let mut dirty = Dirty::default();
+        let set = Command::AlterQuotas {
+            set: vec![("User:a".into(), rates(10)), ("User:*".into(), rates(5))],
+            remove: vec![],
+        };
+        assert_eq!(m.apply(1, &set, &mut dirty), CommandResponse::Ok);
+        assert!(dirty.quotas);
+        let before = m.clone();
+        assert_eq!(m.to_cluster_metadata(1, "c1:1").quotas.len(), 2);
+        // The same again changes nothing: a delta leaves them out.
+        let mut dirty = Dirty::default();
+        m.apply(2, &set, &mut dirty);
+        assert!(!dirty.quotas);
+        let d = m.to_cluster_metadata_delta(&before, 1, "c1:1", true);
+        assert!(d.quotas_unchanged && d.quotas.is_empty());
+        // Replaced and removed.
+        let mut dirty = Dirty::default();
+        m.apply(
+            3,
+            &Command::AlterQuotas {
+                set: vec![("User:a".into(), rates(20))],
+                remove: vec!["User:*".into()],
+            },
+            &mut dirty,
+        );
+        assert!(dirty.quotas);
+        assert_eq!(
+            *m.quotas,
+            BTreeMap::from([("User:a".to_string(), rates(20))])
+        );
+        let d = m.to_cluster_metadata_delta(&before, 1, "c1:1", true);
+        assert!(!d.quotas_unchanged);
+        assert_eq!(d.quotas[0].produce_bytes_per_second, 20);
+        // A principal that is not one is refused and changes nothing.
+        let refused = m.apply(
+            4,
+            &Command::AlterQuotas {
+                set: vec![("alice".into(), rates(1))],
+                remove: vec![],
+            },
+            &mut Dirty::default(),
+        );
+        assert!(matches!(refused, CommandResponse::Rejected { .. }));
+        assert_eq!(m.quotas.len(), 1);
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(serde_json::from_str::<Metadata>(&json).unwrap(), m);
     }
 
     #[test]

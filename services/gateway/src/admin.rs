@@ -12,16 +12,18 @@ use streambus_proto::internal::{
 };
 use streambus_proto::v1::admin_service_server::AdminService;
 use streambus_proto::v1::{
-    AddControllerRequest, AddControllerResponse, AlterTopicConfigsRequest,
-    AlterTopicConfigsResponse, ControllerStatus, CreateAclsRequest, CreateAclsResponse,
-    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicRequest, CreateTopicResponse,
+    AddControllerRequest, AddControllerResponse, AlterClientQuotasRequest,
+    AlterClientQuotasResponse, AlterTopicConfigsRequest, AlterTopicConfigsResponse, ClientQuota,
+    ControllerStatus, CreateAclsRequest, CreateAclsResponse, CreatePartitionsRequest,
+    CreatePartitionsResponse, CreateTopicRequest, CreateTopicResponse,
     DecommissionStorageNodeRequest, DecommissionStorageNodeResponse, DeleteAclsRequest,
     DeleteAclsResponse, DeleteTopicRequest, DeleteTopicResponse, DescribeAclsRequest,
-    DescribeAclsResponse, DescribeClusterRequest, DescribeClusterResponse,
-    DescribePartitionOffsetsRequest, DescribePartitionOffsetsResponse, DescribeTopicRequest,
-    DescribeTopicResponse, ListTopicsRequest, ListTopicsResponse, PartitionOffsets,
-    PartitionStatus, RecommissionStorageNodeRequest, RecommissionStorageNodeResponse,
-    RemoveControllerRequest, RemoveControllerResponse, StorageNodeStatus, TopicDescription,
+    DescribeAclsResponse, DescribeClientQuotasRequest, DescribeClientQuotasResponse,
+    DescribeClusterRequest, DescribeClusterResponse, DescribePartitionOffsetsRequest,
+    DescribePartitionOffsetsResponse, DescribeTopicRequest, DescribeTopicResponse,
+    ListTopicsRequest, ListTopicsResponse, PartitionOffsets, PartitionStatus,
+    RecommissionStorageNodeRequest, RecommissionStorageNodeResponse, RemoveControllerRequest,
+    RemoveControllerResponse, StorageNodeStatus, TopicDescription,
 };
 use streambus_proto::{Error, Reason};
 use tonic::{Request, Response, Status};
@@ -746,6 +748,76 @@ impl AdminService for AdminApi {
         };
         audit(&principal, "DeleteAcls", "cluster", &detail, &r);
         observe(&self.metrics, "DeleteAcls", started, r)
+    }
+
+    async fn alter_client_quotas(
+        &self,
+        request: Request<AlterClientQuotasRequest>,
+    ) -> Result<Response<AlterClientQuotasResponse>, Status> {
+        let started = Instant::now();
+        let principal = principal_of(&request);
+        let req = request.into_inner();
+        let detail = format!(
+            "set={:?} remove={:?}",
+            req.set
+                .iter()
+                .map(|q| format!(
+                    "{} produce={} consume={} requests={}",
+                    q.principal,
+                    q.produce_bytes_per_second,
+                    q.consume_bytes_per_second,
+                    q.requests_per_second
+                ))
+                .collect::<Vec<_>>(),
+            req.remove
+        );
+        let r = async {
+            self.authz.check_cluster(&principal, Operation::Alter)?;
+            let expected: Vec<ClientQuota> = req.set.clone();
+            let removed = req.remove.clone();
+            self.router
+                .metadata()
+                .controller()
+                .alter_client_quotas(req.set, req.remove)
+                .await?;
+            // This gateway holds callers to them from the next call on.
+            self.router
+                .metadata()
+                .settle(|md| {
+                    expected
+                        .iter()
+                        .all(|q| md.quotas.get(&q.principal) == Some(q))
+                        && removed.iter().all(|p| !md.quotas.contains_key(p))
+                })
+                .await;
+            Ok(AlterClientQuotasResponse {})
+        }
+        .await;
+        audit(&principal, "AlterClientQuotas", "cluster", &detail, &r);
+        observe(&self.metrics, "AlterClientQuotas", started, r)
+    }
+
+    async fn describe_client_quotas(
+        &self,
+        request: Request<DescribeClientQuotasRequest>,
+    ) -> Result<Response<DescribeClientQuotasResponse>, Status> {
+        let started = Instant::now();
+        let principal = principal_of(&request);
+        let req = request.into_inner();
+        let r = async {
+            self.authz.check_cluster(&principal, Operation::Describe)?;
+            let md = self.router.metadata().refresh().await?;
+            Ok(DescribeClientQuotasResponse {
+                quotas: md
+                    .quotas
+                    .values()
+                    .filter(|q| req.principal.is_empty() || q.principal == req.principal)
+                    .cloned()
+                    .collect(),
+            })
+        }
+        .await;
+        observe(&self.metrics, "DescribeClientQuotas", started, r)
     }
 
     async fn remove_controller(

@@ -16,6 +16,7 @@ use streambus_proto::{Error, Reason};
 use streambus_service::grpc::ConnInfo;
 
 use crate::config::AuthConfig;
+use crate::quota::Quotas;
 
 /// How often the token file is read again.
 pub const TOKEN_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
@@ -381,16 +382,18 @@ pub fn audit<T>(
     }
 }
 
-/// Authenticates every call of the gateway's server (see the module docs).
+/// Authenticates every call of the gateway's server (see the module docs)
+/// and holds it to its principal's request-rate quota.
 #[derive(Clone)]
 pub struct AuthLayer {
     auth: Option<Arc<Authenticator>>,
+    quotas: Quotas,
 }
 
 impl AuthLayer {
-    /// With `auth` (`None`: every caller is anonymous).
-    pub fn new(auth: Option<Arc<Authenticator>>) -> AuthLayer {
-        AuthLayer { auth }
+    /// With `auth` (`None`: every caller is anonymous) and `quotas`.
+    pub fn new(auth: Option<Arc<Authenticator>>, quotas: Quotas) -> AuthLayer {
+        AuthLayer { auth, quotas }
     }
 }
 
@@ -400,15 +403,22 @@ impl<S> tower::Layer<S> for AuthLayer {
         AuthService {
             inner,
             auth: self.auth.clone(),
+            quotas: self.quotas.clone(),
         }
     }
 }
+
+/// The response header that says how long a call waited for its
+/// principal's request-rate quota, in milliseconds (only on calls that
+/// waited).
+pub const THROTTLE_HEADER: &str = "streambus-throttle-time-ms";
 
 /// The service [`AuthLayer`] wraps around the gateway's routes.
 #[derive(Clone)]
 pub struct AuthService<S> {
     inner: S,
     auth: Option<Arc<Authenticator>>,
+    quotas: Quotas,
 }
 
 impl<S> tower::Service<http::Request<tonic::body::Body>> for AuthService<S>
@@ -417,13 +427,17 @@ where
             http::Request<tonic::body::Body>,
             Response = http::Response<tonic::body::Body>,
         >,
+    S: Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
     type Future = futures::future::Either<
-        S::Future,
-        futures::future::Ready<Result<http::Response<tonic::body::Body>, S::Error>>,
+        futures::future::Either<
+            S::Future,
+            futures::future::Ready<Result<http::Response<tonic::body::Body>, S::Error>>,
+        >,
+        futures::future::BoxFuture<'static, Result<http::Response<tonic::body::Body>, S::Error>>,
     >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -445,16 +459,39 @@ where
                     .map(|v| v.as_bytes()),
             ),
         };
+        use futures::future::Either;
         match principal {
             Ok(p) => {
+                let wait = if request.uri().path().starts_with("/grpc.health.v1.Health/") {
+                    Duration::ZERO
+                } else {
+                    self.quotas.charge(&p, crate::quota::Kind::Requests, 1)
+                };
                 request.extensions_mut().insert(p);
-                futures::future::Either::Left(self.inner.call(request))
+                if wait.is_zero() {
+                    return Either::Left(Either::Left(self.inner.call(request)));
+                }
+                // Over the request quota: the call waits, then goes on.
+                // The service that was polled ready serves it later; a
+                // clone stays for the next call.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                Either::Right(Box::pin(async move {
+                    tokio::time::sleep(wait).await;
+                    let mut response = inner.call(request).await?;
+                    if let Ok(v) =
+                        http::HeaderValue::from_str(&crate::quota::millis(wait).to_string())
+                    {
+                        response.headers_mut().insert(THROTTLE_HEADER, v);
+                    }
+                    Ok(response)
+                }))
             }
             Err(e) => {
                 tracing::debug!(path = %request.uri().path(), error = %e, "call refused");
-                futures::future::Either::Right(futures::future::ready(Ok(e
+                Either::Left(Either::Right(futures::future::ready(Ok(e
                     .to_status()
-                    .into_http())))
+                    .into_http()))))
             }
         }
     }

@@ -26,6 +26,7 @@ use crate::authz::Authz;
 use crate::decode::decode_within;
 use crate::metadata::unknown_partition;
 use crate::metrics::Metrics;
+use crate::quota::{self, Quotas};
 use crate::record_watch::{RecordWatches, WATCH_WAIT, Woken};
 use crate::router::{self, CallPolicy, Router};
 use streambus_acl::{Operation, ResourceType};
@@ -69,6 +70,7 @@ pub struct ConsumeApi {
     /// Where caught-up subscription partitions wait for records.
     pub(crate) watches: RecordWatches,
     pub(crate) authz: Authz,
+    pub(crate) quotas: Quotas,
 }
 
 pub use crate::decode::decode;
@@ -483,6 +485,8 @@ impl ConsumeApi {
             {
                 Ok(m) => SubscribeResponse {
                     new_partition: added,
+                    // The next read of this partition waits this long.
+                    throttle_time_ms: 0,
                     ..m
                 },
                 Err(e) if e.reason == Reason::Overloaded => {
@@ -508,8 +512,23 @@ impl ConsumeApi {
                 held._permits.push(extra);
             }
             held._permits.push(permit);
+            let throttle =
+                self.quotas
+                    .charge(&principal, quota::Kind::Consume, resp.batches.len() as u64);
+            let message = SubscribeResponse {
+                throttle_time_ms: quota::millis(throttle),
+                ..message
+            };
             if tx.send((Ok(message), Some(held))).await.is_err() {
                 return;
+            }
+            if !throttle.is_zero() {
+                // Over the principal's consume quota: the next read waits.
+                tokio::select! {
+                    () = tokio::time::sleep(throttle) => {}
+                    _ = draining.wait_for(|d| *d) => {}
+                    () = tx.closed() => return,
+                }
             }
         }
     }
@@ -545,6 +564,7 @@ impl ConsumeApi {
             high_watermark: resp.high_watermark,
             next_offset,
             new_partition: false,
+            throttle_time_ms: 0,
         })
     }
 
@@ -757,7 +777,12 @@ impl ConsumeService for ConsumeApi {
             if !req.encoded {
                 self.metrics.consumed_records.inc_by(records.len() as u64);
             }
+            let throttle_time_ms = self
+                .quotas
+                .throttle(&principal, quota::Kind::Consume, resp.batches.len() as u64)
+                .await;
             Ok(FetchResponse {
+                throttle_time_ms,
                 partition: req.partition,
                 records,
                 encoded_batches: encoded,

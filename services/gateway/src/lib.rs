@@ -13,6 +13,7 @@ pub mod groups;
 pub mod metadata;
 pub mod metrics;
 pub mod produce;
+pub mod quota;
 mod record_watch;
 pub mod router;
 
@@ -122,6 +123,7 @@ pub async fn serve_with_listener(
     } else {
         authz::Authz::off()
     };
+    let quotas = quota::Quotas::new(cache.clone(), metrics.throttle_seconds.clone());
     let ready = ready.unwrap_or_else(|| watch::channel(false).0);
     let ready_rx = ready.subscribe();
     let metadata_task = tokio::spawn(
@@ -173,6 +175,7 @@ pub async fn serve_with_listener(
         draining: drain_rx.clone(),
         producer_ids: produce::ProducerIds::default(),
         authz: authz.clone(),
+        quotas: quotas.clone(),
     };
     let consume = consume::ConsumeApi {
         watches: record_watch::RecordWatches::new(router.clone()),
@@ -184,6 +187,7 @@ pub async fn serve_with_listener(
         memory,
         draining: drain_rx.clone(),
         authz,
+        quotas: quotas.clone(),
     };
     let groups = groups::GroupApi {
         consume: consume.clone(),
@@ -205,7 +209,7 @@ pub async fn serve_with_listener(
     let (shutdown, drain) = streambus_service::grpc::drain_signal(shutdown);
     let drain = drain.count_connections(connections);
     let serve = streambus_service::grpc::server()
-        .layer(auth::AuthLayer::new(auth))
+        .layer(auth::AuthLayer::new(auth, quotas))
         .add_service(health_service)
         .add_service(streambus_service::grpc::reflection_service())
         .add_service(

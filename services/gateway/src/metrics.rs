@@ -51,6 +51,8 @@ pub struct Metrics {
     /// Every attempt of a request to a storage node, by its method and
     /// the node's address (long-poll fetches include their wait).
     pub storage_request_seconds: Family<crate::router::HopLabels, Histogram>,
+    /// How long calls waited for their principal's quota, by kind.
+    pub throttle_seconds: Family<crate::quota::ThrottleLabels, Histogram>,
     /// Appends to storage nodes in flight now (every acks mode).
     pub in_flight_writes: Gauge,
     /// Batch bytes of the appends in flight now.
@@ -98,6 +100,9 @@ impl Metrics {
             request_errors: Family::default(),
             storage_request_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+            }),
+            throttle_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 16))
             }),
             in_flight_writes: Gauge::default(),
             in_flight_bytes: Gauge::default(),
@@ -158,6 +163,11 @@ impl Metrics {
             "storage_request_seconds",
             "Latency of each attempt of a request to a storage node, by method and node (long-poll fetches include their wait)",
             m.storage_request_seconds.clone(),
+        );
+        r.register(
+            "throttle_seconds",
+            "How long calls waited for their principal's quota (produce or consume bytes, or calls per second); only calls that waited",
+            m.throttle_seconds.clone(),
         );
         r.register(
             "in_flight_writes",

@@ -33,7 +33,9 @@ use crate::auth::{Principal, principal_of};
 use crate::authz::Authz;
 use crate::metadata::unknown_partition;
 use crate::metrics::Metrics;
+use crate::quota::{self, Quotas};
 use crate::router::{self, CallPolicy, Router};
+use prost::Message as _;
 use streambus_acl::{Operation, ResourceType};
 
 /// Default `max.message.bytes` when a topic does not say.
@@ -58,6 +60,7 @@ pub struct ProduceApi {
     /// Producer ids for `InitProducer`.
     pub(crate) producer_ids: ProducerIds,
     pub(crate) authz: Authz,
+    pub(crate) quotas: Quotas,
 }
 
 /// How many producer ids the gateway takes from the controller at a time.
@@ -706,6 +709,13 @@ impl ProduceService for ProduceApi {
             self.metrics.observe("Produce", started, false);
             return Err(e.into());
         }
+        // Over the principal's produce quota, the call waits before any
+        // of its batches is written.
+        let bytes: usize = req.batches.iter().map(|b| b.encoded_len()).sum();
+        let throttle_time_ms = self
+            .quotas
+            .throttle(&principal, quota::Kind::Produce, bytes as u64)
+            .await;
         let acks = acks_of(req.acks);
         let deadline = self.deadline(req.timeout_ms);
         let mut sequencer = Sequencer::default();
@@ -727,7 +737,10 @@ impl ProduceService for ProduceApi {
         }
         let ok = results.iter().all(|r| r.error.is_none());
         self.metrics.observe("Produce", started, ok);
-        Ok(Response::new(ProduceResponse { results }))
+        Ok(Response::new(ProduceResponse {
+            results,
+            throttle_time_ms,
+        }))
     }
 
     async fn init_producer(
@@ -799,6 +812,20 @@ impl ProduceService for ProduceApi {
                 let result = match msg.batch {
                     Some(batch) => match api.check_records(batch.records.len()) {
                         Ok(()) => {
+                            // Over the principal's produce quota the
+                            // stream is not read until the wait is over.
+                            let throttle = api.quotas.charge(
+                                &principal,
+                                quota::Kind::Produce,
+                                batch.encoded_len() as u64,
+                            );
+                            if !throttle.is_zero() {
+                                tokio::select! {
+                                    () = tokio::time::sleep(throttle) => {}
+                                    _ = draining.wait_for(|d| *d) => {}
+                                }
+                            }
+                            let throttle_time_ms = quota::millis(throttle);
                             let deadline = api.deadline(0);
                             // Waits for gateway-wide in-flight room: the
                             // stream is not read meanwhile.
@@ -821,6 +848,7 @@ impl ProduceService for ProduceApi {
                                         .send(Ok(ProduceStreamResponse {
                                             sequence,
                                             result: Some(routed),
+                                            throttle_time_ms,
                                         }))
                                         .await;
                                     let _ = writes.finish().await;
@@ -833,6 +861,7 @@ impl ProduceService for ProduceApi {
                                     .send(Ok(ProduceStreamResponse {
                                         sequence,
                                         result: Some(result),
+                                        throttle_time_ms,
                                     }))
                                     .await;
                                 drop(permit);
@@ -856,6 +885,7 @@ impl ProduceService for ProduceApi {
                     .send(Ok(ProduceStreamResponse {
                         sequence,
                         result: Some(result),
+                        throttle_time_ms: 0,
                     }))
                     .await
                     .is_err()
@@ -924,6 +954,7 @@ mod tests {
             .unwrap(),
         );
         let metrics = Metrics::new(&mut Registry::default());
+        let quotas = Quotas::new(cache.clone(), metrics.throttle_seconds.clone());
         ProduceApi {
             router: Router::new(
                 cache,
@@ -940,6 +971,7 @@ mod tests {
             draining: tokio::sync::watch::channel(false).1,
             producer_ids: ProducerIds::default(),
             authz: Authz::off(),
+            quotas,
         }
     }
 

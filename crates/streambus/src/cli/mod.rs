@@ -1,5 +1,5 @@
 //! The client commands of the `streambus` binary: `topic`, `produce`,
-//! `consume`, `group`, `cluster` and `acl`, built on the SDK (`streambus-client`). See `docs/cli.md`.
+//! `consume`, `group`, `cluster`, `acl` and `quota`, built on the SDK (`streambus-client`). See `docs/cli.md`.
 
 mod acl;
 mod cluster;
@@ -8,6 +8,7 @@ mod context;
 mod group;
 mod output;
 mod produce;
+mod quota;
 mod tls;
 mod topic;
 
@@ -22,6 +23,7 @@ pub use consume::ConsumeArgs;
 pub use context::ContextArgs;
 pub use group::GroupArgs;
 pub use produce::ProduceArgs;
+pub use quota::QuotaArgs;
 pub use tls::TlsArgs;
 pub use topic::TopicArgs;
 
@@ -43,6 +45,9 @@ pub enum ClientCommand {
     /// Create, list and delete ACLs (who may do what to which topics,
     /// groups and the cluster)
     Acl(AclArgs),
+    /// Set, list and delete principals' produce, consume and request-rate
+    /// quotas
+    Quota(QuotaArgs),
     /// Generate a CA and certificates for TLS (development and tests)
     Tls(TlsArgs),
     /// Named connection contexts (gateway, TLS, token) in the client
@@ -162,6 +167,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
         ClientCommand::Group(args) => group::run(args).await,
         ClientCommand::Cluster(args) => cluster::run(args).await,
         ClientCommand::Acl(args) => acl::run(args).await,
+        ClientCommand::Quota(args) => quota::run(args).await,
         ClientCommand::Tls(args) => tls::run(args),
         ClientCommand::Context(args) => context::run(args),
     };

@@ -127,6 +127,18 @@ pub fn eventually(what: &str, cond: impl Fn() -> bool) {
     }
 }
 
+/// The value of `metric` (the exact series, labels included) in a scrape
+/// of `http`'s `/metrics`; 0 when absent.
+pub fn scrape(http: &str, metric: &str) -> f64 {
+    let mut s = TcpStream::connect(http).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {http}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.lines()
+        .find_map(|l| l.strip_prefix(metric)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 pub fn http_status(addr: &str, path: &str) -> Option<u16> {
     let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;

@@ -10,7 +10,8 @@
 //! order) and
 //! `n/<node id, big endian>` (one JSON storage node each) and `acls` (the
 //! JSON array of every ACL, written whole when they change: they change
-//! rarely and are read together). Each apply call
+//! rarely and are read together), and `quotas` (the JSON map of every
+//! principal's quotas, the same way). Each apply call
 //! writes what it touched in one atomic batch: a change to one partition
 //! writes its chunk and `meta`; a reconfigured topic writes its header; a
 //! created or deleted topic writes (or removes) its header and every chunk.
@@ -42,7 +43,9 @@ use streambus_acl::Acls;
 
 use super::TypeConfig;
 use crate::error::ControllerError;
-use crate::metadata::{CommandResponse, Dirty, Metadata, Partition, StorageNode, Topic};
+use crate::metadata::{
+    CommandResponse, Dirty, Metadata, Partition, QuotaRates, StorageNode, Topic,
+};
 
 type StorageResult<T> = Result<T, StorageError<u64>>;
 type Membership = StoredMembership<u64, BasicNode>;
@@ -52,6 +55,7 @@ const TOPIC_PREFIX: &[u8] = b"t/";
 const PARTITION_PREFIX: &[u8] = b"p/";
 const NODE_PREFIX: &[u8] = b"n/";
 const ACLS: &[u8] = b"acls";
+const QUOTAS: &[u8] = b"quotas";
 const SNAPSHOT_META: &[u8] = b"meta";
 const SNAPSHOT_DATA: &[u8] = b"data";
 
@@ -282,6 +286,9 @@ impl StateMachineStore {
         if dirty.acls {
             write_acls(&mut batch, &state.metadata.acls)?;
         }
+        if dirty.quotas {
+            write_quotas(&mut batch, &state.metadata.quotas)?;
+        }
         batch.insert(META, serde_json::to_vec(&meta_of(state))?);
         self.inner.tree.apply_batch(batch)?;
         Ok(())
@@ -338,6 +345,7 @@ impl StateMachineStore {
             batch.insert(node_key(*id), serde_json::to_vec(node)?);
         }
         write_acls(&mut batch, &state.metadata.acls)?;
+        write_quotas(&mut batch, &state.metadata.quotas)?;
         batch.insert(META, serde_json::to_vec(&meta_of(state))?);
         self.inner.tree.apply_batch(batch)?;
         Ok(())
@@ -363,6 +371,18 @@ fn write_acls(batch: &mut sled::Batch, acls: &Acls) -> Result<(), std::io::Error
         batch.remove(ACLS);
     } else {
         batch.insert(ACLS, serde_json::to_vec(acls)?);
+    }
+    Ok(())
+}
+
+fn write_quotas(
+    batch: &mut sled::Batch,
+    quotas: &BTreeMap<String, QuotaRates>,
+) -> Result<(), std::io::Error> {
+    if quotas.is_empty() {
+        batch.remove(QUOTAS);
+    } else {
+        batch.insert(QUOTAS, serde_json::to_vec(quotas)?);
     }
     Ok(())
 }
@@ -470,6 +490,11 @@ fn load_state(tree: &sled::Tree) -> Result<(SmState, BTreeSet<String>), Controll
     if let Some(v) = tree.get(ACLS)? {
         let acls: Acls = serde_json::from_slice(&v).map_err(|e| corrupt("ACLs", e))?;
         metadata.acls = Arc::new(acls);
+    }
+    if let Some(v) = tree.get(QUOTAS)? {
+        let quotas: BTreeMap<String, QuotaRates> =
+            serde_json::from_slice(&v).map_err(|e| corrupt("quotas", e))?;
+        metadata.quotas = Arc::new(quotas);
     }
     let state = SmState {
         last_applied: meta.last_applied,
@@ -951,7 +976,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn acls_survive_a_restart_and_a_snapshot_and_only_their_change_writes_them() {
+    async fn acls_and_quotas_survive_a_restart_and_a_snapshot_and_only_their_change_writes_them() {
         use streambus_acl::Operation::{Read, Write};
         let dir = tempfile::tempdir().unwrap();
         let a = acl("User:alice", "orders", Read);
@@ -1007,9 +1032,26 @@ mod tests {
                     acls: vec![a.clone()]
                 }
             );
+            let rates = QuotaRates {
+                produce_bytes_per_second: 1024,
+                ..QuotaRates::default()
+            };
+            sm.apply([entry(
+                5,
+                Command::AlterQuotas {
+                    set: vec![("User:alice".into(), rates)],
+                    remove: vec![],
+                },
+            )])
+            .await
+            .unwrap();
         }
         let (_db, _log, sm, _) = open(dir.path(), 0, Arc::default()).unwrap();
         assert_eq!(sm.current().acls.iter().collect::<Vec<_>>(), vec![&b]);
+        assert_eq!(
+            sm.current().quotas["User:alice"].produce_bytes_per_second,
+            1024
+        );
 
         // A controller rebuilt from the snapshot has both.
         let other = tempfile::tempdir().unwrap();

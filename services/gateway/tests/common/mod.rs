@@ -212,6 +212,13 @@ impl ControllerService for FakeController {
         Err(Status::unimplemented("fake controller"))
     }
 
+    async fn alter_client_quotas(
+        &self,
+        _: Request<streambus_proto::v1::AlterClientQuotasRequest>,
+    ) -> Result<Response<streambus_proto::v1::AlterClientQuotasResponse>, Status> {
+        Err(Status::unimplemented("fake controller"))
+    }
+
     async fn decommission_node(
         &self,
         _: Request<streambus_proto::v1::DecommissionStorageNodeRequest>,
