@@ -517,6 +517,8 @@ fn chart_and_operator_on_a_real_api_server() {
         "1"
     );
     eprintln!("chart installed in {:.1?}", started.elapsed());
+    service_account_tokens_authenticate_at_a_gateway(&env, &work);
+    eprintln!("ServiceAccount tokens checked in {:.1?}", started.elapsed());
 
     let operator = Operator::start(&env, sa, &work);
     env.wait("operator leads", Duration::from_secs(30), || {
@@ -809,6 +811,103 @@ fn chart_and_operator_on_a_real_api_server() {
     );
     let _ = std::fs::remove_dir_all(&work);
     eprintln!("done in {:.1?}", started.elapsed());
+}
+
+/// A `streambus dev` whose gateway verifies bearer tokens with this API
+/// server's TokenReview and enforces ACLs: a ServiceAccount's token names
+/// `User:system:serviceaccount:<namespace>:<name>`, a superuser by that
+/// name may do anything, another ServiceAccount only what ACLs allow, and
+/// a forged token or the token of a deleted ServiceAccount is refused.
+fn service_account_tokens_authenticate_at_a_gateway(env: &Env, work: &Path) {
+    struct Dev(Child);
+    impl Drop for Dev {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let ns = &env.namespace;
+    for sa in ["admin", "app", "gone"] {
+        env.kubectl(&["create", "serviceaccount", sa]);
+    }
+    let token = |sa: &str| env.kubectl(&["create", "token", sa]).trim().to_string();
+    let (admin, app, gone) = (token("admin"), token("app"), token("gone"));
+    env.kubectl(&["delete", "serviceaccount", "gone"]);
+
+    let settings = [
+        "gateway.listen_addr=127.0.0.1:0".to_string(),
+        "controller.listen_addr=127.0.0.1:0".into(),
+        "storage_node.listen_addr=127.0.0.1:0".into(),
+        "http.listen_addr=127.0.0.1:0".into(),
+        "log.level=warn".into(),
+        "gateway.auth.kubernetes.enabled=true".into(),
+        "gateway.auth.acls=true".into(),
+        format!("gateway.auth.superusers=User:system:serviceaccount:{ns}:admin"),
+    ];
+    let mut cmd = Command::new(&env.streambus);
+    cmd.env("KUBECONFIG", &env.kubeconfig)
+        .args(["dev", "--data-dir"])
+        .arg(work.join("token-review-dev"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for s in &settings {
+        cmd.args(["--set", s]);
+    }
+    let mut dev = Dev(cmd.spawn().unwrap());
+    let stdout = std::io::BufReader::new(dev.0.stdout.take().unwrap());
+    let gateway = std::io::BufRead::lines(stdout)
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("gateway (public gRPC)")
+                .map(|a| a.trim().to_string())
+        })
+        .expect("streambus dev prints its gateway address");
+    let cli = |token: &str, args: &[&str]| {
+        Command::new(&env.streambus)
+            .args(args)
+            .args(["--gateway", &gateway, "--token", token])
+            .env(
+                "STREAMBUS_CLIENT_CONFIG",
+                "/nonexistent/streambus-client.toml",
+            )
+            .output()
+            .unwrap()
+    };
+
+    // The superuser's ServiceAccount creates a topic.
+    let out = cli(&admin, &["topic", "create", "reviewed"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Another ServiceAccount is authenticated (it lists, seeing nothing)
+    // but may not create: the refusal names its principal.
+    let out = cli(&app, &["topic", "list"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("reviewed"));
+    let out = cli(&app, &["topic", "create", "mine"]);
+    let stderr = text(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains(&format!(
+                "PERMISSION_DENIED: User:system:serviceaccount:{ns}:app may not create topic"
+            )),
+        "{stderr}"
+    );
+    // A token with a forged signature, and the token of a deleted
+    // ServiceAccount: refused by the API server, so by the gateway.
+    let mut forged = app.clone();
+    let last = if forged.ends_with('A') { 'B' } else { 'A' };
+    forged.pop();
+    forged.push(last);
+    for bad in [&forged, &gone] {
+        let out = cli(bad, &["topic", "list"]);
+        let stderr = text(&out.stderr);
+        assert!(
+            !out.status.success()
+                && stderr.contains("UNAUTHENTICATED")
+                && stderr.contains("the Kubernetes API server refused it"),
+            "{stderr}"
+        );
+    }
 }
 
 /// A StreamBusCluster: its children appear with owner references and the

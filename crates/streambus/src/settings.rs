@@ -22,6 +22,7 @@ const LIST_KEYS: &[&str] = &[
     "gateway.controllers",
     "controller.peers",
     "gateway.auth.superusers",
+    "gateway.auth.kubernetes.audiences",
 ];
 
 /// Everything one `streambus` process can be configured with.

@@ -95,7 +95,7 @@ pub fn parse_tokens(text: &str) -> Result<Tokens, String> {
     Ok(tokens)
 }
 
-fn digest(token: &str) -> [u8; 32] {
+pub(crate) fn digest(token: &str) -> [u8; 32] {
     let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
@@ -154,12 +154,16 @@ pub struct Authenticator {
     mtls: bool,
     tokens: Option<TokenFile>,
     allow_anonymous: bool,
+    kubernetes: Option<Arc<crate::k8s_auth::TokenReviewer>>,
 }
 
 impl Authenticator {
     /// From the gateway's settings; fails on a token file that does not
     /// load. `None` when no method is on (everyone is anonymous).
-    pub fn new(config: &AuthConfig) -> Result<Option<Arc<Authenticator>>, String> {
+    pub fn new(
+        config: &AuthConfig,
+        kubernetes: Option<crate::k8s_auth::TokenReviewer>,
+    ) -> Result<Option<Arc<Authenticator>>, String> {
         if !config.enabled() {
             return Ok(None);
         }
@@ -175,7 +179,25 @@ impl Authenticator {
             mtls: config.mtls,
             tokens,
             allow_anonymous: config.allow_anonymous,
+            kubernetes: kubernetes.map(Arc::new),
         })))
+    }
+
+    /// The bearer token of `authorization` when the Kubernetes API server
+    /// is to verify it: Kubernetes tokens are on and the token file does
+    /// not hold it.
+    fn for_review(&self, authorization: Option<&[u8]>) -> Option<String> {
+        self.kubernetes.as_ref()?;
+        let value = std::str::from_utf8(authorization?).ok()?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))?
+            .trim();
+        let known = self
+            .tokens
+            .as_ref()
+            .is_some_and(|t| t.lookup(token).is_some());
+        (!known && !token.is_empty()).then(|| token.to_string())
     }
 
     /// Reads the token file again every [`TOKEN_RELOAD_INTERVAL`] until
@@ -413,6 +435,16 @@ impl<S> tower::Layer<S> for AuthLayer {
 /// waited).
 pub const THROTTLE_HEADER: &str = "streambus-throttle-time-ms";
 
+/// Says in `response` how long the call waited for its request quota.
+fn throttled(response: &mut http::Response<tonic::body::Body>, wait: Duration) {
+    if wait.is_zero() {
+        return;
+    }
+    if let Ok(v) = http::HeaderValue::from_str(&crate::quota::millis(wait).to_string()) {
+        response.headers_mut().insert(THROTTLE_HEADER, v);
+    }
+}
+
 /// The service [`AuthLayer`] wraps around the gateway's routes.
 #[derive(Clone)]
 pub struct AuthService<S> {
@@ -445,6 +477,38 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+        use futures::future::Either;
+        // A token for the Kubernetes API server to verify: asked before
+        // the call goes on.
+        if let Some(auth) = &self.auth
+            && let Some(reviewer) = &auth.kubernetes
+            && let Some(token) = auth.for_review(
+                request
+                    .headers()
+                    .get(http::header::AUTHORIZATION)
+                    .map(|v| v.as_bytes()),
+            )
+        {
+            let reviewer = reviewer.clone();
+            let quotas = self.quotas.clone();
+            let clone = self.inner.clone();
+            let mut inner = std::mem::replace(&mut self.inner, clone);
+            return Either::Right(Box::pin(async move {
+                let p = match reviewer.review(&token).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::debug!(path = %request.uri().path(), error = %e, "call refused");
+                        return Ok(e.to_status().into_http());
+                    }
+                };
+                let wait = quotas.charge(&p, crate::quota::Kind::Requests, 1);
+                request.extensions_mut().insert(p);
+                tokio::time::sleep(wait).await;
+                let mut response = inner.call(request).await?;
+                throttled(&mut response, wait);
+                Ok(response)
+            }));
+        }
         let principal = match &self.auth {
             None => Ok(Principal::anonymous()),
             // Probes carry no credentials.
@@ -459,7 +523,6 @@ where
                     .map(|v| v.as_bytes()),
             ),
         };
-        use futures::future::Either;
         match principal {
             Ok(p) => {
                 let wait = if request.uri().path().starts_with("/grpc.health.v1.Health/") {
@@ -479,11 +542,7 @@ where
                 Either::Right(Box::pin(async move {
                     tokio::time::sleep(wait).await;
                     let mut response = inner.call(request).await?;
-                    if let Ok(v) =
-                        http::HeaderValue::from_str(&crate::quota::millis(wait).to_string())
-                    {
-                        response.headers_mut().insert(THROTTLE_HEADER, v);
-                    }
+                    throttled(&mut response, wait);
                     Ok(response)
                 }))
             }
@@ -534,6 +593,7 @@ mod tests {
             mtls,
             tokens: (!tokens.is_empty()).then(|| TokenFile::load(path).unwrap()),
             allow_anonymous,
+            kubernetes: None,
         }
     }
 

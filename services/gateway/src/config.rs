@@ -89,12 +89,39 @@ pub struct AuthConfig {
     /// Principals (`User:<name>`) allowed everything, whatever the ACLs
     /// say.
     pub superusers: Vec<String>,
+    /// Kubernetes ServiceAccount tokens, verified with the API server's
+    /// TokenReview.
+    pub kubernetes: KubernetesAuthConfig,
+}
+
+/// Bearer tokens verified by the Kubernetes API server.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesAuthConfig {
+    /// A bearer token the token file does not hold is sent to the API
+    /// server's TokenReview; one it authenticates is `User:<its
+    /// username>` (`User:system:serviceaccount:<namespace>:<name>`).
+    pub enabled: bool,
+    /// Audiences the token must be for (empty: the API server's own).
+    pub audiences: Vec<String>,
+    /// How long an answer is kept per token.
+    pub cache_ttl_ms: u64,
+}
+
+impl Default for KubernetesAuthConfig {
+    fn default() -> KubernetesAuthConfig {
+        KubernetesAuthConfig {
+            enabled: false,
+            audiences: Vec::new(),
+            cache_ttl_ms: 10_000,
+        }
+    }
 }
 
 impl AuthConfig {
     /// Whether any method is on.
     pub fn enabled(&self) -> bool {
-        self.mtls || !self.token_file.is_empty()
+        self.mtls || !self.token_file.is_empty() || self.kubernetes.enabled
     }
 }
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod consume;
 pub mod decode;
 pub mod groups;
+pub mod k8s_auth;
 pub mod metadata;
 pub mod metrics;
 pub mod produce;
@@ -98,7 +99,16 @@ pub async fn serve_with_listener(
         source,
     })?;
     config.validate().map_err(GatewayError::Config)?;
-    let auth = auth::Authenticator::new(&config.auth).map_err(GatewayError::Config)?;
+    let reviewer = if config.auth.kubernetes.enabled {
+        let reviewer = k8s_auth::TokenReviewer::new(&config.auth.kubernetes)
+            .await
+            .map_err(GatewayError::Config)?;
+        tracing::info!("bearer tokens verified with the Kubernetes API server's TokenReview");
+        Some(reviewer)
+    } else {
+        None
+    };
+    let auth = auth::Authenticator::new(&config.auth, reviewer).map_err(GatewayError::Config)?;
     if config.auth.mtls {
         let asks = streambus_service::tls::installed()
             .is_some_and(|t| t.files().client_auth != streambus_service::tls::ClientAuth::None);
