@@ -577,6 +577,21 @@ impl Accumulator {
         target
     }
 
+    /// Moves the delivery deadline of every batch waiting here `by` later:
+    /// the time a gateway held this producer back for its quota
+    /// (`throttle_time_ms`) does not count against the delivery timeout.
+    pub fn extend_deadlines(&self, by: Duration) {
+        self.each_partition(|_, q| {
+            if let Some(b) = &mut q.open {
+                b.deadline += by;
+            }
+            for b in &mut q.queued {
+                b.deadline += by;
+            }
+            false
+        });
+    }
+
     /// Whether every batch with an id below `id` is resolved.
     pub fn completed_below(&self, id: u64) -> bool {
         let mut done = true;
@@ -1284,6 +1299,23 @@ mod tests {
         let mut out = Vec::new();
         let ready = acc.ready(now + Duration::from_secs(31), 10, &mut out);
         assert!(out.is_empty());
+        assert_eq!(ready.expired, 1);
+        assert_eq!(rx.await.unwrap_err().reason(), Some(Reason::Timeout));
+    }
+
+    #[tokio::test]
+    async fn time_held_back_by_a_quota_does_not_count_against_the_delivery_timeout() {
+        let acc = Accumulator::new(limits());
+        let now = Instant::now();
+        let (rx, _) = acc
+            .append("t", Some(0), 0, &record(None, "v"), None, now)
+            .unwrap();
+        acc.seal_all();
+        acc.extend_deadlines(Duration::from_secs(5));
+        let mut out = Vec::new();
+        let ready = acc.ready(now + Duration::from_secs(31), 0, &mut out);
+        assert_eq!(ready.expired, 0, "30 s after, 5 of them held back");
+        let ready = acc.ready(now + Duration::from_secs(36), 0, &mut out);
         assert_eq!(ready.expired, 1);
         assert_eq!(rx.await.unwrap_err().reason(), Some(Reason::Timeout));
     }

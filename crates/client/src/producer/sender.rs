@@ -246,6 +246,16 @@ impl Sender {
         let result = response.result.unwrap_or_default();
         let now = Instant::now();
         let acc = &self.shared.acc;
+        if response.throttle_time_ms > 0 {
+            // The gateway held this producer back for its quota, and did
+            // not read the stream meanwhile: that time does not count
+            // against the delivery timeout of what waits behind it.
+            let by = Duration::from_millis(u64::from(response.throttle_time_ms));
+            acc.extend_deadlines(by);
+            for b in self.in_flight.values_mut() {
+                b.deadline += by;
+            }
+        }
         match result.error {
             Some(detail) => {
                 let error = Error::from_detail(&detail);
