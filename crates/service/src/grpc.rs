@@ -592,6 +592,25 @@ impl AsyncWrite for Conn {
     }
 }
 
+/// Connections accepted on `listener` once their TLS handshake for a
+/// listener of `exposure` completed (many handshake at once; one that fails
+/// or takes too long is dropped and counted in `failures`).
+pub fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    tls: Arc<crate::tls::Tls>,
+    exposure: crate::tls::Exposure,
+    failures: prometheus_client::metrics::counter::Counter,
+) -> impl futures::Stream<Item = std::io::Result<Conn>> + Send + 'static {
+    TlsIncoming {
+        tcp: incoming(listener),
+        tcp_done: false,
+        handshakes: futures::stream::FuturesUnordered::new(),
+        tls,
+        exposure,
+        failures,
+    }
+}
+
 type Handshake = futures::future::BoxFuture<'static, Option<Conn>>;
 
 /// Accepted TCP connections, handed on once their TLS handshake completed

@@ -110,9 +110,71 @@ pub async fn serve(
     state: HttpState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, state, None, shutdown).await
+}
+
+/// [`serve`], over TLS with `tls` when given (HTTPS; no client certificate
+/// asked for, so probes and scrapers get in as they do over HTTP).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: HttpState,
+    tls: Option<Arc<crate::tls::Tls>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let Some(tls) = tls else {
+        return axum::serve(listener, router(state))
+            .with_graceful_shutdown(shutdown)
+            .await;
+    };
+    let addr = listener.local_addr()?;
+    let conns = crate::grpc::tls_incoming(
+        listener,
+        tls,
+        crate::tls::Exposure::Http,
+        prometheus_client::metrics::counter::Counter::default(),
+    );
+    let listener = TlsListener {
+        conns: Box::pin(conns),
+        addr,
+    };
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Connections that completed their TLS handshake, as axum's listener.
+struct TlsListener {
+    conns: futures::stream::BoxStream<'static, std::io::Result<crate::grpc::Conn>>,
+    addr: std::net::SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = crate::grpc::Conn;
+    type Addr = Option<std::net::SocketAddr>;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        use futures::StreamExt;
+        use tonic::transport::server::Connected;
+        loop {
+            match self.conns.next().await {
+                Some(Ok(conn)) => {
+                    let peer = conn.connect_info().remote_addr;
+                    return (conn, peer);
+                }
+                // Out of file descriptors and the like: try again shortly.
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "accepting an HTTPS connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                // The listener is gone: nothing more comes.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(Some(self.addr))
+    }
 }
 
 #[cfg(test)]

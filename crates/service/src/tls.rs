@@ -79,6 +79,9 @@ pub enum Exposure {
     Internal,
     /// The gateway: client certificates as [`TlsFiles::client_auth`] says.
     Public,
+    /// The HTTP endpoints (`/healthz`, `/readyz`, `/metrics`): HTTP/1.1,
+    /// no client certificate asked for (probes and scrapers carry none).
+    Http,
 }
 
 /// A TLS file that is missing, unreadable or does not load.
@@ -107,6 +110,7 @@ struct Loaded {
     read: Vec<Vec<u8>>,
     internal: Arc<ServerConfig>,
     public: Arc<ServerConfig>,
+    http: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
 }
 
@@ -204,6 +208,7 @@ impl Tls {
         match exposure {
             Exposure::Internal => current.internal.clone(),
             Exposure::Public => current.public.clone(),
+            Exposure::Http => current.http.clone(),
         }
     }
 
@@ -285,7 +290,8 @@ fn build(files: &TlsFiles, read: Vec<Vec<u8>>) -> Result<Loaded, TlsError> {
     };
     let provider = provider();
     let versions = |e: rustls::Error| TlsError(format!("TLS setup: {e}"));
-    let server = |verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>| {
+    let server = |verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+                  alpn: &[u8]| {
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(versions)?;
@@ -302,7 +308,7 @@ fn build(files: &TlsFiles, read: Vec<Vec<u8>>) -> Result<Loaded, TlsError> {
                     files.key.display()
                 ))
             })?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.alpn_protocols = vec![alpn.to_vec()];
         Ok::<_, TlsError>(Arc::new(config))
     };
     let verifier = |roots: Arc<RootCertStore>, optional: bool| {
@@ -317,12 +323,13 @@ fn build(files: &TlsFiles, read: Vec<Vec<u8>>) -> Result<Loaded, TlsError> {
             .build()
             .map_err(|e| TlsError(format!("TLS client verification: {e}")))
     };
-    let internal = server(Some(verifier(cluster_ca.clone(), false)?))?;
+    let internal = server(Some(verifier(cluster_ca.clone(), false)?), b"h2")?;
     let public = match files.client_auth {
-        ClientAuth::None => server(None)?,
-        ClientAuth::Optional => server(Some(verifier(client_ca, true)?))?,
-        ClientAuth::Required => server(Some(verifier(client_ca, false)?))?,
+        ClientAuth::None => server(None, b"h2")?,
+        ClientAuth::Optional => server(Some(verifier(client_ca, true)?), b"h2")?,
+        ClientAuth::Required => server(Some(verifier(client_ca, false)?), b"h2")?,
     };
+    let http = server(None, b"http/1.1")?;
     let mut client = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(versions)?
@@ -339,6 +346,7 @@ fn build(files: &TlsFiles, read: Vec<Vec<u8>>) -> Result<Loaded, TlsError> {
         read,
         internal,
         public,
+        http,
         client: Arc::new(client),
     })
 }

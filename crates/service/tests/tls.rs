@@ -283,3 +283,80 @@ async fn a_certificate_rotated_on_disk_is_served_to_new_connections() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn the_http_endpoints_are_served_over_https_without_a_client_certificate() {
+    use rustls::pki_types::ServerName;
+    use streambus_service::http::{HttpState, Readiness};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // Even where gRPC requires client certificates: probes carry none.
+    let s = setup(ClientAuth::Required);
+    let tls = Tls::load(s.files.clone()).unwrap();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let scrapes = prometheus_client::metrics::counter::Counter::<u64>::default();
+    registry.register("https_test", "a counter", scrapes.clone());
+    scrapes.inc();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = HttpState {
+        registry: Arc::new(registry),
+        readiness: Readiness::new(),
+    };
+    tokio::spawn(streambus_service::http::serve_with(
+        listener,
+        state,
+        Some(tls),
+        futures::future::pending(),
+    ));
+
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der(&s.ca.pem().cert).into()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    for (path, expect) in [("/metrics", "https_test_total 1"), ("/healthz", "ok")] {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut https = connector
+            .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+            .await
+            .unwrap();
+        https.write_all(get(path).as_bytes()).await.unwrap();
+        let mut out = String::new();
+        https.read_to_string(&mut out).await.unwrap_or_default();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(out.contains(expect), "{out}");
+    }
+
+    // Plain HTTP gets no HTTP answer.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(get("/metrics").as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
+    assert!(
+        !String::from_utf8_lossy(&out).contains("https_test"),
+        "plaintext got the metrics"
+    );
+
+    // A client trusting another CA does not complete the handshake.
+    let mut other = rustls::RootCertStore::empty();
+    other.add(der(&s.other_ca.pem().cert).into()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(other)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let refused = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await;
+    assert!(refused.is_err());
+}

@@ -152,12 +152,13 @@ pub async fn run(
         Some(gateway_ready),
         wait_true(gateway_stop),
     ));
-    let http = tokio::spawn(streambus_service::http::serve(
+    let http = tokio::spawn(streambus_service::http::serve_with(
         listeners.http,
         HttpState {
             registry: Arc::new(registry),
             readiness: readiness.clone(),
         },
+        settings.http.tls(),
         wait_true(http_stop),
     ));
 

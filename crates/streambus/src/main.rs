@@ -80,6 +80,11 @@ fn init_logging(
 fn init_tls(settings: &Settings) -> Result<(), String> {
     use streambus_service::tls;
     let Some(files) = settings.tls.to_files()? else {
+        if settings.http.tls {
+            return Err(
+                "http.tls serves the HTTP endpoints with the process's certificate: set tls.cert_file and tls.key_file".into(),
+            );
+        }
         return Ok(());
     };
     let loaded = tls::Tls::load(files).map_err(|e| e.to_string())?;

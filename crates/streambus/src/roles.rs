@@ -119,12 +119,13 @@ pub async fn run(role: Role, settings: Settings) -> anyhow::Result<()> {
         }
     };
     let (stop_http, http_stopped) = watch::channel(false);
-    let http = tokio::spawn(streambus_service::http::serve(
+    let http = tokio::spawn(streambus_service::http::serve_with(
         http_listener,
         HttpState {
             registry: Arc::new(registry),
             readiness,
         },
+        settings.http.tls(),
         wait_true(http_stopped),
     ));
     let result = server.await.context("server task")?;

@@ -69,13 +69,27 @@ impl Default for ShutdownSettings {
 pub struct HttpSettings {
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
     pub listen_addr: SocketAddr,
+    /// Serve them over TLS (HTTPS) with the `[tls]` certificate; no client
+    /// certificate is asked for.
+    pub tls: bool,
 }
 
 impl Default for HttpSettings {
     fn default() -> HttpSettings {
         HttpSettings {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 7480)),
+            tls: false,
         }
+    }
+}
+
+impl HttpSettings {
+    /// The TLS setup the HTTP endpoints are served with, if any.
+    pub fn tls(&self) -> Option<std::sync::Arc<streambus_service::tls::Tls>> {
+        self.tls
+            .then(streambus_service::tls::installed)
+            .flatten()
+            .cloned()
     }
 }
 
