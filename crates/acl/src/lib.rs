@@ -257,10 +257,6 @@ impl Acl {
         Ok(())
     }
 
-    fn applies_to(&self, principal: &str) -> bool {
-        self.principal == principal || self.principal == "User:*"
-    }
-
     /// Whether this ACL, as an allow, covers `operation`: the same one,
     /// `all`, or describe implied by read, write, delete or alter.
     fn allows(&self, operation: Operation) -> bool {
@@ -351,6 +347,31 @@ impl Acls {
         self.entries.iter()
     }
 
+    /// The ACLs stored for exactly `principal` (`User:*` ones only when it
+    /// is `User:*`). The set is ordered by principal first, so they are
+    /// one range of it: found in O(log n), not by scanning every ACL.
+    fn of<'s>(&'s self, principal: &str) -> impl Iterator<Item = &'s Acl> {
+        let first = Acl {
+            principal: principal.to_string(),
+            pattern: ResourcePattern {
+                resource_type: ResourceType::Topic,
+                pattern_type: PatternType::Literal,
+                name: String::new(),
+            },
+            operation: Operation::All,
+            permission: Permission::Allow,
+        };
+        self.entries
+            .range(first..)
+            .take_while(move |a| a.principal == principal)
+    }
+
+    /// The ACLs that apply to `principal`: its own and `User:*`'s.
+    fn applying_to<'s>(&'s self, principal: &str) -> impl Iterator<Item = &'s Acl> {
+        let everyone = (principal != "User:*").then(|| self.of("User:*"));
+        self.of(principal).chain(everyone.into_iter().flatten())
+    }
+
     /// How many there are.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -408,8 +429,8 @@ impl<'a> Authorizer<'a> {
             return Decision::Superuser;
         }
         let mut allowed_by = None;
-        for acl in &self.acls.entries {
-            if !acl.applies_to(principal) || !acl.pattern.matches(resource_type, name) {
+        for acl in self.acls.applying_to(principal) {
+            if !acl.pattern.matches(resource_type, name) {
                 continue;
             }
             match acl.permission {
@@ -439,9 +460,8 @@ impl<'a> Authorizer<'a> {
         }
         let relevant = || {
             self.acls
-                .entries
-                .iter()
-                .filter(|a| a.applies_to(principal) && a.pattern.resource_type == resource_type)
+                .applying_to(principal)
+                .filter(|a| a.pattern.resource_type == resource_type)
         };
         let denied_everywhere = relevant().any(|a| {
             a.permission == Permission::Deny
