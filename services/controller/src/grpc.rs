@@ -858,8 +858,15 @@ impl ControllerService for ControllerGrpc {
                 )
             })
             .collect();
+        let mut seen = std::collections::BTreeSet::new();
         for p in set.iter().map(|(p, _)| p).chain(&req.remove) {
             crate::metadata::validate_quota_principal(p).map_err(status)?;
+            if !seen.insert(p) {
+                return Err(status(Error::new(
+                    Reason::InvalidArgument,
+                    format!("quota principal {p:?} is named twice in one request"),
+                )));
+            }
         }
         self.proposer.ensure_leader().map_err(status)?;
         self.proposer

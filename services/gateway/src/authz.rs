@@ -128,6 +128,14 @@ impl Authz {
         let Some(e) = &self.inner else {
             return Ok(());
         };
+        if resource_type == ResourceType::Topic
+            && name == crate::groups::TOPIC
+            && !e.superusers.contains(principal.as_str())
+        {
+            // Every group's offsets and members: no ACL opens it, or
+            // `read` on `*` would bypass the group ACLs.
+            return Err(format!("the internal topic {name} is for superusers only"));
+        }
         let view = e.metadata.current();
         let decision = Authorizer::new(&view.acls, &e.superusers).authorize(
             principal.as_str(),
@@ -245,6 +253,27 @@ mod tests {
             ResourceType::Cluster,
             "cluster"
         ));
+        // The internal groups topic: superusers only, whatever ACLs say.
+        let all = Authz::enforce(
+            cache(vec![acl(
+                "User:alice",
+                "_",
+                Operation::All,
+                Permission::Allow,
+            )]),
+            BTreeSet::from(["User:root".to_string()]),
+        );
+        let e = all
+            .check(&alice, Operation::Read, ResourceType::Topic, "__groups")
+            .unwrap_err();
+        assert!(e.message.contains("for superusers only"), "{e}");
+        all.check(
+            &Principal::user("root"),
+            Operation::Read,
+            ResourceType::Topic,
+            "__groups",
+        )
+        .unwrap();
         // Off: everything goes.
         Authz::off()
             .check_cluster(&alice, Operation::Alter)

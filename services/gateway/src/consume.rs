@@ -735,6 +735,12 @@ impl ConsumeService for ConsumeApi {
                     format!("offset {} is negative", req.offset),
                 ));
             }
+            // What the principal owes for its consume quota is waited out
+            // before any memory is taken for this call.
+            let throttle_time_ms = self
+                .quotas
+                .wait_pending(&principal, quota::Kind::Consume)
+                .await;
             let topic = self.router.metadata().topic(&req.topic).await?;
             if req.partition as usize >= topic.partitions.len() {
                 return Err(unknown_partition(
@@ -777,10 +783,9 @@ impl ConsumeService for ConsumeApi {
             if !req.encoded {
                 self.metrics.consumed_records.inc_by(records.len() as u64);
             }
-            let throttle_time_ms = self
-                .quotas
-                .throttle(&principal, quota::Kind::Consume, resp.batches.len() as u64)
-                .await;
+            // Charged now; the principal's next call waits for it.
+            self.quotas
+                .charge(&principal, quota::Kind::Consume, resp.batches.len() as u64);
             Ok(FetchResponse {
                 throttle_time_ms,
                 partition: req.partition,

@@ -80,6 +80,13 @@ pub struct GroupApi {
 }
 
 impl GroupApi {
+    /// Whether `principal` may describe `topic`.
+    fn may_describe(&self, principal: &Principal, topic: &str) -> bool {
+        self.consume
+            .authz
+            .allowed(principal, Operation::Describe, ResourceType::Topic, topic)
+    }
+
     /// Whether `principal` may do `operation` to `group`, and the same to
     /// each of `topics` (read and describe are what groups do to topics).
     fn may<'a>(
@@ -916,6 +923,11 @@ impl Member {
         if offsets.is_empty() {
             return Ok(offsets);
         }
+        // Partitions can come to a member by its topic pattern, or by
+        // taking over another member's id: each topic is checked.
+        let topics: BTreeSet<&str> = offsets.iter().map(|o| o.topic.as_str()).collect();
+        self.api
+            .may(&self.principal, Operation::Read, &self.join.group, topics)?;
         self.api
             .commit(CommitOffsetsRequest {
                 group: self.join.group.clone(),
@@ -1327,7 +1339,12 @@ impl GroupService for GroupApi {
         let req = request.into_inner();
         let topics: BTreeSet<&str> = req.partitions.iter().map(|t| t.topic.as_str()).collect();
         let r = match self.may(&principal, Operation::Describe, &req.group, topics) {
-            Ok(()) => GroupApi::fetch_offsets(self, req).await,
+            // Asked for every topic: only those the caller may describe.
+            Ok(()) => GroupApi::fetch_offsets(self, req).await.map(|mut r| {
+                r.offsets
+                    .retain(|o| self.may_describe(&principal, &o.topic));
+                r
+            }),
             Err(e) => Err(e),
         };
         self.metrics.observe("FetchOffsets", started, r.is_ok());
@@ -1365,7 +1382,17 @@ impl GroupService for GroupApi {
         let principal = principal_of(&request);
         let group = request.into_inner().group;
         let r = match self.may(&principal, Operation::Describe, &group, []) {
-            Ok(()) => self.describe(&group).await,
+            // Offsets and lag only of topics the caller may describe.
+            Ok(()) => self.describe(&group).await.map(|mut r| {
+                if let Some(g) = &mut r.group {
+                    g.offsets
+                        .retain(|o| self.may_describe(&principal, &o.topic));
+                }
+                r.partitions
+                    .retain(|p| self.may_describe(&principal, &p.topic));
+                r.total_lag = r.partitions.iter().map(|p| p.lag.max(0)).sum();
+                r
+            }),
             Err(e) => Err(e),
         };
         self.metrics.observe("DescribeGroup", started, r.is_ok());

@@ -23,8 +23,15 @@ use tokio::time::Instant;
 use crate::auth::Principal;
 use crate::config::KubernetesAuthConfig;
 
-/// Reviews in flight at once; more wait.
+/// Reviews in flight at once; more wait, for at most [`REVIEW_TIMEOUT`].
 pub const MAX_CONCURRENT_REVIEWS: usize = 16;
+/// How long a call waits for its review (a turn and the API server's
+/// answer) before it gets `UNAVAILABLE`.
+pub const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
+/// The usernames accepted: ServiceAccounts'. Other identities the API
+/// server knows (OIDC users, nodes) would share the names of token-file
+/// and certificate principals, `User:admin` included.
+pub const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 /// Answers kept before the oldest are dropped.
 const MAX_CACHED: usize = 10_000;
 
@@ -87,6 +94,11 @@ impl TokenReviewer {
         if cache.len() >= MAX_CACHED {
             let ttl = self.ttl;
             cache.retain(|_, (_, at)| at.elapsed() < ttl);
+            // Full of fresh answers: bad tokens go first, so a flood of
+            // them does not push the good ones out.
+            if cache.len() >= MAX_CACHED {
+                cache.retain(|_, (v, _)| matches!(v, Verdict::Principal(_)));
+            }
             if cache.len() >= MAX_CACHED {
                 cache.clear();
             }
@@ -102,19 +114,29 @@ impl TokenReviewer {
         let verdict = match self.cached(&key) {
             Some(v) => v,
             None => {
-                let _permit =
-                    self.limit.acquire().await.map_err(|_| {
+                let reviewed = tokio::time::timeout(REVIEW_TIMEOUT, async {
+                    let _permit = self.limit.acquire().await.map_err(|_| {
                         Error::new(Reason::Unavailable, "the gateway is shutting down")
                     })?;
-                // Another call may have asked meanwhile.
-                match self.cached(&key) {
-                    Some(v) => v,
-                    None => {
-                        let v = self.ask(token).await?;
-                        self.remember(key, v.clone());
-                        v
+                    // Another call may have asked meanwhile.
+                    match self.cached(&key) {
+                        Some(v) => Ok::<Verdict, Error>(v),
+                        None => {
+                            let v = self.ask(token).await?;
+                            self.remember(key, v.clone());
+                            Ok(v)
+                        }
                     }
-                }
+                })
+                .await;
+                reviewed.map_err(|_| {
+                    Error::new(
+                        Reason::Unavailable,
+                        format!(
+                            "the Kubernetes API server did not review the token within {REVIEW_TIMEOUT:?}"
+                        ),
+                    )
+                })??
             }
         };
         match verdict {
@@ -145,6 +167,18 @@ impl TokenReviewer {
                 )
             })?;
         let status = answer.status.unwrap_or_default();
+        if !self.audiences.is_empty()
+            && status.authenticated == Some(true)
+            && !status
+                .audiences
+                .as_ref()
+                .is_some_and(|a| a.iter().any(|x| self.audiences.contains(x)))
+        {
+            return Ok(Verdict::Refused(format!(
+                "it is not for the audiences {:?}",
+                self.audiences
+            )));
+        }
         if status.authenticated != Some(true) {
             return Ok(Verdict::Refused(
                 status
@@ -158,10 +192,16 @@ impl TokenReviewer {
             .and_then(|u| u.username)
             .filter(|u| !u.is_empty())
         {
-            Some(name) if !name.chars().any(char::is_whitespace) => {
+            Some(name)
+                if name.starts_with(SERVICE_ACCOUNT_PREFIX)
+                    && !name.chars().any(char::is_whitespace) =>
+            {
                 Ok(Verdict::Principal(Principal::user(&name)))
             }
-            _ => Ok(Verdict::Refused("it names no usable user".into())),
+            Some(name) => Ok(Verdict::Refused(format!(
+                "{name:?} is not a ServiceAccount"
+            ))),
+            None => Ok(Verdict::Refused("it names no user".into())),
         }
     }
 }

@@ -80,11 +80,18 @@ impl Throttle {
     }
 
     /// Charges `amount` units at `now`: how long the call waits first.
+    /// The clock runs at most [`MAX_DEBT`] ahead of now: one huge call (or
+    /// calls the client gave up on) cannot lock a principal out for long.
     pub fn charge(&mut self, now: Instant, amount: u64) -> Duration {
         let wait = self.clock.saturating_duration_since(now);
         let cost = Duration::from_secs_f64(amount as f64 / self.rate as f64);
-        self.clock = self.clock.max(now) + cost;
+        self.clock = (self.clock.max(now) + cost).min(now + MAX_DEBT);
         wait
+    }
+
+    /// How long a call arriving at `now` waits, without charging it.
+    pub fn pending(&self, now: Instant) -> Duration {
+        self.clock.saturating_duration_since(now)
     }
 
     /// Whether the clock is behind `now` (nothing owed: it can be dropped).
@@ -92,6 +99,10 @@ impl Throttle {
         self.clock <= now
     }
 }
+
+/// How far ahead of now a principal's clock may run: the longest a call
+/// waits (Kafka caps its throttle time likewise).
+pub const MAX_DEBT: Duration = Duration::from_secs(30);
 
 /// Labels of `streambus_gateway_throttle_seconds`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelSet)]
@@ -152,6 +163,31 @@ impl Quotas {
         wait
     }
 
+    /// How long a call of `principal` of `kind` would wait now, without
+    /// charging it (for calls whose size is known only after they ran:
+    /// they wait out what the principal owes first, then are charged).
+    pub fn pending(&self, principal: &Principal, kind: Kind) -> Duration {
+        let clocks = self.clocks.lock().unwrap_or_else(|p| p.into_inner());
+        clocks
+            .get(&(principal.clone(), kind))
+            .map_or(Duration::ZERO, |t| t.pending(Instant::now()))
+    }
+
+    /// Waits out what `principal` owes for `kind` (see
+    /// [`Quotas::pending`]); the wait in milliseconds.
+    pub async fn wait_pending(&self, principal: &Principal, kind: Kind) -> u32 {
+        let wait = self.pending(principal, kind);
+        if !wait.is_zero() {
+            self.throttled
+                .get_or_create(&ThrottleLabels {
+                    kind: kind.as_str(),
+                })
+                .observe(wait.as_secs_f64());
+            tokio::time::sleep(wait).await;
+        }
+        millis(wait)
+    }
+
     /// [`Quotas::charge`], then waits it out; the wait in milliseconds.
     pub async fn throttle(&self, principal: &Principal, kind: Kind, amount: u64) -> u32 {
         let wait = self.charge(principal, kind, amount);
@@ -186,7 +222,12 @@ mod tests {
         // Idle for a minute: no credit, the clock starts from now.
         let t60 = t0 + Duration::from_secs(60);
         assert_eq!(t.charge(t60, 2000), Duration::ZERO);
+        assert_eq!(t.pending(t60), Duration::from_secs(2));
         assert_eq!(t.charge(t60, 1), Duration::from_secs(2));
+        // A huge call owes at most MAX_DEBT.
+        let t100 = t0 + Duration::from_secs(100);
+        assert_eq!(t.charge(t100, 1_000_000_000), Duration::ZERO);
+        assert_eq!(t.pending(t100), MAX_DEBT);
     }
 
     #[test]
