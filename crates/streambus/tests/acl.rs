@@ -380,6 +380,33 @@ fn acls_decide_who_does_what_on_every_gateway() {
         assert!(e.to_string().contains("INVALID_ARGUMENT"), "{e}");
     });
 
+    // The internal groups topic stays closed even to `read` on every
+    // topic, and unlisted.
+    ok(&cli(
+        &g0,
+        ADMIN,
+        &[
+            "acl",
+            "create",
+            "--allow",
+            "User:bob",
+            "--operation",
+            "read",
+            "--topic",
+            "*",
+        ],
+    ));
+    denied(
+        &cli(
+            &g0,
+            BOB,
+            &["consume", "__groups", "--from-beginning", "-n", "1"],
+        ),
+        "the internal topic __groups is for superusers only",
+    );
+    assert_eq!(topics(&g0, BOB), ["orders.eu", "orders.us", "payments"]);
+    assert!(topics(&g0, ADMIN).contains(&"__groups".to_string()));
+
     // ACLs are replicated metadata: a controller killed and started again
     // still has them, and the gateways still enforce them.
     let controller = cluster.controllers.get_mut(&1).unwrap();
@@ -409,7 +436,7 @@ fn acls_decide_who_does_what_on_every_gateway() {
                 && l.contains("result=\"ok\"")
         })
         .count();
-    assert_eq!(creates, 4, "{audit:#?}");
+    assert_eq!(creates, 5, "{audit:#?}");
     assert!(
         audit
             .iter()

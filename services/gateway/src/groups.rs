@@ -1382,11 +1382,19 @@ impl GroupService for GroupApi {
         let principal = principal_of(&request);
         let group = request.into_inner().group;
         let r = match self.may(&principal, Operation::Describe, &group, []) {
-            // Offsets and lag only of topics the caller may describe.
+            // Offsets, lag and assignments only of topics the caller may
+            // describe.
             Ok(()) => self.describe(&group).await.map(|mut r| {
                 if let Some(g) = &mut r.group {
                     g.offsets
                         .retain(|o| self.may_describe(&principal, &o.topic));
+                    for m in &mut g.members {
+                        m.topics.retain(|t| self.may_describe(&principal, t));
+                        m.assigned
+                            .retain(|t| self.may_describe(&principal, &t.topic));
+                        m.revoking
+                            .retain(|t| self.may_describe(&principal, &t.topic));
+                    }
                 }
                 r.partitions
                     .retain(|p| self.may_describe(&principal, &p.topic));
