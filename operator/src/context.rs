@@ -9,7 +9,10 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Resource, ResourceExt};
 use tokio::sync::Mutex;
 
+use k8s_openapi::api::core::v1::Secret;
+
 use crate::backoff::Backoff;
+use crate::cluster::tls::ClusterTls;
 use crate::crd::StreamBusCluster;
 use crate::metrics::Metrics;
 
@@ -48,14 +51,43 @@ pub struct Context {
     gateways: Mutex<HashMap<String, streambus_client::Client>>,
 }
 
+/// A cluster's gateways, as the operator calls them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayTarget {
+    /// `host:port` (or several, comma-separated).
+    pub addr: String,
+    /// TLS with the cluster's CA, presenting the cluster's certificate;
+    /// `None`: plaintext (or an `https://` address with the system's
+    /// roots).
+    pub tls: Option<ClusterTls>,
+}
+
+impl GatewayTarget {
+    /// A gateway reached without TLS settings of its own.
+    pub fn plain(addr: impl Into<String>) -> GatewayTarget {
+        GatewayTarget {
+            addr: addr.into(),
+            tls: None,
+        }
+    }
+}
+
+impl std::fmt::Display for GatewayTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.addr)
+    }
+}
+
 /// Where a topic's cluster is reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClusterTarget {
-    /// The gateway address.
-    Gateway(String),
+    /// Its gateways.
+    Gateway(GatewayTarget),
     /// No such cluster (neither a StreamBusCluster in the namespace nor an
     /// external one).
     NotFound,
+    /// A StreamBusCluster whose TLS Secret is missing or unusable: why.
+    TlsUnusable(String),
 }
 
 impl Context {
@@ -148,15 +180,48 @@ impl Context {
         name: &str,
     ) -> Result<ClusterTarget, kube::Error> {
         if let Some(addr) = self.settings.external_clusters.get(name) {
-            return Ok(ClusterTarget::Gateway(addr.clone()));
+            return Ok(ClusterTarget::Gateway(GatewayTarget::plain(addr)));
         }
         let clusters: Api<StreamBusCluster> = Api::namespaced(self.client.clone(), namespace);
         Ok(match clusters.get_opt(name).await? {
-            Some(cluster) => {
-                ClusterTarget::Gateway(self.cluster_gateway(&cluster.name_any(), namespace))
-            }
+            Some(cluster) => match self.cluster_tls(&cluster).await? {
+                Ok(tls) => ClusterTarget::Gateway(GatewayTarget {
+                    addr: self.cluster_gateway(&cluster.name_any(), namespace),
+                    tls,
+                }),
+                Err(why) => ClusterTarget::TlsUnusable(why),
+            },
             None => ClusterTarget::NotFound,
         })
+    }
+
+    /// The TLS Secret of a managed cluster, read and checked: `Ok(None)`
+    /// without `spec.tls`, the inner `Err` says what is wrong with it.
+    pub async fn cluster_tls(
+        &self,
+        cluster: &StreamBusCluster,
+    ) -> Result<Result<Option<ClusterTls>, String>, kube::Error> {
+        let Some(tls) = &cluster.spec.tls else {
+            return Ok(Ok(None));
+        };
+        let namespace = cluster.namespace().unwrap_or_default();
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
+        let Some(secret) = secrets.get_opt(&tls.secret_name).await? else {
+            return Ok(Err(format!(
+                "no Secret {:?} in namespace {namespace:?} (spec.tls.secretName; cert-manager writes it once its Certificate is issued)",
+                tls.secret_name
+            )));
+        };
+        let data: BTreeMap<String, Vec<u8>> = secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        Ok(
+            crate::cluster::tls::check(&tls.secret_name, &data, &cluster.name_any(), &namespace)
+                .map(Some),
+        )
     }
 
     /// Where the operator reaches the gateways of managed cluster `name`:
@@ -169,19 +234,55 @@ impl Context {
             .unwrap_or_else(|| gateway_endpoint(name, namespace))
     }
 
-    /// A (cached) connection to the gateway at `addr`.
+    /// A (cached) connection to `target`'s gateways. A renewed
+    /// certificate is a new connection.
     pub async fn gateway(
         &self,
-        addr: &str,
+        target: &GatewayTarget,
     ) -> Result<streambus_client::Client, streambus_client::ClientError> {
+        let key = match &target.tls {
+            None => target.addr.clone(),
+            Some(tls) => format!(
+                "{} tls {:016x}",
+                target.addr,
+                fnv([
+                    &tls.ca_pem,
+                    &tls.cert_pem,
+                    &tls.key_pem,
+                    tls.server_name.as_bytes()
+                ])
+            ),
+        };
         let mut gateways = self.gateways.lock().await;
-        if let Some(client) = gateways.get(addr) {
+        if let Some(client) = gateways.get(&key) {
             return Ok(client.clone());
         }
-        let client = streambus_client::Client::connect(addr).await?;
-        gateways.insert(addr.to_string(), client.clone());
+        let options = streambus_client::ConnectOptions {
+            tls: target.tls.as_ref().map(|tls| streambus_client::TlsOptions {
+                ca_pem: Some(tls.ca_pem.clone()),
+                identity: Some((tls.cert_pem.clone(), tls.key_pem.clone())),
+                server_name: Some(tls.server_name.clone()),
+            }),
+            token: None,
+        };
+        let client = streambus_client::Client::connect_with(&target.addr, options).await?;
+        // Connections made with a certificate since renewed are dropped.
+        gateways.retain(|k, _| !k.starts_with(&format!("{} tls ", target.addr)));
+        gateways.insert(key, client.clone());
         Ok(client)
     }
+}
+
+/// FNV-1a over `parts` (a cache key, not a security measure).
+fn fnv<const N: usize>(parts: [&[u8]; N]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.iter().chain([&0xff]) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
 }
 
 /// The backoff key of `obj`.

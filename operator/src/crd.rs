@@ -196,6 +196,54 @@ pub struct StreamBusClusterSpec {
     /// data directories, peers) are refused.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config: BTreeMap<String, String>,
+    /// TLS on every listener and between the cluster's processes, with the
+    /// certificate of a Secret (docs/kubernetes.md#tls-and-authentication).
+    /// Omitted: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+}
+
+/// TLS for a cluster.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// A Secret in the cluster's namespace with `tls.crt`, `tls.key` and
+    /// `ca.crt` (what cert-manager writes): every process's certificate
+    /// and key, and the cluster CA. The certificate must be valid for
+    /// `*.<cluster>-controller.<namespace>.svc`,
+    /// `*.<cluster>-storage.<namespace>.svc` and
+    /// `<cluster>-gateway.<namespace>.svc`, for both server and client
+    /// authentication. A renewed certificate is used without a restart.
+    #[schemars(length(min = 1))]
+    pub secret_name: String,
+    /// Client certificates at the gateways (from the cluster CA): `none`,
+    /// `optional` or `required`.
+    #[serde(default)]
+    pub client_auth: ClientAuthMode,
+}
+
+/// Which client certificates gateways ask for.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuthMode {
+    /// None.
+    #[default]
+    None,
+    /// A client may present one; if it does, it must verify.
+    Optional,
+    /// Every client must present one.
+    Required,
+}
+
+impl ClientAuthMode {
+    /// The `tls.client_auth` setting.
+    pub fn setting(self) -> &'static str {
+        match self {
+            ClientAuthMode::None => "none",
+            ClientAuthMode::Optional => "optional",
+            ClientAuthMode::Required => "required",
+        }
+    }
 }
 
 /// Controllers: 3 or 5 voters.
@@ -259,6 +307,12 @@ pub struct GatewaysSpec {
     /// CPU and memory of each gateway container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
+    /// The ServiceAccount gateway pods run as; omitted = the namespace's
+    /// `default`. Gateways verifying Kubernetes tokens
+    /// (`gateway.auth.kubernetes.enabled`) need one bound to the
+    /// `system:auth-delegator` ClusterRole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
 }
 
 /// A PersistentVolumeClaim template.
@@ -332,6 +386,7 @@ impl Default for GatewaysSpec {
         GatewaysSpec {
             replicas: default_gateways(),
             resources: None,
+            service_account_name: None,
         }
     }
 }

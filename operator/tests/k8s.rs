@@ -354,7 +354,9 @@ struct Operator {
 }
 
 impl Operator {
-    fn start(env: &Env, sa: &str, dir: &Path) -> Operator {
+    /// `secure_gateway`: where the gateway standing in for the TLS
+    /// cluster `secure` will listen.
+    fn start(env: &Env, sa: &str, dir: &Path, secure_gateway: &str) -> Operator {
         let token = env.kubectl(&["create", "token", sa, "--duration", "1h"]);
         let admin: serde_json::Value = serde_json::from_str(
             &env.kubectl(&["config", "view", "--raw", "--minify", "-o", "json"]),
@@ -373,12 +375,7 @@ impl Operator {
             ),
         )
         .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let http = format!("127.0.0.1:{port}");
+        let http = format!("127.0.0.1:{}", free_port());
         let log = std::fs::File::create(dir.join("operator.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_streambus-operator"))
             .args(["run", "--http-addr", &http, "--resync", "3s"])
@@ -386,6 +383,8 @@ impl Operator {
             .args([
                 "--cluster-gateway",
                 &format!("{}/demo={}", env.namespace, env.cluster_gateway),
+                "--cluster-gateway",
+                &format!("{}/secure={secure_gateway}", env.namespace),
                 "--restart-settle",
                 "2s",
             ])
@@ -520,7 +519,8 @@ fn chart_and_operator_on_a_real_api_server() {
     service_account_tokens_authenticate_at_a_gateway(&env, &work);
     eprintln!("ServiceAccount tokens checked in {:.1?}", started.elapsed());
 
-    let operator = Operator::start(&env, sa, &work);
+    let secure_gateway = format!("127.0.0.1:{}", free_port());
+    let operator = Operator::start(&env, sa, &work, &secure_gateway);
     env.wait("operator leads", Duration::from_secs(30), || {
         operator
             .get("/metrics")
@@ -764,6 +764,8 @@ fn chart_and_operator_on_a_real_api_server() {
 
     cluster_objects_become_ready(&env, &pod_monitor_selector);
     eprintln!("cluster checked in {:.1?}", started.elapsed());
+    secure_cluster_over_tls(&env, &work, &secure_gateway);
+    eprintln!("TLS cluster checked in {:.1?}", started.elapsed());
 
     // The operator's own objects go with the release; CRDs and resources stay.
     env.kubectl(&[
@@ -818,14 +820,236 @@ fn chart_and_operator_on_a_real_api_server() {
 /// `User:system:serviceaccount:<namespace>:<name>`, a superuser by that
 /// name may do anything, another ServiceAccount only what ACLs allow, and
 /// a forged token or the token of a deleted ServiceAccount is refused.
-fn service_account_tokens_authenticate_at_a_gateway(env: &Env, work: &Path) {
-    struct Dev(Child);
-    impl Drop for Dev {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
+/// A loopback port free now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A StreamBusCluster with `spec.tls`, gateways requiring client
+/// certificates and enforcing ACLs: held back (and its topics with it)
+/// until its Secret exists and its certificate covers every name; then
+/// every pod mounts the Secret, and a gateway run with the ConfigMap the
+/// operator wrote lets the operator in as the certificate's principal, the
+/// only way it can create and delete topics there.
+fn secure_cluster_over_tls(env: &Env, work: &Path, gateway: &str) {
+    let ns = &env.namespace;
+    env.apply_ok(&format!(
+        "apiVersion: streambus.io/v1alpha1\nkind: StreamBusCluster\nmetadata:\n  name: secure\nspec:\n  image: streambus:test\n  controllers:\n    storage: {{size: 1Gi, storageClassName: {ns}-none}}\n  storageNodes:\n    replicas: 1\n    storage: {{size: 1Gi, storageClassName: {ns}-none}}\n  gateways:\n    replicas: 1\n    serviceAccountName: secure-gateway\n  tls:\n    secretName: secure-tls\n    clientAuth: required\n  config:\n    http.tls: \"true\"\n    gateway.auth.mtls: \"true\"\n    gateway.auth.acls: \"true\"\n    gateway.auth.superusers: \"User:admin\"\n"
+    ));
+    env.apply_ok(
+        &topic_yaml("secured", None, 2, "").replace("cluster: dev\n", "cluster: secure\n"),
+    );
+    let degraded = |needle: String| {
+        env.wait(
+            &format!("secure Degraded: {needle}"),
+            Duration::from_secs(30),
+            || {
+                let (s, r, m) = env.condition("streambuscluster/secure", "Degraded")?;
+                (s == "True" && r == "TlsSecretUnusable" && m.contains(&needle)).then_some(())
+            },
+        )
+    };
+    // No Secret yet: nothing is made, and the topic waits.
+    degraded("no Secret \"secure-tls\"".into());
+    assert!(env.get_json("statefulset/secure-controller").is_none());
+    let topic = env.wait_ready("streambustopic/secured", "False", "ClusterTlsUnusable");
+    let (_, _, message) = condition_of(&topic, "Ready").unwrap();
+    assert!(message.contains("no Secret"), "{message}");
+
+    // A certificate missing the gateways' name is refused with the name.
+    let secret = |dir: &Path, hosts: &str| {
+        let out = env.streambus(&[
+            "tls",
+            "generate",
+            "--out",
+            dir.to_str().unwrap(),
+            "--force",
+            "--hosts",
+            hosts,
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let file = |key: &str, f: &str| format!("--from-file={key}={}", dir.join(f).display());
+        let yaml = env.kubectl(&[
+            "create",
+            "secret",
+            "generic",
+            "secure-tls",
+            &file("tls.crt", "node.pem"),
+            &file("tls.key", "node-key.pem"),
+            &file("ca.crt", "ca.pem"),
+            "--dry-run=client",
+            "-o",
+            "yaml",
+        ]);
+        env.apply_ok(&yaml);
+    };
+    let peers =
+        format!("*.secure-controller.{ns}.svc,*.secure-storage.{ns}.svc,127.0.0.1,localhost");
+    let certs = work.join("secure-certs");
+    secret(&certs, &peers);
+    degraded(format!("not valid for secure-gateway.{ns}.svc"));
+
+    // A good one: every pod mounts it, and the ConfigMap points at it.
+    secret(&certs, &format!("{peers},secure-gateway.{ns}.svc"));
+    let sts = env.wait("secure StatefulSets", Duration::from_secs(30), || {
+        env.get_json("statefulset/secure-controller")
+    });
+    let gateway_pod =
+        env.get_json("deployment/secure-gateway").unwrap()["spec"]["template"]["spec"].clone();
+    assert_eq!(gateway_pod["serviceAccountName"], "secure-gateway");
+    for pod in [&sts["spec"]["template"]["spec"], &gateway_pod] {
+        assert_eq!(
+            pod["volumes"][0]["secret"]["secretName"], "secure-tls",
+            "{pod}"
+        );
+        let c = &pod["containers"][0];
+        let mounts = c["volumeMounts"].as_array().unwrap();
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m["name"] == "tls" && m["mountPath"] == "/etc/streambus/tls"),
+            "{pod}"
+        );
+        assert_eq!(c["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
     }
+    let config = env.get_json("configmap/secure-config").unwrap()["data"].clone();
+    assert_eq!(
+        config["STREAMBUS_TLS__CA_FILE"],
+        "/etc/streambus/tls/ca.crt"
+    );
+    assert_eq!(config["STREAMBUS_TLS__CLIENT_AUTH"], "required");
+    // `streambus tls generate` names the node certificate "streambus".
+    assert_eq!(
+        config["STREAMBUS_GATEWAY__AUTH__SUPERUSERS"],
+        "User:admin,User:streambus"
+    );
+
+    // The gateway: the operator's settings, the Secret's files here.
+    let mut vars: Vec<(String, String)> = config
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+        .collect();
+    for (var, file) in [
+        ("STREAMBUS_TLS__CERT_FILE", "node.pem"),
+        ("STREAMBUS_TLS__KEY_FILE", "node-key.pem"),
+        ("STREAMBUS_TLS__CA_FILE", "ca.pem"),
+    ] {
+        vars.retain(|(k, _)| k != var);
+        vars.push((var.into(), certs.join(file).display().to_string()));
+    }
+    let (_dev, _) = Dev::start(
+        env,
+        &work.join("secure-dev"),
+        &[format!("gateway.listen_addr={gateway}")],
+        &vars,
+    );
+    env.wait_ready("streambustopic/secured", "True", "Ready");
+    let cli = |args: &[&str], identity: bool| {
+        let mut cmd = Command::new(&env.streambus);
+        cmd.args(args)
+            .args(["--gateway", gateway, "--tls-ca"])
+            .arg(certs.join("ca.pem"))
+            .env(
+                "STREAMBUS_CLIENT_CONFIG",
+                "/nonexistent/streambus-client.toml",
+            );
+        if identity {
+            cmd.arg("--tls-cert")
+                .arg(certs.join("node.pem"))
+                .arg("--tls-key")
+                .arg(certs.join("node-key.pem"));
+        }
+        cmd.output().unwrap()
+    };
+    let out = cli(&["topic", "describe", "secured"], true);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("PARTITIONS          2"),
+        "{}",
+        text(&out.stdout)
+    );
+    // Without a certificate the gateway lets nobody in.
+    let out = cli(&["topic", "list"], false);
+    assert!(!out.status.success());
+
+    // Deleted through the finalizer, over TLS.
+    env.kubectl(&[
+        "delete",
+        "streambustopic",
+        "secured",
+        "--wait",
+        "--timeout",
+        "30s",
+    ]);
+    let out = cli(&["topic", "describe", "secured"], true);
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("UNKNOWN_TOPIC"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// A `streambus dev` this test started, killed when dropped.
+struct Dev(Child);
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Dev {
+    /// Starts `streambus dev` in `dir` with `settings` (`--set`) and
+    /// environment `vars`, on loopback ports of its choosing unless
+    /// `settings` say otherwise; returns it and its gateway's address.
+    fn start(
+        env: &Env,
+        dir: &Path,
+        settings: &[String],
+        vars: &[(String, String)],
+    ) -> (Dev, String) {
+        let mut cmd = Command::new(&env.streambus);
+        cmd.env("KUBECONFIG", &env.kubeconfig)
+            .envs(vars.iter().map(|(k, v)| (k, v)))
+            .args(["dev", "--data-dir"])
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for s in [
+            "gateway.listen_addr=127.0.0.1:0",
+            "controller.listen_addr=127.0.0.1:0",
+            "storage_node.listen_addr=127.0.0.1:0",
+            "http.listen_addr=127.0.0.1:0",
+            "log.level=warn",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(settings.iter().cloned())
+        {
+            cmd.args(["--set", &s]);
+        }
+        let mut dev = Dev(cmd.spawn().unwrap());
+        let stdout = std::io::BufReader::new(dev.0.stdout.take().unwrap());
+        let gateway = std::io::BufRead::lines(stdout)
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("gateway (public gRPC)")
+                    .map(|a| a.trim().to_string())
+            })
+            .expect("streambus dev prints its gateway address");
+        (dev, gateway)
+    }
+}
+
+fn service_account_tokens_authenticate_at_a_gateway(env: &Env, work: &Path) {
     let ns = &env.namespace;
     for sa in ["admin", "app", "gone"] {
         env.kubectl(&["create", "serviceaccount", sa]);
@@ -835,34 +1059,11 @@ fn service_account_tokens_authenticate_at_a_gateway(env: &Env, work: &Path) {
     env.kubectl(&["delete", "serviceaccount", "gone"]);
 
     let settings = [
-        "gateway.listen_addr=127.0.0.1:0".to_string(),
-        "controller.listen_addr=127.0.0.1:0".into(),
-        "storage_node.listen_addr=127.0.0.1:0".into(),
-        "http.listen_addr=127.0.0.1:0".into(),
-        "log.level=warn".into(),
-        "gateway.auth.kubernetes.enabled=true".into(),
+        "gateway.auth.kubernetes.enabled=true".to_string(),
         "gateway.auth.acls=true".into(),
         format!("gateway.auth.superusers=User:system:serviceaccount:{ns}:admin"),
     ];
-    let mut cmd = Command::new(&env.streambus);
-    cmd.env("KUBECONFIG", &env.kubeconfig)
-        .args(["dev", "--data-dir"])
-        .arg(work.join("token-review-dev"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    for s in &settings {
-        cmd.args(["--set", s]);
-    }
-    let mut dev = Dev(cmd.spawn().unwrap());
-    let stdout = std::io::BufReader::new(dev.0.stdout.take().unwrap());
-    let gateway = std::io::BufRead::lines(stdout)
-        .map_while(Result::ok)
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("gateway (public gRPC)")
-                .map(|a| a.trim().to_string())
-        })
-        .expect("streambus dev prints its gateway address");
+    let (_dev, gateway) = Dev::start(env, &work.join("token-review-dev"), &settings, &[]);
     let cli = |token: &str, args: &[&str]| {
         Command::new(&env.streambus)
             .args(args)

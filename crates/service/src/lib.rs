@@ -6,6 +6,7 @@ pub mod budget;
 pub mod certs;
 pub mod grpc;
 pub mod http;
+pub mod identity;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

@@ -6,6 +6,7 @@
 pub mod resources;
 pub mod roll;
 pub mod status;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::conditions::{self, Update};
-use crate::context::{Context, MANAGER};
+use crate::context::{Context, GatewayTarget, MANAGER};
 use crate::crd::{StreamBusCluster, StreamBusClusterStatus};
 use resources::{Input, Role};
 
@@ -35,6 +36,9 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long it waits for a decommission or recommission (the gateway
 /// retries `INSUFFICIENT_NODES` for 10 s before answering with it).
 const NODE_CALL_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often a cluster whose TLS Secret is missing or unusable is looked
+/// at again (cert-manager may be about to write it).
+const TLS_RECHECK: Duration = Duration::from_secs(10);
 
 /// Why a reconciliation failed (it is retried with backoff).
 #[derive(Debug, thiserror::Error)]
@@ -113,18 +117,31 @@ async fn reconcile(cluster: Arc<StreamBusCluster>, ctx: Arc<Context>) -> Result<
         .controller_owner_ref(&())
         .ok_or_else(|| Error::NoOwnerRef(name.clone()))?;
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
-    let current_replicas = |s: Option<StatefulSet>| s.and_then(|s| s.spec.replicas);
-    let current_controllers = current_replicas(
-        sets.get_opt(&resources::name(&name, Role::Controller))
-            .await?,
-    );
+    let current_replicas = |s: &Option<StatefulSet>| s.as_ref().and_then(|s| s.spec.replicas);
+    let controller_set = sets
+        .get_opt(&resources::name(&name, Role::Controller))
+        .await?;
+    let current_controllers = current_replicas(&controller_set);
+    let current_tls = controller_set.as_ref().map(resources::mounts_tls);
     let current_storage_nodes = current_replicas(
-        sets.get_opt(&resources::name(&name, Role::StorageNode))
+        &sets
+            .get_opt(&resources::name(&name, Role::StorageNode))
             .await?,
     );
     let mut status = cluster.status.clone().unwrap_or_default();
+    let generation = cluster.metadata.generation;
+    let tls = match ctx.cluster_tls(&cluster).await? {
+        Ok(tls) => tls,
+        Err(message) => {
+            refuse_spec(&api, &cluster, &ctx, status, "TlsSecretUnusable", message).await?;
+            return Ok(Requeue::requeue(TLS_RECHECK));
+        }
+    };
     let spec_storage = cluster.spec.storage_nodes.replicas;
-    let gateway = ctx.cluster_gateway(&name, &namespace);
+    let gateway = GatewayTarget {
+        addr: ctx.cluster_gateway(&name, &namespace),
+        tls: tls.clone(),
+    };
     let mut health = HealthProbe::new(&ctx, &gateway);
 
     // Scaling storage nodes: in only after decommissioning; a returning id
@@ -189,31 +206,14 @@ async fn reconcile(cluster: Arc<StreamBusCluster>, ctx: Arc<Context>) -> Result<
         owner,
         current_controllers,
         storage_nodes: scale.replicas,
+        tls_identity: tls.as_ref().map(|t| t.identity.as_str()),
+        current_tls,
     };
-    let generation = cluster.metadata.generation;
     let now = conditions::now();
     let desired = match resources::desired(&input) {
         Ok(d) => d,
         Err(message) => {
-            let was = conditions::get(&status.conditions, "Degraded").map(|c| c.message.clone());
-            if was.as_deref() != Some(message.as_str()) {
-                ctx.event(&*cluster, true, "InvalidSpec", "Reconcile", message.clone())
-                    .await;
-            }
-            conditions::set(
-                &mut status.conditions,
-                Update::new("Ready", false, "InvalidSpec", message.clone()),
-                generation,
-                &now,
-            );
-            conditions::set(
-                &mut status.conditions,
-                Update::new("Degraded", true, "InvalidSpec", message),
-                generation,
-                &now,
-            );
-            write_status(&api, &cluster, status).await?;
-            ctx.backoff.succeeded(&key(&cluster));
+            refuse_spec(&api, &cluster, &ctx, status, "InvalidSpec", message).await?;
             return Ok(Requeue::requeue(ctx.settings.resync));
         }
     };
@@ -345,16 +345,51 @@ async fn reconcile(cluster: Arc<StreamBusCluster>, ctx: Arc<Context>) -> Result<
     }))
 }
 
+/// Reports a spec the operator cannot apply (nothing is changed): `Ready`
+/// false and `Degraded` with `reason`, and an event when the message is
+/// new.
+async fn refuse_spec(
+    api: &Api<StreamBusCluster>,
+    cluster: &StreamBusCluster,
+    ctx: &Context,
+    mut status: StreamBusClusterStatus,
+    reason: &str,
+    message: String,
+) -> Result<(), Error> {
+    let generation = cluster.metadata.generation;
+    let now = conditions::now();
+    let was = conditions::get(&status.conditions, "Degraded").map(|c| c.message.clone());
+    if was.as_deref() != Some(message.as_str()) {
+        ctx.event(cluster, true, reason, "Reconcile", message.clone())
+            .await;
+    }
+    conditions::set(
+        &mut status.conditions,
+        Update::new("Ready", false, reason, message.clone()),
+        generation,
+        &now,
+    );
+    conditions::set(
+        &mut status.conditions,
+        Update::new("Degraded", true, reason, message),
+        generation,
+        &now,
+    );
+    write_status(api, cluster, status).await?;
+    ctx.backoff.succeeded(&key(cluster));
+    Ok(())
+}
+
 /// StreamBus's own view of the cluster, asked at most once per
 /// reconciliation and only when a decision needs it.
 struct HealthProbe<'a> {
     ctx: &'a Context,
-    gateway: &'a str,
+    gateway: &'a GatewayTarget,
     answer: Option<Result<roll::Health, String>>,
 }
 
 impl<'a> HealthProbe<'a> {
-    fn new(ctx: &'a Context, gateway: &'a str) -> Self {
+    fn new(ctx: &'a Context, gateway: &'a GatewayTarget) -> Self {
         HealthProbe {
             ctx,
             gateway,
@@ -390,7 +425,11 @@ impl<'a> HealthProbe<'a> {
 }
 
 /// Asks StreamBus to decommission or recommission a storage node.
-async fn node_call(ctx: &Context, gateway: &str, call: roll::NodeCall) -> Result<(), String> {
+async fn node_call(
+    ctx: &Context,
+    gateway: &GatewayTarget,
+    call: roll::NodeCall,
+) -> Result<(), String> {
     let ask = async {
         let client = ctx.gateway(gateway).await.map_err(|e| e.to_string())?;
         match call {

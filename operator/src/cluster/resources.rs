@@ -9,7 +9,11 @@
 //! - storage nodes: the same, with at most one node disrupted at a time;
 //! - gateways: a Deployment and the client Service;
 //! - a ConfigMap with the StreamBus settings from `spec.config`, whose hash
-//!   is stamped on every pod template (a change restarts the pods).
+//!   is stamped on every pod template (a change restarts the pods);
+//! - with `spec.tls`, the Secret mounted into every pod and the `tls.*`
+//!   settings pointing at it (a renewed certificate is read in place, no
+//!   restart); when the gateways authenticate, the operator's own
+//!   principal (the certificate's) is made a superuser.
 
 use std::collections::BTreeMap;
 
@@ -19,8 +23,9 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use serde_json::{Value, json};
 
+use super::tls;
 use crate::context::GATEWAY_PORT;
-use crate::crd::{Resources, StorageSpec, StreamBusClusterSpec};
+use crate::crd::{ClientAuthMode, Resources, StorageSpec, StreamBusClusterSpec};
 
 /// Controller gRPC port.
 pub const CONTROLLER_PORT: i32 = 7401;
@@ -34,6 +39,9 @@ const DATA_MOUNT: &str = "/var/lib/streambus";
 pub const CONFIG_HASH_ANNOTATION: &str = "streambus.io/config-hash";
 /// The user and group the containers run as.
 const RUN_AS: i64 = 10001;
+/// Where the TLS Secret is mounted (the whole Secret, not files of it: a
+/// `subPath` mount would never see a renewed certificate).
+const TLS_MOUNT: &str = "/etc/streambus/tls";
 
 /// Settings the operator sets itself; `spec.config` may not.
 const MANAGED_KEYS: &[&str] = &[
@@ -54,6 +62,8 @@ const MANAGED_KEYS: &[&str] = &[
     "storage_node.rack",
 ];
 const SECTIONS: &[&str] = &["log", "http", "controller", "gateway", "storage_node"];
+/// Settings that name files: nothing but the TLS Secret is mounted.
+const FILE_KEYS: &[&str] = &["gateway.auth.token_file"];
 
 /// One role of the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +126,13 @@ pub struct Input<'a> {
     /// The storage nodes' StatefulSet size to apply, as planned by
     /// [`super::roll::plan_scale`] (scale-in waits for decommissioning).
     pub storage_nodes: i32,
+    /// The name the certificate of `spec.tls`'s Secret gives its holder
+    /// (read and checked by [`super::tls::check`]); `None` without
+    /// `spec.tls`.
+    pub tls_identity: Option<&'a str>,
+    /// Whether the running cluster uses TLS (`None` before it exists):
+    /// turning it on or off cannot be rolled pod by pod.
+    pub current_tls: Option<bool>,
 }
 
 /// A spec problem: reported in the status, the rest still applied.
@@ -141,20 +158,28 @@ pub struct Desired {
     pub problems: Vec<Problem>,
 }
 
-/// `spec.config` as environment variables, or why not.
+/// `spec.config` as environment variables, or why not. Nested keys
+/// (`gateway.auth.acls`) nest their variables
+/// (`STREAMBUS_GATEWAY__AUTH__ACLS`).
 pub fn config_env(config: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, String> {
     let mut env = BTreeMap::new();
     for (key, value) in config {
+        if key.starts_with("tls.") {
+            return Err(format!(
+                "spec.config key {key:?}: TLS is set with spec.tls (secretName, clientAuth)"
+            ));
+        }
         let Some((section, field)) = key.split_once('.') else {
             return Err(format!(
                 "spec.config key {key:?} is not section.key (e.g. storage_node.max_fetch_bytes)"
             ));
         };
-        let field_ok = !field.is_empty()
-            && field
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if !SECTIONS.contains(&section) || !field_ok {
+        let part_ok = |p: &str| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        };
+        if !SECTIONS.contains(&section) || !field.split('.').all(part_ok) {
             return Err(format!(
                 "spec.config key {key:?}: the section must be one of {} and the key lowercase letters, digits and _",
                 SECTIONS.join(", ")
@@ -165,13 +190,102 @@ pub fn config_env(config: &BTreeMap<String, String>) -> Result<BTreeMap<String, 
                 "spec.config key {key:?} is set by the operator and cannot be overridden"
             ));
         }
+        if FILE_KEYS.contains(&key.as_str()) {
+            return Err(format!(
+                "spec.config key {key:?} names a file, and the operator mounts none but the TLS Secret: authenticate clients with certificates (gateway.auth.mtls) or Kubernetes tokens (gateway.auth.kubernetes.enabled)"
+            ));
+        }
         env.insert(
             format!(
                 "STREAMBUS_{}__{}",
                 section.to_ascii_uppercase(),
-                field.to_ascii_uppercase()
+                field.replace('.', "__").to_ascii_uppercase()
             ),
             value.clone(),
+        );
+    }
+    Ok(env)
+}
+
+/// A boolean of `spec.config` (absent = false).
+fn flag(config: &BTreeMap<String, String>, key: &str) -> Result<bool, String> {
+    match config.get(key).map(|v| v.trim()) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(format!(
+            "spec.config key {key:?} is {other:?}: expected \"true\" or \"false\""
+        )),
+    }
+}
+
+/// The TLS and authentication settings the operator adds to `spec.config`:
+/// the mounted Secret's files, and when the gateways let only
+/// authenticated or authorized principals in, the operator's own principal
+/// (the certificate's name, `identity`) among the superusers, since it
+/// creates topics and decommissions nodes through them.
+fn security_env(
+    spec: &StreamBusClusterSpec,
+    identity: Option<&str>,
+) -> Result<BTreeMap<String, String>, String> {
+    let config = &spec.config;
+    let mut env = BTreeMap::new();
+    let http_tls = flag(config, "http.tls")?;
+    let mtls = flag(config, "gateway.auth.mtls")?;
+    let kubernetes = flag(config, "gateway.auth.kubernetes.enabled")?;
+    let anonymous = flag(config, "gateway.auth.allow_anonymous")?;
+    let acls = flag(config, "gateway.auth.acls")?;
+    let Some(tls) = &spec.tls else {
+        if http_tls || mtls {
+            return Err(
+                "spec.config http.tls and gateway.auth.mtls need spec.tls (the certificate)".into(),
+            );
+        }
+        if acls || kubernetes && !anonymous {
+            return Err("gateways that authenticate or enforce ACLs need spec.tls: the operator calls them as the principal of the cluster's certificate (and credentials must not cross the network in plaintext)".into());
+        }
+        return Ok(env);
+    };
+    let Some(identity) = identity else {
+        return Err(format!(
+            "the TLS Secret {:?} has not been read",
+            tls.secret_name
+        ));
+    };
+    let cert_auth = tls.client_auth != ClientAuthMode::None;
+    if mtls && !cert_auth {
+        return Err("spec.config gateway.auth.mtls needs spec.tls.clientAuth optional or required: gateways ask for no certificate otherwise".into());
+    }
+    if (acls || kubernetes && !anonymous) && !mtls {
+        return Err(format!(
+            "gateways that authenticate or enforce ACLs must accept certificates (spec.config gateway.auth.mtls \"true\", spec.tls.clientAuth optional or required): the operator calls them as User:{identity}, the principal of the cluster's certificate"
+        ));
+    }
+    let file = |key: &str| format!("{TLS_MOUNT}/{key}");
+    env.insert("STREAMBUS_TLS__CERT_FILE".into(), file(tls::CERT_KEY));
+    env.insert("STREAMBUS_TLS__KEY_FILE".into(), file(tls::KEY_KEY));
+    env.insert("STREAMBUS_TLS__CA_FILE".into(), file(tls::CA_KEY));
+    env.insert(
+        "STREAMBUS_TLS__CLIENT_AUTH".into(),
+        tls.client_auth.setting().into(),
+    );
+    if acls {
+        let operator = format!("User:{identity}");
+        let mut superusers: Vec<String> = config
+            .get("gateway.auth.superusers")
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !superusers.contains(&operator) {
+            superusers.push(operator);
+        }
+        env.insert(
+            "STREAMBUS_GATEWAY__AUTH__SUPERUSERS".into(),
+            superusers.join(","),
         );
     }
     Ok(env)
@@ -260,6 +374,9 @@ struct PodParts<'a> {
     node_id_var: Option<&'a str>,
     grace_seconds: i64,
     data_volume: bool,
+    /// `HTTP`, or `HTTPS` when `http.tls` is on.
+    http_scheme: &'static str,
+    service_account: Option<&'a str>,
 }
 
 fn pod_template(input: &Input, hash: &str, p: PodParts) -> Value {
@@ -294,11 +411,11 @@ fn pod_template(input: &Input, hash: &str, p: PodParts) -> Value {
             { "name": "http", "containerPort": HTTP_PORT, "protocol": "TCP" },
         ],
         "readinessProbe": {
-            "httpGet": { "path": "/readyz", "port": "http" },
+            "httpGet": { "path": "/readyz", "port": "http", "scheme": p.http_scheme },
             "periodSeconds": 5, "failureThreshold": 3,
         },
         "livenessProbe": {
-            "httpGet": { "path": "/healthz", "port": "http" },
+            "httpGet": { "path": "/healthz", "port": "http", "scheme": p.http_scheme },
             "initialDelaySeconds": 10, "periodSeconds": 10, "failureThreshold": 6,
         },
         "resources": resources(p.resources),
@@ -311,10 +428,21 @@ fn pod_template(input: &Input, hash: &str, p: PodParts) -> Value {
     if let Some(policy) = &input.spec.image_pull_policy {
         container["imagePullPolicy"] = json!(policy);
     }
+    let mut mounts = Vec::new();
+    let mut volumes = Vec::new();
     if p.data_volume {
-        container["volumeMounts"] = json!([{ "name": "data", "mountPath": DATA_MOUNT }]);
+        mounts.push(json!({ "name": "data", "mountPath": DATA_MOUNT }));
     }
-    json!({
+    if let Some(tls) = &input.spec.tls {
+        mounts.push(json!({ "name": "tls", "mountPath": TLS_MOUNT, "readOnly": true }));
+        // Readable by the containers' group (fsGroup) only.
+        volumes.push(json!({ "name": "tls", "secret": {
+            "secretName": tls.secret_name, "defaultMode": 0o440 } }));
+    }
+    if !mounts.is_empty() {
+        container["volumeMounts"] = json!(mounts);
+    }
+    let mut template = json!({
         "metadata": {
             "labels": labels(input.name, Some(p.role)),
             "annotations": { CONFIG_HASH_ANNOTATION: hash },
@@ -330,7 +458,24 @@ fn pod_template(input: &Input, hash: &str, p: PodParts) -> Value {
             },
             "containers": [container],
         },
-    })
+    });
+    if !volumes.is_empty() {
+        template["spec"]["volumes"] = json!(volumes);
+    }
+    if let Some(account) = p.service_account {
+        template["spec"]["serviceAccountName"] = json!(account);
+    }
+    template
+}
+
+/// Whether a StatefulSet's pods mount a TLS Secret (the cluster runs TLS).
+pub fn mounts_tls(set: &StatefulSet) -> bool {
+    set.spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|p| p.volumes.as_ref())
+        .is_some_and(|v| v.iter().any(|v| v.name == "tls"))
 }
 
 fn volume_claim(storage: &StorageSpec) -> Value {
@@ -412,7 +557,21 @@ pub fn desired(input: &Input) -> Result<Desired, String> {
     let mut problems = Vec::new();
     let mut data = BTreeMap::from([("STREAMBUS_LOG__FORMAT".to_string(), "json".to_string())]);
     data.extend(config_env(&spec.config)?);
+    data.extend(security_env(spec, input.tls_identity)?);
+    if let Some(current) = input.current_tls
+        && current != spec.tls.is_some()
+    {
+        return Err(format!(
+            "spec.tls cannot be {} a running cluster: its processes would stop understanding each other while pods restart one by one. Delete and recreate the cluster (its volumes are kept), or restore spec.tls",
+            if current { "removed from" } else { "added to" }
+        ));
+    }
     let hash = config_hash(&data);
+    let http_scheme = if flag(&spec.config, "http.tls")? {
+        "HTTPS"
+    } else {
+        "HTTP"
+    };
 
     let controllers = match input.current_controllers {
         Some(current) if current != spec.controllers.replicas => {
@@ -475,6 +634,8 @@ pub fn desired(input: &Input) -> Result<Desired, String> {
             node_id_var: Some("STREAMBUS_CONTROLLER__NODE_ID"),
             grace_seconds: 30,
             data_volume: true,
+            http_scheme,
+            service_account: None,
         },
     );
 
@@ -518,6 +679,8 @@ pub fn desired(input: &Input) -> Result<Desired, String> {
             // Flushing and fsyncing every log on SIGTERM.
             grace_seconds: 120,
             data_volume: true,
+            http_scheme,
+            service_account: None,
         },
     );
 
@@ -548,6 +711,8 @@ pub fn desired(input: &Input) -> Result<Desired, String> {
             // In-flight requests finish (request_timeout_ms is 30 s).
             grace_seconds: 60,
             data_volume: false,
+            http_scheme,
+            service_account: spec.gateways.service_account_name.as_deref(),
         },
     );
 
@@ -652,6 +817,8 @@ mod tests {
             owner: owner(),
             current_controllers: None,
             storage_nodes: spec.storage_nodes.replicas,
+            tls_identity: None,
+            current_tls: None,
         }
     }
 
@@ -887,5 +1054,191 @@ mod tests {
             assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
             assert_eq!(spec.publish_not_ready_addresses, Some(true));
         }
+    }
+
+    fn secure_spec() -> StreamBusClusterSpec {
+        serde_json::from_value(json!({
+            "image": "streambus:0.1.0",
+            "tls": { "secretName": "prod-tls", "clientAuth": "required" },
+            "gateways": { "serviceAccountName": "streambus-gateway" },
+            "config": {
+                "http.tls": "true",
+                "gateway.auth.mtls": "true",
+                "gateway.auth.acls": "true",
+                "gateway.auth.superusers": "User:admin, User:ops",
+            },
+        }))
+        .unwrap()
+    }
+
+    fn pod_specs(d: &Desired) -> Vec<k8s_openapi::api::core::v1::PodSpec> {
+        let mut pods: Vec<_> = d
+            .stateful_sets
+            .iter()
+            .map(|s| s.spec.template.spec.clone().unwrap())
+            .collect();
+        pods.push(d.deployment.spec.template.spec.clone().unwrap());
+        pods
+    }
+
+    #[test]
+    fn tls_mounts_the_secret_everywhere_and_makes_the_operator_a_superuser() {
+        let s = secure_spec();
+        let mut i = input(&s);
+        i.tls_identity = Some("prod-cluster");
+        let d = desired(&i).unwrap();
+        let data = d.config_map.data.as_ref().unwrap();
+        assert_eq!(
+            data["STREAMBUS_TLS__CERT_FILE"],
+            "/etc/streambus/tls/tls.crt"
+        );
+        assert_eq!(
+            data["STREAMBUS_TLS__KEY_FILE"],
+            "/etc/streambus/tls/tls.key"
+        );
+        assert_eq!(data["STREAMBUS_TLS__CA_FILE"], "/etc/streambus/tls/ca.crt");
+        assert_eq!(data["STREAMBUS_TLS__CLIENT_AUTH"], "required");
+        assert_eq!(data["STREAMBUS_GATEWAY__AUTH__MTLS"], "true");
+        assert_eq!(data["STREAMBUS_HTTP__TLS"], "true");
+        assert_eq!(
+            data["STREAMBUS_GATEWAY__AUTH__SUPERUSERS"],
+            "User:admin,User:ops,User:prod-cluster"
+        );
+        for pod in pod_specs(&d) {
+            let volume = pod
+                .volumes
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|v| v.name == "tls")
+                .unwrap();
+            let secret = volume.secret.as_ref().unwrap();
+            assert_eq!(secret.secret_name.as_deref(), Some("prod-tls"));
+            assert_eq!(secret.default_mode, Some(0o440));
+            let c = &pod.containers[0];
+            let mount = c
+                .volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|m| m.name == "tls")
+                .unwrap();
+            assert_eq!(mount.mount_path, "/etc/streambus/tls");
+            assert!(mount.sub_path.is_none());
+            for probe in [&c.readiness_probe, &c.liveness_probe] {
+                let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+                assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
+            }
+        }
+        assert!(d.stateful_sets.iter().all(mounts_tls));
+        let gateway = d.deployment.spec.template.spec.as_ref().unwrap();
+        assert_eq!(
+            gateway.service_account_name.as_deref(),
+            Some("streambus-gateway")
+        );
+        // The operator is already listed: not twice.
+        let mut again = secure_spec();
+        again
+            .config
+            .insert("gateway.auth.superusers".into(), "User:prod-cluster".into());
+        let mut i = input(&again);
+        i.tls_identity = Some("prod-cluster");
+        let d = desired(&i).unwrap();
+        assert_eq!(
+            d.config_map.data.as_ref().unwrap()["STREAMBUS_GATEWAY__AUTH__SUPERUSERS"],
+            "User:prod-cluster"
+        );
+    }
+
+    #[test]
+    fn without_tls_nothing_is_mounted_and_probes_are_plain_http() {
+        let s = spec();
+        let d = desired(&input(&s)).unwrap();
+        assert!(
+            !d.config_map
+                .data
+                .as_ref()
+                .unwrap()
+                .contains_key("STREAMBUS_TLS__CERT_FILE")
+        );
+        for pod in pod_specs(&d) {
+            assert!(pod.volumes.is_none());
+            let get = pod.containers[0]
+                .readiness_probe
+                .clone()
+                .unwrap()
+                .http_get
+                .unwrap();
+            assert_eq!(get.scheme.as_deref(), Some("HTTP"));
+            assert!(pod.service_account_name.is_none());
+        }
+        assert!(!d.stateful_sets.iter().any(mounts_tls));
+    }
+
+    #[test]
+    fn security_settings_the_operator_could_not_live_with_are_refused() {
+        let refused = |tls: Value, config: Value| {
+            let s: StreamBusClusterSpec =
+                serde_json::from_value(json!({ "image": "x", "tls": tls, "config": config }))
+                    .unwrap();
+            let mut i = input(&s);
+            i.tls_identity = s.tls.as_ref().map(|_| "prod");
+            desired(&i).unwrap_err()
+        };
+        let e = refused(Value::Null, json!({ "gateway.auth.acls": "true" }));
+        assert!(e.contains("need spec.tls"), "{e}");
+        let e = refused(Value::Null, json!({ "http.tls": "true" }));
+        assert!(e.contains("need spec.tls"), "{e}");
+        let e = refused(
+            json!({ "secretName": "t" }),
+            json!({ "gateway.auth.mtls": "true" }),
+        );
+        assert!(e.contains("clientAuth optional or required"), "{e}");
+        let e = refused(
+            json!({ "secretName": "t", "clientAuth": "optional" }),
+            json!({ "gateway.auth.kubernetes.enabled": "true" }),
+        );
+        assert!(e.contains("the operator calls them as User:prod"), "{e}");
+        let e = refused(
+            json!({ "secretName": "t" }),
+            json!({ "gateway.auth.acls": "yes" }),
+        );
+        assert!(e.contains("expected \"true\" or \"false\""), "{e}");
+        let e = refused(
+            json!({ "secretName": "t" }),
+            json!({ "tls.client_auth": "none" }),
+        );
+        assert!(e.contains("spec.tls"), "{e}");
+        let e = refused(Value::Null, json!({ "gateway.auth.token_file": "/tokens" }));
+        assert!(e.contains("names a file"), "{e}");
+        // Kubernetes tokens next to anonymous access: the operator comes
+        // in anonymously, no TLS needed.
+        let s: StreamBusClusterSpec = serde_json::from_value(json!({ "image": "x", "config": {
+            "gateway.auth.kubernetes.enabled": "true", "gateway.auth.allow_anonymous": "true" } }))
+        .unwrap();
+        let d = desired(&input(&s)).unwrap();
+        assert_eq!(
+            d.config_map.data.as_ref().unwrap()["STREAMBUS_GATEWAY__AUTH__KUBERNETES__ENABLED"],
+            "true"
+        );
+    }
+
+    #[test]
+    fn tls_is_not_switched_on_or_off_under_a_running_cluster() {
+        let s = secure_spec();
+        let mut i = input(&s);
+        i.tls_identity = Some("prod");
+        i.current_tls = Some(false);
+        assert!(
+            desired(&i)
+                .unwrap_err()
+                .contains("cannot be added to a running cluster")
+        );
+        i.current_tls = Some(true);
+        assert!(desired(&i).is_ok());
+        let plain = spec();
+        let mut i = input(&plain);
+        i.current_tls = Some(true);
+        assert!(desired(&i).unwrap_err().contains("cannot be removed from"));
     }
 }

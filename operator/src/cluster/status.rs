@@ -164,6 +164,8 @@ mod tests {
             owner: OwnerReference::default(),
             current_controllers: None,
             storage_nodes,
+            tls_identity: None,
+            current_tls: None,
         })
         .unwrap()
     }

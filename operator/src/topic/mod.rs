@@ -36,6 +36,8 @@ pub enum Error {
     },
     #[error("{0}")]
     Finalizer(String),
+    #[error("cluster {cluster}: {message}")]
+    ClusterTls { cluster: String, message: String },
 }
 
 /// Runs the reconciler until `shutdown`.
@@ -158,8 +160,13 @@ async fn apply(
         refuse(api, topic, ctx, status, "NoCluster", message).await?;
         return Ok(resync);
     };
-    let addr = match ctx.resolve_cluster(&namespace, &cluster).await? {
-        ClusterTarget::Gateway(addr) => addr,
+    let target = match ctx.resolve_cluster(&namespace, &cluster).await? {
+        ClusterTarget::Gateway(target) => target,
+        ClusterTarget::TlsUnusable(why) => {
+            let message = format!("cluster {cluster:?} cannot be reached: {why}");
+            refuse(api, topic, ctx, status, "ClusterTlsUnusable", message).await?;
+            return Ok(resync);
+        }
         ClusterTarget::NotFound => {
             let message = format!(
                 "no StreamBusCluster {cluster:?} in namespace {namespace:?} and no external cluster of that name"
@@ -168,8 +175,9 @@ async fn apply(
             return Ok(resync);
         }
     };
+    let addr = target.addr.clone();
     let client = ctx
-        .gateway(&addr)
+        .gateway(&target)
         .await
         .map_err(|source| Error::StreamBus {
             addr: addr.clone(),
@@ -408,12 +416,20 @@ async fn cleanup(topic: &StreamBusTopic, ctx: &Context) -> Result<Requeue, Error
         .and_then(|s| s.topic_id.as_ref())
         .is_some();
     let namespace = topic.namespace().unwrap_or_default();
-    let target = match topic.labels().get(CLUSTER_LABEL) {
+    let cluster_name = topic.labels().get(CLUSTER_LABEL).cloned();
+    let target = match &cluster_name {
         Some(cluster) => ctx.resolve_cluster(&namespace, cluster).await?,
         None => ClusterTarget::NotFound,
     };
-    let addr = match target {
-        ClusterTarget::Gateway(addr) => addr,
+    let target = match target {
+        ClusterTarget::Gateway(target) => target,
+        ClusterTarget::TlsUnusable(why) => {
+            // The topic may still exist: retried until it can be deleted.
+            return Err(Error::ClusterTls {
+                cluster: cluster_name.unwrap_or_default(),
+                message: why,
+            });
+        }
         ClusterTarget::NotFound => {
             // Nothing to delete from: the cluster is gone (with its data)
             // or was never named.
@@ -430,8 +446,9 @@ async fn cleanup(topic: &StreamBusTopic, ctx: &Context) -> Result<Requeue, Error
             return Ok(Requeue::await_change());
         }
     };
+    let addr = target.addr.clone();
     let client = ctx
-        .gateway(&addr)
+        .gateway(&target)
         .await
         .map_err(|source| Error::StreamBus {
             addr: addr.clone(),
