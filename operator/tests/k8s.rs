@@ -1169,6 +1169,31 @@ fn monitoring_renders_the_deploy_files(env: &Env) -> String {
         monitor["spec"]["podMetricsEndpoints"][0]["path"],
         "/metrics"
     );
+    assert!(monitor["spec"]["podMetricsEndpoints"][0]["scheme"].is_null());
+    // For http.tls: HTTPS with the TLS Secret's CA and a name it covers.
+    let https = env.helm(&[
+        "template",
+        &env.release,
+        chart().to_str().unwrap(),
+        "--show-only",
+        "templates/monitoring.yaml",
+        "--set",
+        "monitoring.podMonitor.enabled=true",
+        "--set",
+        "monitoring.podMonitor.tls.secretName=streambus-tls",
+        "--set",
+        "monitoring.podMonitor.tls.serverName=streambus-gateway.data.svc",
+    ]);
+    let https: Value = serde_yaml::from_str(&https).unwrap();
+    let endpoint = &https["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["scheme"], "https");
+    assert_eq!(
+        endpoint["tlsConfig"],
+        serde_json::json!({
+            "ca": { "secret": { "name": "streambus-tls", "key": "ca.crt" } },
+            "serverName": "streambus-gateway.data.svc",
+        })
+    );
     monitor["spec"]["selector"]["matchLabels"]
         .as_object()
         .unwrap()
