@@ -9,10 +9,12 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Resource, ResourceExt};
 use tokio::sync::Mutex;
 
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Secret;
 
 use crate::backoff::Backoff;
-use crate::cluster::tls::ClusterTls;
+use crate::cluster::resources::{self, Role};
+use crate::cluster::tls::{ClusterTls, Pods};
 use crate::crd::StreamBusCluster;
 use crate::metrics::Metrics;
 
@@ -183,45 +185,75 @@ impl Context {
             return Ok(ClusterTarget::Gateway(GatewayTarget::plain(addr)));
         }
         let clusters: Api<StreamBusCluster> = Api::namespaced(self.client.clone(), namespace);
-        Ok(match clusters.get_opt(name).await? {
-            Some(cluster) => match self.cluster_tls(&cluster).await? {
+        let Some(cluster) = clusters.get_opt(name).await? else {
+            return Ok(ClusterTarget::NotFound);
+        };
+        // The pods as they run decide the transport: a spec.tls change the
+        // cluster reconciler refuses does not cut the topics off.
+        let sets: Api<StatefulSet> = Api::namespaced(self.client.clone(), namespace);
+        let controllers = sets
+            .get_opt(&resources::name(name, Role::Controller))
+            .await?;
+        let secret = match &controllers {
+            Some(set) => resources::mounted_tls_secret(set),
+            None => cluster.spec.tls.as_ref().map(|t| t.secret_name.clone()),
+        };
+        let addr = self.cluster_gateway(name, namespace);
+        let Some(secret) = secret else {
+            return Ok(ClusterTarget::Gateway(GatewayTarget { addr, tls: None }));
+        };
+        let running = controllers
+            .as_ref()
+            .and_then(|s| s.spec.replicas)
+            .unwrap_or(0);
+        let pods = Pods {
+            controllers: cluster.spec.controllers.replicas.max(running),
+            storage_nodes: cluster.spec.storage_nodes.replicas,
+        };
+        Ok(
+            match self.cluster_tls(namespace, name, &secret, pods).await? {
                 Ok(tls) => ClusterTarget::Gateway(GatewayTarget {
-                    addr: self.cluster_gateway(&cluster.name_any(), namespace),
-                    tls,
+                    addr,
+                    tls: Some(tls),
                 }),
                 Err(why) => ClusterTarget::TlsUnusable(why),
             },
-            None => ClusterTarget::NotFound,
+        )
+    }
+
+    /// Secret `secret` of cluster `cluster`, read and checked
+    /// ([`crate::cluster::tls::check`]); the inner `Err` says what is wrong
+    /// with it.
+    pub async fn cluster_tls(
+        &self,
+        namespace: &str,
+        cluster: &str,
+        secret: &str,
+        pods: Pods,
+    ) -> Result<Result<ClusterTls, String>, kube::Error> {
+        Ok(match self.secret_data(namespace, secret).await? {
+            Some(data) => crate::cluster::tls::check(secret, &data, cluster, namespace, pods),
+            None => Err(format!(
+                "no Secret {secret:?} in namespace {namespace:?} (spec.tls.secretName; cert-manager writes it once its Certificate is issued)"
+            )),
         })
     }
 
-    /// The TLS Secret of a managed cluster, read and checked: `Ok(None)`
-    /// without `spec.tls`, the inner `Err` says what is wrong with it.
-    pub async fn cluster_tls(
+    /// The data of Secret `name`, `None` if there is no such Secret.
+    pub async fn secret_data(
         &self,
-        cluster: &StreamBusCluster,
-    ) -> Result<Result<Option<ClusterTls>, String>, kube::Error> {
-        let Some(tls) = &cluster.spec.tls else {
-            return Ok(Ok(None));
-        };
-        let namespace = cluster.namespace().unwrap_or_default();
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
-        let Some(secret) = secrets.get_opt(&tls.secret_name).await? else {
-            return Ok(Err(format!(
-                "no Secret {:?} in namespace {namespace:?} (spec.tls.secretName; cert-manager writes it once its Certificate is issued)",
-                tls.secret_name
-            )));
-        };
-        let data: BTreeMap<String, Vec<u8>> = secret
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0))
-            .collect();
-        Ok(
-            crate::cluster::tls::check(&tls.secret_name, &data, &cluster.name_any(), &namespace)
-                .map(Some),
-        )
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, kube::Error> {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        Ok(secrets.get_opt(name).await?.map(|secret| {
+            secret
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect()
+        }))
     }
 
     /// Where the operator reaches the gateways of managed cluster `name`:

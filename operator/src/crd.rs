@@ -216,10 +216,17 @@ pub struct TlsSpec {
     /// authentication. A renewed certificate is used without a restart.
     #[schemars(length(min = 1))]
     pub secret_name: String,
-    /// Client certificates at the gateways (from the cluster CA): `none`,
-    /// `optional` or `required`.
+    /// Client certificates at the gateways: `none`, `optional` or
+    /// `required`. Other than `none` needs `clientCaSecretName`.
     #[serde(default)]
     pub client_auth: ClientAuthMode,
+    /// A Secret with `ca.crt`: the CA of client certificates at the
+    /// gateways, which must not be the cluster CA (a certificate of the
+    /// cluster CA also opens the controllers and storage nodes). The
+    /// gateways also take the cluster's own certificate, which the
+    /// operator calls them with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_secret_name: Option<String>,
 }
 
 /// Which client certificates gateways ask for.

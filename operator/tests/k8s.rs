@@ -830,15 +830,17 @@ fn free_port() -> u16 {
 }
 
 /// A StreamBusCluster with `spec.tls`, gateways requiring client
-/// certificates and enforcing ACLs: held back (and its topics with it)
-/// until its Secret exists and its certificate covers every name; then
-/// every pod mounts the Secret, and a gateway run with the ConfigMap the
-/// operator wrote lets the operator in as the certificate's principal, the
-/// only way it can create and delete topics there.
+/// certificates of a client CA and enforcing ACLs: held back (and its
+/// topics with it) until its Secrets exist and its certificate covers
+/// every name; then every pod mounts them, and a `streambus dev` run with
+/// the ConfigMap the operator wrote lets the operator in as the
+/// certificate's principal, the only way it can create and delete topics
+/// there; a client certificate opens the gateway, under the ACLs, and not
+/// the controller.
 fn secure_cluster_over_tls(env: &Env, work: &Path, gateway: &str) {
     let ns = &env.namespace;
     env.apply_ok(&format!(
-        "apiVersion: streambus.io/v1alpha1\nkind: StreamBusCluster\nmetadata:\n  name: secure\nspec:\n  image: streambus:test\n  controllers:\n    storage: {{size: 1Gi, storageClassName: {ns}-none}}\n  storageNodes:\n    replicas: 1\n    storage: {{size: 1Gi, storageClassName: {ns}-none}}\n  gateways:\n    replicas: 1\n    serviceAccountName: secure-gateway\n  tls:\n    secretName: secure-tls\n    clientAuth: required\n  config:\n    http.tls: \"true\"\n    gateway.auth.mtls: \"true\"\n    gateway.auth.acls: \"true\"\n    gateway.auth.superusers: \"User:admin\"\n"
+        "apiVersion: streambus.io/v1alpha1\nkind: StreamBusCluster\nmetadata:\n  name: secure\nspec:\n  image: streambus:test\n  controllers:\n    storage: {{size: 1Gi, storageClassName: {ns}-none}}\n  storageNodes:\n    replicas: 2\n    storage: {{size: 1Gi, storageClassName: {ns}-none}}\n  gateways:\n    replicas: 1\n    serviceAccountName: secure-gateway\n  tls:\n    secretName: secure-tls\n    clientAuth: required\n    clientCaSecretName: secure-clients\n  config:\n    http.tls: \"true\"\n    gateway.auth.mtls: \"true\"\n    gateway.auth.acls: \"true\"\n    gateway.auth.superusers: \"User:admin\"\n"
     ));
     env.apply_ok(
         &topic_yaml("secured", None, 2, "").replace("cluster: dev\n", "cluster: secure\n"),
@@ -855,71 +857,113 @@ fn secure_cluster_over_tls(env: &Env, work: &Path, gateway: &str) {
     };
     // No Secret yet: nothing is made, and the topic waits.
     degraded("no Secret \"secure-tls\"".into());
-    assert!(env.get_json("statefulset/secure-controller").is_none());
+    for made in [
+        "statefulset/secure-controller",
+        "statefulset/secure-storage",
+        "deployment/secure-gateway",
+        "configmap/secure-config",
+    ] {
+        assert!(env.get_json(made).is_none(), "{made}");
+    }
     let topic = env.wait_ready("streambustopic/secured", "False", "ClusterTlsUnusable");
     let (_, _, message) = condition_of(&topic, "Ready").unwrap();
     assert!(message.contains("no Secret"), "{message}");
 
-    // A certificate missing the gateways' name is refused with the name.
-    let secret = |dir: &Path, hosts: &str| {
+    let secret = |name: &str, files: &[(&str, &Path)]| {
+        let mut args = vec!["create", "secret", "generic", name];
+        let files: Vec<String> = files
+            .iter()
+            .map(|(key, path)| format!("--from-file={key}={}", path.display()))
+            .collect();
+        args.extend(files.iter().map(String::as_str));
+        args.extend(["--dry-run=client", "-o", "yaml"]);
+        env.apply_ok(&env.kubectl(&args));
+    };
+    let certs = work.join("secure-certs");
+    let generate = |hosts: &str| {
         let out = env.streambus(&[
             "tls",
             "generate",
             "--out",
-            dir.to_str().unwrap(),
+            certs.to_str().unwrap(),
             "--force",
             "--hosts",
             hosts,
+            "--clients",
+            "alice",
         ]);
         assert!(out.status.success(), "{}", text(&out.stderr));
-        let file = |key: &str, f: &str| format!("--from-file={key}={}", dir.join(f).display());
-        let yaml = env.kubectl(&[
-            "create",
-            "secret",
-            "generic",
+        secret(
             "secure-tls",
-            &file("tls.crt", "node.pem"),
-            &file("tls.key", "node-key.pem"),
-            &file("ca.crt", "ca.pem"),
-            "--dry-run=client",
-            "-o",
-            "yaml",
-        ]);
-        env.apply_ok(&yaml);
+            &[
+                ("tls.crt", &certs.join("node.pem")),
+                ("tls.key", &certs.join("node-key.pem")),
+                ("ca.crt", &certs.join("ca.pem")),
+            ],
+        );
     };
-    let peers =
-        format!("*.secure-controller.{ns}.svc,*.secure-storage.{ns}.svc,127.0.0.1,localhost");
-    let certs = work.join("secure-certs");
-    secret(&certs, &peers);
-    degraded(format!("not valid for secure-gateway.{ns}.svc"));
+    // A certificate missing the gateways' name, or the second storage
+    // node's, is refused naming them.
+    let peers = format!("*.secure-controller.{ns}.svc,127.0.0.1,localhost");
+    generate(&format!("{peers},secure-storage-0.secure-storage.{ns}.svc"));
+    degraded(format!(
+        "not valid for secure-storage-1.secure-storage.{ns}.svc, secure-gateway.{ns}.svc"
+    ));
+    // A good one, but no client CA yet.
+    let peers = format!("{peers},*.secure-storage.{ns}.svc,secure-gateway.{ns}.svc");
+    generate(&peers);
+    degraded("no Secret \"secure-clients\"".into());
+    secret(
+        "secure-clients",
+        &[("ca.crt", &certs.join("client-ca.pem"))],
+    );
 
-    // A good one: every pod mounts it, and the ConfigMap points at it.
-    secret(&certs, &format!("{peers},secure-gateway.{ns}.svc"));
-    let sts = env.wait("secure StatefulSets", Duration::from_secs(30), || {
-        env.get_json("statefulset/secure-controller")
+    // Every pod mounts both, and the ConfigMap points at them.
+    env.wait("secure objects", Duration::from_secs(30), || {
+        env.get_json("deployment/secure-gateway")
     });
+    let mut pods = Vec::new();
+    for set in [
+        "statefulset/secure-controller",
+        "statefulset/secure-storage",
+    ] {
+        pods.push(env.get_json(set).unwrap()["spec"]["template"]["spec"].clone());
+    }
     let gateway_pod =
         env.get_json("deployment/secure-gateway").unwrap()["spec"]["template"]["spec"].clone();
     assert_eq!(gateway_pod["serviceAccountName"], "secure-gateway");
-    for pod in [&sts["spec"]["template"]["spec"], &gateway_pod] {
-        assert_eq!(
-            pod["volumes"][0]["secret"]["secretName"], "secure-tls",
-            "{pod}"
-        );
+    pods.push(gateway_pod);
+    for pod in &pods {
+        let volumes = pod["volumes"].as_array().unwrap();
+        for (volume, secret, path) in [
+            ("tls", "secure-tls", "/etc/streambus/tls"),
+            ("client-ca", "secure-clients", "/etc/streambus/client-ca"),
+        ] {
+            assert!(
+                volumes
+                    .iter()
+                    .any(|v| v["name"] == volume && v["secret"]["secretName"] == secret),
+                "{pod}"
+            );
+            let mounts = pod["containers"][0]["volumeMounts"].as_array().unwrap();
+            assert!(
+                mounts
+                    .iter()
+                    .any(|m| m["name"] == volume && m["mountPath"] == path),
+                "{pod}"
+            );
+        }
         let c = &pod["containers"][0];
-        let mounts = c["volumeMounts"].as_array().unwrap();
-        assert!(
-            mounts
-                .iter()
-                .any(|m| m["name"] == "tls" && m["mountPath"] == "/etc/streambus/tls"),
-            "{pod}"
-        );
         assert_eq!(c["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
     }
     let config = env.get_json("configmap/secure-config").unwrap()["data"].clone();
     assert_eq!(
         config["STREAMBUS_TLS__CA_FILE"],
         "/etc/streambus/tls/ca.crt"
+    );
+    assert_eq!(
+        config["STREAMBUS_TLS__CLIENT_CA_FILE"],
+        "/etc/streambus/client-ca/ca.crt"
     );
     assert_eq!(config["STREAMBUS_TLS__CLIENT_AUTH"], "required");
     // `streambus tls generate` names the node certificate "streambus".
@@ -928,7 +972,7 @@ fn secure_cluster_over_tls(env: &Env, work: &Path, gateway: &str) {
         "User:admin,User:streambus"
     );
 
-    // The gateway: the operator's settings, the Secret's files here.
+    // The gateway: the operator's settings, the Secrets' files here.
     let mut vars: Vec<(String, String)> = config
         .as_object()
         .unwrap()
@@ -939,18 +983,19 @@ fn secure_cluster_over_tls(env: &Env, work: &Path, gateway: &str) {
         ("STREAMBUS_TLS__CERT_FILE", "node.pem"),
         ("STREAMBUS_TLS__KEY_FILE", "node-key.pem"),
         ("STREAMBUS_TLS__CA_FILE", "ca.pem"),
+        ("STREAMBUS_TLS__CLIENT_CA_FILE", "client-ca.pem"),
     ] {
         vars.retain(|(k, _)| k != var);
         vars.push((var.into(), certs.join(file).display().to_string()));
     }
-    let (_dev, _) = Dev::start(
+    let (_dev, _, controller) = Dev::start(
         env,
         &work.join("secure-dev"),
         &[format!("gateway.listen_addr={gateway}")],
         &vars,
     );
     env.wait_ready("streambustopic/secured", "True", "Ready");
-    let cli = |args: &[&str], identity: bool| {
+    let cli = |args: &[&str], identity: Option<&str>| {
         let mut cmd = Command::new(&env.streambus);
         cmd.args(args)
             .args(["--gateway", gateway, "--tls-ca"])
@@ -959,15 +1004,15 @@ fn secure_cluster_over_tls(env: &Env, work: &Path, gateway: &str) {
                 "STREAMBUS_CLIENT_CONFIG",
                 "/nonexistent/streambus-client.toml",
             );
-        if identity {
+        if let Some(name) = identity {
             cmd.arg("--tls-cert")
-                .arg(certs.join("node.pem"))
+                .arg(certs.join(format!("{name}.pem")))
                 .arg("--tls-key")
-                .arg(certs.join("node-key.pem"));
+                .arg(certs.join(format!("{name}-key.pem")));
         }
         cmd.output().unwrap()
     };
-    let out = cli(&["topic", "describe", "secured"], true);
+    let out = cli(&["topic", "describe", "secured"], Some("node"));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         text(&out.stdout).contains("PARTITIONS          2"),
@@ -975,8 +1020,44 @@ fn secure_cluster_over_tls(env: &Env, work: &Path, gateway: &str) {
         text(&out.stdout)
     );
     // Without a certificate the gateway lets nobody in.
-    let out = cli(&["topic", "list"], false);
-    assert!(!out.status.success());
+    let out = cli(&["topic", "list"], None);
+    let stderr = text(&out.stderr);
+    assert!(
+        !out.status.success()
+            && (stderr.contains("CertificateRequired") || stderr.contains("connection closed")),
+        "{stderr}"
+    );
+    // A client certificate opens the gateway, under the ACLs...
+    let out = cli(&["topic", "create", "mine"], Some("client-alice"));
+    let stderr = text(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("PERMISSION_DENIED: User:alice may not create topic"),
+        "{stderr}"
+    );
+    // ... and not the controller, which only cluster peers get into.
+    let handshake = |identity: &str| {
+        Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "5",
+                "--http2",
+                "--cacert",
+            ])
+            .arg(certs.join("ca.pem"))
+            .arg("--cert")
+            .arg(certs.join(format!("{identity}.pem")))
+            .arg("--key")
+            .arg(certs.join(format!("{identity}-key.pem")))
+            .arg(format!("https://{controller}/"))
+            .status()
+            .unwrap()
+    };
+    assert!(handshake("node").success());
+    assert!(!handshake("client-alice").success());
 
     // Deleted through the finalizer, over TLS.
     env.kubectl(&[
@@ -987,7 +1068,7 @@ fn secure_cluster_over_tls(env: &Env, work: &Path, gateway: &str) {
         "--timeout",
         "30s",
     ]);
-    let out = cli(&["topic", "describe", "secured"], true);
+    let out = cli(&["topic", "describe", "secured"], Some("node"));
     assert!(
         !out.status.success() && text(&out.stderr).contains("UNKNOWN_TOPIC"),
         "{}",
@@ -1008,13 +1089,14 @@ impl Drop for Dev {
 impl Dev {
     /// Starts `streambus dev` in `dir` with `settings` (`--set`) and
     /// environment `vars`, on loopback ports of its choosing unless
-    /// `settings` say otherwise; returns it and its gateway's address.
+    /// `settings` say otherwise; returns it and its gateway's and
+    /// controller's addresses.
     fn start(
         env: &Env,
         dir: &Path,
         settings: &[String],
         vars: &[(String, String)],
-    ) -> (Dev, String) {
+    ) -> (Dev, String, String) {
         let mut cmd = Command::new(&env.streambus);
         cmd.env("KUBECONFIG", &env.kubeconfig)
             .envs(vars.iter().map(|(k, v)| (k, v)))
@@ -1037,15 +1119,15 @@ impl Dev {
         }
         let mut dev = Dev(cmd.spawn().unwrap());
         let stdout = std::io::BufReader::new(dev.0.stdout.take().unwrap());
-        let gateway = std::io::BufRead::lines(stdout)
-            .map_while(Result::ok)
-            .find_map(|l| {
-                l.trim()
-                    .strip_prefix("gateway (public gRPC)")
-                    .map(|a| a.trim().to_string())
-            })
-            .expect("streambus dev prints its gateway address");
-        (dev, gateway)
+        let mut lines = std::io::BufRead::lines(stdout).map_while(Result::ok);
+        let mut address = |of: &str| {
+            lines
+                .find_map(|l| l.trim().strip_prefix(of).map(|a| a.trim().to_string()))
+                .unwrap_or_else(|| panic!("streambus dev prints its {of} address"))
+        };
+        let gateway = address("gateway (public gRPC)");
+        let controller = address("controller (gRPC)");
+        (dev, gateway, controller)
     }
 }
 
@@ -1063,7 +1145,7 @@ fn service_account_tokens_authenticate_at_a_gateway(env: &Env, work: &Path) {
         "gateway.auth.acls=true".into(),
         format!("gateway.auth.superusers=User:system:serviceaccount:{ns}:admin"),
     ];
-    let (_dev, gateway) = Dev::start(env, &work.join("token-review-dev"), &settings, &[]);
+    let (_dev, gateway, _) = Dev::start(env, &work.join("token-review-dev"), &settings, &[]);
     let cli = |token: &str, args: &[&str]| {
         Command::new(&env.streambus)
             .args(args)

@@ -481,7 +481,7 @@ fn unreached(s: &tonic::Status) -> bool {
 }
 
 /// How a [`Client`] connects.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ConnectOptions {
     /// TLS to the gateways; `None`: TLS only for `https://` addresses, with
     /// the system's root certificates.
@@ -493,7 +493,7 @@ pub struct ConnectOptions {
 }
 
 /// TLS to the gateways.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct TlsOptions {
     /// The CA certificates (PEM) the gateway's certificate must chain to;
     /// `None`: the system's root certificates.
@@ -504,6 +504,26 @@ pub struct TlsOptions {
     /// The name the gateway's certificate must be valid for; `None`: the
     /// host of the address dialled.
     pub server_name: Option<String>,
+}
+
+// Credentials stay out of logs: the token and the key are never printed.
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("tls", &self.tls)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsOptions")
+            .field("ca_pem", &self.ca_pem.as_ref().map(Vec::len))
+            .field("identity", &self.identity.as_ref().map(|_| "<redacted>"))
+            .field("server_name", &self.server_name)
+            .finish()
+    }
 }
 
 impl TlsOptions {
@@ -632,6 +652,11 @@ async fn follow_addresses(
     }
     loop {
         tokio::time::sleep(RESOLVE_EVERY).await;
+        // A channel dropped while the addresses stay the same sends
+        // nothing, so it is noticed here.
+        if changes.is_closed() {
+            return;
+        }
         let now = resolve(&targets, tls.as_ref()).await;
         if now.is_empty() {
             // A resolver outage is no reason to forget every gateway.

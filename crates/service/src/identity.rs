@@ -2,7 +2,11 @@
 //! principal of a client certificate, and the operator's checks of the
 //! certificates it mounts into a cluster's pods.
 
-use rustls::pki_types::{CertificateDer, ServerName};
+use std::sync::Arc;
+
+use rustls::client::danger::ServerCertVerifier;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 /// The name a certificate gives its holder (the gateway's principal
 /// `User:<name>` for a verified client certificate): its subject's common
@@ -96,6 +100,92 @@ pub fn certificate_covers(der: &[u8], host: &str) -> bool {
         return false;
     };
     cert.verify_is_valid_for_subject_name(&name).is_ok()
+}
+
+/// Checks a cluster peer's TLS material as its processes will use it: the
+/// certificate chain (`cert_pem`, leaf first) and its key match, it chains
+/// to the cluster CA (`ca_pem`), is valid now, usable for both server and
+/// client authentication, and valid for every name in `names`. Returns the
+/// name the certificate gives its holder ([`certificate_name`]); `Err`
+/// says what is wrong, naming `what` (where the files came from).
+pub fn check_peer_certificate(
+    what: &str,
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    ca_pem: &[u8],
+    names: &[String],
+) -> Result<String, String> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .ok()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| format!("{what}: the certificate file holds no PEM certificate"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| {
+        format!("{what}: the key file holds no PEM private key (PKCS#8, PKCS#1 or SEC1)")
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(ca_pem) {
+        let ca = ca.map_err(|e| format!("{what}: the CA file: {e}"))?;
+        roots
+            .add(ca)
+            .map_err(|e| format!("{what}: the CA file: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{what}: the CA file holds no PEM certificate"));
+    }
+    let provider = crate::tls::provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("{what}: the key: {e}"))?;
+    rustls::sign::CertifiedKey::new(chain.clone(), signing)
+        .keys_match()
+        .map_err(|_| format!("{what}: the key is not the certificate's"))?;
+    let roots = Arc::new(roots);
+    let now = UnixTime::now();
+    let (leaf, intermediates) = (&chain[0], &chain[1..]);
+    let client = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        roots.clone(),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| format!("{what}: the CA: {e}"))?;
+    client
+        .verify_client_cert(leaf, intermediates, now)
+        .map_err(|e| {
+            format!(
+                "{what}: the certificate does not verify as a client certificate against the CA (peers present it to each other): {e}"
+            )
+        })?;
+    let server = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
+        .build()
+        .map_err(|e| format!("{what}: the CA: {e}"))?;
+    let mut missing = Vec::new();
+    for name in names {
+        let server_name = ServerName::try_from(name.as_str())
+            .map_err(|_| format!("{name:?} is not a DNS name"))?;
+        match server.verify_server_cert(leaf, intermediates, &server_name, &[], now) {
+            Ok(_) => {}
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => missing.push(name.as_str()),
+            Err(e) => {
+                return Err(format!(
+                    "{what}: the certificate does not verify as a server certificate against the CA: {e}"
+                ));
+            }
+        }
+    }
+    if !missing.is_empty() {
+        return Err(format!(
+            "{what}: the certificate is not valid for {}",
+            missing.join(", ")
+        ));
+    }
+    certificate_name(leaf).ok_or_else(|| {
+        format!("{what}: the certificate names no one (no common name, URI or DNS name)")
+    })
 }
 
 #[cfg(test)]

@@ -66,8 +66,9 @@ pub struct TlsFiles {
     pub ca: PathBuf,
     /// Client certificates at the gateway's public listener.
     pub client_auth: ClientAuth,
-    /// The CA that signs client certificates at the gateway (PEM); `None`:
-    /// the cluster CA.
+    /// The CA that signs client certificates at the gateway (PEM), which
+    /// also takes the cluster CA's (cluster peers'); `None`: the cluster
+    /// CA alone.
     pub client_ca: Option<PathBuf>,
 }
 
@@ -144,7 +145,7 @@ pub fn installed() -> Option<&'static Arc<Tls>> {
     INSTALLED.get()
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -284,8 +285,16 @@ fn build(files: &TlsFiles, read: Vec<Vec<u8>>) -> Result<Loaded, TlsError> {
     let key = PrivateKeyDer::from_pem_slice(&read[1])
         .map_err(|e| TlsError(format!("TLS key {}: {e}", files.key.display())))?;
     let cluster_ca = roots(&read[2], &files.ca, "TLS CA")?;
+    // The gateway takes client certificates of the client CA and of the
+    // cluster CA: cluster peers (and the Kubernetes operator, which holds
+    // the cluster's certificate) may call it; clients never get into the
+    // internal listeners, which trust the cluster CA alone.
     let client_ca = match &files.client_ca {
-        Some(path) => roots(&read[3], path, "TLS client CA")?,
+        Some(path) => {
+            let mut store = (*roots(&read[3], path, "TLS client CA")?).clone();
+            store.roots.extend(cluster_ca.roots.iter().cloned());
+            Arc::new(store)
+        }
         None => cluster_ca.clone(),
     };
     let provider = provider();

@@ -226,6 +226,50 @@ async fn a_public_listener_asks_for_client_certificates_as_configured() {
         .expect("client_auth required: a certificate from the CA gets in");
 }
 
+/// With a client CA, the gateway takes its certificates and the cluster
+/// peers'; the internal listeners still take only the peers'.
+#[tokio::test]
+async fn client_certificates_of_a_client_ca_open_the_gateway_and_nothing_else() {
+    let mut s = setup(ClientAuth::Required);
+    let client_ca = Ca::new("client CA", Validity::days(1)).unwrap();
+    let client_ca_file = s.dir.path().join("client-ca.pem");
+    std::fs::write(&client_ca_file, &client_ca.pem().cert).unwrap();
+    s.files.client_ca = Some(client_ca_file);
+    let tls = Tls::load(s.files.clone()).unwrap();
+    let public = serve(tls.clone(), Exposure::Public).await;
+    let internal = serve(tls.clone(), Exposure::Internal).await;
+    let alice = client_ca
+        .issue("alice", &[], Usage::Client, Validity::days(1))
+        .unwrap();
+    let peer =
+        s.ca.issue("operator", &[], Usage::Peer, Validity::days(1))
+            .unwrap();
+    check(user_channel(&public, s.ca.pem(), Some(&alice)))
+        .await
+        .expect("a client certificate opens the gateway");
+    check(user_channel(&public, s.ca.pem(), Some(&peer)))
+        .await
+        .expect("a cluster peer's certificate opens the gateway");
+    assert!(
+        check(user_channel(&internal, s.ca.pem(), Some(&alice)))
+            .await
+            .is_err(),
+        "a client certificate opens an internal listener"
+    );
+    check(user_channel(&internal, s.ca.pem(), Some(&peer)))
+        .await
+        .expect("a cluster peer gets in");
+    let foreign = s
+        .other_ca
+        .issue("intruder", &[], Usage::Client, Validity::days(1))
+        .unwrap();
+    assert!(
+        check(user_channel(&public, s.ca.pem(), Some(&foreign)))
+            .await
+            .is_err()
+    );
+}
+
 /// The DER of the certificate a server at `address` presents now.
 async fn served_certificate(tls: &Tls, address: &str) -> Vec<u8> {
     let (host, port) = address.rsplit_once(':').unwrap();

@@ -26,6 +26,7 @@ use crate::conditions::{self, Update};
 use crate::context::{Context, GatewayTarget, MANAGER};
 use crate::crd::{StreamBusCluster, StreamBusClusterStatus};
 use resources::{Input, Role};
+use streambus_service::identity::check_peer_certificate;
 
 const KIND: &str = "StreamBusCluster";
 /// How often a cluster is looked at again while a restart or a scale-in
@@ -122,7 +123,8 @@ async fn reconcile(cluster: Arc<StreamBusCluster>, ctx: Arc<Context>) -> Result<
         .get_opt(&resources::name(&name, Role::Controller))
         .await?;
     let current_controllers = current_replicas(&controller_set);
-    let current_tls = controller_set.as_ref().map(resources::mounts_tls);
+    let mounted_secret = controller_set.as_ref().map(resources::mounted_tls_secret);
+    let current_tls = mounted_secret.as_ref().map(Option::is_some);
     let current_storage_nodes = current_replicas(
         &sets
             .get_opt(&resources::name(&name, Role::StorageNode))
@@ -130,11 +132,61 @@ async fn reconcile(cluster: Arc<StreamBusCluster>, ctx: Arc<Context>) -> Result<
     );
     let mut status = cluster.status.clone().unwrap_or_default();
     let generation = cluster.metadata.generation;
-    let tls = match ctx.cluster_tls(&cluster).await? {
-        Ok(tls) => tls,
-        Err(message) => {
-            refuse_spec(&api, &cluster, &ctx, status, "TlsSecretUnusable", message).await?;
-            return Ok(Requeue::requeue(TLS_RECHECK));
+    if let Some(message) = resources::tls_switch_problem(&cluster.spec, current_tls) {
+        refuse_spec(&api, &cluster, &ctx, status, "InvalidSpec", message).await?;
+        return Ok(Requeue::requeue(ctx.settings.resync));
+    }
+    let tls = match &cluster.spec.tls {
+        None => None,
+        Some(spec_tls) => {
+            let pods = tls::Pods {
+                controllers: cluster
+                    .spec
+                    .controllers
+                    .replicas
+                    .max(current_controllers.unwrap_or(0)),
+                storage_nodes: cluster
+                    .spec
+                    .storage_nodes
+                    .replicas
+                    .max(current_storage_nodes.unwrap_or(0)),
+            };
+            let checked = match ctx
+                .cluster_tls(&namespace, &name, &spec_tls.secret_name, pods)
+                .await?
+            {
+                Ok(tls) => {
+                    let client_ca = match &spec_tls.client_ca_secret_name {
+                        None => None,
+                        Some(name) => Some(match ctx.secret_data(&namespace, name).await? {
+                            Some(data) => tls::check_client_ca(name, &data),
+                            None => Err(format!(
+                                "no Secret {name:?} in namespace {namespace:?} (spec.tls.clientCaSecretName)"
+                            )),
+                        }),
+                    };
+                    match client_ca {
+                        Some(Err(e)) => Err(e),
+                        _ => ca_change_problem(
+                            &ctx,
+                            &namespace,
+                            mounted_secret.flatten(),
+                            spec_tls,
+                            &tls,
+                        )
+                        .await?
+                        .map_or(Ok(tls), Err),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            match checked {
+                Ok(tls) => Some(tls),
+                Err(message) => {
+                    refuse_spec(&api, &cluster, &ctx, status, "TlsSecretUnusable", message).await?;
+                    return Ok(Requeue::requeue(TLS_RECHECK));
+                }
+            }
         }
     };
     let spec_storage = cluster.spec.storage_nodes.replicas;
@@ -343,6 +395,43 @@ async fn reconcile(cluster: Arc<StreamBusCluster>, ctx: Arc<Context>) -> Result<
     } else {
         ctx.settings.resync
     }))
+}
+
+/// Why moving the pods from Secret `mounted` to the one `spec_tls` names
+/// would break the cluster, if it would: a certificate of another CA.
+/// Pods restart one at a time, and old and new would not trust each
+/// other; a CA is rotated by putting both in `ca.crt` first.
+async fn ca_change_problem(
+    ctx: &Context,
+    namespace: &str,
+    mounted: Option<String>,
+    spec_tls: &crate::crd::TlsSpec,
+    new: &tls::ClusterTls,
+) -> Result<Option<String>, Error> {
+    let Some(mounted) = mounted.filter(|m| *m != spec_tls.secret_name) else {
+        return Ok(None);
+    };
+    let Some(old) = ctx.secret_data(namespace, &mounted).await? else {
+        // Nothing to compare with: the running pods cannot restart anyway.
+        return Ok(None);
+    };
+    let file = |key: &str| old.get(key).map(Vec::as_slice).unwrap_or_default();
+    // Old and new pods run side by side during the roll: each side's
+    // certificate must verify against the other's CA.
+    let trusted = check_peer_certificate("", &new.cert_pem, &new.key_pem, file(tls::CA_KEY), &[])
+        .and_then(|_| {
+            check_peer_certificate(
+                "",
+                file(tls::CERT_KEY),
+                file(tls::KEY_KEY),
+                &new.ca_pem,
+                &[],
+            )
+        });
+    Ok(trusted.err().map(|_| format!(
+        "the pods run with Secret {mounted:?}, and its certificate and that of Secret {:?} do not both verify against the other's ca.crt: pods restarted one at a time would not trust the others. Use a certificate of the same CA, or put both CAs in both ca.crt first",
+        spec_tls.secret_name
+    )))
 }
 
 /// Reports a spec the operator cannot apply (nothing is changed): `Ready`

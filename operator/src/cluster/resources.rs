@@ -42,6 +42,8 @@ const RUN_AS: i64 = 10001;
 /// Where the TLS Secret is mounted (the whole Secret, not files of it: a
 /// `subPath` mount would never see a renewed certificate).
 const TLS_MOUNT: &str = "/etc/streambus/tls";
+/// Where the client CA Secret is mounted.
+const CLIENT_CA_MOUNT: &str = "/etc/streambus/client-ca";
 
 /// Settings the operator sets itself; `spec.config` may not.
 const MANAGED_KEYS: &[&str] = &[
@@ -62,6 +64,11 @@ const MANAGED_KEYS: &[&str] = &[
     "storage_node.rack",
 ];
 const SECTIONS: &[&str] = &["log", "http", "controller", "gateway", "storage_node"];
+/// Settings whose value is a comma-separated list.
+const LIST_KEYS: &[&str] = &[
+    "gateway.auth.superusers",
+    "gateway.auth.kubernetes.audiences",
+];
 /// Settings that name files: nothing but the TLS Secret is mounted.
 const FILE_KEYS: &[&str] = &["gateway.auth.token_file"];
 
@@ -174,14 +181,19 @@ pub fn config_env(config: &BTreeMap<String, String>) -> Result<BTreeMap<String, 
                 "spec.config key {key:?} is not section.key (e.g. storage_node.max_fetch_bytes)"
             ));
         };
+        // `__` separates nesting levels in the variables: a part holding
+        // it (or starting or ending with `_`) would name another key.
         let part_ok = |p: &str| {
             !p.is_empty()
+                && !p.contains("__")
+                && !p.starts_with('_')
+                && !p.ends_with('_')
                 && p.bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         };
         if !SECTIONS.contains(&section) || !field.split('.').all(part_ok) {
             return Err(format!(
-                "spec.config key {key:?}: the section must be one of {} and the key lowercase letters, digits and _",
+                "spec.config key {key:?}: the section must be one of {} and each part of the key lowercase letters, digits and single _ between them",
                 SECTIONS.join(", ")
             ));
         }
@@ -195,21 +207,37 @@ pub fn config_env(config: &BTreeMap<String, String>) -> Result<BTreeMap<String, 
                 "spec.config key {key:?} names a file, and the operator mounts none but the TLS Secret: authenticate clients with certificates (gateway.auth.mtls) or Kubernetes tokens (gateway.auth.kubernetes.enabled)"
             ));
         }
+        // Lists are comma-separated; the process does not trim items.
+        let value = if LIST_KEYS.contains(&key.as_str()) {
+            list(value).join(",")
+        } else {
+            value.clone()
+        };
         env.insert(
             format!(
                 "STREAMBUS_{}__{}",
                 section.to_ascii_uppercase(),
                 field.replace('.', "__").to_ascii_uppercase()
             ),
-            value.clone(),
+            value,
         );
     }
     Ok(env)
 }
 
+/// The items of a comma-separated list value, trimmed, empty ones dropped.
+fn list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 /// A boolean of `spec.config` (absent = false).
 fn flag(config: &BTreeMap<String, String>, key: &str) -> Result<bool, String> {
-    match config.get(key).map(|v| v.trim()) {
+    match config.get(key).map(String::as_str) {
         None | Some("false") => Ok(false),
         Some("true") => Ok(true),
         Some(other) => Err(format!(
@@ -252,6 +280,9 @@ fn security_env(
         ));
     };
     let cert_auth = tls.client_auth != ClientAuthMode::None;
+    if cert_auth && tls.client_ca_secret_name.is_none() {
+        return Err("spec.tls.clientAuth optional or required needs spec.tls.clientCaSecretName: client certificates must come from a CA of their own, since a certificate of the cluster CA also opens the controllers and storage nodes".into());
+    }
     if mtls && !cert_auth {
         return Err("spec.config gateway.auth.mtls needs spec.tls.clientAuth optional or required: gateways ask for no certificate otherwise".into());
     }
@@ -268,17 +299,17 @@ fn security_env(
         "STREAMBUS_TLS__CLIENT_AUTH".into(),
         tls.client_auth.setting().into(),
     );
+    if tls.client_ca_secret_name.is_some() {
+        env.insert(
+            "STREAMBUS_TLS__CLIENT_CA_FILE".into(),
+            format!("{CLIENT_CA_MOUNT}/{}", tls::CA_KEY),
+        );
+    }
     if acls {
         let operator = format!("User:{identity}");
         let mut superusers: Vec<String> = config
             .get("gateway.auth.superusers")
-            .map(|v| {
-                v.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect()
-            })
+            .map(|v| list(v))
             .unwrap_or_default();
         if !superusers.contains(&operator) {
             superusers.push(operator);
@@ -438,6 +469,14 @@ fn pod_template(input: &Input, hash: &str, p: PodParts) -> Value {
         // Readable by the containers' group (fsGroup) only.
         volumes.push(json!({ "name": "tls", "secret": {
             "secretName": tls.secret_name, "defaultMode": 0o440 } }));
+        if let Some(client_ca) = &tls.client_ca_secret_name {
+            mounts.push(
+                json!({ "name": "client-ca", "mountPath": CLIENT_CA_MOUNT, "readOnly": true }),
+            );
+            volumes.push(json!({ "name": "client-ca", "secret": {
+                "secretName": client_ca, "defaultMode": 0o440,
+                "items": [{ "key": tls::CA_KEY, "path": tls::CA_KEY }] } }));
+        }
     }
     if !mounts.is_empty() {
         container["volumeMounts"] = json!(mounts);
@@ -468,14 +507,31 @@ fn pod_template(input: &Input, hash: &str, p: PodParts) -> Value {
     template
 }
 
-/// Whether a StatefulSet's pods mount a TLS Secret (the cluster runs TLS).
-pub fn mounts_tls(set: &StatefulSet) -> bool {
+/// The TLS Secret a StatefulSet's pods mount, if any (the cluster runs
+/// TLS with it).
+pub fn mounted_tls_secret(set: &StatefulSet) -> Option<String> {
     set.spec
         .template
         .spec
         .as_ref()
-        .and_then(|p| p.volumes.as_ref())
-        .is_some_and(|v| v.iter().any(|v| v.name == "tls"))
+        .and_then(|p| p.volumes.as_ref())?
+        .iter()
+        .find(|v| v.name == "tls")
+        .and_then(|v| v.secret.as_ref())
+        .and_then(|s| s.secret_name.clone())
+}
+
+/// Why `spec.tls` cannot be applied to a cluster whose pods run with TLS
+/// or without (`current_tls`; `None` before it exists), if it cannot.
+pub fn tls_switch_problem(
+    spec: &StreamBusClusterSpec,
+    current_tls: Option<bool>,
+) -> Option<String> {
+    let current = current_tls?;
+    (current != spec.tls.is_some()).then(|| format!(
+        "spec.tls cannot be {} a running cluster: its processes would stop understanding each other while pods restart one by one. Delete and recreate the cluster (its volumes are kept), or restore spec.tls",
+        if current { "removed from" } else { "added to" }
+    ))
 }
 
 fn volume_claim(storage: &StorageSpec) -> Value {
@@ -556,16 +612,11 @@ pub fn desired(input: &Input) -> Result<Desired, String> {
     let spec = input.spec;
     let mut problems = Vec::new();
     let mut data = BTreeMap::from([("STREAMBUS_LOG__FORMAT".to_string(), "json".to_string())]);
+    if let Some(problem) = tls_switch_problem(spec, input.current_tls) {
+        return Err(problem);
+    }
     data.extend(config_env(&spec.config)?);
     data.extend(security_env(spec, input.tls_identity)?);
-    if let Some(current) = input.current_tls
-        && current != spec.tls.is_some()
-    {
-        return Err(format!(
-            "spec.tls cannot be {} a running cluster: its processes would stop understanding each other while pods restart one by one. Delete and recreate the cluster (its volumes are kept), or restore spec.tls",
-            if current { "removed from" } else { "added to" }
-        ));
-    }
     let hash = config_hash(&data);
     let http_scheme = if flag(&spec.config, "http.tls")? {
         "HTTPS"
@@ -1059,7 +1110,8 @@ mod tests {
     fn secure_spec() -> StreamBusClusterSpec {
         serde_json::from_value(json!({
             "image": "streambus:0.1.0",
-            "tls": { "secretName": "prod-tls", "clientAuth": "required" },
+            "tls": { "secretName": "prod-tls", "clientAuth": "required",
+                     "clientCaSecretName": "prod-clients" },
             "gateways": { "serviceAccountName": "streambus-gateway" },
             "config": {
                 "http.tls": "true",
@@ -1098,6 +1150,10 @@ mod tests {
         );
         assert_eq!(data["STREAMBUS_TLS__CA_FILE"], "/etc/streambus/tls/ca.crt");
         assert_eq!(data["STREAMBUS_TLS__CLIENT_AUTH"], "required");
+        assert_eq!(
+            data["STREAMBUS_TLS__CLIENT_CA_FILE"],
+            "/etc/streambus/client-ca/ca.crt"
+        );
         assert_eq!(data["STREAMBUS_GATEWAY__AUTH__MTLS"], "true");
         assert_eq!(data["STREAMBUS_HTTP__TLS"], "true");
         assert_eq!(
@@ -1115,6 +1171,15 @@ mod tests {
             let secret = volume.secret.as_ref().unwrap();
             assert_eq!(secret.secret_name.as_deref(), Some("prod-tls"));
             assert_eq!(secret.default_mode, Some(0o440));
+            let clients = pod
+                .volumes
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|v| v.name == "client-ca")
+                .and_then(|v| v.secret.clone())
+                .unwrap();
+            assert_eq!(clients.secret_name.as_deref(), Some("prod-clients"));
             let c = &pod.containers[0];
             let mount = c
                 .volume_mounts
@@ -1130,7 +1195,11 @@ mod tests {
                 assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
             }
         }
-        assert!(d.stateful_sets.iter().all(mounts_tls));
+        assert!(
+            d.stateful_sets
+                .iter()
+                .all(|s| mounted_tls_secret(s).as_deref() == Some("prod-tls"))
+        );
         let gateway = d.deployment.spec.template.spec.as_ref().unwrap();
         assert_eq!(
             gateway.service_account_name.as_deref(),
@@ -1172,7 +1241,11 @@ mod tests {
             assert_eq!(get.scheme.as_deref(), Some("HTTP"));
             assert!(pod.service_account_name.is_none());
         }
-        assert!(!d.stateful_sets.iter().any(mounts_tls));
+        assert!(
+            d.stateful_sets
+                .iter()
+                .all(|s| mounted_tls_secret(s).is_none())
+        );
     }
 
     #[test]
@@ -1195,7 +1268,12 @@ mod tests {
         );
         assert!(e.contains("clientAuth optional or required"), "{e}");
         let e = refused(
-            json!({ "secretName": "t", "clientAuth": "optional" }),
+            json!({ "secretName": "t", "clientAuth": "required" }),
+            json!({}),
+        );
+        assert!(e.contains("needs spec.tls.clientCaSecretName"), "{e}");
+        let e = refused(
+            json!({ "secretName": "t", "clientAuth": "optional", "clientCaSecretName": "c" }),
             json!({ "gateway.auth.kubernetes.enabled": "true" }),
         );
         assert!(e.contains("the operator calls them as User:prod"), "{e}");
@@ -1204,6 +1282,17 @@ mod tests {
             json!({ "gateway.auth.acls": "yes" }),
         );
         assert!(e.contains("expected \"true\" or \"false\""), "{e}");
+        let e = refused(
+            json!({ "secretName": "t" }),
+            json!({ "gateway.auth.acls": " true" }),
+        );
+        assert!(e.contains("expected"), "{e}");
+        // `__` would nest: gateway.auth__acls is gateway.auth.acls to the
+        // process, past the operator's checks.
+        for key in ["gateway.auth__acls", "gateway._auth", "gateway.auth_.acls"] {
+            let e = refused(Value::Null, json!({ key: "true" }));
+            assert!(e.contains("single _"), "{key}: {e}");
+        }
         let e = refused(
             json!({ "secretName": "t" }),
             json!({ "tls.client_auth": "none" }),
@@ -1220,6 +1309,29 @@ mod tests {
         assert_eq!(
             d.config_map.data.as_ref().unwrap()["STREAMBUS_GATEWAY__AUTH__KUBERNETES__ENABLED"],
             "true"
+        );
+        // Lists reach the process trimmed (it does not trim them).
+        let lists = config_env(
+            &[
+                (
+                    "gateway.auth.kubernetes.audiences".to_string(),
+                    " a, b ,".to_string(),
+                ),
+                (
+                    "gateway.auth.superusers".to_string(),
+                    "User:x , User:y".to_string(),
+                ),
+            ]
+            .into(),
+        )
+        .unwrap();
+        assert_eq!(
+            lists["STREAMBUS_GATEWAY__AUTH__KUBERNETES__AUDIENCES"],
+            "a,b"
+        );
+        assert_eq!(
+            lists["STREAMBUS_GATEWAY__AUTH__SUPERUSERS"],
+            "User:x,User:y"
         );
     }
 

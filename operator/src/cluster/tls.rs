@@ -1,14 +1,16 @@
 //! A cluster's TLS Secret, checked before it is mounted into pods: the
-//! three files are there and load, and the certificate is valid for every
-//! name the cluster's processes dial each other by. What the operator
+//! three files are there and load, the key is the certificate's, the
+//! certificate chains to the CA, is valid now for server and client
+//! authentication and for every name the cluster's processes dial each
+//! other by. What the operator
 //! needs from it (the CA, the certificate it presents to the gateways,
 //! and the principal that certificate names) comes out of the same check.
 
 use std::collections::BTreeMap;
 
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use streambus_service::identity::{certificate_covers, certificate_name};
+use streambus_service::identity::check_peer_certificate;
 
 use super::resources::{Role, name};
 
@@ -49,28 +51,42 @@ pub fn gateway_host(cluster: &str, namespace: &str) -> String {
     format!("{}.{namespace}.svc", name(cluster, Role::Gateway))
 }
 
-/// The names the certificate must be valid for: a pod of each stateful
-/// role (peers dial `<pod>.<headless service>.<namespace>.svc`) and the
-/// gateways' client Service.
-pub fn required_names(cluster: &str, namespace: &str) -> Vec<String> {
-    let pod = |role: Role| {
+/// The names the certificate must be valid for: every pod of the stateful
+/// roles (peers dial `<pod>.<headless service>.<namespace>.svc`), as many
+/// as `pods` says per role, and the gateways' client Service.
+pub fn required_names(cluster: &str, namespace: &str, pods: Pods) -> Vec<String> {
+    let mut names = Vec::new();
+    for (role, count) in [
+        (Role::Controller, pods.controllers),
+        (Role::StorageNode, pods.storage_nodes),
+    ] {
         let set = name(cluster, role);
-        format!("{set}-0.{set}.{namespace}.svc")
-    };
-    vec![
-        pod(Role::Controller),
-        pod(Role::StorageNode),
-        gateway_host(cluster, namespace),
-    ]
+        names.extend((0..count.max(1)).map(|i| format!("{set}-{i}.{set}.{namespace}.svc")));
+    }
+    names.push(gateway_host(cluster, namespace));
+    names
 }
 
-/// Checks Secret `secret`'s `data` for cluster `cluster` in `namespace`.
-/// `Err` says what is wrong, for the cluster's status.
+/// How many pods of each stateful role the certificate must cover (the
+/// larger of the spec's and the running count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pods {
+    pub controllers: i32,
+    pub storage_nodes: i32,
+}
+
+/// Checks Secret `secret`'s `data` for cluster `cluster` in `namespace`:
+/// the three keys, a key matching the certificate, a certificate that
+/// chains to `ca.crt`, is valid now for server and client authentication
+/// and for every name of [`required_names`], and names its holder (a
+/// name usable as a principal). `Err` says what is wrong, for the
+/// cluster's status.
 pub fn check(
     secret: &str,
     data: &BTreeMap<String, Vec<u8>>,
     cluster: &str,
     namespace: &str,
+    pods: Pods,
 ) -> Result<ClusterTls, String> {
     let get = |key: &str| {
         data.get(key)
@@ -83,41 +99,35 @@ pub fn check(
             })
     };
     let (cert_pem, key_pem, ca_pem) = (get(CERT_KEY)?, get(KEY_KEY)?, get(CA_KEY)?);
-    let leaf = CertificateDer::pem_slice_iter(&cert_pem)
-        .next()
-        .and_then(Result::ok)
-        .ok_or_else(|| format!("Secret {secret:?}: tls.crt holds no PEM certificate"))?;
-    if CertificateDer::pem_slice_iter(&ca_pem)
-        .next()
-        .and_then(Result::ok)
-        .is_none()
+    let names = required_names(cluster, namespace, pods);
+    let identity = check_peer_certificate(
+        &format!("Secret {secret:?}"),
+        &cert_pem,
+        &key_pem,
+        &ca_pem,
+        &names,
+    )
+    .map_err(|e| {
+        if e.contains("not valid for") {
+            format!(
+                "{e}: its DNS names must include *.{c}-controller.{namespace}.svc, *.{c}-storage.{namespace}.svc and {}",
+                gateway_host(cluster, namespace),
+                c = cluster,
+            )
+        } else {
+            e
+        }
+    })?;
+    // The identity becomes a superuser in a comma-separated list.
+    if identity.is_empty()
+        || identity == "*"
+        || identity.contains(',')
+        || identity.chars().any(char::is_whitespace)
     {
         return Err(format!(
-            "Secret {secret:?}: ca.crt holds no PEM certificate"
+            "the certificate in Secret {secret:?} names {identity:?}, which cannot be a principal: give it a common name without commas or spaces"
         ));
     }
-    if PrivateKeyDer::from_pem_slice(&key_pem).is_err() {
-        return Err(format!(
-            "Secret {secret:?}: tls.key holds no PEM private key (PKCS#8, PKCS#1 or SEC1)"
-        ));
-    }
-    let missing: Vec<String> = required_names(cluster, namespace)
-        .into_iter()
-        .filter(|host| !certificate_covers(&leaf, host))
-        .collect();
-    if !missing.is_empty() {
-        return Err(format!(
-            "the certificate in Secret {secret:?} is not valid for {}: its DNS names must include *.{c}-controller.{namespace}.svc, *.{c}-storage.{namespace}.svc and {}",
-            missing.join(", "),
-            gateway_host(cluster, namespace),
-            c = cluster,
-        ));
-    }
-    let identity = certificate_name(&leaf).ok_or_else(|| {
-        format!(
-            "the certificate in Secret {secret:?} names no one: give it a common name (the gateways' principal for the operator is User:<common name>)"
-        )
-    })?;
     Ok(ClusterTls {
         ca_pem,
         cert_pem,
@@ -127,22 +137,52 @@ pub fn check(
     })
 }
 
+/// Checks the client CA Secret `secret`'s `data`: a `ca.crt` of PEM
+/// certificates.
+pub fn check_client_ca(secret: &str, data: &BTreeMap<String, Vec<u8>>) -> Result<(), String> {
+    let ca = data.get(CA_KEY).filter(|v| !v.is_empty()).ok_or_else(|| {
+        format!("Secret {secret:?} (spec.tls.clientCaSecretName) has no \"ca.crt\"")
+    })?;
+    let certs = CertificateDer::pem_slice_iter(ca)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("Secret {secret:?}: ca.crt: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "Secret {secret:?}: ca.crt holds no PEM certificate"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use streambus_service::certs::{Ca, Usage, Validity};
 
-    fn secret(hosts: &[&str], cn: &str) -> BTreeMap<String, Vec<u8>> {
-        let ca = Ca::new("prod ca", Validity::days(1)).unwrap();
+    const PODS: Pods = Pods {
+        controllers: 3,
+        storage_nodes: 2,
+    };
+
+    fn issue(
+        ca: &Ca,
+        hosts: &[&str],
+        cn: &str,
+        usage: Usage,
+        validity: Validity,
+    ) -> BTreeMap<String, Vec<u8>> {
         let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
-        let pem = ca
-            .issue(cn, &hosts, Usage::Peer, Validity::days(1))
-            .unwrap();
+        let pem = ca.issue(cn, &hosts, usage, validity).unwrap();
         BTreeMap::from([
             (CERT_KEY.to_string(), pem.cert.into_bytes()),
             (KEY_KEY.to_string(), pem.key.into_bytes()),
             (CA_KEY.to_string(), ca.pem().cert.clone().into_bytes()),
         ])
+    }
+
+    fn secret(hosts: &[&str], cn: &str) -> BTreeMap<String, Vec<u8>> {
+        let ca = Ca::new("prod ca", Validity::days(1)).unwrap();
+        issue(&ca, hosts, cn, Usage::Peer, Validity::days(1))
     }
 
     const GOOD: &[&str] = &[
@@ -151,41 +191,112 @@ mod tests {
         "prod-gateway.data.svc",
     ];
 
+    fn check_prod(data: &BTreeMap<String, Vec<u8>>) -> Result<ClusterTls, String> {
+        check("prod-tls", data, "prod", "data", PODS)
+    }
+
     #[test]
     fn a_cert_manager_secret_gives_the_operator_its_identity() {
-        let tls = check("prod-tls", &secret(GOOD, "prod-cluster"), "prod", "data").unwrap();
+        let tls = check_prod(&secret(GOOD, "prod-cluster")).unwrap();
         assert_eq!(tls.identity, "prod-cluster");
         assert_eq!(tls.server_name, "prod-gateway.data.svc");
+        assert!(!format!("{tls:?}").contains("PRIVATE KEY"));
     }
 
     #[test]
     fn a_missing_file_or_name_is_reported_precisely() {
         let mut data = secret(GOOD, "prod");
         data.remove(CA_KEY);
-        let e = check("prod-tls", &data, "prod", "data").unwrap_err();
+        let e = check_prod(&data).unwrap_err();
         assert!(e.contains("has no \"ca.crt\""), "{e}");
 
         let mut data = secret(GOOD, "prod");
         data.insert(KEY_KEY.into(), b"garbage".to_vec());
-        let e = check("prod-tls", &data, "prod", "data").unwrap_err();
-        assert!(e.contains("tls.key holds no PEM private key"), "{e}");
+        let e = check_prod(&data).unwrap_err();
+        assert!(e.contains("no PEM private key"), "{e}");
 
-        let e = check(
-            "prod-tls",
-            &secret(
-                &["*.prod-controller.data.svc", "prod-gateway.data.svc"],
-                "p",
-            ),
-            "prod",
-            "data",
-        )
+        let e = check_prod(&secret(
+            &["*.prod-controller.data.svc", "prod-gateway.data.svc"],
+            "p",
+        ))
         .unwrap_err();
         assert!(
-            e.contains("not valid for prod-storage-0.prod-storage.data.svc:"),
+            e.contains("not valid for prod-storage-0.prod-storage.data.svc, prod-storage-1.prod-storage.data.svc:"),
             "{e}"
         );
         // Issued for another namespace.
-        let e = check("prod-tls", &secret(GOOD, "prod"), "prod", "other").unwrap_err();
+        let e = check("prod-tls", &secret(GOOD, "prod"), "prod", "other", PODS).unwrap_err();
         assert!(e.contains("prod-gateway.other.svc"), "{e}");
+    }
+
+    #[test]
+    fn every_pod_must_be_covered_not_only_the_first() {
+        let only_first = [
+            "prod-controller-0.prod-controller.data.svc",
+            "prod-storage-0.prod-storage.data.svc",
+            "prod-gateway.data.svc",
+        ];
+        let e = check_prod(&secret(&only_first, "p")).unwrap_err();
+        assert!(
+            e.contains("prod-controller-1.prod-controller.data.svc, prod-controller-2.prod-controller.data.svc, prod-storage-1"),
+            "{e}"
+        );
+        let single = Pods {
+            controllers: 1,
+            storage_nodes: 1,
+        };
+        assert!(
+            check(
+                "prod-tls",
+                &secret(&only_first, "p"),
+                "prod",
+                "data",
+                single
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn what_would_fail_at_run_time_is_refused_up_front() {
+        let ca = Ca::new("prod ca", Validity::days(1)).unwrap();
+        // Another CA's certificate.
+        let mut data = issue(&ca, GOOD, "p", Usage::Peer, Validity::days(1));
+        let other = Ca::new("other ca", Validity::days(1)).unwrap();
+        data.insert(CA_KEY.into(), other.pem().cert.clone().into_bytes());
+        let e = check_prod(&data).unwrap_err();
+        assert!(e.contains("does not verify"), "{e}");
+        // A key of another certificate.
+        let mut data = issue(&ca, GOOD, "p", Usage::Peer, Validity::days(1));
+        let stranger = issue(&ca, GOOD, "q", Usage::Peer, Validity::days(1));
+        data.insert(KEY_KEY.into(), stranger[KEY_KEY].clone());
+        let e = check_prod(&data).unwrap_err();
+        assert!(e.contains("the key is not the certificate's"), "{e}");
+        // Expired.
+        let expired = Validity {
+            started_secs_ago: 7200,
+            ends_in_secs: -3600,
+        };
+        let e = check_prod(&issue(&ca, GOOD, "p", Usage::Peer, expired)).unwrap_err();
+        assert!(e.contains("does not verify") && e.contains("xpired"), "{e}");
+        // Client authentication only: peers could not serve it.
+        let e = check_prod(&issue(&ca, GOOD, "p", Usage::Client, Validity::days(1))).unwrap_err();
+        assert!(e.contains("server certificate"), "{e}");
+        // A client CA Secret without a CA.
+        let e = check_client_ca("clients", &BTreeMap::new()).unwrap_err();
+        assert!(e.contains("has no \"ca.crt\""), "{e}");
+        let e = check_client_ca("clients", &BTreeMap::from([(CA_KEY.into(), b"x".to_vec())]))
+            .unwrap_err();
+        assert!(e.contains("no PEM certificate"), "{e}");
+        assert!(
+            check_client_ca(
+                "clients",
+                &issue(&ca, GOOD, "p", Usage::Peer, Validity::days(1))
+            )
+            .is_ok()
+        );
+        // A name no principal list can carry.
+        let e = check_prod(&issue(&ca, GOOD, "a,b", Usage::Peer, Validity::days(1))).unwrap_err();
+        assert!(e.contains("cannot be a principal"), "{e}");
     }
 }
