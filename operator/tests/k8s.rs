@@ -820,6 +820,70 @@ fn chart_and_operator_on_a_real_api_server() {
 /// `User:system:serviceaccount:<namespace>:<name>`, a superuser by that
 /// name may do anything, another ServiceAccount only what ACLs allow, and
 /// a forged token or the token of a deleted ServiceAccount is refused.
+/// `token` (a ServiceAccount JWT) with `iat`, `nbf` and `exp` two hours
+/// earlier, signed again (RS256) with the PEM key at `key`.
+fn expired_token(token: &str, key: &str, work: &Path) -> String {
+    let mut parts = token.trim().split('.');
+    let (header, claims) = (parts.next().unwrap(), parts.next().unwrap());
+    let mut claims: Value = serde_json::from_slice(&base64url_decode(claims)).unwrap();
+    for time in ["iat", "nbf", "exp"] {
+        if let Some(t) = claims[time].as_i64() {
+            claims[time] = Value::from(t - 7200);
+        }
+    }
+    let signed = format!(
+        "{header}.{}",
+        base64url_encode(&serde_json::to_vec(&claims).unwrap())
+    );
+    let input = work.join("expired-token-input");
+    std::fs::write(&input, &signed).unwrap();
+    let out = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign", key])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl: {}", text(&out.stderr));
+    let token = format!("{signed}.{}", base64url_encode(&out.stdout));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(claims["exp"].as_i64().unwrap() < now, "{claims}");
+    token
+}
+
+const BASE64URL: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+fn base64url_encode(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(BASE64URL[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+fn base64url_decode(text: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in text.bytes().filter(|&c| c != b'=') {
+        let v = BASE64URL.iter().position(|&a| a == c).expect("base64url") as u32;
+        acc = acc << 6 | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
 /// A loopback port free now.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -1175,13 +1239,16 @@ fn service_account_tokens_authenticate_at_a_gateway(env: &Env, work: &Path) {
             )),
         "{stderr}"
     );
-    // A token with a forged signature, and the token of a deleted
-    // ServiceAccount: refused by the API server, so by the gateway.
+    // A token with a forged signature, the token of a deleted
+    // ServiceAccount, and an expired one (the app's, its times moved back
+    // two hours and signed again with the API server's key): refused by
+    // the API server, so by the gateway.
     let mut forged = app.clone();
     let last = if forged.ends_with('A') { 'B' } else { 'A' };
     forged.pop();
     forged.push(last);
-    for bad in [&forged, &gone] {
+    let expired = expired_token(&app, &var("STREAMBUS_K8S_SA_KEY"), work);
+    for bad in [&forged, &gone, &expired] {
         let out = cli(bad, &["topic", "list"]);
         let stderr = text(&out.stderr);
         assert!(

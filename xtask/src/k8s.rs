@@ -884,6 +884,9 @@ pub fn test() -> Result<(), String> {
         .env("STREAMBUS_CLUSTER_GATEWAY", &cluster_gateway)
         .env("STREAMBUS_CLUSTER_DIR", &cluster_dir)
         .env("STREAMBUS_XTASK", &xtask)
+        // The key the API server signs ServiceAccount tokens with: the
+        // test makes an expired token with it.
+        .env("STREAMBUS_K8S_SA_KEY", dir().join("pki/sa.key"))
         .status();
     crate::devproc::stop(&mut dev);
     if let Err(e) = crate::cluster::stop_in(&cluster_dir) {
