@@ -1257,6 +1257,9 @@ fn service_account_tokens_authenticate_at_a_gateway(env: &Env, work: &Path) {
                 && stderr.contains("the Kubernetes API server refused it"),
             "{stderr}"
         );
+        if bad == &expired {
+            assert!(stderr.contains("expired"), "{stderr}");
+        }
     }
 }
 
