@@ -66,25 +66,56 @@ pub enum Subscription {
     /// Every topic whose whole name matches this regular expression,
     /// except internal ones (names starting with `__`).
     Pattern(String),
+    /// A pattern a gateway enforcing ACLs resolved against the topics the
+    /// member's principal may read: these topics (those that exist),
+    /// possibly none; the gateway sends them again when they change, and
+    /// the coordinator never adds others. The pattern is kept for
+    /// `DescribeGroup`.
+    Resolved {
+        pattern: String,
+        topics: BTreeSet<String>,
+    },
+}
+
+/// A pattern subscription's regular expression, matched against whole
+/// topic names; internal topics (names starting with `__`) never match.
+#[derive(Clone, Debug)]
+pub struct TopicPattern(Regex);
+
+impl TopicPattern {
+    /// Compiles `pattern`, or says why it is not a regular expression.
+    pub fn parse(pattern: &str) -> Result<TopicPattern, String> {
+        Regex::new(&format!("^(?:{pattern})$"))
+            .map(TopicPattern)
+            .map_err(|e| format!("bad subscription pattern {pattern:?}: {e}"))
+    }
+
+    /// Whether topic `name` matches.
+    pub fn matches(&self, name: &str) -> bool {
+        !name.starts_with("__") && self.0.is_match(name)
+    }
 }
 
 impl Subscription {
-    fn compile(&self) -> Result<Option<Regex>, GroupError> {
+    fn compile(&self) -> Result<Option<TopicPattern>, GroupError> {
         match self {
             Subscription::Topics(t) if t.is_empty() => Err(GroupError::Invalid(
                 "a subscription names at least one topic".into(),
             )),
             Subscription::Topics(_) => Ok(None),
-            Subscription::Pattern(p) => Regex::new(&format!("^(?:{p})$"))
+            Subscription::Pattern(p) => TopicPattern::parse(p)
                 .map(Some)
-                .map_err(|e| GroupError::Invalid(format!("bad subscription pattern {p:?}: {e}"))),
+                .map_err(GroupError::Invalid),
+            Subscription::Resolved { pattern, .. } => TopicPattern::parse(pattern)
+                .map(|_| None)
+                .map_err(GroupError::Invalid),
         }
     }
 
     /// The existing topics this subscription names.
-    fn resolve(&self, pattern: Option<&Regex>, topics: &dyn Topics) -> BTreeSet<String> {
+    fn resolve(&self, pattern: Option<&TopicPattern>, topics: &dyn Topics) -> BTreeSet<String> {
         match (self, pattern) {
-            (Subscription::Topics(t), _) => t
+            (Subscription::Topics(t) | Subscription::Resolved { topics: t, .. }, _) => t
                 .iter()
                 .filter(|t| topics.partitions(t).is_some())
                 .cloned()
@@ -92,10 +123,18 @@ impl Subscription {
             (Subscription::Pattern(_), Some(re)) => topics
                 .names()
                 .into_iter()
-                .filter(|t| !t.starts_with("__") && re.is_match(t))
+                .filter(|t| re.matches(t))
                 .map(str::to_string)
                 .collect(),
             (Subscription::Pattern(_), None) => BTreeSet::new(),
+        }
+    }
+
+    /// The pattern this subscription was made from, if any.
+    pub fn pattern(&self) -> Option<&str> {
+        match self {
+            Subscription::Topics(_) => None,
+            Subscription::Pattern(p) | Subscription::Resolved { pattern: p, .. } => Some(p),
         }
     }
 }
@@ -177,7 +216,7 @@ pub struct Member {
     /// consuming them, commits, and reports that it no longer owns them.
     pub revoking: BTreeSet<Tp>,
     #[serde(skip)]
-    pattern: Option<Regex>,
+    pattern: Option<TopicPattern>,
     #[serde(skip)]
     session_deadline_ms: u64,
     #[serde(skip)]

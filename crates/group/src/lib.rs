@@ -24,7 +24,7 @@ pub mod wire;
 pub use assign::Assignor;
 pub use group::{
     Committed, Group, GroupError, GroupState, Heartbeat, HeartbeatResponse, Limits, Member,
-    MemberState, Subscription, Topics,
+    MemberState, Subscription, TopicPattern, Topics,
 };
 
 use serde::{Deserialize, Serialize};

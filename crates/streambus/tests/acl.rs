@@ -7,15 +7,16 @@
 
 mod procs;
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use procs::{Cluster, eventually};
+use procs::{Cluster, connect_with_token, eventually};
 use streambus_client::{
-    Client, ConnectOptions, ProducerConfig, Record, StartFrom, SubscribeOptions, v1,
+    GroupEvent, GroupOptions, OffsetReset, ProducerConfig, Record, StartFrom, SubscribeOptions, v1,
 };
 
 const ADMIN: &str = "admin-token-0123456789abcdef";
@@ -296,18 +297,65 @@ fn acls_decide_who_does_what_on_every_gateway() {
     assert!(ok(&cli(&g1, ALICE, &["group", "list"])).contains("app-1"));
     assert_eq!(ok(&cli(&g1, BOB, &["group", "list"])).lines().count(), 1);
 
-    // An ACL removed while a subscription reads stops the subscription.
     let rt = tokio::runtime::Runtime::new().unwrap();
+    // A pattern subscription is resolved at the gateway against what its
+    // member may read: Alice's `.*` gets the orders topics, a new one as
+    // it comes, and never payments (nor its name).
     rt.block_on(async {
-        let alice = Client::connect_with(
-            g1.as_str(),
-            ConnectOptions {
-                tls: None,
-                token: Some(ALICE.into()),
-            },
-        )
-        .await
-        .unwrap();
+        let alice = connect_with_token(&g1, ALICE).await;
+        let mut member = alice
+            .group_consumer(GroupOptions {
+                pattern: Some(".*".into()),
+                reset: OffsetReset::Earliest,
+                ..GroupOptions::new("app-pattern", &[])
+            })
+            .await
+            .unwrap();
+        let readable = ["orders.eu", "orders.us", "orders.ap"];
+        let (mut records, mut assigned) = (Vec::new(), BTreeSet::new());
+        let mut created = false;
+        while records.len() < 2 || !assigned.contains("orders.ap") {
+            let event = tokio::time::timeout(Duration::from_secs(30), member.next())
+                .await
+                .expect("the member hears of orders.ap and reads orders.eu")
+                .expect("the member stays")
+                .expect("and is not refused");
+            match event {
+                GroupEvent::Record(_, r) => records.push(r.value.unwrap()),
+                GroupEvent::Assigned(tps) => {
+                    for tp in tps {
+                        assert!(readable.contains(&tp.topic.as_str()), "{}", tp.topic);
+                        assigned.insert(tp.topic);
+                    }
+                }
+                GroupEvent::Revoked(_) | GroupEvent::Lost(_) => {}
+            }
+            if !created && assigned.contains("orders.eu") {
+                created = true;
+                for t in ["orders.ap", "secret"] {
+                    ok(&cli(&g0, ADMIN, &["topic", "create", t]));
+                }
+            }
+        }
+        assert_eq!(records, [Bytes::from("one"), Bytes::from("two")]);
+        let admin = connect_with_token(&g0, ADMIN).await;
+        let described = admin.describe_group("app-pattern").await.unwrap();
+        let members = described.group.unwrap().members;
+        assert_eq!(members[0].topic_pattern, ".*");
+        assert_eq!(
+            members[0].topics,
+            ["orders.ap", "orders.eu", "orders.us"],
+            "the member's subscription"
+        );
+        member.close().await.unwrap();
+        for t in ["orders.ap", "secret"] {
+            admin.delete_topic(t).await.unwrap();
+        }
+    });
+
+    // An ACL removed while a subscription reads stops the subscription.
+    rt.block_on(async {
+        let alice = connect_with_token(&g1, ALICE).await;
         let mut sub = alice
             .subscribe(SubscribeOptions {
                 start: StartFrom::Earliest,
@@ -338,15 +386,7 @@ fn acls_decide_who_does_what_on_every_gateway() {
             ],
         );
         assert!(ok(&out).contains("orders."), "{}", text(&out.stdout));
-        let admin = Client::connect_with(
-            g0.as_str(),
-            ConnectOptions {
-                tls: None,
-                token: Some(ADMIN.into()),
-            },
-        )
-        .await
-        .unwrap();
+        let admin = connect_with_token(&g0, ADMIN).await;
         admin
             .producer(ProducerConfig::default())
             .send_and_wait(

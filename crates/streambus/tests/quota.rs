@@ -12,10 +12,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use procs::{Cluster, scrape};
-use streambus_client::{
-    Client, ConnectOptions, ProducerConfig, Record, StartFrom, SubscribeOptions,
-};
+use procs::{Cluster, connect_with_token, scrape};
+use streambus_client::{Client, ProducerConfig, Record, StartFrom, SubscribeOptions};
 
 const ADMIN: &str = "admin-token-0123456789abcdef";
 const SLOW: &str = "slow-token-0123456789abcdef00";
@@ -41,18 +39,6 @@ fn cli(gateway: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-async fn connect(gateway: &str, token: &str) -> Client {
-    Client::connect_with(
-        gateway,
-        ConnectOptions {
-            tls: None,
-            token: Some(token.into()),
-        },
-    )
-    .await
-    .unwrap()
 }
 
 /// Produces 1 KiB records to `topic` as fast as the gateway lets it,
@@ -139,8 +125,8 @@ fn a_quota_holds_its_principal_to_its_rate_and_leaves_the_others_alone() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let slow = connect(&gateway, SLOW).await;
-        let fast = connect(&gateway, FAST).await;
+        let slow = connect_with_token(&gateway, SLOW).await;
+        let fast = connect_with_token(&gateway, FAST).await;
         // Both start together; the first two seconds are left out (the
         // first batches of the limited producer go at once).
         let stop = Instant::now() + MEASURED + Duration::from_secs(3);
@@ -213,7 +199,7 @@ fn a_quota_holds_its_principal_to_its_rate_and_leaves_the_others_alone() {
         &["quota", "set", "User:fast", "--requests-per-second", "5"],
     );
     rt.block_on(async {
-        let fast = connect(&gateway, FAST).await;
+        let fast = connect_with_token(&gateway, FAST).await;
         let started = Instant::now();
         for _ in 0..11 {
             fast.list_topics().await.unwrap();

@@ -22,9 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt, TryStreamExt};
-use streambus_group::Tp;
 use streambus_group::store::partition_for;
 use streambus_group::wire::{from_wire as tp_set, to_wire as tp_list};
+use streambus_group::{TopicPattern, Tp};
 use streambus_proto::internal::storage_service_client::StorageServiceClient;
 use streambus_proto::internal::{ListOffsetsRequest, PartitionRef, list_offsets_request};
 use streambus_proto::v1::group_service_server::GroupService;
@@ -81,6 +81,42 @@ pub struct GroupApi {
 
 impl GroupApi {
     /// Whether `principal` may describe `topic`.
+    /// A subscription pattern this gateway resolves itself, because it
+    /// enforces ACLs (otherwise the coordinator resolves patterns):
+    /// `None` without a pattern or without ACLs.
+    fn own_pattern(&self, pattern: &str, topics: &[String]) -> Result<Option<TopicPattern>, Error> {
+        if pattern.is_empty() || !self.consume.authz.enabled() {
+            return Ok(None);
+        }
+        if !topics.is_empty() {
+            return Err(invalid("a subscription is topics or a pattern, not both"));
+        }
+        TopicPattern::parse(pattern).map(Some).map_err(invalid)
+    }
+
+    /// The topics matching `pattern` that `principal` may read, by name,
+    /// and the metadata version they were taken from (ACLs are part of
+    /// the metadata): a member is assigned only topics it may read, and
+    /// learns no other topic's name.
+    fn resolve_pattern(&self, principal: &Principal, pattern: &TopicPattern) -> (Vec<String>, u64) {
+        let view = self.consume.router.metadata().current();
+        let topics = view
+            .topics
+            .keys()
+            .filter(|t| {
+                pattern.matches(t)
+                    && self.consume.authz.allowed(
+                        principal,
+                        Operation::Read,
+                        ResourceType::Topic,
+                        t,
+                    )
+            })
+            .cloned()
+            .collect();
+        (topics, view.version)
+    }
+
     fn may_describe(&self, principal: &Principal, topic: &str) -> bool {
         self.consume
             .authz
@@ -556,11 +592,22 @@ enum End {
 }
 
 /// One `ConsumeGroup` stream: a member of its group.
+/// A member's pattern resolved at this gateway: the topics last sent for
+/// it, and the metadata version they were resolved at.
+struct OwnPattern {
+    pattern: TopicPattern,
+    sent: Vec<String>,
+    version: u64,
+}
+
 struct Member {
     api: GroupApi,
     /// Who joined: every partition reader checks its reads as them.
     principal: Principal,
     join: JoinGroup,
+    /// Its subscription pattern when this gateway resolves it (under
+    /// ACLs).
+    pattern: Option<OwnPattern>,
     member_id: String,
     epoch: i64,
     interval: Duration,
@@ -616,6 +663,21 @@ impl Member {
             report_owned: true,
             ..GroupHeartbeatRequest::default()
         }
+    }
+
+    /// The topics its pattern names now, when this gateway resolves it and
+    /// they changed (topics created or deleted, ACLs changed).
+    fn pattern_changed(&mut self) -> Option<Vec<String>> {
+        let own = self.pattern.as_mut()?;
+        if self.api.consume.router.metadata().current().version == own.version {
+            return None;
+        }
+        let (now, version) = self.api.resolve_pattern(&self.principal, &own.pattern);
+        if now == own.sent {
+            own.version = version;
+            return None;
+        }
+        Some(now)
     }
 
     /// Applies a heartbeat's answer: readers start and stop, and the client
@@ -1075,14 +1137,24 @@ impl Member {
     }
 
     async fn beat(&mut self) -> Result<(), End> {
-        match self
-            .api
-            .heartbeat(self.heartbeat_request(), HEARTBEAT_TIMEOUT)
-            .await
-        {
+        let mut request = self.heartbeat_request();
+        let resubscribe = self.pattern_changed();
+        if let Some(topics) = &resubscribe {
+            request.topics = topics.clone();
+            request.topic_pattern = self.join.topic_pattern.clone();
+            request.pattern_resolved = true;
+        }
+        match self.api.heartbeat(request, HEARTBEAT_TIMEOUT).await {
             Ok(resp) => {
                 self.last_beat = Instant::now();
                 self.suspended = false;
+                if let (Some(topics), Some(own)) = (resubscribe, &mut self.pattern) {
+                    own.sent = topics;
+                    // Resolved again at the next beat: the version it was
+                    // taken at is not known here, and a change since is
+                    // caught then.
+                    own.version = 0;
+                }
                 self.apply(resp).await.map_err(End::Error)
             }
             Err(e) if fenced(&e) || !e.retriable() => Err(End::Error(e)),
@@ -1214,12 +1286,26 @@ impl GroupApi {
         } else {
             join.member_id.clone()
         };
+        let pattern = self
+            .own_pattern(&join.topic_pattern, &join.topics)?
+            .map(|pattern| {
+                let (sent, version) = self.resolve_pattern(&principal, &pattern);
+                OwnPattern {
+                    pattern,
+                    sent,
+                    version,
+                }
+            });
         let first = GroupHeartbeatRequest {
             group: join.group.clone(),
             member_id: member_id.clone(),
             member_epoch: if resuming { join.member_epoch } else { 0 },
-            topics: join.topics.clone(),
+            topics: match &pattern {
+                Some(own) => own.sent.clone(),
+                None => join.topics.clone(),
+            },
             topic_pattern: join.topic_pattern.clone(),
+            pattern_resolved: pattern.is_some(),
             assignor: join.assignor.clone(),
             rebalance_timeout_ms: join.rebalance_timeout_ms,
             owned: if resuming {
@@ -1264,6 +1350,7 @@ impl GroupApi {
             suspended: false,
             last_beat: Instant::now(),
             join,
+            pattern,
         };
         // The first answer always goes to the client.
         member.epoch = -2;
@@ -1299,13 +1386,23 @@ impl GroupService for GroupApi {
     ) -> Result<Response<GroupHeartbeatResponse>, Status> {
         let started = std::time::Instant::now();
         let principal = principal_of(&request);
-        let req = request.into_inner();
-        let r = match self.may(
-            &principal,
-            Operation::Read,
-            &req.group,
-            req.topics.iter().map(String::as_str),
-        ) {
+        let mut req = request.into_inner();
+        // Under ACLs a pattern is resolved here, against what the caller
+        // may read (whatever the caller set `pattern_resolved` to).
+        let resolved = self.own_pattern(&req.topic_pattern, &req.topics).map(|p| {
+            if let Some(p) = p {
+                req.topics = self.resolve_pattern(&principal, &p).0;
+                req.pattern_resolved = true;
+            }
+        });
+        let r = match resolved.and_then(|()| {
+            self.may(
+                &principal,
+                Operation::Read,
+                &req.group,
+                req.topics.iter().map(String::as_str),
+            )
+        }) {
             Ok(()) => GroupApi::heartbeat(self, req, CALL_TIMEOUT).await,
             Err(e) => Err(e),
         };

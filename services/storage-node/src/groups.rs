@@ -365,6 +365,11 @@ impl Coordinator {
         req: GroupHeartbeatRequest,
     ) -> Result<GroupHeartbeatResponse, Error> {
         let subscription = match (req.topics.is_empty(), req.topic_pattern.is_empty()) {
+            // Resolved by the gateway: possibly no topic yet.
+            (_, false) if req.pattern_resolved => Some(Subscription::Resolved {
+                pattern: req.topic_pattern.clone(),
+                topics: req.topics.iter().cloned().collect(),
+            }),
             (true, true) => None,
             (false, true) => Some(Subscription::Topics(req.topics.iter().cloned().collect())),
             (true, false) => Some(Subscription::Pattern(req.topic_pattern.clone())),
@@ -727,10 +732,7 @@ fn describe(g: &Group) -> GroupDescription {
                 client_id: m.client_id.clone(),
                 client_host: m.client_host.clone(),
                 topics: m.topics.iter().cloned().collect(),
-                topic_pattern: match &m.subscription {
-                    Subscription::Pattern(p) => p.clone(),
-                    Subscription::Topics(_) => String::new(),
-                },
+                topic_pattern: m.subscription.pattern().unwrap_or_default().to_string(),
                 assigned: to_wire(&m.assigned),
                 revoking: to_wire(&m.revoking),
             })

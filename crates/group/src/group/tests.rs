@@ -424,6 +424,50 @@ fn a_pattern_subscription_follows_topics_as_they_come_and_go() {
     assert!(!s.group.members.contains_key("b"));
 }
 
+/// A pattern a gateway resolved under ACLs: exactly the topics it sent,
+/// possibly none, and no topic the coordinator finds later.
+#[test]
+fn a_resolved_pattern_names_only_the_topics_the_gateway_sent() {
+    let mut s = Sim::new(&[("orders-eu", 2), ("orders-us", 1)]);
+    let resolved = |topics: &[&str]| Subscription::Resolved {
+        pattern: "orders-.*".into(),
+        topics: topics.iter().map(|t| t.to_string()).collect(),
+    };
+    // Nothing readable yet: a member all the same, with nothing.
+    s.join_with("a", resolved(&[]));
+    assert!(s.assigned("a").is_empty());
+    assert_eq!(
+        s.group.members["a"].subscription.pattern(),
+        Some("orders-.*")
+    );
+    s.topics.insert("orders-ap".into(), 1);
+    s.group.on_metadata(&s.topics);
+    s.settle();
+    assert!(s.assigned("a").is_empty(), "the coordinator added a topic");
+    // The gateway sends what the member may read.
+    let epoch = s.group.members["a"].epoch;
+    s.send(Heartbeat {
+        member_id: "a".into(),
+        member_epoch: i64::try_from(epoch).unwrap(),
+        subscription: Some(resolved(&["orders-eu"])),
+        ..Heartbeat::default()
+    })
+    .unwrap();
+    s.settle();
+    assert_eq!(s.assigned("a"), &tps("orders-eu", 0..2));
+    // A bad pattern is refused even resolved.
+    let bad = s.send(Heartbeat {
+        member_id: "b".into(),
+        member_epoch: 0,
+        subscription: Some(Subscription::Resolved {
+            pattern: "orders-(".into(),
+            topics: BTreeSet::new(),
+        }),
+        ..Heartbeat::default()
+    });
+    assert!(matches!(bad, Err(GroupError::Invalid(m)) if m.contains("bad subscription pattern")));
+}
+
 #[test]
 fn bad_heartbeats_are_refused_and_change_nothing() {
     let mut s = Sim::new(&[("t", 1)]);

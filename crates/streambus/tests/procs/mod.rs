@@ -119,6 +119,19 @@ impl Drop for Proc {
 
 /// Waits until `cond` holds, checking every 200 ms; fails naming `what`
 /// after 20 s.
+/// An SDK client of the gateway at `gateway` calling with bearer `token`.
+pub async fn connect_with_token(gateway: &str, token: &str) -> streambus_client::Client {
+    streambus_client::Client::connect_with(
+        gateway,
+        streambus_client::ConnectOptions {
+            tls: None,
+            token: Some(token.into()),
+        },
+    )
+    .await
+    .unwrap()
+}
+
 pub fn eventually(what: &str, cond: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !cond() {
