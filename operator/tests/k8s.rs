@@ -1138,6 +1138,47 @@ fn secure_cluster_over_tls(env: &Env, work: &Path, gateway: &str) {
         "{}",
         text(&out.stderr)
     );
+
+    // Another Secret of another CA: the pods, rolled one at a time, would
+    // not trust each other, so nothing changes.
+    let other = work.join("secure-certs-other");
+    let out = env.streambus(&[
+        "tls",
+        "generate",
+        "--out",
+        other.to_str().unwrap(),
+        "--hosts",
+        &peers,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    secret(
+        "secure-tls-other",
+        &[
+            ("tls.crt", &other.join("node.pem")),
+            ("tls.key", &other.join("node-key.pem")),
+            ("ca.crt", &other.join("ca.pem")),
+        ],
+    );
+    env.kubectl(&[
+        "patch",
+        "streambuscluster",
+        "secure",
+        "--type",
+        "merge",
+        "-p",
+        "{\"spec\":{\"tls\":{\"secretName\":\"secure-tls-other\"}}}",
+    ]);
+    degraded("would not trust the others".into());
+    let sts = env.get_json("statefulset/secure-controller").unwrap();
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "tls")
+            .unwrap()["secret"]["secretName"],
+        "secure-tls"
+    );
 }
 
 /// A `streambus dev` this test started, killed when dropped.

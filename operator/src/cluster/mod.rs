@@ -26,7 +26,6 @@ use crate::conditions::{self, Update};
 use crate::context::{Context, GatewayTarget, MANAGER};
 use crate::crd::{StreamBusCluster, StreamBusClusterStatus};
 use resources::{Input, Role};
-use streambus_service::identity::check_peer_certificate;
 
 const KIND: &str = "StreamBusCluster";
 /// How often a cluster is looked at again while a restart or a scale-in
@@ -415,23 +414,12 @@ async fn ca_change_problem(
         // Nothing to compare with: the running pods cannot restart anyway.
         return Ok(None);
     };
-    let file = |key: &str| old.get(key).map(Vec::as_slice).unwrap_or_default();
-    // Old and new pods run side by side during the roll: each side's
-    // certificate must verify against the other's CA.
-    let trusted = check_peer_certificate("", &new.cert_pem, &new.key_pem, file(tls::CA_KEY), &[])
-        .and_then(|_| {
-            check_peer_certificate(
-                "",
-                file(tls::CERT_KEY),
-                file(tls::KEY_KEY),
-                &new.ca_pem,
-                &[],
-            )
-        });
-    Ok(trusted.err().map(|_| format!(
-        "the pods run with Secret {mounted:?}, and its certificate and that of Secret {:?} do not both verify against the other's ca.crt: pods restarted one at a time would not trust the others. Use a certificate of the same CA, or put both CAs in both ca.crt first",
-        spec_tls.secret_name
-    )))
+    Ok(tls::roll_trust_problem(
+        &mounted,
+        &old,
+        &spec_tls.secret_name,
+        new,
+    ))
 }
 
 /// Reports a spec the operator cannot apply (nothing is changed): `Ready`

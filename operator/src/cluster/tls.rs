@@ -154,6 +154,29 @@ pub fn check_client_ca(secret: &str, data: &BTreeMap<String, Vec<u8>>) -> Result
     Ok(())
 }
 
+/// Why pods moving from Secret `old_name` (its `old` data) to the checked
+/// Secret `new_name` one at a time would not trust each other, if so: old
+/// and new pods run side by side during the roll, so each side's
+/// certificate must verify against the other's `ca.crt`. An old
+/// certificate that no longer verifies against its own CA (expired,
+/// say) is no reason to hold the change: the running pods are failing
+/// already, and a new Secret is the way out.
+pub fn roll_trust_problem(
+    old_name: &str,
+    old: &BTreeMap<String, Vec<u8>>,
+    new_name: &str,
+    new: &ClusterTls,
+) -> Option<String> {
+    let file = |key: &str| old.get(key).map(Vec::as_slice).unwrap_or_default();
+    let (cert, key, ca) = (file(CERT_KEY), file(KEY_KEY), file(CA_KEY));
+    check_peer_certificate("", cert, key, ca, &[]).ok()?;
+    let trusted = check_peer_certificate("", &new.cert_pem, &new.key_pem, ca, &[])
+        .and_then(|_| check_peer_certificate("", cert, key, &new.ca_pem, &[]));
+    trusted.err().map(|_| format!(
+        "the pods run with Secret {old_name:?}, and its certificate and that of Secret {new_name:?} do not both verify against the other's ca.crt: pods restarted one at a time would not trust the others. Use a certificate of the same CA, or put both CAs in both ca.crt first"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,6 +318,18 @@ mod tests {
             )
             .is_ok()
         );
+        // Moving to another Secret: same CA fine, another CA refused, an
+        // expired running certificate no reason to hold the way out.
+        let now = issue(&ca, GOOD, "p", Usage::Peer, Validity::days(1));
+        let new = check_prod(&issue(&ca, GOOD, "p", Usage::Peer, Validity::days(1))).unwrap();
+        assert_eq!(roll_trust_problem("old", &now, "new", &new), None);
+        let other = Ca::new("other ca", Validity::days(1)).unwrap();
+        let foreign =
+            check_prod(&issue(&other, GOOD, "p", Usage::Peer, Validity::days(1))).unwrap();
+        let e = roll_trust_problem("old", &now, "new", &foreign).unwrap();
+        assert!(e.contains("would not trust the others"), "{e}");
+        let stale = issue(&ca, GOOD, "p", Usage::Peer, expired);
+        assert_eq!(roll_trust_problem("old", &stale, "new", &foreign), None);
         // A name no principal list can carry.
         let e = check_prod(&issue(&ca, GOOD, "a,b", Usage::Peer, Validity::days(1))).unwrap_err();
         assert!(e.contains("cannot be a principal"), "{e}");
