@@ -1088,7 +1088,9 @@ fn secure_cluster_over_tls(env: &Env, work: &Path, gateway: &str) {
     let stderr = text(&out.stderr);
     assert!(
         !out.status.success()
-            && (stderr.contains("CertificateRequired") || stderr.contains("connection closed")),
+            && (stderr.contains("CertificateRequired")
+                || stderr.contains("connection closed")
+                || stderr.contains("connection was not ready")),
         "{stderr}"
     );
     // A client certificate opens the gateway, under the ACLs...

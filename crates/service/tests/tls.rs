@@ -122,7 +122,9 @@ async fn an_internal_listener_admits_only_cluster_peers() {
     let refused = |what: &str, r: Result<(), tonic::Status>, why: &str| {
         let e = format!("{:?}", r.expect_err(what));
         assert!(
-            e.contains(why) || e.contains("connection closed"),
+            e.contains(why)
+                || e.contains("connection closed")
+                || e.contains("connection was not ready"),
             "{what}: {e}"
         );
     };
