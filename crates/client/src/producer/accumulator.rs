@@ -71,6 +71,9 @@ pub(crate) struct Accumulator {
     /// with; `None` until the sender obtained one, and again after a batch
     /// failed in a way that leaves its partition's sequence uncertain.
     producer: Mutex<Option<(i64, i16)>>,
+    /// Why the last request for a producer id failed, while none is set:
+    /// said when batches waiting for one time out.
+    producer_error: Mutex<Option<Error>>,
 }
 
 /// No sticky partition chosen yet.
@@ -125,6 +128,8 @@ pub(crate) struct Batch {
     /// How many times it was handed to the sender.
     pub attempts: u32,
     retry_at: Option<Instant>,
+    /// Why its last attempt failed, said if it then times out.
+    last_error: Option<Error>,
     /// The producer id it is stamped with.
     producer_id: Option<i64>,
     /// The `traceparent` header of its first record that has one: the
@@ -220,6 +225,7 @@ impl Accumulator {
             closed: AtomicBool::new(false),
             random: RandomState::new(),
             producer: Mutex::new(None),
+            producer_error: Mutex::new(None),
         }
     }
 
@@ -231,6 +237,13 @@ impl Accumulator {
     /// The producer id and epoch to stamp new batches with.
     pub fn set_producer(&self, producer_id: i64, epoch: i16) {
         *lock(&self.producer) = Some((producer_id, epoch));
+        *lock(&self.producer_error) = None;
+    }
+
+    /// A request for a producer id failed with `error` and is tried again:
+    /// batches that time out waiting for one say why.
+    pub fn producer_unavailable(&self, error: Error) {
+        *lock(&self.producer_error) = Some(error);
     }
 
     /// Appends `record` for `topic`.
@@ -326,6 +339,7 @@ impl Accumulator {
                     deadline: now + self.limits.delivery_timeout,
                     attempts: 0,
                     retry_at: None,
+                    last_error: None,
                     producer_id: None,
                     traceparent: None,
                 });
@@ -431,6 +445,11 @@ impl Accumulator {
             while q.queued.front().is_some_and(|b| b.deadline <= now) {
                 expired.extend(q.queued.pop_front());
             }
+            // An open batch can outlive its deadline too: nothing is sealed
+            // while batches wait for a producer id.
+            if q.queued.is_empty() && q.open.as_ref().is_some_and(|b| b.deadline <= now) {
+                expired.extend(q.open.take());
+            }
             while out.len() < max && q.may_send(per_partition, producer) {
                 if let Some(head) = q.queued.front() {
                     if let Some(at) = head.retry_at.filter(|at| *at > now) {
@@ -462,15 +481,18 @@ impl Accumulator {
             sealed
         });
         ready.expired = expired.len();
-        for batch in expired {
+        for mut batch in expired {
             let timeout = self.limits.delivery_timeout;
-            self.finish(
-                batch,
-                Err(Error::new(
-                    Reason::Timeout,
-                    format!("record not sent within the delivery timeout of {timeout:?}"),
-                )),
-            );
+            let mut message = format!("record not sent within the delivery timeout of {timeout:?}");
+            if let Some(last) = batch.last_error.take() {
+                message.push_str(&format!(" (last error: {last})"));
+            } else if let Some(last) = lock(&self.producer_error)
+                .as_ref()
+                .filter(|_| producer.is_none() && self.limits.idempotence)
+            {
+                message.push_str(&format!(" (waiting for an idempotent producer id: {last})"));
+            }
+            self.finish(batch, Err(Error::new(Reason::Timeout, message)));
         }
         ready
     }
@@ -507,6 +529,7 @@ impl Accumulator {
             "retrying produce batch"
         );
         batch.retry_at = Some(retry_at);
+        batch.last_error = Some(error.clone());
         let (topic, partition) = (batch.topic.clone(), batch.partition);
         let mut batch = Some(batch);
         let _ = self.with_queue(&topic, partition, |q| {
@@ -1301,6 +1324,49 @@ mod tests {
         assert!(out.is_empty());
         assert_eq!(ready.expired, 1);
         assert_eq!(rx.await.unwrap_err().reason(), Some(Reason::Timeout));
+    }
+
+    #[tokio::test]
+    async fn a_batch_expiring_while_waiting_to_be_retried_says_why_it_failed() {
+        let acc = Accumulator::new(limits());
+        let now = Instant::now();
+        let (rx, _) = acc
+            .append("t", Some(0), 0, &record(None, "v"), None, now)
+            .unwrap();
+        let batch = drain(&acc, now + Duration::from_secs(1)).pop().unwrap();
+        let moved = Error::new(Reason::NotLeader, "partition t/0 moved");
+        acc.fail_or_retry(batch, moved, true, now + Duration::from_secs(1));
+        let mut out = Vec::new();
+        let ready = acc.ready(now + Duration::from_secs(31), 10, &mut out);
+        assert_eq!(ready.expired, 1);
+        let err = rx.await.unwrap_err();
+        assert_eq!(err.reason(), Some(Reason::Timeout));
+        assert!(
+            err.to_string()
+                .contains("(last error: NOT_LEADER: partition t/0 moved)"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn batches_expiring_without_a_producer_id_say_why_there_is_none() {
+        let acc = Accumulator::new(Limits {
+            idempotence: true,
+            ..limits()
+        });
+        let now = Instant::now();
+        let (rx, _) = acc
+            .append("t", Some(0), 0, &record(None, "v"), None, now)
+            .unwrap();
+        acc.producer_unavailable(Error::new(Reason::Unavailable, "no controller"));
+        let mut out = Vec::new();
+        acc.ready(now + Duration::from_secs(31), 10, &mut out);
+        let err = rx.await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("(waiting for an idempotent producer id: UNAVAILABLE: no controller)"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -147,6 +147,7 @@ impl Sender {
         self.init_at = Some(Instant::now() + self.shared.config.retry_backoff);
         if error.retriable() {
             tracing::debug!(error = %error, "cannot get a producer id yet");
+            self.shared.acc.producer_unavailable(error);
             return;
         }
         tracing::warn!(error = %error, "the gateway gives no producer id (idempotence is on)");
