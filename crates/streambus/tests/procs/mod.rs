@@ -283,3 +283,28 @@ impl Cluster {
         }
     }
 }
+
+impl Drop for Cluster {
+    /// When a test fails, the end of every process's log goes to stderr
+    /// before the data directory is removed: the logs are the only record
+    /// of what the cluster did.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let procs = self
+            .controllers
+            .values()
+            .chain(self.nodes.values())
+            .chain(self.gateways.iter());
+        for p in procs {
+            let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!("---- last {} lines of {} ----", tail.len(), p.name);
+            for line in tail {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
