@@ -220,6 +220,11 @@ fn a_tls_cluster_serves_its_clients_and_refuses_everyone_else() {
     // connection end first) only that the connection closed.
     let out = cli(&gateway, &certs, None, &["topic", "list"]);
     refused(&out, "CertificateRequired");
+    assert!(
+        text(&out.stderr).contains("hint: the gateway may require a client certificate"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = streambus(&["topic", "list", "--gateway", &gateway]);
     assert!(!out.status.success(), "plaintext: {}", text(&out.stdout));
     let out = cli(&gateway, &certs, Some("nobody"), &["topic", "list"]);
@@ -278,6 +283,11 @@ fn a_tls_cluster_serves_its_clients_and_refuses_everyone_else() {
         .to_string();
     let out = cli(&storage, &certs, Some("alice"), &["topic", "list"]);
     refused(&out, "UnknownCA");
+    assert!(
+        !text(&out.stderr).contains("hint:"),
+        "{}",
+        text(&out.stderr)
+    );
     rt.block_on(async {
         use streambus_proto::internal::storage_service_client::StorageServiceClient;
         let tls = alice(&certs);

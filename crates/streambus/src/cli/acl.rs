@@ -16,7 +16,7 @@ pub struct AclArgs {
     #[command(subcommand)]
     command: AclCommand,
     #[command(flatten)]
-    gateway: GatewayArgs,
+    pub(super) gateway: GatewayArgs,
 }
 
 /// Which resources: a topic, a group or the cluster, by literal name

@@ -16,7 +16,7 @@ pub struct ClusterArgs {
     #[command(subcommand)]
     command: ClusterCommand,
     #[command(flatten)]
-    gateway: GatewayArgs,
+    pub(super) gateway: GatewayArgs,
 }
 
 #[derive(Debug, clap::Subcommand)]

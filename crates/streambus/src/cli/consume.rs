@@ -50,7 +50,7 @@ pub struct ConsumeArgs {
     #[arg(short, long, value_enum, default_value_t = Format::Text)]
     format: Format,
     #[command(flatten)]
-    gateway: GatewayArgs,
+    pub(super) gateway: GatewayArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -15,7 +15,7 @@ pub struct GroupArgs {
     #[command(subcommand)]
     command: GroupCommand,
     #[command(flatten)]
-    gateway: GatewayArgs,
+    pub(super) gateway: GatewayArgs,
 }
 
 #[derive(Debug, clap::Subcommand)]

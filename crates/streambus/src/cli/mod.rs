@@ -160,6 +160,7 @@ impl GatewayArgs {
 /// command quietly with exit code 0. The `Err` case is kept for the
 /// caller's convenience and is not produced today.
 pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
+    let gateway = cmd.gateway().cloned();
     let result = match cmd {
         ClientCommand::Topic(args) => topic::run(args).await,
         ClientCommand::Produce(args) => produce::run(args).await,
@@ -175,10 +176,52 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
         Ok(code) => Ok(code),
         Err(e) if output::is_broken_pipe(&e) => Ok(ExitCode::SUCCESS),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let message = format!("{e:#}");
+            eprintln!("error: {message}");
+            let without_certificate = gateway.and_then(|g| g.resolve().ok()).is_some_and(|g| {
+                g.options().is_ok_and(|o| o.tls.is_some()) && g.tls_cert.is_none()
+            });
+            if without_certificate && closed_after_handshake(&message) {
+                eprintln!(
+                    "hint: the gateway may require a client certificate (its tls.client_auth): \
+                     pass --tls-cert and --tls-key, or set them in the context"
+                );
+            }
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+impl ClientCommand {
+    /// The gateway flags of a command that talks to a gateway.
+    fn gateway(&self) -> Option<&GatewayArgs> {
+        match self {
+            ClientCommand::Topic(a) => Some(&a.gateway),
+            ClientCommand::Produce(a) => Some(&a.gateway),
+            ClientCommand::Consume(a) => Some(&a.gateway),
+            ClientCommand::Group(a) => Some(&a.gateway),
+            ClientCommand::Cluster(a) => Some(&a.gateway),
+            ClientCommand::Acl(a) => Some(&a.gateway),
+            ClientCommand::Quota(a) => Some(&a.gateway),
+            ClientCommand::Tls(_) | ClientCommand::Context(_) => None,
+        }
+    }
+}
+
+/// Whether `message` is how a TLS connection closed by the server reads
+/// on the client: under TLS 1.3 a server that wants a client certificate
+/// refuses after the client's side of the handshake is done, so the client
+/// sees the alert, or only that the connection closed or never became
+/// ready.
+fn closed_after_handshake(message: &str) -> bool {
+    message.starts_with("UNAVAILABLE")
+        && [
+            "CertificateRequired",
+            "connection closed",
+            "connection was not ready",
+        ]
+        .iter()
+        .any(|m| message.contains(m))
 }
 
 /// Parses `key=value` (the value may contain `=`, and may be empty).
@@ -192,6 +235,24 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_closed_after_the_handshake_is_told_apart() {
+        for m in [
+            "UNAVAILABLE: transport error: received fatal alert: CertificateRequired",
+            "UNAVAILABLE: transport error: connection closed",
+            "UNAVAILABLE: transport error: connection was not ready",
+        ] {
+            assert!(closed_after_handshake(m), "{m}");
+        }
+        for m in [
+            "UNAVAILABLE: transport error: tcp connect error: Connection refused",
+            "UNAVAILABLE: transport error: received fatal alert: UnknownCA",
+            "PERMISSION_DENIED: User:alice may not describe cluster \"cluster\"",
+        ] {
+            assert!(!closed_after_handshake(m), "{m}");
+        }
+    }
 
     #[test]
     fn key_value_splits_at_the_first_equals_sign() {

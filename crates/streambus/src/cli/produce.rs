@@ -49,7 +49,7 @@ pub struct ProduceArgs {
     #[arg(short, long)]
     verbose: bool,
     #[command(flatten)]
-    gateway: GatewayArgs,
+    pub(super) gateway: GatewayArgs,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

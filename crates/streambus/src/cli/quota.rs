@@ -13,7 +13,7 @@ pub struct QuotaArgs {
     #[command(subcommand)]
     command: QuotaCommand,
     #[command(flatten)]
-    gateway: GatewayArgs,
+    pub(super) gateway: GatewayArgs,
 }
 
 #[derive(Debug, clap::Subcommand)]

@@ -15,7 +15,7 @@ pub struct TopicArgs {
     #[command(subcommand)]
     command: TopicCommand,
     #[command(flatten)]
-    gateway: GatewayArgs,
+    pub(super) gateway: GatewayArgs,
 }
 
 #[derive(Debug, clap::Subcommand)]
